@@ -1,0 +1,36 @@
+# Two commands: `make demo` and `make test`. Each builds what it needs itself.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.sabot-installed
+SOURCES := $(shell find sabot -name '*.pyx' -o -name '*.pxd') setup.py pyproject.toml
+DURATION ?= 30
+PYTEST_ARGS ?=
+
+.PHONY: test demo install build bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) $(SOURCES)
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+build: $(STAMP)
+	$(PY) setup.py --quiet build_ext --inplace
+
+test: build
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: build
+	$(PY) -m sabot.demo --duration $(DURATION)
+
+bench: build
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/compare_peers.py
+
+clean:
+	rm -rf build $(VENV) sabot/**/*.so sabot/**/*.c

@@ -1,0 +1,137 @@
+"""Column resolution and input checks shared by every kernel (spec kernels.md §1)."""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence, Union
+
+import pyarrow as pa
+import pyarrow.types as pat
+
+BatchLike = Union[pa.RecordBatch, pa.Table]
+
+#: Column names never chosen automatically for ``column=None``.
+NON_VALUE_COLUMNS = frozenset({"timestamp", "recv_timestamp", "sequence"})
+
+
+def is_numeric_type(t: pa.DataType) -> bool:
+    return pat.is_integer(t) or pat.is_floating(t) or pat.is_decimal(t)
+
+
+def check_batch(batch: object) -> BatchLike:
+    if not isinstance(batch, (pa.RecordBatch, pa.Table)):
+        raise TypeError(
+            f"expected a pyarrow.RecordBatch or pyarrow.Table, got {type(batch).__name__}"
+        )
+    return batch
+
+
+def require_column(schema: pa.Schema, name: str, role: str = "column") -> pa.Field:
+    """The field called ``name``; ``KeyError`` naming it and the columns present."""
+    idx = schema.get_field_index(name)
+    if idx < 0:
+        raise KeyError(
+            f"{role} {name!r} not found; columns present: {', '.join(schema.names) or '(none)'}"
+        )
+    return schema.field(idx)
+
+
+def require_numeric(schema: pa.Schema, name: str, role: str = "column") -> pa.Field:
+    field = require_column(schema, name, role)
+    t = field.type
+    if pat.is_dictionary(t):
+        t = t.value_type
+    if not is_numeric_type(t):
+        raise TypeError(
+            f"{role} {name!r} has type {field.type}; expected a numeric type "
+            "(float, integer or decimal)"
+        )
+    return field
+
+
+def resolve_value_column(
+    schema: pa.Schema, column: Optional[str], by: Optional[str] = None, role: str = "column"
+) -> str:
+    """``column`` if given; else ``price`` if present; else the only numeric column.
+
+    The automatic choice skips the ``by`` column and time/sequence columns. Anything else is
+    ambiguous and raises ``ValueError`` listing the candidates.
+    """
+    if column is not None:
+        require_numeric(schema, column, role)
+        return column
+    if "price" in schema.names:
+        require_numeric(schema, "price", role)
+        return "price"
+    candidates = [
+        f.name
+        for f in schema
+        if f.name != by
+        and f.name not in NON_VALUE_COLUMNS
+        and is_numeric_type(f.type.value_type if pat.is_dictionary(f.type) else f.type)
+    ]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise ValueError(
+            f"no numeric column to use; pass column=...; columns present: {', '.join(schema.names)}"
+        )
+    raise ValueError(
+        f"ambiguous input: several numeric columns ({', '.join(candidates)}) and no 'price'; "
+        "pass column=..."
+    )
+
+
+def with_columns(batch: BatchLike, named_arrays: Iterable[tuple]) -> BatchLike:
+    """Append columns, replacing (in place, same position) any that already exist."""
+    names = list(batch.schema.names)
+    columns = list(batch.columns)
+    fields = list(batch.schema)
+    for name, array in named_arrays:
+        field = pa.field(name, array.type)
+        if name in names:
+            i = names.index(name)
+            columns[i] = array
+            fields[i] = field
+        else:
+            names.append(name)
+            columns.append(array)
+            fields.append(field)
+    schema = pa.schema(fields, metadata=batch.schema.metadata)
+    if isinstance(batch, pa.Table):
+        return pa.Table.from_arrays(columns, schema=schema)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
+        hasattr(value, "__index__")
+    ):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    v = int(value)  # type: ignore[arg-type]
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def check_unit_interval(name: str, value: object, *, open_left: bool = True) -> float:
+    """A parameter in (0, 1] (``open_left``) or [0, 1]."""
+    v = float(value)  # type: ignore[arg-type]
+    ok = (0.0 < v <= 1.0) if open_left else (0.0 <= v <= 1.0)
+    if not ok:
+        interval = "(0, 1]" if open_left else "[0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return v
+
+
+def check_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+    v = float(value)  # type: ignore[arg-type]
+    if not (v >= 0.0 if allow_zero else v > 0.0) or v != v:
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+def unique_names(names: Sequence[str]) -> None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"duplicate column name {n!r}")
+        seen.add(n)
