@@ -248,7 +248,8 @@ cdef class Kernel:
                     io.slot = <const int32_t*><uintptr_t>slots.ctypes.data
             elif self._n_slots == 0:
                 self._new_slot(None)
-            io.state = <double*><uintptr_t>self._state.ctypes.data
+            if self._state is not None:
+                io.state = <double*><uintptr_t>self._state.ctypes.data
             io.stride = self.stride
 
         for j in range(len(self._outputs)):

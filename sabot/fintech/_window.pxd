@@ -2,16 +2,12 @@
 """Shared C-level building blocks for windowed kernels, all living inside a key's state row.
 
 * ring buffer of the last N values: ``N + 1`` doubles ``[pushed, v_0 .. v_{N-1}]``;
-* rolling mean/variance by Welford add/remove with a run-of-equal-values counter (a constant
-  window has variance exactly 0, as pandas gives): ``VAR_WIDTH`` doubles
-  ``[nobs, mean, ssqdm, equal_run, last]``;
+* rolling moments (count, mean, central sums of powers 2..4) over a window of N values, from
+  power sums about a shift re-based every N pushes, with a run-of-equal-values counter so a
+  constant window has variance exactly 0: ``moments_width(N)`` doubles;
 * monotonic deque for rolling max/min in amortised O(1): ``3 + 2N`` doubles
   ``[pushed, head, length, values N, indices N]``.
 """
-
-cdef enum:
-    VAR_WIDTH = 5
-
 
 cdef inline Py_ssize_t ring_width(Py_ssize_t N) noexcept nogil:
     return N + 1
@@ -40,48 +36,106 @@ cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
     return pushed if pushed < N else N
 
 
-cdef inline void var_add(double* v, double x) noexcept nogil:
-    cdef double delta
-    v[0] += 1.0
-    if x == v[4] and v[0] > 1.0:
-        v[3] += 1.0
+cdef enum:
+    MOM_HEADER = 8      # [nobs, shift K, S1, S2, S3, S4, equal_run, last]
+
+
+cdef inline Py_ssize_t moments_width(Py_ssize_t N) noexcept nogil:
+    """Doubles for rolling moments over ``N`` values (header + ring of the window)."""
+    return MOM_HEADER + 1 + N
+
+
+cdef inline void _mom_add(double* m, double x, int sign) noexcept nogil:
+    cdef double d = x - m[1], d2 = d * d
+    m[0] += sign
+    m[2] += sign * d
+    m[3] += sign * d2
+    m[4] += sign * d2 * d
+    m[5] += sign * d2 * d2
+
+
+cdef inline void _mom_rebase(double* m, Py_ssize_t N) noexcept nogil:
+    """Recompute the power sums exactly about the window mean (bounds rounding drift)."""
+    cdef const double* ring = m + MOM_HEADER
+    cdef Py_ssize_t k, n = ring_count(ring, N)
+    cdef double total = 0.0, d, d2
+    for k in range(n):
+        total += ring[1 + k]
+    m[1] = total / n
+    m[2] = 0.0; m[3] = 0.0; m[4] = 0.0; m[5] = 0.0
+    for k in range(n):
+        d = ring[1 + k] - m[1]
+        d2 = d * d
+        m[2] += d; m[3] += d2; m[4] += d2 * d; m[5] += d2 * d2
+
+
+cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
+    """Add ``x`` to the window of the last ``N`` values (evicting the oldest when full).
+
+    Power sums S_p = sum (x - K)^p about a shift K near the mean, re-based exactly every N
+    pushes, so sums never suffer catastrophic cancellation or unbounded drift.
+    """
+    cdef double old
+    cdef double* ring = m + MOM_HEADER
+    if m[0] == 0.0:
+        m[1] = x
+    if ring_push(ring, N, x, &old):
+        _mom_add(m, old, -1)
+    _mom_add(m, x, 1)
+    if x == m[7] and m[0] > 1.0 and m[6] > 0.0:
+        m[6] += 1.0
     else:
-        v[3] = 1.0
-    v[4] = x
-    delta = x - v[1]
-    v[1] += delta / v[0]
-    v[2] += delta * (x - v[1])
+        m[6] = 1.0
+    m[7] = x
+    if (<Py_ssize_t>ring[0]) % N == 0:
+        _mom_rebase(m, N)
 
 
-cdef inline void var_remove(double* v, double x) noexcept nogil:
-    cdef double delta
-    v[0] -= 1.0
-    if v[0] <= 0.0:
-        v[0] = 0.0
-        v[1] = 0.0
-        v[2] = 0.0
-        return
-    delta = x - v[1]
-    v[1] -= delta / v[0]
-    v[2] -= delta * (x - v[1])
+cdef inline double moments_count(const double* m) noexcept nogil:
+    return m[0]
 
 
-cdef inline double var_mean(const double* v) noexcept nogil:
-    """Window mean; exactly the repeated value when the window is constant."""
-    if v[3] >= v[0]:
-        return v[4]
-    return v[1]
+cdef inline bint moments_constant(const double* m) noexcept nogil:
+    """Every value in the window is identical (variance exactly 0)."""
+    return m[6] >= m[0]
 
 
-cdef inline double var_value(const double* v, double ddof) noexcept nogil:
-    """Window variance with ``ddof``; NaN when nobs <= ddof; exactly 0 for a constant window."""
+cdef inline double moments_mean(const double* m) noexcept nogil:
+    if m[6] >= m[0]:
+        return m[7]
+    return m[1] + m[2] / m[0]
+
+
+cdef inline double moments_m2(const double* m) noexcept nogil:
+    """Sum of squared deviations from the window mean (>= 0; exactly 0 when constant)."""
     cdef double s
-    if v[0] - ddof <= 0.0:
-        return 0.0 / 0.0
-    if v[3] >= v[0]:
+    if m[6] >= m[0]:
         return 0.0
-    s = v[2] / (v[0] - ddof)
+    s = m[3] - m[2] * m[2] / m[0]
     return s if s > 0.0 else 0.0
+
+
+cdef inline double moments_m3(const double* m) noexcept nogil:
+    """Sum of cubed deviations from the window mean."""
+    cdef double n = m[0], a = m[2] / m[0]
+    if m[6] >= m[0]:
+        return 0.0
+    return m[4] - 3.0 * a * m[3] + 3.0 * a * a * m[2] - n * a * a * a
+
+
+cdef inline double moments_m4(const double* m) noexcept nogil:
+    """Sum of fourth-power deviations from the window mean."""
+    cdef double n = m[0], a = m[2] / m[0], a2 = a * a
+    if m[6] >= m[0]:
+        return 0.0
+    return m[5] - 4.0 * a * m[4] + 6.0 * a2 * m[3] - 4.0 * a2 * a * m[2] + n * a2 * a2
+
+
+cdef inline double moments_var(const double* m, double ddof) noexcept nogil:
+    """Window variance with ``ddof`` (NaN when nobs <= ddof)."""
+    if m[0] - ddof <= 0.0:
+        return 0.0 / 0.0
+    return moments_m2(m) / (m[0] - ddof)
 
 
 cdef inline Py_ssize_t deque_width(Py_ssize_t N) noexcept nogil:

@@ -6,7 +6,7 @@ from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
 from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive_int, check_unit_interval
 from ._scope import call_kernel
-from ._window cimport ring_push, var_add, var_remove, var_value, VAR_WIDTH
+from ._window cimport moments_constant, moments_count, moments_mean, moments_push, moments_var, moments_width
 
 
 cdef class LogReturns(Kernel):
@@ -142,12 +142,12 @@ cdef class RollingZScore(Kernel):
     def __init__(self, column=None, window=100, *, by=None):
         self.window = check_positive_int("window", window)
         self.declare("rolling_zscore", [value_input("column", column)], [output("zscore")],
-                     stride=VAR_WIDTH + 1 + self.window, by=by,
+                     stride=moments_width(self.window), by=by,
                      config=dict(column=column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i, N = self.window
-        cdef double x, old, sd
+        cdef double x
         cdef double* st
         for i in range(io.n):
             x = io.x[0][i]
@@ -155,14 +155,11 @@ cdef class RollingZScore(Kernel):
             if not present(io, i) or x != x:
                 set_null(io, 0, i)
                 continue
-            if ring_push(st + VAR_WIDTH, N, x, &old):
-                var_remove(st, old)
-            var_add(st, x)
-            sd = sqrt(var_value(st, 1.0))
-            if st[0] < N or sd == 0.0:
+            moments_push(st, N, x)
+            if moments_count(st) < N or moments_constant(st):
                 set_null(io, 0, i)
             else:
-                io.out[0][i] = (x - st[1]) / sd
+                io.out[0][i] = (x - moments_mean(st)) / sqrt(moments_var(st, 1.0))
 
 
 def log_returns(batch, price_column="price", *, by=None):
