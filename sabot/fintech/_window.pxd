@@ -73,21 +73,26 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
     """Add ``x`` to the window of the last ``N`` values (evicting the oldest when full).
 
     Power sums S_p = sum (x - K)^p about a shift K near the mean, re-based exactly every N
-    pushes, so sums never suffer catastrophic cancellation or unbounded drift.
+    pushes, and early whenever K has drifted far from the mean or a far value has just been
+    evicted (relative to the window's spread), so the central sums never cancel badly.
     """
-    cdef double old
+    cdef double old, far = 0.0
     cdef double* ring = m + MOM_HEADER
     if m[0] == 0.0:
         m[1] = x
     if ring_push(ring, N, x, &old):
         _mom_add(m, old, -1)
+        far = (old - m[1]) * (old - m[1])
     _mom_add(m, x, 1)
     if x == m[7] and m[0] > 1.0 and m[6] > 0.0:
         m[6] += 1.0
     else:
         m[6] = 1.0
     m[7] = x
-    if (<Py_ssize_t>ring[0]) % N == 0:
+    # Re-base early when the sums hold terms 100x the window's m2: the shift has drifted far
+    # from the mean, or a far value just left (its removal cancels); m4 keeps > 12 digits.
+    if (<Py_ssize_t>ring[0]) % N == 0 or (
+            m[6] < m[0] and m[3] + m[0] * far > 100.0 * (m[3] - m[2] * m[2] / m[0])):
         _mom_rebase(m, N)
 
 

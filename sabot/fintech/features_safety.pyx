@@ -217,15 +217,17 @@ cdef class RollingKurt(_RollingMoment):
 # ================================================================== autocorrelation
 
 cdef enum:
-    AC_HEADER = 6       # [K, Sa, Sb, Saa, Sbb, Sab] about the shift K
+    AC_HEADER = 7       # [Ka, Kb, Sa, Sb, Saa, Sbb, Sab]: sums of a - Ka, b - Kb and products
 
 
 cdef class Autocorr(Kernel):
     """``autocorr``: Pearson correlation of the pairs (x_i, x_{i-lag}) within the last ``window``
     values (``window - lag`` pairs), per key. Null during warm-up and when either leg is constant.
 
-    Sums of (a-K), (b-K), products about a shift K re-based exactly to the window mean every
-    ``window`` pushes, so O(1) per row. Reference: ``numpy.corrcoef(w[lag:], w[:-lag])`` per window.
+    Sums of a - Ka, b - Kb and their products about one shift per leg (a = x_i, b = x_{i-lag}),
+    re-based exactly to the legs' means every ``window`` pushes, or early when a shift has drifted
+    so far that the sums would cancel: O(1) amortised per row.
+    Reference: ``numpy.corrcoef(w[lag:], w[:-lag])`` per window.
     State: header, ring of the window, and for each held value the length of the run of equal
     values ending at it (a leg is constant iff that run covers all its pairs).
     """
@@ -243,7 +245,7 @@ cdef class Autocorr(Kernel):
                      config=dict(column=column, lag=self.lag, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, j, pushed, pairs, W = self.window, L = self.lag, P = W - L
+        cdef Py_ssize_t i, pushed, W = self.window, L = self.lag, P = W - L
         cdef double x, old, a, b, prev_run, va, vb, cov, r
         cdef double* st
         cdef double* ring
@@ -259,27 +261,32 @@ cdef class Autocorr(Kernel):
             pushed = <Py_ssize_t>ring[0]
             if pushed == 0:
                 st[0] = x
+                st[1] = x
                 prev_run = 0.0
             else:
                 prev_run = runs[(pushed - 1) % W] if ring_get(ring, W, 0) == x else 0.0
             runs[pushed % W] = prev_run + 1.0
             if ring_push(ring, W, x, &old):           # drop the pair (x_{t-P}, x_{t-W})
                 a = ring_get(ring, W, P) - st[0]
-                b = old - st[0]
-                st[1] -= a; st[2] -= b; st[3] -= a * a; st[4] -= b * b; st[5] -= a * b
+                b = old - st[1]
+                st[2] -= a; st[3] -= b; st[4] -= a * a; st[5] -= b * b; st[6] -= a * b
             pushed += 1
             if pushed > L:                            # add the pair (x_t, x_{t-L})
                 a = x - st[0]
-                b = ring_get(ring, W, L) - st[0]
-                st[1] += a; st[2] += b; st[3] += a * a; st[4] += b * b; st[5] += a * b
-            if pushed % W == 0:
-                _autocorr_rebase(st, ring, W, L)
+                b = ring_get(ring, W, L) - st[1]
+                st[2] += a; st[3] += b; st[4] += a * a; st[5] += b * b; st[6] += a * b
             if pushed < W or runs[(pushed - 1) % W] >= P or runs[(pushed - 1 - L) % W] >= P:
+                if pushed % W == 0:
+                    _autocorr_rebase(st, ring, W, L)
                 set_null(io, 0, i)
                 continue
-            va = st[3] - st[1] * st[1] / P
-            vb = st[4] - st[2] * st[2] / P
-            cov = st[5] - st[1] * st[2] / P
+            va = st[4] - st[2] * st[2] / P
+            vb = st[5] - st[3] * st[3] / P
+            if pushed % W == 0 or st[4] > 1e3 * va or st[5] > 1e3 * vb:
+                _autocorr_rebase(st, ring, W, L)      # periodic, or the sums would cancel
+                va = st[4] - st[2] * st[2] / P
+                vb = st[5] - st[3] * st[3] / P
+            cov = st[6] - st[2] * st[3] / P
             if not (va > 0.0 and vb > 0.0):
                 set_null(io, 0, i)
                 continue
@@ -289,17 +296,19 @@ cdef class Autocorr(Kernel):
 
 cdef void _autocorr_rebase(double* st, const double* ring, Py_ssize_t W,
                            Py_ssize_t L) noexcept nogil:
-    """Recompute the pair sums exactly about the current window mean (ring is full)."""
-    cdef Py_ssize_t age
-    cdef double total = 0.0, a, b
-    for age in range(W):
-        total += ring_get(ring, W, age)
-    st[0] = total / W
-    st[1] = 0.0; st[2] = 0.0; st[3] = 0.0; st[4] = 0.0; st[5] = 0.0
-    for age in range(W - L):
+    """Recompute the pair sums exactly about each leg's mean (ring full, W - L pairs)."""
+    cdef Py_ssize_t age, P = W - L
+    cdef double ta = 0.0, tb = 0.0, a, b
+    for age in range(P):
+        ta += ring_get(ring, W, age)
+        tb += ring_get(ring, W, age + L)
+    st[0] = ta / P
+    st[1] = tb / P
+    st[2] = 0.0; st[3] = 0.0; st[4] = 0.0; st[5] = 0.0; st[6] = 0.0
+    for age in range(P):
         a = ring_get(ring, W, age) - st[0]
-        b = ring_get(ring, W, age + L) - st[0]
-        st[1] += a; st[2] += b; st[3] += a * a; st[4] += b * b; st[5] += a * b
+        b = ring_get(ring, W, age + L) - st[1]
+        st[2] += a; st[3] += b; st[4] += a * a; st[5] += b * b; st[6] += a * b
 
 
 # ================================================================== trade classification
