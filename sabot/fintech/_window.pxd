@@ -1,34 +1,47 @@
 # cython: language_level=3
 """Shared C-level building blocks for windowed kernels, all living inside a key's state row.
 
-* ring buffer of the last N values: ``N + 1`` doubles ``[pushed, v_0 .. v_{N-1}]``;
+* ring buffer of the last N values: ``N + 2`` doubles ``[pushed, next slot, v_0 .. v_{N-1}]``;
 * rolling moments (count, mean, central sums of powers 2..4) over a window of N values, from
-  power sums about a shift re-based every N pushes, with a run-of-equal-values counter so a
-  constant window has variance exactly 0: ``moments_width(N)`` doubles;
+  power sums about a shift re-based every N pushes (and early when the sums would cancel),
+  with a run-of-equal-values counter so a constant window has variance exactly 0:
+  ``moments_width(N)`` doubles;
 * monotonic deque for rolling max/min in amortised O(1): ``3 + 2N`` doubles
-  ``[pushed, head, length, values N, indices N]``.
+  ``[pushed, head, length, values N, push indices N]``.
+
+No integer division in the per-row paths (slots wrap by comparison).
 """
 
+cdef enum:
+    RING_HEADER = 2     # [pushed, next slot]
+
+
 cdef inline Py_ssize_t ring_width(Py_ssize_t N) noexcept nogil:
-    return N + 1
+    return RING_HEADER + N
 
 
 cdef inline bint ring_push(double* r, Py_ssize_t N, double x, double* evicted) noexcept nogil:
     """Push ``x``; when the ring was full, store the value it displaced and return True."""
-    cdef Py_ssize_t pushed = <Py_ssize_t>r[0]
-    cdef Py_ssize_t pos = pushed % N
-    cdef bint full = pushed >= N
+    cdef Py_ssize_t pos = <Py_ssize_t>r[1]
+    cdef bint full = r[0] >= N
     if full:
-        evicted[0] = r[1 + pos]
-    r[1 + pos] = x
-    r[0] = <double>(pushed + 1)
+        evicted[0] = r[RING_HEADER + pos]
+    r[RING_HEADER + pos] = x
+    r[0] += 1.0
+    pos += 1
+    r[1] = <double>(0 if pos == N else pos)
     return full
+
+
+cdef inline Py_ssize_t ring_index(const double* r, Py_ssize_t N, Py_ssize_t age) noexcept nogil:
+    """Slot (0..N-1) of the value pushed ``age`` pushes ago (0 = newest), for parallel arrays."""
+    cdef Py_ssize_t k = <Py_ssize_t>r[1] - 1 - age
+    return k + N if k < 0 else k
 
 
 cdef inline double ring_get(const double* r, Py_ssize_t N, Py_ssize_t age) noexcept nogil:
     """The value pushed ``age`` pushes ago (0 = newest); caller ensures it is still held."""
-    cdef Py_ssize_t pushed = <Py_ssize_t>r[0]
-    return r[1 + (pushed - 1 - age) % N]
+    return r[RING_HEADER + ring_index(r, N, age)]
 
 
 cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
@@ -42,7 +55,7 @@ cdef enum:
 
 cdef inline Py_ssize_t moments_width(Py_ssize_t N) noexcept nogil:
     """Doubles for rolling moments over ``N`` values (header + ring of the window)."""
-    return MOM_HEADER + 1 + N
+    return MOM_HEADER + ring_width(N)
 
 
 cdef inline void _mom_add(double* m, double x, int sign) noexcept nogil:
@@ -60,11 +73,11 @@ cdef inline void _mom_rebase(double* m, Py_ssize_t N) noexcept nogil:
     cdef Py_ssize_t k, n = ring_count(ring, N)
     cdef double total = 0.0, d, d2
     for k in range(n):
-        total += ring[1 + k]
+        total += ring[RING_HEADER + k]
     m[1] = total / n
     m[2] = 0.0; m[3] = 0.0; m[4] = 0.0; m[5] = 0.0
     for k in range(n):
-        d = ring[1 + k] - m[1]
+        d = ring[RING_HEADER + k] - m[1]
         d2 = d * d
         m[2] += d; m[3] += d2; m[4] += d2 * d; m[5] += d2 * d2
 
@@ -91,8 +104,8 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
     m[7] = x
     # Re-base early when the sums hold terms 100x the window's m2: the shift has drifted far
     # from the mean, or a far value just left (its removal cancels); m4 keeps > 12 digits.
-    if (<Py_ssize_t>ring[0]) % N == 0 or (
-            m[6] < m[0] and m[3] + m[0] * far > 100.0 * (m[3] - m[2] * m[2] / m[0])):
+    if ring[1] == 0.0 or (          # every N pushes, or early:
+            m[6] < m[0] and (m[3] + m[0] * far) * m[0] > 100.0 * (m[3] * m[0] - m[2] * m[2])):
         _mom_rebase(m, N)
 
 
@@ -147,32 +160,68 @@ cdef inline Py_ssize_t deque_width(Py_ssize_t N) noexcept nogil:
     return 3 + 2 * N
 
 
-cdef inline double deque_push(double* d, Py_ssize_t N, double x, bint keep_max) noexcept nogil:
-    """Push ``x`` and return the max (``keep_max``) or min of the last ``N`` pushed values."""
-    cdef Py_ssize_t t = <Py_ssize_t>d[0]
-    cdef Py_ssize_t head = <Py_ssize_t>d[1]
-    cdef Py_ssize_t length = <Py_ssize_t>d[2]
-    cdef double* values = d + 3
-    cdef double* index = d + 3 + N
-    cdef Py_ssize_t back
-    cdef double v
-    if length > 0 and <Py_ssize_t>index[head] <= t - N:
-        head = (head + 1) % N
+ctypedef struct Deque:
+    Py_ssize_t N, t, head, length     # window, values pushed, head slot, entries
+    double* values
+    double* index
+
+
+cdef inline Deque deque_load(double* d, Py_ssize_t N) noexcept nogil:
+    """Open the deque stored in ``d`` (keep it in registers over a run of rows of one key)."""
+    cdef Deque q
+    q.N = N
+    q.t = <Py_ssize_t>d[0]
+    q.head = <Py_ssize_t>d[1]
+    q.length = <Py_ssize_t>d[2]
+    q.values = d + 3
+    q.index = d + 3 + N
+    return q
+
+
+cdef inline void deque_store(const Deque* q, double* d) noexcept nogil:
+    d[0] = <double>q.t
+    d[1] = <double>q.head
+    d[2] = <double>q.length
+
+
+cdef inline double deque_step(Deque* q, double x, bint keep_max) noexcept nogil:
+    """Push ``x`` and return the max (``keep_max``) or min of the last ``N`` pushed values.
+
+    The deque holds (value, push index) pairs in a circular buffer of N slots, values
+    monotonic from the head; no division in the loop (pass ``keep_max`` as a constant).
+    """
+    cdef Py_ssize_t N = q.N, head = q.head, length = q.length, back, slot
+    cdef double* values = q.values
+    if length > 0 and <Py_ssize_t>q.index[head] <= q.t - N:   # the head left the window
+        head += 1
+        if head == N:
+            head = 0
         length -= 1
-    while length > 0:
-        back = (head + length - 1) % N
-        v = values[(<Py_ssize_t>index[back]) % N]
-        if (v <= x) if keep_max else (v >= x):
-            length -= 1
-        else:
-            break
-    index[(head + length) % N] = <double>t
-    length += 1
-    values[t % N] = x
-    d[0] = <double>(t + 1)
-    d[1] = <double>head
-    d[2] = <double>length
-    return values[(<Py_ssize_t>index[head]) % N]
+    back = head + length - 1
+    if back >= N:
+        back -= N
+    while length > 0 and ((values[back] <= x) if keep_max else (values[back] >= x)):
+        length -= 1
+        back -= 1
+        if back < 0:
+            back += N
+    slot = head + length
+    if slot >= N:
+        slot -= N
+    values[slot] = x
+    q.index[slot] = <double>q.t
+    q.t += 1
+    q.head = head
+    q.length = length + 1
+    return values[head]
+
+
+cdef inline double deque_push(double* d, Py_ssize_t N, double x, bint keep_max) noexcept nogil:
+    """``deque_step`` on the deque stored in ``d`` (one row)."""
+    cdef Deque q = deque_load(d, N)
+    cdef double v = deque_step(&q, x, keep_max)
+    deque_store(&q, d)
+    return v
 
 
 cdef inline Py_ssize_t deque_count(const double* d) noexcept nogil:

@@ -20,9 +20,9 @@ from ._kernel import BOOL, I64, numeric_input, output, side_input, time_input
 from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
 from ._window cimport (
-    deque_count, deque_push, deque_width, moments_constant, moments_count, moments_m2,
+    Deque, deque_count, deque_load, deque_step, deque_store, deque_push, deque_width, moments_constant, moments_count, moments_m2,
     moments_m3, moments_m4, moments_push, moments_var, moments_width, ring_count, ring_get,
-    ring_push, ring_width,
+    ring_index, ring_push, ring_width,
 )
 
 
@@ -84,20 +84,44 @@ cdef class _RollingExtreme(Kernel):
     cdef bint keep_max
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, N = self.window
-        cdef double x, v
-        cdef double* st
+        if self.keep_max:
+            _rolling_extreme(io, self.window, True)
+        else:
+            _rolling_extreme(io, self.window, False)
+
+
+cdef inline void _rolling_extreme(KernelIO* io, Py_ssize_t N, bint keep_max) noexcept nogil:
+    """One pass; inlined with ``keep_max`` a constant. Without ``by`` the deque stays in
+    registers for the whole batch."""
+    cdef Py_ssize_t i
+    cdef double x, v
+    cdef double* st
+    cdef Deque q
+    if io.slot == NULL:
+        q = deque_load(io.state, N)
         for i in range(io.n):
             x = io.x[0][i]
             if not present(io, i) or _is_nan(x):
                 set_null(io, 0, i)
                 continue
-            st = key_state(io, i)
-            v = deque_push(st, N, x, self.keep_max)
-            if deque_count(st) < N:
+            v = deque_step(&q, x, keep_max)
+            if q.t < N:
                 set_null(io, 0, i)
             else:
                 io.out[0][i] = v
+        deque_store(&q, io.state)
+        return
+    for i in range(io.n):
+        x = io.x[0][i]
+        if not present(io, i) or _is_nan(x):
+            set_null(io, 0, i)
+            continue
+        st = key_state(io, i)
+        v = deque_push(st, N, x, keep_max)
+        if deque_count(st) < N:
+            set_null(io, 0, i)
+        else:
+            io.out[0][i] = v
 
 
 cdef class RollingMin(_RollingExtreme):
@@ -264,8 +288,8 @@ cdef class Autocorr(Kernel):
                 st[1] = x
                 prev_run = 0.0
             else:
-                prev_run = runs[(pushed - 1) % W] if ring_get(ring, W, 0) == x else 0.0
-            runs[pushed % W] = prev_run + 1.0
+                prev_run = runs[ring_index(ring, W, 0)] if ring_get(ring, W, 0) == x else 0.0
+            runs[<Py_ssize_t>ring[1]] = prev_run + 1.0   # the slot x is about to take
             if ring_push(ring, W, x, &old):           # drop the pair (x_{t-P}, x_{t-W})
                 a = ring_get(ring, W, P) - st[0]
                 b = old - st[1]
@@ -275,14 +299,15 @@ cdef class Autocorr(Kernel):
                 a = x - st[0]
                 b = ring_get(ring, W, L) - st[1]
                 st[2] += a; st[3] += b; st[4] += a * a; st[5] += b * b; st[6] += a * b
-            if pushed < W or runs[(pushed - 1) % W] >= P or runs[(pushed - 1 - L) % W] >= P:
-                if pushed % W == 0:
+            if (pushed < W or runs[ring_index(ring, W, 0)] >= P
+                    or runs[ring_index(ring, W, L)] >= P):
+                if ring[1] == 0.0:
                     _autocorr_rebase(st, ring, W, L)
                 set_null(io, 0, i)
                 continue
             va = st[4] - st[2] * st[2] / P
             vb = st[5] - st[3] * st[3] / P
-            if pushed % W == 0 or st[4] > 1e3 * va or st[5] > 1e3 * vb:
+            if ring[1] == 0.0 or st[4] > 1e3 * va or st[5] > 1e3 * vb:
                 _autocorr_rebase(st, ring, W, L)      # periodic, or the sums would cancel
                 va = st[4] - st[2] * st[2] / P
                 vb = st[5] - st[3] * st[3] / P
@@ -419,14 +444,14 @@ cdef class ThrottleCheck(Kernel):
         self.window_ns = <int64_t>round(window * 1e6)
         self.m = <Py_ssize_t>floor(rate * window / 1000.0) + 1
         self.declare("throttle_check", [time_input("timestamp_column", timestamp_column)],
-                     [output("throttled", BOOL)], stride=1 + self.m, by=by,
+                     [output("throttled", BOOL)], stride=2 + self.m, by=by,
                      config=dict(rate_limit=rate_limit, window_ms=window_ms,
                                  timestamp_column=timestamp_column))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, pushed, M = self.m
+        cdef Py_ssize_t i, slot, M = self.m
         cdef int64_t t, oldest
-        cdef double* st                               # [pushed, M times as int64 bits]
+        cdef double* st                               # [pushed, next slot, M times as int64]
         cdef int64_t* times
         for i in range(io.n):
             if not present(io, i):
@@ -434,13 +459,14 @@ cdef class ThrottleCheck(Kernel):
                 continue
             t = io.t[i]
             st = key_state(io, i)
-            times = <int64_t*>(st + 1)
-            pushed = <Py_ssize_t>st[0]
-            times[pushed % M] = t
-            pushed += 1
-            st[0] = <double>pushed
-            oldest = times[pushed % M]                # the M-th most recent event
-            io.out[0][i] = 1.0 if pushed >= M and t - oldest < self.window_ns else 0.0
+            times = <int64_t*>(st + 2)
+            slot = <Py_ssize_t>st[1]
+            times[slot] = t
+            slot = 0 if slot + 1 == M else slot + 1
+            st[0] += 1.0
+            st[1] = <double>slot
+            oldest = times[slot]                      # the M-th most recent event
+            io.out[0][i] = 1.0 if st[0] >= M and t - oldest < self.window_ns else 0.0
 
 
 # ================================================================== safety: price checks
