@@ -580,20 +580,22 @@ cdef inline Py_ssize_t _lower_bound(const double* s, Py_ssize_t n, double x) noe
     return lo
 
 
-cdef double _kth_deviation(const double* s, Py_ssize_t n, double med, Py_ssize_t k) noexcept nogil:
-    """The k-th smallest |s_i - med| (0-based), merging outward from the median of sorted s."""
-    cdef Py_ssize_t right = _lower_bound(s, n, med), left = right - 1, taken = 0
-    cdef double d
-    while True:
+cdef double _median_deviation(const double* s, Py_ssize_t n, double med) noexcept nogil:
+    """Median of |s_i - med| over sorted s: merge the deviations outward from ``med`` (both
+    sides are sorted by distance) up to the middle one(s). Matches ``numpy.median``."""
+    cdef Py_ssize_t right = _lower_bound(s, n, med), left = right - 1, taken
+    cdef Py_ssize_t hi = n >> 1, lo = hi if n & 1 else hi - 1
+    cdef double d, below = 0.0
+    for taken in range(hi + 1):
         if left >= 0 and (right >= n or med - s[left] <= s[right] - med):
             d = med - s[left]
             left -= 1
         else:
             d = s[right] - med
             right += 1
-        if taken == k:
-            return d
-        taken += 1
+        if taken == lo:
+            below = d
+    return d if lo == hi else 0.5 * (below + d)
 
 
 cdef class OutlierFlagMAD(Kernel):
@@ -638,11 +640,7 @@ cdef class OutlierFlagMAD(Kernel):
                 set_null(io, 0, i)
                 continue
             med = srt[n >> 1] if n & 1 else 0.5 * (srt[(n >> 1) - 1] + srt[n >> 1])
-            if n & 1:
-                mad = _kth_deviation(srt, n, med, n >> 1)
-            else:
-                mad = 0.5 * (_kth_deviation(srt, n, med, (n >> 1) - 1)
-                             + _kth_deviation(srt, n, med, n >> 1))
+            mad = _median_deviation(srt, n, med)
             dev = fabs(x - med)
             if mad == 0.0:
                 io.out[0][i] = 1.0 if dev > 0.0 else 0.0
