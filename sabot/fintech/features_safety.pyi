@@ -1,5 +1,5 @@
 """Type stubs for sabot.fintech.features_safety (Cython)."""
-from typing import Any, Dict, List, Optional, TypeVar, Union
+from typing import Any, Dict, List, Optional, TypeVar
 
 import pyarrow as pa
 
