@@ -10,6 +10,8 @@ Rules beyond spec kernels.md §1 (documented exceptions and choices):
   NaN input as flagged (``True``); ``stale_quote_detector`` and ``throttle_check`` flag a row with
   a null timestamp. Such rows never touch the state (a null price never trips the breaker latch).
 * Warm-up rows (fewer than ``window`` values in a key) are null.
+* Undefined results are null: skew/kurt of a constant window, autocorr with a constant leg,
+  the trade sign before the first non-zero tick.
 """
 from libc.math cimport NAN, fabs, floor, sqrt
 from libc.stdint cimport int64_t
@@ -20,9 +22,9 @@ from ._kernel import BOOL, I64, numeric_input, output, side_input, time_input
 from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
 from ._window cimport (
-    Deque, deque_count, deque_load, deque_step, deque_store, deque_push, deque_width, moments_constant, moments_count, moments_m2,
-    moments_m3, moments_m4, moments_push, moments_var, moments_width, ring_count, ring_get,
-    ring_index, ring_push, ring_width,
+    Deque, deque_count, deque_load, deque_step, deque_store, deque_push, deque_width,
+    moments_constant, moments_count, moments_m2, moments_m3, moments_m4, moments_push,
+    moments_var, moments_width, ring_count, ring_get, ring_index, ring_push, ring_width,
 )
 
 
@@ -250,7 +252,7 @@ cdef class Autocorr(Kernel):
 
     Sums of a - Ka, b - Kb and their products about one shift per leg (a = x_i, b = x_{i-lag}),
     re-based exactly to the legs' means every ``window`` pushes, or early when a shift has drifted
-    so far that the sums would cancel: O(1) amortised per row.
+    or a far pair has just left, so that the sums would cancel: O(1) amortised per row.
     Reference: ``numpy.corrcoef(w[lag:], w[:-lag])`` per window.
     State: header, ring of the window, and for each held value the length of the run of equal
     values ending at it (a leg is constant iff that run covers all its pairs).
@@ -270,7 +272,7 @@ cdef class Autocorr(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i, pushed, W = self.window, L = self.lag, P = W - L
-        cdef double x, old, a, b, prev_run, va, vb, cov, r
+        cdef double x, old, a, b, prev_run, va, vb, cov, r, far_a, far_b
         cdef double* st
         cdef double* ring
         cdef double* runs
@@ -280,6 +282,8 @@ cdef class Autocorr(Kernel):
                 set_null(io, 0, i)
                 continue
             st = key_state(io, i)
+            far_a = 0.0
+            far_b = 0.0
             ring = st + AC_HEADER
             runs = ring + ring_width(W)
             pushed = <Py_ssize_t>ring[0]
@@ -294,6 +298,8 @@ cdef class Autocorr(Kernel):
                 a = ring_get(ring, W, P) - st[0]
                 b = old - st[1]
                 st[2] -= a; st[3] -= b; st[4] -= a * a; st[5] -= b * b; st[6] -= a * b
+                far_a = a * a
+                far_b = b * b
             pushed += 1
             if pushed > L:                            # add the pair (x_t, x_{t-L})
                 a = x - st[0]
@@ -307,8 +313,10 @@ cdef class Autocorr(Kernel):
                 continue
             va = st[4] - st[2] * st[2] / P
             vb = st[5] - st[3] * st[3] / P
-            if ring[1] == 0.0 or st[4] > 1e3 * va or st[5] > 1e3 * vb:
-                _autocorr_rebase(st, ring, W, L)      # periodic, or the sums would cancel
+            if (ring[1] == 0.0 or st[4] + P * far_a > 1e3 * va
+                    or st[5] + P * far_b > 1e3 * vb):
+                # periodic, or a shift drifted / a far pair just left: the sums would cancel
+                _autocorr_rebase(st, ring, W, L)
                 va = st[4] - st[2] * st[2] / P
                 vb = st[5] - st[3] * st[3] / P
             cov = st[6] - st[2] * st[3] / P
