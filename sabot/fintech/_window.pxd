@@ -149,6 +149,18 @@ cdef inline double moments_m4(const double* m) noexcept nogil:
     return m[5] - 4.0 * a * m[4] + 6.0 * a2 * m[3] - 4.0 * a2 * a * m[2] + n * a2 * a2
 
 
+cdef inline void moments_central(const double* m, double* c) noexcept nogil:
+    """m2, m3, m4 at once into ``c[0..2]`` (one division; same values as moments_m2/m3/m4)."""
+    cdef double n = m[0], a = m[2] / m[0], a2 = a * a, s2
+    if m[6] >= m[0]:
+        c[0] = 0.0; c[1] = 0.0; c[2] = 0.0
+        return
+    s2 = m[3] - a * m[2]
+    c[0] = s2 if s2 > 0.0 else 0.0
+    c[1] = m[4] - 3.0 * a * m[3] + 3.0 * a2 * m[2] - n * a2 * a
+    c[2] = m[5] - 4.0 * a * m[4] + 6.0 * a2 * m[3] - 4.0 * a2 * a * m[2] + n * a2 * a2
+
+
 cdef inline double moments_var(const double* m, double ddof) noexcept nogil:
     """Window variance with ``ddof`` (NaN when nobs <= ddof)."""
     if m[0] - ddof <= 0.0:

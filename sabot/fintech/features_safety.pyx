@@ -23,7 +23,7 @@ from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
 from ._window cimport (
     Deque, deque_count, deque_load, deque_step, deque_store, deque_push, deque_width,
-    moments_constant, moments_count, moments_m2, moments_m3, moments_m4, moments_push,
+    moments_central, moments_constant, moments_count, moments_push,
     moments_var, moments_width, ring_count, ring_get, ring_index, ring_push, ring_width,
 )
 
@@ -168,9 +168,15 @@ cdef class _RollingMoment(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i, N = self.window
-        cdef double x, n = <double>N, b, c, d
+        cdef double x, n = <double>N, g1 = 0.0, g2 = 0.0, g3 = 0.0
+        cdef double c[3]
         cdef double* st
         cdef int moment = self.moment
+        if moment == SKEW:      # sqrt(n(n-1))/(n-2) * (m3/n) / (m2/n)^1.5 = g1 * m3 / m2^1.5
+            g1 = sqrt(n * (n - 1.0)) * sqrt(n) / (n - 2.0)
+        elif moment == KURT:    # ((n^2-1) n m4/m2^2 - 3(n-1)^2) / ((n-2)(n-3)) = g2 m4/m2^2 - g3
+            g2 = (n * n - 1.0) * n / ((n - 2.0) * (n - 3.0))
+            g3 = 3.0 * (n - 1.0) * (n - 1.0) / ((n - 2.0) * (n - 3.0))
         for i in range(io.n):
             x = io.x[0][i]
             if not present(io, i) or _is_nan(x):
@@ -184,15 +190,12 @@ cdef class _RollingMoment(Kernel):
                 io.out[0][i] = sqrt(moments_var(st, self.ddof))
             elif moments_constant(st):
                 set_null(io, 0, i)                    # 0/0: undefined for a constant window
-            elif moment == SKEW:
-                b = moments_m2(st) / n
-                c = moments_m3(st) / n
-                emit(io, 0, i, sqrt(n * (n - 1.0)) / (n - 2.0) * c / (b * sqrt(b)))
             else:
-                b = moments_m2(st) / n
-                d = moments_m4(st) / n
-                emit(io, 0, i, ((n * n - 1.0) * d / (b * b) - 3.0 * (n - 1.0) * (n - 1.0))
-                     / ((n - 2.0) * (n - 3.0)))
+                moments_central(st, c)
+                if moment == SKEW:
+                    emit(io, 0, i, g1 * c[1] / (c[0] * sqrt(c[0])))
+                else:
+                    emit(io, 0, i, g2 * c[2] / (c[0] * c[0]) - g3)
 
 
 cdef class RollingStd(_RollingMoment):
