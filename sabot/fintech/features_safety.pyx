@@ -23,8 +23,8 @@ from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
 from ._window cimport (
     Deque, deque_count, deque_load, deque_step, deque_store, deque_push, deque_width,
-    moments_central, moments_constant, moments_count, moments_push,
-    moments_var, moments_width, ring_count, ring_get, ring_index, ring_push, ring_width,
+    moments_central, moments_constant, moments_count, moments_m2, moments_push,
+    moments_width, ring_count, ring_get, ring_index, ring_push, ring_width,
 )
 
 
@@ -168,7 +168,7 @@ cdef class _RollingMoment(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i, N = self.window
-        cdef double x, n = <double>N, g1 = 0.0, g2 = 0.0, g3 = 0.0
+        cdef double x, n = <double>N, g1 = 0.0, g2 = 0.0, g3 = 0.0, inv_dof = 1.0 / (n - self.ddof)
         cdef double c[3]
         cdef double* st
         cdef int moment = self.moment
@@ -187,7 +187,7 @@ cdef class _RollingMoment(Kernel):
             if moments_count(st) < N:
                 set_null(io, 0, i)
             elif moment == STD:
-                io.out[0][i] = sqrt(moments_var(st, self.ddof))
+                io.out[0][i] = sqrt(moments_m2(st) * inv_dof)     # m2 / (N - ddof)
             elif moments_constant(st):
                 set_null(io, 0, i)                    # 0/0: undefined for a constant window
             else:
