@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings, strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
@@ -416,12 +417,25 @@ FACTORIES = {
     "autocorr": (lambda by=None: Autocorr("price", lag=2, window=11, by=by), ["autocorr"]),
     "tick_rule": (lambda by=None: TickRule(by=by), ["trade_sign"]),
     "stale": (lambda by=None: StaleQuoteDetector(max_age_ms=40, by=by), ["is_stale"]),
-    "breaker": (lambda by=None: CircuitBreaker(ref_column="open", pct=0.002, by=by),
+    # parameters chosen so both flag values occur, keyed and not, on market_table(400)
+    "breaker": (lambda by=None: CircuitBreaker(ref_column="open", pct=0.0025, by=by),
                 ["circuit_break"]),
-    "throttle": (lambda by=None: ThrottleCheck(rate_limit=60.0, window_ms=100, by=by),
+    "throttle": (lambda by=None: ThrottleCheck(rate_limit=30.0, window_ms=100, by=by),
                  ["throttled"]),
     "mad": (lambda by=None: OutlierFlagMAD("price", window=8, k=2.0, by=by), ["is_outlier"]),
 }
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("keyed", [False, True])
+def test_invariance_data_is_not_degenerate(name, keyed):
+    """Each split-invariance case has both null and non-null outputs, and varied values."""
+    make, outputs = FACTORIES[name]
+    out = make("symbol" if keyed else None)(market_table(400, seed=23))
+    for o in outputs:
+        values = to_numpy(out[o])
+        assert 0 < out[o].null_count < len(values) or len(np.unique(values)) > 1
+        assert len(np.unique(values[~np.isnan(values)])) > 1, o
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
@@ -461,7 +475,7 @@ def test_function_form_in_scope_equals_class():
 
     def op(b):
         b = rolling_std(b, "price", window=9, by="symbol")
-        return throttle_check(b, rate_limit=60.0, window_ms=100, by="symbol")
+        return throttle_check(b, rate_limit=30.0, window_ms=100, by="symbol")
 
     outs = []
     for b in batches:
@@ -469,8 +483,9 @@ def test_function_form_in_scope_equals_class():
             outs.append(op(b))
     via_scope = pa.Table.from_batches(outs)
     std_k, thr_k = RollingStd("price", window=9, by="symbol"), ThrottleCheck(
-        rate_limit=60.0, window_ms=100, by="symbol")
+        rate_limit=30.0, window_ms=100, by="symbol")
     via_class = pa.Table.from_batches([thr_k(std_k(b)) for b in batches])
+    assert 0 < pc.sum(via_class["throttled"]).as_py() < via_class.num_rows
     for name in ("rolling_std", "throttled"):
         assert via_scope[name].null_count == via_class[name].null_count
         assert np.array_equal(to_numpy(via_scope[name]), to_numpy(via_class[name]),
