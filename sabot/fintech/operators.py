@@ -61,7 +61,8 @@ class SymbolKeyedOperator:
         try:
             return cls(**kwargs, by=by)
         except TypeError as exc:
-            raise TypeError(f"{cls.__name__} cannot be keyed by {by!r}: {exc}") from exc
+            raise TypeError(f"{cls.__name__} cannot be keyed by {by!r} ({exc}); a kernel "
+                            "without by= keeps no state: use StatelessKernelOperator") from exc
 
     def __call__(self, batch: Any) -> Any:
         return self.kernel(batch)
