@@ -17,6 +17,7 @@ from .momentum_filters import (
     ATR, EMA, MACD, OBV, RSI, SMA, BollingerBands, DonchianChannel, Kalman1D, StochasticOsc,
     atr, bollinger_bands, donchian_channel, ema, kalman_1d, macd, obv, rsi, sma, stochastic_osc,
 )
+from .symbols import normalize_symbols
 
 __all__ = [
     "StateScope", "current_scope",
@@ -31,4 +32,6 @@ __all__ = [
     "StochasticOsc",
     "atr", "bollinger_bands", "donchian_channel", "ema", "kalman_1d", "macd", "obv", "rsi", "sma",
     "stochastic_osc",
+    # cross-exchange
+    "normalize_symbols",
 ]
