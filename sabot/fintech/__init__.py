@@ -17,6 +17,7 @@ from .momentum_filters import (
     ATR, EMA, MACD, OBV, RSI, SMA, BollingerBands, DonchianChannel, Kalman1D, StochasticOsc,
     atr, bollinger_bands, donchian_channel, ema, kalman_1d, macd, obv, rsi, sma, stochastic_osc,
 )
+from .asof import AsofJoinKernel, StreamingAsofJoinKernel, asof_join, asof_join_streaming, asof_join_table
 
 __all__ = [
     "StateScope", "current_scope",
@@ -32,3 +33,4 @@ __all__ = [
     "atr", "bollinger_bands", "donchian_channel", "ema", "kalman_1d", "macd", "obv", "rsi", "sma",
     "stochastic_osc",
 ]
+__all__ += ["asof_join", "asof_join_table", "AsofJoinKernel", "StreamingAsofJoinKernel", "asof_join_streaming"]
