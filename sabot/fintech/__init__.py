@@ -18,6 +18,9 @@ from .momentum_filters import (
     atr, bollinger_bands, donchian_channel, ema, kalman_1d, macd, obv, rsi, sma, stochastic_osc,
 )
 from .symbols import normalize_symbols
+from .asof import (
+    AsofJoinKernel, StreamingAsofJoinKernel, asof_join, asof_join_streaming, asof_join_table,
+)
 
 __all__ = [
     "StateScope", "current_scope",
@@ -34,4 +37,7 @@ __all__ = [
     "stochastic_osc",
     # cross-exchange
     "normalize_symbols",
+    # asof
+    "asof_join", "asof_join_table", "AsofJoinKernel", "StreamingAsofJoinKernel",
+    "asof_join_streaming",
 ]
