@@ -148,7 +148,7 @@ class SimServer:
         self.pongs = 0
         self.malformed_sent = 0
         self.errors_sent = 0
-        self.sent: list[str] = []  # data frames, when keep_sent
+        self.sent: list[tuple[str, bool]] = []  # stream frames (text, is_data), when keep_sent
         self._dropped_once = False
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -195,8 +195,6 @@ class SimServer:
         self.frames_sent += 1
         if is_data:
             self.sent_count += 1
-            if self.keep_sent:
-                self.sent.append(text)
 
     async def _handler(self, ws: ServerConnection) -> None:
         self.connections += 1
@@ -262,6 +260,8 @@ class SimServer:
             for text, is_data in frames:
                 await self._send(conn, text, is_data)
                 conn_data += is_data
+                if self.keep_sent:
+                    self.sent.append((text, is_data))
             if self.shutdown_after is not None and self.sent_count >= self.shutdown_after \
                     and not self._dropped_once and self._remaining():
                 self._dropped_once = True
