@@ -1,4 +1,34 @@
-"""sabot.fintech: streaming financial kernels over Arrow batches (spec: kernels.md)."""
-from ._scope import StateScope, current_scope
+"""sabot.fintech: streaming financial kernels over Arrow batches (spec: kernels.md).
 
-__all__ = ["StateScope", "current_scope"]
+Every kernel takes a RecordBatch or Table and returns the same type with its output columns
+appended. Stateful kernels have a class form that carries state across batches (and per key
+with ``by=``); inside a Stream operator the function form does the same (see ``_scope``).
+"""
+from ._scope import StateScope, current_scope
+from .online_stats import (
+    EWCov, EWMA, LogReturns, RollingZScore, WelfordMeanVar,
+    ewcov, ewma, log_returns, rolling_zscore, welford_mean_var,
+)
+from .microstructure import (
+    OFI, VPIN,
+    effective_spread, l1_imbalance, microprice, midprice, ofi, quoted_spread, vpin,
+)
+from .momentum_filters import (
+    ATR, EMA, MACD, OBV, RSI, SMA, BollingerBands, DonchianChannel, Kalman1D, StochasticOsc,
+    atr, bollinger_bands, donchian_channel, ema, kalman_1d, macd, obv, rsi, sma, stochastic_osc,
+)
+
+__all__ = [
+    "StateScope", "current_scope",
+    # online_stats
+    "EWCov", "EWMA", "LogReturns", "RollingZScore", "WelfordMeanVar",
+    "ewcov", "ewma", "log_returns", "rolling_zscore", "welford_mean_var",
+    # microstructure
+    "OFI", "VPIN",
+    "effective_spread", "l1_imbalance", "microprice", "midprice", "ofi", "quoted_spread", "vpin",
+    # momentum_filters
+    "ATR", "EMA", "MACD", "OBV", "RSI", "SMA", "BollingerBands", "DonchianChannel", "Kalman1D",
+    "StochasticOsc",
+    "atr", "bollinger_bands", "donchian_channel", "ema", "kalman_1d", "macd", "obv", "rsi", "sma",
+    "stochastic_osc",
+]

@@ -1,0 +1,73 @@
+# cython: language_level=3
+"""C-level contract shared by every kernel module.
+
+A kernel is a subclass of :class:`Kernel` that declares its columns, parameters and outputs in
+``__init__`` and implements two ``nogil`` methods:
+
+* ``init_state(st)``: initial values of one key's state row (``stride`` doubles; default zeros);
+* ``run(io)``: the math, one pass over ``io.n`` rows reading ``io.x[j]`` and writing ``io.out[j]``.
+
+The base class does everything else: column resolution and errors, zero-copy float64 views of
+Arrow buffers (casting other numeric types once), the combined null mask, per-key state slots
+for ``by=``, output buffers from Arrow's memory pool, and append-or-replace of output columns.
+"""
+from libc.stdint cimport int32_t, int64_t, uint8_t
+
+cdef enum:
+    MAX_COLUMNS = 8
+
+ctypedef struct KernelIO:
+    Py_ssize_t n                    # rows in this batch
+    const double* x[MAX_COLUMNS]    # float64 inputs in declaration order (time inputs excluded)
+    const int64_t* t                # the time input (int64 ns since epoch), if declared
+    const uint8_t* ok               # 1 where every input is non-null; NULL when no input has nulls
+    const int32_t* slot             # key slot per row; NULL without ``by`` (everything in slot 0)
+    double* state                   # state rows, ``stride`` doubles per key slot
+    Py_ssize_t stride
+    double* out[MAX_COLUMNS]        # output values
+    uint8_t* valid[MAX_COLUMNS]     # output validity bitmaps, all bits set on entry
+
+
+cdef inline bint present(const KernelIO* io, Py_ssize_t i) noexcept nogil:
+    """Row ``i`` has no null input (NaN is checked by the kernel on the values it reads)."""
+    return io.ok == NULL or io.ok[i] != 0
+
+
+cdef inline double* key_state(const KernelIO* io, Py_ssize_t i) noexcept nogil:
+    """The state row of row ``i``'s key."""
+    if io.slot == NULL:
+        return io.state
+    return io.state + <Py_ssize_t>io.slot[i] * io.stride
+
+
+cdef inline void set_null(KernelIO* io, int j, Py_ssize_t i) noexcept nogil:
+    """Output ``j`` is null at row ``i``."""
+    io.valid[j][i >> 3] &= <uint8_t>~(1 << (i & 7))
+    io.out[j][i] = 0.0
+
+
+cdef inline void emit(KernelIO* io, int j, Py_ssize_t i, double value) noexcept nogil:
+    """Output ``j`` at row ``i`` is ``value``; NaN (an undefined result) becomes null."""
+    if value == value:
+        io.out[j][i] = value
+    else:
+        set_null(io, j, i)
+
+
+cdef class Kernel:
+    cdef readonly str name
+    cdef readonly object by
+    cdef readonly dict config
+    cdef list _inputs
+    cdef list _outputs
+    cdef readonly Py_ssize_t stride
+    cdef object _state
+    cdef Py_ssize_t _n_slots
+    cdef dict _slot_of_key
+    cdef list _keys
+
+    cdef void init_state(self, double* st) noexcept nogil
+    cdef void run(self, KernelIO* io) noexcept nogil
+    cdef object _process(self, batch)
+    cdef object _key_slots(self, keys)
+    cdef Py_ssize_t _new_slot(self, key) except -1

@@ -1,0 +1,367 @@
+# cython: language_level=3
+"""The one kernel base every kernel in :mod:`sabot.fintech` is built on.
+
+Calling convention (spec kernels.md §1): ``kernel(batch) -> same type as batch`` with the output
+columns appended (or replaced in place when the name exists). A ``Table`` is processed batch by
+batch with state carried, so chunked columns are never concatenated.
+
+Nulls and NaN: a row with a null or NaN input gets null outputs and does not touch the state.
+Null inputs are found here (Arrow validity bitmaps, combined once into ``io.ok``); NaN is checked
+by each kernel on the values it reads.
+"""
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.types as pat
+
+from libc.stdint cimport uintptr_t
+from libc.string cimport memset
+
+from ._columns import (
+    check_batch,
+    require_column,
+    require_numeric,
+    resolve_value_column,
+    with_columns,
+)
+
+#: Version of the dictionaries returned by ``Kernel.state_dict``.
+STATE_VERSION = 1
+
+# Input kinds.
+AUTO = "auto"          # a value column; None means "price, else the only numeric column"
+NUMERIC = "numeric"    # a named numeric column, cast once to float64
+TIME = "time"          # an Arrow timestamp (any unit) or int64 nanoseconds
+SIDE = "side"          # +1/-1 numbers or 'buy'/'sell' strings, read as +1.0/-1.0
+
+# Output kinds.
+F64 = "f8"
+BOOL = "bool"
+I64 = "i8"
+LABEL = "label"
+
+
+def value_input(param, name):
+    """A value column argument that may be None (auto-resolved, spec §1)."""
+    return (param, name, AUTO)
+
+
+def numeric_input(param, name):
+    return (param, name, NUMERIC)
+
+
+def time_input(param, name):
+    return (param, name, TIME)
+
+
+def side_input(param, name):
+    return (param, name, SIDE)
+
+
+def output(name, kind=F64, labels=None):
+    """An output column; ``labels`` are the strings a LABEL output's codes stand for."""
+    return (name, kind, tuple(labels) if labels is not None else None)
+
+
+cdef inline uintptr_t _address(object buf):
+    return <uintptr_t>buf.address
+
+
+cdef inline uintptr_t _values_address(object arr):
+    """Address of element 0 of an 8-byte-wide fixed-size Arrow array, slice offset applied."""
+    cdef Py_ssize_t offset = arr.offset
+    return _address(arr.buffers()[1]) + <uintptr_t>(offset * 8)
+
+
+cdef void _and_validity(uint8_t* ok, const uint8_t* bitmap, Py_ssize_t offset,
+                        Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(n):
+        j = i + offset
+        if not ((bitmap[j >> 3] >> (j & 7)) & 1):
+            ok[i] = 0
+
+
+def _as_side(arr, name):
+    """+1.0 for buy, -1.0 for sell; numbers by their sign. Anything else is an error."""
+    if pat.is_string(arr.type) or pat.is_large_string(arr.type):
+        lowered = pc.utf8_lower(arr)
+        side = pc.if_else(pc.equal(lowered, "buy"), 1.0,
+                          pc.if_else(pc.equal(lowered, "sell"), -1.0, None))
+        bad = pc.and_(pc.is_null(side), pc.is_valid(arr))
+        if pc.any(bad).as_py():
+            first = arr.filter(bad)[0].as_py()
+            raise ValueError(
+                f"side column {name!r}: unknown side {first!r}; expected 'buy'/'sell' or +1/-1"
+            )
+        return side
+    if pat.is_integer(arr.type) or pat.is_floating(arr.type):
+        values = arr.cast(pa.float64(), safe=False)
+        zero = pc.equal(values, 0.0)
+        if pc.any(zero).as_py():
+            raise ValueError(f"side column {name!r}: side 0 is neither buy (+1) nor sell (-1)")
+        return pc.sign(values)
+    raise TypeError(f"side column {name!r} has type {arr.type}; expected string or numeric")
+
+
+def _as_float64(arr, name):
+    t = arr.type
+    if pat.is_float64(t):
+        return arr
+    if pat.is_integer(t) or pat.is_floating(t) or pat.is_decimal(t):
+        return arr.cast(pa.float64(), safe=False)
+    raise TypeError(f"column {name!r} has type {t}; expected a numeric type")
+
+
+def _as_int64_ns(arr, name):
+    t = arr.type
+    if pat.is_timestamp(t):
+        if t.unit != "ns":
+            arr = arr.cast(pa.timestamp("ns", tz=t.tz))
+        return arr
+    if pat.is_int64(t):
+        return arr
+    raise TypeError(
+        f"time column {name!r} has type {t}; expected a timestamp or int64 nanoseconds"
+    )
+
+
+cdef class Kernel:
+    """Base of every kernel: declare columns, params and outputs; implement ``run``.
+
+    Instances are callable on successive batches and carry state across them, per key when
+    ``by`` is set. ``state_dict()`` / ``load_state_dict()`` / ``reset()`` checkpoint it.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self.name = type(self).__name__
+        self.by = None
+        self.config = {}
+        self._inputs = []
+        self._outputs = []
+        self.stride = 0
+        self._state = None
+        self._n_slots = 0
+        self._slot_of_key = {}
+        self._keys = []
+
+    def declare(self, str name, inputs, outputs, *, Py_ssize_t stride=0, by=None, config=None):
+        """Declare the kernel: its function name, inputs, outputs and per-key state width."""
+        inputs = list(inputs)
+        outputs = list(outputs)
+        if sum(1 for i in inputs if i[2] != TIME) > MAX_COLUMNS or len(outputs) > MAX_COLUMNS:
+            raise ValueError(f"{name}: at most {MAX_COLUMNS} value inputs and outputs")
+        if sum(1 for i in inputs if i[2] == TIME) > 1:
+            raise ValueError(f"{name}: at most one time input")
+        if by is not None and not isinstance(by, str):
+            raise TypeError(f"{name}: by must be a column name or None, got {by!r}")
+        self.name = name
+        self._inputs = inputs
+        self._outputs = outputs
+        self.stride = stride
+        self.by = by
+        self.config = dict(config or {})
+        if by is not None:
+            self.config["by"] = by
+
+    @property
+    def output_names(self):
+        return [o[0] for o in self._outputs]
+
+    cdef void init_state(self, double* st) noexcept nogil:
+        memset(st, 0, self.stride * sizeof(double))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        pass
+
+    # ---------------------------------------------------------------- calling
+
+    def __call__(self, batch):
+        check_batch(batch)
+        if isinstance(batch, pa.Table):
+            parts = batch.to_batches()
+            if not parts:
+                parts = [pa.RecordBatch.from_arrays(
+                    [pa.array([], type=f.type) for f in batch.schema], schema=batch.schema)]
+            outs = [self._process(b) for b in parts]
+            return pa.Table.from_batches(outs, schema=outs[0].schema)
+        return self._process(batch)
+
+    def resolve_columns(self, schema):
+        """The (kind, column name) of every input, checked against ``schema``."""
+        resolved = []
+        for param, name, kind in self._inputs:
+            if kind == AUTO:
+                resolved.append((kind, resolve_value_column(schema, name, self.by, param)))
+            elif kind == NUMERIC:
+                require_numeric(schema, name, param)
+                resolved.append((kind, name))
+            else:
+                require_column(schema, name, param)
+                resolved.append((kind, name))
+        if self.by is not None:
+            require_column(schema, self.by, "by column")
+        return resolved
+
+    cdef object _process(self, batch):
+        cdef KernelIO io
+        cdef Py_ssize_t n = batch.num_rows
+        cdef int n_x = 0, j
+        cdef object arr, ok_arr = None, slots = None
+        cdef uint8_t* ok_ptr = NULL
+        cdef list keep = []
+        cdef list data_bufs = [], valid_bufs = []
+
+        resolved = self.resolve_columns(batch.schema)
+        memset(&io, 0, sizeof(KernelIO))
+        io.n = n
+        for kind, name in resolved:
+            arr = batch.column(name)
+            if pat.is_dictionary(arr.type):
+                arr = arr.dictionary_decode()
+            if kind == TIME:
+                arr = _as_int64_ns(arr, name)
+            elif kind == SIDE:
+                arr = _as_side(arr, name)
+            else:
+                arr = _as_float64(arr, name)
+            keep.append(arr)
+            if n == 0:
+                continue
+            if kind == TIME:
+                io.t = <const int64_t*>_values_address(arr)
+            else:
+                io.x[n_x] = <const double*>_values_address(arr)
+                n_x += 1
+            if arr.null_count:
+                if ok_arr is None:
+                    ok_arr = np.ones(n, dtype=np.uint8)
+                    ok_ptr = <uint8_t*><uintptr_t>ok_arr.ctypes.data
+                _and_validity(ok_ptr, <const uint8_t*>_address(arr.buffers()[0]),
+                              arr.offset, n)
+        io.ok = ok_ptr
+
+        if self.stride > 0:
+            if self.by is not None:
+                slots = self._key_slots(batch.column(self.by))
+                if n:
+                    io.slot = <const int32_t*><uintptr_t>slots.ctypes.data
+            elif self._n_slots == 0:
+                self._new_slot(None)
+            if self._state is not None:
+                io.state = <double*><uintptr_t>self._state.ctypes.data
+            io.stride = self.stride
+
+        for j in range(len(self._outputs)):
+            data = pa.allocate_buffer(n * 8)
+            valid = pa.allocate_buffer((n + 7) // 8)
+            if n:
+                io.out[j] = <double*>_address(data)
+                io.valid[j] = <uint8_t*>_address(valid)
+                memset(io.valid[j], 0xFF, (n + 7) // 8)
+            data_bufs.append(data)
+            valid_bufs.append(valid)
+
+        if n:
+            with nogil:
+                self.run(&io)
+
+        named = []
+        for j, (oname, okind, labels) in enumerate(self._outputs):
+            out = pa.Array.from_buffers(pa.float64(), n, [valid_bufs[j], data_bufs[j]],
+                                        null_count=-1)
+            if okind == BOOL:
+                out = pc.not_equal(out, 0.0)
+            elif okind == I64:
+                out = out.cast(pa.int64())
+            elif okind == LABEL:
+                out = pa.DictionaryArray.from_arrays(out.cast(pa.int32()),
+                                                     pa.array(labels, pa.string()))
+            named.append((oname, out))
+        return with_columns(batch, named)
+
+    # ---------------------------------------------------------------- per-key state
+
+    cdef object _key_slots(self, keys):
+        """int32 slot per row: keys dictionary-encoded once, new keys get new slots."""
+        if pat.is_dictionary(keys.type) and keys.null_count == 0:
+            indices, dictionary = keys.indices, keys.dictionary
+        else:
+            if pat.is_dictionary(keys.type):
+                keys = keys.dictionary_decode()
+            encoded = pc.dictionary_encode(keys, null_encoding="encode")
+            indices, dictionary = encoded.indices, encoded.dictionary
+        values = dictionary.to_pylist()
+        lut = np.empty(len(values), dtype=np.int32)
+        for code, key in enumerate(values):
+            slot = self._slot_of_key.get(key)
+            if slot is None:
+                slot = self._new_slot(key)
+            lut[code] = slot
+        return lut[indices.to_numpy(zero_copy_only=False)]
+
+    cdef Py_ssize_t _new_slot(self, key) except -1:
+        cdef Py_ssize_t slot = self._n_slots
+        cdef double* row
+        if self._state is None or self._state.shape[0] <= slot:
+            grown = np.empty((max(4, 2 * slot), max(self.stride, 1)), dtype=np.float64)
+            if self._state is not None:
+                grown[:slot] = self._state[:slot]
+            self._state = grown
+        row = <double*><uintptr_t>self._state.ctypes.data + slot * self.stride
+        self.init_state(row)
+        self._slot_of_key[key] = slot
+        self._keys.append(key)
+        self._n_slots += 1
+        return slot
+
+    # ---------------------------------------------------------------- checkpointing
+
+    def state_dict(self):
+        """Plain, picklable, versioned snapshot of every key's state."""
+        state = self._state[:self._n_slots] if self._n_slots else np.empty((0, self.stride))
+        return {
+            "version": STATE_VERSION,
+            "kernel": self.name,
+            "config": dict(self.config),
+            "keys": list(self._keys),
+            "stride": self.stride,
+            "state": np.ascontiguousarray(state[:, :self.stride]).tobytes(),
+        }
+
+    def load_state_dict(self, dict d):
+        """Continue exactly where the snapshot ``d`` left off."""
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"{self.name}: unsupported state version {d.get('version')!r}")
+        if d.get("kernel") != self.name or d.get("config") != self.config:
+            raise ValueError(
+                f"{self.name}: state was saved by {d.get('kernel')}({d.get('config')}), "
+                f"not {self.name}({self.config})"
+            )
+        if d["stride"] != self.stride:
+            raise ValueError(f"{self.name}: state width {d['stride']} != {self.stride}")
+        keys = list(d["keys"])
+        values = np.frombuffer(d["state"], dtype=np.float64).reshape(len(keys), self.stride)
+        self.reset()
+        if keys:
+            self._state = np.empty((max(4, len(keys)), max(self.stride, 1)), dtype=np.float64)
+            self._state[:len(keys), :self.stride] = values
+        self._keys = keys
+        self._slot_of_key = {k: i for i, k in enumerate(keys)}
+        self._n_slots = len(keys)
+
+    def reset(self):
+        """Forget all state (every key starts afresh)."""
+        self._state = None
+        self._n_slots = 0
+        self._slot_of_key = {}
+        self._keys = []
+
+    @property
+    def keys(self):
+        """The keys seen so far, in slot order."""
+        return list(self._keys)
+
+    def __repr__(self):
+        params = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{type(self).__name__}({params})"

@@ -1,0 +1,204 @@
+# cython: language_level=3
+"""Shared C-level building blocks for windowed kernels, all living inside a key's state row.
+
+* ring buffer of the last N values: ``N + 1`` doubles ``[pushed, v_0 .. v_{N-1}]``;
+* rolling moments (count, mean, central sums of powers 2..4) over a window of N values, from
+  power sums about a shift re-based every N pushes, with a run-of-equal-values counter so a
+  constant window has variance exactly 0: ``moments_width(N)`` doubles;
+* monotonic deque for rolling max/min in amortised O(1): ``3 + 2N`` doubles
+  ``[pushed, head, length, values N, indices N]``.
+"""
+
+cdef inline Py_ssize_t ring_width(Py_ssize_t N) noexcept nogil:
+    return N + 1
+
+
+cdef inline bint ring_push(double* r, Py_ssize_t N, double x, double* evicted) noexcept nogil:
+    """Push ``x``; when the ring was full, store the value it displaced and return True."""
+    cdef Py_ssize_t pushed = <Py_ssize_t>r[0]
+    cdef Py_ssize_t pos = pushed % N
+    cdef bint full = pushed >= N
+    if full:
+        evicted[0] = r[1 + pos]
+    r[1 + pos] = x
+    r[0] = <double>(pushed + 1)
+    return full
+
+
+cdef inline double ring_get(const double* r, Py_ssize_t N, Py_ssize_t age) noexcept nogil:
+    """The value pushed ``age`` pushes ago (0 = newest); caller ensures it is still held."""
+    cdef Py_ssize_t pushed = <Py_ssize_t>r[0]
+    return r[1 + (pushed - 1 - age) % N]
+
+
+cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t pushed = <Py_ssize_t>r[0]
+    return pushed if pushed < N else N
+
+
+cdef inline Py_ssize_t sum_width(Py_ssize_t N) noexcept nogil:
+    """Doubles for a rolling sum over ``N`` values: ``[sum, ring of the window]``."""
+    return 1 + 1 + N
+
+
+cdef inline double sum_push(double* s, Py_ssize_t N, double x) noexcept nogil:
+    """Add ``x`` to the rolling sum of the last ``N`` values and return the sum.
+
+    Running add/subtract (as TA-Lib's SMA does), re-summed exactly every N pushes so rounding
+    never accumulates beyond one window.
+    """
+    cdef double old
+    cdef double* ring = s + 1
+    cdef Py_ssize_t k
+    if ring_push(ring, N, x, &old):
+        s[0] -= old
+    s[0] += x
+    if (<Py_ssize_t>ring[0]) % N == 0:
+        s[0] = 0.0
+        for k in range(N):
+            s[0] += ring[1 + k]
+    return s[0]
+
+
+cdef inline Py_ssize_t sum_count(const double* s, Py_ssize_t N) noexcept nogil:
+    """Values in the window (saturates at N)."""
+    return ring_count(s + 1, N)
+
+
+cdef enum:
+    MOM_HEADER = 8      # [nobs, shift K, S1, S2, S3, S4, equal_run, last]
+
+
+cdef inline Py_ssize_t moments_width(Py_ssize_t N) noexcept nogil:
+    """Doubles for rolling moments over ``N`` values (header + ring of the window)."""
+    return MOM_HEADER + 1 + N
+
+
+cdef inline void _mom_add(double* m, double x, int sign) noexcept nogil:
+    cdef double d = x - m[1], d2 = d * d
+    m[0] += sign
+    m[2] += sign * d
+    m[3] += sign * d2
+    m[4] += sign * d2 * d
+    m[5] += sign * d2 * d2
+
+
+cdef inline void _mom_rebase(double* m, Py_ssize_t N) noexcept nogil:
+    """Recompute the power sums exactly about the window mean (bounds rounding drift)."""
+    cdef const double* ring = m + MOM_HEADER
+    cdef Py_ssize_t k, n = ring_count(ring, N)
+    cdef double total = 0.0, d, d2
+    for k in range(n):
+        total += ring[1 + k]
+    m[1] = total / n
+    m[2] = 0.0; m[3] = 0.0; m[4] = 0.0; m[5] = 0.0
+    for k in range(n):
+        d = ring[1 + k] - m[1]
+        d2 = d * d
+        m[2] += d; m[3] += d2; m[4] += d2 * d; m[5] += d2 * d2
+
+
+cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
+    """Add ``x`` to the window of the last ``N`` values (evicting the oldest when full).
+
+    Power sums S_p = sum (x - K)^p about a shift K near the mean, re-based exactly every N
+    pushes, so sums never suffer catastrophic cancellation or unbounded drift.
+    """
+    cdef double old
+    cdef double* ring = m + MOM_HEADER
+    if m[0] == 0.0:
+        m[1] = x
+    if ring_push(ring, N, x, &old):
+        _mom_add(m, old, -1)
+    _mom_add(m, x, 1)
+    if x == m[7] and m[0] > 1.0 and m[6] > 0.0:
+        m[6] += 1.0
+    else:
+        m[6] = 1.0
+    m[7] = x
+    if (<Py_ssize_t>ring[0]) % N == 0:
+        _mom_rebase(m, N)
+
+
+cdef inline double moments_count(const double* m) noexcept nogil:
+    return m[0]
+
+
+cdef inline bint moments_constant(const double* m) noexcept nogil:
+    """Every value in the window is identical (variance exactly 0)."""
+    return m[6] >= m[0]
+
+
+cdef inline double moments_mean(const double* m) noexcept nogil:
+    if m[6] >= m[0]:
+        return m[7]
+    return m[1] + m[2] / m[0]
+
+
+cdef inline double moments_m2(const double* m) noexcept nogil:
+    """Sum of squared deviations from the window mean (>= 0; exactly 0 when constant)."""
+    cdef double s
+    if m[6] >= m[0]:
+        return 0.0
+    s = m[3] - m[2] * m[2] / m[0]
+    return s if s > 0.0 else 0.0
+
+
+cdef inline double moments_m3(const double* m) noexcept nogil:
+    """Sum of cubed deviations from the window mean."""
+    cdef double n = m[0], a = m[2] / m[0]
+    if m[6] >= m[0]:
+        return 0.0
+    return m[4] - 3.0 * a * m[3] + 3.0 * a * a * m[2] - n * a * a * a
+
+
+cdef inline double moments_m4(const double* m) noexcept nogil:
+    """Sum of fourth-power deviations from the window mean."""
+    cdef double n = m[0], a = m[2] / m[0], a2 = a * a
+    if m[6] >= m[0]:
+        return 0.0
+    return m[5] - 4.0 * a * m[4] + 6.0 * a2 * m[3] - 4.0 * a2 * a * m[2] + n * a2 * a2
+
+
+cdef inline double moments_var(const double* m, double ddof) noexcept nogil:
+    """Window variance with ``ddof`` (NaN when nobs <= ddof)."""
+    if m[0] - ddof <= 0.0:
+        return 0.0 / 0.0
+    return moments_m2(m) / (m[0] - ddof)
+
+
+cdef inline Py_ssize_t deque_width(Py_ssize_t N) noexcept nogil:
+    return 3 + 2 * N
+
+
+cdef inline double deque_push(double* d, Py_ssize_t N, double x, bint keep_max) noexcept nogil:
+    """Push ``x`` and return the max (``keep_max``) or min of the last ``N`` pushed values."""
+    cdef Py_ssize_t t = <Py_ssize_t>d[0]
+    cdef Py_ssize_t head = <Py_ssize_t>d[1]
+    cdef Py_ssize_t length = <Py_ssize_t>d[2]
+    cdef double* values = d + 3
+    cdef double* index = d + 3 + N
+    cdef Py_ssize_t back
+    cdef double v
+    if length > 0 and <Py_ssize_t>index[head] <= t - N:
+        head = (head + 1) % N
+        length -= 1
+    while length > 0:
+        back = (head + length - 1) % N
+        v = values[(<Py_ssize_t>index[back]) % N]
+        if (v <= x) if keep_max else (v >= x):
+            length -= 1
+        else:
+            break
+    index[(head + length) % N] = <double>t
+    length += 1
+    values[t % N] = x
+    d[0] = <double>(t + 1)
+    d[1] = <double>head
+    d[2] = <double>length
+    return values[(<Py_ssize_t>index[head]) % N]
+
+
+cdef inline Py_ssize_t deque_count(const double* d) noexcept nogil:
+    """Values pushed so far (compare with N for warm-up)."""
+    return <Py_ssize_t>d[0]
