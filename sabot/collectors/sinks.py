@@ -23,6 +23,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sabot.kafka import producer_config
 from sabot.schema import exchange_schema
 
 __all__ = ["Sink", "ParquetSink", "KafkaSink", "recover_parts"]
@@ -145,14 +146,7 @@ class KafkaSink:
         self.delivered = 0
         self.delivery_errors = 0
         self.produced = 0
-        conf = {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": linger_ms,
-            "acks": "all",
-            "enable.idempotence": False,
-            "queue.buffering.max.messages": 1_000_000,
-            "message.timeout.ms": 30_000,
-        }
+        conf = producer_config(bootstrap, **{"linger.ms": linger_ms, "message.timeout.ms": 30_000})
         conf.update(config)
         self._producer = Producer(conf, logger=logging.getLogger("sabot.collectors.kafka"))
 
