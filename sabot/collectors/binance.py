@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed,
+    CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, parsed,
 )
 
 __all__ = ["BinanceCollector"]
@@ -51,9 +51,9 @@ class BinanceCollector(ExchangeCollector):
         if "u" in data and "b" in data and "e" not in data:
             raw = data["s"]
             last, vol, chg, n = self._ticker.get(raw, _NO_TICKER)
-            return Parsed(DATA, [{
+            return parsed((DATA, [{
                 "exchange": "binance",
-                "symbol": self.normalize(raw),
+                "symbol": self._symbol_cache.get(raw) or self.normalize(raw),
                 "raw_symbol": raw,
                 "timestamp": recv_ns,
                 "recv_timestamp": recv_ns,
@@ -67,7 +67,7 @@ class BinanceCollector(ExchangeCollector):
                 "last_price": last,
                 "price_change_pct": chg,
                 "num_trades": n,
-            }])
+            }], ""))
         event = data.get("e")
         if event == "24hrTicker":
             self._ticker[data["s"]] = (float(data["c"]), float(data["v"]), float(data["P"]), int(data["n"]))

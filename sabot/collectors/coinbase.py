@@ -1,23 +1,18 @@
 """Coinbase Advanced Trade ``ticker`` channel (spec exchanges.md §1).
 
 Subscribe one channel per message (``ticker`` and ``heartbeats``); each ``events[].tickers[]``
-entry becomes one record.  Prices are decimal strings (``float(str)`` is correctly rounded);
+entry becomes one record (best bid/ask, sizes, price and 24 h volume are required; a frame
+lacking them is counted as unknown).  Prices are decimal strings (``float(str)`` is correctly rounded);
 the envelope ``timestamp`` (RFC 3339, 3-9 fractional digits) is the event time, stored exactly
 as integer ns in ``timestamp`` and ``parent_timestamp``; ``sequence_num`` is the sequence.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, rfc3339_to_ns,
+    CONTROL, DATA, ERROR, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, parsed, rfc3339_to_ns,
 )
 
 __all__ = ["CoinbaseCollector"]
-
-
-def _num(x: Any) -> float | None:
-    return None if x is None or x == "" else float(x)
 
 
 class CoinbaseCollector(ExchangeCollector):
@@ -40,26 +35,27 @@ class CoinbaseCollector(ExchangeCollector):
             ts = rfc3339_to_ns(msg["timestamp"])
             seq = msg.get("sequence_num")
             records = []
+            cache = self._symbol_cache
             for event in msg["events"]:
                 for t in event["tickers"]:
                     pid = t["product_id"]
                     records.append({
                         "exchange": "coinbase",
-                        "symbol": self.normalize(pid),
+                        "symbol": cache.get(pid) or self.normalize(pid),
                         "raw_symbol": pid,
                         "timestamp": ts,
                         "recv_timestamp": recv_ns,
-                        "bid": _num(t.get("best_bid")),
-                        "ask": _num(t.get("best_ask")),
-                        "bid_size": _num(t.get("best_bid_quantity")),
-                        "ask_size": _num(t.get("best_ask_quantity")),
-                        "price": _num(t.get("price")),
-                        "volume_24h": _num(t.get("volume_24_h")),
+                        "bid": float(t["best_bid"]),
+                        "ask": float(t["best_ask"]),
+                        "bid_size": float(t["best_bid_quantity"]),
+                        "ask_size": float(t["best_ask_quantity"]),
+                        "price": float(t["price"]),
+                        "volume_24h": float(t["volume_24_h"]),
                         "sequence": seq,
                         "product_id": pid,
                         "parent_timestamp": ts,
                     })
-            return Parsed(DATA, records)
+            return parsed((DATA, records, ""))
         if channel == "heartbeats":
             return Parsed(CONTROL)
         if channel == "subscriptions":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, rfc3339_to_ns,
+    CONTROL, DATA, ERROR, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, parsed, rfc3339_to_ns,
 )
 
 __all__ = ["KrakenCollector"]
@@ -40,26 +40,27 @@ class KrakenCollector(ExchangeCollector):
         channel = msg.get("channel")
         if channel == "ticker":
             records = []
+            cache = self._symbol_cache
             for t in msg["data"]:
                 raw = t["symbol"]
                 ts = t.get("timestamp")
                 records.append({
                     "exchange": "kraken",
-                    "symbol": self.normalize(raw),
+                    "symbol": cache.get(raw) or self.normalize(raw),
                     "raw_symbol": raw,
                     "timestamp": rfc3339_to_ns(ts) if ts is not None else recv_ns,
                     "recv_timestamp": recv_ns,
-                    "bid": _num(t.get("bid")),
-                    "ask": _num(t.get("ask")),
-                    "bid_size": _num(t.get("bid_qty")),
-                    "ask_size": _num(t.get("ask_qty")),
+                    "bid": float(t["bid"]),
+                    "ask": float(t["ask"]),
+                    "bid_size": float(t["bid_qty"]),
+                    "ask_size": float(t["ask_qty"]),
                     "price": _num(t.get("last")),
                     "volume_24h": _num(t.get("volume")),
                     "sequence": None,
                     "vwap": _num(t.get("vwap")),
                     "change_pct": _num(t.get("change_pct")),
                 })
-            return Parsed(DATA, records)
+            return parsed((DATA, records, ""))
         if channel == "heartbeat" or channel == "status":
             return Parsed(CONTROL)
         method = msg.get("method")
