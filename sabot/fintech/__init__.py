@@ -1,8 +1,25 @@
-"""sabot.fintech: streaming financial kernels over Arrow batches (spec: kernels.md)."""
+"""sabot.fintech: streaming financial kernels over Arrow batches (spec: kernels.md).
+
+Every kernel takes a RecordBatch or Table and returns the same type with its output columns
+appended. Stateful kernels have a class form that carries state across batches (and per key
+with ``by=``); inside a Stream operator the function form does the same (see ``_scope``).
+"""
 from ._scope import StateScope, current_scope
 from .online_stats import (
     EWCov, EWMA, LogReturns, RollingZScore, WelfordMeanVar,
     ewcov, ewma, log_returns, rolling_zscore, welford_mean_var,
+)
+from .microstructure import (
+    OFI, VPIN,
+    effective_spread, l1_imbalance, microprice, midprice, ofi, quoted_spread, vpin,
+)
+from .momentum_filters import (
+    ATR, EMA, MACD, OBV, RSI, SMA, BollingerBands, DonchianChannel, Kalman1D, StochasticOsc,
+    atr, bollinger_bands, donchian_channel, ema, kalman_1d, macd, obv, rsi, sma, stochastic_osc,
+)
+from .symbols import normalize_symbols
+from .asof import (
+    AsofJoinKernel, StreamingAsofJoinKernel, asof_join, asof_join_streaming, asof_join_table,
 )
 from .fx_crypto import (
     BasisAnnualized, CarrySignal, CashAndCarryEdge, CIPBasis, ForwardPoints, FundingAPR,
@@ -25,8 +42,23 @@ from .operators import (
 
 __all__ = [
     "StateScope", "current_scope",
+    # online_stats
     "EWCov", "EWMA", "LogReturns", "RollingZScore", "WelfordMeanVar",
     "ewcov", "ewma", "log_returns", "rolling_zscore", "welford_mean_var",
+    # microstructure
+    "OFI", "VPIN",
+    "effective_spread", "l1_imbalance", "microprice", "midprice", "ofi", "quoted_spread", "vpin",
+    # momentum_filters
+    "ATR", "EMA", "MACD", "OBV", "RSI", "SMA", "BollingerBands", "DonchianChannel", "Kalman1D",
+    "StochasticOsc",
+    "atr", "bollinger_bands", "donchian_channel", "ema", "kalman_1d", "macd", "obv", "rsi", "sma",
+    "stochastic_osc",
+    # cross-exchange
+    "normalize_symbols",
+    # asof
+    "asof_join", "asof_join_table", "AsofJoinKernel", "StreamingAsofJoinKernel",
+    "asof_join_streaming",
+    # fx_crypto, cross_asset, cross_exchange, operators
     "BasisAnnualized", "CarrySignal", "CashAndCarryEdge", "CIPBasis", "ForwardPoints",
     "FundingAPR", "FundingCost", "OpenInterestDelta", "PerpFairPrice", "TriangularArbitrage",
     "basis_annualized", "carry_signal", "cash_and_carry_edge", "cip_basis", "forward_points",
