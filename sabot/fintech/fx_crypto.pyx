@@ -72,6 +72,7 @@ cdef class TriangularArbitrage(Kernel):
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
         cdef double ab, bc, ac, fee, fwd, rev, best
+        cdef int rev_better, profitable
         for i in range(io.n):
             ab = io.x[0][i]
             bc = io.x[1][i]
@@ -83,14 +84,12 @@ cdef class TriangularArbitrage(Kernel):
                 continue
             fwd = (ab * bc / ac - 1.0) * 1e4 - fee
             rev = (ac / (ab * bc) - 1.0) * 1e4 - fee
-            best = fwd if fwd >= rev else rev
+            # branch-free: the better cycle is a coin flip on real data
+            rev_better = fwd < rev
+            best = rev_better * rev + (1 - rev_better) * fwd
+            profitable = best > 0.0
             emit(io, 0, i, best)
-            if not best > 0.0:
-                io.out[1][i] = 2.0
-            elif fwd >= rev:
-                io.out[1][i] = 0.0
-            else:
-                io.out[1][i] = 1.0
+            io.out[1][i] = profitable * <double>rev_better + (1 - profitable) * 2.0
 
 
 def triangular_arbitrage(batch, fees_bps=None, *, ab_column="spot_ab", bc_column="spot_bc",
