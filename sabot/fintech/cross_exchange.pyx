@@ -84,7 +84,8 @@ cdef class ArbitrageOpportunities(Kernel):
         net_bps   = gross_bps − fee_b − fee_s
 
     and the pair with the largest ``net_bps`` is reported (ties: the earlier buy venue, then
-    the earlier sell venue, in column order). With one fee for all venues this is the lowest
+    the earlier sell venue, in column order; pairs are compared with 1e4/p_b precomputed,
+    so edges equal to ~1e-12 relative count as ties). With one fee for all venues this is the lowest
     against the highest price. ``is_opportunity = net_bps >= min_edge_bps and net_bps > 0``.
 
     Per venue, a null, NaN or non-positive price means that venue is absent from the row; a
@@ -123,10 +124,11 @@ cdef class ArbitrageOpportunities(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
-        cdef int b, s, k, nv = self.n_venues, n_ok, best_b, best_s
+        cdef int b, s, k, nv = self.n_venues, n_ok, best, best_b, best_s
+        cdef bint better
         cdef double p[MAX_COLUMNS]
         cdef bint ok[MAX_COLUMNS]
-        cdef double gross, net, best_net, best_gross
+        cdef double net, best_net, best_gross, scale
         for i in range(io.n):
             n_ok = 0
             for k in range(nv):
@@ -137,23 +139,22 @@ cdef class ArbitrageOpportunities(Kernel):
                 for k in range(5):
                     set_null(io, k, i)
                 continue
-            best_b = -1
-            best_s = -1
+            # branch-free scan of every ordered pair (the winner is unpredictable): strict >
+            # keeps the first pair of the largest net edge
+            best = -1
             best_net = -INFINITY
-            best_gross = 0.0
             for b in range(nv):
-                if not ok[b]:
-                    continue
+                scale = 1e4 / p[b]                    # one division per buy venue
                 for s in range(nv):
-                    if s == b or not ok[s]:
-                        continue
-                    gross = (p[s] - p[b]) / p[b] * 1e4
-                    net = gross - self.fee[b] - self.fee[s]
-                    if best_b < 0 or net > best_net:
-                        best_b = b
-                        best_s = s
-                        best_net = net
-                        best_gross = gross
+                    net = (p[s] - p[b]) * scale - self.fee[b] - self.fee[s]
+                    net = net if (ok[b] & ok[s] & (s != b)) else -INFINITY
+                    better = net > best_net
+                    best_net = net if better else best_net
+                    best = b * nv + s if better else best
+            best_b = best // nv
+            best_s = best % nv
+            best_gross = (p[best_s] - p[best_b]) / p[best_b] * 1e4
+            best_net = best_gross - self.fee[best_b] - self.fee[best_s]
             io.out[0][i] = best_b
             io.out[1][i] = best_s
             emit(io, 2, i, best_gross)
