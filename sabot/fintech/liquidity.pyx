@@ -11,7 +11,8 @@ from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
 from ._kernel import numeric_input, output
 from ._columns import check_positive_int
 from ._scope import call_kernel
-from ._window cimport ring_count, ring_push, sum_count, sum_push, sum_width
+from ._window cimport ring_count, ring_push
+from ._sums cimport zsum_count, zsum_push, zsum_width
 
 # ---------------------------------------------------------------- rolling co-moments
 # Rolling sums over the last M pairs (x, y) about shifts (Kx, Ky) near the window means,
@@ -136,7 +137,7 @@ cdef class AmihudIlliquidity(Kernel):
         self.window = check_positive_int("window", window)
         self.declare("amihud_illiquidity", [numeric_input("returns_column", returns_column),
                                             numeric_input("volume_column", volume_column)],
-                     [output("amihud_illiquidity")], stride=sum_width(self.window), by=by,
+                     [output("amihud_illiquidity")], stride=zsum_width(self.window), by=by,
                      config=dict(returns_column=returns_column, volume_column=volume_column,
                                  window=self.window))
 
@@ -151,8 +152,8 @@ cdef class AmihudIlliquidity(Kernel):
                 set_null(io, 0, i)
                 continue
             st = key_state(io, i)
-            s = sum_push(st, N, fabs(r) / v)
-            if sum_count(st, N) < N:
+            s = zsum_push(st, N, fabs(r) / v)
+            if zsum_count(st, N) < N:
                 set_null(io, 0, i)
             else:
                 emit(io, 0, i, s / N)
@@ -231,7 +232,7 @@ cdef class CorwinSchultzSpread(Kernel):
         self.declare("corwin_schultz_spread", [numeric_input("high_column", high_column),
                                                numeric_input("low_column", low_column)],
                      [output("corwin_schultz_spread")],
-                     stride=3 + sum_width(self.window - 1), by=by,
+                     stride=3 + zsum_width(self.window - 1), by=by,
                      config=dict(high_column=high_column, low_column=low_column,
                                  window=self.window))
 
@@ -252,10 +253,10 @@ cdef class CorwinSchultzSpread(Kernel):
                 st[2] = l
                 set_null(io, 0, i)
                 continue
-            s = sum_push(st + 3, M, corwin_schultz_two_bar(st[1], st[2], h, l))
+            s = zsum_push(st + 3, M, corwin_schultz_two_bar(st[1], st[2], h, l))
             st[1] = h
             st[2] = l
-            if sum_count(st + 3, M) < M:
+            if zsum_count(st + 3, M) < M:
                 set_null(io, 0, i)
             else:
                 emit(io, 0, i, s / M)

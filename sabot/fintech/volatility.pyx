@@ -4,7 +4,8 @@
 Windows count the key's valid rows only: a row with a null/NaN input (or a non-positive price
 where a logarithm is taken) gets a null output and is not part of any window. Rows before a
 window is full are null. Rolling sums are kept by running add/subtract, re-summed exactly every
-``window`` pushes (``_window.sum_push``), so rounding never accumulates beyond one window.
+``window`` pushes, so rounding never accumulates beyond one window, and exactly 0
+for a window of zeros (``_sums.zsum_push``).
 """
 from libc.math cimport M_PI, NAN, fabs, log, sqrt
 
@@ -12,7 +13,7 @@ from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
 from ._kernel import numeric_input, output
 from ._columns import check_positive_int
 from ._scope import call_kernel
-from ._window cimport sum_count, sum_push, sum_width
+from ._sums cimport zsum_count, zsum_push, zsum_width
 
 # pi / (6 - 4 sqrt(3) + pi): MedRV scale (Andersen, Dobrev & Schaumburg 2012).
 cdef double MEDRV_SCALE = M_PI / (6.0 - 4.0 * sqrt(3.0) + M_PI)
@@ -49,7 +50,7 @@ cdef class RealizedVar(Kernel):
     def __init__(self, returns_column="log_return", window=20, *, by=None):
         self.window = check_positive_int("window", window)
         self.declare("realized_var", [numeric_input("returns_column", returns_column)],
-                     [output("realized_var")], stride=sum_width(self.window), by=by,
+                     [output("realized_var")], stride=zsum_width(self.window), by=by,
                      config=dict(returns_column=returns_column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
@@ -62,8 +63,8 @@ cdef class RealizedVar(Kernel):
                 set_null(io, 0, i)
                 continue
             st = key_state(io, i)
-            s = sum_push(st, N, r * r)
-            if sum_count(st, N) < N:
+            s = zsum_push(st, N, r * r)
+            if zsum_count(st, N) < N:
                 set_null(io, 0, i)
             else:
                 io.out[0][i] = s
@@ -80,7 +81,7 @@ cdef class BipowerVar(Kernel):
     def __init__(self, returns_column="log_return", window=20, *, by=None):
         self.window = check_positive_int("window", window, minimum=2)
         self.declare("bipower_var", [numeric_input("returns_column", returns_column)],
-                     [output("bipower_var")], stride=2 + sum_width(self.window - 1), by=by,
+                     [output("bipower_var")], stride=2 + zsum_width(self.window - 1), by=by,
                      config=dict(returns_column=returns_column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
@@ -99,9 +100,9 @@ cdef class BipowerVar(Kernel):
                 st[1] = a
                 set_null(io, 0, i)
                 continue
-            s = sum_push(st + 2, M, a * st[1])
+            s = zsum_push(st + 2, M, a * st[1])
             st[1] = a
-            if sum_count(st + 2, M) < M:
+            if zsum_count(st + 2, M) < M:
                 set_null(io, 0, i)
             else:
                 io.out[0][i] = 0.5 * M_PI * s
@@ -118,7 +119,7 @@ cdef class MedRV(Kernel):
     def __init__(self, returns_column="log_return", window=20, *, by=None):
         self.window = check_positive_int("window", window, minimum=3)
         self.declare("medrv", [numeric_input("returns_column", returns_column)],
-                     [output("medrv")], stride=3 + sum_width(self.window - 2), by=by,
+                     [output("medrv")], stride=3 + zsum_width(self.window - 2), by=by,
                      config=dict(returns_column=returns_column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
@@ -142,8 +143,8 @@ cdef class MedRV(Kernel):
             m = _median3(st[1], st[2], a)
             st[1] = st[2]
             st[2] = a
-            s = sum_push(st + 3, M, m * m)
-            if sum_count(st + 3, M) < M:
+            s = zsum_push(st + 3, M, m * m)
+            if zsum_count(st + 3, M) < M:
                 set_null(io, 0, i)
             else:
                 io.out[0][i] = scale * s
@@ -194,7 +195,7 @@ cdef class ParkinsonVol(Kernel):
         self.window = check_positive_int("window", window)
         self.declare("parkinson_vol", [numeric_input("high_column", high_column),
                                        numeric_input("low_column", low_column)],
-                     [output("parkinson_vol")], stride=sum_width(self.window), by=by,
+                     [output("parkinson_vol")], stride=zsum_width(self.window), by=by,
                      config=dict(high_column=high_column, low_column=low_column,
                                  window=self.window))
 
@@ -208,8 +209,8 @@ cdef class ParkinsonVol(Kernel):
                 set_null(io, 0, i)
                 continue
             st = key_state(io, i)
-            s = sum_push(st, N, hl * hl)
-            if sum_count(st, N) < N:
+            s = zsum_push(st, N, hl * hl)
+            if zsum_count(st, N) < N:
                 set_null(io, 0, i)
             else:
                 io.out[0][i] = sqrt(s / denom)
@@ -230,7 +231,7 @@ cdef class GarmanKlassVol(Kernel):
                                           numeric_input("high_column", high_column),
                                           numeric_input("low_column", low_column),
                                           numeric_input("close_column", close_column)],
-                     [output("garman_klass_vol")], stride=sum_width(self.window), by=by,
+                     [output("garman_klass_vol")], stride=zsum_width(self.window), by=by,
                      config=dict(open_column=open_column, high_column=high_column,
                                  low_column=low_column, close_column=close_column,
                                  window=self.window))
@@ -246,8 +247,8 @@ cdef class GarmanKlassVol(Kernel):
                 set_null(io, 0, i)
                 continue
             st = key_state(io, i)
-            s = sum_push(st, N, 0.5 * hl * hl - k * co * co)
-            if sum_count(st, N) < N:
+            s = zsum_push(st, N, 0.5 * hl * hl - k * co * co)
+            if zsum_count(st, N) < N:
                 set_null(io, 0, i)
             else:
                 s = s / N
