@@ -36,35 +36,6 @@ cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
     return pushed if pushed < N else N
 
 
-cdef inline Py_ssize_t sum_width(Py_ssize_t N) noexcept nogil:
-    """Doubles for a rolling sum over ``N`` values: ``[sum, ring of the window]``."""
-    return 1 + 1 + N
-
-
-cdef inline double sum_push(double* s, Py_ssize_t N, double x) noexcept nogil:
-    """Add ``x`` to the rolling sum of the last ``N`` values and return the sum.
-
-    Running add/subtract (as TA-Lib's SMA does), re-summed exactly every N pushes so rounding
-    never accumulates beyond one window.
-    """
-    cdef double old
-    cdef double* ring = s + 1
-    cdef Py_ssize_t k
-    if ring_push(ring, N, x, &old):
-        s[0] -= old
-    s[0] += x
-    if (<Py_ssize_t>ring[0]) % N == 0:
-        s[0] = 0.0
-        for k in range(N):
-            s[0] += ring[1 + k]
-    return s[0]
-
-
-cdef inline Py_ssize_t sum_count(const double* s, Py_ssize_t N) noexcept nogil:
-    """Values in the window (saturates at N)."""
-    return ring_count(s + 1, N)
-
-
 cdef enum:
     MOM_HEADER = 8      # [nobs, shift K, S1, S2, S3, S4, equal_run, last]
 

@@ -15,12 +15,17 @@ from ._window cimport ring_count, ring_push
 from ._sums cimport zsum_count, zsum_push, zsum_width
 
 # ---------------------------------------------------------------- rolling co-moments
-# Rolling sums over the last M pairs (x, y) about shifts (Kx, Ky) near the window means,
-# re-based exactly every M pushes (as _window's moments): header
-# [n, Kx, Ky, Sx, Sy, Sxx, Sxy, run of equal x, last x], then a ring of x and a ring of y.
+# Rolling sums over the last M pairs (x, y) about shifts (Kx, Ky), with header
+# [n, Kx, Ky, Sx, Sy, Sxx, Sxy, Syy, run of equal x, last x, run of equal y, last y, Axx, Ayy]
+# then a ring of x and a ring of y. Add/subtract leaves rounding of ~eps * A (A = sum of the
+# squared deviations added and removed since the last exact pass); the sums are recomputed
+# exactly about the window means every M pushes and whenever A exceeds CO_RESUM times the
+# current centred sum, so results are as accurate as a two-pass computation on the window.
+# The equal-value runs make constant x (or y) give exactly 0.
 
 cdef enum:
-    CO_HEADER = 9
+    CO_HEADER = 14
+    CO_RESUM = 256
 
 
 cdef inline Py_ssize_t comoments_width(Py_ssize_t M) noexcept nogil:
@@ -34,14 +39,69 @@ cdef inline void _co_add(double* c, double x, double y, double sign) noexcept no
     c[4] += sign * dy
     c[5] += sign * dx * dx
     c[6] += sign * dx * dy
+    c[7] += sign * dy * dy
+    c[12] += dx * dx
+    c[13] += dy * dy
+
+
+cdef inline bint _x_constant(const double* c) noexcept nogil:
+    return c[8] >= c[0]
+
+
+cdef inline bint _y_constant(const double* c) noexcept nogil:
+    return c[10] >= c[0]
+
+
+cdef inline double comoments_sxx(const double* c) noexcept nogil:
+    """Sum of squared deviations of x from its window mean (exactly 0 for constant x)."""
+    cdef double s
+    if _x_constant(c):
+        return 0.0
+    s = c[5] - c[3] * c[3] / c[0]
+    return s if s > 0.0 else 0.0
+
+
+cdef inline double comoments_syy(const double* c) noexcept nogil:
+    """Sum of squared deviations of y from its window mean (exactly 0 for constant y)."""
+    cdef double s
+    if _y_constant(c):
+        return 0.0
+    s = c[7] - c[4] * c[4] / c[0]
+    return s if s > 0.0 else 0.0
+
+
+cdef inline double comoments_sxy(const double* c) noexcept nogil:
+    """Sum of co-deviations of x and y from their window means (0 when x or y is constant)."""
+    if _x_constant(c) or _y_constant(c):
+        return 0.0
+    return c[6] - c[3] * c[4] / c[0]
+
+
+cdef inline void _co_exact(double* c, Py_ssize_t M) noexcept nogil:
+    """Recompute every sum exactly about the window means (two passes over the rings)."""
+    cdef const double* rx = c + CO_HEADER
+    cdef const double* ry = c + CO_HEADER + M + 1
+    cdef Py_ssize_t k, n = ring_count(rx, M)
+    cdef double dx, dy, mx = 0.0, my = 0.0
+    for k in range(n):
+        mx += rx[1 + k]
+        my += ry[1 + k]
+    c[1] = mx / n
+    c[2] = my / n
+    c[3] = 0.0; c[4] = 0.0; c[5] = 0.0; c[6] = 0.0; c[7] = 0.0
+    for k in range(n):
+        dx = rx[1 + k] - c[1]
+        dy = ry[1 + k] - c[2]
+        c[3] += dx; c[4] += dy; c[5] += dx * dx; c[6] += dx * dy; c[7] += dy * dy
+    c[12] = c[5]
+    c[13] = c[7]
 
 
 cdef inline void comoments_push(double* c, Py_ssize_t M, double x, double y) noexcept nogil:
-    """Add the pair (x, y) to the window of the last ``M`` pairs."""
+    """Add the pair (x, y) to the window of the last ``M`` pairs (evicting the oldest)."""
     cdef double* rx = c + CO_HEADER
     cdef double* ry = c + CO_HEADER + M + 1
-    cdef double old_x = 0.0, old_y = 0.0, dx, dy
-    cdef Py_ssize_t k, n
+    cdef double old_x = 0.0, old_y = 0.0
     if c[0] == 0.0:
         c[1] = x
         c[2] = y
@@ -49,41 +109,14 @@ cdef inline void comoments_push(double* c, Py_ssize_t M, double x, double y) noe
     if ring_push(rx, M, x, &old_x):
         _co_add(c, old_x, old_y, -1.0)
     _co_add(c, x, y, 1.0)
-    if x == c[8] and c[7] > 0.0:
-        c[7] += 1.0
-    else:
-        c[7] = 1.0
-    c[8] = x
-    if (<Py_ssize_t>rx[0]) % M == 0:          # re-base about the exact window means
-        n = ring_count(rx, M)
-        c[1] = 0.0
-        c[2] = 0.0
-        for k in range(n):
-            c[1] += rx[1 + k]
-            c[2] += ry[1 + k]
-        c[1] /= n
-        c[2] /= n
-        c[3] = 0.0; c[4] = 0.0; c[5] = 0.0; c[6] = 0.0
-        for k in range(n):
-            dx = rx[1 + k] - c[1]
-            dy = ry[1 + k] - c[2]
-            c[3] += dx; c[4] += dy; c[5] += dx * dx; c[6] += dx * dy
-
-
-cdef inline double comoments_sxx(const double* c) noexcept nogil:
-    """Sum of squared deviations of x from its window mean (exactly 0 for constant x)."""
-    cdef double s
-    if c[7] >= c[0]:
-        return 0.0
-    s = c[5] - c[3] * c[3] / c[0]
-    return s if s > 0.0 else 0.0
-
-
-cdef inline double comoments_sxy(const double* c) noexcept nogil:
-    """Sum of co-deviations of x and y from their window means."""
-    if c[7] >= c[0]:
-        return 0.0
-    return c[6] - c[3] * c[4] / c[0]
+    c[8] = c[8] + 1.0 if (x == c[9] and c[8] > 0.0) else 1.0
+    c[9] = x
+    c[10] = c[10] + 1.0 if (y == c[11] and c[10] > 0.0) else 1.0
+    c[11] = y
+    if ((<Py_ssize_t>rx[0]) % M == 0
+            or (not _x_constant(c) and c[12] > CO_RESUM * comoments_sxx(c))
+            or (not _y_constant(c) and c[13] > CO_RESUM * comoments_syy(c))):
+        _co_exact(c, M)
 
 
 # ---------------------------------------------------------------- kernels
