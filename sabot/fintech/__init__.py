@@ -21,6 +21,19 @@ from .symbols import normalize_symbols
 from .asof import (
     AsofJoinKernel, StreamingAsofJoinKernel, asof_join, asof_join_streaming, asof_join_table,
 )
+from .volatility import (
+    BipowerVar, GarmanKlassVol, MedRV, ParkinsonVol, RealizedVar, RiskMetricsVol,
+    bipower_var, garman_klass_vol, medrv, parkinson_vol, realized_var, riskmetrics_vol,
+)
+from .liquidity import (
+    AmihudIlliquidity, CorwinSchultzSpread, KyleLambda, RollSpread,
+    amihud_illiquidity, corwin_schultz_spread, kyle_lambda, roll_spread,
+)
+from .execution_risk import (
+    CUSUM, VWAP, CornishFisherVaR, HistoricalCVaR, HistoricalVaR,
+    arrival_price_impact, cornish_fisher_var, cusum, historical_cvar, historical_var,
+    implementation_shortfall, optimal_ac_schedule, vwap,
+)
 from .fx_crypto import (
     BasisAnnualized, CarrySignal, CashAndCarryEdge, CIPBasis, ForwardPoints, FundingAPR,
     FundingCost, OpenInterestDelta, PerpFairPrice, TriangularArbitrage,
@@ -58,6 +71,14 @@ __all__ = [
     # asof
     "asof_join", "asof_join_table", "AsofJoinKernel", "StreamingAsofJoinKernel",
     "asof_join_streaming",
+    "BipowerVar", "GarmanKlassVol", "MedRV", "ParkinsonVol", "RealizedVar", "RiskMetricsVol",
+    "bipower_var", "garman_klass_vol", "medrv", "parkinson_vol", "realized_var",
+    "riskmetrics_vol",
+    "AmihudIlliquidity", "CorwinSchultzSpread", "KyleLambda", "RollSpread",
+    "amihud_illiquidity", "corwin_schultz_spread", "kyle_lambda", "roll_spread",
+    "CUSUM", "VWAP", "CornishFisherVaR", "HistoricalCVaR", "HistoricalVaR",
+    "arrival_price_impact", "cornish_fisher_var", "cusum", "historical_cvar", "historical_var",
+    "implementation_shortfall", "optimal_ac_schedule", "vwap",
     # fx_crypto, cross_asset, cross_exchange, operators
     "BasisAnnualized", "CarrySignal", "CashAndCarryEdge", "CIPBasis", "ForwardPoints",
     "FundingAPR", "FundingCost", "OpenInterestDelta", "PerpFairPrice", "TriangularArbitrage",
