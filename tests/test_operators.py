@@ -172,3 +172,17 @@ def test_vwap_operator():
         rows = np.flatnonzero((sym == s) & ~np.isnan(p) & ~np.isnan(v))
         ref[rows] = np.cumsum(p[rows] * v[rows]) / np.cumsum(v[rows])
     assert_matches(out["vwap"], ref, name="vwap")
+
+
+def test_operators_in_a_stream_map():
+    from sabot.api import Stream
+
+    t = market_table(900, seed=9)
+    ewma_op = create_ewma_operator(alpha=0.2)
+    out = Stream.from_table(t, batch_size=128).map(ewma_op).map(
+        StatelessKernelOperator(lambda b: fintech.log_returns(b, by="symbol"))).collect()
+    assert np.array_equal(to_numpy(out["ewma"]),
+                          to_numpy(EWMA(alpha=0.2, by="symbol")(t)["ewma"]), equal_nan=True)
+    assert np.array_equal(to_numpy(out["log_return"]),
+                          to_numpy(fintech.LogReturns(by="symbol")(t)["log_return"]),
+                          equal_nan=True)
