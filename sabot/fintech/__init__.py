@@ -1,8 +1,56 @@
-"""sabot.fintech: streaming financial kernels over Arrow batches (spec: kernels.md)."""
+"""sabot.fintech: streaming financial kernels over Arrow batches (spec: kernels.md).
+
+Every kernel takes a RecordBatch or Table and returns the same type with its output columns
+appended. Stateful kernels have a class form that carries state across batches (and per key
+with ``by=``); inside a Stream operator the function form does the same (see ``_scope``).
+"""
 from ._scope import StateScope, current_scope
 from .online_stats import (
     EWCov, EWMA, LogReturns, RollingZScore, WelfordMeanVar,
     ewcov, ewma, log_returns, rolling_zscore, welford_mean_var,
+)
+from .microstructure import (
+    OFI, VPIN,
+    effective_spread, l1_imbalance, microprice, midprice, ofi, quoted_spread, vpin,
+)
+from .momentum_filters import (
+    ATR, EMA, MACD, OBV, RSI, SMA, BollingerBands, DonchianChannel, Kalman1D, StochasticOsc,
+    atr, bollinger_bands, donchian_channel, ema, kalman_1d, macd, obv, rsi, sma, stochastic_osc,
+)
+from .symbols import normalize_symbols
+from .asof import (
+    AsofJoinKernel, StreamingAsofJoinKernel, asof_join, asof_join_streaming, asof_join_table,
+)
+from .volatility import (
+    BipowerVar, GarmanKlassVol, MedRV, ParkinsonVol, RealizedVar, RiskMetricsVol,
+    bipower_var, garman_klass_vol, medrv, parkinson_vol, realized_var, riskmetrics_vol,
+)
+from .liquidity import (
+    AmihudIlliquidity, CorwinSchultzSpread, KyleLambda, RollSpread,
+    amihud_illiquidity, corwin_schultz_spread, kyle_lambda, roll_spread,
+)
+from .execution_risk import (
+    CUSUM, VWAP, CornishFisherVaR, HistoricalCVaR, HistoricalVaR,
+    arrival_price_impact, cornish_fisher_var, cusum, historical_cvar, historical_var,
+    implementation_shortfall, optimal_ac_schedule, vwap,
+)
+from .fx_crypto import (
+    BasisAnnualized, CarrySignal, CashAndCarryEdge, CIPBasis, ForwardPoints, FundingAPR,
+    FundingCost, OpenInterestDelta, PerpFairPrice, TriangularArbitrage,
+    basis_annualized, carry_signal, cash_and_carry_edge, cip_basis, forward_points, funding_apr,
+    funding_cost, open_interest_delta, perp_fair_price, triangular_arbitrage,
+)
+from .cross_asset import (
+    KalmanHedgeRatio, PairsSpread,
+    hayashi_yoshida_corr, hayashi_yoshida_cov, kalman_hedge_ratio, pairs_spread, xcorr_leadlag,
+)
+from .cross_exchange import (
+    ArbitrageOpportunities, CrossExchangeSpread, arbitrage_opportunities, cross_exchange_spread,
+)
+from .operators import (
+    StatelessKernelOperator, SymbolKeyedOperator, create_ewma_operator,
+    create_log_returns_operator, create_midprice_operator, create_ofi_operator,
+    create_vwap_operator,
 )
 from .features_safety import (
     Autocorr, CircuitBreaker, Diff, FatFingerGuard, Lag, OutlierFlagMAD, PriceBandGuard,
@@ -15,8 +63,45 @@ from .features_safety import (
 
 __all__ = [
     "StateScope", "current_scope",
+    # online_stats
     "EWCov", "EWMA", "LogReturns", "RollingZScore", "WelfordMeanVar",
     "ewcov", "ewma", "log_returns", "rolling_zscore", "welford_mean_var",
+    # microstructure
+    "OFI", "VPIN",
+    "effective_spread", "l1_imbalance", "microprice", "midprice", "ofi", "quoted_spread", "vpin",
+    # momentum_filters
+    "ATR", "EMA", "MACD", "OBV", "RSI", "SMA", "BollingerBands", "DonchianChannel", "Kalman1D",
+    "StochasticOsc",
+    "atr", "bollinger_bands", "donchian_channel", "ema", "kalman_1d", "macd", "obv", "rsi", "sma",
+    "stochastic_osc",
+    # cross-exchange
+    "normalize_symbols",
+    # asof
+    "asof_join", "asof_join_table", "AsofJoinKernel", "StreamingAsofJoinKernel",
+    "asof_join_streaming",
+    "BipowerVar", "GarmanKlassVol", "MedRV", "ParkinsonVol", "RealizedVar", "RiskMetricsVol",
+    "bipower_var", "garman_klass_vol", "medrv", "parkinson_vol", "realized_var",
+    "riskmetrics_vol",
+    "AmihudIlliquidity", "CorwinSchultzSpread", "KyleLambda", "RollSpread",
+    "amihud_illiquidity", "corwin_schultz_spread", "kyle_lambda", "roll_spread",
+    "CUSUM", "VWAP", "CornishFisherVaR", "HistoricalCVaR", "HistoricalVaR",
+    "arrival_price_impact", "cornish_fisher_var", "cusum", "historical_cvar", "historical_var",
+    "implementation_shortfall", "optimal_ac_schedule", "vwap",
+    # fx_crypto, cross_asset, cross_exchange, operators
+    "BasisAnnualized", "CarrySignal", "CashAndCarryEdge", "CIPBasis", "ForwardPoints",
+    "FundingAPR", "FundingCost", "OpenInterestDelta", "PerpFairPrice", "TriangularArbitrage",
+    "basis_annualized", "carry_signal", "cash_and_carry_edge", "cip_basis", "forward_points",
+    "funding_apr", "funding_cost", "open_interest_delta", "perp_fair_price",
+    "triangular_arbitrage",
+    "KalmanHedgeRatio", "PairsSpread",
+    "hayashi_yoshida_corr", "hayashi_yoshida_cov", "kalman_hedge_ratio", "pairs_spread",
+    "xcorr_leadlag",
+    "ArbitrageOpportunities", "CrossExchangeSpread", "arbitrage_opportunities",
+    "cross_exchange_spread",
+    "StatelessKernelOperator", "SymbolKeyedOperator", "create_ewma_operator",
+    "create_log_returns_operator", "create_midprice_operator", "create_ofi_operator",
+    "create_vwap_operator",
+    # features_safety
     "Autocorr", "CircuitBreaker", "Diff", "FatFingerGuard", "Lag", "OutlierFlagMAD",
     "PriceBandGuard", "RollingKurt", "RollingMax", "RollingMin", "RollingSkew", "RollingStd",
     "SignedVolume", "StaleQuoteDetector", "ThrottleCheck", "TickRule",

@@ -1,47 +1,48 @@
 # cython: language_level=3
 """Shared C-level building blocks for windowed kernels, all living inside a key's state row.
 
-* ring buffer of the last N values: ``N + 2`` doubles ``[pushed, next slot, v_0 .. v_{N-1}]``;
+* ring buffer of the last N values: ``N + 1`` doubles ``[pushed, v_0 .. v_{N-1}]``;
+* rolling sum (``zsum_*``), as accurate as re-summing the window, exactly 0 for zeros;
 * rolling moments (count, mean, central sums of powers 2..4) over a window of N values, from
   power sums about a shift re-based every N pushes (and early when the sums would cancel),
   with a run-of-equal-values counter so a constant window has variance exactly 0:
   ``moments_width(N)`` doubles;
 * monotonic deque for rolling max/min in amortised O(1): ``3 + 2N`` doubles
-  ``[pushed, head, length, values N, push indices N]``.
+  ``[pushed, head, length, values N, push indices N]``;
+* sorted window (ring + sorted copy) for exact rolling order statistics: ``sorted_width(N)``.
 
-No integer division in the per-row paths (slots wrap by comparison).
+The per-row paths of moments and the deque avoid integer division (slots wrap by comparison).
 """
-
-cdef enum:
-    RING_HEADER = 2     # [pushed, next slot]
+from libc.string cimport memmove
 
 
 cdef inline Py_ssize_t ring_width(Py_ssize_t N) noexcept nogil:
-    return RING_HEADER + N
+    return N + 1
 
 
 cdef inline bint ring_push(double* r, Py_ssize_t N, double x, double* evicted) noexcept nogil:
     """Push ``x``; when the ring was full, store the value it displaced and return True."""
-    cdef Py_ssize_t pos = <Py_ssize_t>r[1]
-    cdef bint full = r[0] >= N
+    cdef Py_ssize_t pushed = <Py_ssize_t>r[0]
+    cdef Py_ssize_t pos = pushed % N
+    cdef bint full = pushed >= N
     if full:
-        evicted[0] = r[RING_HEADER + pos]
-    r[RING_HEADER + pos] = x
-    r[0] += 1.0
-    pos += 1
-    r[1] = <double>(0 if pos == N else pos)
+        evicted[0] = r[1 + pos]
+    r[1 + pos] = x
+    r[0] = <double>(pushed + 1)
     return full
-
-
-cdef inline Py_ssize_t ring_index(const double* r, Py_ssize_t N, Py_ssize_t age) noexcept nogil:
-    """Slot (0..N-1) of the value pushed ``age`` pushes ago (0 = newest), for parallel arrays."""
-    cdef Py_ssize_t k = <Py_ssize_t>r[1] - 1 - age
-    return k + N if k < 0 else k
 
 
 cdef inline double ring_get(const double* r, Py_ssize_t N, Py_ssize_t age) noexcept nogil:
     """The value pushed ``age`` pushes ago (0 = newest); caller ensures it is still held."""
-    return r[RING_HEADER + ring_index(r, N, age)]
+    cdef Py_ssize_t pushed = <Py_ssize_t>r[0]
+    return r[1 + (pushed - 1 - age) % N]
+
+
+cdef inline Py_ssize_t ring_index(const double* r, Py_ssize_t N, Py_ssize_t age) noexcept nogil:
+    """Slot (0..N-1) of the value pushed ``age`` pushes ago (0 = newest), for parallel arrays;
+    the next push goes to slot ``ring_index(r, N, -1)``."""
+    cdef Py_ssize_t pushed = <Py_ssize_t>r[0]
+    return (pushed - 1 - age) % N
 
 
 cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
@@ -49,13 +50,61 @@ cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
     return pushed if pushed < N else N
 
 
+# Rolling sum over the last N values, as accurate as summing the window afresh: running
+# add/subtract whose rounding is bounded by eps times the magnitudes added and removed since the
+# last exact re-sum (A); the window is re-summed when A exceeds ZSUM_RESUM x |sum| (a large value
+# left the window) and at least every N pushes. A count of nonzero values makes a window of zeros
+# exactly 0. Layout: [nonzero count, sum, A, ring of N values].
+
 cdef enum:
-    MOM_HEADER = 8      # [nobs, shift K, S1, S2, S3, S4, equal_run, last]
+    ZSUM_RESUM = 256
+
+
+cdef inline Py_ssize_t zsum_width(Py_ssize_t N) noexcept nogil:
+    return 3 + N + 1
+
+
+cdef inline double zsum_push(double* z, Py_ssize_t N, double x) noexcept nogil:
+    """Add ``x`` to the sum of the last ``N`` values (evicting the oldest) and return the sum."""
+    cdef double* ring = z + 3
+    cdef double old, s
+    cdef Py_ssize_t k, n
+    if ring_push(ring, N, x, &old):
+        z[1] -= old
+        z[2] += old if old >= 0.0 else -old
+        if old != 0.0:
+            z[0] -= 1.0
+    z[1] += x
+    z[2] += x if x >= 0.0 else -x
+    if x != 0.0:
+        z[0] += 1.0
+    if z[0] == 0.0:
+        z[1] = 0.0
+        z[2] = 0.0
+        return 0.0
+    s = z[1] if z[1] >= 0.0 else -z[1]
+    if (<Py_ssize_t>ring[0]) % N == 0 or z[2] > ZSUM_RESUM * s:
+        n = ring_count(ring, N)
+        z[1] = 0.0
+        z[2] = 0.0
+        for k in range(n):
+            z[1] += ring[1 + k]
+            z[2] += ring[1 + k] if ring[1 + k] >= 0.0 else -ring[1 + k]
+    return z[1]
+
+
+cdef inline Py_ssize_t zsum_count(const double* z, Py_ssize_t N) noexcept nogil:
+    """Values in the window (saturates at N)."""
+    return ring_count(z + 3, N)
+
+
+cdef enum:
+    MOM_HEADER = 9      # [nobs, shift K, S1, S2, S3, S4, equal_run, last, next ring slot]
 
 
 cdef inline Py_ssize_t moments_width(Py_ssize_t N) noexcept nogil:
     """Doubles for rolling moments over ``N`` values (header + ring of the window)."""
-    return MOM_HEADER + ring_width(N)
+    return MOM_HEADER + 1 + N
 
 
 cdef inline void _mom_add(double* m, double x, int sign) noexcept nogil:
@@ -73,11 +122,11 @@ cdef inline void _mom_rebase(double* m, Py_ssize_t N) noexcept nogil:
     cdef Py_ssize_t k, n = ring_count(ring, N)
     cdef double total = 0.0, d, d2
     for k in range(n):
-        total += ring[RING_HEADER + k]
+        total += ring[1 + k]
     m[1] = total / n
     m[2] = 0.0; m[3] = 0.0; m[4] = 0.0; m[5] = 0.0
     for k in range(n):
-        d = ring[RING_HEADER + k] - m[1]
+        d = ring[1 + k] - m[1]
         d2 = d * d
         m[2] += d; m[3] += d2; m[4] += d2 * d; m[5] += d2 * d2
 
@@ -86,26 +135,36 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
     """Add ``x`` to the window of the last ``N`` values (evicting the oldest when full).
 
     Power sums S_p = sum (x - K)^p about a shift K near the mean, re-based exactly every N
-    pushes, and early whenever K has drifted far from the mean or a far value has just been
-    evicted (relative to the window's spread), so the central sums never cancel badly.
+    pushes and whenever the mean drifts far from K or a far value is evicted, so the sums
+    never suffer catastrophic cancellation or unbounded drift.
     """
     cdef double old, far = 0.0
     cdef double* ring = m + MOM_HEADER
+    cdef Py_ssize_t slot = <Py_ssize_t>m[8]
     if m[0] == 0.0:
         m[1] = x
-    if ring_push(ring, N, x, &old):
+    if ring[0] >= N:                                   # ring_push without the division
+        old = ring[1 + slot]
         _mom_add(m, old, -1)
         far = (old - m[1]) * (old - m[1])
+    ring[1 + slot] = x
+    ring[0] += 1.0
+    slot += 1
+    if slot == N:
+        slot = 0
+    m[8] = <double>slot
     _mom_add(m, x, 1)
     if x == m[7] and m[0] > 1.0 and m[6] > 0.0:
         m[6] += 1.0
     else:
         m[6] = 1.0
     m[7] = x
-    # Re-base early when the sums hold terms 100x the window's m2: the shift has drifted far
-    # from the mean, or a far value just left (its removal cancels); m4 keeps > 12 digits.
-    if ring[1] == 0.0 or (          # every N pushes, or early:
-            m[6] < m[0] and (m[3] + m[0] * far) * m[0] > 100.0 * (m[3] * m[0] - m[2] * m[2])):
+    # Re-base every N pushes, and early when the sums hold terms 17x the window's m2: the mean
+    # has moved more than 4 standard deviations from the shift (d² > 16·var, i.e. with far = 0
+    # 17·S1² > 16·n·S2), or a value that far just left (its removal cancels). Constant windows
+    # need no re-base (their moments are exactly 0 by the equal-run counter).
+    if slot == 0 or (m[6] < m[0] and (m[3] + m[0] * far) * m[0]
+                     > 17.0 * (m[3] * m[0] - m[2] * m[2])):
         _mom_rebase(m, N)
 
 
@@ -239,3 +298,44 @@ cdef inline double deque_push(double* d, Py_ssize_t N, double x, bint keep_max) 
 cdef inline Py_ssize_t deque_count(const double* d) noexcept nogil:
     """Values pushed so far (compare with N for warm-up)."""
     return <Py_ssize_t>d[0]
+
+
+# Sorted window: the last N values twice, a ring (arrival order, N + 1 doubles) and a sorted
+# copy (N doubles), kept sorted by binary search + one memmove of the values between the evicted
+# value's slot and the new value's slot: O(log N) search, O(N) move (N/3 values on average).
+
+cdef inline Py_ssize_t sorted_width(Py_ssize_t N) noexcept nogil:
+    return N + 1 + N
+
+
+cdef inline Py_ssize_t sorted_lower_bound(const double* s, Py_ssize_t n, double x) noexcept nogil:
+    """First index with s[i] >= x (branch-free halving: a conditional move per step)."""
+    cdef Py_ssize_t base = 0, half
+    if n == 0:
+        return 0
+    while n > 1:
+        half = n >> 1
+        base = base + half if s[base + half] < x else base
+        n -= half
+    return base + (s[base] < x)
+
+
+cdef inline Py_ssize_t sorted_push(double* w, Py_ssize_t N, double x) noexcept nogil:
+    """Push ``x`` (evicting the oldest value when full); return the number of values held."""
+    cdef double* s = w + N + 1
+    cdef Py_ssize_t n = ring_count(w, N), pos, out
+    cdef double old
+    pos = sorted_lower_bound(s, n, x)
+    if ring_push(w, N, x, &old):
+        # replace ``old`` by ``x``: shift only the values between their two positions
+        out = sorted_lower_bound(s, n, old)
+        if pos > out:
+            memmove(s + out, s + out + 1, (pos - 1 - out) * sizeof(double))
+            s[pos - 1] = x
+        else:
+            memmove(s + pos + 1, s + pos, (out - pos) * sizeof(double))
+            s[pos] = x
+        return n
+    memmove(s + pos + 1, s + pos, (n - pos) * sizeof(double))
+    s[pos] = x
+    return n + 1

@@ -15,7 +15,6 @@ Rules beyond spec kernels.md §1 (documented exceptions and choices):
 """
 from libc.math cimport NAN, fabs, floor, sqrt
 from libc.stdint cimport int64_t
-from libc.string cimport memmove
 
 from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
 from ._kernel import BOOL, I64, numeric_input, output, side_input, time_input
@@ -24,7 +23,8 @@ from ._scope import call_kernel
 from ._window cimport (
     Deque, deque_count, deque_load, deque_step, deque_store, deque_push, deque_width,
     moments_central, moments_constant, moments_count, moments_m2, moments_push,
-    moments_width, ring_count, ring_get, ring_index, ring_push, ring_width,
+    moments_width, ring_get, ring_index, ring_push, ring_width, sorted_lower_bound,
+    sorted_push, sorted_width,
 )
 
 
@@ -296,7 +296,7 @@ cdef class Autocorr(Kernel):
                 prev_run = 0.0
             else:
                 prev_run = runs[ring_index(ring, W, 0)] if ring_get(ring, W, 0) == x else 0.0
-            runs[<Py_ssize_t>ring[1]] = prev_run + 1.0   # the slot x is about to take
+            runs[ring_index(ring, W, -1)] = prev_run + 1.0   # the slot x is about to take
             if ring_push(ring, W, x, &old):           # drop the pair (x_{t-P}, x_{t-W})
                 a = ring_get(ring, W, P) - st[0]
                 b = old - st[1]
@@ -310,13 +310,13 @@ cdef class Autocorr(Kernel):
                 st[2] += a; st[3] += b; st[4] += a * a; st[5] += b * b; st[6] += a * b
             if (pushed < W or runs[ring_index(ring, W, 0)] >= P
                     or runs[ring_index(ring, W, L)] >= P):
-                if ring[1] == 0.0:
+                if pushed % W == 0:
                     _autocorr_rebase(st, ring, W, L)
                 set_null(io, 0, i)
                 continue
             va = st[4] - st[2] * st[2] / P
             vb = st[5] - st[3] * st[3] / P
-            if (ring[1] == 0.0 or st[4] + P * far_a > 1e3 * va
+            if (pushed % W == 0 or st[4] + P * far_a > 1e3 * va
                     or st[5] + P * far_b > 1e3 * vb):
                 # periodic, or a shift drifted / a far pair just left: the sums would cancel
                 _autocorr_rebase(st, ring, W, L)
@@ -580,21 +580,10 @@ cdef class CircuitBreaker(Kernel):
 
 # ================================================================== safety: MAD outliers
 
-cdef inline Py_ssize_t _lower_bound(const double* s, Py_ssize_t n, double x) noexcept nogil:
-    cdef Py_ssize_t lo = 0, hi = n, mid
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if s[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
 cdef double _median_deviation(const double* s, Py_ssize_t n, double med) noexcept nogil:
     """Median of |s_i - med| over sorted s: merge the deviations outward from ``med`` (both
     sides are sorted by distance) up to the middle one(s). Matches ``numpy.median``."""
-    cdef Py_ssize_t right = _lower_bound(s, n, med), left = right - 1, taken
+    cdef Py_ssize_t right = sorted_lower_bound(s, n, med), left = right - 1, taken
     cdef Py_ssize_t hi = n >> 1, lo = hi if n & 1 else hi - 1
     cdef double d, below = 0.0
     for taken in range(hi + 1):
@@ -613,7 +602,8 @@ cdef class OutlierFlagMAD(Kernel):
     """``is_outlier``: |x_t - median| / (1.4826 * MAD) > k over the last ``window`` values,
     x_t included (like pandas rolling). MAD = median |x_i - median|. When MAD = 0 any x_t off the
     median is an outlier (score +inf) and x_t on it is not. Null during warm-up; a null/NaN x is
-    null and skipped. Exact: a sorted copy of the window (O(window) insert/delete per row).
+    null and skipped. Exact: a sorted copy of the window (``_window.sorted_push``, O(window)
+    per row).
     Reference: ``numpy.median`` over ``sliding_window_view``.
     """
     cdef Py_ssize_t window
@@ -623,12 +613,12 @@ cdef class OutlierFlagMAD(Kernel):
         self.window = check_positive_int("window", window)
         self.k = check_positive("k", k, allow_zero=True)
         self.declare("outlier_flag_mad", [numeric_input("column", column)],
-                     [output("is_outlier", BOOL)], stride=ring_width(self.window) + self.window,
+                     [output("is_outlier", BOOL)], stride=sorted_width(self.window),
                      by=by, config=dict(column=column, window=self.window, k=k))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, pos, n, N = self.window
-        cdef double x, old, med, mad, dev
+        cdef Py_ssize_t i, n, N = self.window
+        cdef double x, med, mad, dev
         cdef double* st
         cdef double* srt
         for i in range(io.n):
@@ -638,15 +628,7 @@ cdef class OutlierFlagMAD(Kernel):
                 continue
             st = key_state(io, i)
             srt = st + ring_width(N)
-            n = ring_count(st, N)
-            if ring_push(st, N, x, &old):
-                pos = _lower_bound(srt, n, old)
-                memmove(srt + pos, srt + pos + 1, (n - pos - 1) * sizeof(double))
-                n -= 1
-            pos = _lower_bound(srt, n, x)
-            memmove(srt + pos + 1, srt + pos, (n - pos) * sizeof(double))
-            srt[pos] = x
-            n += 1
+            n = sorted_push(st, N, x)
             if n < N:
                 set_null(io, 0, i)
                 continue

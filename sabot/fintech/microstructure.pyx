@@ -1,0 +1,260 @@
+# cython: language_level=3
+"""Microstructure: mid/micro price, quoted/effective spread, L1 imbalance, OFI, VPIN."""
+from libc.math cimport fabs, NAN
+
+from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
+from ._kernel import numeric_input, output, side_input
+from ._columns import check_positive, check_positive_int
+from ._scope import call_kernel
+
+
+cdef class Midprice(Kernel):
+    """m = (b + a) / 2."""
+    def __init__(self, *, bid_column="bid", ask_column="ask"):
+        self.declare("midprice", [numeric_input("bid_column", bid_column),
+                                  numeric_input("ask_column", ask_column)],
+                     [output("midprice")],
+                     config=dict(bid_column=bid_column, ask_column=ask_column))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef const double* b = io.x[0]
+        cdef const double* a = io.x[1]
+        cdef double* out = io.out[0]
+        if io.ok == NULL:
+            for i in range(io.n):
+                out[i] = 0.5 * (b[i] + a[i])
+                if out[i] != out[i]:
+                    set_null(io, 0, i)
+        else:
+            for i in range(io.n):
+                if present(io, i):
+                    emit(io, 0, i, 0.5 * (b[i] + a[i]))
+                else:
+                    set_null(io, 0, i)
+
+
+cdef class Microprice(Kernel):
+    """Size-weighted mid: (b·A + a·B)/(A + B), A = ask size, B = bid size; A + B = 0 → null."""
+    def __init__(self, *, bid_column="bid", ask_column="ask", bid_size_column="bid_size",
+                 ask_size_column="ask_size"):
+        self.declare("microprice", [numeric_input("bid_column", bid_column),
+                                    numeric_input("ask_column", ask_column),
+                                    numeric_input("bid_size_column", bid_size_column),
+                                    numeric_input("ask_size_column", ask_size_column)],
+                     [output("microprice")],
+                     config=dict(bid_column=bid_column, ask_column=ask_column,
+                                 bid_size_column=bid_size_column,
+                                 ask_size_column=ask_size_column))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef double b, a, B, A
+        for i in range(io.n):
+            b = io.x[0][i]; a = io.x[1][i]; B = io.x[2][i]; A = io.x[3][i]
+            if present(io, i) and A + B != 0.0:
+                emit(io, 0, i, (b * A + a * B) / (A + B))
+            else:
+                set_null(io, 0, i)
+
+
+cdef class QuotedSpread(Kernel):
+    """(a − b) / ((a + b)/2) · 1e4, in basis points."""
+    def __init__(self, *, bid_column="bid", ask_column="ask"):
+        self.declare("quoted_spread", [numeric_input("bid_column", bid_column),
+                                       numeric_input("ask_column", ask_column)],
+                     [output("quoted_spread")],
+                     config=dict(bid_column=bid_column, ask_column=ask_column))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef double b, a
+        for i in range(io.n):
+            b = io.x[0][i]; a = io.x[1][i]
+            if present(io, i) and a + b != 0.0:
+                emit(io, 0, i, (a - b) / (0.5 * (a + b)) * 1e4)
+            else:
+                set_null(io, 0, i)
+
+
+cdef class EffectiveSpread(Kernel):
+    """2·|p − m| / m · 1e4, in basis points."""
+    def __init__(self, *, price_column="exec_price", mid_column="midprice"):
+        self.declare("effective_spread", [numeric_input("price_column", price_column),
+                                          numeric_input("mid_column", mid_column)],
+                     [output("effective_spread")],
+                     config=dict(price_column=price_column, mid_column=mid_column))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef double p, m
+        for i in range(io.n):
+            p = io.x[0][i]; m = io.x[1][i]
+            if present(io, i) and m != 0.0:
+                emit(io, 0, i, 2.0 * fabs(p - m) / m * 1e4)
+            else:
+                set_null(io, 0, i)
+
+
+cdef class L1Imbalance(Kernel):
+    """(B − A) / (B + A) with B = bid size, A = ask size; B + A = 0 → null."""
+    def __init__(self, *, bid_size_column="bid_size", ask_size_column="ask_size"):
+        self.declare("l1_imbalance", [numeric_input("bid_size_column", bid_size_column),
+                                      numeric_input("ask_size_column", ask_size_column)],
+                     [output("l1_imbalance")],
+                     config=dict(bid_size_column=bid_size_column,
+                                 ask_size_column=ask_size_column))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef double B, A
+        for i in range(io.n):
+            B = io.x[0][i]; A = io.x[1][i]
+            if present(io, i) and B + A != 0.0:
+                emit(io, 0, i, (B - A) / (B + A))
+            else:
+                set_null(io, 0, i)
+
+
+cdef class OFI(Kernel):
+    """Order-flow imbalance of Cont, Kukanov & Stoikov (2014), per key; first row null.
+
+    e_t = 1[b_t ≥ b_{t−1}]·B_t − 1[b_t ≤ b_{t−1}]·B_{t−1} − 1[a_t ≤ a_{t−1}]·A_t
+          + 1[a_t ≥ a_{t−1}]·A_{t−1}
+    """
+    def __init__(self, *, bid_column="bid", ask_column="ask", bid_size_column="bid_size",
+                 ask_size_column="ask_size", by=None):
+        self.declare("ofi", [numeric_input("bid_column", bid_column),
+                             numeric_input("ask_column", ask_column),
+                             numeric_input("bid_size_column", bid_size_column),
+                             numeric_input("ask_size_column", ask_size_column)],
+                     [output("ofi")], stride=5, by=by,
+                     config=dict(bid_column=bid_column, ask_column=ask_column,
+                                 bid_size_column=bid_size_column,
+                                 ask_size_column=ask_size_column))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef double b, a, B, A, e
+        cdef double* st                               # seen, b, a, B, A of the previous row
+        for i in range(io.n):
+            b = io.x[0][i]; a = io.x[1][i]; B = io.x[2][i]; A = io.x[3][i]
+            st = key_state(io, i)
+            if not present(io, i) or b != b or a != a or B != B or A != A:
+                set_null(io, 0, i)
+                continue
+            if st[0] == 0.0:
+                set_null(io, 0, i)
+            else:
+                e = 0.0
+                if b >= st[1]:
+                    e += B
+                if b <= st[1]:
+                    e -= st[3]
+                if a <= st[2]:
+                    e -= A
+                if a >= st[2]:
+                    e += st[4]
+                io.out[0][i] = e
+            st[0] = 1.0; st[1] = b; st[2] = a; st[3] = B; st[4] = A
+
+
+cdef enum:
+    VPIN_HEADER = 5     # buy volume, sell volume in the open bucket, full buckets, sum, fill
+
+
+cdef class VPIN(Kernel):
+    """Volume-synchronised probability of informed trading (Easley, López de Prado, O'Hara 2012).
+
+    Trades fill equal-volume buckets of size V in order; a trade larger than a bucket's free
+    room is split across buckets. VPIN = Σ|V_buy − V_sell| / (n·V) over the last n full
+    buckets; null until n buckets are full. Buckets persist across batches, per key.
+    """
+    cdef double bucket_vol
+    cdef Py_ssize_t n_buckets
+
+    def __init__(self, bucket_vol=100000.0, n_buckets=50, *, volume_column="volume",
+                 side_column="side", by=None):
+        self.bucket_vol = check_positive("bucket_vol", bucket_vol)
+        self.n_buckets = check_positive_int("n_buckets", n_buckets)
+        self.declare("vpin", [numeric_input("volume_column", volume_column),
+                              side_input("side_column", side_column)],
+                     [output("vpin")], stride=VPIN_HEADER + self.n_buckets, by=by,
+                     config=dict(bucket_vol=bucket_vol, n_buckets=self.n_buckets,
+                                 volume_column=volume_column, side_column=side_column))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i, k, n = self.n_buckets, full
+        cdef double V = self.bucket_vol, v, side, room, take
+        cdef double* st
+        cdef double* ring
+        for i in range(io.n):
+            v = io.x[0][i]; side = io.x[1][i]
+            st = key_state(io, i)
+            ring = st + VPIN_HEADER
+            if not present(io, i) or v != v or side != side or v < 0.0:
+                set_null(io, 0, i)
+                continue
+            while v > 0.0:
+                room = V - st[4]
+                take = v if v < room else room
+                if side > 0.0:
+                    st[0] += take
+                else:
+                    st[1] += take
+                v -= take
+                if take == room:                      # bucket full: close it
+                    full = <Py_ssize_t>st[2]
+                    ring[full % n] = fabs(st[0] - st[1])
+                    st[2] = <double>(full + 1)
+                    st[0] = 0.0; st[1] = 0.0; st[4] = 0.0
+                    st[3] = 0.0
+                    for k in range(n if full + 1 >= n else full + 1):
+                        st[3] += ring[k]
+                else:
+                    st[4] += take
+            if st[2] < n:
+                set_null(io, 0, i)
+            else:
+                io.out[0][i] = st[3] / (n * V)
+
+
+def midprice(batch, *, bid_column="bid", ask_column="ask"):
+    """Append ``midprice`` = (bid + ask)/2."""
+    return Midprice(bid_column=bid_column, ask_column=ask_column)(batch)
+
+
+def microprice(batch, *, bid_column="bid", ask_column="ask", bid_size_column="bid_size",
+               ask_size_column="ask_size"):
+    """Append ``microprice`` = (b·A + a·B)/(A + B)."""
+    return Microprice(bid_column=bid_column, ask_column=ask_column,
+                      bid_size_column=bid_size_column, ask_size_column=ask_size_column)(batch)
+
+
+def quoted_spread(batch, *, bid_column="bid", ask_column="ask"):
+    """Append ``quoted_spread`` = (a − b)/mid · 1e4 (bps)."""
+    return QuotedSpread(bid_column=bid_column, ask_column=ask_column)(batch)
+
+
+def effective_spread(batch, *, price_column="exec_price", mid_column="midprice"):
+    """Append ``effective_spread`` = 2|p − m|/m · 1e4 (bps)."""
+    return EffectiveSpread(price_column=price_column, mid_column=mid_column)(batch)
+
+
+def l1_imbalance(batch, *, bid_size_column="bid_size", ask_size_column="ask_size"):
+    """Append ``l1_imbalance`` = (B − A)/(B + A)."""
+    return L1Imbalance(bid_size_column=bid_size_column, ask_size_column=ask_size_column)(batch)
+
+
+def ofi(batch, *, bid_column="bid", ask_column="ask", bid_size_column="bid_size",
+        ask_size_column="ask_size", by=None):
+    """Append ``ofi``, the Cont–Kukanov–Stoikov order-flow imbalance per key."""
+    return call_kernel(OFI, batch, bid_column=bid_column, ask_column=ask_column,
+                       bid_size_column=bid_size_column, ask_size_column=ask_size_column, by=by)
+
+
+def vpin(batch, bucket_vol=100000.0, n_buckets=50, *, volume_column="volume",
+         side_column="side", by=None):
+    """Append ``vpin`` over the last ``n_buckets`` volume buckets of size ``bucket_vol``."""
+    return call_kernel(VPIN, batch, bucket_vol=bucket_vol, n_buckets=n_buckets,
+                       volume_column=volume_column, side_column=side_column, by=by)

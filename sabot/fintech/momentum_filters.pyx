@@ -1,0 +1,477 @@
+# cython: language_level=3
+"""Momentum and filters with TA-Lib conventions: EMA, SMA, MACD, RSI, Bollinger, Kalman,
+Donchian, stochastic oscillator, ATR, OBV.
+
+TA-Lib conventions: an indicator is null for its lookback rows (TA-Lib's "lookback"), seeds are
+simple averages, and rows with a null/NaN input are skipped as if absent (spec §1).
+"""
+from libc.math cimport fabs, fmax, NAN, sqrt
+
+from ._kernel cimport Kernel, KernelIO, key_state, present, set_null
+from ._kernel import numeric_input, output, value_input
+from ._columns import check_positive, check_positive_int, check_unit_interval
+from ._scope import call_kernel
+from ._window cimport (
+    deque_push, deque_width, moments_count, moments_mean, moments_push, moments_var,
+    moments_width, zsum_count, zsum_push, zsum_width,
+)
+
+
+cdef class EMA(Kernel):
+    """Exponential moving average.
+
+    ``period=N``: TA-Lib EMA, k = 2/(N+1), seeded with the SMA of the first N values, null for
+    the first N−1. ``alpha=a`` (default 0.1 when neither is given): s_0 = x_0,
+    s_t = a·x_t + (1−a)·s_{t−1}, as pandas ``ewm(alpha=a, adjust=False)``.
+    """
+    cdef double k
+    cdef Py_ssize_t period                     # 0: alpha mode
+
+    def __init__(self, column=None, alpha=None, *, period=None, by=None):
+        if alpha is not None and period is not None:
+            raise ValueError("ema: give alpha or period, not both")
+        if period is not None:
+            self.period = check_positive_int("period", period)
+            self.k = 2.0 / (self.period + 1.0)
+        else:
+            self.period = 0
+            self.k = check_unit_interval("alpha", 0.1 if alpha is None else alpha)
+        self.declare("ema", [value_input("column", column)], [output("ema")], stride=3, by=by,
+                     config=dict(column=column, alpha=alpha, period=period))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i, N = self.period
+        cdef double x, k = self.k
+        cdef double* st                                   # count, seed sum, value
+        for i in range(io.n):
+            x = io.x[0][i]
+            st = key_state(io, i)
+            if not present(io, i) or x != x:
+                set_null(io, 0, i)
+                continue
+            st[0] += 1.0
+            if N == 0:
+                st[2] = x if st[0] == 1.0 else k * x + (1.0 - k) * st[2]
+            elif st[0] < N:
+                st[1] += x
+                set_null(io, 0, i)
+                continue
+            elif st[0] == N:
+                st[2] = (st[1] + x) / N
+            else:
+                st[2] = k * x + (1.0 - k) * st[2]
+            io.out[0][i] = st[2]
+
+
+cdef class SMA(Kernel):
+    """Simple moving average of the last ``window`` values (TA-Lib SMA); null during warm-up."""
+    cdef Py_ssize_t window
+
+    def __init__(self, column=None, window=20, *, by=None):
+        self.window = check_positive_int("window", window)
+        self.declare("sma", [value_input("column", column)], [output("sma")],
+                     stride=zsum_width(self.window), by=by,
+                     config=dict(column=column, window=self.window))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i, N = self.window
+        cdef double x, s
+        cdef double* st
+        for i in range(io.n):
+            x = io.x[0][i]
+            st = key_state(io, i)
+            if not present(io, i) or x != x:
+                set_null(io, 0, i)
+                continue
+            s = zsum_push(st, N, x)
+            if zsum_count(st, N) < N:
+                set_null(io, 0, i)
+            else:
+                io.out[0][i] = s / N
+
+
+cdef class MACD(Kernel):
+    """TA-Lib MACD: EMA(fast) − EMA(slow) with k = 2/(N+1), signal = EMA(signal) of the line.
+
+    As TA-Lib does, the slow EMA is seeded with the SMA of the first ``slow`` values and the fast
+    EMA with the SMA of the last ``fast`` of those; the signal EMA is seeded with the SMA of
+    the first ``signal`` MACD values. All three outputs are null for slow+signal−2 rows.
+    """
+    cdef Py_ssize_t fast, slow, signal
+
+    def __init__(self, column=None, fast=12, slow=26, signal=9, *, by=None):
+        fast = check_positive_int("fast", fast, 2)
+        slow = check_positive_int("slow", slow, 2)
+        self.signal = check_positive_int("signal", signal)
+        self.fast, self.slow = (slow, fast) if fast > slow else (fast, slow)  # TA-Lib swaps
+        self.declare("macd", [value_input("column", column)],
+                     [output("macd"), output("macd_signal"), output("macd_hist")], stride=6,
+                     by=by, config=dict(column=column, fast=fast, slow=slow, signal=signal))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i, F = self.fast, S = self.slow, G = self.signal
+        cdef double x, c, line
+        cdef double kf = 2.0 / (F + 1.0), ks = 2.0 / (S + 1.0), kg = 2.0 / (G + 1.0)
+        cdef double* st                  # count, slow seed/ema, fast seed/ema, signal seed/ema
+        for i in range(io.n):
+            x = io.x[0][i]
+            st = key_state(io, i)
+            if not present(io, i) or x != x:
+                set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+                continue
+            st[0] += 1.0
+            c = st[0]
+            if c < S:
+                st[1] += x
+                if c > S - F:
+                    st[2] += x
+            elif c == S:
+                st[1] = (st[1] + x) / S
+                st[2] = (st[2] + x) / F
+            else:
+                st[1] = ks * x + (1.0 - ks) * st[1]
+                st[2] = kf * x + (1.0 - kf) * st[2]
+            if c < S + G - 1:
+                if c >= S:
+                    st[3] += st[2] - st[1]
+                set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+                continue
+            line = st[2] - st[1]
+            if c == S + G - 1:
+                st[3] = (st[3] + line) / G
+            else:
+                st[3] = kg * line + (1.0 - kg) * st[3]
+            io.out[0][i] = line
+            io.out[1][i] = st[3]
+            io.out[2][i] = line - st[3]
+
+
+cdef class RSI(Kernel):
+    """TA-Lib RSI: Wilder-smoothed average gain/loss over ``period`` changes, 0..100.
+
+    The first value (row ``period``) uses the simple averages of the first ``period`` changes;
+    then avg = (avg·(N−1) + change)/N. 100·gain/(gain+loss); 0 when there was no movement.
+    """
+    cdef Py_ssize_t period
+
+    def __init__(self, column=None, period=14, *, by=None):
+        self.period = check_positive_int("period", period, 2)
+        self.declare("rsi", [value_input("column", column)], [output("rsi")], stride=4, by=by,
+                     config=dict(column=column, period=self.period))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i, N = self.period
+        cdef double x, d, up, down
+        cdef double* st                                   # count, previous, gain, loss
+        for i in range(io.n):
+            x = io.x[0][i]
+            st = key_state(io, i)
+            if not present(io, i) or x != x:
+                set_null(io, 0, i)
+                continue
+            st[0] += 1.0
+            if st[0] == 1.0:
+                st[1] = x
+                set_null(io, 0, i)
+                continue
+            d = x - st[1]
+            st[1] = x
+            up = d if d > 0.0 else 0.0
+            down = -d if d < 0.0 else 0.0
+            if st[0] <= N:
+                st[2] += up
+                st[3] += down
+                if st[0] < N + 1:
+                    set_null(io, 0, i)
+                    continue
+            if st[0] == N + 1:
+                st[2] = (st[2] + up) / N
+                st[3] = (st[3] + down) / N
+            else:
+                st[2] = (st[2] * (N - 1) + up) / N
+                st[3] = (st[3] * (N - 1) + down) / N
+            io.out[0][i] = 100.0 * st[2] / (st[2] + st[3]) if st[2] + st[3] != 0.0 else 0.0
+
+
+cdef class BollingerBands(Kernel):
+    """TA-Lib BBANDS (SMA middle band): mid ± k·σ, σ the population std of the window."""
+    cdef Py_ssize_t window
+    cdef double k
+
+    def __init__(self, column=None, window=20, k=2.0, *, by=None):
+        self.window = check_positive_int("window", window)
+        self.k = check_positive("k", k)
+        self.declare("bollinger_bands", [value_input("column", column)],
+                     [output("bb_mid"), output("bb_upper"), output("bb_lower")],
+                     stride=moments_width(self.window), by=by,
+                     config=dict(column=column, window=self.window, k=k))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i, N = self.window
+        cdef double x, mid, width
+        cdef double* st
+        for i in range(io.n):
+            x = io.x[0][i]
+            st = key_state(io, i)
+            if not present(io, i) or x != x:
+                set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+                continue
+            moments_push(st, N, x)
+            if moments_count(st) < N:
+                set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+                continue
+            mid = moments_mean(st)
+            width = self.k * sqrt(moments_var(st, 0.0))
+            io.out[0][i] = mid
+            io.out[1][i] = mid + width
+            io.out[2][i] = mid - width
+
+
+cdef class Kalman1D(Kernel):
+    """Random-walk Kalman filter: x̂_0 = z_0, P_0 = 1; P⁻ = P + q, K = P⁻/(P⁻ + r),
+    x̂ = x̂ + K(z − x̂), P = (1 − K)P⁻."""
+    cdef double q, r
+
+    def __init__(self, column=None, q=0.001, r=0.1, *, by=None):
+        self.q = check_positive("q", q, allow_zero=True)
+        self.r = check_positive("r", r)
+        self.declare("kalman_1d", [value_input("column", column)], [output("kalman")], stride=3,
+                     by=by, config=dict(column=column, q=q, r=r))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef double z, p, gain
+        cdef double* st                                   # seen, estimate, P
+        for i in range(io.n):
+            z = io.x[0][i]
+            st = key_state(io, i)
+            if not present(io, i) or z != z:
+                set_null(io, 0, i)
+                continue
+            if st[0] == 0.0:
+                st[0] = 1.0; st[1] = z; st[2] = 1.0
+            else:
+                p = st[2] + self.q
+                gain = p / (p + self.r)
+                st[1] = st[1] + gain * (z - st[1])
+                st[2] = (1.0 - gain) * p
+            io.out[0][i] = st[1]
+
+
+cdef class DonchianChannel(Kernel):
+    """Highest high / lowest low of the last ``window`` rows (TA-Lib MAX/MIN) and their mid.
+
+    Reads ``high_column``/``low_column`` when given, else the value column for both.
+    """
+    cdef Py_ssize_t window
+
+    def __init__(self, column=None, window=20, *, high_column=None, low_column=None, by=None):
+        self.window = check_positive_int("window", window)
+        if (high_column is None) != (low_column is None):
+            raise ValueError("donchian_channel: give both high_column and low_column, or neither")
+        if high_column is None:
+            inputs = [value_input("column", column)]
+        else:
+            inputs = [numeric_input("high_column", high_column),
+                      numeric_input("low_column", low_column)]
+        self.declare("donchian_channel", inputs,
+                     [output("donchian_high"), output("donchian_low"), output("donchian_mid")],
+                     stride=2 * deque_width(self.window), by=by,
+                     config=dict(column=column, window=self.window, high_column=high_column,
+                                 low_column=low_column))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i, N = self.window
+        cdef double h, l, hi, lo
+        cdef const double* lows = io.x[1] if io.x[1] != NULL else io.x[0]
+        cdef double* st
+        for i in range(io.n):
+            h = io.x[0][i]; l = lows[i]
+            st = key_state(io, i)
+            if not present(io, i) or h != h or l != l:
+                set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+                continue
+            hi = deque_push(st, N, h, True)
+            lo = deque_push(st + deque_width(N), N, l, False)
+            if <Py_ssize_t>st[0] < N:
+                set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+                continue
+            io.out[0][i] = hi
+            io.out[1][i] = lo
+            io.out[2][i] = 0.5 * (hi + lo)
+
+
+cdef class StochasticOsc(Kernel):
+    """TA-Lib STOCHF: %K = 100·(C − LL_k)/(HH_k − LL_k) (0 when HH = LL), %D = SMA_d(%K).
+
+    Both outputs null for the k_period + d_period − 2 lookback rows.
+    """
+    cdef Py_ssize_t k_period, d_period
+
+    def __init__(self, k_period=14, d_period=3, *, high_column="high", low_column="low",
+                 close_column="price", by=None):
+        self.k_period = check_positive_int("k_period", k_period)
+        self.d_period = check_positive_int("d_period", d_period)
+        self.declare("stochastic_osc", [numeric_input("high_column", high_column),
+                                        numeric_input("low_column", low_column),
+                                        numeric_input("close_column", close_column)],
+                     [output("stoch_k"), output("stoch_d")],
+                     stride=2 * deque_width(self.k_period) + zsum_width(self.d_period), by=by,
+                     config=dict(k_period=self.k_period, d_period=self.d_period,
+                                 high_column=high_column, low_column=low_column,
+                                 close_column=close_column))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i, K = self.k_period, D = self.d_period
+        cdef double h, l, c, hh, ll, fast_k, s
+        cdef double* st
+        cdef double* ks
+        for i in range(io.n):
+            h = io.x[0][i]; l = io.x[1][i]; c = io.x[2][i]
+            st = key_state(io, i)
+            if not present(io, i) or h != h or l != l or c != c:
+                set_null(io, 0, i); set_null(io, 1, i)
+                continue
+            hh = deque_push(st, K, h, True)
+            ll = deque_push(st + deque_width(K), K, l, False)
+            if <Py_ssize_t>st[0] < K:
+                set_null(io, 0, i); set_null(io, 1, i)
+                continue
+            fast_k = 100.0 * (c - ll) / (hh - ll) if hh != ll else 0.0
+            ks = st + 2 * deque_width(K)
+            s = zsum_push(ks, D, fast_k)
+            if zsum_count(ks, D) < D:
+                set_null(io, 0, i); set_null(io, 1, i)
+                continue
+            io.out[0][i] = fast_k
+            io.out[1][i] = s / D
+
+
+cdef class ATR(Kernel):
+    """TA-Lib ATR: TR_t = max(H−L, |H−C_{t−1}|, |L−C_{t−1}|) from the second row; the first ATR
+    (row ``period``) is the mean of the first ``period`` TRs, then (ATR·(N−1) + TR)/N."""
+    cdef Py_ssize_t period
+
+    def __init__(self, period=14, *, high_column="high", low_column="low", close_column="price",
+                 by=None):
+        self.period = check_positive_int("period", period)
+        self.declare("atr", [numeric_input("high_column", high_column),
+                             numeric_input("low_column", low_column),
+                             numeric_input("close_column", close_column)],
+                     [output("atr")], stride=3, by=by,
+                     config=dict(period=self.period, high_column=high_column,
+                                 low_column=low_column, close_column=close_column))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i, N = self.period
+        cdef double h, l, c, tr
+        cdef double* st                                   # count, previous close, sum / ATR
+        for i in range(io.n):
+            h = io.x[0][i]; l = io.x[1][i]; c = io.x[2][i]
+            st = key_state(io, i)
+            if not present(io, i) or h != h or l != l or c != c:
+                set_null(io, 0, i)
+                continue
+            st[0] += 1.0
+            if st[0] == 1.0:
+                st[1] = c
+                set_null(io, 0, i)
+                continue
+            tr = fmax(h - l, fmax(fabs(h - st[1]), fabs(l - st[1])))
+            st[1] = c
+            if st[0] <= N:
+                st[2] += tr
+                set_null(io, 0, i)
+                continue
+            if st[0] == N + 1:
+                st[2] = (st[2] + tr) / N
+            else:
+                st[2] = (st[2] * (N - 1) + tr) / N
+            io.out[0][i] = st[2]
+
+
+cdef class OBV(Kernel):
+    """TA-Lib OBV: starts at the first volume; ± volume when the price rises/falls."""
+    def __init__(self, *, price_column="price", volume_column="volume", by=None):
+        self.declare("obv", [numeric_input("price_column", price_column),
+                             numeric_input("volume_column", volume_column)],
+                     [output("obv")], stride=3, by=by,
+                     config=dict(price_column=price_column, volume_column=volume_column))
+
+    cdef void run(self, KernelIO* io) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef double p, v
+        cdef double* st                                   # seen, previous price, OBV
+        for i in range(io.n):
+            p = io.x[0][i]; v = io.x[1][i]
+            st = key_state(io, i)
+            if not present(io, i) or p != p or v != v:
+                set_null(io, 0, i)
+                continue
+            if st[0] == 0.0:
+                st[0] = 1.0
+                st[2] = v
+            elif p > st[1]:
+                st[2] += v
+            elif p < st[1]:
+                st[2] -= v
+            st[1] = p
+            io.out[0][i] = st[2]
+
+
+def ema(batch, column=None, alpha=None, *, period=None, by=None):
+    """Append ``ema``: TA-Lib EMA with ``period``, or pandas ewm(adjust=False) with ``alpha``."""
+    return call_kernel(EMA, batch, column=column, alpha=alpha, period=period, by=by)
+
+
+def sma(batch, column=None, window=20, *, by=None):
+    """Append ``sma`` (TA-Lib SMA)."""
+    return call_kernel(SMA, batch, column=column, window=window, by=by)
+
+
+def macd(batch, column=None, fast=12, slow=26, signal=9, *, by=None):
+    """Append ``macd``, ``macd_signal``, ``macd_hist`` (TA-Lib MACD)."""
+    return call_kernel(MACD, batch, column=column, fast=fast, slow=slow, signal=signal, by=by)
+
+
+def rsi(batch, column=None, period=14, *, by=None):
+    """Append ``rsi`` (TA-Lib RSI, Wilder smoothing, 0..100)."""
+    return call_kernel(RSI, batch, column=column, period=period, by=by)
+
+
+def bollinger_bands(batch, column=None, window=20, k=2.0, *, by=None):
+    """Append ``bb_mid``, ``bb_upper``, ``bb_lower`` (TA-Lib BBANDS, population std)."""
+    return call_kernel(BollingerBands, batch, column=column, window=window, k=k, by=by)
+
+
+def kalman_1d(batch, column=None, q=0.001, r=0.1, *, by=None):
+    """Append ``kalman``, a random-walk Kalman filter estimate."""
+    return call_kernel(Kalman1D, batch, column=column, q=q, r=r, by=by)
+
+
+def donchian_channel(batch, column=None, window=20, *, high_column=None, low_column=None,
+                     by=None):
+    """Append ``donchian_high``, ``donchian_low``, ``donchian_mid`` (TA-Lib MAX/MIN)."""
+    return call_kernel(DonchianChannel, batch, column=column, window=window,
+                       high_column=high_column, low_column=low_column, by=by)
+
+
+def stochastic_osc(batch, k_period=14, d_period=3, *, high_column="high", low_column="low",
+                   close_column="price", by=None):
+    """Append ``stoch_k``, ``stoch_d`` (TA-Lib STOCHF with an SMA %D)."""
+    return call_kernel(StochasticOsc, batch, k_period=k_period, d_period=d_period,
+                       high_column=high_column, low_column=low_column,
+                       close_column=close_column, by=by)
+
+
+def atr(batch, period=14, *, high_column="high", low_column="low", close_column="price",
+        by=None):
+    """Append ``atr`` (TA-Lib ATR)."""
+    return call_kernel(ATR, batch, period=period, high_column=high_column,
+                       low_column=low_column, close_column=close_column, by=by)
+
+
+def obv(batch, *, price_column="price", volume_column="volume", by=None):
+    """Append ``obv`` (TA-Lib OBV)."""
+    return call_kernel(OBV, batch, price_column=price_column, volume_column=volume_column,
+                       by=by)

@@ -1,0 +1,82 @@
+"""Symbol normalisation: every exchange spelling → ``BASE/QUOTE`` (spec stream_and_collectors.md §1).
+
+``BTC-USD`` (Coinbase), ``BTC/USD`` (Kraken v2), ``XBT/USD`` / ``XXBTZUSD`` (Kraken v1 / REST),
+``BTCUSDT`` / ``btcusdt`` (Binance) all become ``BTC/USD``: USDT is treated as USD by default
+(``quote_aliases``). This is the one pure-Python mapping; the ``normalize_symbols`` kernel reuses it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+__all__ = [
+    "DEFAULT_QUOTE_ALIASES",
+    "KNOWN_QUOTES",
+    "BASE_ALIASES",
+    "normalize_symbol",
+    "split_symbol",
+]
+
+#: Quote currencies folded into another by default (Binance's USDT books priced as USD).
+DEFAULT_QUOTE_ALIASES: Mapping[str, str] = MappingProxyType({"USDT": "USD"})
+
+#: Legacy base-asset codes (Kraken v1 / REST, BitMEX) → ISO codes.
+BASE_ALIASES: Mapping[str, str] = MappingProxyType({"XBT": "BTC", "XDG": "DOGE"})
+
+#: Quote suffixes recognised in concatenated symbols (``BTCUSDT``); longest match wins.
+KNOWN_QUOTES: tuple[str, ...] = tuple(
+    sorted(
+        {
+            "USDT", "USDC", "FDUSD", "TUSD", "BUSD", "USDP", "DAI", "USD", "EUR", "GBP", "JPY",
+            "AUD", "CAD", "CHF", "TRY", "BRL", "BTC", "ETH", "BNB", "XBT", "SOL", "DOGE",
+        },
+        key=len,
+        reverse=True,
+    )
+)
+
+_SEPARATORS = ("/", "-", "_", ":")
+
+
+def split_symbol(raw: str, exchange: str | None = None) -> tuple[str, str]:
+    """Split an exchange symbol into upper-case ``(base, quote)`` without applying aliases.
+
+    Raises ``ValueError`` naming ``raw`` when it cannot be split.
+    """
+    if not isinstance(raw, str) or not raw:
+        raise ValueError(f"symbol must be a non-empty string, got {raw!r}")
+    s = raw.strip().upper()
+    # Binance stream names: ``btcusdt@bookTicker``.
+    at = s.find("@")
+    if at > 0:
+        s = s[:at]
+    for sep in _SEPARATORS:
+        if sep in s:
+            base, _, quote = s.partition(sep)
+            if base and quote and sep not in quote:
+                return base, quote
+            raise ValueError(f"cannot split symbol {raw!r}: expected BASE{sep}QUOTE")
+    # Kraken REST names: XXBTZUSD, XETHZEUR (X-prefixed crypto, Z-prefixed fiat).
+    if exchange == "kraken" and len(s) == 8 and s[0] == "X" and s[4] in "XZ":
+        return s[1:4], s[5:]
+    for quote in KNOWN_QUOTES:
+        if len(s) > len(quote) and s.endswith(quote):
+            return s[: -len(quote)], quote
+    raise ValueError(f"cannot split symbol {raw!r}: no separator and no known quote suffix")
+
+
+def normalize_symbol(
+    raw: str,
+    exchange: str | None = None,
+    quote_aliases: Mapping[str, str] = DEFAULT_QUOTE_ALIASES,
+) -> str:
+    """``BASE/QUOTE`` for an exchange's spelling ``raw``.
+
+    Base codes go through :data:`BASE_ALIASES` (``XBT`` → ``BTC``); the quote through
+    ``quote_aliases`` (default ``USDT`` → ``USD``; pass ``{}`` to keep USDT).
+    """
+    base, quote = split_symbol(raw, exchange)
+    base = BASE_ALIASES.get(base, base)
+    quote = BASE_ALIASES.get(quote, quote)
+    quote = quote_aliases.get(quote, quote)
+    return f"{base}/{quote}"

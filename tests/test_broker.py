@@ -1,0 +1,158 @@
+"""The embedded broker: start, topics, produce/consume round trip, clean stop, CLI."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from sabot.broker import TICKER_TOPICS, EmbeddedBroker, free_port
+from sabot.kafka import assign_all, consumer_config, fast_consumer_config, producer_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); check /proc
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_ticker_topics_exist_with_three_partitions(kafka_broker):
+    md = AdminClient({"bootstrap.servers": kafka_broker.bootstrap}).list_topics(timeout=5)
+    for topic in TICKER_TOPICS:
+        assert topic in md.topics, f"{topic} missing; have {sorted(md.topics)}"
+        assert len(md.topics[topic].partitions) == 3
+    assert kafka_broker.bootstrap.startswith("127.0.0.1:")
+    assert kafka_broker.pid is not None and kafka_broker.running
+
+
+def test_create_topic_is_idempotent(kafka_broker, unique_topic):
+    name = unique_topic()
+    kafka_broker.create_topic(name, partitions=2)
+    kafka_broker.create_topic(name, partitions=2)
+    md = AdminClient({"bootstrap.servers": kafka_broker.bootstrap}).list_topics(timeout=5)
+    assert len(md.topics[name].partitions) == 2
+
+
+def test_produce_consume_round_trip_with_consumer_group(kafka_broker, unique_topic):
+    topic = unique_topic()
+    kafka_broker.create_topic(topic, partitions=3)
+    producer = Producer(producer_config(kafka_broker.bootstrap))
+    sent = {(f"k{i % 7}", f"value-{i}") for i in range(500)}
+    for key, value in sent:
+        producer.produce(topic, key=key.encode(), value=value.encode())
+    assert producer.flush(10) == 0
+
+    consumer = Consumer(consumer_config(kafka_broker.bootstrap, unique_topic("group"),
+                                        from_beginning=True, **fast_consumer_config()))
+    consumer.subscribe([topic])
+    got = set()
+    last = {}
+    deadline = time.monotonic() + 30
+    while len(got) < len(sent) and time.monotonic() < deadline:
+        for m in consumer.consume(1000, 0.2):
+            assert m.error() is None, m.error()
+            got.add((m.key().decode(), m.value().decode()))
+            last[m.partition()] = m.offset()
+    consumer.commit(offsets=[TopicPartition(topic, p, o + 1) for p, o in last.items()],
+                    asynchronous=False)
+    committed = consumer.committed(consumer.assignment(), timeout=5)
+    consumer.close()
+    assert got == sent
+    # the committed offsets cover every message
+    assert sum(tp.offset for tp in committed if tp.offset >= 0) == len(sent)
+
+
+def test_assign_all_reads_without_group_join(kafka_broker, unique_topic):
+    topic = unique_topic()
+    kafka_broker.create_topic(topic, partitions=3)
+    producer = Producer(producer_config(kafka_broker.bootstrap))
+    for i in range(30):
+        producer.produce(topic, key=str(i % 3).encode(), value=str(i).encode())
+    producer.flush(10)
+    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": "unused",
+                         "enable.auto.commit": False})
+    parts = assign_all(consumer, topic)
+    assert [p.partition for p in parts] == [0, 1, 2]
+    got = []
+    deadline = time.monotonic() + 15
+    while len(got) < 30 and time.monotonic() < deadline:
+        got += [int(m.value()) for m in consumer.consume(100, 0.2) if m.error() is None]
+    consumer.close()
+    assert sorted(got) == list(range(30))
+
+
+def test_context_manager_stops_the_child():
+    with EmbeddedBroker(port=0, topics=["only-one"], partitions=1) as broker:
+        pid = broker.pid
+        assert _pid_alive(pid)
+        md = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=5)
+        assert "only-one" in md.topics
+    assert not _pid_alive(pid)
+    assert not broker.running
+    broker.stop()  # idempotent
+
+
+def test_cli_starts_and_stops_on_sigterm_without_orphans():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sabot", "broker", "--port", str(port),
+                             "--partitions", "2"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ready = False
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Kafka bootstrap" in line:
+                ready = True
+                break
+        assert ready, "".join(lines)
+        md = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=5)
+        for topic in TICKER_TOPICS:
+            assert len(md.topics[topic].partitions) == 2
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert not _pid_alive(int(children[0]))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_python_m_sabot_broker_help():
+    out = subprocess.run([sys.executable, "-m", "sabot.broker", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "--port" in out.stdout and "--partitions" in out.stdout
+
+
+def test_broker_dies_with_a_killed_parent():
+    """SIGKILL of the process owning the broker leaves no orphan broker behind."""
+    code = ("from sabot.broker import EmbeddedBroker; import sys, time; "
+            "b = EmbeddedBroker(port=0, topics=[]).start(); print(b.pid, flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(proc.stdout.readline())
+        assert _pid_alive(child)
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while _pid_alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _pid_alive(child)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
