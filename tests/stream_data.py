@@ -45,9 +45,12 @@ def json_values(table: pa.Table) -> list:
     """The Kafka JSON messages for ``table`` written independently of sabot (orjson per row)."""
     import orjson
 
-    d = table.to_pydict()
-    for name in ("timestamp", "recv_timestamp"):
-        d[name] = table.column(name).cast(pa.int64()).to_pylist()
+    d = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_timestamp(col.type):
+            col = col.cast(pa.int64())
+        d[name] = col.to_pylist()
     names = list(d)
     return [orjson.dumps(dict(zip(names, row))) for row in zip(*d.values())]
 

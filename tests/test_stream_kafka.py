@@ -161,15 +161,19 @@ def run_kcat(kcat, args, tmp_path):
     """Run kcat; Debian's kcat links librdkafka 2.0.2, which cannot parse Tansu's ApiVersion v3
     response ("Read underflow").  Then run the same kcat binary against the newer librdkafka
     bundled in the confluent-kafka wheel (LD_LIBRARY_PATH)."""
-    out = subprocess.run([kcat] + args, capture_output=True, timeout=60)
-    if out.returncode == 0:
-        return out
     import glob
+    import re
+    version = subprocess.run([kcat, "-V"], capture_output=True, text=True).stdout
+    m = re.search(r"librdkafka (\d+)\.(\d+)", version)
+    if m is None or (int(m.group(1)), int(m.group(2))) >= (2, 1):
+        out = subprocess.run([kcat] + args, capture_output=True, timeout=60)
+        if out.returncode == 0:
+            return out
     import confluent_kafka
     libs = glob.glob(os.path.join(os.path.dirname(confluent_kafka.__file__), "..",
                                   "confluent_kafka.libs", "librdkafka*.so*"))
     if not libs:
-        return out
+        pytest.skip(f"kcat links an old librdkafka that cannot talk to Tansu: {version.strip()}")
     libdir = tmp_path / "kcat-lib"
     libdir.mkdir(exist_ok=True)
     (libdir / "librdkafka.so.1").symlink_to(os.path.realpath(libs[0]))
