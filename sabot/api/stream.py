@@ -593,6 +593,8 @@ class _ParquetSink:
             except (KeyError, pa.ArrowInvalid, ValueError) as exc:
                 raise ValueError(f"to_parquet: batch schema {batch.schema} does not match the "
                                  f"file schema {self._schema}: {exc}") from exc
+        if self.rows_per_file is not None and self._rows >= self.rows_per_file:
+            self._close_file()
         if self._writer is None:
             self._open(self._schema)
         self._writer.write_batch(batch)
