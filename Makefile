@@ -13,6 +13,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# The editable install compiles every Cython module in place; it reruns when a source changes.
 $(STAMP): $(PY) $(SOURCES)
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
@@ -20,7 +21,6 @@ $(STAMP): $(PY) $(SOURCES)
 install: $(STAMP)
 
 build: $(STAMP)
-	$(PY) setup.py --quiet build_ext --inplace
 
 test: build kcat
 	$(PY) -m pytest -q $(PYTEST_ARGS)

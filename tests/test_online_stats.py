@@ -72,12 +72,14 @@ def test_rolling_zscore_matches_numpy_windows(window, scale):
     v = to_numpy(t["price"])[mask]
     w = np.lib.stride_tricks.sliding_window_view(v, window)
     sd = w.std(axis=1, ddof=1)
-    z = (v[window - 1:] - w.mean(axis=1)) / sd
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (v[window - 1:] - w.mean(axis=1)) / sd
+        cond = np.abs(w.mean(axis=1)) / sd
     z[w.max(axis=1) == w.min(axis=1)] = np.nan  # constant window: std = 0 -> null
     ref = np.concatenate([np.full(window - 1, np.nan), z])
     # x - mean cancels when a window's spread is tiny next to its level: allow rounding of
     # the level (1e-13 relative), amplified by that condition number, besides rtol 1e-9.
-    cond = np.concatenate([np.zeros(window - 1), np.abs(w.mean(axis=1)) / sd])
+    cond = np.concatenate([np.zeros(window - 1), cond])
     atol = np.nan_to_num(scatter(mask, 1e-13 * np.nan_to_num(cond)))
     assert_matches(rolling_zscore(t, window=window)["zscore"], scatter(mask, ref),
                    rtol=1e-9, atol=atol, name="zscore")

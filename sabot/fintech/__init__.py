@@ -17,7 +17,23 @@ from .momentum_filters import (
     ATR, EMA, MACD, OBV, RSI, SMA, BollingerBands, DonchianChannel, Kalman1D, StochasticOsc,
     atr, bollinger_bands, donchian_channel, ema, kalman_1d, macd, obv, rsi, sma, stochastic_osc,
 )
-from .asof import AsofJoinKernel, StreamingAsofJoinKernel, asof_join, asof_join_streaming, asof_join_table
+from .symbols import normalize_symbols
+from .asof import (
+    AsofJoinKernel, StreamingAsofJoinKernel, asof_join, asof_join_streaming, asof_join_table,
+)
+from .volatility import (
+    BipowerVar, GarmanKlassVol, MedRV, ParkinsonVol, RealizedVar, RiskMetricsVol,
+    bipower_var, garman_klass_vol, medrv, parkinson_vol, realized_var, riskmetrics_vol,
+)
+from .liquidity import (
+    AmihudIlliquidity, CorwinSchultzSpread, KyleLambda, RollSpread,
+    amihud_illiquidity, corwin_schultz_spread, kyle_lambda, roll_spread,
+)
+from .execution_risk import (
+    CUSUM, VWAP, CornishFisherVaR, HistoricalCVaR, HistoricalVaR,
+    arrival_price_impact, cornish_fisher_var, cusum, historical_cvar, historical_var,
+    implementation_shortfall, optimal_ac_schedule, vwap,
+)
 
 __all__ = [
     "StateScope", "current_scope",
@@ -32,5 +48,17 @@ __all__ = [
     "StochasticOsc",
     "atr", "bollinger_bands", "donchian_channel", "ema", "kalman_1d", "macd", "obv", "rsi", "sma",
     "stochastic_osc",
+    # cross-exchange
+    "normalize_symbols",
+    # asof
+    "asof_join", "asof_join_table", "AsofJoinKernel", "StreamingAsofJoinKernel",
+    "asof_join_streaming",
+    "BipowerVar", "GarmanKlassVol", "MedRV", "ParkinsonVol", "RealizedVar", "RiskMetricsVol",
+    "bipower_var", "garman_klass_vol", "medrv", "parkinson_vol", "realized_var",
+    "riskmetrics_vol",
+    "AmihudIlliquidity", "CorwinSchultzSpread", "KyleLambda", "RollSpread",
+    "amihud_illiquidity", "corwin_schultz_spread", "kyle_lambda", "roll_spread",
+    "CUSUM", "VWAP", "CornishFisherVaR", "HistoricalCVaR", "HistoricalVaR",
+    "arrival_price_impact", "cornish_fisher_var", "cusum", "historical_cvar", "historical_var",
+    "implementation_shortfall", "optimal_ac_schedule", "vwap",
 ]
-__all__ += ["asof_join", "asof_join_table", "AsofJoinKernel", "StreamingAsofJoinKernel", "asof_join_streaming"]

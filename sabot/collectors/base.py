@@ -1,0 +1,186 @@
+"""The collector interface each exchange implements once (spec stream_and_collectors.md §2).
+
+An exchange file only knows its URL, subscribe messages, parser and symbol mapping; the shared
+connection loop (:mod:`sabot.collectors.connection`) and sinks (:mod:`sabot.collectors.sinks`) do
+the rest.  :meth:`ExchangeCollector.parse` turns one raw frame into a :class:`Parsed` result whose
+``kind`` tells the loop what happened (records, an ack, an exchange error, ...).
+"""
+from __future__ import annotations
+
+import abc
+import calendar
+import functools
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import orjson
+
+from sabot.symbols import DEFAULT_QUOTE_ALIASES, normalize_symbol
+
+__all__ = [
+    "DATA", "CONTROL", "SUBSCRIBED", "ERROR", "UNKNOWN", "RECONNECT", "KIND_NAMES",
+    "Parsed", "ExchangeCollector", "rfc3339_to_ns", "Record",
+]
+
+#: Frame kinds returned by :meth:`ExchangeCollector.parse`.
+DATA = 0        # ``records`` holds normalised ticker records (possibly empty: state-only update)
+CONTROL = 1     # heartbeat, status, pong, ...: nothing to record
+SUBSCRIBED = 2  # subscription acknowledged; ``detail`` says what
+ERROR = 3       # the exchange reported an error; ``detail`` is its text
+UNKNOWN = 4     # malformed or unsupported frame; ``detail`` says why
+RECONNECT = 5   # the server announced it will drop us (Binance ``serverShutdown``)
+KIND_NAMES = ("data", "control", "subscribed", "error", "unknown", "reconnect")
+
+Record = dict[str, Any]
+_NO_RECORDS: list[Record] = []
+
+
+class Parsed(NamedTuple):
+    kind: int
+    records: list[Record] = _NO_RECORDS
+    detail: str = ""
+
+
+#: ``parsed((kind, records, detail))``: a :class:`Parsed` built in C (hot path; the NamedTuple
+#: constructor is pure Python).
+parsed = functools.partial(tuple.__new__, Parsed)
+
+
+_SECOND_EPOCH_NS: dict[str, int] = {}
+_FRACTION_SCALE = tuple(10 ** (9 - n) for n in range(10))
+
+
+def rfc3339_to_ns(s: str) -> int:
+    """Exact integer nanoseconds since the epoch of an RFC 3339 time (``2026-09-30T02:39:53.78865513Z``).
+
+    Parsed by slicing (no datetime, no float): 0-9 fractional digits, ``Z`` or ``±HH:MM`` offset.
+    Fast path: the epoch ns of each ``YYYY-MM-DDTHH:MM:SS`` prefix is cached, the fraction is
+    ``int(digits) * 10**(9 - len(digits))``.  Raises ``ValueError`` naming the string otherwise.
+    """
+    base = _SECOND_EPOCH_NS.get(s[:19])
+    if base is not None and s[-1] == "Z":
+        n = len(s)
+        if n == 20:
+            return base
+        if s[19] == "." and 21 < n <= 30:
+            frac = s[20:-1]
+            if frac.isdigit():
+                return base + int(frac) * _FRACTION_SCALE[n - 21]
+    return _rfc3339_slow(s)
+
+
+def _rfc3339_slow(s: str) -> int:
+    try:
+        if not s.isascii():
+            raise ValueError
+        if s[4] != "-" or s[7] != "-" or s[10] not in "Tt" or s[13] != ":" or s[16] != ":":
+            raise ValueError
+        fields = (s[0:4], s[5:7], s[8:10], s[11:13], s[14:16], s[17:19])
+        if not all(f.isdigit() for f in fields):
+            raise ValueError
+        y, mo, d, h, mi, sec = map(int, fields)
+        if not (1 <= mo <= 12 and 1 <= d <= 31 and h <= 23 and mi <= 59 and sec <= 60):
+            raise ValueError
+        ns = calendar.timegm((y, mo, d, h, mi, sec, 0, 0, 0)) * 1_000_000_000
+        if len(_SECOND_EPOCH_NS) >= 4096:
+            _SECOND_EPOCH_NS.clear()
+        _SECOND_EPOCH_NS[s[:19]] = ns
+        i, n = 19, len(s)
+        if i < n and s[i] == ".":
+            j = i + 1
+            while j < n and s[j].isdigit():
+                j += 1
+            frac = s[i + 1 : j]
+            if not frac or len(frac) > 9:
+                raise ValueError
+            ns += int(frac) * _FRACTION_SCALE[len(frac)]
+            i = j
+        tz = s[i:]
+        if tz == "Z" or tz == "z":
+            return ns
+        if len(tz) == 6 and tz[0] in "+-" and tz[3] == ":" and tz[1:3].isdigit() and tz[4:6].isdigit():
+            offset = (int(tz[1:3]) * 60 + int(tz[4:6])) * 60_000_000_000
+            return ns - offset if tz[0] == "+" else ns + offset
+        raise ValueError
+    except (ValueError, IndexError, TypeError, AttributeError):
+        raise ValueError(f"not an RFC 3339 timestamp: {s!r}") from None
+
+
+class ExchangeCollector(abc.ABC):
+    """One exchange's protocol knowledge: URL, subscribe messages, parser and symbol mapping.
+
+    Subclasses set ``name``, ``default_url``, ``default_symbols`` and implement
+    :meth:`subscribe_messages` and :meth:`_parse`.  Instances hold per-connection state only
+    where the exchange needs it (Binance's latest 24 h ticker per symbol).
+    """
+
+    name: str = ""
+    default_url: str = ""
+    default_symbols: tuple[str, ...] = ()
+    #: Whether the client should send its own WebSocket pings (Binance pings us instead).
+    client_pings: bool = True
+    #: Seconds of silence after which the watchdog closes the socket (heartbeats arrive ~1/s).
+    stale_after: float = 30.0
+    #: Logged once per connection when subscribed ({dest}: "Kafka topic 'x'"; {short}: "Kafka").
+    subscribed_template: str = "Subscribed; streaming to {dest}"
+
+    def __init__(
+        self,
+        symbols: list[str] | tuple[str, ...] | None = None,
+        quote_aliases: Mapping[str, str] = DEFAULT_QUOTE_ALIASES,
+    ) -> None:
+        self.symbols: list[str] = list(symbols or self.default_symbols)
+        if not self.symbols:
+            raise ValueError(f"{self.name}: no symbols to subscribe")
+        self.quote_aliases = quote_aliases
+        self._symbol_cache: dict[str, str] = {}
+        for raw in self.symbols:  # fail fast on a symbol we could not normalise
+            self.normalize(raw)
+
+    # -- what each exchange provides ---------------------------------------------------------
+    def url(self, base_url: str | None = None) -> str:
+        """The WebSocket URL to connect to (``base_url`` overrides the public endpoint)."""
+        return base_url or self.default_url
+
+    @abc.abstractmethod
+    def subscribe_messages(self) -> list[str]:
+        """JSON texts to send after each (re)connect."""
+
+    @abc.abstractmethod
+    def _parse(self, msg: Any, recv_ns: int) -> Parsed:
+        """Classify one decoded JSON frame; may raise KeyError/TypeError/ValueError on bad data."""
+
+    def on_connect(self) -> None:
+        """Reset per-connection state (called before subscribing)."""
+
+    # -- shared ------------------------------------------------------------------------------
+    def normalize(self, raw: str) -> str:
+        """``BASE/QUOTE`` for this exchange's spelling (cached per raw spelling)."""
+        sym = self._symbol_cache.get(raw)
+        if sym is None:
+            sym = normalize_symbol(raw, self.name, self.quote_aliases)
+            self._symbol_cache[raw] = sym
+        return sym
+
+    def parse(self, raw: str | bytes, recv_ns: int) -> Parsed:
+        """Classify one raw frame; never raises (bad frames come back as ``UNKNOWN``)."""
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return Parsed(UNKNOWN, detail=f"malformed JSON ({exc}): {_excerpt(raw)}")
+        if type(msg) is not dict:
+            return Parsed(UNKNOWN, detail=f"not a JSON object: {_excerpt(raw)}")
+        try:
+            return self._parse(msg, recv_ns)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            return Parsed(UNKNOWN, detail=f"bad {type(exc).__name__} {exc}: {_excerpt(raw)}")
+
+
+def _excerpt(raw: str | bytes, limit: int = 200) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON text (subscribe messages)."""
+    return orjson.dumps(obj).decode()

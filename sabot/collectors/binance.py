@@ -1,0 +1,86 @@
+"""Binance Spot combined streams ``<s>@bookTicker`` + ``<s>@ticker`` (spec exchanges.md §3).
+
+Every bookTicker update is a record: no exchange time exists, so ``timestamp`` is the receive
+time and ``u`` the sequence.  The latest 24 h ticker per symbol fills ``price``/``volume_24h``
+and the extra columns (``last_price``, ``price_change_pct``, ``num_trades``).  Decimal strings
+are parsed with ``float(str)`` (correctly rounded).  ``serverShutdown`` asks for a reconnect.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sabot.collectors.base import (
+    CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, parsed,
+)
+
+__all__ = ["BinanceCollector"]
+
+_NO_TICKER = (None, None, None, None)
+
+
+class BinanceCollector(ExchangeCollector):
+    name = "binance"
+    default_url = "wss://stream.binance.com:9443"
+    default_symbols = ("BTCUSDT", "ETHUSDT")
+    client_pings = False  # the server pings every 20 s; websockets answers with a pong
+    #: Logged once per connection when subscribed ({dest}: "Kafka topic 'x'"; {short}: "Kafka").
+    subscribed_template = "Connected! Streaming to {short}..."
+    stale_after = 60.0  # bookTicker is real-time, but a quiet book may be silent for a while
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # raw symbol (upper case) -> (last price, 24 h base volume, change %, trade count)
+        self._ticker: dict[str, tuple] = {}
+
+    def url(self, base_url: str | None = None) -> str:
+        base = (base_url or self.default_url).rstrip("/")
+        if "streams=" in base:
+            return base
+        streams = "/".join(f"{s.lower()}@{kind}" for s in self.symbols for kind in ("bookTicker", "ticker"))
+        return f"{base}/stream?streams={streams}"
+
+    def subscribe_messages(self) -> list[str]:
+        return []  # the combined-stream URL subscribes
+
+    def _parse(self, msg: dict, recv_ns: int) -> Parsed:
+        data = msg.get("data")
+        if data is None:
+            data = msg  # raw (/ws/) payload or a control reply
+        elif type(data) is not dict:
+            raise TypeError("'data' is not an object")
+        if "u" in data and "b" in data and "e" not in data:
+            raw = data["s"]
+            last, vol, chg, n = self._ticker.get(raw, _NO_TICKER)
+            return parsed((DATA, [{
+                "exchange": "binance",
+                "symbol": self._symbol_cache.get(raw) or self.normalize(raw),
+                "raw_symbol": raw,
+                "timestamp": recv_ns,
+                "recv_timestamp": recv_ns,
+                "bid": float(data["b"]),
+                "ask": float(data["a"]),
+                "bid_size": float(data["B"]),
+                "ask_size": float(data["A"]),
+                "price": last,
+                "volume_24h": vol,
+                "sequence": int(data["u"]),
+                "last_price": last,
+                "price_change_pct": chg,
+                "num_trades": n,
+            }], ""))
+        event = data.get("e")
+        if event == "24hrTicker":
+            self._ticker[data["s"]] = (float(data["c"]), float(data["v"]), float(data["P"]), int(data["n"]))
+            return Parsed(DATA)
+        if event == "serverShutdown" or msg.get("stream") == "!serverShutdown":
+            return Parsed(RECONNECT, detail="serverShutdown")
+        err = msg.get("error")
+        if err is not None:
+            if isinstance(err, dict):
+                return Parsed(ERROR, detail=f"code {err.get('code')}: {err.get('msg')}")
+            return Parsed(ERROR, detail=str(err))
+        if "code" in msg and "msg" in msg:
+            return Parsed(ERROR, detail=f"code {msg['code']}: {msg['msg']}")
+        if "result" in msg and "id" in msg:
+            return Parsed(SUBSCRIBED if msg["result"] is None else CONTROL, detail=f"id {msg['id']}")
+        return Parsed(UNKNOWN, detail=f"unsupported event {event!r} stream {msg.get('stream')!r}")

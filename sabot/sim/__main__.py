@@ -1,0 +1,67 @@
+"""``python -m sabot.sim {coinbase,kraken,binance} --port N [--replay FILE | --scenario FILE] [--seed S] ...``"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from sabot.sim.servers import SIMULATORS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sabot.sim",
+                                description="Local WebSocket server speaking an exchange's market-data protocol.")
+    p.add_argument("exchange", choices=sorted(SIMULATORS))
+    p.add_argument("--port", type=int, default=8765, help="port on --host (0 = any free port)")
+    p.add_argument("--host", default="127.0.0.1")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--replay", help="JSON lines file of frames to send verbatim after subscribing")
+    src.add_argument("--scenario", help="JSON lines scenario of quotes {t, exchange, symbol, bid, ask, ...}")
+    p.add_argument("--seed", type=int, default=0, help="random-walk seed (same seed = same mid path on all exchanges)")
+    p.add_argument("--rate", type=float, default=20.0, help="data frames per second (0 = as fast as possible)")
+    p.add_argument("--count", type=int, default=None, help="stop sending data after N frames (keepalives continue)")
+    p.add_argument("--latency-ms", type=float, default=None, help="event time lag behind the wall clock")
+    f = p.add_argument_group("faults")
+    f.add_argument("--drop-every", type=int, default=None, help="close each connection after N data frames")
+    f.add_argument("--drop-after", type=int, default=None, help="close the connection once, after N data frames")
+    f.add_argument("--malformed", type=int, default=0, help="send N malformed/unknown frames after subscribing")
+    f.add_argument("--silence-after", type=int, default=None,
+                   help="after N data frames send nothing more but keep the socket open")
+    f.add_argument("--error", default=None, help="send the exchange's error message with this text once")
+    f.add_argument("--lifetime", type=float, default=None, help="Binance: close each connection after S seconds")
+    f.add_argument("--shutdown-after", type=int, default=None,
+                   help="Binance: send serverShutdown and close after N data frames")
+    p.add_argument("--heartbeat-interval", type=float, default=1.0)
+    p.add_argument("--ping-interval", type=float, default=20.0, help="Binance ping frame interval (s)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kwargs = dict(replay=a.replay, scenario=a.scenario, seed=a.seed, rate=a.rate, count=a.count,
+                  drop_every=a.drop_every, drop_after=a.drop_after, malformed=a.malformed,
+                  silence_after=a.silence_after, error=a.error, heartbeat_interval=a.heartbeat_interval,
+                  ping_interval=a.ping_interval, lifetime=a.lifetime, shutdown_after=a.shutdown_after,
+                  latency_ms=a.latency_ms)
+    server = SIMULATORS[a.exchange](a.port, a.host, **kwargs)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(server.serve_forever())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: server._stop and server._stop.set())
+        await task
+        logging.getLogger("sabot.sim").info("%s simulator stopped: %d data frames sent to %d connections",
+                                            a.exchange, server.sent_count, server.connections)
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

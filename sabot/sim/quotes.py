@@ -1,0 +1,128 @@
+"""Quote sources for the local exchange servers: a seedable multi-exchange random walk and scripted scenarios.
+
+Random walk: every exchange shares one mid path per symbol (log-normal steps seeded by ``seed``
+and the symbol only, so three server processes with the same seed see the same path); each
+exchange adds its own mean-reverting AR(1) noise (seeded by ``seed`` and the exchange) and its own
+half-spread, so cross-exchange spreads open and close.
+
+Scenario file: JSON lines ``{"t": 0.5, "exchange": "coinbase", "symbol": "BTC/USD", "bid": 100.0,
+"ask": 100.1, "bid_size": 1.0, "ask_size": 2.0, "price": 100.05, "volume": 12.5}``; ``t`` is seconds
+after the first subscription, ``symbol`` canonical (``BASE/QUOTE``) or the exchange's spelling;
+``bid_size``/``ask_size``/``price``/``volume`` are optional.  A server plays only its exchange's lines.
+"""
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+__all__ = ["Quote", "RandomWalk", "load_scenario", "to_raw_symbol", "EXCHANGE_PROFILES"]
+
+
+@dataclass(frozen=True)
+class Quote:
+    symbol: str  # canonical BASE/QUOTE
+    bid: float
+    ask: float
+    bid_size: float
+    ask_size: float
+    price: float
+    volume: float
+    t: float = 0.0  # scenario time offset (s)
+
+
+#: Per-exchange noise (AR(1) sigma as a fraction of mid), half-spread (fraction) and latency (ms).
+EXCHANGE_PROFILES = {
+    "coinbase": {"noise": 2e-4, "half_spread": 0.5e-4, "latency_ms": 40.0, "decimals": 2},
+    "kraken": {"noise": 3e-4, "half_spread": 1.0e-4, "latency_ms": 60.0, "decimals": 1},
+    "binance": {"noise": 1.5e-4, "half_spread": 0.2e-4, "latency_ms": 20.0, "decimals": 2},
+}
+
+_START_PRICES = {"BTC": 65_000.0, "ETH": 3_400.0, "SOL": 150.0, "DOGE": 0.15}
+
+
+def to_raw_symbol(symbol: str, exchange: str) -> str:
+    """The exchange's spelling of canonical ``BASE/QUOTE`` (Binance: USD → USDT)."""
+    if "/" not in symbol:
+        return symbol  # already the exchange's spelling
+    base, quote = symbol.split("/")
+    if exchange == "coinbase":
+        return f"{base}-{quote}"
+    if exchange == "binance":
+        return f"{base}{'USDT' if quote == 'USD' else quote}"
+    return f"{base}/{quote}"
+
+
+def _seed(*parts: object) -> int:
+    return zlib.crc32(repr(parts).encode())
+
+
+class RandomWalk:
+    """Deterministic quotes for one exchange: ``next(symbol)`` gives that symbol's next step."""
+
+    def __init__(self, exchange: str, seed: int = 0, step_vol: float = 2e-4) -> None:
+        prof = EXCHANGE_PROFILES[exchange]
+        self.exchange = exchange
+        self.seed = seed
+        self.step_vol = step_vol
+        self.noise_sigma = prof["noise"]
+        self.half_spread = prof["half_spread"]
+        self.decimals = prof["decimals"]
+        self._mid_rng: dict[str, random.Random] = {}
+        self._mid: dict[str, float] = {}
+        self._noise: dict[str, float] = {}
+        self._noise_rng = random.Random(_seed(seed, exchange))
+        self._volume: dict[str, float] = {}
+
+    def next(self, symbol: str) -> Quote:
+        rng = self._mid_rng.get(symbol)
+        if rng is None:
+            rng = self._mid_rng[symbol] = random.Random(_seed(self.seed, symbol))
+            base = symbol.split("/")[0]
+            self._mid[symbol] = _START_PRICES.get(base, 100.0)
+            self._noise[symbol] = 0.0
+            self._volume[symbol] = 1000.0
+        mid = self._mid[symbol] * math.exp(rng.gauss(0.0, self.step_vol))
+        self._mid[symbol] = mid
+        r = self._noise_rng
+        noise = 0.9 * self._noise[symbol] + r.gauss(0.0, self.noise_sigma)
+        self._noise[symbol] = noise
+        local_mid = mid * (1.0 + noise)
+        half = local_mid * self.half_spread * (0.5 + r.random())
+        tick = 10.0 ** -self.decimals
+        bid = round(local_mid - half, self.decimals)
+        ask = round(max(local_mid + half, bid + tick), self.decimals)
+        self._volume[symbol] += r.random()
+        return Quote(
+            symbol=symbol, bid=bid, ask=ask,
+            bid_size=round(r.uniform(0.001, 5.0), 8), ask_size=round(r.uniform(0.001, 5.0), 8),
+            price=round(bid if r.random() < 0.5 else ask, self.decimals),
+            volume=round(self._volume[symbol], 8),
+        )
+
+
+def load_scenario(path: str | Path, exchange: str) -> list[Quote]:
+    """This exchange's quotes from a JSON-lines scenario file, ordered by ``t``."""
+    quotes = []
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+            if row["exchange"] != exchange:
+                continue
+            bid, ask = float(row["bid"]), float(row["ask"])
+            quotes.append(Quote(
+                symbol=row["symbol"], bid=bid, ask=ask,
+                bid_size=float(row.get("bid_size", 1.0)), ask_size=float(row.get("ask_size", 1.0)),
+                price=float(row.get("price", (bid + ask) / 2)), volume=float(row.get("volume", 0.0)),
+                t=float(row["t"]),
+            ))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}:{lineno}: bad scenario line ({exc}): {line[:120]}") from None
+    quotes.sort(key=lambda q: q.t)
+    return quotes

@@ -1,0 +1,611 @@
+"""Local WebSocket servers speaking the Coinbase Advanced Trade, Kraken v2 and Binance Spot protocols.
+
+Each server (spec stream_and_collectors.md §3, protocol facts from exchanges.md) accepts real
+WebSocket connections on 127.0.0.1, performs the exchange's subscribe/ack dance, sends its
+keepalives (Coinbase ``heartbeats`` channel, Kraken ``heartbeat`` frames, Binance ping frames)
+and streams ticker frames from one of three sources: a replay file (JSON lines sent verbatim), a
+scripted scenario (:func:`sabot.sim.quotes.load_scenario`) or the seedable random walk.
+
+Fault options: ``drop_every``/``drop_after`` (close the connection after N data frames), ``malformed``
+(N bad or unknown frames after subscribing), ``silence_after`` (stop sending but keep the socket
+open), ``error`` (send the exchange's error message), Binance ``shutdown_after`` (``serverShutdown``
+then close) and ``lifetime`` (the 24 h drop, in seconds).
+
+Use in-process (``with CoinbaseSim(rate=0, count=100) as sim: sim.port``; a background thread runs
+the event loop) or from the command line (``python -m sabot.sim coinbase --port 8765``).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from sabot.sim.quotes import EXCHANGE_PROFILES, Quote, RandomWalk, load_scenario, to_raw_symbol
+from sabot.symbols import normalize_symbol
+
+__all__ = ["SimServer", "CoinbaseSim", "KrakenSim", "BinanceSim", "SIMULATORS", "ns_to_rfc3339"]
+
+log = logging.getLogger("sabot.sim")
+
+
+def ns_to_rfc3339(ns: int, digits: int = 9, trim: bool = True) -> str:
+    """RFC 3339 UTC text of integer ns; ``trim`` drops trailing zeros as Coinbase does."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    f = f"{frac:09d}"[:digits]
+    if trim:
+        f = f.rstrip("0")
+    return f"{text}.{f}Z" if f else f"{text}Z"
+
+
+def _dec(x: float) -> str:
+    """Shortest decimal text of a float without exponent (``64281.7``, ``63454``)."""
+    s = repr(float(x))
+    if "e" in s or "E" in s:
+        s = f"{x:.12f}".rstrip("0").rstrip(".")
+    elif s.endswith(".0"):
+        s = s[:-2]
+    return s
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+@dataclass
+class Conn:
+    """One client connection's protocol state."""
+
+    ws: ServerConnection
+    symbols: list[str] = field(default_factory=list)  # raw spelling, ticker subscription
+    channels: set[str] = field(default_factory=set)
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    seq: int = 0
+    silent: bool = False
+    announced: set[str] = field(default_factory=set)  # symbols already sent a snapshot/first frame
+    raw_stream: bool = False  # Binance /ws/ (bare payloads)
+
+    def next_seq(self) -> int:
+        s = self.seq
+        self.seq += 1
+        return s
+
+
+class SimServer:
+    """Base class: connection handling, sources, pacing and faults; subclasses speak the protocol."""
+
+    exchange = ""
+    default_symbols: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        *,
+        replay: str | Path | None = None,
+        scenario: str | Path | None = None,
+        seed: int = 0,
+        rate: float = 20.0,
+        count: int | None = None,
+        drop_every: int | None = None,
+        drop_after: int | None = None,
+        malformed: int = 0,
+        silence_after: int | None = None,
+        error: str | None = None,
+        heartbeat_interval: float = 1.0,
+        ping_interval: float = 20.0,
+        lifetime: float | None = None,
+        shutdown_after: int | None = None,
+        latency_ms: float | None = None,
+        subscribe_deadline: float = 5.0,
+        keep_sent: bool = False,
+    ) -> None:
+        self.host = host
+        self.requested_port = port
+        self.port: int | None = None
+        self.rate = rate
+        self.count = count
+        self.drop_every = drop_every
+        self.drop_after = drop_after
+        self.malformed = malformed
+        self.silence_after = silence_after
+        self.error = error
+        self.heartbeat_interval = heartbeat_interval
+        self.ping_interval = ping_interval
+        self.lifetime = lifetime
+        self.shutdown_after = shutdown_after
+        self.latency_ns = int((EXCHANGE_PROFILES[self.exchange]["latency_ms"] if latency_ms is None
+                               else latency_ms) * 1e6)
+        self.subscribe_deadline = subscribe_deadline
+        self.keep_sent = keep_sent
+        self._replay: list[str] | None = None
+        if replay is not None:
+            self._replay = [ln for ln in Path(replay).read_text().splitlines() if ln.strip()]
+            self.count = len(self._replay) if count is None else min(count, len(self._replay))
+        self._scenario: list[Quote] | None = None
+        if scenario is not None:
+            self._scenario = load_scenario(scenario, self.exchange)
+            self.count = len(self._scenario) if count is None else min(count, len(self._scenario))
+        self._walk = RandomWalk(self.exchange, seed)
+        self._pos = 0  # next replay line / scenario quote / walk step
+        self._t0: float | None = None  # first subscription (scenario clock)
+        # counters (read from other threads: plain ints)
+        self.sent_count = 0  # data frames: each makes exactly one collector record
+        self.frames_sent = 0
+        self.connections = 0
+        self.subscriptions = 0
+        self.drops = 0
+        self.pongs = 0
+        self.malformed_sent = 0
+        self.errors_sent = 0
+        self.sent: list[tuple[str, bool]] = []  # stream frames (text, is_data), when keep_sent
+        self._dropped_once = False
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+
+    # ---- protocol hooks -------------------------------------------------------------------
+    async def on_open(self, conn: Conn) -> None:
+        """Called right after the WebSocket handshake."""
+
+    async def on_message(self, conn: Conn, msg: Any, text: str) -> None:
+        """A client frame (decoded JSON, or ``None`` when not JSON)."""
+
+    async def after_subscribe(self, conn: Conn) -> None:
+        """Called once the ticker subscription is acknowledged."""
+
+    async def keepalive(self, conn: Conn) -> None:
+        """Heartbeats / pings for one connection (runs until cancelled)."""
+
+    def encode(self, q: Quote, conn: Conn, snapshot: bool) -> list[tuple[str, bool]]:
+        """Frames for one quote: ``(text, is_data)``; ``is_data`` frames each make one record."""
+        raise NotImplementedError
+
+    def error_frame(self, text: str) -> str:
+        raise NotImplementedError
+
+    def malformed_frame(self, i: int, conn: Conn) -> str:
+        generic = ['{"channel":"ticker","events":[{', "not json at all", "[1,2,3]",
+                   '{"channel":"mystery","events":[]}', '""']
+        if i % 6 == 5:
+            return self.bad_data_frame(conn)
+        return generic[i % 6]
+
+    def bad_data_frame(self, conn: Conn) -> str:
+        raise NotImplementedError
+
+    # ---- shared machinery -----------------------------------------------------------------
+    def _canonical(self, raw: str) -> str:
+        return normalize_symbol(raw, self.exchange, quote_aliases={})
+
+    async def _send(self, conn: Conn, text: str, is_data: bool = False) -> None:
+        await conn.ws.send(text)
+        self.frames_sent += 1
+        if is_data:
+            self.sent_count += 1
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        conn = Conn(ws)
+        reader = asyncio.create_task(self._reader(conn))
+        keeper: asyncio.Task | None = None
+        try:
+            await self.on_open(conn)
+            try:
+                await asyncio.wait_for(conn.subscribed.wait(), self.subscribe_deadline)
+            except asyncio.TimeoutError:
+                await ws.close(1008, "no subscribe received within the deadline")
+                return
+            self.subscriptions += 1
+            if self._t0 is None:
+                self._t0 = time.monotonic()
+            keeper = asyncio.create_task(self.keepalive(conn))
+            await self.after_subscribe(conn)
+            if self.malformed_sent < self.malformed:
+                for i in range(self.malformed - self.malformed_sent):
+                    await self._send(conn, self.malformed_frame(i, conn))
+                    self.malformed_sent += 1
+            if self.error and not self.errors_sent:
+                await self._send(conn, self.error_frame(self.error))
+                self.errors_sent += 1
+            await self._stream(conn)
+        except ConnectionClosed:
+            pass
+        finally:
+            for t in (reader, keeper):
+                if t is not None:
+                    t.cancel()
+            await asyncio.gather(reader, *(k for k in [keeper] if k), return_exceptions=True)
+
+    async def _reader(self, conn: Conn) -> None:
+        try:
+            async for text in conn.ws:
+                try:
+                    msg = orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    msg = None
+                await self.on_message(conn, msg, text if isinstance(text, str) else text.decode())
+        except ConnectionClosed:
+            pass
+
+    def _remaining(self) -> bool:
+        return self.count is None or self.sent_count < self.count
+
+    async def _stream(self, conn: Conn) -> None:
+        ws = conn.ws
+        conn_data = 0
+        start = time.monotonic()
+        n = 0
+        while True:
+            if not self._remaining():
+                await ws.wait_closed()  # done: stay connected (keepalives continue)
+                return
+            if self.silence_after is not None and self.sent_count >= self.silence_after:
+                conn.silent = True
+                await ws.wait_closed()
+                return
+            frames = await self._next_frames(conn)
+            for text, is_data in frames:
+                await self._send(conn, text, is_data)
+                conn_data += is_data
+                if self.keep_sent:
+                    self.sent.append((text, is_data))
+            if self.shutdown_after is not None and self.sent_count >= self.shutdown_after \
+                    and not self._dropped_once and self._remaining():
+                self._dropped_once = True
+                await self.announce_shutdown(conn)
+                self.drops += 1
+                await ws.close(1001, "server shutdown")
+                return
+            if self._remaining() and (
+                (self.drop_every and conn_data >= self.drop_every)
+                or (self.drop_after is not None and not self._dropped_once
+                    and self.sent_count >= self.drop_after)
+            ):
+                self._dropped_once = True
+                self.drops += 1
+                await ws.close(1011, "simulated drop")
+                return
+            n += 1
+            if self._scenario is None:
+                if self.rate > 0:
+                    delay = start + n / self.rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                elif n % 64 == 0:
+                    await asyncio.sleep(0)
+
+    async def _next_frames(self, conn: Conn) -> list[tuple[str, bool]]:
+        if self._replay is not None:
+            line = self._replay[self._pos]
+            self._pos += 1
+            return [(line, True)]
+        if self._scenario is not None:
+            q = self._scenario[self._pos]
+            delay = self._t0 + q.t - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._pos += 1
+            raw = to_raw_symbol(q.symbol, self.exchange)
+            snapshot = raw not in conn.announced
+            conn.announced.add(raw)
+            return self.encode(q if "/" in q.symbol else _with_symbol(q, self._canonical(raw)), conn,
+                               snapshot)
+        syms = conn.symbols
+        raw = syms[self._pos % len(syms)]
+        self._pos += 1
+        q = self._walk.next(self._canonical(raw))
+        snapshot = raw not in conn.announced
+        conn.announced.add(raw)
+        return self.encode(q, conn, snapshot)
+
+    async def announce_shutdown(self, conn: Conn) -> None:
+        """Frame(s) sent before a planned shutdown (Binance ``serverShutdown``)."""
+
+    def event_time_ns(self) -> int:
+        return time.time_ns() - self.latency_ns
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def serve_forever(self, started: threading.Event | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(self._handler, self.host, self.requested_port, ping_interval=None,
+                         max_size=None, compression=None) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            log.info("%s simulator listening on ws://%s:%d", self.exchange, self.host, self.port)
+            if started is not None:
+                started.set()
+            await self._stop.wait()
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    def start(self) -> "SimServer":
+        """Serve from a background thread; returns once the port is bound."""
+
+        def target() -> None:
+            try:
+                asyncio.run(self.serve_forever(self._ready))
+            except BaseException as exc:  # surfaced by start()
+                self._startup_error = exc
+                self._ready.set()
+
+        self._thread = threading.Thread(target=target, name=f"sim-{self.exchange}", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._startup_error is not None:
+            raise RuntimeError(f"{self.exchange} simulator failed to start") from self._startup_error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> "SimServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _with_symbol(q: Quote, symbol: str) -> Quote:
+    return Quote(symbol, q.bid, q.ask, q.bid_size, q.ask_size, q.price, q.volume, q.t)
+
+
+# ---------------------------------------------------------------------------------------------
+class CoinbaseSim(SimServer):
+    """Advanced Trade: one channel per subscribe, cumulative ``subscriptions`` acks, 5 s deadline."""
+
+    exchange = "coinbase"
+
+    def _envelope(self, conn: Conn, channel: str, events: list) -> str:
+        return _dumps({"channel": channel, "client_id": "", "timestamp": ns_to_rfc3339(self.event_time_ns()),
+                       "sequence_num": conn.next_seq(), "events": events})
+
+    async def on_message(self, conn: Conn, msg: Any, text: str) -> None:
+        if not isinstance(msg, dict) or msg.get("type") not in ("subscribe", "unsubscribe"):
+            await conn.ws.send(_dumps({"type": "error", "message": "Failure to parse message"}))
+            return
+        channel = msg.get("channel")
+        if channel == "ticker":
+            pids = msg.get("product_ids") or []
+            if not pids or not all(isinstance(p, str) and "-" in p for p in pids):
+                await conn.ws.send(_dumps({"type": "error", "message": f"invalid product_ids {pids}"}))
+                return
+            conn.symbols.extend(p for p in pids if p not in conn.symbols)
+        elif channel != "heartbeats":
+            # the real service answers unknown channels with this (misleading) text
+            await conn.ws.send(_dumps({"type": "error", "message": "authentication failure"}))
+            return
+        conn.channels.add(channel)
+        subs = {"heartbeats": ["heartbeats"]} if "heartbeats" in conn.channels else {}
+        if "ticker" in conn.channels:
+            subs["ticker"] = list(conn.symbols)
+        await conn.ws.send(self._envelope(conn, "subscriptions", [{"subscriptions": subs}]))
+        if channel == "ticker":
+            conn.subscribed.set()
+
+    async def keepalive(self, conn: Conn) -> None:
+        counter = 0
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            if "heartbeats" in conn.channels and not conn.silent:
+                counter += 1
+                now = time.time_ns()
+                current = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now // 10**9))
+                           + f".{now % 10**9 // 1000:06d} +0000 UTC m=+{time.monotonic() - started:.9f}")
+                await conn.ws.send(self._envelope(conn, "heartbeats", [
+                    {"current_time": current, "heartbeat_counter": counter}]))
+
+    def encode(self, q: Quote, conn: Conn, snapshot: bool) -> list[tuple[str, bool]]:
+        pid = to_raw_symbol(q.symbol, "coinbase")
+        ticker = {
+            "type": "ticker", "product_id": pid, "price": _dec(q.price),
+            "volume_24_h": _dec(q.volume), "low_24_h": _dec(q.bid * 0.97), "high_24_h": _dec(q.ask * 1.02),
+            "low_52_w": _dec(q.bid * 0.5), "high_52_w": _dec(q.ask * 1.5),
+            "price_percent_chg_24_h": "1.21471769193719",
+            "best_bid": _dec(q.bid), "best_bid_quantity": _dec(q.bid_size),
+            "best_ask": _dec(q.ask), "best_ask_quantity": _dec(q.ask_size),
+        }
+        return [(self._envelope(conn, "ticker", [
+            {"type": "snapshot" if snapshot else "update", "tickers": [ticker]}]), True)]
+
+    def error_frame(self, text: str) -> str:
+        return _dumps({"type": "error", "message": text})
+
+    def bad_data_frame(self, conn: Conn) -> str:
+        return _dumps({"channel": "ticker", "timestamp": "yesterday", "sequence_num": 0,
+                       "events": [{"type": "update", "tickers": [{"product_id": "BTC-USD"}]}]})
+
+
+class KrakenSim(SimServer):
+    """Kraken v2: status frame on connect, one ack per symbol, snapshot first, heartbeats, ping/pong."""
+
+    exchange = "kraken"
+
+    def _stamp(self) -> str:
+        return ns_to_rfc3339(time.time_ns(), 6, trim=False)
+
+    async def on_open(self, conn: Conn) -> None:
+        await conn.ws.send(_dumps({"channel": "status", "type": "update", "data": [{
+            "version": "2.0.10", "system": "online", "api_version": "v2",
+            "connection_id": 18125794168470749634, "upcoming_maintenance": [], "emergency": []}]}))
+
+    async def on_message(self, conn: Conn, msg: Any, text: str) -> None:
+        t_in = self._stamp()
+        if not isinstance(msg, dict) or "method" not in msg:
+            await conn.ws.send(_dumps({"error": "Malformed request", "success": False,
+                                       "time_in": t_in, "time_out": self._stamp()}))
+            return
+        method = msg["method"]
+        req = {"req_id": msg["req_id"]} if "req_id" in msg else {}
+        if method == "ping":
+            await conn.ws.send(_dumps({"method": "pong", **req, "time_in": t_in, "time_out": self._stamp()}))
+            return
+        params = msg.get("params") or {}
+        if method != "subscribe" or params.get("channel") != "ticker":
+            await conn.ws.send(_dumps({"error": f"Unsupported method or channel {method!r}",
+                                       "method": method, "success": False, **req,
+                                       "time_in": t_in, "time_out": self._stamp()}))
+            return
+        trigger = params.get("event_trigger", "trades")
+        for sym in params.get("symbol") or []:
+            if not isinstance(sym, str) or "/" not in sym or sym.startswith("XBT/"):
+                await conn.ws.send(_dumps({"error": f"Currency pair not supported {sym}", "method": "subscribe",
+                                           "success": False, "symbol": sym, **req,
+                                           "time_in": t_in, "time_out": self._stamp()}))
+                continue
+            if sym not in conn.symbols:
+                conn.symbols.append(sym)
+            await conn.ws.send(_dumps({"method": "subscribe", "result": {
+                "channel": "ticker", "event_trigger": trigger, "snapshot": params.get("snapshot", True),
+                "symbol": sym}, "success": True, **req, "time_in": t_in, "time_out": self._stamp()}))
+        if conn.symbols:
+            conn.subscribed.set()
+
+    async def keepalive(self, conn: Conn) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            if not conn.silent:
+                await conn.ws.send('{"channel":"heartbeat"}')
+
+    def encode(self, q: Quote, conn: Conn, snapshot: bool) -> list[tuple[str, bool]]:
+        d = EXCHANGE_PROFILES["kraken"]["decimals"]
+        mid = (q.bid + q.ask) / 2
+        return [(_dumps({"channel": "ticker", "type": "snapshot" if snapshot else "update", "data": [{
+            "symbol": to_raw_symbol(q.symbol, "kraken"), "bid": q.bid, "bid_qty": q.bid_size,
+            "ask": q.ask, "ask_qty": q.ask_size, "last": q.price, "volume": q.volume,
+            "vwap": round(mid * 1.001, d), "low": round(mid * 0.97, d), "high": round(mid * 1.02, d),
+            "change": round(mid * -0.0051, d), "change_pct": -0.51, "trades": 135262,
+            "timestamp": ns_to_rfc3339(self.event_time_ns(), 6, trim=False)}]}), True)]
+
+    def error_frame(self, text: str) -> str:
+        t = self._stamp()
+        return _dumps({"error": text, "method": "subscribe", "success": False, "symbol": "XBT/USD",
+                       "time_in": t, "time_out": t})
+
+    def bad_data_frame(self, conn: Conn) -> str:
+        return _dumps({"channel": "ticker", "type": "update", "data": [{"bid": "n/a", "ask": 1}]})
+
+
+class BinanceSim(SimServer):
+    """Binance Spot: combined-stream URL subscribes, ping frames, SUBSCRIBE replies, serverShutdown."""
+
+    exchange = "binance"
+
+    def __init__(self, *args: Any, ticker_every: int = 5, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ticker_every = ticker_every
+        self._update_id = itertools.count(400_900_000)
+        self._steps: dict[str, int] = {}
+        self.streams_seen: list[list[str]] = []
+
+    async def on_open(self, conn: Conn) -> None:
+        parts = urlsplit(conn.ws.request.path)
+        streams: list[str] = []
+        if parts.path.rstrip("/") == "/stream":
+            for value in parse_qs(parts.query).get("streams", []):
+                streams.extend(s for s in value.split("/") if s)
+        elif parts.path.startswith("/ws/"):
+            conn.raw_stream = True
+            streams = [s for s in parts.path[4:].split("/") if s]
+        self._add_streams(conn, streams)
+
+    def _add_streams(self, conn: Conn, streams: list[str]) -> None:
+        self.streams_seen.append(list(streams))
+        for s in streams:
+            sym, _, kind = s.partition("@")
+            conn.channels.add(s)
+            if sym.upper() not in conn.symbols and kind in ("bookTicker", "ticker"):
+                conn.symbols.append(sym.upper())
+        if conn.symbols:
+            conn.subscribed.set()
+
+    async def on_message(self, conn: Conn, msg: Any, text: str) -> None:
+        if not isinstance(msg, dict):
+            await conn.ws.send(_dumps({"error": {"code": 3, "msg": f"Invalid JSON: {text[:60]}"}, "id": None}))
+            return
+        method, rid = msg.get("method"), msg.get("id")
+        if method == "SUBSCRIBE":
+            self._add_streams(conn, list(msg.get("params") or []))
+            await conn.ws.send(_dumps({"result": None, "id": rid}))
+        elif method == "LIST_SUBSCRIPTIONS":
+            await conn.ws.send(_dumps({"result": sorted(conn.channels), "id": rid}))
+        else:
+            await conn.ws.send(_dumps({"error": {"code": 2, "msg": "Invalid request: unknown method"},
+                                       "id": rid}))
+
+    async def keepalive(self, conn: Conn) -> None:
+        opened = time.monotonic()
+        while True:
+            wait = self.ping_interval
+            if self.lifetime is not None:
+                wait = min(wait, max(0.0, opened + self.lifetime - time.monotonic()))
+            await asyncio.sleep(wait)
+            if self.lifetime is not None and time.monotonic() - opened >= self.lifetime:
+                self.drops += 1
+                await conn.ws.close(1000, "connection lifetime reached")  # the 24 h drop
+                return
+            if conn.silent:
+                continue
+            waiter = await conn.ws.ping()
+            try:
+                await asyncio.wait_for(waiter, 60)
+                self.pongs += 1
+            except asyncio.TimeoutError:
+                await conn.ws.close(1008, "pong timeout")
+                return
+
+    def _wrap(self, conn: Conn, stream: str, data: dict) -> str:
+        return _dumps(data if conn.raw_stream else {"stream": stream, "data": data})
+
+    def encode(self, q: Quote, conn: Conn, snapshot: bool) -> list[tuple[str, bool]]:
+        raw = to_raw_symbol(q.symbol, "binance")
+        low = raw.lower()
+        frames = []
+        step = self._steps.get(raw, 0)
+        self._steps[raw] = step + 1
+        if f"{low}@ticker" in conn.channels and step % self.ticker_every == 0:
+            now_ms = self.event_time_ns() // 1_000_000
+            frames.append((self._wrap(conn, f"{low}@ticker", {
+                "e": "24hrTicker", "E": now_ms, "s": raw, "p": f"{q.price * 0.012:.8f}", "P": "1.215",
+                "w": f"{q.price:.8f}", "x": f"{q.price * 0.988:.8f}", "c": f"{q.price:.8f}", "Q": "0.01000000",
+                "b": f"{q.bid:.8f}", "B": f"{q.bid_size:.8f}", "a": f"{q.ask:.8f}", "A": f"{q.ask_size:.8f}",
+                "o": f"{q.price * 0.988:.8f}", "h": f"{q.ask * 1.02:.8f}", "l": f"{q.bid * 0.97:.8f}",
+                "v": f"{q.volume:.8f}", "q": f"{q.volume * q.price:.8f}", "O": now_ms - 86_400_000,
+                "C": now_ms, "F": 1000, "L": 1000 + step, "n": step + 1}), False))
+        if f"{low}@bookTicker" in conn.channels:
+            frames.append((self._wrap(conn, f"{low}@bookTicker", {
+                "u": next(self._update_id), "s": raw, "b": f"{q.bid:.8f}", "B": f"{q.bid_size:.8f}",
+                "a": f"{q.ask:.8f}", "A": f"{q.ask_size:.8f}"}), True))
+        return frames
+
+    async def announce_shutdown(self, conn: Conn) -> None:
+        data = {"e": "serverShutdown", "E": time.time_ns() // 1_000_000}
+        await conn.ws.send(self._wrap(conn, "!serverShutdown", data))
+
+    def error_frame(self, text: str) -> str:
+        return _dumps({"error": {"code": 2, "msg": text}, "id": None})
+
+    def bad_data_frame(self, conn: Conn) -> str:
+        return _dumps({"stream": "btcusdt@bookTicker", "data": {"u": 1, "s": "BTCUSDT", "b": "abc",
+                                                                "B": "1", "a": "2", "A": "1"}})
+
+
+SIMULATORS: dict[str, type[SimServer]] = {"coinbase": CoinbaseSim, "kraken": KrakenSim, "binance": BinanceSim}
