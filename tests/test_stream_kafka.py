@@ -280,3 +280,36 @@ def test_three_exchange_pipeline_equals_one_shot(kafka_broker, unique_topic, tmp
     assert got["kraken_midprice"].notna().sum() > 1000  # the joins really match rows
     pd.testing.assert_frame_equal(got, left, check_exact=False, rtol=1e-12)
     assert joined.metrics[joined._node.name]["late_count"] == 0
+
+
+def test_sinks_commit_every_offset_before_the_consumer_closes(kafka_broker, unique_topic, tmp_path):
+    from confluent_kafka import TopicPartition
+
+    topic = unique_topic()
+    kafka_broker.create_topic(topic, partitions=3)
+    produce(kafka_broker.bootstrap, topic, ticker_table("kraken", 2000, seed=8))
+    for sink, group in (("parquet", unique_topic("gp")), ("kafka", unique_topic("gk"))):
+        s = Stream.from_kafka(kafka_broker.bootstrap, topic, group, batch_size=300,
+                              from_beginning=True, stop_at_end=True, **FAST)
+        if sink == "parquet":
+            s.to_parquet(tmp_path / "all.parquet")  # one file: commits wait for its rename
+            assert pq.read_table(tmp_path / "all.parquet").num_rows == 2000
+        else:
+            out = unique_topic("out")
+            kafka_broker.create_topic(out, partitions=3)
+            assert s.to_kafka(kafka_broker.bootstrap, out)["delivered"] == 2000
+        m = s.metrics[s._node.name]
+        assert m["commit_errors"] == 0 and m["commits"] > 0
+        c = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": group})
+        # Tansu's ListOffsets(latest) under-reports, so find each partition's end by reading it
+        assign_all(c, topic)
+        ends, seen = {}, 0
+        deadline = time.monotonic() + 20
+        while seen < 2000 and time.monotonic() < deadline:
+            for msg in c.consume(1000, 0.2):
+                if msg.error() is None:
+                    ends[msg.partition()] = msg.offset() + 1
+                    seen += 1
+        committed = c.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+        c.close()
+        assert {tp.partition: tp.offset for tp in committed} == ends
