@@ -38,10 +38,11 @@ def main(argv=None) -> int:
     from sabot.fintech import midprice
     from sabot.kafka import assign_all, fast_consumer_config
     from sabot.schema import TICKER_SCHEMA
-    from stream_data import json_values, produce, ticker_table
+    from stream_data import exchange_rounded, produce, ticker_table
 
     n = args.messages
-    table = ticker_table("coinbase", n, seed=1)
+    # prices to the cent and sizes to 1e-8, as exchanges publish them
+    table = exchange_rounded(ticker_table("coinbase", n, seed=1))
     with EmbeddedBroker(port=0, topics=["bench-ticker"], partitions=3) as broker:
         t0 = time.perf_counter()
         produce(broker.bootstrap, "bench-ticker", table)

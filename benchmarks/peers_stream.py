@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.json as pj
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from stream_data import json_values, ticker_table  # noqa: E402
+from stream_data import exchange_rounded, json_values, ticker_table  # noqa: E402
 
 from sabot.api._decode import JsonBatchDecoder, reader_schema  # noqa: E402
 from sabot.api._kafka import encode_json  # noqa: E402
@@ -30,9 +30,7 @@ def _chunks(values: List[bytes]) -> List[List[bytes]]:
     return [values[i:i + CHUNK] for i in range(0, len(values), CHUNK)]
 
 
-def cases(scale: float = 1.0) -> List[Tuple[str, int, Dict[str, Callable[[], object]]]]:
-    n = max(CHUNK, int(200_000 * scale))
-    table = ticker_table("coinbase", n, seed=1)
+def decode_fns(table: pa.Table) -> Dict[str, Callable[[], object]]:
     chunks = _chunks(json_values(table))
     native = JsonBatchDecoder(TICKER_SCHEMA)
     raw_schema = reader_schema(TICKER_SCHEMA)
@@ -72,7 +70,12 @@ def cases(scale: float = 1.0) -> List[Tuple[str, int, Dict[str, Callable[[], obj
         fns["polars.read_ndjson"] = polars_ndjson
     except ImportError:
         pass
+    return fns
 
+
+def cases(scale: float = 1.0) -> List[Tuple[str, int, Dict[str, Callable[[], object]]]]:
+    n = max(CHUNK, int(200_000 * scale))
+    table = ticker_table("coinbase", n, seed=1)
     batches = table.to_batches(max_chunksize=CHUNK)
 
     def sabot_encode():
@@ -85,6 +88,8 @@ def cases(scale: float = 1.0) -> List[Tuple[str, int, Dict[str, Callable[[], obj
             rows = pa.RecordBatch.from_arrays(cols, names=b.schema.names).to_pylist()
             [orjson.dumps(r) for r in rows]
 
-    return [("stream: decode ticker JSON -> RecordBatch", n, fns),
+    return [("stream: decode ticker JSON (full-precision floats)", n, decode_fns(table)),
+            ("stream: decode ticker JSON (exchange decimals)", n,
+             decode_fns(exchange_rounded(table))),
             ("stream: encode RecordBatch -> ticker JSON", n,
              {"sabot": sabot_encode, "to_pylist+orjson": pylist_orjson})]
