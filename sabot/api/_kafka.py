@@ -118,7 +118,8 @@ class KafkaSource:
                         err = m.error()
                         if err is None:
                             msgs.append(m)
-                            at_eof.discard((m.topic(), m.partition()))
+                            if at_eof:
+                                at_eof.discard((m.topic(), m.partition()))
                         elif err.code() == KafkaError._PARTITION_EOF:
                             at_eof.add((m.topic(), m.partition()))
                         else:
