@@ -1041,7 +1041,7 @@ class AsofJoinKernel:
         unit = _common_unit(lspec, self._rspec, on)
         if self._index is None or self._unit != unit:
             self._build(unit)
-        tol = _tolerance_in(unit, self.tolerance_ms, self.tolerance, self._rspec)
+        tol = _tolerance_in(unit, self.tolerance_ms, self.tolerance, lspec)
         l_on = _on_values(left.column(on), lspec, unit, "left", on)
         if by is not None:
             lcodes_raw, ldict = _key_dictionary(left.column(by), "left", by)
@@ -1096,6 +1096,9 @@ def asof_join(left, right, on="timestamp", by=None, tolerance_ms=1000, direction
     Table in → Table out (the output follows the left's type).
     """
     check_batch(left)
+    require_column(left.schema, on, "left 'on' column")
+    if _check_by(by) is not None:
+        require_column(left.schema, _check_by(by), "left 'by' column")
     kernel = AsofJoinKernel(right, on=on, by=by, tolerance_ms=tolerance_ms, direction=direction,
                             allow_exact_matches=allow_exact_matches, right_prefix=right_prefix,
                             suffix=suffix, tolerance=tolerance, on_unit=on_unit, sort=sort)
