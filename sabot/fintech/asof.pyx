@@ -495,14 +495,10 @@ def _on_values(col, spec, unit, side, on) -> np.ndarray:
             f"{side} column {on!r} contains nulls (first at row {_first_null(arr)}); "
             "the 'on' column must not contain nulls"
         )
-    if spec.kind == "timestamp":
-        values = _int64_view(arr)
-        factor = _UNIT_NS[spec.unit] // _UNIT_NS[unit]
-    else:
-        if arr.type != pa.int64():
-            arr = arr.cast(pa.int64())
-        values = _int64_view(arr)
-        factor = 1
+    if spec.kind != "timestamp" and arr.type != pa.int64():
+        arr = arr.cast(pa.int64())
+    values = _int64_view(arr)
+    factor = _UNIT_NS[spec.unit] // _UNIT_NS[unit]
     if factor != 1:
         values = values * np.int64(factor)
     return values
@@ -586,6 +582,8 @@ def _key_dictionary(col, side, by):
     """(indices as int32 numpy with nulls mapped to len(dictionary), dictionary)."""
     arr = _contiguous(col)
     t = arr.type
+    if pat.is_null(t):  # every key null
+        return np.zeros(len(arr), dtype=np.int32), pa.array([], type=pa.string())
     if not pat.is_dictionary(t):
         if not (pat.is_string(t) or pat.is_large_string(t) or pat.is_integer(t)
                 or pat.is_binary(t) or pat.is_large_binary(t) or pat.is_boolean(t)):
