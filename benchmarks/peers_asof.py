@@ -80,7 +80,7 @@ def cases(scale: float = 1.0):
                        CASE WHEN r.timestamp >= l.timestamp - INTERVAL {TOLERANCE_MS} MILLISECOND
                               THEN r.ask END AS ask
                 FROM l ASOF LEFT JOIN r ON l.symbol = r.symbol AND l.timestamp >= r.timestamp"""
-        ).arrow()
+        ).to_arrow_table()
 
     batch = 65_536
     left_batches = left.to_batches(max_chunksize=batch)

@@ -304,3 +304,17 @@ def test_kernel_state_is_picklable_inputs_untouched():
     k = AsofJoinKernel(right, on="t", tolerance_ms=None)
     k2 = pickle.loads(pickle.dumps(k.match_indices(pa.table({"t": pa.array([0, 3, 9], pa.int64())}))))
     assert list(k2) == [-1, 0, 1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), st.text(max_size=12)), max_size=60),
+       start=st.integers(0, 5), large=st.booleans())
+def test_string_key_encoding_roundtrips(values, start, large):
+    """The string key encoder: decoding codes through its dictionary gives the input back."""
+    from sabot.fintech.asof import _key_dictionary
+
+    arr = pa.array(values, pa.large_string() if large else pa.string()).slice(min(start, len(values)))
+    codes, dictionary = _key_dictionary(arr, "left", "k")
+    decoded = [None if c == len(dictionary) else dictionary[int(c)].as_py() for c in codes]
+    assert decoded == arr.to_pylist()
+    assert len(set(dictionary.to_pylist())) == len(dictionary)

@@ -298,16 +298,15 @@ cdef void _take8(const int64_t* src, const int64_t* idx, int64_t n, int64_t* dst
         dst[i] = src[j] if j >= 0 else 0
 
 
-cdef int64_t _encode_strings(const uint8_t* data, const void* offsets, bint large, int64_t offset,
+cdef int64_t _encode_strings(const uint8_t* data, int64_t data_size, const void* offsets, bint large, int64_t offset,
                              const uint8_t* valid, int64_t n, int32_t* codes, int64_t* first_rows,
                              uint64_t* slot_hash, int32_t* slot_code, int64_t mask) noexcept nogil:
     """Dictionary-encode n strings: codes[i] in first-appearance order, first_rows[c] the first
     row of code c; null rows get code -1. Open addressing (table size mask+1, power of two,
     at least twice the number of distinct values; returns -1 when it fills up). FNV-1a hash."""
     cdef int64_t i, a, b, pos, n_codes = 0, r, ra, rb, length
-    cdef uint64_t h
+    cdef uint64_t h, word
     cdef int32_t c
-    cdef bint same
     for i in range(n):
         if valid != NULL and not ((valid[(i + offset) >> 3] >> ((i + offset) & 7)) & 1):
             codes[i] = -1
@@ -318,12 +317,24 @@ cdef int64_t _encode_strings(const uint8_t* data, const void* offsets, bint larg
         else:
             a = (<const int32_t*>offsets)[i + offset]
             b = (<const int32_t*>offsets)[i + offset + 1]
-        h = 1469598103934665603ULL
-        for pos in range(a, b):
-            h = (h ^ data[pos]) * 1099511628211ULL
-        h ^= h >> 29
-        pos = <int64_t>(h & <uint64_t>mask)
         length = b - a
+        if length <= 8:
+            # short key (symbols): its bytes as one zero-padded word, one multiply
+            word = 0
+            if a + 8 <= data_size:
+                memcpy(&word, data + a, 8)
+                if length < 8:
+                    word &= (<uint64_t>1 << (8 * length)) - 1
+            else:
+                memcpy(&word, data + a, length)
+            h = (word ^ (<uint64_t>length << 59)) * <uint64_t>0x9E3779B97F4A7C15
+            h ^= h >> 32
+        else:
+            h = <uint64_t>14695981039346656037ULL
+            for pos in range(a, b):
+                h = (h ^ data[pos]) * <uint64_t>1099511628211ULL
+            h ^= h >> 29
+        pos = <int64_t>(h & <uint64_t>mask)
         while True:
             c = slot_code[pos]
             if c < 0:
@@ -552,6 +563,7 @@ def _encode_string_array(arr):
     cdef const uint8_t* valid = NULL
     cdef bint large = pat.is_large_string(arr.type) or pat.is_large_binary(arr.type)
     cdef int64_t off = arr.offset
+    cdef int64_t data_size
     if n == 0:
         return None
     bufs = arr.buffers()
@@ -559,6 +571,7 @@ def _encode_string_array(arr):
     data = <const uint8_t*><uint64_t>bufs[2].address if bufs[2] is not None else NULL
     if data == NULL:
         return None
+    data_size = bufs[2].size
     if arr.null_count and bufs[0] is not None:
         valid = <const uint8_t*><uint64_t>bufs[0].address
     while size <= 1 << 16:
@@ -566,7 +579,7 @@ def _encode_string_array(arr):
         slot_hash = np.empty(size, dtype=np.uint64)
         slot_code = np.full(size, -1, dtype=np.int32)
         with nogil:
-            n_codes = _encode_strings(data, offsets, large, off, valid, n, &codes[0], &first[0],
+            n_codes = _encode_strings(data, data_size, offsets, large, off, valid, n, &codes[0], &first[0],
                                       &slot_hash[0], &slot_code[0], size - 1)
         if n_codes >= 0:
             dictionary = arr.take(pa.array(np.asarray(first)[:n_codes]))
