@@ -74,7 +74,7 @@ def cases(scale: float = 1.0):
 
     def duckdb_asof():
         # ASOF JOIN has no tolerance clause: the tolerance is applied to the matched row afterwards
-        return con.execute(
+        return con.sql(
             f"""SELECT l.*, CASE WHEN r.timestamp >= l.timestamp - INTERVAL {TOLERANCE_MS} MILLISECOND
                               THEN r.bid END AS bid,
                        CASE WHEN r.timestamp >= l.timestamp - INTERVAL {TOLERANCE_MS} MILLISECOND

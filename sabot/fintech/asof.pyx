@@ -1653,8 +1653,8 @@ def asof_join_streaming(left_stream, right_stream, on="timestamp", by=None, tole
 
     def _ns_min(batch):
         m = _min_on(batch, on)
-        if m is None:
-            return None
+        if m is None:  # empty batch: consume it at once
+            return INT64_MIN
         t = batch.schema.field(on).type
         unit = t.unit if pat.is_timestamp(t) else on_unit
         return m * _UNIT_NS[unit]
@@ -1662,7 +1662,7 @@ def asof_join_streaming(left_stream, right_stream, on="timestamp", by=None, tole
     lb = next(lit, None)
     rb = next(rit, None)
     while lb is not None or rb is not None:
-        if rb is not None and (lb is None or (_ns_min(rb) or INT64_MIN) <= (_ns_min(lb) or INT64_MIN)):
+        if rb is not None and (lb is None or _ns_min(rb) <= _ns_min(lb)):
             out = kernel.process_right(rb)
             rb = next(rit, None)
         else:
