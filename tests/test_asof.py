@@ -318,3 +318,22 @@ def test_string_key_encoding_roundtrips(values, start, large):
     decoded = [None if c == len(dictionary) else dictionary[int(c)].as_py() for c in codes]
     assert decoded == arr.to_pylist()
     assert len(set(dictionary.to_pylist())) == len(dictionary)
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=joins(), direction=st.sampled_from(DIRECTIONS), exact=st.booleans(),
+       tol=st.one_of(st.none(), st.integers(0, 10)), use_by=st.booleans())
+def test_fused_path_non_null_columns_match_pandas(data, direction, exact, tol, use_by):
+    """Right value columns without nulls take the fused merge (values written during the merge)."""
+    left, right = data
+    by = "k" if use_by else None
+    n = right.num_rows
+    right = pa.table({"t": right.column("t"), "k": right.column("k"),
+                      "u": pa.array(np.arange(n, dtype=np.float64) * 1.5),
+                      "ts": pa.array(np.arange(n, dtype=np.int64) * 1000, pa.timestamp("us"))})
+    rows = _pandas_rows(left, right, on="t", by=by, tolerance=tol, direction=direction, exact=exact)
+    out = asof_join(left, right, on="t", by=by, tolerance_ms=tol, direction=direction,
+                    allow_exact_matches=exact)
+    assert out.column("u").to_pylist() == _expected_values(right, rows, "u")
+    assert out.column("ts").to_pylist() == _expected_values(right, rows, "ts")
+    assert out.column("u").null_count == int((rows < 0).sum())

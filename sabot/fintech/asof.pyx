@@ -199,17 +199,44 @@ cdef int64_t _match(const int64_t* l_on, const int32_t* l_code, const int32_t* l
     return -1
 
 
+cdef struct _Fused:
+    # right 8-byte value columns written straight into the output (no index array)
+    int n_cols
+    const int64_t** srcs
+    int64_t** dsts
+    uint8_t* valid
+    int64_t nulls
+
+
+cdef inline void _put(int64_t* out, _Fused* fz, int64_t i, int64_t r) noexcept nogil:
+    cdef int c
+    if out != NULL:
+        out[i] = r
+    if fz != NULL:
+        if r >= 0:
+            for c in range(fz.n_cols):
+                fz.dsts[c][i] = fz.srcs[c][r]
+            fz.valid[i >> 3] |= <uint8_t>(1 << (i & 7))
+        else:
+            for c in range(fz.n_cols):
+                fz.dsts[c][i] = 0
+            fz.nulls += 1
+
+
 cdef void _merge_match(const int64_t* l_on, const int32_t* l_code, const int32_t* lookup,
                        int64_t n_left, const int64_t* r_on, const int32_t* r_code,
                        int64_t n_right, int32_t n_keys, int64_t* last, int64_t* nxt,
                        int direction, bint exact, bint has_tol, int64_t tol,
-                       int64_t* out) noexcept nogil:
+                       int64_t* out, _Fused* fz) noexcept nogil:
     """Both sides globally sorted: one merge pass (two for nearest). ``last[k]`` is the latest
     right row of key k at or before the current left time (backward, scanning up); ``nxt[k]`` the
-    earliest at or after it (forward, scanning down). Same conventions as ``_match``."""
+    earliest at or after it (forward, scanning down). Same conventions as ``_match``; results go
+    to ``out`` and/or (backward, forward) straight into the fused output columns ``fz``."""
     cdef int64_t i, j, t, b, f
     cdef int32_t k = 0
     cdef int32_t kk
+    cdef _Fused* fz_b = fz if direction == BACKWARD else NULL
+    cdef _Fused* fz_f = fz if direction == FORWARD else NULL
     for kk in range(n_keys):
         last[kk] = -1
         nxt[kk] = -1
@@ -230,12 +257,12 @@ cdef void _merge_match(const int64_t* l_on, const int32_t* l_code, const int32_t
                 if lookup != NULL:
                     k = lookup[k]
                 if k < 0:
-                    out[i] = -1
+                    _put(out, fz_b, i, -1)
                     continue
             b = last[k]
             if b >= 0 and has_tol and t - r_on[b] > tol:
                 b = -1
-            out[i] = b
+            _put(out, fz_b, i, b)
     if direction != BACKWARD:
         j = n_right - 1
         i = n_left - 1
@@ -259,7 +286,7 @@ cdef void _merge_match(const int64_t* l_on, const int32_t* l_code, const int32_t
                 if f >= 0 and has_tol and r_on[f] - t > tol:
                     f = -1
             if direction == FORWARD:
-                out[i] = f
+                _put(out, fz_f, i, f)
             else:
                 b = out[i]
                 if b < 0 or (f >= 0 and r_on[f] - t < t - r_on[b]):
@@ -717,6 +744,64 @@ cdef class _RightIndex:
         self.g_idx = np.asarray(g_idx)
         self.offsets = np.asarray(off)
 
+    def match_into(self, l_on, l_raw, lookup, int direction, bint exact, tol, srcs):
+        """Fused merge: the right columns ``srcs`` (8-byte, no nulls) at the matched rows, written
+        straight into new Arrow arrays sharing one validity bitmap. ``None`` when not applicable
+        (inputs not both globally sorted, nearest, small left, sorted internally): use ``match``."""
+        cdef const int64_t[::1] lon = np.ascontiguousarray(l_on, dtype=np.int64)
+        cdef int64_t n = lon.shape[0]
+        cdef int32_t nk = self.n_keys
+        cdef int64_t[::1] cur1 = np.empty(max(nk, 1), dtype=np.int64)
+        cdef int64_t[::1] cur2 = np.empty(max(nk, 1), dtype=np.int64)
+        cdef const int64_t[::1] ron = self.r_on
+        cdef const int32_t[::1] lc
+        cdef const int32_t[::1] lk
+        cdef const int32_t[::1] rc
+        cdef const int32_t* lc_ptr = NULL
+        cdef const int32_t* lk_ptr = NULL
+        cdef const int32_t* rc_ptr = NULL
+        cdef bint has_tol = tol is not None
+        cdef int64_t tol_v = tol if tol is not None else 0
+        cdef int64_t bad = -1
+        cdef int64_t n_right = ron.shape[0]
+        cdef int c, n_cols = len(srcs)
+        cdef _Fused fz
+        cdef const int64_t* src_ptrs[64]
+        cdef int64_t* dst_ptrs[64]
+        if (direction == NEAREST or self.perm is not None or not self.globally_sorted or n == 0
+                or n_right == 0 or n * 8 < n_right or n_cols == 0 or n_cols > 64):
+            return None
+        with nogil:
+            bad = _first_unsorted(&lon[0], n)
+        if bad >= 0:
+            return None
+        if l_raw is not None:
+            lc = np.ascontiguousarray(l_raw, dtype=np.int32)
+            lc_ptr = &lc[0]
+            if lookup is not None:
+                lk = np.ascontiguousarray(lookup, dtype=np.int32)
+                lk_ptr = &lk[0]
+        if self.r_code is not None:
+            rc = self.r_code
+            rc_ptr = &rc[0]
+        valid_buf = pa.allocate_buffer((n + 7) // 8)
+        data_bufs = [pa.allocate_buffer(n * 8) for _ in range(n_cols)]
+        for c in range(n_cols):
+            src_ptrs[c] = (<const int64_t*><uint64_t>srcs[c].buffers()[1].address) + <int64_t>srcs[c].offset
+            dst_ptrs[c] = <int64_t*><uint64_t>data_bufs[c].address
+        fz.n_cols = n_cols
+        fz.srcs = src_ptrs
+        fz.dsts = dst_ptrs
+        fz.valid = <uint8_t*><uint64_t>valid_buf.address
+        fz.nulls = 0
+        with nogil:
+            memset(fz.valid, 0, (n + 7) // 8)
+            _merge_match(&lon[0], lc_ptr, lk_ptr, n, &ron[0], rc_ptr, n_right, nk,
+                         &cur1[0], &cur2[0], direction, exact, has_tol, tol_v, NULL, &fz)
+        nulls = fz.nulls
+        return [pa.Array.from_buffers(srcs[c].type, n, [valid_buf if nulls else None, data_bufs[c]],
+                                      null_count=nulls) for c in range(n_cols)]
+
     def match(self, l_on, l_raw, lookup, int direction, bint exact, tol, side, on, by):
         """Matched right row (original index, -1 = none) per left row.
 
@@ -765,7 +850,7 @@ cdef class _RightIndex:
                     rc_ptr = &rc[0]
             with nogil:
                 _merge_match(&lon[0], lc_ptr, lk_ptr, n, ron_ptr, rc_ptr, n_right, nk,
-                             &cur1[0], &cur2[0], direction, exact, has_tol, tol_v, &out[0])
+                             &cur1[0], &cur2[0], direction, exact, has_tol, tol_v, &out[0], NULL)
         else:
             if bad >= 0 and l_raw is None:
                 raise _unsorted_error(side, on, by, bad, np.asarray(lon))
@@ -789,6 +874,14 @@ cdef class _RightIndex:
             hit = result >= 0
             result[hit] = self.perm[result[hit]]
         return result
+
+
+def _plain8(arr):
+    """An 8-byte fixed-width array without nulls (values can be copied as int64 words)."""
+    t = arr.type
+    return (len(arr) > 0 and arr.null_count == 0 and not pat.is_dictionary(t)
+            and (pat.is_integer(t) or pat.is_floating(t) or pat.is_timestamp(t)
+                 or pat.is_duration(t) or pat.is_date64(t)) and t.bit_width == 64)
 
 
 def _gather_many(cols, idx):
@@ -1043,6 +1136,37 @@ class AsofJoinKernel:
 
     def match_indices(self, left):
         """The matched right row index per left row (int64 numpy, -1 = no match)."""
+        on, by = self.on, self.by
+        l_on, lcodes_raw, lookup, tol = self._prepare_left(left)
+        if self.sort:
+            perm = np.argsort(l_on, kind="stable")
+            idx_sorted = self._index.match(l_on[perm], None if lcodes_raw is None else lcodes_raw[perm],
+                                           lookup, self._dir, self.allow_exact_matches, tol, "left", on, by)
+            idx = np.empty_like(idx_sorted)
+            idx[perm] = idx_sorted
+            return idx
+        return self._index.match(l_on, lcodes_raw, lookup, self._dir, self.allow_exact_matches, tol,
+                                 "left", on, by)
+
+    def __call__(self, left):
+        left_ex = _constant_exchange(left) if self._right_exchange is not None else None
+        plan = _plan(left.schema, self.right.schema, self.on, self.by, self.right_prefix,
+                     self.suffix, left_ex, self._right_exchange)
+        srcs = []
+        for i, _ in plan.right:
+            col = self._right_cols.get(i)
+            if col is None:
+                col = _contiguous(self.right.column(i))
+                self._right_cols[i] = col
+            srcs.append(col)
+        cols = None
+        if not self.sort and srcs and all(_plain8(c) for c in srcs):
+            cols = self._match_into(left, srcs)
+        if cols is None:
+            cols = _gather_many(srcs, self.match_indices(left))
+        return _assemble(left, cols, plan, isinstance(left, pa.Table))
+
+    def _prepare_left(self, left):
         check_batch(left)
         on, by = self.on, self.by
         lfield = require_column(left.schema, on, "left 'on' column")
@@ -1059,30 +1183,12 @@ class AsofJoinKernel:
             lookup = _map_left_dictionary(ldict, self._index.dictionary, by)
         else:
             lcodes_raw = lookup = None
-        if self.sort:
-            perm = np.argsort(l_on, kind="stable")
-            idx_sorted = self._index.match(l_on[perm], None if lcodes_raw is None else lcodes_raw[perm],
-                                           lookup, self._dir, self.allow_exact_matches, tol, "left", on, by)
-            idx = np.empty_like(idx_sorted)
-            idx[perm] = idx_sorted
-            return idx
-        return self._index.match(l_on, lcodes_raw, lookup, self._dir, self.allow_exact_matches, tol,
-                                 "left", on, by)
+        return l_on, lcodes_raw, lookup, tol
 
-    def __call__(self, left):
-        idx = self.match_indices(left)
-        left_ex = _constant_exchange(left) if self._right_exchange is not None else None
-        plan = _plan(left.schema, self.right.schema, self.on, self.by, self.right_prefix,
-                     self.suffix, left_ex, self._right_exchange)
-        srcs = []
-        for i, _ in plan.right:
-            col = self._right_cols.get(i)
-            if col is None:
-                col = _contiguous(self.right.column(i))
-                self._right_cols[i] = col
-            srcs.append(col)
-        cols = _gather_many(srcs, idx)
-        return _assemble(left, cols, plan, isinstance(left, pa.Table))
+    def _match_into(self, left, srcs):
+        l_on, lcodes_raw, lookup, tol = self._prepare_left(left)
+        return self._index.match_into(l_on, lcodes_raw, lookup, self._dir, self.allow_exact_matches,
+                                      tol, srcs)
 
 
 def asof_join(left, right, on="timestamp", by=None, tolerance_ms=1000, direction="backward", *,
