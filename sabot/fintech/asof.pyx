@@ -16,10 +16,16 @@ right row chosen by ``direction`` among the right rows with the same ``by`` key:
 
 Unmatched left rows get nulls in the right columns. Null keys match null keys (as in pandas).
 
-Implementation: keys are dictionary-encoded once and mapped to the right side's integer codes; the
-right rows are grouped per key by a counting sort (on values copied contiguous per key); one nogil
-pass over the left rows advances a cursor per key (initialised by binary search on first use), and
-a nogil gather writes the matched right values straight into Arrow buffers.
+Implementation: keys are dictionary-encoded once (short strings hashed in C) and the left's
+dictionary is mapped to the right's integer codes. When both sides are globally sorted (the normal
+case) one nogil merge pass keeps the latest right row per key and writes the matched right values
+straight into Arrow buffers (8-byte columns without nulls) or records the matched row for a gather.
+Otherwise the right rows are grouped per key by a counting sort and a cursor per key (positioned
+by binary search on first use) advances through them.
+
+Also here: :class:`AsofJoinKernel` (right side indexed once, many left batches) and
+:class:`StreamingAsofJoinKernel` / :func:`asof_join_streaming` (interleaved batches of both sides,
+watermark semantics and late-row accounting described on the class).
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.types as pat
 
-from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport INT64_MIN, int16_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
 cdef extern from "sys/mman.h" nogil:
@@ -57,8 +63,6 @@ DEF BACKWARD = 0
 DEF FORWARD = 1
 DEF NEAREST = 2
 
-cdef int64_t INT64_MIN = -9223372036854775807 - 1
-cdef int64_t INT64_MAX = 9223372036854775807
 
 _DIRECTIONS = {"backward": BACKWARD, "forward": FORWARD, "nearest": NEAREST}
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -683,7 +687,7 @@ def _map_left_dictionary(ldict, rdict, by):
     return lookup
 
 
-def _unsorted_error(side, on, by, row, values, unit_note=""):
+def _unsorted_error(side, on, by, row, values):
     where = f" within each {by!r} key" if by is not None else ""
     return ValueError(
         f"{side} column {on!r} is not sorted{where}: row {row} (value {values[row]}) comes "
@@ -1479,8 +1483,6 @@ class StreamingAsofJoinKernel:
         return _tolerance_in("ns", self.tolerance_ms, self.tolerance, spec)
 
     def _codes(self, batch, side):
-        if self.by is None:
-            return np.zeros(batch.num_rows, dtype=np.int32) if False else None
         raw, dictionary = _key_dictionary(batch.column(self.by), side, self.by)
         values = dictionary.to_pylist() + [None]
         lookup = np.empty(len(values), dtype=np.int32)
@@ -1683,14 +1685,10 @@ class StreamingAsofJoinKernel:
                 row = int(order[np.flatnonzero(bad)].min())
                 k = int(codes[row])
                 key = f" (key {self._key_values[k]!r})" if self.by is not None else ""
-                if t[row] < self._pruned[k] and (row == 0 or True):
-                    raise ValueError(
-                        f"left column {self.on!r}: row {row}{key} at {int(t[row])} ns is older than rows "
-                        "already seen; the streaming ASOF join needs the left input time-ordered "
-                        "(per key within a batch, and across batches)"
-                    )
                 raise ValueError(
-                    f"left column {self.on!r} is not sorted within each key: row {row}{key}"
+                    f"left column {self.on!r}: row {row}{key} at {int(t[row])} ns is older than "
+                    "left rows already seen; the streaming ASOF join needs the left input "
+                    "time-ordered (per key within a batch, globally across batches)"
                 )
             np.maximum.at(last, codes, t)
             self._LG = max(self._LG, int(t.max()))
