@@ -1678,8 +1678,8 @@ class StreamingAsofJoinKernel:
             order = np.argsort(codes, kind="stable")
             ts, cs = t[order], codes[order]
             first = np.ones(n, dtype=bool)
-            first[1:] = cs[1:] != cs[:-1]
-            prev = np.where(first, floor[cs], np.concatenate([[INT64_MIN], ts[:-1]]))
+            first[1:] = cs[1:] != cs[: n - 1]
+            prev = np.where(first, floor[cs], np.concatenate([[INT64_MIN], ts[: n - 1]]))
             bad = ts < prev
             if bad.any():
                 row = int(order[np.flatnonzero(bad)].min())
