@@ -199,3 +199,22 @@ def test_asof_join_streaming_over_iterables():
     want = asof_join(left, right, on="timestamp", by="symbol", tolerance_ms=200)
     assert got.column("bid").to_pylist() == want.column("bid").to_pylist()
     assert got.column("x").to_pylist() == list(np.arange(500.0))
+
+
+def test_streaming_exchange_prefixes_match_batch_naming():
+    ms = 1_000_000
+
+    def batch(exchange, ts, mids):
+        return pa.record_batch({"exchange": [exchange] * len(ts), "symbol": ["BTC/USD"] * len(ts),
+                                "timestamp": pa.array(ts, pa.timestamp("ns", tz="UTC")),
+                                "midprice": mids})
+
+    cb = batch("coinbase", [1000 * ms, 2000 * ms], [100.0, 101.0])
+    kr = batch("kraken", [900 * ms, 1900 * ms, 2600 * ms], [200.0, 201.0, 202.0])
+    k = StreamingAsofJoinKernel(on="timestamp", by="symbol", tolerance_ms=500)
+    outs = [k.process_left(cb), k.process_right(kr), k.flush()]
+    got = pa.Table.from_batches([b for b in outs if b.num_rows])
+    want = asof_join(cb, kr, on="timestamp", by="symbol", tolerance_ms=500)
+    assert got.schema.names == want.schema.names
+    assert "coinbase_midprice" in got.schema.names and "kraken_midprice" in got.schema.names
+    assert got.column("kraken_midprice").to_pylist() == [200.0, 201.0]
