@@ -248,3 +248,153 @@ def union_events(iterators: Sequence[Iterator[Event]]) -> Iterator[Event]:
     finally:
         for it in iterators:
             close_iterator(it)
+
+
+class AsofJoinOp:
+    """State holder for a streaming ASOF join node (``Stream.asof_join``).
+
+    Wraps :class:`sabot.fintech.StreamingAsofJoinKernel` (its semantics: pandas.merge_asof on the
+    whole inputs; late right rows counted and dead-lettered).  Left rows are emitted as they
+    become final; the node pulls from whichever input is behind in event time.
+    """
+
+    kind = "asof_join"
+    holds_commits = False
+
+    def __init__(self, kernel: Any, tolerance_ns: int) -> None:
+        self.kernel = kernel
+        self.tolerance_ns = tolerance_ns
+        self.name = self.kind
+        self.rows_in = self.rows_out = 0
+        self.right_rows_in = 0
+        self._restored = False
+
+    def set_position(self, index: int) -> None:
+        by = self.kernel.by
+        self.name = (f"{self.kind} #{index} (by={by}, {self.kernel.direction}, "
+                     f"tolerance={self.tolerance_ns / 1e6:g}ms)")
+
+    def begin_run(self) -> None:
+        if not self._restored:
+            self.kernel.reset()
+        self._restored = False
+        self.rows_in = self.rows_out = self.right_rows_in = 0
+
+    def reset(self) -> None:
+        self.kernel.reset()
+
+    def state_dict(self) -> dict:
+        return {"kernel": self.kernel.state_dict()}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.kernel.load_state_dict(state["kernel"])
+        self._restored = True
+
+    @property
+    def late_count(self) -> int:
+        return self.kernel.late_count
+
+    def dead_letter(self) -> pa.Table:
+        return self.kernel.dead_letter()
+
+    def metrics(self) -> dict:
+        return {"rows_in": self.rows_in, "right_rows_in": self.right_rows_in,
+                "rows_out": self.rows_out, "late_count": self.kernel.late_count}
+
+    def fail(self, exc: BaseException) -> Exception:
+        from ._ops import StreamOperatorError
+
+        err = StreamOperatorError(f"{self.name} failed: {type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        return err
+
+
+def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
+                on: str) -> Iterator[Event]:
+    """Drive a streaming ASOF join; commits are held until the rows they cover are final:
+    a left commit once every left row before it was emitted, a right commit once the left
+    side has passed its right rows' time plus the tolerance and those left rows were emitted."""
+    kernel = op.kernel
+    inputs = {"left": _Input(left), "right": _Input(right)}
+    held_left: Deque[Tuple[int, Commit]] = deque()
+    held_right: List[List[Any]] = []  # [right time at commit, left-row threshold or None, commit]
+    closes: List[Close] = []
+
+    def emit(out: Any) -> Iterator[pa.RecordBatch]:
+        if out is not None and out.num_rows:
+            op.rows_out += out.num_rows
+            yield out
+
+    def release(final: bool = False) -> Iterator[Commit]:
+        while held_left and (final or held_left[0][0] <= op.rows_out):
+            yield held_left.popleft()[1]
+        keep = []
+        for entry in held_right:
+            if final or (entry[1] is not None and op.rows_out >= entry[1]):
+                yield entry[2]
+            else:
+                keep.append(entry)
+        held_right[:] = keep
+
+    try:
+        while not (inputs["left"].done and inputs["right"].done):
+            lw, rw = inputs["left"], inputs["right"]
+            if lw.done:
+                side = "right"
+            elif rw.done:
+                side = "left"
+            else:
+                lm = _MIN if lw.watermark is None else lw.watermark
+                rm = _MIN if rw.watermark is None else rw.watermark
+                side = "right" if rm <= lm else "left"
+            inp = inputs[side]
+            try:
+                ev = next(inp.it)
+            except StopIteration:
+                inp.done = True
+                continue
+            if isinstance(ev, pa.RecordBatch):
+                if not ev.num_rows:
+                    continue
+                ts = timestamps_ns(ev.column(on), on) if on in ev.schema.names else None
+                if ts is None:
+                    raise op.fail(KeyError(f"{side} input has no {on!r} column; columns "
+                                           f"present: {', '.join(ev.schema.names)}"))
+                mx = int(ts.max())
+                inp.watermark = mx if inp.watermark is None else max(inp.watermark, mx)
+                try:
+                    if side == "left":
+                        op.rows_in += ev.num_rows
+                        out = kernel.process_left(ev)
+                    else:
+                        op.right_rows_in += ev.num_rows
+                        out = kernel.process_right(ev)
+                except Exception as exc:
+                    raise op.fail(exc) from exc
+                if side == "left":
+                    for entry in held_right:
+                        if entry[1] is None and lw.watermark > entry[0] + op.tolerance_ns:
+                            entry[1] = op.rows_in
+                yield from emit(out)
+                yield from release()
+            elif isinstance(ev, Commit):
+                if side == "left":
+                    held_left.append((op.rows_in, ev))
+                else:
+                    held_right.append([rw.watermark if rw.watermark is not None else _MIN,
+                                       None, ev])
+                yield from release()
+            elif isinstance(ev, Close):
+                closes.append(ev)
+            else:
+                yield ev
+        try:
+            out = kernel.flush()
+        except Exception as exc:
+            raise op.fail(exc) from exc
+        yield from emit(out)
+        yield from release(final=True)
+        yield from closes
+    finally:
+        close_iterator(left)
+        close_iterator(right)

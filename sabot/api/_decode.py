@@ -76,13 +76,26 @@ class JsonBatchDecoder:
                                               unexpected_field_behavior="ignore")
         self._required = [i for i, f in enumerate(schema) if not f.nullable]
         self._native = None
-        if use_native and _native is not None:
+        if use_native and _native is not None and _native.supports(self._reader_schema):
             self._native = _native.FlatJsonDecoder(self._reader_schema)
 
     # -- public -------------------------------------------------------------------------------
     def decode(self, values: Sequence[Optional[bytes]]) -> DecodeResult:
         """Decode ``values`` (bytes or None); undecodable ones are listed in ``bad``."""
-        bad: List[BadMessage] = []
+        if self._native is not None:
+            try:
+                table, bad = self._native.decode(list(values))
+            except (pa.ArrowInvalid, ValueError, OverflowError, TypeError):
+                pass  # e.g. invalid UTF-8 in a string: the Arrow reader isolates the culprits
+            else:
+                index_of = None
+                if bad:
+                    bad_set = {i for i, _ in bad}
+                    index_of = [i for i in range(len(values)) if i not in bad_set]
+                batch = self._finish(table, bad, index_of, [])
+                bad.sort()
+                return DecodeResult(batch, bad)
+        bad = []
         good_idx: Optional[List[int]] = None
         clean: List[bytes] = []
         for i, v in enumerate(values):
@@ -104,8 +117,6 @@ class JsonBatchDecoder:
 
     # -- internals ----------------------------------------------------------------------------
     def _read(self, values: Sequence[bytes]) -> pa.Table:
-        if self._native is not None:
-            return self._native.decode(values)
         joined = b"\n".join(values)
         if joined.count(b"\n") != len(values) - 1:
             # Raw newlines can only be whitespace in valid JSON (never inside strings):

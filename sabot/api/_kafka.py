@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.types as pat
 
 from ..kafka import consumer_config, producer_config
@@ -38,7 +39,7 @@ class KafkaSource:
                  schema: Optional[pa.Schema] = None, batch_size: int = 1000,
                  max_latency_ms: float = 50, from_beginning: bool = False,
                  dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
-                 **consumer_overrides: Any) -> None:
+                 order_by: Optional[str] = None, **consumer_overrides: Any) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_latency_ms <= 0:
@@ -57,7 +58,8 @@ class KafkaSource:
                      for k, v in consumer_overrides.items()}
         self.config = consumer_config(bootstrap_servers, group_id, from_beginning=from_beginning,
                                       **overrides)
-        if stop_at_end:
+        self.order_by = order_by
+        if stop_at_end or order_by:
             self.config["enable.partition.eof"] = True
         self.name = f"from_kafka({','.join(self.topics)})"
         self.metrics: Dict[str, int] = {}
@@ -91,6 +93,7 @@ class KafkaSource:
                 at_eof.discard((p.topic, p.partition))
 
         consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke)
+        orderer = _PartitionOrderer(self.order_by) if self.order_by else None
         closed = False
 
         def close() -> None:
@@ -122,9 +125,18 @@ class KafkaSource:
                             logger.warning("%s: consumer error: %s", self.name, err)
                     if self.stop_at_end and assigned and assigned <= at_eof:
                         break
-                if msgs:
+                finished = self.stop_at_end and assigned and assigned <= at_eof and not msgs
+                if orderer is not None:
+                    if msgs or orderer.pending:
+                        yield from self._emit_ordered(msgs, decoder, consumer, dlq, orderer,
+                                                      assigned, at_eof, bool(finished))
+                    if finished:
+                        break
+                    if not msgs:
+                        yield IDLE
+                elif msgs:
                     yield from self._emit(msgs, decoder, consumer, dlq)
-                elif self.stop_at_end and assigned and assigned <= at_eof:
+                elif finished:
                     break
                 else:
                     yield IDLE
@@ -163,6 +175,42 @@ class KafkaSource:
                                self.name, exc)
 
         yield Commit(commit, self.name)
+
+    def _commit_fn(self, consumer: Any, dlq: Any, tps: List[Any]):
+        def commit() -> None:
+            if dlq is not None:
+                dlq.flush(30)
+            try:
+                consumer.commit(offsets=tps, asynchronous=False)
+                self.metrics["commits"] += 1
+            except Exception as exc:
+                self.metrics["commit_errors"] += 1
+                logger.warning("%s: offset commit failed (records will be re-read): %s",
+                               self.name, exc)
+        return commit
+
+    def _emit_ordered(self, msgs: List[Any], decoder: JsonBatchDecoder, consumer: Any, dlq: Any,
+                      orderer: "_PartitionOrderer", assigned: set, at_eof: set,
+                      final: bool) -> Iterator[Event]:
+        from confluent_kafka import TopicPartition
+
+        if msgs:
+            result = decoder.decode([m.value() for m in msgs])
+            self.metrics["messages"] += len(msgs)
+            bad_idx = set()
+            if result.bad:
+                self._dead_letter(msgs, result.bad, dlq)
+                bad_idx = {i for i, _ in result.bad}
+            good = [m for i, m in enumerate(msgs) if i not in bad_idx]
+            orderer.add(result.batch, good, msgs)
+        out, commit_offsets = orderer.release(assigned, at_eof, final)
+        if out is not None and out.num_rows:
+            self.metrics["rows"] += out.num_rows
+            self.metrics["batches"] += 1
+            yield out
+        if commit_offsets:
+            tps = [TopicPartition(t, p, o) for (t, p), o in commit_offsets.items()]
+            yield Commit(self._commit_fn(consumer, dlq, tps), self.name)
 
     def _dead_letter(self, msgs: List[Any], bad: List[Tuple[int, str]], dlq: Any) -> None:
         for i, reason in bad:
@@ -266,3 +314,91 @@ class KafkaSink:
         if remaining:
             raise RuntimeError(f"to_kafka({self.topic}): {remaining} message(s) not delivered "
                                f"after {timeout_s:.0f}s")
+
+
+class _PartitionOrderer:
+    """Releases rows in event-time order across a topic's partitions.
+
+    Each partition is in event-time order (one symbol's records go to one partition, produced
+    in time order); partitions are fetched unevenly.  Rows are buffered per partition and
+    released, sorted by ``on``, once they are older than the smallest latest time over the
+    assigned partitions that are not at their end.  The offset committed for a partition is
+    that of its first row still buffered (or just past the last message read).
+    """
+
+    def __init__(self, on: str) -> None:
+        self.on = on
+        self.buffers: Dict[Tuple[str, int], List[Tuple[pa.Table, Any, Any]]] = {}
+        self.latest: Dict[Tuple[str, int], int] = {}
+        self.next_offset: Dict[Tuple[str, int], int] = {}
+        self.dirty: set = set()
+
+    @property
+    def pending(self) -> bool:
+        return any(self.buffers.values())
+
+    def add(self, batch: pa.RecordBatch, good: List[Any], consumed: List[Any]) -> None:
+        import numpy as np
+        from ._ops import timestamps_ns
+
+        for m in consumed:
+            tp = (m.topic(), m.partition())
+            self.next_offset[tp] = m.offset() + 1
+            self.dirty.add(tp)
+        if not batch.num_rows:
+            return
+        ts = timestamps_ns(batch.column(self.on), self.on)
+        tps = [(m.topic(), m.partition()) for m in good]
+        offs = np.fromiter((m.offset() for m in good), dtype=np.int64, count=len(good))
+        table = pa.Table.from_batches([batch])
+        keys = sorted(set(tps))
+        code_of = {tp: i for i, tp in enumerate(keys)}
+        part_codes = (np.fromiter((code_of[tp] for tp in tps), dtype=np.int64, count=len(tps))
+                      if len(keys) > 1 else None)
+        for code, tp in enumerate(keys):
+            if part_codes is None:
+                sel = slice(None)
+                sub = table
+            else:
+                sel = np.flatnonzero(part_codes == code)
+                sub = table.take(pa.array(sel))
+            self.buffers.setdefault(tp, []).append((sub, ts[sel], offs[sel]))
+            mx = int(ts[sel].max())
+            self.latest[tp] = max(self.latest.get(tp, mx), mx)
+
+    def release(self, assigned: set, at_eof: set, final: bool):
+        import numpy as np
+
+        if final:
+            frontier = np.iinfo(np.int64).max
+        else:
+            holding = [tp for tp in assigned if tp not in at_eof]
+            if any(tp not in self.latest for tp in holding):
+                frontier = np.iinfo(np.int64).min
+            else:
+                frontier = min((self.latest[tp] for tp in holding),
+                               default=np.iinfo(np.int64).max)
+        out_tables = []
+        for tp, chunks in self.buffers.items():
+            if not chunks:
+                continue
+            table = pa.concat_tables([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
+            ts = np.concatenate([c[1] for c in chunks])
+            offs = np.concatenate([c[2] for c in chunks])
+            later = np.flatnonzero(ts >= frontier) if frontier != np.iinfo(np.int64).max else []
+            cut = int(later[0]) if len(later) else len(ts)
+            if cut:
+                out_tables.append(table.slice(0, cut))
+                self.dirty.add(tp)
+            self.buffers[tp] = [(table.slice(cut), ts[cut:], offs[cut:])] if cut < len(ts) else []
+        commit = {}
+        for tp in self.dirty:
+            rest = self.buffers.get(tp)
+            commit[tp] = int(rest[0][2][0]) if rest else self.next_offset[tp]
+        self.dirty = {tp for tp in self.dirty if self.buffers.get(tp)}
+        if not out_tables:
+            return None, commit
+        merged = pa.concat_tables(out_tables)
+        if len(out_tables) > 1:
+            merged = merged.take(pa.compute.sort_indices(merged, [(self.on, "ascending")]))
+        return merged.combine_chunks().to_batches()[0] if merged.num_rows else None, commit

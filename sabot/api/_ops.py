@@ -28,7 +28,7 @@ class StreamOperatorError(RuntimeError):
 
 
 def callable_name(fn: Any) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    name = getattr(fn, "__name__", None) or getattr(fn, "__qualname__", None)
     if name is None:
         name = type(fn).__name__
     return name

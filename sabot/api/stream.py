@@ -28,7 +28,7 @@ from typing import (Any, AsyncIterator, Callable, Dict, Iterable, Iterator, List
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._align import concat_promote, merge_events, union_events, zip_events
+from ._align import AsofJoinOp, asof_events, concat_promote, merge_events, union_events, zip_events
 from ._events import IDLE, Close, Commit, Event, _Idle, close_iterator
 from ._kafka import KafkaSink, KafkaSource
 from ._ops import (FilterOp, FlatMapOp, MapOp, Operator, RenameOp, SelectOp,
@@ -159,6 +159,29 @@ class _OpNode(_Node):
             close_iterator(it)
 
 
+class _AsofNode(_Node):
+    def __init__(self, left: _Node, right: _Node, op: AsofJoinOp, on: str) -> None:
+        self.left, self.right, self.op, self.on = left, right, op, on
+        self.depth = max(left.depth, right.depth) + 1
+        op.set_position(self.depth)
+        self.name = op.name
+
+    def inputs(self) -> List[_Node]:
+        return [self.left, self.right]
+
+    def operators(self) -> List[Any]:
+        ops = super().operators()
+        return ops + [self.op]
+
+    def metrics(self) -> Dict[str, Any]:
+        out = super().metrics()
+        out[self.op.name] = self.op.metrics()
+        return out
+
+    def events(self) -> Iterator[Event]:
+        return asof_events(self.left.events(), self.right.events(), self.op, self.on)
+
+
 class _MultiNode(_Node):
     def __init__(self, name: str, nodes: Sequence[_Node],
                  run: Callable[[List[Iterator[Event]]], Iterator[Event]]) -> None:
@@ -210,17 +233,19 @@ class Stream:
                    *, schema: Optional[pa.Schema] = None, batch_size: int = 1000,
                    max_latency_ms: float = 50, from_beginning: bool = False,
                    dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
-                   **consumer_config: Any) -> "Stream":
+                   order_by: Optional[str] = None, **consumer_config: Any) -> "Stream":
         """JSON messages from Kafka, decoded in bulk into ``schema`` (default: the normalised
         ticker schema).  A batch is emitted at ``batch_size`` messages or after
         ``max_latency_ms``, whichever first.  ``stop_at_end=True`` ends the stream once every
-        assigned partition is read to its end (for backfills and tests).  Extra keyword
+        assigned partition is read to its end (for backfills and tests).  ``order_by='timestamp'``
+        releases rows in event-time order across partitions (each partition is time-ordered;
+        needed before event-time operators such as ``asof_join`` and ``merge``).  Extra keyword
         arguments are librdkafka consumer settings (``session_timeout_ms=6000`` or
         ``**{"session.timeout.ms": 6000}``)."""
         source = KafkaSource(bootstrap_servers, topic, group_id, schema=schema,
                              batch_size=batch_size, max_latency_ms=max_latency_ms,
                              from_beginning=from_beginning, dead_letter_topic=dead_letter_topic,
-                             stop_at_end=stop_at_end, **consumer_config)
+                             stop_at_end=stop_at_end, order_by=order_by, **consumer_config)
         return cls(_KafkaNode(source))
 
     @classmethod
@@ -326,6 +351,27 @@ class Stream:
                                         allowed_lateness=allowed_lateness))
 
     window = tumbling
+
+    def asof_join(self, other: "Stream", on: str = "timestamp", by: Optional[str] = None,
+                  tolerance_ms: float = 1000, direction: str = "backward", *,
+                  allow_exact_matches: bool = True, right_prefix: Optional[str] = None,
+                  suffix: Optional[str] = None, on_unit: str = "ms") -> "Stream":
+        """Streaming ASOF join with ``other`` (right side), as ``pandas.merge_asof`` on the whole
+        inputs: each left row gets the last (``direction='backward'``), next or nearest right
+        row of the same ``by`` key within ``tolerance_ms``.  Both inputs must be in event-time
+        order (``from_kafka(..., order_by='timestamp')``).  Right rows arriving behind the right
+        watermark are counted (``late_count`` in :attr:`metrics`) and dead-lettered.
+        ``by`` defaults to this stream's key."""
+        from ..fintech import StreamingAsofJoinKernel
+
+        by = by if by is not None else self.key
+        kernel = StreamingAsofJoinKernel(on=on, by=by, tolerance_ms=tolerance_ms,
+                                         direction=direction,
+                                         allow_exact_matches=allow_exact_matches,
+                                         right_prefix=right_prefix, suffix=suffix,
+                                         on_unit=on_unit)
+        op = AsofJoinOp(kernel, int(round(tolerance_ms * 1_000_000)))
+        return Stream(_AsofNode(self._node, other._node, op, on), key=self.key)
 
     # -- multi-stream ----------------------------------------------------------------------------
     @staticmethod
@@ -547,6 +593,8 @@ class _ParquetSink:
             except (KeyError, pa.ArrowInvalid, ValueError) as exc:
                 raise ValueError(f"to_parquet: batch schema {batch.schema} does not match the "
                                  f"file schema {self._schema}: {exc}") from exc
+        if self.rows_per_file is not None and self._rows >= self.rows_per_file:
+            self._close_file()
         if self._writer is None:
             self._open(self._schema)
         self._writer.write_batch(batch)

@@ -1,0 +1,9 @@
+from typing import List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+
+def supports(schema: pa.Schema) -> bool: ...
+
+class FlatJsonDecoder:
+    def __init__(self, schema: pa.Schema) -> None: ...
+    def decode(self, values: List[Optional[bytes]]) -> Tuple[pa.Table, List[Tuple[int, str]]]: ...

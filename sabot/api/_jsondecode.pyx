@@ -1,0 +1,556 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Flat JSON objects → Arrow columns, one pass per message, no Python objects per value.
+
+Each message must be one JSON object (RFC 8259).  Members whose name is a schema field are
+parsed straight into column buffers (float64, int64, string, bool); other members are skipped
+(any JSON value, nested or not).  A message that is not valid JSON, or gives a field a value of
+the wrong type, is rejected as a whole (its partial values are never written) and reported with
+a reason; the other messages are decoded.  Used by :mod:`sabot.api._decode`.
+"""
+from libc.stdlib cimport malloc, realloc, free, strtod
+from libc.string cimport memcmp, memcpy
+from libc.stdint cimport int64_t, int32_t, uint8_t, uint32_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+
+import numpy as np
+import pyarrow as pa
+
+
+cdef inline char* _data_ptr(object arr):
+    """Address of a contiguous numpy array's data."""
+    return <char*><size_t>arr.__array_interface__["data"][0]
+
+DEF T_FLOAT = 0
+DEF T_INT = 1
+DEF T_STR = 2
+DEF T_BOOL = 3
+
+DEF S_UNSET = 0
+DEF S_NULL = 1
+DEF S_VALUE = 2
+
+
+cdef struct Slot:
+    int state
+    double d
+    int64_t i
+    const char* s
+    Py_ssize_t slen
+    bint escaped
+
+
+cdef struct StrBuf:
+    char* data
+    Py_ssize_t size
+    Py_ssize_t cap
+
+
+cdef inline int strbuf_reserve(StrBuf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t need = b.size + extra
+    cdef Py_ssize_t cap
+    cdef char* p
+    if need <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 4096
+    while cap < need:
+        cap *= 2
+    p = <char*>realloc(b.data, cap)
+    if p == NULL:
+        raise MemoryError()
+    b.data = p
+    b.cap = cap
+    return 0
+
+
+cdef inline const char* skip_ws(const char* p, const char* end) noexcept nogil:
+    while p < end and (p[0] == c' ' or p[0] == c'\t' or p[0] == c'\n' or p[0] == c'\r'):
+        p += 1
+    return p
+
+
+cdef inline int hexval(char c) noexcept nogil:
+    if c'0' <= c <= c'9':
+        return c - c'0'
+    if c'a' <= c <= c'f':
+        return c - c'a' + 10
+    if c'A' <= c <= c'F':
+        return c - c'A' + 10
+    return -1
+
+
+cdef const char* scan_string(const char* p, const char* end, bint* escaped) noexcept nogil:
+    """p points just after the opening quote; returns the closing quote or NULL."""
+    escaped[0] = False
+    while p < end:
+        if p[0] == c'"':
+            return p
+        if p[0] == c'\\':
+            escaped[0] = True
+            p += 2
+            continue
+        if <unsigned char>p[0] < 0x20:
+            return NULL
+        p += 1
+    return NULL
+
+
+cdef const char* scan_number(const char* p, const char* end, bint* is_int) noexcept nogil:
+    """Validate a JSON number starting at p; returns the first char after it or NULL."""
+    is_int[0] = True
+    if p < end and p[0] == c'-':
+        p += 1
+    if p >= end:
+        return NULL
+    if p[0] == c'0':
+        p += 1
+    elif c'1' <= p[0] <= c'9':
+        while p < end and c'0' <= p[0] <= c'9':
+            p += 1
+    else:
+        return NULL
+    if p < end and p[0] == c'.':
+        is_int[0] = False
+        p += 1
+        if p >= end or not (c'0' <= p[0] <= c'9'):
+            return NULL
+        while p < end and c'0' <= p[0] <= c'9':
+            p += 1
+    if p < end and (p[0] == c'e' or p[0] == c'E'):
+        is_int[0] = False
+        p += 1
+        if p < end and (p[0] == c'+' or p[0] == c'-'):
+            p += 1
+        if p >= end or not (c'0' <= p[0] <= c'9'):
+            return NULL
+        while p < end and c'0' <= p[0] <= c'9':
+            p += 1
+    return p
+
+
+cdef const char* skip_value(const char* p, const char* end, int depth) noexcept nogil:
+    """Skip any JSON value starting at p; returns the char after it or NULL."""
+    cdef bint esc, isint, is_obj
+    cdef char close
+    if depth > 64 or p >= end:
+        return NULL
+    if p[0] == c'"':
+        p = scan_string(p + 1, end, &esc)
+        return NULL if p == NULL else p + 1
+    if p[0] == c'{' or p[0] == c'[':
+        close = c'}' if p[0] == c'{' else c']'
+        is_obj = p[0] == c'{'
+        p = skip_ws(p + 1, end)
+        if p < end and p[0] == close:
+            return p + 1
+        while True:
+            if is_obj:
+                if p >= end or p[0] != c'"':
+                    return NULL
+                p = scan_string(p + 1, end, &esc)
+                if p == NULL:
+                    return NULL
+                p = skip_ws(p + 1, end)
+                if p >= end or p[0] != c':':
+                    return NULL
+                p = skip_ws(p + 1, end)
+            p = skip_value(p, end, depth + 1)
+            if p == NULL:
+                return NULL
+            p = skip_ws(p, end)
+            if p >= end:
+                return NULL
+            if p[0] == c',':
+                p = skip_ws(p + 1, end)
+                continue
+            if p[0] == close:
+                return p + 1
+            return NULL
+    if end - p >= 4 and memcmp(p, b"true", 4) == 0:
+        return p + 4
+    if end - p >= 5 and memcmp(p, b"false", 5) == 0:
+        return p + 5
+    if end - p >= 4 and memcmp(p, b"null", 4) == 0:
+        return p + 4
+    return scan_number(p, end, &isint)
+
+
+cdef int parse_int64(const char* p, const char* q, int64_t* out) noexcept nogil:
+    cdef bint neg = False
+    cdef uint32_t digit
+    cdef unsigned long long v = 0
+    if p[0] == c'-':
+        neg = True
+        p += 1
+    while p < q:
+        digit = <uint32_t>(p[0] - c'0')
+        if v > 922337203685477580ULL or (v == 922337203685477580ULL and digit > (8 if neg else 7)):
+            return -1
+        v = v * 10 + digit
+        p += 1
+    out[0] = -<int64_t>v if neg else <int64_t>v
+    return 0
+
+
+cdef Py_ssize_t unescape_into(const char* s, Py_ssize_t n, char* out) noexcept nogil:
+    """Decode JSON escapes of s[0:n] into out (at most n bytes); -1 on a bad escape."""
+    cdef Py_ssize_t i = 0, o = 0
+    cdef uint32_t cp, lo
+    cdef int k, h
+    while i < n:
+        if s[i] != c'\\':
+            out[o] = s[i]
+            o += 1
+            i += 1
+            continue
+        i += 1
+        if i >= n:
+            return -1
+        c = s[i]
+        i += 1
+        if c == c'"' or c == c'\\' or c == c'/':
+            out[o] = c
+        elif c == c'b':
+            out[o] = c'\b'
+        elif c == c'f':
+            out[o] = c'\f'
+        elif c == c'n':
+            out[o] = c'\n'
+        elif c == c'r':
+            out[o] = c'\r'
+        elif c == c't':
+            out[o] = c'\t'
+        elif c == c'u':
+            if i + 4 > n:
+                return -1
+            cp = 0
+            for k in range(4):
+                h = hexval(s[i + k])
+                if h < 0:
+                    return -1
+                cp = cp * 16 + h
+            i += 4
+            if 0xD800 <= cp <= 0xDBFF:
+                if i + 6 > n or s[i] != c'\\' or s[i + 1] != c'u':
+                    return -1
+                lo = 0
+                for k in range(4):
+                    h = hexval(s[i + 2 + k])
+                    if h < 0:
+                        return -1
+                    lo = lo * 16 + h
+                if not (0xDC00 <= lo <= 0xDFFF):
+                    return -1
+                i += 6
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+            elif 0xDC00 <= cp <= 0xDFFF:
+                return -1
+            # UTF-8 encode (an escape of 6 or 12 input bytes yields at most 4 output bytes)
+            if cp < 0x80:
+                out[o] = <char>cp
+            elif cp < 0x800:
+                out[o] = <char>(0xC0 | (cp >> 6)); o += 1
+                out[o] = <char>(0x80 | (cp & 0x3F))
+            elif cp < 0x10000:
+                out[o] = <char>(0xE0 | (cp >> 12)); o += 1
+                out[o] = <char>(0x80 | ((cp >> 6) & 0x3F)); o += 1
+                out[o] = <char>(0x80 | (cp & 0x3F))
+            else:
+                out[o] = <char>(0xF0 | (cp >> 18)); o += 1
+                out[o] = <char>(0x80 | ((cp >> 12) & 0x3F)); o += 1
+                out[o] = <char>(0x80 | ((cp >> 6) & 0x3F)); o += 1
+                out[o] = <char>(0x80 | (cp & 0x3F))
+        else:
+            return -1
+        o += 1
+    return o
+
+
+_TYPE_CODES = {pa.float64(): T_FLOAT, pa.int64(): T_INT, pa.string(): T_STR, pa.bool_(): T_BOOL}
+_TYPE_NAMES = {T_FLOAT: "number", T_INT: "integer", T_STR: "string", T_BOOL: "boolean"}
+
+
+def supports(schema):
+    """True when every field type has a native parser (float64, int64, string, bool)."""
+    return all(f.type in _TYPE_CODES for f in schema)
+
+
+cdef class FlatJsonDecoder:
+    """Decode lists of JSON message values into a Table of ``schema`` (see module docstring)."""
+
+    cdef object schema
+    cdef int nfields
+    cdef list names
+    cdef list name_bytes
+    cdef int* types
+    cdef const char** name_ptrs
+    cdef Py_ssize_t* name_lens
+    cdef Slot* slots
+    cdef StrBuf scratch
+
+    def __cinit__(self, schema):
+        self.scratch.data = NULL
+        self.scratch.size = 0
+        self.scratch.cap = 0
+        if not supports(schema):
+            raise TypeError(f"unsupported field types in {schema}")
+        self.schema = schema
+        self.nfields = len(schema)
+        self.names = list(schema.names)
+        self.name_bytes = [n.encode("utf-8") for n in self.names]
+        self.types = <int*>malloc(max(1, self.nfields) * sizeof(int))
+        self.name_ptrs = <const char**>malloc(max(1, self.nfields) * sizeof(char*))
+        self.name_lens = <Py_ssize_t*>malloc(max(1, self.nfields) * sizeof(Py_ssize_t))
+        self.slots = <Slot*>malloc(max(1, self.nfields) * sizeof(Slot))
+        if not (self.types and self.name_ptrs and self.name_lens and self.slots):
+            raise MemoryError()
+        for k, f in enumerate(schema):
+            self.types[k] = _TYPE_CODES[f.type]
+            self.name_ptrs[k] = PyBytes_AS_STRING(self.name_bytes[k])
+            self.name_lens[k] = PyBytes_GET_SIZE(self.name_bytes[k])
+
+    def __dealloc__(self):
+        free(self.types)
+        free(self.name_ptrs)
+        free(self.name_lens)
+        free(self.slots)
+        free(self.scratch.data)
+
+    cdef inline int lookup(self, const char* k, Py_ssize_t n) noexcept nogil:
+        cdef int f
+        for f in range(self.nfields):
+            if self.name_lens[f] == n and memcmp(self.name_ptrs[f], k, n) == 0:
+                return f
+        return -1
+
+    cdef object parse_one(self, const char* p, const char* end):
+        """Fill self.slots from one message; None if it is valid, else the reason."""
+        cdef int f, t
+        cdef const char* q
+        cdef bint esc, isint
+        cdef const char* key
+        cdef Py_ssize_t klen
+        for f in range(self.nfields):
+            self.slots[f].state = S_UNSET
+        p = skip_ws(p, end)
+        if p >= end:
+            return "empty message value"
+        if p[0] != c'{':
+            return "not a JSON object"
+        p = skip_ws(p + 1, end)
+        if p < end and p[0] == c'}':
+            p += 1
+        else:
+            while True:
+                if p >= end or p[0] != c'"':
+                    return "invalid JSON: expected a member name"
+                q = scan_string(p + 1, end, &esc)
+                if q == NULL:
+                    return "invalid JSON: unterminated string"
+                key = p + 1
+                klen = q - key
+                f = -1 if esc else self.lookup(key, klen)
+                p = skip_ws(q + 1, end)
+                if p >= end or p[0] != c':':
+                    return "invalid JSON: expected ':'"
+                p = skip_ws(p + 1, end)
+                if p >= end:
+                    return "invalid JSON: truncated"
+                if f < 0:
+                    q = skip_value(p, end, 0)
+                    if q == NULL:
+                        return "invalid JSON value"
+                    p = q
+                elif end - p >= 4 and memcmp(p, b"null", 4) == 0:
+                    self.slots[f].state = S_NULL
+                    p += 4
+                else:
+                    t = self.types[f]
+                    if t == T_FLOAT or t == T_INT:
+                        q = scan_number(p, end, &isint)
+                        if q == NULL:
+                            if p[0] == c'"' or p[0] == c't' or p[0] == c'f' or p[0] == c'{' or p[0] == c'[':
+                                return f"field {self.names[f]!r}: expected {_TYPE_NAMES[t]}, got {_json_kind(p[0])}"
+                            else:
+                                return f"invalid JSON number in field {self.names[f]!r}"
+                        if t == T_FLOAT:
+                            self.slots[f].d = strtod(p, NULL)
+                        else:
+                            if not isint:
+                                return f"field {self.names[f]!r}: expected integer, got {(<bytes>p[:q - p]).decode('utf-8', 'replace')}"
+                            if parse_int64(p, q, &self.slots[f].i) < 0:
+                                return f"field {self.names[f]!r}: integer out of int64 range"
+                        self.slots[f].state = S_VALUE
+                        p = q
+                    elif t == T_STR:
+                        if p[0] != c'"':
+                            return f"field {self.names[f]!r}: expected string, got {_json_kind(p[0])}"
+                        q = scan_string(p + 1, end, &esc)
+                        if q == NULL:
+                            return "invalid JSON: unterminated string"
+                        if esc:
+                            strbuf_reserve(&self.scratch, q - p)
+                            if unescape_into(p + 1, q - (p + 1), self.scratch.data) < 0:
+                                return f"field {self.names[f]!r}: invalid escape in string"
+                        self.slots[f].s = p + 1
+                        self.slots[f].slen = q - (p + 1)
+                        self.slots[f].escaped = esc
+                        self.slots[f].state = S_VALUE
+                        p = q + 1
+                    else:  # bool
+                        if end - p >= 4 and memcmp(p, b"true", 4) == 0:
+                            self.slots[f].i = 1
+                            p += 4
+                        elif end - p >= 5 and memcmp(p, b"false", 5) == 0:
+                            self.slots[f].i = 0
+                            p += 5
+                        else:
+                            return f"field {self.names[f]!r}: expected boolean, got {_json_kind(p[0])}"
+                        self.slots[f].state = S_VALUE
+                p = skip_ws(p, end)
+                if p >= end:
+                    return "invalid JSON: truncated object"
+                if p[0] == c',':
+                    p = skip_ws(p + 1, end)
+                    continue
+                if p[0] == c'}':
+                    p += 1
+                    break
+                return "invalid JSON: expected ',' or '}'"
+        p = skip_ws(p, end)
+        if p != end:
+            return "invalid JSON: trailing characters after the object"
+        return None
+
+    def decode(self, list values):
+        """``(table, bad)``: the decoded messages in order, and ``[(index, reason)]``."""
+        cdef Py_ssize_t n = len(values), row = 0, i, o
+        cdef int f, t, nf = self.nfields
+        cdef object v
+        cdef const char* p
+        cdef object problem
+        cdef list bad = []
+        cdef Slot* s
+        # column buffers
+        cdef list validity = [np.empty(n, dtype=np.uint8) for _ in range(nf)]
+        cdef list numeric = [np.empty(n, dtype=np.float64 if self.types[k] == T_FLOAT else np.int64)
+                             if self.types[k] in (T_FLOAT, T_INT) else None for k in range(nf)]
+        cdef list offsets = [np.empty(n + 1, dtype=np.int32) if self.types[k] == T_STR else None
+                             for k in range(nf)]
+        cdef list bools = [np.empty(n, dtype=np.uint8) if self.types[k] == T_BOOL else None
+                           for k in range(nf)]
+        cdef uint8_t** vptr = <uint8_t**>malloc(max(1, nf) * sizeof(uint8_t*))
+        cdef char** dptr = <char**>malloc(max(1, nf) * sizeof(char*))
+        cdef int32_t** optr = <int32_t**>malloc(max(1, nf) * sizeof(int32_t*))
+        cdef StrBuf* sbuf = <StrBuf*>malloc(max(1, nf) * sizeof(StrBuf))
+        cdef Py_ssize_t* nulls = <Py_ssize_t*>malloc(max(1, nf) * sizeof(Py_ssize_t))
+        if not (vptr and dptr and optr and sbuf and nulls):
+            free(vptr); free(dptr); free(optr); free(sbuf); free(nulls)
+            raise MemoryError()
+        try:
+            for f in range(nf):
+                sbuf[f].data = NULL
+                sbuf[f].size = 0
+                sbuf[f].cap = 0
+                nulls[f] = 0
+                arr = validity[f]
+                vptr[f] = <uint8_t*>_data_ptr(arr)
+                t = self.types[f]
+                if t == T_FLOAT or t == T_INT:
+                    arr = numeric[f]
+                    dptr[f] = <char*>_data_ptr(arr)
+                elif t == T_BOOL:
+                    arr = bools[f]
+                    dptr[f] = <char*>_data_ptr(arr)
+                else:
+                    arr = offsets[f]
+                    optr[f] = <int32_t*>_data_ptr(arr)
+                    optr[f][0] = 0
+            for i in range(n):
+                v = values[i]
+                if not PyBytes_Check(v):
+                    if v is None:
+                        bad.append((i, "empty message value"))
+                        continue
+                    v = bytes(v)
+                p = PyBytes_AS_STRING(v)
+                problem = self.parse_one(p, p + PyBytes_GET_SIZE(v))
+                if problem is not None:
+                    bad.append((i, problem))
+                    continue
+                for f in range(nf):
+                    s = &self.slots[f]
+                    t = self.types[f]
+                    if s.state != S_VALUE:
+                        vptr[f][row] = 0
+                        nulls[f] += 1
+                        if t == T_FLOAT:
+                            (<double*>dptr[f])[row] = 0.0
+                        elif t == T_INT:
+                            (<int64_t*>dptr[f])[row] = 0
+                        elif t == T_BOOL:
+                            (<uint8_t*>dptr[f])[row] = 0
+                        else:
+                            optr[f][row + 1] = <int32_t>sbuf[f].size
+                        continue
+                    vptr[f][row] = 1
+                    if t == T_FLOAT:
+                        (<double*>dptr[f])[row] = s.d
+                    elif t == T_INT:
+                        (<int64_t*>dptr[f])[row] = s.i
+                    elif t == T_BOOL:
+                        (<uint8_t*>dptr[f])[row] = <uint8_t>s.i
+                    else:
+                        strbuf_reserve(&sbuf[f], s.slen)
+                        if s.escaped:
+                            # validated in parse_one, cannot fail here
+                            o = unescape_into(s.s, s.slen, sbuf[f].data + sbuf[f].size)
+                        else:
+                            memcpy(sbuf[f].data + sbuf[f].size, s.s, s.slen)
+                            o = s.slen
+                        sbuf[f].size += o
+                        if sbuf[f].size > 2147483647:
+                            raise OverflowError("string column exceeds 2 GiB in one batch")
+                        optr[f][row + 1] = <int32_t>sbuf[f].size
+                row += 1
+            columns = []
+            for f in range(nf):
+                t = self.types[f]
+                field = self.schema.field(f)
+                valid_np = validity[f][:row]
+                vbuf = (pa.py_buffer(np.packbits(valid_np, bitorder="little"))
+                        if nulls[f] else None)
+                if t == T_FLOAT or t == T_INT:
+                    data = pa.py_buffer(numeric[f][:row])
+                    columns.append(pa.Array.from_buffers(field.type, row, [vbuf, data],
+                                                         null_count=nulls[f]))
+                elif t == T_BOOL:
+                    data = pa.py_buffer(np.packbits(bools[f][:row], bitorder="little"))
+                    columns.append(pa.Array.from_buffers(field.type, row, [vbuf, data],
+                                                         null_count=nulls[f]))
+                else:
+                    obuf = pa.py_buffer(offsets[f][:row + 1])
+                    sdata = pa.py_buffer((<char*>sbuf[f].data)[:sbuf[f].size] if sbuf[f].size else b"")
+                    col = pa.Array.from_buffers(field.type, row, [vbuf, obuf, sdata],
+                                                null_count=nulls[f])
+                    if sbuf[f].size and np.frombuffer(sdata, dtype=np.uint8).max() >= 0x80:
+                        col.validate(full=True)  # non-ASCII: check UTF-8 (ArrowInvalid if bad)
+                    columns.append(col)
+            return pa.Table.from_arrays(columns, schema=self.schema), bad
+        finally:
+            for f in range(nf):
+                free(sbuf[f].data)
+            free(vptr); free(dptr); free(optr); free(sbuf); free(nulls)
+
+
+cdef str _json_kind(char c):
+    if c == c'"':
+        return "string"
+    if c == c't' or c == c'f':
+        return "boolean"
+    if c == c'{':
+        return "object"
+    if c == c'[':
+        return "array"
+    if c == c'-' or (c'0' <= c <= c'9'):
+        return "number"
+    return "invalid value"
