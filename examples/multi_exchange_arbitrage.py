@@ -15,7 +15,9 @@ For every joined row and every ordered pair of venues present (buy at ``b``, sel
 
 The pair with the largest ``net_bps`` is the row's signal; it is an opportunity when
 ``net_bps >= --min-edge-bps`` and ``net_bps > 0``.  Tick-to-signal latency is the wall-clock
-time of the decision minus the newest collector ``recv_timestamp`` among the quotes it used.
+time of the decision minus the newest collector ``recv_timestamp`` among the quotes it used;
+it is measured on ticks received after the monitor's first decision (a backlog that waited in
+Kafka while the consumer group was being joined is not tick-to-signal latency).
 
     python examples/multi_exchange_arbitrage.py --bootstrap localhost:19092 \\
         --fees coinbase=6,kraken=16,binance=10 --min-edge-bps 0 --output data/opportunities.jsonl
@@ -218,11 +220,14 @@ class Monitor:
         self.started = time.monotonic()
         self._last_print = self.started
         self._last_write = 0.0
+        self._first_decision_ns: Optional[int] = None
 
     def on_batch(self, joined: pa.RecordBatch) -> None:
         decided_ns = time.time_ns()
+        if self._first_decision_ns is None:
+            self._first_decision_ns = decided_ns
         recv = newest_recv_ns(joined)
-        lat = (decided_ns - recv[recv > 0]) / 1e6
+        lat = (decided_ns - recv[recv >= self._first_decision_ns]) / 1e6
         self.latencies_ms.extend(lat.tolist())
         self.evaluations += joined.num_rows
         opps = opportunities(joined, self.fees, self.min_edge_bps)

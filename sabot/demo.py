@@ -166,11 +166,12 @@ class Demo:
     # -- start ---------------------------------------------------------------------------------
     def start_broker(self) -> str:
         port = self.args.port
-        if not port_is_free(port):
+        note = ""
+        if port and not port_is_free(port):
             print(f"Port {port} is taken; starting the embedded broker on a free port instead.")
+            note = f" (not {port}: it was taken)"
             port = 0
         self.broker = EmbeddedBroker(port=port, topics=TICKER_TOPICS, partitions=3).start()
-        note = "" if self.broker.port == self.args.port else f" (not {self.args.port}: it was taken)"
         print(f"Kafka broker (embedded Tansu) on {self.broker.bootstrap}{note}, pid {self.broker.pid}; "
               f"topics {', '.join(TICKER_TOPICS)}")
         return self.broker.bootstrap
@@ -180,6 +181,8 @@ class Demo:
         for ex in EXCHANGES:
             cmd = [sys.executable, "-m", "sabot.sim", ex, "--port", "0", "--seed", str(self.args.seed),
                    "--rate", str(self.args.rate)]
+            if self.args.scenario:
+                cmd += ["--scenario", str(self.args.scenario)]
             self.sims[ex] = Child(f"sim-{ex}", cmd, self.logs / f"sim-{ex}.log", echo=False).start()
         for ex, child in self.sims.items():
             m = _wait_for_line(child, _LISTEN_RE, 15)
@@ -255,7 +258,9 @@ class Demo:
             c.close()
 
     def drain_monitor(self, timeout_s: float = 15.0) -> None:
-        """Wait until the monitor has read every record the collectors produced."""
+        """Wait until the monitor has read every Coinbase record (the join's driving side) and
+        made no progress for a moment.  Kraken and Binance rows are read as far as the join
+        needs them: rows later than the last Coinbase quote may stay unread."""
         if self.monitor is None or not self.monitor.running():
             return
         try:
@@ -266,11 +271,11 @@ class Demo:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.monitor.running():
             s = _read_json(self.data / "monitor_summary.json")
-            if s and all(s["records"].get(ex, 0) >= n for ex, n in ends.items()):
+            if s and s["records"].get("coinbase", 0) >= ends["coinbase"]:
                 time.sleep(0.6)  # let the joins release their last rows
                 return
             time.sleep(0.1)
-        self.failures.append(f"monitor did not read every produced record within {timeout_s:g} s "
+        self.failures.append(f"monitor did not read every Coinbase record within {timeout_s:g} s "
                              f"(produced {ends})")
 
     def stop_monitor(self) -> None:
@@ -346,12 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sabot.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=30.0, help="seconds of live data (default 30)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="broker port (default 19092)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help="broker port (default 19092; 0 = any free port)")
     p.add_argument("--seed", type=int, default=7, help="random-walk seed of the simulators")
     p.add_argument("--rate", type=float, default=20.0, help="quotes per second per exchange")
     p.add_argument("--fees", default=DEMO_FEES, help="taker fees in bps per venue")
     p.add_argument("--min-edge-bps", type=float, default=0.0)
     p.add_argument("--data-dir", default="data", help="where the Parquet files land (default ./data)")
+    p.add_argument("--scenario", type=Path, default=None,
+                   help="play this JSON-lines scenario (sabot.sim format) instead of the random walk")
     return p
 
 
