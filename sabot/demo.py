@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import pyarrow.parquet as pq
 
-from sabot.broker import DEFAULT_PORT, TICKER_TOPICS, BrokerError, EmbeddedBroker, _die_with_parent
+from sabot.broker import DEFAULT_PORT, TICKER_TOPICS, _die_with_parent
 
 log = logging.getLogger("sabot.demo")
 
@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXCHANGES = ("coinbase", "kraken", "binance")
 DEMO_FEES = "coinbase=6,kraken=16,binance=10"
 _FINAL_RE = re.compile(r"(\w+) final: messages=(\d+) records=(\d+) reconnects=(\d+) skipped=(\d+)")
+_BOOTSTRAP_RE = re.compile(r"Kafka bootstrap: (\S+)")
 _LISTEN_RE = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
 
 
@@ -166,7 +167,7 @@ class Demo:
         self.args = args
         self.data = Path(args.data_dir).resolve()
         self.logs = self.data / "logs"
-        self.broker: Optional[EmbeddedBroker] = None
+        self.broker: Optional[Child] = None
         self.sims: Dict[str, Child] = {}
         self.collectors: Dict[str, Child] = {}
         self.monitor: Optional[Child] = None
@@ -174,16 +175,24 @@ class Demo:
 
     # -- start ---------------------------------------------------------------------------------
     def start_broker(self) -> str:
+        """``python -m sabot.broker`` as a child in its own session, so that Ctrl+C reaches only
+        the demo, which then stops the collectors before the broker they flush to."""
         port = self.args.port
         note = ""
         if port and not port_is_free(port):
             print(f"Port {port} is taken; starting the embedded broker on a free port instead.")
             note = f" (not {port}: it was taken)"
             port = 0
-        self.broker = EmbeddedBroker(port=port, topics=TICKER_TOPICS, partitions=3).start()
-        print(f"Kafka broker (embedded Tansu) on {self.broker.bootstrap}{note}, pid {self.broker.pid}; "
+        cmd = [sys.executable, "-m", "sabot.broker", "--port", str(port),
+               "--topics", ",".join(TICKER_TOPICS), "--partitions", "3"]
+        self.broker = Child("broker", cmd, self.logs / "broker.log", echo=False).start()
+        m = _wait_for_line(self.broker, _BOOTSTRAP_RE, 60)
+        if m is None:
+            raise RuntimeError("the embedded broker did not start:\n" + "\n".join(self.broker.lines[-20:]))
+        bootstrap = m.group(1)
+        print(f"Kafka broker (embedded Tansu) on {bootstrap}{note}, pid {self.broker.pid}; "
               f"topics {', '.join(TICKER_TOPICS)}")
-        return self.broker.bootstrap
+        return bootstrap
 
     def start_sims(self) -> Dict[str, str]:
         urls = {}
@@ -233,7 +242,7 @@ class Demo:
               f"(Ctrl+C stops early). Logs: {self.logs}\n", flush=True)
         deadline = time.monotonic() + self.args.duration
         while time.monotonic() < deadline:
-            for child in [*self.collectors.values(), self.monitor, *self.sims.values()]:
+            for child in [self.broker, *self.collectors.values(), self.monitor, *self.sims.values()]:
                 if not child.running():
                     self.failures.append(f"{child.name} exited early with code {child.proc.returncode}")
             if self.failures:
@@ -253,17 +262,6 @@ class Demo:
             code = child.stop()
             if code not in (0, None):
                 self.failures.append(f"collector {ex} exited with code {code}")
-
-    def topic_ends(self) -> Dict[str, int]:
-        from confluent_kafka import Consumer
-
-        from sabot.kafka import topic_end_offsets
-
-        c = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": "sabot-demo-ends"})
-        try:
-            return {t.split("-")[0]: sum(topic_end_offsets(c, t).values()) for t in TICKER_TOPICS}
-        finally:
-            c.close()
 
     def drain_monitor(self, quiet_s: float = 1.0, timeout_s: float = 15.0) -> None:
         """Let the monitor catch up after the collectors stopped: wait until its counts have not
@@ -297,7 +295,7 @@ class Demo:
                       *self.sims.values()]:
             if child.running():
                 child.stop()
-        if self.broker is not None:
+        if self.broker is not None and self.broker.running():
             self.broker.stop()
 
     # -- report --------------------------------------------------------------------------------
@@ -388,7 +386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         demo.stop_all()
         demo.summarise()
         code = 130
-    except (BrokerError, RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         code = 1
     finally:
