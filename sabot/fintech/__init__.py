@@ -34,6 +34,24 @@ from .execution_risk import (
     arrival_price_impact, cornish_fisher_var, cusum, historical_cvar, historical_var,
     implementation_shortfall, optimal_ac_schedule, vwap,
 )
+from .fx_crypto import (
+    BasisAnnualized, CarrySignal, CashAndCarryEdge, CIPBasis, ForwardPoints, FundingAPR,
+    FundingCost, OpenInterestDelta, PerpFairPrice, TriangularArbitrage,
+    basis_annualized, carry_signal, cash_and_carry_edge, cip_basis, forward_points, funding_apr,
+    funding_cost, open_interest_delta, perp_fair_price, triangular_arbitrage,
+)
+from .cross_asset import (
+    KalmanHedgeRatio, PairsSpread,
+    hayashi_yoshida_corr, hayashi_yoshida_cov, kalman_hedge_ratio, pairs_spread, xcorr_leadlag,
+)
+from .cross_exchange import (
+    ArbitrageOpportunities, CrossExchangeSpread, arbitrage_opportunities, cross_exchange_spread,
+)
+from .operators import (
+    StatelessKernelOperator, SymbolKeyedOperator, create_ewma_operator,
+    create_log_returns_operator, create_midprice_operator, create_ofi_operator,
+    create_vwap_operator,
+)
 
 __all__ = [
     "StateScope", "current_scope",
@@ -61,4 +79,18 @@ __all__ = [
     "CUSUM", "VWAP", "CornishFisherVaR", "HistoricalCVaR", "HistoricalVaR",
     "arrival_price_impact", "cornish_fisher_var", "cusum", "historical_cvar", "historical_var",
     "implementation_shortfall", "optimal_ac_schedule", "vwap",
+    # fx_crypto, cross_asset, cross_exchange, operators
+    "BasisAnnualized", "CarrySignal", "CashAndCarryEdge", "CIPBasis", "ForwardPoints",
+    "FundingAPR", "FundingCost", "OpenInterestDelta", "PerpFairPrice", "TriangularArbitrage",
+    "basis_annualized", "carry_signal", "cash_and_carry_edge", "cip_basis", "forward_points",
+    "funding_apr", "funding_cost", "open_interest_delta", "perp_fair_price",
+    "triangular_arbitrage",
+    "KalmanHedgeRatio", "PairsSpread",
+    "hayashi_yoshida_corr", "hayashi_yoshida_cov", "kalman_hedge_ratio", "pairs_spread",
+    "xcorr_leadlag",
+    "ArbitrageOpportunities", "CrossExchangeSpread", "arbitrage_opportunities",
+    "cross_exchange_spread",
+    "StatelessKernelOperator", "SymbolKeyedOperator", "create_ewma_operator",
+    "create_log_returns_operator", "create_midprice_operator", "create_ofi_operator",
+    "create_vwap_operator",
 ]

@@ -26,11 +26,22 @@ ctypedef struct KernelIO:
     Py_ssize_t stride
     double* out[MAX_COLUMNS]        # output values
     uint8_t* valid[MAX_COLUMNS]     # output validity bitmaps, all bits set on entry
+    const uint8_t* xvalid[MAX_COLUMNS]  # validity bitmap of each value input; NULL when no nulls
+    Py_ssize_t xoffset[MAX_COLUMNS]     # bit offset of row 0 in ``xvalid[j]`` (slices)
 
 
 cdef inline bint present(const KernelIO* io, Py_ssize_t i) noexcept nogil:
     """Row ``i`` has no null input (NaN is checked by the kernel on the values it reads)."""
     return io.ok == NULL or io.ok[i] != 0
+
+
+cdef inline bint input_present(const KernelIO* io, int j, Py_ssize_t i) noexcept nogil:
+    """Value input ``j`` is non-null at row ``i`` (for kernels that treat inputs one by one)."""
+    cdef Py_ssize_t b
+    if io.xvalid[j] == NULL:
+        return True
+    b = i + io.xoffset[j]
+    return (io.xvalid[j][b >> 3] >> (b & 7)) & 1
 
 
 cdef inline double* key_state(const KernelIO* io, Py_ssize_t i) noexcept nogil:

@@ -232,6 +232,9 @@ cdef class Kernel:
                 io.t = <const int64_t*>_values_address(arr)
             else:
                 io.x[n_x] = <const double*>_values_address(arr)
+                if arr.null_count:
+                    io.xvalid[n_x] = <const uint8_t*>_address(arr.buffers()[0])
+                    io.xoffset[n_x] = arr.offset
                 n_x += 1
             if arr.null_count:
                 if ok_arr is None:

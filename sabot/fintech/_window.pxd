@@ -2,6 +2,7 @@
 """Shared C-level building blocks for windowed kernels, all living inside a key's state row.
 
 * ring buffer of the last N values: ``N + 1`` doubles ``[pushed, v_0 .. v_{N-1}]``;
+* rolling sum (``zsum_*``), as accurate as re-summing the window, exactly 0 for zeros;
 * rolling moments (count, mean, central sums of powers 2..4) over a window of N values, from
   power sums about a shift re-based every N pushes, with a run-of-equal-values counter so a
   constant window has variance exactly 0: ``moments_width(N)`` doubles;
@@ -36,33 +37,52 @@ cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
     return pushed if pushed < N else N
 
 
-cdef inline Py_ssize_t sum_width(Py_ssize_t N) noexcept nogil:
-    """Doubles for a rolling sum over ``N`` values: ``[sum, ring of the window]``."""
-    return 1 + 1 + N
+# Rolling sum over the last N values, as accurate as summing the window afresh: running
+# add/subtract whose rounding is bounded by eps times the magnitudes added and removed since the
+# last exact re-sum (A); the window is re-summed when A exceeds ZSUM_RESUM x |sum| (a large value
+# left the window) and at least every N pushes. A count of nonzero values makes a window of zeros
+# exactly 0. Layout: [nonzero count, sum, A, ring of N values].
+
+cdef enum:
+    ZSUM_RESUM = 256
 
 
-cdef inline double sum_push(double* s, Py_ssize_t N, double x) noexcept nogil:
-    """Add ``x`` to the rolling sum of the last ``N`` values and return the sum.
+cdef inline Py_ssize_t zsum_width(Py_ssize_t N) noexcept nogil:
+    return 3 + N + 1
 
-    Running add/subtract (as TA-Lib's SMA does), re-summed exactly every N pushes so rounding
-    never accumulates beyond one window.
-    """
-    cdef double old
-    cdef double* ring = s + 1
-    cdef Py_ssize_t k
+
+cdef inline double zsum_push(double* z, Py_ssize_t N, double x) noexcept nogil:
+    """Add ``x`` to the sum of the last ``N`` values (evicting the oldest) and return the sum."""
+    cdef double* ring = z + 3
+    cdef double old, s
+    cdef Py_ssize_t k, n
     if ring_push(ring, N, x, &old):
-        s[0] -= old
-    s[0] += x
-    if (<Py_ssize_t>ring[0]) % N == 0:
-        s[0] = 0.0
-        for k in range(N):
-            s[0] += ring[1 + k]
-    return s[0]
+        z[1] -= old
+        z[2] += old if old >= 0.0 else -old
+        if old != 0.0:
+            z[0] -= 1.0
+    z[1] += x
+    z[2] += x if x >= 0.0 else -x
+    if x != 0.0:
+        z[0] += 1.0
+    if z[0] == 0.0:
+        z[1] = 0.0
+        z[2] = 0.0
+        return 0.0
+    s = z[1] if z[1] >= 0.0 else -z[1]
+    if (<Py_ssize_t>ring[0]) % N == 0 or z[2] > ZSUM_RESUM * s:
+        n = ring_count(ring, N)
+        z[1] = 0.0
+        z[2] = 0.0
+        for k in range(n):
+            z[1] += ring[1 + k]
+            z[2] += ring[1 + k] if ring[1 + k] >= 0.0 else -ring[1 + k]
+    return z[1]
 
 
-cdef inline Py_ssize_t sum_count(const double* s, Py_ssize_t N) noexcept nogil:
+cdef inline Py_ssize_t zsum_count(const double* z, Py_ssize_t N) noexcept nogil:
     """Values in the window (saturates at N)."""
-    return ring_count(s + 1, N)
+    return ring_count(z + 3, N)
 
 
 cdef enum:
@@ -102,7 +122,8 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
     """Add ``x`` to the window of the last ``N`` values (evicting the oldest when full).
 
     Power sums S_p = sum (x - K)^p about a shift K near the mean, re-based exactly every N
-    pushes, so sums never suffer catastrophic cancellation or unbounded drift.
+    pushes and whenever the mean drifts far from K, so the sums never suffer catastrophic
+    cancellation or unbounded drift.
     """
     cdef double old
     cdef double* ring = m + MOM_HEADER
@@ -116,7 +137,10 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
     else:
         m[6] = 1.0
     m[7] = x
-    if (<Py_ssize_t>ring[0]) % N == 0:
+    # Re-base every N pushes, and as soon as the window mean has moved more than 4 standard
+    # deviations from the shift (d² > 16·var, i.e. 17·S1² > 16·n·S2), where the power sums
+    # would start to cancel.
+    if (<Py_ssize_t>ring[0]) % N == 0 or 17.0 * m[2] * m[2] > 16.0 * m[0] * m[3]:
         _mom_rebase(m, N)
 
 

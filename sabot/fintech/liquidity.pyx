@@ -12,7 +12,7 @@ from ._kernel import numeric_input, output
 from ._columns import check_positive_int
 from ._scope import call_kernel
 from ._window cimport ring_count, ring_push
-from ._sums cimport zsum_count, zsum_push, zsum_width
+from ._window cimport zsum_count, zsum_push, zsum_width
 
 # ---------------------------------------------------------------- rolling co-moments
 # Rolling sums over the last M pairs (x, y) about shifts (Kx, Ky), with header

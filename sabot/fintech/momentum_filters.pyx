@@ -13,7 +13,7 @@ from ._columns import check_positive, check_positive_int, check_unit_interval
 from ._scope import call_kernel
 from ._window cimport (
     deque_push, deque_width, moments_count, moments_mean, moments_push, moments_var,
-    moments_width, sum_count, sum_push, sum_width,
+    moments_width, zsum_count, zsum_push, zsum_width,
 )
 
 
@@ -70,7 +70,7 @@ cdef class SMA(Kernel):
     def __init__(self, column=None, window=20, *, by=None):
         self.window = check_positive_int("window", window)
         self.declare("sma", [value_input("column", column)], [output("sma")],
-                     stride=sum_width(self.window), by=by,
+                     stride=zsum_width(self.window), by=by,
                      config=dict(column=column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
@@ -83,8 +83,8 @@ cdef class SMA(Kernel):
             if not present(io, i) or x != x:
                 set_null(io, 0, i)
                 continue
-            s = sum_push(st, N, x)
-            if sum_count(st, N) < N:
+            s = zsum_push(st, N, x)
+            if zsum_count(st, N) < N:
                 set_null(io, 0, i)
             else:
                 io.out[0][i] = s / N
@@ -316,7 +316,7 @@ cdef class StochasticOsc(Kernel):
                                         numeric_input("low_column", low_column),
                                         numeric_input("close_column", close_column)],
                      [output("stoch_k"), output("stoch_d")],
-                     stride=2 * deque_width(self.k_period) + sum_width(self.d_period), by=by,
+                     stride=2 * deque_width(self.k_period) + zsum_width(self.d_period), by=by,
                      config=dict(k_period=self.k_period, d_period=self.d_period,
                                  high_column=high_column, low_column=low_column,
                                  close_column=close_column))
@@ -339,8 +339,8 @@ cdef class StochasticOsc(Kernel):
                 continue
             fast_k = 100.0 * (c - ll) / (hh - ll) if hh != ll else 0.0
             ks = st + 2 * deque_width(K)
-            s = sum_push(ks, D, fast_k)
-            if sum_count(ks, D) < D:
+            s = zsum_push(ks, D, fast_k)
+            if zsum_count(ks, D) < D:
                 set_null(io, 0, i); set_null(io, 1, i)
                 continue
             io.out[0][i] = fast_k

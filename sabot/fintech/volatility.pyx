@@ -13,7 +13,7 @@ from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
 from ._kernel import numeric_input, output
 from ._columns import check_positive_int
 from ._scope import call_kernel
-from ._sums cimport zsum_count, zsum_push, zsum_width
+from ._window cimport zsum_count, zsum_push, zsum_width
 
 # pi / (6 - 4 sqrt(3) + pi): MedRV scale (Andersen, Dobrev & Schaumburg 2012).
 cdef double MEDRV_SCALE = M_PI / (6.0 - 4.0 * sqrt(3.0) + M_PI)
