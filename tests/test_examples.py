@@ -169,6 +169,7 @@ def ticks(tmp_path_factory):
     table = pa.table({
         "exchange": pa.array(["coinbase"] * n),
         "symbol": pa.array(np.array(["BTC/USD", "ETH/USD"])[which]),
+        "raw_symbol": pa.array(np.array(["BTC-USD", "ETH-USD"])[which]),
         "timestamp": pa.array(ts, pa.timestamp("ns", tz="UTC")),
         "recv_timestamp": pa.array(ts + 5_000_000, pa.timestamp("ns", tz="UTC")),
         "bid": mid - half, "ask": mid + half,
