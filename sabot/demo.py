@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -225,6 +226,7 @@ class Demo:
         for ex in EXCHANGES:
             out = self.data / f"{ex}.parquet"
             out.unlink(missing_ok=True)
+            shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)  # a killed run's
             cmd = [sys.executable, str(ROOT / "collectors" / f"{ex}2parquet.py"), "-k", "-F",
                    "--url", urls[ex], "--bootstrap", bootstrap, "-o", str(out),
                    "--row-group-seconds", "2", "--status-interval", "10"]
