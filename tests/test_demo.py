@@ -334,3 +334,19 @@ def test_parse_fees_and_errors():
         arb.parse_fees("coinbase=six,kraken=1,binance=1")
     with pytest.raises(ValueError, match=">= 0"):
         arb.parse_fees("coinbase=-1,kraken=1,binance=1")
+
+
+def test_simulated_venues_share_one_mid_path_including_binance_usdt():
+    """The demo's spreads open and close around a shared mid: Binance quotes BTC/USDT on the
+    same path as BTC/USD elsewhere, differing only by each venue's bounded AR(1) noise."""
+    from sabot.sim import RandomWalk
+
+    cb, kr, bn = (RandomWalk(ex, seed=7) for ex in EXCHANGES)
+    for sym, bn_sym in (("BTC/USD", "BTC/USDT"), ("ETH/USD", "ETH/USDT")):
+        gaps = []
+        for _ in range(3000):
+            mids = [(q.bid + q.ask) / 2 for q in (cb.next(sym), kr.next(sym), bn.next(bn_sym))]
+            gaps.append((max(mids) - min(mids)) / min(mids) * 1e4)
+        # AR(1) noise of sd <= 7 bps per venue; independent paths would drift ~100 bps apart
+        assert max(gaps) < 60, (sym, max(gaps))
+        assert np.median(gaps) < 15, (sym, np.median(gaps))
