@@ -96,7 +96,7 @@ def read_jsonl(path: Path) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 @needs_broker
 def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
-    proc = run_demo(tmp_path, duration=9)
+    proc = run_demo(tmp_path, "--fees", "1", duration=9)  # low fees: enough opportunities to check
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     s = parse_summary(proc.stdout)
 
@@ -115,6 +115,7 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
     recorded = read_jsonl(tmp_path / "opportunities.jsonl")
     printed = [ln for ln in proc.stdout.splitlines() if ln.startswith("🔥 ARBITRAGE: ")]
     assert s["opportunities"] == len(recorded) == len(printed)
+    assert len(recorded) >= 3
     mon = json.loads((tmp_path / "monitor_summary.json").read_text())
     assert mon["opportunities"] == len(recorded)
     assert mon["evaluations"] == s["evaluations"] <= s["records"]["coinbase"]
@@ -135,7 +136,7 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
         assert ((sell["symbol"] == o["symbol"]) & (sell["bid"] == o["sell_price"])).any()
         gross = (o["sell_price"] - o["buy_price"]) / o["buy_price"] * 1e4
         assert o["gross_bps"] == pytest.approx(gross, rel=1e-9)
-        net = gross - FEES[o["buy_venue"]] - FEES[o["sell_venue"]]
+        net = gross - 1.0 - 1.0
         assert o["net_bps"] == pytest.approx(net, rel=1e-9, abs=1e-9)
         assert o["net_bps"] > 0
         assert o["edge_per_unit"] == pytest.approx(o["buy_price"] * net / 1e4, rel=1e-9)
