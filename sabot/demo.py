@@ -383,6 +383,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         code = demo.run()
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not cut the cleanup short
         print("\nInterrupted: stopping every process the demo started...", flush=True)
         demo.failures.append("interrupted")
         demo.stop_all()

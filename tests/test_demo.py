@@ -160,9 +160,9 @@ def test_ctrl_c_stops_every_process_and_leaves_readable_parquet(tmp_path):
     deadline = time.monotonic() + 60
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("🔥") or "📊" in line or time.monotonic() > deadline:
+        if "Collectors and arbitrage monitor started" in line or time.monotonic() > deadline:
             break
-    time.sleep(2)
+    time.sleep(3)
     assert processes_mentioning(str(tmp_path)), "the demo's children should be running"
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl+C in the terminal sends to make and the demo
     out, _ = proc.communicate(timeout=60)
@@ -176,6 +176,33 @@ def test_ctrl_c_stops_every_process_and_leaves_readable_parquet(tmp_path):
         Path(f"/proc/{broker_pid}/stat").read_text().split()[2] == "Z"
     for ex in EXCHANGES:
         assert pq.ParquetFile(tmp_path / f"{ex}.parquet").metadata.num_rows > 0
+
+
+@needs_broker
+def test_a_failing_part_makes_the_demo_exit_non_zero_and_still_stops_everything(tmp_path):
+    import socket
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 19092))  # 19092 taken (by us, or already by someone else)
+        holder.listen()
+    except OSError:
+        pass
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sabot.demo", "--duration", "20", "--data-dir", str(tmp_path),
+             "--fees", "coinbase=6"],  # the monitor rejects these fees
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        holder.close()
+    assert "Port 19092 is taken; starting the embedded broker on a free port instead." in proc.stdout
+    assert re.search(r"Kafka broker \(embedded Tansu\) on 127\.0\.0\.1:(?!19092)\d+ \(not 19092: "
+                     r"it was taken\)", proc.stdout), proc.stdout[:2000]
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "FAILED" in proc.stdout and "monitor exited early with code 2" in proc.stdout
+    assert "--fees: no fee for kraken, binance" in (tmp_path / "logs" / "monitor.log").read_text()
+    assert processes_mentioning(str(tmp_path)) == []
 
 
 # ----------------------------------------------------------------------------------------------
