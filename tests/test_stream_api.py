@@ -160,8 +160,9 @@ def test_tumbling_bars_match_pandas_for_any_split(cuts):
 
 
 def test_tumbling_volume_lateness_and_watermark():
-    ts = pd.to_datetime([0, 100, 900, 1000, 1500, 2100, 950, 2200], unit="ms", utc=True)
-    t = pa.table({"timestamp": pa.array(ts).cast(pa.timestamp("ns", tz="UTC")),
+    ms = np.array([0, 100, 900, 1000, 1500, 2100, 950, 2200], dtype=np.int64)
+    ts = [pd.Timestamp(int(v) * 1_000_000, tz="UTC") for v in ms]
+    t = pa.table({"timestamp": pa.array(ms * 1_000_000).cast(pa.timestamp("ns", tz="UTC")),
                   "price": [1.0, 3.0, 2.0, 5.0, 4.0, 6.0, 9.0, 7.0],
                   "volume": [1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 10.0, 3.0]})
     op_stream = Stream.from_batches([t.slice(0, 3), t.slice(3, 2), t.slice(5)]).tumbling("1s")

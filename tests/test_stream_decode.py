@@ -113,3 +113,21 @@ def test_pretty_printed_and_exchange_extras():
         assert r.bad == []
         assert r.batch.column("product_id").to_pylist() == ["BTC-USD", None]
         assert r.batch.column("parent_timestamp").cast(pa.int64()).to_pylist() == [5, None]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(finite, st.integers(0, 17)), min_size=1, max_size=30))
+def test_numbers_parse_to_the_nearest_double(pairs):
+    """Short decimals (the native fast path) and long ones (strtod) both equal Python's float()."""
+    texts = [(repr(x) if k == 17 else f"{x:.{k}f}") for x, k in pairs]
+    schema = pa.schema([pa.field("bid", pa.float64())])
+    values = [b'{"bid": ' + t.encode() + b"}" for t in texts]
+    r = JsonBatchDecoder(schema).decode(values)
+    assert r.bad == []
+    got = r.batch.column("bid").to_pylist()
+    assert [np_bits(g) for g in got] == [np_bits(float(t)) for t in texts]
+
+
+def np_bits(x: float) -> int:
+    import struct
+    return struct.unpack("<q", struct.pack("<d", x))[0]

@@ -70,6 +70,9 @@ class Aligner:
     def close(self) -> None:
         for inp in self.inputs:
             close_iterator(inp.it)
+        for c in self.closes:  # not handed downstream (error or early stop): close here
+            c.run()
+        self.closes = []
 
     @property
     def finished(self) -> bool:
@@ -188,7 +191,8 @@ def merge_events(iterators: Sequence[Iterator[Event]], on: str,
                 merged = merged.take(pa.compute.sort_indices(merged, [(on, "ascending")]))
                 yield from merged.combine_chunks().to_batches()
         yield from al.released_commits(final=True)
-        yield from al.closes
+        handed, al.closes = al.closes, []
+        yield from handed
     finally:
         al.close()
 
@@ -223,7 +227,8 @@ def zip_events(iterators: Sequence[Iterator[Event]], on: str,
         if any(p is not None for p in parts):
             yield tuple(_as_batch(p, i.schema) for p, i in zip(parts, al.inputs))
         yield from al.released_commits(final=True)
-        yield from al.closes
+        handed, al.closes = al.closes, []
+        yield from handed
     finally:
         al.close()
 
@@ -244,10 +249,13 @@ def union_events(iterators: Sequence[Iterator[Event]]) -> Iterator[Event]:
                     closes.append(ev)
                 else:
                     yield ev
-        yield from closes
+        handed, closes = closes, []
+        yield from handed
     finally:
         for it in iterators:
             close_iterator(it)
+        for c in closes:
+            c.run()
 
 
 class AsofJoinOp:
@@ -394,7 +402,10 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
             raise op.fail(exc) from exc
         yield from emit(out)
         yield from release(final=True)
-        yield from closes
+        handed, closes = closes, []
+        yield from handed
     finally:
         close_iterator(left)
         close_iterator(right)
+        for c in closes:
+            c.run()

@@ -95,6 +95,7 @@ class KafkaSource:
         consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke)
         orderer = _PartitionOrderer(self.order_by) if self.order_by else None
         closed = False
+        handed_off = False
 
         def close() -> None:
             nonlocal closed
@@ -117,7 +118,8 @@ class KafkaSource:
                         err = m.error()
                         if err is None:
                             msgs.append(m)
-                            at_eof.discard((m.topic(), m.partition()))
+                            if at_eof:
+                                at_eof.discard((m.topic(), m.partition()))
                         elif err.code() == KafkaError._PARTITION_EOF:
                             at_eof.add((m.topic(), m.partition()))
                         else:
@@ -140,9 +142,11 @@ class KafkaSource:
                     break
                 else:
                     yield IDLE
+            handed_off = True  # the sink closes us after its final flush and commits
             yield Close(close, self.name)
         finally:
-            close()
+            if not handed_off:
+                close()
 
     def _emit(self, msgs: List[Any], decoder: JsonBatchDecoder, consumer: Any,
               dlq: Any) -> Iterator[Event]:
@@ -257,8 +261,24 @@ def json_columns(batch: pa.RecordBatch) -> Tuple[List[str], List[list]]:
         elif pat.is_date(t) or pat.is_time(t) or pat.is_duration(t):
             col = col.cast(pa.int64())
         names.append(name)
-        lists.append(col.to_pylist())
+        lists.append(_pylist(col))
     return names, lists
+
+
+def _pylist(col: pa.Array) -> list:
+    """``col.to_pylist()``, through numpy's C ``tolist`` where possible (several times faster)."""
+    import numpy as np
+
+    t = col.type
+    if pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t):
+        if col.null_count == 0:
+            return col.to_numpy(zero_copy_only=False).tolist()
+        values = col.to_numpy(zero_copy_only=False).astype(object)
+        values[np.asarray(col.is_null())] = None
+        return values.tolist()
+    if pat.is_string(t) or pat.is_large_string(t):
+        return col.to_numpy(zero_copy_only=False).tolist()
+    return col.to_pylist()
 
 
 def encode_json(batch: pa.RecordBatch) -> List[bytes]:

@@ -154,9 +154,12 @@ class _OpNode(_Node):
                     yield out
             if op.holds_commits:
                 yield from op.released(final=True)
-            yield from closes
+            handed, closes = closes, []
+            yield from handed
         finally:
             close_iterator(it)
+            for c in closes:  # not handed downstream (error or early stop): close here
+                c.run()
 
 
 class _AsofNode(_Node):
@@ -198,7 +201,8 @@ class _MultiNode(_Node):
 
 
 def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
-               ack: Callable[[Commit], None]) -> None:
+               ack: Callable[[Commit], None], finish: Callable[[], None]) -> None:
+    """Drive a sink; ``finish`` (final flush, pending commits) runs before sources close."""
     closes: List[Close] = []
     try:
         for ev in events:
@@ -208,10 +212,11 @@ def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
                 ack(ev)
             elif isinstance(ev, Close):
                 closes.append(ev)
+        finish()
     finally:
         close_iterator(events)
-    for c in closes:
-        c.run()
+        for c in closes:
+            c.run()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,8 +414,8 @@ class Stream:
                     closes.append(ev)
         finally:
             close_iterator(it)
-        for c in closes:
-            c.run()
+            for c in closes:
+                c.run()
 
     @staticmethod
     async def zip_async(*streams: "Stream", on: str = "timestamp",
@@ -440,8 +445,8 @@ class Stream:
                     closes.append(ev)
         finally:
             close_iterator(it)
-        for c in closes:
-            c.run()
+            for c in closes:
+                c.run()
 
     def __aiter__(self) -> AsyncIterator[pa.RecordBatch]:
         return _aiter_thread(iter(self))
@@ -482,8 +487,7 @@ class Stream:
         """
         sink = _ParquetSink(Path(path), rows_per_file, compression)
         try:
-            _sink_loop(self._events(), sink.write, sink.ack)
-            sink.close()
+            _sink_loop(self._events(), sink.write, sink.ack, sink.close)
         except BaseException:
             sink.abort()
             raise
@@ -499,7 +503,7 @@ class Stream:
             commit.run()
 
         try:
-            _sink_loop(self._events(), sink.write, ack)
+            _sink_loop(self._events(), sink.write, ack, sink.flush)
         finally:
             sink.flush()
         return dict(sink.metrics)

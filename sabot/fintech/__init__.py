@@ -52,6 +52,14 @@ from .operators import (
     create_log_returns_operator, create_midprice_operator, create_ofi_operator,
     create_vwap_operator,
 )
+from .features_safety import (
+    Autocorr, CircuitBreaker, Diff, FatFingerGuard, Lag, OutlierFlagMAD, PriceBandGuard,
+    RollingKurt, RollingMax, RollingMin, RollingSkew, RollingStd, SignedVolume,
+    StaleQuoteDetector, ThrottleCheck, TickRule,
+    autocorr, circuit_breaker, diff, fat_finger_guard, lag, outlier_flag_mad, price_band_guard,
+    rolling_kurt, rolling_max, rolling_min, rolling_skew, rolling_std, signed_volume,
+    stale_quote_detector, throttle_check, tick_rule,
+)
 
 __all__ = [
     "StateScope", "current_scope",
@@ -93,4 +101,11 @@ __all__ = [
     "StatelessKernelOperator", "SymbolKeyedOperator", "create_ewma_operator",
     "create_log_returns_operator", "create_midprice_operator", "create_ofi_operator",
     "create_vwap_operator",
+    # features_safety
+    "Autocorr", "CircuitBreaker", "Diff", "FatFingerGuard", "Lag", "OutlierFlagMAD",
+    "PriceBandGuard", "RollingKurt", "RollingMax", "RollingMin", "RollingSkew", "RollingStd",
+    "SignedVolume", "StaleQuoteDetector", "ThrottleCheck", "TickRule",
+    "autocorr", "circuit_breaker", "diff", "fat_finger_guard", "lag", "outlier_flag_mad",
+    "price_band_guard", "rolling_kurt", "rolling_max", "rolling_min", "rolling_skew",
+    "rolling_std", "signed_volume", "stale_quote_detector", "throttle_check", "tick_rule",
 ]

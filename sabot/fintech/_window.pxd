@@ -4,11 +4,17 @@
 * ring buffer of the last N values: ``N + 1`` doubles ``[pushed, v_0 .. v_{N-1}]``;
 * rolling sum (``zsum_*``), as accurate as re-summing the window, exactly 0 for zeros;
 * rolling moments (count, mean, central sums of powers 2..4) over a window of N values, from
-  power sums about a shift re-based every N pushes, with a run-of-equal-values counter so a
-  constant window has variance exactly 0: ``moments_width(N)`` doubles;
+  power sums about a shift re-based every N pushes (and early when the sums would cancel),
+  with a run-of-equal-values counter so a constant window has variance exactly 0:
+  ``moments_width(N)`` doubles;
 * monotonic deque for rolling max/min in amortised O(1): ``3 + 2N`` doubles
-  ``[pushed, head, length, values N, indices N]``.
+  ``[pushed, head, length, values N, push indices N]``;
+* sorted window (ring + sorted copy) for exact rolling order statistics: ``sorted_width(N)``.
+
+The per-row paths of moments and the deque avoid integer division (slots wrap by comparison).
 """
+from libc.string cimport memmove
+
 
 cdef inline Py_ssize_t ring_width(Py_ssize_t N) noexcept nogil:
     return N + 1
@@ -30,6 +36,13 @@ cdef inline double ring_get(const double* r, Py_ssize_t N, Py_ssize_t age) noexc
     """The value pushed ``age`` pushes ago (0 = newest); caller ensures it is still held."""
     cdef Py_ssize_t pushed = <Py_ssize_t>r[0]
     return r[1 + (pushed - 1 - age) % N]
+
+
+cdef inline Py_ssize_t ring_index(const double* r, Py_ssize_t N, Py_ssize_t age) noexcept nogil:
+    """Slot (0..N-1) of the value pushed ``age`` pushes ago (0 = newest), for parallel arrays;
+    the next push goes to slot ``ring_index(r, N, -1)``."""
+    cdef Py_ssize_t pushed = <Py_ssize_t>r[0]
+    return (pushed - 1 - age) % N
 
 
 cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
@@ -86,7 +99,7 @@ cdef inline Py_ssize_t zsum_count(const double* z, Py_ssize_t N) noexcept nogil:
 
 
 cdef enum:
-    MOM_HEADER = 8      # [nobs, shift K, S1, S2, S3, S4, equal_run, last]
+    MOM_HEADER = 9      # [nobs, shift K, S1, S2, S3, S4, equal_run, last, next ring slot]
 
 
 cdef inline Py_ssize_t moments_width(Py_ssize_t N) noexcept nogil:
@@ -122,25 +135,36 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
     """Add ``x`` to the window of the last ``N`` values (evicting the oldest when full).
 
     Power sums S_p = sum (x - K)^p about a shift K near the mean, re-based exactly every N
-    pushes and whenever the mean drifts far from K, so the sums never suffer catastrophic
-    cancellation or unbounded drift.
+    pushes and whenever the mean drifts far from K or a far value is evicted, so the sums
+    never suffer catastrophic cancellation or unbounded drift.
     """
-    cdef double old
+    cdef double old, far = 0.0
     cdef double* ring = m + MOM_HEADER
+    cdef Py_ssize_t slot = <Py_ssize_t>m[8]
     if m[0] == 0.0:
         m[1] = x
-    if ring_push(ring, N, x, &old):
+    if ring[0] >= N:                                   # ring_push without the division
+        old = ring[1 + slot]
         _mom_add(m, old, -1)
+        far = (old - m[1]) * (old - m[1])
+    ring[1 + slot] = x
+    ring[0] += 1.0
+    slot += 1
+    if slot == N:
+        slot = 0
+    m[8] = <double>slot
     _mom_add(m, x, 1)
     if x == m[7] and m[0] > 1.0 and m[6] > 0.0:
         m[6] += 1.0
     else:
         m[6] = 1.0
     m[7] = x
-    # Re-base every N pushes, and as soon as the window mean has moved more than 4 standard
-    # deviations from the shift (d² > 16·var, i.e. 17·S1² > 16·n·S2), where the power sums
-    # would start to cancel.
-    if (<Py_ssize_t>ring[0]) % N == 0 or 17.0 * m[2] * m[2] > 16.0 * m[0] * m[3]:
+    # Re-base every N pushes, and early when the sums hold terms 17x the window's m2: the mean
+    # has moved more than 4 standard deviations from the shift (d² > 16·var, i.e. with far = 0
+    # 17·S1² > 16·n·S2), or a value that far just left (its removal cancels). Constant windows
+    # need no re-base (their moments are exactly 0 by the equal-run counter).
+    if slot == 0 or (m[6] < m[0] and (m[3] + m[0] * far) * m[0]
+                     > 17.0 * (m[3] * m[0] - m[2] * m[2])):
         _mom_rebase(m, N)
 
 
@@ -184,6 +208,18 @@ cdef inline double moments_m4(const double* m) noexcept nogil:
     return m[5] - 4.0 * a * m[4] + 6.0 * a2 * m[3] - 4.0 * a2 * a * m[2] + n * a2 * a2
 
 
+cdef inline void moments_central(const double* m, double* c) noexcept nogil:
+    """m2, m3, m4 at once into ``c[0..2]`` (one division; same values as moments_m2/m3/m4)."""
+    cdef double n = m[0], a = m[2] / m[0], a2 = a * a, s2
+    if m[6] >= m[0]:
+        c[0] = 0.0; c[1] = 0.0; c[2] = 0.0
+        return
+    s2 = m[3] - a * m[2]
+    c[0] = s2 if s2 > 0.0 else 0.0
+    c[1] = m[4] - 3.0 * a * m[3] + 3.0 * a2 * m[2] - n * a2 * a
+    c[2] = m[5] - 4.0 * a * m[4] + 6.0 * a2 * m[3] - 4.0 * a2 * a * m[2] + n * a2 * a2
+
+
 cdef inline double moments_var(const double* m, double ddof) noexcept nogil:
     """Window variance with ``ddof`` (NaN when nobs <= ddof)."""
     if m[0] - ddof <= 0.0:
@@ -195,34 +231,111 @@ cdef inline Py_ssize_t deque_width(Py_ssize_t N) noexcept nogil:
     return 3 + 2 * N
 
 
-cdef inline double deque_push(double* d, Py_ssize_t N, double x, bint keep_max) noexcept nogil:
-    """Push ``x`` and return the max (``keep_max``) or min of the last ``N`` pushed values."""
-    cdef Py_ssize_t t = <Py_ssize_t>d[0]
-    cdef Py_ssize_t head = <Py_ssize_t>d[1]
-    cdef Py_ssize_t length = <Py_ssize_t>d[2]
-    cdef double* values = d + 3
-    cdef double* index = d + 3 + N
-    cdef Py_ssize_t back
-    cdef double v
-    if length > 0 and <Py_ssize_t>index[head] <= t - N:
-        head = (head + 1) % N
+ctypedef struct Deque:
+    Py_ssize_t N, t, head, length     # window, values pushed, head slot, entries
+    double* values
+    double* index
+
+
+cdef inline Deque deque_load(double* d, Py_ssize_t N) noexcept nogil:
+    """Open the deque stored in ``d`` (keep it in registers over a run of rows of one key)."""
+    cdef Deque q
+    q.N = N
+    q.t = <Py_ssize_t>d[0]
+    q.head = <Py_ssize_t>d[1]
+    q.length = <Py_ssize_t>d[2]
+    q.values = d + 3
+    q.index = d + 3 + N
+    return q
+
+
+cdef inline void deque_store(const Deque* q, double* d) noexcept nogil:
+    d[0] = <double>q.t
+    d[1] = <double>q.head
+    d[2] = <double>q.length
+
+
+cdef inline double deque_step(Deque* q, double x, bint keep_max) noexcept nogil:
+    """Push ``x`` and return the max (``keep_max``) or min of the last ``N`` pushed values.
+
+    The deque holds (value, push index) pairs in a circular buffer of N slots, values
+    monotonic from the head; no division in the loop (pass ``keep_max`` as a constant).
+    """
+    cdef Py_ssize_t N = q.N, head = q.head, length = q.length, back, slot
+    cdef double* values = q.values
+    if length > 0 and <Py_ssize_t>q.index[head] <= q.t - N:   # the head left the window
+        head += 1
+        if head == N:
+            head = 0
         length -= 1
-    while length > 0:
-        back = (head + length - 1) % N
-        v = values[(<Py_ssize_t>index[back]) % N]
-        if (v <= x) if keep_max else (v >= x):
-            length -= 1
-        else:
-            break
-    index[(head + length) % N] = <double>t
-    length += 1
-    values[t % N] = x
-    d[0] = <double>(t + 1)
-    d[1] = <double>head
-    d[2] = <double>length
-    return values[(<Py_ssize_t>index[head]) % N]
+    back = head + length - 1
+    if back >= N:
+        back -= N
+    while length > 0 and ((values[back] <= x) if keep_max else (values[back] >= x)):
+        length -= 1
+        back -= 1
+        if back < 0:
+            back += N
+    slot = head + length
+    if slot >= N:
+        slot -= N
+    values[slot] = x
+    q.index[slot] = <double>q.t
+    q.t += 1
+    q.head = head
+    q.length = length + 1
+    return values[head]
+
+
+cdef inline double deque_push(double* d, Py_ssize_t N, double x, bint keep_max) noexcept nogil:
+    """``deque_step`` on the deque stored in ``d`` (one row)."""
+    cdef Deque q = deque_load(d, N)
+    cdef double v = deque_step(&q, x, keep_max)
+    deque_store(&q, d)
+    return v
 
 
 cdef inline Py_ssize_t deque_count(const double* d) noexcept nogil:
     """Values pushed so far (compare with N for warm-up)."""
     return <Py_ssize_t>d[0]
+
+
+# Sorted window: the last N values twice, a ring (arrival order, N + 1 doubles) and a sorted
+# copy (N doubles), kept sorted by binary search + one memmove of the values between the evicted
+# value's slot and the new value's slot: O(log N) search, O(N) move (N/3 values on average).
+
+cdef inline Py_ssize_t sorted_width(Py_ssize_t N) noexcept nogil:
+    return N + 1 + N
+
+
+cdef inline Py_ssize_t sorted_lower_bound(const double* s, Py_ssize_t n, double x) noexcept nogil:
+    """First index with s[i] >= x (branch-free halving: a conditional move per step)."""
+    cdef Py_ssize_t base = 0, half
+    if n == 0:
+        return 0
+    while n > 1:
+        half = n >> 1
+        base = base + half if s[base + half] < x else base
+        n -= half
+    return base + (s[base] < x)
+
+
+cdef inline Py_ssize_t sorted_push(double* w, Py_ssize_t N, double x) noexcept nogil:
+    """Push ``x`` (evicting the oldest value when full); return the number of values held."""
+    cdef double* s = w + N + 1
+    cdef Py_ssize_t n = ring_count(w, N), pos, out
+    cdef double old
+    pos = sorted_lower_bound(s, n, x)
+    if ring_push(w, N, x, &old):
+        # replace ``old`` by ``x``: shift only the values between their two positions
+        out = sorted_lower_bound(s, n, old)
+        if pos > out:
+            memmove(s + out, s + out + 1, (pos - 1 - out) * sizeof(double))
+            s[pos - 1] = x
+        else:
+            memmove(s + pos + 1, s + pos, (out - pos) * sizeof(double))
+            s[pos] = x
+        return n
+    memmove(s + pos + 1, s + pos, (n - pos) * sizeof(double))
+    s[pos] = x
+    return n + 1

@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 
 from libc.math cimport NAN, floor, sqrt
-from libc.string cimport memmove
 
 from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
 from ._kernel import BOOL, numeric_input, output, side_input
@@ -18,7 +17,7 @@ from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
 from ._window cimport (
     moments_constant, moments_count, moments_m2, moments_m3, moments_m4, moments_mean,
-    moments_push, moments_width, ring_count, ring_push,
+    moments_push, moments_width, ring_count, ring_push, sorted_push, sorted_width,
 )
 
 
@@ -30,46 +29,7 @@ def _check_probability(name, value):
 
 
 # ---------------------------------------------------------------- sorted window
-# The last N values twice: a ring (arrival order, N + 1 doubles) and a sorted copy (N doubles),
-# kept sorted by binary search + one memmove of the values between the evicted value's slot
-# and the new value's slot: O(log N) search, O(N) move (N/3 values on average) per push.
-
-cdef inline Py_ssize_t sorted_width(Py_ssize_t N) noexcept nogil:
-    return N + 1 + N
-
-
-cdef inline Py_ssize_t _lower_bound(const double* s, Py_ssize_t n, double x) noexcept nogil:
-    """First index with s[i] >= x (branch-free halving: a conditional move per step)."""
-    cdef Py_ssize_t base = 0, half
-    if n == 0:
-        return 0
-    while n > 1:
-        half = n >> 1
-        base = base + half if s[base + half] < x else base
-        n -= half
-    return base + (s[base] < x)
-
-
-cdef inline Py_ssize_t sorted_push(double* w, Py_ssize_t N, double x) noexcept nogil:
-    """Push ``x`` (evicting the oldest value when full); return the number of values held."""
-    cdef double* s = w + N + 1
-    cdef Py_ssize_t n = ring_count(w, N), pos, out
-    cdef double old
-    pos = _lower_bound(s, n, x)
-    if ring_push(w, N, x, &old):
-        # replace ``old`` by ``x``: shift only the values between their two positions
-        out = _lower_bound(s, n, old)
-        if pos > out:
-            memmove(s + out, s + out + 1, (pos - 1 - out) * sizeof(double))
-            s[pos - 1] = x
-        else:
-            memmove(s + pos + 1, s + pos, (out - pos) * sizeof(double))
-            s[pos] = x
-        return n
-    memmove(s + pos + 1, s + pos, (n - pos) * sizeof(double))
-    s[pos] = x
-    return n + 1
-
+# (sorted_width / sorted_push live in _window.pxd)
 
 cdef inline double sorted_quantile(const double* w, Py_ssize_t N, Py_ssize_t n,
                                    double q) noexcept nogil:
