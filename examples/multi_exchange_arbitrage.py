@@ -246,14 +246,14 @@ class Monitor:
             self._last_write = now
             self.write_summary()
 
-    def summary(self) -> dict:
+    def summary(self, with_latencies: bool = True) -> dict:
         return {
             "records": dict(self.counter.rows),
             "evaluations": self.evaluations,
             "opportunities": self.n_opportunities,
             "latency_ms_p50": percentile(self.latencies_ms, 50),
             "latency_ms_p99": percentile(self.latencies_ms, 99),
-            "latencies_ms": self.latencies_ms,
+            **({"latencies_ms": self.latencies_ms} if with_latencies else {}),
             "fees_bps": self.fees,
             "min_edge_bps": self.min_edge_bps,
             "elapsed_s": time.monotonic() - self.started,
@@ -267,17 +267,18 @@ class Monitor:
         return (f"{head}: {s['opportunities']} opportunities in {s['evaluations']} evaluations; "
                 f"tick-to-signal p50 {p50}, p99 {p99}; records read: {recs}")
 
-    def write_summary(self) -> None:
+    def write_summary(self, final: bool = False) -> None:
+        """The summary JSON (every latency only in the final one: the periodic ones stay small)."""
         if self.summary_path is None:
             return
         tmp = self.summary_path.with_suffix(self.summary_path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.summary()))
+        tmp.write_text(json.dumps(self.summary(with_latencies=final)))
         os.replace(tmp, self.summary_path)
 
     def close(self) -> None:
         if self.output:
             self.output.close()
-        self.write_summary()
+        self.write_summary(final=True)
 
 
 def run(args: argparse.Namespace) -> int:
