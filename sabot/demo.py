@@ -43,6 +43,13 @@ _BOOTSTRAP_RE = re.compile(r"Kafka bootstrap: (\S+)")
 _LISTEN_RE = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
 
 
+def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Default Ctrl+C handling in the child (even if the demo was started with SIGINT ignored,
+    as background jobs are) and death with the demo."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent()
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
@@ -71,7 +78,7 @@ class Child:
             stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
             start_new_session=True,  # Ctrl+C in the terminal reaches us only; we stop the children
-            preexec_fn=_die_with_parent,  # and the kernel kills them if we die without cleaning up
+            preexec_fn=_child_setup,  # killed by the kernel if we die without cleaning up
         )
         self._reader = threading.Thread(target=self._relay, name=f"relay-{self.name}", daemon=True)
         self._reader.start()
@@ -292,11 +299,14 @@ class Demo:
                 self.failures.append(f"arbitrage monitor exited with code {code}")
 
     def stop_all(self) -> None:
-        """Stop whatever still runs, children first, by pid."""
-        for child in [*self.collectors.values(), *([self.monitor] if self.monitor else []),
-                      *self.sims.values()]:
-            if child.running():
-                child.stop()
+        """Stop whatever still runs, by pid: collectors, monitor and simulators together (each
+        gets one SIGINT, then is waited for), the broker last (the collectors flush to it)."""
+        children = [*self.collectors.values(), *([self.monitor] if self.monitor else []),
+                    *self.sims.values()]
+        for child in children:
+            child.interrupt()
+        for child in children:
+            child.stop()
         if self.broker is not None and self.broker.running():
             self.broker.stop()
 
@@ -379,6 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     code = 1
     try:
         code = demo.run()
