@@ -36,11 +36,12 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from sabot.api import Stream  # noqa: E402
-from sabot.fintech import midprice, normalize_symbols  # noqa: E402
+from sabot.fintech import arbitrage_opportunities, midprice, normalize_symbols  # noqa: E402
 from sabot.kafka import fast_consumer_config  # noqa: E402
 
 VENUES = ("coinbase", "kraken", "binance")
@@ -92,40 +93,29 @@ def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_b
                venues: Sequence[str] = VENUES) -> Dict[str, np.ndarray]:
     """The best buy-at-ask / sell-at-bid pair per row of a three-way joined batch.
 
-    Reads ``<venue>_bid`` / ``<venue>_ask``; a venue whose bid or ask is null, NaN or <= 0 is
-    absent from that row.  Returns numpy arrays: ``buy`` / ``sell`` (venue index, -1 where fewer
-    than two venues are present), ``buy_price``, ``sell_price``, ``gross_bps``, ``net_bps``,
-    ``edge_per_unit``, ``is_opportunity``.  Ties keep the first pair in venue order.
+    ``sabot.fintech.arbitrage_opportunities`` on ``<venue>_ask`` / ``<venue>_bid``; a venue
+    whose bid or ask is null, NaN or <= 0 is absent from that row.  Returns numpy arrays:
+    ``buy`` / ``sell`` (venue index, -1 where fewer than two venues are present),
+    ``buy_price``, ``sell_price``, ``gross_bps``, ``net_bps``, ``edge_per_unit``,
+    ``is_opportunity``.  Ties keep the first pair in venue order.
     """
-    n = joined.num_rows
-    bids = np.vstack([_f64(joined, f"{v}_bid") for v in venues]) if n else np.empty((len(venues), 0))
-    asks = np.vstack([_f64(joined, f"{v}_ask") for v in venues]) if n else np.empty((len(venues), 0))
-    ok = (bids > 0) & (asks > 0)  # NaN compares false
-    fee = np.array([float(fees_bps[v]) for v in venues])
-    best_net = np.full(n, -np.inf)
-    buy = np.full(n, -1, dtype=np.int64)
-    sell = np.full(n, -1, dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for b in range(len(venues)):
-            for s in range(len(venues)):
-                if b == s:
-                    continue
-                net = (bids[s] - asks[b]) / asks[b] * 1e4 - fee[b] - fee[s]
-                net = np.where(ok[b] & ok[s], net, -np.inf)
-                better = net > best_net
-                best_net = np.where(better, net, best_net)
-                buy = np.where(better, b, buy)
-                sell = np.where(better, s, sell)
-        valid = buy >= 0
-        rows = np.arange(n)
-        buy_price = np.where(valid, asks[np.maximum(buy, 0), rows], np.nan)
-        sell_price = np.where(valid, bids[np.maximum(sell, 0), rows], np.nan)
-        gross = (sell_price - buy_price) / buy_price * 1e4
-        net = gross - np.where(valid, fee[np.maximum(buy, 0)] + fee[np.maximum(sell, 0)], np.nan)
-    opportunity = valid & (net >= min_edge_bps) & (net > 0)
-    return {"buy": buy, "sell": sell, "buy_price": buy_price, "sell_price": sell_price,
-            "gross_bps": gross, "net_bps": net, "edge_per_unit": buy_price * net / 1e4,
-            "is_opportunity": opportunity}
+    for column in [f"{v}_{side}" for v in venues for side in ("ask", "bid")]:
+        if column not in joined.schema.names:  # a venue not joined yet: absent from every row
+            joined = joined.append_column(column, pa.nulls(joined.num_rows, pa.float64()))
+    out = arbitrage_opportunities(
+        joined, fees_bps={v: float(fees_bps[v]) for v in venues}, min_edge_bps=min_edge_bps,
+        ask_columns={v: f"{v}_ask" for v in venues}, bid_columns={v: f"{v}_bid" for v in venues})
+
+    def venue_index(name: str) -> np.ndarray:
+        return pc.fill_null(out[name].indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    result = {name: _f64(out, name) for name in ("buy_price", "sell_price", "gross_bps", "net_bps")}
+    result["buy"] = venue_index("buy_venue")
+    result["sell"] = venue_index("sell_venue")
+    result["edge_per_unit"] = result["buy_price"] * result["net_bps"] / 1e4
+    result["is_opportunity"] = pc.fill_null(out["is_opportunity"], False).to_numpy(
+        zero_copy_only=False)
+    return result
 
 
 def opportunities(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
