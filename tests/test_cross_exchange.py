@@ -196,3 +196,13 @@ def test_arbitrage_buys_at_ask_and_sells_at_bid():
                                 bid_columns=["a_bid", "b_bid"])
     with pytest.raises(ValueError, match="differ"):
         arbitrage_opportunities(b, ask_columns=["a_ask", "b_ask"], bid_columns=["a_bid", "c_bid"])
+
+
+def test_mirror_pairs_with_swapped_fees_tie_to_the_first_venue():
+    """Two venues with identical quotes and different fees: buying at either and selling at the
+    other costs the same fee sum, so the tie goes to the first buy venue in column order."""
+    from sabot.fintech import arbitrage_opportunities
+    b = pa.record_batch({"a_bid": [91.0], "a_ask": [101.25], "b_bid": [91.0], "b_ask": [101.25]})
+    out = arbitrage_opportunities(b, fees_bps={"a": 1.5067271776555131, "b": 12.0},
+                                  ask_columns=["a_ask", "b_ask"], bid_columns=["a_bid", "b_bid"])
+    assert (out["buy_venue"].to_pylist(), out["sell_venue"].to_pylist()) == (["a"], ["b"])

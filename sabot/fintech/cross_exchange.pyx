@@ -174,7 +174,7 @@ cdef class ArbitrageOpportunities(Kernel):
             for b in range(nv):
                 scale = 1e4 / pb[b]                   # one division per buy venue
                 for s in range(nv):
-                    net = (ps[s] - pb[b]) * scale - self.fee[b] - self.fee[s]
+                    net = (ps[s] - pb[b]) * scale - (self.fee[b] + self.fee[s])  # symmetric: ties stay ties
                     net = net if (ok[b] & ok[s] & (s != b)) else -INFINITY
                     better = net > best_net
                     best_net = net if better else best_net
@@ -182,7 +182,7 @@ cdef class ArbitrageOpportunities(Kernel):
             best_b = best // nv
             best_s = best % nv
             best_gross = (ps[best_s] - pb[best_b]) / pb[best_b] * 1e4
-            best_net = best_gross - self.fee[best_b] - self.fee[best_s]
+            best_net = best_gross - (self.fee[best_b] + self.fee[best_s])
             io.out[0][i] = best_b
             io.out[1][i] = best_s
             emit(io, 2, i, best_gross)
