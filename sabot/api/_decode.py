@@ -99,10 +99,13 @@ class JsonBatchDecoder:
         good_idx: Optional[List[int]] = None
         clean: List[bytes] = []
         for i, v in enumerate(values):
-            if not v or v.isspace():
+            if not v or v.isspace() or not v.lstrip().startswith(b"{"):
+                # Screened here: pyarrow's JSON reader crashes (SIGSEGV, pyarrow 22) when a
+                # block starts with a ``null`` root and reads later ``null`` roots as rows.
                 if good_idx is None:
                     good_idx = list(range(i))
-                bad.append((i, "empty message value"))
+                bad.append((i, "empty message value" if not v or v.isspace()
+                            else "not a JSON object"))
                 continue
             if good_idx is not None:
                 good_idx.append(i)

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._align import AsofJoinOp, asof_events, concat_promote, merge_events, union_events, zip_events
+from ._checkpoint import Checkpointer, checkpointer_for
 from ._events import IDLE, Close, Commit, Event, _Idle, close_iterator
 from ._kafka import KafkaSink, KafkaSource
 from ._ops import (FilterOp, FlatMapOp, MapOp, Operator, RenameOp, SelectOp,
@@ -201,8 +202,13 @@ class _MultiNode(_Node):
 
 
 def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
-               ack: Callable[[Commit], None], finish: Callable[[], None]) -> None:
-    """Drive a sink; ``finish`` (final flush, pending commits) runs before sources close."""
+               ack: Callable[[Commit], None], finish: Callable[[], None],
+               checkpointer: Optional[Checkpointer] = None,
+               flush: Optional[Callable[[], None]] = None) -> None:
+    """Drive a sink; ``finish`` (final flush, pending commits) runs before sources close.
+
+    With a checkpointer, a checkpoint is taken (after ``flush``) when a commit arrives and the
+    interval has passed, and once more at the end of the stream."""
     closes: List[Close] = []
     try:
         for ev in events:
@@ -210,9 +216,13 @@ def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
                 write(ev)
             elif isinstance(ev, Commit):
                 ack(ev)
+                if checkpointer is not None:
+                    checkpointer.on_commit(flush)
             elif isinstance(ev, Close):
                 closes.append(ev)
         finish()
+        if checkpointer is not None:
+            checkpointer.checkpoint(flush)
     finally:
         close_iterator(events)
         for c in closes:
@@ -228,6 +238,8 @@ class Stream:
     def __init__(self, node: _Node, *, key: Optional[str] = None) -> None:
         self._node = node
         self.key = key
+        #: the Checkpointer of the last run (None without ``checkpoint_dir``)
+        self.last_checkpointer: Optional[Checkpointer] = None
 
     def __repr__(self) -> str:
         return f"<Stream {self._node.name} (depth {self._node.depth})>"
@@ -238,7 +250,8 @@ class Stream:
                    *, schema: Optional[pa.Schema] = None, batch_size: int = 1000,
                    max_latency_ms: float = 50, from_beginning: bool = False,
                    dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
-                   order_by: Optional[str] = None, **consumer_config: Any) -> "Stream":
+                   order_by: Optional[str] = None, checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
+                   checkpoint_interval_s: float = 60.0, **consumer_config: Any) -> "Stream":
         """JSON messages from Kafka, decoded in bulk into ``schema`` (default: the normalised
         ticker schema).  A batch is emitted at ``batch_size`` messages or after
         ``max_latency_ms``, whichever first.  ``stop_at_end=True`` ends the stream once every
@@ -246,11 +259,21 @@ class Stream:
         releases rows in event-time order across partitions (each partition is time-ordered;
         needed before event-time operators such as ``asof_join`` and ``merge``).  Extra keyword
         arguments are librdkafka consumer settings (``session_timeout_ms=6000`` or
-        ``**{"session.timeout.ms": 6000}``)."""
+        ``**{"session.timeout.ms": 6000}``).
+
+        ``checkpoint_dir``: snapshot every operator's state (kernel scopes, windows) together
+        with the consumed offsets into this directory every ``checkpoint_interval_s`` seconds
+        (0: at every batch) and at the end of the stream; a run restores the newest checkpoint
+        and seeks to its offsets, so a killed and restarted pipeline computes the same values
+        as one that never stopped (see :mod:`sabot.api._checkpoint`).  Offsets are then
+        committed to the group with each checkpoint, not after each batch.  Needs a linear
+        plan from this one source; not combinable with ``order_by``."""
         source = KafkaSource(bootstrap_servers, topic, group_id, schema=schema,
                              batch_size=batch_size, max_latency_ms=max_latency_ms,
                              from_beginning=from_beginning, dead_letter_topic=dead_letter_topic,
-                             stop_at_end=stop_at_end, order_by=order_by, **consumer_config)
+                             stop_at_end=stop_at_end, order_by=order_by,
+                             checkpoint_dir=checkpoint_dir,
+                             checkpoint_interval_s=checkpoint_interval_s, **consumer_config)
         return cls(_KafkaNode(source))
 
     @classmethod
@@ -427,12 +450,31 @@ class Stream:
             yield item
 
     # -- running -------------------------------------------------------------------------------
+    def _checkpointer(self) -> Optional[Checkpointer]:
+        """A restored Checkpointer when the plan's Kafka source has ``checkpoint_dir``."""
+        kafka: List[Any] = []
+        multi = False
+        todo = [self._node]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, _KafkaNode):
+                kafka.append(node.source)
+            ins = node.inputs()
+            multi = multi or len(ins) > 1
+            todo.extend(ins)
+        ckpt = checkpointer_for(self, kafka, multi)
+        if ckpt is not None:
+            ckpt.restore()
+        self.last_checkpointer = ckpt
+        return ckpt
+
     def _events(self) -> Iterator[Event]:
         for op in self._node.operators():
             op.begin_run()
         return self._node.events()
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
+        ckpt = self._checkpointer()
         it = self._events()
         closes: List[Close] = []
         try:
@@ -441,8 +483,12 @@ class Stream:
                     yield ev
                 elif isinstance(ev, Commit):
                     ev.run()
+                    if ckpt is not None:
+                        ckpt.on_commit(None)
                 elif isinstance(ev, Close):
                     closes.append(ev)
+            if ckpt is not None:
+                ckpt.checkpoint(None)
         finally:
             close_iterator(it)
             for c in closes:
@@ -487,7 +533,8 @@ class Stream:
         """
         sink = _ParquetSink(Path(path), rows_per_file, compression)
         try:
-            _sink_loop(self._events(), sink.write, sink.ack, sink.close)
+            ckpt = self._checkpointer()
+            _sink_loop(self._events(), sink.write, sink.ack, sink.close, ckpt, sink.close_file)
         except BaseException:
             sink.abort()
             raise
@@ -503,7 +550,8 @@ class Stream:
             commit.run()
 
         try:
-            _sink_loop(self._events(), sink.write, ack, sink.flush)
+            ckpt = self._checkpointer()
+            _sink_loop(self._events(), sink.write, ack, sink.flush, ckpt, sink.flush)
         finally:
             sink.flush()
         return dict(sink.metrics)
@@ -608,6 +656,10 @@ class _ParquetSink:
         self._pending.append(commit)
         if self.rows_per_file is not None and self._rows >= self.rows_per_file:
             self._close_file()
+
+    def close_file(self) -> None:
+        """Close the current file (renamed from .part) and run its pending commits."""
+        self._close_file()
 
     def _close_file(self) -> None:
         if self._writer is not None:

@@ -9,7 +9,7 @@ as integer ns in ``timestamp`` and ``parent_timestamp``; ``sequence_num`` is the
 from __future__ import annotations
 
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, parsed, rfc3339_to_ns,
+    CONTROL, DATA, ERROR, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, int64, parsed, rfc3339_to_ns,
 )
 
 __all__ = ["CoinbaseCollector"]
@@ -34,6 +34,8 @@ class CoinbaseCollector(ExchangeCollector):
         if channel == "ticker":
             ts = rfc3339_to_ns(msg["timestamp"])
             seq = msg.get("sequence_num")
+            if seq is not None:
+                seq = int64(seq, "sequence_num")
             records = []
             cache = self._symbol_cache
             for event in msg["events"]:
