@@ -40,7 +40,8 @@ class KafkaSource:
                  max_latency_ms: float = 50, from_beginning: bool = False,
                  dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
                  order_by: Optional[str] = None, checkpoint_dir: Optional[Any] = None,
-                 checkpoint_interval_s: float = 60.0, **consumer_overrides: Any) -> None:
+                 checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
+                 **consumer_overrides: Any) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_latency_ms <= 0:
@@ -75,6 +76,12 @@ class KafkaSource:
         #: offsets to seek to on assignment (set from a checkpoint before a run)
         self.restore_offsets: Dict[Tuple[str, int], int] = {}
         self._consumer: Any = None
+        #: messages behind the high watermark per (topic, partition) (librdkafka statistics)
+        self.lag: Dict[Tuple[str, int], int] = {}
+        self.metrics_port = metrics_port
+        if metrics_port is not None:
+            self.config.setdefault("statistics.interval.ms", 1000)
+            self.config["stats_cb"] = self._on_stats
         self.metrics: Dict[str, int] = {}
         self.reset_metrics()
 
@@ -193,6 +200,18 @@ class KafkaSource:
             yield batch
 
         yield Commit(self._commit_fn(consumer, dlq, tps), self.name)
+
+    def _on_stats(self, stats_json: str) -> None:
+        """librdkafka statistics → per-partition consumer lag (-1, i.e. unknown, skipped)."""
+        try:
+            stats = orjson.loads(stats_json)
+            for topic, t in stats.get("topics", {}).items():
+                for part, p in t.get("partitions", {}).items():
+                    lag = p.get("consumer_lag", -1)
+                    if int(part) >= 0 and lag is not None and lag >= 0:
+                        self.lag[(topic, int(part))] = int(lag)
+        except (ValueError, TypeError, AttributeError) as exc:
+            logger.debug("%s: unreadable librdkafka statistics: %s", self.name, exc)
 
     def commit_positions(self, positions: Dict[Tuple[str, int], int]) -> None:
         """Commit ``positions`` (next offsets) to the group, e.g. those of a checkpoint."""

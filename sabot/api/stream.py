@@ -203,30 +203,50 @@ class _MultiNode(_Node):
 
 def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
                ack: Callable[[Commit], None], finish: Callable[[], None],
-               checkpointer: Optional[Checkpointer] = None,
+               hooks: Optional["_RunHooks"] = None,
                flush: Optional[Callable[[], None]] = None) -> None:
     """Drive a sink; ``finish`` (final flush, pending commits) runs before sources close.
 
-    With a checkpointer, a checkpoint is taken (after ``flush``) when a commit arrives and the
-    interval has passed, and once more at the end of the stream."""
+    ``hooks``: checkpoints (after ``flush``) when a commit arrives and the interval has
+    passed and once more at the end of the stream; latency metrics per written batch."""
+    hooks = hooks or _RunHooks(None, None)
     closes: List[Close] = []
     try:
         for ev in events:
             if isinstance(ev, pa.RecordBatch):
                 write(ev)
+                hooks.batch(ev)
             elif isinstance(ev, Commit):
                 ack(ev)
-                if checkpointer is not None:
-                    checkpointer.on_commit(flush)
+                hooks.commit(flush)
             elif isinstance(ev, Close):
                 closes.append(ev)
         finish()
-        if checkpointer is not None:
-            checkpointer.checkpoint(flush)
+        hooks.end(flush)
     finally:
         close_iterator(events)
         for c in closes:
             c.run()
+
+
+class _RunHooks:
+    """Per-run checkpointing and metrics, called by the sinks (no-ops when not configured)."""
+
+    def __init__(self, checkpointer: Optional[Checkpointer], metrics: Any) -> None:
+        self.checkpointer = checkpointer
+        self.latency = metrics.latency if metrics is not None else None
+
+    def batch(self, batch: pa.RecordBatch) -> None:
+        if self.latency is not None:
+            self.latency.observe_batch(batch)
+
+    def commit(self, flush: Optional[Callable[[], None]]) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.on_commit(flush)
+
+    def end(self, flush: Optional[Callable[[], None]]) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.checkpoint(flush)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,6 +260,7 @@ class Stream:
         self.key = key
         #: the Checkpointer of the last run (None without ``checkpoint_dir``)
         self.last_checkpointer: Optional[Checkpointer] = None
+        self._stream_metrics: Any = None
 
     def __repr__(self) -> str:
         return f"<Stream {self._node.name} (depth {self._node.depth})>"
@@ -251,7 +272,8 @@ class Stream:
                    max_latency_ms: float = 50, from_beginning: bool = False,
                    dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
                    order_by: Optional[str] = None, checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
-                   checkpoint_interval_s: float = 60.0, **consumer_config: Any) -> "Stream":
+                   checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
+                   **consumer_config: Any) -> "Stream":
         """JSON messages from Kafka, decoded in bulk into ``schema`` (default: the normalised
         ticker schema).  A batch is emitted at ``batch_size`` messages or after
         ``max_latency_ms``, whichever first.  ``stop_at_end=True`` ends the stream once every
@@ -267,13 +289,18 @@ class Stream:
         and seeks to its offsets, so a killed and restarted pipeline computes the same values
         as one that never stopped (see :mod:`sabot.api._checkpoint`).  Offsets are then
         committed to the group with each checkpoint, not after each batch.  Needs a linear
-        plan from this one source; not combinable with ``order_by``."""
+        plan from this one source; not combinable with ``order_by``.
+
+        ``metrics_port``: serve Prometheus metrics of every stream built on this source on
+        ``127.0.0.1:<port>/metrics`` while it runs (see :mod:`sabot.metrics`; needs the
+        ``metrics`` extra, prometheus-client)."""
         source = KafkaSource(bootstrap_servers, topic, group_id, schema=schema,
                              batch_size=batch_size, max_latency_ms=max_latency_ms,
                              from_beginning=from_beginning, dead_letter_topic=dead_letter_topic,
                              stop_at_end=stop_at_end, order_by=order_by,
                              checkpoint_dir=checkpoint_dir,
-                             checkpoint_interval_s=checkpoint_interval_s, **consumer_config)
+                             checkpoint_interval_s=checkpoint_interval_s,
+                             metrics_port=metrics_port, **consumer_config)
         return cls(_KafkaNode(source))
 
     @classmethod
@@ -450,23 +477,38 @@ class Stream:
             yield item
 
     # -- running -------------------------------------------------------------------------------
-    def _checkpointer(self) -> Optional[Checkpointer]:
-        """A restored Checkpointer when the plan's Kafka source has ``checkpoint_dir``."""
-        kafka: List[Any] = []
+    def kafka_sources(self) -> List[KafkaSource]:
+        """The Kafka sources of this plan."""
+        found: List[KafkaSource] = []
+        todo = [self._node]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, _KafkaNode) and node.source not in found:
+                found.append(node.source)
+            todo.extend(node.inputs())
+        return found
+
+    def _prepare_run(self) -> "_RunHooks":
+        """Restore the checkpoint (``checkpoint_dir``) and start metrics (``metrics_port``)."""
+        kafka = self.kafka_sources()
         multi = False
         todo = [self._node]
         while todo:
             node = todo.pop()
-            if isinstance(node, _KafkaNode):
-                kafka.append(node.source)
-            ins = node.inputs()
-            multi = multi or len(ins) > 1
-            todo.extend(ins)
+            multi = multi or len(node.inputs()) > 1
+            todo.extend(node.inputs())
         ckpt = checkpointer_for(self, kafka, multi)
         if ckpt is not None:
             ckpt.restore()
         self.last_checkpointer = ckpt
-        return ckpt
+        ports = sorted({s.metrics_port for s in kafka if s.metrics_port is not None})
+        if ports and self._stream_metrics is None:
+            from ..metrics import StreamMetrics, serve
+
+            self._stream_metrics = StreamMetrics(self, name=self._node.name)
+            for port in ports:
+                serve(port).add(self._stream_metrics)
+        return _RunHooks(ckpt, self._stream_metrics)
 
     def _events(self) -> Iterator[Event]:
         for op in self._node.operators():
@@ -474,21 +516,20 @@ class Stream:
         return self._node.events()
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        ckpt = self._checkpointer()
+        hooks = self._prepare_run()
         it = self._events()
         closes: List[Close] = []
         try:
             for ev in it:
                 if isinstance(ev, pa.RecordBatch):
+                    hooks.batch(ev)
                     yield ev
                 elif isinstance(ev, Commit):
                     ev.run()
-                    if ckpt is not None:
-                        ckpt.on_commit(None)
+                    hooks.commit(None)
                 elif isinstance(ev, Close):
                     closes.append(ev)
-            if ckpt is not None:
-                ckpt.checkpoint(None)
+            hooks.end(None)
         finally:
             close_iterator(it)
             for c in closes:
@@ -533,8 +574,8 @@ class Stream:
         """
         sink = _ParquetSink(Path(path), rows_per_file, compression)
         try:
-            ckpt = self._checkpointer()
-            _sink_loop(self._events(), sink.write, sink.ack, sink.close, ckpt, sink.close_file)
+            hooks = self._prepare_run()
+            _sink_loop(self._events(), sink.write, sink.ack, sink.close, hooks, sink.close_file)
         except BaseException:
             sink.abort()
             raise
@@ -550,8 +591,8 @@ class Stream:
             commit.run()
 
         try:
-            ckpt = self._checkpointer()
-            _sink_loop(self._events(), sink.write, ack, sink.flush, ckpt, sink.flush)
+            hooks = self._prepare_run()
+            _sink_loop(self._events(), sink.write, ack, sink.flush, hooks, sink.flush)
         finally:
             sink.flush()
         return dict(sink.metrics)
