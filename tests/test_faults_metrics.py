@@ -32,6 +32,14 @@ def scrape(port: int) -> dict:
     return out
 
 
+def try_scrape(port: int) -> dict:
+    """``scrape``, or {} while the endpoint is not up yet."""
+    try:
+        return scrape(port)
+    except OSError:
+        return {}
+
+
 def by_name(samples: dict, name: str, **labels) -> dict:
     return {k[1]: v for k, v in samples.items()
             if k[0] == name and all(dict(k[1]).get(a) == b for a, b in labels.items())}
@@ -55,11 +63,12 @@ def test_stream_metrics_endpoint(kafka_broker, unique_topic, tmp_path):
     kafka_broker.create_topic(topic, partitions=3)
     produce(kafka_broker.bootstrap, topic, table)
     port = free_port()
-    stream = (Stream.from_kafka(kafka_broker.bootstrap, topic, group, batch_size=200,
+    stream = (Stream.from_kafka(kafka_broker.bootstrap, topic, group, batch_size=100,
                                 from_beginning=True, checkpoint_dir=tmp_path / "ck",
                                 checkpoint_interval_s=0.2, metrics_port=port,
-                                **fast_consumer_config())
-              .filter(lambda b: pc.greater(b.column("bid_size"), 2.0)))
+                                **fast_consumer_config(**{"statistics.interval.ms": 100}))
+              .filter(lambda b: pc.greater(b.column("bid_size"), 2.0))
+              .map(lambda b: (time.sleep(0.05), b)[1]))  # a slow consumer: ~1.5 s in all
     stop, seen = threading.Event(), []
 
     def run():
@@ -72,19 +81,26 @@ def test_stream_metrics_endpoint(kafka_broker, unique_topic, tmp_path):
     worker.start()
     expected_out = int((table.column("bid_size").to_numpy() > 2.0).sum())  # numpy, not sabot
     try:
+        # librdkafka statistics (each 100 ms here) show the backlog while the pipeline works
+        behind = wait_until(lambda: [v for v in by_name(try_scrape(port), "sabot_consumer_lag",
+                                                        topic=topic).values() if v > 0],
+                            30, "a positive lag while the pipeline works")
+        assert 0 < sum(behind) < n
         wait_until(lambda: sum(seen) == expected_out, 60, "every row through the filter")
-        # librdkafka statistics arrive each second: wait for a zero lag on all 3 partitions
-        lag = wait_until(lambda: (lambda d: d if len(d) == 3 and not any(d.values()) else None)(
+        lag = wait_until(lambda: (lambda d: d if d and not any(d.values()) else None)(
             by_name(scrape(port), "sabot_consumer_lag", topic=topic)), 20, "lag 0 everywhere")
         samples = scrape(port)
     finally:
         stop.set()
-        produce(kafka_broker.bootstrap, topic, table.slice(0, 1))  # wake the loop so it stops
+        first_kept = int(np.flatnonzero(table.column("bid_size").to_numpy() > 2.0)[0])
+        produce(kafka_broker.bootstrap, topic, table.slice(first_kept, 1))  # wake the loop: stop
         worker.join(30)
-    assert len(lag) == 3
+    assert not worker.is_alive()
+    assert {dict(k)["partition"] for k in lag} <= {"0", "1", "2"}
     rows_in = by_name(samples, "sabot_operator_rows_in_total")
     rows_out = by_name(samples, "sabot_operator_rows_out_total")
-    assert list(rows_in.values()) == [n] and list(rows_out.values()) == [expected_out]
+    assert sorted(rows_in.values()) == [expected_out, n]  # filter in n, map in expected_out
+    assert sorted(rows_out.values()) == [expected_out, expected_out]
     assert list(by_name(samples, "sabot_source_messages_total").values()) == [n]
     assert list(by_name(samples, "sabot_source_decode_errors_total").values()) == [0]
     count = list(by_name(samples, "sabot_tick_to_signal_seconds_count").values())
@@ -125,8 +141,8 @@ def test_collector_metrics_endpoint(tmp_path):
     def one(name):
         return list(by_name(samples, name, exchange="coinbase").values())[0]
 
-    # each connection gets the 5 malformed frames first; records never exceed what was sent
-    assert one("sabot_collector_skipped_total") >= 5 * one("sabot_collector_reconnects_total")
+    # the simulator sends its 5 malformed frames once, on the first connection
+    assert one("sabot_collector_skipped_total") == 5
     assert 0 < one("sabot_collector_records_total") <= sent
     assert one("sabot_collector_messages_total") >= one("sabot_collector_records_total")
     assert one("sabot_collector_exchange_errors_total") == 0

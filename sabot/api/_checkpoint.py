@@ -33,6 +33,7 @@ class Checkpointer:
         self.last_wall: Optional[float] = None
         self.count = 0
         self.restored_from: Optional[str] = None
+        self.last_positions: Dict[Tuple[str, int], int] = {}
 
     @property
     def age_s(self) -> Optional[float]:
@@ -54,14 +55,17 @@ class Checkpointer:
         offsets = {(t, int(p)): int(o) for t, parts in payload["offsets"].items()
                    for p, o in parts.items()}
         self.source.restore_offsets = offsets
+        self.last_positions = dict(offsets)
         self.restored_from = payload["path"]
         self.last_wall = payload["created"]
         logger.info("%s: restored checkpoint %s (%d partition offsets)", self.source.name,
                     payload["path"], len(offsets))
 
     def on_commit(self, flush: Optional[Callable[[], None]]) -> None:
-        """Checkpoint if the interval has passed (called when a Commit reaches the sink)."""
-        if time.monotonic() - self.last_time >= self.interval_s:
+        """Checkpoint if the interval has passed and the source has moved (called when a
+        Commit or an idle signal reaches the sink, i.e. between batches)."""
+        if (time.monotonic() - self.last_time >= self.interval_s
+                and self.source.positions != self.last_positions):
             self.checkpoint(flush)
 
     def checkpoint(self, flush: Optional[Callable[[], None]]) -> None:
@@ -69,6 +73,7 @@ class Checkpointer:
         if flush is not None:
             flush()
         positions: Dict[Tuple[str, int], int] = dict(self.source.positions)
+        self.last_positions = positions
         offsets: Dict[str, Dict[int, int]] = {}
         for (topic, part), off in positions.items():
             offsets.setdefault(topic, {})[part] = off

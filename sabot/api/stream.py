@@ -219,6 +219,8 @@ def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
             elif isinstance(ev, Commit):
                 ack(ev)
                 hooks.commit(flush)
+            elif ev is IDLE:
+                hooks.commit(flush)
             elif isinstance(ev, Close):
                 closes.append(ev)
         finish()
@@ -241,6 +243,7 @@ class _RunHooks:
             self.latency.observe_batch(batch)
 
     def commit(self, flush: Optional[Callable[[], None]]) -> None:
+        """A commit or an idle source reached the sink: every operator is between batches."""
         if self.checkpointer is not None:
             self.checkpointer.on_commit(flush)
 
@@ -526,6 +529,8 @@ class Stream:
                     yield ev
                 elif isinstance(ev, Commit):
                     ev.run()
+                    hooks.commit(None)
+                elif ev is IDLE:
                     hooks.commit(None)
                 elif isinstance(ev, Close):
                     closes.append(ev)
