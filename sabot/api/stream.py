@@ -452,6 +452,9 @@ class Stream:
         """
         if not streams:
             raise ValueError("zip needs at least one stream")
+        if any(src.checkpoint_dir is not None for s in streams for src in s.kafka_sources()):
+            raise ValueError("checkpoint_dir needs a linear plan from exactly one from_kafka "
+                             "source (no union, merge, zip or asof_join)")
         ops = _operators_of(streams)
         for op in ops:
             op.begin_run()
