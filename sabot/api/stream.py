@@ -19,6 +19,7 @@ import asyncio
 import glob as _glob
 import logging
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -223,6 +224,8 @@ def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
                 hooks.commit(flush)
             elif isinstance(ev, Close):
                 closes.append(ev)
+            if hooks.stopping_at(ev):
+                break
         finish()
         hooks.end(flush)
     finally:
@@ -234,9 +237,18 @@ def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
 class _RunHooks:
     """Per-run checkpointing and metrics, called by the sinks (no-ops when not configured)."""
 
-    def __init__(self, checkpointer: Optional[Checkpointer], metrics: Any) -> None:
+    def __init__(self, checkpointer: Optional[Checkpointer], metrics: Any,
+                 stop: Optional[threading.Event] = None) -> None:
         self.checkpointer = checkpointer
         self.latency = metrics.latency if metrics is not None else None
+        self._stop = stop
+
+    def stopping_at(self, ev: Event) -> bool:
+        """:meth:`Stream.stop` was called and the run may end after ``ev``: after a commit or
+        idle signal (every operator between batches; consistent with the source's
+        positions), or after any batch when there is nothing to checkpoint."""
+        return (self._stop is not None and self._stop.is_set()
+                and (self.checkpointer is None or not isinstance(ev, pa.RecordBatch)))
 
     def batch(self, batch: pa.RecordBatch) -> None:
         if self.latency is not None:
@@ -264,6 +276,7 @@ class Stream:
         #: the Checkpointer of the last run (None without ``checkpoint_dir``)
         self.last_checkpointer: Optional[Checkpointer] = None
         self._stream_metrics: Any = None
+        self._stop_event = threading.Event()
 
     def __repr__(self) -> str:
         return f"<Stream {self._node.name} (depth {self._node.depth})>"
@@ -514,7 +527,8 @@ class Stream:
             self._stream_metrics = StreamMetrics(self, name=self._node.name)
             for port in ports:
                 serve(port).add(self._stream_metrics)
-        return _RunHooks(ckpt, self._stream_metrics)
+        self._stop_event.clear()
+        return _RunHooks(ckpt, self._stream_metrics, self._stop_event)
 
     def _events(self) -> Iterator[Event]:
         for op in self._node.operators():
@@ -537,6 +551,8 @@ class Stream:
                     hooks.commit(None)
                 elif isinstance(ev, Close):
                     closes.append(ev)
+                if hooks.stopping_at(ev):
+                    break
             hooks.end(None)
         finally:
             close_iterator(it)
@@ -604,6 +620,12 @@ class Stream:
         finally:
             sink.flush()
         return dict(sink.metrics)
+
+    def stop(self) -> None:
+        """Ask the running pipeline (from another thread or a signal handler) to stop cleanly:
+        at the next point between batches the sink is flushed, a final checkpoint is written
+        (with ``checkpoint_dir``) and the run ends as if the source had ended."""
+        self._stop_event.set()
 
     # -- state and metrics -------------------------------------------------------------------------
     def operators(self) -> List[Operator]:
