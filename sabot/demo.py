@@ -1,76 +1,411 @@
-"""``make demo``: the kernels on a generated Parquet file (the live multi-exchange demo lands later).
+"""``make demo``: the whole live pipeline on one machine, offline (``python -m sabot.demo``).
 
-Writes ``./data/demo_ticks.parquet`` (a seeded random walk for three symbols), reads it back in
-64Ki-row batches, runs ``midprice``, ``ewma`` and ``rsi`` per symbol with state carried across
-batches, and prints the last values per symbol with the throughput.
+Starts, in order: the embedded Kafka broker (127.0.0.1:19092, or a free port when 19092 is
+taken), three local exchange servers (``sabot.sim``: one seeded random walk shared by the
+venues, with per-venue noise and spreads so cross-venue spreads open and close), the
+arbitrage monitor (``examples/multi_exchange_arbitrage.py``) and the three collectors
+(``collectors/<exchange>2parquet.py -k -F --url ws://127.0.0.1:PORT``), all as child processes.
+After ``--duration`` seconds it stops the collectors, lets the monitor read the topics to their
+end, stops the monitor, and prints a summary: records per exchange (Parquet rows in ``./data``),
+opportunities, p50/p99 tick-to-signal latency and reconnects.  Every child is stopped by its
+pid (SIGINT, wait, SIGTERM, wait, SIGKILL), also on Ctrl+C; the exit code is non-zero when any
+part failed.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sabot.fintech import EWMA, RSI, midprice
+from sabot.broker import DEFAULT_PORT, TICKER_TOPICS, _die_with_parent
 
-SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD")
-START_PRICES = np.array([65_000.0, 3_400.0, 150.0])
+log = logging.getLogger("sabot.demo")
 
-
-def generate(path: Path, rows: int, seed: int = 7) -> None:
-    rng = np.random.default_rng(seed)
-    which = rng.integers(0, len(SYMBOLS), rows)
-    steps = rng.normal(0.0, 2e-4, rows)
-    price = np.empty(rows)
-    level = np.log(START_PRICES)
-    for i in range(rows):  # one random walk per symbol, interleaved
-        level[which[i]] += steps[i]
-        price[i] = level[which[i]]
-    price = np.exp(price)
-    half = price * rng.uniform(0.5e-4, 2e-4, rows)
-    table = pa.table({
-        "symbol": pa.array(np.array(SYMBOLS)[which]),
-        "timestamp": pa.array(1_700_000_000_000_000_000 + np.arange(rows) * 1_000_000,
-                              pa.timestamp("ns", tz="UTC")),
-        "bid": price - half,
-        "ask": price + half,
-    })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+ROOT = Path(__file__).resolve().parents[1]
+EXCHANGES = ("coinbase", "kraken", "binance")
+DEMO_FEES = "coinbase=6,kraken=16,binance=10"
+_FINAL_RE = re.compile(r"(\w+) final: messages=(\d+) records=(\d+) reconnects=(\d+) skipped=(\d+)")
+_BOOTSTRAP_RE = re.compile(r"Kafka bootstrap: (\S+)")
+_LISTEN_RE = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=float, default=30.0,
-                        help="accepted for the live demo; this offline demo runs once")
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--output", type=Path, default=Path("data/demo_ticks.parquet"))
-    args = parser.parse_args(argv)
+def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Default Ctrl+C handling in the child (even if the demo was started with SIGINT ignored,
+    as background jobs are) and death with the demo."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent()
 
-    print("Sabot demo (offline kernels). The live demo — embedded broker, three simulated exchanges,")
-    print("three collectors and the arbitrage monitor — replaces this once those parts land.\n")
-    generate(args.output, args.rows)
-    print(f"wrote {args.rows:,} ticks for {', '.join(SYMBOLS)} to {args.output}")
 
-    ewma_k = EWMA(column="midprice", alpha=0.05, by="symbol")
-    rsi_k = RSI(column="midprice", period=14, by="symbol")
-    last = {}
-    t0 = time.perf_counter()
-    for batch in pq.ParquetFile(args.output).iter_batches(batch_size=64 * 1024):
-        out = rsi_k(ewma_k(midprice(batch)))
-        for key, m, e, r in zip(*(out[c].to_pylist() for c in ("symbol", "midprice", "ewma", "rsi"))):
-            last[key] = (m, e, r)
-    elapsed = time.perf_counter() - t0
-    print(f"midprice + ewma + rsi by symbol over {args.rows:,} rows in 64Ki batches: "
-          f"{elapsed:.2f} s including Parquet reads and Python row access\n")
-    print(f"{'symbol':<10} {'midprice':>12} {'ewma(0.05)':>12} {'rsi(14)':>8}")
-    for sym in SYMBOLS:
-        m, e, r = last[sym]
-        print(f"{sym:<10} {m:>12.2f} {e:>12.2f} {r:>8.2f}")
-    return 0
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Child:
+    """A child process whose output is relayed (prefixed) to our stdout and kept in a log file."""
+
+    name: str
+    cmd: List[str]
+    log_path: Path
+    echo: bool = True
+    proc: Optional[subprocess.Popen] = None
+    lines: List[str] = field(default_factory=list)
+    _reader: Optional[threading.Thread] = None
+    _interrupted: bool = False
+
+    def start(self) -> "Child":
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+            start_new_session=True,  # Ctrl+C in the terminal reaches us only; we stop the children
+            preexec_fn=_child_setup,  # killed by the kernel if we die without cleaning up
+        )
+        self._reader = threading.Thread(target=self._relay, name=f"relay-{self.name}", daemon=True)
+        self._reader.start()
+        return self
+
+    def _relay(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with open(self.log_path, "w", encoding="utf-8") as logf:
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                logf.write(line)
+                logf.flush()
+                if self.echo and self.wants(line):
+                    print(f"[{self.name}] {line}" if not line.startswith("🔥") else line,
+                          end="", flush=True)
+
+    def wants(self, line: str) -> bool:
+        """Lines worth showing on the console (the rest stays in the log file)."""
+        return ("🔥" in line or "📊" in line or "Arbitrage monitor" in line or "Subscri" in line
+                or "Connected!" in line or "ERROR" in line or "Traceback" in line
+                or "reconnected" in line or " final:" in line or "Error" in line)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def interrupt(self) -> None:
+        """Send SIGINT once (a second one would cut the child's own clean shutdown short)."""
+        if self.running() and not self._interrupted:
+            self._interrupted = True
+            self.proc.send_signal(signal.SIGINT)
+
+    def stop(self, timeout_s: float = 5.0) -> Optional[int]:
+        """SIGINT, wait; SIGTERM, wait; SIGKILL.  Returns the exit code (negative: signal)."""
+        if self.proc is None:
+            return None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if self.proc.poll() is not None:
+                break
+            try:
+                if sig != signal.SIGINT or not self._interrupted:
+                    self.proc.send_signal(sig)
+                self._interrupted = True
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                continue
+        if self.proc.poll() is None:
+            log.warning("%s (pid %d) did not stop; killing it", self.name, self.proc.pid)
+            self.proc.kill()
+        code = self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
+
+
+def _wait_for_line(child: Child, pattern: re.Pattern, timeout_s: float) -> Optional[re.Match]:
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    while time.monotonic() < deadline:
+        lines = child.lines
+        for line in lines[seen:]:
+            m = pattern.search(line)
+            if m:
+                return m
+        seen = len(lines)
+        if not child.running():
+            return None
+        time.sleep(0.05)
+    return None
+
+
+def parquet_rows(path: Path) -> Optional[int]:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError):
+        return None
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.data = Path(args.data_dir).resolve()
+        self.logs = self.data / "logs"
+        self.broker: Optional[Child] = None
+        self.sims: Dict[str, Child] = {}
+        self.collectors: Dict[str, Child] = {}
+        self.monitor: Optional[Child] = None
+        self.failures: List[str] = []
+
+    # -- start ---------------------------------------------------------------------------------
+    def start_broker(self) -> str:
+        """``python -m sabot.broker`` as a child in its own session, so that Ctrl+C reaches only
+        the demo, which then stops the collectors before the broker they flush to."""
+        port = self.args.port
+        note = ""
+        if port and not port_is_free(port):
+            print(f"Port {port} is taken; starting the embedded broker on a free port instead.")
+            note = f" (not {port}: it was taken)"
+            port = 0
+        cmd = [sys.executable, "-m", "sabot.broker", "--port", str(port),
+               "--topics", ",".join(TICKER_TOPICS), "--partitions", "3"]
+        self.broker = Child("broker", cmd, self.logs / "broker.log", echo=False).start()
+        m = _wait_for_line(self.broker, _BOOTSTRAP_RE, 60)
+        if m is None:
+            raise RuntimeError("the embedded broker did not start:\n" + "\n".join(self.broker.lines[-20:]))
+        bootstrap = m.group(1)
+        print(f"Kafka broker (embedded Tansu) on {bootstrap}{note}, pid {self.broker.pid}; "
+              f"topics {', '.join(TICKER_TOPICS)}")
+        return bootstrap
+
+    def start_sims(self) -> Dict[str, str]:
+        urls = {}
+        for ex in EXCHANGES:
+            cmd = [sys.executable, "-m", "sabot.sim", ex, "--port", "0", "--seed", str(self.args.seed),
+                   "--rate", str(self.args.rate)]
+            if self.args.scenario:
+                cmd += ["--scenario", str(self.args.scenario)]
+            self.sims[ex] = Child(f"sim-{ex}", cmd, self.logs / f"sim-{ex}.log", echo=False).start()
+        for ex, child in self.sims.items():
+            m = _wait_for_line(child, _LISTEN_RE, 15)
+            if m is None:
+                raise RuntimeError(f"{ex} simulator did not start:\n" + "\n".join(child.lines[-20:]))
+            urls[ex] = f"ws://127.0.0.1:{m.group(1)}"
+        print("Simulated exchanges (seed %d, %g quotes/s each): %s" % (
+            self.args.seed, self.args.rate, ", ".join(f"{ex} {u}" for ex, u in urls.items())))
+        return urls
+
+    def start_monitor(self, bootstrap: str) -> None:
+        cmd = [sys.executable, str(ROOT / "examples" / "multi_exchange_arbitrage.py"),
+               "--bootstrap", bootstrap, "--fees", self.args.fees,
+               "--min-edge-bps", str(self.args.min_edge_bps),
+               "--output", str(self.data / "opportunities.jsonl"),
+               "--summary-json", str(self.data / "monitor_summary.json"),
+               "--summary-every", "10", "--from-beginning", "--fast-groups"]
+        (self.data / "monitor_summary.json").unlink(missing_ok=True)
+        self.monitor = Child("monitor", cmd, self.logs / "monitor.log").start()
+
+    def start_collectors(self, bootstrap: str, urls: Dict[str, str]) -> None:
+        for ex in EXCHANGES:
+            out = self.data / f"{ex}.parquet"
+            out.unlink(missing_ok=True)
+            shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)  # a killed run's
+            cmd = [sys.executable, str(ROOT / "collectors" / f"{ex}2parquet.py"), "-k", "-F",
+                   "--url", urls[ex], "--bootstrap", bootstrap, "-o", str(out),
+                   "--row-group-seconds", "2", "--status-interval", "10"]
+            self.collectors[ex] = Child(ex, cmd, self.logs / f"collector-{ex}.log").start()
+
+    # -- run -----------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        bootstrap = self.start_broker()
+        urls = self.start_sims()
+        self.start_monitor(bootstrap)
+        self.start_collectors(bootstrap, urls)
+        print(f"Collectors and arbitrage monitor started; running for {self.args.duration:g} s "
+              f"(Ctrl+C stops early). Logs: {self.logs}\n", flush=True)
+        deadline = time.monotonic() + self.args.duration
+        while time.monotonic() < deadline:
+            for child in [self.broker, *self.collectors.values(), self.monitor, *self.sims.values()]:
+                if not child.running():
+                    self.failures.append(f"{child.name} exited early with code {child.proc.returncode}")
+            if self.failures:
+                break
+            time.sleep(0.2)
+        self.stop_collectors()
+        self.drain_monitor()
+        self.stop_monitor()
+        summary = self.summarise()
+        print(f"\n(total wall time {time.monotonic() - t0:.1f} s)")
+        return 1 if (self.failures or summary is None) else 0
+
+    def stop_collectors(self) -> None:
+        for child in self.collectors.values():
+            child.interrupt()
+        for ex, child in self.collectors.items():
+            code = child.stop()
+            if code not in (0, None):
+                self.failures.append(f"collector {ex} exited with code {code}")
+
+    def drain_monitor(self, quiet_s: float = 1.0, timeout_s: float = 15.0) -> None:
+        """Let the monitor catch up after the collectors stopped: wait until its counts have not
+        changed for ``quiet_s``.  (A live join never sees an end of stream: the last quotes of
+        a venue stay unread or unjoined until a later quote would arrive, so "read everything"
+        is not a condition it can meet.)"""
+        if self.monitor is None or not self.monitor.running():
+            return
+        deadline = time.monotonic() + timeout_s
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline and self.monitor.running():
+            s = _read_json(self.data / "monitor_summary.json")
+            state = None if s is None else (s["records"], s["evaluations"])
+            if state != last:
+                last, since = state, time.monotonic()
+            elif state is not None and time.monotonic() - since >= quiet_s:
+                return
+            time.sleep(0.1)
+        if last is None:
+            self.failures.append("the monitor reported nothing")
+
+    def stop_monitor(self) -> None:
+        if self.monitor is not None:
+            code = self.monitor.stop()
+            if code not in (0, None):
+                self.failures.append(f"arbitrage monitor exited with code {code}")
+
+    def stop_all(self) -> None:
+        """Stop whatever still runs, by pid: collectors, monitor and simulators together (each
+        gets one SIGINT, then is waited for), the broker last (the collectors flush to it)."""
+        children = [*self.collectors.values(), *([self.monitor] if self.monitor else []),
+                    *self.sims.values()]
+        for child in children:
+            child.interrupt()
+        for child in children:
+            child.stop()
+        if self.broker is not None and self.broker.running():
+            self.broker.stop()
+
+    # -- report --------------------------------------------------------------------------------
+    def summarise(self) -> Optional[dict]:
+        rows = {ex: parquet_rows(self.data / f"{ex}.parquet") for ex in EXCHANGES}
+        reconnects, logged = {}, {}
+        for ex, child in self.collectors.items():
+            for line in child.lines:
+                m = _FINAL_RE.search(line)
+                if m:
+                    reconnects[ex] = int(m.group(4))
+                    logged[ex] = int(m.group(3))
+        mon = _read_json(self.data / "monitor_summary.json")
+        for ex, n in rows.items():
+            if n is None:
+                self.failures.append(f"{ex}: no readable Parquet file at {self.data / (ex + '.parquet')}")
+            elif logged.get(ex) is not None and logged[ex] != n:
+                self.failures.append(f"{ex}: collector logged {logged[ex]} records, Parquet has {n}")
+        if mon is None:
+            self.failures.append("the monitor wrote no summary")
+        summary = {
+            "records": rows, "reconnects": reconnects,
+            "opportunities": None if mon is None else mon["opportunities"],
+            "evaluations": None if mon is None else mon["evaluations"],
+            "monitor_records": None if mon is None else mon["records"],
+            "latency_ms_p50": None if mon is None else mon["latency_ms_p50"],
+            "latency_ms_p99": None if mon is None else mon["latency_ms_p99"],
+            "failures": self.failures,
+        }
+        (self.data / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+
+        def fmt(x: Optional[float]) -> str:
+            return "n/a" if x is None else f"{x:.1f} ms"
+
+        print("\n" + "=" * 72)
+        print("Sabot demo summary")
+        print("=" * 72)
+        for ex in EXCHANGES:
+            read = "?" if mon is None else mon["records"].get(ex)
+            print(f"  {ex:<9} records: {rows[ex] if rows[ex] is not None else 'MISSING':>6} "
+                  f"(Parquet {self.data / (ex + '.parquet')}), read by monitor: {read}, "
+                  f"reconnects: {reconnects.get(ex, '?')}")
+        if mon is not None:
+            print(f"  opportunities: {mon['opportunities']} in {mon['evaluations']} evaluations "
+                  f"(recorded in {self.data / 'opportunities.jsonl'})")
+            print(f"  tick-to-signal latency: p50 {fmt(mon['latency_ms_p50'])}, "
+                  f"p99 {fmt(mon['latency_ms_p99'])}")
+        print(f"  reconnects: {sum(reconnects.values()) if reconnects else '?'}")
+        if self.failures:
+            print("  FAILED: " + "; ".join(self.failures))
+        else:
+            print("  all parts ran and stopped cleanly")
+        print("=" * 72)
+        return summary if mon is not None else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sabot.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of live data (default 30)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help="broker port (default 19092; 0 = any free port)")
+    p.add_argument("--seed", type=int, default=7, help="random-walk seed of the simulators")
+    p.add_argument("--rate", type=float, default=20.0, help="quotes per second per exchange")
+    p.add_argument("--fees", default=DEMO_FEES, help="taker fees in bps per venue")
+    p.add_argument("--min-edge-bps", type=float, default=0.0)
+    p.add_argument("--data-dir", default="data", help="where the Parquet files land (default ./data)")
+    p.add_argument("--scenario", type=Path, default=None,
+                   help="play this JSON-lines scenario (sabot.sim format) instead of the random walk")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    demo = Demo(args)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+    code = 1
+    try:
+        code = demo.run()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not cut the cleanup short
+        print("\nInterrupted: stopping every process the demo started...", flush=True)
+        demo.failures.append("interrupted")
+        demo.stop_all()
+        demo.summarise()
+        code = 130
+    except (RuntimeError, OSError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        demo.stop_all()
+    return code
 
 
 if __name__ == "__main__":

@@ -170,3 +170,39 @@ def test_errors_name_the_problem():
         arbitrage_opportunities(b, "coinbase_mid")
     with pytest.raises(KeyError, match="'nope'"):
         cross_exchange_spread(b, "coinbase_mid", "nope")
+
+
+def test_arbitrage_buys_at_ask_and_sells_at_bid():
+    """Hand case: A quotes 100.0/100.1, B 100.5/100.6, C 99.0/101.0 (bid/ask), fees A 6, B 16,
+    C 10 bps. Best taker pair: buy A's ask 100.1, sell B's bid 100.5:
+    gross = 0.4/100.1·1e4 = 39.96 bps, net = 39.96 − 6 − 16 = 17.96 bps."""
+    from sabot.fintech import arbitrage_opportunities
+    b = pa.record_batch({"a_bid": [100.0, 100.0], "a_ask": [100.1, 100.1],
+                         "b_bid": [100.5, 100.05], "b_ask": [100.6, 100.6],
+                         "c_bid": [99.0, None], "c_ask": [101.0, 101.0]})
+    out = arbitrage_opportunities(b, fees_bps={"a": 6, "b": 16, "c": 10},
+                                  ask_columns=["a_ask", "b_ask", "c_ask"],
+                                  bid_columns=["a_bid", "b_bid", "c_bid"])
+    assert out["buy_venue"].to_pylist() == ["a", "a"]
+    assert out["sell_venue"].to_pylist() == ["b", "b"]
+    assert out["buy_price"].to_pylist() == [100.1, 100.1]
+    assert out["sell_price"].to_pylist() == [100.5, 100.05]
+    gross = [(100.5 - 100.1) / 100.1 * 1e4, (100.05 - 100.1) / 100.1 * 1e4]
+    assert np.allclose(out["gross_bps"].to_pylist(), gross, rtol=1e-12)
+    assert np.allclose(out["net_bps"].to_pylist(), [g - 22 for g in gross], rtol=1e-12)
+    assert out["is_opportunity"].to_pylist() == [True, False]
+    with pytest.raises(ValueError, match="not both"):
+        arbitrage_opportunities(b, ["a_bid", "b_bid"], ask_columns=["a_ask", "b_ask"],
+                                bid_columns=["a_bid", "b_bid"])
+    with pytest.raises(ValueError, match="differ"):
+        arbitrage_opportunities(b, ask_columns=["a_ask", "b_ask"], bid_columns=["a_bid", "c_bid"])
+
+
+def test_mirror_pairs_with_swapped_fees_tie_to_the_first_venue():
+    """Two venues with identical quotes and different fees: buying at either and selling at the
+    other costs the same fee sum, so the tie goes to the first buy venue in column order."""
+    from sabot.fintech import arbitrage_opportunities
+    b = pa.record_batch({"a_bid": [91.0], "a_ask": [101.25], "b_bid": [91.0], "b_ask": [101.25]})
+    out = arbitrage_opportunities(b, fees_bps={"a": 1.5067271776555131, "b": 12.0},
+                                  ask_columns=["a_ask", "b_ask"], bid_columns=["a_bid", "b_bid"])
+    assert (out["buy_venue"].to_pylist(), out["sell_venue"].to_pylist()) == (["a"], ["b"])

@@ -182,3 +182,22 @@ def test_sliced_batch_reads_offsets():
                           to_numpy(ewma(pa.RecordBatch.from_pylist(sliced.to_pylist(),
                                                                   schema=sliced.schema),
                                         alpha=0.2)["ewma"]), equal_nan=True)
+
+
+def test_key_encoding_cache_never_confuses_batches():
+    """Keyed kernels share one encoding of a batch's key column; fresh batches (new buffers,
+    slices of one buffer) must each be encoded as themselves."""
+    rng = np.random.default_rng(40)
+    keyed = EWMA(alpha=0.5, by="symbol")
+    plain = {}
+    for round_ in range(60):
+        keys = rng.choice(["A", "B", "C", "D"], size=rng.integers(1, 50))
+        values = rng.normal(size=keys.size)
+        batch = pa.record_batch({"symbol": pa.array(keys), "price": values})
+        if round_ % 3 == 0:
+            batch = batch.slice(keys.size // 3)
+        got = keyed(batch)["ewma"].to_pylist()
+        for key, x, y in zip(batch["symbol"].to_pylist(), batch["price"].to_pylist(), got):
+            prev = plain.get(key)
+            plain[key] = x if prev is None else 0.5 * x + 0.5 * prev
+            assert y == plain[key]

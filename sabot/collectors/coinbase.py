@@ -8,9 +8,40 @@ as integer ns in ``timestamp`` and ``parent_timestamp``; ``sequence_num`` is the
 """
 from __future__ import annotations
 
+from typing import Optional
+
+import msgspec
+
 from sabot.collectors.base import (
     CONTROL, DATA, ERROR, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, int64, parsed, rfc3339_to_ns,
 )
+
+
+class _Ticker(msgspec.Struct):
+    """The fields of a ``tickers[]`` entry a record needs (the rest are skipped unread)."""
+    product_id: str
+    price: float
+    volume_24_h: float
+    best_bid: float
+    best_bid_quantity: float
+    best_ask: float
+    best_ask_quantity: float
+
+
+class _Event(msgspec.Struct):
+    tickers: list[_Ticker] = []
+
+
+class _Frame(msgspec.Struct):
+    channel: str
+    timestamp: str = ""
+    sequence_num: Optional[int] = None
+    events: list[_Event] = []
+
+
+#: Typed decoding of ticker frames in one pass: the decimal strings become floats as they are
+#: read (``strict=False`` converts numeric strings, correctly rounded like ``float(str)``).
+_FRAME_DECODER = msgspec.json.Decoder(_Frame, strict=False)
 
 __all__ = ["CoinbaseCollector"]
 
@@ -29,35 +60,56 @@ class CoinbaseCollector(ExchangeCollector):
             dumps({"type": "subscribe", "channel": "heartbeats"}),
         ]
 
+    def parse(self, raw: str | bytes, recv_ns: int) -> Parsed:
+        """Ticker frames through the typed decoder; every other frame through the generic path."""
+        try:
+            frame = _FRAME_DECODER.decode(raw)
+        except msgspec.DecodeError:  # malformed JSON or not a well-formed ticker frame
+            return super().parse(raw, recv_ns)
+        if frame.channel != "ticker":
+            return super().parse(raw, recv_ns)
+        try:
+            ts = rfc3339_to_ns(frame.timestamp)
+        except ValueError as exc:
+            return Parsed(UNKNOWN, detail=f"bad ticker timestamp: {exc}")
+        seq = frame.sequence_num
+        if seq is not None:
+            try:
+                seq = int64(seq, "sequence_num")
+            except ValueError as exc:
+                return Parsed(UNKNOWN, detail=f"malformed ticker frame: {exc}")
+        records = []
+        cache = self._symbol_cache
+        for event in frame.events:
+            for t in event.tickers:
+                pid = t.product_id
+                records.append({
+                    "exchange": "coinbase",
+                    "symbol": cache.get(pid) or self.normalize(pid),
+                    "raw_symbol": pid,
+                    "timestamp": ts,
+                    "recv_timestamp": recv_ns,
+                    "bid": t.best_bid,
+                    "ask": t.best_ask,
+                    "bid_size": t.best_bid_quantity,
+                    "ask_size": t.best_ask_quantity,
+                    "price": t.price,
+                    "volume_24h": t.volume_24_h,
+                    "sequence": seq,
+                    "product_id": pid,
+                    "parent_timestamp": ts,
+                })
+        return parsed((DATA, records, ""))
+
     def _parse(self, msg: dict, recv_ns: int) -> Parsed:
         channel = msg.get("channel")
-        if channel == "ticker":
-            ts = rfc3339_to_ns(msg["timestamp"])
-            seq = msg.get("sequence_num")
-            if seq is not None:
-                seq = int64(seq, "sequence_num")
-            records = []
-            cache = self._symbol_cache
-            for event in msg["events"]:
-                for t in event["tickers"]:
-                    pid = t["product_id"]
-                    records.append({
-                        "exchange": "coinbase",
-                        "symbol": cache.get(pid) or self.normalize(pid),
-                        "raw_symbol": pid,
-                        "timestamp": ts,
-                        "recv_timestamp": recv_ns,
-                        "bid": float(t["best_bid"]),
-                        "ask": float(t["best_ask"]),
-                        "bid_size": float(t["best_bid_quantity"]),
-                        "ask_size": float(t["best_ask_quantity"]),
-                        "price": float(t["price"]),
-                        "volume_24h": float(t["volume_24_h"]),
-                        "sequence": seq,
-                        "product_id": pid,
-                        "parent_timestamp": ts,
-                    })
-            return parsed((DATA, records, ""))
+        if channel == "ticker":  # the typed decoder refused it: say which field is wrong
+            rfc3339_to_ns(msg["timestamp"])  # a bad or missing timestamp is named first
+            try:
+                _FRAME_DECODER.decode(msgspec.json.encode(msg))
+            except msgspec.ValidationError as exc:
+                return Parsed(UNKNOWN, detail=f"malformed ticker frame: {exc}")
+            return Parsed(UNKNOWN, detail="malformed ticker frame")
         if channel == "heartbeats":
             return Parsed(CONTROL)
         if channel == "subscriptions":

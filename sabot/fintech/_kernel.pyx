@@ -126,6 +126,33 @@ def _as_int64_ns(arr, name):
     )
 
 
+#: Recently encoded key columns: a chain of keyed kernels over one batch encodes its key column
+#: once. Each entry holds the source array, so its buffers (whose addresses form the cache key)
+#: stay alive and cannot be reused by another array while cached.
+_KEY_CACHE = []
+_KEY_CACHE_SIZE = 8
+
+
+def _encode_keys(keys):
+    """(int codes per row as numpy, the distinct key values as Python objects)."""
+    ident = (keys.type, len(keys), keys.offset,
+             tuple(0 if b is None else b.address for b in keys.buffers()))
+    for entry in _KEY_CACHE:
+        if entry[0] == ident:
+            return entry[2], entry[3]
+    if pat.is_dictionary(keys.type) and keys.null_count == 0:
+        indices, dictionary = keys.indices, keys.dictionary
+    else:
+        decoded = keys.dictionary_decode() if pat.is_dictionary(keys.type) else keys
+        encoded = pc.dictionary_encode(decoded, null_encoding="encode")
+        indices, dictionary = encoded.indices, encoded.dictionary
+    codes = indices.to_numpy(zero_copy_only=False)
+    values = dictionary.to_pylist()
+    _KEY_CACHE.insert(0, (ident, keys, codes, values))
+    del _KEY_CACHE[_KEY_CACHE_SIZE:]
+    return codes, values
+
+
 cdef class Kernel:
     """Base of every kernel: declare columns, params and outputs; implement ``run``.
 
@@ -287,21 +314,14 @@ cdef class Kernel:
 
     cdef object _key_slots(self, keys):
         """int32 slot per row: keys dictionary-encoded once, new keys get new slots."""
-        if pat.is_dictionary(keys.type) and keys.null_count == 0:
-            indices, dictionary = keys.indices, keys.dictionary
-        else:
-            if pat.is_dictionary(keys.type):
-                keys = keys.dictionary_decode()
-            encoded = pc.dictionary_encode(keys, null_encoding="encode")
-            indices, dictionary = encoded.indices, encoded.dictionary
-        values = dictionary.to_pylist()
+        codes, values = _encode_keys(keys)
         lut = np.empty(len(values), dtype=np.int32)
         for code, key in enumerate(values):
             slot = self._slot_of_key.get(key)
             if slot is None:
                 slot = self._new_slot(key)
             lut[code] = slot
-        return lut[indices.to_numpy(zero_copy_only=False)]
+        return lut[codes]
 
     cdef Py_ssize_t _new_slot(self, key) except -1:
         cdef Py_ssize_t slot = self._n_slots

@@ -16,10 +16,16 @@ right row chosen by ``direction`` among the right rows with the same ``by`` key:
 
 Unmatched left rows get nulls in the right columns. Null keys match null keys (as in pandas).
 
-Implementation: keys are dictionary-encoded once and mapped to the right side's integer codes; the
-right rows are grouped per key by a counting sort (on values copied contiguous per key); one nogil
-pass over the left rows advances a cursor per key (initialised by binary search on first use), and
-a nogil gather writes the matched right values straight into Arrow buffers.
+Implementation: keys are dictionary-encoded once (short strings hashed in C) and the left's
+dictionary is mapped to the right's integer codes. When both sides are globally sorted (the normal
+case) one nogil merge pass keeps the latest right row per key and writes the matched right values
+straight into Arrow buffers (8-byte columns without nulls) or records the matched row for a gather.
+Otherwise the right rows are grouped per key by a counting sort and a cursor per key (positioned
+by binary search on first use) advances through them.
+
+Also here: :class:`AsofJoinKernel` (right side indexed once, many left batches) and
+:class:`StreamingAsofJoinKernel` / :func:`asof_join_streaming` (interleaved batches of both sides,
+watermark semantics and late-row accounting described on the class).
 """
 from __future__ import annotations
 
@@ -34,8 +40,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.types as pat
 
-from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
-from libc.string cimport memset, memcpy
+from libc.stdint cimport INT64_MIN, int16_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
+
+cdef extern from "sys/mman.h" nogil:
+    int madvise(void* addr, size_t length, int advice)
+    int MADV_HUGEPAGE
 
 from ._columns import check_batch, require_column
 
@@ -53,8 +63,6 @@ DEF BACKWARD = 0
 DEF FORWARD = 1
 DEF NEAREST = 2
 
-cdef int64_t INT64_MIN = -9223372036854775807 - 1
-cdef int64_t INT64_MAX = 9223372036854775807
 
 _DIRECTIONS = {"backward": BACKWARD, "forward": FORWARD, "nearest": NEAREST}
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -133,7 +141,7 @@ cdef inline int64_t _lower_bound(const int64_t* a, int64_t lo, int64_t hi, int64
     return lo
 
 
-cdef int64_t _match(const int64_t* l_on, const int32_t* l_code, int64_t n_left,
+cdef int64_t _match(const int64_t* l_on, const int32_t* l_code, const int32_t* lookup, int64_t n_left,
                     const int64_t* g_on, const int64_t* g_idx, const int64_t* offsets,
                     int64_t* bcur, int64_t* fcur, int64_t* last_on,
                     int direction, bint exact, bint has_tol, int64_t tol,
@@ -142,12 +150,15 @@ cdef int64_t _match(const int64_t* l_on, const int32_t* l_code, int64_t n_left,
 
     ``bcur[k]``/``fcur[k]`` are per-key cursors (-1 = not yet positioned); ``last_on[k]`` the
     previous left ``on`` of key k. Returns the first left row out of order within its key, or -1.
-    ``l_code`` NULL means one key (0); ``g_idx`` NULL means identity."""
+    ``l_code`` NULL means one key (0); ``lookup`` (if not NULL) translates left codes to right
+    codes (-1: key absent on the right); ``g_idx`` NULL means identity."""
     cdef int64_t i, t, c, start, end, b, f
     cdef int32_t k = 0
     for i in range(n_left):
         if l_code != NULL:
             k = l_code[i]
+            if lookup != NULL:
+                k = lookup[k]
             if k < 0:
                 out[i] = -1
                 continue
@@ -194,6 +205,195 @@ cdef int64_t _match(const int64_t* l_on, const int32_t* l_code, int64_t n_left,
             b = g_idx[b]
         out[i] = b
     return -1
+
+
+cdef struct _Fused:
+    # right 8-byte value columns written straight into the output (no index array)
+    int n_cols
+    const int64_t** srcs
+    int64_t** dsts
+    uint8_t* valid
+    int64_t nulls
+
+
+cdef inline void _put(int64_t* out, _Fused* fz, int64_t i, int64_t r) noexcept nogil:
+    cdef int c
+    if out != NULL:
+        out[i] = r
+    if fz != NULL:
+        if r >= 0:
+            for c in range(fz.n_cols):
+                fz.dsts[c][i] = fz.srcs[c][r]
+            fz.valid[i >> 3] |= <uint8_t>(1 << (i & 7))
+        else:
+            for c in range(fz.n_cols):
+                fz.dsts[c][i] = 0
+            fz.nulls += 1
+
+
+cdef void _merge_match(const int64_t* l_on, const int32_t* l_code, const int32_t* lookup,
+                       int64_t n_left, const int64_t* r_on, const int32_t* r_code,
+                       int64_t n_right, int32_t n_keys, int64_t* last, int64_t* nxt,
+                       int direction, bint exact, bint has_tol, int64_t tol,
+                       int64_t* out, _Fused* fz) noexcept nogil:
+    """Both sides globally sorted: one merge pass (two for nearest). ``last[k]`` is the latest
+    right row of key k at or before the current left time (backward, scanning up); ``nxt[k]`` the
+    earliest at or after it (forward, scanning down). Same conventions as ``_match``; results go
+    to ``out`` and/or (backward, forward) straight into the fused output columns ``fz``."""
+    cdef int64_t i, j, t, b, f
+    cdef int32_t k = 0
+    cdef int32_t kk
+    cdef _Fused* fz_b = fz if direction == BACKWARD else NULL
+    cdef _Fused* fz_f = fz if direction == FORWARD else NULL
+    for kk in range(n_keys):
+        last[kk] = -1
+        nxt[kk] = -1
+    if direction != FORWARD:
+        j = 0
+        for i in range(n_left):
+            t = l_on[i]
+            if exact:
+                while j < n_right and r_on[j] <= t:
+                    last[r_code[j] if r_code != NULL else 0] = j
+                    j += 1
+            else:
+                while j < n_right and r_on[j] < t:
+                    last[r_code[j] if r_code != NULL else 0] = j
+                    j += 1
+            if l_code != NULL:
+                k = l_code[i]
+                if lookup != NULL:
+                    k = lookup[k]
+                if k < 0:
+                    _put(out, fz_b, i, -1)
+                    continue
+            b = last[k]
+            if b >= 0 and has_tol and t - r_on[b] > tol:
+                b = -1
+            _put(out, fz_b, i, b)
+    if direction != BACKWARD:
+        j = n_right - 1
+        i = n_left - 1
+        while i >= 0:
+            t = l_on[i]
+            if exact:
+                while j >= 0 and r_on[j] >= t:
+                    nxt[r_code[j] if r_code != NULL else 0] = j
+                    j -= 1
+            else:
+                while j >= 0 and r_on[j] > t:
+                    nxt[r_code[j] if r_code != NULL else 0] = j
+                    j -= 1
+            f = -1
+            if l_code != NULL:
+                k = l_code[i]
+                if lookup != NULL:
+                    k = lookup[k]
+            if k >= 0:
+                f = nxt[k]
+                if f >= 0 and has_tol and r_on[f] - t > tol:
+                    f = -1
+            if direction == FORWARD:
+                _put(out, fz_f, i, f)
+            else:
+                b = out[i]
+                if b < 0 or (f >= 0 and r_on[f] - t < t - r_on[b]):
+                    out[i] = f
+            i -= 1
+
+
+cdef int64_t _validity_from_idx(const int64_t* idx, int64_t n, uint8_t* valid) noexcept nogil:
+    """Bit i set when idx[i] >= 0; returns the number of unset bits."""
+    cdef int64_t i, base, nulls = 0
+    cdef int64_t nfull = n >> 3
+    cdef uint8_t bits
+    cdef int b
+    cdef bint hit
+    for base in range(nfull):
+        bits = 0
+        for b in range(8):
+            hit = idx[base * 8 + b] >= 0
+            bits |= <uint8_t>(hit << b)
+            nulls += not hit
+        valid[base] = bits
+    if n & 7:
+        bits = 0
+        for i in range(nfull * 8, n):
+            hit = idx[i] >= 0
+            bits |= <uint8_t>(hit << (i & 7))
+            nulls += not hit
+        valid[nfull] = bits
+    return nulls
+
+
+cdef void _take8(const int64_t* src, const int64_t* idx, int64_t n, int64_t* dst) noexcept nogil:
+    cdef int64_t i, j
+    for i in range(n):
+        j = idx[i]
+        dst[i] = src[j] if j >= 0 else 0
+
+
+cdef int64_t _encode_strings(const uint8_t* data, int64_t data_size, const void* offsets, bint large, int64_t offset,
+                             const uint8_t* valid, int64_t n, int32_t* codes, int64_t* first_rows,
+                             uint64_t* slot_hash, int32_t* slot_code, int64_t mask) noexcept nogil:
+    """Dictionary-encode n strings: codes[i] in first-appearance order, first_rows[c] the first
+    row of code c; null rows get code -1. Open addressing (table size mask+1, power of two,
+    at least twice the number of distinct values; returns -1 when it fills up). FNV-1a hash."""
+    cdef int64_t i, a, b, pos, n_codes = 0, r, ra, rb, length
+    cdef uint64_t h, word
+    cdef int32_t c
+    for i in range(n):
+        if valid != NULL and not ((valid[(i + offset) >> 3] >> ((i + offset) & 7)) & 1):
+            codes[i] = -1
+            continue
+        if large:
+            a = (<const int64_t*>offsets)[i + offset]
+            b = (<const int64_t*>offsets)[i + offset + 1]
+        else:
+            a = (<const int32_t*>offsets)[i + offset]
+            b = (<const int32_t*>offsets)[i + offset + 1]
+        length = b - a
+        if length <= 8:
+            # short key (symbols): its bytes as one zero-padded word, one multiply
+            word = 0
+            if a + 8 <= data_size:
+                memcpy(&word, data + a, 8)
+                if length < 8:
+                    word &= (<uint64_t>1 << (8 * length)) - 1
+            else:
+                memcpy(&word, data + a, length)
+            h = (word ^ (<uint64_t>length << 59)) * <uint64_t>0x9E3779B97F4A7C15
+            h ^= h >> 32
+        else:
+            h = <uint64_t>14695981039346656037ULL
+            for pos in range(a, b):
+                h = (h ^ data[pos]) * <uint64_t>1099511628211ULL
+            h ^= h >> 29
+        pos = <int64_t>(h & <uint64_t>mask)
+        while True:
+            c = slot_code[pos]
+            if c < 0:
+                if 2 * (n_codes + 1) > mask + 1:
+                    return -1
+                slot_code[pos] = <int32_t>n_codes
+                slot_hash[pos] = h
+                first_rows[n_codes] = i
+                codes[i] = <int32_t>n_codes
+                n_codes += 1
+                break
+            if slot_hash[pos] == h:
+                r = first_rows[c] + offset
+                if large:
+                    ra = (<const int64_t*>offsets)[r]
+                    rb = (<const int64_t*>offsets)[r + 1]
+                else:
+                    ra = (<const int32_t*>offsets)[r]
+                    rb = (<const int32_t*>offsets)[r + 1]
+                if rb - ra == length and memcmp(data + ra, data + a, length) == 0:
+                    codes[i] = c
+                    break
+            pos = (pos + 1) & mask
+    return n_codes
 
 
 cdef void _gather_fixed(const uint8_t* src, const uint8_t* src_valid, int64_t src_offset,
@@ -265,6 +465,20 @@ cdef void _gather_f64_nonnull(const double* src, const int64_t* idx, int64_t n,
 # --------------------------------------------------------------------------------------------
 # Python-level helpers
 # --------------------------------------------------------------------------------------------
+
+def _alloc(int64_t nbytes):
+    """A buffer from Arrow's memory pool; large ones are advised to use transparent huge pages
+    (first-touch page faults otherwise dominate writing a fresh 80 MB column)."""
+    buf = pa.allocate_buffer(nbytes)
+    cdef uint64_t addr, start, end
+    if nbytes >= (4 << 20):
+        addr = buf.address
+        start = (addr + 4095) & ~(<uint64_t>4095)
+        end = (addr + <uint64_t>nbytes) & ~(<uint64_t>4095)
+        if end > start:
+            madvise(<void*>start, end - start, MADV_HUGEPAGE)
+    return buf
+
 
 def _contiguous(col):
     """A single Array from an Array or ChunkedArray (copies only when several chunks)."""
@@ -341,14 +555,10 @@ def _on_values(col, spec, unit, side, on) -> np.ndarray:
             f"{side} column {on!r} contains nulls (first at row {_first_null(arr)}); "
             "the 'on' column must not contain nulls"
         )
-    if spec.kind == "timestamp":
-        values = _int64_view(arr)
-        factor = _UNIT_NS[spec.unit] // _UNIT_NS[unit]
-    else:
-        if arr.type != pa.int64():
-            arr = arr.cast(pa.int64())
-        values = _int64_view(arr)
-        factor = 1
+    if spec.kind != "timestamp" and arr.type != pa.int64():
+        arr = arr.cast(pa.int64())
+    values = _int64_view(arr)
+    factor = _UNIT_NS[spec.unit] // _UNIT_NS[unit]
     if factor != 1:
         values = values * np.int64(factor)
     return values
@@ -387,16 +597,65 @@ def _tolerance_in(unit, tolerance_ms, tolerance, spec):
     return tol_ns // unit_ns
 
 
+def _encode_string_array(arr):
+    """(int32 codes, dictionary) for a string/binary Array, nulls → len(dictionary); None when
+    the number of distinct values is large (the caller then uses Arrow's dictionary_encode)."""
+    cdef int64_t n = len(arr)
+    cdef int64_t size = 1024
+    cdef int64_t n_codes
+    cdef int32_t[::1] codes = np.empty(n, dtype=np.int32)
+    cdef int64_t[::1] first
+    cdef uint64_t[::1] slot_hash
+    cdef int32_t[::1] slot_code
+    cdef const uint8_t* data
+    cdef const void* offsets
+    cdef const uint8_t* valid = NULL
+    cdef bint large = pat.is_large_string(arr.type) or pat.is_large_binary(arr.type)
+    cdef int64_t off = arr.offset
+    cdef int64_t data_size
+    if n == 0:
+        return None
+    bufs = arr.buffers()
+    offsets = <const void*><uint64_t>bufs[1].address
+    data = <const uint8_t*><uint64_t>bufs[2].address if bufs[2] is not None else NULL
+    if data == NULL:
+        return None
+    data_size = bufs[2].size
+    if arr.null_count and bufs[0] is not None:
+        valid = <const uint8_t*><uint64_t>bufs[0].address
+    while size <= 1 << 16:
+        first = np.empty(size // 2 + 1, dtype=np.int64)
+        slot_hash = np.empty(size, dtype=np.uint64)
+        slot_code = np.full(size, -1, dtype=np.int32)
+        with nogil:
+            n_codes = _encode_strings(data, data_size, offsets, large, off, valid, n, &codes[0], &first[0],
+                                      &slot_hash[0], &slot_code[0], size - 1)
+        if n_codes >= 0:
+            dictionary = arr.take(pa.array(np.asarray(first)[:n_codes]))
+            result = np.asarray(codes)
+            if arr.null_count:
+                result[result < 0] = n_codes
+            return result, dictionary
+        size *= 8
+    return None
+
+
 def _key_dictionary(col, side, by):
     """(indices as int32 numpy with nulls mapped to len(dictionary), dictionary)."""
     arr = _contiguous(col)
     t = arr.type
+    if pat.is_null(t):  # every key null
+        return np.zeros(len(arr), dtype=np.int32), pa.array([], type=pa.string())
     if not pat.is_dictionary(t):
         if not (pat.is_string(t) or pat.is_large_string(t) or pat.is_integer(t)
                 or pat.is_binary(t) or pat.is_large_binary(t) or pat.is_boolean(t)):
             raise TypeError(
                 f"{side} 'by' column {by!r} has type {t}; expected string, integer or dictionary keys"
             )
+        if pat.is_string(t) or pat.is_large_string(t) or pat.is_binary(t) or pat.is_large_binary(t):
+            encoded = _encode_string_array(arr)
+            if encoded is not None:
+                return encoded
         arr = pc.dictionary_encode(arr)
     dictionary = arr.dictionary
     indices = arr.indices
@@ -428,7 +687,7 @@ def _map_left_dictionary(ldict, rdict, by):
     return lookup
 
 
-def _unsorted_error(side, on, by, row, values, unit_note=""):
+def _unsorted_error(side, on, by, row, values):
     where = f" within each {by!r} key" if by is not None else ""
     return ValueError(
         f"{side} column {on!r} is not sorted{where}: row {row} (value {values[row]}) comes "
@@ -437,46 +696,64 @@ def _unsorted_error(side, on, by, row, values, unit_note=""):
 
 
 cdef class _RightIndex:
-    """The right side grouped per key: what every left batch is matched against."""
-    cdef public object g_on        # int64 numpy, per-key contiguous
-    cdef public object g_idx       # int64 numpy original row per grouped position (None = identity)
-    cdef public object offsets     # int64 numpy (n_keys + 1)
+    """The right side prepared for matching: its ``on`` values and key codes, plus (built on
+    first need) the rows grouped per key. Globally sorted inputs are matched by a single merge
+    pass; otherwise (or for small left batches) by per-key cursors over the grouped rows."""
+    cdef public object r_on        # int64 numpy (after the optional stable sort)
+    cdef public object r_code      # int32 numpy or None (no by)
+    cdef public object perm        # sorted position -> original row (None = identity)
     cdef public object dictionary  # key dictionary (None without by)
     cdef public int32_t n_keys
+    cdef public bint globally_sorted
+    cdef public object g_on, g_idx, offsets
+    cdef object side, on, by
 
     def __init__(self, on_values, codes, dictionary, n_keys, side, on, by, sort):
-        cdef int64_t n = len(on_values)
-        cdef int64_t bad
-        cdef const int64_t[::1] onv = np.ascontiguousarray(on_values, dtype=np.int64)
+        cdef const int64_t[::1] onv
+        cdef int64_t bad = -1
+        self.side, self.on, self.by = side, on, by
+        self.dictionary = dictionary
+        self.n_keys = n_keys if codes is not None else 1
+        r_on = np.ascontiguousarray(on_values, dtype=np.int64)
+        r_code = None if codes is None else np.ascontiguousarray(codes, dtype=np.int32)
+        self.perm = None
+        if sort:
+            perm = np.argsort(r_on, kind="stable")
+            r_on = r_on[perm]
+            if r_code is not None:
+                r_code = r_code[perm]
+            self.perm = perm.astype(np.int64)
+        self.r_on, self.r_code = r_on, r_code
+        onv = r_on
+        if len(r_on):
+            with nogil:
+                bad = _first_unsorted(&onv[0], onv.shape[0])
+        self.globally_sorted = bad < 0
+        self.g_on = self.g_idx = self.offsets = None
+        if not self.globally_sorted:
+            if r_code is None:
+                raise _unsorted_error(side, on, None, self._orig(bad), r_on)
+            self._group()
+
+    cdef int64_t _orig(self, int64_t row):
+        return row if self.perm is None else int(self.perm[row])
+
+    def _group(self):
+        cdef const int64_t[::1] onv = self.r_on
         cdef const int32_t[::1] cd
         cdef int64_t[::1] off, fill, g_on, g_idx, last
-        cdef int32_t nk = n_keys
-        self.dictionary = dictionary
-        self.n_keys = n_keys
-        if sort:
-            perm = np.argsort(onv, kind="stable")
-        else:
-            perm = None
-        if codes is None:
-            if perm is not None:
-                self.g_on = np.asarray(onv)[perm]
-                self.g_idx = perm.astype(np.int64)
-            else:
-                with nogil:
-                    bad = _first_unsorted(&onv[0], n) if n else -1
-                if bad >= 0:
-                    raise _unsorted_error(side, on, None, bad, np.asarray(onv))
-                self.g_on = np.asarray(onv)
-                self.g_idx = None
+        cdef int32_t nk = self.n_keys
+        cdef int64_t n = onv.shape[0]
+        cdef int64_t bad = -1
+        if self.r_code is None:
+            self.g_on = self.r_on
+            self.g_idx = None
             self.offsets = np.array([0, n], dtype=np.int64)
             return
-        cd = np.ascontiguousarray(codes, dtype=np.int32)
-        if perm is not None:
-            onv = np.asarray(onv)[perm]
-            cd = np.asarray(cd)[perm]
-        off = np.zeros(n_keys + 1, dtype=np.int64)
-        fill = np.empty(n_keys, dtype=np.int64)
-        last = np.empty(n_keys, dtype=np.int64)
+        cd = self.r_code
+        off = np.zeros(nk + 1, dtype=np.int64)
+        fill = np.empty(nk, dtype=np.int64)
+        last = np.empty(nk, dtype=np.int64)
         g_on = np.empty(n, dtype=np.int64)
         g_idx = np.empty(n, dtype=np.int64)
         if n:
@@ -484,49 +761,188 @@ cdef class _RightIndex:
                 bad = _group_right(&onv[0], &cd[0], n, nk, &off[0], &fill[0],
                                    &g_on[0], &g_idx[0], &last[0])
             if bad >= 0:
-                raise _unsorted_error(side, on, by, bad, np.asarray(onv))
-        if perm is not None:
-            g_idx = perm.astype(np.int64)[np.asarray(g_idx)]
+                raise _unsorted_error(self.side, self.on, self.by, self._orig(bad), self.r_on)
         self.g_on = np.asarray(g_on)
         self.g_idx = np.asarray(g_idx)
         self.offsets = np.asarray(off)
 
-    def match(self, l_on, l_codes, int direction, bint exact, tol, side, on, by):
-        """Matched right row per left row (-1 = none); raises on unsorted left."""
+    def match_into(self, l_on, l_raw, lookup, int direction, bint exact, tol, srcs):
+        """Fused merge: the right columns ``srcs`` (8-byte, no nulls) at the matched rows, written
+        straight into new Arrow arrays sharing one validity bitmap. ``None`` when not applicable
+        (inputs not both globally sorted, nearest, small left, sorted internally): use ``match``."""
         cdef const int64_t[::1] lon = np.ascontiguousarray(l_on, dtype=np.int64)
-        cdef int64_t n = len(lon)
-        cdef int32_t nk = self.n_keys if l_codes is not None else 1
-        cdef int64_t[::1] out = np.empty(n, dtype=np.int64)
-        cdef int64_t[::1] bcur = np.full(max(nk, 1), -1, dtype=np.int64)
-        cdef int64_t[::1] fcur = np.full(max(nk, 1), -1, dtype=np.int64)
-        cdef int64_t[::1] last = np.full(max(nk, 1), INT64_MIN, dtype=np.int64)
-        cdef const int64_t[::1] g_on = self.g_on
-        cdef const int64_t[::1] off = self.offsets
+        cdef int64_t n = lon.shape[0]
+        cdef int32_t nk = self.n_keys
+        cdef int64_t[::1] cur1 = np.empty(max(nk, 1), dtype=np.int64)
+        cdef int64_t[::1] cur2 = np.empty(max(nk, 1), dtype=np.int64)
+        cdef const int64_t[::1] ron = self.r_on
         cdef const int32_t[::1] lc
-        cdef const int64_t[::1] gi
+        cdef const int32_t[::1] lk
+        cdef const int32_t[::1] rc
         cdef const int32_t* lc_ptr = NULL
-        cdef const int64_t* gi_ptr = NULL
-        cdef const int64_t* gon_ptr = NULL
+        cdef const int32_t* lk_ptr = NULL
+        cdef const int32_t* rc_ptr = NULL
         cdef bint has_tol = tol is not None
         cdef int64_t tol_v = tol if tol is not None else 0
-        cdef int64_t bad
+        cdef int64_t bad = -1
+        cdef int64_t n_right = ron.shape[0]
+        cdef int c, n_cols = len(srcs)
+        cdef _Fused fz
+        cdef const int64_t* src_ptrs[64]
+        cdef int64_t* dst_ptrs[64]
+        if (direction == NEAREST or self.perm is not None or not self.globally_sorted or n == 0
+                or n_right == 0 or n * 8 < n_right or n_cols == 0 or n_cols > 64):
+            return None
+        with nogil:
+            bad = _first_unsorted(&lon[0], n)
+        if bad >= 0:
+            return None
+        if l_raw is not None:
+            lc = np.ascontiguousarray(l_raw, dtype=np.int32)
+            lc_ptr = &lc[0]
+            if lookup is not None:
+                lk = np.ascontiguousarray(lookup, dtype=np.int32)
+                lk_ptr = &lk[0]
+        if self.r_code is not None:
+            rc = self.r_code
+            rc_ptr = &rc[0]
+        valid_buf = _alloc((n + 7) // 8)
+        data_bufs = [_alloc(n * 8) for _ in range(n_cols)]
+        for c in range(n_cols):
+            src_ptrs[c] = (<const int64_t*><uint64_t>srcs[c].buffers()[1].address) + <int64_t>srcs[c].offset
+            dst_ptrs[c] = <int64_t*><uint64_t>data_bufs[c].address
+        fz.n_cols = n_cols
+        fz.srcs = src_ptrs
+        fz.dsts = dst_ptrs
+        fz.valid = <uint8_t*><uint64_t>valid_buf.address
+        fz.nulls = 0
+        with nogil:
+            memset(fz.valid, 0, (n + 7) // 8)
+            _merge_match(&lon[0], lc_ptr, lk_ptr, n, &ron[0], rc_ptr, n_right, nk,
+                         &cur1[0], &cur2[0], direction, exact, has_tol, tol_v, NULL, &fz)
+        nulls = fz.nulls
+        return [pa.Array.from_buffers(srcs[c].type, n, [valid_buf if nulls else None, data_bufs[c]],
+                                      null_count=nulls) for c in range(n_cols)]
+
+    def match(self, l_on, l_raw, lookup, int direction, bint exact, tol, side, on, by):
+        """Matched right row (original index, -1 = none) per left row.
+
+        ``l_raw``: left key codes (None without by), translated through ``lookup`` (None =
+        already right codes). Raises ``ValueError`` on a left row out of order within its key."""
+        cdef const int64_t[::1] lon = np.ascontiguousarray(l_on, dtype=np.int64)
+        cdef int64_t n = lon.shape[0]
+        cdef int32_t nk = self.n_keys
+        cdef int64_t[::1] out = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] cur1 = np.full(max(nk, 1), -1, dtype=np.int64)
+        cdef int64_t[::1] cur2 = np.full(max(nk, 1), -1, dtype=np.int64)
+        cdef int64_t[::1] last = np.full(max(nk, 1), INT64_MIN, dtype=np.int64)
+        cdef const int64_t[::1] ron = self.r_on
+        cdef const int64_t[::1] g_on
+        cdef const int64_t[::1] off
+        cdef const int32_t[::1] lc
+        cdef const int32_t[::1] lk
+        cdef const int32_t[::1] rc
+        cdef const int64_t[::1] gi
+        cdef const int32_t* lc_ptr = NULL
+        cdef const int32_t* lk_ptr = NULL
+        cdef const int32_t* rc_ptr = NULL
+        cdef const int64_t* gi_ptr = NULL
+        cdef const int64_t* gon_ptr = NULL
+        cdef const int64_t* ron_ptr = NULL
+        cdef bint has_tol = tol is not None
+        cdef int64_t tol_v = tol if tol is not None else 0
+        cdef int64_t bad = -1
+        cdef int64_t n_right = ron.shape[0]
         if n == 0:
             return np.asarray(out)
-        if l_codes is not None:
-            lc = np.ascontiguousarray(l_codes, dtype=np.int32)
+        if l_raw is not None:
+            lc = np.ascontiguousarray(l_raw, dtype=np.int32)
             lc_ptr = &lc[0]
-        if self.g_idx is not None:
-            gi = self.g_idx
-            if len(gi):
-                gi_ptr = &gi[0]
-        if len(g_on):
-            gon_ptr = &g_on[0]
+            if lookup is not None:
+                lk = np.ascontiguousarray(lookup, dtype=np.int32)
+                lk_ptr = &lk[0]
         with nogil:
-            bad = _match(&lon[0], lc_ptr, n, gon_ptr, gi_ptr, &off[0], &bcur[0], &fcur[0],
-                         &last[0], direction, exact, has_tol, tol_v, &out[0])
-        if bad >= 0:
-            raise _unsorted_error(side, on, by, bad, np.asarray(lon))
-        return np.asarray(out)
+            bad = _first_unsorted(&lon[0], n)
+        if self.globally_sorted and bad < 0 and n * 8 >= n_right:
+            if n_right:
+                ron_ptr = &ron[0]
+            if self.r_code is not None:
+                rc = self.r_code
+                if n_right:
+                    rc_ptr = &rc[0]
+            with nogil:
+                _merge_match(&lon[0], lc_ptr, lk_ptr, n, ron_ptr, rc_ptr, n_right, nk,
+                             &cur1[0], &cur2[0], direction, exact, has_tol, tol_v, &out[0], NULL)
+        else:
+            if bad >= 0 and l_raw is None:
+                raise _unsorted_error(side, on, by, bad, np.asarray(lon))
+            if self.offsets is None:
+                self._group()
+            g_on = self.g_on
+            off = self.offsets
+            if self.g_idx is not None:
+                gi = self.g_idx
+                if gi.shape[0]:
+                    gi_ptr = &gi[0]
+            if g_on.shape[0]:
+                gon_ptr = &g_on[0]
+            with nogil:
+                bad = _match(&lon[0], lc_ptr, lk_ptr, n, gon_ptr, gi_ptr, &off[0], &cur1[0],
+                             &cur2[0], &last[0], direction, exact, has_tol, tol_v, &out[0])
+            if bad >= 0:
+                raise _unsorted_error(side, on, by, bad, np.asarray(lon))
+        result = np.asarray(out)
+        if self.perm is not None:
+            hit = result >= 0
+            result[hit] = self.perm[result[hit]]
+        return result
+
+
+def _plain8(arr):
+    """An 8-byte fixed-width array without nulls (values can be copied as int64 words)."""
+    t = arr.type
+    return (len(arr) > 0 and arr.null_count == 0 and not pat.is_dictionary(t)
+            and (pat.is_integer(t) or pat.is_floating(t) or pat.is_timestamp(t)
+                 or pat.is_duration(t) or pat.is_date64(t)) and t.bit_width == 64)
+
+
+def _gather_many(cols, idx):
+    """``_gather`` for several right columns; 8-byte columns without nulls share one validity
+    bitmap (computed once from ``idx``) and need only a data copy."""
+    cdef const int64_t[::1] ix = np.ascontiguousarray(idx, dtype=np.int64)
+    cdef int64_t n = ix.shape[0]
+    cdef int64_t nulls = -1
+    cdef const int64_t* src
+    cdef int64_t* dst
+    cdef uint8_t* vptr
+    cdef uint64_t src_addr
+    cdef int64_t src_off
+    valid_buf = None
+    out = []
+    for col in cols:
+        arr = _contiguous(col)
+        t = arr.type
+        plain8 = (n > 0 and len(arr) > 0 and arr.null_count == 0 and not pat.is_dictionary(t)
+                  and (pat.is_integer(t) or pat.is_floating(t) or pat.is_timestamp(t)
+                       or pat.is_duration(t) or pat.is_date64(t)) and t.bit_width == 64)
+        if not plain8:
+            out.append(_gather(arr, idx))
+            continue
+        if nulls < 0:
+            valid_buf = _alloc((n + 7) // 8)
+            vptr = <uint8_t*><uint64_t>valid_buf.address
+            with nogil:
+                nulls = _validity_from_idx(&ix[0], n, vptr)
+        data_buf = _alloc(n * 8)
+        src_addr = arr.buffers()[1].address
+        src_off = arr.offset
+        src = (<const int64_t*><uint64_t>src_addr) + src_off
+        dst = <int64_t*><uint64_t>data_buf.address
+        with nogil:
+            _take8(src, &ix[0], n, dst)
+        out.append(pa.Array.from_buffers(t, n, [valid_buf if nulls else None, data_buf],
+                                         null_count=nulls))
+    return out
 
 
 def _gather(col, idx):
@@ -552,8 +968,8 @@ def _gather(col, idx):
         return pc.take(arr, pa.array(ixa, mask=mask if mask.any() else None))
     width = t.bit_width // 8
     bufs = arr.buffers()
-    data_buf = pa.allocate_buffer(n * width)
-    valid_buf = pa.allocate_buffer((n + 7) // 8)
+    data_buf = _alloc(n * width)
+    valid_buf = _alloc((n + 7) // 8)
     dst = <uint8_t*><uint64_t>data_buf.address
     dst_valid = <uint8_t*><uint64_t>valid_buf.address
     off = arr.offset
@@ -742,6 +1158,37 @@ class AsofJoinKernel:
 
     def match_indices(self, left):
         """The matched right row index per left row (int64 numpy, -1 = no match)."""
+        on, by = self.on, self.by
+        l_on, lcodes_raw, lookup, tol = self._prepare_left(left)
+        if self.sort:
+            perm = np.argsort(l_on, kind="stable")
+            idx_sorted = self._index.match(l_on[perm], None if lcodes_raw is None else lcodes_raw[perm],
+                                           lookup, self._dir, self.allow_exact_matches, tol, "left", on, by)
+            idx = np.empty_like(idx_sorted)
+            idx[perm] = idx_sorted
+            return idx
+        return self._index.match(l_on, lcodes_raw, lookup, self._dir, self.allow_exact_matches, tol,
+                                 "left", on, by)
+
+    def __call__(self, left):
+        left_ex = _constant_exchange(left) if self._right_exchange is not None else None
+        plan = _plan(left.schema, self.right.schema, self.on, self.by, self.right_prefix,
+                     self.suffix, left_ex, self._right_exchange)
+        srcs = []
+        for i, _ in plan.right:
+            col = self._right_cols.get(i)
+            if col is None:
+                col = _contiguous(self.right.column(i))
+                self._right_cols[i] = col
+            srcs.append(col)
+        cols = None
+        if not self.sort and srcs and all(_plain8(c) for c in srcs):
+            cols = self._match_into(left, srcs)
+        if cols is None:
+            cols = _gather_many(srcs, self.match_indices(left))
+        return _assemble(left, cols, plan, isinstance(left, pa.Table))
+
+    def _prepare_left(self, left):
         check_batch(left)
         on, by = self.on, self.by
         lfield = require_column(left.schema, on, "left 'on' column")
@@ -751,36 +1198,19 @@ class AsofJoinKernel:
         unit = _common_unit(lspec, self._rspec, on)
         if self._index is None or self._unit != unit:
             self._build(unit)
-        tol = _tolerance_in(unit, self.tolerance_ms, self.tolerance, self._rspec)
+        tol = _tolerance_in(unit, self.tolerance_ms, self.tolerance, lspec)
         l_on = _on_values(left.column(on), lspec, unit, "left", on)
         if by is not None:
             lcodes_raw, ldict = _key_dictionary(left.column(by), "left", by)
             lookup = _map_left_dictionary(ldict, self._index.dictionary, by)
-            l_codes = lookup[lcodes_raw]
         else:
-            l_codes = None
-        if self.sort:
-            perm = np.argsort(l_on, kind="stable")
-            idx_sorted = self._index.match(l_on[perm], None if l_codes is None else l_codes[perm],
-                                           self._dir, self.allow_exact_matches, tol, "left", on, by)
-            idx = np.empty_like(idx_sorted)
-            idx[perm] = idx_sorted
-            return idx
-        return self._index.match(l_on, l_codes, self._dir, self.allow_exact_matches, tol, "left", on, by)
+            lcodes_raw = lookup = None
+        return l_on, lcodes_raw, lookup, tol
 
-    def __call__(self, left):
-        idx = self.match_indices(left)
-        left_ex = _constant_exchange(left) if self._right_exchange is not None else None
-        plan = _plan(left.schema, self.right.schema, self.on, self.by, self.right_prefix,
-                     self.suffix, left_ex, self._right_exchange)
-        cols = []
-        for i, _ in plan.right:
-            col = self._right_cols.get(i)
-            if col is None:
-                col = _contiguous(self.right.column(i))
-                self._right_cols[i] = col
-            cols.append(_gather(col, idx))
-        return _assemble(left, cols, plan, isinstance(left, pa.Table))
+    def _match_into(self, left, srcs):
+        l_on, lcodes_raw, lookup, tol = self._prepare_left(left)
+        return self._index.match_into(l_on, lcodes_raw, lookup, self._dir, self.allow_exact_matches,
+                                      tol, srcs)
 
 
 def asof_join(left, right, on="timestamp", by=None, tolerance_ms=1000, direction="backward", *,
@@ -805,6 +1235,9 @@ def asof_join(left, right, on="timestamp", by=None, tolerance_ms=1000, direction
     Table in → Table out (the output follows the left's type).
     """
     check_batch(left)
+    require_column(left.schema, on, "left 'on' column")
+    if _check_by(by) is not None:
+        require_column(left.schema, _check_by(by), "left 'by' column")
     kernel = AsofJoinKernel(right, on=on, by=by, tolerance_ms=tolerance_ms, direction=direction,
                             allow_exact_matches=allow_exact_matches, right_prefix=right_prefix,
                             suffix=suffix, tolerance=tolerance, on_unit=on_unit, sort=sort)
@@ -1050,8 +1483,6 @@ class StreamingAsofJoinKernel:
         return _tolerance_in("ns", self.tolerance_ms, self.tolerance, spec)
 
     def _codes(self, batch, side):
-        if self.by is None:
-            return np.zeros(batch.num_rows, dtype=np.int32) if False else None
         raw, dictionary = _key_dictionary(batch.column(self.by), side, self.by)
         values = dictionary.to_pylist() + [None]
         lookup = np.empty(len(values), dtype=np.int32)
@@ -1131,7 +1562,7 @@ class StreamingAsofJoinKernel:
         n_keys = len(self._key_values) + 1 if self.by is not None else 1
         index = _RightIndex(self._b_on, self._b_code if self.by is not None else None, None,
                             n_keys, "right", self.on, self.by, False)
-        return index.match(self._h_on, self._h_code if self.by is not None else None, direction,
+        return index.match(self._h_on, self._h_code if self.by is not None else None, None, direction,
                            self.allow_exact_matches, self._tol_ns(), "left", self.on, self.by)
 
     def _emit(self, rows, idx, empty=False):
@@ -1247,21 +1678,17 @@ class StreamingAsofJoinKernel:
             order = np.argsort(codes, kind="stable")
             ts, cs = t[order], codes[order]
             first = np.ones(n, dtype=bool)
-            first[1:] = cs[1:] != cs[:-1]
-            prev = np.where(first, floor[cs], np.concatenate([[INT64_MIN], ts[:-1]]))
+            first[1:] = cs[1:] != cs[: n - 1]
+            prev = np.where(first, floor[cs], np.concatenate([[INT64_MIN], ts[: n - 1]]))
             bad = ts < prev
             if bad.any():
                 row = int(order[np.flatnonzero(bad)].min())
                 k = int(codes[row])
                 key = f" (key {self._key_values[k]!r})" if self.by is not None else ""
-                if t[row] < self._pruned[k] and (row == 0 or True):
-                    raise ValueError(
-                        f"left column {self.on!r}: row {row}{key} at {int(t[row])} ns is older than rows "
-                        "already seen; the streaming ASOF join needs the left input time-ordered "
-                        "(per key within a batch, and across batches)"
-                    )
                 raise ValueError(
-                    f"left column {self.on!r} is not sorted within each key: row {row}{key}"
+                    f"left column {self.on!r}: row {row}{key} at {int(t[row])} ns is older than "
+                    "left rows already seen; the streaming ASOF join needs the left input "
+                    "time-ordered (per key within a batch, globally across batches)"
                 )
             np.maximum.at(last, codes, t)
             self._LG = max(self._LG, int(t.max()))
@@ -1348,8 +1775,8 @@ def asof_join_streaming(left_stream, right_stream, on="timestamp", by=None, tole
 
     def _ns_min(batch):
         m = _min_on(batch, on)
-        if m is None:
-            return None
+        if m is None:  # empty batch: consume it at once
+            return INT64_MIN
         t = batch.schema.field(on).type
         unit = t.unit if pat.is_timestamp(t) else on_unit
         return m * _UNIT_NS[unit]
@@ -1357,7 +1784,7 @@ def asof_join_streaming(left_stream, right_stream, on="timestamp", by=None, tole
     lb = next(lit, None)
     rb = next(rit, None)
     while lb is not None or rb is not None:
-        if rb is not None and (lb is None or (_ns_min(rb) or INT64_MIN) <= (_ns_min(lb) or INT64_MIN)):
+        if rb is not None and (lb is None or _ns_min(rb) <= _ns_min(lb)):
             out = kernel.process_right(rb)
             rb = next(rit, None)
         else:

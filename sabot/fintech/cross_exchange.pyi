@@ -1,4 +1,4 @@
-from typing import Dict, Sequence, Tuple, TypeVar, Union
+from typing import Dict, Optional, Sequence, Tuple, TypeVar, Union
 
 import pyarrow as pa
 
@@ -13,12 +13,15 @@ class CrossExchangeSpread(Kernel):
 
 class ArbitrageOpportunities(Kernel):
     venues: Tuple[str, ...]
-    def __init__(self, price_columns: PriceColumns,
+    def __init__(self, price_columns: Optional[PriceColumns] = None,
                  fees_bps: Union[float, Dict[str, float]] = 0.0,
-                 min_edge_bps: float = 0.0) -> None: ...
+                 min_edge_bps: float = 0.0, *, ask_columns: Optional[PriceColumns] = None,
+                 bid_columns: Optional[PriceColumns] = None) -> None: ...
 
 def venue_name(column: str) -> str: ...
 def cross_exchange_spread(batch: B, a_column: str, b_column: str) -> B: ...
-def arbitrage_opportunities(batch: B, price_columns: PriceColumns,
+def arbitrage_opportunities(batch: B, price_columns: Optional[PriceColumns] = None,
                             fees_bps: Union[float, Dict[str, float]] = 0.0,
-                            min_edge_bps: float = 0.0) -> B: ...
+                            min_edge_bps: float = 0.0, *,
+                            ask_columns: Optional[PriceColumns] = None,
+                            bid_columns: Optional[PriceColumns] = None) -> B: ...

@@ -81,7 +81,9 @@ class RandomWalk:
     def next(self, symbol: str) -> Quote:
         rng = self._mid_rng.get(symbol)
         if rng is None:
-            rng = self._mid_rng[symbol] = random.Random(_seed(self.seed, symbol))
+            # one path per asset pair on every venue: Binance's BTC/USDT follows BTC/USD's path
+            shared = symbol[:-1] if symbol.endswith("/USDT") else symbol
+            rng = self._mid_rng[symbol] = random.Random(_seed(self.seed, shared))
             base = symbol.split("/")[0]
             self._mid[symbol] = _START_PRICES.get(base, 100.0)
             self._noise[symbol] = 0.0

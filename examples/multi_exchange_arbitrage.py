@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Cross-exchange arbitrage monitor: Coinbase, Kraken and Binance tickers from Kafka.
+
+Pipeline (one ``Stream`` per venue, then two streaming ASOF joins)::
+
+    from_kafka(<exchange>-ticker) → normalize_symbols → midprice
+    coinbase ⋈asof kraken ⋈asof binance   (by symbol, backward, 500 ms tolerance)
+    → best buy-at-ask / sell-at-bid pair net of both venues' taker fees → log + record
+
+For every joined row and every ordered pair of venues present (buy at ``b``, sell at ``s``)::
+
+    gross_bps     = (bid_s − ask_b) / ask_b · 1e4
+    net_bps       = gross_bps − fee_b − fee_s
+    edge_per_unit = ask_b · net_bps / 1e4          (quote currency per unit of base)
+
+The pair with the largest ``net_bps`` is the row's signal; it is an opportunity when
+``net_bps >= --min-edge-bps`` and ``net_bps > 0``.  Tick-to-signal latency is the wall-clock
+time of the decision minus the newest collector ``recv_timestamp`` among the quotes it used;
+it is measured on ticks received after the monitor's first decision (a backlog that waited in
+Kafka while the consumer group was being joined is not tick-to-signal latency).
+
+    python examples/multi_exchange_arbitrage.py --bootstrap localhost:19092 \\
+        --fees coinbase=6,kraken=16,binance=10 --min-edge-bps 0 --output data/opportunities.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from sabot.api import Stream  # noqa: E402
+from sabot.fintech import arbitrage_opportunities, midprice, normalize_symbols  # noqa: E402
+from sabot.kafka import fast_consumer_config  # noqa: E402
+
+VENUES = ("coinbase", "kraken", "binance")
+DEFAULT_FEES = "coinbase=6,kraken=16,binance=10"
+TOLERANCE_MS = 500
+QUOTE_COLUMNS = ("timestamp", "recv_timestamp", "symbol", "exchange", "bid", "ask", "midprice")
+
+
+def parse_fees(text: str, venues: Sequence[str] = VENUES) -> Dict[str, float]:
+    """``"coinbase=6,kraken=16,binance=10"`` (bps) → dict; one number applies to every venue."""
+    text = text.strip()
+    try:
+        if "=" not in text:
+            return {v: float(text) for v in venues}
+        fees = {}
+        for part in text.split(","):
+            name, _, value = part.partition("=")
+            fees[name.strip()] = float(value)
+    except ValueError:
+        raise ValueError(f"--fees: cannot read {text!r}; expected e.g. {DEFAULT_FEES!r}") from None
+    missing = [v for v in venues if v not in fees]
+    if missing:
+        raise ValueError(f"--fees: no fee for {', '.join(missing)} (got {text!r})")
+    bad = {k: v for k, v in fees.items() if not (0.0 <= v < float("inf"))}
+    if bad:
+        raise ValueError(f"--fees: fees must be finite and >= 0 bps, got {bad}")
+    return fees
+
+
+def _f64(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    """A float column as numpy with NaN for nulls (absent venue: column missing → all NaN)."""
+    idx = batch.schema.get_field_index(name)
+    if idx < 0:
+        return np.full(batch.num_rows, np.nan)
+    return batch.column(idx).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+
+
+def _ns(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    idx = batch.schema.get_field_index(name)
+    if idx < 0:
+        return np.full(batch.num_rows, np.iinfo(np.int64).min, dtype=np.int64)
+    col = batch.column(idx)
+    if pa.types.is_timestamp(col.type):
+        col = col.cast(pa.timestamp("ns", tz=col.type.tz)).cast(pa.int64())
+    return col.fill_null(np.iinfo(np.int64).min).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
+               venues: Sequence[str] = VENUES) -> Dict[str, np.ndarray]:
+    """The best buy-at-ask / sell-at-bid pair per row of a three-way joined batch.
+
+    ``sabot.fintech.arbitrage_opportunities`` on ``<venue>_ask`` / ``<venue>_bid``; a venue
+    whose bid or ask is null, NaN or <= 0 is absent from that row.  Returns numpy arrays:
+    ``buy`` / ``sell`` (venue index, -1 where fewer than two venues are present),
+    ``buy_price``, ``sell_price``, ``gross_bps``, ``net_bps``, ``edge_per_unit``,
+    ``is_opportunity``.  Ties keep the first pair in venue order.
+    """
+    for column in [f"{v}_{side}" for v in venues for side in ("ask", "bid")]:
+        if column not in joined.schema.names:  # a venue not joined yet: absent from every row
+            joined = joined.append_column(column, pa.nulls(joined.num_rows, pa.float64()))
+    out = arbitrage_opportunities(
+        joined, fees_bps={v: float(fees_bps[v]) for v in venues}, min_edge_bps=min_edge_bps,
+        ask_columns={v: f"{v}_ask" for v in venues}, bid_columns={v: f"{v}_bid" for v in venues})
+
+    def venue_index(name: str) -> np.ndarray:
+        return pc.fill_null(out[name].indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    result = {name: _f64(out, name) for name in ("buy_price", "sell_price", "gross_bps", "net_bps")}
+    result["buy"] = venue_index("buy_venue")
+    result["sell"] = venue_index("sell_venue")
+    result["edge_per_unit"] = result["buy_price"] * result["net_bps"] / 1e4
+    result["is_opportunity"] = pc.fill_null(out["is_opportunity"], False).to_numpy(
+        zero_copy_only=False)
+    return result
+
+
+def opportunities(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
+                  venues: Sequence[str] = VENUES) -> List[dict]:
+    """The rows of ``joined`` that are opportunities, as dicts (the monitor's core decision)."""
+    e = best_edges(joined, fees_bps, min_edge_bps, venues)
+    idx = np.flatnonzero(e["is_opportunity"])
+    if not len(idx):
+        return []
+    symbols = joined.column(joined.schema.get_field_index("symbol")).to_pylist()
+    ts = _ns(joined, "timestamp")
+    out = []
+    for i in idx:
+        out.append({
+            "symbol": symbols[i], "timestamp_ns": int(ts[i]),
+            "buy_venue": venues[e["buy"][i]], "sell_venue": venues[e["sell"][i]],
+            "buy_price": float(e["buy_price"][i]), "sell_price": float(e["sell_price"][i]),
+            "gross_bps": float(e["gross_bps"][i]), "net_bps": float(e["net_bps"][i]),
+            "edge_per_unit": float(e["edge_per_unit"][i]),
+        })
+    return out
+
+
+def newest_recv_ns(joined: pa.RecordBatch, venues: Sequence[str] = VENUES) -> np.ndarray:
+    """Per row, the newest collector receive time among the venues' quotes used (ns)."""
+    cols = [_ns(joined, f"{v}_recv_timestamp") for v in venues]
+    return np.max(np.vstack(cols), axis=0)
+
+
+def format_opportunity(o: Mapping) -> str:
+    """One log line in the seed's format."""
+    return (f"🔥 ARBITRAGE: {o['symbol']}  buy {o['buy_venue']} @ {o['buy_price']:,.2f}  "
+            f"sell {o['sell_venue']} @ {o['sell_price']:,.2f}  spread {o['gross_bps']:.2f} bps "
+            f"(net {o['net_bps']:.2f} bps after fees)  edge {o['edge_per_unit']:,.4f} per unit")
+
+
+def percentile(values: Sequence[float], q: float) -> Optional[float]:
+    """numpy's default (linear) percentile; None when there are no values."""
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+
+
+# -------------------------------------------------------------------------------------------
+# The streaming pipeline
+# -------------------------------------------------------------------------------------------
+class Counter:
+    """Counts rows per venue as they leave the Kafka source (before any join)."""
+
+    def __init__(self) -> None:
+        self.rows: Dict[str, int] = {v: 0 for v in VENUES}
+
+    def __call__(self, venue: str):
+        def count(batch: pa.RecordBatch) -> pa.RecordBatch:
+            self.rows[venue] += batch.num_rows
+            return batch
+        count.__qualname__ = f"count({venue})"
+        return count
+
+
+def venue_stream(bootstrap: str, venue: str, group_id: str, counter: Counter, *,
+                 from_beginning: bool, fast_groups: bool) -> Stream:
+    """``<venue>-ticker`` → normalised symbols → midprice, in event-time order."""
+    extra = fast_consumer_config() if fast_groups else {}
+    return (Stream.from_kafka(bootstrap, f"{venue}-ticker", group_id, from_beginning=from_beginning,
+                              order_by="timestamp", max_latency_ms=10, **extra)
+            .map(counter(venue))
+            .map(normalize_symbols)
+            .map(midprice)
+            .select(*QUOTE_COLUMNS))
+
+
+def joined_stream(cb: Stream, kr: Stream, bn: Stream, tolerance_ms: float = TOLERANCE_MS) -> Stream:
+    """The seed's three-way ASOF join: coinbase rows with the latest kraken/binance quotes."""
+    return (cb.asof_join(kr, on="timestamp", by="symbol", tolerance_ms=tolerance_ms)
+              .asof_join(bn, on="timestamp", by="symbol", tolerance_ms=tolerance_ms))
+
+
+class Monitor:
+    """Evaluates joined batches, logs and records opportunities, tracks latency."""
+
+    def __init__(self, fees: Mapping[str, float], min_edge_bps: float, output: Optional[Path],
+                 summary_path: Optional[Path], summary_every_s: float, quiet: bool = False) -> None:
+        self.fees = dict(fees)
+        self.min_edge_bps = min_edge_bps
+        self.output = open(output, "w", encoding="utf-8") if output else None
+        self.summary_path = summary_path
+        self.summary_every_s = summary_every_s
+        self.quiet = quiet
+        self.counter = Counter()
+        self.evaluations = 0
+        self.n_opportunities = 0
+        self.latencies_ms: List[float] = []
+        self.started = time.monotonic()
+        self._last_print = self.started
+        self._last_write = 0.0
+        self._first_decision_ns: Optional[int] = None
+
+    def on_batch(self, joined: pa.RecordBatch) -> None:
+        decided_ns = time.time_ns()
+        if self._first_decision_ns is None:
+            self._first_decision_ns = decided_ns
+        recv = newest_recv_ns(joined)
+        lat = (decided_ns - recv[recv >= self._first_decision_ns]) / 1e6
+        self.latencies_ms.extend(lat.tolist())
+        self.evaluations += joined.num_rows
+        opps = opportunities(joined, self.fees, self.min_edge_bps)
+        for o in opps:
+            self.n_opportunities += 1
+            print(format_opportunity(o), flush=True)
+            if self.output:
+                self.output.write(json.dumps({**o, "decided_ns": decided_ns}) + "\n")
+        if opps and self.output:
+            self.output.flush()
+        now = time.monotonic()
+        if now - self._last_print >= self.summary_every_s:
+            self._last_print = now
+            print(self.summary_line("📊 summary"), flush=True)
+        if now - self._last_write >= 0.5:
+            self._last_write = now
+            self.write_summary()
+
+    def summary(self, with_latencies: bool = True) -> dict:
+        return {
+            "records": dict(self.counter.rows),
+            "evaluations": self.evaluations,
+            "opportunities": self.n_opportunities,
+            "latency_ms_p50": percentile(self.latencies_ms, 50),
+            "latency_ms_p99": percentile(self.latencies_ms, 99),
+            **({"latencies_ms": self.latencies_ms} if with_latencies else {}),
+            "fees_bps": self.fees,
+            "min_edge_bps": self.min_edge_bps,
+            "elapsed_s": time.monotonic() - self.started,
+        }
+
+    def summary_line(self, head: str) -> str:
+        s = self.summary()
+        p50 = "n/a" if s["latency_ms_p50"] is None else f"{s['latency_ms_p50']:.1f} ms"
+        p99 = "n/a" if s["latency_ms_p99"] is None else f"{s['latency_ms_p99']:.1f} ms"
+        recs = ", ".join(f"{v} {n}" for v, n in s["records"].items())
+        return (f"{head}: {s['opportunities']} opportunities in {s['evaluations']} evaluations; "
+                f"tick-to-signal p50 {p50}, p99 {p99}; records read: {recs}")
+
+    def write_summary(self, final: bool = False) -> None:
+        """The summary JSON (every latency only in the final one: the periodic ones stay small)."""
+        if self.summary_path is None:
+            return
+        tmp = self.summary_path.with_suffix(self.summary_path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.summary(with_latencies=final)))
+        os.replace(tmp, self.summary_path)
+
+    def close(self) -> None:
+        if self.output:
+            self.output.close()
+        self.write_summary(final=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    fees = parse_fees(args.fees)
+    monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every)
+    group = args.group_id or f"sabot-arbitrage-{uuid.uuid4().hex[:8]}"
+    streams = [venue_stream(args.bootstrap, v, f"{group}-{v}", monitor.counter,
+                            from_beginning=args.from_beginning, fast_groups=args.fast_groups)
+               for v in VENUES]
+    joined = joined_stream(*streams, tolerance_ms=args.tolerance_ms)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    if args.duration:
+        signal.signal(signal.SIGALRM, stop)
+        signal.setitimer(signal.ITIMER_REAL, args.duration)
+    print(f"Arbitrage monitor on {args.bootstrap}: fees (bps) "
+          + ", ".join(f"{v}={f:g}" for v, f in fees.items())
+          + f", min edge {args.min_edge_bps:g} bps, ASOF tolerance {args.tolerance_ms:g} ms", flush=True)
+    try:
+        for batch in joined:
+            monitor.on_batch(batch)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        monitor.close()
+    print(monitor.summary_line("📊 final summary"), flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bootstrap", default=os.environ.get("SABOT_KAFKA_BOOTSTRAP", "localhost:19092"))
+    p.add_argument("--fees", default=DEFAULT_FEES,
+                   help="taker fee per venue in bps, e.g. %(default)s (or one number for all)")
+    p.add_argument("--min-edge-bps", type=float, default=0.0, help="smallest net edge to report")
+    p.add_argument("--tolerance-ms", type=float, default=TOLERANCE_MS, help="ASOF tolerance")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--output", type=Path, default=None, help="JSON lines record of opportunities")
+    p.add_argument("--summary-json", type=Path, default=None,
+                   help="keep a JSON summary (counts, latencies) here, rewritten twice a second")
+    p.add_argument("--summary-every", type=float, default=10.0, help="seconds between summary lines")
+    p.add_argument("--group-id", default=None, help="consumer group prefix (default: a fresh one)")
+    p.add_argument("--from-beginning", action="store_true", help="read the topics from their start")
+    p.add_argument("--fast-groups", action="store_true",
+                   help="short consumer-group timeouts (embedded broker only; real Kafka rejects them)")
+    return p
+
+
+def main(argv: Optional[Iterable[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

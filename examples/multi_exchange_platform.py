@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""The seed's multi-exchange platform: features per venue, three-way ASOF, cheapest/richest venue.
+
+For each venue: normalised symbols, ``midprice`` and ``l1_imbalance``.  The three streams are
+aligned in event time with ``async for cb, kr, bn in Stream.zip_async(...)``; two streaming
+ASOF joins (coinbase ⋈ kraken ⋈ binance, by symbol, 500 ms) give one row per Coinbase quote
+with ``coinbase_midprice``, ``kraken_midprice``, ``binance_midprice`` (and the imbalances);
+``arbitrage_opportunities`` on the three mids with no fees names the cheapest (``buy_venue``)
+and the richest (``sell_venue``) venue and the edge between them in bps (``gross_bps``).
+
+    python examples/multi_exchange_platform.py --parquet data/            # coinbase.parquet, ...
+    python examples/multi_exchange_platform.py --bootstrap localhost:19092 --duration 30
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import AsyncIterator, Dict, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from sabot.api import Stream  # noqa: E402
+from sabot.fintech import (  # noqa: E402
+    StreamingAsofJoinKernel, arbitrage_opportunities, l1_imbalance, midprice, normalize_symbols,
+)
+
+VENUES = ("coinbase", "kraken", "binance")
+FEATURE_COLUMNS = ("timestamp", "symbol", "exchange", "bid", "ask", "midprice", "l1_imbalance")
+MID_COLUMNS = [f"{v}_midprice" for v in VENUES]
+
+
+def features(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Per-venue features: normalised symbol, midprice, level-1 imbalance."""
+    out = l1_imbalance(midprice(normalize_symbols(batch)))
+    return out.select(list(FEATURE_COLUMNS))
+
+
+def venue_streams(parquet_dir: Optional[Path], bootstrap: Optional[str],
+                  batch_size: int = 4096) -> Sequence[Stream]:
+    if parquet_dir is not None:
+        return [Stream.from_parquet(parquet_dir / f"{v}.parquet", batch_size=batch_size).map(features)
+                for v in VENUES]
+    group = f"sabot-platform-{uuid.uuid4().hex[:8]}"
+    return [Stream.from_kafka(bootstrap, f"{v}-ticker", f"{group}-{v}", order_by="timestamp",
+                              from_beginning=True).map(features) for v in VENUES]
+
+
+class ThreeWayAsof:
+    """coinbase ⋈ kraken ⋈ binance over zipped batches (the seed's nested ``asof_join``)."""
+
+    def __init__(self, tolerance_ms: float = 500) -> None:
+        self.first = StreamingAsofJoinKernel(on="timestamp", by="symbol", tolerance_ms=tolerance_ms)
+        self.second = StreamingAsofJoinKernel(on="timestamp", by="symbol", tolerance_ms=tolerance_ms)
+
+    def step(self, cb: Optional[pa.RecordBatch], kr: Optional[pa.RecordBatch],
+             bn: Optional[pa.RecordBatch]) -> Optional[pa.Table]:
+        """Feed one zipped span; the joined Coinbase rows that became final (or None)."""
+        firsts = []
+        if cb is not None and cb.num_rows:
+            firsts.append(self.first.process_left(cb))
+        if kr is not None and kr.num_rows:
+            firsts.append(self.first.process_right(kr))
+        outs = [self.second.process_left(b) for b in firsts if b is not None and b.num_rows]
+        if bn is not None and bn.num_rows:
+            outs.append(self.second.process_right(bn))
+        return _concat(outs)
+
+    def flush(self) -> Optional[pa.Table]:
+        rest = self.first.flush()
+        outs = [self.second.process_left(rest)] if rest is not None and rest.num_rows else []
+        outs.append(self.second.flush())
+        return _concat(outs)
+
+
+def _concat(batches) -> Optional[pa.Table]:
+    batches = [b for b in batches if b is not None and b.num_rows]
+    return pa.Table.from_batches(batches) if batches else None
+
+
+def venue_extremes(joined: pa.Table) -> pa.Table:
+    """Cheapest/richest venue by midprice and the edge between them (bps), per row."""
+    present = [c for c in MID_COLUMNS if c in joined.schema.names]
+    if len(present) < 2:
+        return joined
+    return arbitrage_opportunities(joined, {c.split("_")[0]: c for c in present}, fees_bps=0.0)
+
+
+async def platform(streams: Sequence[Stream], tolerance_ms: float = 500) -> AsyncIterator[pa.Table]:
+    """Joined rows with ``buy_venue`` (cheapest), ``sell_venue`` (richest) and ``gross_bps``."""
+    join = ThreeWayAsof(tolerance_ms)
+    async for cb, kr, bn in Stream.zip_async(*streams):
+        out = join.step(cb, kr, bn)
+        if out is not None and out.num_rows:
+            yield venue_extremes(out)
+    out = join.flush()
+    if out is not None and out.num_rows:
+        yield venue_extremes(out)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    streams = venue_streams(args.parquet, args.bootstrap)
+    writer = None
+    latest: Dict[str, dict] = {}
+    rows = 0
+    started = time.monotonic()
+    last_print = started
+    try:
+        async for batch in platform(streams, args.tolerance_ms):
+            rows += batch.num_rows
+            if args.output is not None:
+                if writer is None:
+                    writer = pq.ParquetWriter(args.output, batch.schema)
+                writer.write_table(batch)
+            for row in batch.to_pylist():
+                latest[row["symbol"]] = row
+            now = time.monotonic()
+            if now - last_print >= args.print_every:
+                last_print = now
+                print_latest(latest, rows)
+            if args.duration and now - started >= args.duration:
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+    print_latest(latest, rows)
+    return 0
+
+
+def print_latest(latest: Dict[str, dict], rows: int) -> None:
+    print(f"--- {rows} joined rows ---")
+    for sym, r in sorted(latest.items()):
+        mids = "  ".join(f"{v} {r.get(f'{v}_midprice') or float('nan'):,.2f}" for v in VENUES)
+        imb = "  ".join(f"{v[:2]} {r.get(f'{v}_l1_imbalance') or float('nan'):+.2f}" for v in VENUES)
+        edge = r.get("gross_bps")
+        extremes = (f"cheapest {r['buy_venue']}, richest {r['sell_venue']}, edge {edge:.2f} bps"
+                    if edge is not None else "fewer than two venues quoted")
+        print(f"{sym:<9} {mids}  | imbalance {imb} | {extremes}")
+    sys.stdout.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--parquet", type=Path, help="directory with coinbase/kraken/binance.parquet")
+    src.add_argument("--bootstrap", default="localhost:19092", help="Kafka bootstrap servers")
+    p.add_argument("--tolerance-ms", type=float, default=500)
+    p.add_argument("--duration", type=float, default=None, help="stop after N seconds (Kafka)")
+    p.add_argument("--output", type=Path, default=None, help="write the joined rows to Parquet")
+    p.add_argument("--print-every", type=float, default=5.0)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(main_async(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
