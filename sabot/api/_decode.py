@@ -99,10 +99,11 @@ class JsonBatchDecoder:
         good_idx: Optional[List[int]] = None
         clean: List[bytes] = []
         for i, v in enumerate(values):
-            if not v or v.isspace():
+            reason = _screen(v)
+            if reason:
                 if good_idx is None:
                     good_idx = list(range(i))
-                bad.append((i, "empty message value"))
+                bad.append((i, reason))
                 continue
             if good_idx is not None:
                 good_idx.append(i)
@@ -186,6 +187,22 @@ class JsonBatchDecoder:
             keep = pc.invert(missing)
             columns = [c.filter(keep) for c in columns]
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+
+def _screen(value: Optional[bytes]) -> str:
+    """Why ``value`` must not reach pyarrow's JSON reader ('' when it may).
+
+    The reader crashes (SIGSEGV, pyarrow 22) when a block starts with a ``null`` root, reads
+    later ``null`` roots as rows of nulls, and passes invalid UTF-8 into string columns."""
+    if not value or value.isspace():
+        return "empty message value"
+    if not value.lstrip().startswith(b"{"):
+        return "not a JSON object"
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"invalid UTF-8 at byte {exc.start}"
+    return ""
 
 
 def _reason(exc: BaseException) -> str:

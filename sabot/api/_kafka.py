@@ -39,7 +39,9 @@ class KafkaSource:
                  schema: Optional[pa.Schema] = None, batch_size: int = 1000,
                  max_latency_ms: float = 50, from_beginning: bool = False,
                  dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
-                 order_by: Optional[str] = None, **consumer_overrides: Any) -> None:
+                 order_by: Optional[str] = None, checkpoint_dir: Optional[Any] = None,
+                 checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
+                 **consumer_overrides: Any) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_latency_ms <= 0:
@@ -62,6 +64,24 @@ class KafkaSource:
         if stop_at_end or order_by:
             self.config["enable.partition.eof"] = True
         self.name = f"from_kafka({','.join(self.topics)})"
+        if checkpoint_dir is not None and order_by:
+            raise ValueError("checkpoint_dir is not supported together with order_by "
+                             "(the re-ordering buffer is not part of the checkpoint)")
+        if checkpoint_interval_s < 0:
+            raise ValueError(f"checkpoint_interval_s must be >= 0, got {checkpoint_interval_s}")
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_interval_s = float(checkpoint_interval_s)
+        #: next offset to read per (topic, partition), over every batch yielded so far
+        self.positions: Dict[Tuple[str, int], int] = {}
+        #: offsets to seek to on assignment (set from a checkpoint before a run)
+        self.restore_offsets: Dict[Tuple[str, int], int] = {}
+        self._consumer: Any = None
+        #: messages behind the high watermark per (topic, partition) (librdkafka statistics)
+        self.lag: Dict[Tuple[str, int], int] = {}
+        self.metrics_port = metrics_port
+        if metrics_port is not None:
+            self.config.setdefault("statistics.interval.ms", 1000)
+            self.config["stats_cb"] = self._on_stats
         self.metrics: Dict[str, int] = {}
         self.reset_metrics()
 
@@ -84,6 +104,14 @@ class KafkaSource:
 
         def on_assign(c: Any, parts: List[Any]) -> None:
             assigned.update((p.topic, p.partition) for p in parts)
+            seek = [(p, self.restore_offsets[(p.topic, p.partition)]) for p in parts
+                    if (p.topic, p.partition) in self.restore_offsets]
+            if seek:
+                for p, offset in seek:
+                    p.offset = offset
+                c.assign(parts)
+                logger.info("%s: resumed from checkpoint at %s", self.name,
+                            ", ".join(f"{p.topic}[{p.partition}]@{o}" for p, o in seek))
             logger.info("%s: assigned %s", self.name,
                         ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
 
@@ -93,6 +121,8 @@ class KafkaSource:
                 at_eof.discard((p.topic, p.partition))
 
         consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke)
+        self._consumer = consumer
+        self.positions = dict(self.restore_offsets)
         orderer = _PartitionOrderer(self.order_by) if self.order_by else None
         closed = False
         handed_off = False
@@ -104,6 +134,7 @@ class KafkaSource:
             closed = True
             if dlq is not None:
                 dlq.flush(10)
+            self._consumer = None
             consumer.close()
 
         try:
@@ -161,29 +192,42 @@ class KafkaSource:
         for m in msgs:
             offsets[(m.topic(), m.partition())] = m.offset()
         tps = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
+        self.positions.update({tp: o + 1 for tp, o in offsets.items()})
         batch = result.batch
         if batch.num_rows:
             self.metrics["rows"] += batch.num_rows
             self.metrics["batches"] += 1
             yield batch
 
+        yield Commit(self._commit_fn(consumer, dlq, tps), self.name)
+
+    def _on_stats(self, stats_json: str) -> None:
+        """librdkafka statistics → per-partition consumer lag (-1, i.e. unknown, skipped)."""
+        try:
+            stats = orjson.loads(stats_json)
+            for topic, t in stats.get("topics", {}).items():
+                for part, p in t.get("partitions", {}).items():
+                    lag = p.get("consumer_lag", -1)
+                    if int(part) >= 0 and lag is not None and lag >= 0:
+                        self.lag[(topic, int(part))] = int(lag)
+        except (ValueError, TypeError, AttributeError) as exc:
+            logger.debug("%s: unreadable librdkafka statistics: %s", self.name, exc)
+
+    def commit_positions(self, positions: Dict[Tuple[str, int], int]) -> None:
+        """Commit ``positions`` (next offsets) to the group, e.g. those of a checkpoint."""
+        from confluent_kafka import TopicPartition
+
+        if self._consumer is None or not positions:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        self._commit_fn(self._consumer, None, tps, force=True)()
+
+    def _commit_fn(self, consumer: Any, dlq: Any, tps: List[Any], force: bool = False):
         def commit() -> None:
             if dlq is not None:
                 dlq.flush(30)
-            try:
-                consumer.commit(offsets=tps, asynchronous=False)
-                self.metrics["commits"] += 1
-            except Exception as exc:  # e.g. partitions revoked by a rebalance: re-read later
-                self.metrics["commit_errors"] += 1
-                logger.warning("%s: offset commit failed (records will be re-read): %s",
-                               self.name, exc)
-
-        yield Commit(commit, self.name)
-
-    def _commit_fn(self, consumer: Any, dlq: Any, tps: List[Any]):
-        def commit() -> None:
-            if dlq is not None:
-                dlq.flush(30)
+            if self.checkpoint_dir is not None and not force:
+                return  # offsets are committed with each checkpoint, matching its state
             try:
                 consumer.commit(offsets=tps, asynchronous=False)
                 self.metrics["commits"] += 1

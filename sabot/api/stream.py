@@ -19,6 +19,7 @@ import asyncio
 import glob as _glob
 import logging
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._align import AsofJoinOp, asof_events, concat_promote, merge_events, union_events, zip_events
+from ._checkpoint import Checkpointer, checkpointer_for
 from ._events import IDLE, Close, Commit, Event, _Idle, close_iterator
 from ._kafka import KafkaSink, KafkaSource
 from ._ops import (FilterOp, FlatMapOp, MapOp, Operator, RenameOp, SelectOp,
@@ -201,22 +203,65 @@ class _MultiNode(_Node):
 
 
 def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
-               ack: Callable[[Commit], None], finish: Callable[[], None]) -> None:
-    """Drive a sink; ``finish`` (final flush, pending commits) runs before sources close."""
+               ack: Callable[[Commit], None], finish: Callable[[], None],
+               hooks: Optional["_RunHooks"] = None,
+               flush: Optional[Callable[[], None]] = None) -> None:
+    """Drive a sink; ``finish`` (final flush, pending commits) runs before sources close.
+
+    ``hooks``: checkpoints (after ``flush``) when a commit arrives and the interval has
+    passed and once more at the end of the stream; latency metrics per written batch."""
+    hooks = hooks or _RunHooks(None, None)
     closes: List[Close] = []
     try:
         for ev in events:
             if isinstance(ev, pa.RecordBatch):
                 write(ev)
+                hooks.batch(ev)
             elif isinstance(ev, Commit):
                 ack(ev)
+                hooks.commit(flush)
+            elif ev is IDLE:
+                hooks.commit(flush)
             elif isinstance(ev, Close):
                 closes.append(ev)
+            if hooks.stopping_at(ev):
+                break
         finish()
+        hooks.end(flush)
     finally:
         close_iterator(events)
         for c in closes:
             c.run()
+
+
+class _RunHooks:
+    """Per-run checkpointing and metrics, called by the sinks (no-ops when not configured)."""
+
+    def __init__(self, checkpointer: Optional[Checkpointer], metrics: Any,
+                 stop: Optional[threading.Event] = None) -> None:
+        self.checkpointer = checkpointer
+        self.latency = metrics.latency if metrics is not None else None
+        self._stop = stop
+
+    def stopping_at(self, ev: Event) -> bool:
+        """:meth:`Stream.stop` was called and the run may end after ``ev``: after a commit or
+        idle signal (every operator between batches; consistent with the source's
+        positions), or after any batch when there is nothing to checkpoint."""
+        return (self._stop is not None and self._stop.is_set()
+                and (self.checkpointer is None or not isinstance(ev, pa.RecordBatch)))
+
+    def batch(self, batch: pa.RecordBatch) -> None:
+        if self.latency is not None:
+            self.latency.observe_batch(batch)
+
+    def commit(self, flush: Optional[Callable[[], None]]) -> None:
+        """A commit or an idle source reached the sink: every operator is between batches."""
+        if self.checkpointer is not None:
+            self.checkpointer.on_commit(flush)
+
+    def end(self, flush: Optional[Callable[[], None]]) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.checkpoint(flush)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,6 +273,10 @@ class Stream:
     def __init__(self, node: _Node, *, key: Optional[str] = None) -> None:
         self._node = node
         self.key = key
+        #: the Checkpointer of the last run (None without ``checkpoint_dir``)
+        self.last_checkpointer: Optional[Checkpointer] = None
+        self._stream_metrics: Any = None
+        self._stop_event = threading.Event()
 
     def __repr__(self) -> str:
         return f"<Stream {self._node.name} (depth {self._node.depth})>"
@@ -238,7 +287,9 @@ class Stream:
                    *, schema: Optional[pa.Schema] = None, batch_size: int = 1000,
                    max_latency_ms: float = 50, from_beginning: bool = False,
                    dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
-                   order_by: Optional[str] = None, **consumer_config: Any) -> "Stream":
+                   order_by: Optional[str] = None, checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
+                   checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
+                   **consumer_config: Any) -> "Stream":
         """JSON messages from Kafka, decoded in bulk into ``schema`` (default: the normalised
         ticker schema).  A batch is emitted at ``batch_size`` messages or after
         ``max_latency_ms``, whichever first.  ``stop_at_end=True`` ends the stream once every
@@ -246,11 +297,26 @@ class Stream:
         releases rows in event-time order across partitions (each partition is time-ordered;
         needed before event-time operators such as ``asof_join`` and ``merge``).  Extra keyword
         arguments are librdkafka consumer settings (``session_timeout_ms=6000`` or
-        ``**{"session.timeout.ms": 6000}``)."""
+        ``**{"session.timeout.ms": 6000}``).
+
+        ``checkpoint_dir``: snapshot every operator's state (kernel scopes, windows) together
+        with the consumed offsets into this directory every ``checkpoint_interval_s`` seconds
+        (0: at every batch) and at the end of the stream; a run restores the newest checkpoint
+        and seeks to its offsets, so a killed and restarted pipeline computes the same values
+        as one that never stopped (see :mod:`sabot.api._checkpoint`).  Offsets are then
+        committed to the group with each checkpoint, not after each batch.  Needs a linear
+        plan from this one source; not combinable with ``order_by``.
+
+        ``metrics_port``: serve Prometheus metrics of every stream built on this source on
+        ``127.0.0.1:<port>/metrics`` while it runs (see :mod:`sabot.metrics`; needs the
+        ``metrics`` extra, prometheus-client)."""
         source = KafkaSource(bootstrap_servers, topic, group_id, schema=schema,
                              batch_size=batch_size, max_latency_ms=max_latency_ms,
                              from_beginning=from_beginning, dead_letter_topic=dead_letter_topic,
-                             stop_at_end=stop_at_end, order_by=order_by, **consumer_config)
+                             stop_at_end=stop_at_end, order_by=order_by,
+                             checkpoint_dir=checkpoint_dir,
+                             checkpoint_interval_s=checkpoint_interval_s,
+                             metrics_port=metrics_port, **consumer_config)
         return cls(_KafkaNode(source))
 
     @classmethod
@@ -399,6 +465,9 @@ class Stream:
         """
         if not streams:
             raise ValueError("zip needs at least one stream")
+        if any(src.checkpoint_dir is not None for s in streams for src in s.kafka_sources()):
+            raise ValueError("checkpoint_dir needs a linear plan from exactly one from_kafka "
+                             "source (no union, merge, zip or asof_join)")
         ops = _operators_of(streams)
         for op in ops:
             op.begin_run()
@@ -427,22 +496,64 @@ class Stream:
             yield item
 
     # -- running -------------------------------------------------------------------------------
+    def kafka_sources(self) -> List[KafkaSource]:
+        """The Kafka sources of this plan."""
+        found: List[KafkaSource] = []
+        todo = [self._node]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, _KafkaNode) and node.source not in found:
+                found.append(node.source)
+            todo.extend(node.inputs())
+        return found
+
+    def _prepare_run(self) -> "_RunHooks":
+        """Restore the checkpoint (``checkpoint_dir``) and start metrics (``metrics_port``)."""
+        kafka = self.kafka_sources()
+        multi = False
+        todo = [self._node]
+        while todo:
+            node = todo.pop()
+            multi = multi or len(node.inputs()) > 1
+            todo.extend(node.inputs())
+        ckpt = checkpointer_for(self, kafka, multi)
+        if ckpt is not None:
+            ckpt.restore()
+        self.last_checkpointer = ckpt
+        ports = sorted({s.metrics_port for s in kafka if s.metrics_port is not None})
+        if ports and self._stream_metrics is None:
+            from ..metrics import StreamMetrics, serve
+
+            self._stream_metrics = StreamMetrics(self, name=self._node.name)
+            for port in ports:
+                serve(port).add(self._stream_metrics)
+        self._stop_event.clear()
+        return _RunHooks(ckpt, self._stream_metrics, self._stop_event)
+
     def _events(self) -> Iterator[Event]:
         for op in self._node.operators():
             op.begin_run()
         return self._node.events()
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
+        hooks = self._prepare_run()
         it = self._events()
         closes: List[Close] = []
         try:
             for ev in it:
                 if isinstance(ev, pa.RecordBatch):
+                    hooks.batch(ev)
                     yield ev
                 elif isinstance(ev, Commit):
                     ev.run()
+                    hooks.commit(None)
+                elif ev is IDLE:
+                    hooks.commit(None)
                 elif isinstance(ev, Close):
                     closes.append(ev)
+                if hooks.stopping_at(ev):
+                    break
+            hooks.end(None)
         finally:
             close_iterator(it)
             for c in closes:
@@ -487,7 +598,8 @@ class Stream:
         """
         sink = _ParquetSink(Path(path), rows_per_file, compression)
         try:
-            _sink_loop(self._events(), sink.write, sink.ack, sink.close)
+            hooks = self._prepare_run()
+            _sink_loop(self._events(), sink.write, sink.ack, sink.close, hooks, sink.close_file)
         except BaseException:
             sink.abort()
             raise
@@ -503,10 +615,17 @@ class Stream:
             commit.run()
 
         try:
-            _sink_loop(self._events(), sink.write, ack, sink.flush)
+            hooks = self._prepare_run()
+            _sink_loop(self._events(), sink.write, ack, sink.flush, hooks, sink.flush)
         finally:
             sink.flush()
         return dict(sink.metrics)
+
+    def stop(self) -> None:
+        """Ask the running pipeline (from another thread or a signal handler) to stop cleanly:
+        at the next point between batches the sink is flushed, a final checkpoint is written
+        (with ``checkpoint_dir``) and the run ends as if the source had ended."""
+        self._stop_event.set()
 
     # -- state and metrics -------------------------------------------------------------------------
     def operators(self) -> List[Operator]:
@@ -608,6 +727,10 @@ class _ParquetSink:
         self._pending.append(commit)
         if self.rows_per_file is not None and self._rows >= self.rows_per_file:
             self._close_file()
+
+    def close_file(self) -> None:
+        """Close the current file (renamed from .part) and run its pending commits."""
+        self._close_file()
 
     def _close_file(self) -> None:
         if self._writer is not None:

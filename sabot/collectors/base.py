@@ -19,7 +19,7 @@ from sabot.symbols import DEFAULT_QUOTE_ALIASES, normalize_symbol
 
 __all__ = [
     "DATA", "CONTROL", "SUBSCRIBED", "ERROR", "UNKNOWN", "RECONNECT", "KIND_NAMES",
-    "Parsed", "ExchangeCollector", "rfc3339_to_ns", "Record",
+    "Parsed", "ExchangeCollector", "rfc3339_to_ns", "Record", "int64",
 ]
 
 #: Frame kinds returned by :meth:`ExchangeCollector.parse`.
@@ -174,6 +174,16 @@ class ExchangeCollector(abc.ABC):
             return self._parse(msg, recv_ns)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             return Parsed(UNKNOWN, detail=f"bad {type(exc).__name__} {exc}: {_excerpt(raw)}")
+
+
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def int64(value: Any, field: str) -> int:
+    """``value`` if it is a JSON integer that fits the int64 column, else ``ValueError`` naming ``field``."""
+    if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+        return value
+    raise ValueError(f"{field} {value!r} is not a 64-bit integer")
 
 
 def _excerpt(raw: str | bytes, limit: int = 200) -> str:

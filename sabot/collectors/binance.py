@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, parsed,
+    CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, int64, parsed,
 )
 
 __all__ = ["BinanceCollector"]
@@ -63,14 +63,14 @@ class BinanceCollector(ExchangeCollector):
                 "ask_size": float(data["A"]),
                 "price": last,
                 "volume_24h": vol,
-                "sequence": int(data["u"]),
+                "sequence": int64(data["u"], "u"),
                 "last_price": last,
                 "price_change_pct": chg,
                 "num_trades": n,
             }], ""))
         event = data.get("e")
         if event == "24hrTicker":
-            self._ticker[data["s"]] = (float(data["c"]), float(data["v"]), float(data["P"]), int(data["n"]))
+            self._ticker[data["s"]] = (float(data["c"]), float(data["v"]), float(data["P"]), int64(data["n"], "n"))
             return Parsed(DATA)
         if event == "serverShutdown" or msg.get("stream") == "!serverShutdown":
             return Parsed(RECONNECT, detail="serverShutdown")

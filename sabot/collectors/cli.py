@@ -8,7 +8,7 @@ import os
 import sys
 
 from sabot.collectors import COLLECTORS
-from sabot.collectors.connection import ConnectionSettings, run
+from sabot.collectors.connection import ConnectionSettings, Stats, run
 from sabot.collectors.sinks import KafkaSink, ParquetSink, Sink
 
 __all__ = ["build_parser", "main"]
@@ -43,6 +43,8 @@ def build_parser(exchange: str) -> argparse.ArgumentParser:
     p.add_argument("--stale-after", type=float, default=None,
                    help=f"close a connection silent this many seconds (default {cls.stale_after:g})")
     p.add_argument("--status-interval", type=float, default=30.0, help="seconds between status lines")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (needs prometheus-client)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v debug logging")
     return p
 
@@ -80,5 +82,10 @@ def main(exchange: str, argv: list[str] | None = None) -> int:
         url=args.url, backoff_base=args.backoff_base, backoff_max=args.backoff_max,
         stale_after=args.stale_after, status_interval=args.status_interval, subscribe_line=line,
     )
-    run(collector, sinks, settings, duration=args.duration)
+    stats = Stats()
+    if args.metrics_port is not None:
+        from sabot.metrics import collector_source, serve
+
+        serve(args.metrics_port).add(collector_source(stats, exchange))
+    run(collector, sinks, settings, duration=args.duration, stats=stats)
     return 0

@@ -13,7 +13,7 @@ from typing import Optional
 import msgspec
 
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, parsed, rfc3339_to_ns,
+    CONTROL, DATA, ERROR, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, int64, parsed, rfc3339_to_ns,
 )
 
 
@@ -64,15 +64,27 @@ class CoinbaseCollector(ExchangeCollector):
         """Ticker frames through the typed decoder; every other frame through the generic path."""
         try:
             frame = _FRAME_DECODER.decode(raw)
-        except msgspec.DecodeError:  # malformed JSON or not a well-formed ticker frame
+        except (msgspec.DecodeError, UnicodeDecodeError):  # malformed JSON / not a ticker frame
             return super().parse(raw, recv_ns)
         if frame.channel != "ticker":
             return super().parse(raw, recv_ns)
+        try:
+            return self._ticker(frame, recv_ns)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            # e.g. an unknown product id, invalid UTF-8 inside a string (found by fuzzing)
+            return Parsed(UNKNOWN, detail=f"malformed ticker frame: {type(exc).__name__} {exc}")
+
+    def _ticker(self, frame: _Frame, recv_ns: int) -> Parsed:
         try:
             ts = rfc3339_to_ns(frame.timestamp)
         except ValueError as exc:
             return Parsed(UNKNOWN, detail=f"bad ticker timestamp: {exc}")
         seq = frame.sequence_num
+        if seq is not None:
+            try:
+                seq = int64(seq, "sequence_num")
+            except ValueError as exc:
+                return Parsed(UNKNOWN, detail=f"malformed ticker frame: {exc}")
         records = []
         cache = self._symbol_cache
         for event in frame.events:

@@ -221,9 +221,10 @@ def run(
     sinks: list[Sink],
     settings: ConnectionSettings,
     duration: float | None = None,
+    stats: Stats | None = None,
 ) -> Stats:
     """Blocking entry point: run until ``duration`` elapses, SIGINT or SIGTERM; close sinks."""
-    stats = Stats()
+    stats = stats if stats is not None else Stats()
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -146,7 +146,9 @@ class KafkaSink:
         self.delivered = 0
         self.delivery_errors = 0
         self.produced = 0
-        conf = producer_config(bootstrap, **{"linger.ms": linger_ms, "message.timeout.ms": 30_000})
+        # Records wait in the producer's queue through a broker outage of up to 5 minutes
+        # (librdkafka's default); 30 s lost the first records of a 30 s outage (fault test).
+        conf = producer_config(bootstrap, **{"linger.ms": linger_ms, "message.timeout.ms": 300_000})
         conf.update(config)
         self._producer = Producer(conf, logger=logging.getLogger("sabot.collectors.kafka"))
 

@@ -1,0 +1,188 @@
+"""Optional Prometheus metrics for streams and collectors (extra ``metrics``: prometheus-client).
+
+Off by default.  ``Stream.from_kafka(..., metrics_port=9100)`` or a collector's
+``--metrics-port 9100`` serves ``http://<addr>:9100/metrics``.  Values are read from the live
+counters when Prometheus scrapes (nothing is added to the hot path except the latency
+histogram, one vectorised update per output batch):
+
+* ``sabot_operator_rows_in_total`` / ``sabot_operator_rows_out_total`` {stream, operator}
+* ``sabot_source_messages_total``, ``sabot_source_decode_errors_total`` {stream, source}
+* ``sabot_consumer_lag`` {stream, topic, partition}: messages behind the partition's high
+  watermark, from librdkafka statistics (emitted every second)
+* ``sabot_checkpoint_age_seconds`` {stream}: since the last checkpoint written or restored
+* ``sabot_tick_to_signal_seconds`` {stream}: histogram of sink time minus each output row's
+  ``recv_timestamp`` (else ``timestamp``), i.e. from the exchange tick reaching us to the
+  signal leaving the pipeline
+* ``sabot_collector_messages_total``, ``_records_total``, ``_reconnects_total``,
+  ``_skipped_total``, ``_exchange_errors_total`` {exchange}
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Latency histogram bucket upper bounds, seconds.
+LATENCY_BUCKETS: Tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                      0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+_lock = threading.Lock()
+_servers: Dict[int, "MetricsServer"] = {}
+
+
+class MetricsServer:
+    """One HTTP endpoint and registry; sources are callables yielding metric families."""
+
+    def __init__(self, port: int, addr: str) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._sources: List[Callable[[], Iterable[Any]]] = []
+        self.registry.register(self)
+        self._httpd, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        self.port = self._httpd.server_address[1]
+        logger.info("Prometheus metrics on http://%s:%d/metrics", addr, self.port)
+
+    def add(self, source: Callable[[], Iterable[Any]]) -> None:
+        with _lock:
+            self._sources.append(source)
+
+    def remove(self, source: Callable[[], Iterable[Any]]) -> None:
+        with _lock:
+            if source in self._sources:
+                self._sources.remove(source)
+
+    def collect(self) -> Iterable[Any]:  # prometheus_client Collector protocol
+        with _lock:
+            sources = list(self._sources)
+        for source in sources:
+            try:
+                yield from source()
+            except Exception:  # a broken source must not break the endpoint
+                logger.exception("metrics source %r failed", source)
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def serve(port: int, addr: str = "127.0.0.1") -> MetricsServer:
+    """The metrics endpoint on ``port`` (started once per process and port; 0: a free port)."""
+    with _lock:
+        server = _servers.get(port)
+    if server is None:
+        server = MetricsServer(port, addr)
+        with _lock:
+            _servers[port] = server
+            _servers[server.port] = server
+    return server
+
+
+class LatencyHistogram:
+    """Cumulative histogram of (now − row time) in seconds, updated per batch with numpy."""
+
+    def __init__(self, buckets: Tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self.counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # last: above every bound
+        self.total = 0.0
+
+    def observe_batch(self, batch: Any) -> None:
+        import pyarrow as pa
+
+        names = batch.schema.names
+        col = "recv_timestamp" if "recv_timestamp" in names else (
+            "timestamp" if "timestamp" in names else None)
+        if col is None:
+            return
+        arr = batch.column(names.index(col))
+        if pa.types.is_timestamp(arr.type):
+            arr = arr.cast(pa.timestamp("ns", tz=arr.type.tz)).cast(pa.int64())
+        elif not pa.types.is_integer(arr.type):
+            return
+        ts = arr.to_numpy(zero_copy_only=False)
+        if arr.null_count:
+            ts = ts[np.asarray(arr.is_valid())]
+        if not len(ts):
+            return
+        lat = (time.time_ns() - ts.astype(np.int64)) / 1e9
+        # bucket i counts values <= bounds[i] (Prometheus ``le``), the last one the rest
+        self.counts += np.bincount(np.searchsorted(self.bounds, lat, side="left"),
+                                   minlength=len(self.counts))
+        self.total += float(lat.sum())
+
+    def family(self, name: str, doc: str, labels: Dict[str, str]) -> Any:
+        from prometheus_client.core import HistogramMetricFamily
+
+        cum = np.cumsum(self.counts)
+        buckets = [(repr(float(b)), int(c)) for b, c in zip(self.bounds, cum[:-1])]
+        buckets.append(("+Inf", int(cum[-1])))
+        fam = HistogramMetricFamily(name, doc, labels=list(labels))
+        fam.add_metric(list(labels.values()), buckets, self.total)
+        return fam
+
+
+class StreamMetrics:
+    """Metric families of one running Stream (read from its counters at scrape time)."""
+
+    def __init__(self, stream: Any, name: str) -> None:
+        self.stream = stream
+        self.name = name
+        self.latency = LatencyHistogram()
+
+    def __call__(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        rows_in = CounterMetricFamily("sabot_operator_rows_in", "Rows into each operator",
+                                      labels=["stream", "operator"])
+        rows_out = CounterMetricFamily("sabot_operator_rows_out", "Rows out of each operator",
+                                       labels=["stream", "operator"])
+        messages = CounterMetricFamily("sabot_source_messages", "Messages read by each source",
+                                       labels=["stream", "source"])
+        decode_errors = CounterMetricFamily("sabot_source_decode_errors",
+                                            "Undecodable messages skipped (and counted)",
+                                            labels=["stream", "source"])
+        for node, m in self.stream.metrics.items():
+            if "rows_in" in m:
+                rows_in.add_metric([self.name, node], m["rows_in"])
+                rows_out.add_metric([self.name, node], m["rows_out"])
+            if "messages" in m:
+                messages.add_metric([self.name, node], m["messages"])
+                decode_errors.add_metric([self.name, node], m.get("decode_errors", 0))
+        yield from (rows_in, rows_out, messages, decode_errors)
+        lag = GaugeMetricFamily("sabot_consumer_lag", "Messages behind the high watermark",
+                                labels=["stream", "topic", "partition"])
+        for source in self.stream.kafka_sources():
+            for (topic, part), value in sorted(source.lag.items()):
+                lag.add_metric([self.name, topic, str(part)], value)
+        yield lag
+        ckpt = self.stream.last_checkpointer
+        if ckpt is not None and ckpt.age_s is not None:
+            age = GaugeMetricFamily("sabot_checkpoint_age_seconds",
+                                    "Seconds since the last checkpoint", labels=["stream"])
+            age.add_metric([self.name], ckpt.age_s)
+            yield age
+        yield self.latency.family("sabot_tick_to_signal_seconds",
+                                  "Sink time minus the row's receive (else event) time",
+                                  {"stream": self.name})
+
+
+def collector_source(stats: Any, exchange: str) -> Callable[[], Iterable[Any]]:
+    """Metric families of a collector's connection-loop counters (``Stats``)."""
+
+    def families() -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        for field, doc in (("messages", "Frames received"), ("records", "Records emitted"),
+                           ("reconnects", "Reconnects"), ("skipped", "Malformed/unknown frames skipped"),
+                           ("errors", "Exchange error messages")):
+            name = "exchange_errors" if field == "errors" else field
+            fam = CounterMetricFamily(f"sabot_collector_{name}", doc, labels=["exchange"])
+            fam.add_metric([exchange], getattr(stats, field))
+            yield fam
+
+    return families
