@@ -164,3 +164,21 @@ def assert_by_equivalent(make_keyed: Callable[[], object], make_plain: Callable[
             a = to_numpy(keyed.column(name).take(rows))
             b = to_numpy(alone.column(name))
             assert np.array_equal(a, b, equal_nan=True), f"{name}: key {key} differs"
+
+
+def assert_state_round_trip(make_kernel: Callable[[], object], table: pa.Table, cut: int,
+                            outputs: Sequence[str]) -> object:
+    """A kernel restored from a pickled ``state_dict()`` after ``cut`` rows continues exactly
+    as one that saw the whole table. Returns the restored kernel."""
+    import pickle
+
+    whole = make_kernel()(table)
+    first = make_kernel()
+    first(table.slice(0, cut))
+    restored = make_kernel()
+    restored.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))
+    rest = restored(table.slice(cut))
+    for name in outputs:
+        assert np.array_equal(to_numpy(rest[name]), to_numpy(whole[name].slice(cut)),
+                              equal_nan=True), f"{name}: restored state diverges"
+    return restored

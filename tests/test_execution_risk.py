@@ -8,6 +8,7 @@ import scipy.stats
 from hypothesis import given, settings, strategies as st
 
 from kernel_testing import (
+    assert_state_round_trip,
     assert_by_equivalent, assert_matches, assert_split_invariant, market_table, scatter,
     to_numpy, valid_mask,
 )
@@ -283,16 +284,8 @@ def test_by_symbol_equals_each_symbol_alone(name):
 
 
 def test_state_dict_round_trip_continues_exactly():
-    import pickle
-    t = risk_table(800, seed=9)
-    whole = HistoricalCVaR(window=20, by="symbol")(t)
-    first = HistoricalCVaR(window=20, by="symbol")
-    first(t.slice(0, 500))
-    restored = HistoricalCVaR(window=20, by="symbol")
-    restored.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))
-    rest = restored(t.slice(500))
-    assert np.array_equal(to_numpy(rest["cvar"]), to_numpy(whole["cvar"].slice(500)),
-                          equal_nan=True)
+    assert_state_round_trip(lambda: HistoricalCVaR(window=20, by="symbol"),
+                            risk_table(800, seed=9), 500, ["cvar"])
 
 
 def test_errors_name_the_problem():

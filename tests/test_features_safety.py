@@ -1,6 +1,5 @@
 """features_safety kernels against independent references (pandas, numpy, hand loops and
 hand-computed cases), split invariance, by= equivalence, null/warm-up rules and errors."""
-import pickle
 import warnings
 
 import numpy as np
@@ -12,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
 from kernel_testing import (
+    assert_state_round_trip,
     assert_by_equivalent, assert_matches, assert_split_invariant, market_table, scatter,
     to_numpy, valid_mask,
 )
@@ -459,15 +459,7 @@ def test_by_symbol_equals_each_symbol_alone(name):
 @pytest.mark.parametrize("name", ["throttle", "autocorr", "mad", "stale"])
 def test_state_dict_round_trip_continues_exactly(name):
     make, outputs = FACTORIES[name]
-    t = market_table(1000, seed=25)
-    whole = make("symbol")(t)
-    first = make("symbol")
-    first(t.slice(0, 600))
-    restored = make("symbol")
-    restored.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))
-    rest = restored(t.slice(600))
-    for o in outputs:
-        assert np.array_equal(to_numpy(rest[o]), to_numpy(whole[o].slice(600)), equal_nan=True)
+    assert_state_round_trip(lambda: make("symbol"), market_table(1000, seed=25), 600, outputs)
 
 
 def test_function_form_in_scope_equals_class():

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kernel_testing import (
+    assert_state_round_trip,
     assert_by_equivalent, assert_matches, assert_split_invariant, market_table, scatter,
     to_numpy, valid_mask,
 )
@@ -180,16 +181,8 @@ def test_by_symbol_equals_each_symbol_alone(name):
 
 
 def test_state_dict_round_trip_continues_exactly():
-    import pickle
-    t = liquidity_table(800, seed=7)
-    whole = KyleLambda(window=9, by="symbol")(t)
-    first = KyleLambda(window=9, by="symbol")
-    first(t.slice(0, 401))
-    restored = KyleLambda(window=9, by="symbol")
-    restored.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))
-    rest = restored(t.slice(401))
-    assert np.array_equal(to_numpy(rest["kyle_lambda"]), to_numpy(whole["kyle_lambda"].slice(401)),
-                          equal_nan=True)
+    assert_state_round_trip(lambda: KyleLambda(window=9, by="symbol"),
+                            liquidity_table(800, seed=7), 401, ["kyle_lambda"])
 
 
 def test_errors_name_the_problem():

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kernel_testing import (
+    assert_state_round_trip,
     assert_by_equivalent, assert_matches, assert_split_invariant, market_table, scatter,
     to_numpy, valid_mask,
 )
@@ -111,16 +112,8 @@ def test_by_symbol_equals_each_symbol_alone(name):
 
 
 def test_state_dict_round_trip_continues_exactly():
-    t = market_table(1000, seed=8)
-    whole = RollingZScore(window=10, by="symbol")(t)
-    first = RollingZScore(window=10, by="symbol")
-    first(t.slice(0, 600))
-    import pickle
-    restored = RollingZScore(window=10, by="symbol")
-    restored.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))
-    rest = restored(t.slice(600))
-    assert np.array_equal(to_numpy(rest["zscore"]), to_numpy(whole["zscore"].slice(600)),
-                          equal_nan=True)
+    restored = assert_state_round_trip(lambda: RollingZScore(window=10, by="symbol"),
+                                       market_table(1000, seed=8), 600, ["zscore"])
     restored.reset()
     assert restored.keys == []
 

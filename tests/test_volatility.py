@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kernel_testing import (
+    assert_state_round_trip,
     assert_by_equivalent, assert_matches, assert_split_invariant, market_table, scatter,
     to_numpy, valid_mask,
 )
@@ -165,16 +166,8 @@ def test_by_symbol_equals_each_symbol_alone(name):
 
 
 def test_state_dict_round_trip_continues_exactly():
-    import pickle
-    t = returns_table(800, seed=9)
-    whole = MedRV(window=7, by="symbol")(t)
-    first = MedRV(window=7, by="symbol")
-    first(t.slice(0, 333))
-    restored = MedRV(window=7, by="symbol")
-    restored.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))
-    rest = restored(t.slice(333))
-    assert np.array_equal(to_numpy(rest["medrv"]), to_numpy(whole["medrv"].slice(333)),
-                          equal_nan=True)
+    assert_state_round_trip(lambda: MedRV(window=7, by="symbol"), returns_table(800, seed=9),
+                            333, ["medrv"])
 
 
 def test_function_form_keeps_state_inside_a_scope():
