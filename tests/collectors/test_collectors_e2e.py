@@ -172,7 +172,8 @@ def _frames_for(exchange: str, frames: list[tuple[str, bool]], n_records: int) -
 def test_sigkill_loses_at_most_the_open_row_group(tmp_path):
     out = tmp_path / "o.parquet"
     with CoinbaseSim(rate=400, keep_sent=True) as sim:
-        proc = subprocess.Popen(collector_cmd("coinbase", sim.url, "-F", "-o", str(out), "--row-group-size", "40"),
+        proc = subprocess.Popen(collector_cmd("coinbase", sim.url, "-F", "-o", str(out), "--row-group-size", "40",
+                                                "--row-group-seconds", "600"),
                                 env=FAST_ENV, cwd=REPO, stderr=subprocess.DEVNULL)
         parts_dir = out.with_name(out.name + ".parts")
         _wait_for_parts(parts_dir, 3)
