@@ -73,6 +73,42 @@ cdef inline uintptr_t _values_address(object arr):
     return _address(arr.buffers()[1]) + <uintptr_t>(offset * 8)
 
 
+cdef Py_ssize_t _count_nan(const double* v, Py_ssize_t n) noexcept nogil:
+    """How many of ``v[0:n]`` are NaN (branch-free, vectorisable)."""
+    cdef Py_ssize_t i, count = 0
+    for i in range(n):
+        count += v[i] != v[i]
+    return count
+
+
+cdef void _nan_to_null(double* v, uint8_t* bitmap, Py_ssize_t n,
+                       Py_ssize_t n_nan) noexcept nogil:
+    """Validity bitmap of ``v[0:n]`` (bit clear where NaN), given that ``n_nan`` values are NaN;
+    NaN slots are zeroed (Arrow's convention for the value under a null).
+
+    Only the bytes between the first and the last NaN are computed (branch-free); the rest are
+    all-valid.  Indicators' nulls are usually their leading lookback rows, so this is cheap."""
+    cdef Py_ssize_t i, base, byte_i, first = 0, last = 0, seen = 0
+    cdef uint8_t bits
+    cdef bint ok
+    while v[first] == v[first]:
+        first += 1
+    for i in range(first, n):
+        seen += v[i] != v[i]
+        if seen == n_nan:
+            last = i
+            break
+    memset(bitmap, 0xFF, (n + 7) >> 3)
+    for byte_i in range(first >> 3, (last >> 3) + 1):
+        base = byte_i << 3
+        bits = 0
+        for i in range(min(8, n - base)):
+            ok = v[base + i] == v[base + i]
+            bits |= <uint8_t>(ok << i)
+            v[base + i] = v[base + i] if ok else 0.0
+        bitmap[byte_i] = bits
+
+
 cdef void _and_validity(uint8_t* ok, const uint8_t* bitmap, Py_ssize_t offset,
                         Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i, j
@@ -126,6 +162,15 @@ def _as_int64_ns(arr, name):
     )
 
 
+def _is_native(kind, t):
+    """Whether a column of type ``t`` is read as is (no cast) for an input of ``kind``."""
+    if kind == TIME:
+        return pat.is_int64(t) or pat.is_timestamp(t) and t.unit == "ns"
+    if kind == SIDE:
+        return False
+    return pat.is_float64(t)
+
+
 #: Recently encoded key columns: a chain of keyed kernels over one batch encodes its key column
 #: once. Each entry holds the source array, so its buffers (whose addresses form the cache key)
 #: stay alive and cannot be reused by another array while cached.
@@ -168,9 +213,12 @@ cdef class Kernel:
         self._outputs = []
         self.stride = 0
         self._state = None
+        self._state_ptr = NULL
         self._n_slots = 0
         self._slot_of_key = {}
         self._keys = []
+        self._plan_schema = None
+        self._plan = None
 
     def declare(self, str name, inputs, outputs, *, Py_ssize_t stride=0, by=None, config=None):
         """Declare the kernel: its function name, inputs, outputs and per-key state width."""
@@ -237,21 +285,29 @@ cdef class Kernel:
         cdef object arr, ok_arr = None, slots = None
         cdef uint8_t* ok_ptr = NULL
         cdef list keep = []
-        cdef list data_bufs = [], valid_bufs = []
+        cdef list data_bufs = []
+        cdef Py_ssize_t n_null
+        cdef uint8_t* bitmap
 
-        resolved = self.resolve_columns(batch.schema)
+        schema = batch.schema
+        if self._plan_schema is None or not schema.equals(self._plan_schema):
+            self._plan = [(kind, name, schema.get_field_index(name),
+                           _is_native(kind, schema.field(name).type))
+                          for kind, name in self.resolve_columns(schema)]
+            self._plan_schema = schema
         memset(&io, 0, sizeof(KernelIO))
         io.n = n
-        for kind, name in resolved:
-            arr = batch.column(name)
-            if pat.is_dictionary(arr.type):
-                arr = arr.dictionary_decode()
-            if kind == TIME:
-                arr = _as_int64_ns(arr, name)
-            elif kind == SIDE:
-                arr = _as_side(arr, name)
-            else:
-                arr = _as_float64(arr, name)
+        for kind, name, index, native in self._plan:
+            arr = batch.column(index)
+            if not native:
+                if pat.is_dictionary(arr.type):
+                    arr = arr.dictionary_decode()
+                if kind == TIME:
+                    arr = _as_int64_ns(arr, name)
+                elif kind == SIDE:
+                    arr = _as_side(arr, name)
+                else:
+                    arr = _as_float64(arr, name)
             keep.append(arr)
             if n == 0:
                 continue
@@ -259,16 +315,17 @@ cdef class Kernel:
                 io.t = <const int64_t*>_values_address(arr)
             else:
                 io.x[n_x] = <const double*>_values_address(arr)
-                if arr.null_count:
+            if arr.null_count:
+                if kind != TIME:
                     io.xvalid[n_x] = <const uint8_t*>_address(arr.buffers()[0])
                     io.xoffset[n_x] = arr.offset
-                n_x += 1
-            if arr.null_count:
                 if ok_arr is None:
                     ok_arr = np.ones(n, dtype=np.uint8)
                     ok_ptr = <uint8_t*><uintptr_t>ok_arr.ctypes.data
                 _and_validity(ok_ptr, <const uint8_t*>_address(arr.buffers()[0]),
                               arr.offset, n)
+            if kind != TIME:
+                n_x += 1
         io.ok = ok_ptr
 
         if self.stride > 0:
@@ -278,19 +335,14 @@ cdef class Kernel:
                     io.slot = <const int32_t*><uintptr_t>slots.ctypes.data
             elif self._n_slots == 0:
                 self._new_slot(None)
-            if self._state is not None:
-                io.state = <double*><uintptr_t>self._state.ctypes.data
+            io.state = self._state_ptr
             io.stride = self.stride
 
         for j in range(len(self._outputs)):
             data = pa.allocate_buffer(n * 8)
-            valid = pa.allocate_buffer((n + 7) // 8)
             if n:
                 io.out[j] = <double*>_address(data)
-                io.valid[j] = <uint8_t*>_address(valid)
-                memset(io.valid[j], 0xFF, (n + 7) // 8)
             data_bufs.append(data)
-            valid_bufs.append(valid)
 
         if n:
             with nogil:
@@ -298,8 +350,16 @@ cdef class Kernel:
 
         named = []
         for j, (oname, okind, labels) in enumerate(self._outputs):
-            out = pa.Array.from_buffers(pa.float64(), n, [valid_bufs[j], data_bufs[j]],
-                                        null_count=-1)
+            valid = None
+            with nogil:
+                n_null = _count_nan(io.out[j], n) if n else 0
+            if n_null:
+                valid = pa.allocate_buffer((n + 7) // 8)
+                bitmap = <uint8_t*>_address(valid)
+                with nogil:
+                    _nan_to_null(io.out[j], bitmap, n, n_null)
+            out = pa.Array.from_buffers(pa.float64(), n, [valid, data_bufs[j]],
+                                        null_count=n_null)
             if okind == BOOL:
                 out = pc.not_equal(out, 0.0)
             elif okind == I64:
@@ -331,7 +391,8 @@ cdef class Kernel:
             if self._state is not None:
                 grown[:slot] = self._state[:slot]
             self._state = grown
-        row = <double*><uintptr_t>self._state.ctypes.data + slot * self.stride
+            self._state_ptr = <double*><uintptr_t>grown.ctypes.data
+        row = self._state_ptr + slot * self.stride
         self.init_state(row)
         self._slot_of_key[key] = slot
         self._keys.append(key)
@@ -369,6 +430,7 @@ cdef class Kernel:
         if keys:
             self._state = np.empty((max(4, len(keys)), max(self.stride, 1)), dtype=np.float64)
             self._state[:len(keys), :self.stride] = values
+            self._state_ptr = <double*><uintptr_t>self._state.ctypes.data
         self._keys = keys
         self._slot_of_key = {k: i for i, k in enumerate(keys)}
         self._n_slots = len(keys)
@@ -376,6 +438,7 @@ cdef class Kernel:
     def reset(self):
         """Forget all state (every key starts afresh)."""
         self._state = None
+        self._state_ptr = NULL
         self._n_slots = 0
         self._slot_of_key = {}
         self._keys = []

@@ -2,7 +2,7 @@
 """Online statistics: log returns, Welford mean/variance, EWMA, EW covariance, rolling z-score."""
 from libc.math cimport NAN, log, sqrt
 
-from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
+from ._kernel cimport Kernel, KernelIO, local_to_state, row_state, state_to_local, emit, key_state, present, set_null
 from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive_int, check_unit_interval
 from ._scope import call_kernel
@@ -77,19 +77,22 @@ cdef class EWMA(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
-        cdef double x, a = self.alpha
+        cdef double x, a = self.alpha, b = 1.0 - self.alpha
+        cdef double local[1]
         cdef double* st
+        state_to_local(io, local, 1)
         for i in range(io.n):
             x = io.x[0][i]
-            st = key_state(io, i)
+            st = row_state(io, i, local)
             if not present(io, i) or x != x:
                 set_null(io, 0, i)
                 continue
             if st[0] != st[0]:
                 st[0] = x
             else:
-                st[0] = a * x + (1.0 - a) * st[0]
+                st[0] = a * x + b * st[0]
             io.out[0][i] = st[0]
+        local_to_state(io, local, 1)
 
 
 cdef class EWCov(Kernel):
