@@ -1,4 +1,6 @@
 """Build every Cython module under sabot/ (one extension per .pyx)."""
+import os
+import sysconfig
 from pathlib import Path
 
 from Cython.Build import cythonize
@@ -10,8 +12,9 @@ ROOT = Path(__file__).parent
 # sabot/fintech/_kernel.pxd); GCC must be allowed to unswitch the larger loops on "no ``by``" to
 # keep unkeyed state in registers.  Its SLP vectoriser packs pairs of recurrences (RSI's gain and
 # loss) into one vector that is spilled on every row, slower than two scalar chains: off.
-COMPILE_ARGS = ["-O3", "-fno-math-errno", "--param=max-unswitch-insns=1000",
-                "-fno-tree-slp-vectorize"]
+COMPILE_ARGS = ["-O3", "-fno-math-errno"]
+if "gcc" in (os.environ.get("CC") or sysconfig.get_config_var("CC") or ""):
+    COMPILE_ARGS += ["--param=max-unswitch-insns=1000", "-fno-tree-slp-vectorize"]
 
 extensions = [
     Extension(

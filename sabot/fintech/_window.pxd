@@ -13,6 +13,7 @@
 
 The per-row paths of moments and the deque avoid integer division (slots wrap by comparison).
 """
+from libc.math cimport fabs
 from libc.string cimport memmove
 
 
@@ -53,8 +54,10 @@ cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
 # Rolling sum over the last N values, as accurate as summing the window afresh: running
 # add/subtract whose rounding is bounded by eps times the magnitudes added and removed since the
 # last exact re-sum (A); the window is re-summed when A exceeds ZSUM_RESUM x |sum| (a large value
-# left the window) and at least every N pushes. A count of nonzero values makes a window of zeros
-# exactly 0. Layout: [nonzero count, sum, A, ring of N values].
+# left the window, or many pushes have accumulated), so the relative error stays below
+# ZSUM_RESUM x eps (about 6e-14). A count of nonzero values makes a window of zeros exactly 0.
+# Layout: [nonzero count, sum, A, ring of N values]. The ring's push counter wraps within
+# [N, 2N) once full, so the slot is found without an integer division.
 
 cdef enum:
     ZSUM_RESUM = 256
@@ -68,28 +71,37 @@ cdef inline double zsum_push(double* z, Py_ssize_t N, double x) noexcept nogil:
     """Add ``x`` to the sum of the last ``N`` values (evicting the oldest) and return the sum."""
     cdef double* ring = z + 3
     cdef double old, s
-    cdef Py_ssize_t k, n
-    if ring_push(ring, N, x, &old):
+    cdef Py_ssize_t k, pushed = <Py_ssize_t>ring[0]
+    cdef bint full = pushed >= N
+    if pushed >= 2 * N:                      # a plain push count (state saved before the wrap)
+        pushed = N + pushed % N
+    if full:
+        old = ring[1 + pushed - N]
         z[1] -= old
-        z[2] += old if old >= 0.0 else -old
+        z[2] += fabs(old)
         if old != 0.0:
             z[0] -= 1.0
+        ring[1 + pushed - N] = x
+    else:
+        ring[1 + pushed] = x
+    pushed += 1
+    if pushed == 2 * N:
+        pushed = N
+    ring[0] = <double>pushed
     z[1] += x
-    z[2] += x if x >= 0.0 else -x
+    z[2] += fabs(x)
     if x != 0.0:
         z[0] += 1.0
     if z[0] == 0.0:
         z[1] = 0.0
         z[2] = 0.0
         return 0.0
-    s = z[1] if z[1] >= 0.0 else -z[1]
-    if (<Py_ssize_t>ring[0]) % N == 0 or z[2] > ZSUM_RESUM * s:
-        n = ring_count(ring, N)
+    if z[2] > ZSUM_RESUM * fabs(z[1]):
         z[1] = 0.0
         z[2] = 0.0
-        for k in range(n):
+        for k in range(N if full else pushed):
             z[1] += ring[1 + k]
-            z[2] += ring[1 + k] if ring[1 + k] >= 0.0 else -ring[1 + k]
+            z[2] += fabs(ring[1 + k])
     return z[1]
 
 
@@ -107,16 +119,17 @@ cdef inline Py_ssize_t moments_width(Py_ssize_t N) noexcept nogil:
     return MOM_HEADER + 1 + N
 
 
-cdef inline void _mom_add(double* m, double x, int sign) noexcept nogil:
+cdef inline void _mom_add(double* m, double x, int sign, bint higher) noexcept nogil:
     cdef double d = x - m[1], d2 = d * d
     m[0] += sign
     m[2] += sign * d
     m[3] += sign * d2
-    m[4] += sign * d2 * d
-    m[5] += sign * d2 * d2
+    if higher:
+        m[4] += sign * d2 * d
+        m[5] += sign * d2 * d2
 
 
-cdef inline void _mom_rebase(double* m, Py_ssize_t N) noexcept nogil:
+cdef inline void _mom_rebase(double* m, Py_ssize_t N, bint higher) noexcept nogil:
     """Recompute the power sums exactly about the window mean (bounds rounding drift)."""
     cdef const double* ring = m + MOM_HEADER
     cdef Py_ssize_t k, n = ring_count(ring, N)
@@ -128,11 +141,16 @@ cdef inline void _mom_rebase(double* m, Py_ssize_t N) noexcept nogil:
     for k in range(n):
         d = ring[1 + k] - m[1]
         d2 = d * d
-        m[2] += d; m[3] += d2; m[4] += d2 * d; m[5] += d2 * d2
+        m[2] += d; m[3] += d2
+        if higher:
+            m[4] += d2 * d; m[5] += d2 * d2
 
 
-cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
+cdef inline void moments_push(double* m, Py_ssize_t N, double x, bint higher) noexcept nogil:
     """Add ``x`` to the window of the last ``N`` values (evicting the oldest when full).
+
+    ``higher``: also keep the third and fourth power sums (needed by ``moments_m3``,
+    ``moments_m4`` and ``moments_central``; mean and variance need only the first two).
 
     Power sums S_p = sum (x - K)^p about a shift K near the mean, re-based exactly every N
     pushes and whenever the mean drifts far from K or a far value is evicted, so the sums
@@ -145,7 +163,7 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
         m[1] = x
     if ring[0] >= N:                                   # ring_push without the division
         old = ring[1 + slot]
-        _mom_add(m, old, -1)
+        _mom_add(m, old, -1, higher)
         far = (old - m[1]) * (old - m[1])
     ring[1 + slot] = x
     ring[0] += 1.0
@@ -153,7 +171,7 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
     if slot == N:
         slot = 0
     m[8] = <double>slot
-    _mom_add(m, x, 1)
+    _mom_add(m, x, 1, higher)
     if x == m[7] and m[0] > 1.0 and m[6] > 0.0:
         m[6] += 1.0
     else:
@@ -165,7 +183,7 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
     # need no re-base (their moments are exactly 0 by the equal-run counter).
     if slot == 0 or (m[6] < m[0] and (m[3] + m[0] * far) * m[0]
                      > 17.0 * (m[3] * m[0] - m[2] * m[2])):
-        _mom_rebase(m, N)
+        _mom_rebase(m, N, higher)
 
 
 cdef inline double moments_count(const double* m) noexcept nogil:

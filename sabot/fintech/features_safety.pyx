@@ -183,7 +183,7 @@ cdef class _RollingMoment(Kernel):
                 set_null(io, 0, i)
                 continue
             st = key_state(io, i)
-            moments_push(st, N, x)
+            moments_push(st, N, x, moment != STD)
             if moments_count(st) < N:
                 set_null(io, 0, i)
             elif moment == STD:

@@ -228,7 +228,7 @@ cdef class BollingerBands(Kernel):
             if not present(io, i) or x != x:
                 set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
                 continue
-            moments_push(st, N, x)
+            moments_push(st, N, x, False)
             if moments_count(st) < N:
                 set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
                 continue

@@ -158,7 +158,7 @@ cdef class RollingZScore(Kernel):
             if not present(io, i) or x != x:
                 set_null(io, 0, i)
                 continue
-            moments_push(st, N, x)
+            moments_push(st, N, x, False)
             if moments_count(st) < N or moments_constant(st):
                 set_null(io, 0, i)
             else:
