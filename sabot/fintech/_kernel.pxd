@@ -57,10 +57,13 @@ cdef inline double* key_state(const KernelIO* io, Py_ssize_t i) noexcept nogil:
     return io.state + <Py_ssize_t>io.slot[i] * io.stride
 
 
-cdef inline double* row_state(const KernelIO* io, Py_ssize_t i, double* local) noexcept nogil:
+cdef inline double* row_state(const KernelIO* io, Py_ssize_t i, double* local,
+                              bint keyed) noexcept nogil:
     """The state row of row ``i``: ``local`` without ``by`` (see :func:`state_to_local`), else
-    the row of the key's slot."""
-    if io.slot == NULL:
+    the row of the key's slot.  ``keyed`` is ``io.slot != NULL``, passed in so that a kernel
+    can compile its loop twice with it constant (``if io.slot == NULL: rows(io, False)``)
+    where the compiler would not split the loop on its own (loops with inner loops)."""
+    if not keyed:
         return local
     return io.state + <Py_ssize_t>io.slot[i] * io.stride
 

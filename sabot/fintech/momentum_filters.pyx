@@ -13,8 +13,8 @@ from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive, check_positive_int, check_unit_interval
 from ._scope import call_kernel
 from ._window cimport (
-    deque_push, deque_width, moments_count, moments_mean, moments_push, moments_var,
-    moments_width, zsum_count, zsum_push, zsum_width,
+    MOM_HEADER, ZSUM_HEADER, deque_push, deque_width, moments_count, moments_mean,
+    moments_m2_full, moments_mean_full, moments_step, moments_var, moments_width, zsum_count, zsum_push, zsum_step, zsum_width,
 )
 
 
@@ -45,10 +45,11 @@ cdef class EMA(Kernel):
         cdef double x, k = self.k, b = 1.0 - self.k
         cdef double local[3]
         cdef double* st                                   # count, seed sum, value
+        cdef bint keyed = io.slot != NULL
         state_to_local(io, local, 3)
         for i in range(io.n):
             x = io.x[0][i]
-            st = row_state(io, i, local)
+            st = row_state(io, i, local, keyed)
             if not present(io, i) or x != x:
                 set_null(io, 0, i)
                 continue
@@ -78,20 +79,32 @@ cdef class SMA(Kernel):
                      config=dict(column=column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, N = self.window
-        cdef double x, s
-        cdef double* st
-        for i in range(io.n):
-            x = io.x[0][i]
-            st = key_state(io, i)
-            if not present(io, i) or x != x:
-                set_null(io, 0, i)
-                continue
-            s = zsum_push(st, N, x)
-            if zsum_count(st, N) < N:
-                set_null(io, 0, i)
-            else:
-                io.out[0][i] = s / N
+        if io.slot == NULL:
+            _sma_rows(io, self.window, False)
+        else:
+            _sma_rows(io, self.window, True)
+
+
+cdef inline void _sma_rows(KernelIO* io, Py_ssize_t N, bint keyed) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double x, s, inv_n = 1.0 / N
+    cdef double hdr[ZSUM_HEADER]
+    cdef double* st
+    cdef double* h
+    state_to_local(io, hdr, ZSUM_HEADER)
+    for i in range(io.n):
+        x = io.x[0][i]
+        if not present(io, i) or x != x:
+            set_null(io, 0, i)
+            continue
+        st = key_state(io, i)
+        h = row_state(io, i, hdr, keyed)
+        s = zsum_step(h, st + ZSUM_HEADER, N, x)
+        if zsum_count(h, N) < N:
+            set_null(io, 0, i)
+        else:
+            io.out[0][i] = s * inv_n
+    local_to_state(io, hdr, ZSUM_HEADER)
 
 
 cdef class MACD(Kernel):
@@ -119,10 +132,11 @@ cdef class MACD(Kernel):
         cdef double bf = 1.0 - kf, bs = 1.0 - ks, bg = 1.0 - kg
         cdef double local[6]
         cdef double* st                  # count, slow seed/ema, fast seed/ema, signal seed/ema
+        cdef bint keyed = io.slot != NULL
         state_to_local(io, local, 6)
         for i in range(io.n):
             x = io.x[0][i]
-            st = row_state(io, i, local)
+            st = row_state(io, i, local, keyed)
             if not present(io, i) or x != x:
                 set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
                 continue
@@ -173,10 +187,11 @@ cdef class RSI(Kernel):
         cdef double keep = (N - 1.0) / N, inv_n = 1.0 / N  # Wilder: avg·(N−1)/N + change/N
         cdef double local[4]
         cdef double* st                                   # count, previous, gain, loss
+        cdef bint keyed = io.slot != NULL
         state_to_local(io, local, 4)
         for i in range(io.n):
             x = io.x[0][i]
-            st = row_state(io, i, local)
+            st = row_state(io, i, local, keyed)
             if not present(io, i) or x != x:
                 set_null(io, 0, i)
                 continue
@@ -219,24 +234,36 @@ cdef class BollingerBands(Kernel):
                      config=dict(column=column, window=self.window, k=k))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, N = self.window
-        cdef double x, mid, width
-        cdef double* st
-        for i in range(io.n):
-            x = io.x[0][i]
-            st = key_state(io, i)
-            if not present(io, i) or x != x:
-                set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
-                continue
-            moments_push(st, N, x, False)
-            if moments_count(st) < N:
-                set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
-                continue
-            mid = moments_mean(st)
-            width = self.k * sqrt(moments_var(st, 0.0))
-            io.out[0][i] = mid
-            io.out[1][i] = mid + width
-            io.out[2][i] = mid - width
+        if io.slot == NULL:
+            _bollinger_rows(io, self.window, self.k, False)
+        else:
+            _bollinger_rows(io, self.window, self.k, True)
+
+
+cdef inline void _bollinger_rows(KernelIO* io, Py_ssize_t N, double k, bint keyed) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double x, mid, width, inv_n = 1.0 / N
+    cdef double hdr[MOM_HEADER]
+    cdef double* st
+    cdef double* h
+    state_to_local(io, hdr, MOM_HEADER)
+    for i in range(io.n):
+        x = io.x[0][i]
+        if not present(io, i) or x != x:
+            set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+            continue
+        st = key_state(io, i)
+        h = row_state(io, i, hdr, keyed)
+        moments_step(h, st + MOM_HEADER, N, x, False)
+        if moments_count(h) < N:
+            set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+            continue
+        mid = moments_mean_full(h, inv_n)
+        width = k * sqrt(moments_m2_full(h, inv_n) * inv_n)
+        io.out[0][i] = mid
+        io.out[1][i] = mid + width
+        io.out[2][i] = mid - width
+    local_to_state(io, hdr, MOM_HEADER)
 
 
 cdef class Kalman1D(Kernel):
