@@ -50,6 +50,14 @@ cdef inline bint input_present(const KernelIO* io, int j, Py_ssize_t i) noexcept
     return (io.xvalid[j][b >> 3] >> (b & 7)) & 1
 
 
+cdef inline double valid_or_null(const KernelIO* io, Py_ssize_t i, double value,
+                                 bint defined) noexcept nogil:
+    """``value`` where row ``i`` has no null input and ``defined`` holds, else NaN (null).
+
+    A select, not a branch: element-wise loops written with it vectorise."""
+    return value if defined and (io.ok == NULL or io.ok[i] != 0) else NAN
+
+
 cdef inline double* key_state(const KernelIO* io, Py_ssize_t i) noexcept nogil:
     """The state row of row ``i``'s key."""
     if io.slot == NULL:
