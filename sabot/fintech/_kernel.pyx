@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.types as pat
 
+from cpython.ref cimport Py_REFCNT
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
@@ -181,6 +182,50 @@ def _is_native(kind, t):
     if kind == SIDE:
         return False
     return pat.is_float64(t)
+
+
+# ---------------------------------------------------------------- output memory
+
+#: Output buffers of at least this size are recycled (see ``_output_buffer``).
+POOL_MIN_BYTES = 1 << 20
+#: At most this many bytes are kept in the recycling pool.
+POOL_MAX_BYTES = 512 << 20
+_POOL = []
+
+
+cdef inline bint _pool_free(object arr):
+    """Nothing but the pool (and the caller's reference) holds ``arr``: every Arrow array built
+    on it has been released."""
+    return Py_REFCNT(arr) <= 2
+
+
+def _output_buffer(Py_ssize_t nbytes):
+    """A writable buffer of ``nbytes`` for an output column.
+
+    Large buffers are recycled: a kernel output of a big batch is usually dropped before the
+    next call, and re-using its memory spares the operating system mapping and zeroing fresh
+    pages on every call (a page fault per 4 KiB, several ns per row in a VM).  A buffer is
+    handed out again only once no Arrow array refers to it; at most POOL_MAX_BYTES are kept."""
+    cdef object arr
+    cdef Py_ssize_t held
+    if nbytes < POOL_MIN_BYTES:
+        return pa.allocate_buffer(nbytes)
+    for arr in _POOL:
+        if nbytes <= arr.nbytes <= 2 * nbytes and _pool_free(arr):
+            return pa.py_buffer(arr).slice(0, nbytes)
+    arr = None
+    held = sum(a.nbytes for a in _POOL)
+    if held + nbytes > POOL_MAX_BYTES:             # make room: forget free buffers, oldest first
+        for a in list(_POOL):
+            if held + nbytes <= POOL_MAX_BYTES:
+                break
+            if Py_REFCNT(a) <= 3:                  # the pool, the copied list, ``a``
+                _POOL.remove(a)
+                held -= a.nbytes
+    arr = np.empty(nbytes, dtype=np.uint8)
+    if held + nbytes <= POOL_MAX_BYTES:
+        _POOL.append(arr)
+    return pa.py_buffer(arr)
 
 
 #: Recently encoded key columns: a chain of keyed kernels over one batch encodes its key column
@@ -351,7 +396,7 @@ cdef class Kernel:
             io.stride = self.stride
 
         for j in range(len(self._outputs)):
-            data = pa.allocate_buffer(n * 8)
+            data = _output_buffer(n * 8)
             if n:
                 io.out[j] = <double*>_address(data)
             data_bufs.append(data)
@@ -388,11 +433,15 @@ cdef class Kernel:
         """int32 slot per row: keys dictionary-encoded once, new keys get new slots."""
         codes, values = _encode_keys(keys)
         lut = np.empty(len(values), dtype=np.int32)
+        identity = True
         for code, key in enumerate(values):
             slot = self._slot_of_key.get(key)
             if slot is None:
                 slot = self._new_slot(key)
             lut[code] = slot
+            identity = identity and slot == code
+        if identity and codes.dtype == np.int32:
+            return codes      # slots in dictionary order (the usual case): the codes themselves
         return lut[codes]
 
     cdef Py_ssize_t _new_slot(self, key) except -1:
