@@ -186,8 +186,10 @@ def _is_native(kind, t):
 
 # ---------------------------------------------------------------- output memory
 
-#: Output buffers of at least this size are recycled (see ``_output_buffer``).
-POOL_MIN_BYTES = 1 << 20
+#: Output buffers of at least this size are recycled (see ``_output_buffer``): 8 KiB rows.
+POOL_MIN_BYTES = 64 << 10
+#: At most this many buffers are kept in the recycling pool.
+POOL_MAX_BUFFERS = 64
 #: At most this many bytes are kept in the recycling pool.
 POOL_MAX_BYTES = 512 << 20
 _POOL = []
@@ -205,7 +207,8 @@ def _output_buffer(Py_ssize_t nbytes):
     Large buffers are recycled: a kernel output of a big batch is usually dropped before the
     next call, and re-using its memory spares the operating system mapping and zeroing fresh
     pages on every call (a page fault per 4 KiB, several ns per row in a VM).  A buffer is
-    handed out again only once no Arrow array refers to it; at most POOL_MAX_BYTES are kept."""
+    handed out again only once no Arrow array refers to it; at most POOL_MAX_BUFFERS buffers
+    and POOL_MAX_BYTES bytes are kept."""
     cdef object arr
     cdef Py_ssize_t held
     if nbytes < POOL_MIN_BYTES:
@@ -223,7 +226,7 @@ def _output_buffer(Py_ssize_t nbytes):
                 _POOL.remove(a)
                 held -= a.nbytes
     arr = np.empty(nbytes, dtype=np.uint8)
-    if held + nbytes <= POOL_MAX_BYTES:
+    if held + nbytes <= POOL_MAX_BYTES and len(_POOL) < POOL_MAX_BUFFERS:
         _POOL.append(arr)
     return pa.py_buffer(arr)
 
