@@ -81,27 +81,19 @@ cdef inline double zsum_step(double* h, double* values, Py_ssize_t N, double x) 
     in floating point: no int/float conversion on the row-to-row dependency chain."""
     cdef double old, pushed = h[3], fN = <double>N
     cdef Py_ssize_t k, slot
-    cdef bint full = pushed >= fN
+    cdef bint full
     if pushed >= 2.0 * fN:                   # a plain push count (state saved before the wrap)
         pushed = fN + <double>((<Py_ssize_t>pushed) % N)
-    if full:
-        slot = <Py_ssize_t>(pushed - fN)
-        old = values[slot]
-        h[1] -= old
-        h[2] += fabs(old)
-        if old != 0.0:
-            h[0] -= 1.0
-    else:
-        slot = <Py_ssize_t>pushed
+    full = pushed >= fN
+    slot = <Py_ssize_t>(pushed - fN if full else pushed)
+    old = values[slot] if full else 0.0      # evicted value (0 adds nothing while filling)
     values[slot] = x
     pushed += 1.0
-    if pushed == 2.0 * fN:
-        pushed = fN
-    h[3] = pushed
-    h[1] += x
-    h[2] += fabs(x)
-    if x != 0.0:
-        h[0] += 1.0
+    h[3] = fN if pushed == 2.0 * fN else pushed
+    # one addition per accumulator on the row-to-row chain
+    h[1] += x - old
+    h[2] += fabs(x) + fabs(old)
+    h[0] += <double>(x != 0.0) - <double>(old != 0.0)
     if h[0] == 0.0:
         h[1] = 0.0
         h[2] = 0.0
@@ -109,7 +101,7 @@ cdef inline double zsum_step(double* h, double* values, Py_ssize_t N, double x) 
     if h[2] > ZSUM_RESUM * fabs(h[1]):
         h[1] = 0.0
         h[2] = 0.0
-        for k in range(N if full else <Py_ssize_t>pushed):
+        for k in range(N if full else slot + 1):
             h[1] += values[k]
             h[2] += fabs(values[k])
     return h[1]
