@@ -12,6 +12,7 @@ This is the broker's share of the demo's tick-to-signal budget: produce request,
 in-memory append, the long-polled fetch answer, both clients' librdkafka threads.
 
     python benchmarks/kafka_latency.py --messages 2000 --interval-ms 2
+    python benchmarks/kafka_latency.py --topics 3 --partitions 3   # as the live monitor reads
 """
 from __future__ import annotations
 
@@ -29,22 +30,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def round_trips(bootstrap: str, topic: str, n: int, interval_s: float, *, linger_ms: float,
-                fetch_wait_max_ms: int) -> np.ndarray:
-    """Round-trip times in ms of ``n`` paced messages through ``topic`` (partition 0)."""
+def round_trips(bootstrap: str, topics: List[str], partitions: int, n: int, interval_s: float, *,
+                linger_ms: float, fetch_wait_max_ms: int) -> np.ndarray:
+    """Round-trip times in ms of ``n`` paced messages produced round robin over ``topics`` and
+    their ``partitions``; the consumer is assigned every one of them (as the live monitor)."""
     from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "latency-bench",
                          "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_max_ms,
                          "fetch.min.bytes": 1, "socket.nagle.disable": True})
-    consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
+    targets = [(t, p) for t in topics for p in range(partitions)]
+    consumer.assign([TopicPartition(t, p, OFFSET_END) for t, p in targets])
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms,
                          "socket.nagle.disable": True, "acks": 1})
     # warm up: connections, metadata, the first fetch at the end of the partition
     deadline = time.monotonic() + 10
     got_warm = False
     while not got_warm and time.monotonic() < deadline:
-        producer.produce(topic, value=struct.pack("<q", -1), partition=0)
+        for t, p in targets:
+            producer.produce(t, value=struct.pack("<q", -1), partition=p)
         producer.flush(5)
         m = consumer.poll(0.5)
         got_warm = m is not None and m.error() is None
@@ -66,8 +70,9 @@ def round_trips(bootstrap: str, topic: str, n: int, interval_s: float, *, linger
 
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
-    for _ in range(n):
-        producer.produce(topic, value=struct.pack("<q", time.perf_counter_ns()), partition=0)
+    for i in range(n):
+        t, p = targets[i % len(targets)]
+        producer.produce(t, value=struct.pack("<q", time.perf_counter_ns()), partition=p)
         producer.poll(0)
         time.sleep(interval_s)
     producer.flush(10)
@@ -86,23 +91,27 @@ def main(argv=None) -> int:
     p.add_argument("--fetch-wait-max-ms", default="0,1,10,50",
                    help="consumer fetch.wait.max.ms values to try (comma-separated)")
     p.add_argument("--linger-ms", default="0,5", help="producer linger.ms values to try")
+    p.add_argument("--topics", type=int, default=1, help="topics the consumer reads (the demo: 3)")
+    p.add_argument("--partitions", type=int, default=1, help="partitions per topic (the demo: 3)")
     args = p.parse_args(argv)
 
     from sabot.broker import EmbeddedBroker
 
     results: Dict[str, np.ndarray] = {}
-    with EmbeddedBroker(port=0, topics=["latency-bench"], partitions=1) as broker:
+    topics = [f"latency-bench-{i}" for i in range(args.topics)]
+    with EmbeddedBroker(port=0, topics=topics, partitions=args.partitions) as broker:
         for linger in [float(x) for x in args.linger_ms.split(",")]:
             for wait in [int(x) for x in args.fetch_wait_max_ms.split(",")]:
-                rt = round_trips(broker.bootstrap, "latency-bench", args.messages,
+                rt = round_trips(broker.bootstrap, topics, args.partitions, args.messages,
                                  args.interval_ms / 1000.0, linger_ms=linger,
                                  fetch_wait_max_ms=wait)
-                label = f"linger.ms={linger:g} fetch.wait.max.ms={wait}"
+                label = (f"{args.topics}x{args.partitions} partitions linger.ms={linger:g} "
+                         f"fetch.wait.max.ms={wait}")
                 results[label] = rt
                 if len(rt) == 0:
-                    print(f"{label:<40} no messages came back")
+                    print(f"{label:<55} no messages came back")
                     continue
-                print(f"{label:<40} n={len(rt):>5}  p50 {np.percentile(rt, 50):7.3f} ms  "
+                print(f"{label:<55} n={len(rt):>5}  p50 {np.percentile(rt, 50):7.3f} ms  "
                       f"p99 {np.percentile(rt, 99):7.3f} ms  max {rt.max():7.3f} ms", flush=True)
     return 0
 

@@ -86,7 +86,12 @@ def _f64(batch: pa.RecordBatch, name: str) -> np.ndarray:
     idx = batch.schema.get_field_index(name)
     if idx < 0:
         return np.full(batch.num_rows, np.nan)
-    return batch.column(idx).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    col = batch.column(idx)
+    if col.type != pa.float64():
+        col = col.cast(pa.float64())
+    if col.null_count:
+        col = col.fill_null(np.nan)
+    return col.to_numpy(zero_copy_only=False)
 
 
 def _ns(batch: pa.RecordBatch, name: str) -> np.ndarray:
@@ -95,8 +100,14 @@ def _ns(batch: pa.RecordBatch, name: str) -> np.ndarray:
         return np.full(batch.num_rows, np.iinfo(np.int64).min, dtype=np.int64)
     col = batch.column(idx)
     if pa.types.is_timestamp(col.type):
-        col = col.cast(pa.timestamp("ns", tz=col.type.tz)).cast(pa.int64())
-    return col.fill_null(np.iinfo(np.int64).min).to_numpy(zero_copy_only=False).astype(np.int64)
+        if col.type.unit != "ns":
+            col = col.cast(pa.timestamp("ns", tz=col.type.tz))
+        col = col.view(pa.int64())
+    elif col.type != pa.int64():
+        col = col.cast(pa.int64())
+    if col.null_count:
+        col = col.fill_null(np.iinfo(np.int64).min)
+    return col.to_numpy(zero_copy_only=False)
 
 
 def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,

@@ -22,7 +22,7 @@ arrivals are split into batches.  Rows with a null source, key or time, or a sou
 from __future__ import annotations
 
 import logging
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,8 @@ import pyarrow.compute as pc
 from ._ops import timestamps_ns
 
 logger = logging.getLogger(__name__)
+
+_NULL_INT = np.iinfo(np.int64).min
 
 #: How many skipped rows are logged at warning before switching to debug.
 WARN_FIRST = 5
@@ -52,6 +54,7 @@ class ArrivalAsofJoin:
         if tolerance_ms < 0:
             raise ValueError(f"tolerance_ms must be >= 0, got {tolerance_ms}")
         self.sources = list(sources)
+        self._source_array = pa.array(self.sources, pa.string())
         self.source_column, self.by, self.on = source_column, by, on
         self.columns = [on] + [c for c in columns if c != on]
         self.tolerance_ns = int(round(tolerance_ms * 1_000_000))
@@ -67,45 +70,45 @@ class ArrivalAsofJoin:
 
     # ------------------------------------------------------------------------------------------
     def _values(self, batch: pa.RecordBatch, name: str) -> np.ndarray:
-        """A column as numpy: timestamps as int64 ns, integers as int64, the rest as float64
-        with NaN for nulls."""
+        """A column as numpy: timestamps as int64 ns and integers as int64 (nulls: int64 min),
+        the rest as float64 (nulls: NaN)."""
         idx = batch.schema.get_field_index(name)
         if idx < 0:
             raise KeyError(f"column {name!r} not found; columns present: "
                            f"{', '.join(batch.schema.names)}")
         col = batch.column(idx)
-        self._types.setdefault(name, col.type)
-        if pa.types.is_timestamp(col.type) or pa.types.is_integer(col.type):
-            if col.null_count:
-                raise ValueError(f"column {name!r} has {col.null_count} null value(s)")
-            if pa.types.is_timestamp(col.type):
-                return timestamps_ns(col, name)
-            return col.cast(pa.int64()).to_numpy(zero_copy_only=False)
-        return col.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        typ = self._types.setdefault(name, col.type)
+        if pa.types.is_timestamp(typ) or pa.types.is_integer(typ):
+            return timestamps_ns(col, name)
+        if typ != pa.float64():
+            col = col.cast(pa.float64())
+        if col.null_count:
+            col = col.fill_null(np.nan)
+        return col.to_numpy(zero_copy_only=False)
 
-    def _valid_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Drop (count, log) rows that cannot be placed: null source/key/time, unknown source."""
+    def _source_index(self, batch: pa.RecordBatch) -> tuple:
+        """(batch without rows that cannot be placed, source index per row); dropped rows — a
+        null source/key/time or a source not in ``sources`` — are counted and logged."""
         for name in (self.source_column, self.by, self.on):
             if name not in batch.schema.names:
                 raise KeyError(f"column {name!r} not found; columns present: "
                                f"{', '.join(batch.schema.names)}")
-        ok = pc.is_in(batch.column(self.source_column), value_set=pa.array(self.sources))
-        for name in (self.by, self.on):
-            ok = pc.and_(ok, pc.is_valid(batch.column(name)))
-        ok = pc.fill_null(ok, False)
-        n_bad = batch.num_rows - pc.sum(ok).as_py() if batch.num_rows else 0
-        if not n_bad:
-            return batch
+        src = pc.index_in(batch.column(self.source_column), value_set=self._source_array)
+        if not (src.null_count or batch.column(self.by).null_count
+                or batch.column(self.on).null_count):
+            return batch, src.to_numpy(zero_copy_only=False)
+        ok = pc.and_(pc.and_(pc.is_valid(src), pc.is_valid(batch.column(self.by))),
+                     pc.is_valid(batch.column(self.on)))
         bad = batch.filter(pc.invert(ok))
         for row in bad.select([self.source_column, self.by, self.on]).to_pylist():
             self.skipped += 1
             level = logging.WARNING if self.skipped <= WARN_FIRST else logging.DEBUG
-            logger.log(level, "on-arrival join: row skipped (%s=%r, %s=%r, %s=%r): needs a %s "
-                       "in %s and non-null %s and %s%s", self.source_column,
+            logger.log(level, "on-arrival join: row skipped (%s=%r, %s=%r, %s=%r): %s must be "
+                       "one of %s, %s and %s not null%s", self.source_column,
                        row[self.source_column], self.by, row[self.by], self.on, row[self.on],
                        self.source_column, self.sources, self.by, self.on,
                        " (further ones logged at debug)" if self.skipped == WARN_FIRST else "")
-        return batch.filter(ok)
+        return batch.filter(ok), src.filter(ok).to_numpy(zero_copy_only=False)
 
     def _codes(self, keys: pa.Array) -> np.ndarray:
         """Stable integer codes of the keys (new keys get the next code; state grows)."""
@@ -125,10 +128,8 @@ class ArrivalAsofJoin:
 
     def process(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The joined rows for ``batch`` (rows in arrival order), updating the latest rows."""
-        batch = self._valid_rows(batch)
+        batch, src = self._source_index(batch)
         n = batch.num_rows
-        src = pc.index_in(batch.column(self.source_column),
-                          value_set=pa.array(self.sources)).to_numpy(zero_copy_only=False)
         code = self._codes(batch.column(self.by))
         values = {c: self._values(batch, c) for c in self.columns}
         for name, arr in values.items():
@@ -140,24 +141,30 @@ class ArrivalAsofJoin:
         order = np.argsort(code, kind="stable")
         code_sorted = code[order]
         pos = np.arange(n)
-        starts = np.flatnonzero(np.r_[True, code_sorted[1:] != code_sorted[:-1]]) if n else pos
-        group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+        new_group = np.ones(n, dtype=bool)
+        new_group[1:] = code_sorted[1:] != code_sorted[:-1]
+        group_start = np.maximum.accumulate(np.where(new_group, pos, 0)) if n else pos
+
+        # per source (rows of the matrices), in sorted order: the position of the last row of
+        # that source at or before each row, inside the same key group (-1: none in this batch)
+        n_src = len(self.sources)
+        is_src = src[order][None, :] == np.arange(n_src)[:, None]
+        last = np.maximum.accumulate(np.where(is_src, pos, -1), axis=1) if n else is_src
+        took = np.empty((n_src, n), dtype=np.int64)  # the row used per source (-1: the state)
+        took[:, order] = np.where(last >= group_start, order[np.maximum(last, 0)], -1)
+        in_batch = took >= 0
+        row = np.maximum(took, 0)
+        joined = {c: np.where(in_batch, values[c][row], self._state[c][:, code])
+                  for c in self.columns}
+        fresh = (in_batch | self._present[:, code]) & (t - joined[self.on] <= self.tolerance_ns)
+        all_fresh = fresh.all(axis=1)
 
         out: Dict[str, pa.Array] = {self.by: batch.column(self.by), self.on: batch.column(self.on),
                                     self.source_column: batch.column(self.source_column)}
         for s_i, s in enumerate(self.sources):
-            # in sorted order: the position of the last row of source s up to each row (-1: none)
-            last = np.maximum.accumulate(np.where(src[order] == s_i, pos, -1)) if n else pos
-            took = np.empty(n, dtype=np.int64)  # the row whose values are used (-1: the state)
-            took[order] = np.where(last >= group_start, order[np.maximum(last, 0)], -1)
-            in_batch = took >= 0
-            row = np.maximum(took, 0)
-            joined = {c: np.where(in_batch, values[c][row], self._state[c][s_i, code])
-                      for c in self.columns}
-            fresh = ((in_batch | self._present[s_i, code])
-                     & (t - joined[self.on] <= self.tolerance_ns))
+            valid = None if all_fresh[s_i] else fresh[s_i]
             for c in self.columns:
-                out[f"{s}_{c}"] = self._to_arrow(c, joined[c], fresh)
+                out[f"{s}_{c}"] = self._to_arrow(c, joined[c][s_i], valid)
 
         # the last row of every (source, key) in this batch becomes that pair's latest row
         if n:
@@ -169,12 +176,15 @@ class ArrivalAsofJoin:
                 self._state[c][src[rows], code[rows]] = values[c][rows]
         return pa.RecordBatch.from_pydict(out)
 
-    def _to_arrow(self, name: str, values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    def _to_arrow(self, name: str, values: np.ndarray, valid: Optional[np.ndarray]) -> pa.Array:
+        """``values`` as the column's Arrow type; null where not ``valid`` (None: all valid)
+        and, for timestamps and integers, where the value is the null marker (int64 min)."""
         typ = self._types[name]
-        if pa.types.is_timestamp(typ):
-            return pa.array(values, type=pa.int64(), mask=~valid).cast(typ)
-        if pa.types.is_integer(typ):
-            return pa.array(values, type=pa.int64(), mask=~valid)
-        return pa.array(values, type=pa.float64(), mask=~valid)
+        if values.dtype == np.int64:
+            missing = values == _NULL_INT
+            if missing.any():
+                valid = ~missing if valid is None else valid & ~missing
+            return pa.array(values, type=typ, mask=None if valid is None else ~valid)
+        return pa.array(values, type=pa.float64(), mask=None if valid is None else ~valid)
 
     __call__ = process
