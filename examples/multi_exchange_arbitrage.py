@@ -4,7 +4,7 @@
 Live pipeline (default, ``--align arrival``): decide on every quote as it arrives::
 
     from_kafka(coinbase-ticker, kraken-ticker, binance-ticker)   one consumer, no re-ordering
-    → normalize_symbols → midprice
+    → normalize_symbols
     → ArrivalAsofJoin: the arriving quote with the latest quote of every other venue for its
       symbol (ignored when older than 500 ms relative to the arriving one)
     → best buy-at-ask / sell-at-bid pair net of both venues' taker fees → log + record
@@ -227,9 +227,7 @@ def arrival_stream(bootstrap: str, group_id: str, counter: Counter, *, from_begi
                               from_beginning=from_beginning, max_latency_ms=50, **extra)
             .map(counter.by_exchange)
             .map(normalize_symbols)
-            .map(midprice)
-            .select(*QUOTE_COLUMNS)
-            .map(join))
+            .map(join))  # keeps only what a decision uses: bid, ask, times per venue
 
 
 def joined_stream(cb: Stream, kr: Stream, bn: Stream, tolerance_ms: float = TOLERANCE_MS) -> Stream:

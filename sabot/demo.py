@@ -275,9 +275,9 @@ class Demo:
 
     def drain_monitor(self, quiet_s: float = 1.0, timeout_s: float = 15.0) -> None:
         """Let the monitor catch up after the collectors stopped: wait until its counts have not
-        changed for ``quiet_s``.  (A live join never sees an end of stream: the last quotes of
-        a venue stay unread or unjoined until a later quote would arrive, so "read everything"
-        is not a condition it can meet.)"""
+        changed for ``quiet_s``.  (A live monitor never sees an end of stream; with the
+        event-time alignment the last quotes of a venue even stay unread or unjoined until a
+        later quote would arrive, so "read everything" is not a condition it can meet.)"""
         if self.monitor is None or not self.monitor.running():
             return
         deadline = time.monotonic() + timeout_s
