@@ -75,7 +75,8 @@ def fast_consumer_config(**overrides: Any) -> Dict[str, Any]:
 
 def live_consumer_config(**overrides: Any) -> Dict[str, Any]:
     """Consumer overrides for the live tick-to-signal path (see module docstring)."""
-    cfg: Dict[str, Any] = {"fetch.wait.max.ms": LIVE_FETCH_WAIT_MAX_MS, "socket.nagle.disable": True}
+    cfg: Dict[str, Any] = {"fetch.wait.max.ms": LIVE_FETCH_WAIT_MAX_MS,
+                           "socket.nagle.disable": True}
     cfg.update(overrides)
     return cfg
 

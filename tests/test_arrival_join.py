@@ -9,7 +9,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings

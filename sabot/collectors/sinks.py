@@ -9,8 +9,8 @@ combined into ``<output>.part`` and renamed onto ``<output>`` atomically.
 
 Kafka (:class:`KafkaSink`): confluent-kafka producer, key = ``symbol`` UTF-8, value = flat JSON
 of the record (timestamps integer ns), ``linger.ms`` 0 by default (each record sent at once;
-``--linger-ms`` to batch), ``poll(0)`` per record (never a
-blocking flush per message), delivery errors counted and logged, flush on close.
+``--linger-ms`` to batch), ``poll(0)`` per record (never a blocking flush per message),
+delivery errors counted and logged, flush on close.
 """
 from __future__ import annotations
 
