@@ -55,7 +55,9 @@ cdef inline double valid_or_null(const KernelIO* io, Py_ssize_t i, double value,
     """``value`` where row ``i`` has no null input and ``defined`` holds, else NaN (null).
 
     A select, not a branch: element-wise loops written with it vectorise."""
-    return value if defined and (io.ok == NULL or io.ok[i] != 0) else NAN
+    if io.ok != NULL:
+        defined = defined and io.ok[i] != 0
+    return value if defined else NAN
 
 
 cdef inline double* key_state(const KernelIO* io, Py_ssize_t i) noexcept nogil:

@@ -245,6 +245,46 @@ def _output_buffer(Py_ssize_t nbytes):
     return pa.py_buffer(arr)
 
 
+cdef object _typed_output(double* values, Py_ssize_t n, str kind, tuple labels, object valid,
+                          object data, Py_ssize_t n_null):
+    """The output column of ``kind`` from the float64 values ``run`` wrote (nulls zeroed).
+
+    Integer kinds are converted here in C into recycled buffers (an Arrow cast would allocate
+    and fault in a fresh buffer per call)."""
+    cdef Py_ssize_t i, k, m = 8
+    cdef int64_t* as_int64
+    cdef int32_t* codes
+    cdef uint8_t* bits
+    cdef uint8_t byte
+    if kind == F64:
+        return pa.Array.from_buffers(pa.float64(), n, [valid, data], null_count=n_null)
+    if kind == I64:                      # in place: element i is read before it is written
+        as_int64 = <int64_t*>values
+        with nogil:
+            for i in range(n):
+                as_int64[i] = <int64_t>values[i]
+        return pa.Array.from_buffers(pa.int64(), n, [valid, data], null_count=n_null)
+    if kind == LABEL:
+        code_buf = _output_buffer(n * 4)
+        codes = <int32_t*>_address(code_buf)
+        with nogil:
+            for i in range(n):
+                codes[i] = <int32_t>values[i]
+        indices = pa.Array.from_buffers(pa.int32(), n, [valid, code_buf], null_count=n_null)
+        return pa.DictionaryArray.from_arrays(indices, pa.array(labels, pa.string()))
+    bit_buf = pa.allocate_buffer((n + 7) // 8)      # BOOL: bit-packed value != 0
+    bits = <uint8_t*>_address(bit_buf)
+    with nogil:
+        for i in range(0, n, 8):
+            byte = 0
+            if n - i < 8:
+                m = n - i
+            for k in range(m):
+                byte |= <uint8_t>((values[i + k] != 0.0) << k)
+            bits[i >> 3] = byte
+    return pa.Array.from_buffers(pa.bool_(), n, [valid, bit_buf], null_count=n_null)
+
+
 #: Recently encoded key columns: a chain of keyed kernels over one batch encodes its key column
 #: once. Each entry holds the source array, so its buffers (whose addresses form the cache key)
 #: stay alive and cannot be reused by another array while cached.
@@ -432,16 +472,8 @@ cdef class Kernel:
                 bitmap = <uint8_t*>_address(valid)
                 with nogil:
                     _nan_to_null(io.out[j], bitmap, n, n_null)
-            out = pa.Array.from_buffers(pa.float64(), n, [valid, data_bufs[j]],
-                                        null_count=n_null)
-            if okind == BOOL:
-                out = pc.not_equal(out, 0.0)
-            elif okind == I64:
-                out = out.cast(pa.int64())
-            elif okind == LABEL:
-                out = pa.DictionaryArray.from_arrays(out.cast(pa.int32()),
-                                                     pa.array(labels, pa.string()))
-            named.append((oname, out))
+            named.append((oname, _typed_output(io.out[j], n, okind, labels, valid,
+                                               data_bufs[j], n_null)))
         return with_columns(batch, named)
 
     # ---------------------------------------------------------------- per-key state
