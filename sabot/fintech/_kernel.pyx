@@ -231,12 +231,14 @@ def _output_buffer(Py_ssize_t nbytes):
     arr = None
     held = sum(a.nbytes for a in _POOL)
     if held + nbytes > POOL_MAX_BYTES:             # make room: forget free buffers, oldest first
-        for a in list(_POOL):
-            if held + nbytes <= POOL_MAX_BYTES:
-                break
-            if Py_REFCNT(a) <= 3:                  # the pool, the copied list, ``a``
-                _POOL.remove(a)
+        keep = []
+        for a in _POOL:
+            if held + nbytes > POOL_MAX_BYTES and _pool_free(a):
                 held -= a.nbytes
+            else:
+                keep.append(a)
+        a = None
+        _POOL[:] = keep
     arr = np.empty(nbytes, dtype=np.uint8)
     if nbytes >= (4 << 20):             # fresh and large: fewer first-touch faults with huge pages
         _advise_huge_pages(<uintptr_t>arr.ctypes.data, nbytes)
