@@ -8,11 +8,12 @@
   cancel),
   with a run-of-equal-values counter so a constant window has variance exactly 0:
   ``moments_width(N)`` doubles;
-* monotonic deque for rolling max/min in amortised O(1): ``3 + 2N`` doubles
-  ``[pushed, head, length, values N, push indices N]``;
+* rolling max/min in amortised O(1) without data-dependent branches (van Herk / Gil-Werman
+  blocks): ``4 + 2N`` doubles;
 * sorted window (ring + sorted copy) for exact rolling order statistics: ``sorted_width(N)``.
 
-The per-row paths of moments and the deque avoid integer division (slots wrap by comparison).
+The per-row paths of the moments and the rolling extremes avoid integer division (slots wrap by
+comparison).
 """
 from libc.math cimport fabs
 from libc.string cimport memmove
@@ -281,75 +282,87 @@ cdef inline double moments_var(const double* m, double ddof) noexcept nogil:
     return moments_m2(m) / (m[0] - ddof)
 
 
-cdef inline Py_ssize_t deque_width(Py_ssize_t N) noexcept nogil:
-    return 3 + 2 * N
+# Rolling max/min over the last N values (van Herk / Gil-Werman): pushes are cut into blocks of
+# N; the window ending at a push is the suffix of the previous block after the push's position
+# plus the prefix of the current block up to it.  Suffix extremes of a block are computed once
+# when it completes (N comparisons every N pushes), the prefix extreme as values arrive: two
+# comparisons per row amortised and no data-dependent branches (a monotonic deque pops a random
+# number of entries per row, a branch misprediction each time).
+# Layout: [pushes, prefix extreme, position of the next push, completed blocks, values N, suffix N].
+
+cdef enum:
+    EXTREME_HEADER = 4
 
 
-ctypedef struct Deque:
-    Py_ssize_t N, t, head, length     # window, values pushed, head slot, entries
-    double* values
-    double* index
+cdef inline Py_ssize_t extreme_width(Py_ssize_t N) noexcept nogil:
+    return EXTREME_HEADER + 2 * N
 
 
-cdef inline Deque deque_load(double* d, Py_ssize_t N) noexcept nogil:
-    """Open the deque stored in ``d`` (keep it in registers over a run of rows of one key)."""
-    cdef Deque q
+ctypedef struct Extreme:
+    Py_ssize_t N, pos                 # window, position of the next push in its block
+    double pushes, blocks, prefix     # values pushed, completed blocks, extreme of this block
+    double* values                    # the current block (positions < pos) then the previous
+    double* suffix                    # suffix extremes of the previous block
+
+
+cdef inline Extreme extreme_load(double* d, Py_ssize_t N) noexcept nogil:
+    """Open the rolling extreme stored in ``d`` (keep it in registers over a run of rows)."""
+    cdef Extreme q
     q.N = N
-    q.t = <Py_ssize_t>d[0]
-    q.head = <Py_ssize_t>d[1]
-    q.length = <Py_ssize_t>d[2]
-    q.values = d + 3
-    q.index = d + 3 + N
+    q.pushes = d[0]
+    q.prefix = d[1]
+    q.pos = <Py_ssize_t>d[2]
+    q.blocks = d[3]
+    q.values = d + EXTREME_HEADER
+    q.suffix = d + EXTREME_HEADER + N
     return q
 
 
-cdef inline void deque_store(const Deque* q, double* d) noexcept nogil:
-    d[0] = <double>q.t
-    d[1] = <double>q.head
-    d[2] = <double>q.length
+cdef inline void extreme_store(const Extreme* q, double* d) noexcept nogil:
+    d[0] = q.pushes
+    d[1] = q.prefix
+    d[2] = <double>q.pos
+    d[3] = q.blocks
 
 
-cdef inline double deque_step(Deque* q, double x, bint keep_max) noexcept nogil:
-    """Push ``x`` and return the max (``keep_max``) or min of the last ``N`` pushed values.
-
-    The deque holds (value, push index) pairs in a circular buffer of N slots, values
-    monotonic from the head; no division in the loop (pass ``keep_max`` as a constant).
-    """
-    cdef Py_ssize_t N = q.N, head = q.head, length = q.length, back, slot
-    cdef double* values = q.values
-    if length > 0 and <Py_ssize_t>q.index[head] <= q.t - N:   # the head left the window
-        head += 1
-        if head == N:
-            head = 0
-        length -= 1
-    back = head + length - 1
-    if back >= N:
-        back -= N
-    while length > 0 and ((values[back] <= x) if keep_max else (values[back] >= x)):
-        length -= 1
-        back -= 1
-        if back < 0:
-            back += N
-    slot = head + length
-    if slot >= N:
-        slot -= N
-    values[slot] = x
-    q.index[slot] = <double>q.t
-    q.t += 1
-    q.head = head
-    q.length = length + 1
-    return values[head]
+cdef inline double _better(double a, double b, bint keep_max) noexcept nogil:
+    if keep_max:
+        return a if a > b else b
+    return a if a < b else b
 
 
-cdef inline double deque_push(double* d, Py_ssize_t N, double x, bint keep_max) noexcept nogil:
-    """``deque_step`` on the deque stored in ``d`` (one row)."""
-    cdef Deque q = deque_load(d, N)
-    cdef double v = deque_step(&q, x, keep_max)
-    deque_store(&q, d)
+cdef inline double extreme_step(Extreme* q, double x, bint keep_max) noexcept nogil:
+    """Push ``x`` and return the max (``keep_max``, pass a constant) or min of the last ``N``
+    pushed values."""
+    cdef Py_ssize_t k, N = q.N, pos = q.pos
+    cdef double v
+    q.values[pos] = x
+    q.prefix = x if pos == 0 else _better(q.prefix, x, keep_max)
+    q.pushes += 1.0
+    if pos == N - 1:                       # block complete: its suffix extremes, a new block
+        v = q.values[N - 1]
+        q.suffix[N - 1] = v
+        for k in range(N - 2, -1, -1):
+            v = _better(q.values[k], v, keep_max)
+            q.suffix[k] = v
+        q.blocks += 1.0
+        q.pos = 0
+        return q.prefix
+    q.pos = pos + 1
+    if q.blocks == 0.0:                    # still in the first block: the window is its prefix
+        return q.prefix
+    return _better(q.suffix[pos + 1], q.prefix, keep_max)
+
+
+cdef inline double extreme_push(double* d, Py_ssize_t N, double x, bint keep_max) noexcept nogil:
+    """``extreme_step`` on the rolling extreme stored in ``d`` (one row)."""
+    cdef Extreme q = extreme_load(d, N)
+    cdef double v = extreme_step(&q, x, keep_max)
+    extreme_store(&q, d)
     return v
 
 
-cdef inline Py_ssize_t deque_count(const double* d) noexcept nogil:
+cdef inline Py_ssize_t extreme_count(const double* d) noexcept nogil:
     """Values pushed so far (compare with N for warm-up)."""
     return <Py_ssize_t>d[0]
 

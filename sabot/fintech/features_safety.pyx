@@ -22,7 +22,7 @@ from ._kernel import BOOL, I64, numeric_input, output, side_input, time_input
 from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
 from ._window cimport (
-    Deque, deque_count, deque_load, deque_step, deque_store, deque_push, deque_width,
+    Extreme, extreme_count, extreme_load, extreme_step, extreme_store, extreme_push, extreme_width,
     MOM_HEADER, moments_central, moments_constant, moments_count, moments_m2, moments_m2_full,
     moments_step,
     moments_width, ring_get, ring_index, ring_push, ring_width, sorted_lower_bound,
@@ -95,25 +95,25 @@ cdef class _RollingExtreme(Kernel):
 
 
 cdef inline void _rolling_extreme(KernelIO* io, Py_ssize_t N, bint keep_max) noexcept nogil:
-    """One pass; inlined with ``keep_max`` a constant. Without ``by`` the deque stays in
+    """One pass; inlined with ``keep_max`` a constant. Without ``by`` the extreme stays in
     registers for the whole batch."""
     cdef Py_ssize_t i
     cdef double x, v
     cdef double* st
-    cdef Deque q
+    cdef Extreme q
     if io.slot == NULL:
-        q = deque_load(io.state, N)
+        q = extreme_load(io.state, N)
         for i in range(io.n):
             x = io.x[0][i]
             if not present(io, i) or _is_nan(x):
                 set_null(io, 0, i)
                 continue
-            v = deque_step(&q, x, keep_max)
-            if q.t < N:
+            v = extreme_step(&q, x, keep_max)
+            if q.pushes < N:
                 set_null(io, 0, i)
             else:
                 io.out[0][i] = v
-        deque_store(&q, io.state)
+        extreme_store(&q, io.state)
         return
     for i in range(io.n):
         x = io.x[0][i]
@@ -121,15 +121,15 @@ cdef inline void _rolling_extreme(KernelIO* io, Py_ssize_t N, bint keep_max) noe
             set_null(io, 0, i)
             continue
         st = key_state(io, i)
-        v = deque_push(st, N, x, keep_max)
-        if deque_count(st) < N:
+        v = extreme_push(st, N, x, keep_max)
+        if extreme_count(st) < N:
             set_null(io, 0, i)
         else:
             io.out[0][i] = v
 
 
 cdef class RollingMin(_RollingExtreme):
-    """``rolling_min``: min of the last ``window`` values (monotonic deque, amortised O(1)).
+    """``rolling_min``: min of the last ``window`` values (van Herk / Gil-Werman blocks, amortised O(1)).
 
     Reference: ``pandas.Series.rolling(window).min()`` on the valid rows.
     """
@@ -137,12 +137,12 @@ cdef class RollingMin(_RollingExtreme):
         self.window = check_positive_int("window", window)
         self.keep_max = False
         self.declare("rolling_min", [numeric_input("column", column)], [output("rolling_min")],
-                     stride=deque_width(self.window), by=by,
+                     stride=extreme_width(self.window), by=by,
                      config=dict(column=column, window=self.window))
 
 
 cdef class RollingMax(_RollingExtreme):
-    """``rolling_max``: max of the last ``window`` values (monotonic deque, amortised O(1)).
+    """``rolling_max``: max of the last ``window`` values (van Herk / Gil-Werman blocks, amortised O(1)).
 
     Reference: ``pandas.Series.rolling(window).max()`` on the valid rows.
     """
@@ -150,7 +150,7 @@ cdef class RollingMax(_RollingExtreme):
         self.window = check_positive_int("window", window)
         self.keep_max = True
         self.declare("rolling_max", [numeric_input("column", column)], [output("rolling_max")],
-                     stride=deque_width(self.window), by=by,
+                     stride=extreme_width(self.window), by=by,
                      config=dict(column=column, window=self.window))
 
 

@@ -13,7 +13,7 @@ from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive, check_positive_int, check_unit_interval
 from ._scope import call_kernel
 from ._window cimport (
-    MOM_HEADER, ZSUM_HEADER, deque_push, deque_width, moments_count, moments_mean,
+    MOM_HEADER, ZSUM_HEADER, extreme_push, extreme_width, moments_count, moments_mean,
     moments_m2_full, moments_mean_full, moments_step, moments_var, moments_width, zsum_count, zsum_push, zsum_step, zsum_width,
 )
 
@@ -315,7 +315,7 @@ cdef class DonchianChannel(Kernel):
                       numeric_input("low_column", low_column)]
         self.declare("donchian_channel", inputs,
                      [output("donchian_high"), output("donchian_low"), output("donchian_mid")],
-                     stride=2 * deque_width(self.window), by=by,
+                     stride=2 * extreme_width(self.window), by=by,
                      config=dict(column=column, window=self.window, high_column=high_column,
                                  low_column=low_column))
 
@@ -330,8 +330,8 @@ cdef class DonchianChannel(Kernel):
             if not present(io, i) or h != h or l != l:
                 set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
                 continue
-            hi = deque_push(st, N, h, True)
-            lo = deque_push(st + deque_width(N), N, l, False)
+            hi = extreme_push(st, N, h, True)
+            lo = extreme_push(st + extreme_width(N), N, l, False)
             if <Py_ssize_t>st[0] < N:
                 set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
                 continue
@@ -355,7 +355,7 @@ cdef class StochasticOsc(Kernel):
                                         numeric_input("low_column", low_column),
                                         numeric_input("close_column", close_column)],
                      [output("stoch_k"), output("stoch_d")],
-                     stride=2 * deque_width(self.k_period) + zsum_width(self.d_period), by=by,
+                     stride=2 * extreme_width(self.k_period) + zsum_width(self.d_period), by=by,
                      config=dict(k_period=self.k_period, d_period=self.d_period,
                                  high_column=high_column, low_column=low_column,
                                  close_column=close_column))
@@ -371,13 +371,13 @@ cdef class StochasticOsc(Kernel):
             if not present(io, i) or h != h or l != l or c != c:
                 set_null(io, 0, i); set_null(io, 1, i)
                 continue
-            hh = deque_push(st, K, h, True)
-            ll = deque_push(st + deque_width(K), K, l, False)
+            hh = extreme_push(st, K, h, True)
+            ll = extreme_push(st + extreme_width(K), K, l, False)
             if <Py_ssize_t>st[0] < K:
                 set_null(io, 0, i); set_null(io, 1, i)
                 continue
             fast_k = 100.0 * (c - ll) / (hh - ll) if hh != ll else 0.0
-            ks = st + 2 * deque_width(K)
+            ks = st + 2 * extreme_width(K)
             s = zsum_push(ks, D, fast_k)
             if zsum_count(ks, D) < D:
                 set_null(io, 0, i); set_null(io, 1, i)
