@@ -9,12 +9,15 @@ from setuptools import Extension, setup
 ROOT = Path(__file__).parent
 
 # Kernel loops are written once for both keyed and unkeyed state (``row_state`` in
-# sabot/fintech/_kernel.pxd); GCC must be allowed to unswitch the larger loops on "no ``by``" to
-# keep unkeyed state in registers.  Its SLP vectoriser packs pairs of recurrences (RSI's gain and
-# loss) into one vector that is spilled on every row, slower than two scalar chains: off.
+# sabot/fintech/_kernel.pxd); GCC must be allowed to unswitch the larger loops on "no ``by``"
+# to keep unkeyed state in registers, and to inline the loop functions kernels call twice
+# (``_sma_rows(io, N, keyed)``) so that each copy is specialised.  Its SLP vectoriser packs
+# pairs of recurrences (RSI's gain and loss) into one vector that is spilled on every row,
+# slower than two scalar chains: off.
 COMPILE_ARGS = ["-O3", "-fno-math-errno"]
 if "gcc" in (os.environ.get("CC") or sysconfig.get_config_var("CC") or ""):
-    COMPILE_ARGS += ["--param=max-unswitch-insns=1000", "-fno-tree-slp-vectorize"]
+    COMPILE_ARGS += ["--param=max-unswitch-insns=1000", "-fno-tree-slp-vectorize",
+                     "--param=max-inline-insns-single=1000"]
 
 extensions = [
     Extension(

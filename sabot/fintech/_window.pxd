@@ -57,8 +57,9 @@ cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
 # add/subtract whose rounding is bounded by eps times the magnitudes added and removed since the
 # last exact re-sum (A); the window is re-summed when A exceeds ZSUM_RESUM x |sum| (a large value
 # left the window, or many pushes have accumulated), so the relative error stays below
-# ZSUM_RESUM x eps (about 6e-14). A count of nonzero values makes a window of zeros exactly 0.
-# Layout: [nonzero count, sum, A, ring of N values]. The ring's push counter wraps within
+# ZSUM_RESUM x eps (about 6e-14). A window of zeros is exactly 0: its sum is re-summed as soon as
+# A exceeds 256 x |sum|. Layout: [unused (a nonzero count in states saved by 0.1), sum, A,
+# ring of N values]. The ring's push counter wraps within
 # [N, 2N) once full, so the slot is found without an integer division.
 
 cdef enum:
@@ -70,7 +71,7 @@ cdef inline Py_ssize_t zsum_width(Py_ssize_t N) noexcept nogil:
 
 
 cdef enum:
-    ZSUM_HEADER = 4     # [nonzero count, sum, A, pushes (wrapping in [N, 2N) once full)]
+    ZSUM_HEADER = 4     # [unused, sum, A, pushes (wrapping in [N, 2N) once full)]
 
 
 cdef inline double zsum_step(double* h, double* values, Py_ssize_t N, double x) noexcept nogil:
@@ -94,12 +95,7 @@ cdef inline double zsum_step(double* h, double* values, Py_ssize_t N, double x) 
     # one addition per accumulator on the row-to-row chain
     h[1] += x - old
     h[2] += fabs(x) + fabs(old)
-    h[0] += <double>(x != 0.0) - <double>(old != 0.0)
-    if h[0] == 0.0:
-        h[1] = 0.0
-        h[2] = 0.0
-        return 0.0
-    if h[2] > ZSUM_RESUM * fabs(h[1]):
+    if h[2] > ZSUM_RESUM * fabs(h[1]):      # also makes a window of zeros exactly 0
         h[1] = 0.0
         h[2] = 0.0
         for k in range(N if full else slot + 1):
