@@ -59,7 +59,8 @@ class KafkaChangelogStore:
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
-        md = admin.list_topics(topic=topic, timeout=self.timeout_s)
+        # all topics: asking for one by name makes brokers that auto-create topics create it
+        md = admin.list_topics(timeout=self.timeout_s)
         meta = md.topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             raise KeyError(f"topic {topic!r} not found on {self.bootstrap_servers}")
