@@ -247,7 +247,8 @@ class _Member:
         self.rows += sum(int(line.split()[1]) for line in lines if line.startswith(b"batch "))
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def stop(self, sig: int) -> int:
@@ -291,48 +292,84 @@ def _wait(members: list, until, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _last_assignment(log: str) -> set:
+def _last_assignment(log: str) -> dict:
+    """{partition: offset it was assigned at (0: fresh)} from a member's last assignment."""
     found = ASSIGNED.findall(log)
-    assert found, "no assignment logged"
-    return {int(p) for p in re.findall(r"\[(\d+)\]", found[-1])}
+    if not found:
+        return {}
+    return {int(p): (int(o) if o.isdigit() else 0)
+            for p, o in re.findall(r"\[(\d+)\]@(\w+)", found[-1])}
+
+
+def _produce_by_symbol(bootstrap: str, topic: str, table: pa.Table, partitions: int) -> list:
+    """Each symbol's records to partition ``symbol index % partitions`` (keyed by symbol);
+    the partition of every record."""
+    from stream_data import SYMBOLS, json_values
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    parts = [SYMBOLS.index(s) % partitions for s in table.column("symbol").to_pylist()]
+    for sym, part, value in zip(table.column("symbol").to_pylist(), parts, json_values(table)):
+        p.produce(topic, key=sym.encode(), value=value, partition=part)
+        p.poll(0)
+    assert p.flush(30) == 0
+    return parts
 
 
 def test_scale_out_two_then_three_members_and_one_killed(kafka_broker, unique_topic, tmp_path):
-    n = 12000
+    n = 16000
     table = ticker_table("binance", n, seed=41)
     in_topic, out_topic = unique_topic("in"), unique_topic("out")
     kafka_broker.create_topic(in_topic, partitions=6)
     kafka_broker.create_topic(out_topic, partitions=3)
-    produce(kafka_broker.bootstrap, in_topic, table)
+    part_of_seq = _produce_by_symbol(kafka_broker.bootstrap, in_topic, table, 6)
+    size = np.bincount(part_of_seq, minlength=6)
     args = _args(kafka_broker, in_topic, unique_topic("g"), out_topic, unique_topic("cl"),
-                 0.2, 0.01, False)
+                 0.2, 0.02, False)
     watcher = _OutputWatcher(kafka_broker.bootstrap, out_topic)
+
+    def unfinished() -> set:
+        done = np.bincount([part_of_seq[s] for s in watcher.seen], minlength=6)
+        return {p for p in range(6) if done[p] < size[p]}
+
     members = [_Member("m1", args, tmp_path / "m1.log"), _Member("m2", args, tmp_path / "m2.log")]
     try:
-        _wait(members, lambda: sum(m.rows for m in members) >= 0.15 * n, 90, "first output")
+        _wait(members, lambda: sum(m.rows for m in members) >= 0.1 * n, 90, "first output")
         third = _Member("m3", args, tmp_path / "m3.log")
         members.append(third)
-        # the third member gets partitions with the state the others built (rebalance)
+        # rebalance: the third member gets partitions with the state the others built
         _wait(members, lambda: third.rows > 0 and RESTORED.search(third.log()), 90,
               "the third member to restore state and process")
         handed = [(int(p), int(o)) for _, p, o in RESTORED.findall(third.log())]
         assert any(o > 0 for _, o in handed), f"m3 restored nothing from the changelog: {handed}"
-        rows_at_join = sum(m.rows for m in members)
-        assert rows_at_join < n, "the input was finished before the third member joined"
-        # kill -9 a member that owns partitions; the survivors take them over
-        victim = max(members[:2], key=lambda m: len(_last_assignment(m.log())))
+        joined_at = {m.name: m.rows for m in members}
+
+        def victim_found():
+            watcher.poll()
+            left = unfinished()
+            for m in members:  # a member that has worked since the rebalance, with work left
+                if m.rows > joined_at[m.name] + 100 and set(_last_assignment(m.log())) & left:
+                    return m
+            return None
+
+        _wait(members, victim_found, 90, "a member with unfinished partitions to kill")
+        victim = victim_found()
         owned = _last_assignment(victim.log())
+        left = set(owned) & unfinished()
+        assert left, "the victim's partitions were finished before the kill"
         survivors = [m for m in members if m is not victim]
         marks = {m.name: len(m.log()) for m in survivors}
-        _wait(members, lambda: victim.rows > 0 and sum(m.rows for m in members) > rows_at_join + 300,
-              90, "more output after the third member joined")
         assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
         members.remove(victim)
-        _wait(members, lambda: watcher.poll() >= n, 120, "every input record in the output")
-        taken = [(int(p), int(o)) for m in survivors for _, p, o in
-                 RESTORED.findall(m.log()[marks[m.name]:])]
-        assert {p for p, o in taken if o > 0} & owned, \
-            f"no survivor restored the killed member's partitions {owned}: {taken}"
+
+        def taken_over() -> list:
+            return [(int(p), int(o)) for m in survivors for _, p, o in
+                    RESTORED.findall(m.log()[marks[m.name]:]) if int(p) in left]
+
+        _wait(members, lambda: watcher.poll() >= n and taken_over(), 120,
+              "every input record in the output and the victim's partitions taken over")
+        taken = taken_over()
+        # restored from a record the victim wrote: past the offset it was assigned at
+        assert any(o > owned[p] for p, o in taken), (owned, taken)
         for m in survivors:
             assert m.stop(signal.SIGTERM) == 0, m.log()[-3000:]
             assert "clean stop" in m.log()
@@ -343,5 +380,6 @@ def test_scale_out_two_then_three_members_and_one_killed(kafka_broker, unique_to
                 m.proc.kill()
                 m.proc.wait()
     total, duplicates = _check_output(read_all(kafka_broker.bootstrap, out_topic), table)
-    print(f"\nscale-out: 3 members, 1 killed; {total} output rows, {duplicates} duplicates, "
-          f"0 lost; m3 took over {handed}, survivors took over {taken}")
+    print(f"\nscale-out: 3 members, {victim.name} killed; {total} output rows, {duplicates} "
+          f"duplicates, 0 lost; m3 restored {handed} on joining; survivors restored {taken} "
+          f"of {victim.name}'s {owned}")

@@ -121,12 +121,19 @@ class TaskManager:
             for node, clone in zip(self.op_nodes, clones):
                 node.tasks[tp] = clone
         self.handover_s.append(time.perf_counter() - t0)
+        logger.info("%s: %d task(s) assigned, %d restored from the changelog in %.1f ms",
+                    self.source.name, len(parts), sum(r is not None for r in records.values()),
+                    self.handover_s[-1] * 1e3)
 
     def on_revoke(self, tps: List[TaskId], write: bool = True) -> None:
         """Checkpoint the revoked tasks (unless ``write`` is False: the run is failing or has
         already written its final checkpoint), then drop them."""
         if write:
-            self._write([tp for tp in tps if self._moved(tp)])
+            t0 = time.perf_counter()
+            moved = [tp for tp in tps if self._moved(tp)]
+            self._write(moved)
+            logger.info("%s: %d task(s) revoked, %d checkpointed to the changelog in %.1f ms",
+                        self.source.name, len(tps), len(moved), (time.perf_counter() - t0) * 1e3)
         for tp in tps:
             for node in self.op_nodes:
                 node.tasks.pop(tp, None)
