@@ -164,7 +164,7 @@ class KafkaChangelogStore:
                     raise CheckpointError(f"changelog {self.topic!r}: partitions "
                                           f"{sorted(set(parts) - at_end)} not read to their end "
                                           f"in {self.timeout_s:.0f}s")
-                for m in self._reader.consume(1000, 0.2):
+                for m in self._reader.consume(1000, 0.01):
                     err = m.error()
                     if err is None:
                         if m.key() in wanted:
