@@ -34,7 +34,10 @@ def pipeline(bootstrap: str, in_topic: str, group: str, changelog: str, interval
 
     return (Stream.from_kafka(bootstrap, in_topic, group, batch_size=50, from_beginning=True,
                               stop_at_end=stop_at_end, changelog_topic=changelog,
-                              checkpoint_interval_s=interval_s, **fast_consumer_config())
+                              checkpoint_interval_s=interval_s,
+                              # small fetches: every partition advances at a similar pace, so a
+                              # rebalance finds each one mid-stream
+                              **fast_consumer_config(**{"max.partition.fetch.bytes": 4096}))
             .map(features).map(progress))
 
 

@@ -301,6 +301,16 @@ def _last_assignment(log: str) -> dict:
             for p, o in re.findall(r"\[(\d+)\]@(\w+)", found[-1])}
 
 
+def _handover_figures(logs: list) -> str:
+    """Revoke (checkpoint) and assign (restore) durations logged by the members (not asserted)."""
+    text = "\n".join(logs)
+    rev = [float(x) for x in re.findall(r"checkpointed to the changelog in ([\d.]+) ms", text)]
+    ass = [float(x) for x in re.findall(r"restored from the changelog in ([\d.]+) ms", text)]
+    return (f"on revoke (flush sink, write, commit) median {np.median(rev):.0f} ms max "
+            f"{max(rev):.0f} ms; on assign (read, restore) median {np.median(ass):.0f} ms max "
+            f"{max(ass):.0f} ms")
+
+
 def _produce_by_symbol(bootstrap: str, topic: str, table: pa.Table, partitions: int) -> list:
     """Each symbol's records to partition ``symbol index % partitions`` (keyed by symbol);
     the partition of every record."""
@@ -324,40 +334,45 @@ def test_scale_out_two_then_three_members_and_one_killed(kafka_broker, unique_to
     part_of_seq = _produce_by_symbol(kafka_broker.bootstrap, in_topic, table, 6)
     size = np.bincount(part_of_seq, minlength=6)
     args = _args(kafka_broker, in_topic, unique_topic("g"), out_topic, unique_topic("cl"),
-                 0.2, 0.02, False)
+                 0.2, 0.05, False)
     watcher = _OutputWatcher(kafka_broker.bootstrap, out_topic)
 
-    def unfinished() -> set:
-        done = np.bincount([part_of_seq[s] for s in watcher.seen], minlength=6)
-        return {p for p in range(6) if done[p] < size[p]}
+    def done() -> np.ndarray:
+        watcher.poll()
+        return np.bincount([part_of_seq[q] for q in watcher.seen], minlength=6)
 
     members = [_Member("m1", args, tmp_path / "m1.log"), _Member("m2", args, tmp_path / "m2.log")]
     try:
-        _wait(members, lambda: sum(m.rows for m in members) >= 0.1 * n, 90, "first output")
+        # the third member joins once every partition has been started (each has state)
+        _wait(members, lambda: (done() > 0).all(), 90, "output from every partition")
+        assert done().sum() < 0.8 * n, "the input was nearly finished before the third member joined"
         third = _Member("m3", args, tmp_path / "m3.log")
         members.append(third)
-        # rebalance: the third member gets partitions with the state the others built
-        _wait(members, lambda: third.rows > 0 and RESTORED.search(third.log()), 90,
-              "the third member to restore state and process")
+        # rebalance: the third member restores state the others built and checkpointed
+        _wait(members, lambda: ASSIGNED.search(third.log()), 90, "the third member's assignment")
         handed = [(int(p), int(o)) for _, p, o in RESTORED.findall(third.log())]
         assert any(o > 0 for _, o in handed), f"m3 restored nothing from the changelog: {handed}"
-        joined_at = {m.name: m.rows for m in members}
 
         def victim_found():
-            watcher.poll()
-            left = unfinished()
-            for m in members:  # a member that has worked since the rebalance, with work left
-                if m.rows > joined_at[m.name] + 100 and set(_last_assignment(m.log())) & left:
-                    return m
+            """(member, partition): a member that has processed >= 100 records of a partition
+            since it was assigned it, with >= 1000 left."""
+            d = done()
+            for m in members:
+                for p, start in _last_assignment(m.log()).items():
+                    if d[p] >= start + 100 and size[p] - d[p] >= 1000:
+                        return m, p
             return None
 
-        _wait(members, victim_found, 90, "a member with unfinished partitions to kill")
-        victim = victim_found()
+        _wait(members, lambda: victim_found() or (done() >= size).all(), 90,
+              "a member working on a partition with work left")
+        time.sleep(0.5)  # > 2 checkpoint intervals: the victim has written that progress
+        victim, part = victim_found() or (None, None)
+        assert victim is not None, "the partition finished before the kill; nothing to prove"
         owned = _last_assignment(victim.log())
-        left = set(owned) & unfinished()
-        assert left, "the victim's partitions were finished before the kill"
+        left = {part}
         survivors = [m for m in members if m is not victim]
         marks = {m.name: len(m.log()) for m in survivors}
+        assert part in owned and done()[part] < size[part]
         assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
         members.remove(victim)
 
@@ -365,14 +380,20 @@ def test_scale_out_two_then_three_members_and_one_killed(kafka_broker, unique_to
             return [(int(p), int(o)) for m in survivors for _, p, o in
                     RESTORED.findall(m.log()[marks[m.name]:]) if int(p) in left]
 
-        _wait(members, lambda: watcher.poll() >= n and taken_over(), 120,
-              "every input record in the output and the victim's partitions taken over")
+        try:
+            _wait(members, lambda: watcher.poll() >= n and taken_over(), 120,
+                  "every input record in the output and the victim's partitions taken over")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\nper partition done {done().tolist()} of {size.tolist()}; "
+                               f"taken over {taken_over()}; rows printed "
+                               f"{[(m.name, m.rows) for m in members]}") from None
         taken = taken_over()
         # restored from a record the victim wrote: past the offset it was assigned at
-        assert any(o > owned[p] for p, o in taken), (owned, taken)
+        assert any(o >= owned[p] + 100 for p, o in taken), (owned, taken)
         for m in survivors:
             assert m.stop(signal.SIGTERM) == 0, m.log()[-3000:]
             assert "clean stop" in m.log()
+        figures = _handover_figures([m.log() for m in survivors + [victim]])
     finally:
         watcher.close()
         for m in members:
@@ -382,4 +403,4 @@ def test_scale_out_two_then_three_members_and_one_killed(kafka_broker, unique_to
     total, duplicates = _check_output(read_all(kafka_broker.bootstrap, out_topic), table)
     print(f"\nscale-out: 3 members, {victim.name} killed; {total} output rows, {duplicates} "
           f"duplicates, 0 lost; m3 restored {handed} on joining; survivors restored {taken} "
-          f"of {victim.name}'s {owned}")
+          f"of {victim.name}'s {owned}; {figures}")
