@@ -404,3 +404,44 @@ def test_scale_out_two_then_three_members_and_one_killed(kafka_broker, unique_to
     print(f"\nscale-out: 3 members, {victim.name} killed; {total} output rows, {duplicates} "
           f"duplicates, 0 lost; m3 restored {handed} on joining; survivors restored {taken} "
           f"of {victim.name}'s {owned}; {figures}")
+
+
+# -- one process owning every task, in-process ---------------------------------------------------
+def test_one_process_owns_every_task_and_a_later_run_continues(kafka_broker, unique_topic):
+    """A single member with changelog_topic is the changelog state store of one pipeline: a run
+    to the end of the input checkpoints every partition; a later run over newly produced
+    records restores them and continues EWMA/RSI per symbol (pandas/TA-Lib over everything)."""
+    from sabot.kafka import fast_consumer_config
+    from sabot.metrics import StreamMetrics
+
+    table = ticker_table("kraken", 3000, seed=51)
+    head, tail = table.slice(0, 1800), table.slice(1800)
+    topic, group, changelog = unique_topic(), unique_topic("g"), unique_topic("cl")
+    kafka_broker.create_topic(topic, partitions=6)
+    parts = _produce_by_symbol(kafka_broker.bootstrap, topic, head, 6)
+
+    def stream(batch_size):
+        return (Stream.from_kafka(kafka_broker.bootstrap, topic, group, batch_size=batch_size,
+                                  from_beginning=True, stop_at_end=True,
+                                  changelog_topic=changelog, checkpoint_interval_s=3600,
+                                  **fast_consumer_config())
+                .map(features))
+
+    first = stream(130)
+    out = [first.collect().to_pandas()]
+    ckpt = first.last_checkpointer
+    assert ckpt.restored == [] and ckpt.store.records_written == len(set(parts))
+    samples = {fam.name: fam.samples[0].value for fam in StreamMetrics(first, "s")()
+               if fam.name.startswith("sabot_changelog") or fam.name.startswith("sabot_checkpoint")}
+    assert samples["sabot_changelog_records_written"] == len(set(parts))
+    assert samples["sabot_checkpoint_age_seconds"] >= 0
+
+    _produce_by_symbol(kafka_broker.bootstrap, topic, tail, 6)
+    second = stream(77)
+    out.append(second.collect().to_pandas())
+    restored = {tp[1]: off for tp, off, _ in second.last_checkpointer.restored}
+    assert restored == {p: int(np.sum(np.asarray(parts) == p)) for p in set(parts)}
+    got = pd.concat(out, ignore_index=True).sort_values("sequence").reset_index(drop=True)
+    assert len(got) == len(table) and got["sequence"].is_unique
+    ref = pandas_reference(table).sort_values("sequence").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, ref, rtol=1e-9, atol=1e-9, check_dtype=False)
