@@ -27,6 +27,11 @@ timeout, which resume from its last record (rows after it are recomputed identic
 at-least-once output, exactly-once state).  The changelog partition of a task is the source
 partition number, so only one source topic is supported and the changelog topic needs at
 least as many partitions (it is created with as many, ``cleanup.policy=compact``).
+
+Operator counters in ``Stream.metrics`` (e.g. a window's ``late_count``) are summed over the
+tasks this process owns at the moment; a window's late rows stay in its task clone.  With the
+eager rebalance protocol every rebalance revokes and re-assigns all partitions, so each member
+re-reads its tasks' records then (tens of ms per rebalance on a local broker).
 """
 from __future__ import annotations
 
@@ -71,10 +76,6 @@ class TaskManager:
     def age_s(self) -> Optional[float]:
         """Seconds since the last record written or restored (None before any)."""
         return None if self.last_wall is None else time.time() - self.last_wall
-
-    @property
-    def tasks(self) -> List[TaskId]:
-        return sorted(self.op_nodes[0].tasks) if self.op_nodes else sorted(self.recorded)
 
     def restore(self) -> None:
         """Prepare a run: create the changelog topic if missing; no task is owned yet."""

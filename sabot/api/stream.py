@@ -128,7 +128,12 @@ class _OpNode(_Node):
 
     def metrics(self) -> Dict[str, Any]:
         out = self.parent.metrics()
-        out[self.op.name] = self.op.metrics()
+        m = self.op.metrics()
+        for clone in (self.tasks or {}).values():  # operator counters summed over owned tasks
+            for k, v in clone.metrics().items():
+                if k not in ("rows_in", "rows_out") and isinstance(v, (int, float)):
+                    m[k] = m.get(k, 0) + v
+        out[self.op.name] = m
         return out
 
     def events(self) -> Iterator[Event]:
@@ -155,7 +160,11 @@ class _OpNode(_Node):
                     else:
                         yield ev
                 elif isinstance(ev, TaskSwitch):
-                    op = tasks[ev.tp] if tasks is not None else op
+                    if tasks is not None:
+                        op = tasks.get(ev.tp)
+                        if op is None:
+                            raise RuntimeError(f"{self.name}: batch from {ev.tp[0]}/{ev.tp[1]}, "
+                                               "a partition this process does not own")
                     yield ev
                 elif isinstance(ev, Close):
                     closes.append(ev)
