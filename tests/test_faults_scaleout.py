@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer, Producer
+from hypothesis import given, settings, strategies as st
 
 from sabot.api import Stream
 from sabot.api._ops import MapOp, TumblingOHLCV
@@ -443,5 +444,31 @@ def test_one_process_owns_every_task_and_a_later_run_continues(kafka_broker, uni
     assert restored == {p: int(np.sum(np.asarray(parts) == p)) for p in set(parts)}
     got = pd.concat(out, ignore_index=True).sort_values("sequence").reset_index(drop=True)
     assert len(got) == len(table) and got["sequence"].is_unique
+    ref = pandas_reference(table).sort_values("sequence").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, ref, rtol=1e-9, atol=1e-9, check_dtype=False)
+
+
+# -- handover of a task's state, split anywhere --------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(1, 599), max_size=6, unique=True),
+       handovers=st.lists(st.booleans(), min_size=7, max_size=7))
+def test_task_state_handed_over_at_any_point_equals_one_run(cuts, handovers):
+    """One partition's records processed in pieces split anywhere; after any piece the task
+    may move to another process (state_dict → pickle → a fresh clone of the operator →
+    load_state_dict).  Output equals pandas/TA-Lib per symbol over the whole input."""
+    table = ticker_table("coinbase", 600, seed=61)
+    template = MapOp(features)
+    template.set_position(1)
+    task = template.clone()
+    bounds = [0] + sorted(cuts) + [table.num_rows]
+    outs = []
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        piece = table.slice(a, b - a).combine_chunks().to_batches()[0]
+        outs.extend(o.to_pandas() for o in task.process(piece))
+        if handovers[i]:
+            record = pickle.loads(pickle.dumps(task.state_dict()))
+            task = template.clone()
+            task.load_state_dict(record)
+    got = pd.concat(outs, ignore_index=True).sort_values("sequence").reset_index(drop=True)
     ref = pandas_reference(table).sort_values("sequence").reset_index(drop=True)
     pd.testing.assert_frame_equal(got, ref, rtol=1e-9, atol=1e-9, check_dtype=False)
