@@ -1,4 +1,6 @@
 """Build every Cython module under sabot/ (one extension per .pyx)."""
+import os
+import sysconfig
 from pathlib import Path
 
 from Cython.Build import cythonize
@@ -6,11 +8,19 @@ from setuptools import Extension, setup
 
 ROOT = Path(__file__).parent
 
+# Kernel loops are written once for both keyed and unkeyed state (``row_state`` in
+# sabot/fintech/_kernel.pxd); GCC must be allowed to unswitch the larger loops on "no ``by``" to
+# keep unkeyed state in registers.  Its SLP vectoriser packs pairs of recurrences (RSI's gain and
+# loss) into one vector that is spilled on every row, slower than two scalar chains: off.
+COMPILE_ARGS = ["-O3", "-fno-math-errno"]
+if "gcc" in (os.environ.get("CC") or sysconfig.get_config_var("CC") or ""):
+    COMPILE_ARGS += ["--param=max-unswitch-insns=1000", "-fno-tree-slp-vectorize"]
+
 extensions = [
     Extension(
         ".".join(pyx.relative_to(ROOT).with_suffix("").parts),
         [str(pyx.relative_to(ROOT))],
-        extra_compile_args=["-O3", "-fno-math-errno"],
+        extra_compile_args=COMPILE_ARGS,
     )
     for pyx in sorted((ROOT / "sabot").rglob("*.pyx"))
 ]

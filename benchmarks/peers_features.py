@@ -1,7 +1,8 @@
 """Side-by-side peers for features_safety rolling kernels (and online_stats' rolling_zscore).
 
 ``cases(scale)`` follows the contract in the common brief: (case, rows, {impl: fn}); data is
-generated before timing. Peers: pandas ``Series.rolling`` and polars ``Series.rolling_*``.
+generated before timing. Peers: TA-Lib (STDDEV, MIN, MAX), pandas ``Series.rolling`` and polars
+``Series.rolling_*``.
 Windows 20 and 1000 show the cost is O(1) per row in the window length.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+import talib
 
 from sabot.fintech import (
     rolling_kurt, rolling_max, rolling_min, rolling_skew, rolling_std, rolling_zscore,
@@ -47,6 +49,7 @@ def cases(scale: float = 1.0) -> list[tuple[str, int, dict[str, Callable[[], obj
                 "sabot": lambda w=w: rolling_std(batch, "price", window=w),
                 "pandas": lambda w=w: ps.rolling(w).std(),
                 "polars": lambda w=w: pls.rolling_std(w),
+                "talib STDDEV (ddof=0)": lambda w=w: talib.STDDEV(x, w, 1.0),
             }),
             (f"rolling_skew w={w}", n, {
                 "sabot": lambda w=w: rolling_skew(batch, "price", window=w),
@@ -67,11 +70,13 @@ def cases(scale: float = 1.0) -> list[tuple[str, int, dict[str, Callable[[], obj
                 "sabot": lambda w=w: rolling_min(batch, "price", window=w),
                 "pandas": lambda w=w: ps.rolling(w).min(),
                 "polars": lambda w=w: pls.rolling_min(w),
+                "talib MIN": lambda w=w: talib.MIN(x, w),
             }),
             (f"rolling_max w={w}", n, {
                 "sabot": lambda w=w: rolling_max(batch, "price", window=w),
                 "pandas": lambda w=w: ps.rolling(w).max(),
                 "polars": lambda w=w: pls.rolling_max(w),
+                "talib MAX": lambda w=w: talib.MAX(x, w),
             }),
         ]
     return out

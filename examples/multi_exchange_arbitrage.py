@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """Cross-exchange arbitrage monitor: Coinbase, Kraken and Binance tickers from Kafka.
 
-Pipeline (one ``Stream`` per venue, then two streaming ASOF joins)::
+Live pipeline (default, ``--align arrival``): decide on every quote as it arrives::
 
-    from_kafka(<exchange>-ticker) → normalize_symbols → midprice
-    coinbase ⋈asof kraken ⋈asof binance   (by symbol, backward, 500 ms tolerance)
+    from_kafka(coinbase-ticker, kraken-ticker, binance-ticker)   one consumer, no re-ordering
+    → normalize_symbols
+    → ArrivalAsofJoin: the arriving quote with the latest quote of every other venue for its
+      symbol (ignored when older than 500 ms relative to the arriving one)
     → best buy-at-ask / sell-at-bid pair net of both venues' taker fees → log + record
+
+Replay / research (``--align event-time``): one ``Stream`` per venue in event-time order, then
+the deterministic streaming joins ``coinbase ⋈asof kraken ⋈asof binance`` (by symbol, backward,
+500 ms tolerance); a Coinbase row is decided once the other venues' watermarks pass it.
 
 For every joined row and every ordered pair of venues present (buy at ``b``, sell at ``s``)::
 
@@ -15,7 +21,8 @@ For every joined row and every ordered pair of venues present (buy at ``b``, sel
 
 The pair with the largest ``net_bps`` is the row's signal; it is an opportunity when
 ``net_bps >= --min-edge-bps`` and ``net_bps > 0``.  Tick-to-signal latency is the wall-clock
-time of the decision minus the newest collector ``recv_timestamp`` among the quotes it used;
+time of the decision (after the batch's signals are computed) minus the newest collector
+``recv_timestamp`` among the quotes it used;
 it is measured on ticks received after the monitor's first decision (a backlog that waited in
 Kafka while the consumer group was being joined is not tick-to-signal latency).
 
@@ -41,13 +48,16 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from sabot.api import Stream  # noqa: E402
+from sabot.api.arrival import ArrivalAsofJoin  # noqa: E402
 from sabot.fintech import arbitrage_opportunities, midprice, normalize_symbols  # noqa: E402
-from sabot.kafka import fast_consumer_config  # noqa: E402
+from sabot.kafka import (LIVE_FETCH_WAIT_MAX_MS, fast_consumer_config,  # noqa: E402
+                         live_consumer_config)
 
 VENUES = ("coinbase", "kraken", "binance")
 DEFAULT_FEES = "coinbase=6,kraken=16,binance=10"
 TOLERANCE_MS = 500
 QUOTE_COLUMNS = ("timestamp", "recv_timestamp", "symbol", "exchange", "bid", "ask", "midprice")
+ALIGNMENTS = ("arrival", "event-time")
 
 
 def parse_fees(text: str, venues: Sequence[str] = VENUES) -> Dict[str, float]:
@@ -76,7 +86,12 @@ def _f64(batch: pa.RecordBatch, name: str) -> np.ndarray:
     idx = batch.schema.get_field_index(name)
     if idx < 0:
         return np.full(batch.num_rows, np.nan)
-    return batch.column(idx).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    col = batch.column(idx)
+    if col.type != pa.float64():
+        col = col.cast(pa.float64())
+    if col.null_count:
+        col = col.fill_null(np.nan)
+    return col.to_numpy(zero_copy_only=False)
 
 
 def _ns(batch: pa.RecordBatch, name: str) -> np.ndarray:
@@ -85,8 +100,14 @@ def _ns(batch: pa.RecordBatch, name: str) -> np.ndarray:
         return np.full(batch.num_rows, np.iinfo(np.int64).min, dtype=np.int64)
     col = batch.column(idx)
     if pa.types.is_timestamp(col.type):
-        col = col.cast(pa.timestamp("ns", tz=col.type.tz)).cast(pa.int64())
-    return col.fill_null(np.iinfo(np.int64).min).to_numpy(zero_copy_only=False).astype(np.int64)
+        if col.type.unit != "ns":
+            col = col.cast(pa.timestamp("ns", tz=col.type.tz))
+        col = col.view(pa.int64())
+    elif col.type != pa.int64():
+        col = col.cast(pa.int64())
+    if col.null_count:
+        col = col.fill_null(np.iinfo(np.int64).min)
+    return col.to_numpy(zero_copy_only=False)
 
 
 def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
@@ -173,6 +194,13 @@ class Counter:
         count.__qualname__ = f"count({venue})"
         return count
 
+    def by_exchange(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Counts each row under its ``exchange`` value (one stream carrying every venue)."""
+        for item in pc.value_counts(batch.column("exchange")).to_pylist():
+            if item["values"] in self.rows:
+                self.rows[item["values"]] += item["counts"]
+        return batch
+
 
 def venue_stream(bootstrap: str, venue: str, group_id: str, counter: Counter, *,
                  from_beginning: bool, fast_groups: bool) -> Stream:
@@ -184,6 +212,22 @@ def venue_stream(bootstrap: str, venue: str, group_id: str, counter: Counter, *,
             .map(normalize_symbols)
             .map(midprice)
             .select(*QUOTE_COLUMNS))
+
+
+def arrival_stream(bootstrap: str, group_id: str, counter: Counter, *, from_beginning: bool,
+                   fast_groups: bool, tolerance_ms: float = TOLERANCE_MS,
+                   fetch_wait_max_ms: int = LIVE_FETCH_WAIT_MAX_MS) -> Stream:
+    """Every venue's topic through one consumer, each quote joined on arrival with the latest
+    quote of the other venues (:class:`sabot.api.arrival.ArrivalAsofJoin`)."""
+    extra = {**(fast_consumer_config() if fast_groups else {}),
+             **live_consumer_config(**{"fetch.wait.max.ms": fetch_wait_max_ms})}
+    join = ArrivalAsofJoin(VENUES, source_column="exchange", by="symbol", on="timestamp",
+                           columns=("bid", "ask", "recv_timestamp"), tolerance_ms=tolerance_ms)
+    return (Stream.from_kafka(bootstrap, [f"{v}-ticker" for v in VENUES], group_id,
+                              from_beginning=from_beginning, max_latency_ms=50, **extra)
+            .map(counter.by_exchange)
+            .map(normalize_symbols)
+            .map(join))  # keeps only what a decision uses: bid, ask, times per venue
 
 
 def joined_stream(cb: Stream, kr: Stream, bn: Stream, tolerance_ms: float = TOLERANCE_MS) -> Stream:
@@ -213,6 +257,7 @@ class Monitor:
         self._first_decision_ns: Optional[int] = None
 
     def on_batch(self, joined: pa.RecordBatch) -> None:
+        opps = opportunities(joined, self.fees, self.min_edge_bps)
         decided_ns = time.time_ns()
         if self._first_decision_ns is None:
             self._first_decision_ns = decided_ns
@@ -220,7 +265,6 @@ class Monitor:
         lat = (decided_ns - recv[recv >= self._first_decision_ns]) / 1e6
         self.latencies_ms.extend(lat.tolist())
         self.evaluations += joined.num_rows
-        opps = opportunities(joined, self.fees, self.min_edge_bps)
         for o in opps:
             self.n_opportunities += 1
             print(format_opportunity(o), flush=True)
@@ -275,10 +319,16 @@ def run(args: argparse.Namespace) -> int:
     fees = parse_fees(args.fees)
     monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every)
     group = args.group_id or f"sabot-arbitrage-{uuid.uuid4().hex[:8]}"
-    streams = [venue_stream(args.bootstrap, v, f"{group}-{v}", monitor.counter,
-                            from_beginning=args.from_beginning, fast_groups=args.fast_groups)
-               for v in VENUES]
-    joined = joined_stream(*streams, tolerance_ms=args.tolerance_ms)
+    if args.align == "arrival":
+        joined = arrival_stream(args.bootstrap, group, monitor.counter,
+                                from_beginning=args.from_beginning, fast_groups=args.fast_groups,
+                                tolerance_ms=args.tolerance_ms,
+                                fetch_wait_max_ms=args.fetch_wait_max_ms)
+    else:
+        streams = [venue_stream(args.bootstrap, v, f"{group}-{v}", monitor.counter,
+                                from_beginning=args.from_beginning, fast_groups=args.fast_groups)
+                   for v in VENUES]
+        joined = joined_stream(*streams, tolerance_ms=args.tolerance_ms)
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -289,7 +339,8 @@ def run(args: argparse.Namespace) -> int:
         signal.setitimer(signal.ITIMER_REAL, args.duration)
     print(f"Arbitrage monitor on {args.bootstrap}: fees (bps) "
           + ", ".join(f"{v}={f:g}" for v, f in fees.items())
-          + f", min edge {args.min_edge_bps:g} bps, ASOF tolerance {args.tolerance_ms:g} ms", flush=True)
+          + f", min edge {args.min_edge_bps:g} bps, ASOF tolerance {args.tolerance_ms:g} ms, "
+          f"alignment: {args.align}", flush=True)
     try:
         for batch in joined:
             monitor.on_batch(batch)
@@ -309,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="taker fee per venue in bps, e.g. %(default)s (or one number for all)")
     p.add_argument("--min-edge-bps", type=float, default=0.0, help="smallest net edge to report")
     p.add_argument("--tolerance-ms", type=float, default=TOLERANCE_MS, help="ASOF tolerance")
+    p.add_argument("--align", choices=ALIGNMENTS, default="arrival",
+                   help="arrival: decide on each quote as it arrives, against the latest quote of "
+                        "the other venues (live); event-time: deterministic event-time ASOF "
+                        "joins on Coinbase rows (replay, research) (default %(default)s)")
+    p.add_argument("--fetch-wait-max-ms", type=int, default=LIVE_FETCH_WAIT_MAX_MS,
+                   help="consumer fetch.wait.max.ms with --align arrival (default %(default)s: "
+                        "the embedded broker's fastest; raise it against a real Kafka cluster)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--output", type=Path, default=None, help="JSON lines record of opportunities")
     p.add_argument("--summary-json", type=Path, default=None,

@@ -225,7 +225,8 @@ class Demo:
                "--min-edge-bps", str(self.args.min_edge_bps),
                "--output", str(self.data / "opportunities.jsonl"),
                "--summary-json", str(self.data / "monitor_summary.json"),
-               "--summary-every", "10", "--from-beginning", "--fast-groups"]
+               "--summary-every", "10", "--from-beginning", "--fast-groups",
+               "--align", self.args.align]
         (self.data / "monitor_summary.json").unlink(missing_ok=True)
         self.monitor = Child("monitor", cmd, self.logs / "monitor.log").start()
 
@@ -274,9 +275,9 @@ class Demo:
 
     def drain_monitor(self, quiet_s: float = 1.0, timeout_s: float = 15.0) -> None:
         """Let the monitor catch up after the collectors stopped: wait until its counts have not
-        changed for ``quiet_s``.  (A live join never sees an end of stream: the last quotes of
-        a venue stay unread or unjoined until a later quote would arrive, so "read everything"
-        is not a condition it can meet.)"""
+        changed for ``quiet_s``.  (A live monitor never sees an end of stream; with the
+        event-time alignment the last quotes of a venue even stay unread or unjoined until a
+        later quote would arrive, so "read everything" is not a condition it can meet.)"""
         if self.monitor is None or not self.monitor.running():
             return
         deadline = time.monotonic() + timeout_s
@@ -375,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fees", default=DEMO_FEES, help="taker fees in bps per venue")
     p.add_argument("--min-edge-bps", type=float, default=0.0)
     p.add_argument("--data-dir", default="data", help="where the Parquet files land (default ./data)")
+    p.add_argument("--align", choices=("arrival", "event-time"), default="arrival",
+                   help="the monitor's alignment: arrival (live, decide on each quote) or "
+                        "event-time (deterministic ASOF joins) (default %(default)s)")
     p.add_argument("--scenario", type=Path, default=None,
                    help="play this JSON-lines scenario (sabot.sim format) instead of the random walk")
     return p

@@ -12,6 +12,13 @@ defaults (45 s session, 3 s heartbeat) a join can stall for many seconds.  Hence
   partitions move to a new member within about two seconds.  Stock Kafka rejects sessions
   below 6 s, so do not use it against a real cluster.
 
+* :func:`live_consumer_config` / :data:`LIVE_PRODUCER` — the tick-to-signal path (collectors
+  → live monitor): the producer sends each record at once (``linger.ms`` 0) and the consumer
+  fetches with ``fetch.wait.max.ms`` 1.  Tansu 0.6 (the embedded broker) answers a fetch only
+  after sleeping out ``fetch.wait.max.ms`` even when it found data, and returns nothing at 0, so
+  1 ms is its fastest setting (``benchmarks/kafka_latency.py``).  A real Kafka broker answers as
+  soon as data is there; raise it there to spare idle fetch requests.
+
 Where no consumer group is needed (reading a topic back in a test), assign partitions
 explicitly with :func:`assign_all` instead: no join at all.
 """
@@ -27,6 +34,12 @@ PRODUCER_DEFAULTS: Dict[str, Any] = {
     "queue.buffering.max.messages": 1_000_000,
     "queue.buffering.max.kbytes": 1_048_576,
 }
+
+#: The live consumer's ``fetch.wait.max.ms`` (Tansu: the smallest value that returns data).
+LIVE_FETCH_WAIT_MAX_MS = 1
+
+#: Producer overrides for the live path: every record is sent at once, no Nagle delay.
+LIVE_PRODUCER: Dict[str, Any] = {"linger.ms": 0, "socket.nagle.disable": True}
 
 
 def consumer_config(bootstrap_servers: str, group_id: str, *, from_beginning: bool = False,
@@ -56,6 +69,14 @@ def fast_consumer_config(**overrides: Any) -> Dict[str, Any]:
         "fetch.wait.max.ms": 10,
         "topic.metadata.refresh.interval.ms": 1000,
     }
+    cfg.update(overrides)
+    return cfg
+
+
+def live_consumer_config(**overrides: Any) -> Dict[str, Any]:
+    """Consumer overrides for the live tick-to-signal path (see module docstring)."""
+    cfg: Dict[str, Any] = {"fetch.wait.max.ms": LIVE_FETCH_WAIT_MAX_MS,
+                           "socket.nagle.disable": True}
     cfg.update(overrides)
     return cfg
 

@@ -1,13 +1,15 @@
 """Kafka source and sink for Stream (confluent-kafka).
 
-Source: micro-batches of up to ``batch_size`` messages or ``max_latency_ms``, whichever comes
-first, decoded in bulk (:mod:`._decode`).  Undecodable messages are counted, logged (the
-first few at warning) and, when ``dead_letter_topic`` is given, produced there with headers
-``sabot.error`` (reason) and ``sabot.source`` (``topic/partition/offset``).  After each batch the
-source yields a :class:`Commit` of the consumed offsets; the sink runs it once the batch has
-passed every operator (at-least-once).  With ``changelog_topic`` each batch is split by
-partition, each part preceded by a :class:`TaskSwitch` (see :mod:`._tasks`), and offsets are
-committed only with the changelog records.
+Source: micro-batches decoded in bulk (:mod:`._decode`): the source waits up to
+``max_latency_ms`` for a first message, then adds whatever else is already fetched (up to
+``batch_size``) and hands the batch over at once — it never sleeps out the deadline with
+messages in hand; with nothing in that time it reports IDLE.  Undecodable messages are
+counted, logged (the first few at warning) and, when ``dead_letter_topic`` is given, produced
+there with headers ``sabot.error`` (reason) and ``sabot.source`` (``topic/partition/offset``).
+After each batch the source yields a :class:`Commit` of the consumed offsets; the sink runs it
+once the batch has passed every operator (at-least-once).  With ``changelog_topic`` each
+batch is split by partition, each part preceded by a :class:`TaskSwitch` (see :mod:`._tasks`),
+and offsets are committed only with the changelog records.
 
 Sink: JSON values per spec §1 (timestamps as integer ns), message key = the ``key`` column,
 no blocking flush per message; the producer is flushed before each commit and at the end.
@@ -173,10 +175,16 @@ class KafkaSource:
                 msgs.clear()
                 deadline = time.monotonic() + self.max_latency_s
                 while len(msgs) < self.batch_size:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    for m in consumer.consume(self.batch_size - len(msgs), remaining):
+                    if msgs:  # in hand: add only what is already fetched, then hand over
+                        got = consumer.consume(self.batch_size - len(msgs), 0)
+                        if not got:
+                            break
+                    else:  # consume(1, t) returns at the first message (consume(n, t) waits for n)
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        got = consumer.consume(1, remaining)
+                    for m in got:
                         err = m.error()
                         if err is None:
                             msgs.append(m)

@@ -322,8 +322,9 @@ class Stream:
                    checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
                    changelog_topic: Optional[str] = None, **consumer_config: Any) -> "Stream":
         """JSON messages from Kafka, decoded in bulk into ``schema`` (default: the normalised
-        ticker schema).  A batch is emitted at ``batch_size`` messages or after
-        ``max_latency_ms``, whichever first.  ``stop_at_end=True`` ends the stream once every
+        ticker schema).  A batch is handed over as soon as no further message is already
+        fetched (at most ``batch_size``); with none, the source waits up to ``max_latency_ms``
+        for one.  ``stop_at_end=True`` ends the stream once every
         assigned partition is read to its end (for backfills and tests).  ``order_by='timestamp'``
         releases rows in event-time order across partitions (each partition is time-ordered;
         needed before event-time operators such as ``asof_join`` and ``merge``).  Extra keyword

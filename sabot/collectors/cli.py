@@ -10,6 +10,7 @@ import sys
 from sabot.collectors import COLLECTORS
 from sabot.collectors.connection import ConnectionSettings, Stats, run
 from sabot.collectors.sinks import KafkaSink, ParquetSink, Sink
+from sabot.kafka import LIVE_PRODUCER
 
 __all__ = ["build_parser", "main"]
 
@@ -29,6 +30,9 @@ def build_parser(exchange: str) -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", default=os.environ.get("SABOT_KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP),
                    help="Kafka bootstrap servers (env SABOT_KAFKA_BOOTSTRAP; default %(default)s)")
     p.add_argument("--topic", default=f"{exchange}-ticker", help="Kafka topic (default %(default)s)")
+    p.add_argument("--linger-ms", type=float, default=LIVE_PRODUCER["linger.ms"],
+                   help="Kafka producer linger.ms: 0 sends each record at once (lowest latency); "
+                        "a few ms batches records (higher throughput) (default %(default)g)")
     p.add_argument("--symbols", default=",".join(cls.default_symbols),
                    help="comma-separated symbols in the exchange's spelling (default %(default)s)")
     p.add_argument("--url", default=None, help=f"WebSocket endpoint (default {cls.default_url})")
@@ -74,7 +78,7 @@ def main(exchange: str, argv: list[str] | None = None) -> int:
         dests.append(f"Parquet file '{output}'")
         short.append("Parquet")
     if use_kafka:
-        sinks.insert(0, KafkaSink(args.bootstrap, args.topic))
+        sinks.insert(0, KafkaSink(args.bootstrap, args.topic, linger_ms=args.linger_ms))
         dests.insert(0, f"Kafka topic '{args.topic}'")
         short.insert(0, "Kafka")
     line = cls.subscribed_template.format(dest=" and ".join(dests), short=" and ".join(short))

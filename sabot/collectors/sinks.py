@@ -8,8 +8,9 @@ unflushed buffer and never leaves a half-written file behind); on close the exis
 combined into ``<output>.part`` and renamed onto ``<output>`` atomically.
 
 Kafka (:class:`KafkaSink`): confluent-kafka producer, key = ``symbol`` UTF-8, value = flat JSON
-of the record (timestamps integer ns), small ``linger.ms``, ``poll(0)`` per record (never a
-blocking flush per message), delivery errors counted and logged, flush on close.
+of the record (timestamps integer ns), ``linger.ms`` 0 by default (each record sent at once;
+``--linger-ms`` to batch), ``poll(0)`` per record (never a blocking flush per message),
+delivery errors counted and logged, flush on close.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sabot.kafka import producer_config
+from sabot.kafka import LIVE_PRODUCER, producer_config
 from sabot.schema import exchange_schema
 
 __all__ = ["Sink", "ParquetSink", "KafkaSink", "recover_parts"]
@@ -139,7 +140,8 @@ def recover_parts(path: str | os.PathLike, schema: pa.Schema, compression: str =
 class KafkaSink:
     """confluent-kafka producer: key ``symbol``, value flat JSON; asynchronous with ``poll(0)``."""
 
-    def __init__(self, bootstrap: str, topic: str, linger_ms: int = 5, **config: Any) -> None:
+    def __init__(self, bootstrap: str, topic: str, linger_ms: float = LIVE_PRODUCER["linger.ms"],
+                 **config: Any) -> None:
         from confluent_kafka import Producer
 
         self.topic = topic
@@ -148,7 +150,8 @@ class KafkaSink:
         self.produced = 0
         # Records wait in the producer's queue through a broker outage of up to 5 minutes
         # (librdkafka's default); 30 s lost the first records of a 30 s outage (fault test).
-        conf = producer_config(bootstrap, **{"linger.ms": linger_ms, "message.timeout.ms": 300_000})
+        conf = producer_config(bootstrap, **{**LIVE_PRODUCER, "linger.ms": linger_ms,
+                                             "message.timeout.ms": 300_000})
         conf.update(config)
         self._producer = Producer(conf, logger=logging.getLogger("sabot.collectors.kafka"))
 

@@ -81,24 +81,19 @@ def resolve_value_column(
 
 
 def with_columns(batch: BatchLike, named_arrays: Iterable[tuple]) -> BatchLike:
-    """Append columns, replacing (in place, same position) any that already exist."""
-    names = list(batch.schema.names)
-    columns = list(batch.columns)
-    fields = list(batch.schema)
+    """Append columns, replacing (in place, same position) any that already exist.
+
+    Schema metadata is kept.  ``append_column``/``set_column`` (not rebuilding the schema from
+    a list of fields) keep the per-call overhead at a couple of microseconds for small batches.
+    """
     for name, array in named_arrays:
+        i = batch.schema.get_field_index(name)
         field = pa.field(name, array.type)
-        if name in names:
-            i = names.index(name)
-            columns[i] = array
-            fields[i] = field
+        if i < 0:
+            batch = batch.append_column(field, array)
         else:
-            names.append(name)
-            columns.append(array)
-            fields.append(field)
-    schema = pa.schema(fields, metadata=batch.schema.metadata)
-    if isinstance(batch, pa.Table):
-        return pa.Table.from_arrays(columns, schema=schema)
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+            batch = batch.set_column(i, field, array)
+    return batch
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:

@@ -7,10 +7,17 @@ A kernel is a subclass of :class:`Kernel` that declares its columns, parameters 
 * ``init_state(st)``: initial values of one key's state row (``stride`` doubles; default zeros);
 * ``run(io)``: the math, one pass over ``io.n`` rows reading ``io.x[j]`` and writing ``io.out[j]``.
 
+While ``run`` executes, NaN in an output marks a null (``set_null`` writes NaN; ``emit`` writes any
+value, so an undefined result is null too); the base turns NaN into Arrow nulls afterwards and
+builds a validity bitmap only when there is one.  Outputs are therefore plain ``double`` stores,
+which lets loops vectorise and keeps state in registers (no byte-wide bitmap stores that may
+alias anything).
+
 The base class does everything else: column resolution and errors, zero-copy float64 views of
 Arrow buffers (casting other numeric types once), the combined null mask, per-key state slots
 for ``by=``, output buffers from Arrow's memory pool, and append-or-replace of output columns.
 """
+from libc.math cimport NAN
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
 cdef enum:
@@ -24,8 +31,7 @@ ctypedef struct KernelIO:
     const int32_t* slot             # key slot per row; NULL without ``by`` (everything in slot 0)
     double* state                   # state rows, ``stride`` doubles per key slot
     Py_ssize_t stride
-    double* out[MAX_COLUMNS]        # output values
-    uint8_t* valid[MAX_COLUMNS]     # output validity bitmaps, all bits set on entry
+    double* out[MAX_COLUMNS]        # output values; NaN marks a null (see set_null)
     const uint8_t* xvalid[MAX_COLUMNS]  # validity bitmap of each value input; NULL when no nulls
     Py_ssize_t xoffset[MAX_COLUMNS]     # bit offset of row 0 in ``xvalid[j]`` (slices)
 
@@ -44,6 +50,16 @@ cdef inline bint input_present(const KernelIO* io, int j, Py_ssize_t i) noexcept
     return (io.xvalid[j][b >> 3] >> (b & 7)) & 1
 
 
+cdef inline double valid_or_null(const KernelIO* io, Py_ssize_t i, double value,
+                                 bint defined) noexcept nogil:
+    """``value`` where row ``i`` has no null input and ``defined`` holds, else NaN (null).
+
+    A select, not a branch: element-wise loops written with it vectorise."""
+    if io.ok != NULL:
+        defined = defined and io.ok[i] != 0
+    return value if defined else NAN
+
+
 cdef inline double* key_state(const KernelIO* io, Py_ssize_t i) noexcept nogil:
     """The state row of row ``i``'s key."""
     if io.slot == NULL:
@@ -51,18 +67,45 @@ cdef inline double* key_state(const KernelIO* io, Py_ssize_t i) noexcept nogil:
     return io.state + <Py_ssize_t>io.slot[i] * io.stride
 
 
+cdef inline double* row_state(const KernelIO* io, Py_ssize_t i, double* local,
+                              bint keyed) noexcept nogil:
+    """The state row of row ``i``: ``local`` without ``by`` (see :func:`state_to_local`), else
+    the row of the key's slot.  ``keyed`` is ``io.slot != NULL``, passed in so that a kernel
+    can compile its loop twice with it constant (``if io.slot == NULL: rows(io, False)``)
+    where the compiler would not split the loop on its own (loops with inner loops)."""
+    if not keyed:
+        return local
+    return io.state + <Py_ssize_t>io.slot[i] * io.stride
+
+
+cdef inline void state_to_local(const KernelIO* io, double* local, int width) noexcept nogil:
+    """Without ``by``, copy the single state row into ``local``, an array on the kernel's stack.
+
+    Recurrences use ``local`` through :func:`row_state` and call :func:`local_to_state` after the
+    loop: the compiler then keeps the state in registers instead of storing and re-loading it
+    on every row (the loads and stores through ``io.state`` could alias the inputs)."""
+    cdef int k
+    if io.slot == NULL:
+        for k in range(width):
+            local[k] = io.state[k]
+
+
+cdef inline void local_to_state(const KernelIO* io, const double* local, int width) noexcept nogil:
+    """Write ``local`` back to the single state row (the counterpart of ``state_to_local``)."""
+    cdef int k
+    if io.slot == NULL:
+        for k in range(width):
+            io.state[k] = local[k]
+
+
 cdef inline void set_null(KernelIO* io, int j, Py_ssize_t i) noexcept nogil:
-    """Output ``j`` is null at row ``i``."""
-    io.valid[j][i >> 3] &= <uint8_t>~(1 << (i & 7))
-    io.out[j][i] = 0.0
+    """Output ``j`` is null at row ``i`` (NaN until the base builds the validity bitmap)."""
+    io.out[j][i] = NAN
 
 
 cdef inline void emit(KernelIO* io, int j, Py_ssize_t i, double value) noexcept nogil:
     """Output ``j`` at row ``i`` is ``value``; NaN (an undefined result) becomes null."""
-    if value == value:
-        io.out[j][i] = value
-    else:
-        set_null(io, j, i)
+    io.out[j][i] = value
 
 
 cdef class Kernel:
@@ -72,7 +115,10 @@ cdef class Kernel:
     cdef list _inputs
     cdef list _outputs
     cdef readonly Py_ssize_t stride
-    cdef object _state
+    cdef object _state                  # numpy (slots, stride) float64, grown on demand
+    cdef double* _state_ptr             # its data pointer (NULL before the first slot)
+    cdef object _plan_schema            # the schema ``_plan`` was resolved for
+    cdef list _plan                     # (kind, name, field index, read without cast) per input
     cdef Py_ssize_t _n_slots
     cdef dict _slot_of_key
     cdef list _keys

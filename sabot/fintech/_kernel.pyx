@@ -14,6 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.types as pat
 
+from cpython.ref cimport Py_REFCNT
+
+cdef extern from "sys/mman.h" nogil:
+    int madvise(void* addr, size_t length, int advice)
+    int MADV_HUGEPAGE
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
@@ -73,6 +78,54 @@ cdef inline uintptr_t _values_address(object arr):
     return _address(arr.buffers()[1]) + <uintptr_t>(offset * 8)
 
 
+cdef Py_ssize_t _count_nan(const double* v, Py_ssize_t n) noexcept nogil:
+    """How many of ``v[0:n]`` are NaN, from the bit patterns (exponent all ones, mantissa
+    nonzero) in 32-bit halves: plain SSE2 integer compares, so the loop vectorises on any
+    x86-64 (a floating ``v != v`` count does not, nor do 64-bit integer compares)."""
+    cdef const int32_t* half = <const int32_t*>v
+    cdef Py_ssize_t i
+    cdef int32_t hi, lo, count = 0
+    cdef Py_ssize_t total = 0, start, stop
+    # int32 counters vectorise better than 64-bit ones: count in blocks below 2**31 rows.
+    for start in range(0, n, 1 << 30):
+        stop = min(n, start + (1 << 30))
+        count = 0
+        for i in range(start, stop):
+            lo = half[2 * i]
+            hi = half[2 * i + 1] & 0x7FFFFFFF
+            count += (hi > 0x7FF00000) | ((hi == 0x7FF00000) & (lo != 0))
+        total += count
+    return total
+
+
+cdef void _nan_to_null(double* v, uint8_t* bitmap, Py_ssize_t n,
+                       Py_ssize_t n_nan) noexcept nogil:
+    """Validity bitmap of ``v[0:n]`` (bit clear where NaN), given that ``n_nan`` values are NaN;
+    NaN slots are zeroed (Arrow's convention for the value under a null).
+
+    Only the bytes between the first and the last NaN are computed (branch-free); the rest are
+    all-valid.  Indicators' nulls are usually their leading lookback rows, so this is cheap."""
+    cdef Py_ssize_t i, base, byte_i, first = 0, last = 0, seen = 0
+    cdef uint8_t bits
+    cdef bint ok
+    while v[first] == v[first]:
+        first += 1
+    for i in range(first, n):
+        seen += v[i] != v[i]
+        if seen == n_nan:
+            last = i
+            break
+    memset(bitmap, 0xFF, (n + 7) >> 3)
+    for byte_i in range(first >> 3, (last >> 3) + 1):
+        base = byte_i << 3
+        bits = 0
+        for i in range(min(8, n - base)):
+            ok = v[base + i] == v[base + i]
+            bits |= <uint8_t>(ok << i)
+            v[base + i] = v[base + i] if ok else 0.0
+        bitmap[byte_i] = bits
+
+
 cdef void _and_validity(uint8_t* ok, const uint8_t* bitmap, Py_ssize_t offset,
                         Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i, j
@@ -126,6 +179,114 @@ def _as_int64_ns(arr, name):
     )
 
 
+def _is_native(kind, t):
+    """Whether a column of type ``t`` is read as is (no cast) for an input of ``kind``."""
+    if kind == TIME:
+        return pat.is_int64(t) or pat.is_timestamp(t) and t.unit == "ns"
+    if kind == SIDE:
+        return False
+    return pat.is_float64(t)
+
+
+# ---------------------------------------------------------------- output memory
+
+#: Output buffers of at least this size are recycled (see ``_output_buffer``): 8 KiB rows.
+POOL_MIN_BYTES = 64 << 10
+#: At most this many buffers are kept in the recycling pool.
+POOL_MAX_BUFFERS = 64
+#: At most this many bytes are kept in the recycling pool.
+POOL_MAX_BYTES = 512 << 20
+_POOL = []
+
+
+cdef void _advise_huge_pages(uintptr_t addr, Py_ssize_t nbytes) noexcept:
+    """madvise(MADV_HUGEPAGE) over the whole pages of [addr, addr + nbytes)."""
+    cdef uintptr_t start = (addr + 4095) & ~(<uintptr_t>4095)
+    cdef uintptr_t end = (addr + <uintptr_t>nbytes) & ~(<uintptr_t>4095)
+    if end > start:
+        madvise(<void*>start, end - start, MADV_HUGEPAGE)
+
+
+cdef inline bint _pool_free(object arr):
+    """Nothing but the pool (and the caller's reference) holds ``arr``: every Arrow array built
+    on it has been released."""
+    return Py_REFCNT(arr) <= 2
+
+
+def _output_buffer(Py_ssize_t nbytes):
+    """A writable buffer of ``nbytes`` for an output column.
+
+    Large buffers are recycled: a kernel output of a big batch is usually dropped before the
+    next call, and re-using its memory spares the operating system mapping and zeroing fresh
+    pages on every call (a page fault per 4 KiB, several ns per row in a VM).  A buffer is
+    handed out again only once no Arrow array refers to it; at most POOL_MAX_BUFFERS buffers
+    and POOL_MAX_BYTES bytes are kept."""
+    cdef object arr
+    cdef Py_ssize_t held
+    if nbytes < POOL_MIN_BYTES:
+        return pa.allocate_buffer(nbytes)
+    for arr in _POOL:
+        if nbytes <= arr.nbytes <= 2 * nbytes and _pool_free(arr):
+            return pa.py_buffer(arr).slice(0, nbytes)
+    arr = None
+    held = sum(a.nbytes for a in _POOL)
+    if held + nbytes > POOL_MAX_BYTES:             # make room: forget free buffers, oldest first
+        keep = []
+        for a in _POOL:
+            if held + nbytes > POOL_MAX_BYTES and _pool_free(a):
+                held -= a.nbytes
+            else:
+                keep.append(a)
+        a = None
+        _POOL[:] = keep
+    arr = np.empty(nbytes, dtype=np.uint8)
+    if nbytes >= (4 << 20):             # fresh and large: fewer first-touch faults with huge pages
+        _advise_huge_pages(<uintptr_t>arr.ctypes.data, nbytes)
+    if held + nbytes <= POOL_MAX_BYTES and len(_POOL) < POOL_MAX_BUFFERS:
+        _POOL.append(arr)
+    return pa.py_buffer(arr)
+
+
+cdef object _typed_output(double* values, Py_ssize_t n, str kind, tuple labels, object valid,
+                          object data, Py_ssize_t n_null):
+    """The output column of ``kind`` from the float64 values ``run`` wrote (nulls zeroed).
+
+    Integer kinds are converted here in C into recycled buffers (an Arrow cast would allocate
+    and fault in a fresh buffer per call)."""
+    cdef Py_ssize_t i, k, m = 8
+    cdef int64_t* as_int64
+    cdef int32_t* codes
+    cdef uint8_t* bits
+    cdef uint8_t byte
+    if kind == F64:
+        return pa.Array.from_buffers(pa.float64(), n, [valid, data], null_count=n_null)
+    if kind == I64:                      # in place: element i is read before it is written
+        as_int64 = <int64_t*>values
+        with nogil:
+            for i in range(n):
+                as_int64[i] = <int64_t>values[i]
+        return pa.Array.from_buffers(pa.int64(), n, [valid, data], null_count=n_null)
+    if kind == LABEL:
+        code_buf = _output_buffer(n * 4)
+        codes = <int32_t*>_address(code_buf)
+        with nogil:
+            for i in range(n):
+                codes[i] = <int32_t>values[i]
+        indices = pa.Array.from_buffers(pa.int32(), n, [valid, code_buf], null_count=n_null)
+        return pa.DictionaryArray.from_arrays(indices, pa.array(labels, pa.string()))
+    bit_buf = pa.allocate_buffer((n + 7) // 8)      # BOOL: bit-packed value != 0
+    bits = <uint8_t*>_address(bit_buf)
+    with nogil:
+        for i in range(0, n, 8):
+            byte = 0
+            if n - i < 8:
+                m = n - i
+            for k in range(m):
+                byte |= <uint8_t>((values[i + k] != 0.0) << k)
+            bits[i >> 3] = byte
+    return pa.Array.from_buffers(pa.bool_(), n, [valid, bit_buf], null_count=n_null)
+
+
 #: Recently encoded key columns: a chain of keyed kernels over one batch encodes its key column
 #: once. Each entry holds the source array, so its buffers (whose addresses form the cache key)
 #: stay alive and cannot be reused by another array while cached.
@@ -168,9 +329,12 @@ cdef class Kernel:
         self._outputs = []
         self.stride = 0
         self._state = None
+        self._state_ptr = NULL
         self._n_slots = 0
         self._slot_of_key = {}
         self._keys = []
+        self._plan_schema = None
+        self._plan = None
 
     def declare(self, str name, inputs, outputs, *, Py_ssize_t stride=0, by=None, config=None):
         """Declare the kernel: its function name, inputs, outputs and per-key state width."""
@@ -237,21 +401,29 @@ cdef class Kernel:
         cdef object arr, ok_arr = None, slots = None
         cdef uint8_t* ok_ptr = NULL
         cdef list keep = []
-        cdef list data_bufs = [], valid_bufs = []
+        cdef list data_bufs = []
+        cdef Py_ssize_t n_null
+        cdef uint8_t* bitmap
 
-        resolved = self.resolve_columns(batch.schema)
+        schema = batch.schema
+        if self._plan_schema is None or not schema.equals(self._plan_schema):
+            self._plan = [(kind, name, schema.get_field_index(name),
+                           _is_native(kind, schema.field(name).type))
+                          for kind, name in self.resolve_columns(schema)]
+            self._plan_schema = schema
         memset(&io, 0, sizeof(KernelIO))
         io.n = n
-        for kind, name in resolved:
-            arr = batch.column(name)
-            if pat.is_dictionary(arr.type):
-                arr = arr.dictionary_decode()
-            if kind == TIME:
-                arr = _as_int64_ns(arr, name)
-            elif kind == SIDE:
-                arr = _as_side(arr, name)
-            else:
-                arr = _as_float64(arr, name)
+        for kind, name, index, native in self._plan:
+            arr = batch.column(index)
+            if not native:
+                if pat.is_dictionary(arr.type):
+                    arr = arr.dictionary_decode()
+                if kind == TIME:
+                    arr = _as_int64_ns(arr, name)
+                elif kind == SIDE:
+                    arr = _as_side(arr, name)
+                else:
+                    arr = _as_float64(arr, name)
             keep.append(arr)
             if n == 0:
                 continue
@@ -259,16 +431,17 @@ cdef class Kernel:
                 io.t = <const int64_t*>_values_address(arr)
             else:
                 io.x[n_x] = <const double*>_values_address(arr)
-                if arr.null_count:
+            if arr.null_count:
+                if kind != TIME:
                     io.xvalid[n_x] = <const uint8_t*>_address(arr.buffers()[0])
                     io.xoffset[n_x] = arr.offset
-                n_x += 1
-            if arr.null_count:
                 if ok_arr is None:
                     ok_arr = np.ones(n, dtype=np.uint8)
                     ok_ptr = <uint8_t*><uintptr_t>ok_arr.ctypes.data
                 _and_validity(ok_ptr, <const uint8_t*>_address(arr.buffers()[0]),
                               arr.offset, n)
+            if kind != TIME:
+                n_x += 1
         io.ok = ok_ptr
 
         if self.stride > 0:
@@ -278,19 +451,14 @@ cdef class Kernel:
                     io.slot = <const int32_t*><uintptr_t>slots.ctypes.data
             elif self._n_slots == 0:
                 self._new_slot(None)
-            if self._state is not None:
-                io.state = <double*><uintptr_t>self._state.ctypes.data
+            io.state = self._state_ptr
             io.stride = self.stride
 
         for j in range(len(self._outputs)):
-            data = pa.allocate_buffer(n * 8)
-            valid = pa.allocate_buffer((n + 7) // 8)
+            data = _output_buffer(n * 8)
             if n:
                 io.out[j] = <double*>_address(data)
-                io.valid[j] = <uint8_t*>_address(valid)
-                memset(io.valid[j], 0xFF, (n + 7) // 8)
             data_bufs.append(data)
-            valid_bufs.append(valid)
 
         if n:
             with nogil:
@@ -298,16 +466,16 @@ cdef class Kernel:
 
         named = []
         for j, (oname, okind, labels) in enumerate(self._outputs):
-            out = pa.Array.from_buffers(pa.float64(), n, [valid_bufs[j], data_bufs[j]],
-                                        null_count=-1)
-            if okind == BOOL:
-                out = pc.not_equal(out, 0.0)
-            elif okind == I64:
-                out = out.cast(pa.int64())
-            elif okind == LABEL:
-                out = pa.DictionaryArray.from_arrays(out.cast(pa.int32()),
-                                                     pa.array(labels, pa.string()))
-            named.append((oname, out))
+            valid = None
+            with nogil:
+                n_null = _count_nan(io.out[j], n) if n else 0
+            if n_null:
+                valid = pa.allocate_buffer((n + 7) // 8)
+                bitmap = <uint8_t*>_address(valid)
+                with nogil:
+                    _nan_to_null(io.out[j], bitmap, n, n_null)
+            named.append((oname, _typed_output(io.out[j], n, okind, labels, valid,
+                                               data_bufs[j], n_null)))
         return with_columns(batch, named)
 
     # ---------------------------------------------------------------- per-key state
@@ -316,11 +484,15 @@ cdef class Kernel:
         """int32 slot per row: keys dictionary-encoded once, new keys get new slots."""
         codes, values = _encode_keys(keys)
         lut = np.empty(len(values), dtype=np.int32)
+        identity = True
         for code, key in enumerate(values):
             slot = self._slot_of_key.get(key)
             if slot is None:
                 slot = self._new_slot(key)
             lut[code] = slot
+            identity = identity and slot == code
+        if identity and codes.dtype == np.int32:
+            return codes      # slots in dictionary order (the usual case): the codes themselves
         return lut[codes]
 
     cdef Py_ssize_t _new_slot(self, key) except -1:
@@ -331,7 +503,8 @@ cdef class Kernel:
             if self._state is not None:
                 grown[:slot] = self._state[:slot]
             self._state = grown
-        row = <double*><uintptr_t>self._state.ctypes.data + slot * self.stride
+            self._state_ptr = <double*><uintptr_t>grown.ctypes.data
+        row = self._state_ptr + slot * self.stride
         self.init_state(row)
         self._slot_of_key[key] = slot
         self._keys.append(key)
@@ -369,6 +542,7 @@ cdef class Kernel:
         if keys:
             self._state = np.empty((max(4, len(keys)), max(self.stride, 1)), dtype=np.float64)
             self._state[:len(keys), :self.stride] = values
+            self._state_ptr = <double*><uintptr_t>self._state.ctypes.data
         self._keys = keys
         self._slot_of_key = {k: i for i, k in enumerate(keys)}
         self._n_slots = len(keys)
@@ -376,6 +550,7 @@ cdef class Kernel:
     def reset(self):
         """Forget all state (every key starts afresh)."""
         self._state = None
+        self._state_ptr = NULL
         self._n_slots = 0
         self._slot_of_key = {}
         self._keys = []

@@ -4,7 +4,8 @@
 * ring buffer of the last N values: ``N + 1`` doubles ``[pushed, v_0 .. v_{N-1}]``;
 * rolling sum (``zsum_*``), as accurate as re-summing the window, exactly 0 for zeros;
 * rolling moments (count, mean, central sums of powers 2..4) over a window of N values, from
-  power sums about a shift re-based every N pushes (and early when the sums would cancel),
+  power sums about a shift re-based every max(N, 256) pushes (and early when the sums would
+  cancel),
   with a run-of-equal-values counter so a constant window has variance exactly 0:
   ``moments_width(N)`` doubles;
 * monotonic deque for rolling max/min in amortised O(1): ``3 + 2N`` doubles
@@ -13,6 +14,7 @@
 
 The per-row paths of moments and the deque avoid integer division (slots wrap by comparison).
 """
+from libc.math cimport fabs
 from libc.string cimport memmove
 
 
@@ -53,8 +55,10 @@ cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
 # Rolling sum over the last N values, as accurate as summing the window afresh: running
 # add/subtract whose rounding is bounded by eps times the magnitudes added and removed since the
 # last exact re-sum (A); the window is re-summed when A exceeds ZSUM_RESUM x |sum| (a large value
-# left the window) and at least every N pushes. A count of nonzero values makes a window of zeros
-# exactly 0. Layout: [nonzero count, sum, A, ring of N values].
+# left the window, or many pushes have accumulated), so the relative error stays below
+# ZSUM_RESUM x eps (about 6e-14). A count of nonzero values makes a window of zeros exactly 0.
+# Layout: [nonzero count, sum, A, ring of N values]. The ring's push counter wraps within
+# [N, 2N) once full, so the slot is found without an integer division.
 
 cdef enum:
     ZSUM_RESUM = 256
@@ -64,108 +68,141 @@ cdef inline Py_ssize_t zsum_width(Py_ssize_t N) noexcept nogil:
     return 3 + N + 1
 
 
-cdef inline double zsum_push(double* z, Py_ssize_t N, double x) noexcept nogil:
-    """Add ``x`` to the sum of the last ``N`` values (evicting the oldest) and return the sum."""
-    cdef double* ring = z + 3
-    cdef double old, s
-    cdef Py_ssize_t k, n
-    if ring_push(ring, N, x, &old):
-        z[1] -= old
-        z[2] += old if old >= 0.0 else -old
-        if old != 0.0:
-            z[0] -= 1.0
-    z[1] += x
-    z[2] += x if x >= 0.0 else -x
-    if x != 0.0:
-        z[0] += 1.0
-    if z[0] == 0.0:
-        z[1] = 0.0
-        z[2] = 0.0
+cdef enum:
+    ZSUM_HEADER = 4     # [nonzero count, sum, A, pushes (wrapping in [N, 2N) once full)]
+
+
+cdef inline double zsum_step(double* h, double* values, Py_ssize_t N, double x) noexcept nogil:
+    """Add ``x`` to the sum of the last ``N`` values (evicting the oldest) and return the sum.
+
+    ``h``: the ZSUM_HEADER scalars, ``values``: the N ring slots (``z + ZSUM_HEADER`` of a
+    state row).  Kernels pass a copy of the header held in locals for unkeyed state
+    (``row_state``), so the whole recurrence stays in registers.  The push counter is kept
+    in floating point: no int/float conversion on the row-to-row dependency chain."""
+    cdef double old, pushed = h[3], fN = <double>N
+    cdef Py_ssize_t k, slot
+    cdef bint full
+    if pushed >= 2.0 * fN:                   # a plain push count (state saved before the wrap)
+        pushed = fN + <double>((<Py_ssize_t>pushed) % N)
+    full = pushed >= fN
+    slot = <Py_ssize_t>(pushed - fN if full else pushed)
+    old = values[slot] if full else 0.0      # evicted value (0 adds nothing while filling)
+    values[slot] = x
+    pushed += 1.0
+    h[3] = fN if pushed == 2.0 * fN else pushed
+    # one addition per accumulator on the row-to-row chain
+    h[1] += x - old
+    h[2] += fabs(x) + fabs(old)
+    h[0] += <double>(x != 0.0) - <double>(old != 0.0)
+    if h[0] == 0.0:
+        h[1] = 0.0
+        h[2] = 0.0
         return 0.0
-    s = z[1] if z[1] >= 0.0 else -z[1]
-    if (<Py_ssize_t>ring[0]) % N == 0 or z[2] > ZSUM_RESUM * s:
-        n = ring_count(ring, N)
-        z[1] = 0.0
-        z[2] = 0.0
-        for k in range(n):
-            z[1] += ring[1 + k]
-            z[2] += ring[1 + k] if ring[1 + k] >= 0.0 else -ring[1 + k]
-    return z[1]
+    if h[2] > ZSUM_RESUM * fabs(h[1]):
+        h[1] = 0.0
+        h[2] = 0.0
+        for k in range(N if full else slot + 1):
+            h[1] += values[k]
+            h[2] += fabs(values[k])
+    return h[1]
+
+
+cdef inline double zsum_push(double* z, Py_ssize_t N, double x) noexcept nogil:
+    """``zsum_step`` on a state row ``z`` (header and ring together)."""
+    return zsum_step(z, z + ZSUM_HEADER, N, x)
 
 
 cdef inline Py_ssize_t zsum_count(const double* z, Py_ssize_t N) noexcept nogil:
-    """Values in the window (saturates at N)."""
-    return ring_count(z + 3, N)
+    """Values in the window (saturates at N); ``z`` the state row or its header."""
+    return <Py_ssize_t>z[3] if z[3] < N else N
 
 
 cdef enum:
-    MOM_HEADER = 9      # [nobs, shift K, S1, S2, S3, S4, equal_run, last, next ring slot]
+    MOM_HEADER = 10     # [nobs, shift K, S1, S2, S3, S4, equal_run, last, next slot, pushes]
+    MOM_REBASE = 256    # re-base at least every max(N, MOM_REBASE) pushes (rounded up to N)
 
 
 cdef inline Py_ssize_t moments_width(Py_ssize_t N) noexcept nogil:
     """Doubles for rolling moments over ``N`` values (header + ring of the window)."""
-    return MOM_HEADER + 1 + N
+    return MOM_HEADER + N
 
 
-cdef inline void _mom_add(double* m, double x, int sign) noexcept nogil:
+cdef inline void _mom_add(double* m, double x, int sign, bint higher) noexcept nogil:
     cdef double d = x - m[1], d2 = d * d
     m[0] += sign
     m[2] += sign * d
     m[3] += sign * d2
-    m[4] += sign * d2 * d
-    m[5] += sign * d2 * d2
+    if higher:
+        m[4] += sign * d2 * d
+        m[5] += sign * d2 * d2
 
 
-cdef inline void _mom_rebase(double* m, Py_ssize_t N) noexcept nogil:
+cdef inline void _mom_rebase(double* m, const double* values, Py_ssize_t N,
+                             bint higher) noexcept nogil:
     """Recompute the power sums exactly about the window mean (bounds rounding drift)."""
-    cdef const double* ring = m + MOM_HEADER
-    cdef Py_ssize_t k, n = ring_count(ring, N)
+    cdef Py_ssize_t k, n = <Py_ssize_t>m[9] if m[9] < N else N
     cdef double total = 0.0, d, d2
     for k in range(n):
-        total += ring[1 + k]
+        total += values[k]
     m[1] = total / n
     m[2] = 0.0; m[3] = 0.0; m[4] = 0.0; m[5] = 0.0
     for k in range(n):
-        d = ring[1 + k] - m[1]
+        d = values[k] - m[1]
         d2 = d * d
-        m[2] += d; m[3] += d2; m[4] += d2 * d; m[5] += d2 * d2
+        m[2] += d; m[3] += d2
+        if higher:
+            m[4] += d2 * d; m[5] += d2 * d2
 
 
-cdef inline void moments_push(double* m, Py_ssize_t N, double x) noexcept nogil:
+cdef inline void moments_step(double* m, double* values, Py_ssize_t N, double x,
+                              bint higher) noexcept nogil:
     """Add ``x`` to the window of the last ``N`` values (evicting the oldest when full).
 
-    Power sums S_p = sum (x - K)^p about a shift K near the mean, re-based exactly every N
-    pushes and whenever the mean drifts far from K or a far value is evicted, so the sums
-    never suffer catastrophic cancellation or unbounded drift.
+    ``m``: the MOM_HEADER scalars (a copy in locals for unkeyed state, see ``row_state``),
+    ``values``: the N ring slots.  ``higher``: also keep the third and fourth power sums
+    (needed by ``moments_m3``, ``moments_m4`` and ``moments_central``; mean and variance need
+    only the first two).
+
+    Power sums S_p = sum (x - K)^p about a shift K near the mean, re-based exactly at least
+    every max(N, MOM_REBASE) pushes and whenever the mean drifts far from K or a far value is
+    evicted, so the sums never suffer catastrophic cancellation or unbounded drift.  Slot and
+    push counters are kept in floating point (no int/float conversion on the dependency chain).
     """
-    cdef double old, far = 0.0
-    cdef double* ring = m + MOM_HEADER
-    cdef Py_ssize_t slot = <Py_ssize_t>m[8]
+    cdef double old, far = 0.0, slot = m[8], fN = <double>N
+    cdef Py_ssize_t every
     if m[0] == 0.0:
         m[1] = x
-    if ring[0] >= N:                                   # ring_push without the division
-        old = ring[1 + slot]
-        _mom_add(m, old, -1)
+    if m[9] >= fN:
+        old = values[<Py_ssize_t>slot]
+        _mom_add(m, old, -1, higher)
         far = (old - m[1]) * (old - m[1])
-    ring[1 + slot] = x
-    ring[0] += 1.0
-    slot += 1
-    if slot == N:
-        slot = 0
-    m[8] = <double>slot
-    _mom_add(m, x, 1)
+    values[<Py_ssize_t>slot] = x
+    m[9] += 1.0
+    slot += 1.0
+    if slot == fN:
+        slot = 0.0
+    m[8] = slot
+    _mom_add(m, x, 1, higher)
     if x == m[7] and m[0] > 1.0 and m[6] > 0.0:
         m[6] += 1.0
     else:
         m[6] = 1.0
     m[7] = x
-    # Re-base every N pushes, and early when the sums hold terms 17x the window's m2: the mean
+    # Re-base periodically, and early when the sums hold terms 17x the window's m2: the mean
     # has moved more than 4 standard deviations from the shift (d² > 16·var, i.e. with far = 0
     # 17·S1² > 16·n·S2), or a value that far just left (its removal cancels). Constant windows
     # need no re-base (their moments are exactly 0 by the equal-run counter).
-    if slot == 0 or (m[6] < m[0] and (m[3] + m[0] * far) * m[0]
-                     > 17.0 * (m[3] * m[0] - m[2] * m[2])):
-        _mom_rebase(m, N)
+    if m[6] < m[0] and (m[3] + m[0] * far) * m[0] > 17.0 * (m[3] * m[0] - m[2] * m[2]):
+        _mom_rebase(m, values, N, higher)
+    elif slot == 0.0:
+        every = N * ((MOM_REBASE + N - 1) // N)
+        if (<Py_ssize_t>m[9]) % every == 0:
+            _mom_rebase(m, values, N, higher)
+
+
+cdef inline void moments_push(double* m, Py_ssize_t N, double x, bint higher) noexcept nogil:
+    """``moments_step`` on a state row ``m`` (header and ring together)."""
+    moments_step(m, m + MOM_HEADER, N, x, higher)
 
 
 cdef inline double moments_count(const double* m) noexcept nogil:
@@ -181,6 +218,23 @@ cdef inline double moments_mean(const double* m) noexcept nogil:
     if m[6] >= m[0]:
         return m[7]
     return m[1] + m[2] / m[0]
+
+
+cdef inline double moments_mean_full(const double* m, double inv_n) noexcept nogil:
+    """``moments_mean`` of a full window, given ``inv_n`` = 1/N (a multiply, not a division:
+    divisions bound the throughput of the per-row loops)."""
+    if m[6] >= m[0]:
+        return m[7]
+    return m[1] + m[2] * inv_n
+
+
+cdef inline double moments_m2_full(const double* m, double inv_n) noexcept nogil:
+    """``moments_m2`` of a full window, given ``inv_n`` = 1/N."""
+    cdef double s
+    if m[6] >= m[0]:
+        return 0.0
+    s = m[3] - m[2] * m[2] * inv_n
+    return s if s > 0.0 else 0.0
 
 
 cdef inline double moments_m2(const double* m) noexcept nogil:

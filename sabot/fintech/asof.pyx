@@ -43,11 +43,8 @@ import pyarrow.types as pat
 from libc.stdint cimport INT64_MIN, int16_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
-cdef extern from "sys/mman.h" nogil:
-    int madvise(void* addr, size_t length, int advice)
-    int MADV_HUGEPAGE
-
 from ._columns import check_batch, require_column
+from ._kernel import _output_buffer
 
 log = logging.getLogger(__name__)
 
@@ -467,17 +464,8 @@ cdef void _gather_f64_nonnull(const double* src, const int64_t* idx, int64_t n,
 # --------------------------------------------------------------------------------------------
 
 def _alloc(int64_t nbytes):
-    """A buffer from Arrow's memory pool; large ones are advised to use transparent huge pages
-    (first-touch page faults otherwise dominate writing a fresh 80 MB column)."""
-    buf = pa.allocate_buffer(nbytes)
-    cdef uint64_t addr, start, end
-    if nbytes >= (4 << 20):
-        addr = buf.address
-        start = (addr + 4095) & ~(<uint64_t>4095)
-        end = (addr + <uint64_t>nbytes) & ~(<uint64_t>4095)
-        if end > start:
-            madvise(<void*>start, end - start, MADV_HUGEPAGE)
-    return buf
+    """An output buffer: the kernel base's recycling pool (``_kernel._output_buffer``)."""
+    return _output_buffer(nbytes)
 
 
 def _contiguous(col):

@@ -265,7 +265,7 @@ cdef class CornishFisherVaR(Kernel):
                 set_null(io, 0, i)
                 continue
             st = key_state(io, i)
-            moments_push(st, N, x)
+            moments_push(st, N, x, True)
             n = moments_count(st)
             if n < N:
                 set_null(io, 0, i)

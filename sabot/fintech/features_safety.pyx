@@ -16,13 +16,15 @@ Rules beyond spec kernels.md §1 (documented exceptions and choices):
 from libc.math cimport NAN, fabs, floor, sqrt
 from libc.stdint cimport int64_t
 
-from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
+from ._kernel cimport (Kernel, KernelIO, emit, key_state, local_to_state, present, row_state,
+                      set_null, state_to_local)
 from ._kernel import BOOL, I64, numeric_input, output, side_input, time_input
 from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
 from ._window cimport (
     Deque, deque_count, deque_load, deque_step, deque_store, deque_push, deque_width,
-    moments_central, moments_constant, moments_count, moments_m2, moments_push,
+    MOM_HEADER, moments_central, moments_constant, moments_count, moments_m2, moments_m2_full,
+    moments_step,
     moments_width, ring_get, ring_index, ring_push, ring_width, sorted_lower_bound,
     sorted_push, sorted_width,
 )
@@ -167,35 +169,48 @@ cdef class _RollingMoment(Kernel):
     cdef int moment
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, N = self.window
-        cdef double x, n = <double>N, g1 = 0.0, g2 = 0.0, g3 = 0.0, inv_dof = 1.0 / (n - self.ddof)
-        cdef double c[3]
-        cdef double* st
-        cdef int moment = self.moment
-        if moment == SKEW:      # sqrt(n(n-1))/(n-2) * (m3/n) / (m2/n)^1.5 = g1 * m3 / m2^1.5
-            g1 = sqrt(n * (n - 1.0)) * sqrt(n) / (n - 2.0)
-        elif moment == KURT:    # ((n^2-1) n m4/m2^2 - 3(n-1)^2) / ((n-2)(n-3)) = g2 m4/m2^2 - g3
-            g2 = (n * n - 1.0) * n / ((n - 2.0) * (n - 3.0))
-            g3 = 3.0 * (n - 1.0) * (n - 1.0) / ((n - 2.0) * (n - 3.0))
-        for i in range(io.n):
-            x = io.x[0][i]
-            if not present(io, i) or _is_nan(x):
-                set_null(io, 0, i)
-                continue
-            st = key_state(io, i)
-            moments_push(st, N, x)
-            if moments_count(st) < N:
-                set_null(io, 0, i)
-            elif moment == STD:
-                io.out[0][i] = sqrt(moments_m2(st) * inv_dof)     # m2 / (N - ddof)
-            elif moments_constant(st):
-                set_null(io, 0, i)                    # 0/0: undefined for a constant window
+        if io.slot == NULL:
+            _moment_rows(io, self.window, self.ddof, self.moment, False)
+        else:
+            _moment_rows(io, self.window, self.ddof, self.moment, True)
+
+
+cdef inline void _moment_rows(KernelIO* io, Py_ssize_t N, double ddof, int moment,
+                              bint keyed) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double x, n = <double>N, g1 = 0.0, g2 = 0.0, g3 = 0.0
+    cdef double inv_dof = 1.0 / (n - ddof), inv_n = 1.0 / n
+    cdef double c[3]
+    cdef double hdr[MOM_HEADER]
+    cdef double* st
+    cdef double* h
+    if moment == SKEW:      # sqrt(n(n-1))/(n-2) * (m3/n) / (m2/n)^1.5 = g1 * m3 / m2^1.5
+        g1 = sqrt(n * (n - 1.0)) * sqrt(n) / (n - 2.0)
+    elif moment == KURT:    # ((n^2-1) n m4/m2^2 - 3(n-1)^2) / ((n-2)(n-3)) = g2 m4/m2^2 - g3
+        g2 = (n * n - 1.0) * n / ((n - 2.0) * (n - 3.0))
+        g3 = 3.0 * (n - 1.0) * (n - 1.0) / ((n - 2.0) * (n - 3.0))
+    state_to_local(io, hdr, MOM_HEADER)
+    for i in range(io.n):
+        x = io.x[0][i]
+        if not present(io, i) or _is_nan(x):
+            set_null(io, 0, i)
+            continue
+        st = key_state(io, i)
+        h = row_state(io, i, hdr, keyed)
+        moments_step(h, st + MOM_HEADER, N, x, moment != STD)
+        if moments_count(h) < N:
+            set_null(io, 0, i)
+        elif moment == STD:
+            io.out[0][i] = sqrt(moments_m2_full(h, inv_n) * inv_dof)  # m2 / (N - ddof)
+        elif moments_constant(h):
+            set_null(io, 0, i)                    # 0/0: undefined for a constant window
+        else:
+            moments_central(h, c)
+            if moment == SKEW:
+                emit(io, 0, i, g1 * c[1] / (c[0] * sqrt(c[0])))
             else:
-                moments_central(st, c)
-                if moment == SKEW:
-                    emit(io, 0, i, g1 * c[1] / (c[0] * sqrt(c[0])))
-                else:
-                    emit(io, 0, i, g2 * c[2] / (c[0] * c[0]) - g3)
+                emit(io, 0, i, g2 * c[2] / (c[0] * c[0]) - g3)
+    local_to_state(io, hdr, MOM_HEADER)
 
 
 cdef class RollingStd(_RollingMoment):

@@ -12,7 +12,7 @@ Conventions shared by this module:
 """
 from libc.math cimport INFINITY, NAN, expm1, log
 
-from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
+from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null, valid_or_null
 from ._kernel import LABEL, numeric_input, output
 from ._columns import check_positive
 from ._scope import call_kernel
@@ -71,25 +71,23 @@ cdef class TriangularArbitrage(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
-        cdef double ab, bc, ac, fee, fwd, rev, best
+        cdef double ab, bc, ac, fee, fwd, rev, best, fees = self.fees
+        cdef bint per_row_fee = self.fee_column, defined
         cdef int rev_better, profitable
-        for i in range(io.n):
+        for i in range(io.n):             # branch-free: the better cycle is a coin flip
             ab = io.x[0][i]
             bc = io.x[1][i]
             ac = io.x[2][i]
-            fee = io.x[3][i] if self.fee_column else self.fees
-            if not present(io, i) or not (ab > 0.0 and bc > 0.0 and ac > 0.0) or fee != fee:
-                set_null(io, 0, i)
-                set_null(io, 1, i)
-                continue
+            fee = io.x[3][i] if per_row_fee else fees
+            defined = (ab > 0.0) & (bc > 0.0) & (ac > 0.0) & (fee == fee)   # no branches
             fwd = (ab * bc / ac - 1.0) * 1e4 - fee
             rev = (ac / (ab * bc) - 1.0) * 1e4 - fee
-            # branch-free: the better cycle is a coin flip on real data
             rev_better = fwd < rev
-            best = rev_better * rev + (1 - rev_better) * fwd
+            best = rev if rev_better else fwd
             profitable = best > 0.0
-            emit(io, 0, i, best)
-            io.out[1][i] = profitable * <double>rev_better + (1 - profitable) * 2.0
+            io.out[0][i] = valid_or_null(io, i, best, defined)
+            io.out[1][i] = valid_or_null(io, i, <double>rev_better if profitable else 2.0,
+                                         defined)
 
 
 def triangular_arbitrage(batch, fees_bps=None, *, ab_column="spot_ab", bc_column="spot_bc",

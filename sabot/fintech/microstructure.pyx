@@ -2,7 +2,7 @@
 """Microstructure: mid/micro price, quoted/effective spread, L1 imbalance, OFI, VPIN."""
 from libc.math cimport fabs, NAN
 
-from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
+from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null, valid_or_null
 from ._kernel import numeric_input, output, side_input
 from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
@@ -18,20 +18,8 @@ cdef class Midprice(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
-        cdef const double* b = io.x[0]
-        cdef const double* a = io.x[1]
-        cdef double* out = io.out[0]
-        if io.ok == NULL:
-            for i in range(io.n):
-                out[i] = 0.5 * (b[i] + a[i])
-                if out[i] != out[i]:
-                    set_null(io, 0, i)
-        else:
-            for i in range(io.n):
-                if present(io, i):
-                    emit(io, 0, i, 0.5 * (b[i] + a[i]))
-                else:
-                    set_null(io, 0, i)
+        for i in range(io.n):
+            io.out[0][i] = valid_or_null(io, i, 0.5 * (io.x[0][i] + io.x[1][i]), True)
 
 
 cdef class Microprice(Kernel):
@@ -52,10 +40,7 @@ cdef class Microprice(Kernel):
         cdef double b, a, B, A
         for i in range(io.n):
             b = io.x[0][i]; a = io.x[1][i]; B = io.x[2][i]; A = io.x[3][i]
-            if present(io, i) and A + B != 0.0:
-                emit(io, 0, i, (b * A + a * B) / (A + B))
-            else:
-                set_null(io, 0, i)
+            io.out[0][i] = valid_or_null(io, i, (b * A + a * B) / (A + B), A + B != 0.0)
 
 
 cdef class QuotedSpread(Kernel):
@@ -71,10 +56,7 @@ cdef class QuotedSpread(Kernel):
         cdef double b, a
         for i in range(io.n):
             b = io.x[0][i]; a = io.x[1][i]
-            if present(io, i) and a + b != 0.0:
-                emit(io, 0, i, (a - b) / (0.5 * (a + b)) * 1e4)
-            else:
-                set_null(io, 0, i)
+            io.out[0][i] = valid_or_null(io, i, (a - b) / (0.5 * (a + b)) * 1e4, a + b != 0.0)
 
 
 cdef class EffectiveSpread(Kernel):
@@ -90,10 +72,7 @@ cdef class EffectiveSpread(Kernel):
         cdef double p, m
         for i in range(io.n):
             p = io.x[0][i]; m = io.x[1][i]
-            if present(io, i) and m != 0.0:
-                emit(io, 0, i, 2.0 * fabs(p - m) / m * 1e4)
-            else:
-                set_null(io, 0, i)
+            io.out[0][i] = valid_or_null(io, i, 2.0 * fabs(p - m) / m * 1e4, m != 0.0)
 
 
 cdef class L1Imbalance(Kernel):
@@ -110,10 +89,7 @@ cdef class L1Imbalance(Kernel):
         cdef double B, A
         for i in range(io.n):
             B = io.x[0][i]; A = io.x[1][i]
-            if present(io, i) and B + A != 0.0:
-                emit(io, 0, i, (B - A) / (B + A))
-            else:
-                set_null(io, 0, i)
+            io.out[0][i] = valid_or_null(io, i, (B - A) / (B + A), B + A != 0.0)
 
 
 cdef class OFI(Kernel):

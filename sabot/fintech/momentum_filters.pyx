@@ -7,13 +7,14 @@ simple averages, and rows with a null/NaN input are skipped as if absent (spec �
 """
 from libc.math cimport fabs, fmax, NAN, sqrt
 
-from ._kernel cimport Kernel, KernelIO, key_state, present, set_null
+from ._kernel cimport (Kernel, KernelIO, key_state, local_to_state, present, row_state, set_null,
+                      state_to_local)
 from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive, check_positive_int, check_unit_interval
 from ._scope import call_kernel
 from ._window cimport (
-    deque_push, deque_width, moments_count, moments_mean, moments_push, moments_var,
-    moments_width, zsum_count, zsum_push, zsum_width,
+    MOM_HEADER, ZSUM_HEADER, deque_push, deque_width, moments_count, moments_mean,
+    moments_m2_full, moments_mean_full, moments_step, moments_var, moments_width, zsum_count, zsum_push, zsum_step, zsum_width,
 )
 
 
@@ -41,17 +42,20 @@ cdef class EMA(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i, N = self.period
-        cdef double x, k = self.k
+        cdef double x, k = self.k, b = 1.0 - self.k
+        cdef double local[3]
         cdef double* st                                   # count, seed sum, value
+        cdef bint keyed = io.slot != NULL
+        state_to_local(io, local, 3)
         for i in range(io.n):
             x = io.x[0][i]
-            st = key_state(io, i)
+            st = row_state(io, i, local, keyed)
             if not present(io, i) or x != x:
                 set_null(io, 0, i)
                 continue
             st[0] += 1.0
             if N == 0:
-                st[2] = x if st[0] == 1.0 else k * x + (1.0 - k) * st[2]
+                st[2] = x if st[0] == 1.0 else k * x + b * st[2]
             elif st[0] < N:
                 st[1] += x
                 set_null(io, 0, i)
@@ -59,8 +63,9 @@ cdef class EMA(Kernel):
             elif st[0] == N:
                 st[2] = (st[1] + x) / N
             else:
-                st[2] = k * x + (1.0 - k) * st[2]
+                st[2] = k * x + b * st[2]
             io.out[0][i] = st[2]
+        local_to_state(io, local, 3)
 
 
 cdef class SMA(Kernel):
@@ -74,20 +79,32 @@ cdef class SMA(Kernel):
                      config=dict(column=column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, N = self.window
-        cdef double x, s
-        cdef double* st
-        for i in range(io.n):
-            x = io.x[0][i]
-            st = key_state(io, i)
-            if not present(io, i) or x != x:
-                set_null(io, 0, i)
-                continue
-            s = zsum_push(st, N, x)
-            if zsum_count(st, N) < N:
-                set_null(io, 0, i)
-            else:
-                io.out[0][i] = s / N
+        if io.slot == NULL:
+            _sma_rows(io, self.window, False)
+        else:
+            _sma_rows(io, self.window, True)
+
+
+cdef inline void _sma_rows(KernelIO* io, Py_ssize_t N, bint keyed) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double x, s, inv_n = 1.0 / N
+    cdef double hdr[ZSUM_HEADER]
+    cdef double* st
+    cdef double* h
+    state_to_local(io, hdr, ZSUM_HEADER)
+    for i in range(io.n):
+        x = io.x[0][i]
+        if not present(io, i) or x != x:
+            set_null(io, 0, i)
+            continue
+        st = key_state(io, i)
+        h = row_state(io, i, hdr, keyed)
+        s = zsum_step(h, st + ZSUM_HEADER, N, x)
+        if zsum_count(h, N) < N:
+            set_null(io, 0, i)
+        else:
+            io.out[0][i] = s * inv_n
+    local_to_state(io, hdr, ZSUM_HEADER)
 
 
 cdef class MACD(Kernel):
@@ -112,10 +129,14 @@ cdef class MACD(Kernel):
         cdef Py_ssize_t i, F = self.fast, S = self.slow, G = self.signal
         cdef double x, c, line
         cdef double kf = 2.0 / (F + 1.0), ks = 2.0 / (S + 1.0), kg = 2.0 / (G + 1.0)
+        cdef double bf = 1.0 - kf, bs = 1.0 - ks, bg = 1.0 - kg
+        cdef double local[6]
         cdef double* st                  # count, slow seed/ema, fast seed/ema, signal seed/ema
+        cdef bint keyed = io.slot != NULL
+        state_to_local(io, local, 6)
         for i in range(io.n):
             x = io.x[0][i]
-            st = key_state(io, i)
+            st = row_state(io, i, local, keyed)
             if not present(io, i) or x != x:
                 set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
                 continue
@@ -129,8 +150,8 @@ cdef class MACD(Kernel):
                 st[1] = (st[1] + x) / S
                 st[2] = (st[2] + x) / F
             else:
-                st[1] = ks * x + (1.0 - ks) * st[1]
-                st[2] = kf * x + (1.0 - kf) * st[2]
+                st[1] = ks * x + bs * st[1]
+                st[2] = kf * x + bf * st[2]
             if c < S + G - 1:
                 if c >= S:
                     st[3] += st[2] - st[1]
@@ -140,10 +161,11 @@ cdef class MACD(Kernel):
             if c == S + G - 1:
                 st[3] = (st[3] + line) / G
             else:
-                st[3] = kg * line + (1.0 - kg) * st[3]
+                st[3] = kg * line + bg * st[3]
             io.out[0][i] = line
             io.out[1][i] = st[3]
             io.out[2][i] = line - st[3]
+        local_to_state(io, local, 6)
 
 
 cdef class RSI(Kernel):
@@ -162,10 +184,14 @@ cdef class RSI(Kernel):
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i, N = self.period
         cdef double x, d, up, down
+        cdef double keep = (N - 1.0) / N, inv_n = 1.0 / N  # Wilder: avg·(N−1)/N + change/N
+        cdef double local[4]
         cdef double* st                                   # count, previous, gain, loss
+        cdef bint keyed = io.slot != NULL
+        state_to_local(io, local, 4)
         for i in range(io.n):
             x = io.x[0][i]
-            st = key_state(io, i)
+            st = row_state(io, i, local, keyed)
             if not present(io, i) or x != x:
                 set_null(io, 0, i)
                 continue
@@ -188,9 +214,10 @@ cdef class RSI(Kernel):
                 st[2] = (st[2] + up) / N
                 st[3] = (st[3] + down) / N
             else:
-                st[2] = (st[2] * (N - 1) + up) / N
-                st[3] = (st[3] * (N - 1) + down) / N
+                st[2] = st[2] * keep + up * inv_n
+                st[3] = st[3] * keep + down * inv_n
             io.out[0][i] = 100.0 * st[2] / (st[2] + st[3]) if st[2] + st[3] != 0.0 else 0.0
+        local_to_state(io, local, 4)
 
 
 cdef class BollingerBands(Kernel):
@@ -207,24 +234,36 @@ cdef class BollingerBands(Kernel):
                      config=dict(column=column, window=self.window, k=k))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, N = self.window
-        cdef double x, mid, width
-        cdef double* st
-        for i in range(io.n):
-            x = io.x[0][i]
-            st = key_state(io, i)
-            if not present(io, i) or x != x:
-                set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
-                continue
-            moments_push(st, N, x)
-            if moments_count(st) < N:
-                set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
-                continue
-            mid = moments_mean(st)
-            width = self.k * sqrt(moments_var(st, 0.0))
-            io.out[0][i] = mid
-            io.out[1][i] = mid + width
-            io.out[2][i] = mid - width
+        if io.slot == NULL:
+            _bollinger_rows(io, self.window, self.k, False)
+        else:
+            _bollinger_rows(io, self.window, self.k, True)
+
+
+cdef inline void _bollinger_rows(KernelIO* io, Py_ssize_t N, double k, bint keyed) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double x, mid, width, inv_n = 1.0 / N
+    cdef double hdr[MOM_HEADER]
+    cdef double* st
+    cdef double* h
+    state_to_local(io, hdr, MOM_HEADER)
+    for i in range(io.n):
+        x = io.x[0][i]
+        if not present(io, i) or x != x:
+            set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+            continue
+        st = key_state(io, i)
+        h = row_state(io, i, hdr, keyed)
+        moments_step(h, st + MOM_HEADER, N, x, False)
+        if moments_count(h) < N:
+            set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+            continue
+        mid = moments_mean_full(h, inv_n)
+        width = k * sqrt(moments_m2_full(h, inv_n) * inv_n)
+        io.out[0][i] = mid
+        io.out[1][i] = mid + width
+        io.out[2][i] = mid - width
+    local_to_state(io, hdr, MOM_HEADER)
 
 
 cdef class Kalman1D(Kernel):

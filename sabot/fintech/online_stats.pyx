@@ -2,11 +2,13 @@
 """Online statistics: log returns, Welford mean/variance, EWMA, EW covariance, rolling z-score."""
 from libc.math cimport NAN, log, sqrt
 
-from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
+from ._kernel cimport (Kernel, KernelIO, emit, key_state, local_to_state, present, row_state,
+                      set_null, state_to_local)
 from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive_int, check_unit_interval
 from ._scope import call_kernel
-from ._window cimport moments_constant, moments_count, moments_mean, moments_push, moments_var, moments_width
+from ._window cimport (MOM_HEADER, moments_constant, moments_count, moments_m2_full,
+                       moments_mean_full, moments_step, moments_width)
 
 
 cdef class LogReturns(Kernel):
@@ -77,19 +79,23 @@ cdef class EWMA(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
-        cdef double x, a = self.alpha
+        cdef double x, a = self.alpha, b = 1.0 - self.alpha
+        cdef double local[1]
         cdef double* st
+        cdef bint keyed = io.slot != NULL
+        state_to_local(io, local, 1)
         for i in range(io.n):
             x = io.x[0][i]
-            st = key_state(io, i)
+            st = row_state(io, i, local, keyed)
             if not present(io, i) or x != x:
                 set_null(io, 0, i)
                 continue
             if st[0] != st[0]:
                 st[0] = x
             else:
-                st[0] = a * x + (1.0 - a) * st[0]
+                st[0] = a * x + b * st[0]
             io.out[0][i] = st[0]
+        local_to_state(io, local, 1)
 
 
 cdef class EWCov(Kernel):
@@ -146,20 +152,32 @@ cdef class RollingZScore(Kernel):
                      config=dict(column=column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, N = self.window
-        cdef double x
-        cdef double* st
-        for i in range(io.n):
-            x = io.x[0][i]
-            st = key_state(io, i)
-            if not present(io, i) or x != x:
-                set_null(io, 0, i)
-                continue
-            moments_push(st, N, x)
-            if moments_count(st) < N or moments_constant(st):
-                set_null(io, 0, i)
-            else:
-                io.out[0][i] = (x - moments_mean(st)) / sqrt(moments_var(st, 1.0))
+        if io.slot == NULL:
+            _zscore_rows(io, self.window, False)
+        else:
+            _zscore_rows(io, self.window, True)
+
+
+cdef inline void _zscore_rows(KernelIO* io, Py_ssize_t N, bint keyed) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double x, inv_n = 1.0 / N, dof = N - 1.0
+    cdef double hdr[MOM_HEADER]
+    cdef double* st
+    cdef double* h
+    state_to_local(io, hdr, MOM_HEADER)
+    for i in range(io.n):
+        x = io.x[0][i]
+        if not present(io, i) or x != x:
+            set_null(io, 0, i)
+            continue
+        st = key_state(io, i)
+        h = row_state(io, i, hdr, keyed)
+        moments_step(h, st + MOM_HEADER, N, x, False)
+        if moments_count(h) < N or moments_constant(h):
+            set_null(io, 0, i)
+        else:                               # (x − mean) / sqrt(m2 / (N − 1))
+            io.out[0][i] = (x - moments_mean_full(h, inv_n)) * sqrt(dof / moments_m2_full(h, inv_n))
+    local_to_state(io, hdr, MOM_HEADER)
 
 
 def log_returns(batch, price_column="price", *, by=None):

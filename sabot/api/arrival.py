@@ -1,0 +1,190 @@
+"""On-arrival (processing-time) as-of join of several sources: decide on each row as it comes.
+
+The event-time :meth:`Stream.asof_join` holds a left row until every other input's watermark
+has passed it — deterministic, right for replay and research, but a live monitor then waits for
+the slowest venue.  :class:`ArrivalAsofJoin` instead answers every arriving row at once with
+the latest row already seen of every other source for the same key::
+
+    for row in arrivals (in arrival order):
+        latest[(row.source, row.key)] = row
+        out = row's own values under "<row.source>_<column>", and for every other source s:
+              latest[(s, row.key)] under "<s>_<column>" if it exists and
+              row.on - latest[(s, row.key)].on <= tolerance, else null
+
+"Latest" is the last to arrive (a source's rows for one key come from one Kafka partition, in
+order).  A quote older than ``tolerance_ms`` relative to the arriving one is ignored, as
+``pandas.merge_asof(direction="backward", tolerance=...)`` ignores it; a newer one (another
+venue ahead in event time) is used.  Each batch is processed vectorised (a stable sort by key
+and a running maximum per source); the result equals the row-by-row loop above however the
+arrivals are split into batches.  Rows with a null source, key or time, or a source not in
+``sources``, are skipped, counted (:attr:`skipped`) and logged (the first few at warning).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._ops import timestamps_ns
+
+logger = logging.getLogger(__name__)
+
+_NULL_INT = np.iinfo(np.int64).min
+
+#: How many skipped rows are logged at warning before switching to debug.
+WARN_FIRST = 5
+
+
+class ArrivalAsofJoin:
+    """Latest row per (source, key), joined onto each arriving row (see module docstring).
+
+    Output columns: ``by``, ``on`` and ``source_column`` of the arriving row, then
+    ``<source>_<column>`` for every source and every name in ``columns`` (``on`` is always
+    included, so each source's quote time is kept).
+    """
+
+    def __init__(self, sources: Sequence[str], *, source_column: str = "exchange",
+                 by: str = "symbol", on: str = "timestamp",
+                 columns: Sequence[str] = ("bid", "ask"), tolerance_ms: float = 500.0) -> None:
+        if not sources:
+            raise ValueError("ArrivalAsofJoin needs at least one source")
+        if tolerance_ms < 0:
+            raise ValueError(f"tolerance_ms must be >= 0, got {tolerance_ms}")
+        self.sources = list(sources)
+        self._source_array = pa.array(self.sources, pa.string())
+        self.source_column, self.by, self.on = source_column, by, on
+        self.columns = [on] + [c for c in columns if c != on]
+        self.tolerance_ns = int(round(tolerance_ms * 1_000_000))
+        self.skipped = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every latest row."""
+        self._key_code: Dict[object, int] = {}
+        self._present = np.zeros((len(self.sources), 0), dtype=bool)
+        self._state: Dict[str, np.ndarray] = {}
+        self._types: Dict[str, pa.DataType] = {}
+
+    # ------------------------------------------------------------------------------------------
+    def _values(self, batch: pa.RecordBatch, name: str) -> np.ndarray:
+        """A column as numpy: timestamps as int64 ns and integers as int64 (nulls: int64 min),
+        the rest as float64 (nulls: NaN)."""
+        idx = batch.schema.get_field_index(name)
+        if idx < 0:
+            raise KeyError(f"column {name!r} not found; columns present: "
+                           f"{', '.join(batch.schema.names)}")
+        col = batch.column(idx)
+        typ = self._types.setdefault(name, col.type)
+        if pa.types.is_timestamp(typ) or pa.types.is_integer(typ):
+            return timestamps_ns(col, name)
+        if typ != pa.float64():
+            col = col.cast(pa.float64())
+        if col.null_count:
+            col = col.fill_null(np.nan)
+        return col.to_numpy(zero_copy_only=False)
+
+    def _source_index(self, batch: pa.RecordBatch) -> tuple:
+        """(batch without rows that cannot be placed, source index per row); dropped rows — a
+        null source/key/time or a source not in ``sources`` — are counted and logged."""
+        for name in (self.source_column, self.by, self.on):
+            if name not in batch.schema.names:
+                raise KeyError(f"column {name!r} not found; columns present: "
+                               f"{', '.join(batch.schema.names)}")
+        src = pc.index_in(batch.column(self.source_column), value_set=self._source_array)
+        if not (src.null_count or batch.column(self.by).null_count
+                or batch.column(self.on).null_count):
+            return batch, src.to_numpy(zero_copy_only=False)
+        ok = pc.and_(pc.and_(pc.is_valid(src), pc.is_valid(batch.column(self.by))),
+                     pc.is_valid(batch.column(self.on)))
+        bad = batch.filter(pc.invert(ok))
+        for row in bad.select([self.source_column, self.by, self.on]).to_pylist():
+            self.skipped += 1
+            level = logging.WARNING if self.skipped <= WARN_FIRST else logging.DEBUG
+            logger.log(level, "on-arrival join: row skipped (%s=%r, %s=%r, %s=%r): %s must be "
+                       "one of %s, %s and %s not null%s", self.source_column,
+                       row[self.source_column], self.by, row[self.by], self.on, row[self.on],
+                       self.source_column, self.sources, self.by, self.on,
+                       " (further ones logged at debug)" if self.skipped == WARN_FIRST else "")
+        return batch.filter(ok), src.filter(ok).to_numpy(zero_copy_only=False)
+
+    def _codes(self, keys: pa.Array) -> np.ndarray:
+        """Stable integer codes of the keys (new keys get the next code; state grows)."""
+        enc = pc.dictionary_encode(keys)
+        if isinstance(enc, pa.ChunkedArray):
+            enc = enc.combine_chunks()
+        table = self._key_code
+        mapping = np.empty(len(enc.dictionary), dtype=np.int64)
+        for j, k in enumerate(enc.dictionary.to_pylist()):
+            mapping[j] = table.setdefault(k, len(table))
+        grow = len(table) - self._present.shape[1]
+        if grow > 0:
+            self._present = np.pad(self._present, ((0, 0), (0, grow)))
+            for name, arr in self._state.items():
+                self._state[name] = np.pad(arr, ((0, 0), (0, grow)))
+        return mapping[enc.indices.to_numpy(zero_copy_only=False)]
+
+    def process(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The joined rows for ``batch`` (rows in arrival order), updating the latest rows."""
+        batch, src = self._source_index(batch)
+        n = batch.num_rows
+        code = self._codes(batch.column(self.by))
+        values = {c: self._values(batch, c) for c in self.columns}
+        for name, arr in values.items():
+            if name not in self._state:
+                self._state[name] = np.zeros(self._present.shape, dtype=arr.dtype)
+        t = values[self.on]
+
+        # rows grouped by key (stable: arrival order kept inside each group)
+        order = np.argsort(code, kind="stable")
+        code_sorted = code[order]
+        pos = np.arange(n)
+        new_group = np.ones(n, dtype=bool)
+        new_group[1:] = code_sorted[1:] != code_sorted[:-1]
+        group_start = np.maximum.accumulate(np.where(new_group, pos, 0)) if n else pos
+
+        # per source (rows of the matrices), in sorted order: the position of the last row of
+        # that source at or before each row, inside the same key group (-1: none in this batch)
+        n_src = len(self.sources)
+        is_src = src[order][None, :] == np.arange(n_src)[:, None]
+        last = np.maximum.accumulate(np.where(is_src, pos, -1), axis=1) if n else is_src
+        took = np.empty((n_src, n), dtype=np.int64)  # the row used per source (-1: the state)
+        took[:, order] = np.where(last >= group_start, order[np.maximum(last, 0)], -1)
+        in_batch = took >= 0
+        row = np.maximum(took, 0)
+        joined = {c: np.where(in_batch, values[c][row], self._state[c][:, code])
+                  for c in self.columns}
+        fresh = (in_batch | self._present[:, code]) & (t - joined[self.on] <= self.tolerance_ns)
+        all_fresh = fresh.all(axis=1)
+
+        out: Dict[str, pa.Array] = {self.by: batch.column(self.by), self.on: batch.column(self.on),
+                                    self.source_column: batch.column(self.source_column)}
+        for s_i, s in enumerate(self.sources):
+            valid = None if all_fresh[s_i] else fresh[s_i]
+            for c in self.columns:
+                out[f"{s}_{c}"] = self._to_arrow(c, joined[c][s_i], valid)
+
+        # the last row of every (source, key) in this batch becomes that pair's latest row
+        if n:
+            pair = src * len(self._key_code) + code
+            _, first_from_end = np.unique(pair[::-1], return_index=True)
+            rows = n - 1 - first_from_end
+            self._present[src[rows], code[rows]] = True
+            for c in self.columns:
+                self._state[c][src[rows], code[rows]] = values[c][rows]
+        return pa.RecordBatch.from_pydict(out)
+
+    def _to_arrow(self, name: str, values: np.ndarray, valid: Optional[np.ndarray]) -> pa.Array:
+        """``values`` as the column's Arrow type; null where not ``valid`` (None: all valid)
+        and, for timestamps and integers, where the value is the null marker (int64 min)."""
+        typ = self._types[name]
+        if values.dtype == np.int64:
+            missing = values == _NULL_INT
+            if missing.any():
+                valid = ~missing if valid is None else valid & ~missing
+            return pa.array(values, type=typ, mask=None if valid is None else ~valid)
+        return pa.array(values, type=pa.float64(), mask=None if valid is None else ~valid)
+
+    __call__ = process

@@ -1,0 +1,209 @@
+"""sabot.api.arrival.ArrivalAsofJoin (the live monitor's on-arrival alignment) against a naive
+loop over the rows in arrival order, however the arrivals are split into batches; and the
+monitor's decisions on its output against a plain Python best-pair reference."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sabot.api.arrival import ArrivalAsofJoin
+
+ROOT = Path(__file__).resolve().parents[1]
+VENUES = ("coinbase", "kraken", "binance")
+TOL_MS = 500
+TS = pa.timestamp("ns", tz="UTC")
+
+
+def _load_monitor():
+    name = "multi_exchange_arbitrage"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def naive(rows: list[dict], tolerance_ns: int = TOL_MS * 1_000_000) -> list[dict]:
+    """Row by row in arrival order: remember the row as its venue's latest for its symbol, then
+    take every venue's latest quote for the symbol unless it is older than the tolerance."""
+    latest: dict = {}
+    out = []
+    for r in rows:
+        if r["exchange"] not in VENUES or r["symbol"] is None:
+            continue
+        latest[(r["exchange"], r["symbol"])] = r
+        joined = {"symbol": r["symbol"], "timestamp": r["timestamp"], "exchange": r["exchange"]}
+        for v in VENUES:
+            q = latest.get((v, r["symbol"]))
+            use = q is not None and r["timestamp"] - q["timestamp"] <= tolerance_ns
+            for c in ("timestamp", "bid", "ask", "recv_timestamp"):
+                joined[f"{v}_{c}"] = q[c] if use else None
+        out.append(joined)
+    return out
+
+
+def to_batch(rows: list[dict]) -> pa.RecordBatch:
+    return pa.record_batch({
+        "exchange": pa.array([r["exchange"] for r in rows], pa.string()),
+        "symbol": pa.array([r["symbol"] for r in rows], pa.string()),
+        "timestamp": pa.array([r["timestamp"] for r in rows], pa.int64()).cast(TS),
+        "recv_timestamp": pa.array([r["recv_timestamp"] for r in rows], pa.int64()).cast(TS),
+        "bid": pa.array([r["bid"] for r in rows], pa.float64()),
+        "ask": pa.array([r["ask"] for r in rows], pa.float64()),
+    })
+
+
+def as_rows(batch: pa.RecordBatch) -> list[dict]:
+    """Output rows with timestamps as int ns and NaN as None (the naive reference's terms)."""
+    out = []
+    for name in batch.schema.names:
+        col = batch.column(name)
+        if pa.types.is_timestamp(col.type):
+            col = col.view(pa.int64())
+        values = col.to_pylist()
+        for i, v in enumerate(values):
+            if len(out) <= i:
+                out.append({})
+            out[i][name] = None if isinstance(v, float) and math.isnan(v) else v
+    return out
+
+
+def run_split(rows: list[dict], cuts: list[int]) -> list[dict]:
+    join = ArrivalAsofJoin(VENUES, columns=("bid", "ask", "recv_timestamp"), tolerance_ms=TOL_MS)
+    bounds = sorted({0, len(rows), *[c % (len(rows) + 1) for c in cuts]})
+    out = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        out += as_rows(join.process(to_batch(rows[lo:hi])))
+    return out
+
+
+price = st.floats(min_value=90.0, max_value=110.0, allow_nan=False)
+arrival = st.fixed_dictionaries({
+    "exchange": st.sampled_from(VENUES + ("bitstamp",)),  # an unknown venue is skipped
+    "symbol": st.one_of(st.sampled_from(["BTC/USD", "ETH/USD", "SOL/USD"]), st.none()),
+    "dt_ms": st.integers(-300, 700),  # event time may go backwards across venues
+    "bid": price, "ask": price,
+    "lag_us": st.integers(0, 5000),
+})
+
+
+def _materialise(draws: list[dict]) -> list[dict]:
+    t, rows = 1_700_000_000_000_000_000, []
+    for d in draws:
+        t += d["dt_ms"] * 1_000_000
+        rows.append({"exchange": d["exchange"], "symbol": d["symbol"], "timestamp": t,
+                     "recv_timestamp": t + d["lag_us"] * 1000, "bid": d["bid"], "ask": d["ask"]})
+    return rows
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(arrival, max_size=40), st.lists(st.integers(0, 40), max_size=6))
+def test_equals_the_naive_loop_however_the_arrivals_are_split(draws, cuts):
+    rows = _materialise(draws)
+    expected = naive(rows)
+    assert run_split(rows, cuts) == expected
+    assert run_split(rows, []) == expected  # one batch
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(arrival, max_size=40), st.lists(st.integers(0, 40), max_size=4))
+def test_each_symbol_alone_gives_the_same_rows(draws, cuts):
+    rows = [r for r in _materialise(draws) if r["symbol"] is not None]
+    together = run_split(rows, cuts)
+    for sym in {r["symbol"] for r in rows}:
+        alone = run_split([r for r in rows if r["symbol"] == sym], cuts)
+        assert alone == [r for r in together if r["symbol"] == sym]
+
+
+def _reference_best(quotes: dict, fees: dict):
+    best = None
+    for b in VENUES:
+        for s in VENUES:
+            if b == s or quotes[b] is None or quotes[s] is None:
+                continue
+            ask_b, bid_s = quotes[b][1], quotes[s][0]
+            net = (bid_s - ask_b) / ask_b * 1e4 - fees[b] - fees[s]
+            if best is None or net > best[0]:
+                best = (net, b, s)
+    return best
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(arrival, min_size=1, max_size=30), st.lists(st.integers(0, 30), max_size=4),
+       st.fixed_dictionaries({v: st.floats(0, 30) for v in VENUES}))
+def test_monitor_decisions_equal_a_row_by_row_reference(draws, cuts, fees):
+    """The monitor's signal per arriving quote = best pair over the naive loop's quotes."""
+    arb = _load_monitor()
+    rows = _materialise(draws)
+    join = ArrivalAsofJoin(VENUES, columns=("bid", "ask", "recv_timestamp"), tolerance_ms=TOL_MS)
+    bounds = sorted({0, len(rows), *[c % (len(rows) + 1) for c in cuts]})
+    nets, buys, sells, recvs = [], [], [], []
+    for lo, hi in zip(bounds, bounds[1:]):
+        out = join.process(to_batch(rows[lo:hi]))
+        e = arb.best_edges(out, fees, 0.0)
+        nets += e["net_bps"].tolist()
+        buys += e["buy"].tolist()
+        sells += e["sell"].tolist()
+        recvs += arb.newest_recv_ns(out).tolist()
+    expected = naive(rows)
+    assert len(nets) == len(expected)
+    for i, r in enumerate(expected):
+        quotes = {v: None if r[f"{v}_bid"] is None else (r[f"{v}_bid"], r[f"{v}_ask"])
+                  for v in VENUES}
+        ref = _reference_best(quotes, fees)
+        assert recvs[i] == max(r[f"{v}_recv_timestamp"] for v in VENUES
+                               if r[f"{v}_recv_timestamp"] is not None)
+        if ref is None:
+            assert buys[i] == -1 and math.isnan(nets[i])
+            continue
+        assert nets[i] == pytest.approx(ref[0], rel=1e-12, abs=1e-9)
+        assert (VENUES[buys[i]], VENUES[sells[i]]) == ref[1:]
+
+
+def test_tolerance_boundary_newer_quotes_and_state_across_batches():
+    ms = 1_000_000
+    join = ArrivalAsofJoin(VENUES, tolerance_ms=500)
+    rows = [
+        {"exchange": "kraken", "symbol": "S", "timestamp": 1000 * ms, "recv_timestamp": 0,
+         "bid": 1.0, "ask": 2.0},
+        {"exchange": "coinbase", "symbol": "S", "timestamp": 1500 * ms, "recv_timestamp": 0,
+         "bid": 3.0, "ask": 4.0},   # kraken exactly 500 ms older: used
+        {"exchange": "binance", "symbol": "S", "timestamp": 1400 * ms, "recv_timestamp": 0,
+         "bid": 5.0, "ask": 6.0},   # coinbase is newer (100 ms ahead): used
+    ]
+    out = as_rows(join.process(to_batch(rows)))
+    assert out[1]["kraken_bid"] == 1.0 and out[2]["coinbase_bid"] == 3.0
+    later = {"exchange": "coinbase", "symbol": "S", "timestamp": 1500 * ms + 1,
+             "recv_timestamp": 0, "bid": 7.0, "ask": 8.0}
+    (row,) = as_rows(join.process(to_batch([later])))
+    assert row["kraken_bid"] is None          # 500 ms + 1 ns older: ignored
+    assert row["binance_bid"] == 5.0          # from the earlier batch
+    assert row["coinbase_bid"] == 7.0 and row["exchange"] == "coinbase"
+
+
+def test_bad_rows_are_counted_and_logged_and_a_missing_column_is_named(caplog):
+    join = ArrivalAsofJoin(VENUES)
+    rows = [{"exchange": "ftx", "symbol": "S", "timestamp": 1, "recv_timestamp": 1, "bid": 1.0,
+             "ask": 2.0},
+            {"exchange": "kraken", "symbol": None, "timestamp": 2, "recv_timestamp": 2,
+             "bid": 1.0, "ask": 2.0},
+            {"exchange": "kraken", "symbol": "S", "timestamp": 3, "recv_timestamp": 3,
+             "bid": 1.0, "ask": 2.0}]
+    with caplog.at_level(logging.WARNING, logger="sabot.api.arrival"):
+        out = join.process(to_batch(rows))
+    assert out.num_rows == 1 and join.skipped == 2
+    assert "exchange='ftx'" in caplog.text and "symbol=None" in caplog.text
+    with pytest.raises(KeyError, match="'bid'"):
+        join.process(to_batch(rows[2:]).drop_columns(["bid"]))
+    with pytest.raises(ValueError, match="tolerance_ms"):
+        ArrivalAsofJoin(VENUES, tolerance_ms=-1)

@@ -1,0 +1,55 @@
+"""The kernel base's recycled output buffers: reused only once released, never while alive."""
+import gc
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from sabot.fintech import _kernel, midprice
+
+
+@pytest.fixture
+def small_pool(monkeypatch):
+    monkeypatch.setattr(_kernel, "POOL_MAX_BYTES", 20 << 20)
+    monkeypatch.setattr(_kernel, "_POOL", [])
+    yield _kernel._POOL
+
+
+def _quotes(n, shift=0.0):
+    bid = np.arange(n, dtype=np.float64) + shift
+    return pa.record_batch({"bid": bid, "ask": bid + 1.0})
+
+
+def test_live_outputs_are_never_overwritten(small_pool):
+    outs = [midprice(_quotes(300_000, shift=k)) for k in range(6)]
+    for k, out in enumerate(outs):
+        np.testing.assert_array_equal(out["midprice"].to_numpy(),
+                                      np.arange(300_000) + k + 0.5)
+    assert sum(a.nbytes for a in small_pool) <= 20 << 20
+
+
+def test_released_output_memory_is_reused(small_pool):
+    first = midprice(_quotes(300_000))
+    address = first["midprice"].buffers()[1].address
+    del first
+    gc.collect()
+    again = midprice(_quotes(300_000, shift=1.0))
+    assert again["midprice"].buffers()[1].address == address
+    np.testing.assert_array_equal(again["midprice"].to_numpy(), np.arange(300_000) + 1.5)
+
+
+def test_pool_makes_room_when_sizes_change(small_pool):
+    """Free buffers are dropped to stay under the cap, live ones kept (and outputs stay right)."""
+    live = midprice(_quotes(1_000_000))                # 8 MB, held throughout
+    for n in (500_000, 1_500_000, 250_000, 1_000_000):
+        out = midprice(_quotes(n))
+        np.testing.assert_array_equal(out["midprice"].to_numpy(), np.arange(n) + 0.5)
+        del out
+    assert sum(a.nbytes for a in small_pool) <= 20 << 20
+    np.testing.assert_array_equal(live["midprice"].to_numpy(), np.arange(1_000_000) + 0.5)
+
+
+def test_small_outputs_use_the_arrow_pool(small_pool):
+    out = midprice(_quotes(100))
+    assert out["midprice"].to_pylist()[:2] == [0.5, 1.5]
+    assert small_pool == []
