@@ -140,18 +140,25 @@ class KafkaSource:
             logger.info("%s: assigned %s", self.name,
                         ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
 
-        def on_revoke(c: Any, parts: List[Any]) -> None:
+        def on_revoke(c: Any, parts: List[Any], lost: bool = False) -> None:
             for p in parts:
                 assigned.discard((p.topic, p.partition))
                 at_eof.discard((p.topic, p.partition))
             if self.tasks is not None:
                 revoked = {(p.topic, p.partition) for p in parts}
                 msgs[:] = [m for m in msgs if (m.topic(), m.partition()) not in revoked]
-                self.tasks.on_revoke(sorted(revoked), write=not closing)
-                logger.info("%s: revoked %s", self.name,
-                            ", ".join(f"{t}[{p}]" for t, p in sorted(revoked)))
+                # lost (session or poll interval expired): another member may already own
+                # them, so their state is dropped, never written over the new owner's records
+                self.tasks.on_revoke(sorted(revoked), write=not (closing or lost))
+                logger.log(logging.WARNING if lost else logging.INFO, "%s: %s %s", self.name,
+                           "lost" if lost else "revoked",
+                           ", ".join(f"{t}[{p}]" for t, p in sorted(revoked)))
 
-        consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke)
+        def on_lost(c: Any, parts: List[Any]) -> None:
+            on_revoke(c, parts, lost=True)
+
+        consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke,
+                           on_lost=on_lost)
         self._consumer = consumer
         self.positions = dict(self.restore_offsets)
         orderer = _PartitionOrderer(self.order_by) if self.order_by else None

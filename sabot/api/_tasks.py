@@ -20,6 +20,12 @@ Kafka's consumer-group protocol distributes the tasks (no home-made cluster):
   the changelog and flushed, its offset committed, and the task dropped;
 * every ``checkpoint_interval_s`` (at a Commit or idle signal reaching the sink), at a clean
   stop and at the end of the stream, the same is done for every task whose position moved.
+* partitions *lost* (this member's session or ``max.poll.interval.ms`` expired, so another
+  member may own them already) are dropped without writing.
+
+Not fenced: a member stalled between two polls for longer than the session timeout, whose
+loss librdkafka has not noticed yet, could still write a periodic record after the new
+owner restored (Kafka Streams fences this with transactions; not done here).
 
 Offsets are committed only together with a written record, never per batch.  A process
 killed with SIGKILL loses nothing: its partitions move to the survivors after the session
