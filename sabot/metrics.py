@@ -10,6 +10,8 @@ histogram, one vectorised update per output batch):
 * ``sabot_consumer_lag`` {stream, topic, partition}: messages behind the partition's high
   watermark, from librdkafka statistics (emitted every second)
 * ``sabot_checkpoint_age_seconds`` {stream}: since the last checkpoint written or restored
+* ``sabot_changelog_records_written_total`` / ``_restored_total`` {stream}: per-partition
+  checkpoint records of a ``changelog_topic`` stream
 * ``sabot_tick_to_signal_seconds`` {stream}: histogram of sink time minus each output row's
   ``recv_timestamp`` (else ``timestamp``), i.e. from the exchange tick reaching us to the
   signal leaving the pipeline
@@ -166,6 +168,14 @@ class StreamMetrics:
                                     "Seconds since the last checkpoint", labels=["stream"])
             age.add_metric([self.name], ckpt.age_s)
             yield age
+        store = getattr(ckpt, "store", None)
+        if hasattr(store, "records_written"):
+            for what in ("written", "restored"):
+                fam = CounterMetricFamily(f"sabot_changelog_records_{what}",
+                                          f"Changelog checkpoint records {what}",
+                                          labels=["stream"])
+                fam.add_metric([self.name], getattr(store, f"records_{what}"))
+                yield fam
         yield self.latency.family("sabot_tick_to_signal_seconds",
                                   "Sink time minus the row's receive (else event) time",
                                   {"stream": self.name})

@@ -7,7 +7,9 @@ A plan is a chain of generators.  Each yields, in order:
   data yielded before it has passed every operator and is durable in the sink (at-least-once);
 * :data:`IDLE` — a live source had nothing within its latency budget (lets multi-input nodes
   and async iteration make progress; never shown to users);
-* :class:`Close` — the source's last event; run after everything else.
+* :class:`Close` — the source's last event; run after everything else;
+* :class:`TaskSwitch` — (``changelog_topic`` mode only) the batches that follow come from this
+  source partition: every operator node switches to that partition's operator clone.
 
 Operators that hold rows in state (windows, joins) hold the commits that cover those rows
 until the rows have been emitted.
@@ -38,6 +40,13 @@ class Close:
     source: str = ""
 
 
+@dataclass(frozen=True)
+class TaskSwitch:
+    """The following batches belong to the task (source partition) ``tp = (topic, partition)``."""
+
+    tp: tuple
+
+
 class _Idle:
     __slots__ = ()
 
@@ -47,7 +56,7 @@ class _Idle:
 
 IDLE = _Idle()
 
-Event = Union[pa.RecordBatch, Commit, Close, _Idle]
+Event = Union[pa.RecordBatch, Commit, Close, _Idle, TaskSwitch]
 EventIterator = Iterator[Event]
 
 

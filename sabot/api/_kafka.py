@@ -7,7 +7,9 @@ messages in hand; with nothing in that time it reports IDLE.  Undecodable messag
 counted, logged (the first few at warning) and, when ``dead_letter_topic`` is given, produced
 there with headers ``sabot.error`` (reason) and ``sabot.source`` (``topic/partition/offset``).
 After each batch the source yields a :class:`Commit` of the consumed offsets; the sink runs it
-once the batch has passed every operator (at-least-once).
+once the batch has passed every operator (at-least-once).  With ``changelog_topic`` each
+batch is split by partition, each part preceded by a :class:`TaskSwitch` (see :mod:`._tasks`),
+and offsets are committed only with the changelog records.
 
 Sink: JSON values per spec §1 (timestamps as integer ns), message key = the ``key`` column,
 no blocking flush per message; the producer is flushed before each commit and at the end.
@@ -26,7 +28,7 @@ import pyarrow.types as pat
 from ..kafka import consumer_config, producer_config
 from ..schema import TICKER_SCHEMA
 from ._decode import JsonBatchDecoder
-from ._events import IDLE, Close, Commit, Event
+from ._events import IDLE, Close, Commit, Event, TaskSwitch
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class KafkaSource:
                  dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
                  order_by: Optional[str] = None, checkpoint_dir: Optional[Any] = None,
                  checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
-                 **consumer_overrides: Any) -> None:
+                 changelog_topic: Optional[str] = None, **consumer_overrides: Any) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_latency_ms <= 0:
@@ -69,9 +71,21 @@ class KafkaSource:
         if checkpoint_dir is not None and order_by:
             raise ValueError("checkpoint_dir is not supported together with order_by "
                              "(the re-ordering buffer is not part of the checkpoint)")
+        if changelog_topic is not None and checkpoint_dir is not None:
+            raise ValueError("checkpoint_dir and changelog_topic are mutually exclusive: state "
+                             "goes either to a local directory or to a Kafka changelog topic")
+        if changelog_topic is not None and order_by:
+            raise ValueError("changelog_topic is not supported together with order_by "
+                             "(the re-ordering buffer spans partitions)")
+        if changelog_topic is not None and len(self.topics) != 1:
+            raise ValueError("changelog_topic supports one source topic (the changelog partition "
+                             f"of a task is its source partition); got {self.topics}")
         if checkpoint_interval_s < 0:
             raise ValueError(f"checkpoint_interval_s must be >= 0, got {checkpoint_interval_s}")
         self.checkpoint_dir = checkpoint_dir
+        self.changelog_topic = changelog_topic
+        #: the run's TaskManager in changelog_topic mode (set by it before the run)
+        self.tasks: Any = None
         self.checkpoint_interval_s = float(checkpoint_interval_s)
         #: next offset to read per (topic, partition), over every batch yielded so far
         self.positions: Dict[Tuple[str, int], int] = {}
@@ -103,9 +117,18 @@ class KafkaSource:
                if self.dead_letter_topic else None)
         assigned: set = set()
         at_eof: set = set()
+        msgs: List[Any] = []  # the micro-batch being collected
+        closing = False
 
         def on_assign(c: Any, parts: List[Any]) -> None:
             assigned.update((p.topic, p.partition) for p in parts)
+            if self.tasks is not None:
+                self.tasks.on_assign(parts)
+                c.assign(parts)
+                logger.info("%s: assigned %s", self.name, ", ".join(
+                    f"{p.topic}[{p.partition}]@{p.offset if p.offset >= 0 else 'committed'}"
+                    for p in parts))
+                return
             seek = [(p, self.restore_offsets[(p.topic, p.partition)]) for p in parts
                     if (p.topic, p.partition) in self.restore_offsets]
             if seek:
@@ -117,12 +140,25 @@ class KafkaSource:
             logger.info("%s: assigned %s", self.name,
                         ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
 
-        def on_revoke(c: Any, parts: List[Any]) -> None:
+        def on_revoke(c: Any, parts: List[Any], lost: bool = False) -> None:
             for p in parts:
                 assigned.discard((p.topic, p.partition))
                 at_eof.discard((p.topic, p.partition))
+            if self.tasks is not None:
+                revoked = {(p.topic, p.partition) for p in parts}
+                msgs[:] = [m for m in msgs if (m.topic(), m.partition()) not in revoked]
+                # lost (session or poll interval expired): another member may already own
+                # them, so their state is dropped, never written over the new owner's records
+                self.tasks.on_revoke(sorted(revoked), write=not (closing or lost))
+                logger.log(logging.WARNING if lost else logging.INFO, "%s: %s %s", self.name,
+                           "lost" if lost else "revoked",
+                           ", ".join(f"{t}[{p}]" for t, p in sorted(revoked)))
 
-        consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke)
+        def on_lost(c: Any, parts: List[Any]) -> None:
+            on_revoke(c, parts, lost=True)
+
+        consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke,
+                           on_lost=on_lost)
         self._consumer = consumer
         self.positions = dict(self.restore_offsets)
         orderer = _PartitionOrderer(self.order_by) if self.order_by else None
@@ -130,18 +166,20 @@ class KafkaSource:
         handed_off = False
 
         def close() -> None:
-            nonlocal closed
+            nonlocal closed, closing
             if closed:
                 return
-            closed = True
+            closed = closing = True
             if dlq is not None:
                 dlq.flush(10)
             self._consumer = None
             consumer.close()
+            if self.tasks is not None:
+                self.tasks.close()
 
         try:
             while True:
-                msgs = []
+                msgs.clear()
                 deadline = time.monotonic() + self.max_latency_s
                 while len(msgs) < self.batch_size:
                     if msgs:  # in hand: add only what is already fetched, then hand over
@@ -191,6 +229,9 @@ class KafkaSource:
               dlq: Any) -> Iterator[Event]:
         from confluent_kafka import TopicPartition
 
+        if self.tasks is not None:
+            yield from self._emit_tasks(msgs, decoder, consumer, dlq)
+            return
         n = len(msgs)
         result = decoder.decode([m.value() for m in msgs])
         self.metrics["messages"] += n
@@ -208,6 +249,27 @@ class KafkaSource:
             yield batch
 
         yield Commit(self._commit_fn(consumer, dlq, tps), self.name)
+
+    def _emit_tasks(self, msgs: List[Any], decoder: JsonBatchDecoder, consumer: Any,
+                    dlq: Any) -> Iterator[Event]:
+        """One batch per partition, each preceded by its TaskSwitch; a partition's position
+        moves once its batch has passed every operator and the sink (the generator resumes)."""
+        groups: Dict[Tuple[str, int], List[Any]] = {}
+        for m in msgs:
+            groups.setdefault((m.topic(), m.partition()), []).append(m)
+        self.metrics["messages"] += len(msgs)
+        for tp, group in groups.items():
+            result = decoder.decode([m.value() for m in group])
+            if result.bad:
+                self._dead_letter(group, result.bad, dlq)
+            batch = result.batch
+            if batch.num_rows:
+                self.metrics["rows"] += batch.num_rows
+                self.metrics["batches"] += 1
+                yield TaskSwitch(tp)
+                yield batch
+            self.positions[tp] = group[-1].offset() + 1
+        yield Commit(self._commit_fn(consumer, dlq, []), self.name)
 
     def _on_stats(self, stats_json: str) -> None:
         """librdkafka statistics → per-partition consumer lag (-1, i.e. unknown, skipped)."""
@@ -234,7 +296,7 @@ class KafkaSource:
         def commit() -> None:
             if dlq is not None:
                 dlq.flush(30)
-            if self.checkpoint_dir is not None and not force:
+            if (self.checkpoint_dir is not None or self.changelog_topic is not None) and not force:
                 return  # offsets are committed with each checkpoint, matching its state
             try:
                 consumer.commit(offsets=tps, asynchronous=False)

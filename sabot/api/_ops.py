@@ -106,6 +106,40 @@ class Operator:
     def metrics(self) -> Dict[str, Any]:
         return {"rows_in": self.rows_in, "rows_out": self.rows_out}
 
+    # -- per-partition tasks (``changelog_topic``) ------------------------------------------------
+    def clone(self) -> "Operator":
+        """A fresh operator with this one's configuration and name and new, independent state
+        (one per source partition).  TypeError when the operator cannot be cloned."""
+        twin = self._fresh()
+        twin.name = self.name
+        return twin
+
+    def _fresh(self) -> "Operator":
+        raise TypeError(f"{self.name} ({type(self).__name__}) cannot be cloned per partition")
+
+
+def fresh_callable(fn: Any, owner: str) -> Any:
+    """``fn`` for a new task: a callable's own ``clone()``; a kernel-class instance rebuilt from
+    its configuration (``type(k)(**k.config)``); a plain function as is (its kernels' state lives
+    in the operator's scope).  TypeError for other callables that keep their own state."""
+    from ..fintech._kernel import Kernel
+
+    clone = getattr(fn, "clone", None)
+    if callable(clone):
+        return clone()
+    if isinstance(fn, Kernel):
+        try:
+            twin = type(fn)(**fn.config)
+        except TypeError as exc:
+            raise TypeError(f"{owner}: {fn!r} cannot be rebuilt from its configuration: {exc}") from exc
+        if twin.config != fn.config:
+            raise TypeError(f"{owner}: {fn!r} rebuilt from its configuration differs: {twin!r}")
+        return twin
+    if hasattr(fn, "state_dict"):
+        raise TypeError(f"{owner}: {type(fn).__name__} keeps its own state but has no clone() "
+                        "method; give it one returning a fresh instance of the same configuration")
+    return fn
+
 
 class FnOperator(Operator):
     """An operator around a user function, run inside this operator's state scope."""
@@ -145,6 +179,9 @@ class FnOperator(Operator):
         super().load_state_dict(state)
         if "fn" in state:
             self.fn.load_state_dict(state["fn"])
+
+    def _fresh(self) -> "Operator":
+        return type(self)(fresh_callable(self.fn, self.name))
 
 
 class MapOp(FnOperator):
@@ -196,6 +233,10 @@ class FilterOp(Operator):
                             f"pyarrow.compute.Expression; got {type(predicate).__name__}")
         self.predicate = predicate
 
+    def _fresh(self) -> "Operator":
+        return FilterOp(fresh_callable(self.predicate, self.name)
+                        if not isinstance(self.predicate, pc.Expression) else self.predicate)
+
     def describe(self) -> str:
         if isinstance(self.predicate, pc.Expression):
             return str(self.predicate)
@@ -237,6 +278,9 @@ class SelectOp(Operator):
     def describe(self) -> str:
         return ", ".join(self.columns)
 
+    def _fresh(self) -> "Operator":
+        return SelectOp(self.columns)
+
     def process(self, batch: pa.RecordBatch) -> List[pa.RecordBatch]:
         missing = [c for c in self.columns if c not in batch.schema.names]
         if missing:
@@ -254,6 +298,9 @@ class RenameOp(Operator):
 
     def describe(self) -> str:
         return ", ".join(f"{k}->{v}" for k, v in self.mapping.items())
+
+    def _fresh(self) -> "Operator":
+        return RenameOp(self.mapping)
 
     def process(self, batch: pa.RecordBatch) -> List[pa.RecordBatch]:
         missing = [c for c in self.mapping if c not in batch.schema.names]
@@ -276,6 +323,10 @@ class WithColumnsOp(Operator):
 
     def describe(self) -> str:
         return ", ".join(self.columns)
+
+    def _fresh(self) -> "Operator":
+        return WithColumnsOp({name: fresh_callable(spec, self.name) if callable(spec) else spec
+                              for name, spec in self.columns.items()})
 
     def _value(self, name: str, spec: Any, batch: pa.RecordBatch) -> pa.Array:
         value = spec
@@ -384,6 +435,8 @@ class TumblingOHLCV(Operator):
                  price_column: str = "price", volume_column: Optional[str] = "volume",
                  allowed_lateness: Any = 0) -> None:
         super().__init__()
+        self._config = dict(size=size, on=on, by=by, price_column=price_column,
+                            volume_column=volume_column, allowed_lateness=allowed_lateness)
         self.size_ns = parse_duration_ns(size, "window size")
         self.lateness_ns = 0 if allowed_lateness in (0, None) else parse_duration_ns(
             allowed_lateness, "allowed_lateness")
@@ -395,6 +448,9 @@ class TumblingOHLCV(Operator):
 
     def describe(self) -> str:
         return f"{self.size_ns / 1e9:g}s" + (f" by {self.by}" if self.by else "")
+
+    def _fresh(self) -> "Operator":
+        return TumblingOHLCV(**self._config)
 
     def reset(self) -> None:
         super().reset()

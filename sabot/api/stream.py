@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from ._align import AsofJoinOp, asof_events, concat_promote, merge_events, union_events, zip_events
 from ._checkpoint import Checkpointer, checkpointer_for
-from ._events import IDLE, Close, Commit, Event, _Idle, close_iterator
+from ._events import IDLE, Close, Commit, Event, TaskSwitch, _Idle, close_iterator
 from ._kafka import KafkaSink, KafkaSource
 from ._ops import (FilterOp, FlatMapOp, MapOp, Operator, RenameOp, SelectOp,
                    StreamOperatorError, TumblingOHLCV, WithColumnsOp)
@@ -107,9 +107,14 @@ class _KafkaNode(_Node):
 
 
 class _OpNode(_Node):
+    """One operator over its parent's events.  With ``changelog_topic`` (``tasks`` set by the
+    TaskManager) each source partition has its own clone of ``op``, chosen by TaskSwitch
+    events; ``op`` itself then only counts rows."""
+
     def __init__(self, parent: _Node, op: Operator) -> None:
         self.parent = parent
         self.op = op
+        self.tasks: Optional[Dict[Tuple[str, int], Operator]] = None
         self.depth = parent.depth + 1
         op.set_position(self.depth)
         self.name = op.name
@@ -123,38 +128,56 @@ class _OpNode(_Node):
 
     def metrics(self) -> Dict[str, Any]:
         out = self.parent.metrics()
-        out[self.op.name] = self.op.metrics()
+        m = self.op.metrics()
+        for clone in (self.tasks or {}).values():  # operator counters summed over owned tasks
+            for k, v in clone.metrics().items():
+                if k not in ("rows_in", "rows_out") and isinstance(v, (int, float)):
+                    m[k] = m.get(k, 0) + v
+        out[self.op.name] = m
         return out
 
     def events(self) -> Iterator[Event]:
-        op = self.op
+        op = counter = self.op
+        tasks = self.tasks
+        # per-partition tasks checkpoint offsets with their state: no commit is held back
+        holds = op.holds_commits and tasks is None
         it = self.parent.events()
         closes: List[Close] = []
         try:
             for ev in it:
                 if isinstance(ev, pa.RecordBatch):
-                    op.rows_in += ev.num_rows
+                    counter.rows_in += ev.num_rows
                     for out in op.process(ev):
                         if out.num_rows:
-                            op.rows_out += out.num_rows
+                            counter.rows_out += out.num_rows
                             yield out
-                    if op.holds_commits:
+                    if holds:
                         yield from op.released()
                 elif isinstance(ev, Commit):
-                    if op.holds_commits:
+                    if holds:
                         op.hold(ev)
                         yield from op.released()
                     else:
                         yield ev
+                elif isinstance(ev, TaskSwitch):
+                    if tasks is not None:
+                        op = tasks.get(ev.tp)
+                        if op is None:
+                            raise RuntimeError(f"{self.name}: batch from {ev.tp[0]}/{ev.tp[1]}, "
+                                               "a partition this process does not own")
+                    yield ev
                 elif isinstance(ev, Close):
                     closes.append(ev)
                 else:
                     yield ev
-            for out in op.finish():
-                if out.num_rows:
-                    op.rows_out += out.num_rows
+            for tp, task_op in (list(tasks.items()) if tasks is not None else [(None, op)]):
+                outs = [out for out in task_op.finish() if out.num_rows]
+                if outs and tp is not None:
+                    yield TaskSwitch(tp)
+                for out in outs:
+                    counter.rows_out += out.num_rows
                     yield out
-            if op.holds_commits:
+            if holds:
                 yield from op.released(final=True)
             handed, closes = closes, []
             yield from handed
@@ -211,6 +234,7 @@ def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
     ``hooks``: checkpoints (after ``flush``) when a commit arrives and the interval has
     passed and once more at the end of the stream; latency metrics per written batch."""
     hooks = hooks or _RunHooks(None, None)
+    hooks.bind_flush(flush)
     closes: List[Close] = []
     try:
         for ev in events:
@@ -237,7 +261,7 @@ def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
 class _RunHooks:
     """Per-run checkpointing and metrics, called by the sinks (no-ops when not configured)."""
 
-    def __init__(self, checkpointer: Optional[Checkpointer], metrics: Any,
+    def __init__(self, checkpointer: Any, metrics: Any,
                  stop: Optional[threading.Event] = None) -> None:
         self.checkpointer = checkpointer
         self.latency = metrics.latency if metrics is not None else None
@@ -248,7 +272,13 @@ class _RunHooks:
         idle signal (every operator between batches; consistent with the source's
         positions), or after any batch when there is nothing to checkpoint."""
         return (self._stop is not None and self._stop.is_set()
-                and (self.checkpointer is None or not isinstance(ev, pa.RecordBatch)))
+                and (self.checkpointer is None
+                     or not isinstance(ev, (pa.RecordBatch, TaskSwitch))))
+
+    def bind_flush(self, flush: Optional[Callable[[], None]]) -> None:
+        """Give a TaskManager the sink's flush (it checkpoints inside group rebalances)."""
+        if self.checkpointer is not None and hasattr(self.checkpointer, "sink_flush"):
+            self.checkpointer.sink_flush = flush
 
     def batch(self, batch: pa.RecordBatch) -> None:
         if self.latency is not None:
@@ -273,8 +303,9 @@ class Stream:
     def __init__(self, node: _Node, *, key: Optional[str] = None) -> None:
         self._node = node
         self.key = key
-        #: the Checkpointer of the last run (None without ``checkpoint_dir``)
-        self.last_checkpointer: Optional[Checkpointer] = None
+        #: the Checkpointer (``checkpoint_dir``) or TaskManager (``changelog_topic``) of the
+        #: last run; None without either
+        self.last_checkpointer: Any = None
         self._stream_metrics: Any = None
         self._stop_event = threading.Event()
 
@@ -289,7 +320,7 @@ class Stream:
                    dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
                    order_by: Optional[str] = None, checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
                    checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
-                   **consumer_config: Any) -> "Stream":
+                   changelog_topic: Optional[str] = None, **consumer_config: Any) -> "Stream":
         """JSON messages from Kafka, decoded in bulk into ``schema`` (default: the normalised
         ticker schema).  A batch is handed over as soon as no further message is already
         fetched (at most ``batch_size``); with none, the source waits up to ``max_latency_ms``
@@ -308,6 +339,13 @@ class Stream:
         committed to the group with each checkpoint, not after each batch.  Needs a linear
         plan from this one source; not combinable with ``order_by``.
 
+        ``changelog_topic``: instead of ``checkpoint_dir``, keep operator state per source
+        partition and checkpoint it to this Kafka topic (created compacted if missing), so
+        several processes in one consumer group split the partitions and hand state over on
+        every rebalance (scale-out; see :mod:`sabot.api._tasks`).  Same plan restrictions;
+        one source topic; records should be keyed (e.g. by symbol) so that keyed state lives
+        in one partition — state that is not keyed becomes per-partition.
+
         ``metrics_port``: serve Prometheus metrics of every stream built on this source on
         ``127.0.0.1:<port>/metrics`` while it runs (see :mod:`sabot.metrics`; needs the
         ``metrics`` extra, prometheus-client)."""
@@ -317,7 +355,8 @@ class Stream:
                              stop_at_end=stop_at_end, order_by=order_by,
                              checkpoint_dir=checkpoint_dir,
                              checkpoint_interval_s=checkpoint_interval_s,
-                             metrics_port=metrics_port, **consumer_config)
+                             metrics_port=metrics_port, changelog_topic=changelog_topic,
+                             **consumer_config)
         return cls(_KafkaNode(source))
 
     @classmethod
@@ -466,9 +505,11 @@ class Stream:
         """
         if not streams:
             raise ValueError("zip needs at least one stream")
-        if any(src.checkpoint_dir is not None for s in streams for src in s.kafka_sources()):
-            raise ValueError("checkpoint_dir needs a linear plan from exactly one from_kafka "
-                             "source (no union, merge, zip or asof_join)")
+        for src in (src for s in streams for src in s.kafka_sources()):
+            for what in ("checkpoint_dir", "changelog_topic"):
+                if getattr(src, what) is not None:
+                    raise ValueError(f"{what} needs a linear plan from exactly one from_kafka "
+                                     "source (no union, merge, zip or asof_join)")
         ops = _operators_of(streams)
         for op in ops:
             op.begin_run()

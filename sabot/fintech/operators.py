@@ -84,6 +84,10 @@ class SymbolKeyedOperator:
     def reset(self) -> None:
         self.kernel.reset()
 
+    def clone(self) -> "SymbolKeyedOperator":
+        """A fresh operator of the same kernel configuration (independent state)."""
+        return SymbolKeyedOperator(type(self.kernel)(**self.kernel.config), self.symbol_column)
+
     def __repr__(self) -> str:
         return f"SymbolKeyedOperator({self.kernel!r})"
 
@@ -119,6 +123,10 @@ class StatelessKernelOperator:
 
     def reset(self) -> None:
         self.scope.reset()
+
+    def clone(self) -> "StatelessKernelOperator":
+        """The same function and arguments with a fresh state scope."""
+        return StatelessKernelOperator(self.fn, **self.kwargs)
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__name__", repr(self.fn))
