@@ -202,6 +202,105 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x, bint higher) no
     moments_step(m, m + MOM_HEADER, N, x, higher)
 
 
+# Rolling mean and variance over the last N values (sliding Welford), for kernels that need no
+# higher moments: while filling, Welford's add; once full, when x replaces the evicted o,
+# mean' = mean + (x − o)/N and M2' = M2 + (x − o)·((x − mean') + (o − mean)), on values
+# shifted by K (the first value, then the exact mean at each re-sum) so that a large level
+# costs no precision.  Each update's
+# rounding is about eps·(x − o)²; the squares are summed (E) and both sums are recomputed
+# exactly (two passes over the ring) when E exceeds VAR_RESUM x M2, so the relative error stays
+# near VAR_RESUM·eps (a level jump leaving the window triggers it), and at least every
+# max(N, MOM_REBASE) pushes.  An equal-run counter makes a constant window's variance exactly 0.
+# Layout: [n, mean − K, M2, equal run, last value, slot of the next push, pushes, E, K, ring].
+
+cdef enum:
+    VAR_HEADER = 9
+    VAR_RESUM = 256
+
+
+cdef inline Py_ssize_t var_width(Py_ssize_t N) noexcept nogil:
+    return VAR_HEADER + N
+
+
+cdef inline void _var_rebase(double* h, const double* values) noexcept nogil:
+    """Exact two-pass mean and M2 of the window; the shift K moves to the mean."""
+    cdef Py_ssize_t k, n = <Py_ssize_t>h[0]
+    cdef double mean = 0.0, rest = 0.0, m2 = 0.0, d
+    for k in range(n):
+        mean += values[k]
+    mean /= n
+    for k in range(n):
+        rest += values[k] - mean
+    rest /= n                              # the rounding left in the first pass
+    for k in range(n):
+        d = (values[k] - mean) - rest
+        m2 += d * d
+    h[8] = mean
+    h[1] = rest
+    h[2] = m2
+    h[7] = 0.0
+
+
+cdef inline void var_step(double* h, double* values, Py_ssize_t N, double x,
+                          double inv_n) noexcept nogil:
+    """Push ``x`` (``inv_n`` = 1/N); ``h`` the VAR_HEADER scalars (a local copy for unkeyed
+    state, see ``row_state``), ``values`` the N ring slots."""
+    cdef double y, old, delta, mean, slot = h[5]
+    cdef Py_ssize_t every
+    if h[0] == 0.0:
+        h[8] = x                           # K
+    y = x - h[8]
+    if h[0] >= N:
+        old = values[<Py_ssize_t>slot] - h[8]
+        delta = y - old
+        mean = h[1] + delta * inv_n
+        h[2] += delta * ((y - mean) + (old - h[1]))
+        h[1] = mean
+    else:
+        h[0] += 1.0
+        delta = y - h[1]
+        h[1] += delta / h[0]
+        h[2] += delta * (y - h[1])
+    h[7] += delta * delta
+    values[<Py_ssize_t>slot] = x
+    slot += 1.0
+    if slot == <double>N:
+        slot = 0.0
+    h[5] = slot
+    h[6] += 1.0
+    if x == h[4] and h[0] > 1.0 and h[3] > 0.0:
+        h[3] += 1.0
+    else:
+        h[3] = 1.0
+    h[4] = x
+    if h[3] < h[0] and h[7] > VAR_RESUM * h[2]:
+        _var_rebase(h, values)
+    elif slot == 0.0:
+        every = N * ((MOM_REBASE + N - 1) // N)
+        if (<Py_ssize_t>h[6]) % every == 0:
+            _var_rebase(h, values)
+
+
+cdef inline double var_count(const double* h) noexcept nogil:
+    return h[0]
+
+
+cdef inline bint var_constant(const double* h) noexcept nogil:
+    """Every value in the window is identical (variance exactly 0)."""
+    return h[3] >= h[0]
+
+
+cdef inline double var_mean(const double* h) noexcept nogil:
+    return h[4] if h[3] >= h[0] else h[8] + h[1]
+
+
+cdef inline double var_m2(const double* h) noexcept nogil:
+    """Sum of squared deviations from the window mean (>= 0; exactly 0 when constant)."""
+    if h[3] >= h[0]:
+        return 0.0
+    return h[2] if h[2] > 0.0 else 0.0
+
+
 cdef inline double moments_count(const double* m) noexcept nogil:
     return m[0]
 

@@ -23,8 +23,8 @@ from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
 from ._window cimport (
     Extreme, extreme_count, extreme_load, extreme_step, extreme_store, extreme_push, extreme_width,
-    MOM_HEADER, moments_central, moments_constant, moments_count, moments_m2, moments_m2_full,
-    moments_step,
+    MOM_HEADER, VAR_HEADER, moments_central, moments_constant, moments_count, moments_m2,
+    moments_step, var_count, var_m2, var_step, var_width,
     moments_width, ring_get, ring_index, ring_push, ring_width, sorted_lower_bound,
     sorted_push, sorted_width,
 )
@@ -169,17 +169,45 @@ cdef class _RollingMoment(Kernel):
     cdef int moment
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        if io.slot == NULL:
+        if self.moment == STD:
+            if io.slot == NULL:
+                _std_rows(io, self.window, self.ddof, False)
+            else:
+                _std_rows(io, self.window, self.ddof, True)
+        elif io.slot == NULL:
             _moment_rows(io, self.window, self.ddof, self.moment, False)
         else:
             _moment_rows(io, self.window, self.ddof, self.moment, True)
+
+
+cdef inline void _std_rows(KernelIO* io, Py_ssize_t N, double ddof, bint keyed) noexcept nogil:
+    """rolling_std on the rolling variance block (no third and fourth moments)."""
+    cdef Py_ssize_t i
+    cdef double x, inv_n = 1.0 / N, inv_dof = 1.0 / (N - ddof)
+    cdef double hdr[VAR_HEADER]
+    cdef double* st
+    cdef double* h
+    state_to_local(io, hdr, VAR_HEADER)
+    for i in range(io.n):
+        x = io.x[0][i]
+        if not present(io, i) or _is_nan(x):
+            set_null(io, 0, i)
+            continue
+        st = key_state(io, i)
+        h = row_state(io, i, hdr, keyed)
+        var_step(h, st + VAR_HEADER, N, x, inv_n)
+        if var_count(h) < N:
+            set_null(io, 0, i)
+        else:
+            io.out[0][i] = sqrt(var_m2(h) * inv_dof)          # m2 / (N - ddof)
+    local_to_state(io, hdr, VAR_HEADER)
 
 
 cdef inline void _moment_rows(KernelIO* io, Py_ssize_t N, double ddof, int moment,
                               bint keyed) noexcept nogil:
     cdef Py_ssize_t i
     cdef double x, n = <double>N, g1 = 0.0, g2 = 0.0, g3 = 0.0
-    cdef double inv_dof = 1.0 / (n - ddof), inv_n = 1.0 / n
+    cdef double inv_n = 1.0 / n
     cdef double c[3]
     cdef double hdr[MOM_HEADER]
     cdef double* st
@@ -197,11 +225,9 @@ cdef inline void _moment_rows(KernelIO* io, Py_ssize_t N, double ddof, int momen
             continue
         st = key_state(io, i)
         h = row_state(io, i, hdr, keyed)
-        moments_step(h, st + MOM_HEADER, N, x, moment != STD)
+        moments_step(h, st + MOM_HEADER, N, x, True)
         if moments_count(h) < N:
             set_null(io, 0, i)
-        elif moment == STD:
-            io.out[0][i] = sqrt(moments_m2_full(h, inv_n) * inv_dof)  # m2 / (N - ddof)
         elif moments_constant(h):
             set_null(io, 0, i)                    # 0/0: undefined for a constant window
         else:
@@ -226,7 +252,7 @@ cdef class RollingStd(_RollingMoment):
         self.ddof = ddof
         self.moment = STD
         self.declare("rolling_std", [numeric_input("column", column)], [output("rolling_std")],
-                     stride=moments_width(self.window), by=by,
+                     stride=var_width(self.window), by=by,
                      config=dict(column=column, window=self.window, ddof=ddof))
 
 

@@ -13,7 +13,7 @@ from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive, check_positive_int, check_unit_interval
 from ._scope import call_kernel
 from ._window cimport (
-    MOM_HEADER, ZSUM_HEADER, extreme_push, extreme_width, moments_count, moments_mean,
+    MOM_HEADER, VAR_HEADER, ZSUM_HEADER, var_count, var_m2, var_mean, var_step, var_width, extreme_push, extreme_width, moments_count, moments_mean,
     moments_m2_full, moments_mean_full, moments_step, moments_var, moments_width, zsum_count, zsum_push, zsum_step, zsum_width,
 )
 
@@ -230,7 +230,7 @@ cdef class BollingerBands(Kernel):
         self.k = check_positive("k", k)
         self.declare("bollinger_bands", [value_input("column", column)],
                      [output("bb_mid"), output("bb_upper"), output("bb_lower")],
-                     stride=moments_width(self.window), by=by,
+                     stride=var_width(self.window), by=by,
                      config=dict(column=column, window=self.window, k=k))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
@@ -243,10 +243,10 @@ cdef class BollingerBands(Kernel):
 cdef inline void _bollinger_rows(KernelIO* io, Py_ssize_t N, double k, bint keyed) noexcept nogil:
     cdef Py_ssize_t i
     cdef double x, mid, width, inv_n = 1.0 / N
-    cdef double hdr[MOM_HEADER]
+    cdef double hdr[VAR_HEADER]
     cdef double* st
     cdef double* h
-    state_to_local(io, hdr, MOM_HEADER)
+    state_to_local(io, hdr, VAR_HEADER)
     for i in range(io.n):
         x = io.x[0][i]
         if not present(io, i) or x != x:
@@ -254,16 +254,16 @@ cdef inline void _bollinger_rows(KernelIO* io, Py_ssize_t N, double k, bint keye
             continue
         st = key_state(io, i)
         h = row_state(io, i, hdr, keyed)
-        moments_step(h, st + MOM_HEADER, N, x, False)
-        if moments_count(h) < N:
+        var_step(h, st + VAR_HEADER, N, x, inv_n)
+        if var_count(h) < N:
             set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
             continue
-        mid = moments_mean_full(h, inv_n)
-        width = k * sqrt(moments_m2_full(h, inv_n) * inv_n)
+        mid = var_mean(h)
+        width = k * sqrt(var_m2(h) * inv_n)
         io.out[0][i] = mid
         io.out[1][i] = mid + width
         io.out[2][i] = mid - width
-    local_to_state(io, hdr, MOM_HEADER)
+    local_to_state(io, hdr, VAR_HEADER)
 
 
 cdef class Kalman1D(Kernel):

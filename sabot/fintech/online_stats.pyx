@@ -7,8 +7,8 @@ from ._kernel cimport (Kernel, KernelIO, emit, key_state, local_to_state, presen
 from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive_int, check_unit_interval
 from ._scope import call_kernel
-from ._window cimport (MOM_HEADER, moments_constant, moments_count, moments_m2_full,
-                       moments_mean_full, moments_step, moments_width)
+from ._window cimport (VAR_HEADER, var_constant, var_count, var_m2, var_mean, var_step,
+                       var_width)
 
 
 cdef class LogReturns(Kernel):
@@ -148,7 +148,7 @@ cdef class RollingZScore(Kernel):
     def __init__(self, column=None, window=100, *, by=None):
         self.window = check_positive_int("window", window)
         self.declare("rolling_zscore", [value_input("column", column)], [output("zscore")],
-                     stride=moments_width(self.window), by=by,
+                     stride=var_width(self.window), by=by,
                      config=dict(column=column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
@@ -161,10 +161,10 @@ cdef class RollingZScore(Kernel):
 cdef inline void _zscore_rows(KernelIO* io, Py_ssize_t N, bint keyed) noexcept nogil:
     cdef Py_ssize_t i
     cdef double x, inv_n = 1.0 / N, dof = N - 1.0
-    cdef double hdr[MOM_HEADER]
+    cdef double hdr[VAR_HEADER]
     cdef double* st
     cdef double* h
-    state_to_local(io, hdr, MOM_HEADER)
+    state_to_local(io, hdr, VAR_HEADER)
     for i in range(io.n):
         x = io.x[0][i]
         if not present(io, i) or x != x:
@@ -172,12 +172,12 @@ cdef inline void _zscore_rows(KernelIO* io, Py_ssize_t N, bint keyed) noexcept n
             continue
         st = key_state(io, i)
         h = row_state(io, i, hdr, keyed)
-        moments_step(h, st + MOM_HEADER, N, x, False)
-        if moments_count(h) < N or moments_constant(h):
+        var_step(h, st + VAR_HEADER, N, x, inv_n)
+        if var_count(h) < N or var_constant(h):
             set_null(io, 0, i)
         else:                               # (x − mean) / sqrt(m2 / (N − 1))
-            io.out[0][i] = (x - moments_mean_full(h, inv_n)) * sqrt(dof / moments_m2_full(h, inv_n))
-    local_to_state(io, hdr, MOM_HEADER)
+            io.out[0][i] = (x - var_mean(h)) * sqrt(dof / var_m2(h))
+    local_to_state(io, hdr, VAR_HEADER)
 
 
 def log_returns(batch, price_column="price", *, by=None):
