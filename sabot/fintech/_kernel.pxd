@@ -22,6 +22,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 
 cdef enum:
     MAX_COLUMNS = 8
+    RUN_BLOCK = 16384       # rows per ``run`` call: outputs are still in cache when checked
 
 ctypedef struct KernelIO:
     Py_ssize_t n                    # rows in this batch
@@ -125,6 +126,7 @@ cdef class Kernel:
 
     cdef void init_state(self, double* st) noexcept nogil
     cdef void run(self, KernelIO* io) noexcept nogil
+    cdef void _run_blocks(self, KernelIO* io, int n_out, Py_ssize_t* n_nan) noexcept nogil
     cdef object _process(self, batch)
     cdef object _key_slots(self, keys)
     cdef Py_ssize_t _new_slot(self, key) except -1

@@ -403,6 +403,8 @@ cdef class Kernel:
         cdef list keep = []
         cdef list data_bufs = []
         cdef Py_ssize_t n_null
+        cdef Py_ssize_t n_nan[MAX_COLUMNS]
+        cdef int n_out = len(self._outputs)
         cdef uint8_t* bitmap
 
         schema = batch.schema
@@ -460,15 +462,15 @@ cdef class Kernel:
                 io.out[j] = <double*>_address(data)
             data_bufs.append(data)
 
+        memset(n_nan, 0, sizeof(n_nan))
         if n:
             with nogil:
-                self.run(&io)
+                self._run_blocks(&io, n_out, n_nan)
 
         named = []
         for j, (oname, okind, labels) in enumerate(self._outputs):
             valid = None
-            with nogil:
-                n_null = _count_nan(io.out[j], n) if n else 0
+            n_null = n_nan[j]
             if n_null:
                 valid = pa.allocate_buffer((n + 7) // 8)
                 bitmap = <uint8_t*>_address(valid)
@@ -477,6 +479,33 @@ cdef class Kernel:
             named.append((oname, _typed_output(io.out[j], n, okind, labels, valid,
                                                data_bufs[j], n_null)))
         return with_columns(batch, named)
+
+    cdef void _run_blocks(self, KernelIO* io, int n_out, Py_ssize_t* n_nan) noexcept nogil:
+        """``run`` over blocks of RUN_BLOCK rows, counting each output block's NaN (nulls)
+        while it is still in cache.  Kernels are streaming (row i depends on rows <= i and
+        the state), so running a batch in blocks equals running it whole."""
+        cdef KernelIO part = io[0]
+        cdef Py_ssize_t start = 0, m
+        cdef int j
+        while start < io.n:
+            m = io.n - start if io.n - start < RUN_BLOCK else RUN_BLOCK
+            part.n = m
+            for j in range(MAX_COLUMNS):
+                if io.x[j] != NULL:
+                    part.x[j] = io.x[j] + start
+                if io.out[j] != NULL:
+                    part.out[j] = io.out[j] + start
+                part.xoffset[j] = io.xoffset[j] + start
+            if io.t != NULL:
+                part.t = io.t + start
+            if io.ok != NULL:
+                part.ok = io.ok + start
+            if io.slot != NULL:
+                part.slot = io.slot + start
+            self.run(&part)
+            for j in range(n_out):
+                n_nan[j] += _count_nan(part.out[j], m)
+            start += m
 
     # ---------------------------------------------------------------- per-key state
 
