@@ -353,8 +353,10 @@ def test_scripted_spreads_on_arrival_use_the_scripted_quotes(tmp_path):
 # The monitor's arithmetic
 # ----------------------------------------------------------------------------------------------
 def _reference_best(quotes: dict, fees: dict, min_edge: float):
-    """Plain Python: best (net, buy, sell) over ordered pairs of venues with both sides > 0."""
-    best = None
+    """Plain Python: best (net, buy, sell) over ordered pairs of venues with both sides > 0,
+    plus every pair whose net ties the best within rounding (1e-9 bps): on an exact tie the
+    monitor keeps the first pair in venue order, which rounding may reorder by an ulp."""
+    nets = {}
     for b in EXCHANGES:
         for s in EXCHANGES:
             if b == s:
@@ -363,10 +365,11 @@ def _reference_best(quotes: dict, fees: dict, min_edge: float):
             if qb is None or qs is None:
                 continue
             ask_b, bid_s = qb[1], qs[0]
-            net = (bid_s - ask_b) / ask_b * 1e4 - fees[b] - fees[s]
-            if best is None or net > best[0]:
-                best = (net, b, s)
-    return best
+            nets[(b, s)] = (bid_s - ask_b) / ask_b * 1e4 - fees[b] - fees[s]
+    if not nets:
+        return None
+    best = max(nets.values())
+    return best, {pair for pair, net in nets.items() if net >= best - 1e-9}
 
 
 price = st.floats(min_value=90.0, max_value=110.0, allow_nan=False)
@@ -390,8 +393,22 @@ def test_best_edges_match_a_plain_python_reference(rows, fees, min_edge):
             assert e["buy"][i] == -1 and math.isnan(e["net_bps"][i]) and not e["is_opportunity"][i]
             continue
         assert e["net_bps"][i] == pytest.approx(ref[0], rel=1e-12, abs=1e-9)
-        assert arb.VENUES[e["buy"][i]] == ref[1] and arb.VENUES[e["sell"][i]] == ref[2]
-        assert bool(e["is_opportunity"][i]) == (ref[0] >= min_edge and ref[0] > 0)
+        assert (arb.VENUES[e["buy"][i]], arb.VENUES[e["sell"][i]]) in ref[1]
+        if abs(ref[0] - min_edge) > 1e-9 and abs(ref[0]) > 1e-9:
+            assert bool(e["is_opportunity"][i]) == (ref[0] >= min_edge and ref[0] > 0)
+
+
+def test_best_edges_exact_tie_keeps_the_first_pair_in_venue_order():
+    """Same quotes on two venues: both directions have the same net (fees summed either way)."""
+    batch = pa.record_batch({"coinbase_bid": [90.0], "coinbase_ask": [94.0],
+                             "kraken_bid": [90.0], "kraken_ask": [94.0],
+                             "binance_bid": pa.array([None], pa.float64()),
+                             "binance_ask": pa.array([None], pa.float64())})
+    e = arb.best_edges(batch, {"coinbase": 1.308273812703277, "kraken": 1.8189007814658353,
+                               "binance": 0.0})
+    assert (arb.VENUES[e["buy"][0]], arb.VENUES[e["sell"][0]]) == ("coinbase", "kraken")
+    assert e["net_bps"][0] == pytest.approx((90.0 - 94.0) / 94.0 * 1e4 - 1.308273812703277
+                                            - 1.8189007814658353, rel=1e-12)
 
 
 def test_parse_fees_and_errors():
