@@ -3,34 +3,20 @@ loop over the rows in arrival order, however the arrivals are split into batches
 monitor's decisions on its output against a plain Python best-pair reference."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
-import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from example_modules import load_example
 from sabot.api.arrival import ArrivalAsofJoin
 
-ROOT = Path(__file__).resolve().parents[1]
 VENUES = ("coinbase", "kraken", "binance")
 TOL_MS = 500
 TS = pa.timestamp("ns", tz="UTC")
-
-
-def _load_monitor():
-    name = "multi_exchange_arbitrage"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def naive(rows: list[dict], tolerance_ns: int = TOL_MS * 1_000_000) -> list[dict]:
@@ -143,7 +129,7 @@ def _reference_best(quotes: dict, fees: dict):
        st.fixed_dictionaries({v: st.floats(0, 30) for v in VENUES}))
 def test_monitor_decisions_equal_a_row_by_row_reference(draws, cuts, fees):
     """The monitor's signal per arriving quote = best pair over the naive loop's quotes."""
-    arb = _load_monitor()
+    arb = load_example("multi_exchange_arbitrage")
     rows = _materialise(draws)
     join = ArrivalAsofJoin(VENUES, columns=("bid", "ask", "recv_timestamp"), tolerance_ms=TOL_MS)
     bounds = sorted({0, len(rows), *[c % (len(rows) + 1) for c in cuts]})

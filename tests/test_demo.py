@@ -5,7 +5,6 @@ scripted scenario with known spreads; Ctrl+C; the monitor's edge arithmetic agai
 Python reference."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -23,20 +22,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from example_modules import load_example
+
 ROOT = Path(__file__).resolve().parents[1]
 EXCHANGES = ("coinbase", "kraken", "binance")
 FEES = {"coinbase": 6.0, "kraken": 16.0, "binance": 10.0}
 
 
-def _load_example(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-arb = _load_example("multi_exchange_arbitrage")
+arb = load_example("multi_exchange_arbitrage")
 
 
 def _broker_available() -> bool:

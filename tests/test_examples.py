@@ -5,7 +5,6 @@ or from a generated Parquet file where the test needs a long, mean-reverting ser
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,19 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from example_modules import load_example
+
 ROOT = Path(__file__).resolve().parents[1]
 EXCHANGES = ("coinbase", "kraken", "binance")
 PY = sys.executable
-
-
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -87,7 +78,7 @@ def _pandas_three_way(folder: Path, tolerance_ms: float = 500) -> pd.DataFrame:
 # multi_exchange_platform.py
 # ----------------------------------------------------------------------------------------------
 def test_platform_zip_async_three_way_asof_matches_pandas(collected):
-    plat = _load("multi_exchange_platform")
+    plat = load_example("multi_exchange_platform")
 
     async def collect():
         streams = plat.venue_streams(collected, None, batch_size=37)
@@ -128,7 +119,7 @@ def test_platform_script_runs(collected, tmp_path):
 def test_seed_snippets_run_as_written_on_collector_output(collected):
     proc = _run("examples/seed_snippets.py", str(collected))
     assert "three-exchange ASOF" in proc.stdout
-    seed = _load("seed_snippets")
+    seed = load_example("seed_snippets")
     aligned = seed.three_exchange_asof(collected).to_pandas()
     ref = _pandas_three_way(collected)
     for ex in EXCHANGES:
@@ -191,7 +182,7 @@ def features_file(ticks, tmp_path_factory):
 def test_research_features_per_symbol_match_references(ticks, features_file):
     import talib
 
-    crp = _load("crypto_research_platform")
+    crp = load_example("crypto_research_platform")
     feats = pq.read_table(features_file).to_pandas()
     raw = pq.read_table(ticks).to_pandas()
     assert len(feats) == len(raw)

@@ -316,23 +316,6 @@ cdef inline double moments_mean(const double* m) noexcept nogil:
     return m[1] + m[2] / m[0]
 
 
-cdef inline double moments_mean_full(const double* m, double inv_n) noexcept nogil:
-    """``moments_mean`` of a full window, given ``inv_n`` = 1/N (a multiply, not a division:
-    divisions bound the throughput of the per-row loops)."""
-    if m[6] >= m[0]:
-        return m[7]
-    return m[1] + m[2] * inv_n
-
-
-cdef inline double moments_m2_full(const double* m, double inv_n) noexcept nogil:
-    """``moments_m2`` of a full window, given ``inv_n`` = 1/N."""
-    cdef double s
-    if m[6] >= m[0]:
-        return 0.0
-    s = m[3] - m[2] * m[2] * inv_n
-    return s if s > 0.0 else 0.0
-
-
 cdef inline double moments_m2(const double* m) noexcept nogil:
     """Sum of squared deviations from the window mean (>= 0; exactly 0 when constant)."""
     cdef double s

@@ -13,8 +13,8 @@ from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive, check_positive_int, check_unit_interval
 from ._scope import call_kernel
 from ._window cimport (
-    MOM_HEADER, VAR_HEADER, ZSUM_HEADER, var_count, var_m2, var_mean, var_step, var_width, extreme_push, extreme_width, moments_count, moments_mean,
-    moments_m2_full, moments_mean_full, moments_step, moments_var, moments_width, zsum_count, zsum_push, zsum_step, zsum_width,
+    VAR_HEADER, ZSUM_HEADER, extreme_push, extreme_width, var_count, var_m2, var_mean, var_step,
+    var_width, zsum_count, zsum_push, zsum_step, zsum_width,
 )
 
 
