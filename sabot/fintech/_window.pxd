@@ -15,8 +15,13 @@
 The per-row paths of the moments and the rolling extremes avoid integer division (slots wrap by
 comparison).
 """
-from libc.math cimport fabs
+from libc.math cimport INFINITY, fabs
 from libc.string cimport memmove
+
+cdef extern from *:
+    # branch hints (macros of the Cython preamble: __builtin_expect with GCC and Clang)
+    bint likely(bint) noexcept nogil
+    bint unlikely(bint) noexcept nogil
 
 
 cdef inline Py_ssize_t ring_width(Py_ssize_t N) noexcept nogil:
@@ -206,12 +211,17 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x, bint higher) no
 # higher moments: while filling, Welford's add; once full, when x replaces the evicted o,
 # mean' = mean + (x − o)/N and M2' = M2 + (x − o)·((x − mean') + (o − mean)), on values
 # shifted by K (the first value, then the exact mean at each re-sum) so that a large level
-# costs no precision.  Each update's
-# rounding is about eps·(x − o)²; the squares are summed (E) and both sums are recomputed
-# exactly (two passes over the ring) when E exceeds VAR_RESUM x M2, so the relative error stays
-# near VAR_RESUM·eps (a level jump leaving the window triggers it), and at least every
-# max(N, MOM_REBASE) pushes.  An equal-run counter makes a constant window's variance exactly 0.
-# Layout: [n, mean − K, M2, equal run, last value, slot of the next push, pushes, E, K, ring].
+# costs no precision.  Each update's rounding is about eps·(x − o)²; the squares are summed (E)
+# and both sums are recomputed exactly (two passes over the ring) when E exceeds
+# VAR_RESUM x M2, so the relative error stays near VAR_RESUM·eps (a level jump leaving the
+# window triggers it), and at least every max(N, MOM_REBASE) pushes (rounded up to N).
+# An equal-run counter detects a constant window; its state is then set exactly (K = the value,
+# mean − K = M2 = 0), so its variance is exactly 0 and its mean exactly the value.
+# Layout: [n, mean − K, M2, equal run, last value, slot of the next push, pushes since the last
+# periodic re-sum, E, K, ring of N values].
+# Kernels open the state as a ``Var`` (``var_load``): once per run without ``by``, so it lives
+# in registers, or once per row with it, and write it back with ``var_store``.  The square root
+# of a row's variance is taken in the same loop: the divider then works beside the update.
 
 cdef enum:
     VAR_HEADER = 9
@@ -222,83 +232,154 @@ cdef inline Py_ssize_t var_width(Py_ssize_t N) noexcept nogil:
     return VAR_HEADER + N
 
 
-cdef inline void _var_rebase(double* h, const double* values) noexcept nogil:
-    """Exact two-pass mean and M2 of the window; the shift K moves to the mean."""
-    cdef Py_ssize_t k, n = <Py_ssize_t>h[0]
-    cdef double mean = 0.0, rest = 0.0, m2 = 0.0, d
-    for k in range(n):
-        mean += values[k]
-    mean /= n
-    for k in range(n):
-        rest += values[k] - mean
-    rest /= n                              # the rounding left in the first pass
-    for k in range(n):
-        d = (values[k] - mean) - rest
-        m2 += d * d
-    h[8] = mean
-    h[1] = rest
-    h[2] = m2
-    h[7] = 0.0
+ctypedef struct Var:
+    Py_ssize_t N, every             # window; pushes between periodic re-sums (a multiple of N)
+    Py_ssize_t n, slot, run, since  # values held, ring slot of the next push, equal-run length,
+                                    # pushes since the last periodic re-sum
+    double mean, m2, err, K, last   # mean − K, M2 (>= 0 or NaN), rounding budget E, K, last value
+    double* values                  # the ring (N slots)
 
 
-cdef inline void var_step(double* h, double* values, Py_ssize_t N, double x,
-                          double inv_n) noexcept nogil:
-    """Push ``x`` (``inv_n`` = 1/N); ``h`` the VAR_HEADER scalars (a local copy for unkeyed
-    state, see ``row_state``), ``values`` the N ring slots."""
-    cdef double y, old, delta, mean, slot = h[5]
-    cdef Py_ssize_t every
-    if h[0] == 0.0:
-        h[8] = x                           # K
-    y = x - h[8]
-    if h[0] >= N:
-        old = values[<Py_ssize_t>slot] - h[8]
+ctypedef struct VarSums:
+    double K, mean, m2              # new shift (the window mean), mean − K, M2
+
+
+cdef inline Var var_load(double* d, Py_ssize_t N) noexcept nogil:
+    """Open the rolling variance stored in state row ``d`` (header and ring)."""
+    cdef Var v
+    v.N = N
+    v.every = N * ((MOM_REBASE + N - 1) // N)
+    v.n = <Py_ssize_t>d[0]
+    v.mean = d[1]
+    v.m2 = d[2]
+    v.run = <Py_ssize_t>d[3]
+    v.last = d[4]
+    v.slot = <Py_ssize_t>d[5]
+    v.since = <Py_ssize_t>d[6]
+    v.err = d[7]
+    v.K = d[8]
+    v.values = d + VAR_HEADER
+    return v
+
+
+cdef inline void var_store(const Var* v, double* d) noexcept nogil:
+    d[0] = <double>v.n
+    d[1] = v.mean
+    d[2] = v.m2
+    d[3] = <double>v.run
+    d[4] = v.last
+    d[5] = <double>v.slot
+    d[6] = <double>v.since
+    d[7] = v.err
+    d[8] = v.K
+
+
+cdef inline VarSums _var_resum(const double* values, Py_ssize_t n) noexcept nogil:
+    """Exact mean and M2 of ``values[:n]``: corrected two-pass (Chan, Golub & LeVeque 1983),
+    d = v − mean, M2 = Σd² − (Σd)²/n (>= 0; NaN stays NaN), mean − K = Σd/n; four partial sums
+    per pass (independent additions).  By value, so that a caller's ``Var`` stays in registers."""
+    cdef Py_ssize_t k, m = n - n % 4
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    cdef double b0 = 0.0, b1 = 0.0, b2 = 0.0, b3 = 0.0, d0, d1, d2, d3, mean
+    cdef VarSums s
+    for k in range(0, m, 4):
+        a0 += values[k]
+        a1 += values[k + 1]
+        a2 += values[k + 2]
+        a3 += values[k + 3]
+    for k in range(m, n):
+        a0 += values[k]
+    mean = ((a0 + a1) + (a2 + a3)) / n
+    a0 = a1 = a2 = a3 = 0.0
+    for k in range(0, m, 4):
+        d0 = values[k] - mean
+        d1 = values[k + 1] - mean
+        d2 = values[k + 2] - mean
+        d3 = values[k + 3] - mean
+        a0 += d0
+        a1 += d1
+        a2 += d2
+        a3 += d3
+        b0 += d0 * d0
+        b1 += d1 * d1
+        b2 += d2 * d2
+        b3 += d3 * d3
+    for k in range(m, n):
+        d0 = values[k] - mean
+        a0 += d0
+        b0 += d0 * d0
+    a0 = (a0 + a1) + (a2 + a3)
+    s.K = mean
+    s.mean = a0 / n                        # the rounding left in the first pass
+    s.m2 = ((b0 + b1) + (b2 + b3)) - a0 * s.mean
+    if s.m2 < 0.0:
+        s.m2 = 0.0
+    return s
+
+
+cdef inline void var_step(Var* v, double x, double inv_n) noexcept nogil:
+    """Push ``x`` (``inv_n`` = 1/N)."""
+    cdef double y, old, delta, mean
+    cdef Py_ssize_t slot = v.slot
+    cdef VarSums s
+    if likely(v.n >= v.N):
+        y = x - v.K
+        old = v.values[slot] - v.K
         delta = y - old
-        mean = h[1] + delta * inv_n
-        h[2] += delta * ((y - mean) + (old - h[1]))
-        h[1] = mean
+        mean = v.mean + delta * inv_n
+        v.m2 += delta * ((y - mean) + (old - v.mean))
+        v.mean = mean
     else:
-        h[0] += 1.0
-        delta = y - h[1]
-        h[1] += delta / h[0]
-        h[2] += delta * (y - h[1])
-    h[7] += delta * delta
-    values[<Py_ssize_t>slot] = x
-    slot += 1.0
-    if slot == <double>N:
-        slot = 0.0
-    h[5] = slot
-    h[6] += 1.0
-    if x == h[4] and h[0] > 1.0 and h[3] > 0.0:
-        h[3] += 1.0
-    else:
-        h[3] = 1.0
-    h[4] = x
-    if h[3] < h[0] and h[7] > VAR_RESUM * h[2]:
-        _var_rebase(h, values)
-    elif slot == 0.0:
-        every = N * ((MOM_REBASE + N - 1) // N)
-        if (<Py_ssize_t>h[6]) % every == 0:
-            _var_rebase(h, values)
+        if v.n == 0:
+            v.K = x
+        y = x - v.K
+        v.n += 1
+        delta = y - v.mean
+        v.mean += delta / <double>v.n
+        v.m2 += delta * (y - v.mean)
+    v.err += delta * delta
+    v.values[slot] = x
+    slot += 1
+    if unlikely(slot == v.N):
+        slot = 0
+        v.since += v.N
+        if v.since >= v.every:             # periodic re-sum: exhaust the budget
+            v.since = 0
+            v.err = INFINITY
+    v.slot = slot
+    v.run = v.run + 1 if x == v.last else 1
+    v.last = x
+    if unlikely(not (v.err <= VAR_RESUM * v.m2)) and v.run < v.n:   # NaN (an inf pushed) too
+        s = _var_resum(v.values, v.n)
+        v.K = s.K
+        v.mean = s.mean
+        v.m2 = s.m2
+        v.err = 0.0
+    if unlikely(v.run >= v.n):             # constant window: exact state
+        v.K = x
+        v.mean = 0.0
+        v.m2 = x - x                       # 0, NaN for an infinite value
+        v.err = 0.0
 
 
-cdef inline double var_count(const double* h) noexcept nogil:
-    return h[0]
+cdef inline bint var_full(const Var* v) noexcept nogil:
+    """The window holds N values."""
+    return v.n >= v.N
 
 
-cdef inline bint var_constant(const double* h) noexcept nogil:
+cdef inline bint var_constant(const Var* v) noexcept nogil:
     """Every value in the window is identical (variance exactly 0)."""
-    return h[3] >= h[0]
+    return v.run >= v.n
 
 
-cdef inline double var_mean(const double* h) noexcept nogil:
-    return h[4] if h[3] >= h[0] else h[8] + h[1]
+cdef inline double var_mean(const Var* v) noexcept nogil:
+    return v.K + v.mean
 
 
-cdef inline double var_m2(const double* h) noexcept nogil:
-    """Sum of squared deviations from the window mean (>= 0; exactly 0 when constant)."""
-    if h[3] >= h[0]:
-        return 0.0
-    return h[2] if h[2] > 0.0 else 0.0
+cdef inline double var_m2(const Var* v) noexcept nogil:
+    """Sum of squared deviations from the window mean (>= 0, exactly 0 when constant; NaN
+    while an infinite value is in the window)."""
+    return v.m2
 
 
 cdef inline double moments_count(const double* m) noexcept nogil:

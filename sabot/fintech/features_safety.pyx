@@ -23,8 +23,8 @@ from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
 from ._window cimport (
     Extreme, extreme_count, extreme_load, extreme_step, extreme_store, extreme_push, extreme_width,
-    MOM_HEADER, VAR_HEADER, moments_central, moments_constant, moments_count, moments_m2,
-    moments_step, var_count, var_m2, var_step, var_width,
+    MOM_HEADER, moments_central, moments_constant, moments_count, moments_m2,
+    moments_step, Var, var_full, var_load, var_m2, var_step, var_store, var_width,
     moments_width, ring_get, ring_index, ring_push, ring_width, sorted_lower_bound,
     sorted_push, sorted_width,
 )
@@ -184,23 +184,26 @@ cdef inline void _std_rows(KernelIO* io, Py_ssize_t N, double ddof, bint keyed) 
     """rolling_std on the rolling variance block (no third and fourth moments)."""
     cdef Py_ssize_t i
     cdef double x, inv_n = 1.0 / N, inv_dof = 1.0 / (N - ddof)
-    cdef double hdr[VAR_HEADER]
+    cdef const double* xs = io.x[0]
+    cdef double* out = io.out[0]
     cdef double* st
-    cdef double* h
-    state_to_local(io, hdr, VAR_HEADER)
+    cdef Var v
+    if not keyed:
+        v = var_load(io.state, N)
     for i in range(io.n):
-        x = io.x[0][i]
+        x = xs[i]
         if not present(io, i) or _is_nan(x):
-            set_null(io, 0, i)
+            out[i] = NAN
             continue
-        st = key_state(io, i)
-        h = row_state(io, i, hdr, keyed)
-        var_step(h, st + VAR_HEADER, N, x, inv_n)
-        if var_count(h) < N:
-            set_null(io, 0, i)
-        else:
-            io.out[0][i] = sqrt(var_m2(h) * inv_dof)          # m2 / (N - ddof)
-    local_to_state(io, hdr, VAR_HEADER)
+        if keyed:
+            st = key_state(io, i)
+            v = var_load(st, N)
+        var_step(&v, x, inv_n)
+        out[i] = sqrt(var_m2(&v) * inv_dof) if var_full(&v) else NAN     # m2 / (N - ddof)
+        if keyed:
+            var_store(&v, st)
+    if not keyed:
+        var_store(&v, io.state)
 
 
 cdef inline void _moment_rows(KernelIO* io, Py_ssize_t N, double ddof, int moment,

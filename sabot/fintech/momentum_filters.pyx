@@ -13,8 +13,8 @@ from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive, check_positive_int, check_unit_interval
 from ._scope import call_kernel
 from ._window cimport (
-    VAR_HEADER, ZSUM_HEADER, extreme_push, extreme_width, var_count, var_m2, var_mean, var_step,
-    var_width, zsum_count, zsum_push, zsum_step, zsum_width,
+    Var, ZSUM_HEADER, extreme_push, extreme_width, var_full, var_load, var_m2, var_mean,
+    var_step, var_store, var_width, zsum_count, zsum_push, zsum_step, zsum_width,
 )
 
 
@@ -243,27 +243,32 @@ cdef class BollingerBands(Kernel):
 cdef inline void _bollinger_rows(KernelIO* io, Py_ssize_t N, double k, bint keyed) noexcept nogil:
     cdef Py_ssize_t i
     cdef double x, mid, width, inv_n = 1.0 / N
-    cdef double hdr[VAR_HEADER]
+    cdef const double* xs = io.x[0]
     cdef double* st
-    cdef double* h
-    state_to_local(io, hdr, VAR_HEADER)
+    cdef Var v
+    if not keyed:
+        v = var_load(io.state, N)
     for i in range(io.n):
-        x = io.x[0][i]
+        x = xs[i]
         if not present(io, i) or x != x:
             set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
             continue
-        st = key_state(io, i)
-        h = row_state(io, i, hdr, keyed)
-        var_step(h, st + VAR_HEADER, N, x, inv_n)
-        if var_count(h) < N:
+        if keyed:
+            st = key_state(io, i)
+            v = var_load(st, N)
+        var_step(&v, x, inv_n)
+        if keyed:
+            var_store(&v, st)
+        if not var_full(&v):
             set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
             continue
-        mid = var_mean(h)
-        width = k * sqrt(var_m2(h) * inv_n)
+        mid = var_mean(&v)
+        width = k * sqrt(var_m2(&v) * inv_n)
         io.out[0][i] = mid
         io.out[1][i] = mid + width
         io.out[2][i] = mid - width
-    local_to_state(io, hdr, VAR_HEADER)
+    if not keyed:
+        var_store(&v, io.state)
 
 
 cdef class Kalman1D(Kernel):

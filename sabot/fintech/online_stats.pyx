@@ -7,8 +7,8 @@ from ._kernel cimport (Kernel, KernelIO, emit, key_state, local_to_state, presen
 from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive_int, check_unit_interval
 from ._scope import call_kernel
-from ._window cimport (VAR_HEADER, var_constant, var_count, var_m2, var_mean, var_step,
-                       var_width)
+from ._window cimport (Var, var_constant, var_full, var_load, var_m2, var_mean, var_step,
+                       var_store, var_width)
 
 
 cdef class LogReturns(Kernel):
@@ -161,23 +161,27 @@ cdef class RollingZScore(Kernel):
 cdef inline void _zscore_rows(KernelIO* io, Py_ssize_t N, bint keyed) noexcept nogil:
     cdef Py_ssize_t i
     cdef double x, inv_n = 1.0 / N, dof = N - 1.0
-    cdef double hdr[VAR_HEADER]
     cdef double* st
-    cdef double* h
-    state_to_local(io, hdr, VAR_HEADER)
+    cdef Var v
+    if not keyed:
+        v = var_load(io.state, N)
     for i in range(io.n):
         x = io.x[0][i]
         if not present(io, i) or x != x:
             set_null(io, 0, i)
             continue
-        st = key_state(io, i)
-        h = row_state(io, i, hdr, keyed)
-        var_step(h, st + VAR_HEADER, N, x, inv_n)
-        if var_count(h) < N or var_constant(h):
+        if keyed:
+            st = key_state(io, i)
+            v = var_load(st, N)
+        var_step(&v, x, inv_n)
+        if not var_full(&v) or var_constant(&v):
             set_null(io, 0, i)
         else:                               # (x − mean) / sqrt(m2 / (N − 1))
-            io.out[0][i] = (x - var_mean(h)) * sqrt(dof / var_m2(h))
-    local_to_state(io, hdr, VAR_HEADER)
+            io.out[0][i] = (x - var_mean(&v)) * sqrt(dof / var_m2(&v))
+        if keyed:
+            var_store(&v, st)
+    if not keyed:
+        var_store(&v, io.state)
 
 
 def log_returns(batch, price_column="price", *, by=None):
