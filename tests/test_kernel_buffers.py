@@ -53,3 +53,28 @@ def test_small_outputs_use_the_arrow_pool(small_pool):
     out = midprice(_quotes(100))
     assert out["midprice"].to_pylist()[:2] == [0.5, 1.5]
     assert small_pool == []
+
+
+@pytest.mark.parametrize("rows", [1, 7, 16384, 16385, 40_000])
+def test_nulls_are_exactly_the_nan_results_across_blocks(rows):
+    """Only NaN results become nulls; ±inf and huge finite values stay values (the quick
+    non-finite check must not miss a NaN nor turn an infinity into a null), in every 16Ki block."""
+    rng = np.random.default_rng(rows)
+    bid = rng.uniform(1.0, 2.0, rows)
+    ask = bid + 0.01
+    special = rng.integers(0, rows, size=max(1, rows // 50))
+    kinds = rng.integers(0, 4, size=special.size)
+    for i, kind in zip(special, kinds):
+        if kind == 0:
+            bid[i] = np.nan
+        elif kind == 1:
+            bid[i], ask[i] = np.inf, np.inf
+        elif kind == 2:
+            bid[i], ask[i] = np.inf, -np.inf              # inf - inf: an undefined result
+        else:
+            bid[i], ask[i] = 1e308, 1e308                 # overflows to inf, not NaN
+    out = midprice(pa.record_batch({"bid": bid, "ask": ask})).column("midprice")
+    expected = 0.5 * (bid + ask)
+    np.testing.assert_array_equal(out.is_null().to_numpy(zero_copy_only=False), np.isnan(expected))
+    got = out.to_numpy(zero_copy_only=False)
+    np.testing.assert_array_equal(got[~np.isnan(expected)], expected[~np.isnan(expected)])

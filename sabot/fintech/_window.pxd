@@ -60,62 +60,94 @@ cdef inline Py_ssize_t ring_count(const double* r, Py_ssize_t N) noexcept nogil:
 
 # Rolling sum over the last N values, as accurate as summing the window afresh: running
 # add/subtract whose rounding is bounded by eps times the magnitudes added and removed since the
-# last exact re-sum (A); the window is re-summed when A exceeds ZSUM_RESUM x |sum| (a large value
-# left the window, or many pushes have accumulated), so the relative error stays below
-# ZSUM_RESUM x eps (about 6e-14). A window of zeros is exactly 0: its sum is re-summed as soon as
-# A exceeds 256 x |sum|. Layout: [unused (a nonzero count in states saved by 0.1), sum, A,
-# ring of N values]. The ring's push counter wraps within
-# [N, 2N) once full, so the slot is found without an integer division.
+# last exact re-sum (``bound``); the window is re-summed when the bound exceeds ZSUM_RESUM x |sum|
+# (a large value left the window, or many pushes have accumulated), so the relative error stays
+# below ZSUM_RESUM x eps (about 6e-14). A window of zeros is exactly 0: its sum is re-summed as
+# soon as the bound exceeds 256 x |sum|.
+# State row layout: [unused (a nonzero count in states saved by 0.1), sum, bound, pushes, ring of
+# N values]; the push count wraps within [N, 2N) once the window is full, so the next slot is
+# ``pushes - N`` without an integer division.  Ring slots not yet pushed hold 0 (the state row
+# starts zeroed), so a push while filling "evicts" a 0.
 
 cdef enum:
     ZSUM_RESUM = 256
+    ZSUM_HEADER = 4     # [unused, sum, bound, pushes (wrapping in [N, 2N) once full)]
 
 
 cdef inline Py_ssize_t zsum_width(Py_ssize_t N) noexcept nogil:
-    return 3 + N + 1
+    return ZSUM_HEADER + N
 
 
-cdef enum:
-    ZSUM_HEADER = 4     # [unused, sum, A, pushes (wrapping in [N, 2N) once full)]
+ctypedef struct RollingSum:
+    Py_ssize_t N, pos, held           # window, slot of the next push, values held (<= N)
+    double sum, bound                 # the window's sum; its rounding bound / eps
+    double* values                    # the N ring slots
 
 
-cdef inline double zsum_step(double* h, double* values, Py_ssize_t N, double x) noexcept nogil:
+cdef inline RollingSum zsum_load(double* z, Py_ssize_t N) noexcept nogil:
+    """Open the rolling sum stored in the state row ``z`` (keep it in registers over a run)."""
+    cdef RollingSum q
+    cdef Py_ssize_t pushed = <Py_ssize_t>z[3]
+    if pushed >= 2 * N:                      # a plain push count (state saved before the wrap)
+        pushed = N + pushed % N
+    q.N = N
+    q.held = pushed if pushed < N else N
+    q.pos = pushed - N if pushed >= N else pushed
+    q.sum = z[1]
+    q.bound = z[2]
+    q.values = z + ZSUM_HEADER
+    return q
+
+
+cdef inline void zsum_store(const RollingSum* q, double* z) noexcept nogil:
+    z[1] = q.sum
+    z[2] = q.bound
+    z[3] = <double>(q.N + q.pos if q.held == q.N else q.pos)
+
+
+cdef inline void _zsum_resum(RollingSum* q) noexcept nogil:
+    cdef Py_ssize_t k
+    q.sum = 0.0
+    q.bound = 0.0
+    for k in range(q.held):
+        q.sum += q.values[k]
+        q.bound += fabs(q.values[k])
+
+
+cdef inline double zsum_step_full(RollingSum* q, double x) noexcept nogil:
+    """``zsum_step`` once the window is full (``q.held == q.N``): the hot path of a long run."""
+    cdef double old = q.values[q.pos]
+    q.values[q.pos] = x
+    q.pos += 1
+    if q.pos == q.N:
+        q.pos = 0
+    q.sum += x - old
+    q.bound += fabs(x) + fabs(old)
+    if q.bound > ZSUM_RESUM * fabs(q.sum):   # also makes a window of zeros exactly 0
+        _zsum_resum(q)
+    return q.sum
+
+
+cdef inline double zsum_step(RollingSum* q, double x) noexcept nogil:
     """Add ``x`` to the sum of the last ``N`` values (evicting the oldest) and return the sum.
-
-    ``h``: the ZSUM_HEADER scalars, ``values``: the N ring slots (``z + ZSUM_HEADER`` of a
-    state row).  Kernels pass a copy of the header held in locals for unkeyed state
-    (``row_state``), so the whole recurrence stays in registers.  The push counter is kept
-    in floating point: no int/float conversion on the row-to-row dependency chain."""
-    cdef double old, pushed = h[3], fN = <double>N
-    cdef Py_ssize_t k, slot
-    cdef bint full
-    if pushed >= 2.0 * fN:                   # a plain push count (state saved before the wrap)
-        pushed = fN + <double>((<Py_ssize_t>pushed) % N)
-    full = pushed >= fN
-    slot = <Py_ssize_t>(pushed - fN if full else pushed)
-    old = values[slot] if full else 0.0      # evicted value (0 adds nothing while filling)
-    values[slot] = x
-    pushed += 1.0
-    h[3] = fN if pushed == 2.0 * fN else pushed
-    # one addition per accumulator on the row-to-row chain
-    h[1] += x - old
-    h[2] += fabs(x) + fabs(old)
-    if h[2] > ZSUM_RESUM * fabs(h[1]):      # also makes a window of zeros exactly 0
-        h[1] = 0.0
-        h[2] = 0.0
-        for k in range(N if full else slot + 1):
-            h[1] += values[k]
-            h[2] += fabs(values[k])
-    return h[1]
+    One addition per accumulator on the row-to-row dependency chain; the exact re-sum is an
+    inline loop, so an unkeyed kernel keeps ``q`` in registers for a whole batch."""
+    if q.held == q.N:
+        return zsum_step_full(q, x)
+    q.held += 1                             # filling: the slot holds 0 (evicts nothing)
+    return zsum_step_full(q, x)
 
 
 cdef inline double zsum_push(double* z, Py_ssize_t N, double x) noexcept nogil:
-    """``zsum_step`` on a state row ``z`` (header and ring together)."""
-    return zsum_step(z, z + ZSUM_HEADER, N, x)
+    """``zsum_step`` on the state row ``z`` (one row: keyed kernels, kernels with several sums)."""
+    cdef RollingSum q = zsum_load(z, N)
+    cdef double s = zsum_step(&q, x)
+    zsum_store(&q, z)
+    return s
 
 
 cdef inline Py_ssize_t zsum_count(const double* z, Py_ssize_t N) noexcept nogil:
-    """Values in the window (saturates at N); ``z`` the state row or its header."""
+    """Values in the window (saturates at N) of the state row ``z``."""
     return <Py_ssize_t>z[3] if z[3] < N else N
 
 

@@ -13,9 +13,10 @@ from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive, check_positive_int, check_unit_interval
 from ._scope import call_kernel
 from ._window cimport (
-    Var, ZSUM_HEADER, extreme_push, extreme_width, var_full, var_load, var_m2, var_mean,
-    var_step, var_store, var_width, zsum_count, zsum_push, zsum_step, zsum_width,
+    ZSUM_HEADER, extreme_push, extreme_width,
+    RollingSum, zsum_count, zsum_load, zsum_push, zsum_step, zsum_step_full, zsum_store, zsum_width,
 )
+from ._window cimport Var, var_full, var_load, var_m2, var_mean, var_step, var_store, var_width
 
 
 cdef class EMA(Kernel):
@@ -79,32 +80,37 @@ cdef class SMA(Kernel):
                      config=dict(column=column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        if io.slot == NULL:
-            _sma_rows(io, self.window, False)
-        else:
-            _sma_rows(io, self.window, True)
-
-
-cdef inline void _sma_rows(KernelIO* io, Py_ssize_t N, bint keyed) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef double x, s, inv_n = 1.0 / N
-    cdef double hdr[ZSUM_HEADER]
-    cdef double* st
-    cdef double* h
-    state_to_local(io, hdr, ZSUM_HEADER)
-    for i in range(io.n):
-        x = io.x[0][i]
-        if not present(io, i) or x != x:
-            set_null(io, 0, i)
-            continue
-        st = key_state(io, i)
-        h = row_state(io, i, hdr, keyed)
-        s = zsum_step(h, st + ZSUM_HEADER, N, x)
-        if zsum_count(h, N) < N:
-            set_null(io, 0, i)
-        else:
-            io.out[0][i] = s * inv_n
-    local_to_state(io, hdr, ZSUM_HEADER)
+        cdef Py_ssize_t i, N = self.window
+        cdef double x, inv_n = 1.0 / N
+        cdef RollingSum q
+        if io.slot == NULL:                 # one sum, in registers for the whole batch
+            q = zsum_load(io.state, N)
+            i = 0
+            while i < io.n and q.held < N:  # the window fills: null until it holds N values
+                x = io.x[0][i]
+                if present(io, i) and x == x:
+                    zsum_step(&q, x)
+                    if q.held == N:
+                        io.out[0][i] = q.sum * inv_n
+                        i += 1
+                        break
+                set_null(io, 0, i)
+                i += 1
+            for i in range(i, io.n):
+                x = io.x[0][i]
+                if not present(io, i) or x != x:
+                    set_null(io, 0, i)
+                    continue
+                io.out[0][i] = zsum_step_full(&q, x) * inv_n
+            zsum_store(&q, io.state)
+            return
+        for i in range(io.n):
+            x = io.x[0][i]
+            if not present(io, i) or x != x:
+                set_null(io, 0, i)
+                continue
+            x = zsum_push(key_state(io, i), N, x) * inv_n
+            io.out[0][i] = x if zsum_count(key_state(io, i), N) == N else NAN
 
 
 cdef class MACD(Kernel):
