@@ -272,10 +272,6 @@ ctypedef struct Var:
     double* values                  # the ring (N slots)
 
 
-ctypedef struct VarSums:
-    double K, mean, m2              # new shift (the window mean), mean − K, M2
-
-
 cdef inline Var var_load(double* d, Py_ssize_t N) noexcept nogil:
     """Open the rolling variance stored in state row ``d`` (header and ring)."""
     cdef Var v
@@ -306,54 +302,49 @@ cdef inline void var_store(const Var* v, double* d) noexcept nogil:
     d[8] = v.K
 
 
-cdef inline VarSums _var_resum(const double* values, Py_ssize_t n) noexcept nogil:
-    """Exact mean and M2 of ``values[:n]``: corrected two-pass (Chan, Golub & LeVeque 1983),
-    d = v − mean, M2 = Σd² − (Σd)²/n (>= 0; NaN stays NaN), mean − K = Σd/n; four partial sums
-    per pass (independent additions).  By value, so that a caller's ``Var`` stays in registers."""
-    cdef Py_ssize_t k, m = n - n % 4
-    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
-    cdef double b0 = 0.0, b1 = 0.0, b2 = 0.0, b3 = 0.0, d0, d1, d2, d3, mean
-    cdef VarSums s
-    for k in range(0, m, 4):
-        a0 += values[k]
-        a1 += values[k + 1]
-        a2 += values[k + 2]
-        a3 += values[k + 3]
-    for k in range(m, n):
-        a0 += values[k]
-    mean = ((a0 + a1) + (a2 + a3)) / n
-    a0 = a1 = a2 = a3 = 0.0
-    for k in range(0, m, 4):
-        d0 = values[k] - mean
-        d1 = values[k + 1] - mean
-        d2 = values[k + 2] - mean
-        d3 = values[k + 3] - mean
-        a0 += d0
-        a1 += d1
-        a2 += d2
-        a3 += d3
-        b0 += d0 * d0
-        b1 += d1 * d1
-        b2 += d2 * d2
-        b3 += d3 * d3
-    for k in range(m, n):
-        d0 = values[k] - mean
-        a0 += d0
-        b0 += d0 * d0
-    a0 = (a0 + a1) + (a2 + a3)
-    s.K = mean
-    s.mean = a0 / n                        # the rounding left in the first pass
-    s.m2 = ((b0 + b1) + (b2 + b3)) - a0 * s.mean
-    if s.m2 < 0.0:
-        s.m2 = 0.0
-    return s
+cdef extern from *:
+    """
+    /* Exact mean and M2 of values[:n] for the rolling variance (_window.pxd): corrected
+       two-pass (Chan, Golub & LeVeque 1983), d = v - mean, M2 = sum d^2 - (sum d)^2 / n
+       (>= 0; NaN stays NaN), mean - K = (sum d) / n, four partial sums per pass.  Written in C
+       to keep it out of line: inlined, its registers would crowd the callers' per-row loops. */
+    typedef struct { double K, mean, m2; } sabot_var_sums;
+    #if defined(__GNUC__)
+    __attribute__((noinline, cold))
+    #endif
+    static sabot_var_sums sabot_var_resum(const double* v, Py_ssize_t n) {
+        sabot_var_sums s;
+        Py_ssize_t k, m = n - n % 4;
+        double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, b0 = 0.0, b1 = 0.0, b2 = 0.0, b3 = 0.0;
+        double d0, d1, d2, d3, mean;
+        for (k = 0; k < m; k += 4) { a0 += v[k]; a1 += v[k + 1]; a2 += v[k + 2]; a3 += v[k + 3]; }
+        for (; k < n; k++) a0 += v[k];
+        mean = ((a0 + a1) + (a2 + a3)) / (double)n;
+        a0 = a1 = a2 = a3 = 0.0;
+        for (k = 0; k < m; k += 4) {
+            d0 = v[k] - mean; d1 = v[k + 1] - mean; d2 = v[k + 2] - mean; d3 = v[k + 3] - mean;
+            a0 += d0; a1 += d1; a2 += d2; a3 += d3;
+            b0 += d0 * d0; b1 += d1 * d1; b2 += d2 * d2; b3 += d3 * d3;
+        }
+        for (; k < n; k++) { d0 = v[k] - mean; a0 += d0; b0 += d0 * d0; }
+        a0 = (a0 + a1) + (a2 + a3);
+        s.K = mean;
+        s.mean = a0 / (double)n;            /* the rounding left in the first pass */
+        s.m2 = ((b0 + b1) + (b2 + b3)) - a0 * s.mean;
+        if (s.m2 < 0.0) s.m2 = 0.0;
+        return s;
+    }
+    """
+    ctypedef struct sabot_var_sums:
+        double K, mean, m2          # new shift (the window mean), mean − K, M2
+    sabot_var_sums sabot_var_resum(const double* values, Py_ssize_t n) noexcept nogil
 
 
 cdef inline void var_step(Var* v, double x, double inv_n) noexcept nogil:
     """Push ``x`` (``inv_n`` = 1/N)."""
     cdef double y, old, delta, mean
     cdef Py_ssize_t slot = v.slot
-    cdef VarSums s
+    cdef sabot_var_sums s
     if likely(v.n >= v.N):
         y = x - v.K
         old = v.values[slot] - v.K
@@ -382,7 +373,7 @@ cdef inline void var_step(Var* v, double x, double inv_n) noexcept nogil:
     v.run = v.run + 1 if x == v.last else 1
     v.last = x
     if unlikely(not (v.err <= VAR_RESUM * v.m2)) and v.run < v.n:   # NaN (an inf pushed) too
-        s = _var_resum(v.values, v.n)
+        s = sabot_var_resum(v.values, v.n)
         v.K = s.K
         v.mean = s.mean
         v.m2 = s.m2

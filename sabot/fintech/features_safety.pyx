@@ -24,10 +24,11 @@ from ._scope import call_kernel
 from ._window cimport (
     Extreme, extreme_count, extreme_load, extreme_step, extreme_store, extreme_push, extreme_width,
     MOM_HEADER, moments_central, moments_constant, moments_count, moments_m2,
-    moments_step, Var, var_full, var_load, var_m2, var_step, var_store, var_width,
+    moments_step,
     moments_width, ring_get, ring_index, ring_push, ring_width, sorted_lower_bound,
     sorted_push, sorted_width,
 )
+from ._window cimport Var, var_full, var_load, var_m2, var_step, var_store, var_width
 
 
 cdef inline bint _is_nan(double x) noexcept nogil:
