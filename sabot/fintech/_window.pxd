@@ -242,11 +242,12 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x, bint higher) no
 # Rolling mean and variance over the last N values (sliding Welford), for kernels that need no
 # higher moments: while filling, Welford's add; once full, when x replaces the evicted o,
 # mean' = mean + (x − o)/N and M2' = M2 + (x − o)·((x − mean') + (o − mean)), on values
-# shifted by K (the first value, then the exact mean at each re-sum) so that a large level
-# costs no precision.  Each update's rounding is about eps·(x − o)²; the squares are summed (E)
-# and both sums are recomputed exactly (two passes over the ring) when E exceeds
-# VAR_RESUM x M2, so the relative error stays near VAR_RESUM·eps (a level jump leaving the
-# window triggers it), and at least every max(N, MOM_REBASE) pushes (rounded up to N).
+# shifted by K (the first value, then the mean at each re-sum) so that a large level costs no
+# precision.  Each update's rounding is about eps·(x − o)²; the squares are summed (E) and both
+# sums are recomputed exactly (``sabot_var_resum``: one pass about the running mean, two when
+# that would cancel) when E exceeds VAR_RESUM x M2, so the relative error stays near
+# VAR_RESUM·eps (a level jump leaving the window triggers it), and at least every
+# max(N, MOM_REBASE) pushes (rounded up to N).
 # An equal-run counter detects a constant window; its state is then set exactly (K = the value,
 # mean − K = M2 = 0), so its variance is exactly 0 and its mean exactly the value.
 # Layout: [n, mean − K, M2, equal run, last value, slot of the next push, pushes since the last
@@ -304,40 +305,51 @@ cdef inline void var_store(const Var* v, double* d) noexcept nogil:
 
 cdef extern from *:
     """
-    /* Exact mean and M2 of values[:n] for the rolling variance (_window.pxd): corrected
-       two-pass (Chan, Golub & LeVeque 1983), d = v - mean, M2 = sum d^2 - (sum d)^2 / n
-       (>= 0; NaN stays NaN), mean - K = (sum d) / n, four partial sums per pass.  Written in C
-       to keep it out of line: inlined, its registers would crowd the callers' per-row loops. */
+    /* Exact mean and M2 of v[:n] for the rolling variance (_window.pxd).  Corrected two-pass
+       formula (Chan, Golub & LeVeque 1983) about a centre c: d = v - c,
+       M2 = sum d^2 - (sum d)^2 / n, mean = c + (sum d) / n.  One pass about the running mean
+       when that loses at most a bit ((sum d)^2 / n <= (sum d^2) / 2: c is within a standard
+       deviation of the mean), else a first pass for c = the plain mean; M2 >= 0, NaN stays NaN.
+       Four partial sums per pass.  C, to keep it out of line: inlined, its registers would
+       crowd the callers' per-row loops. */
     typedef struct { double K, mean, m2; } sabot_var_sums;
-    #if defined(__GNUC__)
-    __attribute__((noinline, cold))
-    #endif
-    static sabot_var_sums sabot_var_resum(const double* v, Py_ssize_t n) {
+    static sabot_var_sums sabot_var_about(const double* v, Py_ssize_t n, double c) {
         sabot_var_sums s;
         Py_ssize_t k, m = n - n % 4;
         double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, b0 = 0.0, b1 = 0.0, b2 = 0.0, b3 = 0.0;
-        double d0, d1, d2, d3, mean;
-        for (k = 0; k < m; k += 4) { a0 += v[k]; a1 += v[k + 1]; a2 += v[k + 2]; a3 += v[k + 3]; }
-        for (; k < n; k++) a0 += v[k];
-        mean = ((a0 + a1) + (a2 + a3)) / (double)n;
-        a0 = a1 = a2 = a3 = 0.0;
+        double d0, d1, d2, d3;
         for (k = 0; k < m; k += 4) {
-            d0 = v[k] - mean; d1 = v[k + 1] - mean; d2 = v[k + 2] - mean; d3 = v[k + 3] - mean;
+            d0 = v[k] - c; d1 = v[k + 1] - c; d2 = v[k + 2] - c; d3 = v[k + 3] - c;
             a0 += d0; a1 += d1; a2 += d2; a3 += d3;
             b0 += d0 * d0; b1 += d1 * d1; b2 += d2 * d2; b3 += d3 * d3;
         }
-        for (; k < n; k++) { d0 = v[k] - mean; a0 += d0; b0 += d0 * d0; }
-        a0 = (a0 + a1) + (a2 + a3);
-        s.K = mean;
-        s.mean = a0 / (double)n;            /* the rounding left in the first pass */
-        s.m2 = ((b0 + b1) + (b2 + b3)) - a0 * s.mean;
+        for (; k < n; k++) { d0 = v[k] - c; a0 += d0; b0 += d0 * d0; }
+        s.K = c;
+        s.mean = (a0 + a1) + (a2 + a3);     /* sum d, then sum d^2 */
+        s.m2 = (b0 + b1) + (b2 + b3);
+        return s;
+    }
+    #if defined(__GNUC__)
+    __attribute__((noinline, cold))
+    #endif
+    static sabot_var_sums sabot_var_resum(const double* v, Py_ssize_t n, double c) {
+        sabot_var_sums s = sabot_var_about(v, n, c);
+        Py_ssize_t k;
+        double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+        if (!(s.mean * s.mean <= 0.5 * n * s.m2)) {
+            for (k = 0; k + 4 <= n; k += 4) { a0 += v[k]; a1 += v[k + 1]; a2 += v[k + 2]; a3 += v[k + 3]; }
+            for (; k < n; k++) a0 += v[k];
+            s = sabot_var_about(v, n, ((a0 + a1) + (a2 + a3)) / (double)n);
+        }
+        s.m2 -= s.mean * s.mean / (double)n;
+        s.mean /= (double)n;
         if (s.m2 < 0.0) s.m2 = 0.0;
         return s;
     }
     """
     ctypedef struct sabot_var_sums:
-        double K, mean, m2          # new shift (the window mean), mean − K, M2
-    sabot_var_sums sabot_var_resum(const double* values, Py_ssize_t n) noexcept nogil
+        double K, mean, m2          # the centre c (new shift K), mean − K, M2
+    sabot_var_sums sabot_var_resum(const double* values, Py_ssize_t n, double c) noexcept nogil
 
 
 cdef inline void var_step(Var* v, double x, double inv_n) noexcept nogil:
@@ -370,10 +382,13 @@ cdef inline void var_step(Var* v, double x, double inv_n) noexcept nogil:
             v.since = 0
             v.err = INFINITY
     v.slot = slot
-    v.run = v.run + 1 if x == v.last else 1
+    if unlikely(x == v.last):
+        v.run += 1
+    else:
+        v.run = 1
     v.last = x
     if unlikely(not (v.err <= VAR_RESUM * v.m2)) and v.run < v.n:   # NaN (an inf pushed) too
-        s = sabot_var_resum(v.values, v.n)
+        s = sabot_var_resum(v.values, v.n, v.K + v.mean)
         v.K = s.K
         v.mean = s.mean
         v.m2 = s.m2
@@ -387,7 +402,7 @@ cdef inline void var_step(Var* v, double x, double inv_n) noexcept nogil:
 
 cdef inline bint var_full(const Var* v) noexcept nogil:
     """The window holds N values."""
-    return v.n >= v.N
+    return likely(v.n >= v.N)
 
 
 cdef inline bint var_constant(const Var* v) noexcept nogil:
