@@ -313,24 +313,40 @@ cdef extern from *:
        Four partial sums per pass.  C, to keep it out of line: inlined, its registers would
        crowd the callers' per-row loops. */
     typedef struct { double K, mean, m2; } sabot_var_sums;
+    #if defined(__GNUC__)
+    /* two lanes: the same four partial sums as the scalar loop, in two packed registers */
+    typedef double sabot_v2d __attribute__((vector_size(16), aligned(8), may_alias));
+    #endif
     static sabot_var_sums sabot_var_about(const double* v, Py_ssize_t n, double c) {
         sabot_var_sums s;
         Py_ssize_t k, m = n - n % 4;
-        double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, b0 = 0.0, b1 = 0.0, b2 = 0.0, b3 = 0.0;
-        double d0, d1, d2, d3;
+        double a0, a1, a2, a3, b0, b1, b2, b3, d0;
+    #if defined(__GNUC__)
+        sabot_v2d cc = {c, c}, a01 = {0.0, 0.0}, a23 = a01, b01 = a01, b23 = a01, d01, d23;
+        for (k = 0; k < m; k += 4) {
+            d01 = *(const sabot_v2d*)(v + k) - cc;
+            d23 = *(const sabot_v2d*)(v + k + 2) - cc;
+            a01 += d01; a23 += d23; b01 += d01 * d01; b23 += d23 * d23;
+        }
+        a0 = a01[0]; a1 = a01[1]; a2 = a23[0]; a3 = a23[1];
+        b0 = b01[0]; b1 = b01[1]; b2 = b23[0]; b3 = b23[1];
+    #else
+        double d1, d2, d3;
+        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = 0.0;
         for (k = 0; k < m; k += 4) {
             d0 = v[k] - c; d1 = v[k + 1] - c; d2 = v[k + 2] - c; d3 = v[k + 3] - c;
             a0 += d0; a1 += d1; a2 += d2; a3 += d3;
             b0 += d0 * d0; b1 += d1 * d1; b2 += d2 * d2; b3 += d3 * d3;
         }
-        for (; k < n; k++) { d0 = v[k] - c; a0 += d0; b0 += d0 * d0; }
+    #endif
+        for (k = m; k < n; k++) { d0 = v[k] - c; a0 += d0; b0 += d0 * d0; }
         s.K = c;
         s.mean = (a0 + a1) + (a2 + a3);     /* sum d, then sum d^2 */
         s.m2 = (b0 + b1) + (b2 + b3);
         return s;
     }
     #if defined(__GNUC__)
-    __attribute__((noinline, cold))
+    __attribute__((noinline))
     #endif
     static sabot_var_sums sabot_var_resum(const double* v, Py_ssize_t n, double c) {
         sabot_var_sums s = sabot_var_about(v, n, c);
