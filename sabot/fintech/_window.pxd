@@ -400,19 +400,19 @@ cdef inline void var_step(Var* v, double x, double inv_n) noexcept nogil:
     v.slot = slot
     if unlikely(x == v.last):
         v.run += 1
+        if v.run >= v.n:                   # constant window: exact state
+            v.K = x
+            v.mean = 0.0
+            v.m2 = x - x                   # 0, NaN for an infinite value
+            v.err = 0.0
     else:
         v.run = 1
     v.last = x
-    if unlikely(not (v.err <= VAR_RESUM * v.m2)) and v.run < v.n:   # NaN (an inf pushed) too
+    if unlikely(not (v.err <= VAR_RESUM * v.m2)):    # NaN (an inf pushed) too
         s = sabot_var_resum(v.values, v.n, v.K + v.mean)
         v.K = s.K
         v.mean = s.mean
         v.m2 = s.m2
-        v.err = 0.0
-    if unlikely(v.run >= v.n):             # constant window: exact state
-        v.K = x
-        v.mean = 0.0
-        v.m2 = x - x                       # 0, NaN for an infinite value
         v.err = 0.0
 
 
