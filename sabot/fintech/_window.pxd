@@ -18,6 +18,9 @@ comparison).
 from libc.math cimport INFINITY, fabs
 from libc.string cimport memmove
 
+cdef extern from "<math.h>":
+    bint islessgreater(double x, double y) noexcept nogil   # x < y or x > y, no NaN signal
+
 cdef extern from *:
     # branch hints (macros of the Cython preamble: __builtin_expect with GCC and Clang)
     bint likely(bint) noexcept nogil
@@ -253,8 +256,9 @@ cdef inline void moments_push(double* m, Py_ssize_t N, double x, bint higher) no
 # Layout: [n, mean − K, M2, equal run, last value, slot of the next push, pushes since the last
 # periodic re-sum, E, K, ring of N values].
 # Kernels open the state as a ``Var`` (``var_load``): once per run without ``by``, so it lives
-# in registers, or once per row with it, and write it back with ``var_store``.  The square root
-# of a row's variance is taken in the same loop: the divider then works beside the update.
+# in registers, or once per row with it, push with ``var_push`` (which also rejects NaN) and
+# write it back with ``var_store``.  Square roots are taken in the row loop, two rows at a time
+# (``sqrt_pair``): the divider then works beside the update, at half the instructions.
 
 cdef enum:
     VAR_HEADER = 9
@@ -267,10 +271,12 @@ cdef inline Py_ssize_t var_width(Py_ssize_t N) noexcept nogil:
 
 ctypedef struct Var:
     Py_ssize_t N, every             # window; pushes between periodic re-sums (a multiple of N)
-    Py_ssize_t n, slot, run, since  # values held, ring slot of the next push, equal-run length,
-                                    # pushes since the last periodic re-sum
+    Py_ssize_t n, run, since        # values held, equal-run length, pushes since the last
+                                    # periodic re-sum
     double mean, m2, err, K, last   # mean − K, M2 (>= 0 or NaN), rounding budget E, K, last value
     double* values                  # the ring (N slots)
+    double* pos                     # its slot for the next push
+    double* end                     # values + N
 
 
 cdef inline Var var_load(double* d, Py_ssize_t N) noexcept nogil:
@@ -283,11 +289,12 @@ cdef inline Var var_load(double* d, Py_ssize_t N) noexcept nogil:
     v.m2 = d[2]
     v.run = <Py_ssize_t>d[3]
     v.last = d[4]
-    v.slot = <Py_ssize_t>d[5]
     v.since = <Py_ssize_t>d[6]
     v.err = d[7]
     v.K = d[8]
     v.values = d + VAR_HEADER
+    v.pos = v.values + <Py_ssize_t>d[5]
+    v.end = v.values + N
     return v
 
 
@@ -297,7 +304,7 @@ cdef inline void var_store(const Var* v, double* d) noexcept nogil:
     d[2] = v.m2
     d[3] = <double>v.run
     d[4] = v.last
-    d[5] = <double>v.slot
+    d[5] = <double>(v.pos - v.values)
     d[6] = <double>v.since
     d[7] = v.err
     d[8] = v.K
@@ -362,20 +369,40 @@ cdef extern from *:
         if (s.m2 < 0.0) s.m2 = 0.0;
         return s;
     }
+    /* sqrt of two values, one packed instruction where SSE2 is there (x86-64 always) */
+    #if defined(__SSE2__) || defined(_M_X64) || defined(_M_AMD64)
+    #include <emmintrin.h>
+    static inline void sabot_sqrt_pair(double* out, double a, double b) {
+        _mm_storeu_pd(out, _mm_sqrt_pd(_mm_set_pd(b, a)));
+    }
+    #else
+    static inline void sabot_sqrt_pair(double* out, double a, double b) {
+        out[0] = sqrt(a);
+        out[1] = sqrt(b);
+    }
+    #endif
     """
     ctypedef struct sabot_var_sums:
         double K, mean, m2          # the centre c (new shift K), mean − K, M2
     sabot_var_sums sabot_var_resum(const double* values, Py_ssize_t n, double c) noexcept nogil
+    # out[0] = sqrt(a), out[1] = sqrt(b) (correctly rounded, as ``sqrt``)
+    void sqrt_pair "sabot_sqrt_pair"(double* out, double a, double b) noexcept nogil
 
 
-cdef inline void var_step(Var* v, double x, double inv_n) noexcept nogil:
-    """Push ``x`` (``inv_n`` = 1/N)."""
+cdef inline bint var_push(Var* v, double x, double inv_n) noexcept nogil:
+    """Push ``x`` (``inv_n`` = 1/N) and return True; NaN is not pushed (False).  One comparison
+    with the last value serves both the NaN test and the equal run."""
     cdef double y, old, delta, mean
-    cdef Py_ssize_t slot = v.slot
+    cdef double* pos = v.pos
+    cdef bint repeat = False
     cdef sabot_var_sums s
+    if unlikely(not islessgreater(x, v.last)):     # x == last, or x is NaN
+        if x != x:
+            return False
+        repeat = True
     if likely(v.n >= v.N):
         y = x - v.K
-        old = v.values[slot] - v.K
+        old = pos[0] - v.K
         delta = y - old
         mean = v.mean + delta * inv_n
         v.m2 += delta * ((y - mean) + (old - v.mean))
@@ -389,16 +416,16 @@ cdef inline void var_step(Var* v, double x, double inv_n) noexcept nogil:
         v.mean += delta / <double>v.n
         v.m2 += delta * (y - v.mean)
     v.err += delta * delta
-    v.values[slot] = x
-    slot += 1
-    if unlikely(slot == v.N):
-        slot = 0
+    pos[0] = x
+    pos += 1
+    if unlikely(pos == v.end):
+        pos = v.values
         v.since += v.N
         if v.since >= v.every:             # periodic re-sum: exhaust the budget
             v.since = 0
             v.err = INFINITY
-    v.slot = slot
-    if unlikely(x == v.last):
+    v.pos = pos
+    if unlikely(repeat):
         v.run += 1
         if v.run >= v.n:                   # constant window: exact state
             v.K = x
@@ -414,6 +441,7 @@ cdef inline void var_step(Var* v, double x, double inv_n) noexcept nogil:
         v.mean = s.mean
         v.m2 = s.m2
         v.err = 0.0
+    return True
 
 
 cdef inline bint var_full(const Var* v) noexcept nogil:

@@ -28,7 +28,7 @@ from ._window cimport (
     moments_width, ring_get, ring_index, ring_push, ring_width, sorted_lower_bound,
     sorted_push, sorted_width,
 )
-from ._window cimport Var, var_full, var_load, var_m2, var_step, var_store, var_width
+from ._window cimport Var, sqrt_pair, var_full, var_load, var_m2, var_push, var_store, var_width
 
 
 cdef inline bint _is_nan(double x) noexcept nogil:
@@ -181,28 +181,43 @@ cdef class _RollingMoment(Kernel):
             _moment_rows(io, self.window, self.ddof, self.moment, True)
 
 
-cdef inline void _std_rows(KernelIO* io, Py_ssize_t N, double ddof, bint keyed) noexcept nogil:
-    """rolling_std on the rolling variance block (no third and fourth moments)."""
-    cdef Py_ssize_t i
-    cdef double x, inv_n = 1.0 / N, inv_dof = 1.0 / (N - ddof)
-    cdef const double* xs = io.x[0]
-    cdef double* out = io.out[0]
+cdef inline double _std_m2(KernelIO* io, Var* v, Py_ssize_t i, double inv_n, bint keyed,
+                          bint full) noexcept nogil:
+    """M2 of row ``i``'s window after pushing its value; NaN for a null row or during warm-up
+    (``full``: the window is known to be full)."""
     cdef double* st
+    if not present(io, i):
+        return NAN
+    if keyed:
+        st = key_state(io, i)
+        v[0] = var_load(st, v.N)
+    if not var_push(v, io.x[0][i], inv_n):
+        return NAN
+    if keyed:
+        var_store(v, st)
+    return var_m2(v) if full or var_full(v) else NAN
+
+
+cdef inline void _std_rows(KernelIO* io, Py_ssize_t N, double ddof, bint keyed) noexcept nogil:
+    """rolling_std on the rolling variance block (no third and fourth moments):
+    sqrt(M2 / (N - ddof)), two rows per square-root instruction."""
+    cdef Py_ssize_t i = 0
+    cdef double a, b, inv_n = 1.0 / N, inv_dof = 1.0 / (N - ddof)
+    cdef double* out = io.out[0]
     cdef Var v
+    v.N = N
     if not keyed:
         v = var_load(io.state, N)
-    for i in range(io.n):
-        x = xs[i]
-        if not present(io, i) or _is_nan(x):
-            out[i] = NAN
-            continue
-        if keyed:
-            st = key_state(io, i)
-            v = var_load(st, N)
-        var_step(&v, x, inv_n)
-        out[i] = sqrt(var_m2(&v) * inv_dof) if var_full(&v) else NAN     # m2 / (N - ddof)
-        if keyed:
-            var_store(&v, st)
+        while i < io.n and not var_full(&v):             # warm-up
+            out[i] = sqrt(_std_m2(io, &v, i, inv_n, False, False) * inv_dof)
+            i += 1
+    while i + 1 < io.n:
+        a = _std_m2(io, &v, i, inv_n, keyed, not keyed)
+        b = _std_m2(io, &v, i + 1, inv_n, keyed, not keyed)
+        sqrt_pair(out + i, a * inv_dof, b * inv_dof)
+        i += 2
+    if i < io.n:
+        out[i] = sqrt(_std_m2(io, &v, i, inv_n, keyed, not keyed) * inv_dof)
     if not keyed:
         var_store(&v, io.state)
 

@@ -16,7 +16,8 @@ from ._window cimport (
     ZSUM_HEADER, extreme_push, extreme_width,
     RollingSum, zsum_count, zsum_load, zsum_push, zsum_step, zsum_step_full, zsum_store, zsum_width,
 )
-from ._window cimport Var, var_full, var_load, var_m2, var_mean, var_step, var_store, var_width
+from ._window cimport (Var, sqrt_pair, var_full, var_load, var_m2, var_mean, var_push, var_store,
+                       var_width)
 
 
 cdef class EMA(Kernel):
@@ -246,33 +247,52 @@ cdef class BollingerBands(Kernel):
             _bollinger_rows(io, self.window, self.k, True)
 
 
-cdef inline void _bollinger_rows(KernelIO* io, Py_ssize_t N, double k, bint keyed) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef double x, mid, width, inv_n = 1.0 / N
-    cdef const double* xs = io.x[0]
+cdef inline double _bollinger_m2(KernelIO* io, Var* v, Py_ssize_t i, double inv_n, bint keyed,
+                                bint full) noexcept nogil:
+    """Push row ``i``, write its middle band and return M2 (NaN: null row or warm-up)."""
     cdef double* st
+    io.out[0][i] = NAN
+    if not present(io, i):
+        return NAN
+    if keyed:
+        st = key_state(io, i)
+        v[0] = var_load(st, v.N)
+    if not var_push(v, io.x[0][i], inv_n):
+        return NAN
+    if keyed:
+        var_store(v, st)
+    if not (full or var_full(v)):
+        return NAN
+    io.out[0][i] = var_mean(v)
+    return var_m2(v)
+
+
+cdef inline void _bands(KernelIO* io, Py_ssize_t i, double width) noexcept nogil:
+    io.out[1][i] = io.out[0][i] + width
+    io.out[2][i] = io.out[0][i] - width
+
+
+cdef inline void _bollinger_rows(KernelIO* io, Py_ssize_t N, double k, bint keyed) noexcept nogil:
+    """mid ± k·sqrt(M2 / N) = mid ± sqrt(k²/N · M2), two rows per square-root instruction."""
+    cdef Py_ssize_t i = 0
+    cdef double a, b, c = k * k / N, inv_n = 1.0 / N
+    cdef double width[2]
     cdef Var v
+    v.N = N
     if not keyed:
         v = var_load(io.state, N)
-    for i in range(io.n):
-        x = xs[i]
-        if not present(io, i) or x != x:
-            set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
-            continue
-        if keyed:
-            st = key_state(io, i)
-            v = var_load(st, N)
-        var_step(&v, x, inv_n)
-        if keyed:
-            var_store(&v, st)
-        if not var_full(&v):
-            set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
-            continue
-        mid = var_mean(&v)
-        width = k * sqrt(var_m2(&v) * inv_n)
-        io.out[0][i] = mid
-        io.out[1][i] = mid + width
-        io.out[2][i] = mid - width
+        while i < io.n and not var_full(&v):             # warm-up
+            _bands(io, i, sqrt(_bollinger_m2(io, &v, i, inv_n, False, False) * c))
+            i += 1
+    while i + 1 < io.n:
+        a = _bollinger_m2(io, &v, i, inv_n, keyed, not keyed)
+        b = _bollinger_m2(io, &v, i + 1, inv_n, keyed, not keyed)
+        sqrt_pair(width, a * c, b * c)
+        _bands(io, i, width[0])
+        _bands(io, i + 1, width[1])
+        i += 2
+    if i < io.n:
+        _bands(io, i, sqrt(_bollinger_m2(io, &v, i, inv_n, keyed, not keyed) * c))
     if not keyed:
         var_store(&v, io.state)
 

@@ -7,7 +7,7 @@ from ._kernel cimport (Kernel, KernelIO, emit, key_state, local_to_state, presen
 from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive_int, check_unit_interval
 from ._scope import call_kernel
-from ._window cimport (Var, var_constant, var_full, var_load, var_m2, var_mean, var_step,
+from ._window cimport (Var, var_constant, var_full, var_load, var_m2, var_mean, var_push,
                        var_store, var_width)
 
 
@@ -167,19 +167,21 @@ cdef inline void _zscore_rows(KernelIO* io, Py_ssize_t N, bint keyed) noexcept n
         v = var_load(io.state, N)
     for i in range(io.n):
         x = io.x[0][i]
-        if not present(io, i) or x != x:
+        if not present(io, i):
             set_null(io, 0, i)
             continue
         if keyed:
             st = key_state(io, i)
             v = var_load(st, N)
-        var_step(&v, x, inv_n)
+        if not var_push(&v, x, inv_n):      # NaN
+            set_null(io, 0, i)
+            continue
+        if keyed:
+            var_store(&v, st)
         if not var_full(&v) or var_constant(&v):
             set_null(io, 0, i)
         else:                               # (x − mean) / sqrt(m2 / (N − 1))
             io.out[0][i] = (x - var_mean(&v)) * sqrt(dof / var_m2(&v))
-        if keyed:
-            var_store(&v, st)
     if not keyed:
         var_store(&v, io.state)
 
