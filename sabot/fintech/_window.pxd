@@ -373,7 +373,9 @@ cdef extern from *:
     #if defined(__SSE2__) || defined(_M_X64) || defined(_M_AMD64)
     #include <emmintrin.h>
     static inline void sabot_sqrt_pair(double* out, double a, double b) {
-        _mm_storeu_pd(out, _mm_sqrt_pd(_mm_set_pd(b, a)));
+        __m128d r = _mm_sqrt_pd(_mm_set_pd(b, a));
+        out[0] = _mm_cvtsd_f64(r);          /* double stores: no may-alias vector store that */
+        out[1] = _mm_cvtsd_f64(_mm_unpackhi_pd(r, r));  /* would force reloads around it */
     }
     #else
     static inline void sabot_sqrt_pair(double* out, double a, double b) {
@@ -389,20 +391,45 @@ cdef extern from *:
     void sqrt_pair "sabot_sqrt_pair"(double* out, double a, double b) noexcept nogil
 
 
+cdef inline void _var_ring_push(Var* v, double x) noexcept nogil:
+    """Store ``x`` in the ring slot of the next push; count pushes for the periodic re-sum."""
+    cdef double* pos = v.pos
+    pos[0] = x
+    pos += 1
+    if unlikely(pos == v.end):
+        pos = v.values
+        v.since += v.N
+        if v.since >= v.every:             # periodic re-sum: exhaust the budget
+            v.since = 0
+            v.err = INFINITY
+    v.pos = pos
+
+
 cdef inline bint var_push(Var* v, double x, double inv_n) noexcept nogil:
     """Push ``x`` (``inv_n`` = 1/N) and return True; NaN is not pushed (False).  One comparison
-    with the last value serves both the NaN test and the equal run."""
+    with the last value serves both the NaN test and the equal run; a push that leaves the
+    window constant sets its exact state instead of updating."""
     cdef double y, old, delta, mean
-    cdef double* pos = v.pos
-    cdef bint repeat = False
     cdef sabot_var_sums s
     if unlikely(not islessgreater(x, v.last)):     # x == last, or x is NaN
         if x != x:
             return False
-        repeat = True
+        v.run += 1
+        if v.run >= (v.n + 1 if v.n < v.N else v.N):     # the window after this push
+            _var_ring_push(v, x)
+            if v.n < v.N:
+                v.n += 1
+            v.K = x
+            v.mean = 0.0
+            v.m2 = x - x                   # 0, NaN for an infinite value
+            v.err = 0.0
+            return True
+    else:
+        v.run = 1
+        v.last = x
     if likely(v.n >= v.N):
         y = x - v.K
-        old = pos[0] - v.K
+        old = v.pos[0] - v.K
         delta = y - old
         mean = v.mean + delta * inv_n
         v.m2 += delta * ((y - mean) + (old - v.mean))
@@ -416,25 +443,7 @@ cdef inline bint var_push(Var* v, double x, double inv_n) noexcept nogil:
         v.mean += delta / <double>v.n
         v.m2 += delta * (y - v.mean)
     v.err += delta * delta
-    pos[0] = x
-    pos += 1
-    if unlikely(pos == v.end):
-        pos = v.values
-        v.since += v.N
-        if v.since >= v.every:             # periodic re-sum: exhaust the budget
-            v.since = 0
-            v.err = INFINITY
-    v.pos = pos
-    if unlikely(repeat):
-        v.run += 1
-        if v.run >= v.n:                   # constant window: exact state
-            v.K = x
-            v.mean = 0.0
-            v.m2 = x - x                   # 0, NaN for an infinite value
-            v.err = 0.0
-    else:
-        v.run = 1
-    v.last = x
+    _var_ring_push(v, x)
     if unlikely(not (v.err <= VAR_RESUM * v.m2)):    # NaN (an inf pushed) too
         s = sabot_var_resum(v.values, v.n, v.K + v.mean)
         v.K = s.K
