@@ -517,9 +517,12 @@ cdef class Kernel:
                 part.ok = io.ok + start
             if io.slot != NULL:
                 part.slot = io.slot + start
+            for j in range(n_out):
+                part.all_finite[j] = False
             self.run(&part)
             for j in range(n_out):
-                n_nan[j] += _count_nan(part.out[j], m)
+                if not part.all_finite[j]:
+                    n_nan[j] += _count_nan(part.out[j], m)
             start += m
 
     # ---------------------------------------------------------------- per-key state
