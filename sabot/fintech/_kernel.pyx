@@ -262,9 +262,22 @@ def _output_buffer(Py_ssize_t nbytes):
     return pa.py_buffer(arr)
 
 
-cdef object _typed_output(double* values, Py_ssize_t n, str kind, tuple labels, object valid,
+_LABEL_DICTIONARIES = {}
+
+
+def _label_dictionary(labels):
+    """The Arrow string array of a label output's dictionary, built once per label set."""
+    key = tuple(labels)
+    dictionary = _LABEL_DICTIONARIES.get(key)
+    if dictionary is None:
+        dictionary = _LABEL_DICTIONARIES[key] = pa.array(key, pa.string())
+    return dictionary
+
+
+cdef object _typed_output(double* values, Py_ssize_t n, str kind, object labels, object valid,
                           object data, Py_ssize_t n_null):
-    """The output column of ``kind`` from the float64 values ``run`` wrote (nulls zeroed).
+    """The output column of ``kind`` from the float64 values ``run`` wrote (nulls zeroed);
+    ``labels``: the dictionary array of a LABEL output.
 
     Integer kinds are converted here in C into recycled buffers (an Arrow cast would allocate
     and fault in a fresh buffer per call)."""
@@ -288,7 +301,7 @@ cdef object _typed_output(double* values, Py_ssize_t n, str kind, tuple labels, 
             for i in range(n):
                 codes[i] = <int32_t>values[i]
         indices = pa.Array.from_buffers(pa.int32(), n, [valid, code_buf], null_count=n_null)
-        return pa.DictionaryArray.from_arrays(indices, pa.array(labels, pa.string()))
+        return pa.DictionaryArray.from_arrays(indices, labels)
     bit_buf = pa.allocate_buffer((n + 7) // 8)      # BOOL: bit-packed value != 0
     bits = <uint8_t*>_address(bit_buf)
     with nogil:
@@ -363,7 +376,8 @@ cdef class Kernel:
             raise TypeError(f"{name}: by must be a column name or None, got {by!r}")
         self.name = name
         self._inputs = inputs
-        self._outputs = outputs
+        self._outputs = [(oname, kind, _label_dictionary(labels) if kind == LABEL else None)
+                         for oname, kind, labels in outputs]
         self.stride = stride
         self.by = by
         self.config = dict(config or {})
