@@ -284,6 +284,8 @@ cdef object _typed_output(double* values, Py_ssize_t n, str kind, object labels,
     cdef Py_ssize_t i, k, m = 8
     cdef int64_t* as_int64
     cdef int32_t* codes
+    cdef int32_t n_labels, code
+    cdef bint out_of_range = False
     cdef uint8_t* bits
     cdef uint8_t byte
     if kind == F64:
@@ -297,11 +299,16 @@ cdef object _typed_output(double* values, Py_ssize_t n, str kind, object labels,
     if kind == LABEL:
         code_buf = _output_buffer(n * 4)
         codes = <int32_t*>_address(code_buf)
+        n_labels = len(labels)
         with nogil:
             for i in range(n):
-                codes[i] = <int32_t>values[i]
+                code = <int32_t>values[i]
+                codes[i] = code
+                out_of_range |= (code < 0) | (code >= n_labels)
+        if out_of_range:                 # a kernel bug, never data: checked here, in the loop
+            raise AssertionError(f"label output outside 0..{n_labels - 1}")
         indices = pa.Array.from_buffers(pa.int32(), n, [valid, code_buf], null_count=n_null)
-        return pa.DictionaryArray.from_arrays(indices, labels)
+        return pa.DictionaryArray.from_arrays(indices, labels, safe=False)
     bit_buf = pa.allocate_buffer((n + 7) // 8)      # BOOL: bit-packed value != 0
     bits = <uint8_t*>_address(bit_buf)
     with nogil:
