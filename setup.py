@@ -23,7 +23,7 @@ if "gcc" in (os.environ.get("CC") or sysconfig.get_config_var("CC") or ""):
 # division- and square-root-bound kernels (spreads, imbalance, rolling std) then use 4-wide
 # vectors like numpy's runtime-dispatched loops.  Such a build runs only on CPUs with those
 # instructions, so the default stays portable x86-64.  -ffp-contract=off: no fused
-# multiply-adds, so results are bit-identical to the default build.
+# multiply-adds, so every operation rounds as in the default build.
 MARCH = os.environ.get("SABOT_MARCH", "").strip()
 if MARCH:
     COMPILE_ARGS += [f"-march={MARCH}", "-ffp-contract=off"]
