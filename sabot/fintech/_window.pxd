@@ -446,44 +446,82 @@ cdef inline Py_ssize_t extreme_count(const double* d) noexcept nogil:
     return <Py_ssize_t>d[0]
 
 
-# Fast path over whole blocks (unkeyed runs of clean rows).  At a block boundary (pos == 0) of a
-# warmed-up extreme, a block of N rows needs only the previous block's suffix extremes: one loop
-# carries the forward prefix extreme of the block (merged with the previous suffix into the
-# outputs) and, interleaved, the backward suffix extremes of the block (for the next block): two
-# independent chains per iteration that overlap, no branch per row.  The state's ``values``
-# array is free while pos == 0, so the two suffix arrays alternate between ``suffix`` and
-# ``values``; at the end the state is exactly what ``extreme_step`` row by row leaves.
+# Fast path for runs of clean rows (unkeyed kernels).  Once the first block is complete, a row
+# that is present and not NaN needs no per-row bookkeeping, and a whole block of N such rows at a
+# block boundary needs only the previous block's suffix extremes: one loop carries the forward
+# prefix extreme of the block (merged with the previous suffix into the outputs) and,
+# interleaved, the backward suffix extremes of the block (for the next block), two independent
+# chains per iteration that overlap, no branch per row.  The state's ``values`` array is free
+# while pos == 0, so the suffix arrays of consecutive blocks alternate between ``suffix`` and
+# ``values``.  Every comparison has the operands in the order of ``extreme_step`` (even the
+# sign of a zero agrees), and the state left is exactly what ``extreme_step`` row by row leaves.
 
 cdef enum:
-    EXTREME_SCAN = 512      # rows checked for nulls / NaN at a time (rounded up to whole blocks)
+    CLEAN_GROUP = 64        # rows checked at once by ``clean_rows`` (vectorised)
 
 
 cdef inline Py_ssize_t clean_rows(const double* x, const uint8_t* ok, Py_ssize_t n) noexcept nogil:
     """Length of the leading run of ``x[0:n]`` that is not NaN and present (``ok[i] != 0``;
-    ``ok`` NULL: every row present).  Branch-free in groups of 16 rows (vectorises)."""
-    cdef Py_ssize_t i = 0, k
-    cdef bint bad
-    while i + 16 <= n:
-        bad = False
-        for k in range(16):
-            bad |= x[i + k] != x[i + k]
+    ``ok`` NULL: every row present).  Checks groups of rows with loops that vectorise (a NaN
+    flag selected in floating point, a null count in integers), then finds the first bad row
+    in the group that has one."""
+    cdef Py_ssize_t i = 0, k, stop, nulls
+    cdef double nan_seen
+    while i < n:
+        stop = i + CLEAN_GROUP if n - i > CLEAN_GROUP else n
+        nan_seen = 0.0
+        for k in range(i, stop):
+            nan_seen = 1.0 if x[k] != x[k] else nan_seen
+        nulls = 0
         if ok != NULL:
-            for k in range(16):
-                bad |= ok[i + k] == 0
-        if bad:
+            for k in range(i, stop):
+                nulls += ok[k] == 0
+        if nan_seen != 0.0 or nulls != 0:
             break
-        i += 16
+        i = stop
     while i < n and x[i] == x[i] and (ok == NULL or ok[i] != 0):
         i += 1
     return i
+
+
+cdef inline void _extreme_rows(Extreme* q, const double* x, double* out, Py_ssize_t m,
+                               bint keep_max) noexcept nogil:
+    """Push ``m`` clean rows that stay within the current block (``pos + m <= N``) of an
+    extreme past its first block; completing the block computes its suffix extremes."""
+    cdef Py_ssize_t k, N = q.N, pos = q.pos, end = pos + m
+    cdef Py_ssize_t stop = end if end < N else N - 1
+    cdef double p = q.prefix, v
+    if m == 0:
+        return
+    if pos == 0:
+        p = x[0]                           # a new block: better(x, x) == x starts the prefix
+    for k in range(pos, stop):
+        q.values[k] = x[k - pos]
+        p = _better(p, x[k - pos], keep_max)
+        out[k - pos] = _better(q.suffix[k + 1], p, keep_max)
+    q.pushes += <double>m
+    if end < N:
+        q.prefix = p
+        q.pos = end
+        return
+    q.values[N - 1] = x[m - 1]             # the block's last row completes it
+    p = _better(p, x[m - 1], keep_max)
+    out[m - 1] = p
+    q.prefix = p
+    v = q.values[N - 1]
+    q.suffix[N - 1] = v
+    for k in range(N - 2, -1, -1):
+        v = _better(q.values[k], v, keep_max)
+        q.suffix[k] = v
+    q.blocks += 1.0
+    q.pos = 0
 
 
 cdef inline double _extreme_block(const double* x, const double* prev, double* suffix,
                                   double* out, Py_ssize_t N, bint keep_max) noexcept nogil:
     """One block of N rows at a block boundary: ``out[k]`` = extreme of the previous block's
     values after position k (``prev[k + 1]``) and of ``x[0..k]``; ``suffix[k]`` = extreme of
-    ``x[k..N-1]``.  Returns the block's extreme (its last prefix).  Same comparisons, in the
-    same operand order, as ``extreme_step`` (so even the sign of a zero agrees)."""
+    ``x[k..N-1]``.  Returns the block's extreme (its last prefix)."""
     cdef Py_ssize_t k
     cdef double p = x[0], s = x[N - 1]
     suffix[N - 1] = s
@@ -496,40 +534,34 @@ cdef inline double _extreme_block(const double* x, const double* prev, double* s
     return p
 
 
-cdef inline Py_ssize_t extreme_run_blocks(Extreme* q, const double* x, const uint8_t* ok,
-                                          double* out, Py_ssize_t n, bint keep_max) noexcept nogil:
-    """Push the leading whole blocks of ``x[0:n]`` whose rows are all clean (present per ``ok``,
-    see ``clean_rows``, and not NaN) and write their windows' extremes to ``out``; return the
-    rows consumed (a multiple of N; 0 unless at a block boundary after the first block).
-
-    Equivalent to ``extreme_step`` on each row (outputs and final state), about two
-    comparisons per row without the per-row bookkeeping."""
-    cdef Py_ssize_t N = q.N, done = 0, scan, clean, b, blocks
+cdef inline void extreme_run_clean(Extreme* q, const double* x, double* out, Py_ssize_t m,
+                                   bint keep_max) noexcept nogil:
+    """Push ``m`` clean rows (present, not NaN; see ``clean_rows``) into an extreme past its
+    first block (``q.blocks >= 1``) and write their windows' extremes to ``out``: the same
+    outputs and final state as ``extreme_step`` on each row, with about two comparisons per
+    row.  The rows up to the next block boundary and after the last whole block go row by
+    row (``_extreme_rows``), the whole blocks in between through ``_extreme_block``."""
+    cdef Py_ssize_t N = q.N, done = 0, blocks, b
     cdef double* prev = q.suffix
     cdef double* spare = q.values
     cdef double* t
-    if q.pos != 0 or q.blocks == 0.0:
-        return 0
-    scan = N * ((EXTREME_SCAN + N - 1) // N)
-    while n - done >= N:
-        clean = clean_rows(x + done, NULL if ok == NULL else ok + done,
-                           scan if n - done > scan else n - done)
-        blocks = clean // N
-        for b in range(blocks):
-            q.prefix = _extreme_block(x + done, prev, spare, out + done, N, keep_max)
-            t = prev
-            prev = spare
-            spare = t
-            done += N
-        if clean < scan:                   # a null / NaN row, or the end, before the next block
-            break
-    if done:
+    if q.pos != 0:
+        done = N - q.pos if m > N - q.pos else m
+        _extreme_rows(q, x, out, done, keep_max)
+    blocks = (m - done) // N
+    for b in range(blocks):
+        q.prefix = _extreme_block(x + done, prev, spare, out + done, N, keep_max)
+        t = prev
+        prev = spare
+        spare = t
+        done += N
+    if blocks:
         if prev != q.suffix:
             memcpy(q.suffix, prev, N * sizeof(double))
         memcpy(q.values, x + done - N, N * sizeof(double))   # the last block, as per row
-        q.pushes += <double>done
-        q.blocks += <double>(done // N)
-    return done
+        q.pushes += <double>(blocks * N)
+        q.blocks += <double>blocks
+    _extreme_rows(q, x + done, out + done, m - done, keep_max)
 
 
 # Sorted window: the last N values twice, a ring (arrival order, N + 1 doubles) and a sorted
