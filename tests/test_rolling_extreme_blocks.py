@@ -33,13 +33,15 @@ def table(values: np.ndarray, nulls: np.ndarray) -> pa.Table:
 
 @st.composite
 def sprinkled(draw, max_rows=700):
-    """A random walk (with ties) of up to ``max_rows`` rows and a few null and NaN rows."""
+    """A random walk (with ties) of up to ``max_rows`` rows and a few null, NaN and infinite
+    rows."""
     n = draw(st.integers(0, max_rows))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     values = np.round(np.cumsum(rng.normal(0.0, 1.0, n)), 1)  # rounding makes ties common
     holes = st.lists(st.integers(0, max(n - 1, 0)), max_size=6) if n else st.just([])
-    nans, nulls = draw(holes), draw(holes)
+    nans, nulls, infinite = draw(holes), draw(holes), draw(holes)
+    values[infinite] = np.where(rng.uniform(size=len(infinite)) < 0.5, -np.inf, np.inf)
     values[nans] = np.nan
     null_mask = np.zeros(n, dtype=bool)
     null_mask[nulls] = True

@@ -457,28 +457,34 @@ cdef inline Py_ssize_t extreme_count(const double* d) noexcept nogil:
 # sign of a zero agrees), and the state left is exactly what ``extreme_step`` row by row leaves.
 
 cdef enum:
-    CLEAN_GROUP = 64        # rows checked at once by ``clean_rows`` (vectorised)
+    CLEAN_GROUP = 64        # rows checked at once by ``clean_rows`` (a multiple of 4)
 
 
 cdef inline Py_ssize_t clean_rows(const double* x, const uint8_t* ok, Py_ssize_t n) noexcept nogil:
     """Length of the leading run of ``x[0:n]`` that is not NaN and present (``ok[i] != 0``;
-    ``ok`` NULL: every row present).  Checks groups of rows with loops that vectorise (a NaN
-    flag selected in floating point, a null count in integers), then finds the first bad row
-    in the group that has one."""
+    ``ok`` NULL: every row present).
+
+    Groups of CLEAN_GROUP rows are checked at once: their sum, in four independent partial
+    sums, is NaN if any value is (NaN + y is NaN; infinities of both signs may also give NaN,
+    which only sends the group to the exact check), and their nulls are counted in a loop that
+    vectorises.  The first bad row is then found in the group that has one."""
     cdef Py_ssize_t i = 0, k, stop, nulls
-    cdef double nan_seen
-    while i < n:
-        stop = i + CLEAN_GROUP if n - i > CLEAN_GROUP else n
-        nan_seen = 0.0
-        for k in range(i, stop):
-            nan_seen = 1.0 if x[k] != x[k] else nan_seen
+    cdef double s0, s1, s2, s3
+    while n - i >= CLEAN_GROUP:
+        s0 = 0.0; s1 = 0.0; s2 = 0.0; s3 = 0.0
+        for k in range(i, i + CLEAN_GROUP, 4):
+            s0 += x[k]
+            s1 += x[k + 1]
+            s2 += x[k + 2]
+            s3 += x[k + 3]
+        s0 = (s0 + s1) + (s2 + s3)
         nulls = 0
         if ok != NULL:
-            for k in range(i, stop):
+            for k in range(i, i + CLEAN_GROUP):
                 nulls += ok[k] == 0
-        if nan_seen != 0.0 or nulls != 0:
+        if s0 != s0 or nulls != 0:
             break
-        i = stop
+        i += CLEAN_GROUP
     while i < n and x[i] == x[i] and (ok == NULL or ok[i] != 0):
         i += 1
     return i
