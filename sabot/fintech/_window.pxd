@@ -458,6 +458,7 @@ cdef inline Py_ssize_t extreme_count(const double* d) noexcept nogil:
 
 cdef enum:
     CLEAN_GROUP = 64        # rows checked at once by ``clean_rows`` (a multiple of 4)
+    EXTREME_SCAN = 4096     # rows checked ahead of the whole-block loop (rounded to blocks)
 
 
 cdef inline Py_ssize_t clean_rows(const double* x, const uint8_t* ok, Py_ssize_t n) noexcept nogil:
@@ -540,34 +541,45 @@ cdef inline double _extreme_block(const double* x, const double* prev, double* s
     return p
 
 
-cdef inline void extreme_run_clean(Extreme* q, const double* x, double* out, Py_ssize_t m,
-                                   bint keep_max) noexcept nogil:
-    """Push ``m`` clean rows (present, not NaN; see ``clean_rows``) into an extreme past its
-    first block (``q.blocks >= 1``) and write their windows' extremes to ``out``: the same
-    outputs and final state as ``extreme_step`` on each row, with about two comparisons per
-    row.  The rows up to the next block boundary and after the last whole block go row by
-    row (``_extreme_rows``), the whole blocks in between through ``_extreme_block``."""
-    cdef Py_ssize_t N = q.N, done = 0, blocks, b
+cdef inline Py_ssize_t extreme_run_clean(Extreme* q, const double* x, const uint8_t* ok,
+                                         double* out, Py_ssize_t n, bint keep_max) noexcept nogil:
+    """Push the leading clean rows of ``x[0:n]`` (present and not NaN, see ``clean_rows``) into
+    an extreme past its first block (``q.blocks >= 1``), write their windows' extremes to
+    ``out`` and return how many there were (the next row, if any, is null or NaN).
+
+    The same outputs and final state as ``extreme_step`` on each row, with about two
+    comparisons per row.  The rows up to the next block boundary and after the last whole
+    block go row by row (``_extreme_rows``); the whole blocks in between through
+    ``_extreme_block``, checked EXTREME_SCAN rows (whole blocks) at a time while in cache."""
+    cdef Py_ssize_t N = q.N, done, scan, m, b
     cdef double* prev = q.suffix
     cdef double* spare = q.values
     cdef double* t
+    done = clean_rows(x, ok, min(n, (N - q.pos) % N))     # finish the current block
+    _extreme_rows(q, x, out, done, keep_max)
     if q.pos != 0:
-        done = N - q.pos if m > N - q.pos else m
-        _extreme_rows(q, x, out, done, keep_max)
-    blocks = (m - done) // N
-    for b in range(blocks):
-        q.prefix = _extreme_block(x + done, prev, spare, out + done, N, keep_max)
-        t = prev
-        prev = spare
-        spare = t
-        done += N
-    if blocks:
-        if prev != q.suffix:
-            memcpy(q.suffix, prev, N * sizeof(double))
+        return done
+    scan = N * (EXTREME_SCAN // N if EXTREME_SCAN > N else 1)
+    while n - done >= N:
+        m = clean_rows(x + done, NULL if ok == NULL else ok + done,
+                       min(scan, (n - done) // N * N))
+        for b in range(m // N):
+            q.prefix = _extreme_block(x + done, prev, spare, out + done, N, keep_max)
+            t = prev
+            prev = spare
+            spare = t
+            done += N
+            q.pushes += <double>N
+            q.blocks += 1.0
+        if m < scan:
+            break
+    if prev != q.suffix:
+        memcpy(q.suffix, prev, N * sizeof(double))
+    if done >= N:
         memcpy(q.values, x + done - N, N * sizeof(double))   # the last block, as per row
-        q.pushes += <double>(blocks * N)
-        q.blocks += <double>blocks
-    _extreme_rows(q, x + done, out + done, m - done, keep_max)
+    m = clean_rows(x + done, NULL if ok == NULL else ok + done, min(n - done, N))
+    _extreme_rows(q, x + done, out + done, m, keep_max)
+    return done + m
 
 
 # Sorted window: the last N values twice, a ring (arrival order, N + 1 doubles) and a sorted
