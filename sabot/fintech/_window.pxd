@@ -458,7 +458,7 @@ cdef inline Py_ssize_t extreme_count(const double* d) noexcept nogil:
 
 cdef enum:
     CLEAN_GROUP = 64        # rows checked at once by ``clean_rows`` (a multiple of 4)
-    EXTREME_SCAN = 4096     # rows checked ahead of the whole-block loop (rounded to blocks)
+    EXTREME_SCAN = 512     # rows checked ahead of the whole-block loop (rounded to blocks)
 
 
 cdef inline Py_ssize_t clean_rows(const double* x, const uint8_t* ok, Py_ssize_t n) noexcept nogil:
