@@ -465,27 +465,30 @@ cdef inline Py_ssize_t clean_rows(const double* x, const uint8_t* ok, Py_ssize_t
     """Length of the leading run of ``x[0:n]`` that is not NaN and present (``ok[i] != 0``;
     ``ok`` NULL: every row present).
 
-    Groups of CLEAN_GROUP rows are checked at once: their sum, in four independent partial
+    Groups of up to CLEAN_GROUP rows are checked at once: their sum, in four independent partial
     sums, is NaN if any value is (NaN + y is NaN; infinities of both signs may also give NaN,
     which only sends the group to the exact check), and their nulls are counted in a loop that
     vectorises.  The first bad row is then found in the group that has one."""
     cdef Py_ssize_t i = 0, k, stop, nulls
     cdef double s0, s1, s2, s3
-    while n - i >= CLEAN_GROUP:
+    while i < n:
+        stop = i + CLEAN_GROUP if n - i > CLEAN_GROUP else n
         s0 = 0.0; s1 = 0.0; s2 = 0.0; s3 = 0.0
-        for k in range(i, i + CLEAN_GROUP, 4):
+        for k in range(i, stop - 3, 4):
             s0 += x[k]
             s1 += x[k + 1]
             s2 += x[k + 2]
             s3 += x[k + 3]
+        for k in range(i + (stop - i) // 4 * 4, stop):
+            s0 += x[k]
         s0 = (s0 + s1) + (s2 + s3)
         nulls = 0
         if ok != NULL:
-            for k in range(i, i + CLEAN_GROUP):
+            for k in range(i, stop):
                 nulls += ok[k] == 0
         if s0 != s0 or nulls != 0:
             break
-        i += CLEAN_GROUP
+        i = stop
     while i < n and x[i] == x[i] and (ok == NULL or ok[i] != 0):
         i += 1
     return i
