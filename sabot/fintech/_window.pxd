@@ -457,8 +457,7 @@ cdef inline Py_ssize_t extreme_count(const double* d) noexcept nogil:
 # sign of a zero agrees), and the state left is exactly what ``extreme_step`` row by row leaves.
 
 cdef enum:
-    CLEAN_GROUP = 64        # rows checked at once by ``clean_rows`` (a multiple of 4)
-    EXTREME_SCAN = 512     # rows checked ahead of the whole-block loop (rounded to blocks)
+    CLEAN_GROUP = 64        # rows checked at once by ``clean_rows`` / ``present_rows``
 
 
 cdef inline Py_ssize_t clean_rows(const double* x, const uint8_t* ok, Py_ssize_t n) noexcept nogil:
@@ -527,20 +526,44 @@ cdef inline void _extreme_rows(Extreme* q, const double* x, double* out, Py_ssiz
     q.pos = 0
 
 
+cdef inline Py_ssize_t present_rows(const uint8_t* ok, Py_ssize_t n) noexcept nogil:
+    """Length of the leading run of ``ok[0:n]`` that is nonzero (``ok`` NULL: ``n``); nulls
+    counted in groups of CLEAN_GROUP rows (a loop that vectorises)."""
+    cdef Py_ssize_t i = 0, k, stop, nulls
+    if ok == NULL:
+        return n
+    while i < n:
+        stop = i + CLEAN_GROUP if n - i > CLEAN_GROUP else n
+        nulls = 0
+        for k in range(i, stop):
+            nulls += ok[k] == 0
+        if nulls != 0:
+            break
+        i = stop
+    while i < n and ok[i] != 0:
+        i += 1
+    return i
+
+
 cdef inline double _extreme_block(const double* x, const double* prev, double* suffix,
-                                  double* out, Py_ssize_t N, bint keep_max) noexcept nogil:
+                                  double* out, Py_ssize_t N, const double* ahead,
+                                  double* ahead_sum, bint keep_max) noexcept nogil:
     """One block of N rows at a block boundary: ``out[k]`` = extreme of the previous block's
     values after position k (``prev[k + 1]``) and of ``x[0..k]``; ``suffix[k]`` = extreme of
-    ``x[k..N-1]``.  Returns the block's extreme (its last prefix)."""
+    ``x[k..N-1]``.  Returns the block's extreme (its last prefix).  Also sums ``ahead[0:N]``
+    into ``ahead_sum``: NaN when one of them is (the NaN check of the next block, in the
+    same loop)."""
     cdef Py_ssize_t k
-    cdef double p = x[0], s = x[N - 1]
+    cdef double p = x[0], s = x[N - 1], c = ahead[N - 1]
     suffix[N - 1] = s
     for k in range(N - 1):
         out[k] = _better(prev[k + 1], p, keep_max)
         p = _better(p, x[k + 1], keep_max)
         s = _better(x[N - 2 - k], s, keep_max)
         suffix[N - 2 - k] = s
+        c += ahead[k]
     out[N - 1] = p
+    ahead_sum[0] = c
     return p
 
 
@@ -553,29 +576,32 @@ cdef inline Py_ssize_t extreme_run_clean(Extreme* q, const double* x, const uint
     The same outputs and final state as ``extreme_step`` on each row, with about two
     comparisons per row.  The rows up to the next block boundary and after the last whole
     block go row by row (``_extreme_rows``); the whole blocks in between through
-    ``_extreme_block``, checked EXTREME_SCAN rows (whole blocks) at a time while in cache."""
-    cdef Py_ssize_t N = q.N, done, scan, m, b
+    ``_extreme_block``, each checking the next block for NaN as it goes (so the data is read
+    once); nulls are found beforehand."""
+    cdef Py_ssize_t N = q.N, done, m
     cdef double* prev = q.suffix
     cdef double* spare = q.values
     cdef double* t
+    cdef const double* ahead
+    cdef double check = 0.0
     done = clean_rows(x, ok, min(n, (N - q.pos) % N))     # finish the current block
     _extreme_rows(q, x, out, done, keep_max)
     if q.pos != 0:
         return done
-    scan = N * (EXTREME_SCAN // N if EXTREME_SCAN > N else 1)
-    while n - done >= N:
-        m = clean_rows(x + done, NULL if ok == NULL else ok + done,
-                       min(scan, (n - done) // N * N))
-        for b in range(m // N):
-            q.prefix = _extreme_block(x + done, prev, spare, out + done, N, keep_max)
+    n = done + present_rows(NULL if ok == NULL else ok + done, n - done)
+    if n - done >= N and clean_rows(x + done, NULL, N) == N:
+        while True:
+            ahead = x + done + N if n - done >= 2 * N else x + done
+            q.prefix = _extreme_block(x + done, prev, spare, out + done, N, ahead, &check,
+                                      keep_max)
             t = prev
             prev = spare
             spare = t
             done += N
             q.pushes += <double>N
             q.blocks += 1.0
-        if m < scan:
-            break
+            if ahead != x + done or check != check:
+                break
     if prev != q.suffix:
         memcpy(q.suffix, prev, N * sizeof(double))
     if done >= N:
