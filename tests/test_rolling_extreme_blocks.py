@@ -109,3 +109,16 @@ def test_window_one_is_the_value_and_two_the_pair(name):
     pair = np.full(len(x), np.nan)
     pair[np.flatnonzero(~np.isnan(x))[1:]] = reduce(np.stack([kept[:-1], kept[1:]]), axis=0)
     assert_exact(make("price", window=2)(t)[name], pair, f"{name} w=2")
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("window", [3, 64])
+def test_infinities_of_both_signs_in_one_block(name, window):
+    """+inf and -inf close together (their sum is NaN, like a NaN's) in a long clean run."""
+    make, reduce = KERNELS[name]
+    x = np.cumsum(np.random.default_rng(7).normal(0.0, 1.0, 2000))
+    x[[300, 301, 1100, 1150]] = [np.inf, -np.inf, -np.inf, np.inf]
+    x[1500] = np.nan
+    valid = ~np.isnan(x)
+    got = make("price", window=window)(table(x, np.zeros(len(x), dtype=bool)))[name]
+    assert_exact(got, reference(x, valid, window, reduce), f"{name} w={window}")
