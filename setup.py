@@ -11,13 +11,22 @@ ROOT = Path(__file__).parent
 # Kernel loops are written once for both keyed and unkeyed state (``row_state`` in
 # sabot/fintech/_kernel.pxd); GCC must be allowed to unswitch the larger loops on "no ``by``"
 # to keep unkeyed state in registers, and to inline the loop functions kernels call twice
-# (``_sma_rows(io, N, keyed)``) so that each copy is specialised.  Its SLP vectoriser packs
+# (``_moment_rows(io, ..., keyed)``) so that each copy is specialised.  Its SLP vectoriser packs
 # pairs of recurrences (RSI's gain and loss) into one vector that is spilled on every row,
 # slower than two scalar chains: off.
 COMPILE_ARGS = ["-O3", "-fno-math-errno"]
 if "gcc" in (os.environ.get("CC") or sysconfig.get_config_var("CC") or ""):
     COMPILE_ARGS += ["--param=max-unswitch-insns=1000", "-fno-tree-slp-vectorize",
                      "--param=max-inline-insns-single=1000"]
+
+# SABOT_MARCH=native (or another -march value) builds for one CPU family, e.g. with AVX2: the
+# division- and square-root-bound kernels (spreads, imbalance, rolling std) then use 4-wide
+# vectors like numpy's runtime-dispatched loops.  Such a build runs only on CPUs with those
+# instructions, so the default stays portable x86-64.  -ffp-contract=off: no fused
+# multiply-adds, so every operation rounds as in the default build.
+MARCH = os.environ.get("SABOT_MARCH", "").strip()
+if MARCH:
+    COMPILE_ARGS += [f"-march={MARCH}", "-ffp-contract=off"]
 
 extensions = [
     Extension(

@@ -18,7 +18,7 @@ Arrow buffers (casting other numeric types once), the combined null mask, per-ke
 for ``by=``, output buffers from Arrow's memory pool, and append-or-replace of output columns.
 """
 from libc.math cimport NAN
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 cdef enum:
     MAX_COLUMNS = 8
@@ -35,6 +35,7 @@ ctypedef struct KernelIO:
     double* out[MAX_COLUMNS]        # output values; NaN marks a null (see set_null)
     const uint8_t* xvalid[MAX_COLUMNS]  # validity bitmap of each value input; NULL when no nulls
     Py_ssize_t xoffset[MAX_COLUMNS]     # bit offset of row 0 in ``xvalid[j]`` (slices)
+    bint all_finite[MAX_COLUMNS]    # set by ``report_finite``: output j holds no NaN (no scan)
 
 
 cdef inline bint present(const KernelIO* io, Py_ssize_t i) noexcept nogil:
@@ -59,6 +60,26 @@ cdef inline double valid_or_null(const KernelIO* io, Py_ssize_t i, double value,
     if io.ok != NULL:
         defined = defined and io.ok[i] != 0
     return value if defined else NAN
+
+
+cdef inline uint32_t non_finite_mark(double value) noexcept nogil:
+    """Bit 31 set when ``value`` is NaN or ±inf (exponent all ones: adding one unit to it
+    carries out).  An element-wise loop ORs the marks of what it writes (a few integer ops per
+    row, free in a memory-bound loop, and it vectorises) and calls :func:`report_finite`."""
+    cdef uint64_t bits = (<uint64_t*>&value)[0]
+    return (<uint32_t>(bits >> 32) & 0x7FF00000) + 0x00100000
+
+
+cdef inline uint32_t emit_marked(KernelIO* io, int j, Py_ssize_t i, double value) noexcept nogil:
+    """:func:`emit` that also returns the value's :func:`non_finite_mark`."""
+    io.out[j][i] = value
+    return non_finite_mark(value)
+
+
+cdef inline void report_finite(KernelIO* io, int j, uint32_t marks) noexcept nogil:
+    """Output ``j`` of this ``run`` is known to hold no NaN when no mark has bit 31: the base
+    then skips its NaN scan of the block."""
+    io.all_finite[j] = (marks >> 31) == 0
 
 
 cdef inline double* key_state(const KernelIO* io, Py_ssize_t i) noexcept nogil:

@@ -262,15 +262,30 @@ def _output_buffer(Py_ssize_t nbytes):
     return pa.py_buffer(arr)
 
 
-cdef object _typed_output(double* values, Py_ssize_t n, str kind, tuple labels, object valid,
+_LABEL_DICTIONARIES = {}
+
+
+def _label_dictionary(labels):
+    """The Arrow string array of a label output's dictionary, built once per label set."""
+    key = tuple(labels)
+    dictionary = _LABEL_DICTIONARIES.get(key)
+    if dictionary is None:
+        dictionary = _LABEL_DICTIONARIES[key] = pa.array(key, pa.string())
+    return dictionary
+
+
+cdef object _typed_output(double* values, Py_ssize_t n, str kind, object labels, object valid,
                           object data, Py_ssize_t n_null):
-    """The output column of ``kind`` from the float64 values ``run`` wrote (nulls zeroed).
+    """The output column of ``kind`` from the float64 values ``run`` wrote (nulls zeroed);
+    ``labels``: the dictionary array of a LABEL output.
 
     Integer kinds are converted here in C into recycled buffers (an Arrow cast would allocate
     and fault in a fresh buffer per call)."""
     cdef Py_ssize_t i, k, m = 8
     cdef int64_t* as_int64
     cdef int32_t* codes
+    cdef int32_t n_labels, code
+    cdef bint out_of_range = False
     cdef uint8_t* bits
     cdef uint8_t byte
     if kind == F64:
@@ -284,11 +299,16 @@ cdef object _typed_output(double* values, Py_ssize_t n, str kind, tuple labels, 
     if kind == LABEL:
         code_buf = _output_buffer(n * 4)
         codes = <int32_t*>_address(code_buf)
+        n_labels = len(labels)
         with nogil:
             for i in range(n):
-                codes[i] = <int32_t>values[i]
+                code = <int32_t>values[i]
+                codes[i] = code
+                out_of_range |= (code < 0) | (code >= n_labels)
+        if out_of_range:                 # a kernel bug, never data: checked here, in the loop
+            raise AssertionError(f"label output outside 0..{n_labels - 1}")
         indices = pa.Array.from_buffers(pa.int32(), n, [valid, code_buf], null_count=n_null)
-        return pa.DictionaryArray.from_arrays(indices, pa.array(labels, pa.string()))
+        return pa.DictionaryArray.from_arrays(indices, labels, safe=False)
     bit_buf = pa.allocate_buffer((n + 7) // 8)      # BOOL: bit-packed value != 0
     bits = <uint8_t*>_address(bit_buf)
     with nogil:
@@ -363,7 +383,8 @@ cdef class Kernel:
             raise TypeError(f"{name}: by must be a column name or None, got {by!r}")
         self.name = name
         self._inputs = inputs
-        self._outputs = outputs
+        self._outputs = [(oname, kind, _label_dictionary(labels) if kind == LABEL else None)
+                         for oname, kind, labels in outputs]
         self.stride = stride
         self.by = by
         self.config = dict(config or {})
@@ -517,9 +538,12 @@ cdef class Kernel:
                 part.ok = io.ok + start
             if io.slot != NULL:
                 part.slot = io.slot + start
+            for j in range(n_out):
+                part.all_finite[j] = False
             self.run(&part)
             for j in range(n_out):
-                n_nan[j] += _count_nan(part.out[j], m)
+                if not part.all_finite[j]:
+                    n_nan[j] += _count_nan(part.out[j], m)
             start += m
 
     # ---------------------------------------------------------------- per-key state

@@ -9,14 +9,16 @@
   with a run-of-equal-values counter so a constant window has variance exactly 0:
   ``moments_width(N)`` doubles;
 * rolling max/min in amortised O(1) without data-dependent branches (van Herk / Gil-Werman
-  blocks): ``4 + 2N`` doubles;
+  blocks): ``4 + 2N`` doubles; runs of clean rows of a single state go block by block
+  (``extreme_run_clean``);
 * sorted window (ring + sorted copy) for exact rolling order statistics: ``sorted_width(N)``.
 
 The per-row paths of the moments and the rolling extremes avoid integer division (slots wrap by
 comparison).
 """
 from libc.math cimport INFINITY, fabs
-from libc.string cimport memmove
+from libc.stdint cimport uint8_t
+from libc.string cimport memcpy, memmove
 
 cdef extern from "<math.h>":
     bint islessgreater(double x, double y) noexcept nogil   # x < y or x > y, no NaN signal
@@ -581,20 +583,26 @@ cdef inline double _better(double a, double b, bint keep_max) noexcept nogil:
     return a if a < b else b
 
 
+cdef inline void _extreme_suffixes(const double* values, double* suffix, Py_ssize_t N,
+                                   bint keep_max) noexcept nogil:
+    """``suffix[k]`` = extreme of ``values[k..N-1]`` (a completed block, scanned backwards)."""
+    cdef Py_ssize_t k
+    cdef double v = values[N - 1]
+    suffix[N - 1] = v
+    for k in range(N - 2, -1, -1):
+        v = _better(values[k], v, keep_max)
+        suffix[k] = v
+
+
 cdef inline double extreme_step(Extreme* q, double x, bint keep_max) noexcept nogil:
     """Push ``x`` and return the max (``keep_max``, pass a constant) or min of the last ``N``
     pushed values."""
-    cdef Py_ssize_t k, N = q.N, pos = q.pos
-    cdef double v
+    cdef Py_ssize_t N = q.N, pos = q.pos
     q.values[pos] = x
     q.prefix = x if pos == 0 else _better(q.prefix, x, keep_max)
     q.pushes += 1.0
     if pos == N - 1:                       # block complete: its suffix extremes, a new block
-        v = q.values[N - 1]
-        q.suffix[N - 1] = v
-        for k in range(N - 2, -1, -1):
-            v = _better(q.values[k], v, keep_max)
-            q.suffix[k] = v
+        _extreme_suffixes(q.values, q.suffix, N, keep_max)
         q.blocks += 1.0
         q.pos = 0
         return q.prefix
@@ -615,6 +623,169 @@ cdef inline double extreme_push(double* d, Py_ssize_t N, double x, bint keep_max
 cdef inline Py_ssize_t extreme_count(const double* d) noexcept nogil:
     """Values pushed so far (compare with N for warm-up)."""
     return <Py_ssize_t>d[0]
+
+
+# Fast path for runs of clean rows (unkeyed kernels).  Once the first block is complete, a row
+# that is present and not NaN needs no per-row bookkeeping, and a whole block of N such rows at a
+# block boundary needs only the previous block's suffix extremes: one loop carries the forward
+# prefix extreme of the block (merged with the previous suffix into the outputs) and,
+# interleaved, the backward suffix extremes of the block (for the next block), two independent
+# chains per iteration that overlap, no branch per row; the same loop sums the next block's
+# values, NaN if one of them is NaN, so the input is read once.  The state's ``values`` array
+# is free while pos == 0, so the suffix arrays of consecutive blocks alternate between
+# ``suffix`` and ``values``.  Every comparison has the operands in the order of
+# ``extreme_step`` (even the sign of a zero agrees), and the state left is exactly what
+# ``extreme_step`` row by row leaves.
+
+cdef enum:
+    CLEAN_GROUP = 64        # rows checked at once by ``clean_rows`` / ``present_rows``
+
+
+cdef inline Py_ssize_t present_rows(const uint8_t* ok, Py_ssize_t n) noexcept nogil:
+    """Length of the leading run of ``ok[0:n]`` that is nonzero (``ok`` NULL: ``n``); nulls
+    counted in groups of CLEAN_GROUP rows (a loop that vectorises)."""
+    cdef Py_ssize_t i = 0, k, stop, nulls
+    if ok == NULL:
+        return n
+    while i < n:
+        stop = i + CLEAN_GROUP if n - i > CLEAN_GROUP else n
+        nulls = 0
+        for k in range(i, stop):
+            nulls += ok[k] == 0
+        if nulls != 0:
+            break
+        i = stop
+    while i < n and ok[i] != 0:
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t clean_rows(const double* x, const uint8_t* ok, Py_ssize_t n) noexcept nogil:
+    """Length of the leading run of ``x[0:n]`` that is present (see ``present_rows``) and not
+    NaN.
+
+    Groups of up to CLEAN_GROUP values are checked at once by their sum, in four independent
+    partial sums (a loop that vectorises): NaN if any value is (NaN + y is NaN; infinities of
+    both signs may also give NaN, which only sends the group to the exact check).  The first
+    NaN is then found in the group that has one."""
+    cdef Py_ssize_t i = 0, k, stop
+    cdef double s0, s1, s2, s3, total
+    n = present_rows(ok, n)
+    while i < n:
+        stop = i + CLEAN_GROUP if n - i > CLEAN_GROUP else n
+        s0 = 0.0; s1 = 0.0; s2 = 0.0; s3 = 0.0
+        for k in range(i, stop - 3, 4):
+            s0 += x[k]
+            s1 += x[k + 1]
+            s2 += x[k + 2]
+            s3 += x[k + 3]
+        for k in range(i + (stop - i) // 4 * 4, stop):
+            s0 += x[k]
+        total = (s0 + s1) + (s2 + s3)
+        if total != total:
+            break
+        i = stop
+    while i < n and x[i] == x[i]:
+        i += 1
+    return i
+
+
+cdef inline void _extreme_rows(Extreme* q, const double* x, double* out, Py_ssize_t m,
+                               bint keep_max) noexcept nogil:
+    """Push ``m`` clean rows that stay within the current block (``pos + m <= N``) of an
+    extreme past its first block; completing the block computes its suffix extremes."""
+    cdef Py_ssize_t k, N = q.N, pos = q.pos, end = pos + m
+    cdef Py_ssize_t stop = end if end < N else N - 1
+    cdef double p = q.prefix
+    if m == 0:
+        return
+    if pos == 0:
+        p = x[0]                           # a new block: better(x, x) == x starts the prefix
+    for k in range(pos, stop):
+        q.values[k] = x[k - pos]
+        p = _better(p, x[k - pos], keep_max)
+        out[k - pos] = _better(q.suffix[k + 1], p, keep_max)
+    q.pushes += <double>m
+    if end < N:
+        q.prefix = p
+        q.pos = end
+        return
+    q.values[N - 1] = x[m - 1]             # the block's last row completes it
+    p = _better(p, x[m - 1], keep_max)
+    out[m - 1] = p
+    q.prefix = p
+    _extreme_suffixes(q.values, q.suffix, N, keep_max)
+    q.blocks += 1.0
+    q.pos = 0
+
+
+cdef inline double _extreme_block(const double* x, const double* prev, double* suffix,
+                                  double* out, Py_ssize_t N, const double* ahead,
+                                  double* ahead_sum, bint keep_max) noexcept nogil:
+    """One block of N rows at a block boundary: ``out[k]`` = extreme of the previous block's
+    values after position k (``prev[k + 1]``) and of ``x[0..k]``; ``suffix[k]`` = extreme of
+    ``x[k..N-1]``.  Returns the block's extreme (its last prefix).  Also sums ``ahead[0:N]``
+    into ``ahead_sum``: NaN when one of them is (the NaN check of the next block, in the
+    same loop)."""
+    cdef Py_ssize_t k
+    cdef double p = x[0], s = x[N - 1], c = ahead[N - 1]
+    suffix[N - 1] = s
+    for k in range(N - 1):
+        out[k] = _better(prev[k + 1], p, keep_max)
+        p = _better(p, x[k + 1], keep_max)
+        s = _better(x[N - 2 - k], s, keep_max)
+        suffix[N - 2 - k] = s
+        c += ahead[k]
+    out[N - 1] = p
+    ahead_sum[0] = c
+    return p
+
+
+cdef inline Py_ssize_t extreme_run_clean(Extreme* q, const double* x, const uint8_t* ok,
+                                         double* out, Py_ssize_t n, bint keep_max) noexcept nogil:
+    """Push the leading clean rows of ``x[0:n]`` (present and not NaN, see ``clean_rows``) into
+    an extreme past its first block (``q.blocks >= 1``), write their windows' extremes to
+    ``out`` and return how many were pushed: all up to the first null or NaN row (rarely
+    fewer, after infinities of both signs; the caller goes on row by row either way).
+
+    The same outputs and final state as ``extreme_step`` on each row, with about two
+    comparisons per row.  The rows up to the next block boundary and after the last whole
+    block go row by row (``_extreme_rows``); the whole blocks in between through
+    ``_extreme_block``, each checking the next block for NaN as it goes (so the data is read
+    once); nulls are found beforehand."""
+    cdef Py_ssize_t N = q.N, done, m
+    cdef double* prev = q.suffix
+    cdef double* spare = q.values
+    cdef double* t
+    cdef const double* ahead
+    cdef double check = 0.0
+    done = clean_rows(x, ok, min(n, (N - q.pos) % N))     # finish the current block
+    _extreme_rows(q, x, out, done, keep_max)
+    if q.pos != 0:
+        return done
+    n = done + present_rows(NULL if ok == NULL else ok + done, n - done)   # stop at a null
+    if n - done >= N and clean_rows(x + done, NULL, N) == N:
+        while True:
+            # the next block's values are checked while this one runs (none left: this one
+            # again, harmlessly)
+            ahead = x + done + N if n - done >= 2 * N else x + done
+            q.prefix = _extreme_block(x + done, prev, spare, out + done, N, ahead, &check,
+                                      keep_max)
+            t = prev
+            prev = spare
+            spare = t
+            done += N
+            q.pushes += <double>N
+            q.blocks += 1.0
+            if ahead != x + done or check != check:
+                break
+    if prev != q.suffix:
+        memcpy(q.suffix, prev, N * sizeof(double))
+    if done >= N:
+        memcpy(q.values, x + done - N, N * sizeof(double))   # the last block, as per row
+    m = clean_rows(x + done, NULL, min(n - done, N))
+    _extreme_rows(q, x + done, out + done, m, keep_max)
+    return done + m
 
 
 # Sorted window: the last N values twice, a ring (arrival order, N + 1 doubles) and a sorted

@@ -22,7 +22,8 @@ from ._kernel import BOOL, I64, numeric_input, output, side_input, time_input
 from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
 from ._window cimport (
-    Extreme, extreme_count, extreme_load, extreme_step, extreme_store, extreme_push, extreme_width,
+    Extreme, extreme_count, extreme_load, extreme_run_clean, extreme_step,
+    extreme_store, extreme_push, extreme_width,
     MOM_HEADER, moments_central, moments_constant, moments_count, moments_m2,
     moments_step,
     moments_width, ring_get, ring_index, ring_push, ring_width, sorted_lower_bound,
@@ -97,23 +98,30 @@ cdef class _RollingExtreme(Kernel):
 
 cdef inline void _rolling_extreme(KernelIO* io, Py_ssize_t N, bint keep_max) noexcept nogil:
     """One pass; inlined with ``keep_max`` a constant. Without ``by`` the extreme stays in
-    registers for the whole batch."""
-    cdef Py_ssize_t i
+    registers for the whole batch and, once warmed up, runs of clean rows go through
+    ``extreme_run_clean`` (null / NaN rows and warm-up row by row)."""
+    cdef Py_ssize_t i = 0
     cdef double x, v
     cdef double* st
     cdef Extreme q
     if io.slot == NULL:
         q = extreme_load(io.state, N)
-        for i in range(io.n):
+        while i < io.n:
+            if q.blocks != 0.0:            # warmed up: the clean rows from i at once
+                i += extreme_run_clean(&q, io.x[0] + i, NULL if io.ok == NULL else io.ok + i,
+                                       io.out[0] + i, io.n - i, keep_max)
+                if i == io.n:
+                    break
             x = io.x[0][i]
             if not present(io, i) or _is_nan(x):
                 set_null(io, 0, i)
-                continue
-            v = extreme_step(&q, x, keep_max)
-            if q.pushes < N:
-                set_null(io, 0, i)
             else:
-                io.out[0][i] = v
+                v = extreme_step(&q, x, keep_max)
+                if q.pushes < N:
+                    set_null(io, 0, i)
+                else:
+                    io.out[0][i] = v
+            i += 1
         extreme_store(&q, io.state)
         return
     for i in range(io.n):

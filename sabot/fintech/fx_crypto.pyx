@@ -11,8 +11,10 @@ Conventions shared by this module:
 * Every kernel is a :class:`Kernel`; only :class:`OpenInterestDelta` keeps state.
 """
 from libc.math cimport INFINITY, NAN, expm1, log
+from libc.stdint cimport uint32_t
 
-from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null, valid_or_null
+from ._kernel cimport (Kernel, KernelIO, emit, emit_marked, key_state, present, report_finite,
+                      set_null, valid_or_null)
 from ._kernel import LABEL, numeric_input, output
 from ._columns import check_positive
 from ._scope import call_kernel
@@ -74,6 +76,7 @@ cdef class TriangularArbitrage(Kernel):
         cdef double ab, bc, ac, fee, fwd, rev, best, fees = self.fees
         cdef bint per_row_fee = self.fee_column, defined
         cdef int rev_better, profitable
+        cdef uint32_t marks = 0
         for i in range(io.n):             # branch-free: the better cycle is a coin flip
             ab = io.x[0][i]
             bc = io.x[1][i]
@@ -85,9 +88,11 @@ cdef class TriangularArbitrage(Kernel):
             rev_better = fwd < rev
             best = rev if rev_better else fwd
             profitable = best > 0.0
-            io.out[0][i] = valid_or_null(io, i, best, defined)
+            marks |= emit_marked(io, 0, i, valid_or_null(io, i, best, defined))
             io.out[1][i] = valid_or_null(io, i, <double>rev_better if profitable else 2.0,
                                          defined)
+        report_finite(io, 0, marks)
+        report_finite(io, 1, marks)       # the route is null only where the edge is null
 
 
 def triangular_arbitrage(batch, fees_bps=None, *, ab_column="spot_ab", bc_column="spot_bc",

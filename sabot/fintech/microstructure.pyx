@@ -1,8 +1,10 @@
 # cython: language_level=3
 """Microstructure: mid/micro price, quoted/effective spread, L1 imbalance, OFI, VPIN."""
 from libc.math cimport fabs, NAN
+from libc.stdint cimport uint32_t
 
-from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null, valid_or_null
+from ._kernel cimport (Kernel, KernelIO, emit, emit_marked, key_state, present, report_finite,
+                      set_null, valid_or_null)
 from ._kernel import numeric_input, output, side_input
 from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
@@ -18,8 +20,11 @@ cdef class Midprice(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
+        cdef uint32_t marks = 0
         for i in range(io.n):
-            io.out[0][i] = valid_or_null(io, i, 0.5 * (io.x[0][i] + io.x[1][i]), True)
+            marks |= emit_marked(io, 0, i, valid_or_null(
+                io, i, 0.5 * (io.x[0][i] + io.x[1][i]), True))
+        report_finite(io, 0, marks)
 
 
 cdef class Microprice(Kernel):
@@ -38,9 +43,12 @@ cdef class Microprice(Kernel):
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
         cdef double b, a, B, A
+        cdef uint32_t marks = 0
         for i in range(io.n):
             b = io.x[0][i]; a = io.x[1][i]; B = io.x[2][i]; A = io.x[3][i]
-            io.out[0][i] = valid_or_null(io, i, (b * A + a * B) / (A + B), A + B != 0.0)
+            marks |= emit_marked(io, 0, i, valid_or_null(
+                io, i, (b * A + a * B) / (A + B), A + B != 0.0))
+        report_finite(io, 0, marks)
 
 
 cdef class QuotedSpread(Kernel):
@@ -54,9 +62,12 @@ cdef class QuotedSpread(Kernel):
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
         cdef double b, a
+        cdef uint32_t marks = 0
         for i in range(io.n):
             b = io.x[0][i]; a = io.x[1][i]
-            io.out[0][i] = valid_or_null(io, i, (a - b) / (0.5 * (a + b)) * 1e4, a + b != 0.0)
+            marks |= emit_marked(io, 0, i, valid_or_null(
+                io, i, (a - b) / (0.5 * (a + b)) * 1e4, a + b != 0.0))
+        report_finite(io, 0, marks)
 
 
 cdef class EffectiveSpread(Kernel):
@@ -70,9 +81,12 @@ cdef class EffectiveSpread(Kernel):
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
         cdef double p, m
+        cdef uint32_t marks = 0
         for i in range(io.n):
             p = io.x[0][i]; m = io.x[1][i]
-            io.out[0][i] = valid_or_null(io, i, 2.0 * fabs(p - m) / m * 1e4, m != 0.0)
+            marks |= emit_marked(io, 0, i, valid_or_null(
+                io, i, 2.0 * fabs(p - m) / m * 1e4, m != 0.0))
+        report_finite(io, 0, marks)
 
 
 cdef class L1Imbalance(Kernel):
@@ -87,9 +101,12 @@ cdef class L1Imbalance(Kernel):
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
         cdef double B, A
+        cdef uint32_t marks = 0
         for i in range(io.n):
             B = io.x[0][i]; A = io.x[1][i]
-            io.out[0][i] = valid_or_null(io, i, (B - A) / (B + A), B + A != 0.0)
+            marks |= emit_marked(io, 0, i, valid_or_null(
+                io, i, (B - A) / (B + A), B + A != 0.0))
+        report_finite(io, 0, marks)
 
 
 cdef class OFI(Kernel):
