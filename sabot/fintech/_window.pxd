@@ -20,6 +20,8 @@ from libc.math cimport INFINITY, fabs
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy, memmove
 
+from ._kernel cimport KernelIO, key_state, present
+
 cdef extern from "<math.h>":
     bint islessgreater(double x, double y) noexcept nogil   # x < y or x > y, no NaN signal
 
@@ -452,6 +454,23 @@ cdef inline bint var_push(Var* v, double x, double inv_n) noexcept nogil:
         v.mean = s.mean
         v.m2 = s.m2
         v.err = 0.0
+    return True
+
+
+cdef inline bint var_push_row(KernelIO* io, Var* v, Py_ssize_t i, double inv_n,
+                              bint keyed) noexcept nogil:
+    """``var_push`` of row ``i``'s value (input 0): with ``keyed``, ``v`` is first loaded from
+    the row's key state and stored back after.  False for a null or NaN row (nothing pushed)."""
+    cdef double* st
+    if not present(io, i):
+        return False
+    if keyed:
+        st = key_state(io, i)
+        v[0] = var_load(st, v.N)
+    if not var_push(v, io.x[0][i], inv_n):
+        return False
+    if keyed:
+        var_store(v, st)
     return True
 
 

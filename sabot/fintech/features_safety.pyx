@@ -29,7 +29,7 @@ from ._window cimport (
     moments_width, ring_get, ring_index, ring_push, ring_width, sorted_lower_bound,
     sorted_push, sorted_width,
 )
-from ._window cimport Var, sqrt_pair, var_full, var_load, var_m2, var_push, var_store, var_width
+from ._window cimport Var, sqrt_pair, var_full, var_load, var_m2, var_push_row, var_store, var_width
 
 
 cdef inline bint _is_nan(double x) noexcept nogil:
@@ -193,16 +193,8 @@ cdef inline double _std_m2(KernelIO* io, Var* v, Py_ssize_t i, double inv_n, bin
                           bint full) noexcept nogil:
     """M2 of row ``i``'s window after pushing its value; NaN for a null row or during warm-up
     (``full``: the window is known to be full)."""
-    cdef double* st
-    if not present(io, i):
+    if not var_push_row(io, v, i, inv_n, keyed):
         return NAN
-    if keyed:
-        st = key_state(io, i)
-        v[0] = var_load(st, v.N)
-    if not var_push(v, io.x[0][i], inv_n):
-        return NAN
-    if keyed:
-        var_store(v, st)
     return var_m2(v) if full or var_full(v) else NAN
 
 

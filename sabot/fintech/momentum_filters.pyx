@@ -16,7 +16,7 @@ from ._window cimport (
     ZSUM_HEADER, extreme_push, extreme_width,
     RollingSum, zsum_count, zsum_load, zsum_push, zsum_step, zsum_step_full, zsum_store, zsum_width,
 )
-from ._window cimport (Var, sqrt_pair, var_full, var_load, var_m2, var_mean, var_push, var_store,
+from ._window cimport (Var, sqrt_pair, var_full, var_load, var_m2, var_mean, var_push_row, var_store,
                        var_width)
 
 
@@ -250,17 +250,9 @@ cdef class BollingerBands(Kernel):
 cdef inline double _bollinger_m2(KernelIO* io, Var* v, Py_ssize_t i, double inv_n, bint keyed,
                                 bint full) noexcept nogil:
     """Push row ``i``, write its middle band and return M2 (NaN: null row or warm-up)."""
-    cdef double* st
     io.out[0][i] = NAN
-    if not present(io, i):
+    if not var_push_row(io, v, i, inv_n, keyed):
         return NAN
-    if keyed:
-        st = key_state(io, i)
-        v[0] = var_load(st, v.N)
-    if not var_push(v, io.x[0][i], inv_n):
-        return NAN
-    if keyed:
-        var_store(v, st)
     if not (full or var_full(v)):
         return NAN
     io.out[0][i] = var_mean(v)

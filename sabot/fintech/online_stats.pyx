@@ -7,7 +7,7 @@ from ._kernel cimport (Kernel, KernelIO, emit, key_state, local_to_state, presen
 from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive_int, check_unit_interval
 from ._scope import call_kernel
-from ._window cimport (Var, var_constant, var_full, var_load, var_m2, var_mean, var_push,
+from ._window cimport (Var, var_constant, var_full, var_load, var_m2, var_mean, var_push_row,
                        var_store, var_width)
 
 
@@ -161,23 +161,15 @@ cdef class RollingZScore(Kernel):
 cdef inline void _zscore_rows(KernelIO* io, Py_ssize_t N, bint keyed) noexcept nogil:
     cdef Py_ssize_t i
     cdef double x, inv_n = 1.0 / N, dof = N - 1.0
-    cdef double* st
     cdef Var v
+    v.N = N
     if not keyed:
         v = var_load(io.state, N)
     for i in range(io.n):
+        if not var_push_row(io, &v, i, inv_n, keyed):     # null or NaN
+            set_null(io, 0, i)
+            continue
         x = io.x[0][i]
-        if not present(io, i):
-            set_null(io, 0, i)
-            continue
-        if keyed:
-            st = key_state(io, i)
-            v = var_load(st, N)
-        if not var_push(&v, x, inv_n):      # NaN
-            set_null(io, 0, i)
-            continue
-        if keyed:
-            var_store(&v, st)
         if not var_full(&v) or var_constant(&v):
             set_null(io, 0, i)
         else:                               # (x − mean) / sqrt(m2 / (N − 1))
