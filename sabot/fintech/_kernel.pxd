@@ -82,6 +82,59 @@ cdef inline void report_finite(KernelIO* io, int j, uint32_t marks) noexcept nog
     io.all_finite[j] = (marks >> 31) == 0
 
 
+cdef enum:
+    CLEAN_GROUP = 64        # rows checked at once by ``clean_rows`` / ``present_rows``
+
+
+cdef inline Py_ssize_t present_rows(const uint8_t* ok, Py_ssize_t n) noexcept nogil:
+    """Length of the leading run of ``ok[0:n]`` that is nonzero (``ok`` NULL: ``n``); nulls
+    counted in groups of CLEAN_GROUP rows (a loop that vectorises)."""
+    cdef Py_ssize_t i = 0, k, stop, nulls
+    if ok == NULL:
+        return n
+    while i < n:
+        stop = i + CLEAN_GROUP if n - i > CLEAN_GROUP else n
+        nulls = 0
+        for k in range(i, stop):
+            nulls += ok[k] == 0
+        if nulls != 0:
+            break
+        i = stop
+    while i < n and ok[i] != 0:
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t clean_rows(const double* x, const uint8_t* ok, Py_ssize_t n) noexcept nogil:
+    """Length of the leading run of ``x[0:n]`` that is present (see ``present_rows``) and not
+    NaN.
+
+    Groups of up to CLEAN_GROUP values are checked at once by their sum, in four independent
+    partial sums (a loop that vectorises): NaN if any value is (NaN + y is NaN; infinities of
+    both signs may also give NaN, which only sends the group to the exact check).  The first
+    NaN is then found in the group that has one."""
+    cdef Py_ssize_t i = 0, k, stop
+    cdef double s0, s1, s2, s3, total
+    n = present_rows(ok, n)
+    while i < n:
+        stop = i + CLEAN_GROUP if n - i > CLEAN_GROUP else n
+        s0 = 0.0; s1 = 0.0; s2 = 0.0; s3 = 0.0
+        for k in range(i, stop - 3, 4):
+            s0 += x[k]
+            s1 += x[k + 1]
+            s2 += x[k + 2]
+            s3 += x[k + 3]
+        for k in range(i + (stop - i) // 4 * 4, stop):
+            s0 += x[k]
+        total = (s0 + s1) + (s2 + s3)
+        if total != total:
+            break
+        i = stop
+    while i < n and x[i] == x[i]:
+        i += 1
+    return i
+
+
 cdef inline double* key_state(const KernelIO* io, Py_ssize_t i) noexcept nogil:
     """The state row of row ``i``'s key."""
     if io.slot == NULL:
