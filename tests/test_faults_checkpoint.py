@@ -125,6 +125,29 @@ def pandas_reference(table: pa.Table) -> pd.DataFrame:
     return df[OUTPUT_COLUMNS]
 
 
+def run_and_kill(args, log, log_path: Path, lines: int) -> float:
+    """Start the pipeline ``args``, read ``lines`` lines of its output, then kill -9 it; return
+    the seconds from its start to its first line."""
+    started = time.monotonic()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
+    buf = bytearray()
+    first = 0.0
+    try:
+        for i in range(lines):
+            line = _read_line(proc, buf, 60)
+            if i == 0:
+                first = time.monotonic() - started
+            assert line, ("the pipeline finished before it was killed; the test proves "
+                          "nothing: " + log_path.read_text()[-2000:])
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return first
+
+
 def test_kill9_ten_times_output_equals_uninterrupted_run(kafka_broker, unique_topic, tmp_path):
     n = 5000
     table = ticker_table("coinbase", n, seed=11)
@@ -139,23 +162,9 @@ def test_kill9_ten_times_output_equals_uninterrupted_run(kafka_broker, unique_to
     log = open(tmp_path / "pipeline.log", "wb")
     kills, recovery = 0, []  # recovery: process start to its first batch out (not asserted)
     for _ in range(10):
-        started = time.monotonic()
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
-        buf = bytearray()
-        try:
-            for i in range(int(rng.integers(2, 8))):
-                line = _read_line(proc, buf, 60)
-                if i == 0:
-                    recovery.append(time.monotonic() - started)
-                assert line, ("the pipeline finished before it was killed; the test proves "
-                              "nothing: " + (tmp_path / "pipeline.log").read_text()[-2000:])
-            proc.send_signal(signal.SIGKILL)
-            assert proc.wait(10) == -signal.SIGKILL
-            kills += 1
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        recovery.append(run_and_kill(args, log, tmp_path / "pipeline.log",
+                                     int(rng.integers(2, 8))))
+        kills += 1
     final = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=log, timeout=120)
     log.close()
     logtext = (tmp_path / "pipeline.log").read_text()

@@ -37,7 +37,7 @@ from sabot.state import CheckpointError, KafkaChangelogStore
 
 from faults_pipeline import OUTPUT_COLUMNS, features
 from stream_data import produce, ticker_table
-from test_faults_checkpoint import _read_line, pandas_reference, read_all
+from test_faults_checkpoint import pandas_reference, read_all, run_and_kill
 
 PIPELINE = Path(__file__).resolve().parent / "faults_scaleout_pipeline.py"
 RESTORED = re.compile(r"task (\S+)/(\d+) restored from changelog \S+ at offset (\d+)")
@@ -198,19 +198,8 @@ def test_one_process_killed_and_restarted_restores_from_the_changelog(kafka_brok
     log = open(log_path, "wb")
     kills = 0
     for _ in range(4):
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
-        buf = bytearray()
-        try:
-            for _ in range(int(rng.integers(3, 12))):
-                assert _read_line(proc, buf, 60), ("the pipeline finished before it was killed: "
-                                                    + log_path.read_text()[-2000:])
-            proc.send_signal(signal.SIGKILL)
-            assert proc.wait(10) == -signal.SIGKILL
-            kills += 1
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        run_and_kill(args, log, log_path, int(rng.integers(3, 12)))
+        kills += 1
     final = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=log, timeout=120)
     log.close()
     text = log_path.read_text()
