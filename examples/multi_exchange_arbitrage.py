@@ -207,7 +207,7 @@ def venue_stream(bootstrap: str, venue: str, group_id: str, counter: Counter, *,
     """``<venue>-ticker`` → normalised symbols → midprice, in event-time order."""
     extra = fast_consumer_config() if fast_groups else {}
     return (Stream.from_kafka(bootstrap, f"{venue}-ticker", group_id, from_beginning=from_beginning,
-                              order_by="timestamp", max_latency_ms=10, **extra)
+                              order_by="timestamp", max_latency_ms=10, commit="async", **extra)
             .map(counter(venue))
             .map(normalize_symbols)
             .map(midprice)
@@ -224,7 +224,8 @@ def arrival_stream(bootstrap: str, group_id: str, counter: Counter, *, from_begi
     join = ArrivalAsofJoin(VENUES, source_column="exchange", by="symbol", on="timestamp",
                            columns=("bid", "ask", "recv_timestamp"), tolerance_ms=tolerance_ms)
     return (Stream.from_kafka(bootstrap, [f"{v}-ticker" for v in VENUES], group_id,
-                              from_beginning=from_beginning, max_latency_ms=50, **extra)
+                              from_beginning=from_beginning, max_latency_ms=50, commit="async",
+                              **extra)
             .map(counter.by_exchange)
             .map(normalize_symbols)
             .map(join))  # keeps only what a decision uses: bid, ask, times per venue

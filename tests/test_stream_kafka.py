@@ -288,12 +288,15 @@ def test_sinks_commit_every_offset_before_the_consumer_closes(kafka_broker, uniq
     topic = unique_topic()
     kafka_broker.create_topic(topic, partitions=3)
     produce(kafka_broker.bootstrap, topic, ticker_table("kraken", 2000, seed=8))
-    for sink, group in (("parquet", unique_topic("gp")), ("kafka", unique_topic("gk"))):
+    # commit='async' does not wait for each commit: its last offsets are committed on close
+    for sink, commit, group in (("parquet", "sync", unique_topic("gp")),
+                                ("kafka", "sync", unique_topic("gk")),
+                                ("parquet", "async", unique_topic("ga"))):
         s = Stream.from_kafka(kafka_broker.bootstrap, topic, group, batch_size=300,
-                              from_beginning=True, stop_at_end=True, **FAST)
+                              from_beginning=True, stop_at_end=True, commit=commit, **FAST)
         if sink == "parquet":
-            s.to_parquet(tmp_path / "all.parquet")  # one file: commits wait for its rename
-            assert pq.read_table(tmp_path / "all.parquet").num_rows == 2000
+            s.to_parquet(tmp_path / f"all-{commit}.parquet")  # one file: commits wait for its rename
+            assert pq.read_table(tmp_path / f"all-{commit}.parquet").num_rows == 2000
         else:
             out = unique_topic("out")
             kafka_broker.create_topic(out, partitions=3)
@@ -371,3 +374,13 @@ def test_window_commits_are_held_until_bars_are_emitted(kafka_broker, unique_top
     np.testing.assert_array_equal(best["count"], ref["size"])
     np.testing.assert_array_equal(best[["open", "high", "low", "close"]].to_numpy(),
                                   ref[["first", "max", "min", "last"]].to_numpy())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"max_latency_ms": 0}, "max_latency_ms must be > 0, got 0"),
+    ({"commit": "later"}, "commit must be 'sync' or 'async', got 'later'"),
+])
+def test_from_kafka_rejects_bad_settings_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Stream.from_kafka("127.0.0.1:1", "t", "g", **kwargs)

@@ -7,7 +7,12 @@ messages in hand; with nothing in that time it reports IDLE.  Undecodable messag
 counted, logged (the first few at warning) and, when ``dead_letter_topic`` is given, produced
 there with headers ``sabot.error`` (reason) and ``sabot.source`` (``topic/partition/offset``).
 After each batch the source yields a :class:`Commit` of the consumed offsets; the sink runs it
-once the batch has passed every operator (at-least-once).  With ``changelog_topic`` each
+once the batch has passed every operator (at-least-once).  ``commit='sync'`` (default) waits
+for the broker's answer there; ``commit='async'`` sends the commit and goes on (failures are
+counted in ``commit_errors`` and logged when the answer comes), and commits the last processed
+offsets synchronously when the source closes: the live path's choice, since a synchronous
+commit holds up the next message by a broker round trip.  Either way a crash re-reads at most
+the batches whose commit had not landed.  With ``changelog_topic`` each
 batch is split by partition, each part preceded by a :class:`TaskSwitch` (see :mod:`._tasks`),
 and offsets are committed only with the changelog records.
 
@@ -45,7 +50,10 @@ class KafkaSource:
                  dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
                  order_by: Optional[str] = None, checkpoint_dir: Optional[Any] = None,
                  checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
-                 changelog_topic: Optional[str] = None, **consumer_overrides: Any) -> None:
+                 changelog_topic: Optional[str] = None, commit: str = "sync",
+                 **consumer_overrides: Any) -> None:
+        if commit not in ("sync", "async"):
+            raise ValueError(f"commit must be 'sync' or 'async', got {commit!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_latency_ms <= 0:
@@ -98,8 +106,28 @@ class KafkaSource:
         if metrics_port is not None:
             self.config.setdefault("statistics.interval.ms", 1000)
             self.config["stats_cb"] = self._on_stats
+        self.commit_mode = commit
+        #: the newest offsets handed to an asynchronous commit, committed again synchronously
+        #: on close (an asynchronous commit may still be in flight then)
+        self._async_committed: Dict[Tuple[str, int], int] = {}
+        if commit == "async":
+            user_on_commit = self.config.get("on_commit")
+
+            def on_commit(err: Any, partitions: List[Any]) -> None:
+                self._on_async_commit(err, partitions)
+                if user_on_commit is not None:
+                    user_on_commit(err, partitions)
+            self.config["on_commit"] = on_commit
         self.metrics: Dict[str, int] = {}
         self.reset_metrics()
+
+    def _on_async_commit(self, err: Any, partitions: List[Any]) -> None:
+        """librdkafka's answer to an asynchronous commit (called from ``consume``)."""
+        failed = [p for p in partitions or [] if p.error is not None]
+        if err is not None or failed:
+            self.metrics["commit_errors"] += 1
+            logger.warning("%s: asynchronous offset commit failed (records will be re-read "
+                           "unless a later commit lands): %s", self.name, err or failed[0].error)
 
     def reset_metrics(self) -> None:
         self.metrics = {"messages": 0, "rows": 0, "batches": 0, "decode_errors": 0,
@@ -108,9 +136,10 @@ class KafkaSource:
 
     # ------------------------------------------------------------------------------------------
     def events(self) -> Iterator[Event]:
-        from confluent_kafka import Consumer, KafkaError, Producer
+        from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
         self.reset_metrics()
+        self._async_committed.clear()
         decoder = JsonBatchDecoder(self.schema)
         consumer = Consumer(self.config)
         dlq = (Producer(producer_config(self.bootstrap_servers))
@@ -144,6 +173,7 @@ class KafkaSource:
             for p in parts:
                 assigned.discard((p.topic, p.partition))
                 at_eof.discard((p.topic, p.partition))
+                self._async_committed.pop((p.topic, p.partition), None)  # not ours to commit
             if self.tasks is not None:
                 revoked = {(p.topic, p.partition) for p in parts}
                 msgs[:] = [m for m in msgs if (m.topic(), m.partition()) not in revoked]
@@ -173,6 +203,10 @@ class KafkaSource:
             if dlq is not None:
                 dlq.flush(10)
             self._consumer = None
+            if self._async_committed:
+                self._commit_sync(consumer, [TopicPartition(t, p, o) for (t, p), o
+                                             in sorted(self._async_committed.items())])
+                self._async_committed.clear()
             consumer.close()
             if self.tasks is not None:
                 self.tasks.close()
@@ -298,14 +332,28 @@ class KafkaSource:
                 dlq.flush(30)
             if (self.checkpoint_dir is not None or self.changelog_topic is not None) and not force:
                 return  # offsets are committed with each checkpoint, matching its state
-            try:
-                consumer.commit(offsets=tps, asynchronous=False)
+            if self.commit_mode == "async" and not force:
+                try:
+                    consumer.commit(offsets=tps, asynchronous=True)
+                except Exception as exc:
+                    self.metrics["commit_errors"] += 1
+                    logger.warning("%s: offset commit failed (records will be re-read): %s",
+                                   self.name, exc)
+                    return
                 self.metrics["commits"] += 1
-            except Exception as exc:
-                self.metrics["commit_errors"] += 1
-                logger.warning("%s: offset commit failed (records will be re-read): %s",
-                               self.name, exc)
+                self._async_committed.update({(tp.topic, tp.partition): tp.offset for tp in tps})
+                return
+            self._commit_sync(consumer, tps)
         return commit
+
+    def _commit_sync(self, consumer: Any, tps: List[Any]) -> None:
+        try:
+            consumer.commit(offsets=tps, asynchronous=False)
+            self.metrics["commits"] += 1
+        except Exception as exc:
+            self.metrics["commit_errors"] += 1
+            logger.warning("%s: offset commit failed (records will be re-read): %s",
+                           self.name, exc)
 
     def _emit_ordered(self, msgs: List[Any], decoder: JsonBatchDecoder, consumer: Any, dlq: Any,
                       orderer: "_PartitionOrderer", assigned: set, at_eof: set,

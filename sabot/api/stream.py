@@ -320,7 +320,8 @@ class Stream:
                    dead_letter_topic: Optional[str] = None, stop_at_end: bool = False,
                    order_by: Optional[str] = None, checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
                    checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
-                   changelog_topic: Optional[str] = None, **consumer_config: Any) -> "Stream":
+                   changelog_topic: Optional[str] = None, commit: str = "sync",
+                   **consumer_config: Any) -> "Stream":
         """JSON messages from Kafka, decoded in bulk into ``schema`` (default: the normalised
         ticker schema).  A batch is handed over as soon as no further message is already
         fetched (at most ``batch_size``); with none, the source waits up to ``max_latency_ms``
@@ -346,6 +347,11 @@ class Stream:
         one source topic; records should be keyed (e.g. by symbol) so that keyed state lives
         in one partition — state that is not keyed becomes per-partition.
 
+        ``commit``: ``'sync'`` (default) commits each batch's offsets once it has passed the
+        sink and waits for the broker; ``'async'`` does not wait (lower latency for the next
+        message; a failed commit is counted in ``commit_errors``) and commits synchronously when
+        the stream closes.  Both are at-least-once.
+
         ``metrics_port``: serve Prometheus metrics of every stream built on this source on
         ``127.0.0.1:<port>/metrics`` while it runs (see :mod:`sabot.metrics`; needs the
         ``metrics`` extra, prometheus-client)."""
@@ -356,7 +362,7 @@ class Stream:
                              checkpoint_dir=checkpoint_dir,
                              checkpoint_interval_s=checkpoint_interval_s,
                              metrics_port=metrics_port, changelog_topic=changelog_topic,
-                             **consumer_config)
+                             commit=commit, **consumer_config)
         return cls(_KafkaNode(source))
 
     @classmethod
