@@ -131,3 +131,35 @@ def test_numbers_parse_to_the_nearest_double(pairs):
 def np_bits(x: float) -> int:
     import struct
     return struct.unpack("<q", struct.pack("<d", x))[0]
+
+
+MIXED = pa.schema([pa.field("name", pa.string(), nullable=False), pa.field("flag", pa.bool_()),
+                   pa.field("t_ms", pa.timestamp("ms")), pa.field("t_ns", pa.timestamp("ns")),
+                   pa.field("n", pa.int64()), pa.field("x", pa.float64())])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.fixed_dictionaries(
+    {"t_ns": st.integers(-2**62, 2**62)},
+    optional={"name": text, "flag": st.booleans() | st.none(),
+              "t_ms": st.integers(-2**40, 2**40).map(lambda ms: ms * 1_000_000) | st.none(),
+              "n": st.integers(-2**63, 2**63 - 1) | st.none(), "x": finite | st.none()}),
+    min_size=1, max_size=12), st.booleans())
+def test_every_field_kind_and_required_fields(rows, native):
+    """bool, a timestamp in ms (converted from the integer ns) and one in ns (built as is), and
+    a required string: a message without it is reported, the others decode."""
+    values = [orjson.dumps(r) for r in rows]
+    r = JsonBatchDecoder(MIXED, use_native=native).decode(values)
+    missing = [i for i, row in enumerate(rows) if "name" not in row]
+    assert [i for i, _ in r.bad] == missing
+    assert all("name" in reason for _, reason in r.bad)
+    kept = [row for row in rows if "name" in row]
+    expected = pa.Table.from_pylist(
+        [{"name": row["name"], "flag": row.get("flag"),
+          "t_ms": None if row.get("t_ms") is None else row["t_ms"] // 1_000_000,
+          "t_ns": row["t_ns"], "n": row.get("n"), "x": row.get("x")} for row in kept],
+        schema=pa.schema([pa.field("name", pa.string(), nullable=False),
+                          pa.field("flag", pa.bool_()), pa.field("t_ms", pa.int64()),
+                          pa.field("t_ns", pa.int64()), pa.field("n", pa.int64()),
+                          pa.field("x", pa.float64())])).cast(MIXED)
+    assert pa.Table.from_batches([r.batch]).equals(expected)

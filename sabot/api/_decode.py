@@ -54,6 +54,14 @@ def reader_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema([pa.field(f.name, _reader_type(f.type)) for f in schema])
 
 
+def _native_output_type(reader_type: pa.DataType, target: pa.DataType) -> pa.DataType:
+    """The type the native decoder builds a field as: the target where no conversion is
+    needed (integer ns → ``timestamp('ns')`` is the same buffer), else the reader's type."""
+    if pat.is_timestamp(target) and target.unit == "ns" and reader_type == pa.int64():
+        return target
+    return reader_type
+
+
 def _convert(column: pa.Array, target: pa.DataType) -> pa.Array:
     """Reader output column → target type (int64 ns → timestamp etc.)."""
     if column.type == target:
@@ -77,14 +85,16 @@ class JsonBatchDecoder:
         self._required = [i for i, f in enumerate(schema) if not f.nullable]
         self._native = None
         if use_native and _native is not None and _native.supports(self._reader_schema):
-            self._native = _native.FlatJsonDecoder(self._reader_schema)
+            self._native = _native.FlatJsonDecoder(
+                self._reader_schema, [_native_output_type(r.type, f.type)
+                                      for r, f in zip(self._reader_schema, schema)])
 
     # -- public -------------------------------------------------------------------------------
     def decode(self, values: Sequence[Optional[bytes]]) -> DecodeResult:
         """Decode ``values`` (bytes or None); undecodable ones are listed in ``bad``."""
         if self._native is not None:
             try:
-                table, bad = self._native.decode(list(values))
+                columns, bad = self._native.decode(list(values))
             except (pa.ArrowInvalid, ValueError, OverflowError, TypeError):
                 pass  # e.g. invalid UTF-8 in a string: the Arrow reader isolates the culprits
             else:
@@ -92,7 +102,7 @@ class JsonBatchDecoder:
                 if bad:
                     bad_set = {i for i, _ in bad}
                     index_of = [i for i in range(len(values)) if i not in bad_set]
-                batch = self._finish(table, bad, index_of, [])
+                batch = self._finish(columns, bad, index_of, [])
                 bad.sort()
                 return DecodeResult(batch, bad)
         bad = []
@@ -112,7 +122,8 @@ class JsonBatchDecoder:
         index_of = good_idx if good_idx is not None else None
         for j, reason in bad_local:
             bad.append((index_of[j] if index_of is not None else j, reason))
-        batch = self._finish(table, bad, index_of, bad_local)
+        batch = self._finish(None if table is None else
+                             [c.combine_chunks() for c in table.columns], bad, index_of, bad_local)
         bad.sort()
         return DecodeResult(batch, bad)
 
@@ -159,12 +170,13 @@ class JsonBatchDecoder:
                 else:
                     self._bisect(part, start, bad, pieces)
 
-    def _finish(self, table: Optional[pa.Table], bad: List[BadMessage],
+    def _finish(self, columns: Optional[List[pa.Array]], bad: List[BadMessage],
                 index_of: Optional[List[int]], bad_local: List[BadMessage]) -> pa.RecordBatch:
-        if table is None or table.num_rows == 0:
+        """The batch of the decoded ``columns`` (reader types) in the target schema, without
+        the messages that lack a required field (added to ``bad``)."""
+        if columns is None or len(columns[0]) == 0:
             return pa.RecordBatch.from_pylist([], schema=self.schema)
-        columns = [_convert(table.column(i).combine_chunks(), f.type)
-                   for i, f in enumerate(self.schema)]
+        columns = [_convert(c, f.type) for c, f in zip(columns, self.schema)]
         # Required (non-nullable) fields that came out null: those messages are undecodable.
         missing = None
         for i in self._required:
@@ -173,7 +185,7 @@ class JsonBatchDecoder:
                 missing = m if missing is None else pc.or_(missing, m)
         if missing is not None and missing.true_count:
             # map decoded rows back to input indices
-            good_local = np.ones(len(bad_local) + table.num_rows, dtype=bool)
+            good_local = np.ones(len(bad_local) + len(columns[0]), dtype=bool)
             for j, _ in bad_local:
                 good_local[j] = False
             local_rows = np.flatnonzero(good_local)
