@@ -193,3 +193,23 @@ def test_bad_rows_are_counted_and_logged_and_a_missing_column_is_named(caplog):
         join.process(to_batch(rows[2:]).drop_columns(["bid"]))
     with pytest.raises(ValueError, match="tolerance_ms"):
         ArrivalAsofJoin(VENUES, tolerance_ms=-1)
+
+
+def test_column_types_are_kept_int32_float32_and_ms_timestamps():
+    """Every joined column keeps its input type (ints and timestamps travel as int64 inside)."""
+    join = ArrivalAsofJoin(("a", "b"), columns=("level", "size", "seen"), tolerance_ms=10_000)
+    batch = pa.record_batch({
+        "exchange": pa.array(["a", "b", "a"]), "symbol": pa.array(["S", "S", "S"]),
+        "timestamp": pa.array([1, 2, 3], pa.int64()).cast(TS),
+        "level": pa.array([-7, None, 2**31 - 1], pa.int32()),
+        "size": pa.array([0.5, 1.5, None], pa.float32()),
+        "seen": pa.array([1_000, 2_000, 3_000], pa.timestamp("ms")),
+    })
+    out = join.process(batch)
+    assert out.schema.field("a_level").type == pa.int32()
+    assert out.schema.field("a_seen").type == pa.timestamp("ms")
+    assert out.schema.field("a_size").type == pa.float64()
+    assert out.column("a_level").to_pylist() == [-7, -7, 2**31 - 1]
+    assert out.column("b_level").to_pylist() == [None, None, None]  # b's only row: level null
+    assert out.column("b_seen").cast(pa.int64()).to_pylist() == [None, 2_000, 2_000]
+    assert out.column("a_size").to_pylist() == [0.5, 0.5, None]

@@ -174,17 +174,29 @@ class ArrivalAsofJoin:
             self._present[src[rows], code[rows]] = True
             for c in self.columns:
                 self._state[c][src[rows], code[rows]] = values[c][rows]
-        return pa.RecordBatch.from_pydict(out)
+        return pa.RecordBatch.from_arrays(list(out.values()), names=list(out))
 
     def _to_arrow(self, name: str, values: np.ndarray, valid: Optional[np.ndarray]) -> pa.Array:
-        """``values`` as the column's Arrow type; null where not ``valid`` (None: all valid)
-        and, for timestamps and integers, where the value is the null marker (int64 min)."""
+        """``values`` as the column's Arrow type (floats as float64); null where not ``valid``
+        (None: all valid) and where the value is the null marker (int64 min; NaN)."""
         typ = self._types[name]
         if values.dtype == np.int64:
             missing = values == _NULL_INT
-            if missing.any():
-                valid = ~missing if valid is None else valid & ~missing
-            return pa.array(values, type=typ, mask=None if valid is None else ~valid)
-        return pa.array(values, type=pa.float64(), mask=None if valid is None else ~valid)
+        else:
+            typ = pa.float64()
+            missing = np.isnan(values)  # a null input (NaN inside) stays null
+        if missing.any():
+            valid = ~missing if valid is None else valid & ~missing
+        # straight from the buffers (pa.array with a mask costs several times more per call,
+        # which a live consumer of one-row batches pays on every column)
+        bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        # built as what the int64 values are (ns timestamps, int64), then cast back to the type
+        if pa.types.is_timestamp(typ):
+            wide = pa.timestamp("ns", tz=typ.tz)
+        else:
+            wide = typ if typ.bit_width == 64 else pa.int64()
+        arr = pa.Array.from_buffers(wide, len(values),
+                                    [bitmap, pa.py_buffer(np.ascontiguousarray(values))])
+        return arr if wide == typ else arr.cast(typ)
 
     __call__ = process
