@@ -32,6 +32,7 @@ Kafka while the consumer group was being joined is not tick-to-signal latency).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -39,7 +40,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -49,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from sabot.api import Stream  # noqa: E402
 from sabot.api.arrival import ArrivalAsofJoin  # noqa: E402
-from sabot.fintech import arbitrage_opportunities, midprice, normalize_symbols  # noqa: E402
+from sabot.fintech import ArbitrageOpportunities, midprice, normalize_symbols  # noqa: E402
 from sabot.kafka import (LIVE_FETCH_WAIT_MAX_MS, fast_consumer_config,  # noqa: E402
                          live_consumer_config)
 
@@ -89,9 +90,7 @@ def _f64(batch: pa.RecordBatch, name: str) -> np.ndarray:
     col = batch.column(idx)
     if col.type != pa.float64():
         col = col.cast(pa.float64())
-    if col.null_count:
-        col = col.fill_null(np.nan)
-    return col.to_numpy(zero_copy_only=False)
+    return col.to_numpy(zero_copy_only=False)  # nulls come out as NaN
 
 
 def _ns(batch: pa.RecordBatch, name: str) -> np.ndarray:
@@ -110,11 +109,20 @@ def _ns(batch: pa.RecordBatch, name: str) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
+@functools.lru_cache(maxsize=8)
+def _edge_kernel(fees: Tuple[Tuple[str, float], ...], min_edge_bps: float) -> ArbitrageOpportunities:
+    """The arbitrage kernel of one fee schedule, built once (it keeps no state between rows)."""
+    venues = [v for v, _ in fees]
+    return ArbitrageOpportunities(None, dict(fees), min_edge_bps,
+                                  ask_columns={v: f"{v}_ask" for v in venues},
+                                  bid_columns={v: f"{v}_bid" for v in venues})
+
+
 def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
                venues: Sequence[str] = VENUES) -> Dict[str, np.ndarray]:
     """The best buy-at-ask / sell-at-bid pair per row of a three-way joined batch.
 
-    ``sabot.fintech.arbitrage_opportunities`` on ``<venue>_ask`` / ``<venue>_bid``; a venue
+    ``sabot.fintech.ArbitrageOpportunities`` on ``<venue>_ask`` / ``<venue>_bid``; a venue
     whose bid or ask is null, NaN or <= 0 is absent from that row.  Returns numpy arrays:
     ``buy`` / ``sell`` (venue index, -1 where fewer than two venues are present),
     ``buy_price``, ``sell_price``, ``gross_bps``, ``net_bps``, ``edge_per_unit``,
@@ -123,9 +131,7 @@ def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_b
     for column in [f"{v}_{side}" for v in venues for side in ("ask", "bid")]:
         if column not in joined.schema.names:  # a venue not joined yet: absent from every row
             joined = joined.append_column(column, pa.nulls(joined.num_rows, pa.float64()))
-    out = arbitrage_opportunities(
-        joined, fees_bps={v: float(fees_bps[v]) for v in venues}, min_edge_bps=min_edge_bps,
-        ask_columns={v: f"{v}_ask" for v in venues}, bid_columns={v: f"{v}_bid" for v in venues})
+    out = _edge_kernel(tuple((v, float(fees_bps[v])) for v in venues), float(min_edge_bps))(joined)
 
     def venue_index(name: str) -> np.ndarray:
         return pc.fill_null(out[name].indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
