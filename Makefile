@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sabot-installed
-SOURCES := $(shell find sabot -name '*.pyx' -o -name '*.pxd') setup.py pyproject.toml
+SOURCES := $(shell find sabot -name '*.pyx' -o -name '*.pxd' -o -name '*.h') setup.py pyproject.toml
 DURATION ?= 30
 PYTEST_ARGS ?=
 

@@ -14,19 +14,21 @@ ROOT = Path(__file__).parent
 # (``_moment_rows(io, ..., keyed)``) so that each copy is specialised.  Its SLP vectoriser packs
 # pairs of recurrences (RSI's gain and loss) into one vector that is spilled on every row,
 # slower than two scalar chains: off.
-COMPILE_ARGS = ["-O3", "-fno-math-errno"]
+# -ffp-contract=off: no fused multiply-adds, in any build or loop copy, so every operation rounds
+# the same way whichever instructions run it.
+COMPILE_ARGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
 if "gcc" in (os.environ.get("CC") or sysconfig.get_config_var("CC") or ""):
     COMPILE_ARGS += ["--param=max-unswitch-insns=1000", "-fno-tree-slp-vectorize",
                      "--param=max-inline-insns-single=1000"]
 
-# SABOT_MARCH=native (or another -march value) builds for one CPU family, e.g. with AVX2: the
-# division- and square-root-bound kernels (spreads, imbalance, rolling std) then use 4-wide
-# vectors like numpy's runtime-dispatched loops.  Such a build runs only on CPUs with those
-# instructions, so the default stays portable x86-64.  -ffp-contract=off: no fused
-# multiply-adds, so every operation rounds as in the default build.
+# The default build is portable x86-64 (SSE2); the dividing element-wise loops (spreads,
+# imbalance, microprice) also carry an AVX2 copy chosen at run time (sabot/fintech/_simd.h).
+# SABOT_MARCH=native (or another -march value) builds everything for one CPU family, e.g. with
+# AVX2: the other division- and square-root-bound kernels (rolling std) then use 4-wide vectors
+# too.  Such a build runs only on CPUs with those instructions.
 MARCH = os.environ.get("SABOT_MARCH", "").strip()
 if MARCH:
-    COMPILE_ARGS += [f"-march={MARCH}", "-ffp-contract=off"]
+    COMPILE_ARGS += [f"-march={MARCH}"]
 
 extensions = [
     Extension(

@@ -5,6 +5,7 @@ from libc.stdint cimport uint32_t
 
 from ._kernel cimport (Kernel, KernelIO, emit, emit_marked, key_state, present, report_finite,
                       set_null, valid_or_null)
+from ._simd cimport avx2_active, avx2_void
 from ._kernel import numeric_input, output, side_input
 from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
@@ -27,6 +28,22 @@ cdef class Midprice(Kernel):
         report_finite(io, 0, marks)
 
 
+cdef inline void microprice_rows(KernelIO* io) noexcept nogil:
+    """The loop of :class:`Microprice` (dispatched, see ``_simd.pxd``)."""
+    cdef Py_ssize_t i
+    cdef double b, a, B, A
+    cdef uint32_t marks = 0
+    for i in range(io.n):
+        b = io.x[0][i]; a = io.x[1][i]; B = io.x[2][i]; A = io.x[3][i]
+        marks |= emit_marked(io, 0, i, valid_or_null(
+            io, i, (b * A + a * B) / (A + B), A + B != 0.0))
+    report_finite(io, 0, marks)
+
+
+cdef avx2_void microprice_rows_avx2(KernelIO* io) noexcept nogil:
+    microprice_rows(io)
+
+
 cdef class Microprice(Kernel):
     """Size-weighted mid: (b·A + a·B)/(A + B), A = ask size, B = bid size; A + B = 0 → null."""
     def __init__(self, *, bid_column="bid", ask_column="ask", bid_size_column="bid_size",
@@ -41,14 +58,26 @@ cdef class Microprice(Kernel):
                                  ask_size_column=ask_size_column))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i
-        cdef double b, a, B, A
-        cdef uint32_t marks = 0
-        for i in range(io.n):
-            b = io.x[0][i]; a = io.x[1][i]; B = io.x[2][i]; A = io.x[3][i]
-            marks |= emit_marked(io, 0, i, valid_or_null(
-                io, i, (b * A + a * B) / (A + B), A + B != 0.0))
-        report_finite(io, 0, marks)
+        if avx2_active():
+            microprice_rows_avx2(io)
+        else:
+            microprice_rows(io)
+
+
+cdef inline void quoted_spread_rows(KernelIO* io) noexcept nogil:
+    """The loop of :class:`QuotedSpread` (dispatched, see ``_simd.pxd``)."""
+    cdef Py_ssize_t i
+    cdef double b, a
+    cdef uint32_t marks = 0
+    for i in range(io.n):
+        b = io.x[0][i]; a = io.x[1][i]
+        marks |= emit_marked(io, 0, i, valid_or_null(
+            io, i, (a - b) / (0.5 * (a + b)) * 1e4, a + b != 0.0))
+    report_finite(io, 0, marks)
+
+
+cdef avx2_void quoted_spread_rows_avx2(KernelIO* io) noexcept nogil:
+    quoted_spread_rows(io)
 
 
 cdef class QuotedSpread(Kernel):
@@ -60,14 +89,26 @@ cdef class QuotedSpread(Kernel):
                      config=dict(bid_column=bid_column, ask_column=ask_column))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i
-        cdef double b, a
-        cdef uint32_t marks = 0
-        for i in range(io.n):
-            b = io.x[0][i]; a = io.x[1][i]
-            marks |= emit_marked(io, 0, i, valid_or_null(
-                io, i, (a - b) / (0.5 * (a + b)) * 1e4, a + b != 0.0))
-        report_finite(io, 0, marks)
+        if avx2_active():
+            quoted_spread_rows_avx2(io)
+        else:
+            quoted_spread_rows(io)
+
+
+cdef inline void effective_spread_rows(KernelIO* io) noexcept nogil:
+    """The loop of :class:`EffectiveSpread` (dispatched, see ``_simd.pxd``)."""
+    cdef Py_ssize_t i
+    cdef double p, m
+    cdef uint32_t marks = 0
+    for i in range(io.n):
+        p = io.x[0][i]; m = io.x[1][i]
+        marks |= emit_marked(io, 0, i, valid_or_null(
+            io, i, 2.0 * fabs(p - m) / m * 1e4, m != 0.0))
+    report_finite(io, 0, marks)
+
+
+cdef avx2_void effective_spread_rows_avx2(KernelIO* io) noexcept nogil:
+    effective_spread_rows(io)
 
 
 cdef class EffectiveSpread(Kernel):
@@ -79,14 +120,26 @@ cdef class EffectiveSpread(Kernel):
                      config=dict(price_column=price_column, mid_column=mid_column))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i
-        cdef double p, m
-        cdef uint32_t marks = 0
-        for i in range(io.n):
-            p = io.x[0][i]; m = io.x[1][i]
-            marks |= emit_marked(io, 0, i, valid_or_null(
-                io, i, 2.0 * fabs(p - m) / m * 1e4, m != 0.0))
-        report_finite(io, 0, marks)
+        if avx2_active():
+            effective_spread_rows_avx2(io)
+        else:
+            effective_spread_rows(io)
+
+
+cdef inline void l1_imbalance_rows(KernelIO* io) noexcept nogil:
+    """The loop of :class:`L1Imbalance` (dispatched, see ``_simd.pxd``)."""
+    cdef Py_ssize_t i
+    cdef double B, A
+    cdef uint32_t marks = 0
+    for i in range(io.n):
+        B = io.x[0][i]; A = io.x[1][i]
+        marks |= emit_marked(io, 0, i, valid_or_null(
+            io, i, (B - A) / (B + A), B + A != 0.0))
+    report_finite(io, 0, marks)
+
+
+cdef avx2_void l1_imbalance_rows_avx2(KernelIO* io) noexcept nogil:
+    l1_imbalance_rows(io)
 
 
 cdef class L1Imbalance(Kernel):
@@ -99,14 +152,10 @@ cdef class L1Imbalance(Kernel):
                                  ask_size_column=ask_size_column))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i
-        cdef double B, A
-        cdef uint32_t marks = 0
-        for i in range(io.n):
-            B = io.x[0][i]; A = io.x[1][i]
-            marks |= emit_marked(io, 0, i, valid_or_null(
-                io, i, (B - A) / (B + A), B + A != 0.0))
-        report_finite(io, 0, marks)
+        if avx2_active():
+            l1_imbalance_rows_avx2(io)
+        else:
+            l1_imbalance_rows(io)
 
 
 cdef class OFI(Kernel):

@@ -1,0 +1,24 @@
+/* Run-time choice of instruction set for element-wise loops (see _simd.pyx).
+ *
+ * SABOT_AVX2_VOID is the return type of a loop's AVX2 copy: `void` compiled for AVX2 (4-wide
+ * double vectors) by GCC/Clang on x86, while the rest of the module stays at the build's
+ * baseline (SSE2 by default).  The AVX2 copy only calls the portable inline loop, which the
+ * compiler inlines and vectorises again for AVX2.  "avx2" does not include FMA, so no
+ * multiply-add is fused and every operation rounds exactly as in the portable copy.
+ * Elsewhere both names fall back to the portable loop.
+ */
+#ifndef SABOT_SIMD_H
+#define SABOT_SIMD_H
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define SABOT_AVX2_VOID __attribute__((target("avx2"))) void
+static inline int sabot_cpu_has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;  /* also checks the OS saves YMM registers */
+}
+#else
+#define SABOT_AVX2_VOID void
+static inline int sabot_cpu_has_avx2(void) { return 0; }
+#endif
+
+#endif
