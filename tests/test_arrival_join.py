@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from example_modules import load_example
+from sabot.api import arrival as arrival_module
 from sabot.api.arrival import ArrivalAsofJoin
 
 VENUES = ("coinbase", "kraken", "binance")
@@ -98,6 +99,13 @@ def test_equals_the_naive_loop_however_the_arrivals_are_split(draws, cuts):
     rows = _materialise(draws)
     expected = naive(rows)
     assert run_split(rows, cuts) == expected
+    default = arrival_module.FEW_ROWS
+    try:  # each way of joining alone: every batch vectorised, every batch row by row
+        for few_rows in (-1, len(rows)):
+            arrival_module.FEW_ROWS = few_rows
+            assert run_split(rows, cuts) == expected
+    finally:
+        arrival_module.FEW_ROWS = default
     assert run_split(rows, []) == expected  # one batch
 
 

@@ -37,6 +37,10 @@ _NULL_INT = np.iinfo(np.int64).min
 #: How many skipped rows are logged at warning before switching to debug.
 WARN_FIRST = 5
 
+#: Batches of at most this many rows (a live consumer's usual one tick) take the row-by-row
+#: loop of the module docstring; larger ones the vectorised pass.  Both give the same rows.
+FEW_ROWS = 4
+
 
 class ArrivalAsofJoin:
     """Latest row per (source, key), joined onto each arriving row (see module docstring).
@@ -135,6 +139,43 @@ class ArrivalAsofJoin:
         for name, arr in values.items():
             if name not in self._state:
                 self._state[name] = np.zeros(self._present.shape, dtype=arr.dtype)
+        if n <= FEW_ROWS:
+            joined, fresh = self._join_rows(src, code, values)
+        else:
+            joined, fresh = self._join_vectorised(src, code, values)
+        all_fresh = fresh.all(axis=1)
+
+        out: Dict[str, pa.Array] = {self.by: batch.column(self.by), self.on: batch.column(self.on),
+                                    self.source_column: batch.column(self.source_column)}
+        for s_i, s in enumerate(self.sources):
+            valid = None if all_fresh[s_i] else fresh[s_i]
+            for c in self.columns:
+                out[f"{s}_{c}"] = self._to_arrow(c, joined[c][s_i], valid)
+        return pa.RecordBatch.from_arrays(list(out.values()), names=list(out))
+
+    def _join_rows(self, src: np.ndarray, code: np.ndarray, values: Dict[str, np.ndarray]):
+        """The module docstring's loop, row by row (few rows: cheaper than the vectorised
+        pass's fixed cost).  Returns what :meth:`_join_vectorised` returns."""
+        n, n_src, t = len(src), len(self.sources), values[self.on]
+        joined = {c: np.empty((n_src, n), dtype=values[c].dtype) for c in self.columns}
+        fresh = np.empty((n_src, n), dtype=bool)
+        present, state = self._present, self._state
+        for r in range(n):
+            s, k = src[r], code[r]
+            present[s, k] = True
+            for c in self.columns:
+                state[c][s, k] = values[c][r]
+            for j in range(n_src):
+                for c in self.columns:
+                    joined[c][j, r] = state[c][j, k]
+                fresh[j, r] = present[j, k] and t[r] - state[self.on][j, k] <= self.tolerance_ns
+        return joined, fresh
+
+    def _join_vectorised(self, src: np.ndarray, code: np.ndarray,
+                         values: Dict[str, np.ndarray]):
+        """Per source and column, the joined values of every row (``(sources, rows)``
+        matrices) and whether each source's quote is used; updates the latest rows."""
+        n = len(src)
         t = values[self.on]
 
         # rows grouped by key (stable: arrival order kept inside each group)
@@ -157,14 +198,6 @@ class ArrivalAsofJoin:
         joined = {c: np.where(in_batch, values[c][row], self._state[c][:, code])
                   for c in self.columns}
         fresh = (in_batch | self._present[:, code]) & (t - joined[self.on] <= self.tolerance_ns)
-        all_fresh = fresh.all(axis=1)
-
-        out: Dict[str, pa.Array] = {self.by: batch.column(self.by), self.on: batch.column(self.on),
-                                    self.source_column: batch.column(self.source_column)}
-        for s_i, s in enumerate(self.sources):
-            valid = None if all_fresh[s_i] else fresh[s_i]
-            for c in self.columns:
-                out[f"{s}_{c}"] = self._to_arrow(c, joined[c][s_i], valid)
 
         # the last row of every (source, key) in this batch becomes that pair's latest row
         if n:
@@ -174,7 +207,7 @@ class ArrivalAsofJoin:
             self._present[src[rows], code[rows]] = True
             for c in self.columns:
                 self._state[c][src[rows], code[rows]] = values[c][rows]
-        return pa.RecordBatch.from_arrays(list(out.values()), names=list(out))
+        return joined, fresh
 
     def _to_arrow(self, name: str, values: np.ndarray, valid: Optional[np.ndarray]) -> pa.Array:
         """``values`` as the column's Arrow type (floats as float64); null where not ``valid``
