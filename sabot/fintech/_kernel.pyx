@@ -20,6 +20,7 @@ cdef extern from "sys/mman.h" nogil:
     int madvise(void* addr, size_t length, int advice)
     int MADV_HUGEPAGE
 from libc.stdint cimport uint32_t, uintptr_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from ._columns import (
@@ -146,6 +147,137 @@ cdef void _and_validity(uint8_t* ok, const uint8_t* bitmap, Py_ssize_t offset,
         j = i + offset
         if not ((bitmap[j >> 3] >> (j & 7)) & 1):
             ok[i] = 0
+
+
+# ------------------------------------------------------------ keyed batches, key by key
+# (Kernel._run_partitioned): rows grouped by key slot in chunks, gathered, run, put back.
+
+cdef Py_ssize_t _partition_min_rows = 64        # mean rows per key a chunk needs
+cdef Py_ssize_t _partition_chunk_rows = 4096    # rows grouped at once (scratch stays in cache)
+cdef bint _partition_every_kernel = False       # tests: kernels that did not opt in too
+
+
+def _partition_settings(min_rows_per_key=None, chunk_rows=None, every_kernel=None):
+    """Private, for tests and measurements: the settings of key-by-key runs
+    ``(min_rows_per_key, chunk_rows, every_kernel)`` before this call; sets those given.
+    ``min_rows_per_key`` 0 partitions every keyed batch, a huge number none; ``every_kernel``
+    partitions keyed kernels that did not opt in as well."""
+    global _partition_min_rows, _partition_chunk_rows, _partition_every_kernel
+    previous = (_partition_min_rows, _partition_chunk_rows, _partition_every_kernel)
+    if min_rows_per_key is not None:
+        _partition_min_rows = max(0, int(min_rows_per_key))
+    if chunk_rows is not None:
+        _partition_chunk_rows = max(1, int(chunk_rows))
+    if every_kernel is not None:
+        _partition_every_kernel = bool(every_kernel)
+    return previous
+
+
+cdef inline size_t _aligned(size_t nbytes) noexcept nogil:
+    """``nbytes`` rounded up to a cache line."""
+    return (nbytes + 63) & ~(<size_t>63)
+
+
+cdef void _group_rows(const int32_t* slot, Py_ssize_t m, Py_ssize_t n_keys, Py_ssize_t* begin,
+                      int32_t* place, const uint64_t* src, uint64_t* dst) noexcept nogil:
+    """Stable counting sort of rows ``0..m-1`` by ``slot``: key ``k``'s rows go to positions
+    ``begin[k] .. begin[k + 1] - 1`` in row order; ``place[i]`` is row ``i``'s position.  The
+    first input (unless ``src`` is NULL) is moved there in the same pass: ``dst[place[i]] =
+    src[i]``.
+
+    ``begin`` holds 4 * (n_keys + 1) counters: rows are counted in four interleaved tables
+    (a row's count increment rarely waits for the previous row's to the same counter)."""
+    cdef Py_ssize_t i, k, total = 0, p, stride = n_keys + 1
+    cdef Py_ssize_t* c0 = begin
+    cdef Py_ssize_t* c1 = begin + stride
+    cdef Py_ssize_t* c2 = begin + 2 * stride
+    cdef Py_ssize_t* c3 = begin + 3 * stride
+    memset(begin, 0, 4 * stride * sizeof(Py_ssize_t))
+    for i in range(0, m - 3, 4):
+        c0[slot[i]] += 1
+        c1[slot[i + 1]] += 1
+        c2[slot[i + 2]] += 1
+        c3[slot[i + 3]] += 1
+    for i in range(m - m % 4, m):
+        c0[slot[i]] += 1
+    for k in range(n_keys):              # begin[k] := first position of key k
+        p = c0[k] + c1[k] + c2[k] + c3[k]
+        begin[k] = total
+        total += p
+    begin[n_keys] = total
+    for k in range(n_keys + 1):          # begin[stride + k]: key k's cursor
+        c1[k] = begin[k]
+    for i in range(m):
+        k = slot[i]
+        p = c1[k]
+        c1[k] = p + 1
+        place[i] = <int32_t>p
+        if src != NULL:
+            dst[p] = src[i]
+
+
+cdef void _gather(const uint64_t* src, const int32_t* place, Py_ssize_t m,
+                  uint64_t* dst) noexcept nogil:
+    """``dst[place[i]] = src[i]`` (8-byte values: float64 or int64)."""
+    cdef Py_ssize_t i
+    for i in range(m):
+        dst[place[i]] = src[i]
+
+
+cdef void _gather_bytes(const uint8_t* src, const int32_t* place, Py_ssize_t m,
+                        uint8_t* dst) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(m):
+        dst[place[i]] = src[i]
+
+
+cdef void _gather_bits(const uint8_t* bitmap, Py_ssize_t offset, const int32_t* place,
+                       Py_ssize_t m, uint8_t* flags, uint8_t* dst) noexcept nogil:
+    """Bit ``offset + i`` of ``bitmap`` to bit ``place[i]`` of ``dst`` (through one byte per
+    row in ``flags``)."""
+    cdef Py_ssize_t i, b, r
+    cdef uint8_t byte
+    for i in range(m):
+        b = offset + i
+        flags[place[i]] = (bitmap[b >> 3] >> (b & 7)) & 1
+    for i in range(0, m, 8):
+        byte = 0
+        for r in range(min(8, m - i)):
+            byte |= <uint8_t>(flags[i + r] << r)
+        dst[i >> 3] = byte
+
+
+def _grouped_for_test(slots, values, validity, Py_ssize_t offset):
+    """Private, for tests: ``(place, grouped values, grouped validity bitmap, key starts)``
+    of one chunk as ``_run_partitioned`` groups it: ``slots`` int32 key slot per row,
+    ``values`` float64, ``validity`` an Arrow-style bitmap (bytes) whose row 0 is bit
+    ``offset``."""
+    cdef const int32_t[::1] s = np.ascontiguousarray(slots, dtype=np.int32)
+    cdef const double[::1] v = np.ascontiguousarray(values, dtype=np.float64)
+    cdef const uint8_t[::1] bitmap = np.frombuffer(validity, dtype=np.uint8)
+    cdef Py_ssize_t m = s.shape[0], n_keys = (max(s) + 1) if m else 0
+    place = np.zeros(m, dtype=np.int32)
+    grouped = np.zeros(m, dtype=np.float64)
+    bits = np.zeros((m + 7) // 8, dtype=np.uint8)
+    flags = np.zeros(m, dtype=np.uint8)
+    counters = np.zeros(4 * (n_keys + 1), dtype=np.intp)
+    cdef int32_t[::1] p = place
+    cdef double[::1] g = grouped
+    cdef uint8_t[::1] b = bits
+    cdef uint8_t[::1] f = flags
+    cdef Py_ssize_t[::1] c = counters
+    if m:
+        _group_rows(&s[0], m, n_keys, &c[0], &p[0], <const uint64_t*>&v[0], <uint64_t*>&g[0])
+        _gather_bits(&bitmap[0], offset, &p[0], m, &f[0], &b[0])
+    return place, grouped, bits, counters[:n_keys + 1].copy()
+
+
+cdef void _ungather(const uint64_t* src, const int32_t* place, Py_ssize_t m,
+                    uint64_t* dst) noexcept nogil:
+    """``dst[i] = src[place[i]]``: outputs back in row order."""
+    cdef Py_ssize_t i
+    for i in range(m):
+        dst[i] = src[place[i]]
 
 
 def _as_side(arr, name):
@@ -368,9 +500,20 @@ cdef class Kernel:
         self._keys = []
         self._plan_schema = None
         self._plan = None
+        self._partition_keys = False
+        self._scratch = NULL
+        self._scratch_bytes = 0
 
-    def declare(self, str name, inputs, outputs, *, Py_ssize_t stride=0, by=None, config=None):
-        """Declare the kernel: its function name, inputs, outputs and per-key state width."""
+    def __dealloc__(self):
+        free(self._scratch)
+
+    def declare(self, str name, inputs, outputs, *, Py_ssize_t stride=0, by=None, config=None,
+                bint partition_keys=False):
+        """Declare the kernel: its function name, inputs, outputs and per-key state width.
+
+        ``partition_keys``: with ``by``, run a batch key by key through the unkeyed loop when
+        there are enough rows per key (see ``_run_partitioned``); for kernels whose unkeyed
+        loop is much faster than their keyed one (block fast paths, state in registers)."""
         inputs = list(inputs)
         outputs = list(outputs)
         if sum(1 for i in inputs if i[2] != TIME) > MAX_COLUMNS or len(outputs) > MAX_COLUMNS:
@@ -385,6 +528,7 @@ cdef class Kernel:
                          for oname, kind, labels in outputs]
         self.stride = stride
         self.by = by
+        self._partition_keys = partition_keys
         self.config = dict(config or {})
         if by is not None:
             self.config["by"] = by
@@ -521,6 +665,9 @@ cdef class Kernel:
         cdef KernelIO part = io[0]
         cdef Py_ssize_t start = 0, m
         cdef int j
+        if (io.slot != NULL and (self._partition_keys or _partition_every_kernel)
+                and self._run_partitioned(io, n_out, n_nan)):
+            return
         while start < io.n:
             m = io.n - start if io.n - start < RUN_BLOCK else RUN_BLOCK
             part.n = m
@@ -543,6 +690,118 @@ cdef class Kernel:
                 if not part.all_finite[j]:
                     n_nan[j] += _count_nan(part.out[j], m)
             start += m
+
+    cdef bint _run_partitioned(self, KernelIO* io, int n_out, Py_ssize_t* n_nan) noexcept nogil:
+        """Run a keyed batch key by key; False (nothing done) when it has too few rows per
+        key or scratch memory cannot be had, and the caller runs it in row order.
+
+        The batch is cut into chunks of at least ``_partition_chunk_rows`` rows (and
+        ``_partition_min_rows`` per key).  In each chunk the rows are grouped by key slot with
+        a stable counting sort (``_group_rows``), the inputs gathered key after key into
+        scratch (``_gather``), each key's contiguous rows run as an unkeyed batch on the key's
+        state row (``io.slot`` NULL, so the kernel takes its unkeyed loop and block paths),
+        and the outputs put back in row order (``_ungather``).  Each key sees its rows in the
+        same order as in the row-order path, so outputs and state are identical, bit for bit.
+        The scratch (a few hundred kB for the default chunk: it stays in cache) is kept on
+        the kernel for the next call."""
+        cdef Py_ssize_t n_keys = self._n_slots, n_chunks, rows, start, m, k, count
+        cdef int j, n_x = 0
+        cdef size_t need, per_rows
+        cdef char* at
+        cdef Py_ssize_t* begin
+        cdef int32_t* place
+        cdef double* xs[MAX_COLUMNS]
+        cdef double* outs[MAX_COLUMNS]
+        cdef uint8_t* bits[MAX_COLUMNS]
+        cdef int64_t* ts = NULL
+        cdef uint8_t* oks = NULL
+        cdef uint8_t* flags = NULL
+        cdef KernelIO part
+        if n_keys < 1 or io.n < _partition_min_rows * n_keys:
+            return False
+        while n_x < MAX_COLUMNS and io.x[n_x] != NULL:
+            n_x += 1
+        n_chunks = io.n // max(_partition_chunk_rows, _partition_min_rows * n_keys)
+        if n_chunks < 1:
+            n_chunks = 1
+        rows = (io.n + n_chunks - 1) // n_chunks
+
+        # scratch: key offsets, placements, then per input and output a column of ``rows``
+        per_rows = _aligned(rows * sizeof(double))
+        need = (_aligned(4 * (n_keys + 1) * sizeof(Py_ssize_t)) + _aligned(rows * sizeof(int32_t))
+                + (n_x + n_out + (io.t != NULL)) * per_rows
+                + (io.ok != NULL) * _aligned(rows) + _aligned(rows))
+        for j in range(n_x):
+            need += (io.xvalid[j] != NULL) * _aligned((rows + 7) >> 3)
+        if need > self._scratch_bytes:
+            free(self._scratch)
+            self._scratch = <char*>malloc(need)
+            self._scratch_bytes = need if self._scratch != NULL else 0
+            if self._scratch == NULL:
+                return False
+        at = self._scratch
+        begin = <Py_ssize_t*>at
+        at += _aligned(4 * (n_keys + 1) * sizeof(Py_ssize_t))
+        place = <int32_t*>at
+        at += _aligned(rows * sizeof(int32_t))
+        for j in range(n_x):
+            xs[j] = <double*>at
+            at += per_rows
+        for j in range(n_out):
+            outs[j] = <double*>at
+            at += per_rows
+        if io.t != NULL:
+            ts = <int64_t*>at
+            at += per_rows
+        if io.ok != NULL:
+            oks = <uint8_t*>at
+            at += _aligned(rows)
+        flags = <uint8_t*>at
+        at += _aligned(rows)
+        for j in range(n_x):
+            bits[j] = NULL
+            if io.xvalid[j] != NULL:
+                bits[j] = <uint8_t*>at
+                at += _aligned((rows + 7) >> 3)
+
+        start = 0
+        while start < io.n:
+            m = min(rows, io.n - start)
+            _group_rows(io.slot + start, m, n_keys, begin, place,
+                        NULL if n_x == 0 else <const uint64_t*>(io.x[0] + start),
+                        NULL if n_x == 0 else <uint64_t*>xs[0])
+            for j in range(n_x):
+                if j > 0:
+                    _gather(<const uint64_t*>(io.x[j] + start), place, m, <uint64_t*>xs[j])
+                if bits[j] != NULL:
+                    _gather_bits(io.xvalid[j], io.xoffset[j] + start, place, m, flags, bits[j])
+            if ts != NULL:
+                _gather(<const uint64_t*>(io.t + start), place, m, <uint64_t*>ts)
+            if oks != NULL:
+                _gather_bytes(io.ok + start, place, m, oks)
+            for k in range(n_keys):
+                count = begin[k + 1] - begin[k]
+                if count == 0:
+                    continue
+                memset(&part, 0, sizeof(KernelIO))
+                part.n = count
+                for j in range(n_x):
+                    part.x[j] = xs[j] + begin[k]
+                    part.xvalid[j] = bits[j]
+                    part.xoffset[j] = begin[k]
+                for j in range(n_out):
+                    part.out[j] = outs[j] + begin[k]
+                if ts != NULL:
+                    part.t = ts + begin[k]
+                if oks != NULL:
+                    part.ok = oks + begin[k]
+                part.state = io.state + k * io.stride
+                part.stride = io.stride
+                self._run_blocks(&part, n_out, n_nan)      # slot NULL: the unkeyed loop
+            for j in range(n_out):
+                _ungather(<const uint64_t*>outs[j], place, m, <uint64_t*>(io.out[j] + start))
+            start += m
+        return True
 
     # ---------------------------------------------------------------- per-key state
 
