@@ -197,19 +197,28 @@ def test_settings_switch_round_trips():
 
 @settings(max_examples=60, deadline=None)
 @given(slots=st.lists(st.integers(0, 9), min_size=1, max_size=300),
-       offset=st.integers(0, 20), seed=st.integers(0, 2**32 - 1))
-def test_grouping_is_a_stable_sort_by_key(slots, offset, seed):
+       offset=st.integers(0, 20), packed=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_grouping_is_a_stable_sort_by_key(slots, offset, packed, seed):
     """Rows grouped by key (numpy's stable argsort as the reference), values and per-input
-    validity bits (read by kernels through ``input_present``) moved along."""
+    validity bits (read by kernels through ``input_present``) moved along; keys packed one
+    after another, or each in room for every row."""
     rng = np.random.default_rng(seed)
     slots = np.array(slots, dtype=np.int32)
-    values = rng.normal(size=len(slots))
-    valid = rng.uniform(size=len(slots) + offset) < 0.7
+    m, n_keys = len(slots), slots.max() + 1
+    values = rng.normal(size=m)
+    valid = rng.uniform(size=m + offset) < 0.7
     bitmap = np.packbits(valid, bitorder="little").tobytes()
-    place, grouped, bits, begin = _kernel._grouped_for_test(slots, values, bitmap, offset)
+    room = 0 if packed else (m + 7) // 8 * 8
+    place, grouped, bits, first, end = _kernel._grouped_for_test(slots, values, bitmap, offset,
+                                                                 room)
+    counts = np.bincount(slots, minlength=n_keys)
+    expected_first = np.concatenate([[0], np.cumsum(counts)[:-1]]) if packed else (
+        np.arange(n_keys) * room)
+    assert np.array_equal(first, expected_first)
+    assert np.array_equal(end - first, counts)
     order = np.argsort(slots, kind="stable")
-    assert np.array_equal(place[order], np.arange(len(slots)))
-    assert np.array_equal(grouped, values[order])
-    assert np.array_equal(np.unpackbits(bits, bitorder="little")[:len(slots)],
+    positions = np.concatenate([np.arange(f, e) for f, e in zip(first, end)])
+    assert np.array_equal(place[order], positions)
+    assert np.array_equal(grouped[positions], values[order])
+    assert np.array_equal(np.unpackbits(bits, bitorder="little")[positions],
                           valid[offset:][order])
-    assert np.array_equal(begin, np.searchsorted(slots[order], np.arange(slots.max() + 2)))

@@ -155,6 +155,7 @@ cdef void _and_validity(uint8_t* ok, const uint8_t* bitmap, Py_ssize_t offset,
 cdef Py_ssize_t _partition_min_rows = 64        # mean rows per key a chunk needs
 cdef Py_ssize_t _partition_chunk_rows = 4096    # rows grouped at once (scratch stays in cache)
 cdef bint _partition_every_kernel = False       # tests: kernels that did not opt in too
+cdef Py_ssize_t ROOM_PER_KEY_UP_TO = 16         # this many keys or fewer: no counting pass
 
 
 def _partition_settings(min_rows_per_key=None, chunk_rows=None, every_kernel=None):
@@ -178,39 +179,42 @@ cdef inline size_t _aligned(size_t nbytes) noexcept nogil:
     return (nbytes + 63) & ~(<size_t>63)
 
 
-cdef void _group_rows(const int32_t* slot, Py_ssize_t m, Py_ssize_t n_keys, Py_ssize_t* begin,
-                      int32_t* place, const uint64_t* src, uint64_t* dst) noexcept nogil:
-    """Stable counting sort of rows ``0..m-1`` by ``slot``: key ``k``'s rows go to positions
-    ``begin[k] .. begin[k + 1] - 1`` in row order; ``place[i]`` is row ``i``'s position.  The
-    first input (unless ``src`` is NULL) is moved there in the same pass: ``dst[place[i]] =
-    src[i]``.
+cdef void _group_rows(const int32_t* slot, Py_ssize_t m, Py_ssize_t n_keys, Py_ssize_t room,
+                      Py_ssize_t* first, Py_ssize_t* end, int32_t* place,
+                      const uint64_t* src, uint64_t* dst) noexcept nogil:
+    """Stable sort of rows ``0..m-1`` by ``slot``: key ``k``'s rows go, in row order, to
+    positions ``first[k] .. end[k] - 1``; ``place[i]`` is row ``i``'s position.  The first
+    input (unless ``src`` is NULL) moves along in the same pass: ``dst[place[i]] = src[i]``.
 
-    ``begin`` holds 4 * (n_keys + 1) counters: rows are counted in four interleaved tables
-    (a row's count increment rarely waits for the previous row's to the same counter)."""
-    cdef Py_ssize_t i, k, total = 0, p, stride = n_keys + 1
-    cdef Py_ssize_t* c0 = begin
-    cdef Py_ssize_t* c1 = begin + stride
-    cdef Py_ssize_t* c2 = begin + 2 * stride
-    cdef Py_ssize_t* c3 = begin + 3 * stride
-    memset(begin, 0, 4 * stride * sizeof(Py_ssize_t))
-    for i in range(0, m - 3, 4):
-        c0[slot[i]] += 1
-        c1[slot[i + 1]] += 1
-        c2[slot[i + 2]] += 1
-        c3[slot[i + 3]] += 1
-    for i in range(m - m % 4, m):
-        c0[slot[i]] += 1
-    for k in range(n_keys):              # begin[k] := first position of key k
-        p = c0[k] + c1[k] + c2[k] + c3[k]
-        begin[k] = total
-        total += p
-    begin[n_keys] = total
-    for k in range(n_keys + 1):          # begin[stride + k]: key k's cursor
-        c1[k] = begin[k]
+    ``room`` > 0 (at least ``m``; for a few keys): key ``k`` starts at ``k * room``, no
+    counting needed.  ``room`` 0: keys packed one after the other after a counting pass in
+    four interleaved tables (a row's increment rarely waits for the previous row's to the
+    same counter); ``end`` then needs ``4 * n_keys`` entries."""
+    cdef Py_ssize_t i, k, total = 0, p
+    cdef Py_ssize_t* c1 = end + n_keys
+    cdef Py_ssize_t* c2 = end + 2 * n_keys
+    cdef Py_ssize_t* c3 = end + 3 * n_keys
+    if room:
+        for k in range(n_keys):
+            first[k] = k * room
+    else:
+        memset(end, 0, 4 * n_keys * sizeof(Py_ssize_t))
+        for i in range(0, m - 3, 4):
+            end[slot[i]] += 1
+            c1[slot[i + 1]] += 1
+            c2[slot[i + 2]] += 1
+            c3[slot[i + 3]] += 1
+        for i in range(m - m % 4, m):
+            end[slot[i]] += 1
+        for k in range(n_keys):
+            first[k] = total
+            total += end[k] + c1[k] + c2[k] + c3[k]
+    for k in range(n_keys):              # end[k]: key k's cursor, then the end of its rows
+        end[k] = first[k]
     for i in range(m):
         k = slot[i]
-        p = c1[k]
-        c1[k] = p + 1
+        p = end[k]
+        end[k] = p + 1
         place[i] = <int32_t>p
         if src != NULL:
             dst[p] = src[i]
@@ -232,44 +236,51 @@ cdef void _gather_bytes(const uint8_t* src, const int32_t* place, Py_ssize_t m,
 
 
 cdef void _gather_bits(const uint8_t* bitmap, Py_ssize_t offset, const int32_t* place,
-                       Py_ssize_t m, uint8_t* flags, uint8_t* dst) noexcept nogil:
-    """Bit ``offset + i`` of ``bitmap`` to bit ``place[i]`` of ``dst`` (through one byte per
-    row in ``flags``)."""
-    cdef Py_ssize_t i, b, r
+                       Py_ssize_t m, Py_ssize_t n_keys, const Py_ssize_t* first,
+                       const Py_ssize_t* end, uint8_t* flags, uint8_t* dst) noexcept nogil:
+    """Bit ``offset + i`` of ``bitmap`` to bit ``place[i]`` of ``dst``, through one byte per
+    row in ``flags``; the bytes of ``dst`` covering each key's positions (see ``_group_rows``)
+    are packed (``flags`` and ``dst`` have room for whole bytes)."""
+    cdef Py_ssize_t i, b, r, k
     cdef uint8_t byte
     for i in range(m):
         b = offset + i
         flags[place[i]] = (bitmap[b >> 3] >> (b & 7)) & 1
-    for i in range(0, m, 8):
-        byte = 0
-        for r in range(min(8, m - i)):
-            byte |= <uint8_t>(flags[i + r] << r)
-        dst[i >> 3] = byte
+    for k in range(n_keys):
+        for b in range(first[k] >> 3, (end[k] + 7) >> 3):
+            byte = 0
+            for r in range(8):
+                byte |= <uint8_t>(flags[8 * b + r] << r)
+            dst[b] = byte
 
 
-def _grouped_for_test(slots, values, validity, Py_ssize_t offset):
-    """Private, for tests: ``(place, grouped values, grouped validity bitmap, key starts)``
-    of one chunk as ``_run_partitioned`` groups it: ``slots`` int32 key slot per row,
-    ``values`` float64, ``validity`` an Arrow-style bitmap (bytes) whose row 0 is bit
-    ``offset``."""
+def _grouped_for_test(slots, values, validity, Py_ssize_t offset, Py_ssize_t room):
+    """Private, for tests: ``(place, grouped values, grouped validity bitmap, first, end)`` of
+    one chunk as ``_run_partitioned`` groups it (``_group_rows``): ``slots`` int32 key slot
+    per row, ``values`` float64, ``validity`` an Arrow-style bitmap (bytes) whose row 0 is
+    bit ``offset``."""
     cdef const int32_t[::1] s = np.ascontiguousarray(slots, dtype=np.int32)
     cdef const double[::1] v = np.ascontiguousarray(values, dtype=np.float64)
     cdef const uint8_t[::1] bitmap = np.frombuffer(validity, dtype=np.uint8)
     cdef Py_ssize_t m = s.shape[0], n_keys = (max(s) + 1) if m else 0
     place = np.zeros(m, dtype=np.int32)
-    grouped = np.zeros(m, dtype=np.float64)
-    bits = np.zeros((m + 7) // 8, dtype=np.uint8)
-    flags = np.zeros(m, dtype=np.uint8)
-    counters = np.zeros(4 * (n_keys + 1), dtype=np.intp)
+    size = max(m, n_keys * room)
+    grouped = np.full(size, np.nan)
+    bits = np.zeros((size + 7) // 8, dtype=np.uint8)
+    flags = np.zeros((size + 7) // 8 * 8, dtype=np.uint8)
+    first = np.zeros(n_keys + 1, dtype=np.intp)
+    ends = np.zeros(4 * n_keys + 1, dtype=np.intp)
     cdef int32_t[::1] p = place
     cdef double[::1] g = grouped
     cdef uint8_t[::1] b = bits
     cdef uint8_t[::1] f = flags
-    cdef Py_ssize_t[::1] c = counters
+    cdef Py_ssize_t[::1] fi = first
+    cdef Py_ssize_t[::1] en = ends
     if m:
-        _group_rows(&s[0], m, n_keys, &c[0], &p[0], <const uint64_t*>&v[0], <uint64_t*>&g[0])
-        _gather_bits(&bitmap[0], offset, &p[0], m, &f[0], &b[0])
-    return place, grouped, bits, counters[:n_keys + 1].copy()
+        _group_rows(&s[0], m, n_keys, room, &fi[0], &en[0], &p[0], <const uint64_t*>&v[0],
+                    <uint64_t*>&g[0])
+        _gather_bits(&bitmap[0], offset, &p[0], m, n_keys, &fi[0], &en[0], &f[0], &b[0])
+    return place, grouped, bits, first[:n_keys].copy(), ends[:n_keys].copy()
 
 
 cdef void _ungather(const uint64_t* src, const int32_t* place, Py_ssize_t m,
@@ -696,26 +707,26 @@ cdef class Kernel:
         key or scratch memory cannot be had, and the caller runs it in row order.
 
         The batch is cut into chunks of at least ``_partition_chunk_rows`` rows (and
-        ``_partition_min_rows`` per key).  In each chunk the rows are grouped by key slot with
-        a stable counting sort (``_group_rows``), the inputs gathered key after key into
-        scratch (``_gather``), each key's contiguous rows run as an unkeyed batch on the key's
-        state row (``io.slot`` NULL, so the kernel takes its unkeyed loop and block paths),
-        and the outputs put back in row order (``_ungather``).  Each key sees its rows in the
-        same order as in the row-order path, so outputs and state are identical, bit for bit.
-        The scratch (a few hundred kB for the default chunk: it stays in cache) is kept on
-        the kernel for the next call."""
-        cdef Py_ssize_t n_keys = self._n_slots, n_chunks, rows, start, m, k, count
+        ``_partition_min_rows`` per key).  In each chunk the rows are grouped by key slot, in
+        row order within a key (``_group_rows``), the inputs gathered key after key into
+        scratch, each key's rows run as an unkeyed batch on the key's state row (``io.slot``
+        NULL, so the kernel takes its unkeyed loop and block paths), and the outputs put back
+        in row order (``_ungather``).  Each key sees its rows in the same order as in the
+        row-order path, so outputs and state are identical, bit for bit.  The scratch (a few
+        hundred kB for the default chunk: it stays in cache) is kept for the next call."""
+        cdef Py_ssize_t n_keys = self._n_slots, n_chunks, rows, room, size, start, m, k, count
         cdef int j, n_x = 0
-        cdef size_t need, per_rows
+        cdef size_t need, column
         cdef char* at
-        cdef Py_ssize_t* begin
+        cdef Py_ssize_t* first
+        cdef Py_ssize_t* end
         cdef int32_t* place
         cdef double* xs[MAX_COLUMNS]
         cdef double* outs[MAX_COLUMNS]
         cdef uint8_t* bits[MAX_COLUMNS]
         cdef int64_t* ts = NULL
         cdef uint8_t* oks = NULL
-        cdef uint8_t* flags = NULL
+        cdef uint8_t* flags
         cdef KernelIO part
         if n_keys < 1 or io.n < _partition_min_rows * n_keys:
             return False
@@ -725,14 +736,16 @@ cdef class Kernel:
         if n_chunks < 1:
             n_chunks = 1
         rows = (io.n + n_chunks - 1) // n_chunks
+        room = (rows + 7) // 8 * 8 if n_keys <= ROOM_PER_KEY_UP_TO else 0
+        size = n_keys * room if room else (rows + 7) // 8 * 8   # positions in a chunk
 
-        # scratch: key offsets, placements, then per input and output a column of ``rows``
-        per_rows = _aligned(rows * sizeof(double))
-        need = (_aligned(4 * (n_keys + 1) * sizeof(Py_ssize_t)) + _aligned(rows * sizeof(int32_t))
-                + (n_x + n_out + (io.t != NULL)) * per_rows
-                + (io.ok != NULL) * _aligned(rows) + _aligned(rows))
+        # scratch: per-key positions, placements, then per input and output a column
+        column = _aligned(size * sizeof(double))
+        need = (_aligned(n_keys * sizeof(Py_ssize_t)) + _aligned(4 * n_keys * sizeof(Py_ssize_t))
+                + _aligned(rows * sizeof(int32_t)) + (n_x + n_out + (io.t != NULL)) * column
+                + (io.ok != NULL) * _aligned(size) + _aligned(size))
         for j in range(n_x):
-            need += (io.xvalid[j] != NULL) * _aligned((rows + 7) >> 3)
+            need += (io.xvalid[j] != NULL) * _aligned(size >> 3)
         if need > self._scratch_bytes:
             free(self._scratch)
             self._scratch = <char*>malloc(need)
@@ -740,61 +753,64 @@ cdef class Kernel:
             if self._scratch == NULL:
                 return False
         at = self._scratch
-        begin = <Py_ssize_t*>at
-        at += _aligned(4 * (n_keys + 1) * sizeof(Py_ssize_t))
+        first = <Py_ssize_t*>at
+        at += _aligned(n_keys * sizeof(Py_ssize_t))
+        end = <Py_ssize_t*>at
+        at += _aligned(4 * n_keys * sizeof(Py_ssize_t))
         place = <int32_t*>at
         at += _aligned(rows * sizeof(int32_t))
         for j in range(n_x):
             xs[j] = <double*>at
-            at += per_rows
+            at += column
         for j in range(n_out):
             outs[j] = <double*>at
-            at += per_rows
+            at += column
         if io.t != NULL:
             ts = <int64_t*>at
-            at += per_rows
+            at += column
         if io.ok != NULL:
             oks = <uint8_t*>at
-            at += _aligned(rows)
+            at += _aligned(size)
         flags = <uint8_t*>at
-        at += _aligned(rows)
+        at += _aligned(size)
         for j in range(n_x):
             bits[j] = NULL
             if io.xvalid[j] != NULL:
                 bits[j] = <uint8_t*>at
-                at += _aligned((rows + 7) >> 3)
+                at += _aligned(size >> 3)
 
         start = 0
         while start < io.n:
             m = min(rows, io.n - start)
-            _group_rows(io.slot + start, m, n_keys, begin, place,
+            _group_rows(io.slot + start, m, n_keys, room, first, end, place,
                         NULL if n_x == 0 else <const uint64_t*>(io.x[0] + start),
                         NULL if n_x == 0 else <uint64_t*>xs[0])
             for j in range(n_x):
                 if j > 0:
                     _gather(<const uint64_t*>(io.x[j] + start), place, m, <uint64_t*>xs[j])
                 if bits[j] != NULL:
-                    _gather_bits(io.xvalid[j], io.xoffset[j] + start, place, m, flags, bits[j])
+                    _gather_bits(io.xvalid[j], io.xoffset[j] + start, place, m, n_keys, first,
+                                 end, flags, bits[j])
             if ts != NULL:
                 _gather(<const uint64_t*>(io.t + start), place, m, <uint64_t*>ts)
             if oks != NULL:
                 _gather_bytes(io.ok + start, place, m, oks)
             for k in range(n_keys):
-                count = begin[k + 1] - begin[k]
+                count = end[k] - first[k]
                 if count == 0:
                     continue
                 memset(&part, 0, sizeof(KernelIO))
                 part.n = count
                 for j in range(n_x):
-                    part.x[j] = xs[j] + begin[k]
+                    part.x[j] = xs[j] + first[k]
                     part.xvalid[j] = bits[j]
-                    part.xoffset[j] = begin[k]
+                    part.xoffset[j] = first[k]
                 for j in range(n_out):
-                    part.out[j] = outs[j] + begin[k]
+                    part.out[j] = outs[j] + first[k]
                 if ts != NULL:
-                    part.t = ts + begin[k]
+                    part.t = ts + first[k]
                 if oks != NULL:
-                    part.ok = oks + begin[k]
+                    part.ok = oks + first[k]
                 part.state = io.state + k * io.stride
                 part.stride = io.stride
                 self._run_blocks(&part, n_out, n_nan)      # slot NULL: the unkeyed loop
