@@ -155,6 +155,15 @@ def test_many_keys_and_tiny_chunks(name):
     run_both(OPTED_IN[name], batches, chunk_rows=64)
 
 
+@pytest.mark.parametrize("name", sorted(OPTED_IN))
+def test_large_batch(name):
+    """A batch of 2**19 rows and more (outputs written past the cache), default settings."""
+    rng = np.random.default_rng(13)
+    batch = make_batch(rng, (1 << 19) + 123, list(range(8)), null_frac=0.01, special_frac=0.001,
+                       constant_runs=True, dictionary=True)
+    run_both(OPTED_IN[name], [batch], min_rows_per_key=_kernel._partition_settings()[0])
+
+
 def _all_factories():
     """Every keyed kernel of the kernel test modules, with the table its module tests it on."""
     import test_execution_risk

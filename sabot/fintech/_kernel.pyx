@@ -156,6 +156,7 @@ cdef Py_ssize_t _partition_min_rows = 64        # mean rows per key a chunk need
 cdef Py_ssize_t _partition_chunk_rows = 4096    # rows grouped at once (scratch stays in cache)
 cdef bint _partition_every_kernel = False       # tests: kernels that did not opt in too
 cdef Py_ssize_t ROOM_PER_KEY_UP_TO = 16         # this many keys or fewer: no counting pass
+cdef Py_ssize_t STREAM_ROWS = 1 << 19           # outputs of 4 MB and more bypass the cache
 
 
 def _partition_settings(min_rows_per_key=None, chunk_rows=None, every_kernel=None):
@@ -283,12 +284,33 @@ def _grouped_for_test(slots, values, validity, Py_ssize_t offset, Py_ssize_t roo
     return place, grouped, bits, first[:n_keys].copy(), ends[:n_keys].copy()
 
 
-cdef void _ungather(const uint64_t* src, const int32_t* place, Py_ssize_t m,
-                    uint64_t* dst) noexcept nogil:
-    """``dst[i] = src[place[i]]``: outputs back in row order."""
+cdef extern from *:
+    """
+    #if defined(__SSE2__) || defined(_M_X64) || defined(_M_AMD64)
+    #include <emmintrin.h>
+    #define sabot_stream_u64(p, v) _mm_stream_si64((long long*)(p), (long long)(v))
+    #define sabot_stream_fence() _mm_sfence()
+    #else
+    #define sabot_stream_u64(p, v) (*(p) = (v))
+    #define sabot_stream_fence()
+    #endif
+    """
+    void stream_u64 "sabot_stream_u64"(uint64_t* p, uint64_t v) noexcept nogil
+    void stream_fence "sabot_stream_fence"() noexcept nogil
+
+
+cdef void _ungather(const uint64_t* src, const int32_t* place, Py_ssize_t m, uint64_t* dst,
+                    bint stream) noexcept nogil:
+    """``dst[i] = src[place[i]]``: outputs back in row order.  ``stream``: with stores that
+    bypass the cache (for outputs too large to stay in it: no read of each line first)."""
     cdef Py_ssize_t i
-    for i in range(m):
-        dst[i] = src[place[i]]
+    if stream:
+        for i in range(m):
+            stream_u64(dst + i, src[place[i]])
+        stream_fence()
+    else:
+        for i in range(m):
+            dst[i] = src[place[i]]
 
 
 def _as_side(arr, name):
@@ -815,7 +837,8 @@ cdef class Kernel:
                 part.stride = io.stride
                 self._run_blocks(&part, n_out, n_nan)      # slot NULL: the unkeyed loop
             for j in range(n_out):
-                _ungather(<const uint64_t*>outs[j], place, m, <uint64_t*>(io.out[j] + start))
+                _ungather(<const uint64_t*>outs[j], place, m, <uint64_t*>(io.out[j] + start),
+                          io.n >= STREAM_ROWS)
             start += m
         return True
 
