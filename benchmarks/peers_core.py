@@ -119,6 +119,49 @@ def cases(scale: float = 1.0):
         "sabot without keys": lambda: fk.sma(batch, window=20),
         "polars rolling_mean.over": lambda: frame.select(pl.col("price").rolling_mean(20).over("symbol")),
     }
+    yield "ema by=symbol (8 keys)", rows, {
+        "sabot": lambda: fk.ema(batch, period=20, by="symbol"),
+        "sabot without keys": lambda: fk.ema(batch, period=20),
+        "polars ewm_mean.over (alpha=2/21)": lambda: frame.select(
+            pl.col("price").ewm_mean(alpha=2 / 21, adjust=False).over("symbol")),
+    }
+    yield "rsi by=symbol (8 keys)", rows, {
+        "sabot": lambda: fk.rsi(batch, by="symbol"),
+        "sabot without keys": lambda: fk.rsi(batch),
+    }
+    yield "macd by=symbol (8 keys)", rows, {
+        "sabot": lambda: fk.macd(batch, by="symbol"),
+        "sabot without keys": lambda: fk.macd(batch),
+    }
+    yield "bollinger by=symbol (8 keys)", rows, {
+        "sabot": lambda: fk.bollinger_bands(batch, by="symbol"),
+        "sabot without keys": lambda: fk.bollinger_bands(batch),
+        "polars rolling_mean/std.over": lambda: frame.select(
+            pl.col("price").rolling_mean(20).over("symbol"),
+            pl.col("price").rolling_std(20, ddof=0).over("symbol")),
+    }
+    yield "rolling_std by=symbol (8 keys)", rows, {
+        "sabot": lambda: fk.rolling_std(batch, "price", window=20, by="symbol"),
+        "sabot without keys": lambda: fk.rolling_std(batch, "price", window=20),
+        "polars rolling_std.over": lambda: frame.select(pl.col("price").rolling_std(20).over("symbol")),
+    }
+    yield "rolling_zscore by=symbol (8 keys)", rows, {
+        "sabot": lambda: fk.rolling_zscore(batch, window=100, by="symbol"),
+        "sabot without keys": lambda: fk.rolling_zscore(batch, window=100),
+        "polars rolling.over": lambda: frame.select(
+            ((pl.col("price") - pl.col("price").rolling_mean(100))
+             / pl.col("price").rolling_std(100)).over("symbol")),
+    }
+    yield "rolling_min by=symbol (8 keys)", rows, {
+        "sabot": lambda: fk.rolling_min(batch, "price", window=20, by="symbol"),
+        "sabot without keys": lambda: fk.rolling_min(batch, "price", window=20),
+        "polars rolling_min.over": lambda: frame.select(pl.col("price").rolling_min(20).over("symbol")),
+    }
+    yield "rolling_max by=symbol (8 keys)", rows, {
+        "sabot": lambda: fk.rolling_max(batch, "price", window=20, by="symbol"),
+        "sabot without keys": lambda: fk.rolling_max(batch, "price", window=20),
+        "polars rolling_max.over": lambda: frame.select(pl.col("price").rolling_max(20).over("symbol")),
+    }
     yield "EWMA class per 64Ki batch", rows, {
         "sabot": per_batch(lambda: fk.EWMA(alpha=0.94)),
         "sabot one-shot": lambda: fk.ewma(batch, alpha=0.94),

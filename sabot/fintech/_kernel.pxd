@@ -197,10 +197,14 @@ cdef class Kernel:
     cdef Py_ssize_t _n_slots
     cdef dict _slot_of_key
     cdef list _keys
+    cdef bint _partition_keys           # keyed batches run key by key (see _run_partitioned)
+    cdef char* _scratch                 # its reused scratch memory (malloc), _scratch_bytes long
+    cdef size_t _scratch_bytes
 
     cdef void init_state(self, double* st) noexcept nogil
     cdef void run(self, KernelIO* io) noexcept nogil
     cdef void _run_blocks(self, KernelIO* io, int n_out, Py_ssize_t* n_nan) noexcept nogil
+    cdef bint _run_partitioned(self, KernelIO* io, int n_out, Py_ssize_t* n_nan) noexcept nogil
     cdef object _process(self, batch)
     cdef object _key_slots(self, keys)
     cdef Py_ssize_t _new_slot(self, key) except -1

@@ -20,6 +20,7 @@ cdef extern from "sys/mman.h" nogil:
     int madvise(void* addr, size_t length, int advice)
     int MADV_HUGEPAGE
 from libc.stdint cimport uint32_t, uintptr_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from ._columns import (
@@ -146,6 +147,180 @@ cdef void _and_validity(uint8_t* ok, const uint8_t* bitmap, Py_ssize_t offset,
         j = i + offset
         if not ((bitmap[j >> 3] >> (j & 7)) & 1):
             ok[i] = 0
+
+
+# ------------------------------------------------------------ keyed batches, key by key
+# (Kernel._run_partitioned): rows grouped by key slot in chunks, gathered, run, put back.
+
+cdef Py_ssize_t _partition_min_rows = 64        # mean rows per key a chunk needs
+cdef Py_ssize_t _partition_chunk_rows = 4096    # rows grouped at once (scratch stays in cache)
+cdef bint _partition_every_kernel = False       # tests: kernels that did not opt in too
+cdef Py_ssize_t ROOM_PER_KEY_UP_TO = 16         # this many keys or fewer: no counting pass
+cdef Py_ssize_t STREAM_ROWS = 1 << 19           # outputs of 4 MB and more bypass the cache
+cdef Py_ssize_t PREFETCH_ROWS = 256             # rows ahead that grouping asks memory for
+
+
+def _partition_settings(min_rows_per_key=None, chunk_rows=None, every_kernel=None):
+    """Private, for tests and measurements: the settings of key-by-key runs
+    ``(min_rows_per_key, chunk_rows, every_kernel)`` before this call; sets those given.
+    ``min_rows_per_key`` 0 partitions every keyed batch, a huge number none; ``every_kernel``
+    partitions keyed kernels that did not opt in as well."""
+    global _partition_min_rows, _partition_chunk_rows, _partition_every_kernel
+    previous = (_partition_min_rows, _partition_chunk_rows, _partition_every_kernel)
+    if min_rows_per_key is not None:
+        _partition_min_rows = max(0, int(min_rows_per_key))
+    if chunk_rows is not None:
+        _partition_chunk_rows = max(1, int(chunk_rows))
+    if every_kernel is not None:
+        _partition_every_kernel = bool(every_kernel)
+    return previous
+
+
+cdef inline size_t _aligned(size_t nbytes) noexcept nogil:
+    """``nbytes`` rounded up to a cache line."""
+    return (nbytes + 63) & ~(<size_t>63)
+
+
+cdef extern from *:
+    # a hint to bring the cache line at an address in (never faults; GCC and Clang)
+    void prefetch "__builtin_prefetch"(const void* address) noexcept nogil
+
+
+cdef void _group_rows(const int32_t* slot, Py_ssize_t m, Py_ssize_t n_keys, Py_ssize_t room,
+                      Py_ssize_t* first, Py_ssize_t* end, int32_t* place,
+                      const uint64_t* src, uint64_t* dst) noexcept nogil:
+    """Stable sort of rows ``0..m-1`` by ``slot``: key ``k``'s rows go, in row order, to
+    positions ``first[k] .. end[k] - 1``; ``place[i]`` is row ``i``'s position.  The first
+    input (unless ``src`` is NULL) moves along in the same pass: ``dst[place[i]] = src[i]``.
+
+    ``room`` > 0 (at least ``m``; for a few keys): key ``k`` starts at ``k * room``, no
+    counting needed.  ``room`` 0: keys packed one after the other after a counting pass in
+    four interleaved tables (a row's increment rarely waits for the previous row's to the
+    same counter); ``end`` then needs ``4 * n_keys`` entries."""
+    cdef Py_ssize_t i, k, total = 0, p
+    cdef Py_ssize_t* c1 = end + n_keys
+    cdef Py_ssize_t* c2 = end + 2 * n_keys
+    cdef Py_ssize_t* c3 = end + 3 * n_keys
+    if room:
+        for k in range(n_keys):
+            first[k] = k * room
+    else:
+        memset(end, 0, 4 * n_keys * sizeof(Py_ssize_t))
+        for i in range(0, m - 3, 4):
+            end[slot[i]] += 1
+            c1[slot[i + 1]] += 1
+            c2[slot[i + 2]] += 1
+            c3[slot[i + 3]] += 1
+        for i in range(m - m % 4, m):
+            end[slot[i]] += 1
+        for k in range(n_keys):
+            first[k] = total
+            total += end[k] + c1[k] + c2[k] + c3[k]
+    for k in range(n_keys):              # end[k]: key k's cursor, then the end of its rows
+        end[k] = first[k]
+    for i in range(m):
+        if (i & 15) == 0:                # the batch's rows ahead, from memory (a hint)
+            prefetch(slot + i + PREFETCH_ROWS)
+            prefetch(src + i + PREFETCH_ROWS)
+            prefetch(src + i + PREFETCH_ROWS + 8)
+        k = slot[i]
+        p = end[k]
+        end[k] = p + 1
+        place[i] = <int32_t>p
+        if src != NULL:
+            dst[p] = src[i]
+
+
+cdef void _gather(const uint64_t* src, const int32_t* place, Py_ssize_t m,
+                  uint64_t* dst) noexcept nogil:
+    """``dst[place[i]] = src[i]`` (8-byte values: float64 or int64)."""
+    cdef Py_ssize_t i
+    for i in range(m):
+        dst[place[i]] = src[i]
+
+
+cdef void _gather_bytes(const uint8_t* src, const int32_t* place, Py_ssize_t m,
+                        uint8_t* dst) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(m):
+        dst[place[i]] = src[i]
+
+
+cdef void _gather_bits(const uint8_t* bitmap, Py_ssize_t offset, const int32_t* place,
+                       Py_ssize_t m, Py_ssize_t n_keys, const Py_ssize_t* first,
+                       const Py_ssize_t* end, uint8_t* flags, uint8_t* dst) noexcept nogil:
+    """Bit ``offset + i`` of ``bitmap`` to bit ``place[i]`` of ``dst``, through one byte per
+    row in ``flags``; the bytes of ``dst`` covering each key's positions (see ``_group_rows``)
+    are packed (``flags`` and ``dst`` have room for whole bytes)."""
+    cdef Py_ssize_t i, b, r, k
+    cdef uint8_t byte
+    for i in range(m):
+        b = offset + i
+        flags[place[i]] = (bitmap[b >> 3] >> (b & 7)) & 1
+    for k in range(n_keys):
+        for b in range(first[k] >> 3, (end[k] + 7) >> 3):
+            byte = 0
+            for r in range(8):
+                byte |= <uint8_t>(flags[8 * b + r] << r)
+            dst[b] = byte
+
+
+def _grouped_for_test(slots, values, validity, Py_ssize_t offset, Py_ssize_t room):
+    """Private, for tests: ``(place, grouped values, grouped validity bitmap, first, end)`` of
+    one chunk as ``_run_partitioned`` groups it (``_group_rows``): ``slots`` int32 key slot
+    per row, ``values`` float64, ``validity`` an Arrow-style bitmap (bytes) whose row 0 is
+    bit ``offset``."""
+    cdef const int32_t[::1] s = np.ascontiguousarray(slots, dtype=np.int32)
+    cdef const double[::1] v = np.ascontiguousarray(values, dtype=np.float64)
+    cdef const uint8_t[::1] bitmap = np.frombuffer(validity, dtype=np.uint8)
+    cdef Py_ssize_t m = s.shape[0], n_keys = (max(s) + 1) if m else 0
+    place = np.zeros(m, dtype=np.int32)
+    size = max(m, n_keys * room)
+    grouped = np.full(size, np.nan)
+    bits = np.zeros((size + 7) // 8, dtype=np.uint8)
+    flags = np.zeros((size + 7) // 8 * 8, dtype=np.uint8)
+    first = np.zeros(n_keys + 1, dtype=np.intp)
+    ends = np.zeros(4 * n_keys + 1, dtype=np.intp)
+    cdef int32_t[::1] p = place
+    cdef double[::1] g = grouped
+    cdef uint8_t[::1] b = bits
+    cdef uint8_t[::1] f = flags
+    cdef Py_ssize_t[::1] fi = first
+    cdef Py_ssize_t[::1] en = ends
+    if m:
+        _group_rows(&s[0], m, n_keys, room, &fi[0], &en[0], &p[0], <const uint64_t*>&v[0],
+                    <uint64_t*>&g[0])
+        _gather_bits(&bitmap[0], offset, &p[0], m, n_keys, &fi[0], &en[0], &f[0], &b[0])
+    return place, grouped, bits, first[:n_keys].copy(), ends[:n_keys].copy()
+
+
+cdef extern from *:
+    """
+    #if defined(__SSE2__) || defined(_M_X64) || defined(_M_AMD64)
+    #include <emmintrin.h>
+    #define sabot_stream_u64(p, v) _mm_stream_si64((long long*)(p), (long long)(v))
+    #define sabot_stream_fence() _mm_sfence()
+    #else
+    #define sabot_stream_u64(p, v) (*(p) = (v))
+    #define sabot_stream_fence()
+    #endif
+    """
+    void stream_u64 "sabot_stream_u64"(uint64_t* p, uint64_t v) noexcept nogil
+    void stream_fence "sabot_stream_fence"() noexcept nogil
+
+
+cdef void _ungather(const uint64_t* src, const int32_t* place, Py_ssize_t m, uint64_t* dst,
+                    bint stream) noexcept nogil:
+    """``dst[i] = src[place[i]]``: outputs back in row order.  ``stream``: with stores that
+    bypass the cache (for outputs too large to stay in it: no read of each line first)."""
+    cdef Py_ssize_t i
+    if stream:
+        for i in range(m):
+            stream_u64(dst + i, src[place[i]])
+        stream_fence()
+    else:
+        for i in range(m):
+            dst[i] = src[place[i]]
 
 
 def _as_side(arr, name):
@@ -368,9 +543,20 @@ cdef class Kernel:
         self._keys = []
         self._plan_schema = None
         self._plan = None
+        self._partition_keys = False
+        self._scratch = NULL
+        self._scratch_bytes = 0
 
-    def declare(self, str name, inputs, outputs, *, Py_ssize_t stride=0, by=None, config=None):
-        """Declare the kernel: its function name, inputs, outputs and per-key state width."""
+    def __dealloc__(self):
+        free(self._scratch)
+
+    def declare(self, str name, inputs, outputs, *, Py_ssize_t stride=0, by=None, config=None,
+                bint partition_keys=False):
+        """Declare the kernel: its function name, inputs, outputs and per-key state width.
+
+        ``partition_keys``: with ``by``, run a batch key by key through the unkeyed loop when
+        there are enough rows per key (see ``_run_partitioned``); for kernels whose unkeyed
+        loop is much faster than their keyed one (block fast paths, state in registers)."""
         inputs = list(inputs)
         outputs = list(outputs)
         if sum(1 for i in inputs if i[2] != TIME) > MAX_COLUMNS or len(outputs) > MAX_COLUMNS:
@@ -385,6 +571,7 @@ cdef class Kernel:
                          for oname, kind, labels in outputs]
         self.stride = stride
         self.by = by
+        self._partition_keys = partition_keys
         self.config = dict(config or {})
         if by is not None:
             self.config["by"] = by
@@ -521,6 +708,9 @@ cdef class Kernel:
         cdef KernelIO part = io[0]
         cdef Py_ssize_t start = 0, m
         cdef int j
+        if (io.slot != NULL and (self._partition_keys or _partition_every_kernel)
+                and self._run_partitioned(io, n_out, n_nan)):
+            return
         while start < io.n:
             m = io.n - start if io.n - start < RUN_BLOCK else RUN_BLOCK
             part.n = m
@@ -543,6 +733,124 @@ cdef class Kernel:
                 if not part.all_finite[j]:
                     n_nan[j] += _count_nan(part.out[j], m)
             start += m
+
+    cdef bint _run_partitioned(self, KernelIO* io, int n_out, Py_ssize_t* n_nan) noexcept nogil:
+        """Run a keyed batch key by key; False (nothing done) when it has too few rows per
+        key or scratch memory cannot be had, and the caller runs it in row order.
+
+        The batch is cut into chunks of at least ``_partition_chunk_rows`` rows (and
+        ``_partition_min_rows`` per key).  In each chunk the rows are grouped by key slot, in
+        row order within a key (``_group_rows``), the inputs gathered key after key into
+        scratch, each key's rows run as an unkeyed batch on the key's state row (``io.slot``
+        NULL, so the kernel takes its unkeyed loop and block paths), and the outputs put back
+        in row order (``_ungather``).  Each key sees its rows in the same order as in the
+        row-order path, so outputs and state are identical, bit for bit.  The scratch (a few
+        hundred kB for the default chunk: it stays in cache) is kept for the next call."""
+        cdef Py_ssize_t n_keys = self._n_slots, n_chunks, rows, room, size, start, m, k, count
+        cdef int j, n_x = 0
+        cdef size_t need, column
+        cdef char* at
+        cdef Py_ssize_t* first
+        cdef Py_ssize_t* end
+        cdef int32_t* place
+        cdef double* xs[MAX_COLUMNS]
+        cdef double* outs[MAX_COLUMNS]
+        cdef uint8_t* bits[MAX_COLUMNS]
+        cdef int64_t* ts = NULL
+        cdef uint8_t* oks = NULL
+        cdef uint8_t* flags
+        cdef KernelIO part
+        if n_keys < 1 or io.n < _partition_min_rows * n_keys:
+            return False
+        while n_x < MAX_COLUMNS and io.x[n_x] != NULL:
+            n_x += 1
+        n_chunks = io.n // max(_partition_chunk_rows, _partition_min_rows * n_keys)
+        if n_chunks < 1:
+            n_chunks = 1
+        rows = (io.n + n_chunks - 1) // n_chunks
+        room = (rows + 7) // 8 * 8 if n_keys <= ROOM_PER_KEY_UP_TO else 0
+        size = n_keys * room if room else (rows + 7) // 8 * 8   # positions in a chunk
+
+        # scratch: per-key positions, placements, then per input and output a column
+        column = _aligned(size * sizeof(double))
+        need = (_aligned(n_keys * sizeof(Py_ssize_t)) + _aligned(4 * n_keys * sizeof(Py_ssize_t))
+                + _aligned(rows * sizeof(int32_t)) + (n_x + n_out + (io.t != NULL)) * column
+                + (io.ok != NULL) * _aligned(size) + _aligned(size))
+        for j in range(n_x):
+            need += (io.xvalid[j] != NULL) * _aligned(size >> 3)
+        if need > self._scratch_bytes:
+            free(self._scratch)
+            self._scratch = <char*>malloc(need)
+            self._scratch_bytes = need if self._scratch != NULL else 0
+            if self._scratch == NULL:
+                return False
+        at = self._scratch
+        first = <Py_ssize_t*>at
+        at += _aligned(n_keys * sizeof(Py_ssize_t))
+        end = <Py_ssize_t*>at
+        at += _aligned(4 * n_keys * sizeof(Py_ssize_t))
+        place = <int32_t*>at
+        at += _aligned(rows * sizeof(int32_t))
+        for j in range(n_x):
+            xs[j] = <double*>at
+            at += column
+        for j in range(n_out):
+            outs[j] = <double*>at
+            at += column
+        if io.t != NULL:
+            ts = <int64_t*>at
+            at += column
+        if io.ok != NULL:
+            oks = <uint8_t*>at
+            at += _aligned(size)
+        flags = <uint8_t*>at
+        at += _aligned(size)
+        for j in range(n_x):
+            bits[j] = NULL
+            if io.xvalid[j] != NULL:
+                bits[j] = <uint8_t*>at
+                at += _aligned(size >> 3)
+
+        start = 0
+        while start < io.n:
+            m = min(rows, io.n - start)
+            _group_rows(io.slot + start, m, n_keys, room, first, end, place,
+                        NULL if n_x == 0 else <const uint64_t*>(io.x[0] + start),
+                        NULL if n_x == 0 else <uint64_t*>xs[0])
+            for j in range(n_x):
+                if j > 0:
+                    _gather(<const uint64_t*>(io.x[j] + start), place, m, <uint64_t*>xs[j])
+                if bits[j] != NULL:
+                    _gather_bits(io.xvalid[j], io.xoffset[j] + start, place, m, n_keys, first,
+                                 end, flags, bits[j])
+            if ts != NULL:
+                _gather(<const uint64_t*>(io.t + start), place, m, <uint64_t*>ts)
+            if oks != NULL:
+                _gather_bytes(io.ok + start, place, m, oks)
+            for k in range(n_keys):
+                count = end[k] - first[k]
+                if count == 0:
+                    continue
+                memset(&part, 0, sizeof(KernelIO))
+                part.n = count
+                for j in range(n_x):
+                    part.x[j] = xs[j] + first[k]
+                    part.xvalid[j] = bits[j]
+                    part.xoffset[j] = first[k]
+                for j in range(n_out):
+                    part.out[j] = outs[j] + first[k]
+                if ts != NULL:
+                    part.t = ts + first[k]
+                if oks != NULL:
+                    part.ok = oks + first[k]
+                part.state = io.state + k * io.stride
+                part.stride = io.stride
+                self._run_blocks(&part, n_out, n_nan)      # slot NULL: the unkeyed loop
+            for j in range(n_out):
+                _ungather(<const uint64_t*>outs[j], place, m, <uint64_t*>(io.out[j] + start),
+                          io.n >= STREAM_ROWS)
+            start += m
+        return True
 
     # ---------------------------------------------------------------- per-key state
 

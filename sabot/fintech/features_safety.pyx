@@ -146,7 +146,7 @@ cdef class RollingMin(_RollingExtreme):
         self.window = check_positive_int("window", window)
         self.keep_max = False
         self.declare("rolling_min", [numeric_input("column", column)], [output("rolling_min")],
-                     stride=extreme_width(self.window), by=by,
+                     stride=extreme_width(self.window), by=by, partition_keys=True,
                      config=dict(column=column, window=self.window))
 
 
@@ -159,7 +159,7 @@ cdef class RollingMax(_RollingExtreme):
         self.window = check_positive_int("window", window)
         self.keep_max = True
         self.declare("rolling_max", [numeric_input("column", column)], [output("rolling_max")],
-                     stride=extreme_width(self.window), by=by,
+                     stride=extreme_width(self.window), by=by, partition_keys=True,
                      config=dict(column=column, window=self.window))
 
 
@@ -271,7 +271,7 @@ cdef class RollingStd(_RollingMoment):
         self.ddof = ddof
         self.moment = STD
         self.declare("rolling_std", [numeric_input("column", column)], [output("rolling_std")],
-                     stride=var_width(self.window), by=by,
+                     stride=var_width(self.window), by=by, partition_keys=True,
                      config=dict(column=column, window=self.window, ddof=ddof))
 
 

@@ -77,7 +77,7 @@ cdef class SMA(Kernel):
     def __init__(self, column=None, window=20, *, by=None):
         self.window = check_positive_int("window", window)
         self.declare("sma", [value_input("column", column)], [output("sma")],
-                     stride=zsum_width(self.window), by=by,
+                     stride=zsum_width(self.window), by=by, partition_keys=True,
                      config=dict(column=column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
@@ -237,7 +237,7 @@ cdef class BollingerBands(Kernel):
         self.k = check_positive("k", k)
         self.declare("bollinger_bands", [value_input("column", column)],
                      [output("bb_mid"), output("bb_upper"), output("bb_lower")],
-                     stride=var_width(self.window), by=by,
+                     stride=var_width(self.window), by=by, partition_keys=True,
                      config=dict(column=column, window=self.window, k=k))
 
     cdef void run(self, KernelIO* io) noexcept nogil:

@@ -148,7 +148,7 @@ cdef class RollingZScore(Kernel):
     def __init__(self, column=None, window=100, *, by=None):
         self.window = check_positive_int("window", window)
         self.declare("rolling_zscore", [value_input("column", column)], [output("zscore")],
-                     stride=var_width(self.window), by=by,
+                     stride=var_width(self.window), by=by, partition_keys=True,
                      config=dict(column=column, window=self.window))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
