@@ -50,6 +50,12 @@ class RollingWindows:
     def time_rolling_std_by_symbol(self, window):
         rolling_std(self.batch, "price", window=window, by="symbol")
 
+    def time_rolling_min_by_symbol(self, window):
+        rolling_min(self.batch, "price", window=window, by="symbol")
+
+    def time_rolling_max_by_symbol(self, window):
+        rolling_max(self.batch, "price", window=window, by="symbol")
+
 
 class Features:
     def setup(self):
