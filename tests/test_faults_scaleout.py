@@ -355,9 +355,9 @@ def test_scale_out_two_then_three_members_and_one_killed(kafka_broker, unique_to
 
         _wait(members, lambda: victim_found() or (done() >= size).all(), 90,
               "a member working on a partition with work left")
-        time.sleep(0.5)  # > 2 checkpoint intervals: the victim has written that progress
         victim, part = victim_found() or (None, None)
         assert victim is not None, "the partition finished before the kill; nothing to prove"
+        time.sleep(0.5)  # > 2 checkpoint intervals: the victim has written that progress
         owned = _last_assignment(victim.log())
         left = {part}
         survivors = [m for m in members if m is not victim]
