@@ -245,6 +245,7 @@ cdef void _gather(const uint64_t* src, const int32_t* place, Py_ssize_t m,
 
 cdef void _gather_bytes(const uint8_t* src, const int32_t* place, Py_ssize_t m,
                         uint8_t* dst) noexcept nogil:
+    """``dst[place[i]] = src[i]`` (the null mask ``io.ok``)."""
     cdef Py_ssize_t i
     for i in range(m):
         dst[place[i]] = src[i]
@@ -766,10 +767,10 @@ cdef class Kernel:
         cdef KernelIO part
         if n_keys < 1 or io.n < _partition_min_rows * n_keys:
             return False
-        while n_x < MAX_COLUMNS and io.x[n_x] != NULL:
-            n_x += 1
         if _partition_min_rows * n_keys > MAX_CHUNK_ROWS:
             return False                     # so many keys that scratch would grow too large
+        while n_x < MAX_COLUMNS and io.x[n_x] != NULL:
+            n_x += 1
         n_chunks = io.n // max(_partition_chunk_rows, _partition_min_rows * n_keys)
         if n_chunks < 1:
             n_chunks = 1
