@@ -122,7 +122,7 @@ def cases(scale: float = 1.0):
     yield "ema by=symbol (8 keys)", rows, {
         "sabot": lambda: fk.ema(batch, period=20, by="symbol"),
         "sabot without keys": lambda: fk.ema(batch, period=20),
-        "polars ewm_mean.over (alpha=2/21)": lambda: frame.select(
+        "polars ewm_mean.over": lambda: frame.select(                  # alpha = 2/(20+1)
             pl.col("price").ewm_mean(alpha=2 / 21, adjust=False).over("symbol")),
     }
     yield "rsi by=symbol (8 keys)", rows, {
@@ -137,8 +137,8 @@ def cases(scale: float = 1.0):
         "sabot": lambda: fk.bollinger_bands(batch, by="symbol"),
         "sabot without keys": lambda: fk.bollinger_bands(batch),
         "polars rolling_mean/std.over": lambda: frame.select(
-            pl.col("price").rolling_mean(20).over("symbol"),
-            pl.col("price").rolling_std(20, ddof=0).over("symbol")),
+            pl.col("price").rolling_mean(20).over("symbol").alias("mid"),
+            pl.col("price").rolling_std(20, ddof=0).over("symbol").alias("sd")),
     }
     yield "rolling_std by=symbol (8 keys)", rows, {
         "sabot": lambda: fk.rolling_std(batch, "price", window=20, by="symbol"),

@@ -155,6 +155,15 @@ def test_many_keys_and_tiny_chunks(name):
     run_both(OPTED_IN[name], batches, chunk_rows=64)
 
 
+def test_more_keys_than_the_chunk_cap_takes_row_order():
+    """Over 1024 keys at the default 64 rows per key the chunk would pass its cap: the
+    batch goes in row order, and comes out the same."""
+    rng = np.random.default_rng(17)
+    batch = make_batch(rng, 1100 * 70, list(range(1100)), null_frac=0.02, special_frac=0.01,
+                       constant_runs=False, dictionary=True)
+    run_both(OPTED_IN["rolling_std"], [batch], min_rows_per_key=_kernel._partition_settings()[0])
+
+
 @pytest.mark.parametrize("name", sorted(OPTED_IN))
 def test_large_batch(name):
     """A batch of 2**19 rows and more (outputs written past the cache), default settings."""

@@ -15,7 +15,9 @@ alias anything).
 
 The base class does everything else: column resolution and errors, zero-copy float64 views of
 Arrow buffers (casting other numeric types once), the combined null mask, per-key state slots
-for ``by=``, output buffers from Arrow's memory pool, and append-or-replace of output columns.
+for ``by=`` (with ``declare(..., partition_keys=True)``, batches with enough rows per key run
+key by key through the unkeyed loop: ``Kernel._run_partitioned``), output buffers from Arrow's
+memory pool, and append-or-replace of output columns.
 """
 from libc.math cimport NAN
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t

@@ -283,11 +283,9 @@ ctypedef struct Var:
     double* end                     # values + N
 
 
-cdef inline Var var_load(double* d, Py_ssize_t N) noexcept nogil:
-    """Open the rolling variance stored in state row ``d`` (header and ring)."""
-    cdef Var v
-    v.N = N
-    v.every = N * ((MOM_REBASE + N - 1) // N)
+cdef inline void var_reopen(Var* v, double* d) noexcept nogil:
+    """Load state row ``d`` into ``v``, whose window ``N`` (and re-sum period) it keeps: a
+    keyed loop opens each row's key state so, without recomputing the period (a division)."""
     v.n = <Py_ssize_t>d[0]
     v.mean = d[1]
     v.m2 = d[2]
@@ -298,7 +296,15 @@ cdef inline Var var_load(double* d, Py_ssize_t N) noexcept nogil:
     v.K = d[8]
     v.values = d + VAR_HEADER
     v.pos = v.values + <Py_ssize_t>d[5]
-    v.end = v.values + N
+    v.end = v.values + v.N
+
+
+cdef inline Var var_load(double* d, Py_ssize_t N) noexcept nogil:
+    """Open the rolling variance stored in state row ``d`` (header and ring)."""
+    cdef Var v
+    v.N = N
+    v.every = N * ((MOM_REBASE + N - 1) // N)
+    var_reopen(&v, d)
     return v
 
 
@@ -459,14 +465,15 @@ cdef inline bint var_push(Var* v, double x, double inv_n) noexcept nogil:
 
 cdef inline bint var_push_row(KernelIO* io, Var* v, Py_ssize_t i, double inv_n,
                               bint keyed) noexcept nogil:
-    """``var_push`` of row ``i``'s value (input 0): with ``keyed``, ``v`` is first loaded from
-    the row's key state and stored back after.  False for a null or NaN row (nothing pushed)."""
+    """``var_push`` of row ``i``'s value (input 0): with ``keyed``, ``v`` (from ``var_load``)
+    is first loaded from the row's key state and stored back after.  False for a null or NaN
+    row (nothing pushed)."""
     cdef double* st
     if not present(io, i):
         return False
     if keyed:
         st = key_state(io, i)
-        v[0] = var_load(st, v.N)
+        var_reopen(v, st)
     if not var_push(v, io.x[0][i], inv_n):
         return False
     if keyed:

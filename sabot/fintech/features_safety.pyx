@@ -205,9 +205,8 @@ cdef inline void _std_rows(KernelIO* io, Py_ssize_t N, double ddof, bint keyed) 
     cdef double a, b, inv_n = 1.0 / N, inv_dof = 1.0 / (N - ddof)
     cdef double* out = io.out[0]
     cdef Var v
-    v.N = N
+    v = var_load(io.state, N)     # keyed: rows then open their key's state (var_push_row)
     if not keyed:
-        v = var_load(io.state, N)
         while i < io.n and not var_full(&v):             # warm-up
             out[i] = sqrt(_std_m2(io, &v, i, inv_n, False, False) * inv_dof)
             i += 1

@@ -270,9 +270,8 @@ cdef inline void _bollinger_rows(KernelIO* io, Py_ssize_t N, double k, bint keye
     cdef double a, b, c = k * k / N, inv_n = 1.0 / N
     cdef double width[2]
     cdef Var v
-    v.N = N
+    v = var_load(io.state, N)     # keyed: rows then open their key's state (var_push_row)
     if not keyed:
-        v = var_load(io.state, N)
         while i < io.n and not var_full(&v):             # warm-up
             _bands(io, i, sqrt(_bollinger_m2(io, &v, i, inv_n, False, False) * c))
             i += 1

@@ -162,9 +162,7 @@ cdef inline void _zscore_rows(KernelIO* io, Py_ssize_t N, bint keyed) noexcept n
     cdef Py_ssize_t i
     cdef double x, inv_n = 1.0 / N, dof = N - 1.0
     cdef Var v
-    v.N = N
-    if not keyed:
-        v = var_load(io.state, N)
+    v = var_load(io.state, N)     # keyed: rows then open their key's state (var_push_row)
     for i in range(io.n):
         if not var_push_row(io, &v, i, inv_n, keyed):     # null or NaN
             set_null(io, 0, i)
