@@ -128,19 +128,24 @@ def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_b
     ``buy_price``, ``sell_price``, ``gross_bps``, ``net_bps``, ``edge_per_unit``,
     ``is_opportunity``.  Ties keep the first pair in venue order.
     """
+    present = set(joined.schema.names)
     for column in [f"{v}_{side}" for v in venues for side in ("ask", "bid")]:
-        if column not in joined.schema.names:  # a venue not joined yet: absent from every row
+        if column not in present:  # a venue not joined yet: absent from every row
             joined = joined.append_column(column, pa.nulls(joined.num_rows, pa.float64()))
     out = _edge_kernel(tuple((v, float(fees_bps[v])) for v in venues), float(min_edge_bps))(joined)
 
     def venue_index(name: str) -> np.ndarray:
-        return pc.fill_null(out[name].indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        indices = out[name].indices      # null (no pair) as NaN in numpy: -1
+        if not indices.null_count:
+            return indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        return np.nan_to_num(indices.to_numpy(zero_copy_only=False), nan=-1).astype(np.int64)
 
     result = {name: _f64(out, name) for name in ("buy_price", "sell_price", "gross_bps", "net_bps")}
     result["buy"] = venue_index("buy_venue")
     result["sell"] = venue_index("sell_venue")
     result["edge_per_unit"] = result["buy_price"] * result["net_bps"] / 1e4
-    result["is_opportunity"] = pc.fill_null(out["is_opportunity"], False).to_numpy(
+    flag = out["is_opportunity"]
+    result["is_opportunity"] = (flag.fill_null(False) if flag.null_count else flag).to_numpy(
         zero_copy_only=False)
     return result
 

@@ -3,6 +3,7 @@ import pyarrow as pa
 import pytest
 
 from sabot.fintech import normalize_symbols
+from sabot.fintech import symbols as symbols_module
 
 
 def test_spellings_of_three_exchanges():
@@ -34,3 +35,15 @@ def test_errors_name_value_and_column():
         normalize_symbols(pa.record_batch({"symbol": ["BTC-USD"]}), symbol_column="sym")
     with pytest.raises(TypeError, match="string"):
         normalize_symbols(pa.record_batch({"symbol": [1]}))
+
+
+def test_one_row_ticks_map_as_whole_batches_do():
+    """Small batches map row by row, larger ones each distinct symbol once: same column."""
+    spellings = ["BTC-USD", "XBT/USD", "btcusdt", None, "ETH/USD", "eth-usdt", "SOL-USD"] * 3
+    whole = normalize_symbols(pa.record_batch({"symbol": pa.array(spellings, pa.string())}))
+    assert len(spellings) > symbols_module.FEW_ROWS
+    ticks = [normalize_symbols(pa.record_batch({"symbol": pa.array([s], pa.string())}))
+             for s in spellings]
+    assert pa.Table.from_batches(ticks).equals(pa.Table.from_batches([whole]))
+    with pytest.raises(ValueError, match="'symbol'.*'BTC'"):
+        normalize_symbols(pa.record_batch({"symbol": ["BTC-USD"] * 20 + ["BTC"]}))

@@ -22,7 +22,7 @@ arrivals are split into batches.  Rows with a null source, key or time, or a sou
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +59,7 @@ class ArrivalAsofJoin:
             raise ValueError(f"tolerance_ms must be >= 0, got {tolerance_ms}")
         self.sources = list(sources)
         self._source_array = pa.array(self.sources, pa.string())
+        self._source_of = {s: i for i, s in enumerate(self.sources)}
         self.source_column, self.by, self.on = source_column, by, on
         self.columns = [on] + [c for c in columns if c != on]
         self.tolerance_ns = int(round(tolerance_ms * 1_000_000))
@@ -86,9 +87,7 @@ class ArrivalAsofJoin:
             return timestamps_ns(col, name)
         if typ != pa.float64():
             col = col.cast(pa.float64())
-        if col.null_count:
-            col = col.fill_null(np.nan)
-        return col.to_numpy(zero_copy_only=False)
+        return col.to_numpy(zero_copy_only=False)          # nulls come out as NaN
 
     def _source_index(self, batch: pa.RecordBatch) -> tuple:
         """(batch without rows that cannot be placed, source index per row); dropped rows — a
@@ -97,9 +96,14 @@ class ArrivalAsofJoin:
             if name not in batch.schema.names:
                 raise KeyError(f"column {name!r} not found; columns present: "
                                f"{', '.join(batch.schema.names)}")
+        clean = not (batch.column(self.by).null_count or batch.column(self.on).null_count)
+        if clean and batch.num_rows <= FEW_ROWS:     # a tick: a dict lookup, no compute call
+            src = [self._source_of.get(v, -1)
+                   for v in batch.column(self.source_column).to_pylist()]
+            if -1 not in src:
+                return batch, np.array(src, dtype=np.int32)
         src = pc.index_in(batch.column(self.source_column), value_set=self._source_array)
-        if not (src.null_count or batch.column(self.by).null_count
-                or batch.column(self.on).null_count):
+        if clean and not src.null_count:
             return batch, src.to_numpy(zero_copy_only=False)
         ok = pc.and_(pc.and_(pc.is_valid(src), pc.is_valid(batch.column(self.by))),
                      pc.is_valid(batch.column(self.on)))
@@ -116,19 +120,24 @@ class ArrivalAsofJoin:
 
     def _codes(self, keys: pa.Array) -> np.ndarray:
         """Stable integer codes of the keys (new keys get the next code; state grows)."""
-        enc = pc.dictionary_encode(keys)
-        if isinstance(enc, pa.ChunkedArray):
-            enc = enc.combine_chunks()
         table = self._key_code
-        mapping = np.empty(len(enc.dictionary), dtype=np.int64)
-        for j, k in enumerate(enc.dictionary.to_pylist()):
-            mapping[j] = table.setdefault(k, len(table))
+        if len(keys) <= FEW_ROWS:                    # a tick: no compute call
+            codes = np.array([table.setdefault(k, len(table)) for k in keys.to_pylist()],
+                             dtype=np.int64)
+        else:
+            enc = pc.dictionary_encode(keys)
+            if isinstance(enc, pa.ChunkedArray):
+                enc = enc.combine_chunks()
+            mapping = np.empty(len(enc.dictionary), dtype=np.int64)
+            for j, k in enumerate(enc.dictionary.to_pylist()):
+                mapping[j] = table.setdefault(k, len(table))
+            codes = mapping[enc.indices.to_numpy(zero_copy_only=False)]
         grow = len(table) - self._present.shape[1]
         if grow > 0:
             self._present = np.pad(self._present, ((0, 0), (0, grow)))
             for name, arr in self._state.items():
                 self._state[name] = np.pad(arr, ((0, 0), (0, grow)))
-        return mapping[enc.indices.to_numpy(zero_copy_only=False)]
+        return codes
 
     def process(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The joined rows for ``batch`` (rows in arrival order), updating the latest rows."""
@@ -143,15 +152,13 @@ class ArrivalAsofJoin:
             joined, fresh = self._join_rows(src, code, values)
         else:
             joined, fresh = self._join_vectorised(src, code, values)
-        all_fresh = fresh.all(axis=1)
-
-        out: Dict[str, pa.Array] = {self.by: batch.column(self.by), self.on: batch.column(self.on),
-                                    self.source_column: batch.column(self.source_column)}
+        per_column = [self._to_arrow(c, joined[c], fresh) for c in self.columns]
+        arrays = [batch.column(self.by), batch.column(self.on), batch.column(self.source_column)]
+        names = [self.by, self.on, self.source_column]
         for s_i, s in enumerate(self.sources):
-            valid = None if all_fresh[s_i] else fresh[s_i]
-            for c in self.columns:
-                out[f"{s}_{c}"] = self._to_arrow(c, joined[c][s_i], valid)
-        return pa.RecordBatch.from_arrays(list(out.values()), names=list(out))
+            arrays += [column[s_i] for column in per_column]
+            names += [f"{s}_{c}" for c in self.columns]
+        return pa.RecordBatch.from_arrays(arrays, names=names)
 
     def _join_rows(self, src: np.ndarray, code: np.ndarray, values: Dict[str, np.ndarray]):
         """The module docstring's loop, row by row (few rows: cheaper than the vectorised
@@ -209,27 +216,37 @@ class ArrivalAsofJoin:
                 self._state[c][src[rows], code[rows]] = values[c][rows]
         return joined, fresh
 
-    def _to_arrow(self, name: str, values: np.ndarray, valid: Optional[np.ndarray]) -> pa.Array:
-        """``values`` as the column's Arrow type (floats as float64); null where not ``valid``
-        (None: all valid) and where the value is the null marker (int64 min; NaN)."""
+    def _to_arrow(self, name: str, values: np.ndarray, fresh: np.ndarray) -> list:
+        """Column ``name`` of every source, from its ``(sources, rows)`` joined values, as
+        Arrow arrays of the column's type (floats as float64): null where the source's quote
+        is not ``fresh`` and where the value is the null marker (int64 min; NaN).
+
+        Every source's array views one values buffer and one validity bitmap at its own
+        offset (``from_buffers``): a live consumer of one-row batches builds these arrays on
+        every tick, and a compute call or ``pa.array`` with a mask costs several times more."""
+        n_src, n = values.shape
         typ = self._types[name]
         if values.dtype == np.int64:
             missing = values == _NULL_INT
         else:
             typ = pa.float64()
             missing = np.isnan(values)  # a null input (NaN inside) stays null
-        if missing.any():
-            valid = ~missing if valid is None else valid & ~missing
-        # straight from the buffers (pa.array with a mask costs several times more per call,
-        # which a live consumer of one-row batches pays on every column)
-        bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        valid = fresh & ~missing
+        all_valid = valid.all(axis=1)
+        bitmap = None
+        if not all_valid.all():
+            bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))  # bit s * n + row
+        data = pa.py_buffer(np.ascontiguousarray(values))
         # built as what the int64 values are (ns timestamps, int64), then cast back to the type
         if pa.types.is_timestamp(typ):
             wide = pa.timestamp("ns", tz=typ.tz)
         else:
             wide = typ if typ.bit_width == 64 else pa.int64()
-        arr = pa.Array.from_buffers(wide, len(values),
-                                    [bitmap, pa.py_buffer(np.ascontiguousarray(values))])
-        return arr if wide == typ else arr.cast(typ)
+        arrays = []
+        for s_i in range(n_src):
+            arr = pa.Array.from_buffers(wide, n, [None if all_valid[s_i] else bitmap, data],
+                                        offset=s_i * n)
+            arrays.append(arr if wide == typ else arr.cast(typ))
+        return arrays
 
     __call__ = process

@@ -10,6 +10,9 @@ import pyarrow.types as pat
 from ..symbols import DEFAULT_QUOTE_ALIASES, normalize_symbol
 from ._columns import BatchLike, check_batch, require_column, with_columns
 
+#: Batches of at most this many rows map symbol by symbol; larger ones each distinct symbol once.
+FEW_ROWS = 8
+
 
 def _normalize_batch(batch: pa.RecordBatch, exchange: Optional[str], symbol_column: str,
                      quote_aliases: Mapping[str, str]) -> pa.RecordBatch:
@@ -21,14 +24,20 @@ def _normalize_batch(batch: pa.RecordBatch, exchange: Optional[str], symbol_colu
         raise TypeError(
             f"symbol_column {symbol_column!r} has type {field.type}; expected string"
         )
-    encoded = pc.dictionary_encode(symbols)
-    mapped = []
-    for raw in encoded.dictionary.to_pylist():
-        try:
-            mapped.append(normalize_symbol(raw, exchange, quote_aliases))
-        except ValueError as exc:
-            raise ValueError(f"column {symbol_column!r}: {exc}") from None
-    normalized = pc.take(pa.array(mapped, pa.string()), encoded.indices)
+    def mapped(raws: list) -> pa.Array:
+        out = []
+        for raw in raws:
+            try:
+                out.append(None if raw is None else normalize_symbol(raw, exchange, quote_aliases))
+            except ValueError as exc:
+                raise ValueError(f"column {symbol_column!r}: {exc}") from None
+        return pa.array(out, pa.string())
+
+    if len(symbols) <= FEW_ROWS:        # a live tick: map the rows (compute calls cost more)
+        normalized = mapped(symbols.to_pylist())
+    else:                               # each distinct symbol once
+        encoded = pc.dictionary_encode(symbols)
+        normalized = pc.take(mapped(encoded.dictionary.to_pylist()), encoded.indices)
     named = [(symbol_column, normalized)]
     if "raw_symbol" not in batch.schema.names:
         named.append(("raw_symbol", symbols))
