@@ -318,6 +318,46 @@ def test_sinks_commit_every_offset_before_the_consumer_closes(kafka_broker, uniq
         assert {tp.partition: tp.offset for tp in committed} == ends
 
 
+
+def test_async_commits_that_never_land_are_made_good_on_close(kafka_broker, unique_topic,
+                                                               tmp_path, monkeypatch):
+    """``commit='async'``: if no asynchronous commit reaches the broker (all lost), the
+    synchronous commit of the last offsets on close still leaves every offset committed."""
+    import confluent_kafka
+    from confluent_kafka import TopicPartition
+
+    lost = []
+
+    class AsyncCommitsLost(confluent_kafka.Consumer):   # a real consumer, one request type lost
+        def commit(self, *args, **kwargs):
+            if kwargs.get("asynchronous"):
+                lost.append(kwargs.get("offsets"))
+                return None
+            return super().commit(*args, **kwargs)
+
+    topic, group = unique_topic(), unique_topic("lost")
+    kafka_broker.create_topic(topic, partitions=3)
+    produce(kafka_broker.bootstrap, topic, ticker_table("kraken", 900, seed=9))
+    monkeypatch.setattr(confluent_kafka, "Consumer", AsyncCommitsLost)
+    s = Stream.from_kafka(kafka_broker.bootstrap, topic, group, batch_size=200,
+                          from_beginning=True, stop_at_end=True, commit="async", **FAST)
+    s.to_parquet(tmp_path / "lost.parquet")
+    monkeypatch.undo()
+    assert pq.read_table(tmp_path / "lost.parquet").num_rows == 900
+    assert lost, "the stream made no asynchronous commit"
+    c = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": group})
+    assign_all(c, topic)
+    ends, seen, deadline = {}, 0, time.monotonic() + 20
+    while seen < 900 and time.monotonic() < deadline:
+        for msg in c.consume(1000, 0.2):
+            if msg.error() is None:
+                ends[msg.partition()] = msg.offset() + 1
+                seen += 1
+    committed = c.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+    c.close()
+    assert {tp.partition: tp.offset for tp in committed} == ends
+
+
 WINDOW_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
