@@ -32,7 +32,6 @@ def make_data(n_left: int, n_right: int, seed: int = 7):
 
 
 def cases(scale: float = 1.0):
-    import duckdb
     import pandas as pd
     import polars as pl
 
@@ -49,9 +48,14 @@ def cases(scale: float = 1.0):
     pl_right_str = pl.from_arrow(right_str)
     pd_left = left_str.to_pandas()
     pd_right = right_str.to_pandas()
-    con = duckdb.connect()
-    con.register("l", left_str)
-    con.register("r", right_str)
+    try:                             # DuckDB is in the bench extras only
+        import duckdb
+    except ModuleNotFoundError:
+        duckdb = None
+    if duckdb is not None:
+        con = duckdb.connect()
+        con.register("l", left_str)
+        con.register("r", right_str)
     tol = pd.Timedelta(milliseconds=TOLERANCE_MS)
 
     def sabot_dict():
@@ -111,7 +115,7 @@ def cases(scale: float = 1.0):
          {"sabot": sabot_dict, "polars Categorical": polars_cat}),
         (f"{name} (string keys)", n_left,
          {"sabot": sabot_str, "polars String": polars_str, "pandas merge_asof": pandas_asof,
-          "duckdb ASOF JOIN": duckdb_asof}),
+          **({"duckdb ASOF JOIN": duckdb_asof} if duckdb is not None else {})}),
         (f"streaming {name} (64k-row batches)", n_left + n_right, {"sabot": sabot_streaming}),
     ]
 
