@@ -190,41 +190,73 @@ cdef class RSI(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i, N = self.period
-        cdef double x, d, up, down
-        cdef double keep = (N - 1.0) / N, inv_n = 1.0 / N  # Wilder: avg·(N−1)/N + change/N
-        cdef double local[4]
-        cdef double* st                                   # count, previous, gain, loss
-        cdef bint keyed = io.slot != NULL
-        state_to_local(io, local, 4)
+        cdef double x, keep = (N - 1.0) / N, inv_n = 1.0 / N  # Wilder: avg·(N−1)/N + change/N
+        cdef double* st
+        cdef Wilder w
+        if io.slot == NULL:                 # one state, in registers for the whole batch
+            w = wilder_load(io.state)
+            for i in range(io.n):
+                x = io.x[0][i]
+                io.out[0][i] = _rsi_step(&w, x, N, keep, inv_n) if present(io, i) else NAN
+            wilder_store(&w, io.state)
+            return
         for i in range(io.n):
             x = io.x[0][i]
-            st = row_state(io, i, local, keyed)
-            if not present(io, i) or x != x:
+            if not present(io, i):
                 set_null(io, 0, i)
                 continue
-            st[0] += 1.0
-            if st[0] == 1.0:
-                st[1] = x
-                set_null(io, 0, i)
-                continue
-            d = x - st[1]
-            st[1] = x
-            up = d if d > 0.0 else 0.0
-            down = -d if d < 0.0 else 0.0
-            if st[0] <= N:
-                st[2] += up
-                st[3] += down
-                if st[0] < N + 1:
-                    set_null(io, 0, i)
-                    continue
-            if st[0] == N + 1:
-                st[2] = (st[2] + up) / N
-                st[3] = (st[3] + down) / N
-            else:
-                st[2] = st[2] * keep + up * inv_n
-                st[3] = st[3] * keep + down * inv_n
-            io.out[0][i] = 100.0 * st[2] / (st[2] + st[3]) if st[2] + st[3] != 0.0 else 0.0
-        local_to_state(io, local, 4)
+            st = key_state(io, i)
+            w = wilder_load(st)
+            io.out[0][i] = _rsi_step(&w, x, N, keep, inv_n)
+            wilder_store(&w, st)
+
+
+ctypedef struct Wilder:
+    Py_ssize_t count                # prices seen
+    double prev, gain, loss         # last price, average gain and loss (sums while filling)
+
+
+cdef inline Wilder wilder_load(const double* st) noexcept nogil:
+    cdef Wilder w
+    w.count = <Py_ssize_t>st[0]
+    w.prev = st[1]
+    w.gain = st[2]
+    w.loss = st[3]
+    return w
+
+
+cdef inline void wilder_store(const Wilder* w, double* st) noexcept nogil:
+    st[0] = <double>w.count
+    st[1] = w.prev
+    st[2] = w.gain
+    st[3] = w.loss
+
+
+cdef inline double _rsi_step(Wilder* w, double x, Py_ssize_t N, double keep,
+                             double inv_n) noexcept nogil:
+    """Push price ``x`` (NaN: skipped); the RSI, or NaN (null) during warm-up."""
+    cdef double d, up, down
+    if x != x:
+        return NAN
+    w.count += 1
+    if w.count == 1:
+        w.prev = x
+        return NAN
+    d = x - w.prev
+    w.prev = x
+    up = d if d > 0.0 else 0.0
+    down = -d if d < 0.0 else 0.0
+    if w.count <= N:                        # the first N - 1 changes: summed
+        w.gain += up
+        w.loss += down
+        return NAN
+    if w.count == N + 1:                    # the N-th: the simple averages
+        w.gain = (w.gain + up) / N
+        w.loss = (w.loss + down) / N
+    else:
+        w.gain = w.gain * keep + up * inv_n
+        w.loss = w.loss * keep + down * inv_n
+    return 100.0 * w.gain / (w.gain + w.loss) if w.gain + w.loss != 0.0 else 0.0
 
 
 cdef class BollingerBands(Kernel):
