@@ -133,46 +133,91 @@ cdef class MACD(Kernel):
                      by=by, config=dict(column=column, fast=fast, slow=slow, signal=signal))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, F = self.fast, S = self.slow, G = self.signal
-        cdef double x, c, line
-        cdef double kf = 2.0 / (F + 1.0), ks = 2.0 / (S + 1.0), kg = 2.0 / (G + 1.0)
-        cdef double bf = 1.0 - kf, bs = 1.0 - ks, bg = 1.0 - kg
-        cdef double local[6]
-        cdef double* st                  # count, slow seed/ema, fast seed/ema, signal seed/ema
-        cdef bint keyed = io.slot != NULL
-        state_to_local(io, local, 6)
+        cdef Py_ssize_t i
+        cdef MacdParams p
+        cdef MacdState m
+        cdef double* st
+        p.F, p.S, p.G = self.fast, self.slow, self.signal
+        p.kf, p.ks, p.kg = 2.0 / (p.F + 1.0), 2.0 / (p.S + 1.0), 2.0 / (p.G + 1.0)
+        p.bf, p.bs, p.bg = 1.0 - p.kf, 1.0 - p.ks, 1.0 - p.kg
+        if io.slot == NULL:                 # one state, in registers for the whole batch
+            m = macd_load(io.state)
+            for i in range(io.n):
+                if present(io, i):
+                    _macd_step(io, i, &m, &p)
+                else:
+                    set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+            macd_store(&m, io.state)
+            return
         for i in range(io.n):
-            x = io.x[0][i]
-            st = row_state(io, i, local, keyed)
-            if not present(io, i) or x != x:
+            if not present(io, i):
                 set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
                 continue
-            st[0] += 1.0
-            c = st[0]
-            if c < S:
-                st[1] += x
-                if c > S - F:
-                    st[2] += x
-            elif c == S:
-                st[1] = (st[1] + x) / S
-                st[2] = (st[2] + x) / F
-            else:
-                st[1] = ks * x + bs * st[1]
-                st[2] = kf * x + bf * st[2]
-            if c < S + G - 1:
-                if c >= S:
-                    st[3] += st[2] - st[1]
-                set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
-                continue
-            line = st[2] - st[1]
-            if c == S + G - 1:
-                st[3] = (st[3] + line) / G
-            else:
-                st[3] = kg * line + bg * st[3]
-            io.out[0][i] = line
-            io.out[1][i] = st[3]
-            io.out[2][i] = line - st[3]
-        local_to_state(io, local, 6)
+            st = key_state(io, i)
+            m = macd_load(st)
+            _macd_step(io, i, &m, &p)
+            macd_store(&m, st)
+
+
+ctypedef struct MacdParams:
+    Py_ssize_t F, S, G                  # fast, slow and signal periods
+    double kf, ks, kg, bf, bs, bg       # their smoothing factors k = 2/(N+1) and 1 - k
+
+
+ctypedef struct MacdState:
+    Py_ssize_t count                    # values seen
+    double slow, fast, signal           # seed sums while filling, then the EMAs
+
+
+cdef inline MacdState macd_load(const double* st) noexcept nogil:
+    cdef MacdState m
+    m.count = <Py_ssize_t>st[0]
+    m.slow = st[1]
+    m.fast = st[2]
+    m.signal = st[3]
+    return m
+
+
+cdef inline void macd_store(const MacdState* m, double* st) noexcept nogil:
+    st[0] = <double>m.count
+    st[1] = m.slow
+    st[2] = m.fast
+    st[3] = m.signal
+
+
+cdef inline void _macd_step(KernelIO* io, Py_ssize_t i, MacdState* m,
+                            const MacdParams* p) noexcept nogil:
+    """Push row ``i``'s value (NaN: skipped) and write its three outputs (null in warm-up)."""
+    cdef double x = io.x[0][i], line
+    cdef Py_ssize_t c
+    if x != x:
+        set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+        return
+    m.count += 1
+    c = m.count
+    if c < p.S:
+        m.slow += x
+        if c > p.S - p.F:
+            m.fast += x
+    elif c == p.S:
+        m.slow = (m.slow + x) / p.S
+        m.fast = (m.fast + x) / p.F
+    else:
+        m.slow = p.ks * x + p.bs * m.slow
+        m.fast = p.kf * x + p.bf * m.fast
+    if c < p.S + p.G - 1:
+        if c >= p.S:
+            m.signal += m.fast - m.slow
+        set_null(io, 0, i); set_null(io, 1, i); set_null(io, 2, i)
+        return
+    line = m.fast - m.slow
+    if c == p.S + p.G - 1:
+        m.signal = (m.signal + line) / p.G
+    else:
+        m.signal = p.kg * line + p.bg * m.signal
+    io.out[0][i] = line
+    io.out[1][i] = m.signal
+    io.out[2][i] = line - m.signal
 
 
 cdef class RSI(Kernel):
