@@ -13,8 +13,9 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sabot.fintech import _simd, microstructure
-from sabot.fintech import effective_spread, l1_imbalance, microprice, quoted_spread
+from sabot.fintech import _simd, fx_crypto, microstructure
+from sabot.fintech import (effective_spread, l1_imbalance, microprice, quoted_spread,
+                           triangular_arbitrage)
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = [pytest.param(p, marks=pytest.mark.skipif(p not in _simd.available_paths(),
@@ -129,6 +130,77 @@ def test_long_batches_across_run_blocks(name):
     assert_paths_agree(name, pa.record_batch(dirty).slice(3))
 
 
+TRIANGLE = ("spot_ab", "spot_bc", "spot_ac")
+
+
+def triangular_reference(batch, fees):
+    """numpy in the kernel's operation order: (edge valid, edge, route valid, route index)."""
+    xs = [batch[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in TRIANGLE]
+    null = np.zeros(batch.num_rows, dtype=bool)
+    names = list(TRIANGLE)
+    if "fees_bps" in batch.schema.names:
+        fee = batch["fees_bps"].to_numpy(zero_copy_only=False).astype(np.float64)
+        names.append("fees_bps")
+    else:
+        fee = np.full(batch.num_rows, 0.0 if fees is None else fees)
+    for c in names:
+        null |= batch[c].is_null().to_numpy(zero_copy_only=False)
+    ab, bc, ac = xs
+    with np.errstate(all="ignore"):
+        defined = (ab > 0.0) & (bc > 0.0) & (ac > 0.0) & (fee == fee) & ~null
+        q = ab * bc
+        fwd = (q / ac - 1.0) * 1e4 - fee
+        rev = (ac / q - 1.0) * 1e4 - fee
+        best = np.where(fwd < rev, rev, fwd)
+        route = np.where(best > 0.0, np.where(fwd < rev, 1, 0), 2)
+    return defined & ~np.isnan(best), best, defined, route
+
+
+def assert_triangular_paths_agree(batch, fees):
+    edge_valid, edge, route_valid, route = triangular_reference(batch, fees)
+    outputs = {}
+    for path in _simd.available_paths():
+        previous = _simd._use_path(path)
+        try:
+            out = outputs[path] = triangular_arbitrage(batch, fees_bps=fees)
+        finally:
+            _simd._use_path(previous)
+        assert_bits_equal(out["arb_edge_bps"], edge_valid, edge, f"triangular [{path}] edge")
+        codes = out["arb_route"].indices
+        np.testing.assert_array_equal(~codes.is_null().to_numpy(zero_copy_only=False),
+                                      route_valid, err_msg=f"[{path}] route nulls")
+        np.testing.assert_array_equal(
+            codes.to_numpy(zero_copy_only=False)[route_valid], route[route_valid],
+            err_msg=f"[{path}] routes")
+        for column in ("arb_edge_bps", "arb_route"):   # (the inputs may hold NaN: != itself)
+            assert out[column].equals(outputs[_simd.PORTABLE][column]), \
+                f"triangular {column}: {path} differs from portable"
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), fee_column=st.booleans(), fees=st.sampled_from([None, 0.0, 3.5]))
+def test_triangular_paths_bit_identical_to_numpy(data, fee_column, fees):
+    """Both copies of the triangular loop (two divisions a row, two outputs, fees from the
+    parameter or a column) against numpy, bit for bit."""
+    columns = TRIANGLE + (("fees_bps",) if fee_column else ())
+    assert_triangular_paths_agree(data.draw(batches(columns)), fees)
+
+
+def test_triangular_long_batches():
+    rng = np.random.default_rng(4)
+    n = 40_003
+    clean = {c: rng.uniform(0.5, 2.0, n) for c in TRIANGLE}
+    assert_triangular_paths_agree(pa.record_batch(clean), 2.0)
+    dirty = {}
+    for c, values in clean.items():
+        values = values.copy()
+        for special in (np.nan, np.inf, 0.0, -1.0):
+            values[rng.integers(0, n, 20)] = special
+        dirty[c] = pa.array(values, mask=rng.uniform(size=n) < 0.01)
+    dirty["fees_bps"] = pa.array(rng.uniform(0.0, 5.0, n))
+    assert_triangular_paths_agree(pa.record_batch(dirty).slice(3), None)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_zero_denominators_and_infinities(path):
     b = pa.record_batch({"bid_size": [0.0, -0.0, 1.0, np.inf, np.inf, 2.0, 1.0],
@@ -185,17 +257,20 @@ def test_avx2_copies_use_four_wide_division():
     objdump = shutil.which("objdump")
     if objdump is None:
         pytest.skip("objdump (binutils) not installed")
-    listing = subprocess.run([objdump, "-d", "--no-show-raw-insn", microstructure.__file__],
-                             capture_output=True, text=True, check=True).stdout
+    listing = "\n\n".join(
+        subprocess.run([objdump, "-d", "--no-show-raw-insn", module.__file__],
+                       capture_output=True, text=True, check=True).stdout
+        for module in (microstructure, fx_crypto))
+    names = sorted(KERNELS) + ["triangular"]
     bodies = {}
     for block in listing.split("\n\n"):
         head = block.split(">:", 1)[0]
-        for name in KERNELS:
+        for name in names:
             if head.endswith(f"{name}_rows_avx2"):
                 bodies[name] = block
     if not bodies:
         pytest.skip("the extension's symbols are stripped")
-    assert sorted(bodies) == sorted(KERNELS)
+    assert sorted(bodies) == names
     for name, body in bodies.items():
         assert "vdivpd" in body and ("%ymm" in body or "%zmm" in body), \
             f"{name}_rows_avx2 has no 4-wide division"

@@ -11,10 +11,11 @@ Conventions shared by this module:
 * Every kernel is a :class:`Kernel`; only :class:`OpenInterestDelta` keeps state.
 """
 from libc.math cimport INFINITY, NAN, expm1, log
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint8_t, uint32_t
 
-from ._kernel cimport (Kernel, KernelIO, emit, emit_marked, key_state, present, report_finite,
-                      set_null, valid_or_null)
+from ._kernel cimport (Kernel, KernelIO, emit, emit_marked, key_state, non_finite_mark, present,
+                      report_finite, set_null, valid_or_null)
+from ._simd cimport avx2_active, avx2_void
 from ._kernel import LABEL, numeric_input, output
 from ._columns import check_positive
 from ._scope import call_kernel
@@ -72,27 +73,53 @@ cdef class TriangularArbitrage(Kernel):
                                  ac_column=ac_column, fees_column=fees_column))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i
-        cdef double ab, bc, ac, fee, fwd, rev, best, fees = self.fees
-        cdef bint per_row_fee = self.fee_column, defined
-        cdef int rev_better, profitable
-        cdef uint32_t marks = 0
-        for i in range(io.n):             # branch-free: the better cycle is a coin flip
-            ab = io.x[0][i]
-            bc = io.x[1][i]
-            ac = io.x[2][i]
-            fee = io.x[3][i] if per_row_fee else fees
-            defined = (ab > 0.0) & (bc > 0.0) & (ac > 0.0) & (fee == fee)   # no branches
-            fwd = (ab * bc / ac - 1.0) * 1e4 - fee
-            rev = (ac / (ab * bc) - 1.0) * 1e4 - fee
-            rev_better = fwd < rev
-            best = rev if rev_better else fwd
-            profitable = best > 0.0
-            marks |= emit_marked(io, 0, i, valid_or_null(io, i, best, defined))
-            io.out[1][i] = valid_or_null(io, i, <double>rev_better if profitable else 2.0,
-                                         defined)
-        report_finite(io, 0, marks)
-        report_finite(io, 1, marks)       # the route is null only where the edge is null
+        if avx2_active():
+            triangular_rows_avx2(io, self.fees, self.fee_column)
+        else:
+            triangular_rows(io, self.fees, self.fee_column)
+
+
+cdef inline void triangular_rows(KernelIO* io, double fees, bint per_row_fee) noexcept nogil:
+    """The loop of :class:`TriangularArbitrage` (dispatched, see ``_simd.pxd``); branch-free
+    (the better cycle is a coin flip), so it vectorises: two divisions per row.  The columns
+    are local pointers: with two outputs, a store through ``io.out`` could otherwise change
+    ``io`` itself as far as the compiler knows, and the loop would not vectorise."""
+    cdef Py_ssize_t i
+    cdef const double* x_ab = io.x[0]
+    cdef const double* x_bc = io.x[1]
+    cdef const double* x_ac = io.x[2]
+    cdef const double* x_fee = io.x[3] if per_row_fee else NULL
+    cdef const uint8_t* ok = io.ok
+    cdef double* edge = io.out[0]
+    cdef double* route = io.out[1]
+    cdef double ab, bc, ac, fee, q, fwd, rev, best, which
+    cdef bint defined, undefined = False
+    cdef uint32_t marks = 0
+    for i in range(io.n):
+        ab = x_ab[i]
+        bc = x_bc[i]
+        ac = x_ac[i]
+        fee = x_fee[i] if per_row_fee else fees
+        defined = (ab > 0.0) & (bc > 0.0) & (ac > 0.0) & (fee == fee)
+        if ok != NULL:
+            defined = defined & (ok[i] != 0)
+        q = ab * bc
+        fwd = (q / ac - 1.0) * 1e4 - fee
+        rev = (ac / q - 1.0) * 1e4 - fee
+        best = rev if fwd < rev else fwd
+        which = (1.0 if fwd < rev else 0.0) if best > 0.0 else 2.0     # index in ARB_ROUTES
+        marks |= non_finite_mark(best)
+        undefined |= not defined          # (kept apart: a mark per select does not vectorise)
+        edge[i] = best if defined else NAN
+        route[i] = which if defined else NAN
+    if undefined:
+        marks |= non_finite_mark(NAN)
+    report_finite(io, 0, marks)
+    report_finite(io, 1, marks)           # the route is null only where the edge is null
+
+
+cdef avx2_void triangular_rows_avx2(KernelIO* io, double fees, bint per_row_fee) noexcept nogil:
+    triangular_rows(io, fees, per_row_fee)
 
 
 def triangular_arbitrage(batch, fees_bps=None, *, ab_column="spot_ab", bc_column="spot_bc",
