@@ -7,8 +7,10 @@ no underscore is its own venue). Pass ``price_columns`` as a dict ``{venue: colu
 the venues yourself.
 """
 from libc.math cimport INFINITY
+from libc.stdint cimport uint32_t
 
-from ._kernel cimport MAX_COLUMNS, Kernel, KernelIO, emit, input_present, present, set_null
+from ._kernel cimport (MAX_COLUMNS, Kernel, KernelIO, emit, emit_marked, input_present, present,
+                      report_finite, set_null, valid_or_null)
 from ._kernel import BOOL, LABEL, numeric_input, output
 
 
@@ -26,13 +28,13 @@ cdef class CrossExchangeSpread(Kernel):
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
         cdef double a, b
+        cdef uint32_t marks = 0
         for i in range(io.n):
             a = io.x[0][i]
             b = io.x[1][i]
-            if not present(io, i) or not (a > 0.0 and b > 0.0):
-                set_null(io, 0, i)
-            else:
-                emit(io, 0, i, (a - b) / a * 1e4)
+            marks |= emit_marked(io, 0, i, valid_or_null(
+                io, i, (a - b) / a * 1e4, (a > 0.0) & (b > 0.0)))
+        report_finite(io, 0, marks)
 
 
 def cross_exchange_spread(batch, a_column, b_column):

@@ -273,11 +273,11 @@ cdef class FundingAPR(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
+        cdef double per_year = self.per_year
+        cdef uint32_t marks = 0
         for i in range(io.n):
-            if not present(io, i):
-                set_null(io, 0, i)
-            else:
-                emit(io, 0, i, io.x[0][i] * self.per_year)
+            marks |= emit_marked(io, 0, i, valid_or_null(io, i, io.x[0][i] * per_year, True))
+        report_finite(io, 0, marks)
 
 
 def funding_apr(batch, funding_freq_hours=8.0, *, funding_rate_column="funding_rate"):
@@ -300,11 +300,11 @@ cdef class FundingCost(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
+        cdef uint32_t marks = 0
         for i in range(io.n):
-            if not present(io, i):
-                set_null(io, 0, i)
-            else:
-                emit(io, 0, i, io.x[0][i] * io.x[1][i] * io.x[2][i])
+            marks |= emit_marked(io, 0, i, valid_or_null(
+                io, i, io.x[0][i] * io.x[1][i] * io.x[2][i], True))
+        report_finite(io, 0, marks)
 
 
 def funding_cost(batch, *, position_column="position", price_column="price",
@@ -328,14 +328,14 @@ cdef class BasisAnnualized(Kernel):
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
-        cdef double perp, spot
+        cdef double perp, spot, per_year = self.per_year
+        cdef uint32_t marks = 0
         for i in range(io.n):
             perp = io.x[0][i]
             spot = io.x[1][i]
-            if not present(io, i) or not (perp > 0.0 and spot > 0.0):
-                set_null(io, 0, i)
-            else:
-                emit(io, 0, i, (perp / spot - 1.0) * self.per_year)
+            marks |= emit_marked(io, 0, i, valid_or_null(
+                io, i, (perp / spot - 1.0) * per_year, (perp > 0.0) & (spot > 0.0)))
+        report_finite(io, 0, marks)
 
 
 def basis_annualized(batch, T_days=90.0, *, perp_column="perp_price", spot_column="spot_price"):
