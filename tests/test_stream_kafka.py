@@ -282,9 +282,26 @@ def test_three_exchange_pipeline_equals_one_shot(kafka_broker, unique_topic, tmp
     assert joined.metrics[joined._node.name]["late_count"] == 0
 
 
-def test_sinks_commit_every_offset_before_the_consumer_closes(kafka_broker, unique_topic, tmp_path):
+def assert_group_committed_to_the_end(bootstrap: str, topic: str, group: str, records: int):
+    """``group`` has committed every partition of ``topic`` up to its end (``records`` in all)."""
     from confluent_kafka import TopicPartition
 
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    # Tansu's ListOffsets(latest) under-reports, so find each partition's end by reading it
+    assign_all(c, topic)
+    ends, seen, deadline = {}, 0, time.monotonic() + 20
+    while seen < records and time.monotonic() < deadline:
+        for msg in c.consume(1000, 0.2):
+            if msg.error() is None:
+                ends[msg.partition()] = msg.offset() + 1
+                seen += 1
+    committed = c.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+    c.close()
+    assert seen == records
+    assert {tp.partition: tp.offset for tp in committed} == ends
+
+
+def test_sinks_commit_every_offset_before_the_consumer_closes(kafka_broker, unique_topic, tmp_path):
     topic = unique_topic()
     kafka_broker.create_topic(topic, partitions=3)
     produce(kafka_broker.bootstrap, topic, ticker_table("kraken", 2000, seed=8))
@@ -303,19 +320,7 @@ def test_sinks_commit_every_offset_before_the_consumer_closes(kafka_broker, uniq
             assert s.to_kafka(kafka_broker.bootstrap, out)["delivered"] == 2000
         m = s.metrics[s._node.name]
         assert m["commit_errors"] == 0 and m["commits"] > 0
-        c = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": group})
-        # Tansu's ListOffsets(latest) under-reports, so find each partition's end by reading it
-        assign_all(c, topic)
-        ends, seen = {}, 0
-        deadline = time.monotonic() + 20
-        while seen < 2000 and time.monotonic() < deadline:
-            for msg in c.consume(1000, 0.2):
-                if msg.error() is None:
-                    ends[msg.partition()] = msg.offset() + 1
-                    seen += 1
-        committed = c.committed([TopicPartition(topic, p) for p in ends], timeout=10)
-        c.close()
-        assert {tp.partition: tp.offset for tp in committed} == ends
+        assert_group_committed_to_the_end(kafka_broker.bootstrap, topic, group, 2000)
 
 
 
@@ -324,7 +329,6 @@ def test_async_commits_that_never_land_are_made_good_on_close(kafka_broker, uniq
     """``commit='async'``: if no asynchronous commit reaches the broker (all lost), the
     synchronous commit of the last offsets on close still leaves every offset committed."""
     import confluent_kafka
-    from confluent_kafka import TopicPartition
 
     lost = []
 
@@ -345,17 +349,7 @@ def test_async_commits_that_never_land_are_made_good_on_close(kafka_broker, uniq
     monkeypatch.undo()
     assert pq.read_table(tmp_path / "lost.parquet").num_rows == 900
     assert lost, "the stream made no asynchronous commit"
-    c = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": group})
-    assign_all(c, topic)
-    ends, seen, deadline = {}, 0, time.monotonic() + 20
-    while seen < 900 and time.monotonic() < deadline:
-        for msg in c.consume(1000, 0.2):
-            if msg.error() is None:
-                ends[msg.partition()] = msg.offset() + 1
-                seen += 1
-    committed = c.committed([TopicPartition(topic, p) for p in ends], timeout=10)
-    c.close()
-    assert {tp.partition: tp.offset for tp in committed} == ends
+    assert_group_committed_to_the_end(kafka_broker.bootstrap, topic, group, 900)
 
 
 WINDOW_SCRIPT = textwrap.dedent("""
