@@ -9,7 +9,7 @@ the venues yourself.
 from libc.math cimport INFINITY
 from libc.stdint cimport uint32_t
 
-from ._kernel cimport (MAX_COLUMNS, Kernel, KernelIO, emit, emit_marked, input_present, present,
+from ._kernel cimport (MAX_COLUMNS, Kernel, KernelIO, emit, emit_marked, input_present,
                       report_finite, set_null, valid_or_null)
 from ._kernel import BOOL, LABEL, numeric_input, output
 
