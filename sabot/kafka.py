@@ -21,10 +21,18 @@ defaults (45 s session, 3 s heartbeat) a join can stall for many seconds.  Hence
 
 Where no consumer group is needed (reading a topic back in a test), assign partitions
 explicitly with :func:`assign_all` instead: no join at all.
+
+Security (SASL, TLS) and any other librdkafka setting reach every client the project creates
+through one *client configuration*: a mapping of librdkafka properties (``{"security.protocol":
+"SASL_SSL", "sasl.mechanism": "PLAIN", ...}``) given as ``kafka_config=`` in the API or read
+from a librdkafka properties file with :func:`read_client_properties` (``--kafka-config FILE``
+on every command).  :func:`client_config` lays it over the role's defaults for consumers,
+producers and admin clients alike.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import os
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 #: librdkafka settings for a low-latency producer: small linger, idempotence off (Tansu does
 #: not need it), compression off (local broker), bounded retries.
@@ -101,3 +109,77 @@ def assign_all(consumer: Any, topic: str, *, from_beginning: bool = True,
     consumer.assign(parts)
     return parts
 
+
+
+class KafkaConfigError(ValueError):
+    """A client configuration file or mapping is malformed (the message names file, line, key)."""
+
+
+#: Keys a client configuration may not set: they belong to the role of each client.
+_ROLE_KEYS = frozenset({"group.id", "enable.auto.commit", "enable.auto.offset.store"})
+
+
+def read_client_properties(path: Union[str, "os.PathLike[str]"]) -> Dict[str, str]:
+    """librdkafka properties from a file: one ``key=value`` per line, ``#`` or ``!`` comments.
+
+    The format of librdkafka's and Kafka's ``client.properties`` (``security.protocol=SASL_SSL``,
+    ``sasl.username=...``).  Values stay strings (librdkafka parses them).  Raises
+    :class:`KafkaConfigError` naming the file and line for anything else, and ``OSError``
+    (``FileNotFoundError``, ``PermissionError``) when the file cannot be read.
+    """
+    out: Dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line[0] in "#!":
+                continue
+            sep = min((i for i in (line.find("="), line.find(":")) if i > 0), default=-1)
+            if sep <= 0:
+                raise KafkaConfigError(f"{path}:{lineno}: expected key=value, got {line!r}")
+            key, value = line[:sep].strip(), line[sep + 1:].strip()
+            if not key or any(c.isspace() for c in key):
+                raise KafkaConfigError(f"{path}:{lineno}: invalid property name {key!r}")
+            out[key] = value
+    return out
+
+
+def validate_client_config(config: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """A copy of ``config`` checked to be ``str -> scalar`` with no role keys (``{}`` for None)."""
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise KafkaConfigError(f"kafka_config must be a mapping of librdkafka properties, "
+                               f"got {type(config).__name__}")
+    out: Dict[str, Any] = {}
+    for key, value in config.items():
+        if not isinstance(key, str) or not key:
+            raise KafkaConfigError(f"kafka_config: property names are strings, got {key!r}")
+        if key in _ROLE_KEYS:
+            raise KafkaConfigError(f"kafka_config: {key!r} is set per client by sabot; "
+                                   f"pass it where that client is configured")
+        if not isinstance(value, (str, int, float, bool)):
+            raise KafkaConfigError(f"kafka_config: {key}={value!r} is not a string, number or "
+                                   f"boolean")
+        out[key] = value
+    return out
+
+
+def client_config(bootstrap_servers: Optional[str], kafka_config: Optional[Mapping[str, Any]],
+                  base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """One client's librdkafka settings: ``base`` (the role's defaults), then the user's
+    ``kafka_config`` (security and tuning) on top, then ``bootstrap.servers`` when given.
+
+    Every consumer, producer and admin client sabot creates goes through this function, so a
+    SASL/TLS setting given once reaches all of them.
+    """
+    cfg: Dict[str, Any] = dict(base or {})
+    cfg.update(validate_client_config(kafka_config))
+    if bootstrap_servers is not None:
+        cfg["bootstrap.servers"] = bootstrap_servers
+    return cfg
+
+
+def admin_config(bootstrap_servers: str,
+                 kafka_config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Settings for an ``AdminClient`` (the user's client configuration included)."""
+    return client_config(bootstrap_servers, kafka_config)
