@@ -9,6 +9,8 @@ re-raised as :class:`StreamOperatorError` naming the operator, e.g.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -421,6 +423,413 @@ def float_values(column: Union[pa.Array, pa.ChunkedArray], name: str) -> np.ndar
     return column.to_numpy(zero_copy_only=False)        # nulls come out as NaN
 
 
+# --------------------------------------------------------------------------------------------
+# Bounded dead letter and the event-time skew guard (shared by windows, joins and alignment)
+# --------------------------------------------------------------------------------------------
+#: Default cap of an in-memory dead letter: rows and Arrow bytes (whichever is reached first).
+DEAD_LETTER_MAX_ROWS = 100_000
+DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
+#: Seconds between two overflow warnings of one dead letter (the counters always count).
+DEAD_LETTER_WARN_EVERY_S = 10.0
+#: Default bound on how far one row may move an event-time watermark past the others.
+DEFAULT_MAX_SKEW = "5m"
+
+REASON_LATE = "late"
+REASON_SKEW = "beyond_max_skew"
+
+
+class DeadLetter:
+    """Rows an operator rejected, with the reason, kept in memory up to a cap.
+
+    Rows are kept as they arrived (:meth:`table`), counted per reason (:attr:`counts`).  Past
+    ``max_rows`` rows or ``max_bytes`` Arrow bytes the oldest rows leave memory: to the Kafka
+    topic bound with :meth:`bind_kafka` (the stream's ``dead_letter_topic``; one JSON message per
+    row, headers ``sabot.error`` = reason and ``sabot.source`` = operator), else appended to
+    ``path`` (JSON lines, the reason under ``sabot_error``), else dropped — counted in
+    :attr:`dropped` and announced by a warning at most every ``DEAD_LETTER_WARN_EVERY_S``.
+    Memory therefore stays bounded and no row leaves without a count.
+    """
+
+    def __init__(self, owner: str, *, max_rows: int = DEAD_LETTER_MAX_ROWS,
+                 max_bytes: int = DEAD_LETTER_MAX_BYTES,
+                 path: Optional[Union[str, "os.PathLike[str]"]] = None) -> None:
+        if max_rows < 0 or max_bytes < 0:
+            raise ValueError(f"dead letter caps must be >= 0, got max_rows={max_rows}, "
+                             f"max_bytes={max_bytes}")
+        self.owner = owner
+        self.max_rows = int(max_rows)
+        self.max_bytes = int(max_bytes)
+        self.path = path
+        self._kafka: Optional[Tuple[str, str]] = None
+        self._producer: Any = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the kept rows and the counters (a new run)."""
+        self._entries: Deque[Tuple[str, pa.RecordBatch]] = deque()
+        self.rows = 0
+        self.nbytes = 0
+        self.counts: Dict[str, int] = {}
+        self.dropped = 0
+        self.spilled = 0
+        self._last_warn = -np.inf
+        self._unreported = 0
+
+    def bind_kafka(self, bootstrap_servers: str, topic: str) -> None:
+        """Spill rows beyond the cap to ``topic`` (takes precedence over ``path``)."""
+        self._kafka = (bootstrap_servers, topic)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def add(self, rows: Union[pa.RecordBatch, pa.Table], reason: str) -> None:
+        """Keep ``rows`` (rejected for ``reason``); spill or drop the oldest beyond the cap."""
+        if isinstance(rows, pa.Table):
+            batches = rows.combine_chunks().to_batches()
+        else:
+            batches = [rows]
+        for b in batches:
+            if not b.num_rows:
+                continue
+            self.counts[reason] = self.counts.get(reason, 0) + b.num_rows
+            self._entries.append((reason, b))
+            self.rows += b.num_rows
+            self.nbytes += b.nbytes
+        self._enforce_cap()
+
+    def table(self) -> pa.Table:
+        """The kept rows, oldest first (schemas of different batches are unified)."""
+        if not self._entries:
+            return pa.table({})
+        tables = [pa.Table.from_batches([b]) for _, b in self._entries]
+        if all(t.schema.equals(tables[0].schema) for t in tables[1:]):
+            return pa.concat_tables(tables)
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def reasons(self) -> List[str]:
+        """The reason of every kept row, in :meth:`table` order."""
+        return [r for r, b in self._entries for _ in range(b.num_rows)]
+
+    def metrics(self) -> Dict[str, int]:
+        return {"dead_letter_rows": self.rows, "dead_letter_dropped": self.dropped,
+                "dead_letter_spilled": self.spilled}
+
+    # -- overflow -------------------------------------------------------------------------------
+    def _enforce_cap(self) -> None:
+        out: List[Tuple[str, pa.RecordBatch]] = []
+        while self._entries and (self.rows > self.max_rows or self.nbytes > self.max_bytes):
+            reason, b = self._entries[0]
+            over_rows = self.rows - self.max_rows
+            if self.nbytes > self.max_bytes or over_rows >= b.num_rows:
+                self._entries.popleft()
+                evicted = b
+            else:  # only part of the oldest batch has to go
+                evicted = b.slice(0, over_rows)
+                self._entries[0] = (reason, b.slice(over_rows))
+                self.nbytes -= b.nbytes - self._entries[0][1].nbytes
+                self.rows -= over_rows
+                out.append((reason, evicted))
+                continue
+            self.rows -= b.num_rows
+            self.nbytes -= b.nbytes
+            out.append((reason, evicted))
+        if out:
+            self._spill(out)
+
+    def _spill(self, parts: List[Tuple[str, pa.RecordBatch]]) -> None:
+        n = sum(b.num_rows for _, b in parts)
+        where = "dropped"
+        try:
+            if self._kafka is not None:
+                self._spill_kafka(parts)
+                where = f"sent to Kafka topic {self._kafka[1]!r}"
+            elif self.path is not None:
+                self._spill_file(parts)
+                where = f"appended to {os.fspath(self.path)}"
+        except Exception as exc:  # the rows are gone from memory either way: count them
+            logger.error("%s: dead letter overflow could not be written (%s: %s); %d row(s) "
+                         "dropped", self.owner, type(exc).__name__, exc, n)
+            where = "dropped"
+        if where == "dropped":
+            self.dropped += n
+        else:
+            self.spilled += n
+        self._unreported += n
+        now = time.monotonic()
+        if now - self._last_warn >= DEAD_LETTER_WARN_EVERY_S:
+            logger.warning("%s: dead letter full (%d rows / %d bytes kept): %d oldest row(s) %s "
+                           "(dead_letter_dropped=%d, dead_letter_spilled=%d)", self.owner,
+                           self.max_rows, self.max_bytes, self._unreported, where,
+                           self.dropped, self.spilled)
+            self._last_warn = now
+            self._unreported = 0
+
+    def _rows_json(self, reason: str, batch: pa.RecordBatch) -> List[bytes]:
+        import orjson
+
+        from ._kafka import json_columns
+
+        names, lists = json_columns(batch)
+        names = names + ["sabot_error", "sabot_source"]
+        extra = [reason, self.owner]
+        return [orjson.dumps(dict(zip(names, list(row) + extra))) for row in zip(*lists)]
+
+    def _spill_file(self, parts: List[Tuple[str, pa.RecordBatch]]) -> None:
+        with open(self.path, "ab") as fh:  # type: ignore[arg-type]
+            for reason, b in parts:
+                for line in self._rows_json(reason, b):
+                    fh.write(line + b"\n")
+
+    def _spill_kafka(self, parts: List[Tuple[str, pa.RecordBatch]]) -> None:
+        from confluent_kafka import Producer
+
+        from ..kafka import producer_config
+
+        assert self._kafka is not None
+        bootstrap, topic = self._kafka
+        if self._producer is None:
+            self._producer = Producer(producer_config(bootstrap))
+        failed: List[Any] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failed.append(err)
+
+        for reason, b in parts:
+            headers = [("sabot.error", reason.encode()), ("sabot.source", self.owner.encode())]
+            for value in self._rows_json(reason, b):
+                while True:
+                    try:
+                        self._producer.produce(topic, value=value, headers=headers,
+                                               on_delivery=delivered)
+                        break
+                    except BufferError:
+                        self._producer.poll(0.1)
+        # rows leave memory only once the broker has them (they are gone from the source too)
+        left = self._producer.flush(30)
+        if left or failed:
+            raise RuntimeError(f"{left} undelivered, {len(failed)} failed"
+                               + (f" ({failed[0]})" if failed else ""))
+
+
+def bind_dead_letters(operators: Sequence[Any], kafka_sources: Sequence[Any]) -> None:
+    """Give every operator's dead letter the plan's ``dead_letter_topic`` (the first source's
+    that has one) as its overflow target."""
+    target = next(((s.bootstrap_servers, s.dead_letter_topic) for s in kafka_sources
+                   if getattr(s, "dead_letter_topic", None)), None)
+    if target is None:
+        return
+    for op in operators:
+        for dead in getattr(op, "dead_letters", lambda: [])():
+            dead.bind_kafka(*target)
+
+
+def _concat_batches(parts: Sequence[Union[pa.RecordBatch, pa.Table]]) -> pa.Table:
+    tables = [p if isinstance(p, pa.Table) else pa.Table.from_batches([p]) for p in parts]
+    if all(t.schema.equals(tables[0].schema) for t in tables[1:]):
+        return pa.concat_tables(tables)
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+class SkewGuard:
+    """Keeps a row dated far ahead (a clock or unit error: 2116 in a 2024 feed) from dragging an
+    event-time watermark forward, which would make every later row look late.
+
+    Reference: the largest event time admitted so far, or a peer input's watermark when that is
+    larger.  A row more than ``max_skew`` past the reference is a *suspect*: held back, not
+    admitted, not moving the watermark.  Suspects are admitted as soon as ``CONFIRM_ROWS`` rows
+    (suspects or admitted rows) lie within ``max_skew`` of each other, chained — the data really
+    moved on, e.g. after a gap in the feed — and rejected once a later call admitted rows
+    without confirming them, when more than ``max_suspect_rows`` are held (oldest first) or at
+    the end of the stream.  Before anything was admitted every row needs that confirmation; at
+    the end of a stream in which nothing was ever admitted the suspects are admitted (there is
+    nothing to judge them against).
+    """
+
+    #: rows within max_skew of each other that confirm a jump of the event time
+    CONFIRM_ROWS = 3
+
+    def __init__(self, max_skew_ns: int, *, max_suspect_rows: int = 10_000) -> None:
+        self.max_skew_ns = int(max_skew_ns)
+        self.max_suspect_rows = int(max_suspect_rows)
+        self.reset()
+
+    def reset(self) -> None:
+        self.watermark: Optional[int] = None
+        # held suspects: (rows, their times, admitted-rows count when they were held)
+        self._held: List[Tuple[pa.Table, np.ndarray]] = []
+        self._held_since: List[int] = []
+        self._calls = 0
+
+    @property
+    def pending(self) -> int:
+        """Rows held as suspects."""
+        return sum(t.num_rows for t, _ in self._held)
+
+    # -- state (plain data) -----------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        held = None
+        if self._held:
+            tables = [t.append_column("__sabot_since", pa.array(np.full(t.num_rows, s, np.int64)))
+                      for (t, _), s in zip(self._held, self._held_since)]
+            table = _concat_batches(tables)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+            held = sink.getvalue().to_pybytes()
+        return {"watermark": self.watermark, "calls": self._calls, "held": held,
+                "held_ts": [int(v) for _, ts in self._held for v in ts]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.reset()
+        self.watermark = state["watermark"]
+        self._calls = int(state["calls"])
+        if state["held"] is not None:
+            table = pa.ipc.open_stream(pa.py_buffer(state["held"])).read_all()
+            since = table.column("__sabot_since").to_numpy()
+            table = table.drop_columns(["__sabot_since"])
+            ts = np.array(state["held_ts"], dtype=np.int64)
+            for s in np.unique(since):
+                idx = np.flatnonzero(since == s)
+                self._held.append((table.take(pa.array(idx)), ts[idx]))
+                self._held_since.append(int(s))
+
+    # -- rows -------------------------------------------------------------------------------------
+    def admit(self, batch: Union[pa.RecordBatch, pa.Table], ts: np.ndarray, *,
+              peer: Optional[int] = None, check: Optional[np.ndarray] = None,
+              ) -> Tuple[Optional[pa.RecordBatch], np.ndarray, Optional[pa.Table]]:
+        """Split ``batch`` (event times ``ts`` in ns) into the admitted rows and their times —
+        ``batch`` itself when nothing is held back, else this batch's rows and the suspects
+        confirmed now, in time order (``None`` when no row) — and the rejected rows (``None``
+        when none).  ``check``: mask of the rows to judge (the others, e.g. null times, pass
+        and do not move the watermark).  ``peer``: another input's watermark."""
+        self._calls += 1
+        n = len(ts)
+        if check is None:
+            check = np.ones(n, dtype=bool)
+        skew = self.max_skew_ns
+        ref = _max_opt(self.watermark, peer)
+        suspect = check.copy() if ref is None else check & (ts > ref + skew)
+        if not suspect.any() and not self._held:  # the common case: nothing to hold back
+            if check.any():
+                self.watermark = _max_opt(self.watermark, int(ts[check].max()))
+            if isinstance(batch, pa.Table):
+                batch = _one_batch(batch)
+            return batch, ts, None
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        direct = np.flatnonzero(~suspect)
+        direct_checked = bool(len(direct) and check[direct].any())
+        if direct_checked:
+            self.watermark = _max_opt(self.watermark, int(ts[direct][check[direct]].max()))
+        # the pool: held suspects, then this batch's suspects
+        pool_tables = [t for t, _ in self._held]
+        pool_ts = [t for _, t in self._held]
+        pool_since = [np.full(len(t), s, dtype=np.int64)
+                      for (_, t), s in zip(self._held, self._held_since)]
+        new_idx = np.flatnonzero(suspect)
+        if len(new_idx):
+            pool_tables.append(table.take(pa.array(new_idx)))
+            pool_ts.append(ts[new_idx])
+            pool_since.append(np.full(len(new_idx), self._calls, dtype=np.int64))
+        p_table = _concat_batches(pool_tables)
+        p_ts = np.concatenate(pool_ts)
+        p_since = np.concatenate(pool_since)
+        ok = self._confirmed(p_ts, _max_opt(self.watermark, peer))
+        if ok.any():
+            self.watermark = _max_opt(self.watermark, int(p_ts[ok].max()))
+        # rejected: held since an earlier call and still unconfirmed while other rows got in
+        reject = ~ok & (p_since < self._calls) & (direct_checked or bool(ok.any()))
+        keep = ~ok & ~reject
+        over = int(keep.sum()) - self.max_suspect_rows
+        if over > 0:  # too many held: the oldest go
+            kidx = np.flatnonzero(keep)
+            reject[kidx[:over]] = True
+            keep[kidx[:over]] = False
+        parts, part_ts = [], []
+        if len(direct):
+            parts.append(table.take(pa.array(direct)))
+            part_ts.append(ts[direct])
+        if ok.any():
+            oidx = np.flatnonzero(ok)
+            parts.append(p_table.take(pa.array(oidx)))
+            part_ts.append(p_ts[oidx])
+        admitted: Optional[pa.RecordBatch] = None
+        a_ts = np.zeros(0, dtype=np.int64)
+        if parts:
+            joined = _concat_batches(parts)
+            a_ts = np.concatenate(part_ts)
+            if ok.any():
+                order = np.argsort(a_ts, kind="stable")
+                joined = joined.take(pa.array(order))
+                a_ts = a_ts[order]
+            admitted = _one_batch(joined)
+        rejected = p_table.take(pa.array(np.flatnonzero(reject))) if reject.any() else None
+        kidx = np.flatnonzero(keep)
+        self._held, self._held_since = [], []
+        for s in np.unique(p_since[kidx]):
+            sel = kidx[p_since[kidx] == s]
+            self._held.append((p_table.take(pa.array(sel)), p_ts[sel]))
+            self._held_since.append(int(s))
+        return admitted, a_ts, rejected
+
+    def _confirmed(self, p_ts: np.ndarray, ref: Optional[int]) -> np.ndarray:
+        """Which pool rows are confirmed: runs of rows each within max_skew of the previous that
+        hold at least CONFIRM_ROWS rows, or that start within max_skew of the reference (which
+        each confirmed run moves on)."""
+        skew = self.max_skew_ns
+        order = np.argsort(p_ts, kind="stable")
+        s = p_ts[order]
+        ok_sorted = np.zeros(len(s), dtype=bool)
+        cuts = np.flatnonzero(np.diff(s) > skew) + 1
+        for start, end in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(s)]])):
+            anchored = ref is not None and int(s[start]) - ref <= skew
+            if anchored or end - start >= self.CONFIRM_ROWS:
+                ok_sorted[start:end] = True
+                ref = int(s[end - 1]) if ref is None else max(ref, int(s[end - 1]))
+        ok = np.zeros(len(s), dtype=bool)
+        ok[order] = ok_sorted
+        return ok
+
+    def finish(self) -> Tuple[Optional[pa.RecordBatch], np.ndarray, Optional[pa.Table]]:
+        """End of stream: the held suspects are rejected — or admitted, when nothing ever was."""
+        if not self._held:
+            return None, np.zeros(0, dtype=np.int64), None
+        table = _concat_batches([t for t, _ in self._held])
+        ts = np.concatenate([t for _, t in self._held])
+        self._held, self._held_since = [], []
+        if self.watermark is None:
+            order = np.argsort(ts, kind="stable")
+            self.watermark = int(ts.max())
+            return _one_batch(table.take(pa.array(order))), ts[order], None
+        return None, np.zeros(0, dtype=np.int64), table
+
+
+def _ns_text(ns: Optional[int]) -> str:
+    if ns is None:
+        return "none yet"
+    import datetime as _dt
+
+    try:
+        return _dt.datetime.fromtimestamp(ns / 1e9, _dt.timezone.utc).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return f"{ns} ns"
+
+
+def _max_opt(a: Optional[int], b: Optional[int]) -> Optional[int]:
+    if b is None or b == np.iinfo(np.int64).min:
+        return a
+    return b if a is None else max(a, b)
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    batches = table.combine_chunks().to_batches()
+    if len(batches) == 1:
+        return batches[0]
+    if not batches:
+        return pa.RecordBatch.from_pylist([], schema=table.schema)
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+
+
 class TumblingOHLCV(Operator):
     """Tumbling event-time bars: open, high, low, close, volume and tick count per key per window.
 
@@ -431,6 +840,15 @@ class TumblingOHLCV(Operator):
     ``allowed_lateness`` — reaches its end; the rest are emitted at end of stream.  Rows that
     arrive for an already-emitted window are late: counted (``late_count``) and kept in
     :meth:`dead_letter`, never silently dropped.
+
+    ``max_skew`` (default 5 minutes) bounds how far one row may move the watermark past the
+    others: a row dated further ahead is held back until other rows confirm the jump (see
+    :class:`SkewGuard`), else rejected to the dead letter with reason ``beyond_max_skew``
+    (``skew_rejected`` in :meth:`metrics`) — one bad clock cannot mark every later row late.
+    ``max_skew=None`` turns the bound off.  The dead letter keeps at most
+    ``dead_letter_max_rows`` rows / ``dead_letter_max_bytes`` bytes in memory; older rows go to
+    the stream's ``dead_letter_topic``, else to ``dead_letter_path``, else are dropped and
+    counted (``dead_letter_dropped``), see :class:`DeadLetter`.
     """
 
     kind = "tumbling"
@@ -438,11 +856,21 @@ class TumblingOHLCV(Operator):
 
     def __init__(self, size: Any, *, on: str = "timestamp", by: Optional[str] = None,
                  price_column: str = "price", volume_column: Optional[str] = "volume",
-                 allowed_lateness: Any = 0) -> None:
+                 allowed_lateness: Any = 0, max_skew: Any = DEFAULT_MAX_SKEW,
+                 dead_letter_path: Optional[Union[str, "os.PathLike[str]"]] = None,
+                 dead_letter_max_rows: int = DEAD_LETTER_MAX_ROWS,
+                 dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES) -> None:
         super().__init__()
         self._config = dict(size=size, on=on, by=by, price_column=price_column,
-                            volume_column=volume_column, allowed_lateness=allowed_lateness)
+                            volume_column=volume_column, allowed_lateness=allowed_lateness,
+                            max_skew=max_skew, dead_letter_path=dead_letter_path,
+                            dead_letter_max_rows=dead_letter_max_rows,
+                            dead_letter_max_bytes=dead_letter_max_bytes)
         self.size_ns = parse_duration_ns(size, "window size")
+        self.guard = (None if max_skew is None
+                      else SkewGuard(parse_duration_ns(max_skew, "max_skew")))
+        self.dead = DeadLetter(self.kind, max_rows=dead_letter_max_rows,
+                               max_bytes=dead_letter_max_bytes, path=dead_letter_path)
         self.lateness_ns = 0 if allowed_lateness in (0, None) else parse_duration_ns(
             allowed_lateness, "allowed_lateness")
         self.on = on
@@ -457,6 +885,13 @@ class TumblingOHLCV(Operator):
     def _fresh(self) -> "Operator":
         return TumblingOHLCV(**self._config)
 
+    def set_position(self, index: int) -> None:
+        super().set_position(index)
+        self.dead.owner = self.name
+
+    def dead_letters(self) -> List[DeadLetter]:
+        return [self.dead]
+
     def reset(self) -> None:
         super().reset()
         # (key, window_start) -> [open_ts, open, high, low, close_ts, close, volume, count]
@@ -464,33 +899,46 @@ class TumblingOHLCV(Operator):
         self._max_ts: Optional[int] = None
         self._emitted_until = np.iinfo(np.int64).min  # bars with end <= this are out
         self._held: Deque[Tuple[int, Commit]] = deque()
-        self._late: List[pa.RecordBatch] = []
+        self.dead.reset()
+        if self.guard is not None:
+            self.guard.reset()
         self.late_count = 0
+        self.skew_rejected = 0
         self._key_type: Optional[pa.DataType] = None
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        return {"version": 1, "bars": {k: list(v) for k, v in self._bars.items()},
+        return {"version": 2, "bars": {k: list(v) for k, v in self._bars.items()},
                 "max_ts": self._max_ts, "emitted_until": int(self._emitted_until),
-                "late_count": self.late_count,
+                "late_count": self.late_count, "skew_rejected": self.skew_rejected,
                 "key_type": str(self._key_type) if self._key_type is not None else None,
+                "guard": self.guard.state_dict() if self.guard is not None else None,
                 "scope": self.scope.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != 1:
+        if state.get("version") not in (1, 2):
             raise ValueError(f"unsupported tumbling state version {state.get('version')!r}")
         self._bars = {tuple(k): list(v) for k, v in state["bars"].items()}
         self._max_ts = state["max_ts"]
         self._emitted_until = state["emitted_until"]
         self.late_count = state["late_count"]
+        self.skew_rejected = state.get("skew_rejected", 0)
         self._key_type = pa.type_for_alias(state["key_type"]) if state["key_type"] else None
+        if self.guard is not None:
+            if state.get("guard") is not None:
+                self.guard.load_state_dict(state["guard"])
+            else:  # a version-1 state: the watermark was the largest event time used
+                self.guard.reset()
+                self.guard.watermark = self._max_ts
         self._restored = True
 
     def dead_letter(self) -> pa.Table:
-        """The late rows, as they arrived."""
-        if not self._late:
-            return pa.table({})
-        return pa.Table.from_batches(self._late)
+        """The rejected rows kept in memory (late, or beyond ``max_skew``), as they arrived;
+        :meth:`dead_letter_reasons` gives each row's reason."""
+        return self.dead.table()
+
+    def dead_letter_reasons(self) -> List[str]:
+        return self.dead.reasons()
 
     # -- data ------------------------------------------------------------------------------------
     def process(self, batch: pa.RecordBatch) -> List[pa.RecordBatch]:
@@ -512,6 +960,28 @@ class TumblingOHLCV(Operator):
                                f"{', '.join(names)}{hint}")
         ts = timestamps_ns(batch.column(self.on), self.on)
         price = float_values(batch.column(self.price_column), self.price_column)
+        if self.guard is not None:
+            valid = ~np.isnan(price) & (ts != np.iinfo(np.int64).min)
+            admitted, ts_adm, rejected = self.guard.admit(batch, ts, check=valid)
+            self._reject_skewed(rejected)
+            if admitted is not batch:
+                if admitted is None:
+                    return []
+                batch, ts = admitted, ts_adm
+                price = float_values(batch.column(self.price_column), self.price_column)
+        return self._use(batch, ts, price)
+
+    def _reject_skewed(self, rejected: Optional[pa.Table]) -> None:
+        if rejected is None or not rejected.num_rows:
+            return
+        self.skew_rejected += rejected.num_rows
+        self.dead.add(rejected, REASON_SKEW)
+        logger.warning("%s: %d row(s) dated more than max_skew past the watermark (%s) "
+                       "dead-lettered", self.name, rejected.num_rows, _ns_text(
+                           self.guard.watermark if self.guard is not None else None))
+
+    def _use(self, batch: pa.RecordBatch, ts: np.ndarray, price: np.ndarray
+             ) -> List[pa.RecordBatch]:
         vol = (float_values(batch.column(self.volume_column), self.volume_column)
                if self.volume_column else np.zeros(len(price)))
         valid = ~np.isnan(price) & (ts != np.iinfo(np.int64).min)
@@ -531,9 +1001,10 @@ class TumblingOHLCV(Operator):
         late = valid & (wstart + self.size_ns <= self._emitted_until)
         if late.any():
             self.late_count += int(late.sum())
-            self._late.append(batch.filter(pa.array(late)))
-            logger.warning("%s: %d late row(s) behind the watermark dead-lettered",
-                           self.name, int(late.sum()))
+            self.dead.add(batch.filter(pa.array(late)), REASON_LATE)
+            logger.log(logging.WARNING if self.late_count <= 1000 else logging.DEBUG,
+                       "%s: %d late row(s) behind the watermark dead-lettered", self.name,
+                       int(late.sum()))
         use = valid & ~late
         if use.any():
             idx = np.flatnonzero(use)
@@ -596,7 +1067,14 @@ class TumblingOHLCV(Operator):
         return pa.RecordBatch.from_pydict(cols)
 
     def finish(self) -> List[pa.RecordBatch]:
-        return self._emit(np.iinfo(np.int64).max)
+        out: List[pa.RecordBatch] = []
+        if self.guard is not None:
+            admitted, ts, rejected = self.guard.finish()
+            self._reject_skewed(rejected)
+            if admitted is not None:
+                out = self._use(admitted, ts, float_values(admitted.column(self.price_column),
+                                                           self.price_column))
+        return out + self._emit(np.iinfo(np.int64).max)
 
     # -- commits: released once every bar open when they arrived has been emitted ---------------
     def hold(self, commit: Commit) -> None:
@@ -607,12 +1085,17 @@ class TumblingOHLCV(Operator):
             self._held.append((frontier, commit))
 
     def released(self, final: bool = False) -> List[Commit]:
-        out = []
+        out: List[Commit] = []
+        if not final and self.guard is not None and self.guard.pending:
+            return out  # rows held back as suspects are covered by these commits
         while self._held and (final or self._held[0][0] <= self._emitted_until):
             out.append(self._held.popleft()[1])
         return out
 
     def metrics(self) -> Dict[str, Any]:
         d = super().metrics()
-        d.update(open_bars=len(self._bars), late_count=self.late_count)
+        d.update(open_bars=len(self._bars), late_count=self.late_count,
+                 skew_rejected=self.skew_rejected,
+                 skew_held=self.guard.pending if self.guard is not None else 0,
+                 **self.dead.metrics())
         return d

@@ -33,6 +33,7 @@ from ._align import AsofJoinOp, asof_events, concat_promote, merge_events, union
 from ._checkpoint import Checkpointer, checkpointer_for
 from ._events import IDLE, Close, Commit, Event, TaskSwitch, _Idle, close_iterator
 from ._kafka import KafkaSink, KafkaSource
+from ._ops import bind_dead_letters
 from ._ops import (FilterOp, FlatMapOp, MapOp, Operator, RenameOp, SelectOp,
                    StreamOperatorError, TumblingOHLCV, WithColumnsOp)
 
@@ -458,14 +459,24 @@ class Stream:
 
     def tumbling(self, size: Any, *, on: str = "timestamp", by: Optional[str] = None,
                  price_column: str = "price", volume_column: Optional[str] = "volume",
-                 allowed_lateness: Any = 0) -> "Stream":
+                 allowed_lateness: Any = 0, max_skew: Any = "5m",
+                 dead_letter_path: Optional[Union[str, os.PathLike]] = None,
+                 dead_letter_max_rows: int = 100_000,
+                 dead_letter_max_bytes: int = 64 * 1024 * 1024) -> "Stream":
         """Tumbling OHLCV bars by event time (``size``: '1s', '500ms', '1m', timedelta or ms).
 
         Output: window_start, window_end, [by], open, high, low, close, [volume], count.
-        ``by`` defaults to the stream's key (:meth:`key_by`)."""
+        ``by`` defaults to the stream's key (:meth:`key_by`).  A row dated more than
+        ``max_skew`` past the others is held back and, unless later rows confirm the jump,
+        dead-lettered instead of moving the watermark; the in-memory dead letter is capped
+        (overflow: the source's ``dead_letter_topic``, else ``dead_letter_path``, else dropped
+        and counted) — see :class:`~sabot.api._ops.TumblingOHLCV`."""
         return self._then(TumblingOHLCV(size, on=on, by=by if by is not None else self.key,
                                         price_column=price_column, volume_column=volume_column,
-                                        allowed_lateness=allowed_lateness))
+                                        allowed_lateness=allowed_lateness, max_skew=max_skew,
+                                        dead_letter_path=dead_letter_path,
+                                        dead_letter_max_rows=dead_letter_max_rows,
+                                        dead_letter_max_bytes=dead_letter_max_bytes))
 
     window = tumbling
 
@@ -581,6 +592,7 @@ class Stream:
     def _events(self) -> Iterator[Event]:
         for op in self._node.operators():
             op.begin_run()
+        bind_dead_letters(self._node.operators(), self.kafka_sources())
         return self._node.events()
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
