@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import numpy as np
 import pandas as pd
@@ -164,3 +165,127 @@ def test_tumbling_dead_letter_spills_to_a_file(tmp_path):
     assert {x["sabot_error"] for x in lines} == {"late"}
     kept = op.dead_letter().column("price").to_pylist()
     assert [x["price"] for x in lines] + kept == [float(i) for i in range(51, 2000, 2)]
+
+
+# -- 1 (joins). far-future rows in the streaming ASOF join -----------------------------------------
+def quotes(exchange: str, n: int, seed: int, step_ns: int, offset_ns: int = 0) -> pa.Table:
+    return ticker_table(exchange, n, seed=seed, step_ns=step_ns, offset_ns=offset_ns).select(
+        ["timestamp", "symbol", "bid", "ask"])
+
+
+def merge_asof_reference(left: pa.Table, right: pa.Table, tol_ms: float) -> pd.DataFrame:
+    return pd.merge_asof(left.to_pandas(), right.to_pandas().rename(
+        columns={"bid": "r_bid", "ask": "r_ask"}), on="timestamp", by="symbol",
+        tolerance=pd.Timedelta(milliseconds=tol_ms), direction="backward")
+
+
+def joined_frame(stream: Stream) -> pd.DataFrame:
+    return stream.collect().to_pandas().sort_values("timestamp", kind="stable").reset_index(
+        drop=True)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_one_far_future_row_does_not_poison_the_asof_join(side):
+    left = quotes("coinbase", 6000, 1, 1_000_000)
+    right = quotes("kraken", 6000, 2, 1_000_000, offset_ns=300_000)
+    bad = 1500
+    poisoned = with_times(left if side == "left" else right,
+                          np.where(np.arange(6000) == bad, YEAR_2116,
+                                   int_ts(left if side == "left" else right)))
+    keep = pa.array(np.arange(6000) != bad)
+    if side == "left":
+        left_in, right_in, ref_left, ref_right = poisoned, right, left.filter(keep), right
+    else:
+        left_in, right_in, ref_left, ref_right = left, poisoned, left, right.filter(keep)
+    s = Stream.from_table(left_in, batch_size=500).asof_join(
+        Stream.from_table(right_in, batch_size=500), by="symbol", tolerance_ms=5,
+        right_prefix="r_")
+    got = joined_frame(s)
+    ref = merge_asof_reference(ref_left, ref_right, 5)
+    pd.testing.assert_frame_equal(got, ref, check_dtype=False)
+    op = s.operators()[-1]
+    m = op.metrics()
+    assert m["skew_rejected"] == 1 and m["late_count"] == 0
+    assert op.dead_letter_reasons() == ["beyond_max_skew"]
+    assert int_ts(op.dead_letter())[0] == YEAR_2116
+
+
+def test_streaming_asof_kernel_dead_letter_is_capped(caplog):
+    from sabot.fintech import StreamingAsofJoinKernel
+
+    k = StreamingAsofJoinKernel(on="t", by=None, tolerance_ms=None, on_unit="ns",
+                                max_dead_rows=5)
+    k.process_right(pa.table({"t": pa.array([1_000], pa.int64()), "v": [0.0]}))
+    with caplog.at_level(logging.WARNING, logger="sabot.fintech.asof"):
+        for i in range(40):      # 40 batches of 3 late right rows
+            k.process_right(pa.table({"t": pa.array([1, 2, 3], pa.int64()),
+                                      "v": [float(i)] * 3}))
+    assert k.late_count == 120
+    assert k.dead_letter().num_rows == 5 and k.dead_letter_dropped == 115
+    assert k.dead_letter().column("v").to_pylist() == [38.0, 38.0, 39.0, 39.0, 39.0]
+    assert 1 <= sum("dead letter full" in r.getMessage() for r in caplog.records) <= 2
+    restored = StreamingAsofJoinKernel(on="t", by=None, tolerance_ms=None, on_unit="ns",
+                                       max_dead_rows=5)
+    restored.load_state_dict(k.state_dict())
+    assert restored.dead_letter().equals(k.dead_letter()) and restored.dead_letter_dropped == 115
+
+
+def test_streaming_asof_kernel_source_has_no_pickle():
+    import pathlib
+
+    import sabot.fintech.asof as asof
+
+    src = pathlib.Path(asof.__file__).with_name("asof.pyx").read_text()
+    assert "import pickle" not in src and "pickle" not in vars(asof)
+
+
+# -- 3. a quiet venue does not stop the streaming ASOF join -------------------------------------------
+def test_quiet_right_side_does_not_stall_the_asof_join():
+    """The right source delivers a few quotes, then only reports IDLE (a venue gone quiet):
+    after idle_timeout_ms every left row comes out, joined as merge_asof on what the right side
+    delivered, and every left commit is released — while the right source is still open."""
+    from sabot.api._align import AsofJoinOp, asof_events
+    from sabot.api._events import IDLE, Commit
+    from sabot.fintech import StreamingAsofJoinKernel
+
+    left = quotes("coinbase", 4000, 3, 1_000_000)
+    right = quotes("kraken", 4000, 4, 1_000_000, offset_ns=200_000).slice(0, 500)
+    committed = []
+
+    def left_source():
+        for i, b in enumerate(left.to_batches(max_chunksize=250)):
+            yield b
+            yield Commit(lambda i=i: committed.append(i), "left")
+        while True:
+            yield IDLE
+
+    def right_source():
+        yield from right.to_batches(max_chunksize=250)
+        while True:
+            yield IDLE
+
+    kernel = StreamingAsofJoinKernel(on="timestamp", by="symbol", tolerance_ms=50,
+                                     right_prefix="r_")
+    op = AsofJoinOp(kernel, 50_000_000, idle_timeout_ms=200)
+    op.begin_run()
+    out = []
+    events = asof_events(left_source(), right_source(), op, "timestamp")
+    deadline = time.monotonic() + 60
+    try:
+        for ev in events:
+            if isinstance(ev, pa.RecordBatch):
+                out.append(ev)
+            elif isinstance(ev, Commit):
+                ev.run()
+            if sum(b.num_rows for b in out) == 4000 and len(committed) == 16:
+                break
+            assert time.monotonic() < deadline, (
+                f"stalled: {sum(b.num_rows for b in out)} of 4000 rows, "
+                f"{len(committed)} of 16 commits")
+    finally:
+        events.close()
+    got = pa.Table.from_batches(out).to_pandas().sort_values(
+        "timestamp", kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, merge_asof_reference(left, right, 50), check_dtype=False)
+    assert committed == list(range(16))
+    assert op.metrics()["idle_releases"] > 0

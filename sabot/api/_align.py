@@ -15,6 +15,7 @@ released downstream.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from typing import Any, Deque, Iterator, List, Optional, Sequence, Tuple
@@ -23,7 +24,13 @@ import numpy as np
 import pyarrow as pa
 
 from ._events import IDLE, Close, Commit, Event, _Idle, close_iterator
-from ._ops import timestamps_ns
+from ._ops import (DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_ROWS, DEFAULT_MAX_SKEW, REASON_SKEW,
+                   DeadLetter, SkewGuard, parse_duration_ns, timestamps_ns)
+
+logger = logging.getLogger(__name__)
+
+#: Default idle timeout of the streaming ASOF join's right side (a quiet venue), ms.
+DEFAULT_ASOF_IDLE_TIMEOUT_MS = 5_000
 
 _MIN = np.iinfo(np.int64).min
 _MAX = np.iinfo(np.int64).max
@@ -264,38 +271,77 @@ class AsofJoinOp:
     Wraps :class:`sabot.fintech.StreamingAsofJoinKernel` (its semantics: pandas.merge_asof on the
     whole inputs; late right rows counted and dead-lettered).  Left rows are emitted as they
     become final; the node pulls from whichever input is behind in event time.
+
+    Bounds: a row of either side dated more than ``max_skew_ns`` past both sides' watermarks is
+    held back until other rows confirm the jump, else rejected to the dead letter
+    (:class:`~sabot.api._ops.SkewGuard`).  Once the right side has reported nothing for
+    ``idle_timeout_ms`` (a quiet venue), the right watermark is declared at the left's, so the
+    left rows waiting for it are emitted (joined with the right rows known) and commits flow;
+    right rows that arrive later behind that point are late.  The dead letter (late right rows,
+    rows beyond the skew) is capped, see :class:`~sabot.api._ops.DeadLetter`.
     """
 
     kind = "asof_join"
     holds_commits = False
 
-    def __init__(self, kernel: Any, tolerance_ns: int) -> None:
+    def __init__(self, kernel: Any, tolerance_ns: int, *,
+                 idle_timeout_ms: Optional[float] = DEFAULT_ASOF_IDLE_TIMEOUT_MS,
+                 max_skew: Any = DEFAULT_MAX_SKEW, dead_letter_path: Any = None,
+                 dead_letter_max_rows: int = DEAD_LETTER_MAX_ROWS,
+                 dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES) -> None:
+        if idle_timeout_ms is not None and idle_timeout_ms < 0:
+            raise ValueError(f"idle_timeout_ms must be >= 0 (or None), got {idle_timeout_ms}")
         self.kernel = kernel
         self.tolerance_ns = tolerance_ns
+        self.idle_timeout_s = None if idle_timeout_ms is None else idle_timeout_ms / 1000.0
+        skew_ns = None if max_skew is None else parse_duration_ns(max_skew, "max_skew")
+        self.guards = (None if skew_ns is None
+                       else {"left": SkewGuard(skew_ns), "right": SkewGuard(skew_ns)})
         self.name = self.kind
+        self.dead = DeadLetter(self.kind, max_rows=dead_letter_max_rows,
+                               max_bytes=dead_letter_max_bytes, path=dead_letter_path)
+        kernel.dead_letter_sink = self.dead.add
         self.rows_in = self.rows_out = 0
         self.right_rows_in = 0
+        self.skew_rejected = 0
+        self.idle_releases = 0
         self._restored = False
 
     def set_position(self, index: int) -> None:
         by = self.kernel.by
         self.name = (f"{self.kind} #{index} (by={by}, {self.kernel.direction}, "
                      f"tolerance={self.tolerance_ns / 1e6:g}ms)")
+        self.dead.owner = self.name
+
+    def dead_letters(self) -> List[DeadLetter]:
+        return [self.dead]
 
     def begin_run(self) -> None:
         if not self._restored:
-            self.kernel.reset()
+            self.reset()
         self._restored = False
         self.rows_in = self.rows_out = self.right_rows_in = 0
+        self.skew_rejected = self.idle_releases = 0
 
     def reset(self) -> None:
         self.kernel.reset()
+        self.dead.reset()
+        for g in (self.guards or {}).values():
+            g.reset()
 
     def state_dict(self) -> dict:
-        return {"kernel": self.kernel.state_dict()}
+        d: dict = {"kernel": self.kernel.state_dict()}
+        if self.guards is not None:
+            d["guards"] = {side: g.state_dict() for side, g in self.guards.items()}
+        return d
 
     def load_state_dict(self, state: Any) -> None:
         self.kernel.load_state_dict(state["kernel"])
+        for side, g in (self.guards or {}).items():
+            if "guards" in state:
+                g.load_state_dict(state["guards"][side])
+            else:
+                g.reset()
         self._restored = True
 
     @property
@@ -303,11 +349,18 @@ class AsofJoinOp:
         return self.kernel.late_count
 
     def dead_letter(self) -> pa.Table:
-        return self.kernel.dead_letter()
+        """Rejected rows kept in memory: late right rows and rows beyond ``max_skew`` (of
+        either side; :meth:`dead_letter_reasons` tells which)."""
+        return self.dead.table()
+
+    def dead_letter_reasons(self) -> List[str]:
+        return self.dead.reasons()
 
     def metrics(self) -> dict:
         return {"rows_in": self.rows_in, "right_rows_in": self.right_rows_in,
-                "rows_out": self.rows_out, "late_count": self.kernel.late_count}
+                "rows_out": self.rows_out, "late_count": self.kernel.late_count,
+                "skew_rejected": self.skew_rejected, "idle_releases": self.idle_releases,
+                **self.dead.metrics()}
 
     def fail(self, exc: BaseException) -> Exception:
         from ._ops import StreamOperatorError
@@ -316,17 +369,35 @@ class AsofJoinOp:
         err.__cause__ = exc
         return err
 
+    def reject(self, rows: Optional[pa.Table], side: str) -> None:
+        if rows is None or not rows.num_rows:
+            return
+        self.skew_rejected += rows.num_rows
+        self.dead.add(rows, REASON_SKEW)
+        logger.warning("%s: %d %s row(s) dated more than max_skew past the watermarks "
+                       "dead-lettered", self.name, rows.num_rows, side)
+
+    @property
+    def holding(self) -> bool:
+        """Rows are held back as suspects (their commits must wait)."""
+        return any(g.pending for g in (self.guards or {}).values())
+
 
 def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
                 on: str) -> Iterator[Event]:
     """Drive a streaming ASOF join; commits are held until the rows they cover are final:
     a left commit once every left row before it was emitted, a right commit once the left
-    side has passed its right rows' time plus the tolerance and those left rows were emitted."""
+    side has passed its right rows' time plus the tolerance and those left rows were emitted.
+
+    Input choice: the side behind in event time, except that once the right side has been idle
+    (IDLE events only) for ``op.idle_timeout_s`` both sides are pulled in turn and the right
+    watermark follows the left one (see :class:`AsofJoinOp`)."""
     kernel = op.kernel
     inputs = {"left": _Input(left), "right": _Input(right)}
     held_left: Deque[Tuple[int, Commit]] = deque()
     held_right: List[List[Any]] = []  # [right time at commit, left-row threshold or None, commit]
     closes: List[Close] = []
+    turn = 0
 
     def emit(out: Any) -> Iterator[pa.RecordBatch]:
         if out is not None and out.num_rows:
@@ -334,6 +405,8 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
             yield out
 
     def release(final: bool = False) -> Iterator[Commit]:
+        if not final and op.holding:
+            return
         while held_left and (final or held_left[0][0] <= op.rows_out):
             yield held_left.popleft()[1]
         keep = []
@@ -344,6 +417,39 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
                 keep.append(entry)
         held_right[:] = keep
 
+    def right_quiet() -> bool:
+        rw = inputs["right"]
+        return (op.idle_timeout_s is not None and rw.idle_since is not None
+                and time.monotonic() - rw.idle_since >= op.idle_timeout_s)
+
+    def feed(side: str, batch: pa.RecordBatch, ts: np.ndarray) -> Any:
+        inp = inputs[side]
+        mx = int(ts.max())
+        inp.watermark = mx if inp.watermark is None else max(inp.watermark, mx)
+        try:
+            if side == "left":
+                op.rows_in += batch.num_rows
+                return kernel.process_left(batch)
+            op.right_rows_in += batch.num_rows
+            return kernel.process_right(batch)
+        except Exception as exc:
+            raise op.fail(exc) from exc
+
+    def after_left() -> Iterator[Event]:
+        lw = inputs["left"]
+        for entry in held_right:
+            if entry[1] is None and lw.watermark is not None \
+                    and lw.watermark > entry[0] + op.tolerance_ns:
+                entry[1] = op.rows_in
+        if right_quiet() and lw.watermark is not None:
+            try:
+                out = kernel.advance_right_watermark(lw.watermark)
+            except Exception as exc:
+                raise op.fail(exc) from exc
+            if out is not None and out.num_rows:
+                op.idle_releases += out.num_rows
+            yield from emit(out)
+
     try:
         while not (inputs["left"].done and inputs["right"].done):
             lw, rw = inputs["left"], inputs["right"]
@@ -351,6 +457,9 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
                 side = "right"
             elif rw.done:
                 side = "left"
+            elif right_quiet():  # a quiet venue must not stop the join: take turns
+                turn += 1
+                side = "left" if turn % 2 else "right"
             else:
                 lm = _MIN if lw.watermark is None else lw.watermark
                 rm = _MIN if rw.watermark is None else rw.watermark
@@ -364,26 +473,21 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
             if isinstance(ev, pa.RecordBatch):
                 if not ev.num_rows:
                     continue
+                inp.idle_since = None
                 ts = timestamps_ns(ev.column(on), on) if on in ev.schema.names else None
                 if ts is None:
                     raise op.fail(KeyError(f"{side} input has no {on!r} column; columns "
                                            f"present: {', '.join(ev.schema.names)}"))
-                mx = int(ts.max())
-                inp.watermark = mx if inp.watermark is None else max(inp.watermark, mx)
-                try:
-                    if side == "left":
-                        op.rows_in += ev.num_rows
-                        out = kernel.process_left(ev)
-                    else:
-                        op.right_rows_in += ev.num_rows
-                        out = kernel.process_right(ev)
-                except Exception as exc:
-                    raise op.fail(exc) from exc
+                batch: Optional[pa.RecordBatch] = ev
+                if op.guards is not None:
+                    other = inputs["right" if side == "left" else "left"].watermark
+                    batch, ts, rejected = op.guards[side].admit(
+                        ev, ts, peer=other, check=ts != _MIN)
+                    op.reject(rejected, side)
+                if batch is not None and batch.num_rows:
+                    yield from emit(feed(side, batch, ts))
                 if side == "left":
-                    for entry in held_right:
-                        if entry[1] is None and lw.watermark > entry[0] + op.tolerance_ns:
-                            entry[1] = op.rows_in
-                yield from emit(out)
+                    yield from after_left()
                 yield from release()
             elif isinstance(ev, Commit):
                 if side == "left":
@@ -395,7 +499,20 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
             elif isinstance(ev, Close):
                 closes.append(ev)
             else:
+                if isinstance(ev, _Idle):
+                    if inp.idle_since is None:
+                        inp.idle_since = time.monotonic()
+                    if side == "right":
+                        yield from after_left()  # the timeout may just have passed
+                        yield from release()
                 yield ev
+        for side in ("right", "left"):
+            if op.guards is None:
+                break
+            batch, ts, rejected = op.guards[side].finish()
+            op.reject(rejected, side)
+            if batch is not None and batch.num_rows:
+                yield from emit(feed(side, batch, ts))
         try:
             out = kernel.flush()
         except Exception as exc:

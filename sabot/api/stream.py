@@ -483,13 +483,21 @@ class Stream:
     def asof_join(self, other: "Stream", on: str = "timestamp", by: Optional[str] = None,
                   tolerance_ms: float = 1000, direction: str = "backward", *,
                   allow_exact_matches: bool = True, right_prefix: Optional[str] = None,
-                  suffix: Optional[str] = None, on_unit: str = "ms") -> "Stream":
+                  suffix: Optional[str] = None, on_unit: str = "ms",
+                  idle_timeout_ms: Optional[float] = 5_000, max_skew: Any = "5m",
+                  dead_letter_path: Optional[Union[str, os.PathLike]] = None,
+                  dead_letter_max_rows: int = 100_000,
+                  dead_letter_max_bytes: int = 64 * 1024 * 1024) -> "Stream":
         """Streaming ASOF join with ``other`` (right side), as ``pandas.merge_asof`` on the whole
         inputs: each left row gets the last (``direction='backward'``), next or nearest right
         row of the same ``by`` key within ``tolerance_ms``.  Both inputs must be in event-time
         order (``from_kafka(..., order_by='timestamp')``).  Right rows arriving behind the right
         watermark are counted (``late_count`` in :attr:`metrics`) and dead-lettered.
-        ``by`` defaults to this stream's key."""
+        ``by`` defaults to this stream's key.  Once the right side has been idle for
+        ``idle_timeout_ms`` (``None``: wait for it forever) left rows are emitted with the right
+        rows known, so output and commits keep flowing.  Rows dated more than ``max_skew`` past
+        the watermarks are dead-lettered unless confirmed; the in-memory dead letter is capped
+        as for :meth:`tumbling` (see :class:`~sabot.api._align.AsofJoinOp`)."""
         from ..fintech import StreamingAsofJoinKernel
 
         by = by if by is not None else self.key
@@ -498,7 +506,11 @@ class Stream:
                                          allow_exact_matches=allow_exact_matches,
                                          right_prefix=right_prefix, suffix=suffix,
                                          on_unit=on_unit)
-        op = AsofJoinOp(kernel, int(round(tolerance_ms * 1_000_000)))
+        op = AsofJoinOp(kernel, int(round(tolerance_ms * 1_000_000)),
+                        idle_timeout_ms=idle_timeout_ms, max_skew=max_skew,
+                        dead_letter_path=dead_letter_path,
+                        dead_letter_max_rows=dead_letter_max_rows,
+                        dead_letter_max_bytes=dead_letter_max_bytes)
         return Stream(_AsofNode(self._node, other._node, op, on), key=self.key)
 
     # -- multi-stream ----------------------------------------------------------------------------

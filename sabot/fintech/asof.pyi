@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any, Iterable, Iterator, Literal, Optional, TypeVar, Union
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, TypeVar, Union
 
 import numpy as np
 import pyarrow as pa
@@ -102,7 +102,14 @@ class StreamingAsofJoinKernel:
         on_unit: OnUnit = "ms",
         tolerance: Tolerance = None,
         ordinal_column: Optional[str] = None,
+        max_dead_rows: int = 100_000,
+        max_dead_bytes: int = 64 * 1024 * 1024,
     ) -> None: ...
+    max_dead_rows: int
+    max_dead_bytes: int
+    dead_letter_sink: Optional[Callable[[pa.Table, str], None]]
+    dead_letter_dropped: int
+    def advance_right_watermark(self, t_ns: int) -> pa.RecordBatch: ...
     def process_left(self, batch: BatchLike) -> pa.RecordBatch: ...
     def process_right(self, batch: BatchLike) -> pa.RecordBatch: ...
     def flush(self) -> pa.RecordBatch: ...

@@ -33,7 +33,7 @@ import datetime as _dt
 import io
 import json
 import logging
-import pickle
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -1329,7 +1329,14 @@ class StreamingAsofJoinKernel:
     Late right rows: a row older than ``G`` when its batch arrives, or older than its key's last
     right row, could change results already emitted; it is counted in :attr:`late_count`, kept in
     :meth:`dead_letter` and not used. With time-ordered inputs there are none and the output equals
-    the batch join exactly.
+    the batch join exactly. The dead letter keeps at most ``max_dead_rows`` rows and
+    ``max_dead_bytes`` Arrow bytes; beyond that the oldest rows go to ``dead_letter_sink``
+    (a callable ``(table, reason)``, when set; with a sink every late row goes there at once) or
+    are dropped, counted in :attr:`dead_letter_dropped` and announced by a rate-limited warning.
+
+    A quiet right side: :meth:`advance_right_watermark` declares every right row up to a time
+    known (the caller's idle timeout), which releases the left rows waiting for it; right rows
+    arriving later at or before that time are late.
 
     Memory: per key the right rows that can still match (rows at or after the earliest left time
     that can still come — the oldest held left row of the key, else the left watermark — plus the
@@ -1345,7 +1352,15 @@ class StreamingAsofJoinKernel:
 
     def __init__(self, on="timestamp", by=None, tolerance_ms=1000, direction="backward", *,
                  allow_exact_matches=True, right_prefix=None, suffix=None, on_unit="ms",
-                 tolerance=None, ordinal_column=None):
+                 tolerance=None, ordinal_column=None, max_dead_rows=100_000,
+                 max_dead_bytes=64 * 1024 * 1024):
+        if max_dead_rows < 0 or max_dead_bytes < 0:
+            raise ValueError(f"max_dead_rows and max_dead_bytes must be >= 0, got "
+                             f"{max_dead_rows} and {max_dead_bytes}")
+        self.max_dead_rows = int(max_dead_rows)
+        self.max_dead_bytes = int(max_dead_bytes)
+        #: callable(table, reason) receiving late right rows (then not kept here)
+        self.dead_letter_sink = None
         self.on = on
         self.by = _check_by(by)
         self.direction = direction
@@ -1388,6 +1403,10 @@ class StreamingAsofJoinKernel:
         self._next_ordinal = 0
         self._late_count = 0
         self._dead = []
+        self._dead_rows = 0
+        self._dead_bytes = 0
+        self.dead_letter_dropped = 0
+        self._last_drop_warn = -1e18
 
     @property
     def late_count(self) -> int:
@@ -1399,6 +1418,40 @@ class StreamingAsofJoinKernel:
         if self._right_schema is None:
             return pa.table({})
         return pa.Table.from_batches(self._dead, schema=self._right_schema)
+
+    def _dead_letter_add(self, rows):
+        """Keep late right rows (or hand them to ``dead_letter_sink``); the oldest beyond the
+        caps go to the sink, else are dropped and counted."""
+        if self.dead_letter_sink is not None:
+            self.dead_letter_sink(rows, "late")
+            return
+        self._dead.append(rows)
+        self._dead_rows += rows.num_rows
+        self._dead_bytes += rows.nbytes
+        dropped = 0
+        while self._dead and (self._dead_rows > self.max_dead_rows
+                              or self._dead_bytes > self.max_dead_bytes):
+            first = self._dead[0]
+            over = self._dead_rows - self.max_dead_rows
+            if self._dead_bytes <= self.max_dead_bytes and over < first.num_rows:
+                rest = first.slice(over)
+                self._dead[0] = rest
+                self._dead_bytes -= first.nbytes - rest.nbytes
+                self._dead_rows -= over
+                dropped += over
+                continue
+            self._dead.pop(0)
+            self._dead_rows -= first.num_rows
+            self._dead_bytes -= first.nbytes
+            dropped += first.num_rows
+        if dropped:
+            self.dead_letter_dropped += dropped
+            now = time.monotonic()
+            if now - self._last_drop_warn >= 10.0:
+                self._last_drop_warn = now
+                log.warning("asof streaming join: dead letter full (%d rows / %d bytes kept); "
+                            "oldest late right rows dropped (dead_letter_dropped=%d)",
+                            self.max_dead_rows, self.max_dead_bytes, self.dead_letter_dropped)
 
     def state_dict(self):
         """Plain, picklable snapshot (versioned; Arrow data as IPC bytes)."""
@@ -1427,6 +1480,7 @@ class StreamingAsofJoinKernel:
             "next_ordinal": int(self._next_ordinal),
             "late_count": int(self._late_count),
             "dead": None if not self._dead else _ipc_bytes(self.dead_letter()),
+            "dead_letter_dropped": int(self.dead_letter_dropped),
         }
 
     def load_state_dict(self, d):
@@ -1463,7 +1517,10 @@ class StreamingAsofJoinKernel:
         self._b_code = np.array(d["b_code"], dtype=np.int32)
         self._next_ordinal = d["next_ordinal"]
         self._late_count = d["late_count"]
-        self._dead = [] if d["dead"] is None else _ipc_table(d["dead"]).to_batches()
+        self._dead = [] if d["dead"] is None else _ipc_table(d["dead"]).combine_chunks().to_batches()
+        self._dead_rows = sum(b.num_rows for b in self._dead)
+        self._dead_bytes = sum(b.nbytes for b in self._dead)
+        self.dead_letter_dropped = d.get("dead_letter_dropped", 0)
 
     # -- helpers -------------------------------------------------------------------------
     def _tol_ns(self):
@@ -1715,8 +1772,9 @@ class StreamingAsofJoinKernel:
             if mask.any():
                 bad = np.flatnonzero(mask)
                 self._late_count += len(bad)
-                self._dead.append(batch.take(pa.array(bad, type=pa.int64())))
-                log.warning("asof streaming join: %d late right rows sent to the dead letter", len(bad))
+                self._dead_letter_add(batch.take(pa.array(bad, type=pa.int64())))
+                log.log(logging.WARNING if self._late_count <= 1000 else logging.DEBUG,
+                        "asof streaming join: %d late right rows sent to the dead letter", len(bad))
                 good = np.flatnonzero(~mask)
                 batch = batch.take(pa.array(good, type=pa.int64()))
                 t = t[good]
@@ -1727,6 +1785,19 @@ class StreamingAsofJoinKernel:
                 self._b_on = np.concatenate([self._b_on, t])
                 self._b_code = np.concatenate([self._b_code, codes]).astype(np.int32)
                 self._G = max(self._G, int(t.max()))
+        out = self._release()
+        self._prune()
+        return out
+
+    def advance_right_watermark(self, t_ns):
+        """Declare every right row at or before ``t_ns`` (ns) known — e.g. the right input has
+        been quiet past an idle timeout — and return the left rows that this makes final.
+        Right rows arriving later at or before ``t_ns`` are late."""
+        t_ns = int(t_ns)
+        if t_ns >= np.iinfo(np.int64).max:
+            t_ns = np.iinfo(np.int64).max - 1
+        if t_ns + 1 > self._G:
+            self._G = t_ns + 1
         out = self._release()
         self._prune()
         return out
