@@ -289,3 +289,75 @@ def test_quiet_right_side_does_not_stall_the_asof_join():
     pd.testing.assert_frame_equal(got, merge_asof_reference(left, right, 50), check_dtype=False)
     assert committed == list(range(16))
     assert op.metrics()["idle_releases"] > 0
+
+
+def committed_offsets(bootstrap: str, topic: str, group: str, partitions: int) -> list:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        c.close()
+    return [tp.offset for tp in got]
+
+
+def test_quiet_venue_over_kafka_keeps_output_and_commits_flowing(kafka_broker, unique_topic):
+    """Two real topics: the right venue publishes 300 quotes and goes quiet (its consumer keeps
+    polling, nothing arrives).  Every one of the 3000 left rows is emitted and the left group
+    commits to the end of its topic while both sources are still live."""
+    import threading
+
+    from sabot.kafka import fast_consumer_config
+
+    from stream_data import produce
+
+    lt, rt = unique_topic("left"), unique_topic("right")
+    kafka_broker.create_topic(lt, partitions=1)
+    kafka_broker.create_topic(rt, partitions=1)
+    left = ticker_table("coinbase", 3000, seed=5, step_ns=1_000_000)
+    right = ticker_table("kraken", 3000, seed=6, step_ns=1_000_000, offset_ns=100_000).slice(0, 300)
+    produce(kafka_broker.bootstrap, lt, left)
+    produce(kafka_broker.bootstrap, rt, right)
+    glt = unique_topic("gl")
+    fast = fast_consumer_config()
+
+    def source(topic, group):
+        return Stream.from_kafka(kafka_broker.bootstrap, topic, group, batch_size=500,
+                                 from_beginning=True, order_by="timestamp", **fast).select(
+            "timestamp", "symbol", "bid", "ask")
+
+    joined = source(lt, glt).asof_join(source(rt, unique_topic("gr")), by="symbol",
+                                        tolerance_ms=50, right_prefix="r_",
+                                        idle_timeout_ms=1000)
+    out, errors = [], []
+
+    def run():
+        try:
+            for b in joined:
+                out.append(b)
+        except BaseException as exc:  # handed to the test thread
+            errors.append(exc)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 90
+    try:
+        while committed_offsets(kafka_broker.bootstrap, lt, glt, 1) != [3000]:
+            assert not errors, errors
+            assert th.is_alive(), "the join ended on its own"
+            assert time.monotonic() < deadline, (
+                f"stalled: {sum(b.num_rows for b in out)} of 3000 rows out, left group "
+                f"committed {committed_offsets(kafka_broker.bootstrap, lt, glt, 1)}")
+            time.sleep(0.2)   # polling a condition, bounded by the deadline above
+    finally:
+        joined.stop()     # ends at the next event: sources report IDLE at least every 50 ms
+        th.join(30)
+    assert not th.is_alive() and not errors, errors
+    got = pa.Table.from_batches(out).to_pandas().sort_values(
+        "timestamp", kind="stable").reset_index(drop=True)
+    ref = merge_asof_reference(left.select(["timestamp", "symbol", "bid", "ask"]),
+                               right.select(["timestamp", "symbol", "bid", "ask"]), 50)
+    pd.testing.assert_frame_equal(got, ref, check_dtype=False)
+    m = joined.metrics[joined._node.name]
+    assert m["late_count"] == 0 and m["idle_releases"] > 0
