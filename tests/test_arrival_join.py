@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -243,3 +244,55 @@ def test_dictionary_typed_venue_and_symbol_columns_join_as_strings(draws, cuts):
     for lo, hi in zip(bounds, bounds[1:]):
         got += as_rows(join.process(encoded(to_batch(rows[lo:hi]))))
     assert got == naive(rows)
+
+
+# -- state ----------------------------------------------------------------------------------------
+def _plain(value) -> bool:
+    """Plain data only (no pickle needed): dicts, lists, numbers, strings, bytes, numpy arrays."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return value.dtype != object
+    return value is None or isinstance(value, (bool, int, float, str, bytes))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(arrival, min_size=1, max_size=40), st.integers(0, 40),
+       st.lists(st.integers(0, 40), max_size=4))
+def test_a_run_restored_from_state_equals_the_unsplit_run(draws, split, cuts):
+    rows = _materialise(draws)
+    whole = run_split(rows, cuts)
+    split = split % (len(rows) + 1)
+    first = ArrivalAsofJoin(VENUES, columns=("bid", "ask", "recv_timestamp"), tolerance_ms=TOL_MS)
+    out = as_rows(first.process(to_batch(rows[:split]))) if split else []
+    state = first.state_dict()
+    assert _plain(state)
+    second = ArrivalAsofJoin(VENUES, columns=("bid", "ask", "recv_timestamp"), tolerance_ms=TOL_MS)
+    second.load_state_dict(state)
+    if split < len(rows):
+        out += as_rows(second.process(to_batch(rows[split:])))
+    assert out == whole
+    assert second.skipped == sum(1 for r in rows if r["exchange"] not in VENUES
+                                 or r["symbol"] is None)
+
+
+def test_state_travels_in_a_stream_checkpoint_and_mismatches_are_named():
+    from sabot.api import Stream
+
+    rows = _materialise([{"exchange": v, "symbol": s, "dt_ms": 10, "bid": 100.0, "ask": 101.0,
+                          "lag_us": 5} for v in VENUES for s in ("BTC/USD", "ETH/USD")])
+    join = ArrivalAsofJoin(VENUES, columns=("bid", "ask", "recv_timestamp"), tolerance_ms=TOL_MS)
+    s1 = Stream.from_batches([to_batch(rows[:4])]).map(join)
+    s1.collect()
+    state = s1.state_dict()
+    rest = to_batch(rows[4:])
+    s2 = Stream.from_batches([rest]).map(
+        ArrivalAsofJoin(VENUES, columns=("bid", "ask", "recv_timestamp"), tolerance_ms=TOL_MS))
+    s2.load_state_dict(state)
+    assert as_rows(s2.collect().to_batches()[0]) == as_rows(join.process(rest))
+    other = ArrivalAsofJoin(VENUES[:2], columns=("bid", "ask", "recv_timestamp"))
+    with pytest.raises(ValueError, match="sources"):
+        other.load_state_dict(ArrivalAsofJoin(VENUES).state_dict())
+    assert join.clone().state_dict()["present"].shape == (len(VENUES), 0)

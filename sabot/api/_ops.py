@@ -908,7 +908,8 @@ class TumblingOHLCV(Operator):
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        return {"version": 2, "bars": {k: list(v) for k, v in self._bars.items()},
+        # bars as a list of [key, window_start, *bar]: plain data (no tuple keys)
+        return {"version": 2, "bars": [[k[0], k[1], *v] for k, v in self._bars.items()],
                 "max_ts": self._max_ts, "emitted_until": int(self._emitted_until),
                 "late_count": self.late_count, "skew_rejected": self.skew_rejected,
                 "key_type": str(self._key_type) if self._key_type is not None else None,
@@ -918,7 +919,11 @@ class TumblingOHLCV(Operator):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("version") not in (1, 2):
             raise ValueError(f"unsupported tumbling state version {state.get('version')!r}")
-        self._bars = {tuple(k): list(v) for k, v in state["bars"].items()}
+        bars = state["bars"]
+        if isinstance(bars, Mapping):  # version 1: {(key, window_start): bar}
+            self._bars = {tuple(k): list(v) for k, v in bars.items()}
+        else:
+            self._bars = {(b[0], int(b[1])): list(b[2:]) for b in bars}
         self._max_ts = state["max_ts"]
         self._emitted_until = state["emitted_until"]
         self.late_count = state["late_count"]
