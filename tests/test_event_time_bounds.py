@@ -361,3 +361,49 @@ def test_quiet_venue_over_kafka_keeps_output_and_commits_flowing(kafka_broker, u
     pd.testing.assert_frame_equal(got, ref, check_dtype=False)
     m = joined.metrics[joined._node.name]
     assert m["late_count"] == 0 and m["idle_releases"] > 0
+
+
+# -- 4. order_by buffers are bounded -------------------------------------------------------------------
+def test_order_by_buffer_is_bounded_by_pausing_the_partitions_ahead(kafka_broker, unique_topic,
+                                                                   monkeypatch):
+    """Partition 1's records are all later than partition 0's, so none of them can be released
+    before partition 0 is read to its end: unbounded, they would all be buffered.  With a bound
+    of 1000 rows partition 1 is paused instead; every record still comes out, in time order."""
+    from confluent_kafka import Producer
+
+    from sabot.api import _kafka
+    from sabot.kafka import fast_consumer_config
+
+    from stream_data import json_values
+
+    topic = unique_topic()
+    kafka_broker.create_topic(topic, partitions=2)
+    early = ticker_table("kraken", 6000, seed=7, step_ns=1_000_000)
+    late = ticker_table("kraken", 6000, seed=8, step_ns=1_000_000, offset_ns=3_600_000_000_000)
+    p = Producer({"bootstrap.servers": kafka_broker.bootstrap, "linger.ms": 5})
+    for part, table in ((1, late), (0, early)):
+        for value in json_values(table):
+            p.produce(topic, value=value, partition=part)
+            p.poll(0)
+    assert p.flush(30) == 0
+
+    peak = []
+    add = _kafka._PartitionOrderer.add
+
+    def measured_add(self, batch, good, consumed):   # measures the buffer, old code or new
+        add(self, batch, good, consumed)
+        peak.append(sum(c[0].num_rows for chunks in self.buffers.values() for c in chunks))
+
+    monkeypatch.setattr(_kafka._PartitionOrderer, "add", measured_add)
+    monkeypatch.setattr(_kafka._PartitionOrderer, "MAX_BUFFERED_ROWS", 1000, raising=False)
+    s = Stream.from_kafka(kafka_broker.bootstrap, topic, unique_topic("g"), batch_size=200,
+                          from_beginning=True, stop_at_end=True, order_by="timestamp",
+                          **fast_consumer_config())
+    got = s.collect()
+    assert got.num_rows == 12_000
+    ts = int_ts(got)
+    assert (np.diff(ts) >= 0).all()
+    assert max(peak) <= 1000 + 2 * 200 + 1, str(peak)   # bound + fetched batches in flight
+    m = s.metrics[s._node.name]
+    assert m["order_pauses"] >= 1 and m["order_paused_partitions"] == 0
+    assert m["order_buffer_peak_rows"] == max(peak)

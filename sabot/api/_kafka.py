@@ -370,6 +370,11 @@ class KafkaSource:
             good = [m for i, m in enumerate(msgs) if i not in bad_idx]
             orderer.add(result.batch, good, msgs)
         out, commit_offsets = orderer.release(assigned, at_eof, final)
+        orderer.throttle(consumer, assigned, at_eof)
+        self.metrics.update(order_buffered_rows=orderer.rows,
+                            order_buffer_peak_rows=orderer.peak_rows,
+                            order_paused_partitions=len(orderer.paused),
+                            order_pauses=orderer.pauses)
         if out is not None and out.num_rows:
             self.metrics["rows"] += out.num_rows
             self.metrics["batches"] += 1
@@ -506,14 +511,39 @@ class _PartitionOrderer:
     released, sorted by ``on``, once they are older than the smallest latest time over the
     assigned partitions that are not at their end.  The offset committed for a partition is
     that of its first row still buffered (or just past the last message read).
+
+    Bound: the buffer holds about ``max_rows`` rows and ``max_bytes`` Arrow bytes at most (class
+    defaults :attr:`MAX_BUFFERED_ROWS`, :attr:`MAX_BUFFERED_BYTES`), plus the batch or two
+    already fetched when a pause takes effect.  At either, the partitions that are ahead in event time — every assigned partition not at
+    its end except those holding the release frontier back — are paused
+    (``consumer.pause``): nothing is dropped, the laggards keep being fetched, the frontier
+    moves and releases rows.  Paused partitions are resumed once the buffer is under half of
+    both bounds, and any paused partition that becomes a laggard is resumed at once (so the
+    frontier can always move).
     """
 
-    def __init__(self, on: str) -> None:
+    #: default bound on buffered rows before the partitions ahead are paused
+    MAX_BUFFERED_ROWS = 200_000
+    #: default bound on buffered Arrow bytes before the partitions ahead are paused
+    MAX_BUFFERED_BYTES = 256 * 1024 * 1024
+
+    def __init__(self, on: str, *, max_rows: Optional[int] = None,
+                 max_bytes: Optional[int] = None) -> None:
         self.on = on
+        self.max_rows = int(self.MAX_BUFFERED_ROWS if max_rows is None else max_rows)
+        self.max_bytes = int(self.MAX_BUFFERED_BYTES if max_bytes is None else max_bytes)
+        if self.max_rows < 1 or self.max_bytes < 1:
+            raise ValueError(f"order_by buffer bounds must be >= 1, got max_rows={max_rows}, "
+                             f"max_bytes={max_bytes}")
         self.buffers: Dict[Tuple[str, int], List[Tuple[pa.Table, Any, Any]]] = {}
         self.latest: Dict[Tuple[str, int], int] = {}
         self.next_offset: Dict[Tuple[str, int], int] = {}
         self.dirty: set = set()
+        self.rows = 0
+        self.nbytes = 0
+        self.peak_rows = 0
+        self.paused: set = set()
+        self.pauses = 0
 
     @property
     def pending(self) -> bool:
@@ -545,21 +575,27 @@ class _PartitionOrderer:
                 sel = np.flatnonzero(part_codes == code)
                 sub = table.take(pa.array(sel))
             self.buffers.setdefault(tp, []).append((sub, ts[sel], offs[sel]))
+            self.rows += sub.num_rows
+            self.nbytes += sub.nbytes
             mx = int(ts[sel].max())
             self.latest[tp] = max(self.latest.get(tp, mx), mx)
+        self.peak_rows = max(self.peak_rows, self.rows)
+
+    def frontier(self, assigned: set, at_eof: set, final: bool = False) -> int:
+        """Rows strictly before this time can be released."""
+        import numpy as np
+
+        if final:
+            return int(np.iinfo(np.int64).max)
+        holding = [tp for tp in assigned if tp not in at_eof]
+        if any(tp not in self.latest for tp in holding):
+            return int(np.iinfo(np.int64).min)
+        return int(min((self.latest[tp] for tp in holding), default=np.iinfo(np.int64).max))
 
     def release(self, assigned: set, at_eof: set, final: bool):
         import numpy as np
 
-        if final:
-            frontier = np.iinfo(np.int64).max
-        else:
-            holding = [tp for tp in assigned if tp not in at_eof]
-            if any(tp not in self.latest for tp in holding):
-                frontier = np.iinfo(np.int64).min
-            else:
-                frontier = min((self.latest[tp] for tp in holding),
-                               default=np.iinfo(np.int64).max)
+        frontier = self.frontier(assigned, at_eof, final)
         out_tables = []
         for tp, chunks in self.buffers.items():
             if not chunks:
@@ -572,7 +608,11 @@ class _PartitionOrderer:
             if cut:
                 out_tables.append(table.slice(0, cut))
                 self.dirty.add(tp)
-            self.buffers[tp] = [(table.slice(cut), ts[cut:], offs[cut:])] if cut < len(ts) else []
+            rest = table.slice(cut) if cut < len(ts) else None
+            self.rows -= cut
+            self.nbytes -= sum(c[0].nbytes for c in chunks) - (rest.nbytes if rest is not None
+                                                                else 0)
+            self.buffers[tp] = [(rest, ts[cut:], offs[cut:])] if rest is not None else []
         commit = {}
         for tp in self.dirty:
             rest = self.buffers.get(tp)
@@ -584,3 +624,29 @@ class _PartitionOrderer:
         if len(out_tables) > 1:
             merged = merged.take(pa.compute.sort_indices(merged, [(self.on, "ascending")]))
         return merged.combine_chunks().to_batches()[0] if merged.num_rows else None, commit
+
+    def throttle(self, consumer: Any, assigned: set, at_eof: set) -> None:
+        """Pause the partitions ahead while the buffer is over its bound; resume them once it
+        is under half, and resume a paused partition as soon as it holds the frontier back."""
+        from confluent_kafka import TopicPartition
+
+        self.paused &= assigned  # a revoked partition's pause went with its assignment
+        frontier = self.frontier(assigned, at_eof)
+        ahead = {tp for tp in assigned if tp not in at_eof and tp in self.latest
+                 and self.latest[tp] > frontier}
+        if self.rows >= self.max_rows or self.nbytes >= self.max_bytes:
+            pause, resume = ahead - self.paused, self.paused - ahead
+        elif self.rows <= self.max_rows // 2 and self.nbytes <= self.max_bytes // 2:
+            pause, resume = set(), set(self.paused)
+        else:
+            pause, resume = set(), self.paused - ahead
+        if pause:
+            consumer.pause([TopicPartition(t, p) for t, p in sorted(pause)])
+            self.paused |= pause
+            self.pauses += 1
+            logger.info("order_by buffer at %d rows / %d bytes (bound %d / %d): paused %s",
+                        self.rows, self.nbytes, self.max_rows, self.max_bytes,
+                        ", ".join(f"{t}[{p}]" for t, p in sorted(pause)))
+        if resume:
+            consumer.resume([TopicPartition(t, p) for t, p in sorted(resume)])
+            self.paused -= resume
