@@ -10,6 +10,11 @@ an input ends, it stops holding the frontier back.  A live input that has report
 ``idle_timeout_ms`` is left out of the frontier until it delivers again (its rows, if older
 than the frontier by then, are released at once).
 
+A row dated more than ``max_skew`` past every input's watermark would hold its input's later
+rows behind it (and starve that input of pulls): it is held back until other rows confirm the
+jump, else rejected to the dead letter (:class:`~sabot.api._ops.SkewGuard`; counted, reason
+``beyond_max_skew``, capped in memory as :class:`~sabot.api._ops.DeadLetter`).
+
 Commits are held per input until every row that input delivered before the commit has been
 released downstream.
 """
@@ -48,7 +53,7 @@ def concat_promote(tables: Sequence[pa.Table]) -> pa.Table:
 
 class _Input:
     __slots__ = ("it", "buffer", "schema", "watermark", "done", "idle_since", "rows_in",
-                 "rows_out", "held")
+                 "rows_out", "held", "guard", "deferred")
 
     def __init__(self, it: Iterator[Event]) -> None:
         self.it = it
@@ -60,14 +65,24 @@ class _Input:
         self.rows_in = 0
         self.rows_out = 0
         self.held: Deque[Tuple[int, Commit]] = deque()
+        self.guard: Optional[SkewGuard] = None
+        # commits that arrived while rows were held back as suspects
+        self.deferred: List[Commit] = []
 
 
 class Aligner:
     """Pulls from several inputs and releases rows before the event-time frontier."""
 
     def __init__(self, iterators: Sequence[Iterator[Event]], on: str,
-                 idle_timeout_ms: Optional[float]) -> None:
+                 idle_timeout_ms: Optional[float], max_skew: Any = DEFAULT_MAX_SKEW,
+                 dead: Optional[DeadLetter] = None) -> None:
         self.inputs = [_Input(it) for it in iterators]
+        if max_skew is not None:
+            skew_ns = parse_duration_ns(max_skew, "max_skew")
+            for inp in self.inputs:
+                inp.guard = SkewGuard(skew_ns)
+        self.dead = dead if dead is not None else DeadLetter("merge/zip")
+        self.skew_rejected = 0
         self.on = on
         self.idle_timeout_s = None if idle_timeout_ms is None else idle_timeout_ms / 1000.0
         self.closes: List[Close] = []
@@ -113,14 +128,20 @@ class Aligner:
                     raise KeyError(f"time column {self.on!r} not found; columns present: "
                                    f"{', '.join(ev.schema.names)}")
                 ts = timestamps_ns(ev.column(self.on), self.on)
-                mx = int(ts.max())
-                inp.watermark = mx if inp.watermark is None else max(inp.watermark, mx)
-                inp.buffer.append(ev)
-                inp.rows_in += ev.num_rows
+                batch: Optional[pa.RecordBatch] = ev
+                if inp.guard is not None:
+                    peer = max((i.watermark for i in self.inputs
+                                if i is not inp and i.watermark is not None), default=None)
+                    batch, ts, rejected = inp.guard.admit(ev, ts, peer=peer, check=ts != _MIN)
+                    self._reject(rejected)
+                self._buffer(inp, batch, ts)
             inp.schema = inp.schema or ev.schema
             inp.idle_since = None
         elif isinstance(ev, Commit):
-            inp.held.append((inp.rows_in, ev))
+            if inp.guard is not None and inp.guard.pending:
+                inp.deferred.append(ev)
+            else:
+                inp.held.append((inp.rows_in, ev))
         elif isinstance(ev, Close):
             self.closes.append(ev)
         elif isinstance(ev, _Idle):
@@ -128,6 +149,33 @@ class Aligner:
                 inp.idle_since = time.monotonic()
             return True
         return False
+
+    def _buffer(self, inp: _Input, batch: Optional[pa.RecordBatch], ts: np.ndarray) -> None:
+        if batch is not None and batch.num_rows:
+            mx = int(ts.max())
+            inp.watermark = mx if inp.watermark is None else max(inp.watermark, mx)
+            inp.buffer.append(batch)
+            inp.rows_in += batch.num_rows
+        if inp.deferred and (inp.guard is None or not inp.guard.pending):
+            inp.held.extend((inp.rows_in, c) for c in inp.deferred)
+            inp.deferred.clear()
+
+    def _reject(self, rows: Optional[pa.Table]) -> None:
+        if rows is None or not rows.num_rows:
+            return
+        self.skew_rejected += rows.num_rows
+        self.dead.add(rows, REASON_SKEW)
+        logger.warning("%s: %d row(s) dated more than max_skew past every input's watermark "
+                       "dead-lettered", self.dead.owner, rows.num_rows)
+
+    def finish_guards(self) -> None:
+        """End of the inputs: suspects still held are admitted or dead-lettered."""
+        for inp in self.inputs:
+            if inp.guard is None:
+                continue
+            batch, ts, rejected = inp.guard.finish()
+            self._reject(rejected)
+            self._buffer(inp, batch, ts)
 
     def current_frontier(self) -> int:
         now = time.monotonic()
@@ -164,15 +212,20 @@ class Aligner:
     def released_commits(self, final: bool = False) -> List[Commit]:
         out = []
         for inp in self.inputs:
+            if final and inp.deferred:
+                inp.held.extend((inp.rows_in, c) for c in inp.deferred)
+                inp.deferred.clear()
             while inp.held and (final or inp.held[0][0] <= inp.rows_out):
                 out.append(inp.held.popleft()[1])
         return out
 
 
 def merge_events(iterators: Sequence[Iterator[Event]], on: str,
-                 idle_timeout_ms: Optional[float]) -> Iterator[Event]:
-    """Time-ordered union of inputs (see module docstring)."""
-    al = Aligner(iterators, on, idle_timeout_ms)
+                 idle_timeout_ms: Optional[float], max_skew: Any = DEFAULT_MAX_SKEW,
+                 dead: Optional[DeadLetter] = None) -> Iterator[Event]:
+    """Time-ordered union of inputs (see module docstring); rows rejected as beyond
+    ``max_skew`` go to ``dead`` (a fresh capped :class:`DeadLetter` when not given)."""
+    al = Aligner(iterators, on, idle_timeout_ms, max_skew, dead)
     try:
         while not al.finished:
             was_idle = al.pull()
@@ -191,6 +244,7 @@ def merge_events(iterators: Sequence[Iterator[Event]], on: str,
             yield from al.released_commits()
             if was_idle and not emitted:
                 yield IDLE
+        al.finish_guards()
         for t in (al.take(_MAX),):
             parts = [x for x in t if x is not None]
             if parts:
@@ -215,10 +269,12 @@ def _as_batch(table: Optional[pa.Table], schema: Optional[pa.Schema]) -> Optiona
 
 
 def zip_events(iterators: Sequence[Iterator[Event]], on: str,
-               idle_timeout_ms: Optional[float]) -> Iterator[Any]:
+               idle_timeout_ms: Optional[float], max_skew: Any = DEFAULT_MAX_SKEW,
+               dead: Optional[DeadLetter] = None) -> Iterator[Any]:
     """Tuples of per-input batches covering the same event-time span, interleaved with
-    Commit/Close/IDLE events (the caller runs those)."""
-    al = Aligner(iterators, on, idle_timeout_ms)
+    Commit/Close/IDLE events (the caller runs those); ``max_skew`` and ``dead`` as for
+    :func:`merge_events`."""
+    al = Aligner(iterators, on, idle_timeout_ms, max_skew, dead)
     try:
         while not al.finished:
             was_idle = al.pull()
@@ -230,6 +286,7 @@ def zip_events(iterators: Sequence[Iterator[Event]], on: str,
             yield from al.released_commits()
             if was_idle:
                 yield IDLE
+        al.finish_guards()
         parts = al.take(_MAX)
         if any(p is not None for p in parts):
             yield tuple(_as_batch(p, i.schema) for p, i in zip(parts, al.inputs))
@@ -397,6 +454,9 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
     held_left: Deque[Tuple[int, Commit]] = deque()
     held_right: List[List[Any]] = []  # [right time at commit, left-row threshold or None, commit]
     closes: List[Close] = []
+    # commits that arrived while rows were held back as suspects: registered once those rows
+    # are admitted (and counted) or dead-lettered
+    deferred: List[Tuple[str, Commit]] = []
     turn = 0
 
     def emit(out: Any) -> Iterator[pa.RecordBatch]:
@@ -404,9 +464,18 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
             op.rows_out += out.num_rows
             yield out
 
+    def register(side: str, commit: Commit) -> None:
+        if side == "left":
+            held_left.append((op.rows_in, commit))
+        else:
+            rm = inputs["right"].watermark
+            held_right.append([rm if rm is not None else _MIN, None, commit])
+
     def release(final: bool = False) -> Iterator[Commit]:
-        if not final and op.holding:
-            return
+        if deferred and (final or not op.holding):
+            for side, commit in deferred:
+                register(side, commit)
+            deferred.clear()
         while held_left and (final or held_left[0][0] <= op.rows_out):
             yield held_left.popleft()[1]
         keep = []
@@ -490,11 +559,10 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
                     yield from after_left()
                 yield from release()
             elif isinstance(ev, Commit):
-                if side == "left":
-                    held_left.append((op.rows_in, ev))
+                if op.holding:
+                    deferred.append((side, ev))
                 else:
-                    held_right.append([rw.watermark if rw.watermark is not None else _MIN,
-                                       None, ev])
+                    register(side, ev)
                 yield from release()
             elif isinstance(ev, Close):
                 closes.append(ev)

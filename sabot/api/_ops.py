@@ -636,14 +636,14 @@ class SkewGuard:
     event-time watermark forward, which would make every later row look late.
 
     Reference: the largest event time admitted so far, or a peer input's watermark when that is
-    larger.  A row more than ``max_skew`` past the reference is a *suspect*: held back, not
-    admitted, not moving the watermark.  Suspects are admitted as soon as ``CONFIRM_ROWS`` rows
-    (suspects or admitted rows) lie within ``max_skew`` of each other, chained — the data really
-    moved on, e.g. after a gap in the feed — and rejected once a later call admitted rows
-    without confirming them, when more than ``max_suspect_rows`` are held (oldest first) or at
-    the end of the stream.  Before anything was admitted every row needs that confirmation; at
-    the end of a stream in which nothing was ever admitted the suspects are admitted (there is
-    nothing to judge them against).
+    larger; before either exists, the median time of the batch at hand.  A row more than
+    ``max_skew`` past the reference is a *suspect*: held back, not admitted, not moving the
+    watermark.  Suspects are admitted as soon as ``CONFIRM_ROWS`` rows lie within ``max_skew``
+    of each other, chained, or a chain of them starts within ``max_skew`` of the watermark — the
+    data really moved on, e.g. after a gap in the feed — and rejected once a later call admitted
+    rows without confirming them, when more than ``max_suspect_rows`` are held (oldest first)
+    or at the end of the stream.  (A stream whose very first batch is a single bad row cannot
+    be judged: that row becomes the reference.)
     """
 
     #: rows within max_skew of each other that confirm a jump of the event time
@@ -709,7 +709,10 @@ class SkewGuard:
             check = np.ones(n, dtype=bool)
         skew = self.max_skew_ns
         ref = _max_opt(self.watermark, peer)
-        suspect = check.copy() if ref is None else check & (ts > ref + skew)
+        if ref is None and check.any():  # nothing seen yet: the batch's own (lower) median
+            checked = np.sort(ts[check])
+            ref = int(checked[(len(checked) - 1) // 2])
+        suspect = check & (ts > ref + skew) if ref is not None else check.copy()
         if not suspect.any() and not self._held:  # the common case: nothing to hold back
             if check.any():
                 self.watermark = _max_opt(self.watermark, int(ts[check].max()))
@@ -899,6 +902,7 @@ class TumblingOHLCV(Operator):
         self._max_ts: Optional[int] = None
         self._emitted_until = np.iinfo(np.int64).min  # bars with end <= this are out
         self._held: Deque[Tuple[int, Commit]] = deque()
+        self._waiting: List[Commit] = []
         self.dead.reset()
         if self.guard is not None:
             self.guard.reset()
@@ -1083,6 +1087,14 @@ class TumblingOHLCV(Operator):
 
     # -- commits: released once every bar open when they arrived has been emitted ---------------
     def hold(self, commit: Commit) -> None:
+        if self.guard is not None and self.guard.pending:
+            # rows held back as suspects are covered by this commit: it waits until they are
+            # admitted (into bars) or dead-lettered
+            self._waiting.append(commit)
+            return
+        self._hold_now(commit)
+
+    def _hold_now(self, commit: Commit) -> None:
         frontier = max((k[1] + self.size_ns for k in self._bars), default=None)
         if frontier is None:
             self._held.append((np.iinfo(np.int64).min, commit))
@@ -1091,8 +1103,10 @@ class TumblingOHLCV(Operator):
 
     def released(self, final: bool = False) -> List[Commit]:
         out: List[Commit] = []
-        if not final and self.guard is not None and self.guard.pending:
-            return out  # rows held back as suspects are covered by these commits
+        if self._waiting and (final or self.guard is None or not self.guard.pending):
+            waiting, self._waiting = self._waiting, []
+            for commit in waiting:
+                self._hold_now(commit)
         while self._held and (final or self._held[0][0] <= self._emitted_until):
             out.append(self._held.popleft()[1])
         return out

@@ -516,18 +516,20 @@ class Stream:
     # -- multi-stream ----------------------------------------------------------------------------
     @staticmethod
     def merge(*streams: "Stream", on: str = "timestamp",
-              idle_timeout_ms: Optional[float] = 10_000) -> "Stream":
-        """Time-ordered union of streams that are each in ``on`` order."""
+              idle_timeout_ms: Optional[float] = 10_000, max_skew: Any = "5m") -> "Stream":
+        """Time-ordered union of streams that are each in ``on`` order.  A row dated more
+        than ``max_skew`` past every input is held until confirmed, else dead-lettered."""
         if not streams:
             raise ValueError("merge needs at least one stream")
         nodes = [s._node for s in streams]
         return Stream(_MultiNode(f"merge(on={on})", nodes,
-                                 lambda its: merge_events(its, on, idle_timeout_ms)),
+                                 lambda its: merge_events(its, on, idle_timeout_ms, max_skew)),
                       key=streams[0].key)
 
     @staticmethod
     def zip(*streams: "Stream", on: str = "timestamp",
-            idle_timeout_ms: Optional[float] = 10_000) -> Iterator[Tuple[pa.RecordBatch, ...]]:
+            idle_timeout_ms: Optional[float] = 10_000,
+            max_skew: Any = "5m") -> Iterator[Tuple[pa.RecordBatch, ...]]:
         """Tuples of batches, one per stream, covering the same event-time span.
 
         A stream with no rows in a span gives an empty batch (``None`` before its first batch).
@@ -542,7 +544,7 @@ class Stream:
         ops = _operators_of(streams)
         for op in ops:
             op.begin_run()
-        it = zip_events([s._node.events() for s in streams], on, idle_timeout_ms)
+        it = zip_events([s._node.events() for s in streams], on, idle_timeout_ms, max_skew)
         closes: List[Close] = []
         try:
             for ev in it:
@@ -559,10 +561,10 @@ class Stream:
 
     @staticmethod
     async def zip_async(*streams: "Stream", on: str = "timestamp",
-                        idle_timeout_ms: Optional[float] = 10_000
+                        idle_timeout_ms: Optional[float] = 10_000, max_skew: Any = "5m"
                         ) -> AsyncIterator[Tuple[pa.RecordBatch, ...]]:
         """``async for`` version of :meth:`zip` (blocking reads run in a worker thread)."""
-        it = Stream.zip(*streams, on=on, idle_timeout_ms=idle_timeout_ms)
+        it = Stream.zip(*streams, on=on, idle_timeout_ms=idle_timeout_ms, max_skew=max_skew)
         async for item in _aiter_thread(it):
             yield item
 
