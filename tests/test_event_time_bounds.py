@@ -439,3 +439,64 @@ def test_one_far_future_row_does_not_stall_merge_or_zip():
     got_a = pa.Table.from_batches([p[0] for p in spans if p[0] is not None and p[0].num_rows])
     assert got_a.equals(a_clean.combine_chunks())
     assert len(spans) > 10     # spans keep coming while the bad row is ignored
+
+
+def test_a_commit_covering_a_held_back_row_waits_for_that_rows_bar():
+    """At-least-once: a commit arriving while a row is held back as a suspect is released only
+    once the bar that row finally went into has been emitted."""
+    from sabot.api._events import Commit
+
+    def rows(*seconds):
+        ns = (np.array(seconds) * 1e9).astype(np.int64)
+        return pa.RecordBatch.from_pydict({
+            "timestamp": pa.array(ns).cast(pa.timestamp("ns", tz="UTC")),
+            "price": np.arange(len(ns), dtype=np.float64) + 1})
+
+    op = TumblingOHLCV("1s", volume_column=None)
+    op.begin_run()
+    assert len(op.process(rows(0.1, 0.5, 1.2, 1.7, 2.5))[0]) == 2
+    assert op.process(rows(600.0)) == []           # ten minutes on: held back
+    assert op.metrics()["skew_held"] == 1
+    c = Commit(lambda: None, "src")
+    op.hold(c)
+    assert op.released() == []
+    out = op.process(rows(600.1, 600.2))           # the jump is confirmed
+    assert [b.column("window_start")[0].value for b in out] == [2_000_000_000]
+    assert op.released() == []                     # bar [600 s, 601 s) still open
+    out = op.process(rows(601.5))
+    assert out[0].column("count").to_pylist() == [3]
+    assert op.released() == [c]
+
+
+def test_dead_letter_overflow_goes_to_the_streams_dead_letter_topic(kafka_broker, unique_topic):
+    from confluent_kafka import Consumer
+
+    from sabot.kafka import assign_all, fast_consumer_config
+
+    from stream_data import produce
+
+    topic, dlq = unique_topic(), unique_topic("dlq")
+    kafka_broker.create_topic(topic, partitions=1)
+    kafka_broker.create_topic(dlq, partitions=1)
+    t = ticker_table("kraken", 2000, seed=9, step_ns=10_000_000)
+    ts = int_ts(t)
+    ts[1::2] = ts[0]                       # every second record dated at the very start
+    t = with_times(t, ts)
+    produce(kafka_broker.bootstrap, topic, t)
+    s = (Stream.from_kafka(kafka_broker.bootstrap, topic, unique_topic("g"), batch_size=100,
+                           from_beginning=True, stop_at_end=True, dead_letter_topic=dlq,
+                           **fast_consumer_config())
+         .tumbling("1s", dead_letter_max_rows=50, volume_column=None))
+    s.collect()
+    m = s.metrics[s.operators()[-1].name]
+    assert m["late_count"] > 500 and m["dead_letter_rows"] == 50 and m["dead_letter_dropped"] == 0
+    assert m["dead_letter_spilled"] == m["late_count"] - 50
+    c = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": unique_topic("r")})
+    assign_all(c, dlq)
+    got, deadline = [], time.monotonic() + 30
+    while len(got) < m["dead_letter_spilled"] and time.monotonic() < deadline:
+        got += [x for x in c.consume(1000, 0.2) if x.error() is None]
+    c.close()
+    assert len(got) == m["dead_letter_spilled"]
+    assert {dict(x.headers())["sabot.error"] for x in got} == {b"late"}
+    assert {json.loads(x.value())["timestamp"] for x in got} == {int(ts[0])}
