@@ -447,8 +447,10 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
     side has passed its right rows' time plus the tolerance and those left rows were emitted.
 
     Input choice: the side behind in event time, except that once the right side has been idle
-    (IDLE events only) for ``op.idle_timeout_s`` both sides are pulled in turn and the right
-    watermark follows the left one (see :class:`AsofJoinOp`)."""
+    (IDLE events only) for ``op.idle_timeout_s`` — also before its first row: a venue down from
+    the start does not stall the join either — the left side is pulled (the right one whenever
+    the left has nothing, and every eighth pull) and the right watermark follows the left one
+    (see :class:`AsofJoinOp`)."""
     kernel = op.kernel
     inputs = {"left": _Input(left), "right": _Input(right)}
     held_left: Deque[Tuple[int, Commit]] = deque()
@@ -526,9 +528,11 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
                 side = "right"
             elif rw.done:
                 side = "left"
-            elif right_quiet():  # a quiet venue must not stop the join: take turns
+            elif right_quiet():
+                # a quiet venue must not stop the join: pull the left side, and the right one
+                # whenever the left has nothing (and every few pulls), to notice it is back
                 turn += 1
-                side = "left" if turn % 2 else "right"
+                side = "right" if lw.idle_since is not None or turn % 8 == 0 else "left"
             else:
                 lm = _MIN if lw.watermark is None else lw.watermark
                 rm = _MIN if rw.watermark is None else rw.watermark
