@@ -886,7 +886,10 @@ class TumblingOHLCV(Operator):
         return f"{self.size_ns / 1e9:g}s" + (f" by {self.by}" if self.by else "")
 
     def _fresh(self) -> "Operator":
-        return TumblingOHLCV(**self._config)
+        twin = TumblingOHLCV(**self._config)
+        if self.dead._kafka is not None:  # a per-partition task spills where this one does
+            twin.dead.bind_kafka(*self.dead._kafka)
+        return twin
 
     def set_position(self, index: int) -> None:
         super().set_position(index)

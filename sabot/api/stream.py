@@ -33,9 +33,8 @@ from ._align import AsofJoinOp, asof_events, concat_promote, merge_events, union
 from ._checkpoint import Checkpointer, checkpointer_for
 from ._events import IDLE, Close, Commit, Event, TaskSwitch, _Idle, close_iterator
 from ._kafka import KafkaSink, KafkaSource
-from ._ops import bind_dead_letters
 from ._ops import (FilterOp, FlatMapOp, MapOp, Operator, RenameOp, SelectOp,
-                   StreamOperatorError, TumblingOHLCV, WithColumnsOp)
+                   StreamOperatorError, TumblingOHLCV, WithColumnsOp, bind_dead_letters)
 
 logger = logging.getLogger(__name__)
 
