@@ -9,6 +9,12 @@ is written atomically; then the same positions are committed to the consumer gro
 restart loads the newest checkpoint into the operators and seeks to its positions: rows after
 them are recomputed from the restored state, identical to the first time (at-least-once
 output, exactly-once state).
+
+State is data, never code: checkpoint files are in the format of :mod:`sabot.state.codec`.
+The source's ``state_key`` (or the ``SABOT_STATE_KEY`` environment variable) authenticates
+every file with HMAC-SHA256; ``reset_state=True`` discards a checkpoint that cannot be read
+(WARNING) instead of refusing to start.  The checkpoint directory is locked for the run (one
+pipeline per directory) and released when the run ends (:meth:`Checkpointer.close`).
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..state import CheckpointError, LocalCheckpointStore
+from ..state.codec import state_key_from
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +34,11 @@ class Checkpointer:
     def __init__(self, stream: Any, source: Any) -> None:
         self.stream = stream
         self.source = source
-        self.store = LocalCheckpointStore(source.checkpoint_dir)
+        self.store = LocalCheckpointStore(source.checkpoint_dir,
+                                          state_key=state_key_from(
+                                              getattr(source, "state_key", None)),
+                                          lock=False)
+        self.reset_state = bool(getattr(source, "reset_state", False))
         self.interval_s = source.checkpoint_interval_s
         self.last_time = time.monotonic()
         self.last_wall: Optional[float] = None
@@ -41,8 +52,21 @@ class Checkpointer:
         return None if self.last_wall is None else time.time() - self.last_wall
 
     def restore(self) -> None:
-        """Load the newest checkpoint into the operators and the source's start offsets."""
-        payload = self.store.load_latest()
+        """Load the newest checkpoint into the operators and the source's start offsets
+        (releases the directory's lock when it fails)."""
+        try:
+            self._restore()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the checkpoint directory (end of the run; idempotent)."""
+        self.store.close()
+
+    def _restore(self) -> None:
+        self.store.lock()
+        payload = self.store.load_latest(reset_state=self.reset_state)
         self.source.restore_offsets = {}
         if payload is None:
             logger.info("%s: no checkpoint in %s; starting fresh", self.source.name,

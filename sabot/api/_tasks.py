@@ -38,6 +38,12 @@ Operator counters in ``Stream.metrics`` (e.g. a window's ``late_count``) are sum
 tasks this process owns at the moment; a window's late rows stay in its task clone.  With the
 eager rebalance protocol every rebalance revokes and re-assigns all partitions, so each member
 re-reads its tasks' records then (tens of ms per rebalance on a local broker).
+
+Changelog records are data, never code (:mod:`sabot.state.codec`): a record that is not in
+the state format, belongs to another task, or fails the ``state_key`` HMAC check stops the
+run with :class:`~sabot.state.CheckpointError` naming ``topic/partition/offset``, unless
+``reset_state=True``, which discards it with a WARNING and starts that task fresh.  Every
+client of the store gets the source's ``kafka_config`` (SASL/TLS) when it has one.
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..state import CheckpointError, KafkaChangelogStore
+from ..state.codec import state_key_from
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +66,11 @@ class TaskManager:
         self.stream = stream
         self.source = source
         self.op_nodes = op_nodes  # the plan's operator nodes, source side first
-        self.store = KafkaChangelogStore(source.bootstrap_servers, source.changelog_topic)
+        self.store = KafkaChangelogStore(
+            source.bootstrap_servers, source.changelog_topic,
+            kafka_config=getattr(source, "kafka_config", None),
+            state_key=state_key_from(getattr(source, "state_key", None)),
+            reset_state=bool(getattr(source, "reset_state", False)))
         self.interval_s = source.checkpoint_interval_s
         #: the sink's flush (registered by the sink loop; None when iterating)
         self.sink_flush: Optional[Callable[[], None]] = None
