@@ -225,14 +225,17 @@ class LocalCheckpointStore:
             raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror}") from None
         header, state = decode_record(data, kind="checkpoint", where=str(path),
                                       key=self.state_key)
+        seq = header.get("seq")
+        if type(seq) is not int or seq < 1:
+            raise CheckpointError(f"{path}: header field 'seq' is {seq!r}, not a positive integer")
         m = _NAME.match(path.name)
-        if m is not None and header.get("seq") != int(m.group(1)):
+        if m is not None and seq != int(m.group(1)):
             raise CheckpointError(f"{path}: holds checkpoint seq {header.get('seq')!r}, not "
                                   f"{int(m.group(1))} (a renamed or copied file); refusing it")
         ops = header.get("operators", [])
         if not isinstance(ops, list):
             raise CheckpointError(f"{path}: header field 'operators' is not a list")
-        return {"format": CHECKPOINT_FORMAT, "seq": header["seq"], "created": header["created"],
+        return {"format": CHECKPOINT_FORMAT, "seq": seq, "created": header["created"],
                 "offsets": _checked_offsets(header.get("offsets"), str(path)),
                 "operators": ops, "state": state, "path": str(path)}
 

@@ -39,7 +39,7 @@ import math
 import os
 import struct
 import threading
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import msgspec
 import numpy as np
@@ -79,6 +79,9 @@ _EXT_DICT = 5  # a dict whose keys are not all plain MessagePack keys (tuples, n
 _MAX_NDIM = 32
 
 _INT64_MIN, _UINT64_MAX = -(1 << 63), (1 << 64) - 1
+#: Types MessagePack holds exactly as they are (ints only within 64 bits: checked by msgspec).
+_PLAIN_TYPES = frozenset({str, bytes, bool, float, int, type(None)})
+_CONTAINER_TYPES = frozenset({list, dict, tuple})
 
 
 class CheckpointError(RuntimeError):
@@ -117,9 +120,16 @@ class _Encoder:
 
     def __init__(self) -> None:
         self._msgpack = msgspec.msgpack.Encoder()
+        #: pass lists/dicts of plain values through untouched (msgspec encodes them exactly;
+        #: an int beyond 64 bits among them makes it raise OverflowError: then walk them all)
+        self._fast = True
 
     def encode(self, obj: Any) -> bytes:
-        return self._msgpack.encode(self._conv(obj, 0))
+        try:
+            return self._msgpack.encode(self._conv(obj, 0))
+        except OverflowError:
+            self._fast = False
+            return self._msgpack.encode(self._conv(obj, 0))
 
     def _conv(self, x: Any, depth: int) -> Any:
         t = type(x)
@@ -133,8 +143,13 @@ class _Encoder:
         if depth >= MAX_DEPTH:
             raise TypeError(f"state nested deeper than {MAX_DEPTH} levels")
         if t is list:
+            if self._fast and _PLAIN_TYPES.issuperset(map(type, x)):
+                return x
             return [self._conv(v, depth + 1) for v in x]
         if t is dict:
+            if (self._fast and _PLAIN_TYPES.issuperset(map(type, x))
+                    and _PLAIN_TYPES.issuperset(map(type, x.values()))):
+                return x
             keys = [self._conv(k, depth + 1) for k in x]
             values = [self._conv(v, depth + 1) for v in x.values()]
             if any(type(k) is Ext for k in keys):  # tuple keys: a list of key, value pairs
@@ -261,13 +276,15 @@ def _check_depth(obj: Any) -> None:
             raise StateFormatError(f"nested deeper than {MAX_DEPTH} levels")
         t = type(x)
         if t is dict:
-            stack.extend((v, d + 1) for v in x.values() if type(v) in (dict, list, tuple))
-            stack.extend((k, d + 1) for k in x if type(k) is tuple)
-        elif t is list or t is tuple:
-            stack.extend((v, d + 1) for v in x if type(v) in (dict, list, tuple))
+            if not _CONTAINER_TYPES.isdisjoint(map(type, x.values())):
+                stack.extend((v, d + 1) for v in x.values() if type(v) in _CONTAINER_TYPES)
+            if tuple in set(map(type, x)):
+                stack.extend((k, d + 1) for k in x if type(k) is tuple)
+        elif (t is list or t is tuple) and not _CONTAINER_TYPES.isdisjoint(map(type, x)):
+            stack.extend((v, d + 1) for v in x if type(v) in _CONTAINER_TYPES)
 
 
-def decode_state(body: bytes) -> Any:
+def decode_state(body: Union[bytes, memoryview]) -> Any:
     """The state encoded by :func:`encode_state`; StateFormatError for anything else."""
     _local.depth = 0
     try:
@@ -350,7 +367,7 @@ def decode_record(data: bytes, *, kind: str, where: str,
     if type(created) not in (int, float):
         raise CheckpointError(f"{where}: header field 'created' is {created!r}, not a number")
     try:
-        state = decode_state(data[PREFIX_SIZE + hlen:signed_len])
+        state = decode_state(memoryview(data)[PREFIX_SIZE + hlen:signed_len])
     except StateFormatError as exc:
         raise CheckpointError(f"{where}: unreadable state body: {exc}") from None
     return header, state
