@@ -553,8 +553,14 @@ def test_changelog_pipeline_reset_state(kafka_broker, unique_topic, caplog):
     with pytest.raises(CheckpointError, match=rf"{changelog}/0/0 .*reset_state=True"):
         stream().collect()
     caplog.set_level(logging.WARNING, logger="sabot.state.changelog")
-    got = stream(reset_state=True).collect()
+    lenient = stream(reset_state=True)
+    got = lenient.collect()
     assert got.num_rows == table.num_rows
+    from sabot.metrics import StreamMetrics
+
+    samples = {fam.name: fam.samples[0].value for fam in StreamMetrics(lenient, "s")()
+               if fam.name.startswith("sabot_changelog")}
+    assert samples["sabot_changelog_records_discarded"] == 1
     assert any("DISCARDING STATE" in r.getMessage() and f"{changelog}/0/0" in r.getMessage()
                for r in caplog.records)
 
