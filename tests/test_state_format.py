@@ -503,7 +503,8 @@ def test_changelog_records_refused_by_topic_partition_offset(kafka_broker, uniqu
     ]
     for i, (value, why) in enumerate(cases, start=1):
         _produce_raw(boot, topic, b"src/1", value, 1)
-        with pytest.raises(CheckpointError, match=rf"^changelog {topic}/1/{i} \(task src/1\): .*{why}"):
+        where = rf"^changelog {topic}/1/{i} \(task src/1\): "
+        with pytest.raises(CheckpointError, match=where + f".*{why}"):
             store.read([("src", 1)])
     store.close()
     lenient = KafkaChangelogStore(boot, topic, reset_state=True)

@@ -1,14 +1,14 @@
 """Periodic checkpoints of a running Stream (used by the sinks in :mod:`.stream`).
 
 Consistency: a checkpoint is taken only when a :class:`~._events.Commit` reaches the sink.
-At that moment every generator upstream is suspended between batches, so every operator has
-processed exactly the batches the Kafka source has yielded — the source's ``positions``.
-Before writing, the sink is flushed (Kafka producer flushed, Parquet file closed), so every
-output row derived from records before those positions is durable; then the checkpoint file
-is written atomically; then the same positions are committed to the consumer group.  A
-restart loads the newest checkpoint into the operators and seeks to its positions: rows after
-them are recomputed from the restored state, identical to the first time (at-least-once
-output, exactly-once state).
+At that moment every generator before the sink is suspended between batches, so every
+operator has processed exactly the batches the Kafka source has yielded — the source's
+``positions``.  Before writing, the sink is flushed (Kafka producer flushed, Parquet file
+closed), so every output row derived from records before those positions is durable; then
+the checkpoint file is written atomically; then the same positions are committed to the
+consumer group.  A restart loads the newest checkpoint into the operators and seeks to its
+positions: rows after them are recomputed from the restored state, identical to the first
+time (at-least-once output, exactly-once state).
 
 State is data, never code: checkpoint files are in the format of :mod:`sabot.state.codec`.
 The source's ``state_key`` (or the ``SABOT_STATE_KEY`` environment variable) authenticates

@@ -207,7 +207,7 @@ _local = threading.local()
 
 
 def _ext_hook(code: int, view: memoryview) -> Any:
-    data = bytes(view)  # msgspec's view reports a wrong len(); work on the exact bytes
+    data = bytes(view)  # len() of the view msgspec passes is not the payload's: copy it
     depth = getattr(_local, "depth", 0)
     if depth >= MAX_DEPTH:
         raise StateFormatError(f"nested deeper than {MAX_DEPTH} levels")
@@ -338,8 +338,9 @@ def decode_record(data: bytes, *, kind: str, where: str,
     tagged = bool(flags & FLAG_HMAC)
     expected = PREFIX_SIZE + hlen + blen + (TAG_SIZE if tagged else 0)
     if len(data) != expected:
+        what = "truncated" if len(data) < expected else "trailing data"
         raise CheckpointError(f"{where}: record is {len(data)} bytes, its header says "
-                              f"{expected} ({'truncated' if len(data) < expected else 'trailing data'})")
+                              f"{expected} ({what})")
     signed_len = PREFIX_SIZE + hlen + blen
     if key:
         if not tagged:
