@@ -347,6 +347,55 @@ def test_second_pipeline_on_the_same_dir_is_refused_until_the_first_ends(kafka_b
     assert again.last_checkpointer.restored_from is not None
 
 
+def test_a_crashed_holder_releases_the_directory(tmp_path):
+    """The lock is the kernel's: another process holding it is refused by pid, and a holder
+    killed with SIGKILL leaves no stale lock behind (a restart is never blocked)."""
+    import signal
+    import subprocess
+    import sys
+
+    ck = tmp_path / "ck"
+    code = ("import sys; from sabot.state import LocalCheckpointStore; "
+            f"s = LocalCheckpointStore({str(ck)!r}); print('locked', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline() == b"locked\n"
+        with pytest.raises(CheckpointError, match=rf"^checkpoint directory {ck} is in use by "
+                                                  rf"another pipeline \(pid {proc.pid}\)"):
+            LocalCheckpointStore(ck)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with LocalCheckpointStore(ck) as store:
+        assert store.locked
+
+
+def test_state_key_of_a_pipeline(kafka_broker, ticks_topic, unique_topic, tmp_path,
+                                 monkeypatch):
+    """``state_key`` signs every checkpoint; another key, or none, is refused by file name; the
+    right key (given, or from SABOT_STATE_KEY) restores."""
+    topic, table = ticks_topic
+    ck = tmp_path / "ck"
+    first = _stream(kafka_broker.bootstrap, topic, unique_topic("g"), ck, state_key=b"k1")
+    assert first.collect().num_rows == table.num_rows
+    newest = sorted(ck.glob("checkpoint-*.ckpt"))[-1]
+    for kw, why in [({"state_key": b"k2"}, "HMAC tag does not match"),
+                    ({}, "record is authenticated .* no state key is set")]:
+        with pytest.raises(CheckpointError, match=rf"^{newest}: {why}"):
+            _stream(kafka_broker.bootstrap, topic, unique_topic("g"), ck, **kw).collect()
+    again = _stream(kafka_broker.bootstrap, topic, unique_topic("g"), ck, state_key=b"k1")
+    again.collect()
+    assert again.last_checkpointer.restored_from == str(newest)
+    monkeypatch.setenv("SABOT_STATE_KEY", "k1")
+    env = _stream(kafka_broker.bootstrap, topic, unique_topic("g"), ck)
+    env.collect()
+    assert env.last_checkpointer.restored_from is not None
+
+
 # -- exactness of real pipeline state ---------------------------------------------------------
 @pytest.mark.parametrize("bars", [False, True], ids=["ewma-rsi", "ewma-rsi-tumbling"])
 def test_restored_pipeline_state_continues_bit_for_bit(tmp_path, bars):
