@@ -283,6 +283,35 @@ def test_unreadable_checkpoint_is_an_error_unless_reset_state(kafka_broker, tick
     pd.testing.assert_frame_equal(got, ref, check_exact=True, check_dtype=False)
 
 
+@pytest.mark.parametrize("bad", ["other plan", "wrong shape"])
+def test_state_the_operators_refuse_is_an_error_unless_reset_state(kafka_broker, ticks_topic,
+                                                                   unique_topic, tmp_path,
+                                                                   caplog, bad):
+    """A readable checkpoint whose state this pipeline's operators do not take (another plan,
+    or well-formed data of the wrong shape) is refused by name; reset_state discards it."""
+    topic, table = ticks_topic
+    ck = tmp_path / "ck"
+    probe = _stream(kafka_broker.bootstrap, topic, unique_topic("g"), ck)
+    (name,) = probe.state_dict()["operators"]
+    with LocalCheckpointStore(ck) as store:
+        if bad == "other plan":
+            store.save({topic: {0: 5}}, {"version": 1, "operators": {"0:tumbling #1": {}}})
+        else:
+            store.save({topic: {0: 5}}, {"version": 1, "operators": {name: [1, (2,)]}})
+    path = sorted(ck.glob("checkpoint-*.ckpt"))[-1]
+    with pytest.raises(CheckpointError, match=rf"^{path} does not match this pipeline: .*"
+                                              "reset_state=True"):
+        _stream(kafka_broker.bootstrap, topic, unique_topic("g"), ck).collect()
+    caplog.set_level(logging.WARNING, logger="sabot.state.checkpoint")
+    fresh = _stream(kafka_broker.bootstrap, topic, unique_topic("g"), ck, reset_state=True)
+    got = fresh.collect().to_pandas().sort_values("sequence").reset_index(drop=True)
+    assert any("DISCARDING STATE" in r.getMessage() and str(path) in r.getMessage()
+               for r in caplog.records)
+    ref = Stream.from_table(table).map(features).collect().to_pandas()
+    pd.testing.assert_frame_equal(got, ref.sort_values("sequence").reset_index(drop=True),
+                                  check_exact=True, check_dtype=False)
+
+
 def test_checkpoint_dir_is_private_and_refused_when_shared(tmp_path):
     old = os.umask(0)
     try:
@@ -613,6 +642,37 @@ def test_changelog_pipeline_reset_state(kafka_broker, unique_topic, caplog):
     assert samples["sabot_changelog_records_discarded"] == 1
     assert any("DISCARDING STATE" in r.getMessage() and f"{changelog}/0/0" in r.getMessage()
                for r in caplog.records)
+
+
+def test_changelog_record_the_operators_refuse(kafka_broker, unique_topic, caplog):
+    boot = kafka_broker.bootstrap
+    src, changelog = unique_topic("in"), unique_topic("cl")
+    table = ticker_table("coinbase", 200, seed=6)
+    kafka_broker.create_topic(src, partitions=1)
+    produce(boot, src, table)
+    store = KafkaChangelogStore(boot, changelog)
+    store.ensure_topic(1)
+    store.write((src, 0), 50, {0: [1, 2]})  # the right format, the wrong shape
+    store.flush()
+    store.close()
+
+    def stream(**kw):
+        return (Stream.from_kafka(boot, src, unique_topic("g"), from_beginning=True,
+                                  stop_at_end=True, changelog_topic=changelog,
+                                  **kw, **fast_consumer_config()).map(features))
+
+    with pytest.raises(CheckpointError, match=rf"changelog {changelog}/0/0 \(task {src}/0\) "
+                                              "does not match this pipeline: .*reset_state"):
+        stream().collect()
+    caplog.set_level(logging.WARNING, logger="sabot.api._tasks")
+    lenient = stream(reset_state=True)
+    got = lenient.collect().to_pandas().sort_values("sequence").reset_index(drop=True)
+    assert any("DISCARDING STATE" in r.getMessage() for r in caplog.records)
+    assert lenient.last_checkpointer.store.records_discarded == 1
+    assert lenient.last_checkpointer.restored == []
+    ref = Stream.from_table(table).map(features).collect().to_pandas()
+    pd.testing.assert_frame_equal(got, ref.sort_values("sequence").reset_index(drop=True),
+                                  check_exact=True, check_dtype=False)
 
 
 def test_changelog_clients_take_the_kafka_config(kafka_broker, unique_topic):

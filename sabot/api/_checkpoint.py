@@ -12,8 +12,8 @@ time (at-least-once output, exactly-once state).
 
 State is data, never code: checkpoint files are in the format of :mod:`sabot.state.codec`.
 The source's ``state_key`` (or the ``SABOT_STATE_KEY`` environment variable) authenticates
-every file with HMAC-SHA256; ``reset_state=True`` discards a checkpoint that cannot be read
-(WARNING) instead of refusing to start.  The checkpoint directory is locked for the run (one
+every file with HMAC-SHA256; ``reset_state=True`` discards a checkpoint that cannot be read,
+or that this pipeline's operators do not accept (WARNING), instead of refusing to start.  The checkpoint directory is locked for the run (one
 pipeline per directory) and released when the run ends (:meth:`Checkpointer.close`).
 """
 from __future__ import annotations
@@ -74,8 +74,15 @@ class Checkpointer:
             return
         try:
             self.stream.load_state_dict(payload["state"])
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{payload['path']} does not match this pipeline: {exc}") from exc
+        except Exception as exc:  # any state the operators cannot take: data, not a crash
+            why = f"{payload['path']} does not match this pipeline: {type(exc).__name__}: {exc}"
+            if not self.reset_state:
+                raise CheckpointError(f"{why}; pass reset_state=True to discard it and start "
+                                      "fresh") from exc
+            for op in self.stream.operators():  # some may have taken their part already
+                op.reset()
+            self.store.discard_all(why)
+            return
         offsets = {(t, int(p)): int(o) for t, parts in payload["offsets"].items()
                    for p, o in parts.items()}
         self.source.restore_offsets = offsets

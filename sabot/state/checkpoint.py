@@ -20,7 +20,7 @@ once with a one-line error instead of interleaving its checkpoints.
 Loading takes the newest checkpoint.  A newest file that cannot be read — not this format (a
 pickle, garbage), truncated, another format version, a missing or wrong HMAC tag when a state
 key is set — is an error naming the file: it is never skipped silently, neither to an older
-checkpoint nor to empty state.  With ``reset_state=True`` the unreadable files are renamed to
+checkpoint nor to empty state.  With ``reset_state=True`` the checkpoint files are renamed to
 ``<name>.discarded-<unix time>`` (kept for inspection, no longer loaded) with a WARNING log
 line naming them, and the pipeline starts with fresh state from the group's committed offsets.
 """
@@ -255,11 +255,19 @@ class LocalCheckpointStore:
                 raise CheckpointError(f"{exc}. The pipeline will not start on state it cannot "
                                       "read; pass reset_state=True to discard it and start "
                                       "fresh") from None
-            reason = str(exc)
+            self.discard_all(str(exc))
+        return None
+
+    def discard_all(self, reason: str) -> List[Path]:
+        """Move every checkpoint aside (``<name>.discarded-<unix time>``, no longer loaded)
+        with a WARNING naming ``reason`` and the files; the new paths."""
+        files = self._files()
         suffix = f".discarded-{int(time.time())}"
+        moved = []
         for p in files:
-            os.replace(p, p.with_name(p.name + suffix))
+            moved.append(p.with_name(p.name + suffix))
+            os.replace(p, moved[-1])
         logger.warning("DISCARDING STATE (reset_state=True): %s; moved %d checkpoint file(s) "
                        "in %s aside (%s); starting with fresh state", reason, len(files),
-                       self.directory, ", ".join(p.name + suffix for p in files))
-        return None
+                       self.directory, ", ".join(p.name for p in moved))
+        return moved
