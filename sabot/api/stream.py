@@ -355,9 +355,9 @@ class Stream:
         in one partition — state that is not keyed becomes per-partition.
 
         State is data, never code (:mod:`sabot.state.codec`); a checkpoint file or changelog
-        record that cannot be read stops the run with ``CheckpointError`` naming it.
-        ``reset_state=True``: discard such state (WARNING log line naming it) and start fresh
-        from the group's committed offsets instead.  ``state_key``: HMAC-SHA256 key (bytes)
+        record that cannot be read, or whose state the operators do not accept, stops the run
+        with ``CheckpointError`` naming it.  ``reset_state=True``: discard such state (WARNING
+        log line naming it) and start fresh from the group's committed offsets instead.  ``state_key``: HMAC-SHA256 key (bytes)
         authenticating every checkpoint/changelog record written and read (default: the
         ``SABOT_STATE_KEY`` environment variable, if set).
 
