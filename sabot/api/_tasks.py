@@ -43,8 +43,8 @@ Changelog records are data, never code (:mod:`sabot.state.codec`): a record that
 the state format, belongs to another task, or fails the ``state_key`` HMAC check stops the
 run with :class:`~sabot.state.CheckpointError` naming ``topic/partition/offset``, and so does
 one whose state the operators do not accept, unless ``reset_state=True``, which discards it
-with a WARNING and starts that task fresh.  Every
-client of the store gets the source's ``kafka_config`` (SASL/TLS) when it has one.
+with a WARNING and starts that task fresh.  Every client of the store gets the source's
+``kafka_config`` (SASL/TLS) when it has one.
 """
 from __future__ import annotations
 
