@@ -34,7 +34,8 @@ OFFSETS = {"t": {0: 1, 1: 2, 2: 3}}
 
 
 def pickle_save(directory: Path, seq: int, state: Dict[str, Any]) -> Tuple[Path, int]:
-    """The checkpoint write as it was: pickle, write .tmp, fsync, rename, fsync the dir."""
+    """The checkpoint write as it was: pickle, write .tmp, fsync, rename, fsync the dir,
+    delete all but the newest two."""
     payload = {"format": 1, "seq": seq, "created": time.time(), "offsets": OFFSETS,
                "state": state}
     data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
@@ -50,6 +51,8 @@ def pickle_save(directory: Path, seq: int, state: Dict[str, Any]) -> Tuple[Path,
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    for old in sorted(directory.glob("checkpoint-*.pkl"))[:-2]:
+        old.unlink()
     return final, len(data)
 
 
@@ -112,7 +115,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:<20} {sizes[name] / 1e6:>8.3f}MB {np.median(r['write']) * 1e3:>11.2f} "
               f"{np.median(r['restore']) * 1e3:>13.2f}")
-    print("write = state_dict + encode + write .tmp + fsync + rename + dir fsync; "
+    print("write = state_dict + encode + write .tmp + fsync + rename + dir fsync + delete old; "
           "restore = read + decode + load_state_dict into a fresh stream")
     print(f"encode only: state format {np.median(enc) * 1e3:.2f} ms, pickle "
           f"{np.median(pen) * 1e3:.2f} ms; decode only: state format "
