@@ -4,13 +4,12 @@ over a 6-partition source topic, against the embedded broker.
 Run: ``python benchmarks/changelog_figures.py`` from the repo root; prints one line per figure.
 A pipeline (the kernels of benchmarks/suites/bench_checkpoint.py, by symbol) consumes 20 ticks
 per symbol keyed by symbol and writes one record per partition at its end; then the records
-are re-written and restored (read to the partition end, unpickled, loaded into fresh operator
+are re-written and restored (read to the partition end, decoded, loaded into fresh operator
 clones) five times each.
 """
 from __future__ import annotations
 
 import logging
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from sabot.api import Stream  # noqa: E402
 from sabot.broker import EmbeddedBroker  # noqa: E402
 from sabot.kafka import fast_consumer_config  # noqa: E402
 from sabot.state import KafkaChangelogStore  # noqa: E402
+from sabot.state.codec import encode_state  # noqa: E402
 
 PARTITIONS = 6
 SCHEMA = pa.schema([("symbol", pa.string()), ("price", pa.float64()), ("volume", pa.float64())])
@@ -59,8 +59,7 @@ def main() -> None:
         store = KafkaChangelogStore(broker.bootstrap, "ticks-state")
         tps = [("ticks", i) for i in range(PARTITIONS)]
         records = store.read(tps)
-        sizes = [len(pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL))
-                 for r in records.values() if r is not None]
+        sizes = [len(encode_state(r["state"])) for r in records.values() if r is not None]
         print(f"records: {len(sizes)}, total {sum(sizes) / 1e6:.2f} MB "
               f"(per partition {min(sizes) / 1e3:.0f}-{max(sizes) / 1e3:.0f} kB)")
 
@@ -93,9 +92,9 @@ def main() -> None:
             snaps.append(time.perf_counter() - t0)
         print(f"state_dict of the 10 kernels x 1000 symbols (all partitions together): "
               f"median {np.median(snaps) * 1e3:.1f} ms")
-        print(f"checkpoint of all {PARTITIONS} partitions (pickle, produce, flush; state_dict excluded): "
+        print(f"checkpoint of all {PARTITIONS} partitions (encode, produce, flush; state_dict excluded): "
               f"median {np.median(writes) * 1e3:.0f} ms")
-        print(f"restore read of all {PARTITIONS} partitions (to end, unpickle): "
+        print(f"restore read of all {PARTITIONS} partitions (to end, decode): "
               f"median {np.median(reads_all) * 1e3:.0f} ms")
         print(f"restore of one partition: read median {np.median(reads_one) * 1e3:.0f} ms "
               f"+ load into a fresh clone (kernels take their state at first call) median {np.median(loads) * 1e3:.1f} ms")

@@ -43,8 +43,8 @@ def main() -> None:
         size = store.last_size_bytes
     print(f"rows {table.num_rows}, symbols 1000, kernels 10")
     print(f"checkpoint size: {size / 1e6:.2f} MB")
-    print(f"snapshot+write (state_dict, pickle, fsync, rename): median {np.median(writes) * 1e3:.1f} ms")
-    print(f"restore (read, unpickle, load_state_dict): median {np.median(reads) * 1e3:.1f} ms")
+    print(f"snapshot+write (state_dict, encode, fsync, rename): median {np.median(writes) * 1e3:.1f} ms")
+    print(f"restore (read, decode, load_state_dict): median {np.median(reads) * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

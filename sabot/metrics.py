@@ -10,8 +10,9 @@ histogram, one vectorised update per output batch):
 * ``sabot_consumer_lag`` {stream, topic, partition}: messages behind the partition's high
   watermark, from librdkafka statistics (emitted every second)
 * ``sabot_checkpoint_age_seconds`` {stream}: since the last checkpoint written or restored
-* ``sabot_changelog_records_written_total`` / ``_restored_total`` {stream}: per-partition
-  checkpoint records of a ``changelog_topic`` stream
+* ``sabot_changelog_records_written_total`` / ``_restored_total`` / ``_discarded_total``
+  {stream}: per-partition checkpoint records of a ``changelog_topic`` stream (discarded:
+  unreadable records skipped under ``reset_state=True``)
 * ``sabot_tick_to_signal_seconds`` {stream}: histogram of sink time minus each output row's
   ``recv_timestamp`` (else ``timestamp``), i.e. from the exchange tick reaching us to the
   signal leaving the pipeline
@@ -170,7 +171,7 @@ class StreamMetrics:
             yield age
         store = getattr(ckpt, "store", None)
         if hasattr(store, "records_written"):
-            for what in ("written", "restored"):
+            for what in ("written", "restored", "discarded"):
                 fam = CounterMetricFamily(f"sabot_changelog_records_{what}",
                                           f"Changelog checkpoint records {what}",
                                           labels=["stream"])

@@ -34,29 +34,35 @@ PIPELINE = Path(__file__).resolve().parent / "faults_pipeline.py"
 
 
 # -- the store -------------------------------------------------------------------------------
-def test_store_round_trip_keeps_newest_and_skips_torn_files(tmp_path):
+def test_store_round_trip_keeps_newest_and_refuses_a_torn_newest_file(tmp_path):
     store = LocalCheckpointStore(tmp_path / "ck", keep=2)
     assert store.load_latest() is None
     for i in range(4):
         store.save({"t": {0: 10 * i, 1: 5}}, {"version": 1, "operators": {"x": i}})
-    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name != ".lock")
     assert names == ["checkpoint-000000000003.ckpt", "checkpoint-000000000004.ckpt"]
     latest = store.load_latest()
     assert latest["seq"] == 4 and latest["offsets"] == {"t": {0: 30, 1: 5}}
     assert latest["state"]["operators"]["x"] == 3
-    # a torn newest file (not written by the store, which renames atomically) falls back
-    (tmp_path / "ck" / "checkpoint-000000000005.ckpt").write_bytes(b"\x80\x05garbage")
-    assert store.load_latest()["seq"] == 4
     # a leftover .tmp from a killed write is ignored
-    (tmp_path / "ck" / "checkpoint-000000000006.ckpt.tmp").write_bytes(b"partial")
+    (tmp_path / "ck" / "checkpoint-000000000005.ckpt.tmp").write_bytes(b"partial")
     assert store.load_latest()["seq"] == 4
+    # a torn newest file (not written by the store, which renames atomically) is refused by
+    # name: never skipped silently to older state
+    torn = tmp_path / "ck" / "checkpoint-000000000006.ckpt"
+    torn.write_bytes((tmp_path / "ck" / "checkpoint-000000000004.ckpt").read_bytes()[:-7])
+    with pytest.raises(CheckpointError, match=rf"{torn}: record is \d+ bytes.*truncated"):
+        store.load_latest()
+    store.close()
 
 
-def test_store_rejects_an_unknown_format(tmp_path):
+def test_store_rejects_a_pickle(tmp_path):
     store = LocalCheckpointStore(tmp_path)
     (tmp_path / "checkpoint-000000000001.ckpt").write_bytes(pickle.dumps({"format": 99}))
-    with pytest.raises(CheckpointError, match="format 99"):
+    with pytest.raises(CheckpointError, match="checkpoint-000000000001.ckpt: not a sabot state "
+                                              "record.*pickle"):
         store.load_latest()
+    store.close()
 
 
 def test_checkpoint_needs_a_linear_plan_and_no_order_by(kafka_broker, tmp_path):

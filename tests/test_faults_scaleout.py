@@ -34,6 +34,7 @@ from sabot.fintech import EWMA, ewma
 from sabot.fintech.operators import SymbolKeyedOperator
 from sabot.kafka import assign_all
 from sabot.state import CheckpointError, KafkaChangelogStore
+from sabot.state.codec import decode_state, encode_state
 
 from faults_pipeline import OUTPUT_COLUMNS, features
 from stream_data import produce, ticker_table
@@ -72,11 +73,11 @@ def test_changelog_store_names_an_unreadable_record(kafka_broker, unique_topic):
     p = Producer({"bootstrap.servers": kafka_broker.bootstrap})
     p.produce(topic, key=b"src/1", value=b"\x80\x05not a pickle", partition=1)
     assert p.flush(10) == 0
-    with pytest.raises(CheckpointError, match=rf"'{topic}' partition 1 offset 1 .*src/1.*unreadable"):
+    with pytest.raises(CheckpointError, match=rf"{topic}/1/1 \(task src/1\): not a sabot state"):
         store.read([("src", 1)])
     p.produce(topic, key=b"src/1", value=pickle.dumps({"format": 99}), partition=1)
     assert p.flush(10) == 0
-    with pytest.raises(CheckpointError, match="partition 1 offset 2 .*format 99"):
+    with pytest.raises(CheckpointError, match=rf"{topic}/1/2 .*found a Python pickle"):
         store.read([("src", 1)])
     store.close()
 
@@ -103,13 +104,13 @@ def test_operator_clone_has_fresh_independent_state(make):
     template.set_position(1)
     first, second = _ticks(300, 1), _ticks(200, 2)
     template.process(first)
-    before = pickle.dumps(template.state_dict())
+    before = encode_state(template.state_dict())
     twin = template.clone()
     assert twin is not template and twin.name == template.name
     out = twin.process(second)[0]
     np.testing.assert_allclose(out.column("ewma").to_numpy(), _ewma_reference(second),
                                rtol=1e-12)  # fresh: as if `second` were the whole input
-    assert pickle.dumps(template.state_dict()) == before  # the template was not touched
+    assert encode_state(template.state_dict()) == before  # the template was not touched
     cont = template.process(second)[0].column("ewma").to_numpy()
     both = pa.Table.from_batches([first, second]).combine_chunks().to_batches()[0]
     np.testing.assert_allclose(cont, _ewma_reference(both)[300:], rtol=1e-12)
@@ -443,7 +444,7 @@ def test_one_process_owns_every_task_and_a_later_run_continues(kafka_broker, uni
        handovers=st.lists(st.booleans(), min_size=7, max_size=7))
 def test_task_state_handed_over_at_any_point_equals_one_run(cuts, handovers):
     """One partition's records processed in pieces split anywhere; after any piece the task
-    may move to another process (state_dict → pickle → a fresh clone of the operator →
+    may move to another process (state_dict → state format → a fresh clone of the operator →
     load_state_dict).  Output equals pandas/TA-Lib per symbol over the whole input."""
     table = ticker_table("coinbase", 600, seed=61)
     template = MapOp(features)
@@ -455,7 +456,7 @@ def test_task_state_handed_over_at_any_point_equals_one_run(cuts, handovers):
         piece = table.slice(a, b - a).combine_chunks().to_batches()[0]
         outs.extend(o.to_pandas() for o in task.process(piece))
         if handovers[i]:
-            record = pickle.loads(pickle.dumps(task.state_dict()))
+            record = decode_state(encode_state(task.state_dict()))
             task = template.clone()
             task.load_state_dict(record)
     got = pd.concat(outs, ignore_index=True).sort_values("sequence").reset_index(drop=True)

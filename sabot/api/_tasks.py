@@ -38,6 +38,13 @@ Operator counters in ``Stream.metrics`` (e.g. a window's ``late_count``) are sum
 tasks this process owns at the moment; a window's late rows stay in its task clone.  With the
 eager rebalance protocol every rebalance revokes and re-assigns all partitions, so each member
 re-reads its tasks' records then (tens of ms per rebalance on a local broker).
+
+Changelog records are data, never code (:mod:`sabot.state.codec`): a record that is not in
+the state format, belongs to another task, or fails the ``state_key`` HMAC check stops the
+run with :class:`~sabot.state.CheckpointError` naming ``topic/partition/offset``, and so does
+one whose state the operators do not accept, unless ``reset_state=True``, which discards it
+with a WARNING and starts that task fresh.  Every client of the store gets the source's
+``kafka_config`` (SASL/TLS) when it has one.
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..state import CheckpointError, KafkaChangelogStore
+from ..state.codec import state_key_from
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +67,11 @@ class TaskManager:
         self.stream = stream
         self.source = source
         self.op_nodes = op_nodes  # the plan's operator nodes, source side first
-        self.store = KafkaChangelogStore(source.bootstrap_servers, source.changelog_topic)
+        self.store = KafkaChangelogStore(
+            source.bootstrap_servers, source.changelog_topic,
+            kafka_config=getattr(source, "kafka_config", None),
+            state_key=state_key_from(getattr(source, "state_key", None)),
+            reset_state=bool(getattr(source, "reset_state", False)))
         self.interval_s = source.checkpoint_interval_s
         #: the sink's flush (registered by the sink loop; None when iterating)
         self.sink_flush: Optional[Callable[[], None]] = None
@@ -112,9 +124,20 @@ class TaskManager:
                 try:
                     for i, clone in enumerate(clones):
                         clone.load_state_dict(record["state"][i])
-                except (KeyError, ValueError, TypeError) as exc:
-                    raise CheckpointError(f"{record['where']} does not match this pipeline: "
-                                          f"{type(exc).__name__}: {exc}") from exc
+                except Exception as exc:  # any state the operators cannot take: data
+                    why = (f"{record['where']} does not match this pipeline: "
+                           f"{type(exc).__name__}: {exc}")
+                    if not self.store.reset_state:
+                        raise CheckpointError(f"{why}; pass reset_state=True to discard it "
+                                              "and start the task fresh") from exc
+                    self.store.records_discarded += 1
+                    self.store.records_restored -= 1  # counted when read, not restored
+                    logger.warning("DISCARDING STATE (reset_state=True): %s; task %s/%d starts "
+                                   "with fresh state from the group's committed offset", why,
+                                   tp[0], tp[1])
+                    clones = [node.op.clone() for node in self.op_nodes]
+                    record = None
+            if record is not None:
                 p.offset = record["offset"]
                 self.source.positions[tp] = record["offset"]
                 self.recorded[tp] = record["offset"]
@@ -123,7 +146,7 @@ class TaskManager:
                 logger.info("%s: task %s/%d restored from changelog %s at offset %d",
                             self.source.name, tp[0], tp[1], self.store.topic, record["offset"])
             else:
-                logger.info("%s: task %s/%d has no changelog record; starting fresh",
+                logger.info("%s: task %s/%d has no usable changelog record; starting fresh",
                             self.source.name, tp[0], tp[1])
             for node, clone in zip(self.op_nodes, clones):
                 node.tasks[tp] = clone

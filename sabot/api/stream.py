@@ -256,6 +256,7 @@ def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
         close_iterator(events)
         for c in closes:
             c.run()
+        hooks.close()
 
 
 class _RunHooks:
@@ -293,6 +294,11 @@ class _RunHooks:
         if self.checkpointer is not None:
             self.checkpointer.checkpoint(flush)
 
+    def close(self) -> None:
+        """The run is over: release what the checkpointer holds (checkpoint directory lock)."""
+        if self.checkpointer is not None and hasattr(self.checkpointer, "close"):
+            self.checkpointer.close()
+
 
 # ----------------------------------------------------------------------------------------------
 # Stream
@@ -321,6 +327,7 @@ class Stream:
                    order_by: Optional[str] = None, checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
                    checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
                    changelog_topic: Optional[str] = None, commit: str = "sync",
+                   reset_state: bool = False, state_key: Optional[bytes] = None,
                    **consumer_config: Any) -> "Stream":
         """JSON messages from Kafka, decoded in bulk into ``schema`` (default: the normalised
         ticker schema).  A batch is handed over as soon as no further message is already
@@ -347,6 +354,13 @@ class Stream:
         one source topic; records should be keyed (e.g. by symbol) so that keyed state lives
         in one partition — state that is not keyed becomes per-partition.
 
+        State is data, never code (:mod:`sabot.state.codec`); a checkpoint file or changelog
+        record that cannot be read, or whose state the operators do not accept, stops the run
+        with ``CheckpointError`` naming it.  ``reset_state=True``: discard such state (WARNING
+        log line naming it) and start fresh from the group's committed offsets instead.  ``state_key``: HMAC-SHA256 key (bytes)
+        authenticating every checkpoint/changelog record written and read (default: the
+        ``SABOT_STATE_KEY`` environment variable, if set).
+
         ``commit``: ``'sync'`` (default) commits each batch's offsets once it has passed the
         sink and waits for the broker; ``'async'`` does not wait (lower latency for the next
         message; a failed commit is counted in ``commit_errors``) and commits synchronously when
@@ -363,6 +377,8 @@ class Stream:
                              checkpoint_interval_s=checkpoint_interval_s,
                              metrics_port=metrics_port, changelog_topic=changelog_topic,
                              commit=commit, **consumer_config)
+        source.reset_state = bool(reset_state)
+        source.state_key = state_key
         return cls(_KafkaNode(source))
 
     @classmethod
@@ -631,6 +647,7 @@ class Stream:
             close_iterator(it)
             for c in closes:
                 c.run()
+            hooks.close()
 
     def __aiter__(self) -> AsyncIterator[pa.RecordBatch]:
         return _aiter_thread(iter(self))

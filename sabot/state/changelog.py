@@ -1,10 +1,12 @@
 """Per-partition checkpoints in a Kafka changelog topic (the state store for scale-out).
 
 One record per source partition ("task"), key ``"{topic}/{partition}"``, written to the
-changelog partition with the same number as the source partition; the value is a pickle of ::
+changelog partition with the same number as the source partition; the value is in the state
+format of :mod:`sabot.state.codec` (kind ``"changelog"``; data only, never code)::
 
-    {"format": 1, "topic": str, "partition": int, "offset": next offset to read,
-     "state": {op_index: operator.state_dict()}, "created": unix seconds}
+    header {"kind": "changelog", "topic": str, "partition": int,
+            "offset": next offset to read, "created": unix seconds}
+    body   {op_index: operator.state_dict()}
 
 The topic is created with ``cleanup.policy=compact`` and as many partitions as the source
 topic, so Kafka eventually keeps only the latest record per key.  Reading never relies on
@@ -12,17 +14,22 @@ compaction having happened: the changelog partition is read from its beginning t
 (the partition-EOF event, not the watermarks, which Tansu under-reports) and the last record
 per key wins; a tombstone (null value) deletes the key.
 
-Pickle runs code on load: point ``changelog_topic`` only at topics you trust.
+Anyone who can produce to the topic can write a record, so a record is only ever decoded as
+data, and one that is not this format (a pickle, garbage, truncated, another version, another
+task) is refused with :class:`CheckpointError` naming ``topic/partition/offset``.  With a state
+key every record carries an HMAC-SHA256 tag that is verified before decoding.  With
+``reset_state`` an unreadable latest record is logged as a WARNING and its task starts fresh.
+Every client the store creates (two admin clients, producer, consumer) gets the user's
+``kafka_config`` (SASL/TLS) through :func:`sabot.kafka.client_config`.
 """
 from __future__ import annotations
 
 import logging
-import pickle
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from ..kafka import producer_config
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointError
+from ..kafka import PRODUCER_DEFAULTS, admin_config, client_config
+from .codec import STATE_FORMAT_VERSION, CheckpointError, decode_record, encode_record
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +44,20 @@ def task_key(tp: TaskId) -> bytes:
 class KafkaChangelogStore:
     """Writes and restores per-partition checkpoint records (see module docstring)."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, bootstrap_servers: str, topic: str, *, timeout_s: float = 30.0,
+                 kafka_config: Optional[Mapping[str, Any]] = None,
+                 state_key: Optional[bytes] = None, reset_state: bool = False) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.timeout_s = timeout_s
+        #: the user's client configuration (security, tuning), laid over every client's role
+        self.kafka_config = kafka_config
+        #: HMAC-SHA256 key of every record written and read (None: no tag)
+        self.state_key = state_key
+        #: an unreadable latest record is discarded (WARNING) instead of raising
+        self.reset_state = reset_state
+        #: records refused and discarded under reset_state
+        self.records_discarded = 0
         self._producer: Any = None
         self._reader: Any = None
         self._delivery_errors: List[str] = []
@@ -58,7 +75,7 @@ class KafkaChangelogStore:
         """Number of partitions of ``topic`` (KeyError when the broker does not know it)."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        admin = AdminClient(admin_config(self.bootstrap_servers, self.kafka_config))
         # all topics: asking for one by name makes brokers that auto-create topics create it
         md = admin.list_topics(timeout=self.timeout_s)
         meta = md.topics.get(topic)
@@ -72,7 +89,7 @@ class KafkaChangelogStore:
         from confluent_kafka import KafkaError
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        admin = AdminClient(admin_config(self.bootstrap_servers, self.kafka_config))
         fut = admin.create_topics([NewTopic(self.topic, num_partitions=partitions,
                                             replication_factor=1,
                                             config={"cleanup.policy": "compact"})])
@@ -105,11 +122,12 @@ class KafkaChangelogStore:
         from confluent_kafka import Producer
 
         if self._producer is None:
-            self._producer = Producer(producer_config(self.bootstrap_servers))
+            self._producer = Producer(client_config(self.bootstrap_servers, self.kafka_config,
+                                                    base=PRODUCER_DEFAULTS))
         t0 = time.perf_counter()
-        payload = {"format": CHECKPOINT_FORMAT, "topic": tp[0], "partition": int(tp[1]),
-                   "offset": int(offset), "state": state, "created": time.time()}
-        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        header = {"topic": tp[0], "partition": int(tp[1]), "offset": int(offset),
+                  "created": time.time()}
+        data = encode_record("changelog", header, state, self.state_key)
 
         def delivered(err: Any, msg: Any) -> None:
             if err is not None:
@@ -149,10 +167,11 @@ class KafkaChangelogStore:
             return result
         t0 = time.perf_counter()
         if self._reader is None:
-            self._reader = Consumer({"bootstrap.servers": self.bootstrap_servers,
-                                     "group.id": f"sabot-changelog-reader-{self.topic}",
-                                     "enable.auto.commit": False, "enable.partition.eof": True,
-                                     "fetch.wait.max.ms": 10, "log_level": 3})
+            base = {"enable.partition.eof": True, "fetch.wait.max.ms": 10, "log_level": 3}
+            cfg = client_config(self.bootstrap_servers, self.kafka_config, base=base)
+            cfg.update({"group.id": f"sabot-changelog-reader-{self.topic}",
+                        "enable.auto.commit": False, "enable.partition.eof": True})
+            self._reader = Consumer(cfg)
         parts = sorted({int(tp[1]) for tp in wanted.values()})
         self._reader.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
         latest: Dict[bytes, Tuple[int, int, Optional[bytes]]] = {}
@@ -179,25 +198,39 @@ class KafkaChangelogStore:
             if value is None:  # tombstone
                 continue
             tp = wanted[key]
-            where = f"changelog {self.topic!r} partition {part} offset {offset}"
+            where = f"changelog {self.topic}/{part}/{offset} (task {tp[0]}/{tp[1]})"
             try:
-                payload = pickle.loads(value)
-            except Exception as exc:
-                raise CheckpointError(f"{where} (task {tp[0]}/{tp[1]}): unreadable record: "
-                                      f"{type(exc).__name__}: {exc}") from exc
-            if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-                found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-                raise CheckpointError(f"{where} (task {tp[0]}/{tp[1]}): unsupported record "
-                                      f"format {found!r}; this version reads format "
-                                      f"{CHECKPOINT_FORMAT}")
-            if (payload.get("topic"), payload.get("partition")) != tp:
-                raise CheckpointError(f"{where}: record for {payload.get('topic')}/"
-                                      f"{payload.get('partition')} under key {key.decode()!r}")
-            payload["where"] = where
-            result[tp] = payload
+                result[tp] = self._decode(value, tp, where)
+            except CheckpointError as exc:
+                if not self.reset_state:
+                    raise CheckpointError(f"{exc}. The pipeline will not start on state it "
+                                          "cannot read; pass reset_state=True to discard it "
+                                          "and start the task fresh") from None
+                self.records_discarded += 1
+                logger.warning("DISCARDING STATE (reset_state=True): %s; task %s/%d starts "
+                               "with fresh state from the group's committed offset", exc,
+                               tp[0], tp[1])
+                continue
             self.records_restored += 1
         self.last_read_s = time.perf_counter() - t0
         return result
+
+    def _decode(self, value: bytes, tp: TaskId, where: str) -> Dict[str, Any]:
+        """One record's ``{"format", "topic", "partition", "offset", "created", "state",
+        "where"}``; CheckpointError naming ``where`` when it is not a record of task ``tp``."""
+        header, state = decode_record(value, kind="changelog", where=where, key=self.state_key)
+        if (header.get("topic"), header.get("partition")) != (tp[0], tp[1]):
+            raise CheckpointError(f"{where}: record for task {header.get('topic')}/"
+                                  f"{header.get('partition')} under key {tp[0]}/{tp[1]}")
+        offset = header.get("offset")
+        if type(offset) is not int or offset < 0:
+            raise CheckpointError(f"{where}: header field 'offset' is {offset!r}")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{where}: state is a {type(state).__name__}, not a mapping "
+                                  "of operator index to state")
+        return {"format": STATE_FORMAT_VERSION, "topic": tp[0], "partition": tp[1],
+                "offset": offset, "created": header["created"], "state": state,
+                "where": where}
 
     def close(self) -> None:
         if self._producer is not None:
