@@ -19,6 +19,7 @@ import asyncio
 import glob as _glob
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -308,6 +309,9 @@ class Stream:
         self.last_checkpointer: Any = None
         self._stream_metrics: Any = None
         self._stop_event = threading.Event()
+        #: counters of the sink of the last (or current) run, under ``_sink_name`` in metrics
+        self._sink_metrics: Optional[Dict[str, int]] = None
+        self._sink_name = "sink"
 
     def __repr__(self) -> str:
         return f"<Stream {self._node.name} (depth {self._node.depth})>"
@@ -638,13 +642,29 @@ class Stream:
                    compression: str = "zstd") -> List[str]:
         """Write every batch to Parquet; the written file paths.
 
-        One file (``path`` ends with ``.parquet`` and no ``rows_per_file``): written as
-        ``<path>.part`` and renamed when complete; offsets are committed then.  A directory
-        (``rows_per_file=N``): files of about N rows, each renamed from ``.part`` when closed,
-        after which the offsets of everything in it are committed — a killed pipeline loses
-        no record and never leaves a truncated ``.parquet`` file.
+        One file (``path`` ends with ``.parquet`` and no ``rows_per_file``): written as a
+        ``.part`` next to it and linked to ``path`` when complete; offsets are committed then.
+        An existing ``path`` is refused (``FileExistsError``) before anything is read: a file is
+        never replaced.  With ``checkpoint_dir`` or ``changelog_topic`` every checkpoint flushes
+        the sink and commits offsets, so each flush goes to its own file next to ``path``:
+        ``<stem>-000001.parquet``, ``<stem>-000002.parquet``, ... (a restarted run continues
+        after the highest number present; read them back with ``from_parquet("<stem>-*.parquet")``).
+        A directory (``rows_per_file=N``, or a path without ``.parquet``): files of about N rows
+        named ``part-<run>-<n>.parquet``, after each of which the offsets of everything in it
+        are committed.
+
+        Every file is fsynced, and so is its directory, before the offsets of its rows are
+        committed: a killed pipeline loses no record and never leaves a truncated
+        ``.parquet`` file.  An I/O error (disk full, quota) is logged, counted in
+        ``metrics['to_parquet']['write_errors']`` and retried with backoff, the open file's
+        rows held in memory meanwhile; nothing of them is committed until they are durable.
         """
-        sink = _ParquetSink(Path(path), rows_per_file, compression)
+        checkpointed = any(src.checkpoint_dir is not None or src.changelog_topic is not None
+                           for src in self.kafka_sources())
+        self._sink_metrics = {}
+        sink = _ParquetSink(Path(path), rows_per_file, compression, numbered=checkpointed,
+                            metrics=self._sink_metrics)
+        self._sink_name = "to_parquet"
         try:
             hooks = self._prepare_run()
             _sink_loop(self._events(), sink.write, sink.ack, sink.close, hooks, sink.close_file)
@@ -698,8 +718,12 @@ class Stream:
 
     @property
     def metrics(self) -> Dict[str, Dict[str, Any]]:
-        """Counters per source and operator of the last (or current) run."""
-        return self._node.metrics()
+        """Counters per source and operator (and the sink: ``to_parquet`` / ``to_kafka``) of
+        the last (or current) run."""
+        out = self._node.metrics()
+        if self._sink_metrics is not None:
+            out[self._sink_name] = dict(self._sink_metrics)
+        return out
 
 
 def _operators_of(streams: Sequence[Stream]) -> List[Operator]:
@@ -725,35 +749,80 @@ async def _aiter_thread(it: Iterator[Any]) -> AsyncIterator[Any]:
 
 
 class _ParquetSink:
-    def __init__(self, path: Path, rows_per_file: Optional[int], compression: str) -> None:
+    """Parquet files written so that nothing consumed is lost (see :meth:`Stream.to_parquet`).
+
+    Each file is written as ``<name>.part``; closing it fsyncs the file, links it to its final
+    name (never over an existing file), removes the ``.part`` and fsyncs the directory, and only
+    then runs the commits of the rows in it.  An I/O error (disk full, quota, file size limit)
+    while writing or closing is logged, counted in ``metrics['write_errors']`` and retried with
+    backoff: the rows of the open file are held in memory and written again to a fresh
+    ``.part``, so no row is dropped and no offset is committed before its rows are durable.
+    """
+
+    def __init__(self, path: Path, rows_per_file: Optional[int], compression: str, *,
+                 numbered: bool = False, metrics: Optional[Dict[str, int]] = None,
+                 max_backoff_s: float = 5.0) -> None:
         self.directory_mode = rows_per_file is not None or path.suffix != ".parquet"
+        #: one file per flush next to ``path`` (``<stem>-000001.parquet``, ...), for runs that
+        #: commit offsets at every flush (checkpoints)
+        self.numbered = numbered and not self.directory_mode
         self.path = path
         self.rows_per_file = rows_per_file
         self.compression = compression
         self.files: List[str] = []
+        self.metrics: Dict[str, int] = metrics if metrics is not None else {}
+        for k in ("rows_written", "files_written", "write_errors"):
+            self.metrics.setdefault(k, 0)
+        self.max_backoff_s = max_backoff_s
         self._writer: Optional[pq.ParquetWriter] = None
         self._schema: Optional[pa.Schema] = None
         self._part: Optional[Path] = None
-        self._final: Optional[Path] = None
+        self._held: List[pa.RecordBatch] = []  # rows of the open file, until it is durable
         self._rows = 0
         self._pending: List[Commit] = []
         self._run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self._seq = 0
+        self._parts = 0
+        self._linked: Optional[Path] = None  # final name of the file being published
+        self._last_error_log = 0.0
         if self.directory_mode:
             path.mkdir(parents=True, exist_ok=True)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.numbered and os.path.lexists(path):
+                raise FileExistsError(f"to_parquet: {path} already exists (an existing file is "
+                                      "never replaced); remove it or write elsewhere")
 
-    def _open(self, schema: pa.Schema) -> None:
+    # -- naming ------------------------------------------------------------------------------
+    def _final_name(self) -> Path:
+        """The name of the file being closed: never one that exists."""
         if self.directory_mode:
-            self._final = self.path / f"part-{self._run_id}-{self._seq:05d}.parquet"
+            while True:
+                final = self.path / f"part-{self._run_id}-{self._seq:05d}.parquet"
+                self._seq += 1
+                if not os.path.lexists(final):
+                    return final
+        if not self.numbered:
+            return self.path
+        stem, parent = self.path.stem, self.path.parent
+        if self._seq == 0:  # continue after the files of earlier runs
+            taken = [int(m.group(1)) for m in (re.fullmatch(
+                re.escape(stem) + r"-(\d{6,})\.parquet", f) for f in os.listdir(parent)) if m]
+            self._seq = max(taken, default=0) + 1
+        while True:
+            final = parent / f"{stem}-{self._seq:06d}.parquet"
             self._seq += 1
-        else:
-            self._final = self.path
-        self._part = self._final.with_name(self._final.name + ".part")
-        self._writer = pq.ParquetWriter(str(self._part), schema, compression=self.compression)
-        self._rows = 0
+            if not os.path.lexists(final):
+                return final
 
+    def _part_name(self) -> Path:
+        """A ``.part`` name of this run (never matched by ``*.parquet``)."""
+        self._parts += 1
+        where = self.path if self.directory_mode else self.path.parent
+        stem = "part" if self.directory_mode else self.path.name
+        return where / f"{stem}.{self._run_id}-{self._parts}.part"
+
+    # -- writing -----------------------------------------------------------------------------
     def write(self, batch: pa.RecordBatch) -> None:
         if self._schema is None:
             self._schema = batch.schema
@@ -766,10 +835,63 @@ class _ParquetSink:
                                  f"file schema {self._schema}: {exc}") from exc
         if self.rows_per_file is not None and self._rows >= self.rows_per_file:
             self._close_file()
-        if self._writer is None:
-            self._open(self._schema)
-        self._writer.write_batch(batch)
+        self._held.append(batch)
         self._rows += batch.num_rows
+        self._retrying("write", lambda: self._append(batch))
+
+    def _append(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            self._reopen()  # writes every held row, this batch included
+        else:
+            self._writer.write_batch(batch)
+
+    def _reopen(self) -> None:
+        """A fresh ``.part`` holding every row of the open file."""
+        self._part = self._part_name()
+        self._writer = pq.ParquetWriter(str(self._part), self._schema,
+                                        compression=self.compression)
+        for b in self._held:
+            self._writer.write_batch(b)
+
+    def _discard_writer(self) -> None:
+        """Drop a writer that failed (its ``.part`` may be torn) and its file."""
+        if self._linked is not None:
+            return  # the file is complete and linked; only its publication is being retried
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # already failing: the rows are held and written again
+                pass
+        if self._part is not None:
+            try:
+                os.unlink(self._part)
+            except OSError:
+                pass
+
+    def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
+        """Run ``action``; on an I/O error log, count, back off and try again with a fresh
+        file holding every held row (the open file's rows are never dropped)."""
+        delay = 0.05
+        while True:
+            try:
+                return action()
+            except OSError as exc:
+                if isinstance(exc, FileExistsError) and not (self.directory_mode or self.numbered):
+                    self._discard_writer()
+                    raise FileExistsError(f"to_parquet: {self.path} appeared while it was being "
+                                          "written (an existing file is never replaced)") from None
+                self.metrics["write_errors"] += 1
+                now = time.monotonic()
+                if now - self._last_error_log >= 10.0 or self.metrics["write_errors"] <= 3:
+                    self._last_error_log = now
+                    logger.error("to_parquet(%s): %s failed (%s); %d row(s) held, nothing of "
+                                 "them committed; retrying in %.2fs (%d I/O error(s) so far)",
+                                 self.path, what, exc, self._rows, delay,
+                                 self.metrics["write_errors"])
+                self._discard_writer()
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
 
     def ack(self, commit: Commit) -> None:
         self._pending.append(commit)
@@ -777,28 +899,55 @@ class _ParquetSink:
             self._close_file()
 
     def close_file(self) -> None:
-        """Close the current file (renamed from .part) and run its pending commits."""
+        """Close the current file (durable under its final name), then run its commits."""
         self._close_file()
 
-    def _close_file(self) -> None:
-        if self._writer is not None:
+    def _publish(self) -> None:
+        """Close, fsync, link to the final name (never replacing a file), fsync the directory.
+        Idempotent across retries: once linked, the rows are not written again."""
+        if self._linked is None:
+            if self._writer is None:
+                self._reopen()
             self._writer.close()
-            os.replace(self._part, self._final)
-            self.files.append(str(self._final))
             self._writer = None
+            _fsync_path(self._part)
+            final = self._final_name()
+            # link, not rename: it fails if ``final`` exists, so nothing is ever replaced
+            os.link(self._part, final)
+            self._linked = final
+        if self._part is not None and os.path.lexists(self._part):
+            os.unlink(self._part)
+        self._part = None
+        _fsync_path(self._linked.parent)
+        self.files.append(str(self._linked))
+        self._linked = None
+        self.metrics["files_written"] += 1
+        self.metrics["rows_written"] += self._rows
+
+    def _close_file(self) -> None:
+        if self._held:
+            self._retrying("closing the file", self._publish)
+            self._held = []
+            self._rows = 0
         pending, self._pending = self._pending, []
         for c in pending:
             c.run()
 
     def close(self) -> None:
-        if self._writer is None and not self.directory_mode and not self.files and self._schema is None:
+        if self._schema is None and not self.files:
             logger.warning("to_parquet(%s): the stream had no rows; no file written", self.path)
         self._close_file()
 
     def abort(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:
-                pass
-            self._writer = None
+        """The run failed: drop the open file's ``.part`` (its offsets were never committed,
+        so its rows are read again by the next run)."""
+        self._discard_writer()
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (the directory: so a new name in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
