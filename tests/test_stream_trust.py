@@ -76,3 +76,48 @@ def test_single_file_is_never_replaced(kafka_broker, unique_topic, tmp_path):
     with pytest.raises(FileExistsError, match="out.parquet"):
         Stream.from_table(ticker_table("kraken", 50)).to_parquet(out)
     assert out.read_bytes() == before
+
+
+IO_ERROR_SCRIPT = textwrap.dedent("""
+    import json, resource, signal, sys, threading, time
+    sys.path.insert(0, {root!r})
+    from sabot.api import Stream
+    from sabot.kafka import fast_consumer_config
+    bootstrap, topic, group, out = sys.argv[1:5]
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+    s = Stream.from_kafka(bootstrap, topic, group, batch_size=200, from_beginning=True,
+                          stop_at_end=True, **fast_consumer_config())
+
+    def lift_when_failing():  # the "disk" gets space again once the sink has hit the limit
+        while not (s.metrics.get("to_parquet") or {{}}).get("write_errors", 0) >= 3:
+            time.sleep(0.01)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    threading.Thread(target=lift_when_failing, daemon=True).start()
+    files = s.to_parquet(out)
+    print(json.dumps({{"files": files, "sink": s.metrics["to_parquet"]}}))
+""")
+
+
+def test_parquet_io_errors_are_retried_and_nothing_is_lost(kafka_broker, unique_topic, tmp_path):
+    """A real OS write error (RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC) mid-file: the
+    sink counts it, backs off, rewrites the held rows once writes work again; every row lands
+    and the group's offsets are committed only after that."""
+    import json
+
+    topic, group = unique_topic(), unique_topic("g")
+    kafka_broker.create_topic(topic, partitions=3)
+    produce(kafka_broker.bootstrap, topic, ticker_table("kraken", 3000, seed=23))
+    script = tmp_path / "io_errors.py"
+    script.write_text(IO_ERROR_SCRIPT.format(root=str(ROOT)))
+    out = tmp_path / "out.parquet"
+    run = subprocess.run([sys.executable, str(script), kafka_broker.bootstrap, topic, group,
+                          str(out)], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["sink"]["write_errors"] >= 3
+    assert "failed" in run.stderr and "retrying" in run.stderr
+    assert sorted(pq.read_table(out).column("sequence").to_pylist()) == list(range(3000))
+    assert not list(tmp_path.glob("*.part"))
+    assert sum(max(o, 0) for o in committed(kafka_broker.bootstrap, topic, group, 3).values()) == 3000
