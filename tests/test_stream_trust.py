@@ -121,3 +121,20 @@ def test_parquet_io_errors_are_retried_and_nothing_is_lost(kafka_broker, unique_
     assert sorted(pq.read_table(out).column("sequence").to_pylist()) == list(range(3000))
     assert not list(tmp_path.glob("*.part"))
     assert sum(max(o, 0) for o in committed(kafka_broker.bootstrap, topic, group, 3).values()) == 3000
+
+
+# -- 2. to_kafka: undelivered records are counted, raise, and are never committed ----------------
+def test_to_kafka_undelivered_records_raise_and_are_not_committed(kafka_broker, unique_topic):
+    from sabot.api._kafka import DeliveryError
+
+    topic, out, group = unique_topic(), unique_topic("out"), unique_topic("g")
+    kafka_broker.create_topic(topic, partitions=3)
+    produce(kafka_broker.bootstrap, topic, ticker_table("kraken", 1000, seed=24))
+    s = Stream.from_kafka(kafka_broker.bootstrap, topic, group, batch_size=200,
+                          from_beginning=True, stop_at_end=True, **FAST)
+    # a real producer to a topic that does not exist: its records time out undelivered
+    with pytest.raises(DeliveryError, match=r"to_kafka\(.*\): \d+ of 1000 record\(s\) not delivered"):
+        s.to_kafka(kafka_broker.bootstrap, out, **{"message.timeout.ms": 300,
+                                                    "allow.auto.create.topics": False})
+    assert s.metrics["to_kafka"]["undelivered"] > 0
+    assert all(o < 0 for o in committed(kafka_broker.bootstrap, topic, group, 3).values())

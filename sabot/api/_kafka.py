@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.types as pat
 
-from ..kafka import consumer_config, producer_config
+from ..kafka import client_config, consumer_config, producer_config, validate_client_config
 from ..schema import TICKER_SCHEMA
 from ._decode import JsonBatchDecoder
 from ._events import IDLE, Close, Commit, Event, TaskSwitch
@@ -51,6 +51,7 @@ class KafkaSource:
                  order_by: Optional[str] = None, checkpoint_dir: Optional[Any] = None,
                  checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
                  changelog_topic: Optional[str] = None, commit: str = "sync",
+                 kafka_config: Optional[Mapping[str, Any]] = None,
                  **consumer_overrides: Any) -> None:
         if commit not in ("sync", "async"):
             raise ValueError(f"commit must be 'sync' or 'async', got {commit!r}")
@@ -70,8 +71,17 @@ class KafkaSource:
         overrides = {k.replace("_", ".") if "." not in k and k not in ("error_cb", "stats_cb",
                      "log_cb", "throttle_cb", "on_commit") else k: v
                      for k, v in consumer_overrides.items()}
-        self.config = consumer_config(bootstrap_servers, group_id, from_beginning=from_beginning,
-                                      **overrides)
+        #: the user's client configuration (security, tuning), laid over the defaults of every
+        #: client this source creates: the consumer, the dead-letter producer and, through this
+        #: attribute, the changelog store
+        self.kafka_config: Dict[str, Any] = validate_client_config(kafka_config)
+        self.config = client_config(bootstrap_servers, self.kafka_config,
+                                    base=consumer_config(bootstrap_servers, group_id,
+                                                         from_beginning=from_beginning))
+        self.config.update(overrides)  # explicit consumer settings win
+        #: settings of the dead-letter producer (``dead_letter_topic``)
+        self.dead_letter_config = client_config(bootstrap_servers, self.kafka_config,
+                                                base=producer_config(bootstrap_servers))
         self.order_by = order_by
         if stop_at_end or order_by:
             self.config["enable.partition.eof"] = True
@@ -142,8 +152,7 @@ class KafkaSource:
         self._async_committed.clear()
         decoder = JsonBatchDecoder(self.schema)
         consumer = Consumer(self.config)
-        dlq = (Producer(producer_config(self.bootstrap_servers))
-               if self.dead_letter_topic else None)
+        dlq = Producer(self.dead_letter_config) if self.dead_letter_topic else None
         assigned: set = set()
         at_eof: set = set()
         msgs: List[Any] = []  # the micro-batch being collected
@@ -450,27 +459,54 @@ def encode_json(batch: pa.RecordBatch) -> List[bytes]:
     return [dumps(dict(zip(names, row))) for row in zip(*lists)]
 
 
+class DeliveryError(RuntimeError):
+    """``to_kafka`` could not deliver some records (their offsets were not committed)."""
+
+
 class KafkaSink:
-    """Produces batches as JSON messages; counts delivery errors; flushes before commits."""
+    """Produces batches as JSON messages; flushes before commits.
+
+    A record the producer could not deliver (a failed delivery report, or ``produce``
+    refusing it) is counted in ``metrics['undelivered']`` and logged (rate-limited).  From the
+    first one on, no offset is committed any more (a later commit would cover the lost record):
+    the run goes on delivering the rest, and :meth:`check` raises :class:`DeliveryError` at the
+    end, so the records are read again by the next run of the group.
+    """
 
     def __init__(self, bootstrap_servers: str, topic: str, key: Optional[str] = "symbol",
+                 kafka_config: Optional[Mapping[str, Any]] = None,
                  **producer_overrides: Any) -> None:
         from confluent_kafka import Producer
 
         self.topic = topic
         self.key = key
-        self.producer = Producer(producer_config(bootstrap_servers, **producer_overrides))
-        self.metrics = {"produced": 0, "delivered": 0, "delivery_errors": 0}
+        #: the producer's librdkafka settings: defaults, the client configuration, overrides
+        self.config = client_config(bootstrap_servers, kafka_config,
+                                    base=producer_config(bootstrap_servers))
+        self.config.update(producer_overrides)
+        self.producer = Producer(self.config)
+        self.metrics = {"produced": 0, "delivered": 0, "delivery_errors": 0, "undelivered": 0}
+        self._last_log = 0.0
+
+    def _failed(self, count: int, why: Any) -> None:
+        self.metrics["undelivered"] += count
+        now = time.monotonic()
+        if self.metrics["undelivered"] <= WARN_FIRST or now - self._last_log >= 10.0:
+            self._last_log = now
+            logger.error("to_kafka(%s): record not delivered (%s); %d undelivered so far, "
+                         "offsets are no longer committed", self.topic, why,
+                         self.metrics["undelivered"])
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             self.metrics["delivery_errors"] += 1
-            if self.metrics["delivery_errors"] <= WARN_FIRST:
-                logger.error("to_kafka(%s): delivery failed: %s", self.topic, err)
+            self._failed(1, err)
         else:
             self.metrics["delivered"] += 1
 
     def write(self, batch: pa.RecordBatch) -> None:
+        from confluent_kafka import KafkaException
+
         values = encode_json(batch)
         if self.key is not None:
             if self.key not in batch.schema.names:
@@ -488,14 +524,30 @@ class KafkaSink:
                     break
                 except BufferError:  # local queue full: serve delivery reports, retry
                     poll(0.05)
+                except KafkaException as exc:  # refused (e.g. larger than message.max.bytes)
+                    self._failed(1, exc.args[0] if exc.args else exc)
+                    break
         self.metrics["produced"] += len(values)
         poll(0)
+
+    @property
+    def healthy(self) -> bool:
+        """No record has been lost so far (offsets may be committed)."""
+        return self.metrics["undelivered"] == 0
 
     def flush(self, timeout_s: float = 60.0) -> None:
         remaining = self.producer.flush(timeout_s)
         if remaining:
-            raise RuntimeError(f"to_kafka({self.topic}): {remaining} message(s) not delivered "
-                               f"after {timeout_s:.0f}s")
+            raise DeliveryError(f"to_kafka({self.topic}): {remaining} record(s) not delivered "
+                                f"after {timeout_s:.0f}s; their offsets were not committed")
+
+    def check(self) -> None:
+        """Raise :class:`DeliveryError` if any record was not delivered."""
+        if not self.healthy:
+            raise DeliveryError(
+                f"to_kafka({self.topic}): {self.metrics['undelivered']} of "
+                f"{self.metrics['produced']} record(s) not delivered; offsets were committed "
+                "only up to the first failure, so the next run of the group reads them again")
 
 
 class _PartitionOrderer:

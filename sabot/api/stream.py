@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from ._align import AsofJoinOp, asof_events, concat_promote, merge_events, union_events, zip_events
 from ._checkpoint import Checkpointer, checkpointer_for
 from ._events import IDLE, Close, Commit, Event, TaskSwitch, _Idle, close_iterator
-from ._kafka import KafkaSink, KafkaSource
+from ._kafka import DeliveryError, KafkaSink, KafkaSource
 from ._ops import (FilterOp, FlatMapOp, MapOp, Operator, RenameOp, SelectOp,
                    StreamOperatorError, TumblingOHLCV, WithColumnsOp)
 
@@ -673,20 +673,44 @@ class Stream:
             raise
         return sink.files
 
-    def to_kafka(self, bootstrap_servers: str, topic: str, key: Optional[str] = "symbol",
+    def to_kafka(self, bootstrap_servers: str, topic: str, key: Optional[str] = "symbol", *,
+                 kafka_config: Optional[Mapping[str, Any]] = None,
                  **producer_config: Any) -> Dict[str, int]:
-        """Produce every row as a JSON message (spec §1) keyed by ``key``; delivery counters."""
-        sink = KafkaSink(bootstrap_servers, topic, key=key, **producer_config)
+        """Produce every row as a JSON message keyed by ``key``; delivery counters.
+
+        ``kafka_config``: the producer's client configuration (security, tuning); by default
+        that of this plan's ``from_kafka`` source on the same ``bootstrap_servers``.  Extra
+        keyword arguments are librdkafka producer settings.  Offsets are committed once the
+        producer has delivered everything before them; a record that cannot be delivered
+        stops all further commits, and :class:`~sabot.api._kafka.DeliveryError` is raised when
+        the run ends (the undelivered records are read again by the next run of the group)."""
+        if kafka_config is None:
+            same = [src.kafka_config for src in self.kafka_sources()
+                    if src.bootstrap_servers == bootstrap_servers]
+            kafka_config = same[0] if same else None
+        sink = KafkaSink(bootstrap_servers, topic, key=key, kafka_config=kafka_config,
+                         **producer_config)
+        self._sink_metrics = sink.metrics
+        self._sink_name = "to_kafka"
+
+        def flush() -> None:
+            sink.flush()
+            if not sink.healthy:  # checkpoints must not commit past a lost record
+                sink.check()
 
         def ack(commit: Commit) -> None:
             sink.flush()
-            commit.run()
+            if sink.healthy:
+                commit.run()
 
         try:
             hooks = self._prepare_run()
-            _sink_loop(self._events(), sink.write, ack, sink.flush, hooks, sink.flush)
+            _sink_loop(self._events(), sink.write, ack, sink.flush, hooks, flush)
         finally:
-            sink.flush()
+            remaining = sink.producer.flush(60.0)
+            if remaining:  # never delivered: counted, and the run reports it
+                sink._failed(remaining, "still queued when the run ended")
+        sink.check()
         return dict(sink.metrics)
 
     def stop(self) -> None:
