@@ -3,8 +3,8 @@
 
 Each message must be one JSON object (RFC 8259).  Members whose name is a schema field are
 parsed straight into column buffers (float64, int64, string, bool); other members are skipped
-(any JSON value, nested or not).  A message that is not valid JSON, or gives a field a value of
-the wrong type, is rejected as a whole (its partial values are never written) and reported with
+(any JSON value, nested or not).  A message that is not valid JSON, gives a field a value of
+the wrong type, or gives a field twice, is rejected as a whole (its partial values are never written) and reported with
 a reason; the other messages are decoded.  Used by :mod:`sabot.api._decode`.
 """
 from libc.stdlib cimport malloc, realloc, free, strtod
@@ -409,7 +409,17 @@ cdef class FlatJsonDecoder:
                     return "invalid JSON: unterminated string"
                 key = p + 1
                 klen = q - key
-                f = -1 if esc else self.lookup(key, klen)
+                if esc:  # a member name with escapes ("b\u0069d" is "bid")
+                    strbuf_reserve(&self.scratch, klen)
+                    klen = unescape_into(key, klen, self.scratch.data)
+                    if klen < 0:
+                        return "invalid JSON: invalid escape in member name"
+                    f = self.lookup(self.scratch.data, klen)
+                else:
+                    f = self.lookup(key, klen)
+                if f >= 0 and self.slots[f].state != S_UNSET:
+                    # ambiguous (RFC 8259 leaves it open); the Arrow reader refuses it too
+                    return f"field {self.names[f]!r} given twice"
                 p = skip_ws(q + 1, end)
                 if p >= end or p[0] != c':':
                     return "invalid JSON: expected ':'"

@@ -16,7 +16,7 @@ the batches whose commit had not landed.  With ``changelog_topic`` each
 batch is split by partition, each part preceded by a :class:`TaskSwitch` (see :mod:`._tasks`),
 and offsets are committed only with the changelog records.
 
-Sink: JSON values per spec §1 (timestamps as integer ns), message key = the ``key`` column,
+Sink: JSON values in the ticker record layout of :mod:`sabot.schema` (timestamps as integer ns), message key = the ``key`` column,
 no blocking flush per message; the producer is flushed before each commit and at the end.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pyarrow.types as pat
 
 from ..kafka import client_config, consumer_config, producer_config, validate_client_config
 from ..schema import TICKER_SCHEMA
-from ._decode import JsonBatchDecoder
+from ._decode import JsonBatchDecoder, RecordRules
 from ._events import IDLE, Close, Commit, Event, TaskSwitch
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class KafkaSource:
                  checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
                  changelog_topic: Optional[str] = None, commit: str = "sync",
                  kafka_config: Optional[Mapping[str, Any]] = None,
+                 timestamp_window: Any = "auto",
                  **consumer_overrides: Any) -> None:
         if commit not in ("sync", "async"):
             raise ValueError(f"commit must be 'sync' or 'async', got {commit!r}")
@@ -67,6 +68,8 @@ class KafkaSource:
         self.max_latency_s = max_latency_ms / 1000.0
         self.dead_letter_topic = dead_letter_topic
         self.stop_at_end = stop_at_end
+        #: validation of every decoded record (see :class:`~._decode.RecordRules`)
+        self.rules = RecordRules.from_window(timestamp_window, from_beginning=from_beginning)
         # librdkafka spells its settings with dots; accept Python-friendly underscores too.
         overrides = {k.replace("_", ".") if "." not in k and k not in ("error_cb", "stats_cb",
                      "log_cb", "throttle_cb", "on_commit") else k: v
@@ -150,7 +153,7 @@ class KafkaSource:
 
         self.reset_metrics()
         self._async_committed.clear()
-        decoder = JsonBatchDecoder(self.schema)
+        decoder = JsonBatchDecoder(self.schema, rules=self.rules)
         consumer = Consumer(self.config)
         dlq = Producer(self.dead_letter_config) if self.dead_letter_topic else None
         assigned: set = set()
@@ -276,7 +279,7 @@ class KafkaSource:
             yield from self._emit_tasks(msgs, decoder, consumer, dlq)
             return
         n = len(msgs)
-        result = decoder.decode([m.value() for m in msgs])
+        result = _decode(decoder, msgs)
         self.metrics["messages"] += n
         if result.bad:
             self._dead_letter(msgs, result.bad, dlq)
@@ -302,7 +305,7 @@ class KafkaSource:
             groups.setdefault((m.topic(), m.partition()), []).append(m)
         self.metrics["messages"] += len(msgs)
         for tp, group in groups.items():
-            result = decoder.decode([m.value() for m in group])
+            result = _decode(decoder, group)
             if result.bad:
                 self._dead_letter(group, result.bad, dlq)
             batch = result.batch
@@ -370,7 +373,7 @@ class KafkaSource:
         from confluent_kafka import TopicPartition
 
         if msgs:
-            result = decoder.decode([m.value() for m in msgs])
+            result = _decode(decoder, msgs)
             self.metrics["messages"] += len(msgs)
             bad_idx = set()
             if result.bad:
@@ -417,6 +420,16 @@ class KafkaSource:
 
 
 # ----------------------------------------------------------------------------------------------
+def _decode(decoder: JsonBatchDecoder, msgs: List[Any]) -> Any:
+    """Decode messages; each message's Kafka timestamp (when it has one) is the reference time
+    of its record's timestamp window, so a replay judges records by when they were produced."""
+    import numpy as np
+
+    ref = np.fromiter(((t[1] * 1_000_000 if t[0] and t[1] > 0 else -1)
+                       for t in (m.timestamp() for m in msgs)), dtype=np.int64, count=len(msgs))
+    return decoder.decode([m.value() for m in msgs], ref)
+
+
 def json_columns(batch: pa.RecordBatch) -> Tuple[List[str], List[list]]:
     """Column names and Python value lists ready for JSON (timestamps → int ns)."""
     names, lists = [], []
@@ -453,7 +466,9 @@ def _pylist(col: pa.Array) -> list:
 
 
 def encode_json(batch: pa.RecordBatch) -> List[bytes]:
-    """One flat JSON object per row (spec §1): nulls as null, timestamps as integer ns."""
+    """One flat JSON object per row: nulls as null, timestamps as integer ns.  JSON has no
+    NaN or infinity: a non-finite float is written as null (and ``from_kafka`` never turns a
+    non-finite number into a record either)."""
     names, lists = json_columns(batch)
     dumps = orjson.dumps
     return [dumps(dict(zip(names, row))) for row in zip(*lists)]

@@ -1,4 +1,4 @@
-"""``Stream``: a lazy pipeline of Arrow RecordBatches (spec stream_and_collectors.md §5).
+"""``Stream``: a lazy pipeline of Arrow RecordBatches.
 
 Building a Stream (sources, transforms) runs nothing; iterating it or calling a sink runs the
 whole plan once.  Each run starts every operator from fresh state, unless the state was just
@@ -325,6 +325,8 @@ class Stream:
                    order_by: Optional[str] = None, checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
                    checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
                    changelog_topic: Optional[str] = None, commit: str = "sync",
+                   kafka_config: Optional[Mapping[str, Any]] = None,
+                   timestamp_window: Any = "auto",
                    **consumer_config: Any) -> "Stream":
         """JSON messages from Kafka, decoded in bulk into ``schema`` (default: the normalised
         ticker schema).  A batch is handed over as soon as no further message is already
@@ -366,7 +368,8 @@ class Stream:
                              checkpoint_dir=checkpoint_dir,
                              checkpoint_interval_s=checkpoint_interval_s,
                              metrics_port=metrics_port, changelog_topic=changelog_topic,
-                             commit=commit, **consumer_config)
+                             commit=commit, kafka_config=kafka_config,
+                             timestamp_window=timestamp_window, **consumer_config)
         return cls(_KafkaNode(source))
 
     @classmethod
