@@ -138,3 +138,64 @@ def test_to_kafka_undelivered_records_raise_and_are_not_committed(kafka_broker, 
                                                     "allow.auto.create.topics": False})
     assert s.metrics["to_kafka"]["undelivered"] > 0
     assert all(o < 0 for o in committed(kafka_broker.bootstrap, topic, group, 3).values())
+
+
+# -- 3. validation at the edge of from_kafka ---------------------------------------------------
+def test_invalid_records_are_dead_lettered_with_field_and_value(kafka_broker, unique_topic):
+    import orjson
+    from confluent_kafka import Producer
+
+    from stream_data import json_values
+
+    topic, dlq = unique_topic(), unique_topic("dlq")
+    kafka_broker.create_topic(topic, partitions=1)
+    kafka_broker.create_topic(dlq, partitions=1)
+    now = time.time_ns()
+    good = ticker_table("kraken", 50, seed=25)
+    for i, name in ((3, "timestamp"), (4, "recv_timestamp")):
+        good = good.set_column(i, name, pa.array([now - 10**9 * (50 - k) for k in range(50)],
+                                                 pa.timestamp("ns", tz="UTC")))
+    values = json_values(good)
+    base = orjson.loads(values[0])
+    bad = {
+        b'"bid": NaN': "nan", b'"ask": 1e999': "ask=inf", b'"price": -5': "price=-5.0",
+        b'"bid": true': "'bid': expected number, got boolean",
+        b'"ask_size": -1': "ask_size=-1.0", b'"timestamp": 32503680000000000000': "timestamp",
+        f'"timestamp": {now - 2 * 86_400 * 10**9}'.encode(): "172800 s before",
+        b'"symbol": "BTC\\u0007USD"': "symbol='BTC\\x07USD': contains a control character",
+    }
+    p = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    for v in values[:25]:
+        p.produce(topic, v)
+    for member in bad:
+        name = member.split(b'"')[1].decode()
+        rest = b", ".join(orjson.dumps({k: v})[1:-1] for k, v in base.items() if k != name)
+        p.produce(topic, b"{" + rest + b", " + member + b"}")
+    for v in values[25:]:
+        p.produce(topic, v)
+    assert p.flush(10) == 0
+    s = Stream.from_kafka(kafka_broker.bootstrap, topic, unique_topic("g"), from_beginning=True,
+                          stop_at_end=True, dead_letter_topic=dlq,
+                          timestamp_window=(86_400, 60), **FAST)
+    got = s.collect()
+    assert got.num_rows == 50
+    assert s.metrics[s._node.name]["dead_lettered"] == len(bad)
+    c = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": "r"})
+    assign_all(c, dlq)
+    reasons = wait_until(lambda: [dict(m.headers())["sabot.error"].decode()
+                                  for m in c.consume(100, 0.5) if m.error() is None], 20,
+                         "dead letters")
+    c.close()
+    assert len(reasons) == len(bad)
+    for expected, reason in zip(bad.values(), reasons):
+        assert expected.lower() in reason.lower() and member_name(reason), (expected, reason)
+
+
+def member_name(reason: str) -> bool:
+    """The reason names one of the fields the test broke."""
+    return any(n in reason for n in ("bid", "ask", "price", "ask_size", "timestamp", "symbol"))
+
+
+def test_timestamp_window_is_checked_by_name():
+    with pytest.raises(ValueError, match=r"timestamp_window must be .* got \(1, -2\)"):
+        Stream.from_kafka("127.0.0.1:1", "t", "g", timestamp_window=(1, -2))

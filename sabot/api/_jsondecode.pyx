@@ -442,7 +442,7 @@ cdef class FlatJsonDecoder:
                             if p[0] == c'"' or p[0] == c't' or p[0] == c'f' or p[0] == c'{' or p[0] == c'[':
                                 return f"field {self.names[f]!r}: expected {_TYPE_NAMES[t]}, got {_json_kind(p[0])}"
                             else:
-                                return f"invalid JSON number in field {self.names[f]!r}"
+                                return f"field {self.names[f]!r}: invalid JSON number {_token(p, end)}"
                         if t == T_FLOAT:
                             self.slots[f].d = parse_double(p, q)
                         else:
@@ -608,6 +608,16 @@ cdef class FlatJsonDecoder:
             for f in range(nf):
                 free(sbuf[f].data)
             free(vptr); free(dptr); free(optr); free(sbuf); free(nulls)
+
+
+cdef str _token(const char* p, const char* end):
+    """The text of the value starting at p (up to a delimiter, at most 32 bytes), for reasons."""
+    cdef const char* q = p
+    while q < end and q - p < 32 and not (q[0] == c',' or q[0] == c'}' or q[0] == c']'
+                                           or q[0] == c' ' or q[0] == c'\n' or q[0] == c'\t'
+                                           or q[0] == c'\r'):
+        q += 1
+    return (<bytes>p[:q - p]).decode("utf-8", "replace")
 
 
 cdef str _json_kind(char c):

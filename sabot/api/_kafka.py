@@ -397,7 +397,7 @@ class KafkaSource:
             self.metrics["decode_errors"] += 1
             count = self.metrics["decode_errors"]
             level = logging.WARNING if count <= WARN_FIRST else logging.DEBUG
-            logger.log(level, "%s: undecodable message at %s skipped: %s%s", self.name, where,
+            logger.log(level, "%s: message at %s skipped (undecodable or invalid): %s%s", self.name, where,
                        reason, " (further ones logged at debug)" if count == WARN_FIRST else "")
             if dlq is None:
                 continue

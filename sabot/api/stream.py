@@ -360,7 +360,24 @@ class Stream:
 
         ``metrics_port``: serve Prometheus metrics of every stream built on this source on
         ``127.0.0.1:<port>/metrics`` while it runs (see :mod:`sabot.metrics`; needs the
-        ``metrics`` extra, prometheus-client)."""
+        ``metrics`` extra, prometheus-client).
+
+        ``kafka_config``: the client configuration (librdkafka properties: SASL, TLS, tuning;
+        see :mod:`sabot.kafka`), validated here and laid over the defaults of every client the
+        stream creates: the consumer, the dead-letter producer, the changelog store of
+        ``changelog_topic`` and, on the same bootstrap servers, ``to_kafka``'s producer.
+
+        Every decoded record is validated as the collectors validate ticker records: a
+        non-finite number, a non-positive ``price``/``bid``/``ask``, a negative size, a control
+        character in an identifier (``symbol``, ...) or a timestamp outside ``timestamp_window``
+        makes the message a dead letter (``dead_letter_topic``, else counted in
+        ``decode_errors`` and logged), with a reason naming field and value.
+        ``timestamp_window``: ``(max_age_s, max_ahead_s)`` around each message's Kafka
+        timestamp (when the message was produced; the time of decoding when it has none), so a
+        replay of last month's topic judges records by when they were written; either bound
+        may be None.  ``"auto"`` (default): ``(86400, 60)`` — one day back, one minute ahead —
+        when reading live, and ``(None, 60)`` with ``from_beginning=True``, since a topic read
+        from its beginning may hold history loaded in bulk.  ``None``: no time check."""
         source = KafkaSource(bootstrap_servers, topic, group_id, schema=schema,
                              batch_size=batch_size, max_latency_ms=max_latency_ms,
                              from_beginning=from_beginning, dead_letter_topic=dead_letter_topic,
