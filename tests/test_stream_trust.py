@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -199,3 +200,41 @@ def member_name(reason: str) -> bool:
 def test_timestamp_window_is_checked_by_name():
     with pytest.raises(ValueError, match=r"timestamp_window must be .* got \(1, -2\)"):
         Stream.from_kafka("127.0.0.1:1", "t", "g", timestamp_window=(1, -2))
+
+
+# -- 4. one client configuration reaches every client ----------------------------------------
+def test_kafka_config_reaches_every_client(kafka_broker, unique_topic, capfd):
+    """``client.id`` names a librdkafka instance in its own log lines (``<client.id>#consumer-N``):
+    each client the stream creates logs under the configured id."""
+    topic, dlq, out = unique_topic(), unique_topic("dlq"), unique_topic("out")
+    for t in (topic, dlq, out):
+        kafka_broker.create_topic(t, partitions=1)
+    produce(kafka_broker.bootstrap, topic, ticker_table("kraken", 100, seed=26))
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    p.produce(topic, b"{not json")
+    assert p.flush(10) == 0
+    probe = {"client.id": "trust-probe", "debug": "generic", "log_level": 7}
+    s = Stream.from_kafka(kafka_broker.bootstrap, topic, unique_topic("g"), from_beginning=True,
+                          stop_at_end=True, dead_letter_topic=dlq, kafka_config=probe, **FAST)
+    src = s.kafka_sources()[0]
+    assert src.kafka_config == probe  # what the changelog store is handed
+    assert src.config["client.id"] == "trust-probe" and src.config["group.id"]
+    assert src.dead_letter_config["client.id"] == "trust-probe"
+    capfd.readouterr()
+    result = s.to_kafka(kafka_broker.bootstrap, out)
+    assert result["delivered"] == 100 and s.metrics[src.name]["dead_lettered"] == 1
+    logged = capfd.readouterr().err
+    names = set(re.findall(r"\|(trust-probe#(?:consumer|producer)-\d+)\|", logged))
+    assert any(n.startswith("trust-probe#consumer") for n in names), logged[-2000:]
+    # the dead-letter producer and to_kafka's producer
+    assert sum(n.startswith("trust-probe#producer") for n in names) == 2, names
+
+
+def test_kafka_config_is_validated_by_name():
+    from sabot.kafka import KafkaConfigError
+
+    with pytest.raises(KafkaConfigError, match="'group.id' is set per client"):
+        Stream.from_kafka("127.0.0.1:1", "t", "g", kafka_config={"group.id": "x"})
+    with pytest.raises(KafkaConfigError, match=r"sasl.jaas=\[1\] is not"):
+        Stream.from_kafka("127.0.0.1:1", "t", "g", kafka_config={"sasl.jaas": [1]})
