@@ -117,6 +117,9 @@ class KafkaSource:
         self.lag: Dict[Tuple[str, int], int] = {}
         self.metrics_port = metrics_port
         if metrics_port is not None:
+            from ..metrics import require_prometheus
+
+            require_prometheus(f"metrics_port={metrics_port}")
             self.config.setdefault("statistics.interval.ms", 1000)
             self.config["stats_cb"] = self._on_stats
         self.commit_mode = commit

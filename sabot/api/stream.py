@@ -266,6 +266,8 @@ class _RunHooks:
                  stop: Optional[threading.Event] = None) -> None:
         self.checkpointer = checkpointer
         self.latency = metrics.latency if metrics is not None else None
+        self._servers = list(metrics.servers) if metrics is not None else []
+        self._next_check = 0.0
         self._stop = stop
 
     def stopping_at(self, ev: Event) -> bool:
@@ -286,7 +288,12 @@ class _RunHooks:
             self.latency.observe_batch(batch)
 
     def commit(self, flush: Optional[Callable[[], None]]) -> None:
-        """A commit or an idle source reached the sink: every operator is between batches."""
+        """A commit or an idle source reached the sink: every operator is between batches.
+        Also (once a second) restarts a metrics endpoint whose thread died."""
+        if self._servers and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + 1.0
+            for server in self._servers:
+                server.ensure_running()
         if self.checkpointer is not None:
             self.checkpointer.on_commit(flush)
 
@@ -596,9 +603,15 @@ class Stream:
         if ports and self._stream_metrics is None:
             from ..metrics import StreamMetrics, serve
 
-            self._stream_metrics = StreamMetrics(self, name=self._node.name)
+            metrics = StreamMetrics(self, name=self._node.name)
             for port in ports:
-                serve(port).add(self._stream_metrics)
+                server = serve(port)
+                server.add(metrics)
+                metrics.servers.append(server)
+            self._stream_metrics = metrics
+        elif self._stream_metrics is not None:
+            for server in self._stream_metrics.servers:
+                server.ensure_running()
         self._stop_event.clear()
         return _RunHooks(ckpt, self._stream_metrics, self._stop_event)
 
