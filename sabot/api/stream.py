@@ -972,10 +972,10 @@ class _ParquetSink:
             # link, not rename: it fails if ``final`` exists, so nothing is ever replaced
             os.link(self._part, final)
             self._linked = final
+        _fsync_path(self._linked.parent)  # the new name is durable before the .part goes
         if self._part is not None and os.path.lexists(self._part):
             os.unlink(self._part)
         self._part = None
-        _fsync_path(self._linked.parent)
         self.files.append(str(self._linked))
         self._linked = None
         self.metrics["files_written"] += 1
