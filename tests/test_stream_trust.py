@@ -238,3 +238,24 @@ def test_kafka_config_is_validated_by_name():
         Stream.from_kafka("127.0.0.1:1", "t", "g", kafka_config={"group.id": "x"})
     with pytest.raises(KafkaConfigError, match=r"sasl.jaas=\[1\] is not"):
         Stream.from_kafka("127.0.0.1:1", "t", "g", kafka_config={"sasl.jaas": [1]})
+
+
+def test_undelivered_dead_letters_hold_back_the_commit(kafka_broker, unique_topic):
+    """A dead letter that cannot be delivered is not lost: the offsets past it are not
+    committed, so the next run reads (and dead-letters) the message again."""
+    from confluent_kafka import Producer
+
+    topic, group = unique_topic(), unique_topic("g")
+    kafka_broker.create_topic(topic, partitions=1)
+    produce(kafka_broker.bootstrap, topic, ticker_table("kraken", 100, seed=27))
+    p = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    p.produce(topic, b"{not json")
+    assert p.flush(10) == 0
+    s = Stream.from_kafka(kafka_broker.bootstrap, topic, group, from_beginning=True,
+                          stop_at_end=True, dead_letter_topic=unique_topic("missing-dlq"),
+                          kafka_config={"message.timeout.ms": 300,
+                                        "allow.auto.create.topics": False}, **FAST)
+    assert s.collect().num_rows == 100
+    m = s.metrics[s._node.name]
+    assert m["dead_letter_errors"] == 1 and m["commits_withheld"] >= 1
+    assert all(o < 0 for o in committed(kafka_broker.bootstrap, topic, group, 1).values())

@@ -135,6 +135,8 @@ class KafkaSource:
                     user_on_commit(err, partitions)
             self.config["on_commit"] = on_commit
         self.metrics: Dict[str, int] = {}
+        self._dlq: Any = None
+        self._last_withheld_log = 0.0
         self.reset_metrics()
 
     def _on_async_commit(self, err: Any, partitions: List[Any]) -> None:
@@ -148,7 +150,7 @@ class KafkaSource:
     def reset_metrics(self) -> None:
         self.metrics = {"messages": 0, "rows": 0, "batches": 0, "decode_errors": 0,
                         "dead_lettered": 0, "dead_letter_errors": 0, "commits": 0,
-                        "commit_errors": 0, "consumer_errors": 0}
+                        "commit_errors": 0, "consumer_errors": 0, "commits_withheld": 0}
 
     # ------------------------------------------------------------------------------------------
     def events(self) -> Iterator[Event]:
@@ -205,6 +207,7 @@ class KafkaSource:
         consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke,
                            on_lost=on_lost)
         self._consumer = consumer
+        self._dlq = dlq
         self.positions = dict(self.restore_offsets)
         orderer = _PartitionOrderer(self.order_by) if self.order_by else None
         closed = False
@@ -339,12 +342,12 @@ class KafkaSource:
         if self._consumer is None or not positions:
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-        self._commit_fn(self._consumer, None, tps, force=True)()
+        self._commit_fn(self._consumer, self._dlq, tps, force=True)()
 
     def _commit_fn(self, consumer: Any, dlq: Any, tps: List[Any], force: bool = False):
         def commit() -> None:
-            if dlq is not None:
-                dlq.flush(30)
+            if dlq is not None and not self._dead_letters_delivered(dlq):
+                return  # committing would lose the undelivered dead letters: read them again
             if (self.checkpoint_dir is not None or self.changelog_topic is not None) and not force:
                 return  # offsets are committed with each checkpoint, matching its state
             if self.commit_mode == "async" and not force:
@@ -360,6 +363,23 @@ class KafkaSource:
                 return
             self._commit_sync(consumer, tps)
         return commit
+
+    def _dead_letters_delivered(self, dlq: Any) -> bool:
+        """Flush the dead-letter producer; False (logged, rate-limited) if any dead letter of
+        this run was not delivered: from then on no offset is committed, so the messages are
+        read (and dead-lettered) again by the next run instead of being lost."""
+        remaining = dlq.flush(30)
+        if not remaining and not self.metrics["dead_letter_errors"]:
+            return True
+        self.metrics["commits_withheld"] += 1
+        now = time.monotonic()
+        if now - self._last_withheld_log >= 10.0:
+            self._last_withheld_log = now
+            logger.error("%s: %d dead letter(s) not delivered%s; offsets are not committed "
+                         "(the messages will be read again)", self.name,
+                         self.metrics["dead_letter_errors"],
+                         f", {remaining} still queued" if remaining else "")
+        return False
 
     def _commit_sync(self, consumer: Any, tps: List[Any]) -> None:
         try:
