@@ -9,6 +9,8 @@ is decoded at once into a :class:`pyarrow.RecordBatch` of the target schema:
 * a message that is not a JSON object, has a value of the wrong type, gives a field twice, or
   lacks a non-nullable field is *undecodable*: it is left out of the batch and reported with
   its index and reason;
+* a non-finite number (``1e999`` overflows to infinity; ``NaN`` is not JSON) never becomes a
+  value: the message is invalid, with or without rules;
 * with :class:`RecordRules` (``from_kafka`` always passes them), a decoded record that breaks
   the rules of a market-data record is *invalid* and reported the same way, its reason naming
   field and value: a non-finite number in any float field (JSON has no NaN or infinity, but
@@ -134,6 +136,7 @@ class JsonBatchDecoder:
         self._parse_options = pj.ParseOptions(explicit_schema=self._reader_schema,
                                               unexpected_field_behavior="ignore")
         self._required = [i for i, f in enumerate(schema) if not f.nullable]
+        self._float_fields = any(pat.is_floating(f.type) for f in schema)
         self._native = None
         if use_native and _native is not None and _native.supports(self._reader_schema):
             self._native = _native.FlatJsonDecoder(
@@ -256,7 +259,7 @@ class JsonBatchDecoder:
             columns = [c.filter(keep) for c in columns]
         else:
             keep = None
-        if self.rules is not None and len(columns[0]):
+        if len(columns[0]) and (self.rules is not None or self._float_fields):
             columns = self._validate(columns, keep, bad, index_of, bad_local)
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
@@ -284,7 +287,9 @@ class JsonBatchDecoder:
                     finite = np.isfinite(v)
                     wrong = ~finite
                     what = "not a finite number"
-                    if f.name in PRICE_FIELDS:
+                    if self.rules is None:
+                        pass  # without rules only non-finite numbers are refused
+                    elif f.name in PRICE_FIELDS:
                         wrong = wrong | (v <= 0)
                         what = "not a finite positive price"
                     elif f.name in SIZE_FIELDS:
@@ -293,6 +298,8 @@ class JsonBatchDecoder:
                 if valid is not None:
                     wrong &= valid
                 checks.append((wrong, i, what))
+            elif self.rules is None:
+                continue
             elif f.name in IDENTIFIER_FIELDS and (pat.is_string(t) or pat.is_large_string(t)):
                 if col.null_count < len(col):
                     wrong = pc.fill_null(pc.match_substring_regex(col, _CONTROL), False)
@@ -342,7 +349,7 @@ class JsonBatchDecoder:
             ns = col.cast(pa.timestamp("ns", tz=col.type.tz)).cast(pa.int64())[r].as_py()
             when = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(
                 timespec="seconds").replace("+00:00", "Z")
-            age = (ref - ns) / 1e9
+            age = (int(ref) - int(ns)) / 1e9
             side = (f"{age:.0f} s before" if age > 0 else f"{-age:.0f} s after")
             window = (f"window: {self._span(self.rules.max_age_s)} back, "
                       f"{self._span(self.rules.max_ahead_s)} ahead")
@@ -357,7 +364,7 @@ class JsonBatchDecoder:
     def _why(self, value: bytes, exc: BaseException) -> str:
         """The reason one message failed the Arrow reader, in the native decoder's words
         (naming field and value) where the message is JSON; else the reader's own."""
-        return _explain(value, self.schema) or _reason(exc)
+        return _explain(value, self.schema, self.rules is not None) or _reason(exc)
 
 
 def _kind(v: Any) -> str:
@@ -372,7 +379,7 @@ def _kind(v: Any) -> str:
     return "number"
 
 
-def _explain(value: bytes, schema: pa.Schema) -> str:
+def _explain(value: bytes, schema: pa.Schema, rules: bool = True) -> str:
     """Why ``value`` does not fit ``schema`` ('' when that is not the reason it failed)."""
     import json
 
@@ -404,9 +411,9 @@ def _explain(value: bytes, schema: pa.Schema) -> str:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 return f"field {f.name!r}: expected number, got {_kind(v)}"
             if not math.isfinite(float(v)):
-                what = ("not a finite positive price" if f.name in PRICE_FIELDS else
-                        "not a finite non-negative size" if f.name in SIZE_FIELDS else
-                        "not a finite number")
+                what = ("not a finite positive price" if rules and f.name in PRICE_FIELDS else
+                        "not a finite non-negative size" if rules and f.name in SIZE_FIELDS
+                        else "not a finite number")
                 return f"{f.name}={float(v)!r}: {what}"
         elif pat.is_integer(t):
             if isinstance(v, bool) or isinstance(v, (str, dict, list)):

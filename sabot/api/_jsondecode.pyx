@@ -68,6 +68,39 @@ cdef inline const char* skip_ws(const char* p, const char* end) noexcept nogil:
     return p
 
 
+cdef Py_ssize_t utf8_error(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Offset of the first byte that is not valid UTF-8 (as Python's strict decoder: no
+    overlong forms, no surrogates, nothing above U+10FFFF), or -1 when all of p[0:n] is."""
+    cdef Py_ssize_t i = 0, k, need
+    cdef unsigned char c, c1
+    while i < n:
+        c = p[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            need = 1
+        elif 0xE0 <= c <= 0xEF:
+            need = 2
+        elif 0xF0 <= c <= 0xF4:
+            need = 3
+        else:
+            return i
+        if i + need >= n:  # truncated sequence
+            return i
+        c1 = p[i + 1]
+        if (c1 & 0xC0) != 0x80:
+            return i
+        if (c == 0xE0 and c1 < 0xA0) or (c == 0xED and c1 > 0x9F) \
+                or (c == 0xF0 and c1 < 0x90) or (c == 0xF4 and c1 > 0x8F):
+            return i
+        for k in range(2, need + 1):
+            if (p[i + k] & 0xC0) != 0x80:
+                return i
+        i += need + 1
+    return -1
+
+
 cdef inline int hexval(char c) noexcept nogil:
     if c'0' <= c <= c'9':
         return c - c'0'
@@ -537,6 +570,10 @@ cdef class FlatJsonDecoder:
                         continue
                     v = bytes(v)
                 p = PyBytes_AS_STRING(v)
+                o = utf8_error(<const unsigned char*>p, PyBytes_GET_SIZE(v))
+                if o >= 0:  # not JSON (RFC 8259: UTF-8), wherever it is in the message
+                    bad.append((i, f"invalid UTF-8 at byte {o}"))
+                    continue
                 problem = self.parse_one(p, p + PyBytes_GET_SIZE(v))
                 if problem is not None:
                     bad.append((i, problem))
