@@ -136,12 +136,66 @@ class JsonBatchDecoder:
         self._parse_options = pj.ParseOptions(explicit_schema=self._reader_schema,
                                               unexpected_field_behavior="ignore")
         self._required = [i for i, f in enumerate(schema) if not f.nullable]
-        self._float_fields = any(pat.is_floating(f.type) for f in schema)
+        #: per field: what is checked ("finite", "positive", "nonneg", "noctrl", "window")
+        self._checks: List[Tuple[str, ...]] = [self._field_checks(f) for f in schema]
+        self._ref_ns: Optional[np.ndarray] = None
         self._native = None
         if use_native and _native is not None and _native.supports(self._reader_schema):
-            self._native = _native.FlatJsonDecoder(
-                self._reader_schema, [_native_output_type(r.type, f.type)
-                                      for r, f in zip(self._reader_schema, schema)])
+            codes = getattr(_native, "CHECKS", None)
+            if codes is not None:  # the extension checks records in its one pass
+                ahead, age = self._window_ns()
+                self._native = _native.FlatJsonDecoder(
+                    self._reader_schema, [_native_output_type(r.type, f.type)
+                                          for r, f in zip(self._reader_schema, schema)],
+                    [sum(codes[c] for c in cs) for cs in self._checks],
+                    self._native_reason, age, ahead)
+
+    def _field_checks(self, f: pa.Field) -> Tuple[str, ...]:
+        """The checks of field ``f``: floats always finite; the rest only with rules."""
+        t = f.type
+        if pat.is_floating(t):
+            if self.rules is None:
+                return ("finite",)
+            return (("finite", "positive") if f.name in PRICE_FIELDS else
+                    ("finite", "nonneg") if f.name in SIZE_FIELDS else ("finite",))
+        if self.rules is None:
+            return ()
+        if f.name in IDENTIFIER_FIELDS and (pat.is_string(t) or pat.is_large_string(t)):
+            return ("noctrl",)
+        if (f.name in WINDOW_TIMESTAMP_FIELDS and pat.is_timestamp(t)
+                and (self.rules.max_age_s is not None or self.rules.max_ahead_s is not None)):
+            return ("window",)
+        return ()
+
+    def _window_ns(self) -> Tuple[Optional[int], Optional[int]]:
+        """(max ahead, max age) in ns (None: unbounded), clamped so ``ref ± bound`` fits."""
+        def ns(s: Optional[float]) -> Optional[int]:
+            return None if s is None else min(int(s * 1e9), 2**62)
+        if self.rules is None:
+            return None, None
+        return ns(self.rules.max_ahead_s), ns(self.rules.max_age_s)
+
+    def _native_reason(self, i: int, value: Any, ref: int) -> str:
+        return self._rule_reason(i, value, int(ref))
+
+    def _rule_reason(self, i: int, value: Any, ref: int) -> str:
+        """Why ``value`` of field ``i`` breaks its check (field and value named); the same words
+        from the native and the fallback decoder."""
+        name, checks = self.schema[i].name, self._checks[i]
+        if "window" in checks:
+            ns = int(value)
+            when = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(
+                timespec="seconds").replace("+00:00", "Z")
+            age = (ref - ns) / 1e9
+            side = f"{age:.0f} s before" if age > 0 else f"{-age:.0f} s after"
+            rules = self.rules
+            return (f"{name}={ns} ({when}): {side} the message time, outside the timestamp "
+                    f"window ({_span(rules.max_age_s)} back, {_span(rules.max_ahead_s)} ahead)")
+        if "noctrl" in checks:
+            return f"{name}={value!r}: contains a control character"
+        what = ("not a finite positive price" if "positive" in checks else
+                "not a finite non-negative size" if "nonneg" in checks else "not a finite number")
+        return f"{name}={float(value)!r}: {what}"
 
     # -- public -------------------------------------------------------------------------------
     def decode(self, values: Sequence[Optional[bytes]],
@@ -153,7 +207,7 @@ class JsonBatchDecoder:
         self._ref_ns = ref_ns
         if self._native is not None:
             try:
-                columns, bad = self._native.decode(list(values))
+                columns, bad = self._native.decode(list(values), ref_ns)
             except (pa.ArrowInvalid, ValueError, OverflowError, TypeError):
                 pass  # e.g. invalid UTF-8 in a string: the Arrow reader isolates the culprits
             else:
@@ -161,7 +215,7 @@ class JsonBatchDecoder:
                 if bad:
                     bad_set = {i for i, _ in bad}
                     index_of = [i for i in range(len(values)) if i not in bad_set]
-                batch = self._finish(columns, bad, index_of, [])
+                batch = self._finish(columns, bad, index_of, [], checked=True)
                 bad.sort()
                 return DecodeResult(batch, bad)
         bad = []
@@ -230,7 +284,8 @@ class JsonBatchDecoder:
                     self._bisect(part, start, bad, pieces)
 
     def _finish(self, columns: Optional[List[pa.Array]], bad: List[BadMessage],
-                index_of: Optional[List[int]], bad_local: List[BadMessage]) -> pa.RecordBatch:
+                index_of: Optional[List[int]], bad_local: List[BadMessage],
+                checked: bool = False) -> pa.RecordBatch:
         """The batch of the decoded ``columns`` (reader types) in the target schema, without
         the messages that lack a required field (added to ``bad``)."""
         if columns is None or len(columns[0]) == 0:
@@ -259,14 +314,15 @@ class JsonBatchDecoder:
             columns = [c.filter(keep) for c in columns]
         else:
             keep = None
-        if len(columns[0]) and (self.rules is not None or self._float_fields):
+        if not checked and len(columns[0]) and any(self._checks):
             columns = self._validate(columns, keep, bad, index_of, bad_local)
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
     def _validate(self, columns: List[pa.Array], keep: Optional[pa.Array],
                   bad: List[BadMessage], index_of: Optional[List[int]],
                   bad_local: List[BadMessage]) -> List[pa.Array]:
-        """Drop the records that break :attr:`rules` (added to ``bad``, field and value named)."""
+        """Drop the records that break a field's checks (added to ``bad`` with the reason of
+        :meth:`_rule_reason`): the fallback decoder's version of the native one-pass checks."""
         n = len(columns[0])
         # the input index of every decoded row
         good_local = np.ones(len(bad_local) + (n if keep is None else len(keep)), dtype=bool)
@@ -277,59 +333,48 @@ class JsonBatchDecoder:
             rows = np.asarray(index_of, dtype=np.int64)[rows]
         if keep is not None:
             rows = rows[np.flatnonzero(keep.to_numpy(zero_copy_only=False))]
-        checks: List[Tuple[np.ndarray, int, str]] = []  # (bad mask, field, what is wrong)
-        for i, f in enumerate(self.schema):
-            col, t = columns[i], f.type
-            if pat.is_floating(t):
-                v = col.to_numpy(zero_copy_only=False)
-                valid = np.asarray(col.is_valid()) if col.null_count else None
-                with np.errstate(invalid="ignore"):
-                    finite = np.isfinite(v)
-                    wrong = ~finite
-                    what = "not a finite number"
-                    if self.rules is None:
-                        pass  # without rules only non-finite numbers are refused
-                    elif f.name in PRICE_FIELDS:
-                        wrong = wrong | (v <= 0)
-                        what = "not a finite positive price"
-                    elif f.name in SIZE_FIELDS:
-                        wrong = wrong | (v < 0)
-                        what = "not a finite non-negative size"
-                if valid is not None:
-                    wrong &= valid
-                checks.append((wrong, i, what))
-            elif self.rules is None:
+        ref = self._reference(rows)
+        ahead, age = self._window_ns()
+        failing: List[Tuple[np.ndarray, int, Any]] = []  # (bad mask, field, values)
+        for i, checks in enumerate(self._checks):
+            if not checks:
                 continue
-            elif f.name in IDENTIFIER_FIELDS and (pat.is_string(t) or pat.is_large_string(t)):
-                if col.null_count < len(col):
-                    wrong = pc.fill_null(pc.match_substring_regex(col, _CONTROL), False)
-                    if wrong.true_count:
-                        checks.append((wrong.to_numpy(zero_copy_only=False), i,
-                                       "contains a control character"))
-            elif f.name in WINDOW_TIMESTAMP_FIELDS and pat.is_timestamp(t) and (
-                    self.rules.max_age_s is not None or self.rules.max_ahead_s is not None):
-                ts = col.cast(pa.timestamp("ns", tz=t.tz)).cast(pa.int64()).to_numpy(
+            col = columns[i]
+            valid = np.asarray(col.is_valid()) if col.null_count else None
+            if "finite" in checks:
+                v = col.to_numpy(zero_copy_only=False)
+                with np.errstate(invalid="ignore"):
+                    wrong = ~np.isfinite(v)
+                    if "positive" in checks:
+                        wrong |= ~(v > 0)
+                    if "nonneg" in checks:
+                        wrong |= ~(v >= 0)
+            elif "noctrl" in checks:
+                v = col
+                wrong = pc.fill_null(pc.match_substring_regex(col, _CONTROL),
+                                     False).to_numpy(zero_copy_only=False)
+            else:  # window
+                v = col.cast(pa.timestamp("ns", tz=col.type.tz)).cast(pa.int64()).to_numpy(
                     zero_copy_only=False)
-                valid = np.asarray(col.is_valid()) if col.null_count else None
-                ref = self._reference(rows)
                 wrong = np.zeros(n, dtype=bool)
-                if self.rules.max_ahead_s is not None:
-                    wrong |= ts > ref + int(self.rules.max_ahead_s * 1e9)
-                if self.rules.max_age_s is not None:
-                    wrong |= ts < ref - int(self.rules.max_age_s * 1e9)
-                if valid is not None:
-                    wrong &= valid
-                checks.append((wrong, i, "outside the timestamp window"))
-        drop = np.zeros(n, dtype=bool)
-        for wrong, _, _ in checks:
-            drop |= wrong
-        if not drop.any():
+                if ahead is not None:
+                    wrong |= v > ref + ahead
+                if age is not None:
+                    wrong |= v < ref - age
+            if valid is not None:
+                wrong &= valid
+            if wrong.any():
+                failing.append((wrong, i, v))
+        if not failing:
             return columns
+        drop = np.zeros(n, dtype=bool)
+        for wrong, _, _ in failing:
+            drop |= wrong
         for r in np.flatnonzero(drop):
-            for wrong, i, what in checks:
+            for wrong, i, v in failing:
                 if wrong[r]:
-                    bad.append((int(rows[r]), self._reason(columns[i], int(r), i, what,
-                                                           self._reference(rows[r:r + 1])[0])))
+                    value = v[int(r)].as_py() if isinstance(v, pa.Array) else v[r]
+                    bad.append((int(rows[r]), self._rule_reason(i, value, int(ref[r]))))
                     break
         keep_rows = pa.array(~drop)
         return [c.filter(keep_rows) for c in columns]
@@ -342,29 +387,14 @@ class JsonBatchDecoder:
         ref = np.asarray(self._ref_ns, dtype=np.int64)[rows]
         return np.where(ref >= 0, ref, now)
 
-    def _reason(self, col: pa.Array, r: int, i: int, what: str, ref: int) -> str:
-        name = self.schema[i].name
-        value = col[r].as_py()
-        if pat.is_timestamp(col.type):
-            ns = col.cast(pa.timestamp("ns", tz=col.type.tz)).cast(pa.int64())[r].as_py()
-            when = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(
-                timespec="seconds").replace("+00:00", "Z")
-            age = (int(ref) - int(ns)) / 1e9
-            side = (f"{age:.0f} s before" if age > 0 else f"{-age:.0f} s after")
-            window = (f"window: {self._span(self.rules.max_age_s)} back, "
-                      f"{self._span(self.rules.max_ahead_s)} ahead")
-            return f"{name}={ns} ({when}): {side} the message time, {what} ({window})"
-        return f"{name}={value!r}: {what}"
-
-    @staticmethod
-    def _span(seconds: Optional[float]) -> str:
-        return "unbounded" if seconds is None else f"{seconds:g} s"
-
-
     def _why(self, value: bytes, exc: BaseException) -> str:
         """The reason one message failed the Arrow reader, in the native decoder's words
         (naming field and value) where the message is JSON; else the reader's own."""
         return _explain(value, self.schema, self.rules is not None) or _reason(exc)
+
+
+def _span(seconds: Optional[float]) -> str:
+    return "unbounded" if seconds is None else f"{seconds:g} s"
 
 
 def _kind(v: Any) -> str:
