@@ -84,19 +84,26 @@ IO_ERROR_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from sabot.api import Stream
     from sabot.kafka import fast_consumer_config
-    bootstrap, topic, group, out = sys.argv[1:5]
+    bootstrap, topic, group, out, mode = sys.argv[1:6]
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
     s = Stream.from_kafka(bootstrap, topic, group, batch_size=200, from_beginning=True,
                           stop_at_end=True, **fast_consumer_config())
 
-    def lift_when_failing():  # the "disk" gets space again once the sink has hit the limit
+    def when_failing():  # the "disk" gets space again (or the user stops the pipeline)
         while not (s.metrics.get("to_parquet") or {{}}).get("write_errors", 0) >= 3:
             time.sleep(0.01)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    threading.Thread(target=lift_when_failing, daemon=True).start()
-    files = s.to_parquet(out)
+        if mode == "lift":
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        else:
+            s.stop()
+    threading.Thread(target=when_failing, daemon=True).start()
+    try:
+        files = s.to_parquet(out)
+    except OSError as exc:
+        print(json.dumps({{"error": str(exc), "sink": s.metrics["to_parquet"]}}))
+        sys.exit(3)
     print(json.dumps({{"files": files, "sink": s.metrics["to_parquet"]}}))
 """)
 
@@ -114,7 +121,7 @@ def test_parquet_io_errors_are_retried_and_nothing_is_lost(kafka_broker, unique_
     script.write_text(IO_ERROR_SCRIPT.format(root=str(ROOT)))
     out = tmp_path / "out.parquet"
     run = subprocess.run([sys.executable, str(script), kafka_broker.bootstrap, topic, group,
-                          str(out)], capture_output=True, text=True, timeout=180)
+                          str(out), "lift"], capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["sink"]["write_errors"] >= 3
@@ -259,3 +266,24 @@ def test_undelivered_dead_letters_hold_back_the_commit(kafka_broker, unique_topi
     m = s.metrics[s._node.name]
     assert m["dead_letter_errors"] == 1 and m["commits_withheld"] >= 1
     assert all(o < 0 for o in committed(kafka_broker.bootstrap, topic, group, 1).values())
+
+
+def test_stop_while_writes_fail_ends_the_run_without_committing(kafka_broker, unique_topic,
+                                                                 tmp_path):
+    """The disk stays full and the user stops the pipeline: the run ends with a one-line
+    error, no file and no ``.part`` is left, and nothing was committed."""
+    import json
+
+    topic, group = unique_topic(), unique_topic("g")
+    kafka_broker.create_topic(topic, partitions=3)
+    produce(kafka_broker.bootstrap, topic, ticker_table("kraken", 3000, seed=28))
+    script = tmp_path / "io_errors.py"
+    script.write_text(IO_ERROR_SCRIPT.format(root=str(ROOT)))
+    out = tmp_path / "out.parquet"
+    run = subprocess.run([sys.executable, str(script), kafka_broker.bootstrap, topic, group,
+                          str(out), "stop"], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 3, run.stderr[-2000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "stopped while" in report["error"] and "\n" not in report["error"]
+    assert not out.exists() and not list(tmp_path.glob("*.part"))
+    assert all(o < 0 for o in committed(kafka_broker.bootstrap, topic, group, 3).values())

@@ -16,8 +16,18 @@ the batches whose commit had not landed.  With ``changelog_topic`` each
 batch is split by partition, each part preceded by a :class:`TaskSwitch` (see :mod:`._tasks`),
 and offsets are committed only with the changelog records.
 
-Sink: JSON values in the ticker record layout of :mod:`sabot.schema` (timestamps as integer ns), message key = the ``key`` column,
-no blocking flush per message; the producer is flushed before each commit and at the end.
+Every decoded record is checked at this edge (:class:`~._decode.RecordRules`: finite numbers,
+positive prices, non-negative sizes, identifiers without control characters, a timestamp
+window around the message's Kafka timestamp); a record that fails is a dead letter like an
+undecodable message, its reason naming field and value.  A dead letter that cannot be
+delivered holds back every later offset commit (counted in ``commits_withheld``), so it is read
+again rather than lost.  ``kafka_config`` (the user's client configuration) reaches the
+consumer, the dead-letter producer and, as ``source.kafka_config``, the changelog store.
+
+Sink: JSON values in the ticker record layout of :mod:`sabot.schema` (timestamps as integer
+ns), message key = the ``key`` column, no blocking flush per message; the producer is flushed
+before each commit and at the end.  A record that is not delivered is counted and stops the
+commits; ``to_kafka`` raises :class:`DeliveryError` at the end of the run.
 """
 from __future__ import annotations
 

@@ -696,7 +696,7 @@ class Stream:
                            for src in self.kafka_sources())
         self._sink_metrics = {}
         sink = _ParquetSink(Path(path), rows_per_file, compression, numbered=checkpointed,
-                            metrics=self._sink_metrics)
+                            metrics=self._sink_metrics, stop=self._stop_event)
         self._sink_name = "to_parquet"
         try:
             hooks = self._prepare_run()
@@ -818,7 +818,7 @@ class _ParquetSink:
 
     def __init__(self, path: Path, rows_per_file: Optional[int], compression: str, *,
                  numbered: bool = False, metrics: Optional[Dict[str, int]] = None,
-                 max_backoff_s: float = 5.0) -> None:
+                 max_backoff_s: float = 5.0, stop: Optional[threading.Event] = None) -> None:
         self.directory_mode = rows_per_file is not None or path.suffix != ".parquet"
         #: one file per flush next to ``path`` (``<stem>-000001.parquet``, ...), for runs that
         #: commit offsets at every flush (checkpoints)
@@ -831,6 +831,7 @@ class _ParquetSink:
         for k in ("rows_written", "files_written", "write_errors"):
             self.metrics.setdefault(k, 0)
         self.max_backoff_s = max_backoff_s
+        self._stop = stop  # Stream.stop() ends a run whose writes keep failing
         self._writer: Optional[pq.ParquetWriter] = None
         self._schema: Optional[pa.Schema] = None
         self._part: Optional[Path] = None
@@ -947,7 +948,13 @@ class _ParquetSink:
                                  self.path, what, exc, self._rows, delay,
                                  self.metrics["write_errors"])
                 self._discard_writer()
-                time.sleep(delay)
+                if self._stop is not None and self._stop.wait(delay):
+                    raise OSError(exc.errno, f"to_parquet({self.path}): stopped while {what} "
+                                  f"kept failing ({exc}); {self._rows} row(s) not written and "
+                                  "their offsets not committed: the next run reads them again"
+                                  ) from None
+                if self._stop is None:
+                    time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 
     def ack(self, commit: Commit) -> None:
