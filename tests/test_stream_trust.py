@@ -86,6 +86,9 @@ IO_ERROR_SCRIPT = textwrap.dedent("""
     from sabot.kafka import fast_consumer_config
     bootstrap, topic, group, out, mode = sys.argv[1:6]
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    if mode == "unheld":  # files larger than what is held in memory for a rewrite
+        import sabot.api.stream as stream_module
+        stream_module._ParquetSink.__init__.__kwdefaults__["hold_bytes"] = 10_000
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
     s = Stream.from_kafka(bootstrap, topic, group, batch_size=200, from_beginning=True,
@@ -96,7 +99,7 @@ IO_ERROR_SCRIPT = textwrap.dedent("""
             time.sleep(0.01)
         if mode == "lift":
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        else:
+        elif mode == "stop":
             s.stop()
     threading.Thread(target=when_failing, daemon=True).start()
     try:
@@ -268,10 +271,13 @@ def test_undelivered_dead_letters_hold_back_the_commit(kafka_broker, unique_topi
     assert all(o < 0 for o in committed(kafka_broker.bootstrap, topic, group, 1).values())
 
 
-def test_stop_while_writes_fail_ends_the_run_without_committing(kafka_broker, unique_topic,
-                                                                 tmp_path):
-    """The disk stays full and the user stops the pipeline: the run ends with a one-line
-    error, no file and no ``.part`` is left, and nothing was committed."""
+@pytest.mark.parametrize("mode, message", [("stop", "stopped while"),
+                                           ("unheld", "is not held to write again")])
+def test_writes_that_cannot_be_retried_end_the_run_without_committing(
+        kafka_broker, unique_topic, tmp_path, mode, message):
+    """The disk stays full and the user stops the pipeline, or the open file is too large to
+    be held for a rewrite: the run ends with a one-line error, no file and no ``.part`` is
+    left, and nothing was committed."""
     import json
 
     topic, group = unique_topic(), unique_topic("g")
@@ -281,9 +287,9 @@ def test_stop_while_writes_fail_ends_the_run_without_committing(kafka_broker, un
     script.write_text(IO_ERROR_SCRIPT.format(root=str(ROOT)))
     out = tmp_path / "out.parquet"
     run = subprocess.run([sys.executable, str(script), kafka_broker.bootstrap, topic, group,
-                          str(out), "stop"], capture_output=True, text=True, timeout=180)
+                          str(out), mode], capture_output=True, text=True, timeout=180)
     assert run.returncode == 3, run.stderr[-2000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
-    assert "stopped while" in report["error"] and "\n" not in report["error"]
+    assert message in report["error"] and "\n" not in report["error"]
     assert not out.exists() and not list(tmp_path.glob("*.part"))
     assert all(o < 0 for o in committed(kafka_broker.bootstrap, topic, group, 3).values())

@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 from ._align import AsofJoinOp, asof_events, concat_promote, merge_events, union_events, zip_events
 from ._checkpoint import Checkpointer, checkpointer_for
 from ._events import IDLE, Close, Commit, Event, TaskSwitch, _Idle, close_iterator
-from ._kafka import DeliveryError, KafkaSink, KafkaSource
+from ._kafka import DeliveryError  # noqa: F401  (raised by to_kafka; importable from here)
+from ._kafka import KafkaSink, KafkaSource
 from ._ops import (FilterOp, FlatMapOp, MapOp, Operator, RenameOp, SelectOp,
                    StreamOperatorError, TumblingOHLCV, WithColumnsOp)
 
@@ -715,7 +716,7 @@ class Stream:
         that of this plan's ``from_kafka`` source on the same ``bootstrap_servers``.  Extra
         keyword arguments are librdkafka producer settings.  Offsets are committed once the
         producer has delivered everything before them; a record that cannot be delivered
-        stops all further commits, and :class:`~sabot.api._kafka.DeliveryError` is raised when
+        stops all further commits, and :class:`DeliveryError` (a ``RuntimeError``) is raised when
         the run ends (the undelivered records are read again by the next run of the group)."""
         if kafka_config is None:
             same = [src.kafka_config for src in self.kafka_sources()
@@ -808,17 +809,20 @@ async def _aiter_thread(it: Iterator[Any]) -> AsyncIterator[Any]:
 class _ParquetSink:
     """Parquet files written so that nothing consumed is lost (see :meth:`Stream.to_parquet`).
 
-    Each file is written as ``<name>.part``; closing it fsyncs the file, links it to its final
-    name (never over an existing file), removes the ``.part`` and fsyncs the directory, and only
+    Each file is written as a ``.part``; closing it fsyncs the file, links it to its final
+    name (never over an existing file), fsyncs the directory, removes the ``.part``, and only
     then runs the commits of the rows in it.  An I/O error (disk full, quota, file size limit)
     while writing or closing is logged, counted in ``metrics['write_errors']`` and retried with
-    backoff: the rows of the open file are held in memory and written again to a fresh
-    ``.part``, so no row is dropped and no offset is committed before its rows are durable.
+    backoff: the rows of the open file are held in memory (up to ``hold_bytes``) and written
+    again to a fresh ``.part``, so no row is dropped and no offset is committed before its rows
+    are durable.  A file grown past ``hold_bytes`` is no longer held: an I/O error then ends the
+    run (nothing of that file was committed, so the next run reads its rows again).
     """
 
     def __init__(self, path: Path, rows_per_file: Optional[int], compression: str, *,
                  numbered: bool = False, metrics: Optional[Dict[str, int]] = None,
-                 max_backoff_s: float = 5.0, stop: Optional[threading.Event] = None) -> None:
+                 max_backoff_s: float = 5.0, stop: Optional[threading.Event] = None,
+                 hold_bytes: int = 256 << 20) -> None:
         self.directory_mode = rows_per_file is not None or path.suffix != ".parquet"
         #: one file per flush next to ``path`` (``<stem>-000001.parquet``, ...), for runs that
         #: commit offsets at every flush (checkpoints)
@@ -836,6 +840,9 @@ class _ParquetSink:
         self._schema: Optional[pa.Schema] = None
         self._part: Optional[Path] = None
         self._held: List[pa.RecordBatch] = []  # rows of the open file, until it is durable
+        self._held_bytes = 0
+        self._holding = True  # False once the open file outgrew hold_bytes
+        self.hold_bytes = hold_bytes
         self._rows = 0
         self._pending: List[Commit] = []
         self._run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -893,13 +900,28 @@ class _ParquetSink:
                                  f"file schema {self._schema}: {exc}") from exc
         if self.rows_per_file is not None and self._rows >= self.rows_per_file:
             self._close_file()
-        self._held.append(batch)
+        self._hold(batch)
         self._rows += batch.num_rows
         self._retrying("write", lambda: self._append(batch))
+
+    def _hold(self, batch: pa.RecordBatch) -> None:
+        if not self._holding:
+            return
+        self._held_bytes += batch.nbytes
+        if self._held_bytes <= self.hold_bytes:
+            self._held.append(batch)
+            return
+        self._holding = False
+        self._held = []
+        logger.info("to_parquet(%s): the open file passed %d MiB and is no longer held in "
+                    "memory; an I/O error will end the run (use rows_per_file or checkpoints "
+                    "for smaller files)", self.path, self.hold_bytes >> 20)
 
     def _append(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
             self._reopen()  # writes every held row, this batch included
+            if not self._holding:
+                self._writer.write_batch(batch)
         else:
             self._writer.write_batch(batch)
 
@@ -939,6 +961,13 @@ class _ParquetSink:
                     self._discard_writer()
                     raise FileExistsError(f"to_parquet: {self.path} appeared while it was being "
                                           "written (an existing file is never replaced)") from None
+                if not self._holding and self._linked is None:
+                    self.metrics["write_errors"] += 1
+                    self._discard_writer()
+                    raise OSError(exc.errno, f"to_parquet({self.path}): {what} failed ({exc}) "
+                                  f"and the open file (over {self.hold_bytes >> 20} MiB) is not "
+                                  "held to write again: nothing of it was committed, the next "
+                                  "run reads its rows again") from None
                 self.metrics["write_errors"] += 1
                 now = time.monotonic()
                 if now - self._last_error_log >= 10.0 or self.metrics["write_errors"] <= 3:
@@ -989,9 +1018,11 @@ class _ParquetSink:
         self.metrics["rows_written"] += self._rows
 
     def _close_file(self) -> None:
-        if self._held:
+        if self._rows:
             self._retrying("closing the file", self._publish)
             self._held = []
+            self._held_bytes = 0
+            self._holding = True
             self._rows = 0
         pending, self._pending = self._pending, []
         for c in pending:
