@@ -6,7 +6,9 @@ counters when Prometheus scrapes (nothing is added to the hot path except the la
 histogram, one vectorised update per output batch):
 
 * ``sabot_operator_rows_in_total`` / ``sabot_operator_rows_out_total`` {stream, operator}
-* ``sabot_source_messages_total``, ``sabot_source_decode_errors_total`` {stream, source}
+* ``sabot_source_messages_total``, ``sabot_source_decode_errors_total`` (undecodable or
+  invalid), ``sabot_source_commits_withheld_total`` (a dead letter was not delivered)
+  {stream, source}
 * ``sabot_sink_write_errors_total`` (Parquet I/O errors, retried) and
   ``sabot_sink_undelivered_total`` (records ``to_kafka`` could not deliver) {stream, sink}
 * ``sabot_metrics_server_restarts_total``: times the endpoint's thread died and was restarted
@@ -198,8 +200,11 @@ class StreamMetrics:
         messages = CounterMetricFamily("sabot_source_messages", "Messages read by each source",
                                        labels=["stream", "source"])
         decode_errors = CounterMetricFamily("sabot_source_decode_errors",
-                                            "Undecodable messages skipped (and counted)",
-                                            labels=["stream", "source"])
+                                            "Undecodable or invalid messages skipped (and "
+                                            "counted)", labels=["stream", "source"])
+        withheld = CounterMetricFamily("sabot_source_commits_withheld",
+                                       "Offset commits held back: a dead letter was not "
+                                       "delivered", labels=["stream", "source"])
         for node, m in self.stream.metrics.items():
             if "rows_in" in m:
                 rows_in.add_metric([self.name, node], m["rows_in"])
@@ -207,6 +212,7 @@ class StreamMetrics:
             if "messages" in m:
                 messages.add_metric([self.name, node], m["messages"])
                 decode_errors.add_metric([self.name, node], m.get("decode_errors", 0))
+                withheld.add_metric([self.name, node], m.get("commits_withheld", 0))
         sink_errors = CounterMetricFamily("sabot_sink_write_errors",
                                           "Sink I/O errors (held, retried; nothing committed)",
                                           labels=["stream", "sink"])
@@ -218,7 +224,8 @@ class StreamMetrics:
                 sink_errors.add_metric([self.name, node], m["write_errors"])
             if "undelivered" in m:
                 undelivered.add_metric([self.name, node], m["undelivered"])
-        yield from (rows_in, rows_out, messages, decode_errors, sink_errors, undelivered)
+        yield from (rows_in, rows_out, messages, decode_errors, withheld, sink_errors,
+                    undelivered)
         lag = GaugeMetricFamily("sabot_consumer_lag", "Messages behind the high watermark",
                                 labels=["stream", "topic", "partition"])
         for source in self.stream.kafka_sources():

@@ -293,3 +293,20 @@ def test_writes_that_cannot_be_retried_end_the_run_without_committing(
     assert message in report["error"] and "\n" not in report["error"]
     assert not out.exists() and not list(tmp_path.glob("*.part"))
     assert all(o < 0 for o in committed(kafka_broker.bootstrap, topic, group, 3).values())
+
+
+def test_to_kafka_record_the_producer_refuses_is_counted_not_a_crash(kafka_broker, unique_topic):
+    """One record larger than ``message.max.bytes``: the rest is delivered, the run ends with
+    DeliveryError naming the count (before, the producer's exception ended the run mid-way)."""
+    from sabot.api.stream import DeliveryError
+
+    out = unique_topic("out")
+    kafka_broker.create_topic(out, partitions=1)
+    table = ticker_table("kraken", 300, seed=29)
+    symbols = table.column("symbol").to_pylist()
+    symbols[100] = "X" * 5000
+    table = table.set_column(1, "symbol", pa.array(symbols))
+    s = Stream.from_table(table, batch_size=50)
+    with pytest.raises(DeliveryError, match=r"1 of 300 record\(s\) not delivered"):
+        s.to_kafka(kafka_broker.bootstrap, out, **{"message.max.bytes": 2000})
+    assert s.metrics["to_kafka"]["delivered"] == 299
