@@ -13,10 +13,13 @@ is decoded at once into a :class:`pyarrow.RecordBatch` of the target schema:
   value: the message is invalid, with or without rules;
 * with :class:`RecordRules` (``from_kafka`` always passes them), a decoded record that breaks
   the rules of a market-data record is *invalid* and reported the same way, its reason naming
-  field and value: a non-finite number in any float field (JSON has no NaN or infinity, but
-  ``1e999`` overflows to one), a non-positive ``price``/``bid``/``ask``, a negative size, an
-  identifier (``symbol``, ...) with a control character, a timestamp outside the window around
-  the message's reference time.  Both decoders share this step, so they agree on it.
+  field and value: a non-positive ``price``/``bid``/``ask``, a negative size, an identifier
+  (``symbol``, ...) with a control character, a timestamp outside the window around the
+  message's reference time (its Kafka timestamp).
+
+The native decoder applies these checks in its one pass over each message; the fallback
+applies the same checks to the columns it read, with the same reasons.  Both accept and reject
+exactly the same messages (tests feed both the same bytes).
 
 The fast path hands the whole batch to a native decoder (the Cython ``_jsondecode`` module
 when built, else Arrow's C++ JSON reader over the newline-joined values).  Only when that
