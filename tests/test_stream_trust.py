@@ -310,3 +310,37 @@ def test_to_kafka_record_the_producer_refuses_is_counted_not_a_crash(kafka_broke
     with pytest.raises(DeliveryError, match=r"1 of 300 record\(s\) not delivered"):
         s.to_kafka(kafka_broker.bootstrap, out, **{"message.max.bytes": 2000})
     assert s.metrics["to_kafka"]["delivered"] == 299
+
+
+def test_timestamp_window_is_relative_to_when_the_message_was_produced(kafka_broker,
+                                                                         unique_topic):
+    """A replay of an old topic: records two days old written two days ago (message
+    timestamp) are valid; the same record written now (a replayed or forged copy) is not."""
+    import orjson
+    from confluent_kafka import Producer
+
+    from stream_data import json_values
+
+    topic = unique_topic()
+    kafka_broker.create_topic(topic, partitions=1)
+    old_ns = time.time_ns() - 2 * 86_400 * 10**9
+    rec = orjson.loads(json_values(ticker_table("kraken", 1, seed=30))[0])
+    rec["timestamp"] = rec["recv_timestamp"] = old_ns
+    p = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+    p.produce(topic, orjson.dumps(rec), timestamp=old_ns // 10**6 + 5)  # written back then
+    p.produce(topic, orjson.dumps({**rec, "sequence": 99}))  # written now
+    assert p.flush(10) == 0
+    s = Stream.from_kafka(kafka_broker.bootstrap, topic, unique_topic("g"), from_beginning=True,
+                          stop_at_end=True, timestamp_window=(86_400, 60), **FAST)
+    got = s.collect()
+    assert got.column("sequence").to_pylist() == [rec["sequence"]]
+    assert s.metrics[s._node.name]["decode_errors"] == 1
+
+
+def test_default_timestamp_window():
+    from sabot.api._decode import RecordRules
+
+    assert RecordRules.from_window("auto", from_beginning=False) == RecordRules(86_400.0, 60.0)
+    assert RecordRules.from_window("auto", from_beginning=True) == RecordRules(None, 60.0)
+    assert RecordRules.from_window(None, from_beginning=False) == RecordRules(None, None)
+    assert RecordRules.from_window([3600, None], from_beginning=True) == RecordRules(3600.0, None)
