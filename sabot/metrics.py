@@ -6,7 +6,12 @@ counters when Prometheus scrapes (nothing is added to the hot path except the la
 histogram, one vectorised update per output batch):
 
 * ``sabot_operator_rows_in_total`` / ``sabot_operator_rows_out_total`` {stream, operator}
-* ``sabot_source_messages_total``, ``sabot_source_decode_errors_total`` {stream, source}
+* ``sabot_source_messages_total``, ``sabot_source_decode_errors_total`` (undecodable or
+  invalid), ``sabot_source_commits_withheld_total`` (a dead letter was not delivered)
+  {stream, source}
+* ``sabot_sink_write_errors_total`` (Parquet I/O errors, retried) and
+  ``sabot_sink_undelivered_total`` (records ``to_kafka`` could not deliver) {stream, sink}
+* ``sabot_metrics_server_restarts_total``: times the endpoint's thread died and was restarted
 * ``sabot_consumer_lag`` {stream, topic, partition}: messages behind the partition's high
   watermark, from librdkafka statistics (emitted every second)
 * ``sabot_checkpoint_age_seconds`` {stream}: since the last checkpoint written or restored
@@ -37,19 +42,63 @@ LATENCY_BUCKETS: Tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 _lock = threading.Lock()
 _servers: Dict[int, "MetricsServer"] = {}
 
+INSTALL_HINT = "pip install 'sabot[metrics]'"
+
+
+class MetricsError(RuntimeError):
+    """The metrics endpoint cannot be served (one line: what and what to do)."""
+
+
+def require_prometheus(what: str) -> None:
+    """Raise :class:`MetricsError` with the install line when prometheus-client is missing."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise MetricsError(f"{what} needs prometheus-client: {INSTALL_HINT}") from None
+
 
 class MetricsServer:
     """One HTTP endpoint and registry; sources are callables yielding metric families."""
 
     def __init__(self, port: int, addr: str) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
+        require_prometheus(f"metrics port {port}")
+        from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry(auto_describe=False)
         self._sources: List[Callable[[], Iterable[Any]]] = []
         self.registry.register(self)
-        self._httpd, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        self.addr = addr
+        #: times the HTTP thread was found dead and started again
+        self.restarts = 0
+        self._httpd, self._thread = self._start(port)
         self.port = self._httpd.server_address[1]
         logger.info("Prometheus metrics on http://%s:%d/metrics", addr, self.port)
+
+    def _start(self, port: int) -> Tuple[Any, threading.Thread]:
+        from prometheus_client import start_http_server
+
+        try:
+            return start_http_server(port, addr=self.addr, registry=self.registry)
+        except OSError as exc:
+            raise MetricsError(f"metrics port {port} on {self.addr}: "
+                               f"{exc.strerror or exc} (choose another port)") from None
+
+    def ensure_running(self) -> bool:
+        """Start the HTTP thread again if it died (logged, counted); False if it cannot."""
+        if self._thread.is_alive():
+            return True
+        logger.warning("metrics endpoint on port %d stopped; starting it again", self.port)
+        try:
+            self._httpd.server_close()
+        except OSError:
+            pass
+        try:
+            self._httpd, self._thread = self._start(self.port)
+        except MetricsError as exc:
+            logger.error("%s; metrics stay unavailable until it can be started", exc)
+            return False
+        self.restarts += 1
+        return True
 
     def add(self, source: Callable[[], Iterable[Any]]) -> None:
         with _lock:
@@ -75,10 +124,13 @@ class MetricsServer:
 
 
 def serve(port: int, addr: str = "127.0.0.1") -> MetricsServer:
-    """The metrics endpoint on ``port`` (started once per process and port; 0: a free port)."""
+    """The metrics endpoint on ``port`` (started once per process and port; 0: a free port).
+    :class:`MetricsError` (one line) without prometheus-client or when the port is taken."""
     with _lock:
         server = _servers.get(port)
-    if server is None:
+    if server is not None:
+        server.ensure_running()
+    else:
         server = MetricsServer(port, addr)
         with _lock:
             _servers[port] = server
@@ -136,6 +188,8 @@ class StreamMetrics:
         self.stream = stream
         self.name = name
         self.latency = LatencyHistogram()
+        #: the endpoints serving this stream (kept running by the stream's run loop)
+        self.servers: List[MetricsServer] = []
 
     def __call__(self) -> Iterable[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -147,8 +201,11 @@ class StreamMetrics:
         messages = CounterMetricFamily("sabot_source_messages", "Messages read by each source",
                                        labels=["stream", "source"])
         decode_errors = CounterMetricFamily("sabot_source_decode_errors",
-                                            "Undecodable messages skipped (and counted)",
-                                            labels=["stream", "source"])
+                                            "Undecodable or invalid messages skipped (and "
+                                            "counted)", labels=["stream", "source"])
+        withheld = CounterMetricFamily("sabot_source_commits_withheld",
+                                       "Offset commits held back: a dead letter was not "
+                                       "delivered", labels=["stream", "source"])
         for node, m in self.stream.metrics.items():
             if "rows_in" in m:
                 rows_in.add_metric([self.name, node], m["rows_in"])
@@ -156,7 +213,20 @@ class StreamMetrics:
             if "messages" in m:
                 messages.add_metric([self.name, node], m["messages"])
                 decode_errors.add_metric([self.name, node], m.get("decode_errors", 0))
-        yield from (rows_in, rows_out, messages, decode_errors)
+                withheld.add_metric([self.name, node], m.get("commits_withheld", 0))
+        sink_errors = CounterMetricFamily("sabot_sink_write_errors",
+                                          "Sink I/O errors (held, retried; nothing committed)",
+                                          labels=["stream", "sink"])
+        undelivered = CounterMetricFamily("sabot_sink_undelivered",
+                                          "Records to_kafka could not deliver",
+                                          labels=["stream", "sink"])
+        for node, m in self.stream.metrics.items():
+            if "write_errors" in m:
+                sink_errors.add_metric([self.name, node], m["write_errors"])
+            if "undelivered" in m:
+                undelivered.add_metric([self.name, node], m["undelivered"])
+        yield from (rows_in, rows_out, messages, decode_errors, withheld, sink_errors,
+                    undelivered)
         lag = GaugeMetricFamily("sabot_consumer_lag", "Messages behind the high watermark",
                                 labels=["stream", "topic", "partition"])
         for source in self.stream.kafka_sources():
@@ -177,6 +247,11 @@ class StreamMetrics:
                                           labels=["stream"])
                 fam.add_metric([self.name], getattr(store, f"records_{what}"))
                 yield fam
+        restarts = CounterMetricFamily("sabot_metrics_server_restarts",
+                                       "Times the metrics HTTP thread died and was restarted",
+                                       labels=["stream"])
+        restarts.add_metric([self.name], sum(s.restarts for s in set(self.servers)))
+        yield restarts
         yield self.latency.family("sabot_tick_to_signal_seconds",
                                   "Sink time minus the row's receive (else event) time",
                                   {"stream": self.name})

@@ -1,4 +1,4 @@
-"""The normalised ticker record every collector emits (spec stream_and_collectors.md §1).
+"""The normalised ticker record every collector emits.
 
 One record per best-bid/offer change.  Parquet and Stream batches use :data:`TICKER_SCHEMA`;
 Kafka carries the same fields as one flat JSON object per message, keyed by ``symbol``, with
@@ -58,3 +58,12 @@ def exchange_schema(exchange: str) -> pa.Schema:
             f"unknown exchange {exchange!r}; known: {', '.join(sorted(EXTRA_FIELDS))}"
         ) from None
     return pa.schema(TICKER_FIELDS + extra)
+
+#: Fields validated as prices when a record is read from Kafka: finite and > 0.
+PRICE_FIELDS = ("price", "bid", "ask")
+#: Fields validated as sizes: finite and >= 0.
+SIZE_FIELDS = ("bid_size", "ask_size", "volume_24h")
+#: Identifier fields that may not contain control characters.
+IDENTIFIER_FIELDS = ("exchange", "symbol", "raw_symbol", "product_id")
+#: Timestamps checked against the window around the message time.
+WINDOW_TIMESTAMP_FIELDS = ("timestamp", "recv_timestamp")

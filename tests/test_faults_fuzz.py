@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import random
 
+import numpy as np
 import orjson
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sabot.api._decode import JsonBatchDecoder
+from sabot.api._decode import JsonBatchDecoder, RecordRules
 from sabot.collectors.base import KIND_NAMES, Parsed
 from sabot.collectors.binance import BinanceCollector
 from sabot.collectors.coinbase import CoinbaseCollector
@@ -166,3 +167,23 @@ def test_json_decoder_null_root_after_invalid_utf8_is_counted_not_a_crash():
     assert sorted(i for i, _ in result.bad) == [0, 1, 3, 4]
     assert result.batch.num_rows == 1
     assert result.batch.column("sequence").to_pylist() == [_TICKER_MESSAGES[0]["sequence"]]
+
+
+_RULES = RecordRules()
+_BOTH = [(JsonBatchDecoder(TICKER_SCHEMA, use_native=True, rules=r),
+          JsonBatchDecoder(TICKER_SCHEMA, use_native=False, rules=r)) for r in (None, _RULES)]
+
+
+@SEEDS
+@given(st.integers(0, 2 ** 32 - 1))
+def test_native_and_fallback_decoders_agree_on_malformed_messages(seed):
+    """The same mutated bytes (truncations, stray bytes, invalid UTF-8 anywhere, wrong types,
+    overflowing numbers) give both decoders the same records and the same rejected set."""
+    rng = random.Random(seed)
+    values = [mutate(rng.choice(_TICKER_MESSAGES), rng) if rng.random() < 0.7
+              else orjson.dumps(rng.choice(_TICKER_MESSAGES)) for _ in range(PER_SEED)]
+    ref = np.full(PER_SEED, 1_700_000_000_000_000_000, dtype=np.int64)
+    for native, fallback in _BOTH:
+        a, b = native.decode(values, ref), fallback.decode(values, ref)
+        assert [i for i, _ in a.bad] == [i for i, _ in b.bad], (a.bad, b.bad)
+        assert a.batch.equals(b.batch)

@@ -146,3 +146,72 @@ def test_collector_metrics_endpoint(tmp_path):
     assert 0 < one("sabot_collector_records_total") <= sent
     assert one("sabot_collector_messages_total") >= one("sabot_collector_records_total")
     assert one("sabot_collector_exchange_errors_total") == 0
+
+
+def test_metrics_port_without_prometheus_client_is_one_line_with_the_install_line(monkeypatch):
+    import pytest
+
+    from sabot.metrics import MetricsError
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if it were not installed
+    with pytest.raises(MetricsError) as err:
+        Stream.from_kafka("127.0.0.1:1", "t", "g", metrics_port=9100)
+    assert "\n" not in str(err.value) and "pip install 'sabot[metrics]'" in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_metrics_port_in_use_is_one_line_naming_the_port(kafka_broker, unique_topic):
+    import socket
+
+    import pytest
+
+    from sabot.metrics import MetricsError
+
+    topic = unique_topic()
+    kafka_broker.create_topic(topic, partitions=1)
+    produce(kafka_broker.bootstrap, topic, ticker_table("kraken", 10))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        s = Stream.from_kafka(kafka_broker.bootstrap, topic, unique_topic("g"),
+                              from_beginning=True, stop_at_end=True, metrics_port=port,
+                              **fast_consumer_config())
+        with pytest.raises(MetricsError) as err:
+            s.collect()
+    assert f"metrics port {port}" in str(err.value) and "\n" not in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_a_dead_metrics_thread_is_restarted_and_counted(kafka_broker, unique_topic, caplog):
+    """The endpoint's HTTP thread stops (as if it had died); the running stream starts it
+    again within about a second, logs it and counts it."""
+    import logging
+
+    topic, group = unique_topic(), unique_topic("g")
+    kafka_broker.create_topic(topic, partitions=1)
+    port = free_port()
+    stream = Stream.from_kafka(kafka_broker.bootstrap, topic, group, max_latency_ms=20,
+                               metrics_port=port, **fast_consumer_config())
+    def run():
+        for _ in stream:
+            pass
+    stream_thread = threading.Thread(target=run, daemon=True)
+    caplog.set_level(logging.WARNING, logger="sabot.metrics")
+    stream_thread.start()
+    try:
+        wait_until(lambda: try_scrape(port), 30, "the endpoint")
+        from sabot import metrics
+
+        server = metrics._servers[port]
+        server._httpd.shutdown()  # serve_forever returns: the thread ends
+        server._thread.join(10)
+        assert not server._thread.is_alive()
+        samples = wait_until(lambda: try_scrape(port), 30, "the endpoint back")
+        assert list(by_name(samples, "sabot_metrics_server_restarts_total").values()) == [1]
+        assert any("starting it again" in r.getMessage() for r in caplog.records)
+    finally:
+        stream.stop()
+        produce(kafka_broker.bootstrap, topic, ticker_table("kraken", 1))  # wake the loop
+        stream_thread.join(30)
+    assert not stream_thread.is_alive()

@@ -163,3 +163,114 @@ def test_every_field_kind_and_required_fields(rows, native):
                           pa.field("t_ns", pa.int64()), pa.field("n", pa.int64()),
                           pa.field("x", pa.float64())])).cast(MIXED)
     assert pa.Table.from_batches([r.batch]).equals(expected)
+
+
+# -- validation at the edge: both decoders give the same records and the same bad set ---------
+from sabot.api._decode import RecordRules  # noqa: E402
+
+NOW_NS = 1_800_000_000_000_000_000
+DAY_NS = 86_400 * 10**9
+_FLOATS = ["123.5", "1", "0", "-0.0", "-5", "1e999", "-1e999", "1E400", "1e-400", "NaN",
+           "Infinity", "-Infinity", "true", "false", '"nan"', '"1.5"', "null", "1E2",
+           "99999999999999999999999", "0.1e1", "[1]", "{}", "01", "1.", ".5", "+1", "-",
+           "2.5e-3", "1.7976931348623157e308", "4.9e-324"]
+_INTS = ["1", "-9223372036854775808", "9223372036854775807", "9223372036854775808",
+         "32503680000000000000", "1.0", "1e3", "true", '"5"', "null", "-0", "01", "[]"]
+_STAMPS = [str(NOW_NS), str(NOW_NS - DAY_NS - 1), str(NOW_NS - DAY_NS + 1),
+           str(NOW_NS + 60 * 10**9 + 1), str(NOW_NS + 59 * 10**9), "32503680000000000000",
+           "32503680000000", "0", "-1", "1.7e18", "true", '"2026-01-01"', "null"]
+_STRINGS = ['"BTC/USD"', '"A\\u0001B"', '"A\\nB"', '"\\u007f"', '"\\u0085x"', '"\\ud800"',
+            '"\\u00e9"', '"caf\xc3\xa9"', "1", "null", "true", '"\\t"', '"a\\"b"', '""']
+_NAMES = {"bid": "b\\u0069d", "symbol": "sym\\u0062ol"}  # member names written with escapes
+
+
+def _field_values(name: str):
+    if name in ("timestamp", "recv_timestamp"):
+        return st.sampled_from(_STAMPS)
+    if name == "sequence":
+        return st.sampled_from(_INTS)
+    if name in ("exchange", "symbol", "raw_symbol"):
+        return st.sampled_from(_STRINGS)
+    return st.sampled_from(_FLOATS)
+
+
+_GOOD = {"exchange": '"kraken"', "symbol": '"BTC/USD"', "raw_symbol": '"XBT/USD"',
+         "timestamp": str(NOW_NS), "recv_timestamp": str(NOW_NS + 1000), "bid": "100.5",
+         "ask": "100.75", "bid_size": "1.5", "ask_size": "2", "price": "100.6",
+         "volume_24h": "1234.5", "sequence": "42"}
+
+
+@st.composite
+def ticker_message(draw) -> bytes:
+    """A ticker JSON object whose fields are drawn from the tricky values above."""
+    members = []
+    for name, good in _GOOD.items():
+        choice = draw(st.integers(0, 9))
+        if choice == 0:
+            continue  # absent
+        value = draw(_field_values(name)) if choice <= 3 else good
+        key = _NAMES[name] if name in _NAMES and draw(st.booleans()) else name
+        members.append(f'"{key}": {value}')
+        if draw(st.integers(0, 30)) == 0:  # a field given twice
+            members.append(f'"{name}": {draw(_field_values(name))}')
+    if draw(st.booleans()):
+        members.insert(draw(st.integers(0, len(members))), '"extra": {"a": [1, "x", null]}')
+    return ("{" + ", ".join(members) + "}").encode("utf-8", "surrogateescape")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ticker_message(), min_size=1, max_size=12),
+       st.sampled_from([RecordRules(), RecordRules(None, 60.0), RecordRules(None, None)]))
+def test_native_and_fallback_agree_on_every_record_and_every_rejection(values, rules):
+    ref = [NOW_NS] * len(values)
+    import numpy as np
+
+    got = [JsonBatchDecoder(TICKER_SCHEMA, use_native=native, rules=rules).decode(
+        values, np.asarray(ref, dtype=np.int64)) for native in (True, False)]
+    native, fallback = got
+    assert [i for i, _ in native.bad] == [i for i, _ in fallback.bad], (values, native.bad,
+                                                                         fallback.bad)
+    assert native.batch.equals(fallback.batch), (values,)
+    # what passed honours every rule
+    t = native.batch
+    for name in ("bid", "ask", "price"):
+        v = [x for x in t.column(name).to_pylist() if x is not None]
+        assert all(np.isfinite(x) and x > 0 for x in v)
+    for name in ("bid_size", "ask_size", "volume_24h"):
+        v = [x for x in t.column(name).to_pylist() if x is not None]
+        assert all(np.isfinite(x) and x >= 0 for x in v)
+    for name in ("exchange", "symbol", "raw_symbol"):
+        assert not any(any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in s)
+                       for s in t.column(name).to_pylist())
+    if rules.max_ahead_s is not None:
+        ts = t.column("timestamp").cast(pa.int64()).to_pylist()
+        assert all(x <= NOW_NS + 60 * 10**9 for x in ts)
+        if rules.max_age_s is not None:
+            assert all(x >= NOW_NS - DAY_NS for x in ts)
+    # every validation reason names the field and its value
+    for _, reason in native.bad + fallback.bad:
+        assert reason
+
+
+@pytest.mark.parametrize("native", PATHS)
+@pytest.mark.parametrize("member, reason", [
+    ('"bid": "nan"', "bid"), ('"bid": 1e999', "bid"), ('"ask": 0', "ask=0.0: not a finite positive price"),
+    ('"price": -5', "price=-5.0: not a finite positive price"),
+    ('"bid_size": -1', "bid_size=-1.0: not a finite non-negative size"),
+    ('"bid": true', "bid"), ('"symbol": "BTC\\u0000"', "symbol='BTC\\x00': contains a control character"),
+    (f'"timestamp": {NOW_NS + 61 * 10**9}', "timestamp=1800000061000000000 (2027-01-15T08:01:01Z): 61 s after"),
+    (f'"timestamp": {NOW_NS - 2 * DAY_NS}', "172800 s before the message time, outside the timestamp window"),
+    ('"timestamp": 32503680000000000000', "timestamp"),
+])
+def test_invalid_ticker_records_are_rejected_with_field_and_value(native, member, reason):
+    good = dict(_GOOD)
+    name = member.split('"')[1]
+    good.pop(name, None)
+    msg = ("{" + ", ".join([f'"{k}": {v}' for k, v in good.items()] + [member]) + "}").encode()
+    import numpy as np
+
+    r = JsonBatchDecoder(TICKER_SCHEMA, use_native=native, rules=RecordRules()).decode(
+        [msg, ("{" + ", ".join(f'"{k}": {v}' for k, v in _GOOD.items()) + "}").encode()],
+        np.asarray([NOW_NS, NOW_NS]))
+    assert r.batch.num_rows == 1 and [i for i, _ in r.bad] == [0]
+    assert reason in r.bad[0][1]

@@ -137,7 +137,8 @@ def test_to_kafka_reads_back_identically_with_confluent_and_kcat(kafka_broker, u
     kafka_broker.create_topic(topic, partitions=3)
     table = ticker_table("coinbase", 1500, seed=4)
     metrics = Stream.from_table(table, batch_size=400).to_kafka(kafka_broker.bootstrap, topic)
-    assert metrics == {"produced": 1500, "delivered": 1500, "delivery_errors": 0}
+    assert metrics == {"produced": 1500, "delivered": 1500, "delivery_errors": 0,
+                       "undelivered": 0}
     plain = read_topic(kafka_broker.bootstrap, topic, 1500)
     assert len(plain) == 1500
     # values are the spec's flat JSON: same fields and values as the table, ns timestamps

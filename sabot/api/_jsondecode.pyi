@@ -1,10 +1,19 @@
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import pyarrow as pa
+
+#: record check bits: finite, positive, nonneg, noctrl, window
+CHECKS: Dict[str, int]
 
 def supports(schema: pa.Schema) -> bool: ...
 
 class FlatJsonDecoder:
     def __init__(self, schema: pa.Schema,
-                 output_types: Optional[Sequence[pa.DataType]] = None) -> None: ...
-    def decode(self, values: List[Optional[bytes]]) -> Tuple[List[pa.Array], List[Tuple[int, str]]]: ...
+                 output_types: Optional[Sequence[pa.DataType]] = None,
+                 checks: Optional[Sequence[int]] = None,
+                 explain: Optional[Callable[[int, Any, int], str]] = None,
+                 max_age_ns: Optional[int] = None,
+                 max_ahead_ns: Optional[int] = None) -> None: ...
+    def decode(self, values: List[Optional[bytes]], ref_ns: Optional[np.ndarray] = None
+               ) -> Tuple[List[pa.Array], List[Tuple[int, str]]]: ...

@@ -3,14 +3,17 @@
 
 Each message must be one JSON object (RFC 8259).  Members whose name is a schema field are
 parsed straight into column buffers (float64, int64, string, bool); other members are skipped
-(any JSON value, nested or not).  A message that is not valid JSON, or gives a field a value of
-the wrong type, is rejected as a whole (its partial values are never written) and reported with
+(any JSON value, nested or not).  A message that is not valid JSON, gives a field a value of
+the wrong type, or gives a field twice, is rejected as a whole (its partial values are never written) and reported with
 a reason; the other messages are decoded.  Used by :mod:`sabot.api._decode`.
 """
 from libc.stdlib cimport malloc, realloc, free, strtod
+from libc.math cimport isfinite
 from libc.string cimport memcmp, memcpy
-from libc.stdint cimport int64_t, int32_t, uint8_t, uint32_t
+from libc.stdint cimport int64_t, int32_t, uint8_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +27,17 @@ DEF T_FLOAT = 0
 DEF T_INT = 1
 DEF T_STR = 2
 DEF T_BOOL = 3
+
+# record checks per field (``checks=`` of FlatJsonDecoder)
+DEF C_FINITE = 1     # float: finite
+DEF C_POSITIVE = 2   # float: > 0
+DEF C_NONNEG = 4     # float: >= 0
+DEF C_NOCTRL = 8     # string: no control character (C0, DEL, C1)
+DEF C_WINDOW = 16    # integer ns: within the window around the message's reference time
+
+#: names of the check bits, for :mod:`sabot.api._decode`
+CHECKS = {"finite": C_FINITE, "positive": C_POSITIVE, "nonneg": C_NONNEG,
+          "noctrl": C_NOCTRL, "window": C_WINDOW}
 
 DEF S_UNSET = 0
 DEF S_NULL = 1
@@ -66,6 +80,57 @@ cdef inline const char* skip_ws(const char* p, const char* end) noexcept nogil:
     while p < end and (p[0] == c' ' or p[0] == c'\t' or p[0] == c'\n' or p[0] == c'\r'):
         p += 1
     return p
+
+
+cdef Py_ssize_t utf8_error(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Offset of the first byte that is not valid UTF-8 (as Python's strict decoder: no
+    overlong forms, no surrogates, nothing above U+10FFFF), or -1 when all of p[0:n] is."""
+    cdef Py_ssize_t i = 0, k, need
+    cdef unsigned char c, c1
+    cdef uint64_t word
+    # ASCII, 8 bytes at a time (almost every message is ASCII only)
+    while i + 8 <= n:
+        memcpy(&word, p + i, 8)
+        if word & 0x8080808080808080ULL:
+            break
+        i += 8
+    while i < n:
+        c = p[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            need = 1
+        elif 0xE0 <= c <= 0xEF:
+            need = 2
+        elif 0xF0 <= c <= 0xF4:
+            need = 3
+        else:
+            return i
+        if i + need >= n:  # truncated sequence
+            return i
+        c1 = p[i + 1]
+        if (c1 & 0xC0) != 0x80:
+            return i
+        if (c == 0xE0 and c1 < 0xA0) or (c == 0xED and c1 > 0x9F) \
+                or (c == 0xF0 and c1 < 0x90) or (c == 0xF4 and c1 > 0x8F):
+            return i
+        for k in range(2, need + 1):
+            if (p[i + k] & 0xC0) != 0x80:
+                return i
+        i += need + 1
+    return -1
+
+
+cdef bint has_control(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Whether UTF-8 text p[0:n] holds a control character (U+0000-001F, U+007F-009F)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i] < 0x20 or p[i] == 0x7F:
+            return True
+        if p[i] == 0xC2 and i + 1 < n and 0x80 <= p[i + 1] <= 0x9F:
+            return True
+    return False
 
 
 cdef inline int hexval(char c) noexcept nogil:
@@ -343,8 +408,16 @@ cdef class FlatJsonDecoder:
     cdef Py_ssize_t* name_lens
     cdef Slot* slots
     cdef StrBuf scratch
+    cdef int* checks
+    cdef object explain
+    cdef bint has_age, has_ahead
+    cdef int64_t max_age_ns, max_ahead_ns
 
-    def __cinit__(self, schema, output_types=None):
+    def __cinit__(self, schema, output_types=None, checks=None, explain=None,
+                  max_age_ns=None, max_ahead_ns=None):
+        """``checks``: per field, a mask of :data:`CHECKS` (default: floats finite); a record
+        failing one is rejected with ``explain(field_index, value, reference_ns)`` as reason.
+        ``max_age_ns`` / ``max_ahead_ns``: the window of ``window`` fields (None: unbounded)."""
         self.scratch.data = NULL
         self.scratch.size = 0
         self.scratch.cap = 0
@@ -362,8 +435,20 @@ cdef class FlatJsonDecoder:
         self.name_ptrs = <const char**>malloc(max(1, self.nfields) * sizeof(char*))
         self.name_lens = <Py_ssize_t*>malloc(max(1, self.nfields) * sizeof(Py_ssize_t))
         self.slots = <Slot*>malloc(max(1, self.nfields) * sizeof(Slot))
-        if not (self.types and self.name_ptrs and self.name_lens and self.slots):
+        self.checks = <int*>malloc(max(1, self.nfields) * sizeof(int))
+        if not (self.types and self.name_ptrs and self.name_lens and self.slots and self.checks):
             raise MemoryError()
+        if checks is None:
+            checks = [C_FINITE if f.type == pa.float64() else 0 for f in schema]
+        if len(checks) != self.nfields:
+            raise ValueError(f"checks: {len(checks)} masks for {self.nfields} fields")
+        for k in range(self.nfields):
+            self.checks[k] = int(checks[k])
+        self.explain = explain
+        self.has_age = max_age_ns is not None
+        self.has_ahead = max_ahead_ns is not None
+        self.max_age_ns = max_age_ns if max_age_ns is not None else 0
+        self.max_ahead_ns = max_ahead_ns if max_ahead_ns is not None else 0
         for k, f in enumerate(schema):
             self.types[k] = _TYPE_CODES[f.type]
             self.name_ptrs[k] = PyBytes_AS_STRING(self.name_bytes[k])
@@ -374,6 +459,7 @@ cdef class FlatJsonDecoder:
         free(self.name_ptrs)
         free(self.name_lens)
         free(self.slots)
+        free(self.checks)
         free(self.scratch.data)
 
     cdef inline int lookup(self, const char* k, Py_ssize_t n) noexcept nogil:
@@ -383,9 +469,18 @@ cdef class FlatJsonDecoder:
                 return f
         return -1
 
-    cdef object parse_one(self, const char* p, const char* end):
+    cdef object fail(self, int f, object value, int64_t ref):
+        """The reason a record breaks the check of field ``f``."""
+        if self.explain is not None:
+            return self.explain(f, value, ref)
+        return f"{self.names[f]}={value!r}: rejected"
+
+    cdef object parse_one(self, const char* p, const char* end, int64_t ref):
         """Fill self.slots from one message; None if it is valid, else the reason."""
-        cdef int f, t
+        cdef int f, t, c
+        cdef double d
+        cdef int64_t vi
+        cdef Py_ssize_t ulen
         cdef const char* q
         cdef bint esc, isint
         cdef const char* key
@@ -409,7 +504,17 @@ cdef class FlatJsonDecoder:
                     return "invalid JSON: unterminated string"
                 key = p + 1
                 klen = q - key
-                f = -1 if esc else self.lookup(key, klen)
+                if esc:  # a member name with escapes ("b\u0069d" is "bid")
+                    strbuf_reserve(&self.scratch, klen)
+                    klen = unescape_into(key, klen, self.scratch.data)
+                    if klen < 0:
+                        return "invalid JSON: invalid escape in member name"
+                    f = self.lookup(self.scratch.data, klen)
+                else:
+                    f = self.lookup(key, klen)
+                if f >= 0 and self.slots[f].state != S_UNSET:
+                    # ambiguous (RFC 8259 leaves it open); the Arrow reader refuses it too
+                    return f"field {self.names[f]!r} given twice"
                 p = skip_ws(q + 1, end)
                 if p >= end or p[0] != c':':
                     return "invalid JSON: expected ':'"
@@ -432,14 +537,24 @@ cdef class FlatJsonDecoder:
                             if p[0] == c'"' or p[0] == c't' or p[0] == c'f' or p[0] == c'{' or p[0] == c'[':
                                 return f"field {self.names[f]!r}: expected {_TYPE_NAMES[t]}, got {_json_kind(p[0])}"
                             else:
-                                return f"invalid JSON number in field {self.names[f]!r}"
+                                return f"field {self.names[f]!r}: invalid JSON number {_token(p, end)}"
+                        c = self.checks[f]
                         if t == T_FLOAT:
-                            self.slots[f].d = parse_double(p, q)
+                            d = parse_double(p, q)
+                            self.slots[f].d = d
+                            if c and (not isfinite(d) or (c & C_POSITIVE and not d > 0)
+                                      or (c & C_NONNEG and not d >= 0)):
+                                return self.fail(f, d, ref)
                         else:
                             if not isint:
                                 return f"field {self.names[f]!r}: expected integer, got {(<bytes>p[:q - p]).decode('utf-8', 'replace')}"
                             if parse_int64(p, q, &self.slots[f].i) < 0:
                                 return f"field {self.names[f]!r}: integer out of int64 range"
+                            if c & C_WINDOW:
+                                vi = self.slots[f].i
+                                if ((self.has_ahead and vi > ref + self.max_ahead_ns)
+                                        or (self.has_age and vi < ref - self.max_age_ns)):
+                                    return self.fail(f, vi, ref)
                         self.slots[f].state = S_VALUE
                         p = q
                     elif t == T_STR:
@@ -450,8 +565,17 @@ cdef class FlatJsonDecoder:
                             return "invalid JSON: unterminated string"
                         if esc:
                             strbuf_reserve(&self.scratch, q - p)
-                            if unescape_into(p + 1, q - (p + 1), self.scratch.data) < 0:
+                            ulen = unescape_into(p + 1, q - (p + 1), self.scratch.data)
+                            if ulen < 0:
                                 return f"field {self.names[f]!r}: invalid escape in string"
+                            if self.checks[f] & C_NOCTRL and has_control(
+                                    <const unsigned char*>self.scratch.data, ulen):
+                                return self.fail(f, (<bytes>self.scratch.data[:ulen]).decode(
+                                    "utf-8", "replace"), ref)
+                        elif self.checks[f] & C_NOCTRL and has_control(
+                                <const unsigned char*>(p + 1), q - (p + 1)):
+                            return self.fail(f, (<bytes>p[1:q - p]).decode("utf-8", "replace"),
+                                             ref)
                         self.slots[f].s = p + 1
                         self.slots[f].slen = q - (p + 1)
                         self.slots[f].escaped = esc
@@ -482,9 +606,10 @@ cdef class FlatJsonDecoder:
             return "invalid JSON: trailing characters after the object"
         return None
 
-    def decode(self, list values):
+    def decode(self, list values, ref_ns=None):
         """``(arrays, bad)``: one Arrow array per field of the decoded messages in order, and
-        ``[(index, reason)]`` of the others.  One allocation for all validity bytes and one for
+        ``[(index, reason)]`` of the others.  ``ref_ns``: per message, the reference time of
+        the window checks (int64 ns; negative or None: the time of the call).  One allocation for all validity bytes and one for
         all 8-byte values, whatever the number of fields (the per-call cost of a 1-message
         batch is what a live consumer pays per tick)."""
         cdef Py_ssize_t n = len(values), row = 0, i, o
@@ -494,6 +619,15 @@ cdef class FlatJsonDecoder:
         cdef object problem
         cdef list bad = []
         cdef Slot* s
+        cdef int64_t now = time.time_ns()
+        cdef int64_t ref = now
+        cdef object refs = None
+        cdef int64_t* rptr = NULL
+        if ref_ns is not None:
+            refs = np.ascontiguousarray(ref_ns, dtype=np.int64)
+            if len(refs) != n:
+                raise ValueError(f"ref_ns: {len(refs)} times for {n} messages")
+            rptr = <int64_t*>_data_ptr(refs) if n else NULL
         # column buffers: row f of ``validity``; 8-byte values, bools and string offsets in
         # slices of ``fixed`` (n + 1 8-byte slots per field, enough for each kind)
         cdef object validity = np.empty(nf * max(n, 1), dtype=np.uint8)
@@ -527,7 +661,13 @@ cdef class FlatJsonDecoder:
                         continue
                     v = bytes(v)
                 p = PyBytes_AS_STRING(v)
-                problem = self.parse_one(p, p + PyBytes_GET_SIZE(v))
+                o = utf8_error(<const unsigned char*>p, PyBytes_GET_SIZE(v))
+                if o >= 0:  # not JSON (RFC 8259: UTF-8), wherever it is in the message
+                    bad.append((i, f"invalid UTF-8 at byte {o}"))
+                    continue
+                if rptr != NULL:
+                    ref = rptr[i] if rptr[i] >= 0 else now
+                problem = self.parse_one(p, p + PyBytes_GET_SIZE(v), ref)
                 if problem is not None:
                     bad.append((i, problem))
                     continue
@@ -598,6 +738,16 @@ cdef class FlatJsonDecoder:
             for f in range(nf):
                 free(sbuf[f].data)
             free(vptr); free(dptr); free(optr); free(sbuf); free(nulls)
+
+
+cdef str _token(const char* p, const char* end):
+    """The text of the value starting at p (up to a delimiter, at most 32 bytes), for reasons."""
+    cdef const char* q = p
+    while q < end and q - p < 32 and not (q[0] == c',' or q[0] == c'}' or q[0] == c']'
+                                           or q[0] == c' ' or q[0] == c'\n' or q[0] == c'\t'
+                                           or q[0] == c'\r'):
+        q += 1
+    return (<bytes>p[:q - p]).decode("utf-8", "replace")
 
 
 cdef str _json_kind(char c):

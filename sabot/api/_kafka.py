@@ -16,23 +16,33 @@ the batches whose commit had not landed.  With ``changelog_topic`` each
 batch is split by partition, each part preceded by a :class:`TaskSwitch` (see :mod:`._tasks`),
 and offsets are committed only with the changelog records.
 
-Sink: JSON values per spec §1 (timestamps as integer ns), message key = the ``key`` column,
-no blocking flush per message; the producer is flushed before each commit and at the end.
+Every decoded record is checked at this edge (:class:`~._decode.RecordRules`: finite numbers,
+positive prices, non-negative sizes, identifiers without control characters, a timestamp
+window around the message's Kafka timestamp); a record that fails is a dead letter like an
+undecodable message, its reason naming field and value.  A dead letter that cannot be
+delivered holds back every later offset commit (counted in ``commits_withheld``), so it is read
+again rather than lost.  ``kafka_config`` (the user's client configuration) reaches the
+consumer, the dead-letter producer and, as ``source.kafka_config``, the changelog store.
+
+Sink: JSON values in the ticker record layout of :mod:`sabot.schema` (timestamps as integer
+ns), message key = the ``key`` column, no blocking flush per message; the producer is flushed
+before each commit and at the end.  A record that is not delivered is counted and stops the
+commits; ``to_kafka`` raises :class:`DeliveryError` at the end of the run.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.types as pat
 
-from ..kafka import consumer_config, producer_config
+from ..kafka import client_config, consumer_config, producer_config, validate_client_config
 from ..schema import TICKER_SCHEMA
-from ._decode import JsonBatchDecoder
+from ._decode import JsonBatchDecoder, RecordRules
 from ._events import IDLE, Close, Commit, Event, TaskSwitch
 
 logger = logging.getLogger(__name__)
@@ -51,6 +61,8 @@ class KafkaSource:
                  order_by: Optional[str] = None, checkpoint_dir: Optional[Any] = None,
                  checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
                  changelog_topic: Optional[str] = None, commit: str = "sync",
+                 kafka_config: Optional[Mapping[str, Any]] = None,
+                 timestamp_window: Any = "auto",
                  **consumer_overrides: Any) -> None:
         if commit not in ("sync", "async"):
             raise ValueError(f"commit must be 'sync' or 'async', got {commit!r}")
@@ -66,12 +78,23 @@ class KafkaSource:
         self.max_latency_s = max_latency_ms / 1000.0
         self.dead_letter_topic = dead_letter_topic
         self.stop_at_end = stop_at_end
+        #: validation of every decoded record (see :class:`~._decode.RecordRules`)
+        self.rules = RecordRules.from_window(timestamp_window, from_beginning=from_beginning)
         # librdkafka spells its settings with dots; accept Python-friendly underscores too.
         overrides = {k.replace("_", ".") if "." not in k and k not in ("error_cb", "stats_cb",
                      "log_cb", "throttle_cb", "on_commit") else k: v
                      for k, v in consumer_overrides.items()}
-        self.config = consumer_config(bootstrap_servers, group_id, from_beginning=from_beginning,
-                                      **overrides)
+        #: the user's client configuration (security, tuning), laid over the defaults of every
+        #: client this source creates: the consumer, the dead-letter producer and, through this
+        #: attribute, the changelog store
+        self.kafka_config: Dict[str, Any] = validate_client_config(kafka_config)
+        self.config = client_config(bootstrap_servers, self.kafka_config,
+                                    base=consumer_config(bootstrap_servers, group_id,
+                                                         from_beginning=from_beginning))
+        self.config.update(overrides)  # explicit consumer settings win
+        #: settings of the dead-letter producer (``dead_letter_topic``)
+        self.dead_letter_config = client_config(bootstrap_servers, self.kafka_config,
+                                                base=producer_config(bootstrap_servers))
         self.order_by = order_by
         if stop_at_end or order_by:
             self.config["enable.partition.eof"] = True
@@ -104,6 +127,9 @@ class KafkaSource:
         self.lag: Dict[Tuple[str, int], int] = {}
         self.metrics_port = metrics_port
         if metrics_port is not None:
+            from ..metrics import require_prometheus
+
+            require_prometheus(f"metrics_port={metrics_port}")
             self.config.setdefault("statistics.interval.ms", 1000)
             self.config["stats_cb"] = self._on_stats
         self.commit_mode = commit
@@ -119,6 +145,8 @@ class KafkaSource:
                     user_on_commit(err, partitions)
             self.config["on_commit"] = on_commit
         self.metrics: Dict[str, int] = {}
+        self._dlq: Any = None
+        self._last_withheld_log = 0.0
         self.reset_metrics()
 
     def _on_async_commit(self, err: Any, partitions: List[Any]) -> None:
@@ -132,7 +160,7 @@ class KafkaSource:
     def reset_metrics(self) -> None:
         self.metrics = {"messages": 0, "rows": 0, "batches": 0, "decode_errors": 0,
                         "dead_lettered": 0, "dead_letter_errors": 0, "commits": 0,
-                        "commit_errors": 0, "consumer_errors": 0}
+                        "commit_errors": 0, "consumer_errors": 0, "commits_withheld": 0}
 
     # ------------------------------------------------------------------------------------------
     def events(self) -> Iterator[Event]:
@@ -140,10 +168,9 @@ class KafkaSource:
 
         self.reset_metrics()
         self._async_committed.clear()
-        decoder = JsonBatchDecoder(self.schema)
+        decoder = JsonBatchDecoder(self.schema, rules=self.rules)
         consumer = Consumer(self.config)
-        dlq = (Producer(producer_config(self.bootstrap_servers))
-               if self.dead_letter_topic else None)
+        dlq = Producer(self.dead_letter_config) if self.dead_letter_topic else None
         assigned: set = set()
         at_eof: set = set()
         msgs: List[Any] = []  # the micro-batch being collected
@@ -190,6 +217,7 @@ class KafkaSource:
         consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke,
                            on_lost=on_lost)
         self._consumer = consumer
+        self._dlq = dlq
         self.positions = dict(self.restore_offsets)
         orderer = _PartitionOrderer(self.order_by) if self.order_by else None
         closed = False
@@ -267,7 +295,7 @@ class KafkaSource:
             yield from self._emit_tasks(msgs, decoder, consumer, dlq)
             return
         n = len(msgs)
-        result = decoder.decode([m.value() for m in msgs])
+        result = _decode(decoder, msgs)
         self.metrics["messages"] += n
         if result.bad:
             self._dead_letter(msgs, result.bad, dlq)
@@ -293,7 +321,7 @@ class KafkaSource:
             groups.setdefault((m.topic(), m.partition()), []).append(m)
         self.metrics["messages"] += len(msgs)
         for tp, group in groups.items():
-            result = decoder.decode([m.value() for m in group])
+            result = _decode(decoder, group)
             if result.bad:
                 self._dead_letter(group, result.bad, dlq)
             batch = result.batch
@@ -324,12 +352,12 @@ class KafkaSource:
         if self._consumer is None or not positions:
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-        self._commit_fn(self._consumer, None, tps, force=True)()
+        self._commit_fn(self._consumer, self._dlq, tps, force=True)()
 
     def _commit_fn(self, consumer: Any, dlq: Any, tps: List[Any], force: bool = False):
         def commit() -> None:
-            if dlq is not None:
-                dlq.flush(30)
+            if dlq is not None and not self._dead_letters_delivered(dlq):
+                return  # committing would lose the undelivered dead letters: read them again
             if (self.checkpoint_dir is not None or self.changelog_topic is not None) and not force:
                 return  # offsets are committed with each checkpoint, matching its state
             if self.commit_mode == "async" and not force:
@@ -346,6 +374,23 @@ class KafkaSource:
             self._commit_sync(consumer, tps)
         return commit
 
+    def _dead_letters_delivered(self, dlq: Any) -> bool:
+        """Flush the dead-letter producer; False (logged, rate-limited) if any dead letter of
+        this run was not delivered: from then on no offset is committed, so the messages are
+        read (and dead-lettered) again by the next run instead of being lost."""
+        remaining = dlq.flush(30)
+        if not remaining and not self.metrics["dead_letter_errors"]:
+            return True
+        self.metrics["commits_withheld"] += 1
+        now = time.monotonic()
+        if now - self._last_withheld_log >= 10.0:
+            self._last_withheld_log = now
+            logger.error("%s: %d dead letter(s) not delivered%s; offsets are not committed "
+                         "(the messages will be read again)", self.name,
+                         self.metrics["dead_letter_errors"],
+                         f", {remaining} still queued" if remaining else "")
+        return False
+
     def _commit_sync(self, consumer: Any, tps: List[Any]) -> None:
         try:
             consumer.commit(offsets=tps, asynchronous=False)
@@ -361,7 +406,7 @@ class KafkaSource:
         from confluent_kafka import TopicPartition
 
         if msgs:
-            result = decoder.decode([m.value() for m in msgs])
+            result = _decode(decoder, msgs)
             self.metrics["messages"] += len(msgs)
             bad_idx = set()
             if result.bad:
@@ -390,7 +435,7 @@ class KafkaSource:
             self.metrics["decode_errors"] += 1
             count = self.metrics["decode_errors"]
             level = logging.WARNING if count <= WARN_FIRST else logging.DEBUG
-            logger.log(level, "%s: undecodable message at %s skipped: %s%s", self.name, where,
+            logger.log(level, "%s: message at %s skipped (undecodable or invalid): %s%s", self.name, where,
                        reason, " (further ones logged at debug)" if count == WARN_FIRST else "")
             if dlq is None:
                 continue
@@ -413,6 +458,16 @@ class KafkaSource:
 
 
 # ----------------------------------------------------------------------------------------------
+def _decode(decoder: JsonBatchDecoder, msgs: List[Any]) -> Any:
+    """Decode messages; each message's Kafka timestamp (when it has one) is the reference time
+    of its record's timestamp window, so a replay judges records by when they were produced."""
+    import numpy as np
+
+    ref = np.fromiter(((t[1] * 1_000_000 if t[0] and t[1] > 0 else -1)
+                       for t in (m.timestamp() for m in msgs)), dtype=np.int64, count=len(msgs))
+    return decoder.decode([m.value() for m in msgs], ref)
+
+
 def json_columns(batch: pa.RecordBatch) -> Tuple[List[str], List[list]]:
     """Column names and Python value lists ready for JSON (timestamps → int ns)."""
     names, lists = [], []
@@ -449,33 +504,62 @@ def _pylist(col: pa.Array) -> list:
 
 
 def encode_json(batch: pa.RecordBatch) -> List[bytes]:
-    """One flat JSON object per row (spec §1): nulls as null, timestamps as integer ns."""
+    """One flat JSON object per row: nulls as null, timestamps as integer ns.  JSON has no
+    NaN or infinity: a non-finite float is written as null (and ``from_kafka`` never turns a
+    non-finite number into a record either)."""
     names, lists = json_columns(batch)
     dumps = orjson.dumps
     return [dumps(dict(zip(names, row))) for row in zip(*lists)]
 
 
+class DeliveryError(RuntimeError):
+    """``to_kafka`` could not deliver some records (their offsets were not committed)."""
+
+
 class KafkaSink:
-    """Produces batches as JSON messages; counts delivery errors; flushes before commits."""
+    """Produces batches as JSON messages; flushes before commits.
+
+    A record the producer could not deliver (a failed delivery report, or ``produce``
+    refusing it) is counted in ``metrics['undelivered']`` and logged (rate-limited).  From the
+    first one on, no offset is committed any more (a later commit would cover the lost record):
+    the run goes on delivering the rest, and :meth:`check` raises :class:`DeliveryError` at the
+    end, so the records are read again by the next run of the group.
+    """
 
     def __init__(self, bootstrap_servers: str, topic: str, key: Optional[str] = "symbol",
+                 kafka_config: Optional[Mapping[str, Any]] = None,
                  **producer_overrides: Any) -> None:
         from confluent_kafka import Producer
 
         self.topic = topic
         self.key = key
-        self.producer = Producer(producer_config(bootstrap_servers, **producer_overrides))
-        self.metrics = {"produced": 0, "delivered": 0, "delivery_errors": 0}
+        #: the producer's librdkafka settings: defaults, the client configuration, overrides
+        self.config = client_config(bootstrap_servers, kafka_config,
+                                    base=producer_config(bootstrap_servers))
+        self.config.update(producer_overrides)
+        self.producer = Producer(self.config)
+        self.metrics = {"produced": 0, "delivered": 0, "delivery_errors": 0, "undelivered": 0}
+        self._last_log = 0.0
+
+    def _failed(self, count: int, why: Any) -> None:
+        self.metrics["undelivered"] += count
+        now = time.monotonic()
+        if self.metrics["undelivered"] <= WARN_FIRST or now - self._last_log >= 10.0:
+            self._last_log = now
+            logger.error("to_kafka(%s): record not delivered (%s); %d undelivered so far, "
+                         "offsets are no longer committed", self.topic, why,
+                         self.metrics["undelivered"])
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             self.metrics["delivery_errors"] += 1
-            if self.metrics["delivery_errors"] <= WARN_FIRST:
-                logger.error("to_kafka(%s): delivery failed: %s", self.topic, err)
+            self._failed(1, err)
         else:
             self.metrics["delivered"] += 1
 
     def write(self, batch: pa.RecordBatch) -> None:
+        from confluent_kafka import KafkaException
+
         values = encode_json(batch)
         if self.key is not None:
             if self.key not in batch.schema.names:
@@ -493,14 +577,30 @@ class KafkaSink:
                     break
                 except BufferError:  # local queue full: serve delivery reports, retry
                     poll(0.05)
+                except KafkaException as exc:  # refused (e.g. larger than message.max.bytes)
+                    self._failed(1, exc.args[0] if exc.args else exc)
+                    break
         self.metrics["produced"] += len(values)
         poll(0)
+
+    @property
+    def healthy(self) -> bool:
+        """No record has been lost so far (offsets may be committed)."""
+        return self.metrics["undelivered"] == 0
 
     def flush(self, timeout_s: float = 60.0) -> None:
         remaining = self.producer.flush(timeout_s)
         if remaining:
-            raise RuntimeError(f"to_kafka({self.topic}): {remaining} message(s) not delivered "
-                               f"after {timeout_s:.0f}s")
+            raise DeliveryError(f"to_kafka({self.topic}): {remaining} record(s) not delivered "
+                                f"after {timeout_s:.0f}s; their offsets were not committed")
+
+    def check(self) -> None:
+        """Raise :class:`DeliveryError` if any record was not delivered."""
+        if not self.healthy:
+            raise DeliveryError(
+                f"to_kafka({self.topic}): {self.metrics['undelivered']} of "
+                f"{self.metrics['produced']} record(s) not delivered; offsets were committed "
+                "only up to the first failure, so the next run of the group reads them again")
 
 
 class _PartitionOrderer:

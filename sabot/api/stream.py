@@ -1,4 +1,4 @@
-"""``Stream``: a lazy pipeline of Arrow RecordBatches (spec stream_and_collectors.md §5).
+"""``Stream``: a lazy pipeline of Arrow RecordBatches.
 
 Building a Stream (sources, transforms) runs nothing; iterating it or calling a sink runs the
 whole plan once.  Each run starts every operator from fresh state, unless the state was just
@@ -19,6 +19,7 @@ import asyncio
 import glob as _glob
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 from ._align import AsofJoinOp, asof_events, concat_promote, merge_events, union_events, zip_events
 from ._checkpoint import Checkpointer, checkpointer_for
 from ._events import IDLE, Close, Commit, Event, TaskSwitch, _Idle, close_iterator
+from ._kafka import DeliveryError  # noqa: F401  (raised by to_kafka; importable from here)
 from ._kafka import KafkaSink, KafkaSource
 from ._ops import (FilterOp, FlatMapOp, MapOp, Operator, RenameOp, SelectOp,
                    StreamOperatorError, TumblingOHLCV, WithColumnsOp, bind_dead_letters)
@@ -266,6 +268,8 @@ class _RunHooks:
                  stop: Optional[threading.Event] = None) -> None:
         self.checkpointer = checkpointer
         self.latency = metrics.latency if metrics is not None else None
+        self._servers = list(metrics.servers) if metrics is not None else []
+        self._next_check = 0.0
         self._stop = stop
 
     def stopping_at(self, ev: Event) -> bool:
@@ -286,7 +290,12 @@ class _RunHooks:
             self.latency.observe_batch(batch)
 
     def commit(self, flush: Optional[Callable[[], None]]) -> None:
-        """A commit or an idle source reached the sink: every operator is between batches."""
+        """A commit or an idle source reached the sink: every operator is between batches.
+        Also (once a second) restarts a metrics endpoint whose thread died."""
+        if self._servers and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + 1.0
+            for server in self._servers:
+                server.ensure_running()
         if self.checkpointer is not None:
             self.checkpointer.on_commit(flush)
 
@@ -314,6 +323,9 @@ class Stream:
         self.last_checkpointer: Any = None
         self._stream_metrics: Any = None
         self._stop_event = threading.Event()
+        #: counters of the sink of the last (or current) run, under ``_sink_name`` in metrics
+        self._sink_metrics: Optional[Dict[str, int]] = None
+        self._sink_name = "sink"
 
     def __repr__(self) -> str:
         return f"<Stream {self._node.name} (depth {self._node.depth})>"
@@ -328,6 +340,8 @@ class Stream:
                    checkpoint_interval_s: float = 60.0, metrics_port: Optional[int] = None,
                    changelog_topic: Optional[str] = None, commit: str = "sync",
                    reset_state: bool = False, state_key: Optional[bytes] = None,
+                   kafka_config: Optional[Mapping[str, Any]] = None,
+                   timestamp_window: Any = "auto",
                    **consumer_config: Any) -> "Stream":
         """JSON messages from Kafka, decoded in bulk into ``schema`` (default: the normalised
         ticker schema).  A batch is handed over as soon as no further message is already
@@ -368,7 +382,24 @@ class Stream:
 
         ``metrics_port``: serve Prometheus metrics of every stream built on this source on
         ``127.0.0.1:<port>/metrics`` while it runs (see :mod:`sabot.metrics`; needs the
-        ``metrics`` extra, prometheus-client)."""
+        ``metrics`` extra, prometheus-client).
+
+        ``kafka_config``: the client configuration (librdkafka properties: SASL, TLS, tuning;
+        see :mod:`sabot.kafka`), validated here and laid over the defaults of every client the
+        stream creates: the consumer, the dead-letter producer, the changelog store of
+        ``changelog_topic`` and, on the same bootstrap servers, ``to_kafka``'s producer.
+
+        Every decoded record is validated as the collectors validate ticker records: a
+        non-finite number, a non-positive ``price``/``bid``/``ask``, a negative size, a control
+        character in an identifier (``symbol``, ...) or a timestamp outside ``timestamp_window``
+        makes the message a dead letter (``dead_letter_topic``, else counted in
+        ``decode_errors`` and logged), with a reason naming field and value.
+        ``timestamp_window``: ``(max_age_s, max_ahead_s)`` around each message's Kafka
+        timestamp (when the message was produced; the time of decoding when it has none), so a
+        replay of last month's topic judges records by when they were written; either bound
+        may be None.  ``"auto"`` (default): ``(86400, 60)`` — one day back, one minute ahead —
+        when reading live, and ``(None, 60)`` with ``from_beginning=True``, since a topic read
+        from its beginning may hold history loaded in bulk.  ``None``: no time check."""
         source = KafkaSource(bootstrap_servers, topic, group_id, schema=schema,
                              batch_size=batch_size, max_latency_ms=max_latency_ms,
                              from_beginning=from_beginning, dead_letter_topic=dead_letter_topic,
@@ -376,7 +407,8 @@ class Stream:
                              checkpoint_dir=checkpoint_dir,
                              checkpoint_interval_s=checkpoint_interval_s,
                              metrics_port=metrics_port, changelog_topic=changelog_topic,
-                             commit=commit, **consumer_config)
+                             commit=commit, kafka_config=kafka_config,
+                             timestamp_window=timestamp_window, **consumer_config)
         source.reset_state = bool(reset_state)
         source.state_key = state_key
         return cls(_KafkaNode(source))
@@ -612,9 +644,15 @@ class Stream:
         if ports and self._stream_metrics is None:
             from ..metrics import StreamMetrics, serve
 
-            self._stream_metrics = StreamMetrics(self, name=self._node.name)
+            metrics = StreamMetrics(self, name=self._node.name)
             for port in ports:
-                serve(port).add(self._stream_metrics)
+                server = serve(port)
+                server.add(metrics)
+                metrics.servers.append(server)
+            self._stream_metrics = metrics
+        elif self._stream_metrics is not None:
+            for server in self._stream_metrics.servers:
+                server.ensure_running()
         self._stop_event.clear()
         return _RunHooks(ckpt, self._stream_metrics, self._stop_event)
 
@@ -680,13 +718,29 @@ class Stream:
                    compression: str = "zstd") -> List[str]:
         """Write every batch to Parquet; the written file paths.
 
-        One file (``path`` ends with ``.parquet`` and no ``rows_per_file``): written as
-        ``<path>.part`` and renamed when complete; offsets are committed then.  A directory
-        (``rows_per_file=N``): files of about N rows, each renamed from ``.part`` when closed,
-        after which the offsets of everything in it are committed — a killed pipeline loses
-        no record and never leaves a truncated ``.parquet`` file.
+        One file (``path`` ends with ``.parquet`` and no ``rows_per_file``): written as a
+        ``.part`` next to it and linked to ``path`` when complete; offsets are committed then.
+        An existing ``path`` is refused (``FileExistsError``) before anything is read: a file is
+        never replaced.  With ``checkpoint_dir`` or ``changelog_topic`` every checkpoint flushes
+        the sink and commits offsets, so each flush goes to its own file next to ``path``:
+        ``<stem>-000001.parquet``, ``<stem>-000002.parquet``, ... (a restarted run continues
+        after the highest number present; read them back with ``from_parquet("<stem>-*.parquet")``).
+        A directory (``rows_per_file=N``, or a path without ``.parquet``): files of about N rows
+        named ``part-<run>-<n>.parquet``, after each of which the offsets of everything in it
+        are committed.
+
+        Every file is fsynced, and so is its directory, before the offsets of its rows are
+        committed: a killed pipeline loses no record and never leaves a truncated
+        ``.parquet`` file.  An I/O error (disk full, quota) is logged, counted in
+        ``metrics['to_parquet']['write_errors']`` and retried with backoff, the open file's
+        rows held in memory meanwhile; nothing of them is committed until they are durable.
         """
-        sink = _ParquetSink(Path(path), rows_per_file, compression)
+        checkpointed = any(src.checkpoint_dir is not None or src.changelog_topic is not None
+                           for src in self.kafka_sources())
+        self._sink_metrics = {}
+        sink = _ParquetSink(Path(path), rows_per_file, compression, numbered=checkpointed,
+                            metrics=self._sink_metrics, stop=self._stop_event)
+        self._sink_name = "to_parquet"
         try:
             hooks = self._prepare_run()
             _sink_loop(self._events(), sink.write, sink.ack, sink.close, hooks, sink.close_file)
@@ -695,20 +749,44 @@ class Stream:
             raise
         return sink.files
 
-    def to_kafka(self, bootstrap_servers: str, topic: str, key: Optional[str] = "symbol",
+    def to_kafka(self, bootstrap_servers: str, topic: str, key: Optional[str] = "symbol", *,
+                 kafka_config: Optional[Mapping[str, Any]] = None,
                  **producer_config: Any) -> Dict[str, int]:
-        """Produce every row as a JSON message (spec §1) keyed by ``key``; delivery counters."""
-        sink = KafkaSink(bootstrap_servers, topic, key=key, **producer_config)
+        """Produce every row as a JSON message keyed by ``key``; delivery counters.
+
+        ``kafka_config``: the producer's client configuration (security, tuning); by default
+        that of this plan's ``from_kafka`` source on the same ``bootstrap_servers``.  Extra
+        keyword arguments are librdkafka producer settings.  Offsets are committed once the
+        producer has delivered everything before them; a record that cannot be delivered
+        stops all further commits, and :class:`DeliveryError` (a ``RuntimeError``) is raised when
+        the run ends (the undelivered records are read again by the next run of the group)."""
+        if kafka_config is None:
+            same = [src.kafka_config for src in self.kafka_sources()
+                    if src.bootstrap_servers == bootstrap_servers]
+            kafka_config = same[0] if same else None
+        sink = KafkaSink(bootstrap_servers, topic, key=key, kafka_config=kafka_config,
+                         **producer_config)
+        self._sink_metrics = sink.metrics
+        self._sink_name = "to_kafka"
+
+        def flush() -> None:
+            sink.flush()
+            if not sink.healthy:  # checkpoints must not commit past a lost record
+                sink.check()
 
         def ack(commit: Commit) -> None:
             sink.flush()
-            commit.run()
+            if sink.healthy:
+                commit.run()
 
         try:
             hooks = self._prepare_run()
-            _sink_loop(self._events(), sink.write, ack, sink.flush, hooks, sink.flush)
+            _sink_loop(self._events(), sink.write, ack, sink.flush, hooks, flush)
         finally:
-            sink.flush()
+            remaining = sink.producer.flush(60.0)
+            if remaining:  # never delivered: counted, and the run reports it
+                sink._failed(remaining, "still queued when the run ended")
+        sink.check()
         return dict(sink.metrics)
 
     def stop(self) -> None:
@@ -740,8 +818,12 @@ class Stream:
 
     @property
     def metrics(self) -> Dict[str, Dict[str, Any]]:
-        """Counters per source and operator of the last (or current) run."""
-        return self._node.metrics()
+        """Counters per source and operator (and the sink: ``to_parquet`` / ``to_kafka``) of
+        the last (or current) run."""
+        out = self._node.metrics()
+        if self._sink_metrics is not None:
+            out[self._sink_name] = dict(self._sink_metrics)
+        return out
 
 
 def _operators_of(streams: Sequence[Stream]) -> List[Operator]:
@@ -767,35 +849,87 @@ async def _aiter_thread(it: Iterator[Any]) -> AsyncIterator[Any]:
 
 
 class _ParquetSink:
-    def __init__(self, path: Path, rows_per_file: Optional[int], compression: str) -> None:
+    """Parquet files written so that nothing consumed is lost (see :meth:`Stream.to_parquet`).
+
+    Each file is written as a ``.part``; closing it fsyncs the file, links it to its final
+    name (never over an existing file), fsyncs the directory, removes the ``.part``, and only
+    then runs the commits of the rows in it.  An I/O error (disk full, quota, file size limit)
+    while writing or closing is logged, counted in ``metrics['write_errors']`` and retried with
+    backoff: the rows of the open file are held in memory (up to ``hold_bytes``) and written
+    again to a fresh ``.part``, so no row is dropped and no offset is committed before its rows
+    are durable.  A file grown past ``hold_bytes`` is no longer held: an I/O error then ends the
+    run (nothing of that file was committed, so the next run reads its rows again).
+    """
+
+    def __init__(self, path: Path, rows_per_file: Optional[int], compression: str, *,
+                 numbered: bool = False, metrics: Optional[Dict[str, int]] = None,
+                 max_backoff_s: float = 5.0, stop: Optional[threading.Event] = None,
+                 hold_bytes: int = 256 << 20) -> None:
         self.directory_mode = rows_per_file is not None or path.suffix != ".parquet"
+        #: one file per flush next to ``path`` (``<stem>-000001.parquet``, ...), for runs that
+        #: commit offsets at every flush (checkpoints)
+        self.numbered = numbered and not self.directory_mode
         self.path = path
         self.rows_per_file = rows_per_file
         self.compression = compression
         self.files: List[str] = []
+        self.metrics: Dict[str, int] = metrics if metrics is not None else {}
+        for k in ("rows_written", "files_written", "write_errors"):
+            self.metrics.setdefault(k, 0)
+        self.max_backoff_s = max_backoff_s
+        self._stop = stop  # Stream.stop() ends a run whose writes keep failing
         self._writer: Optional[pq.ParquetWriter] = None
         self._schema: Optional[pa.Schema] = None
         self._part: Optional[Path] = None
-        self._final: Optional[Path] = None
+        self._held: List[pa.RecordBatch] = []  # rows of the open file, until it is durable
+        self._held_bytes = 0
+        self._holding = True  # False once the open file outgrew hold_bytes
+        self.hold_bytes = hold_bytes
         self._rows = 0
         self._pending: List[Commit] = []
         self._run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self._seq = 0
+        self._parts = 0
+        self._linked: Optional[Path] = None  # final name of the file being published
+        self._last_error_log = 0.0
         if self.directory_mode:
             path.mkdir(parents=True, exist_ok=True)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.numbered and os.path.lexists(path):
+                raise FileExistsError(f"to_parquet: {path} already exists (an existing file is "
+                                      "never replaced); remove it or write elsewhere")
 
-    def _open(self, schema: pa.Schema) -> None:
+    # -- naming ------------------------------------------------------------------------------
+    def _final_name(self) -> Path:
+        """The name of the file being closed: never one that exists."""
         if self.directory_mode:
-            self._final = self.path / f"part-{self._run_id}-{self._seq:05d}.parquet"
+            while True:
+                final = self.path / f"part-{self._run_id}-{self._seq:05d}.parquet"
+                self._seq += 1
+                if not os.path.lexists(final):
+                    return final
+        if not self.numbered:
+            return self.path
+        stem, parent = self.path.stem, self.path.parent
+        if self._seq == 0:  # continue after the files of earlier runs
+            taken = [int(m.group(1)) for m in (re.fullmatch(
+                re.escape(stem) + r"-(\d{6,})\.parquet", f) for f in os.listdir(parent)) if m]
+            self._seq = max(taken, default=0) + 1
+        while True:
+            final = parent / f"{stem}-{self._seq:06d}.parquet"
             self._seq += 1
-        else:
-            self._final = self.path
-        self._part = self._final.with_name(self._final.name + ".part")
-        self._writer = pq.ParquetWriter(str(self._part), schema, compression=self.compression)
-        self._rows = 0
+            if not os.path.lexists(final):
+                return final
 
+    def _part_name(self) -> Path:
+        """A ``.part`` name of this run (never matched by ``*.parquet``)."""
+        self._parts += 1
+        where = self.path if self.directory_mode else self.path.parent
+        stem = "part" if self.directory_mode else self.path.name
+        return where / f"{stem}.{self._run_id}-{self._parts}.part"
+
+    # -- writing -----------------------------------------------------------------------------
     def write(self, batch: pa.RecordBatch) -> None:
         if self._schema is None:
             self._schema = batch.schema
@@ -808,10 +942,91 @@ class _ParquetSink:
                                  f"file schema {self._schema}: {exc}") from exc
         if self.rows_per_file is not None and self._rows >= self.rows_per_file:
             self._close_file()
-        if self._writer is None:
-            self._open(self._schema)
-        self._writer.write_batch(batch)
+        self._hold(batch)
         self._rows += batch.num_rows
+        self._retrying("write", lambda: self._append(batch))
+
+    def _hold(self, batch: pa.RecordBatch) -> None:
+        if not self._holding:
+            return
+        self._held_bytes += batch.nbytes
+        if self._held_bytes <= self.hold_bytes:
+            self._held.append(batch)
+            return
+        self._holding = False
+        self._held = []
+        logger.info("to_parquet(%s): the open file passed %d MiB and is no longer held in "
+                    "memory; an I/O error will end the run (use rows_per_file or checkpoints "
+                    "for smaller files)", self.path, self.hold_bytes >> 20)
+
+    def _append(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            self._reopen()  # writes every held row, this batch included
+            if not self._holding:
+                self._writer.write_batch(batch)
+        else:
+            self._writer.write_batch(batch)
+
+    def _reopen(self) -> None:
+        """A fresh ``.part`` holding every row of the open file."""
+        self._part = self._part_name()
+        self._writer = pq.ParquetWriter(str(self._part), self._schema,
+                                        compression=self.compression)
+        for b in self._held:
+            self._writer.write_batch(b)
+
+    def _discard_writer(self) -> None:
+        """Drop a writer that failed (its ``.part`` may be torn) and its file."""
+        if self._linked is not None:
+            return  # the file is complete and linked; only its publication is being retried
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # already failing: the rows are held and written again
+                pass
+        if self._part is not None:
+            try:
+                os.unlink(self._part)
+            except OSError:
+                pass
+
+    def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
+        """Run ``action``; on an I/O error log, count, back off and try again with a fresh
+        file holding every held row (the open file's rows are never dropped)."""
+        delay = 0.05
+        while True:
+            try:
+                return action()
+            except OSError as exc:
+                if isinstance(exc, FileExistsError) and not (self.directory_mode or self.numbered):
+                    self._discard_writer()
+                    raise FileExistsError(f"to_parquet: {self.path} appeared while it was being "
+                                          "written (an existing file is never replaced)") from None
+                if not self._holding and self._linked is None:
+                    self.metrics["write_errors"] += 1
+                    self._discard_writer()
+                    raise OSError(exc.errno, f"to_parquet({self.path}): {what} failed ({exc}) "
+                                  f"and the open file (over {self.hold_bytes >> 20} MiB) is not "
+                                  "held to write again: nothing of it was committed, the next "
+                                  "run reads its rows again") from None
+                self.metrics["write_errors"] += 1
+                now = time.monotonic()
+                if now - self._last_error_log >= 10.0 or self.metrics["write_errors"] <= 3:
+                    self._last_error_log = now
+                    logger.error("to_parquet(%s): %s failed (%s); %d row(s) held, nothing of "
+                                 "them committed; retrying in %.2fs (%d I/O error(s) so far)",
+                                 self.path, what, exc, self._rows, delay,
+                                 self.metrics["write_errors"])
+                self._discard_writer()
+                if self._stop is not None and self._stop.wait(delay):
+                    raise OSError(exc.errno, f"to_parquet({self.path}): stopped while {what} "
+                                  f"kept failing ({exc}); {self._rows} row(s) not written and "
+                                  "their offsets not committed: the next run reads them again"
+                                  ) from None
+                if self._stop is None:
+                    time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
 
     def ack(self, commit: Commit) -> None:
         self._pending.append(commit)
@@ -819,28 +1034,57 @@ class _ParquetSink:
             self._close_file()
 
     def close_file(self) -> None:
-        """Close the current file (renamed from .part) and run its pending commits."""
+        """Close the current file (durable under its final name), then run its commits."""
         self._close_file()
 
-    def _close_file(self) -> None:
-        if self._writer is not None:
+    def _publish(self) -> None:
+        """Close, fsync, link to the final name (never replacing a file), fsync the directory.
+        Idempotent across retries: once linked, the rows are not written again."""
+        if self._linked is None:
+            if self._writer is None:
+                self._reopen()
             self._writer.close()
-            os.replace(self._part, self._final)
-            self.files.append(str(self._final))
             self._writer = None
+            _fsync_path(self._part)
+            final = self._final_name()
+            # link, not rename: it fails if ``final`` exists, so nothing is ever replaced
+            os.link(self._part, final)
+            self._linked = final
+        _fsync_path(self._linked.parent)  # the new name is durable before the .part goes
+        if self._part is not None and os.path.lexists(self._part):
+            os.unlink(self._part)
+        self._part = None
+        self.files.append(str(self._linked))
+        self._linked = None
+        self.metrics["files_written"] += 1
+        self.metrics["rows_written"] += self._rows
+
+    def _close_file(self) -> None:
+        if self._rows:
+            self._retrying("closing the file", self._publish)
+            self._held = []
+            self._held_bytes = 0
+            self._holding = True
+            self._rows = 0
         pending, self._pending = self._pending, []
         for c in pending:
             c.run()
 
     def close(self) -> None:
-        if self._writer is None and not self.directory_mode and not self.files and self._schema is None:
+        if self._schema is None and not self.files:
             logger.warning("to_parquet(%s): the stream had no rows; no file written", self.path)
         self._close_file()
 
     def abort(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:
-                pass
-            self._writer = None
+        """The run failed: drop the open file's ``.part`` (its offsets were never committed,
+        so its rows are read again by the next run)."""
+        self._discard_writer()
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (the directory: so a new name in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
