@@ -185,8 +185,18 @@ class ExchangeCollector(abc.ABC):
         sym = self._symbol_cache.get(raw)
         if sym is None:
             sym = normalize_symbol(raw, self.name, self.quote_aliases)
-            self._symbol_cache[raw] = sym
+            if len(self._symbol_cache) < 4096:  # bounded: frames may carry any symbol at all
+                self._symbol_cache[raw] = sym
         return sym
+
+    def record_symbol(self, raw: Any) -> Any:
+        """``BASE/QUOTE`` for a symbol in a data frame, or ``raw`` itself when it cannot be
+        normalised: such a record was not subscribed, and the record validation rejects it by
+        name instead of the whole frame being skipped."""
+        try:
+            return self.normalize(raw)
+        except (ValueError, TypeError, AttributeError):
+            return raw
 
     def parse(self, raw: str | bytes, recv_ns: int) -> Parsed:
         """Classify one raw frame; never raises (bad frames come back as ``UNKNOWN``)."""

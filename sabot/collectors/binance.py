@@ -67,7 +67,7 @@ class BinanceCollector(ExchangeCollector):
             last, vol, chg, n = self._ticker.get(raw, _NO_TICKER)
             return parsed((DATA, [{
                 "exchange": "binance",
-                "symbol": self._symbol_cache.get(raw) or self.normalize(raw),
+                "symbol": self._symbol_cache.get(raw) or self.record_symbol(raw),
                 "raw_symbol": raw,
                 "timestamp": recv_ns,
                 "recv_timestamp": recv_ns,

@@ -52,6 +52,9 @@ def build_parser(exchange: str) -> argparse.ArgumentParser:
                         "...) for every Kafka client the collector creates")
     p.add_argument("--broker-timeout", type=float, default=5.0,
                    help="seconds to wait for the Kafka cluster's metadata at start (default %(default)g)")
+    p.add_argument("--flush-timeout", type=float, default=30.0,
+                   help="seconds to wait at exit for Kafka to acknowledge what was produced; the rest "
+                        "is reported as undelivered (exit code 1) (default %(default)g)")
     p.add_argument("--linger-ms", type=float, default=LIVE_PRODUCER["linger.ms"],
                    help="Kafka producer linger.ms: 0 sends each record at once (lowest latency); "
                         "a few ms batches records (higher throughput) (default %(default)g)")
@@ -103,7 +106,8 @@ def _kafka_sink(args: argparse.Namespace) -> KafkaSink:
     if bootstrap is None and "bootstrap.servers" not in props:
         bootstrap = os.environ.get("SABOT_KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
     try:
-        return KafkaSink(bootstrap, args.topic, linger_ms=args.linger_ms, kafka_config=props)
+        return KafkaSink(bootstrap, args.topic, linger_ms=args.linger_ms, kafka_config=props,
+                         flush_timeout=args.flush_timeout)
     except (KafkaException, KafkaConfigError, ValueError, TypeError) as exc:
         raise UsageError(f"Kafka client configuration refused: {exc}") from None
 

@@ -144,7 +144,7 @@ class CoinbaseCollector(ExchangeCollector):
                                 num(t.best_ask_quantity), num(t.price), num(t.volume_24_h))
                 records.append({
                     "exchange": "coinbase",
-                    "symbol": cache.get(pid) or self.normalize(pid),
+                    "symbol": cache.get(pid) or self.record_symbol(pid),
                     "raw_symbol": pid,
                     "timestamp": ts,
                     "recv_timestamp": recv_ns,

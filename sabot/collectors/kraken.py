@@ -41,7 +41,7 @@ class KrakenCollector(ExchangeCollector):
                 ts = t.get("timestamp")
                 records.append({
                     "exchange": "kraken",
-                    "symbol": cache.get(raw) or self.normalize(raw),
+                    "symbol": cache.get(raw) or self.record_symbol(raw),
                     "raw_symbol": raw,
                     "timestamp": rfc3339_to_ns(ts) if ts is not None else recv_ns,
                     "recv_timestamp": recv_ns,

@@ -309,10 +309,12 @@ class KafkaSink:
     """
 
     def __init__(self, bootstrap: str | None, topic: str, linger_ms: float = LIVE_PRODUCER["linger.ms"],
-                 kafka_config: Mapping[str, Any] | None = None, **config: Any) -> None:
+                 kafka_config: Mapping[str, Any] | None = None, flush_timeout: float = 30.0,
+                 **config: Any) -> None:
         from confluent_kafka import Producer
 
         self.topic = topic
+        self.flush_timeout = flush_timeout
         self.delivered = 0
         self.delivery_errors = 0
         self.produced = 0
@@ -387,7 +389,9 @@ class KafkaSink:
     def tick(self) -> None:
         self._producer.poll(0)
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` (default ``flush_timeout``) s for deliveries; count what is left."""
+        timeout = self.flush_timeout if timeout is None else timeout
         remaining = self._producer.flush(timeout)
         self.undelivered = remaining + self.delivery_errors + self.produce_errors
         if remaining:
