@@ -189,6 +189,7 @@ class SimServer:
         self.malformed_sent = 0
         self.errors_sent = 0
         self.corrupt_sent: dict[str, int] = {}
+        self.corrupt_texts: set[str] = set()  # the corrupted frames' texts, when keep_sent
         self.garbage_sent = 0
         self.rejected_symbols: list[str] = []  # symbols refused because not ``listed``
         self._quiet_done = False
@@ -335,6 +336,8 @@ class SimServer:
                     kind = self.corrupt_kinds[sum(self.corrupt_sent.values()) % len(self.corrupt_kinds)]
                     text = self.corrupt(text, kind)
                     self.corrupt_sent[kind] = self.corrupt_sent.get(kind, 0) + 1
+                    if self.keep_sent:
+                        self.corrupt_texts.add(text)
                 await self._send(conn, text, is_data)
                 conn_data += is_data
                 if self.keep_sent:
