@@ -74,8 +74,9 @@ class Stats:
     fatal: str | None = None  # why the loop stopped on its own (no symbol accepted)
 
     def line(self) -> str:
-        text = (f"messages={self.messages} records={self.records} rejected={self.rejected} "
-                f"reconnects={self.reconnects} skipped={self.skipped} exchange_errors={self.errors}")
+        # the first five fields keep their order: tools parse this line (``make demo``)
+        text = (f"messages={self.messages} records={self.records} reconnects={self.reconnects} "
+                f"skipped={self.skipped} exchange_errors={self.errors} rejected={self.rejected}")
         if self.rejected_by:
             text += " rejected_by[" + ",".join(f"{k}={v}" for k, v in sorted(self.rejected_by.items())) + "]"
         return text
