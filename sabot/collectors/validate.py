@@ -78,19 +78,24 @@ class RecordValidator:
             if isinstance(raw, str) and has_control_chars(raw):
                 return "control_characters", f"raw_symbol={raw!r} contains control characters"
             return "unsubscribed_symbol", f"raw_symbol={raw!r} was not subscribed"
+        get = rec.get
+        # fast path per field: a float in range (NaN fails every comparison); else find out why
         for name in _POSITIVE:
-            if name in rec:
-                bad = _bad_number(rec[name], name, 1)
+            x = get(name)
+            if not (type(x) is float and 0.0 < x < _INF) and (x is not None or name in _REQUIRED):
+                bad = _bad_number(x, name, 1)
                 if bad is not None:
                     return bad
         for name in _NON_NEGATIVE:
-            if name in rec:
-                bad = _bad_number(rec[name], name, 0)
+            x = get(name)
+            if not (type(x) is float and 0.0 <= x < _INF) and (x is not None or name in _REQUIRED):
+                bad = _bad_number(x, name, 0)
                 if bad is not None:
                     return bad
         for name in _ANY_FINITE:
-            if name in rec:
-                bad = _bad_number(rec[name], name, -1)
+            x = get(name)
+            if not (type(x) is float and -_INF < x < _INF) and x is not None:
+                bad = _bad_number(x, name, -1)
                 if bad is not None:
                     return bad
         ts = rec.get("timestamp")

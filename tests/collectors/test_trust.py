@@ -99,6 +99,7 @@ def test_bad_values_rejected_by_reason_and_every_frame_accounted(exchange, tmp_p
     assert len(rejected) == n_bad and len(entries) == n_bad + sim.garbage_sent
     assert {e["frame"] for e in rejected} == sim.corrupt_texts
     assert all(e["exchange"] == exchange and "=" in e["detail"] and "record" in e for e in rejected)
+    assert proc.stderr.count(f"WARNING sabot.collectors: {exchange}: rejected record #") == 5  # rate-limited
     summary = [ln for ln in proc.stderr.splitlines() if f"{exchange} summary:" in ln]
     assert len(summary) == 1 and f"rejected {n_bad} (" in summary[0] and "undelivered 0" in summary[0]
     assert f"written {stats['records']} to Parquet" in summary[0]
