@@ -190,13 +190,15 @@ class ExchangeCollector(abc.ABC):
         return sym
 
     def record_symbol(self, raw: Any) -> Any:
-        """``BASE/QUOTE`` for a symbol in a data frame, or ``raw`` itself when it cannot be
+        """``BASE/QUOTE`` for a symbol in a data frame, or ``raw`` itself when that text cannot be
         normalised: such a record was not subscribed, and the record validation rejects it by
-        name instead of the whole frame being skipped."""
+        name instead of the whole frame being skipped.  A symbol that is not text raises."""
         try:
             return self.normalize(raw)
-        except (ValueError, TypeError, AttributeError):
-            return raw
+        except ValueError:
+            if type(raw) is str:  # anything but text stays a malformed frame
+                return raw
+            raise
 
     def parse(self, raw: str | bytes, recv_ns: int) -> Parsed:
         """Classify one raw frame; never raises (bad frames come back as ``UNKNOWN``)."""

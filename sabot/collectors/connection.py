@@ -22,10 +22,9 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
-
-import websockets
 from typing import Any, Callable, Iterable
 
+import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from sabot.collectors.base import (
