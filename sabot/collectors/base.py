@@ -1,4 +1,4 @@
-"""The collector interface each exchange implements once (spec stream_and_collectors.md §2).
+"""The collector interface each exchange implements once.
 
 An exchange file only knows its URL, subscribe messages, parser and symbol mapping; the shared
 connection loop (:mod:`sabot.collectors.connection`) and sinks (:mod:`sabot.collectors.sinks`) do

@@ -1,4 +1,4 @@
-"""Binance Spot combined streams ``<s>@bookTicker`` + ``<s>@ticker`` (spec exchanges.md §3).
+"""Binance Spot combined streams ``<s>@bookTicker`` + ``<s>@ticker``.
 
 Every bookTicker update is a record: no exchange time exists, so ``timestamp`` is the receive
 time and ``u`` the sequence.  The latest 24 h ticker per symbol fills ``price``/``volume_24h``

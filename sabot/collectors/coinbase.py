@@ -1,4 +1,4 @@
-"""Coinbase Advanced Trade ``ticker`` channel (spec exchanges.md §1).
+"""Coinbase Advanced Trade ``ticker`` channel.
 
 Subscribe one channel per message (``ticker`` and ``heartbeats``); each ``events[].tickers[]``
 entry becomes one record (best bid/ask, sizes, price and 24 h volume are required; a frame

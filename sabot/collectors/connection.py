@@ -1,4 +1,4 @@
-"""The one connection loop every collector runs (spec stream_and_collectors.md §2).
+"""The one connection loop every collector runs.
 
 Connect → send the exchange's subscribe messages → read frames, parse, hand records to the
 sinks.  Reconnects forever with exponential backoff plus jitter (``base`` doubling to ``max``,

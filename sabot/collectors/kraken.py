@@ -1,4 +1,4 @@
-"""Kraken WebSocket v2 ``ticker`` channel (spec exchanges.md §2).
+"""Kraken WebSocket v2 ``ticker`` channel.
 
 Subscribes with ``event_trigger: "bbo"`` so every update is a best-bid/offer change; one
 ``data[]`` entry is one record.  Values are JSON numbers (orjson's float parsing is correctly

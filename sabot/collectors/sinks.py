@@ -1,4 +1,4 @@
-"""The sink layer shared by every collector: Parquet files and Kafka (spec stream_and_collectors.md §2).
+"""The sink layer shared by every collector: Parquet files and Kafka.
 
 Parquet (:class:`ParquetSink`): records are buffered and flushed as one row group every
 ``row_group_size`` records or ``row_group_seconds`` seconds.  Each flushed row group is first

@@ -1,6 +1,6 @@
 """Local WebSocket servers speaking the Coinbase Advanced Trade, Kraken v2 and Binance Spot protocols.
 
-Each server (spec stream_and_collectors.md §3, protocol facts from exchanges.md) accepts real
+Each server (protocol facts as each exchange documents and sends them) accepts real
 WebSocket connections on 127.0.0.1, performs the exchange's subscribe/ack dance, sends its
 keepalives (Coinbase ``heartbeats`` channel, Kraken ``heartbeat`` frames, Binance ping frames)
 and streams ticker frames from one of three sources: a replay file (JSON lines sent verbatim), a
