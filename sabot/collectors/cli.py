@@ -1,8 +1,8 @@
 """Command line shared by ``collectors/{coinbase,kraken,binance}2parquet.py``.
 
 Exit codes tell the truth: 0 when every accepted record reached every sink; 1 when records were
-not delivered to Kafka or not written to Parquet, the broker could not be reached at start, or
-the exchange accepted none of the symbols; 2 for a usage mistake (bad flag, unreadable
+not delivered to Kafka or not written to Parquet (or dead-letter entries not written), the broker
+could not be reached at start, or the exchange accepted none of the symbols; 2 for a usage mistake (bad flag, unreadable
 ``--kafka-config``, unwritable ``-o``, metrics port in use, ...), reported in one line.
 At exit one summary line gives records written per sink, rejected by reason, and undelivered.
 """
@@ -221,6 +221,9 @@ def _summary(exchange: str, stats: Stats, kafka: KafkaSink | None, parquet: Parq
     extra: dict[str, Any] = {}
     if dead_letter is not None:
         extra["dead-lettered"] = dead_letter.written
+        if dead_letter.errors:
+            failures.append(f"{dead_letter.errors} dead-letter entries could not be written to "
+                            f"'{dead_letter.path}'")
     undelivered = (kafka.undelivered if kafka else 0) + (parquet.unwritten if parquet else 0)
     log.info("%s summary: written %s; rejected %d%s; skipped frames %d; undelivered %d%s", exchange,
              " and ".join(written) or "nowhere", stats.rejected, f" ({by_reason})" if by_reason else "",

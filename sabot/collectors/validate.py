@@ -176,14 +176,15 @@ def _jsonable(value: Any) -> Any:
 class DeadLetter:
     """JSON lines of what was not stored: ``{"time", "exchange", "reason", "detail", "record"|"frame"}``.
 
-    Appends to ``path``; a write that fails (disk full, ...) is counted and logged, never raised:
-    the collector keeps running.  Lines are flushed at each :meth:`tick` and on :meth:`close`.
+    Appends to ``path``, one unbuffered write per entry (entries are rare; each one is on disk
+    or counted as lost).  A write that fails (disk full, ...) is counted in ``errors`` and logged
+    rate-limited, never raised: the collector keeps running and its exit code reports the loss.
     """
 
     def __init__(self, path: str | os.PathLike, exchange: str) -> None:
         self.path = os.fspath(path)
         self.exchange = exchange
-        self._f = open(self.path, "ab")  # OSError here is a user mistake, reported at start
+        self._f = open(self.path, "ab", buffering=0)  # OSError here is a user mistake, reported at start
         self.written = 0
         self.errors = 0
         self._errors_log = RateLimitedLog(f"{exchange}: dead-letter write to {self.path} failed")
@@ -197,26 +198,23 @@ class DeadLetter:
         if frame is not None:
             entry["frame"] = frame
         try:
-            self._f.write(orjson.dumps(_jsonable(entry)) + b"\n")
+            line = orjson.dumps(_jsonable(entry)) + b"\n"
+            n = self._f.write(line)
+            if n != len(line):
+                raise OSError(f"short write ({n} of {len(line)} bytes)")
             self.written += 1
         except (OSError, ValueError, TypeError) as exc:
             self.errors += 1
             self._errors_log(str(exc))
 
     def tick(self) -> None:
-        try:
-            self._f.flush()
-        except OSError as exc:
-            self.errors += 1
-            self._errors_log(str(exc))
+        """Nothing buffered: kept for the sink-like housekeeping loop."""
 
     def close(self) -> None:
         try:
-            self._f.flush()
             os.fsync(self._f.fileno())
-        except OSError as exc:
-            self.errors += 1
-            log.error("%s: dead-letter file %s: %s", self.exchange, self.path, exc)
+        except OSError:
+            pass  # not a regular file (a pipe, /dev/null): nothing to sync
         finally:
             try:
                 self._f.close()

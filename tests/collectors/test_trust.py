@@ -477,3 +477,16 @@ def test_sim_command_line_faults_and_report(tmp_path):
     stats = final_stats(proc.stderr)
     assert stats["records"] + stats["rejected"] == report["data_frames"]
     assert stats["non_finite"] == 5 and stats["timestamp_ahead"] == 5 and stats["skipped"] == 2
+
+
+def test_dead_letter_disk_full_counted_and_reported_not_fatal(tmp_path):
+    """ENOSPC on the dead-letter file (/dev/full): the collector keeps running, stores the good
+    records, counts each lost entry and exits 1 saying how many."""
+    out = tmp_path / "o.parquet"
+    with KrakenSim(rate=0, count=50, corrupt_every=10, corrupt_kinds=["nan"]) as sim:
+        proc = run("kraken", sim.url, "-F", "-o", str(out), "--dead-letter", "/dev/full", duration=1.5)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(read_rows(out)) == final_stats(proc.stderr)["records"] == 45
+    lines = [ln for ln in error_lines(proc.stderr) if "dead-letter entries could not be written" in ln]
+    assert len(lines) == 1 and "5 dead-letter entries could not be written to '/dev/full'" in lines[0]
