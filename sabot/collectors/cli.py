@@ -154,6 +154,9 @@ def main(exchange: str, argv: list[str] | None = None) -> int:
     except KafkaUnavailable as exc:
         log.error("%s", exc)
         return 1
+    except KeyboardInterrupt:  # Ctrl+C before streaming began (e.g. during the broker check)
+        log.info("interrupted before streaming started")
+        return 130
 
 
 def _main(exchange: str, args: argparse.Namespace) -> int:
