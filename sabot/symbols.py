@@ -1,4 +1,4 @@
-"""Symbol normalisation: every exchange spelling → ``BASE/QUOTE`` (spec stream_and_collectors.md §1).
+"""Symbol normalisation: every exchange spelling → ``BASE/QUOTE``.
 
 ``BTC-USD`` (Coinbase), ``BTC/USD`` (Kraken v2), ``XBT/USD`` / ``XXBTZUSD`` (Kraken v1 / REST),
 ``BTCUSDT`` / ``btcusdt`` (Binance) all become ``BTC/USD``: USDT is treated as USD by default

@@ -7,7 +7,9 @@
   (``sqlite://`` needs a feature the shipped binary lacks; ``file://`` is unsupported), so the
   restarted broker is empty: what is real, and tested, is that every record the collector
   produced from the moment the broker went down is buffered by the producer and delivered
-  after the restart (counted by the exchange's sequence numbers)."""
+  after the restart (counted by the exchange's sequence numbers).
+* Broker unreachable at start: one line and exit 1 within 10 s.
+* Broker gone for good: what the producer still holds at exit is counted, exit 1."""
 from __future__ import annotations
 
 import json
@@ -139,3 +141,55 @@ def test_broker_down_30s_producer_buffers_and_delivers_after_restart(tmp_path):
     assert not missing, f"{len(missing)} records lost: {missing[:10]}..."
     m = re.search(r"Kafka \S+: (\d+) produced, (\d+) delivered, (\d+) delivery errors", stderr)
     assert m and m.group(3) == "0" and m.group(1) == m.group(2), stderr[-2000:]
+
+
+def test_unreachable_broker_at_start_one_line_exit_1_within_10s():
+    """No broker on the bootstrap address: one clear line and exit 1 before streaming, not a
+    flood of client lines and exit 0 at --duration."""
+    bootstrap = f"127.0.0.1:{free_port()}"
+    with CoinbaseSim(rate=100) as sim:
+        t0 = time.monotonic()
+        proc = subprocess.run(collector(sim.url, "-k", "--bootstrap", bootstrap, "--duration", "20"),
+                              env=ENV, capture_output=True, text=True, timeout=60)
+        elapsed = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert elapsed < 10, elapsed
+    assert sim.subscriptions == 0 and "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if " ERROR sabot.collectors: " in ln]
+    assert len(errors) == 1 and f"Kafka at {bootstrap} did not answer within" in errors[0]
+    assert len(proc.stderr.splitlines()) <= 6, proc.stderr  # client log lines are rate-limited
+
+
+def test_records_not_delivered_exit_non_zero_with_count(tmp_path):
+    """The broker goes away for good while the collector streams: the records the producer still
+    holds at exit are counted in one line and the exit code is 1 (it was 0)."""
+    topic = "coinbase-undelivered"
+    broker = EmbeddedBroker(port=free_port(), topics=[topic], partitions=3).start()
+    try:
+        with CoinbaseSim(rate=100) as sim:
+            proc = subprocess.Popen(
+                collector(sim.url, "-k", "--bootstrap", broker.bootstrap, "--topic", topic,
+                          "--flush-timeout", "2"),
+                env=ENV, stderr=subprocess.PIPE, text=True)
+            try:
+                wait_for(lambda: sim.sent_count >= 50, 30, "the collector to stream")
+                broker.stop()
+                stopped_at = sim.sent_count
+                wait_for(lambda: sim.sent_count >= stopped_at + 50, 30, "records sent while down")
+                proc.send_signal(signal.SIGTERM)
+                _, stderr = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    finally:
+        broker.stop()
+    assert proc.returncode == 1, stderr[-3000:]
+    m = re.search(r"Kafka \S+: (\d+) produced, (\d+) delivered", stderr)
+    produced, delivered = int(m.group(1)), int(m.group(2))
+    assert produced - delivered >= 50
+    lines = [ln for ln in stderr.splitlines() if "records not delivered to Kafka topic" in ln]
+    assert len(lines) == 1 and f"{produced - delivered} records not delivered to Kafka topic '{topic}'" in lines[0]
+    summary = [ln for ln in stderr.splitlines() if "coinbase summary:" in ln]
+    assert len(summary) == 1 and f"undelivered {produced - delivered}" in summary[0]
+    assert f"written {delivered} to Kafka topic '{topic}'" in summary[0]

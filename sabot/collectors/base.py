@@ -1,4 +1,4 @@
-"""The collector interface each exchange implements once (spec stream_and_collectors.md §2).
+"""The collector interface each exchange implements once.
 
 An exchange file only knows its URL, subscribe messages, parser and symbol mapping; the shared
 connection loop (:mod:`sabot.collectors.connection`) and sinks (:mod:`sabot.collectors.sinks`) do
@@ -10,6 +10,8 @@ from __future__ import annotations
 import abc
 import calendar
 import functools
+import json
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -18,8 +20,8 @@ import orjson
 from sabot.symbols import DEFAULT_QUOTE_ALIASES, normalize_symbol
 
 __all__ = [
-    "DATA", "CONTROL", "SUBSCRIBED", "ERROR", "UNKNOWN", "RECONNECT", "KIND_NAMES",
-    "Parsed", "ExchangeCollector", "rfc3339_to_ns", "Record", "int64",
+    "DATA", "CONTROL", "SUBSCRIBED", "ERROR", "UNKNOWN", "RECONNECT", "REJECTED", "KIND_NAMES",
+    "Parsed", "ExchangeCollector", "rfc3339_to_ns", "Record", "int64", "num", "has_control_chars",
 ]
 
 #: Frame kinds returned by :meth:`ExchangeCollector.parse`.
@@ -29,7 +31,9 @@ SUBSCRIBED = 2  # subscription acknowledged; ``detail`` says what
 ERROR = 3       # the exchange reported an error; ``detail`` is its text
 UNKNOWN = 4     # malformed or unsupported frame; ``detail`` says why
 RECONNECT = 5   # the server announced it will drop us (Binance ``serverShutdown``)
-KIND_NAMES = ("data", "control", "subscribed", "error", "unknown", "reconnect")
+REJECTED = 6    # the exchange refused subscribed symbols: ``records`` holds ``{"raw_symbol": ...}``
+                # (one per symbol, in the user's spelling), ``detail`` the exchange's text
+KIND_NAMES = ("data", "control", "subscribed", "error", "unknown", "reconnect", "rejected")
 
 Record = dict[str, Any]
 _NO_RECORDS: list[Record] = []
@@ -123,6 +127,12 @@ class ExchangeCollector(abc.ABC):
     stale_after: float = 30.0
     #: Logged once per connection when subscribed ({dest}: "Kafka topic 'x'"; {short}: "Kafka").
     subscribed_template: str = "Subscribed; streaming to {dest}"
+    #: Whether one refused symbol makes the exchange refuse the whole subscribe message, so the
+    #: rest must be subscribed again (Coinbase); Kraken refuses symbol by symbol.
+    resubscribe_after_reject: bool = False
+    #: Whether the exchange refuses an unlisted symbol by silence rather than an error (Binance):
+    #: a symbol without any data some seconds after subscribing is then reported.
+    rejects_by_silence: bool = False
 
     def __init__(
         self,
@@ -135,6 +145,8 @@ class ExchangeCollector(abc.ABC):
         self.quote_aliases = quote_aliases
         self._symbol_cache: dict[str, str] = {}
         for raw in self.symbols:  # fail fast on a symbol we could not normalise
+            if has_control_chars(raw):
+                raise ValueError(f"{self.name}: symbol {raw!r} contains control characters")
             self.normalize(raw)
 
     # -- what each exchange provides ---------------------------------------------------------
@@ -153,21 +165,52 @@ class ExchangeCollector(abc.ABC):
     def on_connect(self) -> None:
         """Reset per-connection state (called before subscribing)."""
 
+    def payload_symbols(self) -> dict[str, str]:
+        """Subscribed symbols as the exchange spells them in data frames -> the user's spelling.
+
+        A record whose ``raw_symbol`` is not a key here was not subscribed (and is rejected).
+        """
+        return {raw: raw for raw in self.symbols}
+
+    def reject_symbol(self, raw: str) -> bool:
+        """Drop ``raw`` (the exchange refused it) from the subscription; False if not subscribed."""
+        if raw not in self.symbols:
+            return False
+        self.symbols.remove(raw)
+        return True
+
     # -- shared ------------------------------------------------------------------------------
     def normalize(self, raw: str) -> str:
         """``BASE/QUOTE`` for this exchange's spelling (cached per raw spelling)."""
         sym = self._symbol_cache.get(raw)
         if sym is None:
             sym = normalize_symbol(raw, self.name, self.quote_aliases)
-            self._symbol_cache[raw] = sym
+            if len(self._symbol_cache) < 4096:  # bounded: frames may carry any symbol at all
+                self._symbol_cache[raw] = sym
         return sym
+
+    def record_symbol(self, raw: Any) -> Any:
+        """``BASE/QUOTE`` for a symbol in a data frame, or ``raw`` itself when that text cannot be
+        normalised: such a record was not subscribed, and the record validation rejects it by
+        name instead of the whole frame being skipped.  A symbol that is not text raises."""
+        try:
+            return self.normalize(raw)
+        except ValueError:
+            if type(raw) is str:  # anything but text stays a malformed frame
+                return raw
+            raise
 
     def parse(self, raw: str | bytes, recv_ns: int) -> Parsed:
         """Classify one raw frame; never raises (bad frames come back as ``UNKNOWN``)."""
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return Parsed(UNKNOWN, detail=f"malformed JSON ({exc}): {_excerpt(raw)}")
+            # orjson refuses numbers beyond float64 (``1e999``); the standard library reads them
+            # as infinities, which the collector's record validation then rejects by field.
+            try:
+                msg = json.loads(raw)
+            except (ValueError, TypeError, RecursionError):
+                return Parsed(UNKNOWN, detail=f"malformed JSON ({exc}): {_excerpt(raw)}")
         if type(msg) is not dict:
             return Parsed(UNKNOWN, detail=f"not a JSON object: {_excerpt(raw)}")
         try:
@@ -184,6 +227,33 @@ def int64(value: Any, field: str) -> int:
     if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
         return value
     raise ValueError(f"{field} {value!r} is not a 64-bit integer")
+
+
+def num(value: Any) -> Any:
+    """A JSON price/size value as float: numbers and decimal strings convert, ``None`` stays.
+
+    Booleans are returned unchanged (``float(True)`` would silently make ``1.0``), so the record
+    validation step rejects them naming the field.  Text that is not a number raises
+    ``ValueError`` (the frame is malformed).
+    """
+    t = type(value)
+    if t is float:
+        return value
+    if t is str or t is int:
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float64
+            return float("inf") if value > 0 else float("-inf")
+    if value is None or t is bool:
+        return value
+    raise TypeError(f"expected a number, got {value!r}")
+
+
+def has_control_chars(text: str) -> bool:
+    """Whether ``text`` holds a control character (C0, DEL, C1 or any other Unicode ``Cc``/``Cf``)."""
+    if text.isprintable():
+        return False
+    return any(unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
 def _excerpt(raw: str | bytes, limit: int = 200) -> str:

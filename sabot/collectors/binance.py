@@ -1,4 +1,4 @@
-"""Binance Spot combined streams ``<s>@bookTicker`` + ``<s>@ticker`` (spec exchanges.md §3).
+"""Binance Spot combined streams ``<s>@bookTicker`` + ``<s>@ticker``.
 
 Every bookTicker update is a record: no exchange time exists, so ``timestamp`` is the receive
 time and ``u`` the sequence.  The latest 24 h ticker per symbol fills ``price``/``volume_24h``
@@ -7,15 +7,24 @@ are parsed with ``float(str)`` (correctly rounded).  ``serverShutdown`` asks for
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, int64, parsed,
+    CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, int64, num, parsed,
 )
 
 __all__ = ["BinanceCollector"]
 
 _NO_TICKER = (None, None, None, None)
+
+
+def _finite(value: Any, field: str) -> float:
+    """A 24 h ticker value as a finite float, else ``ValueError`` naming ``field``."""
+    x = num(value)
+    if type(x) is not float or x != x or x in (math.inf, -math.inf):
+        raise ValueError(f"24hrTicker {field}={value!r} is not a finite number")
+    return x
 
 
 class BinanceCollector(ExchangeCollector):
@@ -26,6 +35,11 @@ class BinanceCollector(ExchangeCollector):
     #: Logged once per connection when subscribed ({dest}: "Kafka topic 'x'"; {short}: "Kafka").
     subscribed_template = "Connected! Streaming to {short}..."
     stale_after = 60.0  # bookTicker is real-time, but a quiet book may be silent for a while
+    rejects_by_silence = True  # an unlisted symbol's streams simply never send anything
+
+    def payload_symbols(self) -> dict[str, str]:
+        """Payloads spell symbols in upper case (``"s":"BTCUSDT"``) whatever the stream name's case."""
+        return {raw.upper(): raw for raw in self.symbols}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -53,14 +67,14 @@ class BinanceCollector(ExchangeCollector):
             last, vol, chg, n = self._ticker.get(raw, _NO_TICKER)
             return parsed((DATA, [{
                 "exchange": "binance",
-                "symbol": self._symbol_cache.get(raw) or self.normalize(raw),
+                "symbol": self._symbol_cache.get(raw) or self.record_symbol(raw),
                 "raw_symbol": raw,
                 "timestamp": recv_ns,
                 "recv_timestamp": recv_ns,
-                "bid": float(data["b"]),
-                "ask": float(data["a"]),
-                "bid_size": float(data["B"]),
-                "ask_size": float(data["A"]),
+                "bid": num(data["b"]),
+                "ask": num(data["a"]),
+                "bid_size": num(data["B"]),
+                "ask_size": num(data["A"]),
                 "price": last,
                 "volume_24h": vol,
                 "sequence": int64(data["u"], "u"),
@@ -70,7 +84,10 @@ class BinanceCollector(ExchangeCollector):
             }], ""))
         event = data.get("e")
         if event == "24hrTicker":
-            self._ticker[data["s"]] = (float(data["c"]), float(data["v"]), float(data["P"]), int64(data["n"], "n"))
+            # kept for the following records: refuse a bad one whole, the previous values stay
+            values = (_finite(data["c"], "c"), _finite(data["v"], "v"), _finite(data["P"], "P"),
+                      int64(data["n"], "n"))
+            self._ticker[data["s"]] = values
             return Parsed(DATA)
         if event == "serverShutdown" or msg.get("stream") == "!serverShutdown":
             return Parsed(RECONNECT, detail="serverShutdown")

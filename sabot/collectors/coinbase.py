@@ -1,4 +1,4 @@
-"""Coinbase Advanced Trade ``ticker`` channel (spec exchanges.md §1).
+"""Coinbase Advanced Trade ``ticker`` channel.
 
 Subscribe one channel per message (``ticker`` and ``heartbeats``); each ``events[].tickers[]``
 entry becomes one record (best bid/ask, sizes, price and 24 h volume are required; a frame
@@ -8,12 +8,14 @@ as integer ns in ``timestamp`` and ``parent_timestamp``; ``sequence_num`` is the
 """
 from __future__ import annotations
 
-from typing import Optional
+import re
+from typing import Optional, Union
 
 import msgspec
 
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, int64, parsed, rfc3339_to_ns,
+    CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, int64, num, parsed,
+    rfc3339_to_ns,
 )
 
 
@@ -43,7 +45,48 @@ class _Frame(msgspec.Struct):
 #: read (``strict=False`` converts numeric strings, correctly rounded like ``float(str)``).
 _FRAME_DECODER = msgspec.json.Decoder(_Frame, strict=False)
 
+_Loose = Union[str, float, bool, None]
+
+
+class _LooseTicker(msgspec.Struct):
+    """A ``tickers[]`` entry whose values the typed decoder refused (``true``, ``"1e999"``):
+    read as they are, converted one by one so the record validation can name the bad field."""
+    product_id: str
+    price: _Loose
+    volume_24_h: _Loose
+    best_bid: _Loose
+    best_bid_quantity: _Loose
+    best_ask: _Loose
+    best_ask_quantity: _Loose
+
+
+class _LooseEvent(msgspec.Struct):
+    tickers: list[_LooseTicker] = []
+
+
+class _LooseFrame(msgspec.Struct):
+    channel: str
+    timestamp: str = ""
+    sequence_num: Optional[int] = None
+    events: list[_LooseEvent] = []
+
+
+_LOOSE_DECODER = msgspec.json.Decoder(_LooseFrame)
+
 __all__ = ["CoinbaseCollector"]
+
+#: Product ids named in an error text (``invalid product_ids ['FOO-USD']``).
+_PRODUCT_ID = re.compile(r"[^\s'\",\[\]]+")
+
+
+class _Values(msgspec.Struct):
+    """A loose ticker's values after conversion (same attribute names as :class:`_Ticker`)."""
+    best_bid: object
+    best_ask: object
+    best_bid_quantity: object
+    best_ask_quantity: object
+    price: object
+    volume_24_h: object
 
 
 class CoinbaseCollector(ExchangeCollector):
@@ -53,6 +96,7 @@ class CoinbaseCollector(ExchangeCollector):
     #: Logged once per connection when subscribed ({dest}: "Kafka topic 'x'"; {short}: "Kafka").
     subscribed_template = "Subscribed; streaming to {dest}"
     stale_after = 15.0  # heartbeats arrive every second
+    resubscribe_after_reject = True  # an invalid product id fails the whole subscribe message
 
     def subscribe_messages(self) -> list[str]:
         return [
@@ -62,19 +106,24 @@ class CoinbaseCollector(ExchangeCollector):
 
     def parse(self, raw: str | bytes, recv_ns: int) -> Parsed:
         """Ticker frames through the typed decoder; every other frame through the generic path."""
+        loose = False
         try:
             frame = _FRAME_DECODER.decode(raw)
         except (msgspec.DecodeError, UnicodeDecodeError):  # malformed JSON / not a ticker frame
-            return super().parse(raw, recv_ns)
+            try:  # values the typed decoder refused: read them as they are, convert one by one
+                frame = _LOOSE_DECODER.decode(raw)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                return super().parse(raw, recv_ns)
+            loose = True
         if frame.channel != "ticker":
             return super().parse(raw, recv_ns)
         try:
-            return self._ticker(frame, recv_ns)
+            return self._ticker(frame, recv_ns, loose)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             # e.g. an unknown product id, invalid UTF-8 inside a string (found by fuzzing)
             return Parsed(UNKNOWN, detail=f"malformed ticker frame: {type(exc).__name__} {exc}")
 
-    def _ticker(self, frame: _Frame, recv_ns: int) -> Parsed:
+    def _ticker(self, frame: _Frame | _LooseFrame, recv_ns: int, loose: bool = False) -> Parsed:
         try:
             ts = rfc3339_to_ns(frame.timestamp)
         except ValueError as exc:
@@ -90,9 +139,12 @@ class CoinbaseCollector(ExchangeCollector):
         for event in frame.events:
             for t in event.tickers:
                 pid = t.product_id
+                if loose:
+                    t = _Values(num(t.best_bid), num(t.best_ask), num(t.best_bid_quantity),
+                                num(t.best_ask_quantity), num(t.price), num(t.volume_24_h))
                 records.append({
                     "exchange": "coinbase",
-                    "symbol": cache.get(pid) or self.normalize(pid),
+                    "symbol": cache.get(pid) or self.record_symbol(pid),
                     "raw_symbol": pid,
                     "timestamp": ts,
                     "recv_timestamp": recv_ns,
@@ -125,5 +177,11 @@ class CoinbaseCollector(ExchangeCollector):
                 subs.update(event.get("subscriptions", {}))
             return Parsed(SUBSCRIBED, detail=dumps(subs))
         if channel is None and msg.get("type") == "error":
-            return Parsed(ERROR, detail=str(msg.get("message", msg)))
+            text = str(msg.get("message", msg))
+            if text.lower().startswith("invalid product_ids"):
+                named = set(_PRODUCT_ID.findall(text))
+                refused = [{"raw_symbol": s} for s in self.symbols if s in named]
+                if refused:
+                    return Parsed(REJECTED, refused, text)
+            return Parsed(ERROR, detail=text)
         return Parsed(UNKNOWN, detail=f"unsupported message channel={channel!r} type={msg.get('type')!r}")

@@ -1,11 +1,18 @@
-"""The one connection loop every collector runs (spec stream_and_collectors.md §2).
+"""The one connection loop every collector runs.
 
 Connect → send the exchange's subscribe messages → read frames, parse, hand records to the
 sinks.  Reconnects forever with exponential backoff plus jitter (``base`` doubling to ``max``,
 reset after ``healthy_after`` seconds connected), resubscribing each time; a watchdog closes a
-socket silent for ``stale_after`` seconds; Binance's ``serverShutdown`` and 24 h drop are normal
-reconnects.  Each reconnect is logged with its gap.  Bad frames are counted and logged (first
-few at warning, then debug), exchange errors are logged at error; nothing here is fatal.
+socket silent for ``stale_after`` seconds (or without data for ``data_stale_after`` seconds while
+keepalives continue); Binance's ``serverShutdown`` and 24 h drop are normal reconnects.  Each
+reconnect is logged with its gap.
+
+Every record passes :class:`~sabot.collectors.validate.RecordValidator` before any sink: a bad
+one is counted by reason in :class:`Stats`, logged rate-limited and written to the dead-letter
+file when one is configured.  Bad frames are counted and logged the same way, exchange errors
+are logged at error.  A symbol the exchange refuses is logged once with the exchange's text and
+dropped from the subscription; only when no symbol is left does the loop stop (``Stats.fatal``).
+A sink that raises is counted and logged, never fatal.
 """
 from __future__ import annotations
 
@@ -15,16 +22,18 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from sabot.collectors.base import (
-    DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector,
+    DATA, ERROR, RECONNECT, REJECTED, SUBSCRIBED, UNKNOWN, ExchangeCollector, Record,
 )
 from sabot.collectors.sinks import Sink
+from sabot.collectors.validate import DeadLetter, RateLimitedLog, RecordValidator
 
-__all__ = ["Backoff", "Stats", "ConnectionSettings", "run_collector", "run"]
+__all__ = ["Backoff", "Stats", "ConnectionSettings", "run_collector", "run", "rejection_metrics"]
 
 log = logging.getLogger("sabot.collectors")
 
@@ -49,16 +58,27 @@ class Backoff:
 
 @dataclass
 class Stats:
+    """The connection loop's counters (read by the status line, the exit summary and metrics)."""
+
     messages: int = 0
-    records: int = 0
+    records: int = 0  # records that passed validation and were handed to every sink
     reconnects: int = 0
-    skipped: int = 0
-    errors: int = 0
+    skipped: int = 0  # malformed or unknown frames
+    errors: int = 0  # exchange error messages
     connections: int = 0
+    rejected: int = 0  # records refused by validation (or by a sink that could not store them)
+    rejected_by: dict[str, int] = field(default_factory=dict)
+    write_errors: int = 0  # sink calls that raised (the sinks count their own I/O retries)
+    symbols_rejected: list[str] = field(default_factory=list)
+    fatal: str | None = None  # why the loop stopped on its own (no symbol accepted)
 
     def line(self) -> str:
-        return (f"messages={self.messages} records={self.records} reconnects={self.reconnects} "
-                f"skipped={self.skipped} exchange_errors={self.errors}")
+        # the first five fields keep their order: tools parse this line (``make demo``)
+        text = (f"messages={self.messages} records={self.records} reconnects={self.reconnects} "
+                f"skipped={self.skipped} exchange_errors={self.errors} rejected={self.rejected}")
+        if self.rejected_by:
+            text += " rejected_by[" + ",".join(f"{k}={v}" for k, v in sorted(self.rejected_by.items())) + "]"
+        return text
 
 
 @dataclass
@@ -72,6 +92,42 @@ class ConnectionSettings:
     warn_first: int = 5  # first N bad frames logged at warning, the rest at debug
     open_timeout: float = 10.0
     subscribe_line: str = "Subscribed"
+    data_stale_after: float | None = None  # reconnect after this long without data (keepalives aside)
+    max_age_s: float = 86_400.0  # records with an event time older than this are rejected
+    max_ahead_s: float = 60.0  # ... or further ahead of the local clock than this
+    symbol_timeout: float = 30.0  # exchanges refusing by silence: report symbols without data by then
+
+
+class _Edge:
+    """What the loop does with records and frames it cannot store: count, log, dead-letter."""
+
+    def __init__(self, collector: ExchangeCollector, settings: ConnectionSettings, stats: Stats,
+                 dead_letter: DeadLetter | None) -> None:
+        self.name = collector.name
+        self.stats = stats
+        self.dead_letter = dead_letter
+        self.validator = RecordValidator(collector.payload_symbols(), settings.max_age_s,
+                                         settings.max_ahead_s)
+        self.reject_log = RateLimitedLog(f"{collector.name}: rejected record")
+        self.write_log = RateLimitedLog(f"{collector.name}: sink write failed")
+        self.seen: set[str] = set()  # payload symbols that produced a record
+        self.silent_reported: set[str] = set()
+
+    def reject(self, reason: str, text: str, record: Record, frame: Any = None) -> None:
+        stats = self.stats
+        stats.rejected += 1
+        stats.rejected_by[reason] = stats.rejected_by.get(reason, 0) + 1
+        self.reject_log(f"{reason}: {text}")
+        if self.dead_letter is not None:
+            self.dead_letter.write(reason, text, record=record, frame=frame)
+
+    def skipped(self, detail: str, frame: Any) -> None:
+        if self.dead_letter is not None:
+            self.dead_letter.write("malformed_frame", detail, frame=frame)
+
+    def write_failed(self, sink: Any, exc: BaseException) -> None:
+        self.stats.write_errors += 1
+        self.write_log(f"{type(sink).__name__}: {type(exc).__name__}: {exc}")
 
 
 async def run_collector(
@@ -80,9 +136,14 @@ async def run_collector(
     settings: ConnectionSettings,
     stop: asyncio.Event,
     stats: Stats | None = None,
+    dead_letter: DeadLetter | None = None,
 ) -> Stats:
     """Run until ``stop`` is set; returns the counters.  Sinks are ticked but not closed."""
-    stats = stats or Stats()
+    stats = stats if stats is not None else Stats()
+    edge = _Edge(collector, settings, stats, dead_letter)
+    for s in sinks:
+        if hasattr(s, "on_reject"):
+            s.on_reject = edge.reject
     backoff = Backoff(settings.backoff_base, settings.backoff_max)
     url = collector.url(settings.url)
     stale_after = settings.stale_after or collector.stale_after
@@ -93,8 +154,11 @@ async def run_collector(
         last_status = time.monotonic()
         while True:
             await asyncio.sleep(0.25)
-            for s in sinks:
-                s.tick()
+            for s in [*sinks, *([dead_letter] if dead_letter is not None else [])]:
+                try:
+                    s.tick()
+                except Exception as exc:  # a sink must never stop the collector
+                    edge.write_failed(s, exc)
             if time.monotonic() - last_status >= settings.status_interval:
                 last_status = time.monotonic()
                 log.info("%s status: %s", name, stats.line())
@@ -127,7 +191,7 @@ async def run_collector(
                 else:
                     log.info("%s: connected to %s", name, url)
                 try:
-                    await _session(ws, collector, sinks, settings, stats, stop, stale_after)
+                    await _session(ws, collector, sinks, settings, stats, stop, stale_after, edge)
                 except ConnectionClosed as exc:
                     log.warning("%s: connection closed: %s", name, exc)
                 except OSError as exc:
@@ -156,9 +220,10 @@ async def run_collector(
 
 
 async def _session(ws, collector: ExchangeCollector, sinks: list[Sink], settings: ConnectionSettings,
-                   stats: Stats, stop: asyncio.Event, stale_after: float) -> None:
+                   stats: Stats, stop: asyncio.Event, stale_after: float, edge: _Edge) -> None:
     """One connected session: subscribe, then read until closed, stale, stopped or told to go."""
     name = collector.name
+    session_start = time.monotonic()
     collector.on_connect()
     for text in collector.subscribe_messages():
         await ws.send(text)
@@ -166,15 +231,26 @@ async def _session(ws, collector: ExchangeCollector, sinks: list[Sink], settings
     if not collector.subscribe_messages():  # subscribed by URL (Binance combined streams)
         log.info(settings.subscribe_line)
         announced = True
-    last_rx = time.monotonic()
+    last_rx = last_data = time.monotonic()
+    data_stale_after = settings.data_stale_after
+    silence_check = collector.rejects_by_silence and settings.symbol_timeout > 0
 
     async def watchdog() -> None:
+        period = min(1.0, stale_after / 4, *( [data_stale_after / 4] if data_stale_after else []))
         while True:
-            await asyncio.sleep(min(1.0, stale_after / 4))
-            if time.monotonic() - last_rx > stale_after:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            if now - last_rx > stale_after:
                 log.warning("%s: no message for %.1f s; closing stale connection", name, stale_after)
                 await ws.close(code=1000, reason="stale")
                 return
+            if data_stale_after and now - last_data > data_stale_after:
+                log.warning("%s: no data for %.1f s (the connection is alive); reconnecting",
+                            name, data_stale_after)
+                await ws.close(code=1000, reason="no data")
+                return
+            if silence_check and now - session_start >= settings.symbol_timeout:
+                _report_silent_symbols(collector, edge, settings.symbol_timeout, stats, stop)
 
     async def stopper() -> None:
         await stop.wait()
@@ -183,7 +259,8 @@ async def _session(ws, collector: ExchangeCollector, sinks: list[Sink], settings
     tasks = [asyncio.create_task(watchdog()), asyncio.create_task(stopper())]
     parse = collector.parse
     time_ns = time.time_ns
-    write_fns = [s.write for s in sinks]
+    check = edge.validator.check
+    seen = edge.seen
     try:
         async for raw in ws:
             recv_ns = time_ns()
@@ -191,14 +268,29 @@ async def _session(ws, collector: ExchangeCollector, sinks: list[Sink], settings
             stats.messages += 1
             kind, records, detail = parse(raw, recv_ns)
             if kind == DATA:
+                if records:
+                    last_data = last_rx
                 for rec in records:
-                    for w in write_fns:
-                        w(rec)
-                stats.records += len(records)
+                    bad = check(rec)
+                    if bad is not None:
+                        edge.reject(bad[0], bad[1], rec, raw)
+                        continue
+                    seen.add(rec["raw_symbol"])
+                    for sink in sinks:
+                        try:
+                            sink.write(rec)
+                        except Exception as exc:  # the sinks guard their I/O; this is the backstop
+                            edge.write_failed(sink, exc)
+                    stats.records += 1
             elif kind == UNKNOWN:
                 stats.skipped += 1
                 level = logging.WARNING if stats.skipped <= settings.warn_first else logging.DEBUG
                 log.log(level, "%s: skipped frame #%d: %s", name, stats.skipped, detail)
+                edge.skipped(detail, raw)
+            elif kind == REJECTED:
+                if await _symbols_refused(ws, collector, records, detail, edge, stats):
+                    stop.set()
+                    break
             elif kind == ERROR:
                 stats.errors += 1
                 log.error("%s exchange error: %s", name, detail)
@@ -216,12 +308,75 @@ async def _session(ws, collector: ExchangeCollector, sinks: list[Sink], settings
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _symbols_refused(ws: Any, collector: ExchangeCollector, records: list[Record], detail: str,
+                           edge: _Edge, stats: Stats) -> bool:
+    """Log and drop each refused symbol; subscribe the rest again where the exchange needs it.
+
+    Returns True when no symbol is left (the caller stops the collector).
+    """
+    name = collector.name
+    for r in records:
+        raw = r["raw_symbol"]
+        if collector.reject_symbol(raw):
+            stats.symbols_rejected.append(raw)
+            log.error("%s refused symbol %r (%s): %s", name, raw, collector.normalize(raw), detail)
+    edge.validator.symbols = collector.payload_symbols()
+    if not collector.symbols:
+        stats.fatal = (f"{name} accepted none of the symbols "
+                       f"({', '.join(stats.symbols_rejected)}); nothing to collect")
+        log.error("%s", stats.fatal)
+        return True
+    if collector.resubscribe_after_reject:
+        log.info("%s: subscribing the remaining symbols %s", name, ", ".join(collector.symbols))
+        for text in collector.subscribe_messages():
+            await ws.send(text)
+    return False
+
+
+def _report_silent_symbols(collector: ExchangeCollector, edge: _Edge, timeout: float, stats: Stats,
+                           stop: asyncio.Event) -> None:
+    """Exchanges that refuse an unlisted symbol by silence: name every symbol without data yet."""
+    payload = collector.payload_symbols()
+    silent = [(p, raw) for p, raw in payload.items() if p not in edge.seen and p not in edge.silent_reported]
+    for p, raw in silent:
+        edge.silent_reported.add(p)
+        log.error("%s: no data for symbol %r (%s) within %g s of subscribing; %s sends nothing for a "
+                  "symbol it does not list", collector.name, raw, collector.normalize(raw), timeout,
+                  collector.name)
+    if silent and not edge.seen and stats.fatal is None:
+        stats.fatal = (f"{collector.name}: no data for any subscribed symbol "
+                       f"({', '.join(sorted(payload.values()))}) within {timeout:g} s")
+        log.error("%s", stats.fatal)
+        stop.set()
+
+
+def rejection_metrics(stats: Stats, exchange: str) -> Callable[[], Iterable[Any]]:
+    """Prometheus families for the loop's rejections: ``sabot_collector_rejected_total{exchange,reason}``
+    and ``sabot_collector_write_errors_total{exchange}`` (read from ``stats`` at scrape time)."""
+
+    def families() -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        fam = CounterMetricFamily("sabot_collector_rejected", "Records rejected at the edge, by reason",
+                                  labels=["exchange", "reason"])
+        for reason, n in sorted(stats.rejected_by.items()):
+            fam.add_metric([exchange, reason], n)
+        yield fam
+        w = CounterMetricFamily("sabot_collector_write_errors", "Sink writes that raised",
+                                labels=["exchange"])
+        w.add_metric([exchange], stats.write_errors)
+        yield w
+
+    return families
+
+
 def run(
     collector: ExchangeCollector,
     sinks: list[Sink],
     settings: ConnectionSettings,
     duration: float | None = None,
     stats: Stats | None = None,
+    dead_letter: DeadLetter | None = None,
 ) -> Stats:
     """Blocking entry point: run until ``duration`` elapses, SIGINT or SIGTERM; close sinks."""
     stats = stats if stats is not None else Stats()
@@ -236,7 +391,7 @@ def run(
                 pass
         timer = loop.call_later(duration, stop.set) if duration else None
         try:
-            await run_collector(collector, sinks, settings, stop, stats)
+            await run_collector(collector, sinks, settings, stop, stats, dead_letter)
         finally:
             if timer:
                 timer.cancel()
@@ -249,6 +404,8 @@ def run(
                 s.close()
             except Exception:  # one failing sink must not stop the others from closing
                 log.exception("%s: closing sink %r failed", collector.name, s)
+        if dead_letter is not None:
+            dead_letter.close()
     return stats
 
 

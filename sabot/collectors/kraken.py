@@ -1,4 +1,4 @@
-"""Kraken WebSocket v2 ``ticker`` channel (spec exchanges.md §2).
+"""Kraken WebSocket v2 ``ticker`` channel.
 
 Subscribes with ``event_trigger: "bbo"`` so every update is a best-bid/offer change; one
 ``data[]`` entry is one record.  Values are JSON numbers (orjson's float parsing is correctly
@@ -7,17 +7,12 @@ Acks come one per symbol; errors carry ``success: false`` and the exchange's ``e
 """
 from __future__ import annotations
 
-from typing import Any
-
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, parsed, rfc3339_to_ns,
+    CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, num, parsed,
+    rfc3339_to_ns,
 )
 
 __all__ = ["KrakenCollector"]
-
-
-def _num(x: Any) -> float | None:
-    return None if x is None else float(x)
 
 
 class KrakenCollector(ExchangeCollector):
@@ -46,19 +41,19 @@ class KrakenCollector(ExchangeCollector):
                 ts = t.get("timestamp")
                 records.append({
                     "exchange": "kraken",
-                    "symbol": cache.get(raw) or self.normalize(raw),
+                    "symbol": cache.get(raw) or self.record_symbol(raw),
                     "raw_symbol": raw,
                     "timestamp": rfc3339_to_ns(ts) if ts is not None else recv_ns,
                     "recv_timestamp": recv_ns,
-                    "bid": float(t["bid"]),
-                    "ask": float(t["ask"]),
-                    "bid_size": float(t["bid_qty"]),
-                    "ask_size": float(t["ask_qty"]),
-                    "price": _num(t.get("last")),
-                    "volume_24h": _num(t.get("volume")),
+                    "bid": num(t["bid"]),
+                    "ask": num(t["ask"]),
+                    "bid_size": num(t["bid_qty"]),
+                    "ask_size": num(t["ask_qty"]),
+                    "price": num(t.get("last")),
+                    "volume_24h": num(t.get("volume")),
                     "sequence": None,
-                    "vwap": _num(t.get("vwap")),
-                    "change_pct": _num(t.get("change_pct")),
+                    "vwap": num(t.get("vwap")),
+                    "change_pct": num(t.get("change_pct")),
                 })
             return parsed((DATA, records, ""))
         if channel == "heartbeat" or channel == "status":
@@ -68,6 +63,8 @@ class KrakenCollector(ExchangeCollector):
             if msg.get("success") is False or "error" in msg:
                 sym = msg.get("symbol")
                 text = str(msg.get("error", msg))
+                if method == "subscribe" and isinstance(sym, str) and sym in self.symbols:
+                    return Parsed(REJECTED, [{"raw_symbol": sym}], text)
                 return Parsed(ERROR, detail=f"{text} (symbol {sym})" if sym else text)
             if method == "subscribe":
                 result = msg.get("result") or {}

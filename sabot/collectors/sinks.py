@@ -1,4 +1,4 @@
-"""The sink layer shared by every collector: Parquet files and Kafka (spec stream_and_collectors.md §2).
+"""The sink layer shared by every collector: Parquet files and Kafka.
 
 Parquet (:class:`ParquetSink`): records are buffered and flushed as one row group every
 ``row_group_size`` records or ``row_group_seconds`` seconds.  Each flushed row group is first
@@ -10,7 +10,11 @@ combined into ``<output>.part`` and renamed onto ``<output>`` atomically.
 Kafka (:class:`KafkaSink`): confluent-kafka producer, key = ``symbol`` UTF-8, value = flat JSON
 of the record (timestamps integer ns), ``linger.ms`` 0 by default (each record sent at once;
 ``--linger-ms`` to batch), ``poll(0)`` per record (never a blocking flush per message),
-delivery errors counted and logged, flush on close.
+delivery errors counted and logged, flush on close; what was not delivered is counted in
+``undelivered`` so the collector's exit code can say so.  The client's own log lines are
+rate-limited (an unreachable broker otherwise logs a line per retry).
+
+Neither sink raises from ``write``/``tick``: I/O errors are counted, logged and retried.
 """
 from __future__ import annotations
 
@@ -18,16 +22,17 @@ import logging
 import os
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sabot.kafka import LIVE_PRODUCER, producer_config
+from sabot.kafka import LIVE_PRODUCER, PRODUCER_DEFAULTS, client_config
 from sabot.schema import exchange_schema
 
-__all__ = ["Sink", "ParquetSink", "KafkaSink", "recover_parts"]
+__all__ = ["Sink", "ParquetSink", "KafkaSink", "KafkaUnavailable", "recover_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,15 @@ def _string_columns(schema: pa.Schema) -> list[str]:
 
 
 class ParquetSink:
-    """Rolling row groups into one Parquet file; crash-safe via closed per-row-group part files."""
+    """Rolling row groups into one Parquet file; crash-safe via closed per-row-group part files.
+
+    Writing never raises into the collector: a failed row-group write (disk full, I/O error)
+    keeps every buffered row, is counted in ``write_errors`` and logged (rate-limited), and is
+    retried with exponential backoff (``retry_base`` doubling to ``retry_max`` seconds) while
+    new records keep being buffered.  A row Arrow cannot convert is taken out of the group and
+    handed to ``on_reject(reason, text, record)`` (counted as rejected), so one bad row never
+    blocks the others.  Parts and the final file are fsynced, and so is their directory.
+    """
 
     def __init__(
         self,
@@ -54,61 +67,170 @@ class ParquetSink:
         row_group_size: int = 10_000,
         row_group_seconds: float = 10.0,
         compression: str = "zstd",
+        retry_base: float = 0.5,
+        retry_max: float = 30.0,
+        close_timeout: float = 30.0,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.parts_dir = self.path.with_name(self.path.name + ".parts")
         self.parts_dir.mkdir(exist_ok=True)
         self.schema = exchange_schema(exchange)
+        self.exchange = exchange
         self.row_group_size = row_group_size
         self.row_group_seconds = row_group_seconds
         self.compression = compression
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.close_timeout = close_timeout
         self._names = self.schema.names
         self._rows: list[Record] = []
         self._last_flush = time.monotonic()
         self._part_seq = 0
+        self._retry_at = 0.0
+        self._retry_delay = 0.0
         self.rows_written = 0
+        self.write_errors = 0
+        self.unwritten = 0  # rows still buffered when close gave up (reported, exit non-zero)
+        self.finalise_error: str | None = None
+        self.on_reject: Any = None
         self.closed = False
+
+    @property
+    def buffered(self) -> int:
+        """Rows held in memory, not yet in a closed part."""
+        return len(self._rows)
 
     def write(self, record: Record) -> None:
         self._rows.append(record)
-        if len(self._rows) >= self.row_group_size:
-            self.flush()
+        if len(self._rows) >= self.row_group_size and time.monotonic() >= self._retry_at:
+            self._flush_guarded()
 
     def tick(self) -> None:
-        """Called periodically: flush when the time-based row group is due."""
-        if self._rows and time.monotonic() - self._last_flush >= self.row_group_seconds:
-            self.flush()
+        """Called periodically: flush when the time-based row group is due (or a retry is)."""
+        if not self._rows:
+            return
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        if (self._retry_delay or len(self._rows) >= self.row_group_size
+                or now - self._last_flush >= self.row_group_seconds):
+            self._flush_guarded()
 
     def flush(self) -> None:
-        """Write the buffered records as one closed Parquet part (one row group)."""
+        """Write the buffered records as one closed Parquet part (one row group).
+
+        Raises on failure, with every buffered row kept for the next attempt.
+        """
         self._last_flush = time.monotonic()
         if not self._rows:
             return
-        rows, self._rows = self._rows, []
-        table = pa.Table.from_pylist(rows, schema=self.schema)
+        n = len(self._rows)
+        table = pa.Table.from_pylist(self._rows[:n], schema=self.schema)
         self._part_seq += 1
         name = f"{time.time_ns():020d}-{os.getpid()}-{self._part_seq:06d}.parquet"
         tmp = self.parts_dir / (name + ".tmp")
-        pq.write_table(table, tmp, compression=self.compression,
-                       use_dictionary=_string_columns(self.schema))
-        os.replace(tmp, self.parts_dir / name)  # a part is visible only once complete
-        self.rows_written += len(rows)
+        try:
+            with open(tmp, "wb") as f:
+                pq.write_table(table, f, compression=self.compression,
+                               use_dictionary=_string_columns(self.schema))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.parts_dir / name)  # a part is visible only once complete
+            _fsync_dir(self.parts_dir)
+        except BaseException:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
+        del self._rows[:n]
+        self.rows_written += n
+
+    def _flush_guarded(self) -> bool:
+        """:meth:`flush`, with failures counted, logged and retried later; True on success."""
+        try:
+            self.flush()
+        except OSError as exc:
+            self.write_errors += 1
+            self._retry_delay = min(self.retry_max, max(self.retry_base, self._retry_delay * 2))
+            self._retry_at = time.monotonic() + self._retry_delay
+            level = logging.WARNING if self.write_errors <= 5 or self.write_errors % 100 == 0 else logging.DEBUG
+            log.log(level, "Parquet %s: row-group write failed (#%d, %d rows kept, retry in %.1f s): %s",
+                    self.path, self.write_errors, len(self._rows), self._retry_delay, exc)
+            return False
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            self.write_errors += 1
+            log.warning("Parquet %s: a row cannot be stored (%s); setting it aside", self.path, exc)
+            self._set_aside_bad_rows()
+            return self._flush_guarded()
+        if self._retry_delay:
+            log.info("Parquet %s: row-group writes succeed again (%d rows written)", self.path,
+                     self.rows_written)
+        self._retry_delay = 0.0
+        self._retry_at = 0.0
+        return True
+
+    def _set_aside_bad_rows(self) -> None:
+        good: list[Record] = []
+        for row in self._rows:
+            try:
+                pa.Table.from_pylist([row], schema=self.schema)
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                text = f"not storable in Parquet: {type(exc).__name__}: {exc}"
+                if self.on_reject is not None:
+                    self.on_reject("unserializable", text, row)
+                else:
+                    log.error("Parquet %s: dropped a row %s: %r", self.path, text, row)
+            else:
+                good.append(row)
+        self._rows = good
 
     def close(self) -> None:
-        """Flush, then combine everything into ``path`` (footer written, atomic rename)."""
+        """Flush (retrying up to ``close_timeout`` s), then combine everything into ``path``.
+
+        Never raises: rows that could not be written are counted in ``unwritten`` and a failed
+        final combine is kept in ``finalise_error`` (the parts stay on disk and are combined by
+        the next run or :func:`recover_parts`).
+        """
         if self.closed:
             return
         self.closed = True
-        self.flush()
-        recover_parts(self.path, self.schema, self.compression)
+        deadline = time.monotonic() + self.close_timeout
+        while self._rows and not self._flush_guarded():
+            if time.monotonic() + self._retry_delay > deadline:
+                self.unwritten = len(self._rows)
+                log.error("Parquet %s: %d rows could not be written", self.path, self.unwritten)
+                break
+            time.sleep(self._retry_delay)
+        try:
+            recover_parts(self.path, self.schema, self.compression)
+        except (OSError, pa.ArrowException) as exc:
+            self.finalise_error = f"{type(exc).__name__}: {exc}"
+            log.error("Parquet %s: combining the parts failed (%s); the parts stay in %s and are "
+                      "combined by the next run", self.path, self.finalise_error, self.parts_dir)
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename in it survives a power loss (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def recover_parts(path: str | os.PathLike, schema: pa.Schema, compression: str = "zstd") -> int:
     """Combine ``path`` (if present) and every closed part in ``<path>.parts/`` into ``path``.
 
     Each source file becomes one or more row groups of the result.  Returns the row count.
-    Used on close and to recover the parts a killed collector left behind.
+    Used on close and to recover the parts a killed collector left behind.  The result is
+    fsynced before it replaces ``path``, and the directory after.
     """
     path = Path(path)
     parts_dir = path.with_name(path.name + ".parts")
@@ -118,17 +240,28 @@ def recover_parts(path: str | os.PathLike, schema: pa.Schema, compression: str =
     sources = ([path] if path.exists() else []) + parts
     tmp = path.with_name(path.name + ".part")
     rows = 0
-    with pq.ParquetWriter(tmp, schema, compression=compression,
-                          use_dictionary=_string_columns(schema)) as writer:
-        for src in sources:
-            pf = pq.ParquetFile(src)
-            for i in range(pf.num_row_groups):
-                t = pf.read_row_group(i)
-                if t.schema != schema:
-                    t = t.select(schema.names).cast(schema)
-                writer.write_table(t)
-                rows += t.num_rows
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            with pq.ParquetWriter(f, schema, compression=compression,
+                                  use_dictionary=_string_columns(schema)) as writer:
+                for src in sources:
+                    pf = pq.ParquetFile(src)
+                    for i in range(pf.num_row_groups):
+                        t = pf.read_row_group(i)
+                        if t.schema != schema:
+                            t = t.select(schema.names).cast(schema)
+                        writer.write_table(t)
+                        rows += t.num_rows
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
     for p in parts:
         p.unlink()
     if parts_dir.is_dir() and not any(parts_dir.iterdir()):
@@ -137,23 +270,85 @@ def recover_parts(path: str | os.PathLike, schema: pa.Schema, compression: str =
     return rows
 
 
-class KafkaSink:
-    """confluent-kafka producer: key ``symbol``, value flat JSON; asynchronous with ``poll(0)``."""
+class KafkaUnavailable(RuntimeError):
+    """The Kafka cluster could not be reached (or refused us) when the collector started."""
 
-    def __init__(self, bootstrap: str, topic: str, linger_ms: float = LIVE_PRODUCER["linger.ms"],
+
+class _RateLimitFilter(logging.Filter):
+    """Lets through the first ``burst`` librdkafka lines per ``window_s``, then one count line."""
+
+    def __init__(self, burst: int = 3, window_s: float = 30.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window_s = window_s
+        self._start = 0.0
+        self._n = 0
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._start >= self.window_s:
+            if self.suppressed:
+                record.msg = f"{record.msg} ({self.suppressed} similar client lines suppressed)"
+                self.suppressed = 0
+            self._start, self._n = now, 0
+        self._n += 1
+        if self._n <= self.burst:
+            return True
+        self.suppressed += 1
+        return False
+
+
+class KafkaSink:
+    """confluent-kafka producer: key ``symbol``, value flat JSON; asynchronous with ``poll(0)``.
+
+    ``kafka_config`` (librdkafka properties: security, tuning) is laid over the producer's
+    defaults by :func:`sabot.kafka.client_config`; the resulting dict is kept in ``config``.
+    :meth:`check` asks the cluster for metadata with that same client before streaming starts.
+    ``undelivered`` (set by :meth:`close`) counts every record produced but not acknowledged.
+    """
+
+    def __init__(self, bootstrap: str | None, topic: str, linger_ms: float = LIVE_PRODUCER["linger.ms"],
+                 kafka_config: Mapping[str, Any] | None = None, flush_timeout: float = 30.0,
                  **config: Any) -> None:
         from confluent_kafka import Producer
 
         self.topic = topic
+        self.flush_timeout = flush_timeout
         self.delivered = 0
         self.delivery_errors = 0
         self.produced = 0
+        self.produce_errors = 0
+        self.undelivered = 0
+        self.on_reject: Any = None
         # Records wait in the producer's queue through a broker outage of up to 5 minutes
         # (librdkafka's default); 30 s lost the first records of a 30 s outage (fault test).
-        conf = producer_config(bootstrap, **{**LIVE_PRODUCER, "linger.ms": linger_ms,
-                                             "message.timeout.ms": 300_000})
+        base = {**PRODUCER_DEFAULTS, **LIVE_PRODUCER, "linger.ms": linger_ms, "message.timeout.ms": 300_000}
+        conf = client_config(bootstrap, kafka_config, base=base)
         conf.update(config)
-        self._producer = Producer(conf, logger=logging.getLogger("sabot.collectors.kafka"))
+        self.config: dict[str, Any] = conf
+        self.bootstrap = conf.get("bootstrap.servers", "")
+        self._log_filter = _RateLimitFilter()
+        client_log = logging.getLogger("sabot.collectors.kafka")
+        if not any(isinstance(f, _RateLimitFilter) for f in client_log.filters):
+            client_log.addFilter(self._log_filter)
+        self._producer = Producer(conf, logger=client_log)
+
+    def check(self, timeout: float = 10.0) -> None:
+        """Raise :class:`KafkaUnavailable` unless the cluster answers a metadata request in time."""
+        from confluent_kafka import KafkaException
+
+        try:
+            md = self._producer.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else exc
+            text = err.str() if hasattr(err, "str") else str(err)
+            raise KafkaUnavailable(f"Kafka at {self.bootstrap} did not answer within {timeout:g} s "
+                                   f"({text})") from None
+        meta = md.topics.get(self.topic)
+        if meta is None or meta.error is not None:
+            log.warning("Kafka topic %r is not listed by %s (%s); producing relies on the broker "
+                        "creating it", self.topic, self.bootstrap, getattr(meta, "error", "absent"))
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -164,22 +359,41 @@ class KafkaSink:
             self.delivered += 1
 
     def write(self, record: Record) -> None:
-        value = orjson.dumps(record)
-        key = record["symbol"].encode()
+        from confluent_kafka import KafkaException
+
+        try:
+            value = orjson.dumps(record)
+            key = str(record["symbol"]).encode()
+        except (TypeError, ValueError, KeyError) as exc:
+            self.produce_errors += 1
+            text = f"not serialisable for Kafka: {type(exc).__name__}: {exc}"
+            if self.on_reject is not None:
+                self.on_reject("unserializable", text, record)
+            else:
+                log.error("Kafka %s: record %s", self.topic, text)
+            return
         while True:
             try:
                 self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
                 break
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
+            except KafkaException as exc:  # e.g. a record above message.max.bytes: never deliverable
+                self.produce_errors += 1
+                if self.produce_errors <= 5 or self.produce_errors % 1000 == 0:
+                    log.error("Kafka %s: produce failed (#%d): %s", self.topic, self.produce_errors, exc)
+                return
         self.produced += 1
         self._producer.poll(0)
 
     def tick(self) -> None:
         self._producer.poll(0)
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` (default ``flush_timeout``) s for deliveries; count what is left."""
+        timeout = self.flush_timeout if timeout is None else timeout
         remaining = self._producer.flush(timeout)
+        self.undelivered = remaining + self.delivery_errors + self.produce_errors
         if remaining:
             log.error("Kafka: %d messages not delivered to %s after %.0f s", remaining, self.topic, timeout)
         log.info("Kafka %s: %d produced, %d delivered, %d delivery errors",

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from sabot.sim.quotes import Quote, RandomWalk, load_scenario, to_raw_symbol
-from sabot.sim.servers import SIMULATORS, BinanceSim, CoinbaseSim, KrakenSim, SimServer
+from sabot.sim.servers import CORRUPT_KINDS, SIMULATORS, BinanceSim, CoinbaseSim, KrakenSim, SimServer
 
 __all__ = [
-    "SIMULATORS", "SimServer", "CoinbaseSim", "KrakenSim", "BinanceSim",
+    "SIMULATORS", "SimServer", "CoinbaseSim", "KrakenSim", "BinanceSim", "CORRUPT_KINDS",
     "Quote", "RandomWalk", "load_scenario", "to_raw_symbol",
 ]

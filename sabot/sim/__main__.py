@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
 
-from sabot.sim.servers import SIMULATORS
+from sabot.sim.servers import CORRUPT_KINDS, SIMULATORS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sabot.sim",
-                                description="Local WebSocket server speaking an exchange's market-data protocol.")
+                                description="Local WebSocket server speaking an exchange's market-data protocol.",
+                                allow_abbrev=False)
     p.add_argument("exchange", choices=sorted(SIMULATORS))
     p.add_argument("--port", type=int, default=8765, help="port on --host (0 = any free port)")
     p.add_argument("--host", default="127.0.0.1")
@@ -33,6 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lifetime", type=float, default=None, help="Binance: close each connection after S seconds")
     f.add_argument("--shutdown-after", type=int, default=None,
                    help="Binance: send serverShutdown and close after N data frames")
+    f.add_argument("--corrupt-every", type=int, default=None,
+                   help="every Nth data frame carries one bad value (still one record each)")
+    f.add_argument("--corrupt-kinds", default=None,
+                   help=f"comma-separated bad values to cycle through (default all the exchange can carry: "
+                        f"{','.join(CORRUPT_KINDS)}; Binance has no 'future')")
+    f.add_argument("--garbage-every", type=int, default=None, help="a garbage frame after every N data frames")
+    f.add_argument("--quiet-after", type=int, default=None,
+                   help="after N data frames send no data (keepalives continue) for --quiet-for seconds")
+    f.add_argument("--quiet-for", type=float, default=3600.0, help="length of the quiet spell (default %(default)g s)")
+    f.add_argument("--listed", default=None,
+                   help="comma-separated symbols the venue lists (exchange spelling); others are refused "
+                        "as the exchange refuses them (default: every well-formed symbol)")
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
     p.add_argument("--ping-interval", type=float, default=20.0, help="Binance ping frame interval (s)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -47,8 +61,15 @@ def main(argv: list[str] | None = None) -> int:
                   drop_every=a.drop_every, drop_after=a.drop_after, malformed=a.malformed,
                   silence_after=a.silence_after, error=a.error, heartbeat_interval=a.heartbeat_interval,
                   ping_interval=a.ping_interval, lifetime=a.lifetime, shutdown_after=a.shutdown_after,
-                  latency_ms=a.latency_ms)
-    server = SIMULATORS[a.exchange](a.port, a.host, **kwargs)
+                  latency_ms=a.latency_ms, corrupt_every=a.corrupt_every,
+                  corrupt_kinds=a.corrupt_kinds.split(",") if a.corrupt_kinds else None,
+                  garbage_every=a.garbage_every, quiet_after=a.quiet_after, quiet_for=a.quiet_for,
+                  listed=[s.strip() for s in a.listed.split(",") if s.strip()] if a.listed else None)
+    try:
+        server = SIMULATORS[a.exchange](a.port, a.host, **kwargs)
+    except (ValueError, OSError) as exc:
+        logging.getLogger("sabot.sim").error("%s", exc)
+        return 2
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -58,8 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         await task
         logging.getLogger("sabot.sim").info("%s simulator stopped: %d data frames sent to %d connections",
                                             a.exchange, server.sent_count, server.connections)
+        # one JSON line on stdout for exact accounting against a collector's summary
+        print(json.dumps(server.report()), flush=True)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except OSError as exc:  # port in use, address not available
+        logging.getLogger("sabot.sim").error("cannot listen on %s:%d (%s)", a.host, a.port, exc.strerror or exc)
+        return 2
     return 0
 
 

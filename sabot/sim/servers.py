@@ -1,6 +1,6 @@
 """Local WebSocket servers speaking the Coinbase Advanced Trade, Kraken v2 and Binance Spot protocols.
 
-Each server (spec stream_and_collectors.md §3, protocol facts from exchanges.md) accepts real
+Each server (protocol facts as each exchange documents and sends them) accepts real
 WebSocket connections on 127.0.0.1, performs the exchange's subscribe/ack dance, sends its
 keepalives (Coinbase ``heartbeats`` channel, Kraken ``heartbeat`` frames, Binance ping frames)
 and streams ticker frames from one of three sources: a replay file (JSON lines sent verbatim), a
@@ -9,7 +9,16 @@ scripted scenario (:func:`sabot.sim.quotes.load_scenario`) or the seedable rando
 Fault options: ``drop_every``/``drop_after`` (close the connection after N data frames), ``malformed``
 (N bad or unknown frames after subscribing), ``silence_after`` (stop sending but keep the socket
 open), ``error`` (send the exchange's error message), Binance ``shutdown_after`` (``serverShutdown``
-then close) and ``lifetime`` (the 24 h drop, in seconds).
+then close) and ``lifetime`` (the 24 h drop, in seconds).  Bad data: ``corrupt_every`` (every Nth
+data frame carries one bad value, cycling through ``corrupt_kinds``: NaN, infinite, negative or zero
+prices, booleans, negative sizes, far-future timestamps, unsubscribed or control-character
+symbols), ``garbage_every`` (a garbage frame after every N data frames), ``quiet_after`` /
+``quiet_for`` (no data for a while, keepalives continue: a quiet venue), and ``listed`` (the
+symbols the venue lists; others are refused the way the exchange refuses them).
+
+Accounting: every data frame makes exactly one collector record, corrupted ones included, so
+``sent_count`` = records written + records rejected; ``corrupt_sent`` counts the bad ones by
+kind and :meth:`SimServer.report` gives all counters.
 
 Use in-process (``with CoinbaseSim(rate=0, count=100) as sim: sim.port``; a background thread runs
 the event loop) or from the command line (``python -m sabot.sim coinbase --port 8765``).
@@ -33,7 +42,18 @@ from websockets.exceptions import ConnectionClosed
 from sabot.sim.quotes import EXCHANGE_PROFILES, Quote, RandomWalk, load_scenario, to_raw_symbol
 from sabot.symbols import normalize_symbol
 
-__all__ = ["SimServer", "CoinbaseSim", "KrakenSim", "BinanceSim", "SIMULATORS", "ns_to_rfc3339"]
+__all__ = ["SimServer", "CoinbaseSim", "KrakenSim", "BinanceSim", "SIMULATORS", "ns_to_rfc3339",
+           "CORRUPT_KINDS"]
+
+#: Bad-value faults (``corrupt_kinds``); Binance has no exchange time, so no ``future`` there.
+CORRUPT_KINDS = ("nan", "inf", "negative", "zero", "bool", "negative_size", "future", "unsubscribed",
+                 "control")
+#: The far-future event time sent by the ``future`` fault.
+FAR_FUTURE = "2999-01-01T00:00:00.000000Z"
+#: A symbol no test subscribes (``unsubscribed`` fault), per exchange spelling.
+_STRAY = {"coinbase": "ZZZ-USD", "kraken": "ZZZ/USD", "binance": "ZZZUSDT"}
+_GARBAGE = ('{"channel":"ticker","events":[{', "\u0000\u0001 garbage", "null", "[]",
+            '{"data":', b"\xff\xfe\x00 binary garbage")
 
 log = logging.getLogger("sabot.sim")
 
@@ -109,6 +129,12 @@ class SimServer:
         latency_ms: float | None = None,
         subscribe_deadline: float = 5.0,
         keep_sent: bool = False,
+        corrupt_every: int | None = None,
+        corrupt_kinds: tuple[str, ...] | list[str] | None = None,
+        garbage_every: int | None = None,
+        quiet_after: int | None = None,
+        quiet_for: float = 3600.0,
+        listed: list[str] | tuple[str, ...] | set[str] | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
@@ -128,6 +154,20 @@ class SimServer:
                                else latency_ms) * 1e6)
         self.subscribe_deadline = subscribe_deadline
         self.keep_sent = keep_sent
+        kinds = tuple(corrupt_kinds) if corrupt_kinds else tuple(
+            k for k in CORRUPT_KINDS if k in self.supported_corruptions)
+        unknown = [k for k in kinds if k not in self.supported_corruptions]
+        if unknown:
+            raise ValueError(f"{self.exchange} simulator: corrupt_kinds {unknown} not among "
+                             f"{list(self.supported_corruptions)}")
+        if corrupt_every is not None and corrupt_every < 1:
+            raise ValueError(f"corrupt_every={corrupt_every!r} must be >= 1")
+        self.corrupt_every = corrupt_every
+        self.corrupt_kinds = kinds
+        self.garbage_every = garbage_every
+        self.quiet_after = quiet_after
+        self.quiet_for = quiet_for
+        self.listed = set(listed) if listed is not None else None
         self._replay: list[str] | None = None
         if replay is not None:
             self._replay = [ln for ln in Path(replay).read_text().splitlines() if ln.strip()]
@@ -148,6 +188,11 @@ class SimServer:
         self.pongs = 0
         self.malformed_sent = 0
         self.errors_sent = 0
+        self.corrupt_sent: dict[str, int] = {}
+        self.corrupt_texts: set[str] = set()  # the corrupted frames' texts, when keep_sent
+        self.garbage_sent = 0
+        self.rejected_symbols: list[str] = []  # symbols refused because not ``listed``
+        self._quiet_done = False
         self.sent: list[tuple[str, bool]] = []  # stream frames (text, is_data), when keep_sent
         self._dropped_once = False
         self._stop: asyncio.Event | None = None
@@ -185,6 +230,25 @@ class SimServer:
 
     def bad_data_frame(self, conn: Conn) -> str:
         raise NotImplementedError
+
+    #: ``corrupt_kinds`` this exchange's frames can carry.
+    supported_corruptions: tuple[str, ...] = CORRUPT_KINDS
+
+    def corrupt(self, text: str, kind: str) -> str:
+        """One data frame with one bad value of ``kind`` (still exactly one record)."""
+        raise NotImplementedError
+
+    def is_listed(self, raw: str) -> bool:
+        """Whether the venue lists ``raw`` (always, unless ``listed`` was given)."""
+        return self.listed is None or raw in self.listed
+
+    def report(self) -> dict[str, Any]:
+        """Counters for exact accounting (``data_frames`` = records the collector must account for)."""
+        return {"exchange": self.exchange, "data_frames": self.sent_count, "frames": self.frames_sent,
+                "corrupt": dict(self.corrupt_sent), "garbage": self.garbage_sent,
+                "malformed": self.malformed_sent, "errors": self.errors_sent,
+                "connections": self.connections, "subscriptions": self.subscriptions,
+                "drops": self.drops, "rejected_symbols": list(self.rejected_symbols)}
 
     # ---- shared machinery -----------------------------------------------------------------
     def _canonical(self, raw: str) -> str:
@@ -256,12 +320,31 @@ class SimServer:
                 conn.silent = True
                 await ws.wait_closed()
                 return
+            if self.quiet_after is not None and not self._quiet_done and self.sent_count >= self.quiet_after:
+                self._quiet_done = True  # a quiet venue: no data, keepalives continue
+                try:
+                    await asyncio.wait_for(ws.wait_closed(), self.quiet_for)
+                    return
+                except asyncio.TimeoutError:
+                    start = time.monotonic() - n / self.rate if self.rate > 0 else start
+            if not conn.symbols:  # nothing listed was subscribed: the venue stays quiet
+                await ws.wait_closed()
+                return
             frames = await self._next_frames(conn)
             for text, is_data in frames:
+                if is_data and self.corrupt_every and (self.sent_count + 1) % self.corrupt_every == 0:
+                    kind = self.corrupt_kinds[sum(self.corrupt_sent.values()) % len(self.corrupt_kinds)]
+                    text = self.corrupt(text, kind)
+                    self.corrupt_sent[kind] = self.corrupt_sent.get(kind, 0) + 1
+                    if self.keep_sent:
+                        self.corrupt_texts.add(text)
                 await self._send(conn, text, is_data)
                 conn_data += is_data
                 if self.keep_sent:
                     self.sent.append((text, is_data))
+                if is_data and self.garbage_every and self.sent_count % self.garbage_every == 0:
+                    await self._send(conn, _GARBAGE[self.garbage_sent % len(_GARBAGE)])
+                    self.garbage_sent += 1
             if self.shutdown_after is not None and self.sent_count >= self.shutdown_after \
                     and not self._dropped_once and self._remaining():
                 self._dropped_once = True
@@ -387,6 +470,11 @@ class CoinbaseSim(SimServer):
             if not pids or not all(isinstance(p, str) and "-" in p for p in pids):
                 await conn.ws.send(_dumps({"type": "error", "message": f"invalid product_ids {pids}"}))
                 return
+            unlisted = [p for p in pids if not self.is_listed(p)]
+            if unlisted:  # the whole subscribe message is refused
+                self.rejected_symbols.extend(unlisted)
+                await conn.ws.send(_dumps({"type": "error", "message": f"invalid product_ids {unlisted}"}))
+                return
             conn.symbols.extend(p for p in pids if p not in conn.symbols)
         elif channel != "heartbeats":
             # the real service answers unknown channels with this (misleading) text
@@ -433,6 +521,22 @@ class CoinbaseSim(SimServer):
         return _dumps({"channel": "ticker", "timestamp": "yesterday", "sequence_num": 0,
                        "events": [{"type": "update", "tickers": [{"product_id": "BTC-USD"}]}]})
 
+    def corrupt(self, text: str, kind: str) -> str:
+        msg = orjson.loads(text)
+        t = msg["events"][0]["tickers"][0]
+        if kind == "future":
+            msg["timestamp"] = FAR_FUTURE
+        elif kind == "unsubscribed":
+            t["product_id"] = _STRAY["coinbase"]
+        elif kind == "control":
+            t["product_id"] += "\u0000"
+        else:
+            field, value = {"nan": ("best_bid", "nan"), "inf": ("best_ask", "1e999"),
+                            "negative": ("price", "-5"), "zero": ("best_bid", "0"),
+                            "bool": ("best_bid", True), "negative_size": ("best_ask_quantity", "-1.5")}[kind]
+            t[field] = value
+        return _dumps(msg)
+
 
 class KrakenSim(SimServer):
     """Kraken v2: status frame on connect, one ack per symbol, snapshot first, heartbeats, ping/pong."""
@@ -466,7 +570,9 @@ class KrakenSim(SimServer):
             return
         trigger = params.get("event_trigger", "trades")
         for sym in params.get("symbol") or []:
-            if not isinstance(sym, str) or "/" not in sym or sym.startswith("XBT/"):
+            if not isinstance(sym, str) or "/" not in sym or sym.startswith("XBT/") or not self.is_listed(sym):
+                if isinstance(sym, str):
+                    self.rejected_symbols.append(sym)
                 await conn.ws.send(_dumps({"error": f"Currency pair not supported {sym}", "method": "subscribe",
                                            "success": False, "symbol": sym, **req,
                                            "time_in": t_in, "time_out": self._stamp()}))
@@ -503,6 +609,24 @@ class KrakenSim(SimServer):
     def bad_data_frame(self, conn: Conn) -> str:
         return _dumps({"channel": "ticker", "type": "update", "data": [{"bid": "n/a", "ask": 1}]})
 
+    def corrupt(self, text: str, kind: str) -> str:
+        msg = orjson.loads(text)
+        t = msg["data"][0]
+        if kind == "future":
+            t["timestamp"] = FAR_FUTURE
+        elif kind == "unsubscribed":
+            t["symbol"] = _STRAY["kraken"]
+        elif kind == "control":
+            t["symbol"] += "\u0000"
+        elif kind == "inf":  # a JSON number beyond float64: not expressible through a float
+            t["ask"] = "__INF__"
+            return _dumps(msg).replace('"__INF__"', "1e999")
+        else:
+            field, value = {"nan": ("bid", "nan"), "negative": ("last", -5), "zero": ("bid", 0),
+                            "bool": ("bid", True), "negative_size": ("ask_qty", -1.5)}[kind]
+            t[field] = value
+        return _dumps(msg)
+
 
 class BinanceSim(SimServer):
     """Binance Spot: combined-stream URL subscribes, ping frames, SUBSCRIBE replies, serverShutdown."""
@@ -531,10 +655,15 @@ class BinanceSim(SimServer):
         self.streams_seen.append(list(streams))
         for s in streams:
             sym, _, kind = s.partition("@")
+            if not self.is_listed(sym.upper()):
+                # Binance answers an unlisted symbol's stream with silence, not an error
+                if sym.upper() not in self.rejected_symbols:
+                    self.rejected_symbols.append(sym.upper())
+                continue
             conn.channels.add(s)
             if sym.upper() not in conn.symbols and kind in ("bookTicker", "ticker"):
                 conn.symbols.append(sym.upper())
-        if conn.symbols:
+        if streams:
             conn.subscribed.set()
 
     async def on_message(self, conn: Conn, msg: Any, text: str) -> None:
@@ -606,6 +735,21 @@ class BinanceSim(SimServer):
     def bad_data_frame(self, conn: Conn) -> str:
         return _dumps({"stream": "btcusdt@bookTicker", "data": {"u": 1, "s": "BTCUSDT", "b": "abc",
                                                                 "B": "1", "a": "2", "A": "1"}})
+
+    supported_corruptions = tuple(k for k in CORRUPT_KINDS if k != "future")  # no exchange time
+
+    def corrupt(self, text: str, kind: str) -> str:
+        msg = orjson.loads(text)
+        d = msg["data"] if "data" in msg else msg
+        if kind == "unsubscribed":
+            d["s"] = _STRAY["binance"]
+        elif kind == "control":
+            d["s"] += "\u0000"
+        else:
+            field, value = {"nan": ("b", "nan"), "inf": ("a", "1e999"), "negative": ("a", "-5"),
+                            "zero": ("b", "0"), "bool": ("b", True), "negative_size": ("B", "-1.5")}[kind]
+            d[field] = value
+        return _dumps(msg)
 
 
 SIMULATORS: dict[str, type[SimServer]] = {"coinbase": CoinbaseSim, "kraken": KrakenSim, "binance": BinanceSim}

@@ -38,7 +38,7 @@ def test_collector_to_parquet(exchange, tmp_path):
     assert pf.metadata.row_group(0).column(ex_col).has_dictionary_page
     df = pl.read_parquet(out)
     assert df.height == 300 and df["symbol"].n_unique() == 2
-    if exchange == "coinbase":  # the seed's polars check, verbatim
+    if exchange == "coinbase":  # the polars read a user does first
         cb = pl.read_parquet(out)
         sel = cb.select(pl.col("parent_timestamp"), pl.col("product_id"))
         assert sel.height == 300 and set(sel["product_id"]) == {"BTC-USD", "ETH-USD"}

@@ -1,4 +1,4 @@
-"""normalize_symbol: every exchange spelling maps to BASE/QUOTE (spec §1)."""
+"""normalize_symbol: every exchange spelling maps to BASE/QUOTE."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
