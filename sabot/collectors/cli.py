@@ -125,12 +125,16 @@ def _parquet_sink(args: argparse.Namespace, exchange: str) -> ParquetSink:
 
 
 def _metrics(args: argparse.Namespace, stats: Stats, exchange: str) -> None:
-    try:
-        from sabot.metrics import collector_source, serve
+    from sabot.metrics import INSTALL_HINT, MetricsError, collector_source, serve
 
+    try:
         server = serve(args.metrics_port)
     except ImportError:
-        raise UsageError("--metrics-port needs prometheus-client: pip install 'sabot[metrics]'") from None
+        raise UsageError(f"--metrics-port needs prometheus-client: {INSTALL_HINT}") from None
+    except MetricsError as exc:
+        if INSTALL_HINT in str(exc):
+            raise UsageError(f"--metrics-port needs prometheus-client: {INSTALL_HINT}") from None
+        raise UsageError(f"--metrics-port {args.metrics_port}: cannot listen: {exc}") from None
     except OSError as exc:
         raise UsageError(f"--metrics-port {args.metrics_port}: cannot listen ({exc.strerror or exc})") from None
     server.add(collector_source(stats, exchange))
