@@ -75,6 +75,18 @@ def check_requirements() -> None:
                          f"{' '.join(repr(m) for m in missing)} (or pip install -e . in a checkout)")
 
 
+def scripted_quotes(path: Path) -> Dict[str, int]:
+    """Quotes per venue in a scenario file; :class:`UsageError` (one line) if it cannot be read."""
+    from sabot.sim import load_scenario
+
+    if not path.is_file():
+        raise UsageError(f"--scenario {path}: no such file")
+    try:
+        return {ex: len(load_scenario(path, ex)) for ex in EXCHANGES}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--scenario {exc}") from None
+
+
 def prepare_data_dir(path: Path) -> Path:
     """Create ``path`` (and its logs directory) if needed and check that files can be written
     there; :class:`UsageError` in one line otherwise."""
@@ -92,50 +104,76 @@ def prepare_data_dir(path: Path) -> Path:
     return path
 
 
-def kafka_record_counts(bootstrap: str, topics: Sequence[str], timeout_s: float = 30.0
-                        ) -> Dict[str, Optional[int]]:
-    """Records in each topic, counted by reading every partition from its start to its end (a
-    partition-EOF event from the client).  The embedded broker's high watermarks count
-    producer batches, not records, so they cannot be summed instead.  None for a topic not
-    read to its end within ``timeout_s``."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+class KafkaRecordCounter:
+    """Counts the records in topics by reading every partition from its start, incrementally
+    (each :meth:`poll` reads what arrived since the last one).  The embedded broker's high
+    watermarks count producer batches, not records, so they cannot be summed instead; "at the
+    end" is the client's partition-EOF event."""
 
-    consumer = Consumer({"bootstrap.servers": bootstrap,
-                         "group.id": f"sabot-demo-count-{os.getpid()}",  # assigned, never joined
-                         "enable.auto.commit": False, "enable.partition.eof": True,
-                         "log_level": 0})
-    counts: Dict[str, Optional[int]] = {}
-    try:
-        parts: List[tuple] = []
-        for topic in topics:
+    def __init__(self, bootstrap: str, topics: Sequence[str]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self.topics = list(topics)
+        self.counts: Dict[str, int] = {t: 0 for t in self.topics}
+        self._consumer = Consumer({"bootstrap.servers": bootstrap,
+                                   "group.id": f"sabot-demo-count-{os.getpid()}",  # never joined
+                                   "enable.auto.commit": False, "enable.partition.eof": True,
+                                   "log_level": 0})
+        self._at_end: Dict[tuple, bool] = {}
+        self.unknown: List[str] = []
+        for topic in self.topics:
             try:
-                md = consumer.list_topics(topic=topic, timeout=10).topics.get(topic)
+                md = self._consumer.list_topics(topic=topic, timeout=10).topics.get(topic)
             except Exception as exc:  # KafkaException: the broker did not answer
                 log.warning("could not list the partitions of %s: %s", topic, exc)
                 md = None
             if md is None or md.error is not None or not md.partitions:
-                counts[topic] = None
+                self.unknown.append(topic)
                 continue
-            counts[topic] = 0
-            parts += [(topic, p) for p in md.partitions]
-        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in parts])
-        at_end: set = set()
+            for part in md.partitions:
+                self._at_end[(topic, part)] = False
+        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in self._at_end])
+
+    def poll(self, timeout_s: float) -> bool:
+        """Read what is there for up to ``timeout_s``; whether every partition is at its end."""
+        from confluent_kafka import KafkaError
+
         deadline = time.monotonic() + timeout_s
-        while len(at_end) < len(parts) and time.monotonic() < deadline:
-            for msg in consumer.consume(10_000, 0.2):
+        while True:
+            for msg in self._consumer.consume(10_000, 0.1):
                 err = msg.error()
+                key = (msg.topic(), msg.partition())
                 if err is None:
-                    counts[msg.topic()] += 1
+                    self.counts[msg.topic()] += 1
+                    self._at_end[key] = False
                 elif err.code() == KafkaError._PARTITION_EOF:
-                    at_end.add((msg.topic(), msg.partition()))
+                    self._at_end[key] = True
                 else:
                     log.warning("counting %s: %s", msg.topic(), err)
-        for topic, p in set(parts) - at_end:
-            log.warning("could not read %s partition %d to its end in %.0f s", topic, p, timeout_s)
-            counts[topic] = None
+            if all(self._at_end.values()) or time.monotonic() >= deadline:
+                return all(self._at_end.values())
+
+    def final_counts(self, timeout_s: float = 30.0) -> Dict[str, Optional[int]]:
+        """Every topic read to its end (once nothing is produced any more); None for a topic
+        that could not be read to its end within ``timeout_s``."""
+        self.poll(timeout_s)
+        short = {t for (t, _), end in self._at_end.items() if not end} | set(self.unknown)
+        for topic in sorted(short):
+            log.warning("could not read %s to its end in %.0f s", topic, timeout_s)
+        return {t: (None if t in short else self.counts[t]) for t in self.topics}
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def kafka_record_counts(bootstrap: str, topics: Sequence[str], timeout_s: float = 30.0
+                        ) -> Dict[str, Optional[int]]:
+    """Records in each topic (see :class:`KafkaRecordCounter`); None where unknown."""
+    counter = KafkaRecordCounter(bootstrap, topics)
+    try:
+        return counter.final_counts(timeout_s)
     finally:
-        consumer.close()
-    return counts
+        counter.close()
 
 
 @dataclass
@@ -244,6 +282,12 @@ def parquet_rows(path: Path) -> Optional[int]:
         return None
 
 
+def _fetched(monitor_summary: dict) -> Dict[str, int]:
+    """Records the monitor fetched from Kafka per venue (its summary's ``fetched``; ``records``
+    from a monitor that does not report it)."""
+    return monitor_summary.get("fetched") or monitor_summary["records"]
+
+
 def _read_json(path: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())
@@ -263,6 +307,7 @@ class Demo:
         self.failures: List[str] = []
         self.bootstrap: Optional[str] = None
         self.kafka_records: Dict[str, Optional[int]] = {}
+        self._scenario_counter: Optional[KafkaRecordCounter] = None
 
     # -- start ---------------------------------------------------------------------------------
     def start_broker(self) -> str:
@@ -336,14 +381,20 @@ class Demo:
         urls = self.start_sims()
         self.start_monitor(bootstrap)
         self.start_collectors(bootstrap, urls)
-        print(f"Collectors and arbitrage monitor started; running for {self.args.duration:g} s "
-              f"(Ctrl+C stops early). Logs: {self.logs}\n", flush=True)
+        scripted = getattr(self.args, "scripted_quotes", None)
+        until = (" or until every scripted quote went through the collectors" if scripted else "")
+        print(f"Collectors and arbitrage monitor started; running for {self.args.duration:g} s"
+              f"{until} (Ctrl+C stops early). Logs: {self.logs}\n", flush=True)
         deadline = time.monotonic() + self.args.duration
         while time.monotonic() < deadline:
             for child in [self.broker, *self.collectors.values(), self.monitor, *self.sims.values()]:
                 if not child.running():
                     self.failures.append(f"{child.name} exited early with code {child.proc.returncode}")
             if self.failures:
+                break
+            if scripted and self.scenario_played(scripted):
+                print("Every scripted quote went through the collectors into Kafka; stopping.",
+                      flush=True)
                 break
             time.sleep(0.2)
         self.stop_collectors()
@@ -354,11 +405,27 @@ class Demo:
         print(f"\n(total wall time {time.monotonic() - t0:.1f} s)")
         return EXIT_FAILURE if (self.failures or summary is None) else EXIT_OK
 
+    def scenario_played(self, scripted: Dict[str, int]) -> bool:
+        """Whether every quote the scenario scripts for each venue is in its Kafka topic, i.e.
+        went through the collectors (a scenario has an end; waiting for it beats guessing how
+        long playing it takes).  Counted incrementally at the broker."""
+        if self._scenario_counter is None:
+            self._scenario_counter = KafkaRecordCounter(
+                self.bootstrap, [f"{ex}-ticker" for ex in EXCHANGES])
+        self._scenario_counter.poll(0.3)
+        counts = self._scenario_counter.counts
+        return all(counts[f"{ex}-ticker"] >= n for ex, n in scripted.items())
+
     def count_kafka_records(self) -> None:
         """What the collectors delivered to Kafka, counted at the broker (once they stopped)."""
         if self.bootstrap is None or (self.broker is not None and not self.broker.running()):
             return  # no broker to ask (it failed, which is reported already)
-        counts = kafka_record_counts(self.bootstrap, [f"{ex}-ticker" for ex in EXCHANGES])
+        if self._scenario_counter is not None:
+            counts = self._scenario_counter.final_counts()
+            self._scenario_counter.close()
+            self._scenario_counter = None
+        else:
+            counts = kafka_record_counts(self.bootstrap, [f"{ex}-ticker" for ex in EXCHANGES])
         self.kafka_records = {ex: counts[f"{ex}-ticker"] for ex in EXCHANGES}
 
     def stop_collectors(self) -> None:
@@ -373,25 +440,28 @@ class Demo:
         """Let the monitor catch up after the collectors stopped.
 
         The condition: the monitor has read every record the broker holds for each venue
-        (its summary JSON against :meth:`count_kafka_records`).  Where that count is not known
-        it falls back to "the monitor's counts have not changed for ``quiet_s``".  The deadline
+        (its summary JSON against :meth:`count_kafka_records`).  Where that count is not known,
+        and with the event-time alignment - whose last quotes of a venue can stay unread until
+        a later quote would arrive, so "read everything" is not a condition it always meets -
+        it is enough that the monitor's counts have not changed for ``quiet_s``.  The deadline
         is generous: on a loaded machine the monitor may stall for seconds and still read
         everything; one that has not after ``timeout_s`` is reported by :meth:`summarise`."""
         if self.monitor is None or not self.monitor.running():
             return
         target = dict(self.kafka_records)
         known = len(target) == len(EXCHANGES) and all(v is not None for v in target.values())
+        must_read_all = known and self.args.align == "arrival"
         deadline = time.monotonic() + timeout_s
         last, since = None, time.monotonic()
         while time.monotonic() < deadline and self.monitor.running():
             s = _read_json(self.data / "monitor_summary.json")
             if known and s is not None and all(
-                    s["records"].get(ex, 0) >= target[ex] for ex in EXCHANGES):
+                    _fetched(s).get(ex, 0) >= target[ex] for ex in EXCHANGES):
                 return
             state = None if s is None else (s["records"], s["evaluations"])
             if state != last:
                 last, since = state, time.monotonic()
-            elif not known and state is not None and time.monotonic() - since >= quiet_s:
+            elif not must_read_all and state is not None and time.monotonic() - since >= quiet_s:
                 return
             time.sleep(0.1)
         if last is None:
@@ -426,6 +496,7 @@ class Demo:
                     reconnects[ex] = int(m.group(4))
                     logged[ex] = int(m.group(3))
         mon = _read_json(self.data / "monitor_summary.json")
+        notes: List[str] = []
         for ex, n in rows.items():
             if n is None:
                 self.failures.append(f"{ex}: no readable Parquet file at {self.data / (ex + '.parquet')}")
@@ -437,10 +508,14 @@ class Demo:
                 self.failures.append(f"collector {ex} lost {n - in_kafka} records on the way to "
                                      f"Kafka: {n} in Parquet, {in_kafka} in topic {ex}-ticker")
             if mon is not None and in_kafka is not None:
-                read = mon["records"].get(ex, 0)
-                if read < in_kafka:
-                    self.failures.append(f"arbitrage monitor did not read {in_kafka - read} of the "
-                                         f"{in_kafka} records in {ex}-ticker")
+                fetched = _fetched(mon).get(ex, 0)
+                if fetched < in_kafka and self.args.align == "arrival":
+                    self.failures.append(f"arbitrage monitor did not read {in_kafka - fetched} of "
+                                         f"the {in_kafka} records in {ex}-ticker")
+                elif fetched < in_kafka:
+                    notes.append(f"{ex}: {in_kafka - fetched} of {in_kafka} records not read when "
+                                 "the monitor stopped (event-time alignment: they wait for a "
+                                 "later quote, uncommitted in Kafka)")
         if self.kafka_records and any(v is None for v in self.kafka_records.values()):
             unknown = [ex for ex, v in self.kafka_records.items() if v is None]
             self.failures.append(f"could not count the Kafka records of {', '.join(unknown)}")
@@ -465,16 +540,21 @@ class Demo:
         print("=" * 72)
         for ex in EXCHANGES:
             read = "?" if mon is None else mon["records"].get(ex)
+            held = 0 if mon is None else _fetched(mon).get(ex, 0) - mon["records"].get(ex, 0)
+            # event-time alignment: fetched, waiting for later timestamps
+            note = f" (+{held} fetched, held for event-time order)" if held > 0 else ""
             print(f"  {ex:<9} records: {rows[ex] if rows[ex] is not None else 'MISSING':>6} "
                   f"(Parquet {self.data / (ex + '.parquet')}), in Kafka: "
                   f"{self.kafka_records.get(ex, '?')}, read by monitor: {read}, "
-                  f"reconnects: {reconnects.get(ex, '?')}")
+                  f"reconnects: {reconnects.get(ex, '?')}{note}")
         if mon is not None:
             print(f"  opportunities: {mon['opportunities']} in {mon['evaluations']} evaluations "
                   f"(recorded in {self.data / 'opportunities.jsonl'})")
             print(f"  tick-to-signal latency: p50 {fmt(mon['latency_ms_p50'])}, "
                   f"p99 {fmt(mon['latency_ms_p99'])}")
         print(f"  reconnects: {sum(reconnects.values()) if reconnects else '?'}")
+        for note in notes:
+            print(f"  note: {note}")
         if self.failures:
             print("  FAILED: " + "; ".join(self.failures))
         else:
@@ -490,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=positive_float, default=30.0,
-                   help="seconds of live data (default 30)")
+                   help="seconds of live data (default 30); with --scenario, at most this long: "
+                        "the demo stops once every scripted quote went through the collectors")
     p.add_argument("--port", type=port_number, default=DEFAULT_PORT,
                    help="broker port (default 19092, or a free one when 19092 is taken; "
                         "0 = any free port)")
@@ -513,8 +594,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_requirements()
-        if args.scenario is not None and not args.scenario.is_file():
-            raise UsageError(f"--scenario {args.scenario}: no such file")
+        if args.scenario is not None:
+            args.scripted_quotes = scripted_quotes(args.scenario)
         args.data_dir = str(prepare_data_dir(Path(args.data_dir)))
     except UsageError as exc:
         return report_usage_error(PROG, exc)
