@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from sabot.api import Stream  # noqa: E402
+from sabot.broker import BrokerUnreachableError, check_reachable  # noqa: E402
 from sabot.fintech import (  # noqa: E402
     CUSUM, EWMA, MACD, RSI, BollingerBands, HistoricalVaR, LogReturns, RealizedVar,
     RiskMetricsVol, RollingZScore, l1_imbalance, microprice, midprice, quoted_spread,
@@ -295,6 +296,7 @@ def arbitrage(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 def export(args: argparse.Namespace) -> int:
     paths = parquet_inputs(args.parquet)
+    check_reachable(args.bootstrap, timeout_s=args.connect_timeout)
     feats = Features()
     stream = Stream.from_batches(tick_batches(paths, args.exchange, args.batch_size,
                                               not args.no_progress)).map(feats)
@@ -307,6 +309,7 @@ def export(args: argparse.Namespace) -> int:
 def live(args: argparse.Namespace) -> int:
     import signal
 
+    check_reachable(args.bootstrap, timeout_s=args.connect_timeout)
     feats = Features()
     group = args.group_id or f"sabot-research-{uuid.uuid4().hex[:8]}"
     stream = Stream.from_kafka(args.bootstrap, args.topic, group, from_beginning=args.from_beginning,
@@ -348,7 +351,8 @@ def live(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=["live", "research", "backtest", "arbitrage", "export"])
     p.add_argument("--parquet", type=Path, default=Path("data"),
                    help="ticker Parquet file, glob or directory (arbitrage: the directory)")
@@ -371,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--tolerance-ms", type=float, default=500)
     k = p.add_argument_group("Kafka (live, export)")
     k.add_argument("--bootstrap", default="localhost:19092")
+    k.add_argument("--connect-timeout", type=float, default=8.0,
+                   help="give up when no broker answers within this many seconds")
     k.add_argument("--topic", default=None, help="live: ticker topic; export: features topic")
     k.add_argument("--group-id", default=None)
     k.add_argument("--from-beginning", action="store_true")
@@ -387,7 +393,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
              "export": export, "live": live}
     try:
         return modes[args.mode](args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, BrokerUnreachableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

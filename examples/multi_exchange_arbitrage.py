@@ -20,7 +20,12 @@ For every joined row and every ordered pair of venues present (buy at ``b``, sel
     edge_per_unit = ask_b · net_bps / 1e4          (quote currency per unit of base)
 
 The pair with the largest ``net_bps`` is the row's signal; it is an opportunity when
-``net_bps >= --min-edge-bps`` and ``net_bps > 0``.  Tick-to-signal latency is the wall-clock
+``net_bps >= --min-edge-bps`` and ``net_bps > 0``.
+
+A venue that sends a bid or ask that is missing, NaN, infinite, zero or negative has that quote
+skipped and counted (``skipped_quotes`` in the summary, a rate-limited warning in the log): it
+never becomes "the latest quote" of its venue, and no edge computed from such a price - nor any
+edge that is not a finite number - is ever reported.  Tick-to-signal latency is the wall-clock
 time of the decision (after the batch's signals are computed) minus the newest collector
 ``recv_timestamp`` among the quotes it used;
 it is measured on ticks received after the monitor's first decision (a backlog that waited in
@@ -34,9 +39,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -50,9 +57,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from sabot.api import Stream  # noqa: E402
 from sabot.api.arrival import ArrivalAsofJoin  # noqa: E402
+from sabot.broker import BrokerUnreachableError, check_reachable  # noqa: E402
 from sabot.fintech import ArbitrageOpportunities, midprice, normalize_symbols  # noqa: E402
 from sabot.kafka import (LIVE_FETCH_WAIT_MAX_MS, fast_consumer_config,  # noqa: E402
                          live_consumer_config)
+
+log = logging.getLogger("arbitrage")
 
 VENUES = ("coinbase", "kraken", "binance")
 DEFAULT_FEES = "coinbase=6,kraken=16,binance=10"
@@ -118,20 +128,50 @@ def _edge_kernel(fees: Tuple[Tuple[str, float], ...], min_edge_bps: float) -> Ar
                                   bid_columns={v: f"{v}_bid" for v in venues})
 
 
+def usable_price(values: np.ndarray) -> np.ndarray:
+    """Per value: a price a decision may use (finite and > 0; NaN, inf and <= 0 are not)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (values > 0)
+
+
+def _usable_quotes(joined: pa.RecordBatch, venues: Sequence[str]) -> Tuple[pa.RecordBatch, int]:
+    """``joined`` with every ``<venue>_bid`` / ``<venue>_ask`` value that is not a usable
+    price (inf, NaN, <= 0) replaced by null - the venue is then absent from that row - and the
+    number of such values (nulls, a venue simply not quoted, are not counted)."""
+    bad_total = 0
+    for v in venues:
+        for side in ("bid", "ask"):
+            name = f"{v}_{side}"
+            idx = joined.schema.get_field_index(name)
+            values = _f64(joined, name)
+            ok = usable_price(values)
+            col = joined.column(idx)
+            bad = int((~ok).sum()) - col.null_count
+            if bad:
+                bad_total += bad
+                clean = pa.array(np.where(ok, values, np.nan), pa.float64(), mask=~ok)
+                joined = joined.set_column(idx, pa.field(name, pa.float64()), clean)
+    return joined, bad_total
+
+
 def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
                venues: Sequence[str] = VENUES) -> Dict[str, np.ndarray]:
     """The best buy-at-ask / sell-at-bid pair per row of a three-way joined batch.
 
     ``sabot.fintech.ArbitrageOpportunities`` on ``<venue>_ask`` / ``<venue>_bid``; a venue
-    whose bid or ask is null, NaN or <= 0 is absent from that row.  Returns numpy arrays:
-    ``buy`` / ``sell`` (venue index, -1 where fewer than two venues are present),
+    whose bid or ask is null, NaN, infinite or <= 0 is absent from that row.  Returns numpy
+    arrays: ``buy`` / ``sell`` (venue index, -1 where fewer than two venues are present),
     ``buy_price``, ``sell_price``, ``gross_bps``, ``net_bps``, ``edge_per_unit``,
-    ``is_opportunity``.  Ties keep the first pair in venue order.
+    ``is_opportunity``; and two counts: ``bad_quotes`` (bid/ask values skipped as unusable)
+    and ``nonfinite_edges`` (rows whose best edge overflowed to a non-finite number, e.g.
+    from an absurd 1e308 bid; they get no pair and are never an opportunity).  Ties keep the
+    first pair in venue order.
     """
     present = set(joined.schema.names)
     for column in [f"{v}_{side}" for v in venues for side in ("ask", "bid")]:
         if column not in present:  # a venue not joined yet: absent from every row
             joined = joined.append_column(column, pa.nulls(joined.num_rows, pa.float64()))
+    joined, bad_quotes = _usable_quotes(joined, venues)
     out = _edge_kernel(tuple((v, float(fees_bps[v])) for v in venues), float(min_edge_bps))(joined)
 
     def venue_index(name: str) -> np.ndarray:
@@ -143,17 +183,37 @@ def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_b
     result = {name: _f64(out, name) for name in ("buy_price", "sell_price", "gross_bps", "net_bps")}
     result["buy"] = venue_index("buy_venue")
     result["sell"] = venue_index("sell_venue")
-    result["edge_per_unit"] = result["buy_price"] * result["net_bps"] / 1e4
+    with np.errstate(over="ignore", invalid="ignore"):
+        result["edge_per_unit"] = result["buy_price"] * result["net_bps"] / 1e4
     flag = out["is_opportunity"]
-    result["is_opportunity"] = (flag.fill_null(False) if flag.null_count else flag).to_numpy(
-        zero_copy_only=False)
+    result["is_opportunity"] = np.array((flag.fill_null(False) if flag.null_count else flag)
+                                        .to_numpy(zero_copy_only=False), dtype=bool)
+    # a pair was chosen but its figures are not finite numbers: no decision on this row
+    overflow = (result["buy"] >= 0) & ~(np.isfinite(result["net_bps"])
+                                        & np.isfinite(result["gross_bps"])
+                                        & np.isfinite(result["edge_per_unit"]))
+    if overflow.any():
+        for name in ("buy_price", "sell_price", "gross_bps", "net_bps", "edge_per_unit"):
+            result[name] = np.where(overflow, np.nan, result[name])
+        result["buy"] = np.where(overflow, -1, result["buy"])
+        result["sell"] = np.where(overflow, -1, result["sell"])
+        result["is_opportunity"] = result["is_opportunity"] & ~overflow
+    result["bad_quotes"] = bad_quotes
+    result["nonfinite_edges"] = int(overflow.sum())
     return result
 
 
 def opportunities(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
-                  venues: Sequence[str] = VENUES) -> List[dict]:
-    """The rows of ``joined`` that are opportunities, as dicts (the monitor's core decision)."""
+                  venues: Sequence[str] = VENUES, skipped: Optional[Dict[str, int]] = None
+                  ) -> List[dict]:
+    """The rows of ``joined`` that are opportunities, as dicts (the monitor's core decision).
+
+    Unusable prices are skipped (see :func:`best_edges`); with ``skipped`` given, their counts
+    are added to ``skipped["bad_quotes"]`` and ``skipped["nonfinite_edges"]``."""
     e = best_edges(joined, fees_bps, min_edge_bps, venues)
+    if skipped is not None:
+        for key in ("bad_quotes", "nonfinite_edges"):
+            skipped[key] = skipped.get(key, 0) + e[key]
     idx = np.flatnonzero(e["is_opportunity"])
     if not len(idx):
         return []
@@ -213,13 +273,44 @@ class Counter:
         return batch
 
 
+class QuoteGuard:
+    """Drops quotes whose bid or ask is missing, NaN, infinite, zero or negative, before they
+    reach a join (where one would become its venue's "latest quote"); counts them per venue
+    and logs the first few and then every 1000th (a venue sending garbage must not flood the
+    log, nor go unnoticed)."""
+
+    def __init__(self) -> None:
+        self.skipped: Dict[str, int] = {v: 0 for v in VENUES}
+        self.total = 0
+
+    def __call__(self, batch: pa.RecordBatch) -> Optional[pa.RecordBatch]:
+        ok = usable_price(_f64(batch, "bid")) & usable_price(_f64(batch, "ask"))
+        if ok.all():
+            return batch
+        bad = batch.filter(pa.array(~ok))
+        venues = (bad.column("exchange").to_pylist() if "exchange" in bad.schema.names
+                  else ["?"] * bad.num_rows)
+        for i, venue in enumerate(venues):
+            self.skipped[venue] = self.skipped.get(venue, 0) + 1
+            self.total += 1
+            if self.total <= 5 or self.total % 1000 == 0:
+                row = bad.slice(i, 1).to_pylist()[0]
+                log.warning("skipped quote #%d from %s: %s bid=%r ask=%r (prices must be finite "
+                            "and > 0)", self.total, venue, row.get("symbol"), row.get("bid"),
+                            row.get("ask"))
+        return batch.filter(pa.array(ok)) if ok.any() else None
+
+
 def venue_stream(bootstrap: str, venue: str, group_id: str, counter: Counter, *,
-                 from_beginning: bool, fast_groups: bool) -> Stream:
-    """``<venue>-ticker`` → normalised symbols → midprice, in event-time order."""
+                 from_beginning: bool, fast_groups: bool,
+                 guard: Optional[QuoteGuard] = None) -> Stream:
+    """``<venue>-ticker`` → unusable quotes skipped → normalised symbols → midprice, in
+    event-time order."""
     extra = fast_consumer_config() if fast_groups else {}
     return (Stream.from_kafka(bootstrap, f"{venue}-ticker", group_id, from_beginning=from_beginning,
                               order_by="timestamp", max_latency_ms=10, commit="async", **extra)
             .map(counter(venue))
+            .map(guard if guard is not None else QuoteGuard())
             .map(normalize_symbols)
             .map(midprice)
             .select(*QUOTE_COLUMNS))
@@ -227,7 +318,8 @@ def venue_stream(bootstrap: str, venue: str, group_id: str, counter: Counter, *,
 
 def arrival_stream(bootstrap: str, group_id: str, counter: Counter, *, from_beginning: bool,
                    fast_groups: bool, tolerance_ms: float = TOLERANCE_MS,
-                   fetch_wait_max_ms: int = LIVE_FETCH_WAIT_MAX_MS) -> Stream:
+                   fetch_wait_max_ms: int = LIVE_FETCH_WAIT_MAX_MS,
+                   guard: Optional[QuoteGuard] = None) -> Stream:
     """Every venue's topic through one consumer, each quote joined on arrival with the latest
     quote of the other venues (:class:`sabot.api.arrival.ArrivalAsofJoin`)."""
     extra = {**(fast_consumer_config() if fast_groups else {}),
@@ -238,6 +330,7 @@ def arrival_stream(bootstrap: str, group_id: str, counter: Counter, *, from_begi
                               from_beginning=from_beginning, max_latency_ms=50, commit="async",
                               **extra)
             .map(counter.by_exchange)
+            .map(guard if guard is not None else QuoteGuard())
             .map(normalize_symbols)
             .map(join))  # keeps only what a decision uses: bid, ask, times per venue
 
@@ -260,16 +353,35 @@ class Monitor:
         self.summary_every_s = summary_every_s
         self.quiet = quiet
         self.counter = Counter()
+        #: event-time alignment: each venue's own stream (its Kafka source counts what it fetched)
+        self.venue_streams: Optional[Dict[str, Stream]] = None
+        self.guard = QuoteGuard()
+        self.skipped: Dict[str, int] = {"bad_quotes": 0, "nonfinite_edges": 0}
         self.evaluations = 0
         self.n_opportunities = 0
         self.latencies_ms: List[float] = []
         self.started = time.monotonic()
         self._last_print = self.started
-        self._last_write = 0.0
         self._first_decision_ns: Optional[int] = None
+        # The summary JSON is rewritten twice a second by a thread, also while no quote
+        # arrives, so that whoever watches it (the demo) sees the last records read.
+        self._write_lock = threading.Lock()
+        self._stop_writer = threading.Event()
+        self._writer: Optional[threading.Thread] = None
+        if summary_path is not None:
+            self._writer = threading.Thread(target=self._write_periodically, name="summary-writer",
+                                            daemon=True)
+            self._writer.start()
+
+    def _write_periodically(self, every_s: float = 0.5) -> None:
+        while not self._stop_writer.wait(every_s):
+            try:
+                self.write_summary()
+            except Exception as exc:  # a full disk must not stop the monitor; say so
+                log.warning("could not write the summary %s: %s", self.summary_path, exc)
 
     def on_batch(self, joined: pa.RecordBatch) -> None:
-        opps = opportunities(joined, self.fees, self.min_edge_bps)
+        opps = opportunities(joined, self.fees, self.min_edge_bps, skipped=self.skipped)
         decided_ns = time.time_ns()
         if self._first_decision_ns is None:
             self._first_decision_ns = decided_ns
@@ -288,15 +400,27 @@ class Monitor:
         if now - self._last_print >= self.summary_every_s:
             self._last_print = now
             print(self.summary_line("📊 summary"), flush=True)
-        if now - self._last_write >= 0.5:
-            self._last_write = now
-            self.write_summary()
+
+    def fetched(self) -> Dict[str, int]:
+        """Records fetched from Kafka per venue.  On arrival every fetched record is read at
+        once; with the event-time alignment a venue's newest records wait in its source until
+        the other partitions' timestamps pass them, so "fetched" can run ahead of "records"."""
+        if self.venue_streams is None:
+            return dict(self.counter.rows)
+        out = {}
+        for venue, stream in self.venue_streams.items():
+            out[venue] = sum(m.get("messages", 0) for name, m in stream.metrics.items()
+                             if name.startswith("from_kafka("))
+        return out
 
     def summary(self, with_latencies: bool = True) -> dict:
         return {
             "records": dict(self.counter.rows),
+            "fetched": self.fetched(),
             "evaluations": self.evaluations,
             "opportunities": self.n_opportunities,
+            "skipped_quotes": dict(self.guard.skipped),
+            "skipped_edges": dict(self.skipped),
             "latency_ms_p50": percentile(self.latencies_ms, 50),
             "latency_ms_p99": percentile(self.latencies_ms, 99),
             **({"latencies_ms": self.latencies_ms} if with_latencies else {}),
@@ -310,18 +434,24 @@ class Monitor:
         p50 = "n/a" if s["latency_ms_p50"] is None else f"{s['latency_ms_p50']:.1f} ms"
         p99 = "n/a" if s["latency_ms_p99"] is None else f"{s['latency_ms_p99']:.1f} ms"
         recs = ", ".join(f"{v} {n}" for v, n in s["records"].items())
+        skipped = sum(s["skipped_quotes"].values()) + sum(s["skipped_edges"].values())
         return (f"{head}: {s['opportunities']} opportunities in {s['evaluations']} evaluations; "
-                f"tick-to-signal p50 {p50}, p99 {p99}; records read: {recs}")
+                f"tick-to-signal p50 {p50}, p99 {p99}; records read: {recs}"
+                + (f"; skipped unusable quotes: {skipped}" if skipped else ""))
 
     def write_summary(self, final: bool = False) -> None:
         """The summary JSON (every latency only in the final one: the periodic ones stay small)."""
         if self.summary_path is None:
             return
-        tmp = self.summary_path.with_suffix(self.summary_path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.summary(with_latencies=final)))
-        os.replace(tmp, self.summary_path)
+        with self._write_lock:
+            tmp = self.summary_path.with_suffix(self.summary_path.suffix + ".tmp")
+            tmp.write_text(json.dumps(self.summary(with_latencies=final)))
+            os.replace(tmp, self.summary_path)
 
     def close(self) -> None:
+        self._stop_writer.set()
+        if self._writer is not None:
+            self._writer.join()
         if self.output:
             self.output.close()
         self.write_summary(final=True)
@@ -329,18 +459,21 @@ class Monitor:
 
 def run(args: argparse.Namespace) -> int:
     fees = parse_fees(args.fees)
+    check_reachable(args.bootstrap, timeout_s=args.connect_timeout)
     monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every)
     group = args.group_id or f"sabot-arbitrage-{uuid.uuid4().hex[:8]}"
     if args.align == "arrival":
         joined = arrival_stream(args.bootstrap, group, monitor.counter,
                                 from_beginning=args.from_beginning, fast_groups=args.fast_groups,
                                 tolerance_ms=args.tolerance_ms,
-                                fetch_wait_max_ms=args.fetch_wait_max_ms)
+                                fetch_wait_max_ms=args.fetch_wait_max_ms, guard=monitor.guard)
     else:
         streams = [venue_stream(args.bootstrap, v, f"{group}-{v}", monitor.counter,
-                                from_beginning=args.from_beginning, fast_groups=args.fast_groups)
+                                from_beginning=args.from_beginning, fast_groups=args.fast_groups,
+                                guard=monitor.guard)
                    for v in VENUES]
         joined = joined_stream(*streams, tolerance_ms=args.tolerance_ms)
+        monitor.venue_streams = dict(zip(VENUES, streams))
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -366,8 +499,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bootstrap", default=os.environ.get("SABOT_KAFKA_BOOTSTRAP", "localhost:19092"))
+    p.add_argument("--connect-timeout", type=float, default=8.0,
+                   help="give up when no broker answers at --bootstrap within this many seconds "
+                        "(default %(default)s)")
     p.add_argument("--fees", default=DEFAULT_FEES,
                    help="taker fee per venue in bps, e.g. %(default)s (or one number for all)")
     p.add_argument("--min-edge-bps", type=float, default=0.0, help="smallest net edge to report")
@@ -393,9 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
-    except ValueError as exc:
+    except (ValueError, BrokerUnreachableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

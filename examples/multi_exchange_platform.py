@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from sabot.api import Stream  # noqa: E402
+from sabot.broker import BrokerUnreachableError, check_reachable  # noqa: E402
 from sabot.fintech import (  # noqa: E402
     StreamingAsofJoinKernel, arbitrage_opportunities, l1_imbalance, midprice, normalize_symbols,
 )
@@ -105,6 +106,8 @@ async def platform(streams: Sequence[Stream], tolerance_ms: float = 500) -> Asyn
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    if args.parquet is None:
+        check_reachable(args.bootstrap, timeout_s=args.connect_timeout)
     streams = venue_streams(args.parquet, args.bootstrap)
     writer = None
     latest: Dict[str, dict] = {}
@@ -146,10 +149,13 @@ def print_latest(latest: Dict[str, dict], rows: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--parquet", type=Path, help="directory with coinbase/kraken/binance.parquet")
     src.add_argument("--bootstrap", default="localhost:19092", help="Kafka bootstrap servers")
+    p.add_argument("--connect-timeout", type=float, default=8.0,
+                   help="Kafka: give up when no broker answers within this many seconds")
     p.add_argument("--tolerance-ms", type=float, default=500)
     p.add_argument("--duration", type=float, default=None, help="stop after N seconds (Kafka)")
     p.add_argument("--output", type=Path, default=None, help="write the joined rows to Parquet")
@@ -163,6 +169,9 @@ def main(argv=None) -> int:
         return asyncio.run(main_async(args))
     except KeyboardInterrupt:
         return 0
+    except (BrokerUnreachableError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

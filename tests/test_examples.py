@@ -328,3 +328,27 @@ def test_export_and_live_through_kafka(kafka_broker, unique_topic, ticks, featur
         for col in ("zscore", "rsi", "macd", "var", "cusum_stat"):
             np.testing.assert_allclose(a[col].to_numpy(float), b[col].to_numpy(float), rtol=1e-9,
                                        equal_nan=True, err_msg=col)
+
+
+# ----------------------------------------------------------------------------------------------
+# A broker that cannot be reached: a clear error in bounded time, not a silent hang
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("script, args", [
+    ("multi_exchange_arbitrage.py", []),
+    ("multi_exchange_platform.py", []),
+    ("crypto_research_platform.py", ["live"]),
+])
+def test_examples_report_an_unreachable_broker_within_10_s(script, args):
+    from sabot.broker import free_port
+
+    bootstrap = f"127.0.0.1:{free_port()}"  # nobody listens there
+    t0 = time.monotonic()
+    proc = subprocess.run([PY, str(ROOT / "examples" / script), *args, "--bootstrap", bootstrap],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert f"error: no Kafka broker answered at {bootstrap} within 8 s" in proc.stderr
+    # 8 s of trying plus the interpreter's start; generous on a loaded machine
+    assert elapsed < 30, elapsed

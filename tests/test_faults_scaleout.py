@@ -324,7 +324,8 @@ def test_scale_out_two_then_three_members_and_one_killed(kafka_broker, unique_to
     kafka_broker.create_topic(out_topic, partitions=3)
     part_of_seq = _produce_by_symbol(kafka_broker.bootstrap, in_topic, table, 6)
     size = np.bincount(part_of_seq, minlength=6)
-    args = _args(kafka_broker, in_topic, unique_topic("g"), out_topic, unique_topic("cl"),
+    changelog = unique_topic("cl")
+    args = _args(kafka_broker, in_topic, unique_topic("g"), out_topic, changelog,
                  0.2, 0.05, False)
     watcher = _OutputWatcher(kafka_broker.bootstrap, out_topic)
 
@@ -358,7 +359,19 @@ def test_scale_out_two_then_three_members_and_one_killed(kafka_broker, unique_to
               "a member working on a partition with work left")
         victim, part = victim_found() or (None, None)
         assert victim is not None, "the partition finished before the kill; nothing to prove"
-        time.sleep(0.5)  # > 2 checkpoint intervals: the victim has written that progress
+        # the victim has checkpointed that progress: its changelog record for the partition is
+        # past the offset it was assigned at by 100 (however long that takes on a busy machine)
+        store = KafkaChangelogStore(kafka_broker.bootstrap, changelog)
+
+        def progress_checkpointed() -> bool:
+            start = _last_assignment(victim.log()).get(part)
+            rec = store.read([(in_topic, part)])[(in_topic, part)]
+            return start is not None and rec is not None and rec["offset"] >= start + 100
+
+        try:
+            _wait(members, progress_checkpointed, 90, "the victim's checkpoint of its progress")
+        finally:
+            store.close()
         owned = _last_assignment(victim.log())
         left = {part}
         survivors = [m for m in members if m is not victim]
