@@ -184,6 +184,31 @@ def test_asof_join_knows_the_fourth_venue_prefix(fourth_venue):
     assert {"kraken_bid", "coinbase_bid"} <= set(out.column_names), out.column_names
 
 
+def test_fourth_venue_extra_column_is_validated_by_the_shared_loop(fourth_venue):
+    """The loop's record validation checks the extra columns a venue declares, naming the value."""
+    from sabot.collectors.connection import ConnectionSettings, Stats, _Edge
+
+    edge = _Edge(BitstampCollector(), ConnectionSettings(), Stats(), None)
+    rec = {"raw_symbol": "btcusd", "timestamp": time.time_ns(), "bid": 1.0, "ask": 2.0, "bid_size": 1.0,
+           "ask_size": 1.0, "price": None, "volume_24h": None, "book_depth": 2}
+    assert edge.validator.check(rec) is None
+    assert edge.validator.check({**rec, "book_depth": -1}) == ("negative", "book_depth=-1 is negative")
+    assert edge.validator.check({**rec, "book_depth": "deep"}) == ("not_a_number", "book_depth='deep' is not a number")
+
+
+def test_venue_field_checks_are_checked_when_declared():
+    import pyarrow as pa
+
+    from sabot.venues import Venue
+
+    with pytest.raises(ValueError, match="field_checks names 'vwap', which is not one of its extra_fields"):
+        Venue(name="x", collector=BitstampCollector, simulator=BitstampSim, default_fee_bps=1.0,
+              field_checks={"vwap": "positive"})
+    with pytest.raises(ValueError, match=r"field_checks\['depth'\]='big'; expected one of positive"):
+        Venue(name="x", collector=BitstampCollector, simulator=BitstampSim, default_fee_bps=1.0,
+              extra_fields=(pa.field("depth", pa.int64()),), field_checks={"depth": "big"})
+
+
 def _run_loop(collector, sinks, sim, expect: int, timeout: float = 60.0):
     """The shared connection loop against ``sim`` until it accounted for ``expect`` data frames."""
     from sabot.collectors.connection import ConnectionSettings, Stats, run_collector

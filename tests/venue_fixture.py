@@ -148,5 +148,6 @@ VENUE = Venue(
     simulator=BitstampSim,
     default_fee_bps=30.0,
     extra_fields=(pa.field("book_depth", pa.int64()),),
+    field_checks={"book_depth": "non_negative"},
     sim_profile={"noise": 2.5e-4, "half_spread": 0.8e-4, "latency_ms": 30.0, "decimals": 0},
 )

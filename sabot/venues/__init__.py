@@ -33,11 +33,15 @@ from typing import Any, Callable, Dict, Generic, Iterator, Mapping, Optional, Tu
 import pyarrow as pa
 
 __all__ = ["Venue", "register", "unregister", "venues", "venue_names", "get_venue",
-           "ticker_topics", "default_fees", "UnknownVenueError", "VenueMapping"]
+           "ticker_topics", "default_fees", "UnknownVenueError", "VenueMapping", "FIELD_CHECKS"]
 
 
 class UnknownVenueError(ValueError):
     """A venue name that is not registered (the message lists the known ones)."""
+
+
+#: How record validation may check a venue's extra column (:attr:`Venue.field_checks`).
+FIELD_CHECKS = ("positive", "non_negative", "finite")
 
 
 def _resolve(path: str) -> Any:
@@ -56,7 +60,10 @@ class Venue:
     imported on first use so that reading the registry stays cheap.  ``sim_profile`` shapes the
     local exchange server's quotes: ``noise`` (AR(1) sigma as a fraction of the mid),
     ``half_spread`` (fraction of the mid), ``latency_ms`` (event time behind the wall clock)
-    and ``decimals`` (price rounding).
+    and ``decimals`` (price rounding).  ``field_checks`` says how the collectors' record
+    validation checks extra columns: ``{"vwap": "positive"}`` (finite and > 0),
+    ``"non_negative"`` (finite and >= 0) or ``"finite"``; unlisted extra columns are stored as
+    the parser made them.
     """
 
     name: str
@@ -66,6 +73,7 @@ class Venue:
     extra_fields: Tuple[pa.Field, ...] = ()
     sim_profile: Mapping[str, float] = field(default_factory=dict)
     ticker_topic: str = ""
+    field_checks: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier() or self.name != self.name.lower():
@@ -74,6 +82,15 @@ class Venue:
             object.__setattr__(self, "ticker_topic", f"{self.name}-ticker")
         object.__setattr__(self, "extra_fields", tuple(self.extra_fields))
         object.__setattr__(self, "sim_profile", MappingProxyType(dict(self.sim_profile)))
+        extra = {f.name for f in self.extra_fields}
+        for column, check in dict(self.field_checks).items():
+            if column not in extra:
+                raise ValueError(f"venue {self.name!r}: field_checks names {column!r}, which is not "
+                                 f"one of its extra_fields ({', '.join(sorted(extra)) or 'none'})")
+            if check not in FIELD_CHECKS:
+                raise ValueError(f"venue {self.name!r}: field_checks[{column!r}]={check!r}; "
+                                 f"expected one of {', '.join(FIELD_CHECKS)}")
+        object.__setattr__(self, "field_checks", MappingProxyType(dict(self.field_checks)))
 
     @property
     def collector_class(self) -> Any:

@@ -128,5 +128,6 @@ VENUE = register(Venue(
     default_fee_bps=10.0,
     extra_fields=(pa.field("last_price", pa.float64()), pa.field("price_change_pct", pa.float64()),
                   pa.field("num_trades", pa.int64())),
+    field_checks={"last_price": "positive", "price_change_pct": "finite"},
     sim_profile={"noise": 1.5e-4, "half_spread": 0.2e-4, "latency_ms": 20.0, "decimals": 2},
 ))

@@ -95,5 +95,6 @@ VENUE = register(Venue(
     simulator="sabot.sim.kraken:KrakenSim",
     default_fee_bps=16.0,
     extra_fields=(pa.field("vwap", pa.float64()), pa.field("change_pct", pa.float64())),
+    field_checks={"vwap": "positive", "change_pct": "finite"},
     sim_profile={"noise": 3e-4, "half_spread": 1.0e-4, "latency_ms": 60.0, "decimals": 1},
 ))
