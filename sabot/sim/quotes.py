@@ -1,7 +1,7 @@
 """Quote sources for the local exchange servers: a seedable multi-exchange random walk and scripted scenarios.
 
 Random walk: every exchange shares one mid path per symbol (log-normal steps seeded by ``seed``
-and the symbol only, so three server processes with the same seed see the same path); each
+and the symbol only, so servers in separate processes with the same seed see the same path); each
 exchange adds its own mean-reverting AR(1) noise (seeded by ``seed`` and the exchange) and its own
 half-spread, so cross-exchange spreads open and close.
 

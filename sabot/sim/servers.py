@@ -29,14 +29,12 @@ the event loop) or from the command line (``python -m sabot.sim coinbase --port 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from websockets.asyncio.server import ServerConnection, serve
