@@ -31,8 +31,36 @@ from typing import Iterable, List, Optional, Sequence
 
 logger = logging.getLogger(__name__)
 
-#: The topics every collector writes to by default (``<exchange>-ticker``).
-TICKER_TOPICS: tuple[str, ...] = ("coinbase-ticker", "kraken-ticker", "binance-ticker")
+class _TickerTopics(Sequence):
+    """Every registered venue's ticker topic, read from :mod:`sabot.venues` on each use (imported
+    then, so that importing this module stays cheap); a venue registered later is included."""
+
+    def _topics(self) -> tuple[str, ...]:
+        from sabot.venues import ticker_topics
+
+        return ticker_topics()
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._topics()[i]
+
+    def __len__(self) -> int:
+        return len(self._topics())
+
+    def __iter__(self):
+        return iter(self._topics())
+
+    def __eq__(self, other: object) -> bool:
+        return self._topics() == (tuple(other) if isinstance(other, (tuple, list, _TickerTopics)) else other)
+
+    def __hash__(self) -> int:
+        return hash(self._topics())
+
+    def __repr__(self) -> str:
+        return repr(self._topics())
+
+
+#: The topics every collector writes to by default (``<venue>-ticker``, one per registered venue).
+TICKER_TOPICS: Sequence[str] = _TickerTopics()
 
 DEFAULT_PORT = 19092
 DEFAULT_PARTITIONS = 3

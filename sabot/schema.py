@@ -3,11 +3,13 @@
 One record per best-bid/offer change.  Parquet and Stream batches use :data:`TICKER_SCHEMA`;
 Kafka carries the same fields as one flat JSON object per message, keyed by ``symbol``, with
 timestamps as integer nanoseconds since the epoch.  Exchange-specific extra columns may follow
-the common ones (:data:`EXTRA_FIELDS`).
+the common ones (:data:`EXTRA_FIELDS`, declared by each venue in :mod:`sabot.venues`).
 """
 from __future__ import annotations
 
 import pyarrow as pa
+
+from sabot.venues import UnknownVenueError, VenueMapping, get_venue, venue_names
 
 TS_NS_UTC = pa.timestamp("ns", tz="UTC")
 
@@ -29,35 +31,25 @@ TICKER_FIELDS = [
 #: The common columns, in order.
 TICKER_SCHEMA = pa.schema(TICKER_FIELDS)
 
-#: Exchange-specific columns that follow the common ones.
-EXTRA_FIELDS = {
-    "coinbase": [
-        pa.field("product_id", pa.string()),
-        pa.field("parent_timestamp", TS_NS_UTC),
-    ],
-    "kraken": [
-        pa.field("vwap", pa.float64()),
-        pa.field("change_pct", pa.float64()),
-    ],
-    "binance": [
-        pa.field("last_price", pa.float64()),
-        pa.field("price_change_pct", pa.float64()),
-        pa.field("num_trades", pa.int64()),
-    ],
-}
+#: Venue name -> the extra columns its records carry after the common ones.  Each venue declares
+#: them when it registers (:mod:`sabot.venues`); this is a live view of that registry.
+EXTRA_FIELDS: VenueMapping[list] = VenueMapping(lambda v: list(v.extra_fields), "extra columns")
 
 TIMESTAMP_COLUMNS = ("timestamp", "recv_timestamp", "parent_timestamp")
 
 
 def exchange_schema(exchange: str) -> pa.Schema:
-    """The common schema followed by ``exchange``'s extra columns."""
+    """The common schema followed by ``exchange``'s extra columns (any registered venue).
+
+    An unregistered name raises ``ValueError`` naming it and the known venues.
+    """
     try:
-        extra = EXTRA_FIELDS[exchange]
-    except KeyError:
+        venue = get_venue(exchange)
+    except UnknownVenueError:
         raise ValueError(
-            f"unknown exchange {exchange!r}; known: {', '.join(sorted(EXTRA_FIELDS))}"
+            f"unknown exchange {exchange!r}; known: {', '.join(sorted(venue_names()))}"
         ) from None
-    return pa.schema(TICKER_FIELDS + extra)
+    return venue.schema()
 
 #: Fields validated as prices when a record is read from Kafka: finite and > 0.
 PRICE_FIELDS = ("price", "bid", "ask")

@@ -3,6 +3,9 @@
 ``BTC-USD`` (Coinbase), ``BTC/USD`` (Kraken v2), ``XBT/USD`` / ``XXBTZUSD`` (Kraken v1 / REST),
 ``BTCUSDT`` / ``btcusdt`` (Binance) all become ``BTC/USD``: USDT is treated as USD by default
 (``quote_aliases``). This is the one pure-Python mapping; the ``normalize_symbols`` kernel reuses it.
+A spelling only one venue uses (Kraken's ``XXBTZUSD``) is that venue's knowledge: its collector's
+``split_exchange_symbol`` is asked when ``exchange`` names a registered venue
+(:mod:`sabot.venues`); the reverse direction is ``Venue.to_exchange_symbol``.
 """
 from __future__ import annotations
 
@@ -56,13 +59,27 @@ def split_symbol(raw: str, exchange: str | None = None) -> tuple[str, str]:
             if base and quote and sep not in quote:
                 return base, quote
             raise ValueError(f"cannot split symbol {raw!r}: expected BASE{sep}QUOTE")
-    # Kraken REST names: XXBTZUSD, XETHZEUR (X-prefixed crypto, Z-prefixed fiat).
-    if exchange == "kraken" and len(s) == 8 and s[0] == "X" and s[4] in "XZ":
-        return s[1:4], s[5:]
+    if exchange is not None:  # a venue's own spelling (Kraken REST: XXBTZUSD)
+        split = _venue_split(exchange, s)
+        if split is not None:
+            return split
     for quote in KNOWN_QUOTES:
         if len(s) > len(quote) and s.endswith(quote):
             return s[: -len(quote)], quote
     raise ValueError(f"cannot split symbol {raw!r}: no separator and no known quote suffix")
+
+
+def _venue_split(exchange: str, text: str) -> tuple[str, str] | None:
+    """The registered venue ``exchange``'s own split of ``text``; ``None`` for the generic rules
+    (and for a name that is not a registered venue)."""
+    from sabot.venues import UnknownVenueError, get_venue  # imported here: the registry imports us
+
+    try:
+        collector = get_venue(exchange).collector_class
+    except UnknownVenueError:
+        return None
+    split = getattr(collector, "split_exchange_symbol", None)
+    return split(text) if split is not None else None
 
 
 def normalize_symbol(

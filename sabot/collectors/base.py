@@ -1,6 +1,7 @@
 """The collector interface each exchange implements once.
 
-An exchange file only knows its URL, subscribe messages, parser and symbol mapping; the shared
+A venue module (:mod:`sabot.venues.coinbase`, ...) only knows its URL, subscribe messages, parser
+and symbol spelling both ways; the shared
 connection loop (:mod:`sabot.collectors.connection`) and sinks (:mod:`sabot.collectors.sinks`) do
 the rest.  :meth:`ExchangeCollector.parse` turns one raw frame into a :class:`Parsed` result whose
 ``kind`` tells the loop what happened (records, an ack, an exchange error, ...).
@@ -164,6 +165,29 @@ class ExchangeCollector(abc.ABC):
 
     def on_connect(self) -> None:
         """Reset per-connection state (called before subscribing)."""
+
+    # -- symbol spelling (class-level: the registry, the simulators and the kernels use it) ----
+    @classmethod
+    def to_exchange_symbol(cls, symbol: str) -> str:
+        """The exchange's spelling of canonical ``BASE/QUOTE`` (default: ``BASE/QUOTE`` itself).
+
+        Text without ``/`` is taken to be in the exchange's spelling already and returned as is.
+        Exchanges spelling symbols otherwise (``BTC-USD``, ``BTCUSDT``) override this.
+        """
+        if "/" not in symbol:
+            return symbol
+        base, sep, quote = symbol.partition("/")
+        if not base or not quote or "/" in quote:
+            raise ValueError(f"{cls.name}: symbol {symbol!r} is not BASE/QUOTE")
+        return f"{base}/{quote}"
+
+    @classmethod
+    def split_exchange_symbol(cls, text: str) -> tuple[str, str] | None:
+        """``(base, quote)`` of an upper-case symbol without separator that only this exchange
+        spells that way (Kraken's ``XXBTZUSD``), or ``None`` to apply the generic rules
+        (a known quote suffix: ``BTCUSDT``).  Used by :func:`sabot.symbols.split_symbol`.
+        """
+        return None
 
     def payload_symbols(self) -> dict[str, str]:
         """Subscribed symbols as the exchange spells them in data frames -> the user's spelling.

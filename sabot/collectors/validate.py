@@ -4,9 +4,10 @@ The parsers turn frames into records; :class:`RecordValidator` decides whether a
 stored.  A record is rejected (counted by reason, logged rate-limited, optionally written to a
 dead-letter file) when:
 
-* a price (``bid``, ``ask``, ``price``, ``vwap``, ``last_price``) is not a finite number > 0;
+* a price (``bid``, ``ask``, ``price``) is not a finite number > 0;
 * a size or volume (``bid_size``, ``ask_size``, ``volume_24h``) is not a finite number >= 0;
-* a change (``change_pct``, ``price_change_pct``) is not finite;
+* an extra column a venue declares checked (``Venue.field_checks``: Kraken's ``vwap`` is a
+  price, its ``change_pct`` a change that only has to be finite) fails that check;
 * a boolean stands where a number belongs (``bid=True``), or a required value is missing;
 * the event ``timestamp`` lies more than ``max_age_s`` before or ``max_ahead_s`` after now;
 * the symbol was not subscribed, or holds control characters.
@@ -27,7 +28,8 @@ import orjson
 
 from sabot.collectors.base import Record, has_control_chars
 
-__all__ = ["RecordValidator", "DeadLetter", "RateLimitedLog", "REASONS", "ns_text"]
+__all__ = ["RecordValidator", "DeadLetter", "RateLimitedLog", "REASONS", "ns_text", "BASE_CHECKS",
+           "field_checks"]
 
 log = logging.getLogger("sabot.collectors")
 
@@ -38,9 +40,10 @@ REASONS = (
     "unserializable",
 )
 
-_POSITIVE = ("bid", "ask", "price", "vwap", "last_price")
-_NON_NEGATIVE = ("bid_size", "ask_size", "volume_24h")
-_ANY_FINITE = ("change_pct", "price_change_pct")
+#: The common columns' checks; venues add their extra columns' (:func:`field_checks`).
+BASE_CHECKS: Mapping[str, str] = {"bid": "positive", "ask": "positive", "price": "positive",
+                                  "bid_size": "non_negative", "ask_size": "non_negative",
+                                  "volume_24h": "non_negative"}
 _REQUIRED = frozenset({"bid", "ask", "bid_size", "ask_size"})
 _INF = math.inf
 
@@ -55,17 +58,40 @@ def ns_text(ns: Any) -> str:
         return repr(ns)
 
 
+def field_checks() -> dict[str, str]:
+    """Column -> check (``positive``, ``non_negative``, ``finite``): the common columns' and
+    every registered venue's extra columns' (:attr:`sabot.venues.Venue.field_checks`)."""
+    from sabot.venues import venues
+
+    checks = dict(BASE_CHECKS)
+    for venue in venues():
+        for column, check in venue.field_checks.items():
+            checks.setdefault(column, check)
+    return checks
+
+
 class RecordValidator:
     """Checks (and leaves unchanged) records from one collector; see the module docstring.
 
     ``symbols`` maps each subscribed symbol as data frames spell it to the user's spelling
-    (:meth:`ExchangeCollector.payload_symbols`).  ``now_ns`` is injectable for tests.
+    (:meth:`ExchangeCollector.payload_symbols`).  ``checks`` (column -> ``positive``,
+    ``non_negative`` or ``finite``) defaults to :func:`field_checks` at construction: the
+    common columns and every registered venue's checked extra columns.  ``now_ns`` is
+    injectable for tests.
     """
 
     def __init__(self, symbols: Mapping[str, str], max_age_s: float = 86_400.0,
-                 max_ahead_s: float = 60.0, now_ns: Callable[[], int] = time.time_ns) -> None:
+                 max_ahead_s: float = 60.0, now_ns: Callable[[], int] = time.time_ns,
+                 checks: Mapping[str, str] | None = None) -> None:
         if max_age_s <= 0 or max_ahead_s < 0:
             raise ValueError(f"max_age_s={max_age_s!r} must be > 0 and max_ahead_s={max_ahead_s!r} >= 0")
+        checks = field_checks() if checks is None else {**BASE_CHECKS, **checks}
+        unknown = {k: v for k, v in checks.items() if v not in ("positive", "non_negative", "finite")}
+        if unknown:
+            raise ValueError(f"checks {unknown} must be 'positive', 'non_negative' or 'finite'")
+        self._positive = tuple(k for k, v in checks.items() if v == "positive")
+        self._non_negative = tuple(k for k, v in checks.items() if v == "non_negative")
+        self._any_finite = tuple(k for k, v in checks.items() if v == "finite")
         self.symbols = dict(symbols)
         self.max_age_ns = int(max_age_s * 1e9)
         self.max_ahead_ns = int(max_ahead_s * 1e9)
@@ -80,19 +106,19 @@ class RecordValidator:
             return "unsubscribed_symbol", f"raw_symbol={raw!r} was not subscribed"
         get = rec.get
         # fast path per field: a float in range (NaN fails every comparison); else find out why
-        for name in _POSITIVE:
+        for name in self._positive:
             x = get(name)
             if not (type(x) is float and 0.0 < x < _INF) and (x is not None or name in _REQUIRED):
                 bad = _bad_number(x, name, 1)
                 if bad is not None:
                     return bad
-        for name in _NON_NEGATIVE:
+        for name in self._non_negative:
             x = get(name)
             if not (type(x) is float and 0.0 <= x < _INF) and (x is not None or name in _REQUIRED):
                 bad = _bad_number(x, name, 0)
                 if bad is not None:
                     return bad
-        for name in _ANY_FINITE:
+        for name in self._any_finite:
             x = get(name)
             if not (type(x) is float and -_INF < x < _INF) and x is not None:
                 bad = _bad_number(x, name, -1)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any, Callable, Iterable, Iterator, Literal, Optional, TypeVar, Union
+from typing import AbstractSet, Any, Callable, Iterable, Iterator, Literal, Optional, TypeVar, Union
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +14,7 @@ OnUnit = Literal["ns", "us", "ms", "s"]
 Tolerance = Union[datetime.timedelta, np.timedelta64, int, None]
 
 PREFIXED_META_KEY: bytes
-KNOWN_EXCHANGES: frozenset[str]
+KNOWN_EXCHANGES: AbstractSet[str]  # every registered venue (a live view)
 
 def asof_join(
     left: B,

@@ -66,13 +66,11 @@ _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 #: Schema metadata key listing the columns that already carry an exchange prefix.
 PREFIXED_META_KEY = b"sabot.asof.prefixed"
-#: Exchanges whose ``<name>_`` prefix is recognised as "already prefixed".
-try:
-    from ..schema import EXTRA_FIELDS as _EXCHANGE_FIELDS
+#: Exchanges whose ``<name>_`` prefix is recognised as "already prefixed": every registered
+#: venue (a live set view of :mod:`sabot.venues`, read at each join's planning).
+from ..schema import EXTRA_FIELDS as _VENUE_FIELDS
 
-    KNOWN_EXCHANGES = frozenset(_EXCHANGE_FIELDS)
-except Exception:  # pragma: no cover - schema module always present in the package
-    KNOWN_EXCHANGES = frozenset({"coinbase", "kraken", "binance"})
+KNOWN_EXCHANGES = _VENUE_FIELDS.keys()
 
 
 # --------------------------------------------------------------------------------------------

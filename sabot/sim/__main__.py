@@ -1,4 +1,4 @@
-"""``python -m sabot.sim {coinbase,kraken,binance} --port N [--replay FILE | --scenario FILE] [--seed S] ...``"""
+"""``python -m sabot.sim VENUE --port N [--replay FILE | --scenario FILE] [--seed S] ...`` (any registered venue)."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sabot.sim",
                                 description="Local WebSocket server speaking an exchange's market-data protocol.",
                                 allow_abbrev=False)
-    p.add_argument("exchange", choices=sorted(SIMULATORS))
+    p.add_argument("exchange", choices=list(SIMULATORS), help="the venue to simulate")
     p.add_argument("--port", type=int, default=8765, help="port on --host (0 = any free port)")
     p.add_argument("--host", default="127.0.0.1")
     src = p.add_mutually_exclusive_group()

@@ -1,7 +1,7 @@
 """Quote sources for the local exchange servers: a seedable multi-exchange random walk and scripted scenarios.
 
 Random walk: every exchange shares one mid path per symbol (log-normal steps seeded by ``seed``
-and the symbol only, so three server processes with the same seed see the same path); each
+and the symbol only, so servers in separate processes with the same seed see the same path); each
 exchange adds its own mean-reverting AR(1) noise (seeded by ``seed`` and the exchange) and its own
 half-spread, so cross-exchange spreads open and close.
 
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import orjson
 
-__all__ = ["Quote", "RandomWalk", "load_scenario", "to_raw_symbol", "EXCHANGE_PROFILES"]
+from sabot.venues import VenueMapping, get_venue
+
+__all__ = ["Quote", "RandomWalk", "load_scenario", "to_raw_symbol", "EXCHANGE_PROFILES", "DEFAULT_PROFILE"]
 
 
 @dataclass(frozen=True)
@@ -35,26 +37,23 @@ class Quote:
     t: float = 0.0  # scenario time offset (s)
 
 
-#: Per-exchange noise (AR(1) sigma as a fraction of mid), half-spread (fraction) and latency (ms).
-EXCHANGE_PROFILES = {
-    "coinbase": {"noise": 2e-4, "half_spread": 0.5e-4, "latency_ms": 40.0, "decimals": 2},
-    "kraken": {"noise": 3e-4, "half_spread": 1.0e-4, "latency_ms": 60.0, "decimals": 1},
-    "binance": {"noise": 1.5e-4, "half_spread": 0.2e-4, "latency_ms": 20.0, "decimals": 2},
-}
+#: What a venue's ``sim_profile`` leaves out.
+DEFAULT_PROFILE: dict[str, float] = {"noise": 2e-4, "half_spread": 0.5e-4, "latency_ms": 40.0, "decimals": 2}
+
+#: Per-venue noise (AR(1) sigma as a fraction of mid), half-spread (fraction), latency (ms) and
+#: price decimals: each venue's ``sim_profile`` in the registry (a live view).
+EXCHANGE_PROFILES: VenueMapping[dict] = VenueMapping(lambda v: {**DEFAULT_PROFILE, **v.sim_profile},
+                                                   "simulator profile")
 
 _START_PRICES = {"BTC": 65_000.0, "ETH": 3_400.0, "SOL": 150.0, "DOGE": 0.15}
 
 
 def to_raw_symbol(symbol: str, exchange: str) -> str:
-    """The exchange's spelling of canonical ``BASE/QUOTE`` (Binance: USD → USDT)."""
+    """The venue's spelling of canonical ``BASE/QUOTE`` (``BTC-USD``, ``BTCUSDT``), as the venue's
+    own module defines it; text without ``/`` is taken to be that spelling already."""
     if "/" not in symbol:
         return symbol  # already the exchange's spelling
-    base, quote = symbol.split("/")
-    if exchange == "coinbase":
-        return f"{base}-{quote}"
-    if exchange == "binance":
-        return f"{base}{'USDT' if quote == 'USD' else quote}"
-    return f"{base}/{quote}"
+    return get_venue(exchange).to_exchange_symbol(symbol)
 
 
 def _seed(*parts: object) -> int:
@@ -65,13 +64,13 @@ class RandomWalk:
     """Deterministic quotes for one exchange: ``next(symbol)`` gives that symbol's next step."""
 
     def __init__(self, exchange: str, seed: int = 0, step_vol: float = 2e-4) -> None:
-        prof = EXCHANGE_PROFILES[exchange]
+        prof = {**DEFAULT_PROFILE, **get_venue(exchange).sim_profile}
         self.exchange = exchange
         self.seed = seed
         self.step_vol = step_vol
-        self.noise_sigma = prof["noise"]
-        self.half_spread = prof["half_spread"]
-        self.decimals = prof["decimals"]
+        self.noise_sigma = float(prof["noise"])
+        self.half_spread = float(prof["half_spread"])
+        self.decimals = int(prof["decimals"])
         self._mid_rng: dict[str, random.Random] = {}
         self._mid: dict[str, float] = {}
         self._noise: dict[str, float] = {}

@@ -1,10 +1,13 @@
-"""Local WebSocket servers speaking the Coinbase Advanced Trade, Kraken v2 and Binance Spot protocols.
+"""Local WebSocket servers speaking each venue's market-data protocol: the shared machinery.
 
-Each server (protocol facts as each exchange documents and sends them) accepts real
-WebSocket connections on 127.0.0.1, performs the exchange's subscribe/ack dance, sends its
-keepalives (Coinbase ``heartbeats`` channel, Kraken ``heartbeat`` frames, Binance ping frames)
-and streams ticker frames from one of three sources: a replay file (JSON lines sent verbatim), a
-scripted scenario (:func:`sabot.sim.quotes.load_scenario`) or the seedable random walk.
+:class:`SimServer` accepts real WebSocket connections on 127.0.0.1, runs each connection and
+streams ticker frames from one of three sources: a replay file (JSON lines sent verbatim), a
+scripted scenario (:func:`sabot.sim.quotes.load_scenario`) or the seedable random walk.  Each
+venue's simulator writer subclasses it next to its venue module (:mod:`sabot.sim.coinbase`,
+:mod:`sabot.sim.kraken`, :mod:`sabot.sim.binance`, or a plug-in's own module) and speaks the
+protocol: the subscribe/ack dance, keepalives (Coinbase ``heartbeats`` channel, Kraken
+``heartbeat`` frames, Binance ping frames), frame encoding and its bad-value faults.
+:data:`SIMULATORS` maps every registered venue (:mod:`sabot.venues`) to its simulator class.
 
 Fault options: ``drop_every``/``drop_after`` (close the connection after N data frames), ``malformed``
 (N bad or unknown frames after subscribing), ``silence_after`` (stop sending but keep the socket
@@ -26,32 +29,30 @@ the event loop) or from the command line (``python -m sabot.sim coinbase --port 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from sabot.sim.quotes import EXCHANGE_PROFILES, Quote, RandomWalk, load_scenario, to_raw_symbol
-from sabot.symbols import normalize_symbol
+from sabot.sim.quotes import EXCHANGE_PROFILES, Quote, RandomWalk, load_scenario
+from sabot.venues import VenueMapping, get_venue, venues
 
-__all__ = ["SimServer", "CoinbaseSim", "KrakenSim", "BinanceSim", "SIMULATORS", "ns_to_rfc3339",
-           "CORRUPT_KINDS"]
+__all__ = ["SimServer", "Conn", "SIMULATORS", "ns_to_rfc3339", "json_text", "decimal_text",
+           "CORRUPT_KINDS", "FAR_FUTURE", "STRAY_SYMBOL"]
 
 #: Bad-value faults (``corrupt_kinds``); Binance has no exchange time, so no ``future`` there.
 CORRUPT_KINDS = ("nan", "inf", "negative", "zero", "bool", "negative_size", "future", "unsubscribed",
                  "control")
 #: The far-future event time sent by the ``future`` fault.
 FAR_FUTURE = "2999-01-01T00:00:00.000000Z"
-#: A symbol no test subscribes (``unsubscribed`` fault), per exchange spelling.
-_STRAY = {"coinbase": "ZZZ-USD", "kraken": "ZZZ/USD", "binance": "ZZZUSDT"}
+#: A symbol no test subscribes (``unsubscribed`` fault), sent in each venue's own spelling.
+STRAY_SYMBOL = "ZZZ/USD"
 _GARBAGE = ('{"channel":"ticker","events":[{', "\u0000\u0001 garbage", "null", "[]",
             '{"data":', b"\xff\xfe\x00 binary garbage")
 
@@ -68,7 +69,7 @@ def ns_to_rfc3339(ns: int, digits: int = 9, trim: bool = True) -> str:
     return f"{text}.{f}Z" if f else f"{text}Z"
 
 
-def _dec(x: float) -> str:
+def decimal_text(x: float) -> str:
     """Shortest decimal text of a float without exponent (``64281.7``, ``63454``)."""
     s = repr(float(x))
     if "e" in s or "E" in s:
@@ -78,7 +79,8 @@ def _dec(x: float) -> str:
     return s
 
 
-def _dumps(obj: Any) -> str:
+def json_text(obj: Any) -> str:
+    """Compact JSON text of ``obj``."""
     return orjson.dumps(obj).decode()
 
 
@@ -150,8 +152,12 @@ class SimServer:
         self.ping_interval = ping_interval
         self.lifetime = lifetime
         self.shutdown_after = shutdown_after
-        self.latency_ns = int((EXCHANGE_PROFILES[self.exchange]["latency_ms"] if latency_ms is None
-                               else latency_ms) * 1e6)
+        self.venue = get_venue(self.exchange)  # an unregistered venue fails here, by name
+        profile = EXCHANGE_PROFILES[self.exchange]
+        #: Price decimals of this venue's quotes (its simulator profile).
+        self.decimals = int(profile["decimals"])
+        self.latency_ns = int((profile["latency_ms"] if latency_ms is None else latency_ms) * 1e6)
+        self._raw_symbols: dict[str, str] = {}
         self.subscribe_deadline = subscribe_deadline
         self.keep_sent = keep_sent
         kinds = tuple(corrupt_kinds) if corrupt_kinds else tuple(
@@ -252,7 +258,19 @@ class SimServer:
 
     # ---- shared machinery -----------------------------------------------------------------
     def _canonical(self, raw: str) -> str:
-        return normalize_symbol(raw, self.exchange, quote_aliases={})
+        return self.venue.to_canonical_symbol(raw, quote_aliases={})
+
+    def raw_symbol(self, symbol: str) -> str:
+        """This venue's spelling of canonical ``symbol`` (the venue module's own mapping, cached)."""
+        raw = self._raw_symbols.get(symbol)
+        if raw is None:
+            raw = self._raw_symbols[symbol] = self.venue.to_exchange_symbol(symbol)
+        return raw
+
+    @property
+    def stray_symbol(self) -> str:
+        """A symbol no client subscribes, in this venue's spelling (the ``unsubscribed`` fault)."""
+        return self.raw_symbol(STRAY_SYMBOL)
 
     async def _send(self, conn: Conn, text: str, is_data: bool = False) -> None:
         await conn.ws.send(text)
@@ -381,7 +399,7 @@ class SimServer:
             if delay > 0:
                 await asyncio.sleep(delay)
             self._pos += 1
-            raw = to_raw_symbol(q.symbol, self.exchange)
+            raw = self.raw_symbol(q.symbol)
             snapshot = raw not in conn.announced
             conn.announced.add(raw)
             return self.encode(q if "/" in q.symbol else _with_symbol(q, self._canonical(raw)), conn,
@@ -450,306 +468,15 @@ def _with_symbol(q: Quote, symbol: str) -> Quote:
     return Quote(symbol, q.bid, q.ask, q.bid_size, q.ask_size, q.price, q.volume, q.t)
 
 
-# ---------------------------------------------------------------------------------------------
-class CoinbaseSim(SimServer):
-    """Advanced Trade: one channel per subscribe, cumulative ``subscriptions`` acks, 5 s deadline."""
-
-    exchange = "coinbase"
-
-    def _envelope(self, conn: Conn, channel: str, events: list) -> str:
-        return _dumps({"channel": channel, "client_id": "", "timestamp": ns_to_rfc3339(self.event_time_ns()),
-                       "sequence_num": conn.next_seq(), "events": events})
-
-    async def on_message(self, conn: Conn, msg: Any, text: str) -> None:
-        if not isinstance(msg, dict) or msg.get("type") not in ("subscribe", "unsubscribe"):
-            await conn.ws.send(_dumps({"type": "error", "message": "Failure to parse message"}))
-            return
-        channel = msg.get("channel")
-        if channel == "ticker":
-            pids = msg.get("product_ids") or []
-            if not pids or not all(isinstance(p, str) and "-" in p for p in pids):
-                await conn.ws.send(_dumps({"type": "error", "message": f"invalid product_ids {pids}"}))
-                return
-            unlisted = [p for p in pids if not self.is_listed(p)]
-            if unlisted:  # the whole subscribe message is refused
-                self.rejected_symbols.extend(unlisted)
-                await conn.ws.send(_dumps({"type": "error", "message": f"invalid product_ids {unlisted}"}))
-                return
-            conn.symbols.extend(p for p in pids if p not in conn.symbols)
-        elif channel != "heartbeats":
-            # the real service answers unknown channels with this (misleading) text
-            await conn.ws.send(_dumps({"type": "error", "message": "authentication failure"}))
-            return
-        conn.channels.add(channel)
-        subs = {"heartbeats": ["heartbeats"]} if "heartbeats" in conn.channels else {}
-        if "ticker" in conn.channels:
-            subs["ticker"] = list(conn.symbols)
-        await conn.ws.send(self._envelope(conn, "subscriptions", [{"subscriptions": subs}]))
-        if channel == "ticker":
-            conn.subscribed.set()
-
-    async def keepalive(self, conn: Conn) -> None:
-        counter = 0
-        started = time.monotonic()
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            if "heartbeats" in conn.channels and not conn.silent:
-                counter += 1
-                now = time.time_ns()
-                current = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now // 10**9))
-                           + f".{now % 10**9 // 1000:06d} +0000 UTC m=+{time.monotonic() - started:.9f}")
-                await conn.ws.send(self._envelope(conn, "heartbeats", [
-                    {"current_time": current, "heartbeat_counter": counter}]))
-
-    def encode(self, q: Quote, conn: Conn, snapshot: bool) -> list[tuple[str, bool]]:
-        pid = to_raw_symbol(q.symbol, "coinbase")
-        ticker = {
-            "type": "ticker", "product_id": pid, "price": _dec(q.price),
-            "volume_24_h": _dec(q.volume), "low_24_h": _dec(q.bid * 0.97), "high_24_h": _dec(q.ask * 1.02),
-            "low_52_w": _dec(q.bid * 0.5), "high_52_w": _dec(q.ask * 1.5),
-            "price_percent_chg_24_h": "1.21471769193719",
-            "best_bid": _dec(q.bid), "best_bid_quantity": _dec(q.bid_size),
-            "best_ask": _dec(q.ask), "best_ask_quantity": _dec(q.ask_size),
-        }
-        return [(self._envelope(conn, "ticker", [
-            {"type": "snapshot" if snapshot else "update", "tickers": [ticker]}]), True)]
-
-    def error_frame(self, text: str) -> str:
-        return _dumps({"type": "error", "message": text})
-
-    def bad_data_frame(self, conn: Conn) -> str:
-        return _dumps({"channel": "ticker", "timestamp": "yesterday", "sequence_num": 0,
-                       "events": [{"type": "update", "tickers": [{"product_id": "BTC-USD"}]}]})
-
-    def corrupt(self, text: str, kind: str) -> str:
-        msg = orjson.loads(text)
-        t = msg["events"][0]["tickers"][0]
-        if kind == "future":
-            msg["timestamp"] = FAR_FUTURE
-        elif kind == "unsubscribed":
-            t["product_id"] = _STRAY["coinbase"]
-        elif kind == "control":
-            t["product_id"] += "\u0000"
-        else:
-            field, value = {"nan": ("best_bid", "nan"), "inf": ("best_ask", "1e999"),
-                            "negative": ("price", "-5"), "zero": ("best_bid", "0"),
-                            "bool": ("best_bid", True), "negative_size": ("best_ask_quantity", "-1.5")}[kind]
-            t[field] = value
-        return _dumps(msg)
+#: Venue name -> its simulator class (a live view of the venue registry; a simulator writer's
+#: module is imported when its class is first asked for).
+SIMULATORS: VenueMapping[type[SimServer]] = VenueMapping(lambda v: v.simulator_class, "simulator")
 
 
-class KrakenSim(SimServer):
-    """Kraken v2: status frame on connect, one ack per symbol, snapshot first, heartbeats, ping/pong."""
-
-    exchange = "kraken"
-
-    def _stamp(self) -> str:
-        return ns_to_rfc3339(time.time_ns(), 6, trim=False)
-
-    async def on_open(self, conn: Conn) -> None:
-        await conn.ws.send(_dumps({"channel": "status", "type": "update", "data": [{
-            "version": "2.0.10", "system": "online", "api_version": "v2",
-            "connection_id": 18125794168470749634, "upcoming_maintenance": [], "emergency": []}]}))
-
-    async def on_message(self, conn: Conn, msg: Any, text: str) -> None:
-        t_in = self._stamp()
-        if not isinstance(msg, dict) or "method" not in msg:
-            await conn.ws.send(_dumps({"error": "Malformed request", "success": False,
-                                       "time_in": t_in, "time_out": self._stamp()}))
-            return
-        method = msg["method"]
-        req = {"req_id": msg["req_id"]} if "req_id" in msg else {}
-        if method == "ping":
-            await conn.ws.send(_dumps({"method": "pong", **req, "time_in": t_in, "time_out": self._stamp()}))
-            return
-        params = msg.get("params") or {}
-        if method != "subscribe" or params.get("channel") != "ticker":
-            await conn.ws.send(_dumps({"error": f"Unsupported method or channel {method!r}",
-                                       "method": method, "success": False, **req,
-                                       "time_in": t_in, "time_out": self._stamp()}))
-            return
-        trigger = params.get("event_trigger", "trades")
-        for sym in params.get("symbol") or []:
-            if not isinstance(sym, str) or "/" not in sym or sym.startswith("XBT/") or not self.is_listed(sym):
-                if isinstance(sym, str):
-                    self.rejected_symbols.append(sym)
-                await conn.ws.send(_dumps({"error": f"Currency pair not supported {sym}", "method": "subscribe",
-                                           "success": False, "symbol": sym, **req,
-                                           "time_in": t_in, "time_out": self._stamp()}))
-                continue
-            if sym not in conn.symbols:
-                conn.symbols.append(sym)
-            await conn.ws.send(_dumps({"method": "subscribe", "result": {
-                "channel": "ticker", "event_trigger": trigger, "snapshot": params.get("snapshot", True),
-                "symbol": sym}, "success": True, **req, "time_in": t_in, "time_out": self._stamp()}))
-        if conn.symbols:
-            conn.subscribed.set()
-
-    async def keepalive(self, conn: Conn) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            if not conn.silent:
-                await conn.ws.send('{"channel":"heartbeat"}')
-
-    def encode(self, q: Quote, conn: Conn, snapshot: bool) -> list[tuple[str, bool]]:
-        d = EXCHANGE_PROFILES["kraken"]["decimals"]
-        mid = (q.bid + q.ask) / 2
-        return [(_dumps({"channel": "ticker", "type": "snapshot" if snapshot else "update", "data": [{
-            "symbol": to_raw_symbol(q.symbol, "kraken"), "bid": q.bid, "bid_qty": q.bid_size,
-            "ask": q.ask, "ask_qty": q.ask_size, "last": q.price, "volume": q.volume,
-            "vwap": round(mid * 1.001, d), "low": round(mid * 0.97, d), "high": round(mid * 1.02, d),
-            "change": round(mid * -0.0051, d), "change_pct": -0.51, "trades": 135262,
-            "timestamp": ns_to_rfc3339(self.event_time_ns(), 6, trim=False)}]}), True)]
-
-    def error_frame(self, text: str) -> str:
-        t = self._stamp()
-        return _dumps({"error": text, "method": "subscribe", "success": False, "symbol": "XBT/USD",
-                       "time_in": t, "time_out": t})
-
-    def bad_data_frame(self, conn: Conn) -> str:
-        return _dumps({"channel": "ticker", "type": "update", "data": [{"bid": "n/a", "ask": 1}]})
-
-    def corrupt(self, text: str, kind: str) -> str:
-        msg = orjson.loads(text)
-        t = msg["data"][0]
-        if kind == "future":
-            t["timestamp"] = FAR_FUTURE
-        elif kind == "unsubscribed":
-            t["symbol"] = _STRAY["kraken"]
-        elif kind == "control":
-            t["symbol"] += "\u0000"
-        elif kind == "inf":  # a JSON number beyond float64: not expressible through a float
-            t["ask"] = "__INF__"
-            return _dumps(msg).replace('"__INF__"', "1e999")
-        else:
-            field, value = {"nan": ("bid", "nan"), "negative": ("last", -5), "zero": ("bid", 0),
-                            "bool": ("bid", True), "negative_size": ("ask_qty", -1.5)}[kind]
-            t[field] = value
-        return _dumps(msg)
-
-
-class BinanceSim(SimServer):
-    """Binance Spot: combined-stream URL subscribes, ping frames, SUBSCRIBE replies, serverShutdown."""
-
-    exchange = "binance"
-
-    def __init__(self, *args: Any, ticker_every: int = 5, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.ticker_every = ticker_every
-        self._update_id = itertools.count(400_900_000)
-        self._steps: dict[str, int] = {}
-        self.streams_seen: list[list[str]] = []
-
-    async def on_open(self, conn: Conn) -> None:
-        parts = urlsplit(conn.ws.request.path)
-        streams: list[str] = []
-        if parts.path.rstrip("/") == "/stream":
-            for value in parse_qs(parts.query).get("streams", []):
-                streams.extend(s for s in value.split("/") if s)
-        elif parts.path.startswith("/ws/"):
-            conn.raw_stream = True
-            streams = [s for s in parts.path[4:].split("/") if s]
-        self._add_streams(conn, streams)
-
-    def _add_streams(self, conn: Conn, streams: list[str]) -> None:
-        self.streams_seen.append(list(streams))
-        for s in streams:
-            sym, _, kind = s.partition("@")
-            if not self.is_listed(sym.upper()):
-                # Binance answers an unlisted symbol's stream with silence, not an error
-                if sym.upper() not in self.rejected_symbols:
-                    self.rejected_symbols.append(sym.upper())
-                continue
-            conn.channels.add(s)
-            if sym.upper() not in conn.symbols and kind in ("bookTicker", "ticker"):
-                conn.symbols.append(sym.upper())
-        if streams:
-            conn.subscribed.set()
-
-    async def on_message(self, conn: Conn, msg: Any, text: str) -> None:
-        if not isinstance(msg, dict):
-            await conn.ws.send(_dumps({"error": {"code": 3, "msg": f"Invalid JSON: {text[:60]}"}, "id": None}))
-            return
-        method, rid = msg.get("method"), msg.get("id")
-        if method == "SUBSCRIBE":
-            self._add_streams(conn, list(msg.get("params") or []))
-            await conn.ws.send(_dumps({"result": None, "id": rid}))
-        elif method == "LIST_SUBSCRIPTIONS":
-            await conn.ws.send(_dumps({"result": sorted(conn.channels), "id": rid}))
-        else:
-            await conn.ws.send(_dumps({"error": {"code": 2, "msg": "Invalid request: unknown method"},
-                                       "id": rid}))
-
-    async def keepalive(self, conn: Conn) -> None:
-        opened = time.monotonic()
-        while True:
-            wait = self.ping_interval
-            if self.lifetime is not None:
-                wait = min(wait, max(0.0, opened + self.lifetime - time.monotonic()))
-            await asyncio.sleep(wait)
-            if self.lifetime is not None and time.monotonic() - opened >= self.lifetime:
-                self.drops += 1
-                await conn.ws.close(1000, "connection lifetime reached")  # the 24 h drop
-                return
-            if conn.silent:
-                continue
-            waiter = await conn.ws.ping()
-            try:
-                await asyncio.wait_for(waiter, 60)
-                self.pongs += 1
-            except asyncio.TimeoutError:
-                await conn.ws.close(1008, "pong timeout")
-                return
-
-    def _wrap(self, conn: Conn, stream: str, data: dict) -> str:
-        return _dumps(data if conn.raw_stream else {"stream": stream, "data": data})
-
-    def encode(self, q: Quote, conn: Conn, snapshot: bool) -> list[tuple[str, bool]]:
-        raw = to_raw_symbol(q.symbol, "binance")
-        low = raw.lower()
-        frames = []
-        step = self._steps.get(raw, 0)
-        self._steps[raw] = step + 1
-        if f"{low}@ticker" in conn.channels and step % self.ticker_every == 0:
-            now_ms = self.event_time_ns() // 1_000_000
-            frames.append((self._wrap(conn, f"{low}@ticker", {
-                "e": "24hrTicker", "E": now_ms, "s": raw, "p": f"{q.price * 0.012:.8f}", "P": "1.215",
-                "w": f"{q.price:.8f}", "x": f"{q.price * 0.988:.8f}", "c": f"{q.price:.8f}", "Q": "0.01000000",
-                "b": f"{q.bid:.8f}", "B": f"{q.bid_size:.8f}", "a": f"{q.ask:.8f}", "A": f"{q.ask_size:.8f}",
-                "o": f"{q.price * 0.988:.8f}", "h": f"{q.ask * 1.02:.8f}", "l": f"{q.bid * 0.97:.8f}",
-                "v": f"{q.volume:.8f}", "q": f"{q.volume * q.price:.8f}", "O": now_ms - 86_400_000,
-                "C": now_ms, "F": 1000, "L": 1000 + step, "n": step + 1}), False))
-        if f"{low}@bookTicker" in conn.channels:
-            frames.append((self._wrap(conn, f"{low}@bookTicker", {
-                "u": next(self._update_id), "s": raw, "b": f"{q.bid:.8f}", "B": f"{q.bid_size:.8f}",
-                "a": f"{q.ask:.8f}", "A": f"{q.ask_size:.8f}"}), True))
-        return frames
-
-    async def announce_shutdown(self, conn: Conn) -> None:
-        data = {"e": "serverShutdown", "E": time.time_ns() // 1_000_000}
-        await conn.ws.send(self._wrap(conn, "!serverShutdown", data))
-
-    def error_frame(self, text: str) -> str:
-        return _dumps({"error": {"code": 2, "msg": text}, "id": None})
-
-    def bad_data_frame(self, conn: Conn) -> str:
-        return _dumps({"stream": "btcusdt@bookTicker", "data": {"u": 1, "s": "BTCUSDT", "b": "abc",
-                                                                "B": "1", "a": "2", "A": "1"}})
-
-    supported_corruptions = tuple(k for k in CORRUPT_KINDS if k != "future")  # no exchange time
-
-    def corrupt(self, text: str, kind: str) -> str:
-        msg = orjson.loads(text)
-        d = msg["data"] if "data" in msg else msg
-        if kind == "unsubscribed":
-            d["s"] = _STRAY["binance"]
-        elif kind == "control":
-            d["s"] += "\u0000"
-        else:
-            field, value = {"nan": ("b", "nan"), "inf": ("a", "1e999"), "negative": ("a", "-5"),
-                            "zero": ("b", "0"), "bool": ("b", True), "negative_size": ("B", "-1.5")}[kind]
-            d[field] = value
-        return _dumps(msg)
-
-
-SIMULATORS: dict[str, type[SimServer]] = {"coinbase": CoinbaseSim, "kraken": KrakenSim, "binance": BinanceSim}
+def __getattr__(name: str) -> Any:
+    """A registered venue's simulator class by its class name (``CoinbaseSim``)."""
+    for venue in venues():
+        sim = venue.simulator
+        if (sim.rpartition(":")[2] if isinstance(sim, str) else getattr(sim, "__name__", None)) == name:
+            return venue.simulator_class
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,24 +11,37 @@ is derived from here, so adding an exchange is one module that calls :func:`regi
     register(Venue(name="bitstamp", collector="mypkg.bitstamp:BitstampCollector",
                    simulator="mypkg.bitstamp:BitstampSim", default_fee_bps=30.0))
 
-Built-in venues are registered when this package is imported, in a fixed order (Coinbase,
-Kraken, Binance); :func:`venues` returns them in registration order.
+Each built-in venue is one module of this package (:mod:`sabot.venues.coinbase`,
+:mod:`~sabot.venues.kraken`, :mod:`~sabot.venues.binance`) holding its collector (URL, subscribe
+messages, parser, symbol spelling both ways), its default fee, extra columns and simulator
+profile, and its :func:`register` call; the package imports them when it is imported, in that
+order, and :func:`venues` returns venues in registration order.  Its local exchange server (the
+simulator writer) sits next to it in :mod:`sabot.sim` and is imported only when asked for.
+
+Lists keyed by venue elsewhere in the package (``sabot.collectors.COLLECTORS``,
+``sabot.sim.SIMULATORS``, ``sabot.schema.EXTRA_FIELDS``) are :class:`VenueMapping` views: they
+read the registry on every access, so a venue registered later appears in all of them.
 """
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping as _AbcMapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Generic, Iterator, Mapping, Optional, Tuple, TypeVar
 
 import pyarrow as pa
 
 __all__ = ["Venue", "register", "unregister", "venues", "venue_names", "get_venue",
-           "ticker_topics", "default_fees", "UnknownVenueError"]
+           "ticker_topics", "default_fees", "UnknownVenueError", "VenueMapping", "FIELD_CHECKS"]
 
 
 class UnknownVenueError(ValueError):
     """A venue name that is not registered (the message lists the known ones)."""
+
+
+#: How record validation may check a venue's extra column (:attr:`Venue.field_checks`).
+FIELD_CHECKS = ("positive", "non_negative", "finite")
 
 
 def _resolve(path: str) -> Any:
@@ -47,7 +60,10 @@ class Venue:
     imported on first use so that reading the registry stays cheap.  ``sim_profile`` shapes the
     local exchange server's quotes: ``noise`` (AR(1) sigma as a fraction of the mid),
     ``half_spread`` (fraction of the mid), ``latency_ms`` (event time behind the wall clock)
-    and ``decimals`` (price rounding).
+    and ``decimals`` (price rounding).  ``field_checks`` says how the collectors' record
+    validation checks extra columns: ``{"vwap": "positive"}`` (finite and > 0),
+    ``"non_negative"`` (finite and >= 0) or ``"finite"``; unlisted extra columns are stored as
+    the parser made them.
     """
 
     name: str
@@ -57,6 +73,7 @@ class Venue:
     extra_fields: Tuple[pa.Field, ...] = ()
     sim_profile: Mapping[str, float] = field(default_factory=dict)
     ticker_topic: str = ""
+    field_checks: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier() or self.name != self.name.lower():
@@ -65,6 +82,15 @@ class Venue:
             object.__setattr__(self, "ticker_topic", f"{self.name}-ticker")
         object.__setattr__(self, "extra_fields", tuple(self.extra_fields))
         object.__setattr__(self, "sim_profile", MappingProxyType(dict(self.sim_profile)))
+        extra = {f.name for f in self.extra_fields}
+        for column, check in dict(self.field_checks).items():
+            if column not in extra:
+                raise ValueError(f"venue {self.name!r}: field_checks names {column!r}, which is not "
+                                 f"one of its extra_fields ({', '.join(sorted(extra)) or 'none'})")
+            if check not in FIELD_CHECKS:
+                raise ValueError(f"venue {self.name!r}: field_checks[{column!r}]={check!r}; "
+                                 f"expected one of {', '.join(FIELD_CHECKS)}")
+        object.__setattr__(self, "field_checks", MappingProxyType(dict(self.field_checks)))
 
     @property
     def collector_class(self) -> Any:
@@ -84,6 +110,21 @@ class Venue:
     @property
     def default_url(self) -> str:
         return str(self.collector_class.default_url)
+
+    def to_exchange_symbol(self, symbol: str) -> str:
+        """This venue's spelling of canonical ``BASE/QUOTE`` (``BTC/USD`` -> ``BTC-USD``)."""
+        return str(self.collector_class.to_exchange_symbol(symbol))
+
+    def to_canonical_symbol(self, raw: str, quote_aliases: Optional[Mapping[str, str]] = None) -> str:
+        """``BASE/QUOTE`` for this venue's spelling ``raw`` (``XXBTZUSD`` -> ``BTC/USD`` on Kraken).
+
+        ``quote_aliases`` defaults to the package's (``USDT`` counts as ``USD``); ``{}`` keeps
+        every quote as the venue spells it.
+        """
+        from sabot.symbols import DEFAULT_QUOTE_ALIASES, normalize_symbol
+
+        aliases = DEFAULT_QUOTE_ALIASES if quote_aliases is None else quote_aliases
+        return normalize_symbol(raw, self.name, aliases)
 
     def schema(self) -> pa.Schema:
         """The normalised ticker schema followed by this venue's extra columns."""
@@ -139,33 +180,41 @@ def default_fees(overrides: Optional[Mapping[str, float]] = None) -> Dict[str, f
     return fees
 
 
-def _register_builtins() -> None:
-    ts = pa.timestamp("ns", tz="UTC")
-    register(Venue(
-        name="coinbase",
-        collector="sabot.collectors.coinbase:CoinbaseCollector",
-        simulator="sabot.sim.servers:CoinbaseSim",
-        default_fee_bps=6.0,
-        extra_fields=(pa.field("product_id", pa.string()), pa.field("parent_timestamp", ts)),
-        sim_profile={"noise": 2e-4, "half_spread": 0.5e-4, "latency_ms": 40.0, "decimals": 2},
-    ))
-    register(Venue(
-        name="kraken",
-        collector="sabot.collectors.kraken:KrakenCollector",
-        simulator="sabot.sim.servers:KrakenSim",
-        default_fee_bps=16.0,
-        extra_fields=(pa.field("vwap", pa.float64()), pa.field("change_pct", pa.float64())),
-        sim_profile={"noise": 3e-4, "half_spread": 1.0e-4, "latency_ms": 60.0, "decimals": 1},
-    ))
-    register(Venue(
-        name="binance",
-        collector="sabot.collectors.binance:BinanceCollector",
-        simulator="sabot.sim.servers:BinanceSim",
-        default_fee_bps=10.0,
-        extra_fields=(pa.field("last_price", pa.float64()), pa.field("price_change_pct", pa.float64()),
-                      pa.field("num_trades", pa.int64())),
-        sim_profile={"noise": 1.5e-4, "half_spread": 0.2e-4, "latency_ms": 20.0, "decimals": 2},
-    ))
+T = TypeVar("T")
 
 
-_register_builtins()
+class VenueMapping(_AbcMapping, Generic[T]):
+    """A read-only ``{venue name: value(venue)}`` view of the registry, read on every access.
+
+    Package-level tables keyed by venue are these views, so a venue registered at any time
+    (a plug-in, a test) is in every one of them without editing the package.  A name that is
+    not registered raises ``KeyError`` whose message lists the known venues.
+    """
+
+    def __init__(self, value: Callable[[Venue], T], what: str = "value") -> None:
+        self._value = value
+        self._what = what
+
+    def __getitem__(self, name: str) -> T:
+        venue = _REGISTRY.get(name) if isinstance(name, str) else None
+        if venue is None:
+            raise KeyError(f"unknown venue {name!r}; known: {', '.join(_REGISTRY)}")
+        return self._value(venue)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(_REGISTRY))
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in _REGISTRY
+
+    def __repr__(self) -> str:
+        return f"<{self._what} per venue: {', '.join(_REGISTRY)}>"
+
+
+# The built-in venues, each registering itself on import (this order is the registry's order).
+from sabot.venues import coinbase as _coinbase  # noqa: E402,F401  (registers "coinbase")
+from sabot.venues import kraken as _kraken  # noqa: E402,F401  (registers "kraken")
+from sabot.venues import binance as _binance  # noqa: E402,F401  (registers "binance")

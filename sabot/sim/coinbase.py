@@ -1,0 +1,101 @@
+"""The Coinbase simulator writer: a local server speaking Advanced Trade's ``ticker`` and
+``heartbeats`` channels (the venue itself is :mod:`sabot.venues.coinbase`)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from sabot.sim.quotes import Quote
+from sabot.sim.servers import FAR_FUTURE, Conn, SimServer, decimal_text, json_text, ns_to_rfc3339
+
+__all__ = ["CoinbaseSim"]
+
+
+class CoinbaseSim(SimServer):
+    """Advanced Trade: one channel per subscribe, cumulative ``subscriptions`` acks, 5 s deadline."""
+
+    exchange = "coinbase"
+
+    def _envelope(self, conn: Conn, channel: str, events: list) -> str:
+        return json_text({"channel": channel, "client_id": "", "timestamp": ns_to_rfc3339(self.event_time_ns()),
+                       "sequence_num": conn.next_seq(), "events": events})
+
+    async def on_message(self, conn: Conn, msg: Any, text: str) -> None:
+        if not isinstance(msg, dict) or msg.get("type") not in ("subscribe", "unsubscribe"):
+            await conn.ws.send(json_text({"type": "error", "message": "Failure to parse message"}))
+            return
+        channel = msg.get("channel")
+        if channel == "ticker":
+            pids = msg.get("product_ids") or []
+            if not pids or not all(isinstance(p, str) and "-" in p for p in pids):
+                await conn.ws.send(json_text({"type": "error", "message": f"invalid product_ids {pids}"}))
+                return
+            unlisted = [p for p in pids if not self.is_listed(p)]
+            if unlisted:  # the whole subscribe message is refused
+                self.rejected_symbols.extend(unlisted)
+                await conn.ws.send(json_text({"type": "error", "message": f"invalid product_ids {unlisted}"}))
+                return
+            conn.symbols.extend(p for p in pids if p not in conn.symbols)
+        elif channel != "heartbeats":
+            # the real service answers unknown channels with this (misleading) text
+            await conn.ws.send(json_text({"type": "error", "message": "authentication failure"}))
+            return
+        conn.channels.add(channel)
+        subs = {"heartbeats": ["heartbeats"]} if "heartbeats" in conn.channels else {}
+        if "ticker" in conn.channels:
+            subs["ticker"] = list(conn.symbols)
+        await conn.ws.send(self._envelope(conn, "subscriptions", [{"subscriptions": subs}]))
+        if channel == "ticker":
+            conn.subscribed.set()
+
+    async def keepalive(self, conn: Conn) -> None:
+        counter = 0
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            if "heartbeats" in conn.channels and not conn.silent:
+                counter += 1
+                now = time.time_ns()
+                current = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now // 10**9))
+                           + f".{now % 10**9 // 1000:06d} +0000 UTC m=+{time.monotonic() - started:.9f}")
+                await conn.ws.send(self._envelope(conn, "heartbeats", [
+                    {"current_time": current, "heartbeat_counter": counter}]))
+
+    def encode(self, q: Quote, conn: Conn, snapshot: bool) -> list[tuple[str, bool]]:
+        pid = self.raw_symbol(q.symbol)
+        ticker = {
+            "type": "ticker", "product_id": pid, "price": decimal_text(q.price),
+            "volume_24_h": decimal_text(q.volume), "low_24_h": decimal_text(q.bid * 0.97), "high_24_h": decimal_text(q.ask * 1.02),
+            "low_52_w": decimal_text(q.bid * 0.5), "high_52_w": decimal_text(q.ask * 1.5),
+            "price_percent_chg_24_h": "1.21471769193719",
+            "best_bid": decimal_text(q.bid), "best_bid_quantity": decimal_text(q.bid_size),
+            "best_ask": decimal_text(q.ask), "best_ask_quantity": decimal_text(q.ask_size),
+        }
+        return [(self._envelope(conn, "ticker", [
+            {"type": "snapshot" if snapshot else "update", "tickers": [ticker]}]), True)]
+
+    def error_frame(self, text: str) -> str:
+        return json_text({"type": "error", "message": text})
+
+    def bad_data_frame(self, conn: Conn) -> str:
+        return json_text({"channel": "ticker", "timestamp": "yesterday", "sequence_num": 0,
+                       "events": [{"type": "update", "tickers": [{"product_id": "BTC-USD"}]}]})
+
+    def corrupt(self, text: str, kind: str) -> str:
+        msg = orjson.loads(text)
+        t = msg["events"][0]["tickers"][0]
+        if kind == "future":
+            msg["timestamp"] = FAR_FUTURE
+        elif kind == "unsubscribed":
+            t["product_id"] = self.stray_symbol
+        elif kind == "control":
+            t["product_id"] += "\u0000"
+        else:
+            field, value = {"nan": ("best_bid", "nan"), "inf": ("best_ask", "1e999"),
+                            "negative": ("price", "-5"), "zero": ("best_bid", "0"),
+                            "bool": ("best_bid", True), "negative_size": ("best_ask_quantity", "-1.5")}[kind]
+            t[field] = value
+        return json_text(msg)
