@@ -1,6 +1,6 @@
 """Side-by-side ASOF join: sabot vs polars join_asof, pandas merge_asof, DuckDB ASOF JOIN.
 
-Case (spec kernels.md §4): 10M left rows x 5M right rows at scale 1.0, 8 symbols, backward,
+Case: 10M left rows x 5M right rows at scale 1.0, 8 symbols, backward,
 500 ms tolerance, both sides sorted by timestamp (ns, UTC). ``scale`` shrinks both sides.
 Also: the streaming join (left and right fed as 64k-row batches) in rows/s.
 """

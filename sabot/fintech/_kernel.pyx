@@ -1,7 +1,7 @@
 # cython: language_level=3
 """The one kernel base every kernel in :mod:`sabot.fintech` is built on.
 
-Calling convention (spec kernels.md §1): ``kernel(batch) -> same type as batch`` with the output
+Calling convention: ``kernel(batch) -> same type as batch`` with the output
 columns appended (or replaced in place when the name exists). A ``Table`` is processed batch by
 batch with state carried, so chunked columns are never concatenated.
 
@@ -48,7 +48,7 @@ LABEL = "label"
 
 
 def value_input(param, name):
-    """A value column argument that may be None (auto-resolved, spec §1)."""
+    """A value column argument that may be None (auto-resolved from the batch)."""
     return (param, name, AUTO)
 
 

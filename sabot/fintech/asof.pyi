@@ -1,4 +1,4 @@
-"""Type stub for sabot.fintech.asof (ASOF joins over Arrow batches; spec kernels.md §4)."""
+"""Type stub for sabot.fintech.asof (ASOF joins over Arrow batches)."""
 from __future__ import annotations
 
 import datetime

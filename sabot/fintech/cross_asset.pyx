@@ -282,7 +282,7 @@ def xcorr_leadlag(batch_a, batch_b, max_lag=10, alpha=0.94, *, returns_column="r
     then the negative lag) and its signed correlation; None when no lag has a correlation.
     Undefined correlations (fewer than 2 pairs, a constant side) are None in ``corrs``.
 
-    ``alpha`` is validated and accepted for upstream compatibility only: upstream documents it
+    ``alpha`` is validated and accepted for compatibility with the original Sabot API only: that API documents it
     as EWMA smoothing but never applies it, and neither does this function.
 
     Returns ``{'best_lag': int | None, 'best_corr': float | None, 'corrs': {lag: float | None}}``.

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Execution and risk kernels (spec kernels.md §3 execution_risk).
+"""Execution and risk kernels.
 
 Stateful kernels follow the null rule (a row with a null/NaN input gets null outputs and does
 not touch the state) and null warm-up; windows count the key's valid rows only.

@@ -2,7 +2,7 @@
 """Features (lag, diff, rolling min/max/std/skew/kurt, autocorrelation, tick rule, signed volume)
 and safety checks (stale quotes, price bands, fat fingers, circuit breaker, throttle, MAD outliers).
 
-Rules beyond spec kernels.md §1 (documented exceptions and choices):
+Rules beyond the kernel conventions of :mod:`sabot.fintech._kernel` (documented exceptions and choices):
 
 * ``lag`` / ``diff`` shift nulls through: a null (or NaN) is a value in the lag chain, so the row
   ``k`` rows after a null gets a null lag; the null row itself still receives ``x_{t-k}``.
@@ -59,7 +59,7 @@ cdef class _LagBase(Kernel):
 cdef class Lag(_LagBase):
     """``{column}_lag{k}`` = x_{t-k} per key, carried across batches (first k rows of a key null).
 
-    Nulls shift through (spec exception): a null/NaN row is a value in the chain. Reference: a
+    Nulls shift through (an exception to the null rule): a null/NaN row is a value in the chain. Reference: a
     per-key hand loop (``pandas.Series.shift(k)`` per key).
     """
     def __init__(self, column, k=1, *, by=None):
@@ -550,7 +550,7 @@ cdef inline bint _outside_band(double p, double ref, double pct) noexcept nogil:
 
 cdef class PriceBandGuard(Kernel):
     """``price_band_violation``: |p/ref - 1| > pct. Null/NaN price or reference, or ref <= 0,
-    is flagged (spec exception). Stateless; reference: numpy formula / hand cases.
+    is flagged (an exception to the null rule). Stateless; reference: numpy formula / hand cases.
     """
     cdef double pct
 
@@ -570,7 +570,7 @@ cdef class PriceBandGuard(Kernel):
 
 cdef class FatFingerGuard(Kernel):
     """``fat_finger``: |p/ref - 1| > pct or |p * size| > notional_max. Any null/NaN input, or
-    ref <= 0, is flagged (spec exception). Stateless; reference: numpy formula / hand cases.
+    ref <= 0, is flagged (an exception to the null rule). Stateless; reference: numpy formula / hand cases.
     """
     cdef double pct, notional_max
 

@@ -5,7 +5,7 @@ Conventions shared by this module:
 
 * Rates (``r_dom``, ``r_for``) are continuously compounded, per year; ``funding_rate`` is the
   rate paid per funding interval (e.g. 0.0001 = 1 bp per 8 h).
-* A row with a null or NaN input gets null outputs (spec §1); prices that must be positive
+* A row with a null or NaN input gets null outputs (the kernel null rule); prices that must be positive
   (spot, forward, perp) make the row null when they are <= 0, since the formulas divide by them
   or take their logarithm.
 * Every kernel is a :class:`Kernel`; only :class:`OpenInterestDelta` keeps state.
@@ -381,7 +381,7 @@ cdef class PerpFairPrice(Kernel):
     """``perp_fair_price = spot·(1 + rate)``: spot carried over one funding interval.
 
     ``rate`` is the funding rate per interval, so ``funding_freq_hours`` (the interval length)
-    does not enter the formula; it is validated and kept for upstream compatibility.
+    does not enter the formula; it is validated and kept so code written for the original Sabot API runs unchanged.
     """
 
     def __init__(self, funding_freq_hours=8.0, *, spot_column="spot_price",

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Liquidity estimators over trailing windows (spec kernels.md §3 liquidity).
+"""Liquidity estimators over trailing windows.
 
 Windows count the key's valid rows only: a row with a null/NaN input (or an input outside the
 estimator's domain, stated per kernel) gets a null output and is not part of any window. Rows

@@ -3,7 +3,7 @@
 Donchian, stochastic oscillator, ATR, OBV.
 
 TA-Lib conventions: an indicator is null for its lookback rows (TA-Lib's "lookback"), seeds are
-simple averages, and rows with a null/NaN input are skipped as if absent (spec §1).
+simple averages, and rows with a null/NaN input are skipped as if absent (the kernel null rule).
 """
 from libc.math cimport fabs, fmax, NAN, sqrt
 

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Volatility estimators over trailing windows of returns or bars (spec kernels.md §3 volatility).
+"""Volatility estimators over trailing windows of returns or bars.
 
 Windows count the key's valid rows only: a row with a null/NaN input (or a non-positive price
 where a logarithm is taken) gets a null output and is not part of any window. Rows before a
@@ -73,7 +73,7 @@ cdef class RealizedVar(Kernel):
 cdef class BipowerVar(Kernel):
     """BV_t = (pi/2) * sum_{i=2..N} |r_i||r_{i-1}| over the last N = ``window`` returns.
 
-    Barndorff-Nielsen & Shephard (2004), without the N/(N-1) finite-sample factor (spec).
+    Barndorff-Nielsen & Shephard (2004), without the N/(N-1) finite-sample factor.
     The N-1 products of neighbouring returns inside the window are summed.
     """
     cdef Py_ssize_t window
