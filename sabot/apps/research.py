@@ -135,14 +135,14 @@ def tick_batches(paths: List[str], exchange: Optional[str], batch_size: int,
             yield batch
 
 
-def parquet_inputs(spec: Path) -> List[str]:
-    if spec.is_dir():
-        files = sorted(str(p) for p in spec.glob("*.parquet"))
+def parquet_inputs(where: Path) -> List[str]:
+    if where.is_dir():
+        files = sorted(str(p) for p in where.glob("*.parquet"))
     else:
-        files = sorted(str(p) for p in spec.parent.glob(spec.name)) if any(c in spec.name for c in "*?[") \
-            else [str(spec)]
+        files = sorted(str(p) for p in where.parent.glob(where.name)) if any(c in where.name for c in "*?[") \
+            else [str(where)]
     if not files:
-        raise FileNotFoundError(f"no Parquet files at {spec}")
+        raise FileNotFoundError(f"no Parquet files at {where}")
     return files
 
 
@@ -176,8 +176,8 @@ def research(args: argparse.Namespace) -> int:
     print(f"wrote {rows:,} feature rows to {output} in {time.perf_counter() - t0:.2f} s")
     print(f"{'symbol':<10} {'midprice':>12} {'zscore':>8} {'rsi':>7} {'rm vol':>10} {'VaR 5%':>10}")
     for sym, r in sorted(last.items()):
-        def f(x, spec):
-            return format(x, spec) if x is not None else "-"
+        def f(x, fmt):
+            return format(x, fmt) if x is not None else "-"
         print(f"{sym:<10} {f(r['midprice'], '12.2f')} {f(r['zscore'], '8.2f')} {f(r['rsi'], '7.1f')} "
               f"{f(r['riskmetrics_vol'], '10.2e')} {f(r['var'], '10.2e')}")
     return 0
