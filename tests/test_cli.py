@@ -3,6 +3,7 @@ one-line usage errors with exit code 2, ``--kafka-config`` where a Kafka client 
 ``topics`` / ``tail`` against a real embedded broker."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -232,3 +233,14 @@ def test_sim_and_collect_run_as_subcommands(tmp_path):
     finally:
         sim.terminate()
         sim.communicate(timeout=30)
+
+
+def test_monitor_takes_its_kafka_client_settings_from_kafka_config(kafka_broker, tmp_path):
+    props = tmp_path / "client.properties"
+    props.write_text(f"bootstrap.servers={kafka_broker.bootstrap}\nclient.id=sabot-cli-test\n")
+    summary = tmp_path / "summary.json"
+    proc = sabot("monitor", "--kafka-config", str(props), "--duration", "3", "--fast-groups",
+                 "--summary-json", str(summary), timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"Arbitrage monitor on {kafka_broker.bootstrap}" in proc.stdout
+    assert set(json.loads(summary.read_text())["records"]) == set(venue_names())

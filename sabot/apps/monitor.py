@@ -494,6 +494,8 @@ def run(args: argparse.Namespace) -> int:
     venues = venue_names()
     fees = parse_fees(args.fees, venues)
     kafka_config = kafka_config_from_args(args)
+    args.bootstrap = (args.bootstrap or kafka_config.get("bootstrap.servers")
+                      or os.environ.get("SABOT_KAFKA_BOOTSTRAP") or "localhost:19092")
     wait_reachable(args.bootstrap, kafka_config, timeout_s=args.connect_timeout)
     monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every,
                       venues=venues)
@@ -537,9 +539,9 @@ def run(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The monitor's options (``sabot monitor`` and ``python -m sabot.apps.monitor``)."""
-    p.add_argument("--bootstrap", default=os.environ.get("SABOT_KAFKA_BOOTSTRAP", "localhost:19092"),
-                   help="Kafka bootstrap servers (default: env SABOT_KAFKA_BOOTSTRAP, else "
-                        "localhost:19092)")
+    p.add_argument("--bootstrap", default=None,
+                   help="Kafka bootstrap servers (else bootstrap.servers from --kafka-config, else "
+                        "env SABOT_KAFKA_BOOTSTRAP, else localhost:19092)")
     add_kafka_config_argument(p)
     p.add_argument("--connect-timeout", type=float, default=8.0,
                    help="give up when no broker answers at --bootstrap within this many seconds "
