@@ -1,7 +1,7 @@
 """The collector application: one venue's tickers to Kafka and/or Parquet (``sabot collect VENUE``).
 
-Also behind ``collectors/<venue>2parquet.py`` and ``python -m sabot.collectors.cli``; the venues
-come from the registry (:mod:`sabot.venues`).
+Also behind ``collectors/<venue>2parquet.py`` in a checkout (and importable as
+``sabot.collectors.cli``); the venues come from the registry (:mod:`sabot.venues`).
 
 Exit codes tell the truth: 0 when every accepted record reached every sink; 1 when records were
 not delivered to Kafka or not written to Parquet (or dead-letter entries not written), the broker
