@@ -20,6 +20,9 @@ $(PY):
 # The editable install compiles every Cython module in place; it reruns when a source changes
 # (pyproject.toml included: a new dependency or extra).
 $(STAMP): $(PY) $(SOURCES)
+	@# this checkout was installed under the distribution name 'sabot' before it became
+	@# 'sabot-marketdata': drop that stale editable install from an existing .venv
+	@if $(PY) -m pip show --quiet sabot 2>/dev/null; then $(PY) -m pip uninstall --quiet -y sabot; fi
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.sabot-installed*
 	@touch $(STAMP)
