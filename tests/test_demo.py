@@ -551,7 +551,9 @@ def test_monitor_skips_bad_quotes_from_kafka_and_reports_only_finite_edges(tmp_p
     """The monitor process against a real broker.  Coinbase and Binance quote first; then
     Kraken sends good bids (an opportunity each) between a bid of 1e400 (inf once parsed), 1e308
     (finite, but the edge overflows), 0, a negative one and a null.  Every reported opportunity
-    is finite and made of good quotes; the bad ones are counted."""
+    is finite and made of good quotes; every bad one is counted: the Kafka source skips the
+    prices that are not finite and positive (``source_skipped``), the monitor's guard the null
+    (``skipped_quotes``), and the decision the overflowing edge (``nonfinite_edges``)."""
     from confluent_kafka import Producer
 
     from sabot.broker import TICKER_TOPICS, EmbeddedBroker
@@ -578,14 +580,16 @@ def test_monitor_skips_bad_quotes_from_kafka_and_reports_only_finite_edges(tmp_p
                 producer.produce("kraken-ticker", _quote("kraken", t0 + 2 + k, bid, "100.61"))
             assert producer.flush(30) == 0
             assert wait_for(lambda: _read_records(summary) >= 2 + len(kraken_bids), 90), \
-                "the monitor did not read every quote"
+                "the monitor did not account for every quote"
         finally:
             proc.send_signal(signal.SIGINT)
             text, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, text[-3000:]
     final = json.loads(summary.read_text())
-    assert final["skipped_quotes"] == {"coinbase": 0, "kraken": len(bad_bids) - 1, "binance": 0}
+    assert final["source_skipped"] == 3  # 1e400, 0 and -5.0: no record is made of them
+    assert final["skipped_quotes"] == {"coinbase": 0, "kraken": 1, "binance": 0}  # null
     assert final["skipped_edges"]["nonfinite_edges"] == 1  # 1e308 is finite, its edge is not
+    assert final["records"]["kraken"] + final["source_skipped"] == len(kraken_bids)
     recorded = read_jsonl(out)
     assert len(recorded) == len(bad_bids), text[-3000:]  # one per good Kraken bid
     for o in recorded:
@@ -597,8 +601,11 @@ def test_monitor_skips_bad_quotes_from_kafka_and_reports_only_finite_edges(tmp_p
 
 
 def _read_records(summary: Path) -> int:
+    """Records the monitor read, plus messages its source skipped as invalid: every message
+    accounted for."""
     try:
-        return sum(json.loads(summary.read_text())["records"].values())
+        s = json.loads(summary.read_text())
+        return sum(s["records"].values()) + s.get("source_skipped", 0)
     except (OSError, ValueError, KeyError):
         return 0
 

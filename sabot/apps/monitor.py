@@ -383,6 +383,8 @@ class Monitor:
         self.counter = Counter(self.venues)
         #: event-time alignment: each venue's own stream (its Kafka source counts what it fetched)
         self.venue_streams: Optional[Dict[str, Stream]] = None
+        #: the streams whose Kafka sources count the messages they skipped (set by :func:`run`)
+        self.sources: List[Stream] = []
         self.guard = QuoteGuard(self.venues)
         self.skipped: Dict[str, int] = {"bad_quotes": 0, "nonfinite_edges": 0}
         self.evaluations = 0
@@ -442,10 +444,17 @@ class Monitor:
                              if name.startswith("from_kafka("))
         return out
 
+    def source_skipped(self) -> int:
+        """Messages the Kafka sources skipped as undecodable or invalid (a price that is not a
+        finite positive number, for one): consumed, counted and logged there, never a record."""
+        return sum(int(m.get("decode_errors", 0)) for stream in self.sources
+                   for name, m in stream.metrics.items() if name.startswith("from_kafka("))
+
     def summary(self, with_latencies: bool = True) -> dict:
         return {
             "records": dict(self.counter.rows),
             "fetched": self.fetched(),
+            "source_skipped": self.source_skipped(),
             "evaluations": self.evaluations,
             "opportunities": self.n_opportunities,
             "skipped_quotes": dict(self.guard.skipped),
@@ -463,7 +472,8 @@ class Monitor:
         p50 = "n/a" if s["latency_ms_p50"] is None else f"{s['latency_ms_p50']:.1f} ms"
         p99 = "n/a" if s["latency_ms_p99"] is None else f"{s['latency_ms_p99']:.1f} ms"
         recs = ", ".join(f"{v} {n}" for v, n in s["records"].items())
-        skipped = sum(s["skipped_quotes"].values()) + sum(s["skipped_edges"].values())
+        skipped = (sum(s["skipped_quotes"].values()) + sum(s["skipped_edges"].values())
+                   + s["source_skipped"])
         return (f"{head}: {s['opportunities']} opportunities in {s['evaluations']} evaluations; "
                 f"tick-to-signal p50 {p50}, p99 {p99}; records read: {recs}"
                 + (f"; skipped unusable quotes: {skipped}" if skipped else ""))
@@ -506,6 +516,7 @@ def run(args: argparse.Namespace) -> int:
                                 tolerance_ms=args.tolerance_ms,
                                 fetch_wait_max_ms=args.fetch_wait_max_ms, guard=monitor.guard,
                                 kafka_config=kafka_config, venues=venues)
+        monitor.sources = [joined]
     else:
         streams = [venue_stream(args.bootstrap, v, f"{group}-{v}", monitor.counter,
                                 from_beginning=args.from_beginning, fast_groups=args.fast_groups,
@@ -513,6 +524,7 @@ def run(args: argparse.Namespace) -> int:
                    for v in venues]
         joined = joined_stream(*streams, tolerance_ms=args.tolerance_ms)
         monitor.venue_streams = dict(zip(venues, streams))
+        monitor.sources = list(streams)
 
     def stop(signum, frame):
         raise KeyboardInterrupt
