@@ -284,7 +284,7 @@ def build_parser() -> ArgumentParser:
     """The ``sabot`` parser with every subcommand."""
     parser = ArgumentParser(prog="sabot", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True)
 
     from .apps import demo, monitor, research
     from .broker import add_arguments as broker_arguments

@@ -95,7 +95,7 @@ def test_venue_choices_come_from_the_registry(capsys):
     (["monitor", "--boot", "x"], "sabot: error: unrecognized arguments: --boot x"),
     (["tail", "t", "-n", "0"], "argument -n: must be >= 1, got 0"),
     (["backtest", "--z-entry", "x"], "argument --z-entry: invalid float value: 'x'"),
-    (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+    (["frobnicate"], "argument command: invalid choice: 'frobnicate'"),
 ])
 def test_usage_mistakes_are_one_line_and_exit_2(args, expected):
     proc = sabot(*args)
