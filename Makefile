@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.sabot-installed
+# The extras installed into .venv: tests and the demo need the embedded broker ('broker').
+EXTRAS ?= test,broker
+# The stamp names the extras, so asking for other ones reinstalls.
+comma  := ,
+STAMP  := $(VENV)/.sabot-installed-$(subst $(comma),-,$(EXTRAS))
 SOURCES := $(shell find sabot -name '*.pyx' -o -name '*.pxd' -o -name '*.h') setup.py pyproject.toml
 DURATION ?= 30
 PYTEST_ARGS ?=
@@ -13,9 +17,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# The editable install compiles every Cython module in place; it reruns when a source changes.
+# The editable install compiles every Cython module in place; it reruns when a source changes
+# (pyproject.toml included: a new dependency or extra).
 $(STAMP): $(PY) $(SOURCES)
-	$(PY) -m pip install --quiet -e '.[test]'
+	@# this checkout was installed under the distribution name 'sabot' before it became
+	@# 'sabot-marketdata': drop that stale editable install from an existing .venv
+	@if $(PY) -m pip show --quiet sabot 2>/dev/null; then $(PY) -m pip uninstall --quiet -y sabot; fi
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	@rm -f $(VENV)/.sabot-installed*
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +35,7 @@ test: build kcat
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: build
-	$(PY) -m sabot.demo --duration $(DURATION)
+	$(PY) -m sabot demo --duration $(DURATION)
 
 bench: build
 	$(PY) -m pip install --quiet -e '.[bench]'

@@ -39,10 +39,20 @@ extensions = [
     for pyx in sorted((ROOT / "sabot").rglob("*.pyx"))
 ]
 
+# Compile the extensions in parallel (pip builds call build_ext without -j): SABOT_BUILD_JOBS,
+# else every CPU.  ``setup.py build_ext -jN`` on the command line still wins.
+try:
+    JOBS = max(1, int(os.environ.get("SABOT_BUILD_JOBS") or os.cpu_count() or 1))
+except ValueError:
+    raise SystemExit(f"SABOT_BUILD_JOBS must be a whole number, got "
+                     f"{os.environ['SABOT_BUILD_JOBS']!r}") from None
+
 setup(
+    options={"build_ext": {"parallel": JOBS}},
     ext_modules=cythonize(
         extensions,
         language_level=3,
+        nthreads=JOBS,
         compiler_directives={
             "boundscheck": False,
             "wraparound": False,

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""The seed's multi-exchange platform: features per venue, three-way ASOF, cheapest/richest venue.
+"""A multi-exchange platform: features per venue, chained ASOF joins, cheapest/richest venue.
 
-For each venue: normalised symbols, ``midprice`` and ``l1_imbalance``.  The three streams are
-aligned in event time with ``async for cb, kr, bn in Stream.zip_async(...)``; two streaming
-ASOF joins (coinbase ⋈ kraken ⋈ binance, by symbol, 500 ms) give one row per Coinbase quote
-with ``coinbase_midprice``, ``kraken_midprice``, ``binance_midprice`` (and the imbalances);
-``arbitrage_opportunities`` on the three mids with no fees names the cheapest (``buy_venue``)
-and the richest (``sell_venue``) venue and the edge between them in bps (``gross_bps``).
+For each registered venue (:mod:`sabot.venues`): normalised symbols, ``midprice`` and
+``l1_imbalance``.  The venues' streams are aligned in event time with
+``async for batches in Stream.zip_async(...)``; streaming ASOF joins in registry order
+(first ⋈ second ⋈ ..., by symbol, 500 ms) give one row per quote of the first venue with
+``<venue>_midprice`` (and ``<venue>_l1_imbalance``) of every venue; ``arbitrage_opportunities``
+on the mids with no fees names the cheapest (``buy_venue``) and the richest (``sell_venue``)
+venue and the edge between them in bps (``gross_bps``).
 
-    python examples/multi_exchange_platform.py --parquet data/            # coinbase.parquet, ...
+    python examples/multi_exchange_platform.py --parquet data/            # <venue>.parquet files
     python examples/multi_exchange_platform.py --bootstrap localhost:19092 --duration 30
 """
 from __future__ import annotations
@@ -31,8 +32,9 @@ from sabot.broker import BrokerUnreachableError, check_reachable  # noqa: E402
 from sabot.fintech import (  # noqa: E402
     StreamingAsofJoinKernel, arbitrage_opportunities, l1_imbalance, midprice, normalize_symbols,
 )
+from sabot.venues import get_venue, venue_names  # noqa: E402
 
-VENUES = ("coinbase", "kraken", "binance")
+VENUES = venue_names()
 FEATURE_COLUMNS = ("timestamp", "symbol", "exchange", "bid", "ask", "midprice", "l1_imbalance")
 MID_COLUMNS = [f"{v}_midprice" for v in VENUES]
 
@@ -49,35 +51,37 @@ def venue_streams(parquet_dir: Optional[Path], bootstrap: Optional[str],
         return [Stream.from_parquet(parquet_dir / f"{v}.parquet", batch_size=batch_size).map(features)
                 for v in VENUES]
     group = f"sabot-platform-{uuid.uuid4().hex[:8]}"
-    return [Stream.from_kafka(bootstrap, f"{v}-ticker", f"{group}-{v}", order_by="timestamp",
-                              from_beginning=True).map(features) for v in VENUES]
+    return [Stream.from_kafka(bootstrap, get_venue(v).ticker_topic, f"{group}-{v}",
+                              order_by="timestamp", from_beginning=True).map(features)
+            for v in VENUES]
 
 
-class ThreeWayAsof:
-    """coinbase ⋈ kraken ⋈ binance over zipped batches (the seed's nested ``asof_join``)."""
+class ChainedAsof:
+    """first ⋈ second ⋈ ... over zipped batches: nested ``asof_join``, one streaming kernel per
+    further venue; each kernel's output is the next one's left side."""
 
-    def __init__(self, tolerance_ms: float = 500) -> None:
-        self.first = StreamingAsofJoinKernel(on="timestamp", by="symbol", tolerance_ms=tolerance_ms)
-        self.second = StreamingAsofJoinKernel(on="timestamp", by="symbol", tolerance_ms=tolerance_ms)
+    def __init__(self, tolerance_ms: float = 500, venues: int = len(VENUES)) -> None:
+        self.kernels = [StreamingAsofJoinKernel(on="timestamp", by="symbol", tolerance_ms=tolerance_ms)
+                        for _ in range(venues - 1)]
 
-    def step(self, cb: Optional[pa.RecordBatch], kr: Optional[pa.RecordBatch],
-             bn: Optional[pa.RecordBatch]) -> Optional[pa.Table]:
-        """Feed one zipped span; the joined Coinbase rows that became final (or None)."""
-        firsts = []
-        if cb is not None and cb.num_rows:
-            firsts.append(self.first.process_left(cb))
-        if kr is not None and kr.num_rows:
-            firsts.append(self.first.process_right(kr))
-        outs = [self.second.process_left(b) for b in firsts if b is not None and b.num_rows]
-        if bn is not None and bn.num_rows:
-            outs.append(self.second.process_right(bn))
-        return _concat(outs)
+    def step(self, *batches: Optional[pa.RecordBatch]) -> Optional[pa.Table]:
+        """Feed one zipped span (one batch or None per venue); the joined rows of the first
+        venue that became final (or None)."""
+        left = [batches[0]] if batches[0] is not None and batches[0].num_rows else []
+        for kernel, right in zip(self.kernels, batches[1:]):
+            outs = [kernel.process_left(b) for b in left if b is not None and b.num_rows]
+            if right is not None and right.num_rows:
+                outs.append(kernel.process_right(right))
+            left = outs
+        return _concat(left)
 
     def flush(self) -> Optional[pa.Table]:
-        rest = self.first.flush()
-        outs = [self.second.process_left(rest)] if rest is not None and rest.num_rows else []
-        outs.append(self.second.flush())
-        return _concat(outs)
+        left: list = []
+        for kernel in self.kernels:
+            outs = [kernel.process_left(b) for b in left if b is not None and b.num_rows]
+            outs.append(kernel.flush())
+            left = outs
+        return _concat(left)
 
 
 def _concat(batches) -> Optional[pa.Table]:
@@ -95,9 +99,9 @@ def venue_extremes(joined: pa.Table) -> pa.Table:
 
 async def platform(streams: Sequence[Stream], tolerance_ms: float = 500) -> AsyncIterator[pa.Table]:
     """Joined rows with ``buy_venue`` (cheapest), ``sell_venue`` (richest) and ``gross_bps``."""
-    join = ThreeWayAsof(tolerance_ms)
-    async for cb, kr, bn in Stream.zip_async(*streams):
-        out = join.step(cb, kr, bn)
+    join = ChainedAsof(tolerance_ms, len(streams))
+    async for batches in Stream.zip_async(*streams):
+        out = join.step(*batches)
         if out is not None and out.num_rows:
             yield venue_extremes(out)
     out = join.flush()
@@ -152,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--parquet", type=Path, help="directory with coinbase/kraken/binance.parquet")
+    src.add_argument("--parquet", type=Path,
+                     help="directory with one <venue>.parquet per venue (" + ", ".join(VENUES) + ")")
     src.add_argument("--bootstrap", default="localhost:19092", help="Kafka bootstrap servers")
     p.add_argument("--connect-timeout", type=float, default=8.0,
                    help="Kafka: give up when no broker answers within this many seconds")

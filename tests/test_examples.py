@@ -1,6 +1,6 @@
-"""examples/: the platform (zip_async + streaming three-way ASOF), the seed's snippets, and every
-mode of crypto_research_platform.py — each against an independent pandas/numpy/TA-Lib
-computation.  Market data comes from the real collectors recording local exchange servers,
+"""examples/ and the research application: the platform (zip_async + streaming chained ASOF),
+the snippets, and every mode of ``sabot research`` / ``sabot backtest`` /
+crypto_research_platform.py — each against an independent pandas/numpy/TA-Lib computation.  Market data comes from the real collectors recording local exchange servers,
 or from a generated Parquet file where the test needs a long, mean-reverting series."""
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from example_modules import load_example
+from sabot.apps.research import Features
+from sabot.venues import venue_names
 
 ROOT = Path(__file__).resolve().parents[1]
-EXCHANGES = ("coinbase", "kraken", "binance")
+EXCHANGES = venue_names()
 PY = sys.executable
 
 
@@ -59,7 +61,7 @@ def collected(tmp_path_factory):
 
 
 def _pandas_three_way(folder: Path, tolerance_ms: float = 500) -> pd.DataFrame:
-    """pandas.merge_asof reference of coinbase ⋈ kraken ⋈ binance with per-venue features."""
+    """pandas.merge_asof reference of first ⋈ second ⋈ ... (registry order), per-venue features."""
     frames = {}
     for ex in EXCHANGES:
         df = pq.read_table(folder / f"{ex}.parquet").to_pandas()
@@ -70,8 +72,10 @@ def _pandas_three_way(folder: Path, tolerance_ms: float = 500) -> pd.DataFrame:
         df[f"{ex}_l1_imbalance"] = (bs - as_) / (bs + as_)
         frames[ex] = df.sort_values("timestamp", kind="stable")
     tol = pd.Timedelta(milliseconds=tolerance_ms)
-    j = pd.merge_asof(frames["coinbase"], frames["kraken"], on="timestamp", by="symbol", tolerance=tol)
-    return pd.merge_asof(j, frames["binance"], on="timestamp", by="symbol", tolerance=tol)
+    j = frames[EXCHANGES[0]]
+    for ex in EXCHANGES[1:]:
+        j = pd.merge_asof(j, frames[ex], on="timestamp", by="symbol", tolerance=tol)
+    return j
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,33 +118,33 @@ def test_platform_script_runs(collected, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# seed_snippets.py
+# snippets.py
 # ----------------------------------------------------------------------------------------------
-def test_seed_snippets_run_as_written_on_collector_output(collected):
-    proc = _run("examples/seed_snippets.py", str(collected))
+def test_snippets_run_as_written_on_collector_output(collected):
+    proc = _run("examples/snippets.py", str(collected))
     assert "three-exchange ASOF" in proc.stdout
-    seed = load_example("seed_snippets")
-    aligned = seed.three_exchange_asof(collected).to_pandas()
+    snip = load_example("snippets")
+    aligned = snip.three_exchange_asof(collected).to_pandas()
     ref = _pandas_three_way(collected)
     for ex in EXCHANGES:
         np.testing.assert_allclose(np.sort(aligned[f"{ex}_midprice"].to_numpy(float)),
                                    np.sort(ref[f"{ex}_midprice"].to_numpy(float)), equal_nan=True)
-    dq = seed.data_quality(collected).to_pandas().set_index("product_id")
+    dq = snip.data_quality(collected).to_pandas().set_index("product_id")
     cb = pq.read_table(collected / "coinbase.parquet").to_pandas()
     assert dict(dq["rows"]) == dict(cb.groupby("product_id").size())
     assert (dq["missing_parent_timestamp"] == 0).all()
     # triangular: max of the two cycles, minus fees (fx_crypto's documented definition)
     ab, bc, ac = 0.0523, 65_000.0, 3_410.0
     fwd, rev = (ab * bc / ac - 1) * 1e4 - 30, (ac / (ab * bc) - 1) * 1e4 - 30
-    assert seed.triangle()["arb_edge_bps"][0].as_py() == pytest.approx(max(fwd, rev), rel=1e-12)
+    assert snip.triangle()["arb_edge_bps"][0].as_py() == pytest.approx(max(fwd, rev), rel=1e-12)
     spot = 65_000.0
-    carry = seed.cash_and_carry(spot)["carry_edge_bps"][0].as_py()
+    carry = snip.cash_and_carry(spot)["carry_edge_bps"][0].as_py()
     expected = 1e4 * (0.0015 * 365 / 30 + 0.0001 * 3 * 365) - 20 * 365 / 30
     assert carry == pytest.approx(expected, rel=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------
-# crypto_research_platform.py
+# sabot research / sabot backtest / crypto_research_platform.py
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ticks(tmp_path_factory):
@@ -174,7 +178,7 @@ def ticks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def features_file(ticks, tmp_path_factory):
     out = tmp_path_factory.mktemp("features") / "features.parquet"
-    _run("examples/crypto_research_platform.py", "research", "--parquet", str(ticks),
+    _run("-m", "sabot", "research", "--parquet", str(ticks),
          "--output", str(out), "--batch-size", "333", "--no-progress")
     return out
 
@@ -182,7 +186,6 @@ def features_file(ticks, tmp_path_factory):
 def test_research_features_per_symbol_match_references(ticks, features_file):
     import talib
 
-    crp = load_example("crypto_research_platform")
     feats = pq.read_table(features_file).to_pandas()
     raw = pq.read_table(ticks).to_pandas()
     assert len(feats) == len(raw)
@@ -205,7 +208,7 @@ def test_research_features_per_symbol_match_references(ticks, features_file):
         var = -pd.Series(lr).rolling(250).quantile(0.05, interpolation="linear")
         np.testing.assert_allclose(f["var"].to_numpy(float), var.to_numpy(), rtol=1e-9, equal_nan=True)
         # per-key state equals running the symbol alone, in one batch
-        alone = crp.Features()(pa.RecordBatch.from_pandas(r, preserve_index=False)).to_pandas()
+        alone = Features()(pa.RecordBatch.from_pandas(r, preserve_index=False)).to_pandas()
         for col in ("zscore", "rsi", "macd", "cusum_stat", "var", "riskmetrics_vol"):
             np.testing.assert_allclose(f[col].to_numpy(float), alone[col].to_numpy(float),
                                        rtol=1e-9, equal_nan=True, err_msg=col)
@@ -240,7 +243,7 @@ def _reference_backtest(df: pd.DataFrame, fee_bps: float, slip_bps: float, z_ent
 
 def test_backtest_figures_match_a_pandas_computation(ticks, features_file, tmp_path):
     png = tmp_path / "equity.png"
-    proc = _run("examples/crypto_research_platform.py", "backtest", "--parquet", str(ticks),
+    proc = _run("-m", "sabot", "backtest", "--parquet", str(ticks),
                 "--output", str(png), "--fee-bps", "2", "--slippage-bps", "0.5", "--no-progress")
     assert "Sharpe" in proc.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

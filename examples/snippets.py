@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The seed's snippets, runnable against the collectors' Parquet output (``python examples/seed_snippets.py data/``).
+"""Short snippets, runnable against the collectors' Parquet output (``python examples/snippets.py data/``).
 
 1. Three-exchange ASOF join of the Coinbase, Kraken and Binance files (coinbase_midprice,
    kraken_midprice, binance_midprice in one row per Coinbase quote).

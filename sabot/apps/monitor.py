@@ -1,0 +1,609 @@
+"""Cross-exchange arbitrage monitor: every registered venue's tickers from Kafka (``sabot monitor``).
+
+The venues, their topics and default taker fees come from the venue registry
+(:mod:`sabot.venues`).
+
+Live pipeline (default, ``--align arrival``): decide on every quote as it arrives::
+
+    from_kafka(<venue>-ticker for every venue)   one consumer, no re-ordering
+    → normalize_symbols
+    → ArrivalAsofJoin: the arriving quote with the latest quote of every other venue for its
+      symbol (ignored when older than 500 ms relative to the arriving one)
+    → best buy-at-ask / sell-at-bid pair net of both venues' taker fees → log + record
+
+Replay / research (``--align event-time``): one ``Stream`` per venue in event-time order, then
+the deterministic streaming joins ``first ⋈asof second ⋈asof ...`` in registry order (by
+symbol, backward, 500 ms tolerance); a row of the first venue is decided once the other
+venues' watermarks pass it.
+
+For every joined row and every ordered pair of venues present (buy at ``b``, sell at ``s``)::
+
+    gross_bps     = (bid_s − ask_b) / ask_b · 1e4
+    net_bps       = gross_bps − fee_b − fee_s
+    edge_per_unit = ask_b · net_bps / 1e4          (quote currency per unit of base)
+
+The pair with the largest ``net_bps`` is the row's signal; it is an opportunity when
+``net_bps >= --min-edge-bps`` and ``net_bps > 0``.
+
+A venue that sends a bid or ask that is missing, NaN, infinite, zero or negative has that quote
+skipped and counted (``skipped_quotes`` in the summary, a rate-limited warning in the log): it
+never becomes "the latest quote" of its venue, and no edge computed from such a price - nor any
+edge that is not a finite number - is ever reported.  Tick-to-signal latency is the wall-clock
+time of the decision (after the batch's signals are computed) minus the newest collector
+``recv_timestamp`` among the quotes it used;
+it is measured on ticks received after the monitor's first decision (a backlog that waited in
+Kafka while the consumer group was being joined is not tick-to-signal latency).
+
+    sabot monitor --bootstrap localhost:19092 --fees 6 --min-edge-bps 0 \\
+        --output data/opportunities.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sabot.api import Stream
+from sabot.api.arrival import ArrivalAsofJoin
+from sabot.apps._common import (BrokerUnreachableError, add_kafka_config_argument,
+                                kafka_config_from_args, wait_reachable)
+from sabot.fintech import ArbitrageOpportunities, midprice, normalize_symbols
+from sabot.kafka import LIVE_FETCH_WAIT_MAX_MS, fast_consumer_config, live_consumer_config
+from sabot.venues import default_fees, get_venue, venue_names
+
+log = logging.getLogger("arbitrage")
+
+#: The registered venues when this module was imported (the monitor itself asks the registry
+#: when it starts, so a venue registered later takes part too).
+VENUES: Tuple[str, ...] = venue_names()
+
+
+def fees_text(fees: Optional[Mapping[str, float]] = None) -> str:
+    """``"name=bps,..."`` of ``fees`` (default: every venue's default taker fee)."""
+    return ",".join(f"{v}={f:g}" for v, f in (fees or default_fees()).items())
+
+
+DEFAULT_FEES = fees_text()
+TOLERANCE_MS = 500
+QUOTE_COLUMNS = ("timestamp", "recv_timestamp", "symbol", "exchange", "bid", "ask", "midprice")
+ALIGNMENTS = ("arrival", "event-time")
+
+
+def parse_fees(text: str, venues: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """``"name=bps,..."`` (one entry per venue) → dict; one number applies to every venue.
+
+    ``venues`` defaults to every registered venue."""
+    venues = tuple(venues) if venues is not None else venue_names()
+    text = text.strip()
+    try:
+        if "=" not in text:
+            return {v: float(text) for v in venues}
+        fees = {}
+        for part in text.split(","):
+            name, _, value = part.partition("=")
+            fees[name.strip()] = float(value)
+    except ValueError:
+        raise ValueError(f"--fees: cannot read {text!r}; expected e.g. {fees_text()!r}") from None
+    missing = [v for v in venues if v not in fees]
+    if missing:
+        raise ValueError(f"--fees: no fee for {', '.join(missing)} (got {text!r})")
+    bad = {k: v for k, v in fees.items() if not (0.0 <= v < float("inf"))}
+    if bad:
+        raise ValueError(f"--fees: fees must be finite and >= 0 bps, got {bad}")
+    return fees
+
+
+def _f64(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    """A float column as numpy with NaN for nulls (absent venue: column missing → all NaN)."""
+    idx = batch.schema.get_field_index(name)
+    if idx < 0:
+        return np.full(batch.num_rows, np.nan)
+    col = batch.column(idx)
+    if col.type != pa.float64():
+        col = col.cast(pa.float64())
+    return col.to_numpy(zero_copy_only=False)  # nulls come out as NaN
+
+
+def _ns(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    idx = batch.schema.get_field_index(name)
+    if idx < 0:
+        return np.full(batch.num_rows, np.iinfo(np.int64).min, dtype=np.int64)
+    col = batch.column(idx)
+    if pa.types.is_timestamp(col.type):
+        if col.type.unit != "ns":
+            col = col.cast(pa.timestamp("ns", tz=col.type.tz))
+        col = col.view(pa.int64())
+    elif col.type != pa.int64():
+        col = col.cast(pa.int64())
+    if col.null_count:
+        col = col.fill_null(np.iinfo(np.int64).min)
+    return col.to_numpy(zero_copy_only=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _edge_kernel(fees: Tuple[Tuple[str, float], ...], min_edge_bps: float) -> ArbitrageOpportunities:
+    """The arbitrage kernel of one fee schedule, built once (it keeps no state between rows)."""
+    venues = [v for v, _ in fees]
+    return ArbitrageOpportunities(None, dict(fees), min_edge_bps,
+                                  ask_columns={v: f"{v}_ask" for v in venues},
+                                  bid_columns={v: f"{v}_bid" for v in venues})
+
+
+def usable_price(values: np.ndarray) -> np.ndarray:
+    """Per value: a price a decision may use (finite and > 0; NaN, inf and <= 0 are not)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (values > 0)
+
+
+def _usable_quotes(joined: pa.RecordBatch, venues: Sequence[str]) -> Tuple[pa.RecordBatch, int]:
+    """``joined`` with every ``<venue>_bid`` / ``<venue>_ask`` value that is not a usable
+    price (inf, NaN, <= 0) replaced by null - the venue is then absent from that row - and the
+    number of such values (nulls, a venue simply not quoted, are not counted)."""
+    bad_total = 0
+    for v in venues:
+        for side in ("bid", "ask"):
+            name = f"{v}_{side}"
+            idx = joined.schema.get_field_index(name)
+            values = _f64(joined, name)
+            ok = usable_price(values)
+            col = joined.column(idx)
+            bad = int((~ok).sum()) - col.null_count
+            if bad:
+                bad_total += bad
+                clean = pa.array(np.where(ok, values, np.nan), pa.float64(), mask=~ok)
+                joined = joined.set_column(idx, pa.field(name, pa.float64()), clean)
+    return joined, bad_total
+
+
+def best_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
+               venues: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    """The best buy-at-ask / sell-at-bid pair per row of a batch joined across ``venues``
+    (default: every registered venue).
+
+    ``sabot.fintech.ArbitrageOpportunities`` on ``<venue>_ask`` / ``<venue>_bid``; a venue
+    whose bid or ask is null, NaN, infinite or <= 0 is absent from that row.  Returns numpy
+    arrays: ``buy`` / ``sell`` (venue index, -1 where fewer than two venues are present),
+    ``buy_price``, ``sell_price``, ``gross_bps``, ``net_bps``, ``edge_per_unit``,
+    ``is_opportunity``; and two counts: ``bad_quotes`` (bid/ask values skipped as unusable)
+    and ``nonfinite_edges`` (rows whose best edge overflowed to a non-finite number, e.g.
+    from an absurd 1e308 bid; they get no pair and are never an opportunity).  Ties keep the
+    first pair in venue order.
+    """
+    venues = tuple(venues) if venues is not None else venue_names()
+    present = set(joined.schema.names)
+    for column in [f"{v}_{side}" for v in venues for side in ("ask", "bid")]:
+        if column not in present:  # a venue not joined yet: absent from every row
+            joined = joined.append_column(column, pa.nulls(joined.num_rows, pa.float64()))
+    joined, bad_quotes = _usable_quotes(joined, venues)
+    out = _edge_kernel(tuple((v, float(fees_bps[v])) for v in venues), float(min_edge_bps))(joined)
+
+    def venue_index(name: str) -> np.ndarray:
+        indices = out[name].indices      # null (no pair) as NaN in numpy: -1
+        if not indices.null_count:
+            return indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        return np.nan_to_num(indices.to_numpy(zero_copy_only=False), nan=-1).astype(np.int64)
+
+    result = {name: _f64(out, name) for name in ("buy_price", "sell_price", "gross_bps", "net_bps")}
+    result["buy"] = venue_index("buy_venue")
+    result["sell"] = venue_index("sell_venue")
+    with np.errstate(over="ignore", invalid="ignore"):
+        result["edge_per_unit"] = result["buy_price"] * result["net_bps"] / 1e4
+    flag = out["is_opportunity"]
+    result["is_opportunity"] = np.array((flag.fill_null(False) if flag.null_count else flag)
+                                        .to_numpy(zero_copy_only=False), dtype=bool)
+    # a pair was chosen but its figures are not finite numbers: no decision on this row
+    overflow = (result["buy"] >= 0) & ~(np.isfinite(result["net_bps"])
+                                        & np.isfinite(result["gross_bps"])
+                                        & np.isfinite(result["edge_per_unit"]))
+    if overflow.any():
+        for name in ("buy_price", "sell_price", "gross_bps", "net_bps", "edge_per_unit"):
+            result[name] = np.where(overflow, np.nan, result[name])
+        result["buy"] = np.where(overflow, -1, result["buy"])
+        result["sell"] = np.where(overflow, -1, result["sell"])
+        result["is_opportunity"] = result["is_opportunity"] & ~overflow
+    result["bad_quotes"] = bad_quotes
+    result["nonfinite_edges"] = int(overflow.sum())
+    return result
+
+
+def opportunities(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
+                  venues: Optional[Sequence[str]] = None, skipped: Optional[Dict[str, int]] = None
+                  ) -> List[dict]:
+    """The rows of ``joined`` that are opportunities, as dicts (the monitor's core decision).
+
+    Unusable prices are skipped (see :func:`best_edges`); with ``skipped`` given, their counts
+    are added to ``skipped["bad_quotes"]`` and ``skipped["nonfinite_edges"]``."""
+    venues = tuple(venues) if venues is not None else venue_names()
+    e = best_edges(joined, fees_bps, min_edge_bps, venues)
+    if skipped is not None:
+        for key in ("bad_quotes", "nonfinite_edges"):
+            skipped[key] = skipped.get(key, 0) + e[key]
+    idx = np.flatnonzero(e["is_opportunity"])
+    if not len(idx):
+        return []
+    symbols = joined.column(joined.schema.get_field_index("symbol")).to_pylist()
+    ts = _ns(joined, "timestamp")
+    out = []
+    for i in idx:
+        out.append({
+            "symbol": symbols[i], "timestamp_ns": int(ts[i]),
+            "buy_venue": venues[e["buy"][i]], "sell_venue": venues[e["sell"][i]],
+            "buy_price": float(e["buy_price"][i]), "sell_price": float(e["sell_price"][i]),
+            "gross_bps": float(e["gross_bps"][i]), "net_bps": float(e["net_bps"][i]),
+            "edge_per_unit": float(e["edge_per_unit"][i]),
+        })
+    return out
+
+
+def newest_recv_ns(joined: pa.RecordBatch, venues: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Per row, the newest collector receive time among the venues' quotes used (ns)."""
+    venues = tuple(venues) if venues is not None else venue_names()
+    cols = [_ns(joined, f"{v}_recv_timestamp") for v in venues]
+    return np.max(np.vstack(cols), axis=0)
+
+
+def format_opportunity(o: Mapping) -> str:
+    """The opportunity as one log line (the demo shows these lines)."""
+    return (f"🔥 ARBITRAGE: {o['symbol']}  buy {o['buy_venue']} @ {o['buy_price']:,.2f}  "
+            f"sell {o['sell_venue']} @ {o['sell_price']:,.2f}  spread {o['gross_bps']:.2f} bps "
+            f"(net {o['net_bps']:.2f} bps after fees)  edge {o['edge_per_unit']:,.4f} per unit")
+
+
+def percentile(values: Sequence[float], q: float) -> Optional[float]:
+    """numpy's default (linear) percentile; None when there are no values."""
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+
+
+# -------------------------------------------------------------------------------------------
+# The streaming pipeline
+# -------------------------------------------------------------------------------------------
+class Counter:
+    """Counts rows per venue as they leave the Kafka source (before any join)."""
+
+    def __init__(self, venues: Optional[Sequence[str]] = None) -> None:
+        self.rows: Dict[str, int] = {v: 0 for v in (venues if venues is not None else venue_names())}
+
+    def __call__(self, venue: str):
+        def count(batch: pa.RecordBatch) -> pa.RecordBatch:
+            self.rows[venue] += batch.num_rows
+            return batch
+        count.__qualname__ = f"count({venue})"
+        return count
+
+    def by_exchange(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Counts each row under its ``exchange`` value (one stream carrying every venue)."""
+        for item in pc.value_counts(batch.column("exchange")).to_pylist():
+            if item["values"] in self.rows:
+                self.rows[item["values"]] += item["counts"]
+        return batch
+
+
+class QuoteGuard:
+    """Drops quotes whose bid or ask is missing, NaN, infinite, zero or negative, before they
+    reach a join (where one would become its venue's "latest quote"); counts them per venue
+    and logs the first few and then every 1000th (a venue sending garbage must not flood the
+    log, nor go unnoticed)."""
+
+    def __init__(self, venues: Optional[Sequence[str]] = None) -> None:
+        self.skipped: Dict[str, int] = {v: 0 for v in (venues if venues is not None else venue_names())}
+        self.total = 0
+
+    def __call__(self, batch: pa.RecordBatch) -> Optional[pa.RecordBatch]:
+        ok = usable_price(_f64(batch, "bid")) & usable_price(_f64(batch, "ask"))
+        if ok.all():
+            return batch
+        bad = batch.filter(pa.array(~ok))
+        venues = (bad.column("exchange").to_pylist() if "exchange" in bad.schema.names
+                  else ["?"] * bad.num_rows)
+        for i, venue in enumerate(venues):
+            self.skipped[venue] = self.skipped.get(venue, 0) + 1
+            self.total += 1
+            if self.total <= 5 or self.total % 1000 == 0:
+                row = bad.slice(i, 1).to_pylist()[0]
+                log.warning("skipped quote #%d from %s: %s bid=%r ask=%r (prices must be finite "
+                            "and > 0)", self.total, venue, row.get("symbol"), row.get("bid"),
+                            row.get("ask"))
+        return batch.filter(pa.array(ok)) if ok.any() else None
+
+
+def venue_stream(bootstrap: str, venue: str, group_id: str, counter: Counter, *,
+                 from_beginning: bool, fast_groups: bool,
+                 guard: Optional[QuoteGuard] = None,
+                 kafka_config: Optional[Mapping[str, str]] = None) -> Stream:
+    """The venue's ticker topic → unusable quotes skipped → normalised symbols → midprice, in
+    event-time order."""
+    extra = fast_consumer_config() if fast_groups else {}
+    return (Stream.from_kafka(bootstrap, get_venue(venue).ticker_topic, group_id,
+                              from_beginning=from_beginning, order_by="timestamp",
+                              max_latency_ms=10, commit="async", kafka_config=kafka_config, **extra)
+            .map(counter(venue))
+            .map(guard if guard is not None else QuoteGuard())
+            .map(normalize_symbols)
+            .map(midprice)
+            .select(*QUOTE_COLUMNS))
+
+
+def arrival_stream(bootstrap: str, group_id: str, counter: Counter, *, from_beginning: bool,
+                   fast_groups: bool, tolerance_ms: float = TOLERANCE_MS,
+                   fetch_wait_max_ms: int = LIVE_FETCH_WAIT_MAX_MS,
+                   guard: Optional[QuoteGuard] = None,
+                   kafka_config: Optional[Mapping[str, str]] = None,
+                   venues: Optional[Sequence[str]] = None) -> Stream:
+    """Every venue's topic through one consumer, each quote joined on arrival with the latest
+    quote of the other venues (:class:`sabot.api.arrival.ArrivalAsofJoin`)."""
+    venues = tuple(venues) if venues is not None else venue_names()
+    extra = {**(fast_consumer_config() if fast_groups else {}),
+             **live_consumer_config(**{"fetch.wait.max.ms": fetch_wait_max_ms})}
+    join = ArrivalAsofJoin(venues, source_column="exchange", by="symbol", on="timestamp",
+                           columns=("bid", "ask", "recv_timestamp"), tolerance_ms=tolerance_ms)
+    return (Stream.from_kafka(bootstrap, [get_venue(v).ticker_topic for v in venues], group_id,
+                              from_beginning=from_beginning, max_latency_ms=50, commit="async",
+                              kafka_config=kafka_config, **extra)
+            .map(counter.by_exchange)
+            .map(guard if guard is not None else QuoteGuard())
+            .map(normalize_symbols)
+            .map(join))  # keeps only what a decision uses: bid, ask, times per venue
+
+
+def joined_stream(first: Stream, *others: Stream, tolerance_ms: float = TOLERANCE_MS) -> Stream:
+    """The event-time ASOF joins: each row of ``first`` with the latest quote of every other
+    venue's stream (by symbol, backward, within ``tolerance_ms``), joined in the order given."""
+    joined = first
+    for other in others:
+        joined = joined.asof_join(other, on="timestamp", by="symbol", tolerance_ms=tolerance_ms)
+    return joined
+
+
+class Monitor:
+    """Evaluates joined batches, logs and records opportunities, tracks latency."""
+
+    def __init__(self, fees: Mapping[str, float], min_edge_bps: float, output: Optional[Path],
+                 summary_path: Optional[Path], summary_every_s: float, quiet: bool = False,
+                 venues: Optional[Sequence[str]] = None) -> None:
+        self.venues = tuple(venues) if venues is not None else venue_names()
+        self.fees = dict(fees)
+        self.min_edge_bps = min_edge_bps
+        self.output = open(output, "w", encoding="utf-8") if output else None
+        self.summary_path = summary_path
+        self.summary_every_s = summary_every_s
+        self.quiet = quiet
+        self.counter = Counter(self.venues)
+        #: event-time alignment: each venue's own stream (its Kafka source counts what it fetched)
+        self.venue_streams: Optional[Dict[str, Stream]] = None
+        #: the streams whose Kafka sources count the messages they skipped (set by :func:`run`)
+        self.sources: List[Stream] = []
+        self.guard = QuoteGuard(self.venues)
+        self.skipped: Dict[str, int] = {"bad_quotes": 0, "nonfinite_edges": 0}
+        self.evaluations = 0
+        self.n_opportunities = 0
+        self.latencies_ms: List[float] = []
+        self.started = time.monotonic()
+        self._last_print = self.started
+        self._first_decision_ns: Optional[int] = None
+        # The summary JSON is rewritten twice a second by a thread, also while no quote
+        # arrives, so that whoever watches it (the demo) sees the last records read.
+        self._write_lock = threading.Lock()
+        self._stop_writer = threading.Event()
+        self._writer: Optional[threading.Thread] = None
+        if summary_path is not None:
+            self._writer = threading.Thread(target=self._write_periodically, name="summary-writer",
+                                            daemon=True)
+            self._writer.start()
+
+    def _write_periodically(self, every_s: float = 0.5) -> None:
+        while not self._stop_writer.wait(every_s):
+            try:
+                self.write_summary()
+            except Exception as exc:  # a full disk must not stop the monitor; say so
+                log.warning("could not write the summary %s: %s", self.summary_path, exc)
+
+    def on_batch(self, joined: pa.RecordBatch) -> None:
+        opps = opportunities(joined, self.fees, self.min_edge_bps, self.venues,
+                             skipped=self.skipped)
+        decided_ns = time.time_ns()
+        if self._first_decision_ns is None:
+            self._first_decision_ns = decided_ns
+        recv = newest_recv_ns(joined, self.venues)
+        lat = (decided_ns - recv[recv >= self._first_decision_ns]) / 1e6
+        self.latencies_ms.extend(lat.tolist())
+        self.evaluations += joined.num_rows
+        for o in opps:
+            self.n_opportunities += 1
+            print(format_opportunity(o), flush=True)
+            if self.output:
+                self.output.write(json.dumps({**o, "decided_ns": decided_ns}) + "\n")
+        if opps and self.output:
+            self.output.flush()
+        now = time.monotonic()
+        if now - self._last_print >= self.summary_every_s:
+            self._last_print = now
+            print(self.summary_line("📊 summary"), flush=True)
+
+    def fetched(self) -> Dict[str, int]:
+        """Records fetched from Kafka per venue.  On arrival every fetched record is read at
+        once; with the event-time alignment a venue's newest records wait in its source until
+        the other partitions' timestamps pass them, so "fetched" can run ahead of "records"."""
+        if self.venue_streams is None:
+            return dict(self.counter.rows)
+        out = {}
+        for venue, stream in self.venue_streams.items():
+            out[venue] = sum(m.get("messages", 0) for name, m in stream.metrics.items()
+                             if name.startswith("from_kafka("))
+        return out
+
+    def source_skipped(self) -> int:
+        """Messages the Kafka sources skipped as undecodable or invalid (a price that is not a
+        finite positive number, for one): consumed, counted and logged there, never a record."""
+        return sum(int(m.get("decode_errors", 0)) for stream in self.sources
+                   for name, m in stream.metrics.items() if name.startswith("from_kafka("))
+
+    def summary(self, with_latencies: bool = True) -> dict:
+        return {
+            "records": dict(self.counter.rows),
+            "fetched": self.fetched(),
+            "source_skipped": self.source_skipped(),
+            "evaluations": self.evaluations,
+            "opportunities": self.n_opportunities,
+            "skipped_quotes": dict(self.guard.skipped),
+            "skipped_edges": dict(self.skipped),
+            "latency_ms_p50": percentile(self.latencies_ms, 50),
+            "latency_ms_p99": percentile(self.latencies_ms, 99),
+            **({"latencies_ms": self.latencies_ms} if with_latencies else {}),
+            "fees_bps": self.fees,
+            "min_edge_bps": self.min_edge_bps,
+            "elapsed_s": time.monotonic() - self.started,
+        }
+
+    def summary_line(self, head: str) -> str:
+        s = self.summary()
+        p50 = "n/a" if s["latency_ms_p50"] is None else f"{s['latency_ms_p50']:.1f} ms"
+        p99 = "n/a" if s["latency_ms_p99"] is None else f"{s['latency_ms_p99']:.1f} ms"
+        recs = ", ".join(f"{v} {n}" for v, n in s["records"].items())
+        skipped = (sum(s["skipped_quotes"].values()) + sum(s["skipped_edges"].values())
+                   + s["source_skipped"])
+        return (f"{head}: {s['opportunities']} opportunities in {s['evaluations']} evaluations; "
+                f"tick-to-signal p50 {p50}, p99 {p99}; records read: {recs}"
+                + (f"; skipped unusable quotes: {skipped}" if skipped else ""))
+
+    def write_summary(self, final: bool = False) -> None:
+        """The summary JSON (every latency only in the final one: the periodic ones stay small)."""
+        if self.summary_path is None:
+            return
+        with self._write_lock:
+            tmp = self.summary_path.with_suffix(self.summary_path.suffix + ".tmp")
+            tmp.write_text(json.dumps(self.summary(with_latencies=final)))
+            os.replace(tmp, self.summary_path)
+
+    def close(self) -> None:
+        self._stop_writer.set()
+        if self._writer is not None:
+            self._writer.join()
+        if self.output:
+            self.output.close()
+        self.write_summary(final=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the monitor until Ctrl+C, SIGTERM or ``--duration``; 0 after a clean stop.
+
+    Raises ``ValueError`` (bad ``--fees``, ``--kafka-config``) and
+    :class:`BrokerUnreachableError`, which :func:`main` reports in one line (exit code 2)."""
+    venues = venue_names()
+    fees = parse_fees(args.fees, venues)
+    kafka_config = kafka_config_from_args(args)
+    args.bootstrap = (args.bootstrap or kafka_config.get("bootstrap.servers")
+                      or os.environ.get("SABOT_KAFKA_BOOTSTRAP") or "localhost:19092")
+    wait_reachable(args.bootstrap, kafka_config, timeout_s=args.connect_timeout)
+    monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every,
+                      venues=venues)
+    group = args.group_id or f"sabot-arbitrage-{uuid.uuid4().hex[:8]}"
+    if args.align == "arrival":
+        joined = arrival_stream(args.bootstrap, group, monitor.counter,
+                                from_beginning=args.from_beginning, fast_groups=args.fast_groups,
+                                tolerance_ms=args.tolerance_ms,
+                                fetch_wait_max_ms=args.fetch_wait_max_ms, guard=monitor.guard,
+                                kafka_config=kafka_config, venues=venues)
+        monitor.sources = [joined]
+    else:
+        streams = [venue_stream(args.bootstrap, v, f"{group}-{v}", monitor.counter,
+                                from_beginning=args.from_beginning, fast_groups=args.fast_groups,
+                                guard=monitor.guard, kafka_config=kafka_config)
+                   for v in venues]
+        joined = joined_stream(*streams, tolerance_ms=args.tolerance_ms)
+        monitor.venue_streams = dict(zip(venues, streams))
+        monitor.sources = list(streams)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    if args.duration:
+        signal.signal(signal.SIGALRM, stop)
+        signal.setitimer(signal.ITIMER_REAL, args.duration)
+    print(f"Arbitrage monitor on {args.bootstrap}: fees (bps) "
+          + ", ".join(f"{v}={f:g}" for v, f in fees.items())
+          + f", min edge {args.min_edge_bps:g} bps, ASOF tolerance {args.tolerance_ms:g} ms, "
+          f"alignment: {args.align}", flush=True)
+    try:
+        for batch in joined:
+            monitor.on_batch(batch)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        monitor.close()
+    print(monitor.summary_line("📊 final summary"), flush=True)
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The monitor's options (``sabot monitor`` and ``python -m sabot.apps.monitor``)."""
+    p.add_argument("--bootstrap", default=None,
+                   help="Kafka bootstrap servers (else bootstrap.servers from --kafka-config, else "
+                        "env SABOT_KAFKA_BOOTSTRAP, else localhost:19092)")
+    add_kafka_config_argument(p)
+    p.add_argument("--connect-timeout", type=float, default=8.0,
+                   help="give up when no broker answers at --bootstrap within this many seconds "
+                        "(default %(default)s)")
+    p.add_argument("--fees", default=DEFAULT_FEES,
+                   help="taker fee per venue in bps, e.g. %(default)s (or one number for all)")
+    p.add_argument("--min-edge-bps", type=float, default=0.0, help="smallest net edge to report")
+    p.add_argument("--tolerance-ms", type=float, default=TOLERANCE_MS, help="ASOF tolerance")
+    p.add_argument("--align", choices=ALIGNMENTS, default="arrival",
+                   help="arrival: decide on each quote as it arrives, against the latest quote of "
+                        "the other venues (live); event-time: deterministic event-time ASOF "
+                        "joins on the rows of the first registered venue (replay, research) "
+                        "(default %(default)s)")
+    p.add_argument("--fetch-wait-max-ms", type=int, default=LIVE_FETCH_WAIT_MAX_MS,
+                   help="consumer fetch.wait.max.ms with --align arrival (default %(default)s: "
+                        "the embedded broker's fastest; raise it against a real Kafka cluster)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--output", type=Path, default=None, help="JSON lines record of opportunities")
+    p.add_argument("--summary-json", type=Path, default=None,
+                   help="keep a JSON summary (counts, latencies) here, rewritten twice a second")
+    p.add_argument("--summary-every", type=float, default=10.0, help="seconds between summary lines")
+    p.add_argument("--group-id", default=None, help="consumer group prefix (default: a fresh one)")
+    p.add_argument("--from-beginning", action="store_true", help="read the topics from their start")
+    p.add_argument("--fast-groups", action="store_true",
+                   help="short consumer-group timeouts (embedded broker only; real Kafka rejects them)")
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    from sabot.cli import ArgumentParser
+
+    p = ArgumentParser(prog=prog, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run with parsed arguments; a usage mistake or an unreachable broker is one line on
+    stderr and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (ValueError, BrokerUnreachableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Optional[Iterable[str]] = None, prog: Optional[str] = None) -> int:
+    return command(build_parser(prog).parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
