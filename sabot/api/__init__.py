@@ -1,4 +1,4 @@
-"""sabot.api: the Stream API (spec stream_and_collectors.md §5)."""
+"""sabot.api: the Stream API (lazy pipelines of Arrow batches over Kafka, Parquet and tables)."""
 from ._ops import StreamOperatorError
 from .stream import Stream
 
