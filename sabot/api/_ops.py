@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.types as pat
 
-from ..fintech._scope import StateScope
+from ..fintech._scope import StateScope, unsaved_state
 from ..timeunits import check_unit, column_ns, duration_ns
 from ._events import Commit
 
@@ -91,6 +91,11 @@ class Operator:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.scope.load_state_dict(state["scope"])
         self._restored = True
+
+    def unsaved_state(self) -> List[str]:
+        """Stateful objects this operator uses but does not checkpoint (see
+        :func:`sabot.fintech._scope.unsaved_state`); empty when its state is all saved."""
+        return []
 
     # -- data -----------------------------------------------------------------------------------
     def process(self, batch: pa.RecordBatch) -> List[pa.RecordBatch]:
@@ -183,6 +188,9 @@ class FnOperator(Operator):
         if "fn" in state:
             self.fn.load_state_dict(state["fn"])
 
+    def unsaved_state(self) -> List[str]:
+        return unsaved_state(self.fn)
+
     def _fresh(self) -> "Operator":
         return type(self)(fresh_callable(self.fn, self.name))
 
@@ -235,6 +243,11 @@ class FilterOp(Operator):
             raise TypeError("filter expects a function returning a boolean array, or a "
                             f"pyarrow.compute.Expression; got {type(predicate).__name__}")
         self.predicate = predicate
+
+    def unsaved_state(self) -> List[str]:
+        if isinstance(self.predicate, pc.Expression):
+            return []
+        return unsaved_state(self.predicate, owner_saves_fn=False)
 
     def _fresh(self) -> "Operator":
         return FilterOp(fresh_callable(self.predicate, self.name)
@@ -326,6 +339,10 @@ class WithColumnsOp(Operator):
 
     def describe(self) -> str:
         return ", ".join(self.columns)
+
+    def unsaved_state(self) -> List[str]:
+        return [f"{name}: {what}" for name, spec in self.columns.items() if callable(spec)
+                for what in unsaved_state(spec, owner_saves_fn=False)]
 
     def _fresh(self) -> "Operator":
         return WithColumnsOp({name: fresh_callable(spec, self.name) if callable(spec) else spec

@@ -140,12 +140,29 @@ def drive(events: Iterator[Event], hooks: RunHooks, *,
         hooks.close()
 
 
+class UncheckpointedStateError(ValueError):
+    """An operator of a checkpointed Stream uses state that its checkpoint would not hold."""
+
+
+def check_checkpointable(operators: List[Any]) -> None:
+    """Refuse (UncheckpointedStateError naming operator and object) a plan in which an operator
+    uses a stateful object it does not checkpoint: a restore would silently lose its state."""
+    problems = [f"{op.name}: {what}" for op in operators
+                for what in (op.unsaved_state() if hasattr(op, "unsaved_state") else [])]
+    if problems:
+        raise UncheckpointedStateError(
+            "state that a checkpoint would not hold: " + "; ".join(problems) + " — pass the "
+            "kernel itself (stream.map(EWMA(alpha=0.94))) or call its function form inside the "
+            "function (lambda b: ewma(b, alpha=0.94)), so its state is part of the operator")
+
+
 def prepare_run(stream: Any, node: Node, stop: threading.Event) -> RunHooks:
     """Restore the run's checkpoint (``checkpoint_dir`` / ``changelog_topic``) and start the
     metrics endpoints (``metrics_port``) of every Kafka source of the plan; the run's hooks."""
     kafka = kafka_sources(node)
     ckpt = checkpointer_for(stream, node)
     if ckpt is not None:
+        check_checkpointable(node.operators())
         ckpt.restore()
     stream.last_checkpointer = ckpt
     ports = sorted({s.metrics_port for s in kafka if s.metrics_port is not None})

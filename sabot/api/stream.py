@@ -44,7 +44,8 @@ from ._plan import Node as _Node
 from ._plan import OpNode as _OpNode
 from ._plan import SourceNode as _Source
 from ._plan import kafka_sources
-from ._runtime import RunHooks, checkpointer_for, drive, prepare_run
+from ._runtime import (RunHooks, UncheckpointedStateError, check_checkpointable,  # noqa: F401
+                       checkpointer_for, drive, prepare_run)
 
 logger = logging.getLogger(__name__)
 
@@ -504,7 +505,10 @@ class Stream:
         return self._node.operators()
 
     def state_dict(self) -> Dict[str, Any]:
-        """Every operator's state (kernel scopes, window bars), keyed by plan position and name."""
+        """Every operator's state (kernel scopes, window bars), keyed by plan position and name.
+        UncheckpointedStateError when an operator uses a stateful object whose state it does
+        not hold (a kernel captured by a function): the answer would be incomplete."""
+        check_checkpointable(self.operators())
         return {"version": 1, "operators": {f"{i}:{op.name}": op.state_dict()
                                             for i, op in enumerate(self.operators())}}
 
