@@ -2,7 +2,7 @@
 
 Every operator owns a :class:`~sabot.fintech._scope.StateScope` and runs user functions inside
 ``with scope.active():`` so that function-form kernels (``lambda b: ewma(b, alpha=0.94)``) find
-their state again on the next batch (kernels.md §2).  An exception raised by a user function is
+their state again on the next batch (see :mod:`sabot.fintech._scope`).  An exception raised by a user function is
 re-raised as :class:`StreamOperatorError` naming the operator, e.g.
 ``map #2 (<lambda>) failed: ZeroDivisionError: division by zero``.
 """
