@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from ..timeunits import check_unit
 from ._align import AsofJoinOp, concat_promote, merge_events, union_events, zip_events
+from ._app import ApplicationSettings
 from ._events import Commit, Event, close_iterator
 from ._kafka import DeliveryError  # noqa: F401  (raised by to_kafka; importable from here)
 from ._kafka import KafkaSink, KafkaSource
@@ -132,6 +133,12 @@ class Stream:
         stream creates: the consumer, the dead-letter producer, the changelog store of
         ``changelog_topic`` and, on the same bootstrap servers, ``to_kafka``'s producer.
 
+        The application arguments (``checkpoint_dir``, ``checkpoint_interval_s``,
+        ``changelog_topic``, ``reset_state``, ``state_key``, ``metrics_port``, ``commit``,
+        ``kafka_config``, and the group) can be set once for several streams on an
+        :class:`~sabot.api.Application`: ``Application(bootstrap_servers,
+        consumer_group=group_id, ...).stream(topic, ...)`` builds the same source.
+
         Every decoded record is validated as the collectors validate ticker records: a
         non-finite number, a non-positive ``price``/``bid``/``ask``, a negative size, a control
         character in an identifier (``symbol``, ...) or a timestamp outside ``timestamp_window``
@@ -143,21 +150,16 @@ class Stream:
         may be None.  ``"auto"`` (default): ``(86400, 60)`` — one day back, one minute ahead —
         when reading live, and ``(None, 60)`` with ``from_beginning=True``, since a topic read
         from its beginning may hold history loaded in bulk.  ``None``: no time check."""
-        if metrics_port is not None:
-            from ..metrics import require_prometheus
-
-            require_prometheus(f"metrics_port={metrics_port}")
-        source = KafkaSource(bootstrap_servers, topic, group_id, schema=schema,
-                             batch_size=batch_size, max_latency_ms=max_latency_ms,
-                             from_beginning=from_beginning, dead_letter_topic=dead_letter_topic,
-                             stop_at_end=stop_at_end, order_by=order_by,
-                             checkpoint_dir=checkpoint_dir,
-                             checkpoint_interval_s=checkpoint_interval_s,
-                             metrics_port=metrics_port, changelog_topic=changelog_topic,
-                             commit=commit, kafka_config=kafka_config,
-                             timestamp_window=timestamp_window, **consumer_config)
-        source.reset_state = bool(reset_state)
-        source.state_key = state_key
+        settings = ApplicationSettings(
+            bootstrap_servers, consumer_group=group_id, kafka_config=kafka_config,
+            checkpoint_dir=checkpoint_dir, checkpoint_interval_s=checkpoint_interval_s,
+            changelog_topic=changelog_topic, reset_state=reset_state, state_key=state_key,
+            metrics_port=metrics_port, commit=commit)
+        source = settings.source(topic, schema=schema, batch_size=batch_size,
+                                 max_latency_ms=max_latency_ms, from_beginning=from_beginning,
+                                 dead_letter_topic=dead_letter_topic, stop_at_end=stop_at_end,
+                                 order_by=order_by, timestamp_window=timestamp_window,
+                                 **consumer_config)
         return cls(_KafkaNode(source))
 
     @classmethod
