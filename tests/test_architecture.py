@@ -166,3 +166,42 @@ def test_cycle_finder_finds_a_lazy_cycle() -> None:
 def test_no_import_cycles_in_sabot() -> None:
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def _reachable(graph: Dict[str, Set[str]], start: str) -> Set[str]:
+    seen: Set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_sources_do_not_import_the_runtime() -> None:
+    """The Kafka source and the plan nodes know nothing of checkpoints, tasks, metrics or the
+    Stream: the runtime drives them, never the other way round."""
+    graph = import_graph()
+    runtime = {"sabot.api._runtime", "sabot.api._checkpoint", "sabot.api._tasks",
+               "sabot.api.stream", "sabot.api.app", "sabot.metrics", "sabot.state"}
+    for module in ("sabot.api._kafka", "sabot.api._plan", "sabot.api._decode"):
+        assert not (_reachable(graph, module) & runtime), (
+            f"{module} reaches {sorted(_reachable(graph, module) & runtime)}")
+
+
+def test_time_units_have_one_home() -> None:
+    """Unit tables and unit factors are written only in sabot.timeunits."""
+    import re as _re
+
+    offenders = []
+    pattern = _re.compile(r"_UNITS?_NS\s*=|\*\s*1_000_000\b|/\s*1_000_000\b")
+    for name, path in _modules().items():
+        if name == "sabot.timeunits" or not name.startswith(("sabot.api", "sabot.fintech.asof",
+                                                              "sabot.fintech._scope",
+                                                              "sabot.metrics")):
+            continue
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if pattern.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
