@@ -107,6 +107,8 @@ def current_scope() -> Optional[StateScope]:
     return _current.get()
 
 
+#: kernel classes seen keeping state (their calls go straight to the scope)
+_STATEFUL: Set[type] = set()
 #: (kernel class, frozen configuration) -> whether its instances keep no state
 _STATELESS: Dict[Tuple[type, Any], bool] = {}
 
@@ -128,15 +130,17 @@ def call_kernel(kernel_cls: type, *inputs: Any, **config: Any) -> Any:
     scope = _current.get()
     if scope is None:
         return kernel_cls(**config)(*inputs)
-    key = (kernel_cls, _freeze(config))
-    stateless = _STATELESS.get(key)
-    if stateless is None:
-        probe = kernel_cls(**config)
-        stateless = _STATELESS[key] = not keeps_state(probe)
-        if stateless:
-            return probe(*inputs)
-    if stateless:
-        return kernel_cls(**config)(*inputs)
+    if kernel_cls not in _STATEFUL:
+        key = (kernel_cls, _freeze(config))
+        stateless = _STATELESS.get(key)
+        if stateless is None:
+            probe = kernel_cls(**config)
+            stateless = _STATELESS[key] = not keeps_state(probe)
+            if stateless:
+                return probe(*inputs)
+            _STATEFUL.add(kernel_cls)
+        elif stateless:
+            return kernel_cls(**config)(*inputs)
     return scope.instance_for(kernel_cls, config, lambda: kernel_cls(**config))(*inputs)
 
 
