@@ -162,3 +162,54 @@ def test_asof_join_on_int64_ms_reads_max_skew_in_ms():
                                               by="symbol", tolerance_ms=50)
     s.collect()
     assert s.operators()[-1].metrics()["skew_rejected"] == 1
+
+
+class _QuietAfter(Node):
+    """Batches, each followed by a commit, then only idle signals (a venue gone quiet)."""
+
+    def __init__(self, name: str, table: pa.Table, rows: int) -> None:
+        self.name = name
+        self.table = table
+        self.rows = rows
+        self.committed: list = []
+
+    def events(self):
+        from sabot.api._events import IDLE
+
+        for i, b in enumerate(self.table.to_batches(max_chunksize=self.rows)):
+            yield b
+            yield Commit(lambda i=i: self.committed.append(i), self.name)
+        while True:
+            yield IDLE
+
+
+def test_asof_join_on_int64_ms_idle_release_uses_the_unit():
+    """The right side goes quiet: after idle_timeout_ms every left row comes out and every
+    left commit runs while both sources are still open (the idle release declares the right
+    watermark in the column's unit)."""
+    import threading
+    import time
+
+    left = _quotes_ms(2000, 1, 3)
+    right = _quotes_ms(2000, 2, 0).rename_columns(["t", "symbol", "ask"]).slice(0, 300)
+    lf, rf = _QuietAfter("left", left, 250), _QuietAfter("right", right, 100)
+    joined = Stream(lf).asof_join(Stream(rf), on="t", by="symbol", tolerance_ms=50,
+                                  idle_timeout_ms=100)
+    rows = [0]
+
+    def done() -> bool:
+        return rows[0] == left.num_rows and len(lf.committed) == 8
+
+    def watch() -> None:  # stop the (endless) run once everything is out, or at the deadline
+        deadline = time.monotonic() + 60
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        joined.stop()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    for b in joined:
+        rows[0] += b.num_rows
+    watcher.join()
+    assert done(), f"stalled: {rows[0]} of {left.num_rows} rows, {len(lf.committed)} of 8 commits"
+    assert joined.operators()[-1].metrics()["idle_releases"] > 0
