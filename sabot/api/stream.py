@@ -447,9 +447,13 @@ class Stream:
         self._sink_name = "to_parquet"
         try:
             hooks = self._prepare_run()
-            for batch in drive(self._events(), hooks, ack=sink.ack, finish=sink.close,
-                               flush=sink.close_file):
-                sink.write(batch)
+            run = drive(self._events(), hooks, ack=sink.ack, finish=sink.close,
+                        flush=sink.close_file)
+            try:
+                for batch in run:
+                    sink.write(batch)
+            finally:  # a failed write closes the sources and releases the checkpoint now
+                close_iterator(run)
         except BaseException:
             sink.abort()
             raise
@@ -487,8 +491,12 @@ class Stream:
 
         try:
             hooks = self._prepare_run()
-            for batch in drive(self._events(), hooks, ack=ack, finish=sink.flush, flush=flush):
-                sink.write(batch)
+            run = drive(self._events(), hooks, ack=ack, finish=sink.flush, flush=flush)
+            try:
+                for batch in run:
+                    sink.write(batch)
+            finally:  # a failed write closes the sources and releases the checkpoint now
+                close_iterator(run)
         finally:
             remaining = sink.producer.flush(60.0)
             if remaining:  # never delivered: counted, and the run reports it
