@@ -74,6 +74,11 @@ def ms_to_ns(ms: Union[int, float]) -> int:
     return int(round(float(ms) * 1_000_000))
 
 
+def seconds_to_ns(seconds: Union[int, float]) -> int:
+    """A number of seconds as integer nanoseconds (rounded to the nearest)."""
+    return int(round(float(seconds) * UNIT_NS["s"]))
+
+
 def duration_ns(value: Any, what: str = "duration", *, allow_zero: bool = False) -> int:
     """A duration as integer nanoseconds: ``'500ms'``, ``'1s'``, ``'5m'``, ``'1h'``, ``'1d'``,
     a ``timedelta``, a ``numpy.timedelta64`` or a number of milliseconds.  ValueError /

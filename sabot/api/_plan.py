@@ -17,7 +17,10 @@ from ._align import AsofJoinOp, asof_events
 from ._events import Close, Commit, Event, TaskSwitch, close_iterator
 from ._ops import Operator
 
+
 class _Node:
+    """A plan node: ``events()`` runs it once over its inputs' events."""
+
     depth = 0
     name = "node"
 
@@ -43,6 +46,8 @@ class _Node:
 
 
 class _Source(_Node):
+    """Batches (or Tables) from a factory of iterables: tables, Parquet files, generators."""
+
     def __init__(self, name: str, factory: Callable[[], Iterator[Any]]) -> None:
         self.name = name
         self.factory = factory
@@ -163,6 +168,8 @@ class _OpNode(_Node):
 
 
 class _AsofNode(_Node):
+    """The streaming ASOF join of a left and a right plan (see :func:`~._align.asof_events`)."""
+
     def __init__(self, left: _Node, right: _Node, op: AsofJoinOp, on: str) -> None:
         self.left, self.right, self.op, self.on = left, right, op, on
         self.depth = max(left.depth, right.depth) + 1
@@ -186,6 +193,8 @@ class _AsofNode(_Node):
 
 
 class _MultiNode(_Node):
+    """Several plans combined by ``run`` (union, merge, zip)."""
+
     def __init__(self, name: str, nodes: Sequence[_Node],
                  run: Callable[[List[Iterator[Event]]], Iterator[Event]]) -> None:
         self.name = name
