@@ -33,6 +33,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from .timeunits import INT64_MIN, column_ns
+
 logger = logging.getLogger(__name__)
 
 #: Latency histogram bucket upper bounds, seconds.
@@ -147,21 +149,16 @@ class LatencyHistogram:
         self.total = 0.0
 
     def observe_batch(self, batch: Any) -> None:
-        import pyarrow as pa
-
         names = batch.schema.names
         col = "recv_timestamp" if "recv_timestamp" in names else (
             "timestamp" if "timestamp" in names else None)
         if col is None:
             return
-        arr = batch.column(names.index(col))
-        if pa.types.is_timestamp(arr.type):
-            arr = arr.cast(pa.timestamp("ns", tz=arr.type.tz)).cast(pa.int64())
-        elif not pa.types.is_integer(arr.type):
+        try:  # integer time columns are ns since the epoch (sabot.timeunits)
+            ts = column_ns(batch.column(names.index(col)), col, "ns")
+        except (TypeError, ValueError):
             return
-        ts = arr.to_numpy(zero_copy_only=False)
-        if arr.null_count:
-            ts = ts[np.asarray(arr.is_valid())]
+        ts = ts[ts != INT64_MIN]
         if not len(ts):
             return
         lat = (time.time_ns() - ts.astype(np.int64)) / 1e9

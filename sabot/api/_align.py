@@ -29,8 +29,9 @@ import numpy as np
 import pyarrow as pa
 
 from ._events import IDLE, Close, Commit, Event, _Idle, close_iterator
+from ..timeunits import INT64_MAX, check_unit, column_ns, duration_ns, ms_to_ns
 from ._ops import (DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_ROWS, DEFAULT_MAX_SKEW, REASON_SKEW,
-                   DeadLetter, SkewGuard, parse_duration_ns, timestamps_ns)
+                   DeadLetter, SkewGuard)
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +76,12 @@ class Aligner:
 
     def __init__(self, iterators: Sequence[Iterator[Event]], on: str,
                  idle_timeout_ms: Optional[float], max_skew: Any = DEFAULT_MAX_SKEW,
-                 dead: Optional[DeadLetter] = None) -> None:
+                 dead: Optional[DeadLetter] = None, on_unit: Optional[str] = None) -> None:
         self.inputs = [_Input(it) for it in iterators]
+        #: unit of an integer ``on`` column (None: ns; see :mod:`sabot.timeunits`)
+        self.on_unit = None if on_unit is None else check_unit(on_unit)
         if max_skew is not None:
-            skew_ns = parse_duration_ns(max_skew, "max_skew")
+            skew_ns = duration_ns(max_skew, "max_skew")
             for inp in self.inputs:
                 inp.guard = SkewGuard(skew_ns)
         self.dead = dead if dead is not None else DeadLetter("merge/zip")
@@ -127,7 +130,7 @@ class Aligner:
                 if self.on not in ev.schema.names:
                     raise KeyError(f"time column {self.on!r} not found; columns present: "
                                    f"{', '.join(ev.schema.names)}")
-                ts = timestamps_ns(ev.column(self.on), self.on)
+                ts = column_ns(ev.column(self.on), self.on, self.on_unit)
                 batch: Optional[pa.RecordBatch] = ev
                 if inp.guard is not None:
                     peer = max((i.watermark for i in self.inputs
@@ -199,7 +202,7 @@ class Aligner:
             if frontier == _MAX:
                 cut = table.num_rows
             else:
-                ts = timestamps_ns(table.column(self.on), self.on)
+                ts = column_ns(table.column(self.on), self.on, self.on_unit)
                 later = np.flatnonzero(ts >= frontier)
                 cut = int(later[0]) if len(later) else table.num_rows
             taken, rest = table.slice(0, cut), table.slice(cut)
@@ -222,10 +225,11 @@ class Aligner:
 
 def merge_events(iterators: Sequence[Iterator[Event]], on: str,
                  idle_timeout_ms: Optional[float], max_skew: Any = DEFAULT_MAX_SKEW,
-                 dead: Optional[DeadLetter] = None) -> Iterator[Event]:
+                 dead: Optional[DeadLetter] = None,
+                 on_unit: Optional[str] = None) -> Iterator[Event]:
     """Time-ordered union of inputs (see module docstring); rows rejected as beyond
     ``max_skew`` go to ``dead`` (a fresh capped :class:`DeadLetter` when not given)."""
-    al = Aligner(iterators, on, idle_timeout_ms, max_skew, dead)
+    al = Aligner(iterators, on, idle_timeout_ms, max_skew, dead, on_unit)
     try:
         while not al.finished:
             was_idle = al.pull()
@@ -270,11 +274,12 @@ def _as_batch(table: Optional[pa.Table], schema: Optional[pa.Schema]) -> Optiona
 
 def zip_events(iterators: Sequence[Iterator[Event]], on: str,
                idle_timeout_ms: Optional[float], max_skew: Any = DEFAULT_MAX_SKEW,
-               dead: Optional[DeadLetter] = None) -> Iterator[Any]:
+               dead: Optional[DeadLetter] = None,
+               on_unit: Optional[str] = None) -> Iterator[Any]:
     """Tuples of per-input batches covering the same event-time span, interleaved with
     Commit/Close/IDLE events (the caller runs those); ``max_skew`` and ``dead`` as for
     :func:`merge_events`."""
-    al = Aligner(iterators, on, idle_timeout_ms, max_skew, dead)
+    al = Aligner(iterators, on, idle_timeout_ms, max_skew, dead, on_unit)
     try:
         while not al.finished:
             was_idle = al.pull()
@@ -341,7 +346,7 @@ class AsofJoinOp:
     kind = "asof_join"
     holds_commits = False
 
-    def __init__(self, kernel: Any, tolerance_ns: int, *,
+    def __init__(self, kernel: Any, tolerance_ns: Optional[int] = None, *,
                  idle_timeout_ms: Optional[float] = DEFAULT_ASOF_IDLE_TIMEOUT_MS,
                  max_skew: Any = DEFAULT_MAX_SKEW, dead_letter_path: Any = None,
                  dead_letter_max_rows: int = DEAD_LETTER_MAX_ROWS,
@@ -349,9 +354,17 @@ class AsofJoinOp:
         if idle_timeout_ms is not None and idle_timeout_ms < 0:
             raise ValueError(f"idle_timeout_ms must be >= 0 (or None), got {idle_timeout_ms}")
         self.kernel = kernel
-        self.tolerance_ns = tolerance_ns
+        #: the unit of an integer ``on`` column: the kernel's (every time of the join —
+        #: matching, tolerance, watermarks, max_skew, idle release — is read in it)
+        self.on_unit: str = check_unit(getattr(kernel, "on_unit", "ns"))
+        if tolerance_ns is None:  # the kernel's tolerance (None: unbounded)
+            tol_ms = getattr(kernel, "tolerance_ms", None)
+            tolerance_ns = None if tol_ms is None else ms_to_ns(tol_ms)
+        #: how far past a right row the left side must be before that row's commit can run
+        #: (unbounded tolerance: only at the end)
+        self.tolerance_ns = INT64_MAX if tolerance_ns is None else int(tolerance_ns)
         self.idle_timeout_s = None if idle_timeout_ms is None else idle_timeout_ms / 1000.0
-        skew_ns = None if max_skew is None else parse_duration_ns(max_skew, "max_skew")
+        skew_ns = None if max_skew is None else duration_ns(max_skew, "max_skew")
         self.guards = (None if skew_ns is None
                        else {"left": SkewGuard(skew_ns), "right": SkewGuard(skew_ns)})
         self.name = self.kind
@@ -366,8 +379,9 @@ class AsofJoinOp:
 
     def set_position(self, index: int) -> None:
         by = self.kernel.by
-        self.name = (f"{self.kind} #{index} (by={by}, {self.kernel.direction}, "
-                     f"tolerance={self.tolerance_ns / 1e6:g}ms)")
+        tol = ("unbounded" if self.tolerance_ns == INT64_MAX
+               else f"{self.tolerance_ns / 1e6:g}ms")
+        self.name = f"{self.kind} #{index} (by={by}, {self.kernel.direction}, tolerance={tol})"
         self.dead.owner = self.name
 
     def dead_letters(self) -> List[DeadLetter]:
@@ -510,7 +524,7 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
         lw = inputs["left"]
         for entry in held_right:
             if entry[1] is None and lw.watermark is not None \
-                    and lw.watermark > entry[0] + op.tolerance_ns:
+                    and lw.watermark - op.tolerance_ns > entry[0]:
                 entry[1] = op.rows_in
         if right_quiet() and lw.watermark is not None:
             try:
@@ -547,7 +561,8 @@ def asof_events(left: Iterator[Event], right: Iterator[Event], op: AsofJoinOp,
                 if not ev.num_rows:
                     continue
                 inp.idle_since = None
-                ts = timestamps_ns(ev.column(on), on) if on in ev.schema.names else None
+                ts = (column_ns(ev.column(on), on, op.on_unit) if on in ev.schema.names
+                      else None)
                 if ts is None:
                     raise op.fail(KeyError(f"{side} input has no {on!r} column; columns "
                                            f"present: {', '.join(ev.schema.names)}"))

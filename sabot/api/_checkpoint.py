@@ -1,4 +1,4 @@
-"""Periodic checkpoints of a running Stream (used by the sinks in :mod:`.stream`).
+"""Periodic checkpoints of a running Stream (driven by the run loop of :mod:`._runtime`).
 
 Consistency: a checkpoint is taken only when a :class:`~._events.Commit` reaches the sink.
 At that moment every generator before the sink is suspended between batches, so every
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..state import CheckpointError, LocalCheckpointStore
 from ..state.codec import state_key_from
@@ -116,20 +116,3 @@ class Checkpointer:
                      self.store.last_size_bytes, self.store.last_write_s * 1e3)
         self.source.commit_positions(positions)
 
-
-def checkpointer_for(stream: Any, kafka_sources: List[Any], multi_input: bool) -> Any:
-    """The Checkpointer (``checkpoint_dir``) or TaskManager (``changelog_topic``, see
-    :mod:`._tasks`) of a plan, or None when no source asks for checkpoints."""
-    wanted = [s for s in kafka_sources
-              if s.checkpoint_dir is not None or s.changelog_topic is not None]
-    if not wanted:
-        return None
-    what = "changelog_topic" if wanted[0].changelog_topic is not None else "checkpoint_dir"
-    if len(kafka_sources) != 1 or multi_input:
-        raise ValueError(f"{what} needs a linear plan from exactly one from_kafka source "
-                         "(no union, merge, zip or asof_join)")
-    if wanted[0].changelog_topic is not None:
-        from ._tasks import TaskManager, linear_op_nodes
-
-        return TaskManager(stream, wanted[0], linear_op_nodes(stream))
-    return Checkpointer(stream, wanted[0])

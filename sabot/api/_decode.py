@@ -47,6 +47,7 @@ except ImportError:  # pragma: no cover - exercised when the extension is not bu
     _native = None
 
 from ..schema import IDENTIFIER_FIELDS, PRICE_FIELDS, SIZE_FIELDS, WINDOW_TIMESTAMP_FIELDS
+from ..timeunits import seconds_to_ns
 
 #: (index of the message in the input, human-readable reason)
 BadMessage = Tuple[int, str]
@@ -173,7 +174,7 @@ class JsonBatchDecoder:
     def _window_ns(self) -> Tuple[Optional[int], Optional[int]]:
         """(max ahead, max age) in ns (None: unbounded), clamped so ``ref ± bound`` fits."""
         def ns(s: Optional[float]) -> Optional[int]:
-            return None if s is None else min(int(s * 1e9), 2**62)
+            return None if s is None else min(seconds_to_ns(s), 2**62)
         if self.rules is None:
             return None, None
         return ns(self.rules.max_ahead_s), ns(self.rules.max_age_s)

@@ -42,10 +42,13 @@ import pyarrow.types as pat
 
 from ..kafka import client_config, consumer_config, producer_config, validate_client_config
 from ..schema import TICKER_SCHEMA
+from ..timeunits import UNIT_NS, column_ns
 from ._decode import JsonBatchDecoder, RecordRules
 from ._events import IDLE, Close, Commit, Event, TaskSwitch
 
 logger = logging.getLogger(__name__)
+
+_MS_NS = UNIT_NS["ms"]  # Kafka message timestamps are milliseconds
 
 #: How many undecodable messages are logged at warning before switching to debug.
 WARN_FIRST = 5
@@ -126,10 +129,7 @@ class KafkaSource:
         #: messages behind the high watermark per (topic, partition) (librdkafka statistics)
         self.lag: Dict[Tuple[str, int], int] = {}
         self.metrics_port = metrics_port
-        if metrics_port is not None:
-            from ..metrics import require_prometheus
-
-            require_prometheus(f"metrics_port={metrics_port}")
+        if metrics_port is not None:  # consumer lag for the metrics endpoint of the run
             self.config.setdefault("statistics.interval.ms", 1000)
             self.config["stats_cb"] = self._on_stats
         self.commit_mode = commit
@@ -463,7 +463,7 @@ def _decode(decoder: JsonBatchDecoder, msgs: List[Any]) -> Any:
     of its record's timestamp window, so a replay judges records by when they were produced."""
     import numpy as np
 
-    ref = np.fromiter(((t[1] * 1_000_000 if t[0] and t[1] > 0 else -1)
+    ref = np.fromiter(((t[1] * _MS_NS if t[0] and t[1] > 0 else -1)
                        for t in (m.timestamp() for m in msgs)), dtype=np.int64, count=len(msgs))
     return decoder.decode([m.value() for m in msgs], ref)
 
@@ -651,7 +651,6 @@ class _PartitionOrderer:
 
     def add(self, batch: pa.RecordBatch, good: List[Any], consumed: List[Any]) -> None:
         import numpy as np
-        from ._ops import timestamps_ns
 
         for m in consumed:
             tp = (m.topic(), m.partition())
@@ -659,7 +658,7 @@ class _PartitionOrderer:
             self.dirty.add(tp)
         if not batch.num_rows:
             return
-        ts = timestamps_ns(batch.column(self.on), self.on)
+        ts = column_ns(batch.column(self.on), self.on)
         tps = [(m.topic(), m.partition()) for m in good]
         offs = np.fromiter((m.offset() for m in good), dtype=np.int64, count=len(good))
         table = pa.Table.from_batches([batch])

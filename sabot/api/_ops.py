@@ -2,7 +2,7 @@
 
 Every operator owns a :class:`~sabot.fintech._scope.StateScope` and runs user functions inside
 ``with scope.active():`` so that function-form kernels (``lambda b: ewma(b, alpha=0.94)``) find
-their state again on the next batch (kernels.md §2).  An exception raised by a user function is
+their state again on the next batch (see :mod:`sabot.fintech._scope`).  An exception raised by a user function is
 re-raised as :class:`StreamOperatorError` naming the operator, e.g.
 ``map #2 (<lambda>) failed: ZeroDivisionError: division by zero``.
 """
@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.types as pat
 
-from ..fintech._scope import StateScope
+from ..fintech._scope import StateScope, unsaved_state
+from ..timeunits import check_unit, column_ns, duration_ns
 from ._events import Commit
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,11 @@ class Operator:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.scope.load_state_dict(state["scope"])
         self._restored = True
+
+    def unsaved_state(self) -> List[str]:
+        """Stateful objects this operator uses but does not checkpoint (see
+        :func:`sabot.fintech._scope.unsaved_state`); empty when its state is all saved."""
+        return []
 
     # -- data -----------------------------------------------------------------------------------
     def process(self, batch: pa.RecordBatch) -> List[pa.RecordBatch]:
@@ -182,6 +188,9 @@ class FnOperator(Operator):
         if "fn" in state:
             self.fn.load_state_dict(state["fn"])
 
+    def unsaved_state(self) -> List[str]:
+        return unsaved_state(self.fn)
+
     def _fresh(self) -> "Operator":
         return type(self)(fresh_callable(self.fn, self.name))
 
@@ -234,6 +243,11 @@ class FilterOp(Operator):
             raise TypeError("filter expects a function returning a boolean array, or a "
                             f"pyarrow.compute.Expression; got {type(predicate).__name__}")
         self.predicate = predicate
+
+    def unsaved_state(self) -> List[str]:
+        if isinstance(self.predicate, pc.Expression):
+            return []
+        return unsaved_state(self.predicate, owner_saves_fn=False)
 
     def _fresh(self) -> "Operator":
         return FilterOp(fresh_callable(self.predicate, self.name)
@@ -326,6 +340,10 @@ class WithColumnsOp(Operator):
     def describe(self) -> str:
         return ", ".join(self.columns)
 
+    def unsaved_state(self) -> List[str]:
+        return [f"{name}: {what}" for name, spec in self.columns.items() if callable(spec)
+                for what in unsaved_state(spec, owner_saves_fn=False)]
+
     def _fresh(self) -> "Operator":
         return WithColumnsOp({name: fresh_callable(spec, self.name) if callable(spec) else spec
                               for name, spec in self.columns.items()})
@@ -367,50 +385,16 @@ class WithColumnsOp(Operator):
 # --------------------------------------------------------------------------------------------
 # Tumbling OHLCV bars by event time
 # --------------------------------------------------------------------------------------------
-_UNITS_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-             "m": 60_000_000_000, "min": 60_000_000_000, "h": 3_600_000_000_000,
-             "d": 86_400_000_000_000}
-
-
 def parse_duration_ns(value: Any, what: str = "size") -> int:
-    """``'1s'``, ``'250ms'``, ``'5m'``, a timedelta, or a number of milliseconds → ns."""
-    import datetime as _dt
-    import re
-
-    if isinstance(value, _dt.timedelta):
-        ns = int(round(value.total_seconds() * 1e9))
-    elif isinstance(value, (int, float, np.integer, np.floating)):
-        ns = int(round(float(value) * 1_000_000))
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|min|h|d)\s*", value)
-        if not m:
-            raise ValueError(f"{what} {value!r}: expected e.g. '500ms', '1s', '5m', '1h'")
-        ns = int(round(float(m.group(1)) * _UNITS_NS[m.group(2)]))
-    else:
-        raise TypeError(f"{what} must be a duration string, timedelta or milliseconds; "
-                        f"got {type(value).__name__}")
-    if ns <= 0:
-        raise ValueError(f"{what} must be positive, got {value!r}")
-    return ns
+    """A positive duration as ns (see :func:`sabot.timeunits.duration_ns`)."""
+    return duration_ns(value, what)
 
 
-def timestamps_ns(column: Union[pa.Array, pa.ChunkedArray], name: str) -> np.ndarray:
-    """An event-time column (timestamp of any unit, or int64 ns) as int64 ns numpy (nulls → min)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    t = column.type
-    if pat.is_timestamp(t):
-        if t.unit != "ns":
-            column = column.cast(pa.timestamp("ns", tz=t.tz))
-        column = column.view(pa.int64()) if hasattr(column, "view") else column.cast(pa.int64())
-    elif pat.is_integer(t):
-        if t != pa.int64():
-            column = column.cast(pa.int64())
-    else:
-        raise TypeError(f"event-time column {name!r} has type {t}; expected a timestamp or int64 ns")
-    if column.null_count:          # (a compute call costs ~15 µs: a one-row batch pays it per column)
-        column = column.fill_null(np.iinfo(np.int64).min)
-    return column.to_numpy(zero_copy_only=False)
+def timestamps_ns(column: Union[pa.Array, pa.ChunkedArray], name: str,
+                  on_unit: Optional[str] = None) -> np.ndarray:
+    """An event-time column as int64 ns numpy, nulls → INT64_MIN (see
+    :func:`sabot.timeunits.column_ns`: integers are read in ``on_unit``, default ns)."""
+    return column_ns(column, name, on_unit)
 
 
 def float_values(column: Union[pa.Array, pa.ChunkedArray], name: str) -> np.ndarray:
@@ -862,13 +846,16 @@ class TumblingOHLCV(Operator):
                  allowed_lateness: Any = 0, max_skew: Any = DEFAULT_MAX_SKEW,
                  dead_letter_path: Optional[Union[str, "os.PathLike[str]"]] = None,
                  dead_letter_max_rows: int = DEAD_LETTER_MAX_ROWS,
-                 dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES) -> None:
+                 dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
+                 on_unit: Optional[str] = None) -> None:
         super().__init__()
         self._config = dict(size=size, on=on, by=by, price_column=price_column,
                             volume_column=volume_column, allowed_lateness=allowed_lateness,
                             max_skew=max_skew, dead_letter_path=dead_letter_path,
                             dead_letter_max_rows=dead_letter_max_rows,
-                            dead_letter_max_bytes=dead_letter_max_bytes)
+                            dead_letter_max_bytes=dead_letter_max_bytes, on_unit=on_unit)
+        #: unit of an integer ``on`` column (None: ns; see :mod:`sabot.timeunits`)
+        self.on_unit = None if on_unit is None else check_unit(on_unit)
         self.size_ns = parse_duration_ns(size, "window size")
         self.guard = (None if max_skew is None
                       else SkewGuard(parse_duration_ns(max_skew, "max_skew")))
@@ -970,7 +957,7 @@ class TumblingOHLCV(Operator):
                         if role == "volume_column" else "")
                 raise KeyError(f"{role} {col!r} not found; columns present: "
                                f"{', '.join(names)}{hint}")
-        ts = timestamps_ns(batch.column(self.on), self.on)
+        ts = column_ns(batch.column(self.on), self.on, self.on_unit)
         price = float_values(batch.column(self.price_column), self.price_column)
         if self.guard is not None:
             valid = ~np.isnan(price) & (ts != np.iinfo(np.int64).min)

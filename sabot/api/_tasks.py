@@ -208,21 +208,3 @@ class TaskManager:
     def close(self) -> None:
         self.store.close()
 
-
-def linear_op_nodes(stream: Any) -> List[Any]:
-    """The operator nodes of a linear plan over one Kafka source (source side first);
-    ValueError naming what is not supported with ``changelog_topic``."""
-    from .stream import _KafkaNode, _OpNode
-
-    nodes: List[Any] = []
-    node = stream._node
-    while isinstance(node, _OpNode):
-        nodes.append(node)
-        node = node.parent
-    if not isinstance(node, _KafkaNode):
-        raise ValueError("changelog_topic needs a linear plan from exactly one from_kafka source "
-                         f"(no union, merge, zip or asof_join); found {node.name}")
-    if len(node.source.topics) != 1:
-        raise ValueError("changelog_topic supports one source topic (the changelog partition of "
-                         f"a task is its source partition); got {node.source.topics}")
-    return nodes[::-1]

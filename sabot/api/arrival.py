@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._ops import timestamps_ns
+from ..timeunits import INT64_MIN, column_ns, ms_to_ns
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ArrivalAsofJoin:
         self._source_of = {s: i for i, s in enumerate(self.sources)}
         self.source_column, self.by, self.on = source_column, by, on
         self.columns = [on] + [c for c in columns if c != on]
-        self.tolerance_ns = int(round(tolerance_ms * 1_000_000))
+        self.tolerance_ns = ms_to_ns(tolerance_ms)
         self.skipped = 0
         self.reset()
 
@@ -76,7 +76,7 @@ class ArrivalAsofJoin:
     def _config(self) -> Dict[str, Any]:
         return {"sources": list(self.sources), "source_column": self.source_column,
                 "by": self.by, "on": self.on, "columns": list(self.columns[1:]),
-                "tolerance_ms": self.tolerance_ns / 1_000_000}
+                "tolerance_ms": self.tolerance_ns / ms_to_ns(1)}
 
     def clone(self) -> "ArrivalAsofJoin":
         """A fresh join of the same configuration (one per task in per-partition mode)."""
@@ -141,8 +141,14 @@ class ArrivalAsofJoin:
                            f"{', '.join(batch.schema.names)}")
         col = batch.column(idx)
         typ = self._types.setdefault(name, col.type)
-        if pa.types.is_timestamp(typ) or pa.types.is_integer(typ):
-            return timestamps_ns(col, name)
+        if name == self.on or pa.types.is_timestamp(typ):
+            return column_ns(col, name)
+        if pa.types.is_integer(typ):
+            if col.type != pa.int64():
+                col = col.cast(pa.int64())
+            if col.null_count:
+                col = col.fill_null(INT64_MIN)
+            return col.to_numpy(zero_copy_only=False)
         if typ != pa.float64():
             col = col.cast(pa.float64())
         return col.to_numpy(zero_copy_only=False)          # nulls come out as NaN

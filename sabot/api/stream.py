@@ -30,283 +30,27 @@ from typing import (Any, AsyncIterator, Callable, Dict, Iterable, Iterator, List
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._align import AsofJoinOp, asof_events, concat_promote, merge_events, union_events, zip_events
-from ._checkpoint import Checkpointer, checkpointer_for
-from ._events import IDLE, Close, Commit, Event, TaskSwitch, _Idle, close_iterator
+from ..timeunits import check_unit
+from ._align import AsofJoinOp, concat_promote, merge_events, union_events, zip_events
+from ._app import ApplicationSettings
+from ._events import Commit, Event, close_iterator
 from ._kafka import DeliveryError  # noqa: F401  (raised by to_kafka; importable from here)
 from ._kafka import KafkaSink, KafkaSource
 from ._ops import (FilterOp, FlatMapOp, MapOp, Operator, RenameOp, SelectOp,
                    StreamOperatorError, TumblingOHLCV, WithColumnsOp, bind_dead_letters)
+from ._plan import AsofNode as _AsofNode
+from ._plan import KafkaNode as _KafkaNode
+from ._plan import MultiNode as _MultiNode
+from ._plan import Node as _Node
+from ._plan import OpNode as _OpNode
+from ._plan import SourceNode as _Source
+from ._plan import kafka_sources
+from ._runtime import (RunHooks, UncheckpointedStateError, check_checkpointable,  # noqa: F401
+                       checkpointer_for, drive, prepare_run)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 65_536
-
-
-# ----------------------------------------------------------------------------------------------
-# Plan nodes
-# ----------------------------------------------------------------------------------------------
-class _Node:
-    depth = 0
-    name = "node"
-
-    def events(self) -> Iterator[Event]:
-        raise NotImplementedError
-
-    def inputs(self) -> List["_Node"]:
-        return []
-
-    def operators(self) -> List[Operator]:
-        ops: List[Operator] = []
-        for n in self.inputs():
-            for op in n.operators():
-                if op not in ops:
-                    ops.append(op)
-        return ops
-
-    def metrics(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
-        for n in self.inputs():
-            out.update(n.metrics())
-        return out
-
-
-class _Source(_Node):
-    def __init__(self, name: str, factory: Callable[[], Iterator[Any]]) -> None:
-        self.name = name
-        self.factory = factory
-        self.rows = 0
-
-    def events(self) -> Iterator[Event]:
-        self.rows = 0
-        for item in self.factory():
-            if isinstance(item, pa.Table):
-                batches = item.to_batches()
-            elif isinstance(item, pa.RecordBatch):
-                batches = [item]
-            else:
-                raise TypeError(f"{self.name}: expected RecordBatch or Table items, "
-                                f"got {type(item).__name__}")
-            for b in batches:
-                if b.num_rows:
-                    self.rows += b.num_rows
-                    yield b
-
-    def metrics(self) -> Dict[str, Any]:
-        return {self.name: {"rows": self.rows}}
-
-
-class _KafkaNode(_Node):
-    def __init__(self, source: KafkaSource) -> None:
-        self.source = source
-        self.name = source.name
-
-    def events(self) -> Iterator[Event]:
-        return self.source.events()
-
-    def metrics(self) -> Dict[str, Any]:
-        return {self.name: dict(self.source.metrics)}
-
-
-class _OpNode(_Node):
-    """One operator over its parent's events.  With ``changelog_topic`` (``tasks`` set by the
-    TaskManager) each source partition has its own clone of ``op``, chosen by TaskSwitch
-    events; ``op`` itself then only counts rows."""
-
-    def __init__(self, parent: _Node, op: Operator) -> None:
-        self.parent = parent
-        self.op = op
-        self.tasks: Optional[Dict[Tuple[str, int], Operator]] = None
-        self.depth = parent.depth + 1
-        op.set_position(self.depth)
-        self.name = op.name
-
-    def inputs(self) -> List[_Node]:
-        return [self.parent]
-
-    def operators(self) -> List[Operator]:
-        ops = self.parent.operators()
-        return ops + [self.op] if self.op not in ops else ops
-
-    def metrics(self) -> Dict[str, Any]:
-        out = self.parent.metrics()
-        m = self.op.metrics()
-        for clone in (self.tasks or {}).values():  # operator counters summed over owned tasks
-            for k, v in clone.metrics().items():
-                if k not in ("rows_in", "rows_out") and isinstance(v, (int, float)):
-                    m[k] = m.get(k, 0) + v
-        out[self.op.name] = m
-        return out
-
-    def events(self) -> Iterator[Event]:
-        op = counter = self.op
-        tasks = self.tasks
-        # per-partition tasks checkpoint offsets with their state: no commit is held back
-        holds = op.holds_commits and tasks is None
-        it = self.parent.events()
-        closes: List[Close] = []
-        try:
-            for ev in it:
-                if isinstance(ev, pa.RecordBatch):
-                    counter.rows_in += ev.num_rows
-                    for out in op.process(ev):
-                        if out.num_rows:
-                            counter.rows_out += out.num_rows
-                            yield out
-                    if holds:
-                        yield from op.released()
-                elif isinstance(ev, Commit):
-                    if holds:
-                        op.hold(ev)
-                        yield from op.released()
-                    else:
-                        yield ev
-                elif isinstance(ev, TaskSwitch):
-                    if tasks is not None:
-                        op = tasks.get(ev.tp)
-                        if op is None:
-                            raise RuntimeError(f"{self.name}: batch from {ev.tp[0]}/{ev.tp[1]}, "
-                                               "a partition this process does not own")
-                    yield ev
-                elif isinstance(ev, Close):
-                    closes.append(ev)
-                else:
-                    yield ev
-            for tp, task_op in (list(tasks.items()) if tasks is not None else [(None, op)]):
-                outs = [out for out in task_op.finish() if out.num_rows]
-                if outs and tp is not None:
-                    yield TaskSwitch(tp)
-                for out in outs:
-                    counter.rows_out += out.num_rows
-                    yield out
-            if holds:
-                yield from op.released(final=True)
-            handed, closes = closes, []
-            yield from handed
-        finally:
-            close_iterator(it)
-            for c in closes:  # not handed downstream (error or early stop): close here
-                c.run()
-
-
-class _AsofNode(_Node):
-    def __init__(self, left: _Node, right: _Node, op: AsofJoinOp, on: str) -> None:
-        self.left, self.right, self.op, self.on = left, right, op, on
-        self.depth = max(left.depth, right.depth) + 1
-        op.set_position(self.depth)
-        self.name = op.name
-
-    def inputs(self) -> List[_Node]:
-        return [self.left, self.right]
-
-    def operators(self) -> List[Any]:
-        ops = super().operators()
-        return ops + [self.op]
-
-    def metrics(self) -> Dict[str, Any]:
-        out = super().metrics()
-        out[self.op.name] = self.op.metrics()
-        return out
-
-    def events(self) -> Iterator[Event]:
-        return asof_events(self.left.events(), self.right.events(), self.op, self.on)
-
-
-class _MultiNode(_Node):
-    def __init__(self, name: str, nodes: Sequence[_Node],
-                 run: Callable[[List[Iterator[Event]]], Iterator[Event]]) -> None:
-        self.name = name
-        self.nodes = list(nodes)
-        self.run = run
-        self.depth = max(n.depth for n in self.nodes) + 1
-
-    def inputs(self) -> List[_Node]:
-        return self.nodes
-
-    def events(self) -> Iterator[Event]:
-        return self.run([n.events() for n in self.nodes])
-
-
-def _sink_loop(events: Iterator[Event], write: Callable[[pa.RecordBatch], None],
-               ack: Callable[[Commit], None], finish: Callable[[], None],
-               hooks: Optional["_RunHooks"] = None,
-               flush: Optional[Callable[[], None]] = None) -> None:
-    """Drive a sink; ``finish`` (final flush, pending commits) runs before sources close.
-
-    ``hooks``: checkpoints (after ``flush``) when a commit arrives and the interval has
-    passed and once more at the end of the stream; latency metrics per written batch."""
-    hooks = hooks or _RunHooks(None, None)
-    hooks.bind_flush(flush)
-    closes: List[Close] = []
-    try:
-        for ev in events:
-            if isinstance(ev, pa.RecordBatch):
-                write(ev)
-                hooks.batch(ev)
-            elif isinstance(ev, Commit):
-                ack(ev)
-                hooks.commit(flush)
-            elif ev is IDLE:
-                hooks.commit(flush)
-            elif isinstance(ev, Close):
-                closes.append(ev)
-            if hooks.stopping_at(ev):
-                break
-        finish()
-        hooks.end(flush)
-    finally:
-        close_iterator(events)
-        for c in closes:
-            c.run()
-        hooks.close()
-
-
-class _RunHooks:
-    """Per-run checkpointing and metrics, called by the sinks (no-ops when not configured)."""
-
-    def __init__(self, checkpointer: Any, metrics: Any,
-                 stop: Optional[threading.Event] = None) -> None:
-        self.checkpointer = checkpointer
-        self.latency = metrics.latency if metrics is not None else None
-        self._servers = list(metrics.servers) if metrics is not None else []
-        self._next_check = 0.0
-        self._stop = stop
-
-    def stopping_at(self, ev: Event) -> bool:
-        """:meth:`Stream.stop` was called and the run may end after ``ev``: after a commit or
-        idle signal (every operator between batches; consistent with the source's
-        positions), or after any batch when there is nothing to checkpoint."""
-        return (self._stop is not None and self._stop.is_set()
-                and (self.checkpointer is None
-                     or not isinstance(ev, (pa.RecordBatch, TaskSwitch))))
-
-    def bind_flush(self, flush: Optional[Callable[[], None]]) -> None:
-        """Give a TaskManager the sink's flush (it checkpoints inside group rebalances)."""
-        if self.checkpointer is not None and hasattr(self.checkpointer, "sink_flush"):
-            self.checkpointer.sink_flush = flush
-
-    def batch(self, batch: pa.RecordBatch) -> None:
-        if self.latency is not None:
-            self.latency.observe_batch(batch)
-
-    def commit(self, flush: Optional[Callable[[], None]]) -> None:
-        """A commit or an idle source reached the sink: every operator is between batches.
-        Also (once a second) restarts a metrics endpoint whose thread died."""
-        if self._servers and time.monotonic() >= self._next_check:
-            self._next_check = time.monotonic() + 1.0
-            for server in self._servers:
-                server.ensure_running()
-        if self.checkpointer is not None:
-            self.checkpointer.on_commit(flush)
-
-    def end(self, flush: Optional[Callable[[], None]]) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.checkpoint(flush)
-
-    def close(self) -> None:
-        """The run is over: release what the checkpointer holds (checkpoint directory lock)."""
-        if self.checkpointer is not None and hasattr(self.checkpointer, "close"):
-            self.checkpointer.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,6 +133,12 @@ class Stream:
         stream creates: the consumer, the dead-letter producer, the changelog store of
         ``changelog_topic`` and, on the same bootstrap servers, ``to_kafka``'s producer.
 
+        The application arguments (``checkpoint_dir``, ``checkpoint_interval_s``,
+        ``changelog_topic``, ``reset_state``, ``state_key``, ``metrics_port``, ``commit``,
+        ``kafka_config``, and the group) can be set once for several streams on an
+        :class:`~sabot.api.Application`: ``Application(bootstrap_servers,
+        consumer_group=group_id, ...).stream(topic, ...)`` builds the same source.
+
         Every decoded record is validated as the collectors validate ticker records: a
         non-finite number, a non-positive ``price``/``bid``/``ask``, a negative size, a control
         character in an identifier (``symbol``, ...) or a timestamp outside ``timestamp_window``
@@ -400,17 +150,16 @@ class Stream:
         may be None.  ``"auto"`` (default): ``(86400, 60)`` — one day back, one minute ahead —
         when reading live, and ``(None, 60)`` with ``from_beginning=True``, since a topic read
         from its beginning may hold history loaded in bulk.  ``None``: no time check."""
-        source = KafkaSource(bootstrap_servers, topic, group_id, schema=schema,
-                             batch_size=batch_size, max_latency_ms=max_latency_ms,
-                             from_beginning=from_beginning, dead_letter_topic=dead_letter_topic,
-                             stop_at_end=stop_at_end, order_by=order_by,
-                             checkpoint_dir=checkpoint_dir,
-                             checkpoint_interval_s=checkpoint_interval_s,
-                             metrics_port=metrics_port, changelog_topic=changelog_topic,
-                             commit=commit, kafka_config=kafka_config,
-                             timestamp_window=timestamp_window, **consumer_config)
-        source.reset_state = bool(reset_state)
-        source.state_key = state_key
+        settings = ApplicationSettings(
+            bootstrap_servers, consumer_group=group_id, kafka_config=kafka_config,
+            checkpoint_dir=checkpoint_dir, checkpoint_interval_s=checkpoint_interval_s,
+            changelog_topic=changelog_topic, reset_state=reset_state, state_key=state_key,
+            metrics_port=metrics_port, commit=commit)
+        source = settings.source(topic, schema=schema, batch_size=batch_size,
+                                 max_latency_ms=max_latency_ms, from_beginning=from_beginning,
+                                 dead_letter_topic=dead_letter_topic, stop_at_end=stop_at_end,
+                                 order_by=order_by, timestamp_window=timestamp_window,
+                                 **consumer_config)
         return cls(_KafkaNode(source))
 
     @classmethod
@@ -509,8 +258,12 @@ class Stream:
                  allowed_lateness: Any = 0, max_skew: Any = "5m",
                  dead_letter_path: Optional[Union[str, os.PathLike]] = None,
                  dead_letter_max_rows: int = 100_000,
-                 dead_letter_max_bytes: int = 64 * 1024 * 1024) -> "Stream":
+                 dead_letter_max_bytes: int = 64 * 1024 * 1024,
+                 on_unit: Optional[str] = None) -> "Stream":
         """Tumbling OHLCV bars by event time (``size``: '1s', '500ms', '1m', timedelta or ms).
+
+        ``on``: a timestamp column, or an integer column in ``on_unit`` ('s', 'ms', 'us', 'ns';
+        default ns since the epoch — the rule of :mod:`sabot.timeunits`).
 
         Output: window_start, window_end, [by], open, high, low, close, [volume], count.
         ``by`` defaults to the stream's key (:meth:`key_by`).  A row dated more than
@@ -523,7 +276,8 @@ class Stream:
                                         allowed_lateness=allowed_lateness, max_skew=max_skew,
                                         dead_letter_path=dead_letter_path,
                                         dead_letter_max_rows=dead_letter_max_rows,
-                                        dead_letter_max_bytes=dead_letter_max_bytes))
+                                        dead_letter_max_bytes=dead_letter_max_bytes,
+                                        on_unit=on_unit))
 
     window = tumbling
 
@@ -544,7 +298,12 @@ class Stream:
         ``idle_timeout_ms`` (``None``: wait for it forever) left rows are emitted with the right
         rows known, so output and commits keep flowing.  Rows dated more than ``max_skew`` past
         the watermarks are dead-lettered unless confirmed; the in-memory dead letter is capped
-        as for :meth:`tumbling` (see :class:`~sabot.api._align.AsofJoinOp`)."""
+        as for :meth:`tumbling` (see :class:`~sabot.api._align.AsofJoinOp`).
+
+        ``on``: a timestamp column, or an integer column in ``on_unit`` ('s', 'ms', 'us', 'ns';
+        default 'ms' for joins, see :mod:`sabot.timeunits`).  Every time of the join is read in
+        that unit: matching, ``tolerance_ms``, the watermarks that release commits,
+        ``max_skew`` and the idle release."""
         from ..fintech import StreamingAsofJoinKernel
 
         by = by if by is not None else self.key
@@ -553,8 +312,7 @@ class Stream:
                                          allow_exact_matches=allow_exact_matches,
                                          right_prefix=right_prefix, suffix=suffix,
                                          on_unit=on_unit)
-        op = AsofJoinOp(kernel, int(round(tolerance_ms * 1_000_000)),
-                        idle_timeout_ms=idle_timeout_ms, max_skew=max_skew,
+        op = AsofJoinOp(kernel, idle_timeout_ms=idle_timeout_ms, max_skew=max_skew,
                         dead_letter_path=dead_letter_path,
                         dead_letter_max_rows=dead_letter_max_rows,
                         dead_letter_max_bytes=dead_letter_max_bytes)
@@ -563,98 +321,65 @@ class Stream:
     # -- multi-stream ----------------------------------------------------------------------------
     @staticmethod
     def merge(*streams: "Stream", on: str = "timestamp",
-              idle_timeout_ms: Optional[float] = 10_000, max_skew: Any = "5m") -> "Stream":
+              idle_timeout_ms: Optional[float] = 10_000, max_skew: Any = "5m",
+              on_unit: Optional[str] = None) -> "Stream":
         """Time-ordered union of streams that are each in ``on`` order.  A row dated more
-        than ``max_skew`` past every input is held until confirmed, else dead-lettered."""
+        than ``max_skew`` past every input is held until confirmed, else dead-lettered.
+        ``on_unit``: the unit of an integer ``on`` column (default ns, see
+        :mod:`sabot.timeunits`)."""
         if not streams:
             raise ValueError("merge needs at least one stream")
+        if on_unit is not None:
+            check_unit(on_unit)
         nodes = [s._node for s in streams]
         return Stream(_MultiNode(f"merge(on={on})", nodes,
-                                 lambda its: merge_events(its, on, idle_timeout_ms, max_skew)),
+                                 lambda its: merge_events(its, on, idle_timeout_ms, max_skew,
+                                                          on_unit=on_unit)),
                       key=streams[0].key)
 
     @staticmethod
     def zip(*streams: "Stream", on: str = "timestamp",
             idle_timeout_ms: Optional[float] = 10_000,
-            max_skew: Any = "5m") -> Iterator[Tuple[pa.RecordBatch, ...]]:
+            max_skew: Any = "5m",
+            on_unit: Optional[str] = None) -> Iterator[Tuple[pa.RecordBatch, ...]]:
         """Tuples of batches, one per stream, covering the same event-time span.
 
         A stream with no rows in a span gives an empty batch (``None`` before its first batch).
+        ``on_unit``: the unit of an integer ``on`` column (default ns, see
+        :mod:`sabot.timeunits`).
         """
         if not streams:
             raise ValueError("zip needs at least one stream")
-        for src in (src for s in streams for src in s.kafka_sources()):
-            for what in ("checkpoint_dir", "changelog_topic"):
-                if getattr(src, what) is not None:
-                    raise ValueError(f"{what} needs a linear plan from exactly one from_kafka "
-                                     "source (no union, merge, zip or asof_join)")
-        ops = _operators_of(streams)
-        for op in ops:
+        if on_unit is not None:
+            check_unit(on_unit)
+        node = _MultiNode(f"zip(on={on})", [s._node for s in streams],
+                          lambda its: zip_events(its, on, idle_timeout_ms, max_skew,
+                                                 on_unit=on_unit))
+        checkpointer_for(None, node)  # refuses checkpoint_dir / changelog_topic: not linear
+        for op in node.operators():
             op.begin_run()
-        it = zip_events([s._node.events() for s in streams], on, idle_timeout_ms, max_skew)
-        closes: List[Close] = []
-        try:
-            for ev in it:
-                if isinstance(ev, tuple):
-                    yield ev
-                elif isinstance(ev, Commit):
-                    ev.run()
-                elif isinstance(ev, Close):
-                    closes.append(ev)
-        finally:
-            close_iterator(it)
-            for c in closes:
-                c.run()
+        yield from drive(node.events(), RunHooks())
 
     @staticmethod
     async def zip_async(*streams: "Stream", on: str = "timestamp",
-                        idle_timeout_ms: Optional[float] = 10_000, max_skew: Any = "5m"
+                        idle_timeout_ms: Optional[float] = 10_000, max_skew: Any = "5m",
+                        on_unit: Optional[str] = None
                         ) -> AsyncIterator[Tuple[pa.RecordBatch, ...]]:
         """``async for`` version of :meth:`zip` (blocking reads run in a worker thread)."""
-        it = Stream.zip(*streams, on=on, idle_timeout_ms=idle_timeout_ms, max_skew=max_skew)
+        it = Stream.zip(*streams, on=on, idle_timeout_ms=idle_timeout_ms, max_skew=max_skew,
+                        on_unit=on_unit)
         async for item in _aiter_thread(it):
             yield item
 
     # -- running -------------------------------------------------------------------------------
     def kafka_sources(self) -> List[KafkaSource]:
         """The Kafka sources of this plan."""
-        found: List[KafkaSource] = []
-        todo = [self._node]
-        while todo:
-            node = todo.pop()
-            if isinstance(node, _KafkaNode) and node.source not in found:
-                found.append(node.source)
-            todo.extend(node.inputs())
-        return found
+        return kafka_sources(self._node)
 
-    def _prepare_run(self) -> "_RunHooks":
-        """Restore the checkpoint (``checkpoint_dir``) and start metrics (``metrics_port``)."""
-        kafka = self.kafka_sources()
-        multi = False
-        todo = [self._node]
-        while todo:
-            node = todo.pop()
-            multi = multi or len(node.inputs()) > 1
-            todo.extend(node.inputs())
-        ckpt = checkpointer_for(self, kafka, multi)
-        if ckpt is not None:
-            ckpt.restore()
-        self.last_checkpointer = ckpt
-        ports = sorted({s.metrics_port for s in kafka if s.metrics_port is not None})
-        if ports and self._stream_metrics is None:
-            from ..metrics import StreamMetrics, serve
-
-            metrics = StreamMetrics(self, name=self._node.name)
-            for port in ports:
-                server = serve(port)
-                server.add(metrics)
-                metrics.servers.append(server)
-            self._stream_metrics = metrics
-        elif self._stream_metrics is not None:
-            for server in self._stream_metrics.servers:
-                server.ensure_running()
-        self._stop_event.clear()
-        return _RunHooks(ckpt, self._stream_metrics, self._stop_event)
+    def _prepare_run(self) -> RunHooks:
+        """Restore the checkpoint (``checkpoint_dir`` / ``changelog_topic``) and start metrics
+        (``metrics_port``): see :func:`~._runtime.prepare_run`."""
+        return prepare_run(self, self._node, self._stop_event)
 
     def _events(self) -> Iterator[Event]:
         for op in self._node.operators():
@@ -664,28 +389,7 @@ class Stream:
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         hooks = self._prepare_run()
-        it = self._events()
-        closes: List[Close] = []
-        try:
-            for ev in it:
-                if isinstance(ev, pa.RecordBatch):
-                    hooks.batch(ev)
-                    yield ev
-                elif isinstance(ev, Commit):
-                    ev.run()
-                    hooks.commit(None)
-                elif ev is IDLE:
-                    hooks.commit(None)
-                elif isinstance(ev, Close):
-                    closes.append(ev)
-                if hooks.stopping_at(ev):
-                    break
-            hooks.end(None)
-        finally:
-            close_iterator(it)
-            for c in closes:
-                c.run()
-            hooks.close()
+        yield from drive(self._events(), hooks)
 
     def __aiter__(self) -> AsyncIterator[pa.RecordBatch]:
         return _aiter_thread(iter(self))
@@ -743,7 +447,13 @@ class Stream:
         self._sink_name = "to_parquet"
         try:
             hooks = self._prepare_run()
-            _sink_loop(self._events(), sink.write, sink.ack, sink.close, hooks, sink.close_file)
+            run = drive(self._events(), hooks, ack=sink.ack, finish=sink.close,
+                        flush=sink.close_file)
+            try:
+                for batch in run:
+                    sink.write(batch)
+            finally:  # a failed write closes the sources and releases the checkpoint now
+                close_iterator(run)
         except BaseException:
             sink.abort()
             raise
@@ -781,7 +491,12 @@ class Stream:
 
         try:
             hooks = self._prepare_run()
-            _sink_loop(self._events(), sink.write, ack, sink.flush, hooks, flush)
+            run = drive(self._events(), hooks, ack=ack, finish=sink.flush, flush=flush)
+            try:
+                for batch in run:
+                    sink.write(batch)
+            finally:  # a failed write closes the sources and releases the checkpoint now
+                close_iterator(run)
         finally:
             remaining = sink.producer.flush(60.0)
             if remaining:  # never delivered: counted, and the run reports it
@@ -800,7 +515,10 @@ class Stream:
         return self._node.operators()
 
     def state_dict(self) -> Dict[str, Any]:
-        """Every operator's state (kernel scopes, window bars), keyed by plan position and name."""
+        """Every operator's state (kernel scopes, window bars), keyed by plan position and name.
+        UncheckpointedStateError when an operator uses a stateful object whose state it does
+        not hold (a kernel captured by a function): the answer would be incomplete."""
+        check_checkpointable(self.operators())
         return {"version": 1, "operators": {f"{i}:{op.name}": op.state_dict()
                                             for i, op in enumerate(self.operators())}}
 
@@ -824,15 +542,6 @@ class Stream:
         if self._sink_metrics is not None:
             out[self._sink_name] = dict(self._sink_metrics)
         return out
-
-
-def _operators_of(streams: Sequence[Stream]) -> List[Operator]:
-    ops: List[Operator] = []
-    for s in streams:
-        for op in s.operators():
-            if op not in ops:
-                ops.append(op)
-    return ops
 
 
 async def _aiter_thread(it: Iterator[Any]) -> AsyncIterator[Any]:

@@ -1,8 +1,13 @@
-"""sabot.fintech: streaming financial kernels over Arrow batches (spec: kernels.md).
+"""sabot.fintech: streaming financial kernels over Arrow batches.
 
 Every kernel takes a RecordBatch or Table and returns the same type with its output columns
 appended. Stateful kernels have a class form that carries state across batches (and per key
-with ``by=``); inside a Stream operator the function form does the same (see ``_scope``).
+with ``by=``); inside a Stream operator the function form does the same: every function form is
+:func:`~sabot.fintech._scope.call_kernel` of its class, which keeps a stateful kernel in the
+operator's checkpointed scope and simply runs a stateless one (see ``_scope``).
+
+Integer time columns are nanoseconds since the epoch unless an ``on_unit`` says otherwise (the
+ASOF joins: milliseconds by default); see :mod:`sabot.timeunits`.
 """
 from ._scope import StateScope, current_scope
 from .online_stats import (

@@ -1,4 +1,4 @@
-"""Column resolution and input checks shared by every kernel (spec kernels.md §1)."""
+"""Column resolution and input checks shared by every kernel."""
 from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence, Union

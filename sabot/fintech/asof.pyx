@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""ASOF joins over Arrow batches (spec kernels.md §4).
+"""ASOF joins over Arrow batches.
 
 Semantics are those of ``pandas.merge_asof(left, right, on=, by=, tolerance=, direction=,
 allow_exact_matches=)``: every left row is kept, in order, and receives the value columns of the
@@ -45,6 +45,7 @@ from libc.string cimport memcmp, memcpy, memset
 
 from ._columns import check_batch, require_column
 from ._kernel import _output_buffer
+from ..timeunits import UNIT_NS as _UNIT_NS, check_unit, duration_ns, to_ns
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ DEF NEAREST = 2
 
 
 _DIRECTIONS = {"backward": BACKWARD, "forward": FORWARD, "nearest": NEAREST}
-_UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 #: Schema metadata key listing the columns that already carry an exchange prefix.
 PREFIXED_META_KEY = b"sabot.asof.prefixed"
@@ -511,9 +511,7 @@ def _on_spec(field, side, on_unit):
     if pat.is_timestamp(t):
         return _OnSpec("timestamp", t.unit, t.tz)
     if pat.is_integer(t):
-        if on_unit not in _UNIT_NS:
-            raise ValueError(f"on_unit must be one of 'ns', 'us', 'ms', 's'; got {on_unit!r}")
-        return _OnSpec("int", on_unit, None)
+        return _OnSpec("int", check_unit(on_unit), None)
     raise TypeError(
         f"{side} column {field.name!r} has type {t}; the 'on' column must be an Arrow timestamp "
         "or an integer (unit given by on_unit)"
@@ -556,14 +554,11 @@ def _tolerance_in(unit, tolerance_ms, tolerance, spec):
     if tolerance is not None:
         if isinstance(tolerance, bool):
             raise TypeError(f"tolerance must be a timedelta or an integer, got {tolerance!r}")
-        if isinstance(tolerance, _dt.timedelta):
-            us = (tolerance.days * 86400 + tolerance.seconds) * 1_000_000 + tolerance.microseconds
-            tol_ns = us * 1000
-        elif isinstance(tolerance, np.timedelta64):
-            tol_ns = int(tolerance.astype("timedelta64[ns]").astype(np.int64))
+        if isinstance(tolerance, (_dt.timedelta, np.timedelta64)):
+            tol_ns = duration_ns(tolerance, "tolerance", allow_zero=True)
         elif isinstance(tolerance, (int, np.integer)):
             # an integer in the on column's own unit
-            tol_ns = int(tolerance) * _UNIT_NS[spec.unit]
+            tol_ns = to_ns(tolerance, spec.unit)
         else:
             raise TypeError(f"tolerance must be a timedelta or an integer, got {tolerance!r}")
     elif tolerance_ms is None:
@@ -573,7 +568,7 @@ def _tolerance_in(unit, tolerance_ms, tolerance, spec):
             raise TypeError(f"tolerance_ms must be a number or None, got {tolerance_ms!r}")
         if tolerance_ms != tolerance_ms:
             raise ValueError("tolerance_ms must not be NaN")
-        tol_ns = tolerance_ms * 1_000_000
+        tol_ns = tolerance_ms * _UNIT_NS["ms"]  # floored below: exact for integer differences
         if isinstance(tol_ns, float):
             tol_ns = int(np.floor(tol_ns)) if np.isfinite(tol_ns) else None
             if tol_ns is None:
@@ -1370,8 +1365,7 @@ class StreamingAsofJoinKernel:
         self.tolerance_ms = tolerance_ms
         self.tolerance = tolerance
         self.ordinal_column = ordinal_column
-        if on_unit not in _UNIT_NS:
-            raise ValueError(f"on_unit must be one of 'ns', 'us', 'ms', 's'; got {on_unit!r}")
+        check_unit(on_unit)
         self.reset()
 
     # -- state ---------------------------------------------------------------------------
@@ -1836,7 +1830,7 @@ def asof_join_streaming(left_stream, right_stream, on="timestamp", by=None, tole
             return INT64_MIN
         t = batch.schema.field(on).type
         unit = t.unit if pat.is_timestamp(t) else on_unit
-        return m * _UNIT_NS[unit]
+        return to_ns(m, unit)
 
     lb = next(lit, None)
     rb = next(rit, None)

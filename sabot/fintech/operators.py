@@ -1,4 +1,4 @@
-"""Stream operators over kernels (upstream names, spec kernels.md §5).
+"""Ready-made Stream operators over kernels (``create_*_operator``) and their two wrappers.
 
 An operator is a callable ``batch -> batch`` usable as ``stream.map(op)``, with
 ``state_dict()`` / ``load_state_dict(d)`` / ``reset()`` so a Stream can checkpoint it:
@@ -8,6 +8,14 @@ An operator is a callable ``batch -> batch`` usable as ``stream.map(op)``, with
 * :class:`StatelessKernelOperator` runs a function ``fn(batch, **kwargs)``. It activates its own
   :class:`StateScope` around each call, so function-form kernels called inside ``fn`` keep
   their state across batches exactly as in a Stream operator (and stateless ones simply run).
+  Its name is historical: the function itself holds no state, its kernels' state is in the
+  scope and checkpointed with the operator.
+
+Both are also what ``stream.map`` makes of a kernel instance and of a function: a Stream
+operator checkpoints a kernel passed to it and the scope of a function, so
+``stream.map(EWMA(alpha=0.94))``, ``stream.map(lambda b: ewma(b, alpha=0.94))`` and these
+wrappers all restore exactly; a kernel merely captured by a function is refused by a
+checkpointed Stream (see :mod:`sabot.fintech._scope`).
 
 The ``create_*_operator`` factories import their kernel when called, so this module imports
 even where a kernel module is not built.
