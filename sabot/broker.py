@@ -377,7 +377,7 @@ def _broker_binary() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import port_number, positive_int
+    from .clitools import port_number, positive_int
 
     parser.add_argument("--port", type=port_number, default=DEFAULT_PORT,
                         help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)")
@@ -394,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     Exit codes as in :mod:`sabot.cli`: 0 after Ctrl+C/SIGTERM, 1 when the broker failed or
     exited by itself, 2 when it could not start because of how it was called (port in use,
     no broker binary) - reported in one line."""
-    from .cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+    from .clitools import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     topics = [t.strip() for t in args.topics.split(",") if t.strip()]
@@ -430,7 +430,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .cli import ArgumentParser
+    from .clitools import ArgumentParser
 
     parser = ArgumentParser(prog="python -m sabot.broker",
                             description="Run the embedded Tansu Kafka broker.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from sabot.venues import UnknownVenueError, VenueMapping, get_venue, venue_names
+from sabot.venues.registry import UnknownVenueError, VenueMapping, get_venue, venue_names
 
 TS_NS_UTC = pa.timestamp("ns", tz="UTC")
 
@@ -49,7 +49,7 @@ def exchange_schema(exchange: str) -> pa.Schema:
         raise ValueError(
             f"unknown exchange {exchange!r}; known: {', '.join(sorted(venue_names()))}"
         ) from None
-    return venue.schema()
+    return pa.schema(TICKER_FIELDS + list(venue.extra_fields))
 
 #: Fields validated as prices when a record is read from Kafka: finite and > 0.
 PRICE_FIELDS = ("price", "bid", "ask")

@@ -72,7 +72,7 @@ def split_symbol(raw: str, exchange: str | None = None) -> tuple[str, str]:
 def _venue_split(exchange: str, text: str) -> tuple[str, str] | None:
     """The registered venue ``exchange``'s own split of ``text``; ``None`` for the generic rules
     (and for a name that is not a registered venue)."""
-    from sabot.venues import UnknownVenueError, get_venue  # imported here: the registry imports us
+    from sabot.venues.registry import UnknownVenueError, get_venue
 
     try:
         collector = get_venue(exchange).collector_class

@@ -37,7 +37,7 @@ class UsageError(Exception):
 
 def build_parser(exchange: str, prog: str | None = None) -> argparse.ArgumentParser:
     """The collector's parser for one venue (``prog`` defaults to ``<venue>2parquet.py``)."""
-    from sabot.cli import ArgumentParser  # one-line errors, no abbreviations
+    from sabot.clitools import ArgumentParser  # one-line errors, no abbreviations
 
     p = ArgumentParser(
         prog=prog or f"{exchange}2parquet.py",

@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Sequence
 
 from sabot.apps._common import BROKER_EXTRA_HINT, broker_missing
 from sabot.broker import DEFAULT_PORT, _die_with_parent, port_is_free
-from sabot.cli import (EXIT_FAILURE, EXIT_OK, ArgumentParser, UsageError, port_number,
+from sabot.clitools import (EXIT_FAILURE, EXIT_OK, ArgumentParser, UsageError, port_number,
                        positive_float, report_usage_error)
 from sabot.venues import default_fees, get_venue, ticker_topics, venue_names
 

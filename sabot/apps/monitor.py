@@ -582,7 +582,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    from sabot.cli import ArgumentParser
+    from sabot.clitools import ArgumentParser
 
     p = ArgumentParser(prog=prog, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -421,7 +421,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     """Every mode (``examples/crypto_research_platform.py MODE``)."""
     from sabot.apps.monitor import fees_text
 
-    from sabot.cli import ArgumentParser  # one-line errors, no abbreviations
+    from sabot.clitools import ArgumentParser  # one-line errors, no abbreviations
 
     p = ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from sabot.collectors.base import ExchangeCollector, Parsed, rfc3339_to_ns
-from sabot.venues import VenueMapping, venues
+from sabot.venues.registry import VenueMapping, venues
 
 #: Venue name -> its collector class (a live view of the venue registry).
 COLLECTORS: VenueMapping[type[ExchangeCollector]] = VenueMapping(lambda v: v.collector_class, "collector")

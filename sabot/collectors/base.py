@@ -168,6 +168,13 @@ class ExchangeCollector(abc.ABC):
 
     # -- symbol spelling (class-level: the registry, the simulators and the kernels use it) ----
     @classmethod
+    def to_canonical_symbol(cls, raw: str, quote_aliases: Mapping[str, str] | None = None) -> str:
+        """``BASE/QUOTE`` for this exchange's spelling ``raw``; ``quote_aliases`` defaults to the
+        package's (``USDT`` counts as ``USD``), ``{}`` keeps every quote as spelled."""
+        aliases = DEFAULT_QUOTE_ALIASES if quote_aliases is None else quote_aliases
+        return normalize_symbol(raw, cls.name, aliases)
+
+    @classmethod
     def to_exchange_symbol(cls, symbol: str) -> str:
         """The exchange's spelling of canonical ``BASE/QUOTE`` (default: ``BASE/QUOTE`` itself).
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 from sabot.collectors.base import (
     CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, int64, num, parsed,
 )
-from sabot.venues import Venue, register
+from sabot.venues.registry import Venue, register
 
 __all__ = ["BinanceCollector", "VENUE"]
 

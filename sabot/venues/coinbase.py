@@ -23,7 +23,7 @@ from sabot.collectors.base import (
     CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, int64, num, parsed,
     rfc3339_to_ns,
 )
-from sabot.venues import Venue, register
+from sabot.venues.registry import Venue, register
 
 
 class _Ticker(msgspec.Struct):

@@ -19,7 +19,7 @@ from sabot.collectors.base import (
     CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, num, parsed,
     rfc3339_to_ns,
 )
-from sabot.venues import Venue, register
+from sabot.venues.registry import Venue, register
 
 __all__ = ["KrakenCollector", "VENUE"]
 
