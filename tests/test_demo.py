@@ -354,10 +354,13 @@ def test_scripted_spreads_on_arrival_use_the_scripted_quotes(tmp_path):
         assert (o["buy_price"], o["sell_price"]) == (cb_ask, kr_bid), o
         net = (kr_bid - cb_ask) / cb_ask * 1e4 - FEES["coinbase"] - FEES["kraken"]
         assert o["net_bps"] == pytest.approx(net, rel=1e-12)
-        # in script time, inside the symbol's phase (give or take the venues' own latencies:
-        # another venue's quote stamped just before the phase may arrive after the shift)
+        # in script time, inside the symbol's phase, give or take arrival order: a quote stamped
+        # just before the phase may arrive after the shift, and on a busy machine a quote stamped
+        # after the phase may arrive before the unshifted Coinbase/Kraken quotes do (on arrival,
+        # the latest known quotes are still the shifted ones).  Up to one phase of such lag is
+        # tolerated; an opportunity in any other phase would mean stale quotes were used.
         since = (o["timestamp_ns"] - t0) / 1e9
-        assert any(p * PHASE_S - 0.3 <= since < (p + 1) * PHASE_S + 0.3
+        assert any(p * PHASE_S - 0.3 <= since < (p + 2) * PHASE_S
                    for p in OPPORTUNITY_PHASES[sym]), o
         per_symbol[sym] += 1
     # 20 ticks x 3 venues arrive per symbol in its phase; the first one or two (before both
