@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +100,24 @@ def port_is_free(port: int, host: str = HOST) -> bool:
     return True
 
 
-def check_reachable(bootstrap: str, timeout_s: float = 10.0) -> None:
+def check_reachable(bootstrap: str, timeout_s: float = 10.0,
+                    kafka_config: Optional[Mapping[str, Any]] = None) -> None:
     """Raise :class:`BrokerUnreachableError` unless a broker at ``bootstrap`` answers a
-    metadata request within ``timeout_s``.
+    metadata request within ``timeout_s``, asked with the user's client configuration
+    (``kafka_config``: TLS, SASL; see :mod:`sabot.kafka`).
 
     Kafka clients retry an unreachable broker forever in the background; a program that is
     about to consume or produce calls this first, so that a wrong ``--bootstrap`` or a broker
     that is down is one clear error instead of a silent hang."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 1000,
-                         "socket.connection.setup.timeout.ms": 1000, "log_level": 0})
+    from .kafka import admin_config
+
+    cfg = admin_config(bootstrap, kafka_config)
+    cfg.setdefault("socket.timeout.ms", 1000)
+    cfg.setdefault("socket.connection.setup.timeout.ms", 1000)
+    cfg.setdefault("log_level", 0)
+    admin = AdminClient(cfg)
     deadline = time.monotonic() + timeout_s
     last: object = None
     while True:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import time
 from typing import Dict, Mapping, Optional
 
-from sabot.broker import BrokerUnreachableError
-from sabot.kafka import KafkaConfigError, admin_config, read_client_properties
+from sabot.broker import BrokerUnreachableError, check_reachable
+from sabot.kafka import KafkaConfigError, read_client_properties
 
 __all__ = ["BrokerUnreachableError", "BROKER_EXTRA_HINT", "add_kafka_config_argument",
            "kafka_config_from_args", "load_kafka_config", "wait_reachable", "broker_missing"]
@@ -59,29 +58,5 @@ def kafka_config_from_args(args: argparse.Namespace) -> Dict[str, str]:
 def wait_reachable(bootstrap: str, kafka_config: Optional[Mapping[str, str]] = None,
                    timeout_s: float = 8.0) -> None:
     """Raise :class:`BrokerUnreachableError` unless a broker at ``bootstrap`` answers a metadata
-    request within ``timeout_s``, asked with the user's client configuration (TLS, SASL).
-
-    Kafka clients retry an unreachable broker forever in the background; checking first turns a
-    wrong ``--bootstrap`` into one clear error instead of a silent hang."""
-    from confluent_kafka.admin import AdminClient
-
-    cfg = admin_config(bootstrap, kafka_config)
-    cfg.setdefault("socket.timeout.ms", 1000)
-    cfg.setdefault("socket.connection.setup.timeout.ms", 1000)
-    cfg.setdefault("log_level", 0)
-    admin = AdminClient(cfg)
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            if admin.list_topics(timeout=min(1.0, max(left, 0.05))).brokers:
-                return
-        except Exception as exc:  # KafkaException (transport failure, timed out)
-            err = exc.args[0] if exc.args else None
-            last = err.str() if hasattr(err, "str") else str(exc)
-    detail = f" ({last})" if last else ""
-    raise BrokerUnreachableError(
-        f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s{detail}")
+    request within ``timeout_s``, asked with the user's client configuration (TLS, SASL)."""
+    check_reachable(bootstrap, timeout_s, kafka_config)
