@@ -30,6 +30,7 @@ from typing import (Any, AsyncIterator, Callable, Dict, Iterable, Iterator, List
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..durable import fsync_path
 from ..timeunits import check_unit
 from ._align import AsofJoinOp, concat_promote, merge_events, union_events, zip_events
 from ._app import ApplicationSettings
@@ -754,12 +755,12 @@ class _ParquetSink:
                 self._reopen()
             self._writer.close()
             self._writer = None
-            _fsync_path(self._part)
+            fsync_path(self._part)
             final = self._final_name()
             # link, not rename: it fails if ``final`` exists, so nothing is ever replaced
             os.link(self._part, final)
             self._linked = final
-        _fsync_path(self._linked.parent)  # the new name is durable before the .part goes
+        fsync_path(self._linked.parent)  # the new name is durable before the .part goes
         if self._part is not None and os.path.lexists(self._part):
             os.unlink(self._part)
         self._part = None
@@ -790,10 +791,3 @@ class _ParquetSink:
         self._discard_writer()
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (the directory: so a new name in it survives a crash)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -29,6 +29,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sabot.durable import fsync_path
 from sabot.kafka import LIVE_PRODUCER, PRODUCER_DEFAULTS, client_config
 from sabot.schema import exchange_schema
 
@@ -214,15 +215,9 @@ class ParquetSink:
 def _fsync_dir(path: Path) -> None:
     """fsync a directory so a rename in it survives a power loss (no-op where unsupported)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
+        fsync_path(path)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def recover_parts(path: str | os.PathLike, schema: pa.Schema, compression: str = "zstd") -> int:

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from ..durable import fsync_path
 from .codec import STATE_FORMAT_VERSION, CheckpointError, decode_record, encode_record
 
 logger = logging.getLogger(__name__)
@@ -199,11 +200,7 @@ class LocalCheckpointStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_path(self.directory)
         for old in (files + [final])[:-self.keep]:
             try:
                 old.unlink()
