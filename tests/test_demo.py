@@ -331,10 +331,12 @@ def test_scripted_spreads_are_found_exactly_where_the_script_put_them(tmp_path):
 @needs_broker
 def test_scripted_spreads_on_arrival_use_the_scripted_quotes(tmp_path):
     """The live (on-arrival) monitor: each arriving quote against the latest of the others.
-    Which quote arrives first is up to the processes, so the check is per decision: every
-    opportunity buys the shifted Coinbase ask and sells the shifted Kraken bid, with the
-    script's exact edge, inside that symbol's opportunity phase; and nearly every quote that
-    arrives while both are shifted is one."""
+    Which quote arrives first is up to the processes (and on a busy machine a whole venue can
+    lag), so the check is per decision: every opportunity buys a shifted Coinbase ask and sells
+    a shifted Kraken bid - the very quotes the collectors recorded, found by their receive
+    time - with the script's exact edge, and neither quote is older than the join's tolerance
+    relative to the quote that triggered the decision; and most quotes that arrive while both
+    are shifted are opportunities."""
     scenario = tmp_path / "scenario.jsonl"
     write_scenario(scenario)
     proc = run_demo(tmp_path, "--scenario", str(scenario), duration=120)
@@ -343,8 +345,17 @@ def test_scripted_spreads_on_arrival_use_the_scripted_quotes(tmp_path):
     s = parse_summary(proc.stdout)
     assert s["evaluations"] == sum(s["read"].values())
     live = read_jsonl(tmp_path / "opportunities.jsonl")
-    cb = pq.read_table(tmp_path / "coinbase.parquet").to_pandas()
-    t0 = int(cb["timestamp"].min().value)
+
+    def recorded(ex):  # (symbol, receive time ns) -> (event time ns, bid, ask), from Parquet
+        t = pq.read_table(tmp_path / f"{ex}.parquet")
+        cols = {c: t.column(c).cast(pa.int64()).to_pylist() if "timestamp" in c
+                else t.column(c).to_pylist()
+                for c in ("symbol", "timestamp", "recv_timestamp", "bid", "ask")}
+        return {(sym, recv): (ts, bid, ask) for sym, ts, recv, bid, ask in zip(
+            cols["symbol"], cols["timestamp"], cols["recv_timestamp"], cols["bid"], cols["ask"])}
+
+    quotes = {ex: recorded(ex) for ex in ("coinbase", "kraken")}
+    tolerance_ns = arb.TOLERANCE_MS * 1_000_000
     per_symbol = {sym: 0 for sym in MIDS}
     for o in live:
         sym = o["symbol"]
@@ -354,18 +365,16 @@ def test_scripted_spreads_on_arrival_use_the_scripted_quotes(tmp_path):
         assert (o["buy_price"], o["sell_price"]) == (cb_ask, kr_bid), o
         net = (kr_bid - cb_ask) / cb_ask * 1e4 - FEES["coinbase"] - FEES["kraken"]
         assert o["net_bps"] == pytest.approx(net, rel=1e-12)
-        # in script time, inside the symbol's phase, give or take arrival order: a quote stamped
-        # just before the phase may arrive after the shift, and on a busy machine a quote stamped
-        # after the phase may arrive before the unshifted Coinbase/Kraken quotes do (on arrival,
-        # the latest known quotes are still the shifted ones).  Up to one phase of such lag is
-        # tolerated; an opportunity in any other phase would mean stale quotes were used.
-        since = (o["timestamp_ns"] - t0) / 1e9
-        assert any(p * PHASE_S - 0.3 <= since < (p + 2) * PHASE_S
-                   for p in OPPORTUNITY_PHASES[sym]), o
+        bought = quotes["coinbase"][(sym, o["buy_recv_ns"])]
+        sold = quotes["kraken"][(sym, o["sell_recv_ns"])]
+        assert bought[2] == cb_ask and sold[1] == kr_bid, (o, bought, sold)
+        for quote_ts, _, _ in (bought, sold):  # not stale relative to the triggering quote
+            assert o["timestamp_ns"] - quote_ts <= tolerance_ns, (o, bought, sold)
         per_symbol[sym] += 1
     # 20 ticks x 3 venues arrive per symbol in its phase; the first one or two (before both
-    # shifted quotes are in) and any read after the demo stopped are not opportunities
-    assert all(40 <= n <= 66 for n in per_symbol.values()), per_symbol
+    # shifted quotes are in), any read after the demo stopped, and on a busy machine those
+    # arriving while one venue lags behind the other are not opportunities
+    assert all(30 <= n <= 66 for n in per_symbol.values()), per_symbol
 
 
 # ----------------------------------------------------------------------------------------------

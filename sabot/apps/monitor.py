@@ -236,11 +236,17 @@ def opportunities(joined: pa.RecordBatch, fees_bps: Mapping[str, float], min_edg
         return []
     symbols = joined.column(joined.schema.get_field_index("symbol")).to_pylist()
     ts = _ns(joined, "timestamp")
+    recv = {v: _ns(joined, f"{v}_recv_timestamp") for v in venues
+            if joined.schema.get_field_index(f"{v}_recv_timestamp") >= 0}
     out = []
     for i in idx:
+        buy, sell = venues[e["buy"][i]], venues[e["sell"][i]]
         out.append({
             "symbol": symbols[i], "timestamp_ns": int(ts[i]),
-            "buy_venue": venues[e["buy"][i]], "sell_venue": venues[e["sell"][i]],
+            "buy_venue": buy, "sell_venue": sell,
+            # when the collectors received the two quotes decided on (which quotes they were)
+            "buy_recv_ns": int(recv[buy][i]) if buy in recv else None,
+            "sell_recv_ns": int(recv[sell][i]) if sell in recv else None,
             "buy_price": float(e["buy_price"][i]), "sell_price": float(e["sell_price"][i]),
             "gross_bps": float(e["gross_bps"][i]), "net_bps": float(e["net_bps"][i]),
             "edge_per_unit": float(e["edge_per_unit"][i]),
