@@ -46,7 +46,8 @@ so the pair's level offset α_t is the mean of y − β·x over the last N bars,
 * flat: z > entry opens a short spread (sell y, buy β·x); z < −entry opens a long spread;
 * long: z > −exit closes it (back inside the exit band, or beyond); z < −stop stops it out;
 * short: z < exit closes it; z > stop stops it out;
-* after a stop, no new position until |z| < exit (the pair is back at its mean).
+* after a stop, no new position until |z| < exit (the pair is back at its mean);
+* at most one order per bar: a bar that closes a position does not open the next one.
 
 A position is sized at entry to a gross notional N: |q_y|·y + |q_x|·x = N with q_x = −β·q_y,
 β frozen at entry.  Orders fill at the bar-close quotes (buy at the ask, sell at the bid) and
@@ -73,6 +74,7 @@ import logging
 import math
 import signal
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -187,6 +189,7 @@ class BarBuilder:
         self.next_close: Optional[int] = None   # close time of the first bar not yet emitted
         self.latest: Optional[int] = None       # newest leg quote seen
         self.late_quotes = 0
+        self._late_logged = -math.inf
         self.skipped_bars = 0
         self.bars = 0
 
@@ -199,26 +202,35 @@ class BarBuilder:
         return rows.set_column(0, "timestamp", rows["timestamp"].cast(TS_TYPE))
 
     def add(self, table: pa.Table) -> pa.Table:
+        rows = {name: self._leg_rows(table, leg) for name, leg in self.legs.items()}
+        times = {name: r["timestamp"].cast(pa.int64()).to_numpy() for name, r in rows.items()}
+        if self.next_close is None:
+            firsts = [int(ts.min()) for ts in times.values() if ts.size]
+            if firsts:
+                self.next_close = (min(firsts) // self.bar_ns + 1) * self.bar_ns
         for name, leg in self.legs.items():
-            rows = self._leg_rows(table, leg)
-            if not rows.num_rows:
+            ts = times[name]
+            if not ts.size:
                 continue
-            ts = rows["timestamp"].cast(pa.int64()).to_numpy()
-            if self.next_close is None:
-                self.next_close = (int(ts.min()) // self.bar_ns + 1) * self.bar_ns
-            else:
-                late = ts <= self.next_close - self.bar_ns
-                if late.any():
-                    self.late_quotes += int(late.sum())
-                    logger.warning("%s: %d quote(s) older than a bar already closed, skipped "
-                                   "(%d so far)", leg, int(late.sum()), self.late_quotes)
-                    rows = rows.filter(pa.array(~late))
-                    ts = ts[~late]
+            late = ts <= self.next_close - self.bar_ns
+            if late.any():
+                self._skip_late(leg, int(late.sum()))
+                rows[name] = rows[name].filter(pa.array(~late))
+                ts = ts[~late]
             if ts.size:
-                self.pending[name].append(rows)
+                self.pending[name].append(rows[name])
                 newest = int(ts.max())
                 self.latest = newest if self.latest is None else max(self.latest, newest)
         return self._close_bars()
+
+    def _skip_late(self, leg: Leg, n: int) -> None:
+        """Count quotes older than a bar already closed; log at most every 10 s."""
+        self.late_quotes += n
+        now = time.monotonic()
+        if now - self._late_logged >= 10.0:
+            self._late_logged = now
+            logger.warning("%s: %d quote(s) older than a bar already closed, skipped (%d so far)",
+                           leg, n, self.late_quotes)
 
     def _close_bars(self) -> pa.Table:
         if self.next_close is None or self.latest is None or self.latest <= self.next_close:
@@ -545,8 +557,8 @@ def print_report(res: BacktestResult, y: Leg, x: Leg, params: Params) -> None:
     print(f"pair y={y} x={x}, bar {params.bar_ns / 1e9:g} s, z window {params.window} bars, "
           f"entry {params.entry:g} exit {params.exit:g} stop {params.stop:g}, "
           f"notional {params.notional:,.0f}")
-    print(f"fees: {y.venue} {params.fees_bps[y.venue]:g} bps, {x.venue} "
-          f"{params.fees_bps[x.venue]:g} bps; fills at the bar-close bid/ask")
+    fees = ", ".join(f"{v} {params.fees_bps[v]:g} bps" for v in dict.fromkeys([y.venue, x.venue]))
+    print(f"taker fees: {fees}; fills at the bar-close bid/ask")
     print(f"{int(m['bars'])} bars ({int(m['skipped_bars'])} skipped without both legs), "
           f"last Kalman beta {m['hedge_ratio_last']:.6g}, static OLS beta "
           f"{_fmt(m['ols_beta'], '.6g')}, spread half-life {_fmt(m['half_life_bars'], '.1f')} bars")

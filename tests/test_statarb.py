@@ -126,17 +126,18 @@ PARAMS = dict(bar_ns=SEC, window=60, entry=2.0, exit=0.5, stop=6.0)
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    """One venue, ETH-like y against BTC-like x, beta 0.06, the spread pushed at bar 700."""
+    """ETH-like y on Kraken against BTC-like x on Coinbase, beta 0.06, the spread pushed in
+    second 700."""
     folder = tmp_path_factory.mktemp("statarb")
     x, y = cointegrated(1200, 0.06, seed=5, shock_at=700, shock=12.0)
     t0 = 1_760_000_000 * SEC
     write_recording(folder, [ticks("coinbase", "BTC/USD", t0, x, 1),
-                             ticks("coinbase", "ETH/USD", t0, y, 2)])
+                             ticks("kraken", "ETH/USD", t0, y, 2)])
     return folder
 
 
 def test_backtest_finds_beta_trades_the_push_and_pnl_matches_recomputation(recorded):
-    y, x = sa.Leg.parse("coinbase:ETH/USD"), sa.Leg.parse("coinbase:BTC/USD")
+    y, x = sa.Leg.parse("kraken:ETH/USD"), sa.Leg.parse("coinbase:BTC/USD")
     params = sa.Params(**{**PARAMS, "entry": 3.0, "stop": 8.0})   # only the push crosses 3
     res = sa.run_backtest(sa.read_legs(recorded, y, x), y, x, params)
     bars = res.bars
@@ -185,8 +186,41 @@ def test_backtest_finds_beta_trades_the_push_and_pnl_matches_recomputation(recor
     assert any("annualised figures" in w for w in res.warnings)   # 20 minutes, not a year
 
 
+def test_bars_start_at_the_earliest_quote_of_either_leg():
+    """x quotes before y's first quote: x's quote still closes y's first bar (not 'late')."""
+    y, x = sa.Leg("coinbase", "ETH/USD"), sa.Leg("kraken", "BTC/USD")
+    rows = [("kraken", "BTC/USD", 3_200, 100.0, 101.0), ("coinbase", "ETH/USD", 10_500, 5.0, 5.5),
+            ("kraken", "BTC/USD", 12_500, 102.0, 103.0)]
+    table = pa.table({
+        "exchange": [r[0] for r in rows], "symbol": [r[1] for r in rows],
+        "timestamp": pa.array([r[2] * 1_000_000 for r in rows]).cast(pa.timestamp("ns", tz="UTC")),
+        "bid": [r[3] for r in rows], "ask": [r[4] for r in rows]})
+    builder = sa.BarBuilder(y, x, SEC, 60 * SEC)
+    bars = builder.add(table)
+    assert builder.late_quotes == 0
+    assert bars["timestamp"].cast(pa.int64()).to_pylist() == [11 * SEC, 12 * SEC]
+    assert bars["x_mid"].to_pylist() == [100.5, 100.5] and bars["y_mid"].to_pylist() == [5.25, 5.25]
+    assert builder.skipped_bars == 7        # 4 s .. 10 s: no y quote yet
+
+
+def test_report_and_outputs(recorded, tmp_path, capsys):
+    out = tmp_path / "bars.parquet"
+    assert sa.main(["backtest", "--data", str(recorded), "--y", "kraken:ETH/USD",
+                    "--x", "coinbase:BTC/USD", "--window", "60", "--entry", "3", "--stop", "8",
+                    "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    trades = pq.read_table(tmp_path / "bars_trades.parquet").to_pandas()
+    bars = pq.read_table(out)
+    assert bars.num_rows == 1199 and len(trades) >= 2
+    assert f"trades ({len(trades)}):" in text
+    assert f"net PnL {bars['pnl'].to_numpy().sum():+.2f}" in text
+    assert trades["pnl"].sum() == pytest.approx(bars["pnl"].to_numpy().sum(), rel=1e-9)
+    assert "taker fees: kraken 16 bps, coinbase 6 bps" in text
+    assert "warning: the bars span 0.333 hours" in text
+
+
 def test_batching_does_not_change_the_result(recorded):
-    y, x = sa.Leg.parse("coinbase:ETH/USD"), sa.Leg.parse("coinbase:BTC/USD")
+    y, x = sa.Leg.parse("kraken:ETH/USD"), sa.Leg.parse("coinbase:BTC/USD")
     params = sa.Params(**PARAMS)
     ticks_ = sa.read_legs(recorded, y, x)
     whole = sa.run_backtest(ticks_, y, x, params)
@@ -287,8 +321,8 @@ def test_live_prints_the_backtest_signals_and_stops_cleanly_on_ctrl_c(kafka_brok
     (["backtest", "--data", "{d}", "--bar", "0s"], "--bar"),
     (["backtest", "--data", "{d}", "--fees", "kraken=abc"], "kraken=abc"),
     (["backtest", "--data", "{d}/missing"], "missing"),
-    (["backtest", "--data", "{d}", "--y", "kraken:ETH/USD"], "kraken.parquet"),
-    (["backtest", "--data", "{d}", "--y", "coinbase:SOL/USD"], "'SOL/USD'"),
+    (["backtest", "--data", "{d}", "--y", "binance:ETH/USD"], "binance.parquet"),
+    (["backtest", "--data", "{d}", "--y", "kraken:SOL/USD"], "'SOL/USD'"),
     (["backtest", "--data", "{d}", "--window", "0"], "--window"),
     (["live", "--bootstrap", "127.0.0.1:1", "--connect-timeout", "0.2"], "127.0.0.1:1"),
     (["sideways"], "sideways"),
