@@ -12,7 +12,8 @@ collectors' records): two assets on one venue (``coinbase:ETH/USD`` against
         --y coinbase:BTC/USD --x kraken:BTC/USD
 
 ``backtest`` reads ``<data>/<venue>.parquet`` (what ``sabot demo --data-dir DIR`` and the
-collectors write); ``live`` reads the venues' Kafka ticker topics and prints every entry and
+collectors write; half a minute of the demo gives about 110 bars of 250 ms, so try
+``--bar 250ms --window 40`` on it); ``live`` reads the venues' Kafka ticker topics and prints every entry and
 exit as its bar closes, until Ctrl+C (exit code 0; 1 on a failure; 2 on a usage mistake).
 
 The model, bar by bar
@@ -505,6 +506,10 @@ def run_backtest(ticks: pa.Table, y: Leg, x: Leg, params: Params,
         pos[-1] = FLAT
         bars = bars.set_column(bars.schema.get_field_index("position"), "position", pa.array(pos))
     metrics, warnings = performance(bars["pnl"].to_numpy(), bars["timestamp"], params)
+    if bars.num_rows < params.window:
+        warnings.insert(0, f"only {bars.num_rows} bars, fewer than the z-score window of "
+                           f"{params.window}: no signal could be computed (record longer, or use "
+                           f"a shorter --bar or --window)")
     metrics["hedge_ratio_last"] = bars["hedge_ratio"][-1].as_py()
     metrics.update(static_pair(bars))
     metrics["skipped_bars"] = float(builder.skipped_bars)

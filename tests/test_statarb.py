@@ -219,6 +219,13 @@ def test_report_and_outputs(recorded, tmp_path, capsys):
     assert "warning: the bars span 0.333 hours" in text
 
 
+def test_too_few_bars_for_the_window_is_said(recorded):
+    y, x = sa.Leg.parse("kraken:ETH/USD"), sa.Leg.parse("coinbase:BTC/USD")
+    res = sa.run_backtest(sa.read_legs(recorded, y, x), y, x, sa.Params(window=1500))
+    assert res.warnings[0].startswith("only 1199 bars, fewer than the z-score window of 1500")
+    assert res.trades == [] and res.metrics["net_pnl"] == 0.0 and res.metrics["sharpe"] is None
+
+
 def test_batching_does_not_change_the_result(recorded):
     y, x = sa.Leg.parse("kraken:ETH/USD"), sa.Leg.parse("coinbase:BTC/USD")
     params = sa.Params(**PARAMS)
