@@ -651,12 +651,13 @@ def live(args: argparse.Namespace) -> int:
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, stop)   # SIGTERM stops as cleanly as Ctrl+C
     print(f"live: pair y={y} x={x} on {', '.join(topics)} at {args.bootstrap}, bar "
           f"{params.bar_ns / 1e9:g} s; Ctrl+C to stop", flush=True)
     realised = 0.0
+    batches = iter(stream)
     try:
-        for batch in stream:
+        for batch in batches:
             _, signals = strategy.on_bars(builder.add(pa.Table.from_batches([batch])))
             for sig in signals:
                 print(format_signal(sig, y, x), flush=True)
@@ -664,6 +665,9 @@ def live(args: argparse.Namespace) -> int:
                     realised += strategy.trades[-1].pnl
     except KeyboardInterrupt:
         pass
+    finally:
+        batches.close()                               # closes the consumer now, not at exit
+        signal.signal(signal.SIGTERM, previous)
     position = "flat" if strategy.open is None else side_name(strategy.side)
     print(f"live: stopped after {builder.bars} bars, {len(strategy.trades)} closed trade(s), "
           f"realised PnL {realised:+.2f}, position {position}", flush=True)
@@ -677,19 +681,26 @@ def build_parser() -> argparse.ArgumentParser:
     common = ArgumentParser(add_help=False)
     common.add_argument("--y", default="coinbase:ETH/USD", help="first leg VENUE:SYMBOL")
     common.add_argument("--x", default="coinbase:BTC/USD", help="second leg VENUE:SYMBOL")
-    common.add_argument("--bar", default="1s", help="bar length: 500ms, 1s, 1m, 1h (default 1s)")
-    common.add_argument("--window", type=positive_int, default=120, help="z-score window in bars")
-    common.add_argument("--entry", type=positive_float, default=2.0, help="|z| that opens")
-    common.add_argument("--exit", type=float, default=0.5, help="|z| that closes")
-    common.add_argument("--stop", type=positive_float, default=4.0, help="|z| that stops out")
+    common.add_argument("--bar", default="1s", help="bar length: 250ms, 1s, 1m, 1h (default 1s)")
+    common.add_argument("--window", type=positive_int, default=120,
+                        help="z-score window in bars (default %(default)s)")
+    common.add_argument("--entry", type=positive_float, default=2.0,
+                        help="|z| that opens (default %(default)s)")
+    common.add_argument("--exit", type=float, default=0.5,
+                        help="|z| band that closes (default %(default)s)")
+    common.add_argument("--stop", type=positive_float, default=4.0,
+                        help="|z| that stops out (default %(default)s)")
     common.add_argument("--q", type=float, default=Params.q,
-                        help="Kalman: variance of the hedge ratio's step per bar (scaled prices)")
+                        help="Kalman: variance of the hedge ratio's step per bar, on prices "
+                             "scaled to their first bar (default %(default)g)")
     common.add_argument("--r", type=positive_float, default=Params.r,
-                        help="Kalman: observation noise variance (scaled prices)")
+                        help="Kalman: observation noise variance, scaled prices (default "
+                             "%(default)g); sqrt(r/q) is roughly the filter's memory in bars")
     common.add_argument("--max-stale", default="60s",
-                        help="a leg's quote older than this at a bar close does not count")
+                        help="a leg's quote older than this at a bar close does not count "
+                             "(default %(default)s)")
     common.add_argument("--notional", type=positive_float, default=10_000.0,
-                        help="gross notional per position (quote currency)")
+                        help="gross notional per position, quote currency (default %(default)g)")
     common.add_argument("--fees", default="",
                         help="taker fees in bps over the venues' defaults, e.g. kraken=10")
     common.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
