@@ -265,7 +265,9 @@ def test_live_prints_the_backtest_signals_and_stops_cleanly_on_ctrl_c(kafka_brok
     # one asset on two venues; a symbol of its own so other tests' records do not mix in
     symbol = f"SA{os.getpid() % 10_000}/USD"
     x, y = cointegrated(420, 1.0, seed=9, shock_at=250, shock=60.0)
-    t0 = (time.time_ns() // SEC - 3600) * SEC
+    # ending just now: later than records other tests may have put in these shared topics, so
+    # the time-ordered read cannot hand ours over behind them
+    t0 = (time.time_ns() // SEC - 420 - 2) * SEC
     tables = [ticks("coinbase", symbol, t0, y, 3), ticks("kraken", symbol, t0, x, 4)]
     write_recording(tmp_path, tables)
     for t in tables:
