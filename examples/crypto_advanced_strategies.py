@@ -207,8 +207,8 @@ class BarBuilder:
         times = {name: r["timestamp"].cast(pa.int64()).to_numpy() for name, r in rows.items()}
         if self.next_close is None:
             firsts = [int(ts.min()) for ts in times.values() if ts.size]
-            if firsts:
-                self.next_close = (min(firsts) // self.bar_ns + 1) * self.bar_ns
+            if firsts:   # the bar (T − Δ, T] holding the first quote: T = ceil(first / Δ)·Δ
+                self.next_close = -(-min(firsts) // self.bar_ns) * self.bar_ns
         for name, leg in self.legs.items():
             ts = times[name]
             if not ts.size:

@@ -187,9 +187,10 @@ def test_backtest_finds_beta_trades_the_push_and_pnl_matches_recomputation(recor
 
 
 def test_bars_start_at_the_earliest_quote_of_either_leg():
-    """x quotes before y's first quote: x's quote still closes y's first bar (not 'late')."""
+    """x quotes before y's first quote: x's quote still closes y's first bar (not 'late');
+    a quote exactly at a bar's close belongs to that bar, (T − Δ, T]."""
     y, x = sa.Leg("coinbase", "ETH/USD"), sa.Leg("kraken", "BTC/USD")
-    rows = [("kraken", "BTC/USD", 3_200, 100.0, 101.0), ("coinbase", "ETH/USD", 10_500, 5.0, 5.5),
+    rows = [("kraken", "BTC/USD", 3_000, 100.0, 101.0), ("coinbase", "ETH/USD", 10_500, 5.0, 5.5),
             ("kraken", "BTC/USD", 12_500, 102.0, 103.0)]
     table = pa.table({
         "exchange": [r[0] for r in rows], "symbol": [r[1] for r in rows],
@@ -200,7 +201,7 @@ def test_bars_start_at_the_earliest_quote_of_either_leg():
     assert builder.late_quotes == 0
     assert bars["timestamp"].cast(pa.int64()).to_pylist() == [11 * SEC, 12 * SEC]
     assert bars["x_mid"].to_pylist() == [100.5, 100.5] and bars["y_mid"].to_pylist() == [5.25, 5.25]
-    assert builder.skipped_bars == 7        # 4 s .. 10 s: no y quote yet
+    assert builder.skipped_bars == 8        # 3 s .. 10 s: no y quote yet
 
 
 def test_report_and_outputs(recorded, tmp_path, capsys):
