@@ -44,7 +44,8 @@ so the pair's level offset α_t is the mean of y − β·x over the last N bars,
 
 **Rules** (one position at a time, evaluated at each bar close):
 
-* flat: z > entry opens a short spread (sell y, buy β·x); z < −entry opens a long spread;
+* flat: entry < z < stop opens a short spread (sell y, buy β·x); −stop < z < −entry opens a
+  long spread (no entry beyond the stop);
 * long: z > −exit closes it (back inside the exit band, or beyond); z < −stop stops it out;
 * short: z < exit closes it; z > stop stops it out;
 * after a stop, no new position until |z| < exit (the pair is back at its mean);
@@ -94,7 +95,7 @@ from sabot.clitools import (  # noqa: E402
 )
 from sabot.fintech import KalmanHedgeRatio, RollingZScore, asof_join, pairs_spread  # noqa: E402
 from sabot.timeunits import duration_ns  # noqa: E402
-from sabot.venues import UnknownVenueError, default_fees, get_venue  # noqa: E402
+from sabot.venues import default_fees, get_venue  # noqa: E402
 
 logger = logging.getLogger("statarb")
 
@@ -151,6 +152,11 @@ class Params:
                              f"entry={self.entry}, stop={self.stop}")
         if self.window < 2:
             raise ValueError(f"window must be >= 2 bars, got {self.window}")
+        if self.bar_ns <= 0 or self.max_stale_ns < 0:
+            raise ValueError(f"bar_ns must be > 0 and max_stale_ns >= 0, got {self.bar_ns}, "
+                             f"{self.max_stale_ns}")
+        if not 0.0 < self.notional < math.inf:
+            raise ValueError(f"notional must be a finite number > 0, got {self.notional}")
 
 
 def parse_fees(text: str) -> Dict[str, float]:
@@ -397,7 +403,7 @@ class PairStrategy:
         if not self.armed and abs(z) < self.p.exit:
             self.armed = True
         if self.side == FLAT:
-            if self.armed and abs(z) > self.p.entry:
+            if self.armed and self.p.entry < abs(z) < self.p.stop:
                 pnl -= self._enter(SHORT if z > 0 else LONG, t, row, signals)
         else:
             s = self.side
@@ -467,7 +473,7 @@ def read_legs(data: Path, y: Leg, x: Leg) -> pa.Table:
         path = data / f"{venue}.parquet"
         if not path.is_file():
             raise UsageError(f"--data {data}: no {venue}.parquet there (record it with "
-                                    f"`sabot demo --data-dir {data}` or the {venue} collector)")
+                             f"`sabot demo --data-dir {data}` or the {venue} collector)")
         t = pq.read_table(path, columns=["exchange", "symbol", "timestamp", "bid", "ask"])
         tables.append(t.set_column(2, "timestamp", t["timestamp"].cast(TS_TYPE)))
     table = pa.concat_tables(tables)

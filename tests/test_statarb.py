@@ -160,9 +160,12 @@ def test_backtest_finds_beta_trades_the_push_and_pnl_matches_recomputation(recor
     # every entry is past the entry band, every exit back inside the exit band (or beyond)
     z = dict(zip(times.tolist(), bars["zscore"].to_pylist()))
     for tr in res.trades:
-        assert abs(z[tr.entry_time]) > params.entry and np.sign(z[tr.entry_time]) == -tr.side
+        assert params.entry < abs(z[tr.entry_time]) < params.stop
+        assert np.sign(z[tr.entry_time]) == -tr.side
         if tr.reason == "exit":
             assert tr.side * z[tr.exit_time] > -params.exit
+        if tr.reason == "stop":
+            assert tr.side * z[tr.exit_time] < -params.stop
         # sized to the notional at the entry mids, hedged with the entry beta
         row = int(np.searchsorted(times, tr.entry_time))
         gross = abs(tr.q_y) * bars["y_mid"][row].as_py() + abs(tr.q_x) * bars["x_mid"][row].as_py()
