@@ -223,6 +223,33 @@ def test_report_and_outputs(recorded, tmp_path, capsys):
     assert "warning: the bars span 0.333 hours" in text
 
 
+def test_stop_and_no_reentry_until_back_at_the_mean():
+    """Spread pushed past the entry, then past the stop: stopped out, and no new position
+    while |z| stays beyond the entry band, until |z| < exit."""
+    rng = np.random.default_rng(3)
+    n = 200
+    x = 30_000 * np.exp(np.cumsum(rng.normal(0, 5e-4, n)))
+    e = rng.normal(0, 1.0, n)
+    e[120] += 4.0
+    e[121:135] += np.linspace(9, 3, 14)
+    y = 0.06 * x + e
+    t0 = 1_760_000_000
+    bars = pa.table({"timestamp": pa.array((t0 + np.arange(n)) * SEC).cast(pa.timestamp("ns", tz="UTC")),
+                     "y_bid": y - 0.1, "y_ask": y + 0.1, "y_mid": y,
+                     "x_bid": x - 1, "x_ask": x + 1, "x_mid": x})
+    params = sa.Params(window=60, entry=2.5, exit=0.5, stop=4.0)
+    strategy = sa.PairStrategy(sa.Leg("coinbase", "A"), sa.Leg("kraken", "B"), params)
+    out, signals = strategy.on_bars(bars)
+    z = np.array(out["zscore"].to_pylist(), dtype=float)
+    at = {int(s.time // SEC - t0): s for s in signals}
+    assert at[120].action == "enter" and at[120].side == sa.SHORT
+    assert at[121].action == "stop" and z[121] > params.stop
+    rearm = 121 + int(np.argmax(np.abs(z[121:]) < params.exit))
+    assert (np.abs(z[122:rearm]) > params.entry).any()     # would have entered again
+    assert not [k for k in at if 121 < k <= rearm]
+    assert out["position"].to_pylist()[120:122] == [sa.SHORT, sa.FLAT]
+
+
 def test_too_few_bars_for_the_window_is_said(recorded):
     y, x = sa.Leg.parse("kraken:ETH/USD"), sa.Leg.parse("coinbase:BTC/USD")
     res = sa.run_backtest(sa.read_legs(recorded, y, x), y, x, sa.Params(window=1500))
