@@ -13,8 +13,9 @@ collectors' records): two assets on one venue (``coinbase:ETH/USD`` against
 
 ``backtest`` reads ``<data>/<venue>.parquet`` (what ``sabot demo --data-dir DIR`` and the
 collectors write; half a minute of the demo gives about 110 bars of 250 ms, so try
-``--bar 250ms --window 40`` on it); ``live`` reads the venues' Kafka ticker topics and prints every entry and
-exit as its bar closes, until Ctrl+C (exit code 0; 1 on a failure; 2 on a usage mistake).
+``--bar 250ms --window 40`` on it); ``live`` reads the venues' Kafka ticker topics and prints
+every entry and exit as its bar closes, until Ctrl+C (exit code 0; 1 on a failure; 2 on a
+usage mistake).
 
 The model, bar by bar
 ---------------------
@@ -201,7 +202,8 @@ class BarBuilder:
         self.bars = 0
 
     def _leg_rows(self, table: pa.Table, leg: Leg) -> pa.Table:
-        mask = pc.and_(pc.equal(table["exchange"], leg.venue), pc.equal(table["symbol"], leg.symbol))
+        mask = pc.and_(pc.equal(table["exchange"], leg.venue),
+                       pc.equal(table["symbol"], leg.symbol))
         rows = table.filter(mask).select(["timestamp", "bid", "ask"])
         usable = pc.and_(pc.and_(pc.is_valid(rows["bid"]), pc.is_valid(rows["ask"])),
                          pc.greater(rows["bid"], 0.0))
@@ -362,7 +364,8 @@ class PairStrategy:
         self.last_bar: Optional[dict] = None
 
     def indicators(self, bars: pa.Table) -> pa.Table:
-        """bars + ``hedge_ratio`` (β, coins of x per coin of y), ``spread`` (y − β·x), ``zscore``."""
+        """bars + ``hedge_ratio`` (β, coins of x per coin of y), ``spread`` (y − β·x) and
+        ``zscore``."""
         if self.scale is None:
             self.scale = (bars["y_mid"][0].as_py(), bars["x_mid"][0].as_py())
         y0, x0 = self.scale
@@ -386,7 +389,8 @@ class PairStrategy:
         for i, row in enumerate(out.drop_columns(["timestamp"]).to_pylist()):
             pnls[i] = self._step(int(times[i]), row, signals)
             positions[i] = self.side
-        out = out.append_column("position", pa.array(positions)).append_column("pnl", pa.array(pnls))
+        out = out.append_column("position", pa.array(positions))
+        out = out.append_column("pnl", pa.array(pnls))
         return out, signals
 
     def _step(self, t: int, row: dict, signals: List[Signal]) -> float:

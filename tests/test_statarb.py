@@ -180,9 +180,10 @@ def test_backtest_finds_beta_trades_the_push_and_pnl_matches_recomputation(recor
 
     r = pd.Series(bar_pnl / params.notional)
     per_year = 365 * 86400
-    assert res.metrics["sharpe"] == pytest.approx(r.mean() / r.std() * math.sqrt(per_year), rel=1e-9)
-    downside = math.sqrt((r.clip(upper=0) ** 2).mean())
-    assert res.metrics["sortino"] == pytest.approx(r.mean() / downside * math.sqrt(per_year), rel=1e-9)
+    sharpe = r.mean() / r.std() * math.sqrt(per_year)
+    sortino = r.mean() / math.sqrt((r.clip(upper=0) ** 2).mean()) * math.sqrt(per_year)
+    assert res.metrics["sharpe"] == pytest.approx(sharpe, rel=1e-9)
+    assert res.metrics["sortino"] == pytest.approx(sortino, rel=1e-9)
     equity = params.notional + r.cumsum() * params.notional
     peak = np.maximum(equity.cummax(), params.notional)
     assert res.metrics["max_drawdown"] == pytest.approx(float((1 - equity / peak).max()), abs=1e-12)
@@ -234,7 +235,8 @@ def test_stop_and_no_reentry_until_back_at_the_mean():
     e[121:135] += np.linspace(9, 3, 14)
     y = 0.06 * x + e
     t0 = 1_760_000_000
-    bars = pa.table({"timestamp": pa.array((t0 + np.arange(n)) * SEC).cast(pa.timestamp("ns", tz="UTC")),
+    times = pa.array((t0 + np.arange(n)) * SEC).cast(pa.timestamp("ns", tz="UTC"))
+    bars = pa.table({"timestamp": times,
                      "y_bid": y - 0.1, "y_ask": y + 0.1, "y_mid": y,
                      "x_bid": x - 1, "x_ask": x + 1, "x_mid": x})
     params = sa.Params(window=60, entry=2.5, exit=0.5, stop=4.0)
