@@ -590,8 +590,8 @@ def print_report(res: BacktestResult, y: Leg, x: Leg, params: Params) -> None:
         print(f"warning: {w}")
 
 
-def _fmt(v: Optional[float], spec: str) -> str:
-    return "n/a" if v is None or v != v else format(v, spec)
+def _fmt(v: Optional[float], how: str) -> str:
+    return "n/a" if v is None or v != v else format(v, how)
 
 
 def _iso(t: Optional[int]) -> str:

@@ -35,11 +35,11 @@ sa = load_example("crypto_advanced_strategies")
 # ----------------------------------------------------------------------------------------------
 # Synthetic cointegrated pair: y = beta·x + e, e an AR(1) (mean-reverting) spread
 # ----------------------------------------------------------------------------------------------
-def cointegrated(n: int, beta: float, seed: int, shock_at: int, shock: float,
+def cointegrated(n: int, beta: float, key: int, shock_at: int, shock: float,
                  x0: float = 30_000.0) -> tuple:
     """Per-second mids of x (a random walk) and y = beta·x + e; e jumps by ``shock`` for ten
     seconds from ``shock_at``."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(key)
     x = x0 * np.exp(np.cumsum(rng.normal(0.0, 5e-4, n)))
     e = np.zeros(n)
     for i in range(1, n):
@@ -48,10 +48,10 @@ def cointegrated(n: int, beta: float, seed: int, shock_at: int, shock: float,
     return x, beta * x + e
 
 
-def ticks(venue: str, symbol: str, t0: int, mids: np.ndarray, seed: int) -> pa.Table:
+def ticks(venue: str, symbol: str, t0: int, mids: np.ndarray, key: int) -> pa.Table:
     """Two quotes per second in the venue's collector schema: one early in the second at the
     previous mid, the last one at this second's mid; half-spread 1 bp."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(key)
     n = mids.size
     early = t0 + np.arange(n, dtype=np.int64) * SEC + rng.integers(1, SEC // 3, n)
     late = t0 + np.arange(n, dtype=np.int64) * SEC + rng.integers(SEC // 2, SEC - 1, n)
@@ -129,7 +129,7 @@ def recorded(tmp_path_factory):
     """ETH-like y on Kraken against BTC-like x on Coinbase, beta 0.06, the spread pushed in
     second 700."""
     folder = tmp_path_factory.mktemp("statarb")
-    x, y = cointegrated(1200, 0.06, seed=5, shock_at=700, shock=12.0)
+    x, y = cointegrated(1200, 0.06, key=5, shock_at=700, shock=12.0)
     t0 = 1_760_000_000 * SEC
     write_recording(folder, [ticks("coinbase", "BTC/USD", t0, x, 1),
                              ticks("kraken", "ETH/USD", t0, y, 2)])
@@ -297,8 +297,8 @@ def _reader(pipe, lines: "queue.Queue[str]") -> None:
 def test_live_prints_the_backtest_signals_and_stops_cleanly_on_ctrl_c(kafka_broker, tmp_path):
     # one asset on two venues; a symbol of its own so other tests' records do not mix in
     symbol = f"SA{os.getpid() % 10_000}/USD"
-    x, y = cointegrated(420, 1.0, seed=9, shock_at=250, shock=60.0)
-    # ending just now: later than records other tests may have put in these shared topics, so
+    x, y = cointegrated(420, 1.0, key=9, shock_at=250, shock=60.0)
+    # ending just now: later than records other tests may have put in these session-wide topics, so
     # the time-ordered read cannot hand ours over behind them
     t0 = (time.time_ns() // SEC - 420 - 2) * SEC
     tables = [ticks("coinbase", symbol, t0, y, 3), ticks("kraken", symbol, t0, x, 4)]
