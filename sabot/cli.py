@@ -36,9 +36,9 @@ from sabot.clitools import (  # noqa: F401  (shared by every command; re-exporte
 
 
 def _venue_choices() -> list:
-    from sabot.venues import venue_names
+    from sabot.venues import perp_venue_names, venue_names
 
-    return list(venue_names())
+    return [*venue_names(), *perp_venue_names()]
 
 
 def _delegate(sub: argparse._SubParsersAction, name: str, help_text: str, description: str,
