@@ -41,7 +41,7 @@ from sabot.sim.servers import CORRUPT_KINDS, Conn, json_text
 
 __all__ = ["BinanceUsdmSim"]
 
-_FAR_FUTURE_MS = 32_503_680_000_000  # 3000-01-01T00:00:00Z
+_FAR_FUTURE_MS = 7_258_118_400_000  # 2200-01-01T00:00:00Z (ns of later years overflow int64)
 
 
 class BinanceUsdmSim(BinanceSim):

@@ -42,9 +42,7 @@ from sabot.collectors.base import (
     CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, Record,
     has_control_chars, int64, num, parsed,
 )
-from sabot.collectors.sinks import KafkaSink, ParquetSink
 from sabot.collectors.validate import RecordValidator, _bad_number, ns_text
-from sabot.schema import TS_NS_UTC
 from sabot.venues.registry import Venue, register
 
 __all__ = ["BinanceUsdmCollector", "PerpRecordValidator", "PerpKafkaSink", "PerpParquetSink",
@@ -54,6 +52,10 @@ __all__ = ["BinanceUsdmCollector", "PerpRecordValidator", "PerpKafkaSink", "Perp
 NAME = "binance-usdm"
 
 log = logging.getLogger("sabot.collectors")
+
+# (sabot.schema and the sinks are imported where used: sabot.schema imports the venue registry,
+# which imports this module)
+TS_NS_UTC = pa.timestamp("ns", tz="UTC")
 
 #: The funding record (one per ``markPriceUpdate``); Kafka carries the same fields as flat JSON
 #: with the times as integer nanoseconds since the epoch.
@@ -153,48 +155,59 @@ class PerpRecordValidator(RecordValidator):
         return None
 
 
-class PerpKafkaSink(KafkaSink):
-    """One producer for both record kinds: tickers to ``topic``, funding records to
-    :func:`funding_topic_for` ``(topic)``.  Delivery counters cover both (the exit code);
-    ``produced_by_topic`` splits what was produced."""
+class PerpKafkaSink:
+    """One Kafka producer (:class:`~sabot.collectors.sinks.KafkaSink`) for both record kinds:
+    tickers to ``topic``, funding records to :func:`funding_topic_for` ``(topic)``.
+
+    Its delivery counters (``delivered``, ``undelivered``, ...: the exit code) cover both;
+    ``produced_by_topic`` splits what was produced.  Every other attribute is the producer
+    sink's.
+    """
 
     def __init__(self, bootstrap: str | None, topic: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(bootstrap, topic, *args, **kwargs)
+        from sabot.collectors.sinks import KafkaSink
+
+        self._sink = KafkaSink(bootstrap, topic, *args, **kwargs)
         self.ticker_topic = topic
         self.funding_topic = funding_topic_for(topic)
         self.produced_by_topic: dict[str, int] = {topic: 0, self.funding_topic: 0}
 
-    def check(self, timeout: float = 10.0) -> None:
-        super().check(timeout)
-        self.topic = self.funding_topic  # warn as well when the funding topic is not listed
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_sink"], name)
+
+    @property
+    def on_reject(self) -> Callable[..., None] | None:
+        return self._sink.on_reject
+
+    @on_reject.setter
+    def on_reject(self, callback: Callable[..., None] | None) -> None:
+        self._sink.on_reject = callback
+
+    def _to(self, topic: str, call: Callable[[], None]) -> None:
+        self._sink.topic = topic
         try:
-            super().check(timeout)
+            call()
         finally:
-            self.topic = self.ticker_topic
+            self._sink.topic = self.ticker_topic
+
+    def check(self, timeout: float = 10.0) -> None:
+        """Both topics: unreachable raises ``KafkaUnavailable``; an unlisted topic is logged."""
+        self._sink.check(timeout)
+        self._to(self.funding_topic, lambda: self._sink.check(timeout))
 
     def write(self, record: Record) -> None:
         topic = self.funding_topic if is_funding_record(record) else self.ticker_topic
-        before = self.produced
-        self.topic = topic
-        try:
-            super().write(record)
-        finally:
-            self.topic = self.ticker_topic
-        self.produced_by_topic[topic] += self.produced - before
+        before = self._sink.produced
+        self._to(topic, lambda: self._sink.write(record))
+        self.produced_by_topic[topic] += self._sink.produced - before
+
+    def tick(self) -> None:
+        self._sink.tick()
 
     def close(self, timeout: float | None = None) -> None:
-        super().close(timeout)
-        log.info(
-            "Kafka: produced %s", ", ".join(f"{n} to '{t}'" for t, n in self.produced_by_topic.items()))
-
-
-class _FundingParquetSink(ParquetSink):
-    """:class:`ParquetSink` writing :data:`FUNDING_SCHEMA` rows."""
-
-    def __init__(self, path: str | Path, exchange: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(path, exchange, *args, **kwargs)
-        self.schema = FUNDING_SCHEMA
-        self._names = FUNDING_SCHEMA.names
+        self._sink.close(timeout)
+        log.info("Kafka: produced %s",
+                 ", ".join(f"{n} to '{t}'" for t, n in self.produced_by_topic.items()))
 
 
 class PerpParquetSink:
@@ -207,8 +220,11 @@ class PerpParquetSink:
     """
 
     def __init__(self, path: str | Path, exchange: str, *args: Any, **kwargs: Any) -> None:
+        from sabot.collectors.sinks import ParquetSink
+
         self.tickers = ParquetSink(path, exchange, *args, **kwargs)
-        self.funding = _FundingParquetSink(funding_path_for(path), exchange, *args, **kwargs)
+        self.funding = ParquetSink(funding_path_for(path), exchange, *args, **kwargs)
+        self.funding.schema = FUNDING_SCHEMA  # the funding file's rows
         self.path = self.tickers.path
         self.funding_path = self.funding.path
         self.parts_dir = self.tickers.parts_dir
