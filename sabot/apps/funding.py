@@ -420,17 +420,34 @@ class FundingMonitor:
         self._first_decision_ns: Optional[int] = None
         self._warned_quotes: set = set()
         self._lock = threading.Lock()
+        # The summary JSON is rewritten twice a second by a thread, also while nothing
+        # arrives, so that whoever watches it (the demo) sees the last records read.
+        self._stop_writer = threading.Event()
+        self._writer: Optional[threading.Thread] = None
+        if summary_path is not None:
+            self._writer = threading.Thread(target=self._write_periodically,
+                                            name="funding-summary-writer", daemon=True)
+            self._writer.start()
+
+    def _write_periodically(self, every_s: float = 0.5) -> None:
+        while not self._stop_writer.wait(every_s):
+            try:
+                self.write_summary()
+            except Exception as exc:  # a full disk must not stop the monitor; say so
+                log.warning("could not write the summary %s: %s", self.summary_path, exc)
 
     def on_batch(self, batch: pa.RecordBatch) -> None:
         """One batch of input rows: join, evaluate, alert and record."""
-        joined = self.join.on_batch(batch)
-        if joined is not None:
-            self._evaluate(joined)
+        with self._lock:
+            joined = self.join.on_batch(batch)
+            if joined is not None:
+                self._evaluate(joined)
         now = time.monotonic()
         if now - self._last_summary >= self.summary_every_s:
             self._last_summary = now
-            print(self.summary_line("📊 funding summary"), flush=True)
-            self.write_summary()
+            with self._lock:
+                line = self.summary_line("📊 funding summary")
+            print(line, flush=True)
 
     def _evaluate(self, joined: pa.RecordBatch) -> None:
         records = opportunities(joined, self.spot_venue, self.perp_venue, self.fees,
@@ -496,11 +513,15 @@ class FundingMonitor:
         if self.summary_path is None:
             return
         with self._lock:
-            tmp = self.summary_path.with_suffix(self.summary_path.suffix + ".tmp")
-            tmp.write_text(json.dumps(self.summary(with_latencies=final)))
+            text = json.dumps(self.summary(with_latencies=final))
+            tmp = self.summary_path.with_suffix(self.summary_path.suffix + f".{threading.get_ident()}.tmp")
+            tmp.write_text(text)
             os.replace(tmp, self.summary_path)
 
     def close(self) -> None:
+        self._stop_writer.set()
+        if self._writer is not None:
+            self._writer.join()
         if self.output:
             self.output.close()
             self.output = None
