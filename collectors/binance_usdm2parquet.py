@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sabot.apps.collect import main  # noqa: E402
+from sabot.apps.collect import build_parser, command  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main("binance-usdm"))
+    sys.exit(command(build_parser("binance-usdm", prog=Path(__file__).name).parse_args(), "binance-usdm"))

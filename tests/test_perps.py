@@ -423,3 +423,9 @@ def test_demo_accounts_for_the_perpetual_and_names_each_loss(tmp_path):
     assert clean.failures == []
     # left out with a scenario (it scripts spot quotes only)
     assert Demo(argparse.Namespace(data_dir=str(tmp_path), align="arrival", scenario="s.jsonl")).perps == ()
+
+
+def test_checkout_script_is_the_collect_command():
+    proc = subprocess.run([sys.executable, str(REPO / "collectors" / "binance_usdm2parquet.py"), "--nope"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("binance_usdm2parquet.py: error:")
