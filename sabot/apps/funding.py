@@ -14,7 +14,8 @@ funding time, unwind::
     net_bps        = gross_bps + funding_bps − fees_bps
     edge_per_unit  = spot_ask · net_bps / 1e4   (quote currency per unit of base)
 
-Funding is paid on the position's notional at the mark price; ``funding_bps`` counts it per
+The reverse trade (short spot, long the perpetual while the rate is negative) needs borrowed
+spot and is not evaluated.  Funding is paid on the position's notional at the mark price; ``funding_bps`` counts it per
 unit of notional (the difference to counting it per unit of spot cost is rate × basis, below
 1e-8 of the notional).  Annualised, with ``h`` the funding interval in hours, the kernels of
 :mod:`sabot.fintech.fx_crypto` give ``funding_apr = rate · (24/h) · 365`` (:func:`funding_apr`)
@@ -254,7 +255,9 @@ class CarryJoin:
                 prev = self.funding.get(k)
                 if prev is not None and n > prev.next_ns:
                     self.rollovers += 1
-                    self.hours[k] = (n - prev.next_ns) / 3.6e12
+                    step = n - prev.next_ns
+                    if t - prev.ts < step:  # seen within one interval: the step is one interval
+                        self.hours[k] = step / 3.6e12
                 self.funding[k] = _Funding(rate[i], mark[i], index[i] if index[i] is not None
                                            else math.nan, n, t, r)
                 continue
