@@ -133,14 +133,34 @@ def test_every_bad_frame_from_the_local_server_is_rejected_by_name():
     assert {("funding_rate" in r) for r in sink.rows} == {True, False}
 
 
-def _run_until(collector, sinks, url, stats, done, timeout=20.0):
+def test_dropped_connections_reconnect_and_lose_nothing():
+    from sabot.sim.binance_usdm import BinanceUsdmSim
+
+    class Keep(list):
+        def write(self, r):
+            self.append(r)
+
+        def tick(self):
+            pass
+
+    sink, stats = Keep(), Stats()
+    with BinanceUsdmSim(rate=0, count=60, drop_every=20, mark_every=0) as sim:
+        _run_until(BinanceUsdmCollector(["BTCUSDT"]), [sink], sim.url, stats,
+                   lambda: stats.records >= 60, settings=ConnectionSettings(url=sim.url, backoff_base=0.05))
+    assert stats.reconnects == 2 and sim.drops == 2 and stats.records == 60 == sim.sent_count
+    assert [r["sequence"] for r in sink if "sequence" in r] == sorted(r["sequence"] for r in sink if "sequence" in r)
+    assert sum("funding_rate" in r for r in sink) == 30
+
+
+def _run_until(collector, sinks, url, stats, done, timeout=20.0, settings=None):
     """Run the shared connection loop in a thread until ``done()`` (or ``timeout``)."""
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
+    settings = settings or ConnectionSettings(url=url)
 
     def target():
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(run_collector(collector, sinks, ConnectionSettings(url=url), stop, stats))
+        loop.run_until_complete(run_collector(collector, sinks, settings, stop, stats))
 
     t = threading.Thread(target=target, daemon=True)
     t.start()
