@@ -103,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser, exchange: str) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v debug logging")
 
 
-def _kafka_sink(args: argparse.Namespace) -> KafkaSink:
+def _kafka_sink(args: argparse.Namespace, sink_class: type = KafkaSink) -> KafkaSink:
     from confluent_kafka import KafkaException
 
     props: dict[str, str] = {}
@@ -118,16 +118,16 @@ def _kafka_sink(args: argparse.Namespace) -> KafkaSink:
     if bootstrap is None and "bootstrap.servers" not in props:
         bootstrap = os.environ.get("SABOT_KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
     try:
-        return KafkaSink(bootstrap, args.topic, linger_ms=args.linger_ms, kafka_config=props,
+        return sink_class(bootstrap, args.topic, linger_ms=args.linger_ms, kafka_config=props,
                          flush_timeout=args.flush_timeout)
     except (KafkaException, KafkaConfigError, ValueError, TypeError) as exc:
         raise UsageError(f"Kafka client configuration refused: {exc}") from None
 
 
-def _parquet_sink(args: argparse.Namespace, exchange: str) -> ParquetSink:
+def _parquet_sink(args: argparse.Namespace, exchange: str, sink_class: type = ParquetSink) -> ParquetSink:
     output = args.output or f"./data/{exchange}_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}.parquet"
     try:
-        sink = ParquetSink(output, exchange, args.row_group_size, args.row_group_seconds)
+        sink = sink_class(output, exchange, args.row_group_size, args.row_group_seconds)
         probe = sink.parts_dir / f".probe-{os.getpid()}"
         probe.write_bytes(b"")  # writable now, or a one-line error instead of a failure later
         probe.unlink()
@@ -198,14 +198,14 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
     dests, short = [], []
     kafka: KafkaSink | None = None
     if use_kafka:
-        kafka = _kafka_sink(args)
+        kafka = _kafka_sink(args, getattr(cls, "kafka_sink", KafkaSink))  # a venue's own: perps
         kafka.check(args.broker_timeout)  # unreachable: one line and exit 1 before streaming
         sinks.append(kafka)
         dests.append(f"Kafka topic '{args.topic}'")
         short.append("Kafka")
     parquet: ParquetSink | None = None
     if args.file:
-        parquet = _parquet_sink(args, exchange)
+        parquet = _parquet_sink(args, exchange, getattr(cls, "parquet_sink", ParquetSink))
         sinks.append(parquet)
         dests.append(f"Parquet file '{parquet.path}'")
         short.append("Parquet")

@@ -106,7 +106,9 @@ class _Edge:
         self.name = collector.name
         self.stats = stats
         self.dead_letter = dead_letter
-        self.validator = RecordValidator(collector.payload_symbols(), settings.max_age_s,
+        # a venue with more than one record kind brings its own (RecordValidator-based) checks
+        validator_class = getattr(collector, "validator_class", RecordValidator)
+        self.validator = validator_class(collector.payload_symbols(), settings.max_age_s,
                                          settings.max_ahead_s)
         self.reject_log = RateLimitedLog(f"{collector.name}: rejected record")
         self.write_log = RateLimitedLog(f"{collector.name}: sink write failed")
