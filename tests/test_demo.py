@@ -166,6 +166,75 @@ def check_report_against_pandas(path: Path, records: list[dict]) -> None:
     assert f"{len(opens)} opportunities" in out.stdout and "per day" in out.stdout
 
 
+def check_parquet_report_against_pandas(data: Path, fees: dict) -> None:
+    """``sabot research report --parquet DIR --fees ...`` equals pandas: the first venue's
+    quotes merge_asof-joined with the others (500 ms), each ordered pair's net edge per row,
+    and per (symbol, pair) every run of consecutive qualifying rows one opportunity, closed
+    by the symbol's next row (when that row lacks one of the pair's quotes, at most the
+    tolerance after the run's last row) or, at the end of the data, at its last row."""
+    import pandas as pd
+
+    out = data / "report.csv"
+    proc = subprocess.run([sys.executable, "-m", "sabot", "research", "report", "--parquet",
+                           str(data), "--fees", ",".join(f"{k}={v}" for k, v in fees.items()),
+                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    got = pd.read_csv(out)
+    frames = {}
+    for ex in EXCHANGES:
+        df = pq.read_table(data / f"{ex}.parquet").select(["timestamp", "symbol", "bid", "ask"])
+        df = df.to_pandas()
+        frames[ex] = df.sort_values("timestamp", kind="stable").rename(
+            columns={"bid": f"{ex}_bid", "ask": f"{ex}_ask"})
+    tol = pd.Timedelta(milliseconds=500)
+    joined = frames[EXCHANGES[0]]
+    for ex in EXCHANGES[1:]:
+        joined = pd.merge_asof(joined, frames[ex], on="timestamp", by="symbol", tolerance=tol)
+    span_ns = joined["timestamp"].max().value - joined["timestamp"].min().value
+    ref = {}
+    for sym, grp in joined.groupby("symbol", sort=True):
+        t = grp["timestamp"].astype("int64").to_numpy()
+        for b in EXCHANGES:
+            for s_ in EXCHANGES:
+                if b == s_:
+                    continue
+                ask, bid = grp[f"{b}_ask"].to_numpy(), grp[f"{s_}_bid"].to_numpy()
+                net = (bid - ask) / ask * 1e4 - fees[b] - fees[s_]
+                present = ~np.isnan(net)
+                q = present & (net > 0)
+                lives, start = [], None
+                for i in range(len(t)):
+                    if q[i] and start is None:
+                        start, nets = i, []
+                    if q[i]:
+                        nets.append(net[i]); last = i
+                    elif start is not None:
+                        end = t[i] if present[i] else min(t[i], t[last] + 500_000_000)
+                        lives.append((np.mean(nets), max(nets), (end - t[start]) / 1e9))
+                        start = None
+                if start is not None:
+                    lives.append((np.mean(nets), max(nets), (t[last] - t[start]) / 1e9))
+                if lives:
+                    ref[(sym, b, s_)] = lives
+    assert ref, "the fees should leave opportunities in the recorded quotes"
+    assert len(got) == len(ref)
+    for row in got.itertuples(index=False):
+        lives = ref[(row.symbol, row.buy_venue, row.sell_venue)]
+        edges = np.array([x[0] for x in lives])
+        durations = np.array([x[2] for x in lives])
+        assert row.opportunities == len(lives)
+        assert row.per_day == pytest.approx(len(lives) / (span_ns / 86_400e9), rel=1e-9)
+        assert row.edge_mean_bps == pytest.approx(edges.mean(), rel=1e-9)
+        assert row.edge_median_bps == pytest.approx(np.median(edges), rel=1e-9)
+        assert row.edge_best_bps == pytest.approx(max(x[1] for x in lives), rel=1e-9)
+        for q_ in (50, 90, 99):
+            assert getattr(row, f"duration_p{q_}_s") == pytest.approx(
+                np.percentile(durations, q_), rel=1e-9, abs=1e-9)
+    assert f"{sum(len(v) for v in ref.values())} opportunities" in proc.stdout
+    assert f"({span_ns / 1e9:.1f} s)" in proc.stdout
+
+
 # ----------------------------------------------------------------------------------------------
 # The demo on the random walk
 # ----------------------------------------------------------------------------------------------
@@ -237,6 +306,9 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
 
     # the report on these records equals a pandas computation from the same records
     check_report_against_pandas(tmp_path / "opportunities.jsonl", records)
+    # and on the recorded quotes, re-evaluated under another fee schedule
+    check_parquet_report_against_pandas(tmp_path, {"coinbase": 0.5, "kraken": 1.0,
+                                                   "binance": 0.8})
 
     # the polars data-quality snippet works on what the demo left behind
     import polars as pl
