@@ -446,6 +446,13 @@ REPORT_COLUMNS = ("symbol", "buy_venue", "sell_venue", "opportunities", "per_day
                   "duration_p50_s", "duration_p90_s", "duration_p99_s", "unclosed")
 
 
+_RECORD_FIELDS = {
+    "open": ("id", "symbol", "buy_venue", "sell_venue", "opened_ns"),
+    "close": ("id", "symbol", "buy_venue", "sell_venue", "opened_ns", "closed_ns", "duration_s",
+              "mean_net_bps", "best_net_bps"),
+}
+
+
 def read_opportunity_records(path: Path) -> List[dict]:
     """The monitor's open/close JSON lines; ValueError naming the file, line and what is wrong
     (a line that is not JSON, or a record with no ``event`` - e.g. a file of per-decision
@@ -465,6 +472,13 @@ def read_opportunity_records(path: Path) -> List[dict]:
         if not isinstance(rec, dict) or rec.get("event") not in ("open", "close"):
             raise ValueError(f"{path}:{n}: not an opportunity open/close record (field 'event' "
                              f"is {rec.get('event') if isinstance(rec, dict) else None!r})")
+        for field in _RECORD_FIELDS[rec["event"]]:
+            value = rec.get(field)
+            numeric = field not in ("id", "symbol", "buy_venue", "sell_venue")
+            if value is None or (numeric and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                              or not np.isfinite(value))):
+                raise ValueError(f"{path}:{n}: {rec['event']} record: field {field!r} is "
+                                 f"{value!r}")
         records.append(rec)
     return records
 
@@ -727,9 +741,14 @@ def add_research_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, default=None,
                    help="features Parquet (default data/features.parquet)")
     p.set_defaults(mode="research")
-    sub = p.add_subparsers(dest="research_command", metavar="report", required=False)
-    r = sub.add_parser("report", help=add_report_arguments.__doc__.splitlines()[0],
-                       description=add_report_arguments.__doc__)
+    sub = p.add_subparsers(dest="research_command", metavar="[report]", required=False,
+                           title="subcommand")
+    r = sub.add_parser("report", help="per pair: opportunities per day, net edge, duration "
+                                      "('sabot research report --help')",
+                       description="Per pair (symbol, buy venue, sell venue): opportunities per "
+                                   "day, net edge and duration percentiles, from the arbitrage "
+                                   "monitor's open/close records or from recorded quotes "
+                                   "re-evaluated under any fee schedule.")
     add_report_arguments(r)
 
 
