@@ -353,8 +353,8 @@ def print_backtest(metrics: Dict[str, dict], bar: str) -> None:
     short = [s for s, m in metrics.items() if not m["annualised"]]
     for sym in short:
         m = metrics[sym]
-        print(f"warning: {sym}: {m['bars']} bars of {bar} ({m['span_s']:.0f} s of data) are "
-              f"fewer than {MIN_BARS_TO_ANNUALISE}: Sharpe and Sortino are not annualised; the "
+        print(f"warning: {sym}: {m['bars']} bar{'s' if m['bars'] != 1 else ''} of {bar} "
+              f"({m['span_s']:.0f} s of data), fewer than {MIN_BARS_TO_ANNUALISE}: Sharpe and Sortino are not annualised; the "
               f"figures shown are per {bar} bar", file=sys.stderr)
     print(f"Sharpe and Sortino from {bar} bars, annualised over 365 days"
           + ("; per bar where marked *" if short else ""))
