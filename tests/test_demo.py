@@ -159,11 +159,15 @@ def check_report_against_pandas(path: Path, records: list[dict]) -> None:
         assert row["edge_best_bps"] == pytest.approx(grp["best_net_bps"].max())
         for q in (50, 90, 99):
             assert row[f"duration_p{q}_s"] == pytest.approx(grp["duration_s"].quantile(q / 100))
-    out = subprocess.run([sys.executable, "-m", "sabot", "research", "report", "--opportunities",
-                          str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.returncode == 0, out.stderr
-    assert f"{len(opens)} opportunities" in out.stdout and "per day" in out.stdout
+    import contextlib
+    import io
+
+    from sabot.cli import main as sabot_main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert sabot_main(["research", "report", "--opportunities", str(path)]) == 0
+    assert f"{len(opens)} opportunities" in printed.getvalue() and "per day" in printed.getvalue()
 
 
 def check_parquet_report_against_pandas(data: Path, fees: dict) -> None:
