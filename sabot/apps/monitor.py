@@ -354,7 +354,9 @@ class OpportunityTracker:
     mean net edge, number of evaluations) and closes on the first evaluation that does not:
     ``close_reason`` "edge" (its net edge fell below the threshold) or "stale" (one of its
     quotes is older than the join tolerance, missing or unusable); :meth:`close_all` closes
-    what is left at the end of a run ("end").
+    what is left at the end of a run ("end").  Staleness is found when the symbol is next
+    evaluated (any venue's quote of it arrives): a symbol that stops being quoted altogether
+    keeps its opportunities open until it is quoted again or the run ends.
 
     Times are event times.  A pair's evaluation happens at the newer event time of its two
     quotes where the joined row carries them (``<venue>_timestamp``: the on-arrival join),

@@ -401,20 +401,10 @@ def arbitrage(args: argparse.Namespace) -> int:
     """The arbitrage monitor's decision (:func:`sabot.apps.monitor.opportunities`) on every
     quote of the first registered venue, ASOF-joined with the others' ``<venue>.parquet``."""
     from sabot.apps import monitor as arb
-    from sabot.fintech import asof_join, midprice as mid_kernel, normalize_symbols
     from sabot.venues import venue_names
 
-    folder = args.parquet
     venues = venue_names()
-    tables = {}
-    for v in venues:
-        t = pq.read_table(folder / f"{v}.parquet")
-        t = mid_kernel(normalize_symbols(t)).select(list(arb.QUOTE_COLUMNS))
-        tables[v] = t.sort_by([("timestamp", "ascending")])
-    joined = tables[venues[0]]
-    for v in venues[1:]:
-        joined = asof_join(joined, tables[v], on="timestamp", by="symbol",
-                           tolerance_ms=args.tolerance_ms)
+    joined = _joined_quotes(args.parquet, args.tolerance_ms)
     fees = arb.parse_fees(args.fees, venues)
     rows: List[dict] = []
     for batch in joined.to_batches():
