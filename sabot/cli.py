@@ -7,6 +7,7 @@
     sabot broker [--port 19092]                the embedded Kafka-protocol broker
     sabot sim VENUE --port N [--replay FILE]   a local exchange server
     sabot research --parquet FILE              features of recorded tickers
+    sabot research report --opportunities F    opportunities per day, edge, duration per pair
     sabot backtest --parquet FILE              the mean-reversion backtest
     sabot topics                               topics and their partitions
     sabot tail TOPIC [-n N] [--from-beginning] the next (or first) N messages of a topic
