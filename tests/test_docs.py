@@ -240,6 +240,15 @@ def test_readme_shows_the_two_commands() -> None:
     assert "sabot-marketdata" in readme
 
 
+def test_kernel_table_names_every_export() -> None:
+    """docs/kernels.md documents every name ``sabot.fintech`` exports."""
+    import sabot.fintech
+
+    doc = (ROOT / "docs" / "kernels.md").read_text(encoding="utf-8")
+    missing = [name for name in sabot.fintech.__all__ if f"`{name}`" not in doc]
+    assert not missing, f"docs/kernels.md does not mention: {', '.join(missing)}"
+
+
 def test_docs_index_links_every_doc() -> None:
     index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
     for doc in (ROOT / "docs").glob("*.md"):
