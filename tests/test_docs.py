@@ -249,6 +249,40 @@ def test_kernel_table_names_every_export() -> None:
     assert not missing, f"docs/kernels.md does not mention: {', '.join(missing)}"
 
 
+_LINK_RE = re.compile(r"\]\(([^)\s]+)\)")
+#: Pages the index links that other parts of the documentation add (docs/interop.md, naming.md).
+LINKED_FROM_ELSEWHERE = {"interop.md", "naming.md"}
+
+
+def _anchors(path: Path) -> set:
+    """GitHub's anchors of a Markdown file's headings."""
+    out = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(doc: Path) -> None:
+    """Every relative link of a page names an existing file, and an existing heading when it
+    has an anchor."""
+    bad = []
+    for target in _LINK_RE.findall(doc.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file_part, _, anchor = target.partition("#")
+        dest = (doc.parent / file_part).resolve() if file_part else doc
+        if not dest.exists():
+            if dest.name not in LINKED_FROM_ELSEWHERE:
+                bad.append(f"{target}: no such file")
+            continue
+        if anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            bad.append(f"{target}: no heading #{anchor} in {dest.name}")
+    assert not bad, f"{doc.relative_to(ROOT)}: " + "; ".join(bad)
+
+
 def test_docs_index_links_every_doc() -> None:
     index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
     for doc in (ROOT / "docs").glob("*.md"):
