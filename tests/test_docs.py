@@ -103,8 +103,11 @@ def demo_data(tmp_path_factory) -> Path:
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = home / "data"
+    import pyarrow.parquet as pq
+
     for venue in ("coinbase", "kraken", "binance"):
-        assert (data / f"{venue}.parquet").stat().st_size > 0, venue
+        rows = pq.ParquetFile(data / f"{venue}.parquet").metadata.num_rows
+        assert rows >= 4, f"the demo recorded only {rows} {venue} quotes:\n{proc.stdout[-2000:]}"
     return data
 
 
