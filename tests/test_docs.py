@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -196,6 +197,13 @@ def shown_commands(path: Path) -> Iterator[tuple]:
             yield lineno, shlex.split(m.group(1))[1:]
 
 
+def _subcommands() -> set:
+    from sabot.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return set(sub.choices)
+
+
 def check_command(argv: List[str]) -> Optional[str]:
     """None when ``sabot`` accepts ``argv`` (subcommand, venue and every option), else the
     parser's error line."""
@@ -204,6 +212,8 @@ def check_command(argv: List[str]) -> Optional[str]:
     from sabot.sim.__main__ import build_parser as sim_parser
 
     argv = [a for a in argv if a not in ("--help", "-h")]
+    if len(argv) == 1 and argv[0] in _subcommands():
+        return None  # a command named in prose (`sabot collect`), not a command line
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -226,6 +236,8 @@ def test_check_command_refuses_what_sabot_refuses() -> None:
     assert check_command(["collect", "nowhere"]) is not None
     assert check_command(["sim", "binance", "--no-such-flag"]) is not None
     assert check_command(["frobnicate"]) is not None
+    assert check_command(["collect"]) is None          # a command named in prose
+    assert check_command(["collect", "-k"]) is not None
 
 
 @pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
