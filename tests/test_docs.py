@@ -176,10 +176,10 @@ def doc_results(demo_data: Path, tmp_path_factory) -> dict:
 
 def run_pages(pages: list, workdir: Path, timeout_s: int) -> dict:
     """Run ``pages`` with :data:`_RUNNER`: {Path(doc): (wait status, stdout, stderr)}."""
-    spec = workdir / "pages.json"
-    spec.write_text(json.dumps(pages))
+    pages_file = workdir / "pages.json"
+    pages_file.write_text(json.dumps(pages))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(spec), str(timeout_s)],
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(pages_file), str(timeout_s)],
                           capture_output=True, text=True, env=env,
                           timeout=timeout_s * max(1, len(pages)) + 60)
     assert proc.returncode == 0, proc.stderr[-4000:]
