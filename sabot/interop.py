@@ -21,7 +21,8 @@ polars / pandas Series        Series named after the output (a DataFrame for sev
 
 Single arrays and Series are accepted where one input column is read (``ewma(prices)``): the
 array becomes that column.  Nothing is copied where Arrow allows: polars, pyarrow and numeric
-numpy data are shared; pandas goes through ``pyarrow.RecordBatch.from_pandas``.
+numpy data are shared, and so are pandas columns of plain numpy numbers (other pandas columns
+go through ``pyarrow.Array.from_pandas``).
 
 polars and pandas are optional: neither is ever imported here to check a type — an object can
 only be a polars DataFrame if polars is already loaded.
@@ -109,6 +110,27 @@ def _plain_strings(data: ArrowData) -> ArrowData:
     if not changed:
         return data
     return data.cast(pa.schema(fields, metadata=data.schema.metadata))
+
+
+def _pandas_column(series: Any) -> pa.Array:
+    """One pandas column as Arrow.  Plain numpy numbers are shared, not copied (NaN stays NaN:
+    every kernel reads NaN as a missing value); anything else — datetimes, strings,
+    categoricals, nullable and Arrow-backed dtypes — goes through ``Array.from_pandas`` (its
+    missing values become nulls)."""
+    values = series.to_numpy(copy=False) if isinstance(series.dtype, np.dtype) else None
+    if values is not None and values.dtype.kind in "fiub" and values.ndim == 1:
+        return pa.array(values)
+    return pa.Array.from_pandas(series)
+
+
+def _pandas_frame(frame: Any, what: str) -> pa.RecordBatch:
+    """A pandas DataFrame's columns (not its index, which the result keeps) as a RecordBatch;
+    column names as strings."""
+    names = [str(name) for name in frame.columns]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what}: duplicate column names {names}")
+    arrays = [_pandas_column(frame.iloc[:, i]) for i in range(frame.shape[1])]
+    return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
 class Converted:
@@ -206,10 +228,10 @@ def convert(data: Any, *, column: Optional[str] = None, what: str = "input") -> 
         raise TypeError(f"{what}: got a polars LazyFrame; call .collect() on it first")
     pd_kind = _pandas_kind(data)
     if pd_kind == "frame":
-        return Converted(pa.RecordBatch.from_pandas(data, preserve_index=False), PANDAS, data,
-                         None)
+        return Converted(_pandas_frame(data, what), PANDAS, data, None)
     if pd_kind == "series":
-        return _single(pa.Array.from_pandas(data), column, PANDAS_SERIES, data, "a pandas Series", what)
+        return _single(_pandas_column(data), column, PANDAS_SERIES, data, "a pandas Series",
+                       what)
     if isinstance(data, (pa.Array, pa.ChunkedArray)):
         return _single(data, column, PA_ARRAY, data, f"a pyarrow {type(data).__name__}", what)
     if isinstance(data, np.ndarray):

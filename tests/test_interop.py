@@ -18,7 +18,8 @@ import pytest
 from sabot import interop
 from sabot.api import Stream, StreamOperatorError
 from sabot.fintech import (CUSUM, EWMA, RSI, KalmanHedgeRatio, asof_join, current_missing, cusum,
-                           ewma, midprice, missing, rsi, set_missing)
+                           ewma, midprice, missing, rsi, set_missing, signed_volume,
+                           stale_quote_detector)
 
 PRICES = np.array([100.0, 101.0, np.nan, 102.5, 101.5, 103.0, 104.0, 103.5])
 QUOTES = {"bid": [99.5, 99.6, 99.7, 99.9], "ask": [100.5, 100.6, 100.9, 100.1]}
@@ -47,6 +48,23 @@ def test_pandas_frame_keeps_its_index_and_replaces_an_existing_output_in_place()
     expected = midprice(pa.table(QUOTES)).column("midprice").to_pylist()
     assert out["midprice"].tolist() == expected
     assert (df["midprice"] == 0.0).all()                  # the caller's frame is untouched
+
+
+def test_pandas_times_strings_and_nan_read_like_their_arrow_forms():
+    df = pd.DataFrame({
+        "timestamp": pd.to_datetime([0, 500, 3000, 3100], unit="ms"),
+        "symbol": ["A", "A", "A", "B"],
+        "side": ["buy", "sell", "BUY", "sell"],
+        "volume": [1.0, np.nan, 3.0, 4.0],
+    })
+    arrow = pa.Table.from_pandas(df, preserve_index=False)
+    for fn in (lambda d: signed_volume(d),
+               lambda d: stale_quote_detector(d, max_age_ms=1000, by="symbol")):
+        out = fn(df)
+        ref = fn(arrow)
+        (name,) = [c for c in out.columns if c not in df.columns]
+        pd.testing.assert_series_equal(out[name], ref.column(name).to_pandas(), check_names=False)
+    assert np.isnan(signed_volume(df)["signed_volume"].iloc[1])
 
 
 def test_keyed_kernel_on_polars_with_string_keys_and_sides():
