@@ -299,9 +299,14 @@ def test_nan_mode_carries_into_stream_operators_and_their_checkpoints():
     assert [k["config"]["nulls"] for k in op_state["scope"]["kernels"].values()] == ["nan"]
     plain = Stream.from_table(TICKS, batch_size=5).map(lambda b: rsi(b, period=3, by="symbol"))
     assert plain.collect().column("rsi").null_count > 0
-    # per-partition clones keep the mode
+    # per-partition clones keep the mode: the operator's, and a kernel instance's own
     op = stream.operators()[0]
     assert op.clone().scope.missing == "nan"
+    with missing("nan"):
+        kernel_op = Stream.from_table(TICKS).map(RSI(period=3, by="symbol")).operators()[0]
+    twin = kernel_op.clone().fn
+    assert isinstance(twin, RSI) and twin.config == kernel_op.fn.config
+    assert twin.config["nulls"] == "nan"
 
 
 def test_interop_helpers():
