@@ -234,6 +234,22 @@ def test_set_missing_is_process_wide_and_restorable():
         set_missing("NaN")
 
 
+def test_a_kernel_may_declare_its_mode_itself():
+    from sabot.fintech._kernel import Kernel, output, value_input
+
+    class Declared(Kernel):
+        def __init__(self, nulls=None):
+            self.declare("declared", [value_input("column", None)], [output("y")],
+                         config=dict(nulls=nulls) if nulls else {}, nulls=nulls)
+
+    assert Declared(nulls="nan").nulls == "nan"
+    with missing("nan"):
+        assert Declared(nulls="null").nulls == "null" and Declared().nulls == "nan"
+        assert Declared(nulls="null").config == {}        # the default is not written down
+    with pytest.raises(ValueError, match="nulls must be 'null' or 'nan', got 'none'"):
+        Declared(nulls="none")
+
+
 def test_nan_mode_is_config_so_checkpoints_restore_the_same_mode():
     batch = pa.record_batch({"price": PRICES})
     with missing("nan"):

@@ -562,12 +562,14 @@ cdef class Kernel:
         free(self._scratch)
 
     def declare(self, str name, inputs, outputs, *, Py_ssize_t stride=0, by=None, config=None,
-                bint partition_keys=False):
+                bint partition_keys=False, nulls=None):
         """Declare the kernel: its function name, inputs, outputs and per-key state width.
 
         ``partition_keys``: with ``by``, run a batch key by key through the unkeyed loop when
         there are enough rows per key (see ``_run_partitioned``); for kernels whose unkeyed
-        loop is much faster than their keyed one (block fast paths, state in registers)."""
+        loop is much faster than their keyed one (block fast paths, state in registers).
+        ``nulls``: ``"null"`` or ``"nan"`` for float outputs with no value (see ``nulls``);
+        None takes the mode in effect (:func:`sabot.fintech.missing`, ``set_missing``)."""
         inputs = list(inputs)
         outputs = list(outputs)
         if sum(1 for i in inputs if i[2] != TIME) > MAX_COLUMNS or len(outputs) > MAX_COLUMNS:
@@ -586,8 +588,7 @@ cdef class Kernel:
         self.config = dict(config or {})
         if by is not None:
             self.config["by"] = by
-        if current_missing() == NAN_MODE:
-            self.config["nulls"] = NAN_MODE
+        self.nulls = current_missing() if nulls is None else nulls   # in config for "nan" only
 
     @property
     def nulls(self):
