@@ -30,6 +30,7 @@ from typing import (Any, AsyncIterator, Callable, Dict, Iterable, Iterator, List
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import interop
 from ..durable import fsync_path
 from ..timeunits import check_unit
 from ._align import AsofJoinOp, concat_promote, merge_events, union_events, zip_events
@@ -193,17 +194,30 @@ class Stream:
         return cls(_Source(f"from_parquet({path_or_glob})", read))
 
     @classmethod
-    def from_batches(cls, batches: Iterable[Union[pa.RecordBatch, pa.Table]]) -> "Stream":
-        """Batches from any iterable (a one-shot generator can be run once)."""
-        return cls(_Source("from_batches", lambda: iter(batches)))
+    def from_batches(cls, batches: Iterable[Any]) -> "Stream":
+        """Batches from any iterable (a one-shot generator can be run once).  Items are
+        RecordBatches, Tables or anything :func:`sabot.interop.to_arrow` accepts (polars and
+        pandas DataFrames, Arrow-capsule objects), converted as they are read."""
+        def read() -> Iterator[Any]:
+            for item in batches:
+                if isinstance(item, (pa.RecordBatch, pa.Table)):
+                    yield item
+                else:
+                    yield interop.to_arrow(item, what="from_batches item")
+
+        return cls(_Source("from_batches", read))
 
     @classmethod
-    def from_table(cls, table: pa.Table, batch_size: int = DEFAULT_BATCH_SIZE) -> "Stream":
-        if not isinstance(table, pa.Table):
-            raise TypeError(f"from_table expects a pyarrow.Table, got {type(table).__name__}")
+    def from_table(cls, table: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> "Stream":
+        """Batches of at most ``batch_size`` rows of ``table``: a pyarrow Table or RecordBatch,
+        a polars or pandas DataFrame, or any object with ``__arrow_c_stream__`` (a DuckDB
+        relation), converted once, without copying where Arrow allows."""
+        data = interop.to_arrow(table, what="from_table")
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        return cls(_Source("from_table", lambda: iter(table.to_batches(max_chunksize=batch_size))))
+        return cls(_Source("from_table", lambda: iter(data.to_batches(max_chunksize=batch_size))))
 
     @classmethod
     def from_pylist(cls, rows: Sequence[Mapping[str, Any]], schema: Optional[pa.Schema] = None,
@@ -216,7 +230,10 @@ class Stream:
         return Stream(_OpNode(self._node, op), key=key if key is not None else self.key)
 
     def map(self, fn: Callable[[pa.RecordBatch], Any]) -> "Stream":
-        """``fn(batch)`` → RecordBatch, Table or None (dropped); runs in the operator's scope."""
+        """``fn(batch)`` → RecordBatch, Table, None (dropped), or any table
+        :func:`sabot.interop.to_arrow` accepts (a polars or pandas DataFrame); runs in the
+        operator's scope (kernels called in it keep their state, and the ``missing`` mode in
+        effect here)."""
         return self._then(MapOp(fn))
 
     def filter(self, predicate: Any) -> "Stream":
@@ -401,6 +418,22 @@ class Stream:
         if not batches:
             return pa.table({})
         return concat_promote([pa.Table.from_batches([b]) for b in batches])
+
+    def to_polars(self) -> Any:
+        """Run the stream to its end; all rows as one polars DataFrame (needs polars)."""
+        try:
+            import polars as pl
+        except ImportError:
+            raise ImportError("Stream.to_polars needs polars: pip install polars") from None
+        return pl.from_arrow(self.collect())
+
+    def to_pandas(self) -> Any:
+        """Run the stream to its end; all rows as one pandas DataFrame (needs pandas)."""
+        table = self.collect()
+        try:
+            return table.to_pandas()
+        except ImportError:
+            raise ImportError("Stream.to_pandas needs pandas: pip install pandas") from None
 
     def take(self, n: int) -> pa.Table:
         """The first ``n`` rows; stops reading once it has them (the last batch is not committed)."""

@@ -1,7 +1,9 @@
-"""Column resolution and input checks shared by every kernel."""
+"""Column resolution, input checks and the missing-value mode shared by every kernel."""
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Union
+import contextvars
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.types as pat
@@ -17,9 +19,17 @@ def is_numeric_type(t: pa.DataType) -> bool:
 
 
 def check_batch(batch: object) -> BatchLike:
+    """``batch`` itself when it is a RecordBatch or Table.  For functions that take Arrow only
+    (kernels take more, see :mod:`sabot.interop`): TypeError naming the type given and, for
+    data :func:`sabot.interop.to_arrow` converts, how to convert it."""
     if not isinstance(batch, (pa.RecordBatch, pa.Table)):
+        from .. import interop
+
+        hint = ("; convert it with sabot.interop.to_arrow(...)" if interop.is_table(batch)
+                else "")
         raise TypeError(
-            f"expected a pyarrow.RecordBatch or pyarrow.Table, got {type(batch).__name__}"
+            f"expected a pyarrow.RecordBatch or pyarrow.Table, got {interop.type_name(batch)}"
+            f"{hint}"
         )
     return batch
 
@@ -130,3 +140,52 @@ def unique_names(names: Sequence[str]) -> None:
         if n in seen:
             raise ValueError(f"duplicate column name {n!r}")
         seen.add(n)
+
+
+# -- missing values in float outputs: null (default) or NaN --------------------------------
+#: Float outputs with no value (warm-up rows, rows with a missing input) are Arrow nulls.
+NULL = "null"
+#: Float outputs with no value are NaN (no validity bitmap: ``.to_numpy()`` works zero-copy).
+NAN = "nan"
+MISSING_MODES = (NULL, NAN)
+
+_default_missing = NULL
+_missing: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "sabot_kernel_missing", default=None
+)
+
+
+def check_missing(mode: Any) -> str:
+    """``mode`` if it is ``"null"`` or ``"nan"``; ValueError naming it otherwise."""
+    if mode not in MISSING_MODES:
+        raise ValueError(f"nulls must be 'null' or 'nan', got {mode!r}")
+    return mode
+
+
+def set_missing(mode: str) -> str:
+    """Set the process-wide default for float outputs with no value: ``"null"`` (Arrow
+    nulls, the default) or ``"nan"``; the previous default is returned.  Kernels take the
+    mode in effect when they are built (function forms: when called)."""
+    global _default_missing
+    previous = _default_missing
+    _default_missing = check_missing(mode)
+    return previous
+
+
+def current_missing() -> str:
+    """The mode kernels built now use: the innermost :func:`missing` block, else the
+    process-wide default."""
+    mode = _missing.get()
+    return _default_missing if mode is None else mode
+
+
+@contextmanager
+def missing(mode: str) -> Iterator[None]:
+    """Within the block, kernels built (and function forms called) give ``mode`` for float
+    outputs with no value: ``"nan"`` or ``"null"``.  A Stream operator created within the
+    block (``stream.map(...)``) keeps the mode wherever the stream later runs."""
+    token = _missing.set(check_missing(mode))
+    try:
+        yield
+    finally:
+        _missing.reset(token)
