@@ -74,6 +74,11 @@ def _reuse_compiled_modules(dest: Path) -> int:
         shutil.copy2(c_file, dest / rel.with_suffix(".c"))
         (build_lib / rel.parent).mkdir(parents=True, exist_ok=True)
         shutil.copy2(so_file, build_lib / rel.with_suffix(suffix))
+        # Cython also counts its own include files as inputs, and the build's isolated
+        # environment installs them just now: date the copies after that
+        later = time.time() + 3600
+        os.utime(dest / rel.with_suffix(".c"), (later, later))
+        os.utime(build_lib / rel.with_suffix(suffix), (later + 1, later + 1))
         placed += 1
     return placed
 
