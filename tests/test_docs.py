@@ -168,6 +168,7 @@ def doc_results(demo_data: Path, tmp_path_factory) -> dict:
             continue
         home = tmp_path_factory.mktemp("doc")
         shutil.copytree(demo_data, home / "data")
+        (home / "examples").symlink_to(ROOT / "examples")  # a checkout's layout, read-only use
         pages.append({"doc": str(doc), "home": str(home),
                       "blocks": [{"path": str(b.path.relative_to(ROOT)), "line": b.line,
                                   "code": b.code} for b in blocks]})
