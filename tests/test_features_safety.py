@@ -503,8 +503,8 @@ def test_errors_name_the_problem():
     with pytest.raises(KeyError, match="'size'"):
         fat_finger_guard(b, ref_column="a", price_column="a")
     bad_params = [
-        (lambda: lag(b, "a", k=0), "k"),
-        (lambda: diff(b, "a", k=1.5), "k"),
+        (lambda: lag(b, "a", lag=0), "lag"),
+        (lambda: diff(b, "a", lag=1.5), "lag"),
         (lambda: rolling_min(b, "a", window=0), "window"),
         (lambda: rolling_std(b, "a", window=5, ddof=5), "ddof"),
         (lambda: rolling_std(b, "a", window=5, ddof=-1), "ddof"),

@@ -156,9 +156,10 @@ def create_ewma_operator(alpha: float = 0.94, column: Optional[str] = None, *,
     return SymbolKeyedOperator(_kernel_named("EWMA"), symbol_column, column=column, alpha=alpha)
 
 
-def create_log_returns_operator(price_column: str = "price", *,
+def create_log_returns_operator(price_column: Optional[str] = None, *,
                                 symbol_column: str = "symbol") -> SymbolKeyedOperator:
-    """Per-symbol ``log_return`` (class :class:`LogReturns`)."""
+    """Per-symbol ``log_return`` (class :class:`LogReturns`; ``price_column`` None reads
+    ``price``, else ``close``)."""
     return SymbolKeyedOperator(_kernel_named("LogReturns"), symbol_column,
                                price_column=price_column)
 
@@ -168,9 +169,10 @@ def create_ofi_operator(*, symbol_column: str = "symbol", **columns: str) -> Sym
     return SymbolKeyedOperator(_kernel_named("OFI"), symbol_column, **columns)
 
 
-def create_vwap_operator(price_column: str = "price", volume_column: str = "volume", *,
+def create_vwap_operator(price_column: Optional[str] = None, volume_column: str = "volume", *,
                          symbol_column: str = "symbol") -> SymbolKeyedOperator:
-    """Per-symbol cumulative ``vwap`` (class ``VWAP``)."""
+    """Per-symbol cumulative ``vwap`` (class ``VWAP``; ``price_column`` None reads ``price``,
+    else ``close``)."""
     return SymbolKeyedOperator(_kernel_named("VWAP"), symbol_column,
                                price_column=price_column, volume_column=volume_column)
 
