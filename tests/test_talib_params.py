@@ -33,7 +33,7 @@ KEYED = market_table(240, seed=3)          # three interleaved symbols for split
 periods = st.integers(2, 200)
 tables = st.sampled_from(sorted(TABLES))
 cuts = st.lists(st.integers(0, KEYED.num_rows), max_size=4)
-SETTINGS = settings(max_examples=15, deadline=None)
+SETTINGS = settings(max_examples=40, deadline=None)
 
 
 def valid(t, *names):
@@ -189,6 +189,47 @@ def test_a_wrong_keyword_names_kernel_keyword_and_accepted_names(call, kernel, k
     message = str(err.value)
     assert message.startswith(f"{kernel}() got an unexpected keyword argument {keyword!r}")
     assert "accepts" in message and f"did you mean {suggestion!r}" in message
+
+
+def _kernel_forms():
+    """Every kernel class and function form exported by sabot.fintech (not the joins)."""
+    import inspect
+
+    import sabot.fintech as fintech
+    from sabot.fintech._kernel import Kernel
+
+    for name in fintech.__all__:
+        obj = getattr(fintech, name)
+        module = getattr(obj, "__module__", "") or ""
+        if module.endswith(("asof", "_scope", "symbols", "operators")):
+            continue
+        if isinstance(obj, type) and issubclass(obj, Kernel):
+            yield name, obj, None
+        elif callable(obj) and not isinstance(obj, type):
+            yield name, obj, [p for p in inspect.signature(obj).parameters.values()
+                              if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+@pytest.mark.parametrize("name, form, required", list(_kernel_forms()),
+                         ids=[n for n, _, _ in _kernel_forms()])
+def test_every_kernel_refuses_an_unknown_keyword_by_name(name, form, required):
+    if required is None:                     # a class: as many positional columns as it needs
+        for args in ((), ("x",), ("x", "y")):
+            try:
+                form(*args, lenght=3)
+            except TypeError as err:
+                if "positional argument" in str(err):
+                    continue
+                message = str(err)
+                break
+        else:
+            pytest.fail(f"{name}: no TypeError")
+    else:
+        with pytest.raises(TypeError) as err:
+            form(*[None] * len(required), lenght=3)
+        message = str(err.value)
+        assert message.startswith(f"{name}() got an unexpected keyword argument 'lenght'")
+    assert "got an unexpected keyword argument 'lenght'; it accepts " in message, message
 
 
 def test_an_old_name_with_its_new_name_is_refused():

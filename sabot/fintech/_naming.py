@@ -18,8 +18,9 @@ The rule (``docs/naming.md`` shows it with examples):
   defaulting to the role's own column (``high``, ``low``, ``open``, ``volume``, ``bid``,
   ...); a price input (``price_column``, ``close_column``) without a name reads ``price``, else
   ``close``, so kernels run on ticks and on the bars of ``Stream.tumbling`` alike.
-* **Outputs.** One output is named after the kernel's function (``sma``, ``rsi``, ``atr``);
-  several share a short prefix (``macd``, ``macd_signal``, ``macd_hist``; ``bb_mid``, ...).
+* **Outputs.** One output is named after the indicator (``sma``, ``rsi``, ``atr``) or the
+  quantity a transform yields (``log_return``, ``zscore``); several share a short prefix
+  (``macd``, ``macd_signal``, ``macd_hist``; ``bb_mid``, ...).
 
 Names that changed when the rule was introduced stay accepted (:data:`RENAMED`, the one table);
 giving an old name and its new name together, or any keyword a kernel does not take, is a
@@ -55,7 +56,8 @@ _SYNONYMS: Dict[str, Tuple[str, ...]] = {
 
 def _suggestion(keyword: str, accepted: Iterable[str]) -> str:
     accepted = list(accepted)
-    meant = [name for name in _SYNONYMS.get(keyword, ()) if name in accepted]
+    meant = [name for name in _SYNONYMS.get(keyword, ()) + (f"{keyword}_column",)
+             if name in accepted]
     meant += [m for m in difflib.get_close_matches(keyword, accepted, n=1) if m not in meant]
     return f"; did you mean {meant[0]!r}?" if meant else ""
 

@@ -178,5 +178,9 @@ def create_vwap_operator(price_column: Optional[str] = None, volume_column: str 
 
 
 def create_midprice_operator(**columns: str) -> StatelessKernelOperator:
-    """``midprice`` = (bid+ask)/2 as an operator (stateless; ``columns``: bid/ask column args)."""
+    """``midprice`` = (bid+ask)/2 as an operator (stateless; ``columns``: bid/ask column args).
+
+    The column arguments are checked now (a wrong keyword is refused here, not on the first
+    batch)."""
+    importlib.import_module("sabot.fintech.microstructure").Midprice(**columns)
     return StatelessKernelOperator(_kernel_named("midprice"), **columns)
