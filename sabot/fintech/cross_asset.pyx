@@ -36,8 +36,19 @@ def _column(batch, name):
     return col
 
 
+#: Columns a returns input without a name reads, first present wins: the project's own
+#: ``log_returns`` output, then ``returns``.
+RETURNS_COLUMNS = ("log_return", "returns")
+
+
 def _returns(batch, column, role):
-    """float64 numpy of ``column`` with NaN where null (checked numeric)."""
+    """float64 numpy of ``column`` with NaN where null (checked numeric); ``column`` None:
+    the first of RETURNS_COLUMNS the batch has."""
+    if column is None:
+        column = next((c for c in RETURNS_COLUMNS if c in batch.schema.names), None)
+        if column is None:
+            raise KeyError(f"{role}: no 'log_return' or 'returns' column; columns present: "
+                           f"{', '.join(batch.schema.names) or '(none)'}; pass returns_column=...")
     require_numeric(batch.schema, column, role)
     arr = _as_float64(_column(batch, column), column)
     if arr.null_count:
@@ -189,9 +200,12 @@ def _result(batch_a, columns):
     return pa.Table.from_batches([out]) if isinstance(batch_a, pa.Table) else out
 
 
-def hayashi_yoshida_cov(batch_a, batch_b, window_ms=60000, *, returns_column="returns",
+def hayashi_yoshida_cov(batch_a, batch_b, window_ms=60000, *, returns_column=None,
                         timestamp_column="timestamp", **renamed):
     """Hayashi–Yoshida covariance per tumbling window of ``window_ms``.
+
+    ``returns_column`` None reads ``log_return`` (the output of ``log_returns``), else
+    ``returns``.
 
     Each valid return r_i of a series covers the half-open interval I_i = (t_{prev}, t_i]
     (see below); the estimator for a window is::
@@ -229,7 +243,7 @@ def hayashi_yoshida_cov(batch_a, batch_b, window_ms=60000, *, returns_column="re
     return _result(batch_a, columns)
 
 
-def hayashi_yoshida_corr(batch_a, batch_b, window_ms=60000, *, returns_column="returns",
+def hayashi_yoshida_corr(batch_a, batch_b, window_ms=60000, *, returns_column=None,
                          timestamp_column="timestamp", **renamed):
     """Hayashi–Yoshida correlation per window: ``hy_corr = hy_cov / sqrt(RV_a·RV_b)``.
 
@@ -284,7 +298,7 @@ cdef double _pearson_at_lag(const double[::1] a, const double[::1] b, Py_ssize_t
     return cxy / sqrt(cxx * cyy)
 
 
-def xcorr_leadlag(batch_a, batch_b, max_lag=10, alpha=0.94, *, returns_column="returns",
+def xcorr_leadlag(batch_a, batch_b, max_lag=10, alpha=0.94, *, returns_column=None,
                   **renamed):
     """Cross-correlation of two row-aligned return series at lags −L..L.
 
