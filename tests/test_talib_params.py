@@ -232,6 +232,50 @@ def test_every_kernel_refuses_an_unknown_keyword_by_name(name, form, required):
     assert "got an unexpected keyword argument 'lenght'; it accepts " in message, message
 
 
+#: The keywords of the original Sabot function forms, every one still accepted.
+ORIGINAL_KEYWORDS = {
+    "ema": ["alpha"], "sma": ["window"], "macd": ["fast", "slow", "signal"], "rsi": ["period"],
+    "bollinger_bands": ["window", "k"], "kalman_1d": ["q", "r"], "donchian_channel": ["window"],
+    "stochastic_osc": ["k_period", "d_period"], "log_returns": ["price_column"],
+    "ewma": ["alpha"], "ewcov": ["alpha"], "rolling_zscore": ["window"],
+    "realized_var": ["returns_column", "window"], "bipower_var": ["returns_column", "window"],
+    "medrv": ["returns_column", "window"], "riskmetrics_vol": ["returns_column", "lambda_param"],
+    "kyle_lambda": ["returns_column", "volume_column", "window"],
+    "amihud_illiquidity": ["returns_column", "volume_column", "window"],
+    "roll_spread": ["returns_column", "window"],
+    "corwin_schultz_spread": ["high_column", "low_column", "window"],
+    "vwap": ["price_column", "volume_column"], "cusum": ["column", "k", "h"],
+    "historical_var": ["column", "alpha", "window"],
+    "historical_cvar": ["column", "alpha", "window"],
+    "cornish_fisher_var": ["alpha"], "lag": ["column", "k"], "diff": ["column", "k"],
+    "rolling_min": ["column", "window"], "rolling_max": ["column", "window"],
+    "rolling_std": ["column", "window"], "rolling_skew": ["column", "window"],
+    "rolling_kurt": ["column", "window"], "autocorr": ["column", "lag", "window"],
+    "stale_quote_detector": ["max_age_ms"], "price_band_guard": ["ref_column", "pct"],
+    "fat_finger_guard": ["ref_column", "pct", "notional_max"],
+    "circuit_breaker": ["column", "ref_column", "pct"], "throttle_check": ["rate_limit"],
+    "outlier_flag_mad": ["column", "window", "k"], "forward_points": ["T_years"],
+    "cip_basis": ["T_years"], "carry_signal": ["risk_adj_factor"],
+    "funding_apr": ["funding_freq_hours"], "basis_annualized": ["T_days"],
+    "hayashi_yoshida_cov": ["window_ms"], "hayashi_yoshida_corr": ["window_ms"],
+    "xcorr_leadlag": ["max_lag", "alpha"], "pairs_spread": ["hedge_ratio"],
+    "kalman_hedge_ratio": ["q", "r"], "optimal_ac_schedule": ["Q", "T", "sigma", "gamma", "eta"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_KEYWORDS))
+def test_the_original_keywords_are_accepted(name):
+    import inspect
+
+    import sabot.fintech as fintech
+    from sabot.fintech._naming import accepted_names
+
+    params = [p for p in inspect.signature(getattr(fintech, name)).parameters
+              if p != "renamed"]
+    missing = set(ORIGINAL_KEYWORDS[name]) - set(accepted_names(name, params))
+    assert not missing, f"{name} no longer takes {sorted(missing)}"
+
+
 def test_an_old_name_with_its_new_name_is_refused():
     t = TABLES[(1, 1.0)]
     with pytest.raises(TypeError, match="'fast' and its new name 'fast_period'"):
