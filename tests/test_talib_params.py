@@ -276,6 +276,20 @@ def test_the_original_keywords_are_accepted(name):
     assert not missing, f"{name} no longer takes {sorted(missing)}"
 
 
+def test_the_alias_table_knows_the_defaults_of_the_new_names():
+    """RENAMED records each new name's default (to tell an explicit new name from an
+    untouched one): it must be the function form's default."""
+    import inspect
+
+    import sabot.fintech as fintech
+    from sabot.fintech._naming import RENAMED
+
+    for kernel, table in RENAMED.items():
+        params = inspect.signature(getattr(fintech, kernel)).parameters
+        for old, (new, default) in table.items():
+            assert params[new].default == default, (kernel, new)
+
+
 def test_an_old_name_with_its_new_name_is_refused():
     t = TABLES[(1, 1.0)]
     with pytest.raises(TypeError, match="'fast' and its new name 'fast_period'"):
