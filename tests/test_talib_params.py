@@ -21,7 +21,7 @@ from sabot.fintech import (
     ATR, EMA, MACD, OBV, RSI, SMA, BollingerBands, Diff, DonchianChannel, Lag, RollingMax,
     RollingMin, RollingStd, StochasticOsc, atr, bollinger_bands, corwin_schultz_spread, diff,
     donchian_channel, ema, garman_klass_vol, lag, log_returns, macd, obv, parkinson_vol,
-    rolling_max, rolling_min, rolling_std, rsi, sma, stochastic_osc, vwap,
+    rolling_max, rolling_min, rolling_std, rsi, sma, stochastic_osc, tick_rule, vwap,
 )
 
 ROWS = 320
@@ -386,6 +386,11 @@ def test_bars_from_tumbling_need_no_renames():
     assert_matches(vwap(one)["vwap"], np.cumsum(c * v) / np.cumsum(v), name="vwap on bars")
     assert_matches(log_returns(one)["log_return"], np.r_[np.nan, np.log(c[1:] / c[:-1])],
                    rtol=1e-12, name="log returns on bars")
+    signs, last = [None], None                   # a zero tick repeats the last sign
+    for step in np.diff(c):
+        last = 1 if step > 0 else -1 if step < 0 else last
+        signs.append(last)
+    assert tick_rule(one)["trade_sign"].to_pylist() == signs
     # the range estimators read open/high/low/close by default
     for fn, col in ((garman_klass_vol, "garman_klass_vol"), (parkinson_vol, "parkinson_vol"),
                     (corwin_schultz_spread, "corwin_schultz_spread")):

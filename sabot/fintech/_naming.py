@@ -112,6 +112,7 @@ CHANGED_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "obv": {"price_column": "price"},
     "vwap": {"price_column": "price"},
     "log_returns": {"price_column": "price"},
+    "tick_rule": {"price_column": "price"},
 }
 
 

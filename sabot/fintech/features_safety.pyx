@@ -18,7 +18,7 @@ from libc.stdint cimport int64_t
 
 from ._kernel cimport (Kernel, KernelIO, emit, key_state, local_to_state, present, row_state,
                       set_null, state_to_local)
-from ._kernel import BOOL, I64, numeric_input, output, side_input, time_input
+from ._kernel import BOOL, I64, numeric_input, output, side_input, time_input, value_input
 from ._columns import check_positive, check_positive_int
 from ._naming import renamed as _renamed, upgrade_state as _upgrade_state
 from ._scope import call_kernel
@@ -454,15 +454,20 @@ cdef class TickRule(Kernel):
 
     Per key; the first trade and zero ticks before any non-zero tick are null (no sign known).
     Null/NaN prices are null and skipped. Reference: a hand loop (Lee-Ready tick test).
+    ``price_column`` None reads ``price``, else ``close`` (bars: the close-to-close tick).
     """
-    def __init__(self, price_column="price", *, by=None, **renamed):
+    def __init__(self, price_column=None, *, by=None, **renamed):
         if renamed:
             bound = _renamed("tick_rule", renamed, dict(
                 price_column=price_column, by=by)).values()
             price_column, by = bound
-        self.declare("tick_rule", [numeric_input("price_column", price_column)],
+        self.declare("tick_rule", [value_input("price_column", price_column)],
                      [output("trade_sign", I64)], stride=2, by=by,
                      config=dict(price_column=price_column))
+
+    def load_state_dict(self, dict d):
+        """Also state saved before the naming rule (old names or old default recorded)."""
+        Kernel.load_state_dict(self, _upgrade_state(d, self.config))
 
     cdef void init_state(self, double* st) noexcept nogil:
         st[0] = NAN                                   # previous price
@@ -858,7 +863,7 @@ def signed_volume(batch, *, volume_column="volume", side_column="side", **rename
     return SignedVolume(volume_column=volume_column, side_column=side_column)(batch)
 
 
-def tick_rule(batch, price_column="price", *, by=None, **renamed):
+def tick_rule(batch, price_column=None, *, by=None, **renamed):
     """Append ``trade_sign``: +1 uptick, -1 downtick, zero tick repeats the last sign."""
     if renamed:
         bound = _renamed("tick_rule", renamed, dict(
