@@ -104,7 +104,7 @@ def test_donchian_matches_talib_max_min(scale):
     assert_matches(out["donchian_low"], scatter(mask, lo), name="low")
     assert_matches(out["donchian_mid"], scatter(mask, (hi + lo) / 2), name="mid")
     mask, (p,) = valid(t, "price")
-    single = donchian_channel(t, window=7, column="price")
+    single = donchian_channel(t, window=7)
     assert_matches(single["donchian_high"], scatter(mask, talib.MAX(p, 7)), name="price max")
 
 

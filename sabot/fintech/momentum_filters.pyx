@@ -435,8 +435,8 @@ cdef class DonchianChannel(Kernel):
     """Highest high / lowest low of the last ``window`` rows (TA-Lib MAX/MIN) and their mid.
 
     Reads ``high_column``/``low_column`` when given; else ``column`` for both when given; else
-    ``high`` and ``low`` when the batch has both (bars), else the value column (``price``, else
-    ``close``) for both.
+    ``price`` for both when the batch has it; else ``high`` and ``low`` when it has both (the
+    bars of ``Stream.tumbling``); else the value column for both.
     """
     cdef Py_ssize_t window
     cdef bint bars_if_present
@@ -464,8 +464,10 @@ cdef class DonchianChannel(Kernel):
                                  low_column=low_column))
 
     def resolve_columns(self, schema):
-        """The inputs for ``schema``: ``high`` and ``low`` of bars when no column is named."""
-        if self.bars_if_present and "high" in schema.names and "low" in schema.names:
+        """The inputs for ``schema``: ``high`` and ``low`` of bars (no ``price``) when no column
+        is named."""
+        names = schema.names
+        if self.bars_if_present and "price" not in names and "high" in names and "low" in names:
             require_numeric(schema, "high", "high column")
             require_numeric(schema, "low", "low column")
             if self.by is not None:
