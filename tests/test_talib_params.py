@@ -416,8 +416,8 @@ def test_a_batch_without_price_or_close_names_the_argument():
 
 
 def test_returns_inputs_read_the_output_of_log_returns():
-    """A returns input without a name reads ``log_return`` (what ``log_returns`` appends),
-    else ``returns``: the cross-asset estimators chain without renames."""
+    """A returns input without a name reads ``returns``, else ``log_return`` (what
+    ``log_returns`` appends): the cross-asset estimators chain without renames."""
     from sabot.fintech import hayashi_yoshida_cov, realized_var, xcorr_leadlag
 
     a, b = (log_returns(TABLES[(seed, 1.0)].select(["timestamp", "price"])) for seed in (1, 2))
@@ -425,5 +425,5 @@ def test_returns_inputs_read_the_output_of_log_returns():
     assert hayashi_yoshida_cov(a, b)["hy_cov"].equals(hayashi_yoshida_cov(*named)["hy_cov"])
     assert xcorr_leadlag(a, b, max_lag=3) == xcorr_leadlag(*named, max_lag=3)
     assert realized_var(a, window=5)["realized_var"].null_count < a.num_rows
-    with pytest.raises(KeyError, match="batch_a returns_column: no 'log_return' or 'returns'"):
+    with pytest.raises(KeyError, match="batch_a returns_column: no 'returns' or 'log_return'"):
         hayashi_yoshida_cov(TABLES[(1, 1.0)], b)

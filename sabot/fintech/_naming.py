@@ -18,7 +18,7 @@ The rule (``docs/naming.md`` shows it with examples):
   defaulting to the role's own column (``high``, ``low``, ``open``, ``volume``, ``bid``,
   ...); a price input (``price_column``, ``close_column``) without a name reads ``price``, else
   ``close``, so kernels run on ticks and on the bars of ``Stream.tumbling`` alike; a returns
-  input reads ``log_return`` (what ``log_returns`` appends).
+  input reads ``returns``, else ``log_return`` (what ``log_returns`` appends).
 * **Outputs.** One output is named after the indicator (``sma``, ``rsi``, ``atr``) or the
   quantity a transform yields (``log_return``, ``zscore``); several share a short prefix
   (``macd``, ``macd_signal``, ``macd_hist``; ``bb_mid``, ...).

@@ -36,9 +36,9 @@ def _column(batch, name):
     return col
 
 
-#: Columns a returns input without a name reads, first present wins: the project's own
-#: ``log_returns`` output, then ``returns``.
-RETURNS_COLUMNS = ("log_return", "returns")
+#: Columns a returns input without a name reads, first present wins: ``returns`` (read by
+#: name before), then ``log_return``, what ``log_returns`` appends.
+RETURNS_COLUMNS = ("returns", "log_return")
 
 
 def _returns(batch, column, role):
@@ -47,7 +47,7 @@ def _returns(batch, column, role):
     if column is None:
         column = next((c for c in RETURNS_COLUMNS if c in batch.schema.names), None)
         if column is None:
-            raise KeyError(f"{role}: no 'log_return' or 'returns' column; columns present: "
+            raise KeyError(f"{role}: no 'returns' or 'log_return' column; columns present: "
                            f"{', '.join(batch.schema.names) or '(none)'}; pass returns_column=...")
     require_numeric(batch.schema, column, role)
     arr = _as_float64(_column(batch, column), column)
@@ -204,8 +204,8 @@ def hayashi_yoshida_cov(batch_a, batch_b, window_ms=60000, *, returns_column=Non
                         timestamp_column="timestamp", **renamed):
     """Hayashi–Yoshida covariance per tumbling window of ``window_ms``.
 
-    ``returns_column`` None reads ``log_return`` (the output of ``log_returns``), else
-    ``returns``.
+    ``returns_column`` None reads ``returns``, else ``log_return`` (the output of
+    ``log_returns``).
 
     Each valid return r_i of a series covers the half-open interval I_i = (t_{prev}, t_i]
     (see below); the estimator for a window is::
