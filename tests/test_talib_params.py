@@ -286,6 +286,16 @@ def test_the_alias_table_knows_the_defaults_of_the_new_names():
             assert params[new].default == default, (kernel, new)
 
 
+def test_a_keyed_operator_passes_the_kernels_own_keyword_error_on():
+    from sabot.fintech import EWMA, SymbolKeyedOperator
+    from sabot.fintech.microstructure import Midprice
+
+    with pytest.raises(TypeError, match=r"^ewma\(\) got an unexpected keyword argument 'alhpa'"):
+        SymbolKeyedOperator(EWMA, alhpa=0.3)
+    with pytest.raises(TypeError, match="Midprice cannot be keyed by 'symbol'"):
+        SymbolKeyedOperator(Midprice)
+
+
 def test_an_old_name_with_its_new_name_is_refused():
     t = TABLES[(1, 1.0)]
     with pytest.raises(TypeError, match="'fast' and its new name 'fast_period'"):

@@ -69,6 +69,8 @@ class SymbolKeyedOperator:
         try:
             return cls(**kwargs, by=by)
         except TypeError as exc:
+            if "keyword argument 'by'" not in str(exc):
+                raise                          # another argument: the kernel's own message
             raise TypeError(f"{cls.__name__} cannot be keyed by {by!r} ({exc}); a kernel "
                             "without by= keeps no state: use StatelessKernelOperator") from exc
 
