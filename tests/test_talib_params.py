@@ -26,9 +26,9 @@ from sabot.fintech import (
 
 ROWS = 320
 SCALES = (1.0, 1e-6, 1e6)
-TABLES = {(seed, scale): market_table(ROWS, seed=seed, scale=scale)
-          for seed in (1, 2) for scale in SCALES}
-KEYED = market_table(900, seed=3)          # three interleaved symbols for split and by=
+TABLES = {(draw, scale): market_table(ROWS, draw, scale=scale)
+          for draw in (1, 2) for scale in SCALES}
+KEYED = market_table(900, 3)          # three interleaved symbols for split and by=
 
 periods = st.integers(2, 200)
 tables = st.sampled_from(sorted(TABLES))
@@ -228,8 +228,8 @@ def test_every_kernel_refuses_an_unknown_keyword_by_name(name, form, required):
     assert "got an unexpected keyword argument 'lenght'; it accepts " in message, message
 
 
-#: The keywords of the original Sabot function forms, every one still accepted.
-ORIGINAL_KEYWORDS = {
+#: The keywords the function forms took before the naming rule, every one still accepted.
+EARLIER_KEYWORDS = {
     "ema": ["alpha"], "sma": ["window"], "macd": ["fast", "slow", "signal"], "rsi": ["period"],
     "bollinger_bands": ["window", "k"], "kalman_1d": ["q", "r"], "donchian_channel": ["window"],
     "stochastic_osc": ["k_period", "d_period"], "log_returns": ["price_column"],
@@ -259,8 +259,8 @@ ORIGINAL_KEYWORDS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(ORIGINAL_KEYWORDS))
-def test_the_original_keywords_are_accepted(name):
+@pytest.mark.parametrize("name", sorted(EARLIER_KEYWORDS))
+def test_the_earlier_keywords_are_accepted(name):
     import inspect
 
     import sabot.fintech as fintech
@@ -268,7 +268,7 @@ def test_the_original_keywords_are_accepted(name):
 
     params = [p for p in inspect.signature(getattr(fintech, name)).parameters
               if p != "renamed"]
-    missing = set(ORIGINAL_KEYWORDS[name]) - set(accepted_names(name, params))
+    missing = set(EARLIER_KEYWORDS[name]) - set(accepted_names(name, params))
     assert not missing, f"{name} no longer takes {sorted(missing)}"
 
 
@@ -430,7 +430,7 @@ def test_returns_inputs_read_the_output_of_log_returns():
     ``log_returns`` appends): the cross-asset estimators chain without renames."""
     from sabot.fintech import hayashi_yoshida_cov, realized_var, xcorr_leadlag
 
-    a, b = (log_returns(TABLES[(seed, 1.0)].select(["timestamp", "price"])) for seed in (1, 2))
+    a, b = (log_returns(TABLES[(draw, 1.0)].select(["timestamp", "price"])) for draw in (1, 2))
     named = [t.rename_columns(["timestamp", "price", "returns"]) for t in (a, b)]
     assert hayashi_yoshida_cov(a, b)["hy_cov"].equals(hayashi_yoshida_cov(*named)["hy_cov"])
     assert xcorr_leadlag(a, b, max_lag=3) == xcorr_leadlag(*named, max_lag=3)
