@@ -13,6 +13,9 @@ BatchLike = Union[pa.RecordBatch, pa.Table]
 #: Column names never chosen automatically for ``column=None``.
 NON_VALUE_COLUMNS = frozenset({"timestamp", "recv_timestamp", "sequence"})
 
+#: Columns a price input without a name reads, first present wins: ticks/quotes, then bars.
+PRICE_COLUMNS = ("price", "close")
+
 
 def is_numeric_type(t: pa.DataType) -> bool:
     return pat.is_integer(t) or pat.is_floating(t) or pat.is_decimal(t)
@@ -60,7 +63,8 @@ def require_numeric(schema: pa.Schema, name: str, role: str = "column") -> pa.Fi
 def resolve_value_column(
     schema: pa.Schema, column: Optional[str], by: Optional[str] = None, role: str = "column"
 ) -> str:
-    """``column`` if given; else ``price`` if present; else the only numeric column.
+    """``column`` if given; else ``price`` if present, else ``close`` (the project's own OHLCV
+    bars); else, for a kernel's generic ``column`` (``role``), the only numeric column.
 
     The automatic choice skips the ``by`` column and time/sequence columns. Anything else is
     ambiguous and raises ``ValueError`` listing the candidates.
@@ -68,9 +72,15 @@ def resolve_value_column(
     if column is not None:
         require_numeric(schema, column, role)
         return column
-    if "price" in schema.names:
-        require_numeric(schema, "price", role)
-        return "price"
+    for name in PRICE_COLUMNS:
+        if name in schema.names:
+            require_numeric(schema, name, role)
+            return name
+    if role != "column":            # a price input (price_column, close_column): price or close
+        raise KeyError(
+            f"{role}: no 'price' or 'close' column; columns present: "
+            f"{', '.join(schema.names) or '(none)'}; pass {role}=..."
+        )
     candidates = [
         f.name
         for f in schema
@@ -82,11 +92,12 @@ def resolve_value_column(
         return candidates[0]
     if not candidates:
         raise ValueError(
-            f"no numeric column to use; pass column=...; columns present: {', '.join(schema.names)}"
+            f"no numeric column to use; pass {role}=...; columns present: "
+            f"{', '.join(schema.names)}"
         )
     raise ValueError(
-        f"ambiguous input: several numeric columns ({', '.join(candidates)}) and no 'price'; "
-        "pass column=..."
+        f"ambiguous input: several numeric columns ({', '.join(candidates)}) and no 'price' "
+        f"or 'close'; pass {role}=..."
     )
 
 

@@ -86,6 +86,12 @@ class StateScope:
         if inst is None:
             inst = factory()
             pending = self._pending.pop(self._key_name(key), None)
+            if pending is None and self._pending:    # saved before the naming rule: old names
+                from ._naming import earlier_config
+                old = earlier_config(getattr(inst, "name", ""), config)
+                if old is not None:
+                    pending = self._pending.pop(self._key_name((key[0], _freeze(old), key[2])),
+                                                None)
             if pending is not None:
                 inst.load_state_dict(pending)
             self._instances[key] = inst
