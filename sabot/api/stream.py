@@ -289,7 +289,8 @@ class Stream:
                   idle_timeout_ms: Optional[float] = 5_000, max_skew: Any = "5m",
                   dead_letter_path: Optional[Union[str, os.PathLike]] = None,
                   dead_letter_max_rows: int = 100_000,
-                  dead_letter_max_bytes: int = 64 * 1024 * 1024) -> "Stream":
+                  dead_letter_max_bytes: int = 64 * 1024 * 1024,
+                  exchanges: Optional[Tuple[Optional[str], Optional[str]]] = None) -> "Stream":
         """Streaming ASOF join with ``other`` (right side), as ``pandas.merge_asof`` on the whole
         inputs: each left row gets the last (``direction='backward'``), next or nearest right
         row of the same ``by`` key within ``tolerance_ms``.  Both inputs must be in event-time
@@ -304,7 +305,12 @@ class Stream:
         ``on``: a timestamp column, or an integer column in ``on_unit`` ('s', 'ms', 'us', 'ns';
         default 'ms' for joins, see :mod:`sabot.timeunits`).  Every time of the join is read in
         that unit: matching, ``tolerance_ms``, the watermarks that release commits,
-        ``max_skew`` and the idle release."""
+        ``max_skew`` and the idle release.
+
+        Output names (one schema for the whole run): ``exchanges=(left venue, right venue)``
+        gives ``<venue>_<column>`` names from the arguments alone; without it, inputs with an
+        ``exchange`` column are named after the venue of each side's first rows, as described
+        on :class:`~sabot.fintech.StreamingAsofJoinKernel`."""
         from ..fintech import StreamingAsofJoinKernel
 
         by = by if by is not None else self.key
@@ -312,7 +318,7 @@ class Stream:
                                          direction=direction,
                                          allow_exact_matches=allow_exact_matches,
                                          right_prefix=right_prefix, suffix=suffix,
-                                         on_unit=on_unit)
+                                         on_unit=on_unit, exchanges=exchanges)
         op = AsofJoinOp(kernel, idle_timeout_ms=idle_timeout_ms, max_skew=max_skew,
                         dead_letter_path=dead_letter_path,
                         dead_letter_max_rows=dead_letter_max_rows,
