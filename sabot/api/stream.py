@@ -47,7 +47,7 @@ from ._plan import OpNode as _OpNode
 from ._plan import SourceNode as _Source
 from ._plan import kafka_sources
 from ._runtime import (RunHooks, UncheckpointedStateError, check_checkpointable,  # noqa: F401
-                       checkpointer_for, drive, prepare_run)
+                       aiter_in_thread, checkpointer_for, drive, prepare_run)
 
 logger = logging.getLogger(__name__)
 
@@ -355,28 +355,19 @@ class Stream:
         ``on_unit``: the unit of an integer ``on`` column (default ns, see
         :mod:`sabot.timeunits`).
         """
-        if not streams:
-            raise ValueError("zip needs at least one stream")
-        if on_unit is not None:
-            check_unit(on_unit)
-        node = _MultiNode(f"zip(on={on})", [s._node for s in streams],
-                          lambda its: zip_events(its, on, idle_timeout_ms, max_skew,
-                                                 on_unit=on_unit))
-        checkpointer_for(None, node)  # refuses checkpoint_dir / changelog_topic: not linear
-        for op in node.operators():
-            op.begin_run()
-        yield from drive(node.events(), RunHooks())
+        return _run_zip(streams, on, idle_timeout_ms, max_skew, on_unit, None)
 
     @staticmethod
-    async def zip_async(*streams: "Stream", on: str = "timestamp",
-                        idle_timeout_ms: Optional[float] = 10_000, max_skew: Any = "5m",
-                        on_unit: Optional[str] = None
-                        ) -> AsyncIterator[Tuple[pa.RecordBatch, ...]]:
-        """``async for`` version of :meth:`zip` (blocking reads run in a worker thread)."""
-        it = Stream.zip(*streams, on=on, idle_timeout_ms=idle_timeout_ms, max_skew=max_skew,
-                        on_unit=on_unit)
-        async for item in _aiter_thread(it):
-            yield item
+    def zip_async(*streams: "Stream", on: str = "timestamp",
+                  idle_timeout_ms: Optional[float] = 10_000, max_skew: Any = "5m",
+                  on_unit: Optional[str] = None) -> AsyncIterator[Tuple[pa.RecordBatch, ...]]:
+        """``async for`` version of :meth:`zip` (blocking reads run in a worker thread).
+        Cancelling the task (or Ctrl+C under ``asyncio.run``) ends the zip cleanly: every
+        source and Kafka consumer is closed and the worker thread has ended when the
+        cancellation reaches the caller (:func:`~._runtime.aiter_in_thread`)."""
+        stop = threading.Event()
+        return aiter_in_thread(_run_zip(streams, on, idle_timeout_ms, max_skew, on_unit, stop),
+                               stop)
 
     # -- running -------------------------------------------------------------------------------
     def kafka_sources(self) -> List[KafkaSource]:
@@ -399,7 +390,10 @@ class Stream:
         yield from drive(self._events(), hooks)
 
     def __aiter__(self) -> AsyncIterator[pa.RecordBatch]:
-        return _aiter_thread(iter(self))
+        """``async for batch in stream``: the run of ``for`` on a worker thread; cancelling the
+        task stops the run as :meth:`stop` does and closes its sources before the cancellation
+        reaches the caller (:func:`~._runtime.aiter_in_thread`)."""
+        return aiter_in_thread(iter(self), self._stop_event)
 
     def collect(self) -> pa.Table:
         """Run the stream to its end; all rows as one Table."""
@@ -551,17 +545,25 @@ class Stream:
         return out
 
 
-async def _aiter_thread(it: Iterator[Any]) -> AsyncIterator[Any]:
-    """Iterate a blocking iterator from async code, one item per worker-thread call."""
-    done = object()
-    try:
-        while True:
-            item = await asyncio.to_thread(next, it, done)
-            if item is done:
-                return
-            yield item
-    finally:
-        close_iterator(it)
+def _run_zip(streams: Sequence["Stream"], on: str, idle_timeout_ms: Optional[float],
+             max_skew: Any, on_unit: Optional[str],
+             stop: Optional[threading.Event]) -> Iterator[Tuple[pa.RecordBatch, ...]]:
+    """The run of :meth:`Stream.zip`; ``stop`` ends it at the next point between batches."""
+    if not streams:
+        raise ValueError("zip needs at least one stream")
+    if on_unit is not None:
+        check_unit(on_unit)
+    node = _MultiNode(f"zip(on={on})", [s._node for s in streams],
+                      lambda its: zip_events(its, on, idle_timeout_ms, max_skew,
+                                             on_unit=on_unit))
+    checkpointer_for(None, node)  # refuses checkpoint_dir / changelog_topic: not linear
+
+    def run() -> Iterator[Tuple[pa.RecordBatch, ...]]:
+        for op in node.operators():
+            op.begin_run()
+        yield from drive(node.events(), RunHooks(stop=stop))
+
+    return run()
 
 
 class _ParquetSink:
