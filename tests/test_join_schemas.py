@@ -139,6 +139,8 @@ def test_streaming_names_survive_a_state_round_trip():
     again.load_state_dict(k.state_dict())
     assert again.process_right(empty()).schema == first.schema
     assert again.flush().schema == first.schema
+    with pytest.raises(ValueError, match="exchanges"):
+        StreamingAsofJoinKernel(by="symbol", exchanges=VENUES).load_state_dict(k.state_dict())
     # a snapshot written before the names were recorded: fixed with its first batches
     old = k.state_dict()
     for key in ("venues_read", "names_fixed"):
@@ -154,7 +156,8 @@ def _loop_outputs(kind: str, lefts, rights, exchanges):
     if kind == "asof_join":
         return [asof_join(l, r, by="symbol", exchanges=exchanges) for l, r in zip(lefts, rights)]
     if kind == "kernel":
-        return [AsofJoinKernel(r, by="symbol", exchanges=exchanges)(l) for l, r in zip(lefts, rights)]
+        return [AsofJoinKernel(r, by="symbol", exchanges=exchanges)(l)
+                for l, r in zip(lefts, rights)]
     if kind == "streaming":
         k = StreamingAsofJoinKernel(by="symbol", exchanges=exchanges)
         outs = []

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import datetime
-from typing import AbstractSet, Any, Callable, Iterable, Iterator, Literal, Optional, Tuple, TypeVar, Union
+from typing import (AbstractSet, Any, Callable, Iterable, Iterator, Literal, Optional, Tuple,
+                    TypeVar, Union)
 
 import numpy as np
 import pyarrow as pa

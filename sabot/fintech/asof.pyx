@@ -986,14 +986,16 @@ def _check_exchanges(exchanges, right_prefix):
     each a non-empty string or None."""
     if exchanges is None:
         return None
-    if isinstance(exchanges, (str, bytes)) or not isinstance(exchanges, (tuple, list)) or len(exchanges) != 2:
+    if (isinstance(exchanges, (str, bytes)) or not isinstance(exchanges, (tuple, list))
+            or len(exchanges) != 2):
         raise TypeError(f"exchanges must be a pair (left venue, right venue), got {exchanges!r}")
     for side, name in zip(("left", "right"), exchanges):
         if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"exchanges: the {side} venue must be a non-empty string or None, got {name!r}")
+            raise TypeError(f"exchanges: the {side} venue must be a non-empty string or None, "
+                            f"got {name!r}")
     if right_prefix is not None:
-        raise ValueError(f"pass either right_prefix= ({right_prefix!r}) or exchanges= ({tuple(exchanges)!r}), "
-                         "not both: each names the right columns")
+        raise ValueError(f"pass either right_prefix= ({right_prefix!r}) or exchanges= "
+                         f"({tuple(exchanges)!r}), not both: each names the right columns")
     return (exchanges[0], exchanges[1])
 
 
@@ -1568,9 +1570,10 @@ class StreamingAsofJoinKernel:
         if d.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported state version {d.get('version')!r}; expected {_STATE_VERSION}")
         p = d["params"]
-        mine = {"on": self.on, "by": self.by, "direction": self.direction}
+        mine = {"on": self.on, "by": self.by, "direction": self.direction,
+                "exchanges": None if self.exchanges is None else list(self.exchanges)}
         for name, value in mine.items():
-            if p[name] != value:
+            if name in p and p[name] != value:  # (older snapshots have no exchanges)
                 raise ValueError(f"state was saved with {name}={p[name]!r}, this kernel has {value!r}")
         self.reset()
         self._key_values = list(d["key_values"])
