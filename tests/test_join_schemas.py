@@ -224,3 +224,15 @@ def test_arrival_join_schema_does_not_depend_on_rows(rows):
                          "ask": 2.0, "sequence": seq or None})
         schemas.add(join.process(pa.RecordBatch.from_pylist(recs, schema=schema)).schema)
     assert len(schemas) == 1
+
+
+def test_left_rows_are_not_lost_when_the_right_input_never_sends_a_batch(caplog):
+    left = pa.Table.from_batches([CB])
+    with caplog.at_level(logging.WARNING, logger="sabot.fintech.asof"):
+        s = Stream.from_table(left).asof_join(Stream.from_batches([]), by="symbol")
+        out = s.collect()
+    assert out.equals(left) and "without right columns" in caplog.text
+    k = StreamingAsofJoinKernel(by="symbol", ordinal_column="n")
+    k.process_left(CB)
+    assert k.flush().column("n").to_pylist() == [0, 1, 2]
+    assert list(asof_join_streaming([CB], [], by="symbol"))[0].num_rows == 3

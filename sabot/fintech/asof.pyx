@@ -1921,7 +1921,24 @@ class StreamingAsofJoinKernel:
         return out
 
     def flush(self):
-        """End of stream: every held left row, joined with the right rows known now."""
+        """End of stream: every held left row, joined with the right rows known now.
+
+        If the right input never delivered a batch, its columns are unknown: the held left
+        rows are returned as they are (the left's columns, plus ``ordinal_column``) with a
+        warning, rather than lost."""
+        if self._right_schema is None and self._held is not None and len(self._h_on):
+            n = len(self._h_on)
+            log.warning("asof streaming join: the right input delivered no batch; %d left rows "
+                        "emitted without right columns", n)
+            out = self._held.combine_chunks().to_batches()[0]
+            if self.ordinal_column is not None:
+                out = out.append_column(self.ordinal_column,
+                                        pa.array(self._h_ord, type=pa.int64()))
+            self._held = None
+            self._h_on = np.zeros(0, dtype=np.int64)
+            self._h_code = np.zeros(0, dtype=np.int32)
+            self._h_ord = np.zeros(0, dtype=np.int64)
+            return out
         out = self._release(everything=True)
         return out
 
