@@ -19,6 +19,14 @@ TS = pa.timestamp("ns", tz="UTC")
 WAIT_S = 30.0  # upper bound on any wait for a condition (never reached when things work)
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises_keyboard_interrupt():
+    """SIGINT as in a terminal (Python's default handler), whatever the test runner set."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class Source:
     """A generator source that records being closed; ``hold_after`` makes it block (as a
     quiet live feed does) after that many batches until :attr:`gate` is set; ``interrupt_at``
