@@ -15,7 +15,6 @@ equals ``stream.map(EWMA())`` (each operator owns a :class:`~sabot.fintech.State
 """
 from __future__ import annotations
 
-import asyncio
 import glob as _glob
 import logging
 import os
