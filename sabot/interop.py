@@ -29,6 +29,7 @@ only be a polars DataFrame if polars is already loaded.
 """
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -36,7 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.types as pat
 
-__all__ = ["ACCEPTED", "Converted", "apply", "convert", "is_table", "to_arrow", "type_name"]
+__all__ = ["ACCEPTED", "Converted", "apply", "convert", "is_table", "tables_in_kind_out", "to_arrow",
+           "type_name"]
 
 ArrowData = Union[pa.RecordBatch, pa.Table]
 
@@ -289,3 +291,40 @@ def apply(fn: Callable[[ArrowData], ArrowData], data: Any, outputs: Sequence[str
     result = fn(converted.arrow)
     return converted.back(result, list(outputs))
 
+
+
+def _new_table_as(result: ArrowData, given: Converted) -> Any:
+    """A NEW table (a join's rows, not the input with columns appended) as the kind of the data
+    ``given`` came as: polars in, polars out; pandas in, pandas out (a fresh index: the rows are
+    the join's); Arrow and other capsule objects, Arrow."""
+    if not isinstance(result, (pa.RecordBatch, pa.Table)):
+        return result  # not a table (e.g. a summary dict): as it is
+    if given.kind == POLARS:
+        import polars as pl
+        return pl.from_arrow(result)
+    if given.kind == PANDAS:
+        frame = result.to_pandas()
+        if len(frame) == len(given.original):  # the input's rows, columns appended: its index
+            frame.index = given.original.index
+        return frame
+    return result
+
+
+def tables_in_kind_out(fn: Callable[..., ArrowData], names: Sequence[str] = ("left", "right")
+                       ) -> Callable[..., Any]:
+    """``fn`` (its first ``len(names)`` arguments Arrow tables, an Arrow table out: the ASOF
+    joins, the two-table kernels) taking any table-like data for those arguments (positional or by keyword) and giving
+    its result back as the kind of the first one.  Arrow inputs go straight through."""
+    n = len(names)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        tables = list(args[:n]) + [kwargs.pop(name) for name in names[len(args[:n]):]
+                                   if name in kwargs]
+        if all(isinstance(t, (pa.RecordBatch, pa.Table)) for t in tables):
+            return fn(*tables, *args[n:], **kwargs)
+        converted = [convert(t, what=name) for t, name in zip(tables, names)]
+        result = fn(*(c.arrow for c in converted), *args[n:], **kwargs)
+        return _new_table_as(result, converted[0])
+
+    return wrapper

@@ -17,7 +17,8 @@ import pytest
 
 from sabot import interop
 from sabot.api import Stream, StreamOperatorError
-from sabot.fintech import (CUSUM, EWMA, RSI, KalmanHedgeRatio, asof_join, current_missing, cusum,
+from sabot.fintech import (CUSUM, EWMA, RSI, KalmanHedgeRatio, asof_join, asof_join_table,
+                           current_missing, cusum,
                            ewma, midprice, missing, rsi, set_missing, signed_volume,
                            stale_quote_detector)
 
@@ -179,10 +180,36 @@ def test_unsupported_inputs_get_one_clear_error():
         midprice(pl.DataFrame(QUOTES).lazy())
     with pytest.raises(TypeError, match="1-D numpy array"):
         ewma([1.0, 2.0])
-    # functions that take Arrow only say how to convert
-    with pytest.raises(TypeError, match=r"got polars\.DataFrame; convert it with "
-                                        r"sabot\.interop\.to_arrow"):
-        asof_join(pl.DataFrame(QUOTES), pa.table(QUOTES))
+    with pytest.raises(TypeError, match="right: got a numpy array, one column, where a table"):
+        asof_join(pa.table(QUOTES), np.ones(3))
+
+
+def _venue_quotes(venue: str, shift_ns: int, scale: float) -> pa.Table:
+    return pa.table({"timestamp": pa.array([1_000_000_000 + i * 400_000_000 + shift_ns
+                                            for i in range(6)], pa.timestamp("ns")),
+                     "symbol": ["BTC/USD", "ETH/USD"] * 3, "exchange": [venue] * 6,
+                     "bid": [scale * (100.0 + i) for i in range(6)]})
+
+
+def test_asof_joins_take_frames_and_give_back_the_left_kind():
+    left, right = _venue_quotes("coinbase", 0, 1.0), _venue_quotes("kraken", -50_000_000, 1.01)
+    args = dict(on="timestamp", by="symbol", tolerance_ms=500)
+    expected = asof_join(left, right, **args)
+    assert expected.column_names[-2:] == ["coinbase_bid", "kraken_bid"]
+
+    out = asof_join(pl.from_arrow(left), pl.from_arrow(right), **args)
+    assert isinstance(out, pl.DataFrame)
+    assert out.to_arrow().select(["coinbase_bid", "kraken_bid"]).equals(
+        expected.select(["coinbase_bid", "kraken_bid"]))
+    out = asof_join(left.to_pandas(), right=right.to_pandas(), **args)  # right by keyword
+    assert isinstance(out, pd.DataFrame)
+    assert out["kraken_bid"].tolist() == expected.column("kraken_bid").to_pylist()
+    out = asof_join(StreamOnly(left), pl.from_arrow(right), **args)  # capsule left: Arrow out
+    assert isinstance(out, pa.Table)
+    assert out.column("kraken_bid").to_pylist() == expected.column("kraken_bid").to_pylist()
+    out = asof_join_table(left.to_batches()[0], pl.from_arrow(right), **args)
+    assert isinstance(out, (pa.RecordBatch, pa.Table))
+    assert out.column("kraken_bid").to_pylist() == expected.column("kraken_bid").to_pylist()
 
 
 def test_polars_is_not_imported_to_check_types():

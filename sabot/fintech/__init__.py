@@ -26,10 +26,9 @@ from .momentum_filters import (
     ATR, EMA, MACD, OBV, RSI, SMA, BollingerBands, DonchianChannel, Kalman1D, StochasticOsc,
     atr, bollinger_bands, donchian_channel, ema, kalman_1d, macd, obv, rsi, sma, stochastic_osc,
 )
-from .symbols import normalize_symbols
-from .asof import (
-    AsofJoinKernel, StreamingAsofJoinKernel, asof_join, asof_join_streaming, asof_join_table,
-)
+from . import symbols as _symbols
+from .asof import AsofJoinKernel, StreamingAsofJoinKernel, asof_join_streaming
+from . import asof as _asof
 from .volatility import (
     BipowerVar, GarmanKlassVol, MedRV, ParkinsonVol, RealizedVar, RiskMetricsVol,
     bipower_var, garman_klass_vol, medrv, parkinson_vol, realized_var, riskmetrics_vol,
@@ -49,10 +48,8 @@ from .fx_crypto import (
     basis_annualized, carry_signal, cash_and_carry_edge, cip_basis, forward_points, funding_apr,
     funding_cost, open_interest_delta, perp_fair_price, triangular_arbitrage,
 )
-from .cross_asset import (
-    KalmanHedgeRatio, PairsSpread,
-    hayashi_yoshida_corr, hayashi_yoshida_cov, kalman_hedge_ratio, pairs_spread, xcorr_leadlag,
-)
+from .cross_asset import KalmanHedgeRatio, PairsSpread
+from . import cross_asset as _cross_asset
 from .cross_exchange import (
     ArbitrageOpportunities, CrossExchangeSpread, arbitrage_opportunities, cross_exchange_spread,
 )
@@ -69,6 +66,23 @@ from .features_safety import (
     rolling_kurt, rolling_max, rolling_min, rolling_skew, rolling_std, signed_volume,
     stale_quote_detector, throttle_check, tick_rule,
 )
+
+
+from ..interop import tables_in_kind_out as _tables_in_kind_out
+
+# The functions taking whole tables that are not on the kernel base (which converts for every
+# other kernel) take any table-like data too (polars, pandas, Arrow capsule objects), the
+# result as the kind of the first table (see :mod:`sabot.interop`): the ASOF joins, the
+# two-table kernels and symbol normalisation.
+asof_join = _tables_in_kind_out(_asof.asof_join)
+asof_join_table = _tables_in_kind_out(_asof.asof_join_table, names=("left_batch", "right_table"))
+_PAIR = ("batch_a", "batch_b")
+pairs_spread = _tables_in_kind_out(_cross_asset.pairs_spread, _PAIR)
+kalman_hedge_ratio = _tables_in_kind_out(_cross_asset.kalman_hedge_ratio, _PAIR)
+hayashi_yoshida_cov = _tables_in_kind_out(_cross_asset.hayashi_yoshida_cov, _PAIR)
+hayashi_yoshida_corr = _tables_in_kind_out(_cross_asset.hayashi_yoshida_corr, _PAIR)
+xcorr_leadlag = _tables_in_kind_out(_cross_asset.xcorr_leadlag, _PAIR)
+normalize_symbols = _tables_in_kind_out(_symbols.normalize_symbols, ("batch",))
 
 __all__ = [
     "StateScope", "current_scope",
