@@ -198,11 +198,17 @@ class Stream:
         RecordBatches, Tables or anything :func:`sabot.interop.to_arrow` accepts (polars and
         pandas DataFrames, Arrow-capsule objects), converted as they are read."""
         def read() -> Iterator[Any]:
-            for item in batches:
-                if isinstance(item, (pa.RecordBatch, pa.Table)):
-                    yield item
-                else:
-                    yield interop.to_arrow(item, what="from_batches item")
+            items = iter(batches)
+            try:
+                for item in items:
+                    if isinstance(item, (pa.RecordBatch, pa.Table)):
+                        yield item
+                    else:
+                        yield interop.to_arrow(item, what="from_batches item")
+            finally:  # a run that ends early closes the source it read (a generator, a feed)
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()
 
         return cls(_Source("from_batches", read))
 

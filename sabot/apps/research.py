@@ -562,7 +562,8 @@ def _joined_quotes(folder: Path, tolerance_ms: float) -> pa.Table:
     joined = tables[venues[0]]
     for v in venues[1:]:
         joined = asof_join(joined, tables[v], on="timestamp", by="symbol",
-                           tolerance_ms=tolerance_ms)
+                           tolerance_ms=tolerance_ms, exchanges=(venues[0], v))  # names from
+        # the venues, not from the rows: a venue with an empty file still gets its columns
     return joined
 
 
