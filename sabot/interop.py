@@ -321,8 +321,8 @@ def tables_in_kind_out(fn: Callable[..., ArrowData], names: Sequence[str] = ("le
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         tables = list(args[:n]) + [kwargs.pop(name) for name in names[len(args[:n]):]
                                    if name in kwargs]
-        if all(isinstance(t, (pa.RecordBatch, pa.Table)) for t in tables):
-            return fn(*tables, *args[n:], **kwargs)
+        if all(t is None or isinstance(t, (pa.RecordBatch, pa.Table)) for t in tables):
+            return fn(*tables, *args[n:], **kwargs)  # Arrow (or nothing: fn says what it needs)
         converted = [convert(t, what=name) for t, name in zip(tables, names)]
         result = fn(*(c.arrow for c in converted), *args[n:], **kwargs)
         return _new_table_as(result, converted[0])

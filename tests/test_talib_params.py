@@ -197,7 +197,7 @@ def _kernel_forms():
     for name in fintech.__all__:
         obj = getattr(fintech, name)
         module = getattr(obj, "__module__", "") or ""
-        if module.endswith(("asof", "_scope", "symbols", "operators")):
+        if module.endswith(("asof", "_scope", "_columns", "symbols", "operators")):
             continue
         if isinstance(obj, type) and issubclass(obj, Kernel):
             yield name, obj, None
