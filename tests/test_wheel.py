@@ -68,7 +68,8 @@ def _reuse_compiled_modules(dest: Path) -> int:
         c_file, so_file = ROOT / rel.with_suffix(".c"), ROOT / rel.with_suffix(suffix)
         if not (c_file.is_file() and so_file.is_file()):
             continue
-        newest_source = max(p.stat().st_mtime for p in pyx.parent.glob("*.p[yx]*"))
+        newest_source = max(p.stat().st_mtime for pattern in ("*.pyx", "*.pxd", "*.h")
+                            for p in pyx.parent.glob(pattern))
         if not so_file.stat().st_mtime >= c_file.stat().st_mtime >= newest_source:
             continue  # stale: the wheel build compiles it
         shutil.copy2(c_file, dest / rel.with_suffix(".c"))
