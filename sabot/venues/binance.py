@@ -114,7 +114,7 @@ class BinanceCollector(ExchangeCollector):
                 "num_trades": n,
             }], ""))
         event = data.get("e")
-        if event == "trade" or event == "aggTrade":
+        if (event == "trade" or event == "aggTrade") and "trades" in self.channels:
             raw = data["s"]
             tid = str(int64(data["t" if event == "trade" else "a"], "t" if event == "trade" else "a"))
             m = data["m"]

@@ -151,7 +151,7 @@ class CoinbaseCollector(ExchangeCollector):
                 return super().parse(raw, recv_ns)
             loose = True
         if frame.channel != "ticker":
-            if frame.channel == "market_trades":
+            if frame.channel == "market_trades" and "trades" in self.channels:
                 return self._trades(raw, recv_ns)
             return super().parse(raw, recv_ns)
         try:
@@ -250,7 +250,7 @@ class CoinbaseCollector(ExchangeCollector):
             except msgspec.ValidationError as exc:
                 return Parsed(UNKNOWN, detail=f"malformed ticker frame: {exc}")
             return Parsed(UNKNOWN, detail="malformed ticker frame")
-        if channel == "market_trades":
+        if channel == "market_trades" and "trades" in self.channels:
             return self._trade_records(msg, recv_ns)
         if channel == "heartbeats":
             return Parsed(CONTROL)

@@ -91,7 +91,7 @@ class KrakenCollector(ExchangeCollector):
                     "change_pct": num(t.get("change_pct")),
                 })
             return parsed((DATA, records, ""))
-        if channel == "trade":
+        if channel == "trade" and "trades" in self.channels:
             records = []
             cache = self._symbol_cache
             fresh = self.trade_ids.fresh
