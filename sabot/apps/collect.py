@@ -246,10 +246,9 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
     topics = {"ticker": args.topic, "trades": getattr(args, "trades_topic", None) or trades_topic(exchange)}
     kafkas: list[KafkaSink] = []
     if use_kafka:
-        for i, ch in enumerate(channels):
+        for ch in channels:
             kafka = _kafka_sink(args, topics[ch])
-            if i == 0:  # unreachable: one line and exit 1 before streaming
-                kafka.check(args.broker_timeout)
+            kafka.check(args.broker_timeout)  # unreachable: one line and exit 1 before streaming
             kafkas.append(kafka)
             sinks[ch].append(kafka)
         dests.append(" and ".join(f"Kafka topic '{topics[ch]}'" for ch in channels))
