@@ -3,9 +3,11 @@
     sabot demo [--duration 30]                 the whole live pipeline on one machine
     sabot collect VENUE [-k] [-F] ...          one venue's tickers to Kafka and/or Parquet
     sabot monitor [--bootstrap HOST:PORT] ...  the cross-venue arbitrage monitor
+    sabot funding [--spot binance] ...         the spot / perpetual funding-rate monitor
     sabot broker [--port 19092]                the embedded Kafka-protocol broker
     sabot sim VENUE --port N [--replay FILE]   a local exchange server
     sabot research --parquet FILE              features of recorded tickers
+    sabot research report --opportunities F    opportunities per day, edge, duration per pair
     sabot backtest --parquet FILE              the mean-reversion backtest
     sabot topics                               topics and their partitions
     sabot tail TOPIC [-n N] [--from-beginning] the next (or first) N messages of a topic
@@ -36,9 +38,9 @@ from sabot.clitools import (  # noqa: F401  (shared by every command; re-exporte
 
 
 def _venue_choices() -> list:
-    from sabot.venues import venue_names
+    from sabot.venues import perp_venue_names, venue_names
 
-    return list(venue_names())
+    return [*venue_names(), *perp_venue_names()]
 
 
 def _delegate(sub: argparse._SubParsersAction, name: str, help_text: str, description: str,
@@ -87,6 +89,12 @@ def _monitor(args: argparse.Namespace) -> int:
     from .apps import monitor
 
     return monitor.command(args)
+
+
+def _funding(args: argparse.Namespace) -> int:
+    from .apps import funding
+
+    return funding.command(args)
 
 
 def _research(args: argparse.Namespace) -> int:
@@ -244,6 +252,14 @@ def build_parser() -> ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     monitor.add_arguments(p)
     p.set_defaults(func=_monitor)
+
+    from .apps import funding
+
+    p = sub.add_parser("funding", help="the spot / perpetual funding-rate (cash-and-carry) monitor",
+                       description=funding.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    funding.add_arguments(p)
+    p.set_defaults(func=_funding)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker",
                        description="Run the embedded Kafka-protocol broker (needs the 'broker' "

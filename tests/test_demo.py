@@ -102,6 +102,143 @@ def monitor_records(data_dir: Path):
         return None
 
 
+def check_lifecycle(opens: list[dict], closes: dict, min_edge: float) -> None:
+    """Every open record has its close; a close's figures follow from its life; opportunities
+    of one (symbol, buy venue, sell venue) never overlap in time."""
+    by_pair: dict = {}
+    for o in opens:
+        c = closes[o["id"]]
+        for key in ("symbol", "buy_venue", "sell_venue"):
+            assert c[key] == o[key]
+        assert o["opened_ns"] == c["opened_ns"]
+        assert c["opened_ns"] <= c["last_ns"] <= c["closed_ns"], c
+        assert c["duration_s"] == pytest.approx((c["closed_ns"] - c["opened_ns"]) / 1e9)
+        assert c["close_reason"] in arb.CLOSE_REASONS
+        assert c["evaluations"] >= 1
+        assert c["best_net_bps"] >= c["mean_net_bps"] - 1e-9 and c["mean_net_bps"] > 0
+        assert c["best_net_bps"] >= o["net_bps"] - 1e-9
+        if c["evaluations"] == 1:
+            assert c["mean_net_bps"] == pytest.approx(o["net_bps"])
+        if c["close_reason"] == "edge":  # the closing quotes no longer qualify
+            assert c["net_bps"] is not None and not (c["net_bps"] >= min_edge and c["net_bps"] > 0)
+        elif c["close_reason"] == "stale":
+            assert c["closed_ns"] <= c["last_ns"] + arb.TOLERANCE_MS * 1_000_000
+        else:  # end: the last qualifying quotes
+            assert c["closed_ns"] == c["last_ns"] and c["net_bps"] > 0
+        by_pair.setdefault((o["symbol"], o["buy_venue"], o["sell_venue"]), []).append(c)
+    for lives in by_pair.values():
+        lives.sort(key=lambda c: c["opened_ns"])
+        for before, after in zip(lives, lives[1:]):
+            assert before["closed_ns"] <= after["opened_ns"], (before, after)
+
+
+def check_report_against_pandas(path: Path, records: list[dict]) -> None:
+    """``sabot research report`` on the records: per pair, the opened opportunities, the
+    scaled daily count and the net-edge and duration figures equal pandas' on the records."""
+    import pandas as pd
+
+    from sabot.apps import research
+
+    table, span_s = research.opportunity_report(research.read_opportunity_records(path))
+    table = table.to_pandas()
+    df = pd.DataFrame(records)
+    opens, closes = df[df.event == "open"], df[df.event == "close"]
+    span_ns = df["closed_ns"].max() - opens["opened_ns"].min()
+    assert span_s == pytest.approx(span_ns / 1e9)
+    keys = ["symbol", "buy_venue", "sell_venue"]
+    assert len(table) == opens.groupby(keys).ngroups
+    for (sym, b, s_), grp in closes.groupby(keys):
+        row = table[(table.symbol == sym) & (table.buy_venue == b) & (table.sell_venue == s_)]
+        assert len(row) == 1
+        row = row.iloc[0]
+        n = len(opens[(opens.symbol == sym) & (opens.buy_venue == b) & (opens.sell_venue == s_)])
+        assert row["opportunities"] == n == len(grp)
+        assert row["per_day"] == pytest.approx(n / (span_ns / 86_400e9))
+        assert row["edge_mean_bps"] == pytest.approx(grp["mean_net_bps"].mean())
+        assert row["edge_median_bps"] == pytest.approx(grp["mean_net_bps"].median())
+        assert row["edge_best_bps"] == pytest.approx(grp["best_net_bps"].max())
+        for q in (50, 90, 99):
+            assert row[f"duration_p{q}_s"] == pytest.approx(grp["duration_s"].quantile(q / 100))
+    import contextlib
+    import io
+
+    from sabot.cli import main as sabot_main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert sabot_main(["research", "report", "--opportunities", str(path)]) == 0
+    assert f"{len(opens)} opportunities" in printed.getvalue() and "per day" in printed.getvalue()
+
+
+def check_parquet_report_against_pandas(data: Path, fees: dict) -> None:
+    """``sabot research report --parquet DIR --fees ...`` equals pandas: the first venue's
+    quotes merge_asof-joined with the others (500 ms), each ordered pair's net edge per row,
+    and per (symbol, pair) every run of consecutive qualifying rows one opportunity, closed
+    by the symbol's next row (when that row lacks one of the pair's quotes, at most the
+    tolerance after the run's last row) or, at the end of the data, at its last row."""
+    import pandas as pd
+
+    out = data / "report.csv"
+    proc = subprocess.run([sys.executable, "-m", "sabot", "research", "report", "--parquet",
+                           str(data), "--fees", ",".join(f"{k}={v}" for k, v in fees.items()),
+                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    got = pd.read_csv(out)
+    frames = {}
+    for ex in EXCHANGES:
+        df = pq.read_table(data / f"{ex}.parquet").select(["timestamp", "symbol", "bid", "ask"])
+        df = df.to_pandas()
+        frames[ex] = df.sort_values("timestamp", kind="stable").rename(
+            columns={"bid": f"{ex}_bid", "ask": f"{ex}_ask"})
+    tol = pd.Timedelta(milliseconds=500)
+    joined = frames[EXCHANGES[0]]
+    for ex in EXCHANGES[1:]:
+        joined = pd.merge_asof(joined, frames[ex], on="timestamp", by="symbol", tolerance=tol)
+    span_ns = joined["timestamp"].max().value - joined["timestamp"].min().value
+    ref = {}
+    for sym, grp in joined.groupby("symbol", sort=True):
+        t = grp["timestamp"].astype("int64").to_numpy()
+        for b in EXCHANGES:
+            for s_ in EXCHANGES:
+                if b == s_:
+                    continue
+                ask, bid = grp[f"{b}_ask"].to_numpy(), grp[f"{s_}_bid"].to_numpy()
+                net = (bid - ask) / ask * 1e4 - fees[b] - fees[s_]
+                present = ~np.isnan(net)
+                q = present & (net > 0)
+                lives, start = [], None
+                for i in range(len(t)):
+                    if q[i] and start is None:
+                        start, nets = i, []
+                    if q[i]:
+                        nets.append(net[i]); last = i
+                    elif start is not None:
+                        end = t[i] if present[i] else min(t[i], t[last] + 500_000_000)
+                        lives.append((np.mean(nets), max(nets), (end - t[start]) / 1e9))
+                        start = None
+                if start is not None:
+                    lives.append((np.mean(nets), max(nets), (t[last] - t[start]) / 1e9))
+                if lives:
+                    ref[(sym, b, s_)] = lives
+    assert ref, "the fees should leave opportunities in the recorded quotes"
+    assert len(got) == len(ref)
+    for row in got.itertuples(index=False):
+        lives = ref[(row.symbol, row.buy_venue, row.sell_venue)]
+        edges = np.array([x[0] for x in lives])
+        durations = np.array([x[2] for x in lives])
+        assert row.opportunities == len(lives)
+        assert row.per_day == pytest.approx(len(lives) / (span_ns / 86_400e9), rel=1e-9)
+        assert row.edge_mean_bps == pytest.approx(edges.mean(), rel=1e-9)
+        assert row.edge_median_bps == pytest.approx(np.median(edges), rel=1e-9)
+        assert row.edge_best_bps == pytest.approx(max(x[1] for x in lives), rel=1e-9)
+        for q_ in (50, 90, 99):
+            assert getattr(row, f"duration_p{q_}_s") == pytest.approx(
+                np.percentile(durations, q_), rel=1e-9, abs=1e-9)
+    assert f"{sum(len(v) for v in ref.values())} opportunities" in proc.stdout
+    assert f"({span_ns / 1e9:.1f} s)" in proc.stdout
+
+
 # ----------------------------------------------------------------------------------------------
 # The demo on the random walk
 # ----------------------------------------------------------------------------------------------
@@ -122,13 +259,21 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
         # the monitor read (through Kafka) exactly what was produced: the demo waits for it
         assert s["read"][ex] == rows
 
-    # opportunities: printed lines = JSON lines record = summary count
-    recorded = read_jsonl(tmp_path / "opportunities.jsonl")
+    # opportunities: each is one open and one close record and alert line; the summary counts
+    # the opened ones
+    records = read_jsonl(tmp_path / "opportunities.jsonl")
+    recorded = [o for o in records if o["event"] == "open"]
+    closes = {o["id"]: o for o in records if o["event"] == "close"}
+    assert len(recorded) + len(closes) == len(records)
     printed = [ln for ln in proc.stdout.splitlines() if ln.startswith("🔥 ARBITRAGE: ")]
-    assert s["opportunities"] == len(recorded) == len(printed)
+    printed_closed = [ln for ln in proc.stdout.splitlines()
+                      if ln.startswith("🔥 ARBITRAGE CLOSED: ")]
+    assert s["opportunities"] == len(recorded) == len(printed) == len(printed_closed)
+    assert sorted(o["id"] for o in recorded) == sorted(closes)  # one close per open, ids unique
     assert len(recorded) >= 3
     mon = json.loads((tmp_path / "monitor_summary.json").read_text())
-    assert mon["opportunities"] == len(recorded)
+    assert mon["opportunities"] == mon["closed"] == len(recorded) and mon["open_now"] == 0
+    check_lifecycle(recorded, closes, min_edge=0.0)
     # on arrival, every quote read (any venue) is one decision
     assert mon["evaluations"] == s["evaluations"] == sum(s["read"].values())
 
@@ -155,6 +300,19 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
         assert o["net_bps"] == pytest.approx(net, rel=1e-9, abs=1e-9)
         assert o["net_bps"] > 0
         assert o["edge_per_unit"] == pytest.approx(o["buy_price"] * net / 1e4, rel=1e-9)
+
+    for c in closes.values():  # the quotes a close was decided on are recorded ones too
+        if c["buy_price"] is not None and c["sell_price"] is not None:
+            assert ((tables[c["buy_venue"]]["symbol"] == c["symbol"])
+                    & (tables[c["buy_venue"]]["ask"] == c["buy_price"])).any()
+            assert ((tables[c["sell_venue"]]["symbol"] == c["symbol"])
+                    & (tables[c["sell_venue"]]["bid"] == c["sell_price"])).any()
+
+    # the report on these records equals a pandas computation from the same records
+    check_report_against_pandas(tmp_path / "opportunities.jsonl", records)
+    # and on the recorded quotes, re-evaluated under another fee schedule
+    check_parquet_report_against_pandas(tmp_path, {"coinbase": 0.5, "kraken": 1.0,
+                                                   "binance": 0.8})
 
     # the polars data-quality snippet works on what the demo left behind
     import polars as pl
@@ -310,22 +468,46 @@ def test_scripted_spreads_are_found_exactly_where_the_script_put_them(tmp_path):
     per_symbol = {sym: {k for k in expected if k[0] == sym} for sym in MIDS}
     assert all(len(v) >= 5 for v in per_symbol.values()), {k: len(v) for k, v in per_symbol.items()}
 
-    # Live: what the monitor found through Kafka equals the offline answer (its last few
-    # Coinbase rows may still wait for a later Kraken/Binance quote when the demo stops).
-    live = {(o["symbol"], o["timestamp_ns"]): o for o in read_jsonl(tmp_path / "opportunities.jsonl")}
-    assert set(live) <= set(expected)
-    last_ts = max(int(t.value) for t in joined["timestamp"])
-    missing = set(expected) - set(live)
-    assert all(t > last_ts - 1_000_000_000 for _, t in missing), missing
-    assert len(live) >= len(expected) - 2
-    for key, o in live.items():
-        assert o["net_bps"] == pytest.approx(expected[key], rel=1e-9)
-        assert (o["buy_venue"], o["sell_venue"]) == ("coinbase", "kraken")
-    # in script time: BTC only in phase 1, ETH only in phase 3
+    # Offline lifecycle: per symbol, a run of qualifying rows is one opportunity, opened at its
+    # first row and closed by the next row of the symbol
+    runs = {}
+    for sym, grp in joined.groupby("symbol"):
+        times = [int(t.value) for t in grp["timestamp"]]
+        state = None
+        for t in times:
+            if (sym, t) in expected:
+                if state is None:
+                    state = {"opened_ns": t, "nets": []}
+                state["nets"].append(expected[(sym, t)])
+            elif state is not None:
+                runs.setdefault(sym, []).append({**state, "closed_ns": t})
+                state = None
+        assert state is None, sym  # the script ends with a phase without opportunities
+
+    # Live: what the monitor recorded through Kafka equals the offline answer: exactly one
+    # open and one close per scripted phase, lasting the phase
+    records = read_jsonl(tmp_path / "opportunities.jsonl")
+    opens = [o for o in records if o["event"] == "open"]
+    closes = {o["id"]: o for o in records if o["event"] == "close"}
+    check_lifecycle(opens, closes, min_edge=0.0)
     t0 = min(int(t.value) for t in tables["coinbase"]["timestamp"].to_pandas())
-    for (sym, ts) in live:
-        phase = int((ts - t0) / 1e9 // PHASE_S)
-        assert phase in OPPORTUNITY_PHASES[sym] or abs((ts - t0) / 1e9 - phase * PHASE_S) < 0.3
+    for sym, phases in OPPORTUNITY_PHASES.items():
+        mine = [o for o in opens if o["symbol"] == sym]
+        assert len(mine) == len(phases) == len(runs[sym]) == 1, (sym, mine, runs.get(sym))
+        o, c, ref = mine[0], closes[mine[0]["id"]], runs[sym][0]
+        assert (o["buy_venue"], o["sell_venue"]) == ("coinbase", "kraken")
+        assert o["opened_ns"] == ref["opened_ns"] and c["closed_ns"] == ref["closed_ns"]
+        assert o["net_bps"] == pytest.approx(ref["nets"][0], rel=1e-9)
+        assert c["close_reason"] == "edge" and c["evaluations"] == len(ref["nets"])
+        assert c["best_net_bps"] == pytest.approx(max(ref["nets"]), rel=1e-9)
+        assert c["mean_net_bps"] == pytest.approx(sum(ref["nets"]) / len(ref["nets"]), rel=1e-9)
+        assert o["opened_ns"] == o["timestamp_ns"]  # in event-time order: the row's own time
+        # in script time: BTC opens at the start of phase 1 and lasts the phase, ETH phase 3
+        # (the simulators pace the script in real time: a busy machine stretches it a little)
+        (phase,) = phases
+        assert (o["opened_ns"] - t0) / 1e9 == pytest.approx(phase * PHASE_S, abs=0.25)
+        assert c["duration_s"] == pytest.approx(PHASE_S, abs=0.25)
+    assert len(opens) == len(closes) == len(OPPORTUNITY_PHASES)
 
 
 @needs_broker
@@ -344,7 +526,10 @@ def test_scripted_spreads_on_arrival_use_the_scripted_quotes(tmp_path):
     assert "Every scripted quote went through the collectors into Kafka; stopping." in proc.stdout
     s = parse_summary(proc.stdout)
     assert s["evaluations"] == sum(s["read"].values())
-    live = read_jsonl(tmp_path / "opportunities.jsonl")
+    records = read_jsonl(tmp_path / "opportunities.jsonl")
+    live = [o for o in records if o["event"] == "open"]
+    closes = {o["id"]: o for o in records if o["event"] == "close"}
+    check_lifecycle(live, closes, min_edge=0.0)
 
     def recorded(ex):  # (symbol, receive time ns) -> (event time ns, bid, ask), from Parquet
         t = pq.read_table(tmp_path / f"{ex}.parquet")
@@ -356,7 +541,8 @@ def test_scripted_spreads_on_arrival_use_the_scripted_quotes(tmp_path):
 
     quotes = {ex: recorded(ex) for ex in ("coinbase", "kraken")}
     tolerance_ns = arb.TOLERANCE_MS * 1_000_000
-    per_symbol = {sym: 0 for sym in MIDS}
+    per_symbol = {sym: 0 for sym in MIDS}   # qualifying evaluations
+    durations = {sym: 0.0 for sym in MIDS}
     for o in live:
         sym = o["symbol"]
         cb_bid, cb_ask = scripted_quote("coinbase", sym, True)
@@ -370,11 +556,29 @@ def test_scripted_spreads_on_arrival_use_the_scripted_quotes(tmp_path):
         assert bought[2] == cb_ask and sold[1] == kr_bid, (o, bought, sold)
         for quote_ts, _, _ in (bought, sold):  # not stale relative to the triggering quote
             assert o["timestamp_ns"] - quote_ts <= tolerance_ns, (o, bought, sold)
-        per_symbol[sym] += 1
+        # its close, by the quotes it was decided on
+        c = closes[o["id"]]
+        if c["close_reason"] == "edge":  # a quote back at the unshifted price ended it
+            b_q = quotes["coinbase"][(sym, c["buy_recv_ns"])]
+            s_q = quotes["kraken"][(sym, c["sell_recv_ns"])]
+            assert (b_q[2], s_q[1]) == (c["buy_price"], c["sell_price"]), (c, b_q, s_q)
+            assert (c["buy_price"], c["sell_price"]) != (cb_ask, kr_bid), c
+            assert c["buy_price"] in (cb_ask, scripted_quote("coinbase", sym, False)[1])
+            assert c["sell_price"] in (kr_bid, scripted_quote("kraken", sym, False)[0])
+        elif c["close_reason"] == "stale":  # a venue lagged past the tolerance
+            assert c["buy_price"] is None or c["sell_price"] is None, c
+        else:  # still open when the demo stopped: the last quotes were the shifted ones
+            assert (c["buy_price"], c["sell_price"]) == (cb_ask, kr_bid), c
+        per_symbol[sym] += c["evaluations"]
+        durations[sym] += c["duration_s"]
     # 20 ticks x 3 venues arrive per symbol in its phase; the first one or two (before both
     # shifted quotes are in), any read after the demo stopped, and on a busy machine those
     # arriving while one venue lags behind the other are not opportunities
     assert all(30 <= n <= 66 for n in per_symbol.values()), per_symbol
+    # the opportunities stood (in event time) for most of their phase, never longer than it
+    # plus the join tolerance
+    for sym, total in durations.items():
+        assert PHASE_S / 2 <= total <= PHASE_S + arb.TOLERANCE_MS / 1e3, durations
 
 
 # ----------------------------------------------------------------------------------------------
@@ -602,12 +806,26 @@ def test_monitor_skips_bad_quotes_from_kafka_and_reports_only_finite_edges(tmp_p
     assert final["skipped_quotes"] == {"coinbase": 0, "kraken": 1, "binance": 0}  # null
     assert final["skipped_edges"]["nonfinite_edges"] == 1  # 1e308 is finite, its edge is not
     assert final["records"]["kraken"] + final["source_skipped"] == len(kraken_bids)
-    recorded = read_jsonl(out)
-    assert len(recorded) == len(bad_bids), text[-3000:]  # one per good Kraken bid
-    for o in recorded:
+    records = read_jsonl(out)
+    # buying at Coinbase or at Binance and selling at Kraken's good bid are opportunities; the
+    # 1e308 bid (no finite edge) closes both, the next good bid opens them again, and the end
+    # of the run closes them
+    opens = [o for o in records if o["event"] == "open"]
+    closes = {o["id"]: o for o in records if o["event"] == "close"}
+    assert len(opens) == len(closes) == 4, text[-3000:]
+    check_lifecycle(opens, closes, min_edge=0.0)
+    reasons = {}
+    for o in opens:
         for key in ("buy_price", "sell_price", "gross_bps", "net_bps", "edge_per_unit"):
             assert math.isfinite(o[key]), o
-        assert (o["buy_venue"], o["sell_venue"], o["sell_price"]) == ("coinbase", "kraken", 100.60)
+        assert o["sell_venue"] == "kraken" and o["sell_price"] == 100.60, o
+        reasons.setdefault(o["buy_venue"], []).append(closes[o["id"]]["close_reason"])
+    assert reasons == {"coinbase": ["stale", "end"], "binance": ["stale", "end"]}
+    for c in closes.values():
+        if c["close_reason"] == "stale":  # the pair had no finite edge: no figures reported
+            assert c["net_bps"] is None and c["edge_per_unit"] is None, c
+        else:
+            assert c["evaluations"] == 3 and math.isfinite(c["net_bps"]), c
     assert "inf" not in "".join(ln for ln in text.splitlines() if "ARBITRAGE" in ln)
     assert "skipped quote #1 from kraken" in text
 

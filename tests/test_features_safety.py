@@ -73,8 +73,8 @@ def test_lag_and_diff_match_hand_loop_per_key(k):
 
 def test_lag_shifts_nulls_through():
     b = pa.record_batch({"x": pa.array([1.0, None, 3.0, float("nan"), 5.0])})
-    assert lag(b, "x", k=1)["x_lag1"].to_pylist() == [None, 1.0, None, 3.0, None]
-    assert diff(b, "x", k=2)["x_diff2"].to_pylist() == [None, None, 2.0, None, 2.0]
+    assert lag(b, "x", lag=1)["x_lag1"].to_pylist() == [None, 1.0, None, 3.0, None]
+    assert diff(b, "x", lag=2)["x_diff2"].to_pylist() == [None, None, 2.0, None, 2.0]
 
 
 # ------------------------------------------------------------------ rolling min / max
@@ -409,8 +409,8 @@ def test_outlier_flag_mad_hand_case():
 # ------------------------------------------------------------------ invariants
 
 FACTORIES = {
-    "lag": (lambda by=None: Lag("price", k=3, by=by), ["price_lag3"]),
-    "diff": (lambda by=None: Diff("price", k=2, by=by), ["price_diff2"]),
+    "lag": (lambda by=None: Lag("price", lag=3, by=by), ["price_lag3"]),
+    "diff": (lambda by=None: Diff("price", lag=2, by=by), ["price_diff2"]),
     "min": (lambda by=None: RollingMin("price", window=7, by=by), ["rolling_min"]),
     "max": (lambda by=None: RollingMax("price", window=7, by=by), ["rolling_max"]),
     "std": (lambda by=None: RollingStd("price", window=9, by=by), ["rolling_std"]),
@@ -503,8 +503,8 @@ def test_errors_name_the_problem():
     with pytest.raises(KeyError, match="'size'"):
         fat_finger_guard(b, ref_column="a", price_column="a")
     bad_params = [
-        (lambda: lag(b, "a", k=0), "k"),
-        (lambda: diff(b, "a", k=1.5), "k"),
+        (lambda: lag(b, "a", lag=0), "lag"),
+        (lambda: diff(b, "a", lag=1.5), "lag"),
         (lambda: rolling_min(b, "a", window=0), "window"),
         (lambda: rolling_std(b, "a", window=5, ddof=5), "ddof"),
         (lambda: rolling_std(b, "a", window=5, ddof=-1), "ddof"),
@@ -530,4 +530,4 @@ def test_output_appended_and_replaced():
     b = pa.record_batch({"symbol": ["A", "A"], "price": [1.0, 2.0]})
     out = tick_rule(tick_rule(b))
     assert out.schema.names == ["symbol", "price", "trade_sign"]
-    assert lag(b, "price", k=1).schema.names == ["symbol", "price", "price_lag1"]
+    assert lag(b, "price", lag=1).schema.names == ["symbol", "price", "price_lag1"]

@@ -51,7 +51,7 @@ def test_sma_matches_talib(scale, window):
 def test_macd_matches_talib(scale, fast, slow, signal):
     t = market_table(2000, seed=24, scale=scale)
     mask, (p,) = valid(t, "price")
-    out = macd(t, fast=fast, slow=slow, signal=signal)
+    out = macd(t, fast_period=fast, slow_period=slow, signal_period=signal)
     ref = talib.MACD(p, fast, slow, signal)
     # the MACD line is a difference of two EMAs of the price: rounding is relative to the price
     atol = 1e-12 * np.nanmax(np.abs(p))
@@ -114,7 +114,7 @@ def test_stochastic_matches_talib_stochf(scale, k, d):
     t = market_table(2000, seed=29, scale=scale)
     mask, (h, l, c) = valid(t, "high", "low", "price")
     fk, fd = talib.STOCHF(h, l, c, k, d, 0)
-    out = stochastic_osc(t, k_period=k, d_period=d)
+    out = stochastic_osc(t, k_window=k, d_window=d)
     assert_matches(out["stoch_k"], scatter(mask, fk), rtol=1e-9, atol=1e-9, name="stoch_k")
     assert_matches(out["stoch_d"], scatter(mask, fd), rtol=1e-9, atol=1e-9, name="stoch_d")
 
@@ -154,7 +154,7 @@ FACTORIES = {
     "ema_period": (lambda by=None: EMA(period=5, by=by), ["ema"]),
     "ema_alpha": (lambda by=None: EMA(alpha=0.3, by=by), ["ema"]),
     "sma": (lambda by=None: SMA(window=4, by=by), ["sma"]),
-    "macd": (lambda by=None: MACD(fast=3, slow=6, signal=3, by=by),
+    "macd": (lambda by=None: MACD(fast_period=3, slow_period=6, signal_period=3, by=by),
              ["macd", "macd_signal", "macd_hist"]),
     "rsi": (lambda by=None: RSI(period=5, by=by), ["rsi"]),
     "bollinger": (lambda by=None: BollingerBands(window=5, by=by),
@@ -193,7 +193,7 @@ def test_param_errors():
     with pytest.raises(ValueError, match="window"):
         SMA(window=0)
     with pytest.raises(ValueError, match="signal"):
-        MACD(signal=0)
+        MACD(signal_period=0)
     with pytest.raises(ValueError, match="both high_column and low_column"):
         DonchianChannel(high_column="high")
     with pytest.raises(KeyError, match="'high'"):

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.types as pat
 
+from .. import interop
 from ..fintech._scope import StateScope, unsaved_state
 from ..timeunits import check_unit, column_ns, duration_ns
 from ._events import Commit
@@ -38,15 +39,21 @@ def callable_name(fn: Any) -> str:
 
 
 def to_batches(value: Any, what: str) -> List[pa.RecordBatch]:
-    """Normalise an operator function's return value to a list of RecordBatches."""
+    """Normalise an operator function's return value to a list of RecordBatches: Arrow as is,
+    a polars or pandas DataFrame or Arrow-capsule object converted (:mod:`sabot.interop`)."""
     if value is None:
         return []
     if isinstance(value, pa.RecordBatch):
         return [value]
-    if isinstance(value, pa.Table):
-        return value.combine_chunks().to_batches() if value.num_rows else []
-    raise TypeError(f"{what} must return a pyarrow.RecordBatch or Table (or None), "
-                    f"got {type(value).__name__}")
+    if not isinstance(value, pa.Table):
+        if not interop.is_table(value):
+            raise TypeError(f"{what} must return a pyarrow.RecordBatch or Table, a polars or "
+                            f"pandas DataFrame or another Arrow table (or None), got "
+                            f"{interop.type_name(value)}")
+        value = interop.to_arrow(value, what=f"{what} result")
+        if isinstance(value, pa.RecordBatch):
+            return [value]
+    return value.combine_chunks().to_batches() if value.num_rows else []
 
 
 class Operator:
@@ -120,6 +127,7 @@ class Operator:
         (one per source partition).  TypeError when the operator cannot be cloned."""
         twin = self._fresh()
         twin.name = self.name
+        twin.scope.missing = self.scope.missing      # the kernels' null/NaN mode goes along
         return twin
 
     def _fresh(self) -> "Operator":
@@ -202,7 +210,7 @@ class MapOp(FnOperator):
         out = self.call(batch)
         try:
             return to_batches(out, self.name)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise self.fail(exc) from exc
 
 
@@ -213,7 +221,7 @@ class FlatMapOp(FnOperator):
         out = self.call(batch)
         if out is None:
             return []
-        if isinstance(out, (pa.RecordBatch, pa.Table)):
+        if interop.is_table(out):
             return to_batches(out, self.name)
         batches: List[pa.RecordBatch] = []
         rows: List[dict] = []

@@ -54,19 +54,26 @@ class _Source(_Node):
         self.rows = 0
 
     def events(self) -> Iterator[Event]:
+        """The items' batches (empty ones skipped).  Ending the run early (a stop, an error,
+        cancellation) closes the factory's iterator too: a generator's ``finally`` (an open
+        file, a connection) runs now, not when it is garbage-collected."""
         self.rows = 0
-        for item in self.factory():
-            if isinstance(item, pa.Table):
-                batches = item.to_batches()
-            elif isinstance(item, pa.RecordBatch):
-                batches = [item]
-            else:
-                raise TypeError(f"{self.name}: expected RecordBatch or Table items, "
-                                f"got {type(item).__name__}")
-            for b in batches:
-                if b.num_rows:
-                    self.rows += b.num_rows
-                    yield b
+        items = iter(self.factory())
+        try:
+            for item in items:
+                if isinstance(item, pa.Table):
+                    batches = item.to_batches()
+                elif isinstance(item, pa.RecordBatch):
+                    batches = [item]
+                else:
+                    raise TypeError(f"{self.name}: expected RecordBatch or Table items, "
+                                    f"got {type(item).__name__}")
+                for b in batches:
+                    if b.num_rows:
+                        self.rows += b.num_rows
+                        yield b
+        finally:
+            close_iterator(items)
 
     def metrics(self) -> Dict[str, Any]:
         return {self.name: {"rows": self.rows}}

@@ -19,10 +19,12 @@ keeps its positions; the runtime reads them and commits them with each checkpoin
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable, Iterator, List, Optional
 
 import pyarrow as pa
 
@@ -138,6 +140,86 @@ def drive(events: Iterator[Event], hooks: RunHooks, *,
         for c in closes:
             c.run()
         hooks.close()
+
+
+async def _settle(call: Future, stop: Optional[threading.Event] = None) -> None:
+    """Wait until ``call`` (running on a worker thread) has finished, whatever it returns or
+    raises, ignoring cancellation requests meanwhile: the thread cannot be interrupted, and
+    what it is running must not be touched before it returns.  ``stop`` is set again every
+    tenth of a second (a run that was just starting clears its stop event once)."""
+    while not call.done():
+        if stop is not None:
+            stop.set()
+        waiter = asyncio.wrap_future(call)
+        waiter.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait([waiter], timeout=0.1)
+        except asyncio.CancelledError:
+            continue  # asked again to stop: the call still runs
+
+
+def _retrieve(waiter: "asyncio.Future[Any]") -> None:
+    """Mark a waiter's outcome as seen (the call's failure is reported by its caller)."""
+    if not waiter.cancelled():
+        waiter.exception()
+
+
+def _failure(call: Future) -> Optional[BaseException]:
+    return None if call.cancelled() else call.exception()
+
+
+async def aiter_in_thread(it: Iterator[Any],
+                          stop: Optional[threading.Event] = None) -> AsyncIterator[Any]:
+    """Iterate the blocking run ``it`` (a :func:`drive` generator) from async code, one
+    ``next`` per call on a worker thread of its own.
+
+    Leaving early — task cancellation (Ctrl+C under ``asyncio.run`` cancels the main task),
+    ``break``, an error in the loop body — ends the run cleanly: a ``next`` still running in
+    the worker is asked to return at the next point between batches (``stop``, the run's stop
+    event; the plan's sources return an event at least every poll interval), the run is
+    closed once that call has returned (a generator cannot be closed while it runs: closing it
+    from the event loop meanwhile raised "generator already executing"), which closes every
+    source and Kafka consumer, and the worker thread has ended before this generator finishes.
+    The cancellation itself still propagates, as asyncio requires."""
+    done = object()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sabot-stream")
+    pending: Optional[Future] = None
+    finished = False
+    try:
+        while True:
+            pending = worker.submit(next, it, done)
+            item = await asyncio.wrap_future(pending)
+            pending = None
+            if item is done:
+                finished = True
+                return
+            yield item
+    finally:
+        try:
+            if pending is not None and not pending.done():
+                # interrupted (cancelled) while the worker reads: the task is still running
+                # here, so wait for the read to return, then close on the worker
+                await _settle(pending, stop)
+                if _failure(pending) is not None:
+                    logger.warning("stream interrupted; its last read had failed: %r",
+                                   _failure(pending))
+                closing = worker.submit(close_iterator, it)
+                await _settle(closing)
+                failure = _failure(closing)
+                if failure is not None:
+                    logger.warning("closing the interrupted stream failed: %r", failure)
+            else:
+                # nothing runs on the worker: close now, in this step (an abandoned loop is
+                # closed by asyncio's finalizer task, which may get only one step before the
+                # event loop shuts down)
+                try:
+                    close_iterator(it)
+                except Exception as exc:
+                    if finished:
+                        raise
+                    logger.warning("closing the interrupted stream failed: %r", exc)
+        finally:
+            worker.shutdown(wait=True)
 
 
 class UncheckpointedStateError(ValueError):

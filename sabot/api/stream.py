@@ -15,7 +15,6 @@ equals ``stream.map(EWMA())`` (each operator owns a :class:`~sabot.fintech.State
 """
 from __future__ import annotations
 
-import asyncio
 import glob as _glob
 import logging
 import os
@@ -30,6 +29,7 @@ from typing import (Any, AsyncIterator, Callable, Dict, Iterable, Iterator, List
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import interop
 from ..durable import fsync_path
 from ..timeunits import check_unit
 from ._align import AsofJoinOp, concat_promote, merge_events, union_events, zip_events
@@ -47,7 +47,7 @@ from ._plan import OpNode as _OpNode
 from ._plan import SourceNode as _Source
 from ._plan import kafka_sources
 from ._runtime import (RunHooks, UncheckpointedStateError, check_checkpointable,  # noqa: F401
-                       checkpointer_for, drive, prepare_run)
+                       aiter_in_thread, checkpointer_for, drive, prepare_run)
 
 logger = logging.getLogger(__name__)
 
@@ -193,17 +193,30 @@ class Stream:
         return cls(_Source(f"from_parquet({path_or_glob})", read))
 
     @classmethod
-    def from_batches(cls, batches: Iterable[Union[pa.RecordBatch, pa.Table]]) -> "Stream":
-        """Batches from any iterable (a one-shot generator can be run once)."""
-        return cls(_Source("from_batches", lambda: iter(batches)))
+    def from_batches(cls, batches: Iterable[Any]) -> "Stream":
+        """Batches from any iterable (a one-shot generator can be run once).  Items are
+        RecordBatches, Tables or anything :func:`sabot.interop.to_arrow` accepts (polars and
+        pandas DataFrames, Arrow-capsule objects), converted as they are read."""
+        def read() -> Iterator[Any]:
+            for item in batches:
+                if isinstance(item, (pa.RecordBatch, pa.Table)):
+                    yield item
+                else:
+                    yield interop.to_arrow(item, what="from_batches item")
+
+        return cls(_Source("from_batches", read))
 
     @classmethod
-    def from_table(cls, table: pa.Table, batch_size: int = DEFAULT_BATCH_SIZE) -> "Stream":
-        if not isinstance(table, pa.Table):
-            raise TypeError(f"from_table expects a pyarrow.Table, got {type(table).__name__}")
+    def from_table(cls, table: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> "Stream":
+        """Batches of at most ``batch_size`` rows of ``table``: a pyarrow Table or RecordBatch,
+        a polars or pandas DataFrame, or any object with ``__arrow_c_stream__`` (a DuckDB
+        relation), converted once, without copying where Arrow allows."""
+        data = interop.to_arrow(table, what="from_table")
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        return cls(_Source("from_table", lambda: iter(table.to_batches(max_chunksize=batch_size))))
+        return cls(_Source("from_table", lambda: iter(data.to_batches(max_chunksize=batch_size))))
 
     @classmethod
     def from_pylist(cls, rows: Sequence[Mapping[str, Any]], schema: Optional[pa.Schema] = None,
@@ -216,7 +229,10 @@ class Stream:
         return Stream(_OpNode(self._node, op), key=key if key is not None else self.key)
 
     def map(self, fn: Callable[[pa.RecordBatch], Any]) -> "Stream":
-        """``fn(batch)`` → RecordBatch, Table or None (dropped); runs in the operator's scope."""
+        """``fn(batch)`` → RecordBatch, Table, None (dropped), or any table
+        :func:`sabot.interop.to_arrow` accepts (a polars or pandas DataFrame); runs in the
+        operator's scope (kernels called in it keep their state, and the ``missing`` mode in
+        effect here)."""
         return self._then(MapOp(fn))
 
     def filter(self, predicate: Any) -> "Stream":
@@ -289,7 +305,8 @@ class Stream:
                   idle_timeout_ms: Optional[float] = 5_000, max_skew: Any = "5m",
                   dead_letter_path: Optional[Union[str, os.PathLike]] = None,
                   dead_letter_max_rows: int = 100_000,
-                  dead_letter_max_bytes: int = 64 * 1024 * 1024) -> "Stream":
+                  dead_letter_max_bytes: int = 64 * 1024 * 1024,
+                  exchanges: Optional[Tuple[Optional[str], Optional[str]]] = None) -> "Stream":
         """Streaming ASOF join with ``other`` (right side), as ``pandas.merge_asof`` on the whole
         inputs: each left row gets the last (``direction='backward'``), next or nearest right
         row of the same ``by`` key within ``tolerance_ms``.  Both inputs must be in event-time
@@ -304,7 +321,12 @@ class Stream:
         ``on``: a timestamp column, or an integer column in ``on_unit`` ('s', 'ms', 'us', 'ns';
         default 'ms' for joins, see :mod:`sabot.timeunits`).  Every time of the join is read in
         that unit: matching, ``tolerance_ms``, the watermarks that release commits,
-        ``max_skew`` and the idle release."""
+        ``max_skew`` and the idle release.
+
+        Output names (one schema for the whole run): ``exchanges=(left venue, right venue)``
+        gives ``<venue>_<column>`` names from the arguments alone; without it, inputs with an
+        ``exchange`` column are named after the venue of each side's first rows, as described
+        on :class:`~sabot.fintech.StreamingAsofJoinKernel`."""
         from ..fintech import StreamingAsofJoinKernel
 
         by = by if by is not None else self.key
@@ -312,7 +334,7 @@ class Stream:
                                          direction=direction,
                                          allow_exact_matches=allow_exact_matches,
                                          right_prefix=right_prefix, suffix=suffix,
-                                         on_unit=on_unit)
+                                         on_unit=on_unit, exchanges=exchanges)
         op = AsofJoinOp(kernel, idle_timeout_ms=idle_timeout_ms, max_skew=max_skew,
                         dead_letter_path=dead_letter_path,
                         dead_letter_max_rows=dead_letter_max_rows,
@@ -349,28 +371,19 @@ class Stream:
         ``on_unit``: the unit of an integer ``on`` column (default ns, see
         :mod:`sabot.timeunits`).
         """
-        if not streams:
-            raise ValueError("zip needs at least one stream")
-        if on_unit is not None:
-            check_unit(on_unit)
-        node = _MultiNode(f"zip(on={on})", [s._node for s in streams],
-                          lambda its: zip_events(its, on, idle_timeout_ms, max_skew,
-                                                 on_unit=on_unit))
-        checkpointer_for(None, node)  # refuses checkpoint_dir / changelog_topic: not linear
-        for op in node.operators():
-            op.begin_run()
-        yield from drive(node.events(), RunHooks())
+        return _run_zip(streams, on, idle_timeout_ms, max_skew, on_unit, None)
 
     @staticmethod
-    async def zip_async(*streams: "Stream", on: str = "timestamp",
-                        idle_timeout_ms: Optional[float] = 10_000, max_skew: Any = "5m",
-                        on_unit: Optional[str] = None
-                        ) -> AsyncIterator[Tuple[pa.RecordBatch, ...]]:
-        """``async for`` version of :meth:`zip` (blocking reads run in a worker thread)."""
-        it = Stream.zip(*streams, on=on, idle_timeout_ms=idle_timeout_ms, max_skew=max_skew,
-                        on_unit=on_unit)
-        async for item in _aiter_thread(it):
-            yield item
+    def zip_async(*streams: "Stream", on: str = "timestamp",
+                  idle_timeout_ms: Optional[float] = 10_000, max_skew: Any = "5m",
+                  on_unit: Optional[str] = None) -> AsyncIterator[Tuple[pa.RecordBatch, ...]]:
+        """``async for`` version of :meth:`zip` (blocking reads run in a worker thread).
+        Cancelling the task (or Ctrl+C under ``asyncio.run``) ends the zip cleanly: every
+        source and Kafka consumer is closed and the worker thread has ended when the
+        cancellation reaches the caller (:func:`~._runtime.aiter_in_thread`)."""
+        stop = threading.Event()
+        return aiter_in_thread(_run_zip(streams, on, idle_timeout_ms, max_skew, on_unit, stop),
+                               stop)
 
     # -- running -------------------------------------------------------------------------------
     def kafka_sources(self) -> List[KafkaSource]:
@@ -393,7 +406,10 @@ class Stream:
         yield from drive(self._events(), hooks)
 
     def __aiter__(self) -> AsyncIterator[pa.RecordBatch]:
-        return _aiter_thread(iter(self))
+        """``async for batch in stream``: the run of ``for`` on a worker thread; cancelling the
+        task stops the run as :meth:`stop` does and closes its sources before the cancellation
+        reaches the caller (:func:`~._runtime.aiter_in_thread`)."""
+        return aiter_in_thread(iter(self), self._stop_event)
 
     def collect(self) -> pa.Table:
         """Run the stream to its end; all rows as one Table."""
@@ -401,6 +417,22 @@ class Stream:
         if not batches:
             return pa.table({})
         return concat_promote([pa.Table.from_batches([b]) for b in batches])
+
+    def to_polars(self) -> Any:
+        """Run the stream to its end; all rows as one polars DataFrame (needs polars)."""
+        try:
+            import polars as pl
+        except ImportError:
+            raise ImportError("Stream.to_polars needs polars: pip install polars") from None
+        return pl.from_arrow(self.collect())
+
+    def to_pandas(self) -> Any:
+        """Run the stream to its end; all rows as one pandas DataFrame (needs pandas)."""
+        table = self.collect()
+        try:
+            return table.to_pandas()
+        except ImportError:
+            raise ImportError("Stream.to_pandas needs pandas: pip install pandas") from None
 
     def take(self, n: int) -> pa.Table:
         """The first ``n`` rows; stops reading once it has them (the last batch is not committed)."""
@@ -545,17 +577,25 @@ class Stream:
         return out
 
 
-async def _aiter_thread(it: Iterator[Any]) -> AsyncIterator[Any]:
-    """Iterate a blocking iterator from async code, one item per worker-thread call."""
-    done = object()
-    try:
-        while True:
-            item = await asyncio.to_thread(next, it, done)
-            if item is done:
-                return
-            yield item
-    finally:
-        close_iterator(it)
+def _run_zip(streams: Sequence["Stream"], on: str, idle_timeout_ms: Optional[float],
+             max_skew: Any, on_unit: Optional[str],
+             stop: Optional[threading.Event]) -> Iterator[Tuple[pa.RecordBatch, ...]]:
+    """The run of :meth:`Stream.zip`; ``stop`` ends it at the next point between batches."""
+    if not streams:
+        raise ValueError("zip needs at least one stream")
+    if on_unit is not None:
+        check_unit(on_unit)
+    node = _MultiNode(f"zip(on={on})", [s._node for s in streams],
+                      lambda its: zip_events(its, on, idle_timeout_ms, max_skew,
+                                             on_unit=on_unit))
+    checkpointer_for(None, node)  # refuses checkpoint_dir / changelog_topic: not linear
+
+    def run() -> Iterator[Tuple[pa.RecordBatch, ...]]:
+        for op in node.operators():
+            op.begin_run()
+        yield from drive(node.events(), RunHooks(stop=stop))
+
+    return run()
 
 
 class _ParquetSink:

@@ -143,7 +143,8 @@ def _channels_type(cls: Any) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
-def _kafka_sink(args: argparse.Namespace, topic: str | None = None) -> KafkaSink:
+def _kafka_sink(args: argparse.Namespace, sink_class: type = KafkaSink,
+                topic: str | None = None) -> KafkaSink:
     from confluent_kafka import KafkaException
 
     props: dict[str, str] = {}
@@ -158,18 +159,21 @@ def _kafka_sink(args: argparse.Namespace, topic: str | None = None) -> KafkaSink
     if bootstrap is None and "bootstrap.servers" not in props:
         bootstrap = os.environ.get("SABOT_KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
     try:
-        return KafkaSink(bootstrap, topic or args.topic, linger_ms=args.linger_ms, kafka_config=props,
+        return sink_class(bootstrap, topic or args.topic, linger_ms=args.linger_ms, kafka_config=props,
                          flush_timeout=args.flush_timeout)
     except (KafkaException, KafkaConfigError, ValueError, TypeError) as exc:
         raise UsageError(f"Kafka client configuration refused: {exc}") from None
 
 
-def _parquet_sink(args: argparse.Namespace, exchange: str, channel: str = "ticker") -> ParquetSink:
+def _parquet_sink(args: argparse.Namespace, exchange: str, sink_class: type = ParquetSink,
+                  channel: str = "ticker") -> ParquetSink:
     output = args.output or f"./data/{exchange}_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}.parquet"
     if channel == "trades":
         output = str(trades_path(output))
     try:
-        sink = ParquetSink(output, exchange, args.row_group_size, args.row_group_seconds, channel=channel)
+        sink = (sink_class(output, exchange, args.row_group_size, args.row_group_seconds)
+                if channel == "ticker" else
+                sink_class(output, exchange, args.row_group_size, args.row_group_seconds, channel=channel))
         probe = sink.parts_dir / f".probe-{os.getpid()}"
         probe.write_bytes(b"")  # writable now, or a one-line error instead of a failure later
         probe.unlink()
@@ -247,7 +251,9 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
     kafkas: list[KafkaSink] = []
     if use_kafka:
         for ch in channels:
-            kafka = _kafka_sink(args, topics[ch])
+            # the ticker channel may use a venue's own sink (perpetuals); trades the plain one
+            kafka = _kafka_sink(args, getattr(cls, "kafka_sink", KafkaSink) if ch == "ticker" else KafkaSink,
+                                topics[ch])
             kafka.check(args.broker_timeout)  # unreachable: one line and exit 1 before streaming
             kafkas.append(kafka)
             sinks[ch].append(kafka)
@@ -256,7 +262,8 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
     parquets: list[ParquetSink] = []
     if args.file:
         for ch in channels:
-            parquet = _parquet_sink(args, exchange, ch)
+            parquet = _parquet_sink(
+                args, exchange, getattr(cls, "parquet_sink", ParquetSink) if ch == "ticker" else ParquetSink, ch)
             parquets.append(parquet)
             sinks[ch].append(parquet)
         dests.append(" and ".join(f"Parquet file '{p.path}'" for p in parquets))

@@ -6,9 +6,14 @@ random walk shared by the venues, with per-venue noise and spreads so cross-venu
 and close), the arbitrage monitor (``python -m sabot monitor``) and one collector per venue
 (``python -m sabot collect VENUE -k -F --url ws://127.0.0.1:PORT``), all as child processes of
 this Python interpreter, so an installed package runs the same way as a checkout.
-After ``--duration`` seconds it stops the collectors, lets the monitor read the topics to their
-end, stops the monitor, and prints a summary: records per exchange (Parquet rows in ``./data``),
-opportunities, p50/p99 tick-to-signal latency and reconnects.  Every child is stopped by its
+Beside them runs the perpetual-futures part: one local server per perpetual venue
+(``binance-usdm``, with a funding time every ``--funding-interval`` seconds), its collector
+(perp tickers and funding records) and the funding-rate monitor (``python -m sabot funding``,
+Binance spot against the perpetual); it is left out with ``--scenario`` (a script plays spot
+quotes only).
+After ``--duration`` seconds it stops the collectors, lets the monitors read the topics to their
+end, stops the monitors, and prints a summary: records per exchange (Parquet rows in ``./data``),
+opportunities, p50/p99 tick-to-signal latency and reconnects, and the funding monitor's.  Every child is stopped by its
 pid (SIGINT, wait, SIGTERM, wait, SIGKILL), also on Ctrl+C.
 
 The exit code tells the truth (see :mod:`sabot.cli`): 0 only when every part ran and stopped
@@ -40,7 +45,7 @@ from sabot.apps._common import BROKER_EXTRA_HINT, broker_missing
 from sabot.broker import DEFAULT_PORT, _die_with_parent, port_is_free
 from sabot.clitools import (EXIT_FAILURE, EXIT_OK, ArgumentParser, UsageError, port_number,
                        positive_float, report_usage_error)
-from sabot.venues import default_fees, get_venue, ticker_topics, venue_names
+from sabot.venues import default_fees, get_venue, perp_venue_names, ticker_topics, venue_names
 
 log = logging.getLogger("sabot.demo")
 
@@ -342,6 +347,13 @@ class Demo:
         self.sims: Dict[str, Child] = {}
         self.collectors: Dict[str, Child] = {}
         self.monitor: Optional[Child] = None
+        #: the perpetual-futures part: venues, the spot venue they are paired with, the monitor
+        self.perps: tuple = () if getattr(args, "scenario", None) else perp_venue_names()
+        self.funding_spot: Optional[str] = "binance" if "binance" in self.venues else None
+        if self.funding_spot is None:
+            self.perps = ()
+        self.funding_monitor: Optional[Child] = None
+        self.perp_kafka_records: Dict[str, Optional[int]] = {}
         self.failures: List[str] = []
         self.bootstrap: Optional[str] = None
         self.kafka_records: Dict[str, Optional[int]] = {}
@@ -357,7 +369,8 @@ class Demo:
             print(f"Port {port} is taken; starting the embedded broker on a free port instead.")
             note = f" (not {port}: it was taken)"
             port = 0
-        cmd = sabot_command("broker", "--port", str(port), "--topics", ",".join(ticker_topics()),
+        topics = [*ticker_topics(), *self.perp_topics()]
+        cmd = sabot_command("broker", "--port", str(port), "--topics", ",".join(topics),
                             "--partitions", "3")
         self.broker = Child("broker", cmd, self.logs / "broker.log", echo=False).start()
         m = _wait_for_line(self.broker, _BOOTSTRAP_RE, 60)
@@ -368,8 +381,14 @@ class Demo:
                                f"(log: {self.broker.log_path})")
         bootstrap = m.group(1)
         print(f"Kafka broker (embedded Tansu) on {bootstrap}{note}, pid {self.broker.pid}; "
-              f"topics {', '.join(ticker_topics())}")
+              f"topics {', '.join(topics)}")
         return bootstrap
+
+    def perp_topics(self) -> List[str]:
+        """The perpetual venues' topics: tickers and funding records, per venue."""
+        from sabot.apps.funding import funding_topic
+
+        return [t for p in self.perps for t in (_topic(p), funding_topic(p))]
 
     def start_sims(self) -> Dict[str, str]:
         urls = {}
@@ -378,6 +397,11 @@ class Demo:
                                 "--rate", str(self.args.rate))
             if self.args.scenario:
                 cmd += ["--scenario", str(self.args.scenario)]
+            self.sims[ex] = Child(f"sim-{ex}", cmd, self.logs / f"sim-{ex}.log", echo=False).start()
+        for ex in self.perps:
+            cmd = sabot_command("sim", ex, "--port", "0", "--seed", str(self.args.seed),
+                                "--rate", str(self.args.rate), "--funding-interval",
+                                str(getattr(self.args, "funding_interval", 10.0)))
             self.sims[ex] = Child(f"sim-{ex}", cmd, self.logs / f"sim-{ex}.log", echo=False).start()
         for ex, child in self.sims.items():
             m = _wait_for_line(child, _LISTEN_RE, 60)
@@ -399,12 +423,20 @@ class Demo:
                             "--align", self.args.align)
         (self.data / "monitor_summary.json").unlink(missing_ok=True)
         self.monitor = Child("monitor", cmd, self.logs / "monitor.log").start()
+        if self.perps:  # the fourth process: the funding-rate monitor, spot against the perpetual
+            (self.data / "funding_summary.json").unlink(missing_ok=True)
+            cmd = sabot_command("funding", "--bootstrap", bootstrap, "--spot", self.funding_spot,
+                                "--perp", self.perps[0], "--output", str(self.data / "funding.jsonl"),
+                                "--summary-json", str(self.data / "funding_summary.json"),
+                                "--summary-every", "10", "--from-beginning", "--fast-groups")
+            self.funding_monitor = Child("funding", cmd, self.logs / "funding.log").start()
 
     def start_collectors(self, bootstrap: str, urls: Dict[str, str]) -> None:
-        for ex in self.venues:
+        for ex in (*self.venues, *self.perps):
             out = self.data / f"{ex}.parquet"
-            out.unlink(missing_ok=True)
-            shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)  # a killed run's
+            for old in (out, self.data / f"{ex}-funding.parquet"):
+                old.unlink(missing_ok=True)
+                shutil.rmtree(old.with_name(old.name + ".parts"), ignore_errors=True)  # a killed run's
             cmd = sabot_command("collect", ex, "-k", "-F", "--url", urls[ex],
                                 "--bootstrap", bootstrap, "-o", str(out),
                                 "--row-group-seconds", "2", "--status-interval", "10")
@@ -424,7 +456,8 @@ class Demo:
               f"{until} (Ctrl+C stops early). Logs: {self.logs}\n", flush=True)
         deadline = time.monotonic() + self.args.duration
         while time.monotonic() < deadline:
-            for child in [self.broker, *self.collectors.values(), self.monitor, *self.sims.values()]:
+            for child in [self.broker, *self.collectors.values(), self.monitor, *self.sims.values(),
+                          *([self.funding_monitor] if self.funding_monitor else [])]:
                 if not child.running():
                     self.failures.append(f"{child.name} exited early with code {child.proc.returncode}")
             if self.failures:
@@ -437,6 +470,7 @@ class Demo:
         self.stop_collectors()
         self.count_kafka_records()
         self.drain_monitor()
+        self.drain_funding_monitor()
         self.stop_monitor()
         summary = self.summarise()
         print(f"\n(total wall time {time.monotonic() - t0:.1f} s)")
@@ -464,6 +498,8 @@ class Demo:
         else:
             counts = kafka_record_counts(self.bootstrap, [_topic(ex) for ex in self.venues])
         self.kafka_records = {ex: counts[_topic(ex)] for ex in self.venues}
+        if self.perps and self.collectors:
+            self.perp_kafka_records = kafka_record_counts(self.bootstrap, self.perp_topics())
 
     def stop_collectors(self) -> None:
         for child in self.collectors.values():
@@ -504,11 +540,43 @@ class Demo:
         if last is None:
             self.failures.append("the monitor reported nothing")
 
+    def drain_funding_monitor(self, timeout_s: float = 60.0) -> None:
+        """Let the funding monitor read its three topics to the end the broker counted (its
+        summary JSON against :meth:`count_kafka_records`); a shortfall is reported by
+        :meth:`summarise`."""
+        if self.funding_monitor is None or not self.funding_monitor.running():
+            return
+        target = self._funding_targets()
+        if target is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.funding_monitor.running():
+            s = _read_json(self.data / "funding_summary.json")
+            if s is not None and all(s["records"].get(k, 0) >= n for k, n in target.items()):
+                return
+            time.sleep(0.1)
+
+    def _funding_targets(self) -> Optional[Dict[str, int]]:
+        """Records the funding monitor must read, by kind (None when a count is unknown)."""
+        from sabot.apps.funding import funding_topic
+
+        perp = self.perps[0]
+        counts = {"spot": self.kafka_records.get(self.funding_spot),
+                  "perp": self.perp_kafka_records.get(_topic(perp)),
+                  "funding": self.perp_kafka_records.get(funding_topic(perp))}
+        if any(v is None for v in counts.values()):
+            return None
+        return counts  # type: ignore[return-value]
+
     def stop_monitor(self) -> None:
         if self.monitor is not None:
             code = self.monitor.stop()
             if code not in (0, None):
                 self.failures.append(f"arbitrage monitor exited with code {code}")
+        if self.funding_monitor is not None:
+            code = self.funding_monitor.stop()
+            if code not in (0, None):
+                self.failures.append(f"funding monitor exited with code {code}")
 
     def stop_all(self) -> None:
         """Stop whatever still runs, by pid: collectors, monitor and simulators together (each
@@ -517,7 +585,7 @@ class Demo:
             self._scenario_counter.close()
             self._scenario_counter = None
         children = [*self.collectors.values(), *([self.monitor] if self.monitor else []),
-                    *self.sims.values()]
+                    *([self.funding_monitor] if self.funding_monitor else []), *self.sims.values()]
         for child in children:
             child.interrupt()
         for child in children:
@@ -573,6 +641,7 @@ class Demo:
             "latency_ms_p99": None if mon is None else mon["latency_ms_p99"],
             "failures": self.failures,
         }
+        perp_lines = self._perp_summary(summary, logged, reconnects) if self.perps and self.collectors else []
         (self.data / "demo_summary.json").write_text(json.dumps(summary, indent=2))
 
         def fmt(x: Optional[float]) -> str:
@@ -596,6 +665,8 @@ class Demo:
             print(f"  tick-to-signal latency: p50 {fmt(mon['latency_ms_p50'])}, "
                   f"p99 {fmt(mon['latency_ms_p99'])}")
         print(f"  reconnects: {sum(reconnects.values()) if reconnects else '?'}")
+        for line in perp_lines:
+            print(line)
         for note in notes:
             print(f"  note: {note}")
         if self.failures:
@@ -604,6 +675,59 @@ class Demo:
             print("  all parts ran and stopped cleanly")
         print("=" * 72)
         return summary if mon is not None else None
+
+
+    def _perp_summary(self, summary: dict, logged: Dict[str, int], reconnects: Dict[str, int]) -> List[str]:
+        """Account for the perpetual-futures part (adds ``summary["perps"]`` and any failures);
+        its summary lines."""
+        from sabot.apps.funding import funding_topic
+
+        lines: List[str] = []
+        perps: dict = {}
+        for p in self.perps:
+            tickers = parquet_rows(self.data / f"{p}.parquet")
+            funding = parquet_rows(self.data / f"{p}-funding.parquet")
+            k_tick = self.perp_kafka_records.get(_topic(p))
+            k_fund = self.perp_kafka_records.get(funding_topic(p))
+            if tickers is None or funding is None:
+                self.failures.append(f"{p}: no readable Parquet files {p}.parquet and "
+                                     f"{p}-funding.parquet in {self.data}")
+            elif logged.get(p) is not None and logged[p] != tickers + funding:
+                self.failures.append(f"collector {p} logged {logged[p]} records, its Parquet files "
+                                     f"hold {tickers} tickers + {funding} funding records")
+            for n, k, topic in ((tickers, k_tick, _topic(p)), (funding, k_fund, funding_topic(p))):
+                if n is not None and k is not None and k < n:
+                    self.failures.append(f"collector {p} lost {n - k} records on the way to Kafka: "
+                                         f"{n} in Parquet, {k} in topic {topic}")
+            perps[p] = {"tickers": tickers, "funding": funding, "kafka_tickers": k_tick,
+                        "kafka_funding": k_fund, "reconnects": reconnects.get(p)}
+            lines.append(f"  {p} perp tickers: {tickers if tickers is not None else 'MISSING'}, "
+                         f"funding records: {funding if funding is not None else 'MISSING'} "
+                         f"(Parquet {self.data / (p + '.parquet')} and {p}-funding.parquet), in Kafka: "
+                         f"{k_tick} + {k_fund}, reconnects: {reconnects.get(p, '?')}")
+        fs = _read_json(self.data / "funding_summary.json")
+        target = self._funding_targets()
+        if fs is None:
+            self.failures.append("the funding monitor wrote no summary")
+        else:
+            for kind, n in (target or {}).items():
+                read = fs["records"].get(kind, 0)
+                if read < n:
+                    self.failures.append(f"funding monitor did not read {n - read} of the {n} "
+                                         f"{kind} records")
+            best = "n/a" if fs["best_net_bps"] is None else f"{fs['best_net_bps']:.2f} bps"
+            rates = ", ".join(f"{k} {v['funding_rate'] * 100:.4f}%" for k, v in fs["funding"].items())
+            p50, p99 = fs["latency_ms_p50"], fs["latency_ms_p99"]
+            lines.append(f"  funding carry (buy {self.funding_spot} spot, short {self.perps[0]}): "
+                         f"{fs['opportunities']} opportunities in {fs['evaluations']} evaluations "
+                         f"(recorded in {self.data / 'funding.jsonl'}), best net {best}; funding "
+                         f"{rates or 'none read'}; {fs['rollovers']} funding rollovers; p50 "
+                         f"{'n/a' if p50 is None else f'{p50:.1f} ms'}, p99 "
+                         f"{'n/a' if p99 is None else f'{p99:.1f} ms'}")
+            perps["funding_monitor"] = {k: fs[k] for k in ("records", "evaluations", "opportunities",
+                                                           "best_net_bps", "rollovers", "skipped")}
+        summary["perps"] = perps
+        return lines
 
 
 PROG = "python -m sabot.demo"
@@ -637,7 +761,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the monitor's alignment: arrival (live, decide on each quote) or "
                         "event-time (deterministic ASOF joins) (default %(default)s)")
     p.add_argument("--scenario", type=Path, default=None,
-                   help="play this JSON-lines scenario (sabot.sim format) instead of the random walk")
+                   help="play this JSON-lines scenario (sabot.sim format) instead of the random walk "
+                        "(spot venues only: the perpetual-futures part is left out)")
+    p.add_argument("--funding-interval", type=positive_float, default=10.0,
+                   help="seconds between the simulated perpetual's funding times (default %(default)g; "
+                        "the exchange's is 8 h)")
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:

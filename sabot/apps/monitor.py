@@ -22,8 +22,17 @@ For every joined row and every ordered pair of venues present (buy at ``b``, sel
     net_bps       = gross_bps − fee_b − fee_s
     edge_per_unit = ask_b · net_bps / 1e4          (quote currency per unit of base)
 
-The pair with the largest ``net_bps`` is the row's signal; it is an opportunity when
-``net_bps >= --min-edge-bps`` and ``net_bps > 0``.
+A pair qualifies when ``net_bps >= --min-edge-bps`` and ``net_bps > 0`` (the pair with the
+largest ``net_bps`` is the row's signal, :func:`opportunities`).
+
+Each (symbol, buy venue, sell venue) opportunity is followed from OPEN to CLOSE
+(:class:`OpportunityTracker`): it opens on the first qualifying evaluation, is updated (best and
+mean net edge, evaluations) while the symbol's evaluations still qualify, and closes on the
+first that does not - ``close_reason`` "edge" (below the threshold), "stale" (a quote older than
+the tolerance, missing or unusable) or "end" (the run ended).  It is reported twice: an alert
+line and an ``event: "open"`` JSON line when it opens, and an alert line and an
+``event: "close"`` JSON line (``duration_s`` from the first qualifying quote to the quote that
+closed it, in event time) when it closes.  The summary counts opened opportunities.
 
 A venue that sends a bid or ask that is missing, NaN, infinite, zero or negative has that quote
 skipped and counted (``skipped_quotes`` in the summary, a rate-limited warning in the log): it
@@ -262,15 +271,221 @@ def newest_recv_ns(joined: pa.RecordBatch, venues: Optional[Sequence[str]] = Non
 
 
 def format_opportunity(o: Mapping) -> str:
-    """The opportunity as one log line (the demo shows these lines)."""
+    """The opportunity as one log line (the demo shows these lines): a record of
+    :func:`opportunities` or an ``event: "open"`` record as the quotes it was found on, an
+    ``event: "close"`` record as how long it stood, why it closed and its best and mean edge."""
+    if o.get("event") == "close":
+        return (f"🔥 ARBITRAGE CLOSED: {o['symbol']}  buy {o['buy_venue']}  sell {o['sell_venue']}  "
+                f"after {o['duration_s']:.3f} s ({CLOSE_TEXT.get(o['close_reason'], o['close_reason'])})"
+                f"  net best {o['best_net_bps']:.2f} bps, mean {o['mean_net_bps']:.2f} bps over "
+                f"{o['evaluations']} evaluations  [{o['id']}]")
     return (f"🔥 ARBITRAGE: {o['symbol']}  buy {o['buy_venue']} @ {o['buy_price']:,.2f}  "
             f"sell {o['sell_venue']} @ {o['sell_price']:,.2f}  spread {o['gross_bps']:.2f} bps "
             f"(net {o['net_bps']:.2f} bps after fees)  edge {o['edge_per_unit']:,.4f} per unit")
 
 
+CLOSE_TEXT = {"edge": "edge fell below the threshold", "stale": "a quote went stale or missing",
+              "end": "still open when the run ended"}
+
+
 def percentile(values: Sequence[float], q: float) -> Optional[float]:
     """numpy's default (linear) percentile; None when there are no values."""
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+
+
+# -------------------------------------------------------------------------------------------
+# The opportunity lifecycle
+# -------------------------------------------------------------------------------------------
+#: Why an opportunity closed: its net edge fell below the threshold ("edge"); one of its two
+#: quotes was older than the join tolerance, missing or unusable ("stale"); the run ended
+#: while it was still open ("end").
+CLOSE_REASONS = ("edge", "stale", "end")
+
+
+def pair_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float],
+               venues: Optional[Sequence[str]] = None
+               ) -> Tuple[Dict[Tuple[str, str], Dict[str, np.ndarray]], int]:
+    """Every ordered venue pair's figures per row of a joined batch: buy at ``b``'s ask, sell
+    at ``s``'s bid, the same arithmetic as :func:`best_edges` but for each pair rather than the
+    row's best one (an opportunity is followed per pair).
+
+    Returns ``({(b, s): {"buy_price", "sell_price", "gross_bps", "net_bps", "edge_per_unit",
+    "present"}}, bad_quotes)``; ``present`` is False where either quote is missing or unusable
+    or the figures are not finite numbers (their values are then NaN)."""
+    venues = tuple(venues) if venues is not None else venue_names()
+    present_cols = set(joined.schema.names)
+    for column in [f"{v}_{side}" for v in venues for side in ("ask", "bid")]:
+        if column not in present_cols:
+            joined = joined.append_column(column, pa.nulls(joined.num_rows, pa.float64()))
+    joined, bad = _usable_quotes(joined, venues)
+    asks = {v: _f64(joined, f"{v}_ask") for v in venues}
+    bids = {v: _f64(joined, f"{v}_bid") for v in venues}
+    out: Dict[Tuple[str, str], Dict[str, np.ndarray]] = {}
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for b in venues:
+            for s in venues:
+                if b == s:
+                    continue
+                ask, bid = asks[b], bids[s]
+                gross = (bid - ask) / ask * 1e4
+                net = gross - float(fees_bps[b]) - float(fees_bps[s])
+                per_unit = ask * net / 1e4
+                ok = np.isfinite(gross) & np.isfinite(net) & np.isfinite(per_unit)
+                nan = np.nan
+                out[(b, s)] = {"buy_price": np.where(ok, ask, nan),
+                               "sell_price": np.where(ok, bid, nan),
+                               "gross_bps": np.where(ok, gross, nan),
+                               "net_bps": np.where(ok, net, nan),
+                               "edge_per_unit": np.where(ok, per_unit, nan),
+                               "present": ok}
+    return out, bad
+
+
+def _num(x: float) -> Optional[float]:
+    """A finite float, or None (JSON has no NaN)."""
+    return float(x) if np.isfinite(x) else None
+
+
+class OpportunityTracker:
+    """Follows each (symbol, buy venue, sell venue) opportunity from OPEN to CLOSE.
+
+    An opportunity opens on the first evaluation whose net edge qualifies (``>= min_edge_bps``
+    and ``> 0``), is updated while later evaluations of the symbol still qualify (best and
+    mean net edge, number of evaluations) and closes on the first evaluation that does not:
+    ``close_reason`` "edge" (its net edge fell below the threshold) or "stale" (one of its
+    quotes is older than the join tolerance, missing or unusable); :meth:`close_all` closes
+    what is left at the end of a run ("end").  Staleness is found when the symbol is next
+    evaluated (any venue's quote of it arrives): a symbol that stops being quoted altogether
+    keeps its opportunities open until it is quoted again or the run ends.
+
+    Times are event times.  A pair's evaluation happens at the newer event time of its two
+    quotes where the joined row carries them (``<venue>_timestamp``: the on-arrival join),
+    else at the row's ``timestamp`` (the event-time joins, whose rows come in event-time
+    order).  On arrival a lagging venue's quotes arrive late, but they keep the times the
+    exchange gave them: an opportunity opens when both its quotes stood in the market, not
+    when the later one reached us.  ``opened_ns`` is the time of the first qualifying
+    evaluation, ``last_ns`` of the last one, ``closed_ns`` of the evaluation that closed it
+    (the quote that ended it) - for "stale" at most ``last_ns`` + the join tolerance (when its
+    quotes became too old to use), for "end" ``last_ns``.  ``duration_s`` is
+    ``closed_ns - opened_ns``: how long the opportunity stood, up to the quote that ended it.
+    Times never run backwards within one pair (each is at least the previous one), so the
+    opportunities of a pair never overlap.  ``timestamp_ns`` stays the evaluated row's own.
+
+    :meth:`update` returns the records to report, in order: one ``event: "open"`` record
+    (the fields of :func:`opportunities`, plus ``id`` and ``opened_ns``) and, later, one
+    ``event: "close"`` record (the same fields for the quotes of the closing evaluation - a
+    missing quote's fields are null - plus ``opened_ns``, ``last_ns``, ``closed_ns``,
+    ``duration_s``, ``close_reason``, ``best_net_bps``, ``mean_net_bps``, ``evaluations``).
+    """
+
+    def __init__(self, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
+                 venues: Optional[Sequence[str]] = None, tolerance_ms: float = TOLERANCE_MS,
+                 run_id: Optional[str] = None) -> None:
+        self.venues = tuple(venues) if venues is not None else venue_names()
+        self.fees = {v: float(fees_bps[v]) for v in self.venues}
+        self.min_edge_bps = float(min_edge_bps)
+        self.tolerance_ns = int(tolerance_ms * 1_000_000)
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.open: Dict[Tuple[str, str, str], dict] = {}
+        #: per (symbol, buy, sell), when its last opportunity closed (the next opens later)
+        self.last_closed: Dict[Tuple[str, str, str], int] = {}
+        self.opened = 0
+        self.closed = 0
+        self.bad_quotes = 0
+
+    def update(self, joined: pa.RecordBatch) -> List[dict]:
+        """Evaluate every row of a joined batch (in order) for every venue pair; the open and
+        close records this caused."""
+        if not joined.num_rows:
+            return []
+        edges, bad = pair_edges(joined, self.fees, self.venues)
+        self.bad_quotes += bad
+        qualifies = {}
+        any_q = np.zeros(joined.num_rows, dtype=bool)
+        with np.errstate(invalid="ignore"):
+            for pair, e in edges.items():
+                q = e["present"] & (e["net_bps"] >= self.min_edge_bps) & (e["net_bps"] > 0)
+                qualifies[pair] = q
+                any_q |= q
+        symbols = joined.column(joined.schema.get_field_index("symbol")).to_pylist()
+        ts = _ns(joined, "timestamp")
+        # only rows of symbols that have (or may get) an open opportunity need a look
+        watched = {k[0] for k in self.open} | {symbols[i] for i in np.flatnonzero(any_q)}
+        if not watched:
+            return []
+        recv = {v: _ns(joined, f"{v}_recv_timestamp") for v in self.venues}
+        quote_ts = {v: _ns(joined, f"{v}_timestamp") for v in self.venues
+                    if joined.schema.get_field_index(f"{v}_timestamp") >= 0}
+        missing = np.iinfo(np.int64).min
+        events: List[dict] = []
+        for i, sym in enumerate(symbols):
+            if sym not in watched:
+                continue
+            row_ns = int(ts[i])
+            for (b, s), e in edges.items():
+                key = (sym, b, s)
+                state = self.open.get(key)
+                if qualifies[(b, s)][i]:
+                    now = row_ns
+                    if b in quote_ts and s in quote_ts:
+                        tb, ts_ = int(quote_ts[b][i]), int(quote_ts[s][i])
+                        if tb != missing and ts_ != missing:
+                            now = max(tb, ts_)
+                    quote = self._quote(sym, b, s, e, i, row_ns, recv)
+                    if state is None:
+                        now = max(now, self.last_closed.get(key, now))
+                        self.opened += 1
+                        oid = f"{self.run_id}-{self.opened}"
+                        self.open[key] = {"id": oid, "opened_ns": now, "last_ns": now,
+                                          "best": quote["net_bps"], "sum": quote["net_bps"],
+                                          "n": 1, "last_quote": quote}
+                        events.append({"event": "open", "id": oid, **quote, "opened_ns": now})
+                    else:
+                        state["last_ns"] = max(state["last_ns"], now)
+                        state["best"] = max(state["best"], quote["net_bps"])
+                        state["sum"] += quote["net_bps"]
+                        state["n"] += 1
+                        state["last_quote"] = quote
+                elif state is not None:
+                    now = row_ns
+                    if e["present"][i]:
+                        reason = "edge"
+                        if b in quote_ts and s in quote_ts:  # the newer quote ended it
+                            now = max(int(quote_ts[b][i]), int(quote_ts[s][i]))
+                    else:
+                        reason = "stale"
+                        now = min(now, state["last_ns"] + self.tolerance_ns)
+                    events.append(self._close(key, self._quote(sym, b, s, e, i, row_ns, recv),
+                                              reason, max(now, state["last_ns"])))
+        return events
+
+    def close_all(self) -> List[dict]:
+        """Close every opportunity still open (``close_reason`` "end") at its last qualifying
+        evaluation; the close records."""
+        return [self._close(key, state["last_quote"], "end", state["last_ns"])
+                for key, state in list(self.open.items())]
+
+    def _quote(self, sym: str, b: str, s: str, e: Mapping[str, np.ndarray], i: int,
+               ts: int, recv: Mapping[str, np.ndarray]) -> dict:
+        def recv_ns(v: str) -> Optional[int]:
+            value = int(recv[v][i])
+            return None if value == np.iinfo(np.int64).min else value
+
+        return {"symbol": sym, "timestamp_ns": ts, "buy_venue": b, "sell_venue": s,
+                "buy_recv_ns": recv_ns(b), "sell_recv_ns": recv_ns(s),
+                "buy_price": _num(e["buy_price"][i]), "sell_price": _num(e["sell_price"][i]),
+                "gross_bps": _num(e["gross_bps"][i]), "net_bps": _num(e["net_bps"][i]),
+                "edge_per_unit": _num(e["edge_per_unit"][i])}
+
+    def _close(self, key: Tuple[str, str, str], quote: dict, reason: str, closed_ns: int) -> dict:
+        state = self.open.pop(key)
+        self.closed += 1
+        self.last_closed[key] = closed_ns
+        return {"event": "close", "id": state["id"], **quote,
+                "opened_ns": state["opened_ns"], "last_ns": state["last_ns"],
+                "closed_ns": closed_ns, "duration_s": (closed_ns - state["opened_ns"]) / 1e9,
+                "close_reason": reason, "best_net_bps": state["best"],
+                "mean_net_bps": state["sum"] / state["n"], "evaluations": state["n"]}
 
 
 # -------------------------------------------------------------------------------------------
@@ -378,10 +593,13 @@ class Monitor:
 
     def __init__(self, fees: Mapping[str, float], min_edge_bps: float, output: Optional[Path],
                  summary_path: Optional[Path], summary_every_s: float, quiet: bool = False,
-                 venues: Optional[Sequence[str]] = None) -> None:
+                 venues: Optional[Sequence[str]] = None,
+                 tolerance_ms: float = TOLERANCE_MS) -> None:
         self.venues = tuple(venues) if venues is not None else venue_names()
         self.fees = dict(fees)
         self.min_edge_bps = min_edge_bps
+        #: each (symbol, buy venue, sell venue) opportunity from open to close
+        self.tracker = OpportunityTracker(self.fees, min_edge_bps, self.venues, tolerance_ms)
         self.output = open(output, "w", encoding="utf-8") if output else None
         self.summary_path = summary_path
         self.summary_every_s = summary_every_s
@@ -394,7 +612,6 @@ class Monitor:
         self.guard = QuoteGuard(self.venues)
         self.skipped: Dict[str, int] = {"bad_quotes": 0, "nonfinite_edges": 0}
         self.evaluations = 0
-        self.n_opportunities = 0
         self.latencies_ms: List[float] = []
         self.started = time.monotonic()
         self._last_print = self.started
@@ -416,9 +633,17 @@ class Monitor:
             except Exception as exc:  # a full disk must not stop the monitor; say so
                 log.warning("could not write the summary %s: %s", self.summary_path, exc)
 
+    @property
+    def n_opportunities(self) -> int:
+        """Opportunities opened so far (a standing one counts once)."""
+        return self.tracker.opened
+
     def on_batch(self, joined: pa.RecordBatch) -> None:
-        opps = opportunities(joined, self.fees, self.min_edge_bps, self.venues,
-                             skipped=self.skipped)
+        # the counts of unusable quotes and non-finite best edges, as the summary always had
+        e = best_edges(joined, self.fees, self.min_edge_bps, self.venues)
+        for key in ("bad_quotes", "nonfinite_edges"):
+            self.skipped[key] += e[key]
+        events = self.tracker.update(joined)
         decided_ns = time.time_ns()
         if self._first_decision_ns is None:
             self._first_decision_ns = decided_ns
@@ -426,17 +651,21 @@ class Monitor:
         lat = (decided_ns - recv[recv >= self._first_decision_ns]) / 1e6
         self.latencies_ms.extend(lat.tolist())
         self.evaluations += joined.num_rows
-        for o in opps:
-            self.n_opportunities += 1
-            print(format_opportunity(o), flush=True)
-            if self.output:
-                self.output.write(json.dumps({**o, "decided_ns": decided_ns}) + "\n")
-        if opps and self.output:
-            self.output.flush()
+        self.report(events, decided_ns)
         now = time.monotonic()
         if now - self._last_print >= self.summary_every_s:
             self._last_print = now
             print(self.summary_line("📊 summary"), flush=True)
+
+    def report(self, events: Sequence[dict], decided_ns: int) -> None:
+        """Each open/close record as an alert line and a JSON line (with the wall-clock time
+        of the decision, ``decided_ns``)."""
+        for o in events:
+            print(format_opportunity(o), flush=True)
+            if self.output:
+                self.output.write(json.dumps({**o, "decided_ns": decided_ns}) + "\n")
+        if events and self.output:
+            self.output.flush()
 
     def fetched(self) -> Dict[str, int]:
         """Records fetched from Kafka per venue.  On arrival every fetched record is read at
@@ -463,6 +692,8 @@ class Monitor:
             "source_skipped": self.source_skipped(),
             "evaluations": self.evaluations,
             "opportunities": self.n_opportunities,
+            "closed": self.tracker.closed,
+            "open_now": len(self.tracker.open),
             "skipped_quotes": dict(self.guard.skipped),
             "skipped_edges": dict(self.skipped),
             "latency_ms_p50": percentile(self.latencies_ms, 50),
@@ -494,6 +725,9 @@ class Monitor:
             os.replace(tmp, self.summary_path)
 
     def close(self) -> None:
+        """Close the opportunities still open (``close_reason`` "end"), the record file and
+        write the final summary."""
+        self.report(self.tracker.close_all(), time.time_ns())
         self._stop_writer.set()
         if self._writer is not None:
             self._writer.join()
@@ -514,7 +748,7 @@ def run(args: argparse.Namespace) -> int:
                       or os.environ.get("SABOT_KAFKA_BOOTSTRAP") or "localhost:19092")
     wait_reachable(args.bootstrap, kafka_config, timeout_s=args.connect_timeout)
     monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every,
-                      venues=venues)
+                      venues=venues, tolerance_ms=args.tolerance_ms)
     group = args.group_id or f"sabot-arbitrage-{uuid.uuid4().hex[:8]}"
     if args.align == "arrival":
         joined = arrival_stream(args.bootstrap, group, monitor.counter,
@@ -577,7 +811,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="consumer fetch.wait.max.ms with --align arrival (default %(default)s: "
                         "the embedded broker's fastest; raise it against a real Kafka cluster)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--output", type=Path, default=None, help="JSON lines record of opportunities")
+    p.add_argument("--output", type=Path, default=None,
+                   help="JSON lines record of opportunities: one 'open' and one 'close' record "
+                        "each")
     p.add_argument("--summary-json", type=Path, default=None,
                    help="keep a JSON summary (counts, latencies) here, rewritten twice a second")
     p.add_argument("--summary-every", type=float, default=10.0, help="seconds between summary lines")

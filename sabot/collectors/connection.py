@@ -135,7 +135,9 @@ class _Edge:
         self.name = collector.name
         self.stats = stats
         self.dead_letter = dead_letter
-        self.validator = RecordValidator(collector.payload_symbols(), settings.max_age_s,
+        # a venue with more than one record kind brings its own (RecordValidator-based) checks
+        validator_class = getattr(collector, "validator_class", RecordValidator)
+        self.validator = validator_class(collector.payload_symbols(), settings.max_age_s,
                                          settings.max_ahead_s)
         #: Each record-carrying kind's validation (``DATA``: tickers, ``TRADES``: trades).
         self.validators = {DATA: self.validator,

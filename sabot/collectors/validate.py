@@ -65,7 +65,7 @@ def ns_text(ns: Any) -> str:
 def field_checks() -> dict[str, str]:
     """Column -> check (``positive``, ``non_negative``, ``finite``): the common columns' and
     every registered venue's extra columns' (:attr:`sabot.venues.Venue.field_checks`)."""
-    from sabot.venues import venues
+    from sabot.venues.registry import venues  # (importing it registers the built-in venues too)
 
     checks = dict(BASE_CHECKS)
     for venue in venues():

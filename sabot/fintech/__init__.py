@@ -6,10 +6,14 @@ with ``by=``); inside a Stream operator the function form does the same: every f
 :func:`~sabot.fintech._scope.call_kernel` of its class, which keeps a stateful kernel in the
 operator's checkpointed scope and simply runs a stateless one (see ``_scope``).
 
+Kernels also take polars and pandas DataFrames, numpy arrays, Series and Arrow-capsule objects
+and give back the same kind (:mod:`sabot.interop`).  Float outputs with no value are nulls, or
+NaN within ``missing("nan")`` / after ``set_missing("nan")``.
+
 Integer time columns are nanoseconds since the epoch unless an ``on_unit`` says otherwise (the
 ASOF joins: milliseconds by default); see :mod:`sabot.timeunits`.
 """
-from ._scope import StateScope, current_scope
+from ._scope import StateScope, current_missing, current_scope, missing, set_missing
 from .online_stats import (
     EWCov, EWMA, LogReturns, RollingZScore, WelfordMeanVar,
     ewcov, ewma, log_returns, rolling_zscore, welford_mean_var,
@@ -68,6 +72,7 @@ from .features_safety import (
 
 __all__ = [
     "StateScope", "current_scope",
+    "current_missing", "missing", "set_missing",
     # online_stats
     "EWCov", "EWMA", "LogReturns", "RollingZScore", "WelfordMeanVar",
     "ewcov", "ewma", "log_returns", "rolling_zscore", "welford_mean_var",

@@ -1,7 +1,9 @@
-"""Column resolution and input checks shared by every kernel."""
+"""Column resolution, input checks and the missing-value mode shared by every kernel."""
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Union
+import contextvars
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.types as pat
@@ -11,15 +13,26 @@ BatchLike = Union[pa.RecordBatch, pa.Table]
 #: Column names never chosen automatically for ``column=None``.
 NON_VALUE_COLUMNS = frozenset({"timestamp", "recv_timestamp", "sequence"})
 
+#: Columns a price input without a name reads, first present wins: ticks/quotes, then bars.
+PRICE_COLUMNS = ("price", "close")
+
 
 def is_numeric_type(t: pa.DataType) -> bool:
     return pat.is_integer(t) or pat.is_floating(t) or pat.is_decimal(t)
 
 
 def check_batch(batch: object) -> BatchLike:
+    """``batch`` itself when it is a RecordBatch or Table.  For functions that take Arrow only
+    (kernels take more, see :mod:`sabot.interop`): TypeError naming the type given and, for
+    data :func:`sabot.interop.to_arrow` converts, how to convert it."""
     if not isinstance(batch, (pa.RecordBatch, pa.Table)):
+        from .. import interop
+
+        hint = ("; convert it with sabot.interop.to_arrow(...)" if interop.is_table(batch)
+                else "")
         raise TypeError(
-            f"expected a pyarrow.RecordBatch or pyarrow.Table, got {type(batch).__name__}"
+            f"expected a pyarrow.RecordBatch or pyarrow.Table, got {interop.type_name(batch)}"
+            f"{hint}"
         )
     return batch
 
@@ -50,7 +63,8 @@ def require_numeric(schema: pa.Schema, name: str, role: str = "column") -> pa.Fi
 def resolve_value_column(
     schema: pa.Schema, column: Optional[str], by: Optional[str] = None, role: str = "column"
 ) -> str:
-    """``column`` if given; else ``price`` if present; else the only numeric column.
+    """``column`` if given; else ``price`` if present, else ``close`` (the project's own OHLCV
+    bars); else, for a kernel's generic ``column`` (``role``), the only numeric column.
 
     The automatic choice skips the ``by`` column and time/sequence columns. Anything else is
     ambiguous and raises ``ValueError`` listing the candidates.
@@ -58,9 +72,15 @@ def resolve_value_column(
     if column is not None:
         require_numeric(schema, column, role)
         return column
-    if "price" in schema.names:
-        require_numeric(schema, "price", role)
-        return "price"
+    for name in PRICE_COLUMNS:
+        if name in schema.names:
+            require_numeric(schema, name, role)
+            return name
+    if role != "column":            # a price input (price_column, close_column): price or close
+        raise KeyError(
+            f"{role}: no 'price' or 'close' column; columns present: "
+            f"{', '.join(schema.names) or '(none)'}; pass {role}=..."
+        )
     candidates = [
         f.name
         for f in schema
@@ -72,11 +92,12 @@ def resolve_value_column(
         return candidates[0]
     if not candidates:
         raise ValueError(
-            f"no numeric column to use; pass column=...; columns present: {', '.join(schema.names)}"
+            f"no numeric column to use; pass {role}=...; columns present: "
+            f"{', '.join(schema.names)}"
         )
     raise ValueError(
-        f"ambiguous input: several numeric columns ({', '.join(candidates)}) and no 'price'; "
-        "pass column=..."
+        f"ambiguous input: several numeric columns ({', '.join(candidates)}) and no 'price' "
+        f"or 'close'; pass {role}=..."
     )
 
 
@@ -130,3 +151,52 @@ def unique_names(names: Sequence[str]) -> None:
         if n in seen:
             raise ValueError(f"duplicate column name {n!r}")
         seen.add(n)
+
+
+# -- missing values in float outputs: null (default) or NaN --------------------------------
+#: Float outputs with no value (warm-up rows, rows with a missing input) are Arrow nulls.
+NULL = "null"
+#: Float outputs with no value are NaN (no validity bitmap: ``.to_numpy()`` works zero-copy).
+NAN = "nan"
+MISSING_MODES = (NULL, NAN)
+
+_default_missing = NULL
+_missing: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "sabot_kernel_missing", default=None
+)
+
+
+def check_missing(mode: Any) -> str:
+    """``mode`` if it is ``"null"`` or ``"nan"``; ValueError naming it otherwise."""
+    if mode not in MISSING_MODES:
+        raise ValueError(f"nulls must be 'null' or 'nan', got {mode!r}")
+    return mode
+
+
+def set_missing(mode: str) -> str:
+    """Set the process-wide default for float outputs with no value: ``"null"`` (Arrow
+    nulls, the default) or ``"nan"``; the previous default is returned.  Kernels take the
+    mode in effect when they are built (function forms: when called)."""
+    global _default_missing
+    previous = _default_missing
+    _default_missing = check_missing(mode)
+    return previous
+
+
+def current_missing() -> str:
+    """The mode kernels built now use: the innermost :func:`missing` block, else the
+    process-wide default."""
+    mode = _missing.get()
+    return _default_missing if mode is None else mode
+
+
+@contextmanager
+def missing(mode: str) -> Iterator[None]:
+    """Within the block, kernels built (and function forms called) give ``mode`` for float
+    outputs with no value: ``"nan"`` or ``"null"``.  A Stream operator created within the
+    block (``stream.map(...)``) keeps the mode wherever the stream later runs."""
+    token = _missing.set(check_missing(mode))
+    try:
+        yield
+    finally:
+        _missing.reset(token)

@@ -7,7 +7,11 @@ batch with state carried, so chunked columns are never concatenated.
 
 Nulls and NaN: a row with a null or NaN input gets null outputs and does not touch the state.
 Null inputs are found here (Arrow validity bitmaps, combined once into ``io.ok``); NaN is checked
-by each kernel on the values it reads.
+by each kernel on the values it reads.  A kernel built in ``"nan"`` mode (``config["nulls"]``,
+see :func:`sabot.fintech.missing`) leaves those float outputs NaN, without a validity bitmap.
+
+Other data (polars, pandas, numpy, Arrow-capsule objects) is converted by :mod:`sabot.interop`
+and the result given back as the same kind.
 """
 import numpy as np
 import pyarrow as pa
@@ -23,8 +27,10 @@ from libc.stdint cimport uint32_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
+from .. import interop
+from ._columns import NAN as NAN_MODE, NULL as NULL_MODE, check_missing, current_missing
+from ._columns import missing as _missing_mode
 from ._columns import (
-    check_batch,
     require_column,
     require_numeric,
     resolve_value_column,
@@ -556,12 +562,14 @@ cdef class Kernel:
         free(self._scratch)
 
     def declare(self, str name, inputs, outputs, *, Py_ssize_t stride=0, by=None, config=None,
-                bint partition_keys=False):
+                bint partition_keys=False, nulls=None):
         """Declare the kernel: its function name, inputs, outputs and per-key state width.
 
         ``partition_keys``: with ``by``, run a batch key by key through the unkeyed loop when
         there are enough rows per key (see ``_run_partitioned``); for kernels whose unkeyed
-        loop is much faster than their keyed one (block fast paths, state in registers)."""
+        loop is much faster than their keyed one (block fast paths, state in registers).
+        ``nulls``: ``"null"`` or ``"nan"`` for float outputs with no value (see ``nulls``);
+        None takes the mode in effect (:func:`sabot.fintech.missing`, ``set_missing``)."""
         inputs = list(inputs)
         outputs = list(outputs)
         if sum(1 for i in inputs if i[2] != TIME) > MAX_COLUMNS or len(outputs) > MAX_COLUMNS:
@@ -580,6 +588,36 @@ cdef class Kernel:
         self.config = dict(config or {})
         if by is not None:
             self.config["by"] = by
+        self.nulls = current_missing() if nulls is None else nulls   # in config for "nan" only
+
+    @property
+    def nulls(self):
+        """``"null"`` (the default): float outputs with no value — warm-up rows, rows with a
+        missing input — are Arrow nulls; ``"nan"``: they are NaN (no validity bitmap, so
+        ``.to_numpy()`` works).  Boolean, integer and label outputs keep nulls either way.
+        Taken from :func:`sabot.fintech.missing` / ``set_missing`` when the kernel is built;
+        settable.  Part of ``config``, so a checkpoint restores into the same mode only."""
+        return self.config.get("nulls", NULL_MODE)
+
+    @nulls.setter
+    def nulls(self, mode):
+        if check_missing(mode) == NAN_MODE:
+            self.config["nulls"] = NAN_MODE
+        else:
+            self.config.pop("nulls", None)
+
+    def clone(self):
+        """A new kernel of the same configuration (``nulls`` mode included), fresh state."""
+        config = dict(self.config)
+        mode = config.pop("nulls", NULL_MODE)
+        try:
+            with _missing_mode(mode):
+                twin = type(self)(**config)
+        except TypeError as exc:
+            raise TypeError(f"{self!r} cannot be rebuilt from its configuration: {exc}") from exc
+        if twin.config != self.config:
+            raise TypeError(f"{self!r} rebuilt from its configuration differs: {twin!r}")
+        return twin
 
     @property
     def output_names(self):
@@ -594,15 +632,27 @@ cdef class Kernel:
     # ---------------------------------------------------------------- calling
 
     def __call__(self, batch):
-        check_batch(batch)
-        if isinstance(batch, pa.Table):
-            parts = batch.to_batches()
-            if not parts:
-                parts = [pa.RecordBatch.from_arrays(
-                    [pa.array([], type=f.type) for f in batch.schema], schema=batch.schema)]
-            outs = [self._process(b) for b in parts]
-            return pa.Table.from_batches(outs, schema=outs[0].schema)
-        return self._process(batch)
+        """``batch`` with the outputs appended: a RecordBatch or Table as is; any other data
+        :mod:`sabot.interop` accepts (polars, pandas, numpy, Arrow-capsule objects; one
+        array or Series for a kernel reading one column) comes back as the same kind."""
+        if isinstance(batch, pa.RecordBatch):
+            return self._process(batch)
+        if not isinstance(batch, pa.Table):
+            return interop.apply(self, batch, self.output_names, column=self._array_column(),
+                                 what=f"{self.name} input")
+        parts = batch.to_batches()
+        if not parts:
+            parts = [pa.RecordBatch.from_arrays(
+                [pa.array([], type=f.type) for f in batch.schema], schema=batch.schema)]
+        outs = [self._process(b) for b in parts]
+        return pa.Table.from_batches(outs, schema=outs[0].schema)
+
+    def _array_column(self):
+        """The column a single array given to this kernel becomes: its one input's column
+        (``price`` for an automatic value column); None when it reads several or has keys."""
+        if len(self._inputs) != 1 or self.by is not None:
+            return None
+        return self._inputs[0][1] or "price"
 
     def resolve_columns(self, schema):
         """The (kind, column name) of every input, checked against ``schema``."""
@@ -694,9 +744,12 @@ cdef class Kernel:
                 self._run_blocks(&io, n_out, n_nan)
 
         named = []
+        nan_floats = self.config.get("nulls") == NAN_MODE
         for j, (oname, okind, labels) in enumerate(self._outputs):
             valid = None
             n_null = n_nan[j]
+            if nan_floats and okind == F64:
+                n_null = 0                       # "nan" mode: float outputs stay NaN
             if n_null:
                 valid = pa.allocate_buffer((n + 7) // 8)
                 bitmap = <uint8_t*>_address(valid)

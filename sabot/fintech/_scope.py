@@ -14,6 +14,12 @@ which chooses by whether the kernel keeps state:
   exactly as the class form ``EWMA(alpha=0.94)`` would, and the scope is part of the
   operator's checkpoint.
 
+**Missing values.**  Float outputs with no value (warm-up rows, rows with a missing input) are
+Arrow nulls by default; within ``with missing("nan"):`` (or after ``set_missing("nan")``) kernels
+built — and function forms called — give NaN instead.  The mode is part of a kernel's
+``config`` (``{"nulls": "nan"}``; absent for the default), so a checkpoint restores into a kernel
+of the same mode only, and a Stream operator created inside the block keeps its mode.
+
 **State a Stream cannot checkpoint.**  A kernel instance (or any object with ``state_dict``)
 that a function merely refers to — captured in a closure, a default argument, a
 ``functools.partial`` or a module global (``k = EWMA(); stream.map(lambda b: k(b))``) — keeps
@@ -29,6 +35,9 @@ import functools
 import types
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+
+from ._columns import (MISSING_MODES, NAN, NULL, _missing, check_missing,  # noqa: F401
+                       current_missing, missing, set_missing)
 
 _current: contextvars.ContextVar[Optional["StateScope"]] = contextvars.ContextVar(
     "sabot_kernel_state_scope", default=None
@@ -49,19 +58,25 @@ def _freeze(value: Any) -> Any:
 class StateScope:
     """Kernel instances owned by one Stream operator, found again on every call."""
 
-    def __init__(self) -> None:
+    def __init__(self, missing: Optional[str] = None) -> None:
         self._instances: Dict[Tuple[str, Any, int], Any] = {}
         self._call_index = 0
         self._pending: Dict[str, Any] = {}
+        #: the :func:`missing` mode of the block this scope was created in (None: outside any),
+        #: in effect whenever the scope is active
+        self.missing: Optional[str] = _missing.get() if missing is None else check_missing(missing)
 
     @contextmanager
     def active(self) -> Iterator["StateScope"]:
         """Make this scope current for one operator invocation (resets the call order)."""
         self._call_index = 0
         token = _current.set(self)
+        mode_token = _missing.set(self.missing) if self.missing is not None else None
         try:
             yield self
         finally:
+            if mode_token is not None:
+                _missing.reset(mode_token)
             _current.reset(token)
 
     def instance_for(self, kernel_cls: type, config: Dict[str, Any], factory: Callable[[], Any]) -> Any:
@@ -71,6 +86,12 @@ class StateScope:
         if inst is None:
             inst = factory()
             pending = self._pending.pop(self._key_name(key), None)
+            if pending is None and self._pending:    # saved before the naming rule: old names
+                from ._naming import earlier_config
+                old = earlier_config(getattr(inst, "name", ""), config)
+                if old is not None:
+                    pending = self._pending.pop(self._key_name((key[0], _freeze(old), key[2])),
+                                                None)
             if pending is not None:
                 inst.load_state_dict(pending)
             self._instances[key] = inst

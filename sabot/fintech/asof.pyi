@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import datetime
-from typing import AbstractSet, Any, Callable, Iterable, Iterator, Literal, Optional, TypeVar, Union
+from typing import (AbstractSet, Any, Callable, Iterable, Iterator, Literal, Optional, Tuple,
+                    TypeVar, Union)
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +13,8 @@ B = TypeVar("B", pa.RecordBatch, pa.Table)
 Direction = Literal["backward", "forward", "nearest"]
 OnUnit = Literal["ns", "us", "ms", "s"]
 Tolerance = Union[datetime.timedelta, np.timedelta64, int, None]
+#: (left venue, right venue): names the output columns without reading rows
+Exchanges = Optional[Tuple[Optional[str], Optional[str]]]
 
 PREFIXED_META_KEY: bytes
 KNOWN_EXCHANGES: AbstractSet[str]  # every registered venue (a live view)
@@ -30,6 +33,7 @@ def asof_join(
     tolerance: Tolerance = None,
     on_unit: OnUnit = "ms",
     sort: bool = False,
+    exchanges: Exchanges = None,
 ) -> B: ...
 
 def asof_join_table(
@@ -46,6 +50,7 @@ def asof_join_table(
     tolerance: Tolerance = None,
     on_unit: OnUnit = "ms",
     sort: bool = False,
+    exchanges: Exchanges = None,
 ) -> B: ...
 
 class AsofJoinKernel:
@@ -59,6 +64,7 @@ class AsofJoinKernel:
     tolerance: Tolerance
     on_unit: OnUnit
     sort: bool
+    exchanges: Exchanges
     right: BatchLike
     def __init__(
         self,
@@ -74,6 +80,7 @@ class AsofJoinKernel:
         tolerance: Tolerance = None,
         on_unit: OnUnit = "ms",
         sort: bool = False,
+        exchanges: Exchanges = None,
     ) -> None: ...
     def match_indices(self, left: BatchLike) -> np.ndarray: ...
     def __call__(self, left: B) -> B: ...
@@ -89,6 +96,7 @@ class StreamingAsofJoinKernel:
     tolerance_ms: Optional[float]
     tolerance: Tolerance
     ordinal_column: Optional[str]
+    exchanges: Exchanges
     def __init__(
         self,
         on: str = "timestamp",
@@ -104,6 +112,7 @@ class StreamingAsofJoinKernel:
         ordinal_column: Optional[str] = None,
         max_dead_rows: int = 100_000,
         max_dead_bytes: int = 64 * 1024 * 1024,
+        exchanges: Exchanges = None,
     ) -> None: ...
     max_dead_rows: int
     max_dead_bytes: int
@@ -134,4 +143,5 @@ def asof_join_streaming(
     on_unit: OnUnit = "ms",
     tolerance: Tolerance = None,
     ordinal_column: Optional[str] = None,
+    exchanges: Exchanges = None,
 ) -> Iterator[pa.RecordBatch]: ...

@@ -981,6 +981,46 @@ def _constant_exchange(batch):
     return first
 
 
+def _check_exchanges(exchanges, right_prefix):
+    """Validated ``exchanges=`` argument: ``None`` or a pair ``(left venue, right venue)``,
+    each a non-empty string or None."""
+    if exchanges is None:
+        return None
+    if (isinstance(exchanges, (str, bytes)) or not isinstance(exchanges, (tuple, list))
+            or len(exchanges) != 2):
+        raise TypeError(f"exchanges must be a pair (left venue, right venue), got {exchanges!r}")
+    for side, name in zip(("left", "right"), exchanges):
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"exchanges: the {side} venue must be a non-empty string or None, "
+                            f"got {name!r}")
+    if right_prefix is not None:
+        raise ValueError(f"pass either right_prefix= ({right_prefix!r}) or exchanges= "
+                         f"({tuple(exchanges)!r}), not both: each names the right columns")
+    return (exchanges[0], exchanges[1])
+
+
+def _reads_venues(right_schema, on, by, right_prefix, exchanges):
+    """Whether the output names come from the inputs' ``exchange`` values (no ``exchanges=``
+    nor ``right_prefix=``, and the right has an ``exchange`` value column)."""
+    return (exchanges is None and right_prefix is None and "exchange" in right_schema.names
+            and "exchange" not in (on, by))
+
+
+def _venue_of(batch, side):
+    """The venue named by a non-empty input's ``exchange`` column (None when it has none or
+    several); an empty input has no venue to read: ValueError saying how to name it."""
+    if batch.schema.get_field_index("exchange") < 0:
+        return None
+    if batch.num_rows == 0:
+        raise ValueError(
+            f"asof join: the {side} input has no rows, so its venue cannot be read from its "
+            "'exchange' column and the output column names would differ from those of a "
+            "non-empty input; pass exchanges=(left venue, right venue), e.g. "
+            "exchanges=('coinbase', 'kraken'), or right_prefix= to name the columns "
+            "without reading rows")
+    return _constant_exchange(batch)
+
+
 def _prefixed_columns(schema):
     meta = schema.metadata or {}
     raw = meta.get(PREFIXED_META_KEY)
@@ -1097,12 +1137,20 @@ class AsofJoinKernel:
     ``kernel(left)`` equals ``asof_join(left, right, ...)`` with the constructor's parameters,
     for any number of left batches (each call is independent; cursors start by binary search, so
     a small left batch costs O(rows · log(right rows per key)), not a scan of the right side).
+
+    Output names are the same for every left batch, empty or not.  With ``exchanges=`` or
+    ``right_prefix=`` they follow from the arguments and schemas alone.  Otherwise, when the
+    inputs carry an ``exchange`` column, the venues are read once: the right's from ``right``,
+    the left's from the first non-empty left batch, and kept for every later batch (a loop over
+    batches keeps one schema through quiet spans).  A venue that cannot be read yet (an empty
+    right, or an empty first left batch) raises ``ValueError`` asking for ``exchanges=``.
     """
 
     def __init__(self, right, on="timestamp", by=None, tolerance_ms=1000, direction="backward", *,
                  allow_exact_matches=True, right_prefix=None, suffix=None, tolerance=None,
-                 on_unit="ms", sort=False):
+                 on_unit="ms", sort=False, exchanges=None):
         check_batch(right)
+        self.exchanges = _check_exchanges(exchanges, right_prefix)
         self.on = on
         self.by = _check_by(by)
         self.direction = direction
@@ -1119,9 +1167,11 @@ class AsofJoinKernel:
         self._rspec = _on_spec(rfield, "right", on_unit)
         if self.by is not None:
             require_column(right.schema, self.by, "right 'by' column")
-        self._right_exchange = (
-            _constant_exchange(right) if right_prefix is None else None
-        )
+        self._reads = _reads_venues(right.schema, on, self.by, right_prefix, self.exchanges)
+        self._venues = self.exchanges   # (left, right) once known
+        self._right_venue = None
+        if self._reads and right.num_rows:
+            self._right_venue = _constant_exchange(right)
         self._right_cols = {}
         self._index = None
         self._unit = None
@@ -1151,10 +1201,25 @@ class AsofJoinKernel:
         return self._index.match(l_on, lcodes_raw, lookup, self._dir, self.allow_exact_matches, tol,
                                  "left", on, by)
 
+    def _names(self, left):
+        """(left venue, right venue) naming the output (see the class docstring)."""
+        if self._venues is not None:
+            return self._venues
+        if not self._reads:
+            self._venues = (None, None)
+            return self._venues
+        right_venue = _venue_of(self.right, "right")
+        if right_venue is None:  # several venues on the right: plain names, whatever the left
+            self._venues = (None, None)
+            return self._venues
+        self._venues = (_venue_of(left, "left"), right_venue)
+        return self._venues
+
     def __call__(self, left):
-        left_ex = _constant_exchange(left) if self._right_exchange is not None else None
+        check_batch(left)
+        left_ex, right_ex = self._names(left)
         plan = _plan(left.schema, self.right.schema, self.on, self.by, self.right_prefix,
-                     self.suffix, left_ex, self._right_exchange)
+                     self.suffix, left_ex, right_ex)
         srcs = []
         for i, _ in plan.right:
             col = self._right_cols.get(i)
@@ -1196,7 +1261,7 @@ class AsofJoinKernel:
 
 def asof_join(left, right, on="timestamp", by=None, tolerance_ms=1000, direction="backward", *,
               allow_exact_matches=True, right_prefix=None, suffix=None, tolerance=None,
-              on_unit="ms", sort=False):
+              on_unit="ms", sort=False, exchanges=None):
     """ASOF join: each left row gets the right row nearest in ``on`` (same ``by`` key).
 
     Equals ``pandas.merge_asof(left, right, on=on, by=by, tolerance=tol, direction=direction,
@@ -1209,10 +1274,18 @@ def asof_join(left, right, on="timestamp", by=None, tolerance_ms=1000, direction
     the first out-of-order row); ``sort=True`` sorts internally (stable) and still returns the
     left rows in their original order. Output: the left's columns, then the right's value
     columns (``on``/``by`` once). Naming: ``right_prefix`` prefixes every right value column;
-    otherwise, if the right has a constant ``exchange`` column (different from the left's), the
-    right columns get ``<exchange>_`` and the left's value columns the left exchange's prefix
-    (columns already carrying an exchange prefix are kept; the right ``exchange`` column is
-    dropped); otherwise clashing right names get ``suffix`` (default ``'_right'``).
+    ``exchanges=(left venue, right venue)`` (different venues) gives the right columns the
+    ``<right venue>_`` prefix and the left's value columns the left venue's (columns already
+    carrying a venue prefix are kept; the right ``exchange`` column is dropped); otherwise
+    clashing right names get ``suffix`` (default ``'_right'``).
+
+    ``exchanges=`` and ``right_prefix=`` name the output from the arguments alone, so every
+    call of a batch-by-batch loop, empty inputs included, gives one schema.  Without them,
+    inputs with an ``exchange`` column are named as ``exchanges=`` would name them with the
+    venues read from those columns (one constant venue per side; several venues on the right:
+    plain names) — the names of a full batch — and an empty input, whose venue cannot be read,
+    raises ``ValueError`` asking for ``exchanges=`` rather than silently naming the columns
+    differently.
     Table in → Table out (the output follows the left's type).
     """
     check_batch(left)
@@ -1221,20 +1294,21 @@ def asof_join(left, right, on="timestamp", by=None, tolerance_ms=1000, direction
         require_column(left.schema, _check_by(by), "left 'by' column")
     kernel = AsofJoinKernel(right, on=on, by=by, tolerance_ms=tolerance_ms, direction=direction,
                             allow_exact_matches=allow_exact_matches, right_prefix=right_prefix,
-                            suffix=suffix, tolerance=tolerance, on_unit=on_unit, sort=sort)
+                            suffix=suffix, tolerance=tolerance, on_unit=on_unit, sort=sort,
+                            exchanges=exchanges)
     return kernel(left)
 
 
 def asof_join_table(left_batch, right_table, on="timestamp", by=None, tolerance_ms=1000,
                     direction="backward", *, allow_exact_matches=True, right_prefix=None,
-                    suffix=None, tolerance=None, on_unit="ms", sort=False):
+                    suffix=None, tolerance=None, on_unit="ms", sort=False, exchanges=None):
     """``asof_join`` with the right side a ``pyarrow.Table`` (chunked columns accepted)."""
     if not isinstance(right_table, pa.Table):
         raise TypeError(f"right_table must be a pyarrow.Table, got {type(right_table).__name__}")
     return asof_join(left_batch, right_table, on=on, by=by, tolerance_ms=tolerance_ms,
                      direction=direction, allow_exact_matches=allow_exact_matches,
                      right_prefix=right_prefix, suffix=suffix, tolerance=tolerance,
-                     on_unit=on_unit, sort=sort)
+                     on_unit=on_unit, sort=sort, exchanges=exchanges)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1336,17 +1410,27 @@ class StreamingAsofJoinKernel:
     last row before it when within tolerance); held left rows only until final. A left row older
     than what was already pruned for its key raises ``ValueError`` (left input not time-ordered).
 
-    Output: left columns then right value columns, named as in :func:`asof_join` (exchange
-    prefixes taken from the first batch of each side); rows in emission order, which keeps each
-    key's left order. ``ordinal_column='name'`` appends each left row's 0-based arrival ordinal
-    (for restoring the global left order: sort by it). The output schema is fixed once a batch of
-    each side has been seen; calls before that return empty batches with the left's schema.
+    Output: left columns then right value columns, named as in :func:`asof_join`; rows in
+    emission order, which keeps each key's left order. ``ordinal_column='name'`` appends each
+    left row's 0-based arrival ordinal (for restoring the global left order: sort by it).
+
+    One output schema for the kernel's life: the names are fixed once and never change, however
+    many batches are empty.  With ``exchanges=(left venue, right venue)`` or ``right_prefix=``
+    they follow from the arguments and the two input schemas, fixed as soon as a batch of each
+    side (empty or not) has been seen.  Without them, inputs with an ``exchange`` column are
+    named after the venue read from the first non-empty batch of each side (a stream is one
+    venue; reading every batch would rename the columns whenever a span is quiet), fixed once
+    both venues are known — or, if rows must be emitted before the right side has had a row
+    (:meth:`advance_right_watermark`, :meth:`flush`), then, with plain names, and a warning says
+    to pass ``exchanges=``.  Until the names are fixed no row is emitted and the empty batches
+    returned carry the left's schema (skip empty batches; :func:`asof_join_streaming` and
+    ``Stream.asof_join`` do).
     """
 
     def __init__(self, on="timestamp", by=None, tolerance_ms=1000, direction="backward", *,
                  allow_exact_matches=True, right_prefix=None, suffix=None, on_unit="ms",
                  tolerance=None, ordinal_column=None, max_dead_rows=100_000,
-                 max_dead_bytes=64 * 1024 * 1024):
+                 max_dead_bytes=64 * 1024 * 1024, exchanges=None):
         if max_dead_rows < 0 or max_dead_bytes < 0:
             raise ValueError(f"max_dead_rows and max_dead_bytes must be >= 0, got "
                              f"{max_dead_rows} and {max_dead_bytes}")
@@ -1365,6 +1449,7 @@ class StreamingAsofJoinKernel:
         self.tolerance_ms = tolerance_ms
         self.tolerance = tolerance
         self.ordinal_column = ordinal_column
+        self.exchanges = _check_exchanges(exchanges, right_prefix)
         check_unit(on_unit)
         self.reset()
 
@@ -1382,9 +1467,11 @@ class StreamingAsofJoinKernel:
         self._right_schema = None
         self._left_spec = None
         self._right_spec = None
-        self._left_ex = None
-        self._right_ex = None
-        self._plan_cache = None
+        self._left_ex = None       # venue read from the first non-empty left batch
+        self._right_ex = None      # ... right batch
+        self._left_read = False    # a non-empty batch of that side was read
+        self._right_read = False
+        self._plan_cache = None    # the output names, once fixed
         self._held = None          # Table of held left rows
         self._h_on = np.zeros(0, dtype=np.int64)
         self._h_code = np.zeros(0, dtype=np.int32)
@@ -1454,6 +1541,7 @@ class StreamingAsofJoinKernel:
                 "tolerance": self.tolerance, "direction": self.direction,
                 "allow_exact_matches": self.allow_exact_matches, "right_prefix": self.right_prefix,
                 "suffix": self.suffix, "on_unit": self.on_unit, "ordinal_column": self.ordinal_column,
+                "exchanges": None if self.exchanges is None else list(self.exchanges),
             },
             "key_values": list(self._key_values),
             "wm": self._wm.tolist(),
@@ -1465,6 +1553,8 @@ class StreamingAsofJoinKernel:
             "right_schema": _schema_bytes(self._right_schema),
             "left_exchange": self._left_ex,
             "right_exchange": self._right_ex,
+            "venues_read": [self._left_read, self._right_read],
+            "names_fixed": self._plan_cache is not None,
             "held": None if self._held is None else _ipc_bytes(self._held),
             "h_on": self._h_on.tolist(), "h_code": self._h_code.tolist(), "h_ord": self._h_ord.tolist(),
             "buf": None if self._buf is None else _ipc_bytes(self._buf),
@@ -1480,9 +1570,10 @@ class StreamingAsofJoinKernel:
         if d.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported state version {d.get('version')!r}; expected {_STATE_VERSION}")
         p = d["params"]
-        mine = {"on": self.on, "by": self.by, "direction": self.direction}
+        mine = {"on": self.on, "by": self.by, "direction": self.direction,
+                "exchanges": None if self.exchanges is None else list(self.exchanges)}
         for name, value in mine.items():
-            if p[name] != value:
+            if name in p and p[name] != value:  # (older snapshots have no exchanges)
                 raise ValueError(f"state was saved with {name}={p[name]!r}, this kernel has {value!r}")
         self.reset()
         self._key_values = list(d["key_values"])
@@ -1500,6 +1591,11 @@ class StreamingAsofJoinKernel:
             self._right_spec = _on_spec(self._right_schema.field(self.on), "right", self.on_unit)
         self._left_ex = d["left_exchange"]
         self._right_ex = d["right_exchange"]
+        # a snapshot without these keys fixed its names with the first batch of each side
+        both = self._left_schema is not None and self._right_schema is not None
+        self._left_read, self._right_read = d.get("venues_read", [both, both])
+        if d.get("names_fixed", both):
+            self._plan()
         self._held = None if d["held"] is None else _ipc_table(d["held"])
         self._h_on = np.array(d["h_on"], dtype=np.int64)
         self._h_code = np.array(d["h_code"], dtype=np.int32)
@@ -1561,10 +1657,8 @@ class StreamingAsofJoinKernel:
             spec = _on_spec(field, side, self.on_unit)
             if side == "left":
                 self._left_schema, self._left_spec = batch.schema, spec
-                self._left_ex = _constant_exchange(batch) if self.right_prefix is None else None
             else:
                 self._right_schema, self._right_spec = batch.schema, spec
-                self._right_ex = _constant_exchange(batch) if self.right_prefix is None else None
             other = self._right_spec if side == "left" else self._left_spec
             if other is not None:
                 _common_unit(self._left_spec, self._right_spec, self.on)
@@ -1574,22 +1668,54 @@ class StreamingAsofJoinKernel:
                     f"{side} batch columns {batch.schema.names} differ from the first {side} batch's {known.names}"
                 )
             batch = batch.cast(known)
+        if batch.num_rows and not (self._left_read if side == "left" else self._right_read):
+            venue = _constant_exchange(batch)
+            if side == "left":
+                self._left_read, self._left_ex = True, venue
+            else:
+                self._right_read, self._right_ex = True, venue
         return batch
 
     def _on_ns(self, batch, side):
         spec = self._left_spec if side == "left" else self._right_spec
         return np.ascontiguousarray(_on_values(batch.column(self.on), spec, "ns", side, self.on))
 
+    def _names_known(self):
+        """Whether the output names can be fixed now without guessing (class docstring)."""
+        if self._left_schema is None or self._right_schema is None:
+            return False
+        if self.exchanges is not None or not _reads_venues(self._right_schema, self.on, self.by,
+                                                            self.right_prefix, None):
+            return True
+        if not self._right_read:
+            return False
+        if self._right_ex is None:  # several venues on the right: plain names
+            return True
+        return self._left_read or self._left_schema.get_field_index("exchange") < 0
+
     def _plan(self):
+        """The output names: fixed on first use, then never changed."""
         if self._plan_cache is None:
+            if self.exchanges is not None:
+                left_ex, right_ex = self.exchanges
+            elif _reads_venues(self._right_schema, self.on, self.by, self.right_prefix, None):
+                if not self._right_read:
+                    log.warning(
+                        "asof streaming join: rows emitted before the right side had a row, so "
+                        "its venue is unknown; the output columns keep plain names for the rest "
+                        "of the join (pass exchanges=(left venue, right venue) for venue names)")
+                right_ex = self._right_ex if self._right_read else None
+                left_ex = self._left_ex if right_ex is not None else None
+            else:
+                left_ex = right_ex = None
             self._plan_cache = _plan(self._left_schema, self._right_schema, self.on, self.by,
-                                     self.right_prefix, self.suffix, self._left_ex, self._right_ex)
+                                     self.right_prefix, self.suffix, left_ex, right_ex)
         return self._plan_cache
 
     def _empty_output(self):
         if self._left_schema is None:
             return pa.RecordBatch.from_pylist([], schema=pa.schema([]))
-        if self._right_schema is None:
+        if self._plan_cache is None and not self._names_known():
             out = pa.RecordBatch.from_pylist([], schema=self._left_schema)
         else:
             out = self._emit(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), empty=True)
@@ -1795,7 +1921,24 @@ class StreamingAsofJoinKernel:
         return out
 
     def flush(self):
-        """End of stream: every held left row, joined with the right rows known now."""
+        """End of stream: every held left row, joined with the right rows known now.
+
+        If the right input never delivered a batch, its columns are unknown: the held left
+        rows are returned as they are (the left's columns, plus ``ordinal_column``) with a
+        warning, rather than lost."""
+        if self._right_schema is None and self._held is not None and len(self._h_on):
+            n = len(self._h_on)
+            log.warning("asof streaming join: the right input delivered no batch; %d left rows "
+                        "emitted without right columns", n)
+            out = self._held.combine_chunks().to_batches()[0]
+            if self.ordinal_column is not None:
+                out = out.append_column(self.ordinal_column,
+                                        pa.array(self._h_ord, type=pa.int64()))
+            self._held = None
+            self._h_on = np.zeros(0, dtype=np.int64)
+            self._h_code = np.zeros(0, dtype=np.int32)
+            self._h_ord = np.zeros(0, dtype=np.int64)
+            return out
         out = self._release(everything=True)
         return out
 
@@ -1811,17 +1954,20 @@ def _min_on(batch, on):
 
 def asof_join_streaming(left_stream, right_stream, on="timestamp", by=None, tolerance_ms=1000,
                         direction="backward", *, allow_exact_matches=True, right_prefix=None,
-                        suffix=None, on_unit="ms", tolerance=None, ordinal_column=None):
+                        suffix=None, on_unit="ms", tolerance=None, ordinal_column=None,
+                        exchanges=None):
     """Join two iterables of batches with :class:`StreamingAsofJoinKernel`; yields output batches.
 
     Batches are consumed in order of their minimum ``on`` (ties: right first, so left rows at
     that time can be released); empty outputs are skipped; the kernel is flushed at the end.
     Timestamps and integer ``on`` columns are compared after conversion to nanoseconds.
+    Every yielded batch has the same schema (naming: :class:`StreamingAsofJoinKernel`).
     """
     kernel = StreamingAsofJoinKernel(on=on, by=by, tolerance_ms=tolerance_ms, direction=direction,
                                      allow_exact_matches=allow_exact_matches,
                                      right_prefix=right_prefix, suffix=suffix, on_unit=on_unit,
-                                     tolerance=tolerance, ordinal_column=ordinal_column)
+                                     tolerance=tolerance, ordinal_column=ordinal_column,
+                                     exchanges=exchanges)
     lit, rit = iter(left_stream), iter(right_stream)
 
     def _ns_min(batch):

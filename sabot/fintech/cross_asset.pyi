@@ -13,13 +13,13 @@ class LeadLag(TypedDict):
     corrs: Dict[int, Optional[float]]
 
 def hayashi_yoshida_cov(batch_a: B, batch_b: Batch, window_ms: int = 60000, *,
-                        returns_column: str = "returns",
+                        returns_column: Optional[str] = None,
                         timestamp_column: str = "timestamp") -> B: ...
 def hayashi_yoshida_corr(batch_a: B, batch_b: Batch, window_ms: int = 60000, *,
-                         returns_column: str = "returns",
+                         returns_column: Optional[str] = None,
                          timestamp_column: str = "timestamp") -> B: ...
 def xcorr_leadlag(batch_a: Batch, batch_b: Batch, max_lag: int = 10, alpha: float = 0.94, *,
-                  returns_column: str = "returns") -> LeadLag: ...
+                  returns_column: Optional[str] = None) -> LeadLag: ...
 
 class PairsSpread(Kernel):
     def __init__(self, hedge_ratio: float = 1.0, *, a_column: str = "price",

@@ -17,6 +17,7 @@ from libc.stdint cimport int64_t
 
 from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
 from ._kernel import _as_float64, _as_int64_ns, numeric_input, output
+from ._naming import renamed as _renamed
 from ._columns import (
     check_batch, check_positive_int, check_unit_interval, require_column, require_numeric,
 )
@@ -35,8 +36,19 @@ def _column(batch, name):
     return col
 
 
+#: Columns a returns input without a name reads, first present wins: ``returns`` (read by
+#: name before), then ``log_return``, what ``log_returns`` appends.
+RETURNS_COLUMNS = ("returns", "log_return")
+
+
 def _returns(batch, column, role):
-    """float64 numpy of ``column`` with NaN where null (checked numeric)."""
+    """float64 numpy of ``column`` with NaN where null (checked numeric); ``column`` None:
+    the first of RETURNS_COLUMNS the batch has."""
+    if column is None:
+        column = next((c for c in RETURNS_COLUMNS if c in batch.schema.names), None)
+        if column is None:
+            raise KeyError(f"{role}: no 'returns' or 'log_return' column; columns present: "
+                           f"{', '.join(batch.schema.names) or '(none)'}; pass returns_column=...")
     require_numeric(batch.schema, column, role)
     arr = _as_float64(_column(batch, column), column)
     if arr.null_count:
@@ -188,9 +200,12 @@ def _result(batch_a, columns):
     return pa.Table.from_batches([out]) if isinstance(batch_a, pa.Table) else out
 
 
-def hayashi_yoshida_cov(batch_a, batch_b, window_ms=60000, *, returns_column="returns",
-                        timestamp_column="timestamp"):
+def hayashi_yoshida_cov(batch_a, batch_b, window_ms=60000, *, returns_column=None,
+                        timestamp_column="timestamp", **renamed):
     """Hayashi–Yoshida covariance per tumbling window of ``window_ms``.
+
+    ``returns_column`` None reads ``returns``, else ``log_return`` (the output of
+    ``log_returns``).
 
     Each valid return r_i of a series covers the half-open interval I_i = (t_{prev}, t_i]
     (see below); the estimator for a window is::
@@ -217,20 +232,30 @@ def hayashi_yoshida_cov(batch_a, batch_b, window_ms=60000, *, returns_column="re
 
     Returns a RecordBatch (a Table when ``batch_a`` is a Table).
     """
+    if renamed:
+        bound = _renamed("hayashi_yoshida_cov", renamed, dict(
+            window_ms=window_ms, returns_column=returns_column,
+            timestamp_column=timestamp_column)).values()
+        window_ms, returns_column, timestamp_column = bound
     cov, _, _, empty, columns = _hayashi_yoshida(batch_a, batch_b, window_ms, returns_column,
                                                  timestamp_column)
     columns["hy_cov"] = pa.array(cov, mask=empty)
     return _result(batch_a, columns)
 
 
-def hayashi_yoshida_corr(batch_a, batch_b, window_ms=60000, *, returns_column="returns",
-                         timestamp_column="timestamp"):
+def hayashi_yoshida_corr(batch_a, batch_b, window_ms=60000, *, returns_column=None,
+                         timestamp_column="timestamp", **renamed):
     """Hayashi–Yoshida correlation per window: ``hy_corr = hy_cov / sqrt(RV_a·RV_b)``.
 
     RV = Σ r² over the series' returns in the window; windows and intervals as in
     :func:`hayashi_yoshida_cov`. Null where either series has no return in the window or
     RV_a·RV_b = 0.
     """
+    if renamed:
+        bound = _renamed("hayashi_yoshida_corr", renamed, dict(
+            window_ms=window_ms, returns_column=returns_column,
+            timestamp_column=timestamp_column)).values()
+        window_ms, returns_column, timestamp_column = bound
     cov, rv_a, rv_b, empty, columns = _hayashi_yoshida(batch_a, batch_b, window_ms,
                                                        returns_column, timestamp_column)
     denom = rv_a * rv_b
@@ -273,7 +298,8 @@ cdef double _pearson_at_lag(const double[::1] a, const double[::1] b, Py_ssize_t
     return cxy / sqrt(cxx * cyy)
 
 
-def xcorr_leadlag(batch_a, batch_b, max_lag=10, alpha=0.94, *, returns_column="returns"):
+def xcorr_leadlag(batch_a, batch_b, max_lag=10, alpha=0.94, *, returns_column=None,
+                  **renamed):
     """Cross-correlation of two row-aligned return series at lags −L..L.
 
     ``corrs[k]`` is the Pearson correlation of the pairs (a_t, b_{t+k}) with both values valid
@@ -287,6 +313,10 @@ def xcorr_leadlag(batch_a, batch_b, max_lag=10, alpha=0.94, *, returns_column="r
 
     Returns ``{'best_lag': int | None, 'best_corr': float | None, 'corrs': {lag: float | None}}``.
     """
+    if renamed:
+        bound = _renamed("xcorr_leadlag", renamed, dict(
+            max_lag=max_lag, alpha=alpha, returns_column=returns_column)).values()
+        max_lag, alpha, returns_column = bound
     check_batch(batch_a)
     check_batch(batch_b)
     cdef Py_ssize_t L = check_positive_int("max_lag", max_lag, minimum=0)
@@ -334,7 +364,11 @@ cdef class PairsSpread(Kernel):
     """``spread = p_a − β·p_b`` for a fixed hedge ratio β (both prices in one batch)."""
     cdef double beta
 
-    def __init__(self, hedge_ratio=1.0, *, a_column="price", b_column="price_b"):
+    def __init__(self, hedge_ratio=1.0, *, a_column="price", b_column="price_b", **renamed):
+        if renamed:
+            bound = _renamed("pairs_spread", renamed, dict(
+                hedge_ratio=hedge_ratio, a_column=a_column, b_column=b_column)).values()
+            hedge_ratio, a_column, b_column = bound
         beta = float(hedge_ratio)
         if not (beta == beta and abs(beta) < float("inf")):
             raise ValueError(f"hedge_ratio must be finite, got {hedge_ratio!r}")
@@ -353,8 +387,12 @@ cdef class PairsSpread(Kernel):
                 emit(io, 0, i, io.x[0][i] - self.beta * io.x[1][i])
 
 
-def pairs_spread(batch_a, batch_b, hedge_ratio=1.0, *, price_column="price"):
+def pairs_spread(batch_a, batch_b, hedge_ratio=1.0, *, price_column="price", **renamed):
     """``batch_a`` with ``spread`` = p_a − β·p_b appended (rows of the two inputs aligned)."""
+    if renamed:
+        bound = _renamed("pairs_spread", renamed, dict(
+            hedge_ratio=hedge_ratio, price_column=price_column)).values()
+        hedge_ratio, price_column = bound
     paired = _paired(batch_a, batch_b, price_column)
     return PairsSpread(hedge_ratio, a_column=price_column, b_column=_B_COLUMN)(
         paired).drop_columns([_B_COLUMN])
@@ -378,7 +416,11 @@ cdef class KalmanHedgeRatio(Kernel):
     """
     cdef double q, r
 
-    def __init__(self, q=0.001, r=0.1, *, a_column="price", b_column="price", by=None):
+    def __init__(self, q=0.001, r=0.1, *, a_column="price", b_column="price", by=None, **renamed):
+        if renamed:
+            bound = _renamed("kalman_hedge_ratio", renamed, dict(
+                q=q, r=r, a_column=a_column, b_column=b_column, by=by)).values()
+            q, r, a_column, b_column, by = bound
         self.q = float(q)
         if not (self.q >= 0.0 and self.q < float("inf")):
             raise ValueError(f"q must be a finite number >= 0, got {q!r}")
@@ -435,12 +477,17 @@ cdef class KalmanHedgeRatio(Kernel):
             emit(io, 1, i, y - st[0] * x)
 
 
-def kalman_hedge_ratio(batch_a, batch_b, q=0.001, r=0.1, *, price_column="price", by=None):
+def kalman_hedge_ratio(batch_a, batch_b, q=0.001, r=0.1, *, price_column="price", by=None,
+                       **renamed):
     """``batch_a`` with ``hedge_ratio`` and ``spread`` from a Kalman filter on β_t.
 
     See :class:`KalmanHedgeRatio`; one-shot outside a Stream, stateful inside one (the
     operator's state scope finds the same filter on every call).
     """
+    if renamed:
+        bound = _renamed("kalman_hedge_ratio", renamed, dict(
+            q=q, r=r, price_column=price_column, by=by)).values()
+        q, r, price_column, by = bound
     config = dict(q=q, r=r, a_column=price_column, b_column=price_column, by=by)
     scope = current_scope()
     if scope is None:

@@ -12,6 +12,7 @@ from libc.stdint cimport uint32_t
 from ._kernel cimport (MAX_COLUMNS, Kernel, KernelIO, emit, emit_marked, input_present,
                       report_finite, set_null, valid_or_null)
 from ._kernel import BOOL, LABEL, numeric_input, output
+from ._naming import renamed as _renamed
 
 
 cdef class CrossExchangeSpread(Kernel):
@@ -20,7 +21,11 @@ cdef class CrossExchangeSpread(Kernel):
     A price <= 0 makes the row null.
     """
 
-    def __init__(self, a_column, b_column):
+    def __init__(self, a_column, b_column, **renamed):
+        if renamed:
+            bound = _renamed("cross_exchange_spread", renamed, dict(
+                a_column=a_column, b_column=b_column)).values()
+            a_column, b_column = bound
         self.declare("cross_exchange_spread",
                      [numeric_input("a_column", a_column), numeric_input("b_column", b_column)],
                      [output("spread_bps")], config=dict(a_column=a_column, b_column=b_column))
@@ -37,8 +42,12 @@ cdef class CrossExchangeSpread(Kernel):
         report_finite(io, 0, marks)
 
 
-def cross_exchange_spread(batch, a_column, b_column):
+def cross_exchange_spread(batch, a_column, b_column, **renamed):
     """Append ``spread_bps`` = (a−b)/a·1e4."""
+    if renamed:
+        bound = _renamed("cross_exchange_spread", renamed, dict(
+            a_column=a_column, b_column=b_column)).values()
+        a_column, b_column = bound
     return CrossExchangeSpread(a_column, b_column)(batch)
 
 
@@ -103,7 +112,12 @@ cdef class ArbitrageOpportunities(Kernel):
     cdef readonly tuple venues
 
     def __init__(self, price_columns=None, fees_bps=0.0, min_edge_bps=0.0, *, ask_columns=None,
-                 bid_columns=None):
+                 bid_columns=None, **renamed):
+        if renamed:
+            bound = _renamed("arbitrage_opportunities", renamed, dict(
+                price_columns=price_columns, fees_bps=fees_bps, min_edge_bps=min_edge_bps,
+                ask_columns=ask_columns, bid_columns=bid_columns)).values()
+            price_columns, fees_bps, min_edge_bps, ask_columns, bid_columns = bound
         if price_columns is not None and (ask_columns is not None or bid_columns is not None):
             raise ValueError("give price_columns, or ask_columns and bid_columns, not both")
         if price_columns is None:
@@ -195,7 +209,7 @@ cdef class ArbitrageOpportunities(Kernel):
 
 
 def arbitrage_opportunities(batch, price_columns=None, fees_bps=0.0, min_edge_bps=0.0, *,
-                            ask_columns=None, bid_columns=None):
+                            ask_columns=None, bid_columns=None, **renamed):
     """Append ``buy_venue``, ``sell_venue``, ``gross_bps``, ``net_bps``, ``is_opportunity``,
     ``buy_price``, ``sell_price``.
 
@@ -203,5 +217,10 @@ def arbitrage_opportunities(batch, price_columns=None, fees_bps=0.0, min_edge_bp
     ``bid_columns`` (buy at the ask, sell at the bid). ``fees_bps``: one taker fee for every
     venue, or a ``{venue: fee}`` dict (bps). See :class:`ArbitrageOpportunities`.
     """
+    if renamed:
+        bound = _renamed("arbitrage_opportunities", renamed, dict(
+            price_columns=price_columns, fees_bps=fees_bps, min_edge_bps=min_edge_bps,
+            ask_columns=ask_columns, bid_columns=bid_columns)).values()
+        price_columns, fees_bps, min_edge_bps, ask_columns, bid_columns = bound
     return ArbitrageOpportunities(price_columns, fees_bps, min_edge_bps,
                                   ask_columns=ask_columns, bid_columns=bid_columns)(batch)

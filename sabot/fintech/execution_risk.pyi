@@ -8,7 +8,7 @@ from ._kernel import Kernel
 B = TypeVar("B", pa.RecordBatch, pa.Table)
 
 class VWAP(Kernel):
-    def __init__(self, price_column: str = "price", volume_column: str = "volume", *,
+    def __init__(self, price_column: Optional[str] = None, volume_column: str = "volume", *,
                  by: Optional[str] = None) -> None: ...
     def __call__(self, batch: B) -> B: ...
 
@@ -43,7 +43,7 @@ class CornishFisherVaR(Kernel):
                  by: Optional[str] = None) -> None: ...
     def __call__(self, batch: B) -> B: ...
 
-def vwap(batch: B, price_column: str = "price", volume_column: str = "volume", *,
+def vwap(batch: B, price_column: Optional[str] = None, volume_column: str = "volume", *,
          by: Optional[str] = None) -> B: ...
 def implementation_shortfall(batch: B, *, exec_price_column: str = "exec_price",
                              arrival_price_column: str = "arrival_price",

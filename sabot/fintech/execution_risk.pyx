@@ -12,9 +12,10 @@ import pyarrow as pa
 from libc.math cimport NAN, floor, sqrt
 
 from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
-from ._kernel import BOOL, numeric_input, output, side_input
+from ._kernel import BOOL, numeric_input, output, side_input, value_input
 from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
+from ._naming import renamed as _renamed, upgrade_state as _upgrade_state
 from ._window cimport (
     moments_constant, moments_count, moments_m2, moments_m3, moments_m4, moments_mean,
     moments_push, moments_width, ring_count, ring_push, sorted_push, sorted_width,
@@ -54,13 +55,22 @@ cdef inline double sorted_quantile(const double* w, Py_ssize_t N, Py_ssize_t n,
 cdef class VWAP(Kernel):
     """vwap_t = sum(p v) / sum(v), cumulative per key from its first valid row.
 
-    Null where the cumulative volume is 0 (numpy ``cumsum`` reference).
+    Null where the cumulative volume is 0 (numpy ``cumsum`` reference).  ``price_column`` None
+    reads ``price``, else ``close`` (bars).
     """
-    def __init__(self, price_column="price", volume_column="volume", *, by=None):
-        self.declare("vwap", [numeric_input("price_column", price_column),
+    def __init__(self, price_column=None, volume_column="volume", *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("vwap", renamed, dict(
+                price_column=price_column, volume_column=volume_column, by=by)).values()
+            price_column, volume_column, by = bound
+        self.declare("vwap", [value_input("price_column", price_column),
                               numeric_input("volume_column", volume_column)],
                      [output("vwap")], stride=2, by=by,
                      config=dict(price_column=price_column, volume_column=volume_column))
+
+    def load_state_dict(self, dict d):
+        """Also state saved before the naming rule (old names or old default recorded)."""
+        Kernel.load_state_dict(self, _upgrade_state(d, self.config))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
@@ -81,7 +91,12 @@ cdef class VWAP(Kernel):
 cdef class ImplementationShortfall(Kernel):
     """IS = side (exec/arrival - 1) 1e4 bps; side +1 buy / -1 sell; arrival <= 0 → null."""
     def __init__(self, exec_price_column="exec_price", arrival_price_column="arrival_price",
-                 side_column="side"):
+                 side_column="side", **renamed):
+        if renamed:
+            bound = _renamed("implementation_shortfall", renamed, dict(
+                exec_price_column=exec_price_column, arrival_price_column=arrival_price_column,
+                side_column=side_column)).values()
+            exec_price_column, arrival_price_column, side_column = bound
         self.declare("implementation_shortfall",
                      [numeric_input("exec_price_column", exec_price_column),
                       numeric_input("arrival_price_column", arrival_price_column),
@@ -106,7 +121,12 @@ cdef class ImplementationShortfall(Kernel):
 cdef class ArrivalPriceImpact(Kernel):
     """impact = side (exec - mid) / mid 1e4 bps; side +1 buy / -1 sell; mid <= 0 → null."""
     def __init__(self, exec_price_column="exec_price", arrival_mid_column="arrival_mid",
-                 side_column="side"):
+                 side_column="side", **renamed):
+        if renamed:
+            bound = _renamed("arrival_price_impact", renamed, dict(
+                exec_price_column=exec_price_column, arrival_mid_column=arrival_mid_column,
+                side_column=side_column)).values()
+            exec_price_column, arrival_mid_column, side_column = bound
         self.declare("arrival_price_impact",
                      [numeric_input("exec_price_column", exec_price_column),
                       numeric_input("arrival_mid_column", arrival_mid_column),
@@ -137,7 +157,11 @@ cdef class CUSUM(Kernel):
     """
     cdef double k, h
 
-    def __init__(self, column="value", k=0.5, h=5.0, *, by=None):
+    def __init__(self, column="value", k=0.5, h=5.0, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("cusum", renamed, dict(
+                column=column, k=k, h=h, by=by)).values()
+            column, k, h, by = bound
         self.k = check_positive("k", k, allow_zero=True)
         self.h = check_positive("h", h)
         self.declare("cusum", [numeric_input("column", column)],
@@ -175,7 +199,11 @@ cdef class HistoricalVaR(Kernel):
     cdef double alpha
     cdef Py_ssize_t window
 
-    def __init__(self, column="pnl", alpha=0.05, window=250, *, by=None):
+    def __init__(self, column="pnl", alpha=0.05, window=250, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("historical_var", renamed, dict(
+                column=column, alpha=alpha, window=window, by=by)).values()
+            column, alpha, window, by = bound
         self.alpha = _check_probability("alpha", alpha)
         self.window = check_positive_int("window", window)
         self.declare("historical_var", [numeric_input("column", column)], [output("var")],
@@ -204,7 +232,11 @@ cdef class HistoricalCVaR(Kernel):
     cdef double alpha
     cdef Py_ssize_t window
 
-    def __init__(self, column="pnl", alpha=0.05, window=250, *, by=None):
+    def __init__(self, column="pnl", alpha=0.05, window=250, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("historical_cvar", renamed, dict(
+                column=column, alpha=alpha, window=window, by=by)).values()
+            column, alpha, window, by = bound
         self.alpha = _check_probability("alpha", alpha)
         self.window = check_positive_int("window", window)
         self.declare("historical_cvar", [numeric_input("column", column)], [output("cvar")],
@@ -247,7 +279,11 @@ cdef class CornishFisherVaR(Kernel):
     cdef double alpha, z
     cdef Py_ssize_t window
 
-    def __init__(self, alpha=0.05, column="pnl", window=250, *, by=None):
+    def __init__(self, alpha=0.05, column="pnl", window=250, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("cornish_fisher_var", renamed, dict(
+                alpha=alpha, column=column, window=window, by=by)).values()
+            alpha, column, window, by = bound
         self.alpha = _check_probability("alpha", alpha)
         self.window = check_positive_int("window", window, minimum=2)
         self.z = NormalDist().inv_cdf(self.alpha)
@@ -285,46 +321,77 @@ cdef class CornishFisherVaR(Kernel):
 
 # ---------------------------------------------------------------- function forms
 
-def vwap(batch, price_column="price", volume_column="volume", *, by=None):
+def vwap(batch, price_column=None, volume_column="volume", *, by=None, **renamed):
     """Append ``vwap`` = cumulative sum(p v)/sum(v) per key."""
+    if renamed:
+        bound = _renamed("vwap", renamed, dict(
+            price_column=price_column, volume_column=volume_column, by=by)).values()
+        price_column, volume_column, by = bound
     return call_kernel(VWAP, batch, price_column=price_column, volume_column=volume_column,
                        by=by)
 
 
 def implementation_shortfall(batch, *, exec_price_column="exec_price",
-                             arrival_price_column="arrival_price", side_column="side"):
+                             arrival_price_column="arrival_price", side_column="side", **renamed):
     """Append ``implementation_shortfall_bps`` = side (exec/arrival - 1) 1e4 (stateless)."""
+    if renamed:
+        bound = _renamed("implementation_shortfall", renamed, dict(
+            exec_price_column=exec_price_column, arrival_price_column=arrival_price_column,
+            side_column=side_column)).values()
+        exec_price_column, arrival_price_column, side_column = bound
     return ImplementationShortfall(exec_price_column, arrival_price_column, side_column)(batch)
 
 
 def arrival_price_impact(batch, *, exec_price_column="exec_price",
-                         arrival_mid_column="arrival_mid", side_column="side"):
+                         arrival_mid_column="arrival_mid", side_column="side", **renamed):
     """Append ``arrival_impact_bps`` = side (exec - mid)/mid 1e4 (stateless)."""
+    if renamed:
+        bound = _renamed("arrival_price_impact", renamed, dict(
+            exec_price_column=exec_price_column, arrival_mid_column=arrival_mid_column,
+            side_column=side_column)).values()
+        exec_price_column, arrival_mid_column, side_column = bound
     return ArrivalPriceImpact(exec_price_column, arrival_mid_column, side_column)(batch)
 
 
-def cusum(batch, column="value", k=0.5, h=5.0, *, by=None):
+def cusum(batch, column="value", k=0.5, h=5.0, *, by=None, **renamed):
     """Append ``cusum_stat`` and ``cusum_alarm`` (two-sided Page CUSUM, reset on alarm)."""
+    if renamed:
+        bound = _renamed("cusum", renamed, dict(
+            column=column, k=k, h=h, by=by)).values()
+        column, k, h, by = bound
     return call_kernel(CUSUM, batch, column=column, k=k, h=h, by=by)
 
 
-def historical_var(batch, column="pnl", alpha=0.05, window=250, *, by=None):
+def historical_var(batch, column="pnl", alpha=0.05, window=250, *, by=None, **renamed):
     """Append ``var`` = -quantile_alpha of the last ``window`` values (numpy linear)."""
+    if renamed:
+        bound = _renamed("historical_var", renamed, dict(
+            column=column, alpha=alpha, window=window, by=by)).values()
+        column, alpha, window, by = bound
     return call_kernel(HistoricalVaR, batch, column=column, alpha=alpha, window=window, by=by)
 
 
-def historical_cvar(batch, column="pnl", alpha=0.05, window=250, *, by=None):
+def historical_cvar(batch, column="pnl", alpha=0.05, window=250, *, by=None, **renamed):
     """Append ``cvar`` = -mean of the window's values <= its alpha-quantile."""
+    if renamed:
+        bound = _renamed("historical_cvar", renamed, dict(
+            column=column, alpha=alpha, window=window, by=by)).values()
+        column, alpha, window, by = bound
     return call_kernel(HistoricalCVaR, batch, column=column, alpha=alpha, window=window, by=by)
 
 
-def cornish_fisher_var(batch, alpha=0.05, column="pnl", window=250, *, by=None):
+def cornish_fisher_var(batch, alpha=0.05, column="pnl", window=250, *, by=None, **renamed):
     """Append ``cf_var`` (Cornish-Fisher VaR from the window's mean, std, skew and kurtosis)."""
+    if renamed:
+        bound = _renamed("cornish_fisher_var", renamed, dict(
+            alpha=alpha, column=column, window=window, by=by)).values()
+        alpha, column, window, by = bound
     return call_kernel(CornishFisherVaR, batch, alpha=alpha, column=column, window=window,
                        by=by)
 
 
-def optimal_ac_schedule(Q, T, sigma, gamma, eta, n_slices=None, *, permanent_impact=0.0):
+def optimal_ac_schedule(Q, T, sigma, gamma, eta, n_slices=None, *, permanent_impact=0.0,
+                        **renamed):
     """Almgren–Chriss (2000) optimal liquidation schedule, discrete-time closed form.
 
     ``gamma`` is the risk aversion lambda, ``eta`` the temporary impact, ``permanent_impact``
@@ -337,6 +404,11 @@ def optimal_ac_schedule(Q, T, sigma, gamma, eta, n_slices=None, *, permanent_imp
     when lambda sigma^2 = 0). Returns a RecordBatch with ``slice`` (j), ``time`` (t_j),
     ``holdings`` (x_j: Q at j = 0, exactly 0 at j = N) and ``trade`` (x_{j-1} - x_j; 0 at j = 0).
     """
+    if renamed:
+        bound = _renamed("optimal_ac_schedule", renamed, dict(
+            Q=Q, T=T, sigma=sigma, gamma=gamma, eta=eta, n_slices=n_slices,
+            permanent_impact=permanent_impact)).values()
+        Q, T, sigma, gamma, eta, n_slices, permanent_impact = bound
     Q = float(Q)
     if Q != Q or abs(Q) == float("inf"):
         raise ValueError(f"Q must be a finite number, got {Q!r}")

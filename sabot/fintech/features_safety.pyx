@@ -5,7 +5,7 @@ and safety checks (stale quotes, price bands, fat fingers, circuit breaker, thro
 Rules beyond the kernel conventions of :mod:`sabot.fintech._kernel` (documented exceptions and choices):
 
 * ``lag`` / ``diff`` shift nulls through: a null (or NaN) is a value in the lag chain, so the row
-  ``k`` rows after a null gets a null lag; the null row itself still receives ``x_{t-k}``.
+  ``lag`` rows after a null gets a null lag; the null row itself still receives ``x_{t-lag}``.
 * Safety flags (``price_band_guard``, ``fat_finger_guard``, ``circuit_breaker``) treat a null or
   NaN input as flagged (``True``); ``stale_quote_detector`` and ``throttle_check`` flag a row with
   a null timestamp. Such rows never touch the state (a null price never trips the breaker latch).
@@ -18,8 +18,9 @@ from libc.stdint cimport int64_t
 
 from ._kernel cimport (Kernel, KernelIO, emit, key_state, local_to_state, present, row_state,
                       set_null, state_to_local)
-from ._kernel import BOOL, I64, numeric_input, output, side_input, time_input
+from ._kernel import BOOL, I64, numeric_input, output, side_input, time_input, value_input
 from ._columns import check_positive, check_positive_int
+from ._naming import renamed as _renamed, upgrade_state as _upgrade_state
 from ._scope import call_kernel
 from ._window cimport (
     Extreme, extreme_count, extreme_load, extreme_run_clean, extreme_step,
@@ -57,30 +58,46 @@ cdef class _LagBase(Kernel):
 
 
 cdef class Lag(_LagBase):
-    """``{column}_lag{k}`` = x_{t-k} per key, carried across batches (first k rows of a key null).
+    """``{column}_lag{lag}`` = x_{t-lag} per key, carried across batches (first ``lag`` rows of a
+    key null; the old name ``k`` is accepted for ``lag``).
 
     Nulls shift through (an exception to the null rule): a null/NaN row is a value in the chain. Reference: a
     per-key hand loop (``pandas.Series.shift(k)`` per key).
     """
-    def __init__(self, column, k=1, *, by=None):
-        self.k = check_positive_int("k", k)
+    def __init__(self, column, lag=1, *, by=None, **renamed):
+        if renamed:
+            column, lag, by = _renamed("lag", renamed, dict(column=column, lag=lag,
+                                                                by=by)).values()
+        self.k = check_positive_int("lag", lag)
         self.differenced = False
         self.declare("lag", [numeric_input("column", column)],
                      [output(f"{column}_lag{self.k}")], stride=ring_width(self.k), by=by,
-                     config=dict(column=column, k=self.k))
+                     config=dict(column=column, lag=self.k))
+
+    def load_state_dict(self, dict d):
+        """Also state saved before the naming rule (old names or old default recorded)."""
+        Kernel.load_state_dict(self, _upgrade_state(d, self.config))
 
 
 cdef class Diff(_LagBase):
-    """``{column}_diff{k}`` = x_t - x_{t-k} per key; null when either value is null/NaN.
+    """``{column}_diff{lag}`` = x_t - x_{t-lag} per key; null when either value is null/NaN
+    (the old name ``k`` is accepted for ``lag``).
 
     Reference: per-key ``pandas.Series.diff(k)`` (nulls kept in the chain like ``lag``).
     """
-    def __init__(self, column, k=1, *, by=None):
-        self.k = check_positive_int("k", k)
+    def __init__(self, column, lag=1, *, by=None, **renamed):
+        if renamed:
+            column, lag, by = _renamed("diff", renamed, dict(column=column, lag=lag,
+                                                                by=by)).values()
+        self.k = check_positive_int("lag", lag)
         self.differenced = True
         self.declare("diff", [numeric_input("column", column)],
                      [output(f"{column}_diff{self.k}")], stride=ring_width(self.k), by=by,
-                     config=dict(column=column, k=self.k))
+                     config=dict(column=column, lag=self.k))
+
+    def load_state_dict(self, dict d):
+        """Also state saved before the naming rule (old names or old default recorded)."""
+        Kernel.load_state_dict(self, _upgrade_state(d, self.config))
 
 
 # ================================================================== rolling min / max
@@ -142,7 +159,11 @@ cdef class RollingMin(_RollingExtreme):
 
     Reference: ``pandas.Series.rolling(window).min()`` on the valid rows.
     """
-    def __init__(self, column, window=20, *, by=None):
+    def __init__(self, column, window=20, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("rolling_min", renamed, dict(
+                column=column, window=window, by=by)).values()
+            column, window, by = bound
         self.window = check_positive_int("window", window)
         self.keep_max = False
         self.declare("rolling_min", [numeric_input("column", column)], [output("rolling_min")],
@@ -155,7 +176,11 @@ cdef class RollingMax(_RollingExtreme):
 
     Reference: ``pandas.Series.rolling(window).max()`` on the valid rows.
     """
-    def __init__(self, column, window=20, *, by=None):
+    def __init__(self, column, window=20, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("rolling_max", renamed, dict(
+                column=column, window=window, by=by)).values()
+            column, window, by = bound
         self.window = check_positive_int("window", window)
         self.keep_max = True
         self.declare("rolling_max", [numeric_input("column", column)], [output("rolling_max")],
@@ -262,7 +287,11 @@ cdef class RollingStd(_RollingMoment):
 
     Reference: ``pandas.Series.rolling(window).std(ddof=ddof)``; a constant window gives 0.
     """
-    def __init__(self, column, window=20, ddof=1, *, by=None):
+    def __init__(self, column, window=20, ddof=1, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("rolling_std", renamed, dict(
+                column=column, window=window, ddof=ddof, by=by)).values()
+            column, window, ddof, by = bound
         self.window = check_positive_int("window", window)
         ddof = check_positive_int("ddof", ddof, minimum=0)
         if ddof >= self.window:
@@ -280,7 +309,11 @@ cdef class RollingSkew(_RollingMoment):
     G1 = sqrt(N(N-1))/(N-2) * m3 / m2^1.5 with m_p = sum (x - mean)^p / N (Fisher-Pearson,
     as ``pandas.Series.rolling(window).skew()``). A constant window is null (pandas: NaN).
     """
-    def __init__(self, column, window=20, *, by=None):
+    def __init__(self, column, window=20, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("rolling_skew", renamed, dict(
+                column=column, window=window, by=by)).values()
+            column, window, by = bound
         self.window = check_positive_int("window", window, minimum=3)
         self.moment = SKEW
         self.declare("rolling_skew", [numeric_input("column", column)], [output("rolling_skew")],
@@ -294,7 +327,11 @@ cdef class RollingKurt(_RollingMoment):
     G2 = ((N^2-1) m4/m2^2 - 3(N-1)^2) / ((N-2)(N-3)) with m_p = sum (x - mean)^p / N, as
     ``pandas.Series.rolling(window).kurt()``. A constant window is null (pandas: NaN).
     """
-    def __init__(self, column, window=20, *, by=None):
+    def __init__(self, column, window=20, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("rolling_kurt", renamed, dict(
+                column=column, window=window, by=by)).values()
+            column, window, by = bound
         self.window = check_positive_int("window", window, minimum=4)
         self.moment = KURT
         self.declare("rolling_kurt", [numeric_input("column", column)], [output("rolling_kurt")],
@@ -321,7 +358,11 @@ cdef class Autocorr(Kernel):
     """
     cdef Py_ssize_t lag, window
 
-    def __init__(self, column, lag=1, window=100, *, by=None):
+    def __init__(self, column, lag=1, window=100, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("autocorr", renamed, dict(
+                column=column, lag=lag, window=window, by=by)).values()
+            column, lag, window, by = bound
         self.lag = check_positive_int("lag", lag)
         self.window = check_positive_int("window", window)
         if self.window < self.lag + 2:
@@ -413,11 +454,20 @@ cdef class TickRule(Kernel):
 
     Per key; the first trade and zero ticks before any non-zero tick are null (no sign known).
     Null/NaN prices are null and skipped. Reference: a hand loop (Lee-Ready tick test).
+    ``price_column`` None reads ``price``, else ``close`` (bars: the close-to-close tick).
     """
-    def __init__(self, price_column="price", *, by=None):
-        self.declare("tick_rule", [numeric_input("price_column", price_column)],
+    def __init__(self, price_column=None, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("tick_rule", renamed, dict(
+                price_column=price_column, by=by)).values()
+            price_column, by = bound
+        self.declare("tick_rule", [value_input("price_column", price_column)],
                      [output("trade_sign", I64)], stride=2, by=by,
                      config=dict(price_column=price_column))
+
+    def load_state_dict(self, dict d):
+        """Also state saved before the naming rule (old names or old default recorded)."""
+        Kernel.load_state_dict(self, _upgrade_state(d, self.config))
 
     cdef void init_state(self, double* st) noexcept nogil:
         st[0] = NAN                                   # previous price
@@ -446,7 +496,11 @@ cdef class TickRule(Kernel):
 
 cdef class SignedVolume(Kernel):
     """``signed_volume`` = +v for buys, -v for sells (side 'buy'/'sell' or +1/-1). Stateless."""
-    def __init__(self, *, volume_column="volume", side_column="side"):
+    def __init__(self, *, volume_column="volume", side_column="side", **renamed):
+        if renamed:
+            bound = _renamed("signed_volume", renamed, dict(
+                volume_column=volume_column, side_column=side_column)).values()
+            volume_column, side_column = bound
         self.declare("signed_volume", [numeric_input("volume_column", volume_column),
                                        side_input("side_column", side_column)],
                      [output("signed_volume")],
@@ -472,7 +526,11 @@ cdef class StaleQuoteDetector(Kernel):
     """
     cdef int64_t max_age_ns
 
-    def __init__(self, max_age_ms=1000, *, timestamp_column="timestamp", by=None):
+    def __init__(self, max_age_ms=1000, *, timestamp_column="timestamp", by=None, **renamed):
+        if renamed:
+            bound = _renamed("stale_quote_detector", renamed, dict(
+                max_age_ms=max_age_ms, timestamp_column=timestamp_column, by=by)).values()
+            max_age_ms, timestamp_column, by = bound
         age = check_positive("max_age_ms", max_age_ms, allow_zero=True)
         self.max_age_ns = <int64_t>round(age * 1e6)
         self.declare("stale_quote_detector", [time_input("timestamp_column", timestamp_column)],
@@ -508,7 +566,12 @@ cdef class ThrottleCheck(Kernel):
     cdef Py_ssize_t m
 
     def __init__(self, rate_limit=100.0, window_ms=1000, *, timestamp_column="timestamp",
-                 by=None):
+                 by=None, **renamed):
+        if renamed:
+            bound = _renamed("throttle_check", renamed, dict(
+                rate_limit=rate_limit, window_ms=window_ms, timestamp_column=timestamp_column,
+                by=by)).values()
+            rate_limit, window_ms, timestamp_column, by = bound
         rate = check_positive("rate_limit", rate_limit)
         window = check_positive("window_ms", window_ms)
         self.window_ns = <int64_t>round(window * 1e6)
@@ -554,7 +617,11 @@ cdef class PriceBandGuard(Kernel):
     """
     cdef double pct
 
-    def __init__(self, ref_column="mid", pct=0.05, *, price_column="price"):
+    def __init__(self, ref_column="mid", pct=0.05, *, price_column="price", **renamed):
+        if renamed:
+            bound = _renamed("price_band_guard", renamed, dict(
+                ref_column=ref_column, pct=pct, price_column=price_column)).values()
+            ref_column, pct, price_column = bound
         self.pct = check_positive("pct", pct)
         self.declare("price_band_guard", [numeric_input("price_column", price_column),
                                           numeric_input("ref_column", ref_column)],
@@ -575,7 +642,12 @@ cdef class FatFingerGuard(Kernel):
     cdef double pct, notional_max
 
     def __init__(self, ref_column="mid", pct=0.10, notional_max=1e6, *, price_column="price",
-                 size_column="size"):
+                 size_column="size", **renamed):
+        if renamed:
+            bound = _renamed("fat_finger_guard", renamed, dict(
+                ref_column=ref_column, pct=pct, notional_max=notional_max,
+                price_column=price_column, size_column=size_column)).values()
+            ref_column, pct, notional_max, price_column, size_column = bound
         self.pct = check_positive("pct", pct)
         self.notional_max = check_positive("notional_max", notional_max)
         self.declare("fat_finger_guard", [numeric_input("price_column", price_column),
@@ -605,7 +677,11 @@ cdef class CircuitBreaker(Kernel):
     """
     cdef double pct
 
-    def __init__(self, column="price", ref_column="ref_price", pct=0.05, *, by=None):
+    def __init__(self, column="price", ref_column="ref_price", pct=0.05, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("circuit_breaker", renamed, dict(
+                column=column, ref_column=ref_column, pct=pct, by=by)).values()
+            column, ref_column, pct, by = bound
         self.pct = check_positive("pct", pct)
         self.declare("circuit_breaker", [numeric_input("column", column),
                                          numeric_input("ref_column", ref_column)],
@@ -668,7 +744,11 @@ cdef class OutlierFlagMAD(Kernel):
     cdef Py_ssize_t window
     cdef double k
 
-    def __init__(self, column, window=100, k=3.0, *, by=None):
+    def __init__(self, column, window=100, k=3.0, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("outlier_flag_mad", renamed, dict(
+                column=column, window=window, k=k, by=by)).values()
+            column, window, k, by = bound
         self.window = check_positive_int("window", window)
         self.k = check_positive("k", k, allow_zero=True)
         self.declare("outlier_flag_mad", [numeric_input("column", column)],
@@ -702,87 +782,155 @@ cdef class OutlierFlagMAD(Kernel):
 
 # ================================================================== function forms
 
-def lag(batch, column, k=1, *, by=None):
-    """Append ``{column}_lag{k}`` = x_{t-k} per key (nulls shift through)."""
-    return call_kernel(Lag, batch, column=column, k=k, by=by)
+def lag(batch, column, lag=1, *, by=None, **renamed):
+    """Append ``{column}_lag{lag}`` = x_{t-lag} per key (nulls shift through); ``k`` is accepted for
+    ``lag``."""
+    if renamed:
+        column, lag, by = _renamed("lag", renamed, dict(column=column, lag=lag,
+                                                            by=by)).values()
+    return call_kernel(Lag, batch, column=column, lag=lag, by=by)
 
 
-def diff(batch, column, k=1, *, by=None):
-    """Append ``{column}_diff{k}`` = x_t - x_{t-k} per key."""
-    return call_kernel(Diff, batch, column=column, k=k, by=by)
+def diff(batch, column, lag=1, *, by=None, **renamed):
+    """Append ``{column}_diff{lag}`` = x_t - x_{t-lag} per key; ``k`` is accepted for
+    ``lag``."""
+    if renamed:
+        column, lag, by = _renamed("diff", renamed, dict(column=column, lag=lag,
+                                                            by=by)).values()
+    return call_kernel(Diff, batch, column=column, lag=lag, by=by)
 
 
-def rolling_min(batch, column, window=20, *, by=None):
+def rolling_min(batch, column, window=20, *, by=None, **renamed):
     """Append ``rolling_min`` over the last ``window`` values (pandas rolling min)."""
+    if renamed:
+        bound = _renamed("rolling_min", renamed, dict(
+            column=column, window=window, by=by)).values()
+        column, window, by = bound
     return call_kernel(RollingMin, batch, column=column, window=window, by=by)
 
 
-def rolling_max(batch, column, window=20, *, by=None):
+def rolling_max(batch, column, window=20, *, by=None, **renamed):
     """Append ``rolling_max`` over the last ``window`` values (pandas rolling max)."""
+    if renamed:
+        bound = _renamed("rolling_max", renamed, dict(
+            column=column, window=window, by=by)).values()
+        column, window, by = bound
     return call_kernel(RollingMax, batch, column=column, window=window, by=by)
 
 
-def rolling_std(batch, column, window=20, ddof=1, *, by=None):
+def rolling_std(batch, column, window=20, ddof=1, *, by=None, **renamed):
     """Append ``rolling_std`` (pandas ``rolling(window).std(ddof)``)."""
+    if renamed:
+        bound = _renamed("rolling_std", renamed, dict(
+            column=column, window=window, ddof=ddof, by=by)).values()
+        column, window, ddof, by = bound
     return call_kernel(RollingStd, batch, column=column, window=window, ddof=ddof, by=by)
 
 
-def rolling_skew(batch, column, window=20, *, by=None):
+def rolling_skew(batch, column, window=20, *, by=None, **renamed):
     """Append ``rolling_skew`` (pandas ``rolling(window).skew()``; constant window null)."""
+    if renamed:
+        bound = _renamed("rolling_skew", renamed, dict(
+            column=column, window=window, by=by)).values()
+        column, window, by = bound
     return call_kernel(RollingSkew, batch, column=column, window=window, by=by)
 
 
-def rolling_kurt(batch, column, window=20, *, by=None):
+def rolling_kurt(batch, column, window=20, *, by=None, **renamed):
     """Append ``rolling_kurt`` (pandas ``rolling(window).kurt()``, excess; constant window null)."""
+    if renamed:
+        bound = _renamed("rolling_kurt", renamed, dict(
+            column=column, window=window, by=by)).values()
+        column, window, by = bound
     return call_kernel(RollingKurt, batch, column=column, window=window, by=by)
 
 
-def autocorr(batch, column, lag=1, window=100, *, by=None):
+def autocorr(batch, column, lag=1, window=100, *, by=None, **renamed):
     """Append ``autocorr``: corr(x_i, x_{i-lag}) over the last ``window`` values."""
+    if renamed:
+        bound = _renamed("autocorr", renamed, dict(
+            column=column, lag=lag, window=window, by=by)).values()
+        column, lag, window, by = bound
     return call_kernel(Autocorr, batch, column=column, lag=lag, window=window, by=by)
 
 
-def signed_volume(batch, *, volume_column="volume", side_column="side"):
+def signed_volume(batch, *, volume_column="volume", side_column="side", **renamed):
     """Append ``signed_volume`` = +v buy / -v sell."""
+    if renamed:
+        bound = _renamed("signed_volume", renamed, dict(
+            volume_column=volume_column, side_column=side_column)).values()
+        volume_column, side_column = bound
     return SignedVolume(volume_column=volume_column, side_column=side_column)(batch)
 
 
-def tick_rule(batch, price_column="price", *, by=None):
+def tick_rule(batch, price_column=None, *, by=None, **renamed):
     """Append ``trade_sign``: +1 uptick, -1 downtick, zero tick repeats the last sign."""
+    if renamed:
+        bound = _renamed("tick_rule", renamed, dict(
+            price_column=price_column, by=by)).values()
+        price_column, by = bound
     return call_kernel(TickRule, batch, price_column=price_column, by=by)
 
 
-def stale_quote_detector(batch, max_age_ms=1000, *, timestamp_column="timestamp", by=None):
+def stale_quote_detector(batch, max_age_ms=1000, *, timestamp_column="timestamp", by=None,
+                         **renamed):
     """Append ``is_stale``: time since the key's previous update > ``max_age_ms``."""
+    if renamed:
+        bound = _renamed("stale_quote_detector", renamed, dict(
+            max_age_ms=max_age_ms, timestamp_column=timestamp_column, by=by)).values()
+        max_age_ms, timestamp_column, by = bound
     return call_kernel(StaleQuoteDetector, batch, max_age_ms=max_age_ms,
                        timestamp_column=timestamp_column, by=by)
 
 
-def price_band_guard(batch, ref_column="mid", pct=0.05, *, price_column="price"):
+def price_band_guard(batch, ref_column="mid", pct=0.05, *, price_column="price", **renamed):
     """Append ``price_band_violation``: |p/ref - 1| > pct (null input flagged)."""
+    if renamed:
+        bound = _renamed("price_band_guard", renamed, dict(
+            ref_column=ref_column, pct=pct, price_column=price_column)).values()
+        ref_column, pct, price_column = bound
     return PriceBandGuard(ref_column=ref_column, pct=pct, price_column=price_column)(batch)
 
 
 def fat_finger_guard(batch, ref_column="mid", pct=0.10, notional_max=1e6, *,
-                     price_column="price", size_column="size"):
+                     price_column="price", size_column="size", **renamed):
     """Append ``fat_finger``: band breach or |p * size| > notional_max (null input flagged)."""
+    if renamed:
+        bound = _renamed("fat_finger_guard", renamed, dict(
+            ref_column=ref_column, pct=pct, notional_max=notional_max, price_column=price_column,
+            size_column=size_column)).values()
+        ref_column, pct, notional_max, price_column, size_column = bound
     return FatFingerGuard(ref_column=ref_column, pct=pct, notional_max=notional_max,
                           price_column=price_column, size_column=size_column)(batch)
 
 
-def circuit_breaker(batch, column="price", ref_column="ref_price", pct=0.05, *, by=None):
+def circuit_breaker(batch, column="price", ref_column="ref_price", pct=0.05, *, by=None,
+                    **renamed):
     """Append ``circuit_break``: latched per key once |p/ref - 1| >= pct."""
+    if renamed:
+        bound = _renamed("circuit_breaker", renamed, dict(
+            column=column, ref_column=ref_column, pct=pct, by=by)).values()
+        column, ref_column, pct, by = bound
     return call_kernel(CircuitBreaker, batch, column=column, ref_column=ref_column, pct=pct,
                        by=by)
 
 
 def throttle_check(batch, rate_limit=100.0, window_ms=1000, *, timestamp_column="timestamp",
-                   by=None):
+                   by=None, **renamed):
     """Append ``throttled``: more than rate_limit * window events in the trailing window."""
+    if renamed:
+        bound = _renamed("throttle_check", renamed, dict(
+            rate_limit=rate_limit, window_ms=window_ms, timestamp_column=timestamp_column,
+            by=by)).values()
+        rate_limit, window_ms, timestamp_column, by = bound
     return call_kernel(ThrottleCheck, batch, rate_limit=rate_limit, window_ms=window_ms,
                        timestamp_column=timestamp_column, by=by)
 
 
-def outlier_flag_mad(batch, column, window=100, k=3.0, *, by=None):
+def outlier_flag_mad(batch, column, window=100, k=3.0, *, by=None, **renamed):
     """Append ``is_outlier``: |x - median| / (1.4826 MAD) > k over the trailing window."""
+    if renamed:
+        bound = _renamed("outlier_flag_mad", renamed, dict(
+            column=column, window=window, k=k, by=by)).values()
+        column, window, k, by = bound
     return call_kernel(OutlierFlagMAD, batch, column=column, window=window, k=k, by=by)

@@ -19,6 +19,7 @@ from ._simd cimport avx2_active, avx2_void
 from ._kernel import LABEL, numeric_input, output
 from ._columns import check_positive
 from ._scope import call_kernel
+from ._naming import renamed as _renamed
 
 #: Labels of ``arb_route``: the forward cycle, the reverse cycle, and no profitable cycle.
 ARB_ROUTES = ("AB->BC->CA", "AC->CB->BA", "none")
@@ -60,7 +61,12 @@ cdef class TriangularArbitrage(Kernel):
     cdef bint fee_column
 
     def __init__(self, fees_bps=None, *, ab_column="spot_ab", bc_column="spot_bc",
-                 ac_column="spot_ac", fees_column=None):
+                 ac_column="spot_ac", fees_column=None, **renamed):
+        if renamed:
+            bound = _renamed("triangular_arbitrage", renamed, dict(
+                fees_bps=fees_bps, ab_column=ab_column, bc_column=bc_column, ac_column=ac_column,
+                fees_column=fees_column)).values()
+            fees_bps, ab_column, bc_column, ac_column, fees_column = bound
         self.fees = _check_fee("fees_bps", fees_bps)
         self.fee_column = fees_column is not None
         inputs = [numeric_input("ab_column", ab_column), numeric_input("bc_column", bc_column),
@@ -123,12 +129,17 @@ cdef avx2_void triangular_rows_avx2(KernelIO* io, double fees, bint per_row_fee)
 
 
 def triangular_arbitrage(batch, fees_bps=None, *, ab_column="spot_ab", bc_column="spot_bc",
-                         ac_column="spot_ac"):
+                         ac_column="spot_ac", **renamed):
     """Append ``arb_edge_bps`` and ``arb_route`` (see :class:`TriangularArbitrage`).
 
     Fees: the batch's ``fees_bps`` column when present (per row), else the ``fees_bps``
     parameter (None → 0), as the total cost of the cycle in bps.
     """
+    if renamed:
+        bound = _renamed("triangular_arbitrage", renamed, dict(
+            fees_bps=fees_bps, ab_column=ab_column, bc_column=bc_column,
+            ac_column=ac_column)).values()
+        fees_bps, ab_column, bc_column, ac_column = bound
     fees_column = "fees_bps" if "fees_bps" in _schema(batch).names else None
     return TriangularArbitrage(fees_bps, ab_column=ab_column, bc_column=bc_column,
                                ac_column=ac_column, fees_column=fees_column)(batch)
@@ -145,7 +156,12 @@ cdef class ForwardPoints(Kernel):
     cdef double T
 
     def __init__(self, T_years=1.0, *, spot_column="spot", r_dom_column="r_dom",
-                 r_for_column="r_for"):
+                 r_for_column="r_for", **renamed):
+        if renamed:
+            bound = _renamed("forward_points", renamed, dict(
+                T_years=T_years, spot_column=spot_column, r_dom_column=r_dom_column,
+                r_for_column=r_for_column)).values()
+            T_years, spot_column, r_dom_column, r_for_column = bound
         self.T = check_positive("T_years", T_years)
         self.declare("forward_points",
                      [numeric_input("spot_column", spot_column),
@@ -167,8 +183,13 @@ cdef class ForwardPoints(Kernel):
 
 
 def forward_points(batch, T_years=1.0, *, spot_column="spot", r_dom_column="r_dom",
-                   r_for_column="r_for"):
+                   r_for_column="r_for", **renamed):
     """Append ``forward_points`` = S·(exp((r_d−r_f)T)−1)."""
+    if renamed:
+        bound = _renamed("forward_points", renamed, dict(
+            T_years=T_years, spot_column=spot_column, r_dom_column=r_dom_column,
+            r_for_column=r_for_column)).values()
+        T_years, spot_column, r_dom_column, r_for_column = bound
     return ForwardPoints(T_years, spot_column=spot_column, r_dom_column=r_dom_column,
                          r_for_column=r_for_column)(batch)
 
@@ -181,7 +202,12 @@ cdef class CIPBasis(Kernel):
     cdef double T
 
     def __init__(self, T_years=1.0, *, spot_column="spot", forward_column="forward",
-                 r_dom_column="r_dom", r_for_column="r_for"):
+                 r_dom_column="r_dom", r_for_column="r_for", **renamed):
+        if renamed:
+            bound = _renamed("cip_basis", renamed, dict(
+                T_years=T_years, spot_column=spot_column, forward_column=forward_column,
+                r_dom_column=r_dom_column, r_for_column=r_for_column)).values()
+            T_years, spot_column, forward_column, r_dom_column, r_for_column = bound
         self.T = check_positive("T_years", T_years)
         self.declare("cip_basis",
                      [numeric_input("spot_column", spot_column),
@@ -206,8 +232,13 @@ cdef class CIPBasis(Kernel):
 
 
 def cip_basis(batch, T_years=1.0, *, spot_column="spot", forward_column="forward",
-              r_dom_column="r_dom", r_for_column="r_for"):
+              r_dom_column="r_dom", r_for_column="r_for", **renamed):
     """Append ``cip_basis`` = (ln(F/S)/T − (r_d−r_f))·1e4 (bps)."""
+    if renamed:
+        bound = _renamed("cip_basis", renamed, dict(
+            T_years=T_years, spot_column=spot_column, forward_column=forward_column,
+            r_dom_column=r_dom_column, r_for_column=r_for_column)).values()
+        T_years, spot_column, forward_column, r_dom_column, r_for_column = bound
     return CIPBasis(T_years, spot_column=spot_column, forward_column=forward_column,
                     r_dom_column=r_dom_column, r_for_column=r_for_column)(batch)
 
@@ -221,7 +252,12 @@ cdef class CarrySignal(Kernel):
     cdef bint use_vol
 
     def __init__(self, risk_adj_factor=1.0, *, r_dom_column="r_dom", r_for_column="r_for",
-                 volatility_column=None):
+                 volatility_column=None, **renamed):
+        if renamed:
+            bound = _renamed("carry_signal", renamed, dict(
+                risk_adj_factor=risk_adj_factor, r_dom_column=r_dom_column,
+                r_for_column=r_for_column, volatility_column=volatility_column)).values()
+            risk_adj_factor, r_dom_column, r_for_column, volatility_column = bound
         self.k = check_positive("risk_adj_factor", risk_adj_factor)
         self.use_vol = volatility_column is not None
         inputs = [numeric_input("r_dom_column", r_dom_column),
@@ -250,8 +286,13 @@ cdef class CarrySignal(Kernel):
 
 
 def carry_signal(batch, risk_adj_factor=1.0, *, r_dom_column="r_dom", r_for_column="r_for",
-                 volatility_column="volatility"):
+                 volatility_column="volatility", **renamed):
     """Append ``carry_signal``: (r_d−r_f)/(vol·k) when ``volatility_column`` is in the batch, else r_d−r_f."""
+    if renamed:
+        bound = _renamed("carry_signal", renamed, dict(
+            risk_adj_factor=risk_adj_factor, r_dom_column=r_dom_column, r_for_column=r_for_column,
+            volatility_column=volatility_column)).values()
+        risk_adj_factor, r_dom_column, r_for_column, volatility_column = bound
     vol = volatility_column if volatility_column in _schema(batch).names else None
     return CarrySignal(risk_adj_factor, r_dom_column=r_dom_column, r_for_column=r_for_column,
                        volatility_column=vol)(batch)
@@ -264,7 +305,12 @@ cdef class FundingAPR(Kernel):
     """``funding_apr = rate·(24/h)·365``: a per-interval funding rate as a simple annual rate."""
     cdef double per_year
 
-    def __init__(self, funding_freq_hours=8.0, *, funding_rate_column="funding_rate"):
+    def __init__(self, funding_freq_hours=8.0, *, funding_rate_column="funding_rate", **renamed):
+        if renamed:
+            bound = _renamed("funding_apr", renamed, dict(
+                funding_freq_hours=funding_freq_hours,
+                funding_rate_column=funding_rate_column)).values()
+            funding_freq_hours, funding_rate_column = bound
         self.per_year = 24.0 / check_positive("funding_freq_hours", funding_freq_hours) * 365.0
         self.declare("funding_apr", [numeric_input("funding_rate_column", funding_rate_column)],
                      [output("funding_apr")],
@@ -280,8 +326,13 @@ cdef class FundingAPR(Kernel):
         report_finite(io, 0, marks)
 
 
-def funding_apr(batch, funding_freq_hours=8.0, *, funding_rate_column="funding_rate"):
+def funding_apr(batch, funding_freq_hours=8.0, *, funding_rate_column="funding_rate", **renamed):
     """Append ``funding_apr`` = rate·(24/h)·365."""
+    if renamed:
+        bound = _renamed("funding_apr", renamed, dict(
+            funding_freq_hours=funding_freq_hours,
+            funding_rate_column=funding_rate_column)).values()
+        funding_freq_hours, funding_rate_column = bound
     return FundingAPR(funding_freq_hours, funding_rate_column=funding_rate_column)(batch)
 
 
@@ -289,7 +340,12 @@ cdef class FundingCost(Kernel):
     """``funding_cost = position·price·rate``: paid by a long (received when negative), per interval."""
 
     def __init__(self, *, position_column="position", price_column="price",
-                 funding_rate_column="funding_rate"):
+                 funding_rate_column="funding_rate", **renamed):
+        if renamed:
+            bound = _renamed("funding_cost", renamed, dict(
+                position_column=position_column, price_column=price_column,
+                funding_rate_column=funding_rate_column)).values()
+            position_column, price_column, funding_rate_column = bound
         self.declare("funding_cost",
                      [numeric_input("position_column", position_column),
                       numeric_input("price_column", price_column),
@@ -308,8 +364,13 @@ cdef class FundingCost(Kernel):
 
 
 def funding_cost(batch, *, position_column="position", price_column="price",
-                 funding_rate_column="funding_rate"):
+                 funding_rate_column="funding_rate", **renamed):
     """Append ``funding_cost`` = position·price·rate."""
+    if renamed:
+        bound = _renamed("funding_cost", renamed, dict(
+            position_column=position_column, price_column=price_column,
+            funding_rate_column=funding_rate_column)).values()
+        position_column, price_column, funding_rate_column = bound
     return FundingCost(position_column=position_column, price_column=price_column,
                        funding_rate_column=funding_rate_column)(batch)
 
@@ -318,7 +379,12 @@ cdef class BasisAnnualized(Kernel):
     """``basis_apr = (perp/spot − 1)·365/T_days`` (simple annualisation over ``T_days``)."""
     cdef double per_year
 
-    def __init__(self, T_days=90.0, *, perp_column="perp_price", spot_column="spot_price"):
+    def __init__(self, T_days=90.0, *, perp_column="perp_price", spot_column="spot_price",
+                 **renamed):
+        if renamed:
+            bound = _renamed("basis_annualized", renamed, dict(
+                T_days=T_days, perp_column=perp_column, spot_column=spot_column)).values()
+            T_days, perp_column, spot_column = bound
         self.per_year = 365.0 / check_positive("T_days", T_days)
         self.declare("basis_annualized",
                      [numeric_input("perp_column", perp_column),
@@ -338,8 +404,13 @@ cdef class BasisAnnualized(Kernel):
         report_finite(io, 0, marks)
 
 
-def basis_annualized(batch, T_days=90.0, *, perp_column="perp_price", spot_column="spot_price"):
+def basis_annualized(batch, T_days=90.0, *, perp_column="perp_price", spot_column="spot_price",
+                     **renamed):
     """Append ``basis_apr`` = (perp/spot−1)·365/T_days."""
+    if renamed:
+        bound = _renamed("basis_annualized", renamed, dict(
+            T_days=T_days, perp_column=perp_column, spot_column=spot_column)).values()
+        T_days, perp_column, spot_column = bound
     return BasisAnnualized(T_days, perp_column=perp_column, spot_column=spot_column)(batch)
 
 
@@ -349,7 +420,11 @@ cdef class OpenInterestDelta(Kernel):
     Null/NaN rows are skipped (the next valid row differences against the last valid one).
     """
 
-    def __init__(self, open_interest_column="open_interest", *, by=None):
+    def __init__(self, open_interest_column="open_interest", *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("open_interest_delta", renamed, dict(
+                open_interest_column=open_interest_column, by=by)).values()
+            open_interest_column, by = bound
         self.declare("open_interest_delta",
                      [numeric_input("open_interest_column", open_interest_column)],
                      [output("oi_delta")], stride=1, by=by,
@@ -372,8 +447,12 @@ cdef class OpenInterestDelta(Kernel):
             st[0] = oi
 
 
-def open_interest_delta(batch, open_interest_column="open_interest", *, by=None):
+def open_interest_delta(batch, open_interest_column="open_interest", *, by=None, **renamed):
     """Append ``oi_delta`` = OI_t − OI_{t−1} per key (stateful inside a Stream operator)."""
+    if renamed:
+        bound = _renamed("open_interest_delta", renamed, dict(
+            open_interest_column=open_interest_column, by=by)).values()
+        open_interest_column, by = bound
     return call_kernel(OpenInterestDelta, batch, open_interest_column=open_interest_column, by=by)
 
 
@@ -385,7 +464,12 @@ cdef class PerpFairPrice(Kernel):
     """
 
     def __init__(self, funding_freq_hours=8.0, *, spot_column="spot_price",
-                 funding_rate_column="funding_rate"):
+                 funding_rate_column="funding_rate", **renamed):
+        if renamed:
+            bound = _renamed("perp_fair_price", renamed, dict(
+                funding_freq_hours=funding_freq_hours, spot_column=spot_column,
+                funding_rate_column=funding_rate_column)).values()
+            funding_freq_hours, spot_column, funding_rate_column = bound
         check_positive("funding_freq_hours", funding_freq_hours)
         self.declare("perp_fair_price",
                      [numeric_input("spot_column", spot_column),
@@ -404,8 +488,13 @@ cdef class PerpFairPrice(Kernel):
 
 
 def perp_fair_price(batch, funding_freq_hours=8.0, *, spot_column="spot_price",
-                    funding_rate_column="funding_rate"):
+                    funding_rate_column="funding_rate", **renamed):
     """Append ``perp_fair_price`` = spot·(1+rate)."""
+    if renamed:
+        bound = _renamed("perp_fair_price", renamed, dict(
+            funding_freq_hours=funding_freq_hours, spot_column=spot_column,
+            funding_rate_column=funding_rate_column)).values()
+        funding_freq_hours, spot_column, funding_rate_column = bound
     return PerpFairPrice(funding_freq_hours, spot_column=spot_column,
                          funding_rate_column=funding_rate_column)(batch)
 
@@ -424,7 +513,14 @@ cdef class CashAndCarryEdge(Kernel):
 
     def __init__(self, fees_bps=0.0, *, T_days=90.0, funding_freq_hours=8.0,
                  spot_column="spot_price", perp_column="perp_price",
-                 funding_rate_column="funding_rate"):
+                 funding_rate_column="funding_rate", **renamed):
+        if renamed:
+            bound = _renamed("cash_and_carry_edge", renamed, dict(
+                fees_bps=fees_bps, T_days=T_days, funding_freq_hours=funding_freq_hours,
+                spot_column=spot_column, perp_column=perp_column,
+                funding_rate_column=funding_rate_column)).values()
+            fees_bps, T_days, funding_freq_hours, spot_column, perp_column,
+            funding_rate_column = bound
         fee = _check_fee("fees_bps", fees_bps)
         self.basis_per_year = 365.0 / check_positive("T_days", T_days)
         self.funding_per_year = 24.0 / check_positive("funding_freq_hours",
@@ -454,8 +550,14 @@ cdef class CashAndCarryEdge(Kernel):
 
 def cash_and_carry_edge(batch, fees_bps=0.0, *, T_days=90.0, funding_freq_hours=8.0,
                         spot_column="spot_price", perp_column="perp_price",
-                        funding_rate_column="funding_rate"):
+                        funding_rate_column="funding_rate", **renamed):
     """Append ``carry_edge_bps`` (annualised, bps; see :class:`CashAndCarryEdge`)."""
+    if renamed:
+        bound = _renamed("cash_and_carry_edge", renamed, dict(
+            fees_bps=fees_bps, T_days=T_days, funding_freq_hours=funding_freq_hours,
+            spot_column=spot_column, perp_column=perp_column,
+            funding_rate_column=funding_rate_column)).values()
+        fees_bps, T_days, funding_freq_hours, spot_column, perp_column, funding_rate_column = bound
     return CashAndCarryEdge(fees_bps, T_days=T_days, funding_freq_hours=funding_freq_hours,
                             spot_column=spot_column, perp_column=perp_column,
                             funding_rate_column=funding_rate_column)(batch)

@@ -11,6 +11,7 @@ from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
 from ._kernel import numeric_input, output
 from ._columns import check_positive_int
 from ._scope import call_kernel
+from ._naming import renamed as _renamed
 from ._window cimport ring_count, ring_push
 from ._window cimport zsum_count, zsum_push, zsum_width
 
@@ -130,7 +131,12 @@ cdef class KyleLambda(Kernel):
     cdef Py_ssize_t window
 
     def __init__(self, returns_column="log_return", volume_column="signed_volume", window=20,
-                 *, by=None):
+                 *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("kyle_lambda", renamed, dict(
+                returns_column=returns_column, volume_column=volume_column, window=window,
+                by=by)).values()
+            returns_column, volume_column, window, by = bound
         self.window = check_positive_int("window", window, minimum=2)
         self.declare("kyle_lambda", [numeric_input("returns_column", returns_column),
                                      numeric_input("volume_column", volume_column)],
@@ -166,7 +172,12 @@ cdef class AmihudIlliquidity(Kernel):
     cdef Py_ssize_t window
 
     def __init__(self, returns_column="log_return", volume_column="volume", window=20, *,
-                 by=None):
+                 by=None, **renamed):
+        if renamed:
+            bound = _renamed("amihud_illiquidity", renamed, dict(
+                returns_column=returns_column, volume_column=volume_column, window=window,
+                by=by)).values()
+            returns_column, volume_column, window, by = bound
         self.window = check_positive_int("window", window)
         self.declare("amihud_illiquidity", [numeric_input("returns_column", returns_column),
                                             numeric_input("volume_column", volume_column)],
@@ -200,7 +211,11 @@ cdef class RollSpread(Kernel):
     """
     cdef Py_ssize_t window
 
-    def __init__(self, returns_column="log_return", window=20, *, by=None):
+    def __init__(self, returns_column="log_return", window=20, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("roll_spread", renamed, dict(
+                returns_column=returns_column, window=window, by=by)).values()
+            returns_column, window, by = bound
         self.window = check_positive_int("window", window, minimum=3)
         self.declare("roll_spread", [numeric_input("returns_column", returns_column)],
                      [output("roll_spread")], stride=2 + comoments_width(self.window - 1),
@@ -260,7 +275,11 @@ cdef class CorwinSchultzSpread(Kernel):
     """
     cdef Py_ssize_t window
 
-    def __init__(self, high_column="high", low_column="low", window=2, *, by=None):
+    def __init__(self, high_column="high", low_column="low", window=2, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("corwin_schultz_spread", renamed, dict(
+                high_column=high_column, low_column=low_column, window=window, by=by)).values()
+            high_column, low_column, window, by = bound
         self.window = check_positive_int("window", window, minimum=2)
         self.declare("corwin_schultz_spread", [numeric_input("high_column", high_column),
                                                numeric_input("low_column", low_column)],
@@ -296,25 +315,44 @@ cdef class CorwinSchultzSpread(Kernel):
 
 
 def kyle_lambda(batch, returns_column="log_return", volume_column="signed_volume", window=20,
-                *, by=None):
+                *, by=None, **renamed):
     """Append ``kyle_lambda``: rolling OLS slope cov(r, q)/var(q) (numpy polyfit per window)."""
+    if renamed:
+        bound = _renamed("kyle_lambda", renamed, dict(
+            returns_column=returns_column, volume_column=volume_column, window=window,
+            by=by)).values()
+        returns_column, volume_column, window, by = bound
     return call_kernel(KyleLambda, batch, returns_column=returns_column,
                        volume_column=volume_column, window=window, by=by)
 
 
 def amihud_illiquidity(batch, returns_column="log_return", volume_column="volume", window=20,
-                       *, by=None):
+                       *, by=None, **renamed):
     """Append ``amihud_illiquidity`` = mean(|r|/v) over the last ``window`` rows with v > 0."""
+    if renamed:
+        bound = _renamed("amihud_illiquidity", renamed, dict(
+            returns_column=returns_column, volume_column=volume_column, window=window,
+            by=by)).values()
+        returns_column, volume_column, window, by = bound
     return call_kernel(AmihudIlliquidity, batch, returns_column=returns_column,
                        volume_column=volume_column, window=window, by=by)
 
 
-def roll_spread(batch, returns_column="log_return", window=20, *, by=None):
+def roll_spread(batch, returns_column="log_return", window=20, *, by=None, **renamed):
     """Append ``roll_spread`` = 2 sqrt(-cov(r_t, r_{t-1})) (0 when cov >= 0)."""
+    if renamed:
+        bound = _renamed("roll_spread", renamed, dict(
+            returns_column=returns_column, window=window, by=by)).values()
+        returns_column, window, by = bound
     return call_kernel(RollSpread, batch, returns_column=returns_column, window=window, by=by)
 
 
-def corwin_schultz_spread(batch, high_column="high", low_column="low", window=2, *, by=None):
+def corwin_schultz_spread(batch, high_column="high", low_column="low", window=2, *, by=None,
+                          **renamed):
     """Append ``corwin_schultz_spread`` (Corwin & Schultz 2012, mean of two-bar estimates)."""
+    if renamed:
+        bound = _renamed("corwin_schultz_spread", renamed, dict(
+            high_column=high_column, low_column=low_column, window=window, by=by)).values()
+        high_column, low_column, window, by = bound
     return call_kernel(CorwinSchultzSpread, batch, high_column=high_column,
                        low_column=low_column, window=window, by=by)

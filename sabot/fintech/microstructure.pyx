@@ -9,11 +9,16 @@ from ._simd cimport avx2_active, avx2_void
 from ._kernel import numeric_input, output, side_input
 from ._columns import check_positive, check_positive_int
 from ._scope import call_kernel
+from ._naming import renamed as _renamed
 
 
 cdef class Midprice(Kernel):
     """m = (b + a) / 2."""
-    def __init__(self, *, bid_column="bid", ask_column="ask"):
+    def __init__(self, *, bid_column="bid", ask_column="ask", **renamed):
+        if renamed:
+            bound = _renamed("midprice", renamed, dict(
+                bid_column=bid_column, ask_column=ask_column)).values()
+            bid_column, ask_column = bound
         self.declare("midprice", [numeric_input("bid_column", bid_column),
                                   numeric_input("ask_column", ask_column)],
                      [output("midprice")],
@@ -47,7 +52,12 @@ cdef avx2_void microprice_rows_avx2(KernelIO* io) noexcept nogil:
 cdef class Microprice(Kernel):
     """Size-weighted mid: (b·A + a·B)/(A + B), A = ask size, B = bid size; A + B = 0 → null."""
     def __init__(self, *, bid_column="bid", ask_column="ask", bid_size_column="bid_size",
-                 ask_size_column="ask_size"):
+                 ask_size_column="ask_size", **renamed):
+        if renamed:
+            bound = _renamed("microprice", renamed, dict(
+                bid_column=bid_column, ask_column=ask_column, bid_size_column=bid_size_column,
+                ask_size_column=ask_size_column)).values()
+            bid_column, ask_column, bid_size_column, ask_size_column = bound
         self.declare("microprice", [numeric_input("bid_column", bid_column),
                                     numeric_input("ask_column", ask_column),
                                     numeric_input("bid_size_column", bid_size_column),
@@ -82,7 +92,11 @@ cdef avx2_void quoted_spread_rows_avx2(KernelIO* io) noexcept nogil:
 
 cdef class QuotedSpread(Kernel):
     """(a − b) / ((a + b)/2) · 1e4, in basis points."""
-    def __init__(self, *, bid_column="bid", ask_column="ask"):
+    def __init__(self, *, bid_column="bid", ask_column="ask", **renamed):
+        if renamed:
+            bound = _renamed("quoted_spread", renamed, dict(
+                bid_column=bid_column, ask_column=ask_column)).values()
+            bid_column, ask_column = bound
         self.declare("quoted_spread", [numeric_input("bid_column", bid_column),
                                        numeric_input("ask_column", ask_column)],
                      [output("quoted_spread")],
@@ -113,7 +127,11 @@ cdef avx2_void effective_spread_rows_avx2(KernelIO* io) noexcept nogil:
 
 cdef class EffectiveSpread(Kernel):
     """2·|p − m| / m · 1e4, in basis points."""
-    def __init__(self, *, price_column="exec_price", mid_column="midprice"):
+    def __init__(self, *, price_column="exec_price", mid_column="midprice", **renamed):
+        if renamed:
+            bound = _renamed("effective_spread", renamed, dict(
+                price_column=price_column, mid_column=mid_column)).values()
+            price_column, mid_column = bound
         self.declare("effective_spread", [numeric_input("price_column", price_column),
                                           numeric_input("mid_column", mid_column)],
                      [output("effective_spread")],
@@ -144,7 +162,11 @@ cdef avx2_void l1_imbalance_rows_avx2(KernelIO* io) noexcept nogil:
 
 cdef class L1Imbalance(Kernel):
     """(B − A) / (B + A) with B = bid size, A = ask size; B + A = 0 → null."""
-    def __init__(self, *, bid_size_column="bid_size", ask_size_column="ask_size"):
+    def __init__(self, *, bid_size_column="bid_size", ask_size_column="ask_size", **renamed):
+        if renamed:
+            bound = _renamed("l1_imbalance", renamed, dict(
+                bid_size_column=bid_size_column, ask_size_column=ask_size_column)).values()
+            bid_size_column, ask_size_column = bound
         self.declare("l1_imbalance", [numeric_input("bid_size_column", bid_size_column),
                                       numeric_input("ask_size_column", ask_size_column)],
                      [output("l1_imbalance")],
@@ -165,7 +187,12 @@ cdef class OFI(Kernel):
           + 1[a_t ≥ a_{t−1}]·A_{t−1}
     """
     def __init__(self, *, bid_column="bid", ask_column="ask", bid_size_column="bid_size",
-                 ask_size_column="ask_size", by=None):
+                 ask_size_column="ask_size", by=None, **renamed):
+        if renamed:
+            bound = _renamed("ofi", renamed, dict(
+                bid_column=bid_column, ask_column=ask_column, bid_size_column=bid_size_column,
+                ask_size_column=ask_size_column, by=by)).values()
+            bid_column, ask_column, bid_size_column, ask_size_column, by = bound
         self.declare("ofi", [numeric_input("bid_column", bid_column),
                              numeric_input("ask_column", ask_column),
                              numeric_input("bid_size_column", bid_size_column),
@@ -216,7 +243,12 @@ cdef class VPIN(Kernel):
     cdef Py_ssize_t n_buckets
 
     def __init__(self, bucket_vol=100000.0, n_buckets=50, *, volume_column="volume",
-                 side_column="side", by=None):
+                 side_column="side", by=None, **renamed):
+        if renamed:
+            bound = _renamed("vpin", renamed, dict(
+                bucket_vol=bucket_vol, n_buckets=n_buckets, volume_column=volume_column,
+                side_column=side_column, by=by)).values()
+            bucket_vol, n_buckets, volume_column, side_column, by = bound
         self.bucket_vol = check_positive("bucket_vol", bucket_vol)
         self.n_buckets = check_positive_int("n_buckets", n_buckets)
         self.declare("vpin", [numeric_input("volume_column", volume_column),
@@ -261,42 +293,73 @@ cdef class VPIN(Kernel):
                 io.out[0][i] = st[3] / (n * V)
 
 
-def midprice(batch, *, bid_column="bid", ask_column="ask"):
+def midprice(batch, *, bid_column="bid", ask_column="ask", **renamed):
     """Append ``midprice`` = (bid + ask)/2."""
+    if renamed:
+        bound = _renamed("midprice", renamed, dict(
+            bid_column=bid_column, ask_column=ask_column)).values()
+        bid_column, ask_column = bound
     return Midprice(bid_column=bid_column, ask_column=ask_column)(batch)
 
 
 def microprice(batch, *, bid_column="bid", ask_column="ask", bid_size_column="bid_size",
-               ask_size_column="ask_size"):
+               ask_size_column="ask_size", **renamed):
     """Append ``microprice`` = (b·A + a·B)/(A + B)."""
+    if renamed:
+        bound = _renamed("microprice", renamed, dict(
+            bid_column=bid_column, ask_column=ask_column, bid_size_column=bid_size_column,
+            ask_size_column=ask_size_column)).values()
+        bid_column, ask_column, bid_size_column, ask_size_column = bound
     return Microprice(bid_column=bid_column, ask_column=ask_column,
                       bid_size_column=bid_size_column, ask_size_column=ask_size_column)(batch)
 
 
-def quoted_spread(batch, *, bid_column="bid", ask_column="ask"):
+def quoted_spread(batch, *, bid_column="bid", ask_column="ask", **renamed):
     """Append ``quoted_spread`` = (a − b)/mid · 1e4 (bps)."""
+    if renamed:
+        bound = _renamed("quoted_spread", renamed, dict(
+            bid_column=bid_column, ask_column=ask_column)).values()
+        bid_column, ask_column = bound
     return QuotedSpread(bid_column=bid_column, ask_column=ask_column)(batch)
 
 
-def effective_spread(batch, *, price_column="exec_price", mid_column="midprice"):
+def effective_spread(batch, *, price_column="exec_price", mid_column="midprice", **renamed):
     """Append ``effective_spread`` = 2|p − m|/m · 1e4 (bps)."""
+    if renamed:
+        bound = _renamed("effective_spread", renamed, dict(
+            price_column=price_column, mid_column=mid_column)).values()
+        price_column, mid_column = bound
     return EffectiveSpread(price_column=price_column, mid_column=mid_column)(batch)
 
 
-def l1_imbalance(batch, *, bid_size_column="bid_size", ask_size_column="ask_size"):
+def l1_imbalance(batch, *, bid_size_column="bid_size", ask_size_column="ask_size", **renamed):
     """Append ``l1_imbalance`` = (B − A)/(B + A)."""
+    if renamed:
+        bound = _renamed("l1_imbalance", renamed, dict(
+            bid_size_column=bid_size_column, ask_size_column=ask_size_column)).values()
+        bid_size_column, ask_size_column = bound
     return L1Imbalance(bid_size_column=bid_size_column, ask_size_column=ask_size_column)(batch)
 
 
 def ofi(batch, *, bid_column="bid", ask_column="ask", bid_size_column="bid_size",
-        ask_size_column="ask_size", by=None):
+        ask_size_column="ask_size", by=None, **renamed):
     """Append ``ofi``, the Cont–Kukanov–Stoikov order-flow imbalance per key."""
+    if renamed:
+        bound = _renamed("ofi", renamed, dict(
+            bid_column=bid_column, ask_column=ask_column, bid_size_column=bid_size_column,
+            ask_size_column=ask_size_column, by=by)).values()
+        bid_column, ask_column, bid_size_column, ask_size_column, by = bound
     return call_kernel(OFI, batch, bid_column=bid_column, ask_column=ask_column,
                        bid_size_column=bid_size_column, ask_size_column=ask_size_column, by=by)
 
 
 def vpin(batch, bucket_vol=100000.0, n_buckets=50, *, volume_column="volume",
-         side_column="side", by=None):
+         side_column="side", by=None, **renamed):
     """Append ``vpin`` over the last ``n_buckets`` volume buckets of size ``bucket_vol``."""
+    if renamed:
+        bound = _renamed("vpin", renamed, dict(
+            bucket_vol=bucket_vol, n_buckets=n_buckets, volume_column=volume_column,
+            side_column=side_column, by=by)).values()
+        bucket_vol, n_buckets, volume_column, side_column, by = bound
     return call_kernel(VPIN, batch, bucket_vol=bucket_vol, n_buckets=n_buckets,
                        volume_column=volume_column, side_column=side_column, by=by)

@@ -9,8 +9,10 @@ from libc.math cimport fabs, fmax, NAN, sqrt
 
 from ._kernel cimport (Kernel, KernelIO, key_state, local_to_state, present, row_state, set_null,
                       state_to_local)
-from ._kernel import numeric_input, output, value_input
-from ._columns import check_positive, check_positive_int, check_unit_interval
+from ._kernel import NUMERIC, numeric_input, output, value_input
+from ._columns import (check_positive, check_positive_int, check_unit_interval, require_column,
+                       require_numeric)
+from ._naming import renamed as _renamed, upgrade_state as _upgrade_state
 from ._scope import call_kernel
 from ._window cimport (
     ZSUM_HEADER, extreme_push, extreme_width,
@@ -30,7 +32,11 @@ cdef class EMA(Kernel):
     cdef double k
     cdef Py_ssize_t period                     # 0: alpha mode
 
-    def __init__(self, column=None, alpha=None, *, period=None, by=None):
+    def __init__(self, column=None, alpha=None, *, period=None, by=None, **renamed):
+        if renamed:
+            bound = _renamed("ema", renamed, dict(
+                column=column, alpha=alpha, period=period, by=by)).values()
+            column, alpha, period, by = bound
         if alpha is not None and period is not None:
             raise ValueError("ema: give alpha or period, not both")
         if period is not None:
@@ -74,7 +80,11 @@ cdef class SMA(Kernel):
     """Simple moving average of the last ``window`` values (TA-Lib SMA); null during warm-up."""
     cdef Py_ssize_t window
 
-    def __init__(self, column=None, window=20, *, by=None):
+    def __init__(self, column=None, window=20, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("sma", renamed, dict(
+                column=column, window=window, by=by)).values()
+            column, window, by = bound
         self.window = check_positive_int("window", window)
         self.declare("sma", [value_input("column", column)], [output("sma")],
                      stride=zsum_width(self.window), by=by, partition_keys=True,
@@ -117,20 +127,33 @@ cdef class SMA(Kernel):
 cdef class MACD(Kernel):
     """TA-Lib MACD: EMA(fast) − EMA(slow) with k = 2/(N+1), signal = EMA(signal) of the line.
 
-    As TA-Lib does, the slow EMA is seeded with the SMA of the first ``slow`` values and the fast
-    EMA with the SMA of the last ``fast`` of those; the signal EMA is seeded with the SMA of
-    the first ``signal`` MACD values. All three outputs are null for slow+signal−2 rows.
+    ``fast_period``, ``slow_period``, ``signal_period`` (TA-Lib's fastperiod, slowperiod,
+    signalperiod; the old names ``fast``, ``slow``, ``signal`` are accepted).  As TA-Lib does,
+    the slow EMA is seeded with the SMA of the first ``slow_period`` values and the fast EMA
+    with the SMA of the last ``fast_period`` of those; the signal EMA is seeded with the SMA of
+    the first ``signal_period`` MACD values. All three outputs are null for
+    slow_period + signal_period − 2 rows.
     """
     cdef Py_ssize_t fast, slow, signal
 
-    def __init__(self, column=None, fast=12, slow=26, signal=9, *, by=None):
-        fast = check_positive_int("fast", fast, 2)
-        slow = check_positive_int("slow", slow, 2)
-        self.signal = check_positive_int("signal", signal)
+    def __init__(self, column=None, fast_period=12, slow_period=26, signal_period=9, *,
+                 by=None, **renamed):
+        if renamed:
+            column, fast_period, slow_period, signal_period, by = _renamed("macd", renamed, dict(
+                column=column, fast_period=fast_period, slow_period=slow_period,
+                signal_period=signal_period, by=by)).values()
+        fast = check_positive_int("fast_period", fast_period, 2)
+        slow = check_positive_int("slow_period", slow_period, 2)
+        self.signal = check_positive_int("signal_period", signal_period)
         self.fast, self.slow = (slow, fast) if fast > slow else (fast, slow)  # TA-Lib swaps
         self.declare("macd", [value_input("column", column)],
                      [output("macd"), output("macd_signal"), output("macd_hist")], stride=6,
-                     by=by, config=dict(column=column, fast=fast, slow=slow, signal=signal))
+                     by=by, config=dict(column=column, fast_period=fast, slow_period=slow,
+                                        signal_period=signal_period))
+
+    def load_state_dict(self, dict d):
+        """Also state saved before the naming rule (old names or old default recorded)."""
+        Kernel.load_state_dict(self, _upgrade_state(d, self.config))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
@@ -228,7 +251,11 @@ cdef class RSI(Kernel):
     """
     cdef Py_ssize_t period
 
-    def __init__(self, column=None, period=14, *, by=None):
+    def __init__(self, column=None, period=14, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("rsi", renamed, dict(
+                column=column, period=period, by=by)).values()
+            column, period, by = bound
         self.period = check_positive_int("period", period, 2)
         self.declare("rsi", [value_input("column", column)], [output("rsi")], stride=4, by=by,
                      config=dict(column=column, period=self.period))
@@ -309,7 +336,11 @@ cdef class BollingerBands(Kernel):
     cdef Py_ssize_t window
     cdef double k
 
-    def __init__(self, column=None, window=20, k=2.0, *, by=None):
+    def __init__(self, column=None, window=20, k=2.0, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("bollinger_bands", renamed, dict(
+                column=column, window=window, k=k, by=by)).values()
+            column, window, k, by = bound
         self.window = check_positive_int("window", window)
         self.k = check_positive("k", k)
         self.declare("bollinger_bands", [value_input("column", column)],
@@ -370,7 +401,11 @@ cdef class Kalman1D(Kernel):
     x̂ = x̂ + K(z − x̂), P = (1 − K)P⁻."""
     cdef double q, r
 
-    def __init__(self, column=None, q=0.001, r=0.1, *, by=None):
+    def __init__(self, column=None, q=0.001, r=0.1, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("kalman_1d", renamed, dict(
+                column=column, q=q, r=r, by=by)).values()
+            column, q, r, by = bound
         self.q = check_positive("q", q, allow_zero=True)
         self.r = check_positive("r", r)
         self.declare("kalman_1d", [value_input("column", column)], [output("kalman")], stride=3,
@@ -399,14 +434,24 @@ cdef class Kalman1D(Kernel):
 cdef class DonchianChannel(Kernel):
     """Highest high / lowest low of the last ``window`` rows (TA-Lib MAX/MIN) and their mid.
 
-    Reads ``high_column``/``low_column`` when given, else the value column for both.
+    Reads ``high_column``/``low_column`` when given; else ``column`` for both when given; else
+    ``price`` for both when the batch has it; else ``high`` and ``low`` when it has both (the
+    bars of ``Stream.tumbling``); else the value column for both.
     """
     cdef Py_ssize_t window
+    cdef bint bars_if_present
 
-    def __init__(self, column=None, window=20, *, high_column=None, low_column=None, by=None):
+    def __init__(self, column=None, window=20, *, high_column=None, low_column=None, by=None,
+                 **renamed):
+        if renamed:
+            bound = _renamed("donchian_channel", renamed, dict(
+                column=column, window=window, high_column=high_column, low_column=low_column,
+                by=by)).values()
+            column, window, high_column, low_column, by = bound
         self.window = check_positive_int("window", window)
         if (high_column is None) != (low_column is None):
             raise ValueError("donchian_channel: give both high_column and low_column, or neither")
+        self.bars_if_present = column is None and high_column is None
         if high_column is None:
             inputs = [value_input("column", column)]
         else:
@@ -417,6 +462,18 @@ cdef class DonchianChannel(Kernel):
                      stride=2 * extreme_width(self.window), by=by,
                      config=dict(column=column, window=self.window, high_column=high_column,
                                  low_column=low_column))
+
+    def resolve_columns(self, schema):
+        """The inputs for ``schema``: ``high`` and ``low`` of bars (no ``price``) when no column
+        is named."""
+        names = schema.names
+        if self.bars_if_present and "price" not in names and "high" in names and "low" in names:
+            require_numeric(schema, "high", "high column")
+            require_numeric(schema, "low", "low column")
+            if self.by is not None:
+                require_column(schema, self.by, "by column")
+            return [(NUMERIC, "high"), (NUMERIC, "low")]
+        return Kernel.resolve_columns(self, schema)
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i, N = self.window
@@ -442,25 +499,37 @@ cdef class DonchianChannel(Kernel):
 cdef class StochasticOsc(Kernel):
     """TA-Lib STOCHF: %K = 100·(C − LL_k)/(HH_k − LL_k) (0 when HH = LL), %D = SMA_d(%K).
 
-    Both outputs null for the k_period + d_period − 2 lookback rows.
+    ``k_window`` (TA-Lib's fastk_period) rows for the highest high and lowest low, ``d_window``
+    (fastd_period) values of %K in its SMA; the old names ``k_period``, ``d_period`` are
+    accepted.  ``close_column`` None reads ``price``, else ``close`` (bars).  Both outputs are
+    null for the k_window + d_window − 2 lookback rows.
     """
-    cdef Py_ssize_t k_period, d_period
+    cdef Py_ssize_t k_window, d_window
 
-    def __init__(self, k_period=14, d_period=3, *, high_column="high", low_column="low",
-                 close_column="price", by=None):
-        self.k_period = check_positive_int("k_period", k_period)
-        self.d_period = check_positive_int("d_period", d_period)
+    def __init__(self, k_window=14, d_window=3, *, high_column="high", low_column="low",
+                 close_column=None, by=None, **renamed):
+        if renamed:
+            (k_window, d_window, high_column, low_column, close_column,
+             by) = _renamed("stochastic_osc", renamed, dict(
+                k_window=k_window, d_window=d_window, high_column=high_column,
+                low_column=low_column, close_column=close_column, by=by)).values()
+        self.k_window = check_positive_int("k_window", k_window)
+        self.d_window = check_positive_int("d_window", d_window)
         self.declare("stochastic_osc", [numeric_input("high_column", high_column),
                                         numeric_input("low_column", low_column),
-                                        numeric_input("close_column", close_column)],
+                                        value_input("close_column", close_column)],
                      [output("stoch_k"), output("stoch_d")],
-                     stride=2 * extreme_width(self.k_period) + zsum_width(self.d_period), by=by,
-                     config=dict(k_period=self.k_period, d_period=self.d_period,
+                     stride=2 * extreme_width(self.k_window) + zsum_width(self.d_window), by=by,
+                     config=dict(k_window=self.k_window, d_window=self.d_window,
                                  high_column=high_column, low_column=low_column,
                                  close_column=close_column))
 
+    def load_state_dict(self, dict d):
+        """Also state saved before the naming rule (old names or old default recorded)."""
+        Kernel.load_state_dict(self, _upgrade_state(d, self.config))
+
     cdef void run(self, KernelIO* io) noexcept nogil:
-        cdef Py_ssize_t i, K = self.k_period, D = self.d_period
+        cdef Py_ssize_t i, K = self.k_window, D = self.d_window
         cdef double h, l, c, hh, ll, fast_k, s
         cdef double* st
         cdef double* ks
@@ -487,18 +556,30 @@ cdef class StochasticOsc(Kernel):
 
 cdef class ATR(Kernel):
     """TA-Lib ATR: TR_t = max(H−L, |H−C_{t−1}|, |L−C_{t−1}|) from the second row; the first ATR
-    (row ``period``) is the mean of the first ``period`` TRs, then (ATR·(N−1) + TR)/N."""
+    (row ``period``) is the mean of the first ``period`` TRs, then (ATR·(N−1) + TR)/N.
+
+    ``close_column`` None reads ``price``, else ``close``: ``atr(bars)`` runs on the output of
+    ``Stream.tumbling`` as it is."""
     cdef Py_ssize_t period
 
-    def __init__(self, period=14, *, high_column="high", low_column="low", close_column="price",
-                 by=None):
+    def __init__(self, period=14, *, high_column="high", low_column="low", close_column=None,
+                 by=None, **renamed):
+        if renamed:
+            bound = _renamed("atr", renamed, dict(
+                period=period, high_column=high_column, low_column=low_column,
+                close_column=close_column, by=by)).values()
+            period, high_column, low_column, close_column, by = bound
         self.period = check_positive_int("period", period)
         self.declare("atr", [numeric_input("high_column", high_column),
                              numeric_input("low_column", low_column),
-                             numeric_input("close_column", close_column)],
+                             value_input("close_column", close_column)],
                      [output("atr")], stride=3, by=by,
                      config=dict(period=self.period, high_column=high_column,
                                  low_column=low_column, close_column=close_column))
+
+    def load_state_dict(self, dict d):
+        """Also state saved before the naming rule (old names or old default recorded)."""
+        Kernel.load_state_dict(self, _upgrade_state(d, self.config))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i, N = self.period
@@ -529,12 +610,22 @@ cdef class ATR(Kernel):
 
 
 cdef class OBV(Kernel):
-    """TA-Lib OBV: starts at the first volume; ± volume when the price rises/falls."""
-    def __init__(self, *, price_column="price", volume_column="volume", by=None):
-        self.declare("obv", [numeric_input("price_column", price_column),
+    """TA-Lib OBV: starts at the first volume; ± volume when the price rises/falls.
+
+    ``price_column`` None reads ``price``, else ``close`` (bars)."""
+    def __init__(self, *, price_column=None, volume_column="volume", by=None, **renamed):
+        if renamed:
+            bound = _renamed("obv", renamed, dict(
+                price_column=price_column, volume_column=volume_column, by=by)).values()
+            price_column, volume_column, by = bound
+        self.declare("obv", [value_input("price_column", price_column),
                              numeric_input("volume_column", volume_column)],
                      [output("obv")], stride=3, by=by,
                      config=dict(price_column=price_column, volume_column=volume_column))
+
+    def load_state_dict(self, dict d):
+        """Also state saved before the naming rule (old names or old default recorded)."""
+        Kernel.load_state_dict(self, _upgrade_state(d, self.config))
 
     cdef void run(self, KernelIO* io) noexcept nogil:
         cdef Py_ssize_t i
@@ -557,59 +648,106 @@ cdef class OBV(Kernel):
             io.out[0][i] = st[2]
 
 
-def ema(batch, column=None, alpha=None, *, period=None, by=None):
+def ema(batch, column=None, alpha=None, *, period=None, by=None, **renamed):
     """Append ``ema``: TA-Lib EMA with ``period``, or pandas ewm(adjust=False) with ``alpha``."""
+    if renamed:
+        bound = _renamed("ema", renamed, dict(
+            column=column, alpha=alpha, period=period, by=by)).values()
+        column, alpha, period, by = bound
     return call_kernel(EMA, batch, column=column, alpha=alpha, period=period, by=by)
 
 
-def sma(batch, column=None, window=20, *, by=None):
+def sma(batch, column=None, window=20, *, by=None, **renamed):
     """Append ``sma`` (TA-Lib SMA)."""
+    if renamed:
+        bound = _renamed("sma", renamed, dict(
+            column=column, window=window, by=by)).values()
+        column, window, by = bound
     return call_kernel(SMA, batch, column=column, window=window, by=by)
 
 
-def macd(batch, column=None, fast=12, slow=26, signal=9, *, by=None):
-    """Append ``macd``, ``macd_signal``, ``macd_hist`` (TA-Lib MACD)."""
-    return call_kernel(MACD, batch, column=column, fast=fast, slow=slow, signal=signal, by=by)
+def macd(batch, column=None, fast_period=12, slow_period=26, signal_period=9, *, by=None,
+         **renamed):
+    """Append ``macd``, ``macd_signal``, ``macd_hist`` (TA-Lib MACD; ``fast``, ``slow``,
+    ``signal`` are accepted for the three periods)."""
+    if renamed:
+        column, fast_period, slow_period, signal_period, by = _renamed("macd", renamed, dict(
+            column=column, fast_period=fast_period, slow_period=slow_period,
+            signal_period=signal_period, by=by)).values()
+    return call_kernel(MACD, batch, column=column, fast_period=fast_period,
+                       slow_period=slow_period, signal_period=signal_period, by=by)
 
 
-def rsi(batch, column=None, period=14, *, by=None):
+def rsi(batch, column=None, period=14, *, by=None, **renamed):
     """Append ``rsi`` (TA-Lib RSI, Wilder smoothing, 0..100)."""
+    if renamed:
+        bound = _renamed("rsi", renamed, dict(
+            column=column, period=period, by=by)).values()
+        column, period, by = bound
     return call_kernel(RSI, batch, column=column, period=period, by=by)
 
 
-def bollinger_bands(batch, column=None, window=20, k=2.0, *, by=None):
+def bollinger_bands(batch, column=None, window=20, k=2.0, *, by=None, **renamed):
     """Append ``bb_mid``, ``bb_upper``, ``bb_lower`` (TA-Lib BBANDS, population std)."""
+    if renamed:
+        bound = _renamed("bollinger_bands", renamed, dict(
+            column=column, window=window, k=k, by=by)).values()
+        column, window, k, by = bound
     return call_kernel(BollingerBands, batch, column=column, window=window, k=k, by=by)
 
 
-def kalman_1d(batch, column=None, q=0.001, r=0.1, *, by=None):
+def kalman_1d(batch, column=None, q=0.001, r=0.1, *, by=None, **renamed):
     """Append ``kalman``, a random-walk Kalman filter estimate."""
+    if renamed:
+        bound = _renamed("kalman_1d", renamed, dict(
+            column=column, q=q, r=r, by=by)).values()
+        column, q, r, by = bound
     return call_kernel(Kalman1D, batch, column=column, q=q, r=r, by=by)
 
 
 def donchian_channel(batch, column=None, window=20, *, high_column=None, low_column=None,
-                     by=None):
+                     by=None, **renamed):
     """Append ``donchian_high``, ``donchian_low``, ``donchian_mid`` (TA-Lib MAX/MIN)."""
+    if renamed:
+        bound = _renamed("donchian_channel", renamed, dict(
+            column=column, window=window, high_column=high_column, low_column=low_column,
+            by=by)).values()
+        column, window, high_column, low_column, by = bound
     return call_kernel(DonchianChannel, batch, column=column, window=window,
                        high_column=high_column, low_column=low_column, by=by)
 
 
-def stochastic_osc(batch, k_period=14, d_period=3, *, high_column="high", low_column="low",
-                   close_column="price", by=None):
-    """Append ``stoch_k``, ``stoch_d`` (TA-Lib STOCHF with an SMA %D)."""
-    return call_kernel(StochasticOsc, batch, k_period=k_period, d_period=d_period,
+def stochastic_osc(batch, k_window=14, d_window=3, *, high_column="high", low_column="low",
+                   close_column=None, by=None, **renamed):
+    """Append ``stoch_k``, ``stoch_d`` (TA-Lib STOCHF with an SMA %D; ``k_period``,
+    ``d_period`` are accepted for the two windows)."""
+    if renamed:
+        (k_window, d_window, high_column, low_column, close_column,
+         by) = _renamed("stochastic_osc", renamed, dict(
+            k_window=k_window, d_window=d_window, high_column=high_column,
+            low_column=low_column, close_column=close_column, by=by)).values()
+    return call_kernel(StochasticOsc, batch, k_window=k_window, d_window=d_window,
                        high_column=high_column, low_column=low_column,
                        close_column=close_column, by=by)
 
 
-def atr(batch, period=14, *, high_column="high", low_column="low", close_column="price",
-        by=None):
+def atr(batch, period=14, *, high_column="high", low_column="low", close_column=None,
+        by=None, **renamed):
     """Append ``atr`` (TA-Lib ATR)."""
+    if renamed:
+        bound = _renamed("atr", renamed, dict(
+            period=period, high_column=high_column, low_column=low_column,
+            close_column=close_column, by=by)).values()
+        period, high_column, low_column, close_column, by = bound
     return call_kernel(ATR, batch, period=period, high_column=high_column,
                        low_column=low_column, close_column=close_column, by=by)
 
 
-def obv(batch, *, price_column="price", volume_column="volume", by=None):
+def obv(batch, *, price_column=None, volume_column="volume", by=None, **renamed):
     """Append ``obv`` (TA-Lib OBV)."""
+    if renamed:
+        bound = _renamed("obv", renamed, dict(
+            price_column=price_column, volume_column=volume_column, by=by)).values()
+        price_column, volume_column, by = bound
     return call_kernel(OBV, batch, price_column=price_column, volume_column=volume_column,
                        by=by)

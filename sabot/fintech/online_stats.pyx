@@ -7,16 +7,27 @@ from ._kernel cimport (Kernel, KernelIO, emit, key_state, local_to_state, presen
 from ._kernel import numeric_input, output, value_input
 from ._columns import check_positive_int, check_unit_interval
 from ._scope import call_kernel
+from ._naming import renamed as _renamed, upgrade_state as _upgrade_state
 from ._window cimport (Var, var_constant, var_full, var_load, var_m2, var_mean, var_push_row,
                        var_store, var_width)
 
 
 cdef class LogReturns(Kernel):
-    """r_t = ln(p_t / p_{t-1}) per key; first row of a key null; p <= 0 is treated as missing."""
-    def __init__(self, price_column="price", *, by=None):
-        self.declare("log_returns", [numeric_input("price_column", price_column)],
+    """r_t = ln(p_t / p_{t-1}) per key; first row of a key null; p <= 0 is treated as missing.
+
+    ``price_column`` None reads ``price``, else ``close`` (bars)."""
+    def __init__(self, price_column=None, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("log_returns", renamed, dict(
+                price_column=price_column, by=by)).values()
+            price_column, by = bound
+        self.declare("log_returns", [value_input("price_column", price_column)],
                      [output("log_return")], stride=1, by=by,
                      config=dict(price_column=price_column))
+
+    def load_state_dict(self, dict d):
+        """Also state saved before the naming rule (old names or old default recorded)."""
+        Kernel.load_state_dict(self, _upgrade_state(d, self.config))
 
     cdef void init_state(self, double* st) noexcept nogil:
         st[0] = NAN                                   # previous price
@@ -37,7 +48,9 @@ cdef class LogReturns(Kernel):
 
 cdef class WelfordMeanVar(Kernel):
     """Running mean and sample variance (n-1) by Welford's update; variance null for n < 2."""
-    def __init__(self, column=None, *, by=None):
+    def __init__(self, column=None, *, by=None, **renamed):
+        if renamed:
+            column, by = _renamed("welford_mean_var", renamed, dict(column=column, by=by)).values()
         self.declare("welford_mean_var", [value_input("column", column)],
                      [output("mean"), output("variance"), output("stddev")], stride=3, by=by,
                      config=dict(column=column))
@@ -69,7 +82,11 @@ cdef class EWMA(Kernel):
     """s_0 = x_0; s_t = a x_t + (1-a) s_{t-1}. Matches pandas ``ewm(alpha=a, adjust=False).mean()``."""
     cdef double alpha
 
-    def __init__(self, column=None, alpha=0.94, *, by=None):
+    def __init__(self, column=None, alpha=0.94, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("ewma", renamed, dict(
+                column=column, alpha=alpha, by=by)).values()
+            column, alpha, by = bound
         self.alpha = check_unit_interval("alpha", alpha)
         self.declare("ewma", [value_input("column", column)], [output("ewma")], stride=1,
                      by=by, config=dict(column=column, alpha=alpha))
@@ -105,7 +122,11 @@ cdef class EWCov(Kernel):
     """
     cdef double alpha
 
-    def __init__(self, x_column="x", y_column="y", alpha=0.94, *, by=None):
+    def __init__(self, x_column="x", y_column="y", alpha=0.94, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("ewcov", renamed, dict(
+                x_column=x_column, y_column=y_column, alpha=alpha, by=by)).values()
+            x_column, y_column, alpha, by = bound
         self.alpha = check_unit_interval("alpha", alpha)
         self.declare("ewcov", [numeric_input("x_column", x_column),
                                numeric_input("y_column", y_column)],
@@ -145,7 +166,11 @@ cdef class RollingZScore(Kernel):
     """
     cdef Py_ssize_t window
 
-    def __init__(self, column=None, window=100, *, by=None):
+    def __init__(self, column=None, window=100, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("rolling_zscore", renamed, dict(
+                column=column, window=window, by=by)).values()
+            column, window, by = bound
         self.window = check_positive_int("window", window)
         self.declare("rolling_zscore", [value_input("column", column)], [output("zscore")],
                      stride=var_width(self.window), by=by, partition_keys=True,
@@ -176,26 +201,44 @@ cdef inline void _zscore_rows(KernelIO* io, Py_ssize_t N, bint keyed) noexcept n
         var_store(&v, io.state)
 
 
-def log_returns(batch, price_column="price", *, by=None):
+def log_returns(batch, price_column=None, *, by=None, **renamed):
     """Append ``log_return`` = ln(p_t/p_{t-1}) per key (numpy reference)."""
+    if renamed:
+        bound = _renamed("log_returns", renamed, dict(
+            price_column=price_column, by=by)).values()
+        price_column, by = bound
     return call_kernel(LogReturns, batch, price_column=price_column, by=by)
 
 
-def welford_mean_var(batch, column=None, *, by=None):
+def welford_mean_var(batch, column=None, *, by=None, **renamed):
     """Append running ``mean``, ``variance`` (n-1) and ``stddev`` (numpy cumulative reference)."""
+    if renamed:
+        column, by = _renamed("welford_mean_var", renamed, dict(column=column, by=by)).values()
     return call_kernel(WelfordMeanVar, batch, column=column, by=by)
 
 
-def ewma(batch, column=None, alpha=0.94, *, by=None):
+def ewma(batch, column=None, alpha=0.94, *, by=None, **renamed):
     """Append ``ewma`` (pandas ``ewm(alpha, adjust=False).mean()``)."""
+    if renamed:
+        bound = _renamed("ewma", renamed, dict(
+            column=column, alpha=alpha, by=by)).values()
+        column, alpha, by = bound
     return call_kernel(EWMA, batch, column=column, alpha=alpha, by=by)
 
 
-def ewcov(batch, x_column="x", y_column="y", alpha=0.94, *, by=None):
+def ewcov(batch, x_column="x", y_column="y", alpha=0.94, *, by=None, **renamed):
     """Append ``ewcov`` (pandas ``ewm(alpha, adjust=False).cov(bias=True)``)."""
+    if renamed:
+        bound = _renamed("ewcov", renamed, dict(
+            x_column=x_column, y_column=y_column, alpha=alpha, by=by)).values()
+        x_column, y_column, alpha, by = bound
     return call_kernel(EWCov, batch, x_column=x_column, y_column=y_column, alpha=alpha, by=by)
 
 
-def rolling_zscore(batch, column=None, window=100, *, by=None):
+def rolling_zscore(batch, column=None, window=100, *, by=None, **renamed):
     """Append ``zscore`` over a trailing window of ``window`` values (pandas rolling)."""
+    if renamed:
+        bound = _renamed("rolling_zscore", renamed, dict(
+            column=column, window=window, by=by)).values()
+        column, window, by = bound
     return call_kernel(RollingZScore, batch, column=column, window=window, by=by)

@@ -69,6 +69,8 @@ class SymbolKeyedOperator:
         try:
             return cls(**kwargs, by=by)
         except TypeError as exc:
+            if "keyword argument 'by'" not in str(exc):
+                raise                          # another argument: the kernel's own message
             raise TypeError(f"{cls.__name__} cannot be keyed by {by!r} ({exc}); a kernel "
                             "without by= keeps no state: use StatelessKernelOperator") from exc
 
@@ -156,9 +158,10 @@ def create_ewma_operator(alpha: float = 0.94, column: Optional[str] = None, *,
     return SymbolKeyedOperator(_kernel_named("EWMA"), symbol_column, column=column, alpha=alpha)
 
 
-def create_log_returns_operator(price_column: str = "price", *,
+def create_log_returns_operator(price_column: Optional[str] = None, *,
                                 symbol_column: str = "symbol") -> SymbolKeyedOperator:
-    """Per-symbol ``log_return`` (class :class:`LogReturns`)."""
+    """Per-symbol ``log_return`` (class :class:`LogReturns`; ``price_column`` None reads
+    ``price``, else ``close``)."""
     return SymbolKeyedOperator(_kernel_named("LogReturns"), symbol_column,
                                price_column=price_column)
 
@@ -168,13 +171,18 @@ def create_ofi_operator(*, symbol_column: str = "symbol", **columns: str) -> Sym
     return SymbolKeyedOperator(_kernel_named("OFI"), symbol_column, **columns)
 
 
-def create_vwap_operator(price_column: str = "price", volume_column: str = "volume", *,
+def create_vwap_operator(price_column: Optional[str] = None, volume_column: str = "volume", *,
                          symbol_column: str = "symbol") -> SymbolKeyedOperator:
-    """Per-symbol cumulative ``vwap`` (class ``VWAP``)."""
+    """Per-symbol cumulative ``vwap`` (class ``VWAP``; ``price_column`` None reads ``price``,
+    else ``close``)."""
     return SymbolKeyedOperator(_kernel_named("VWAP"), symbol_column,
                                price_column=price_column, volume_column=volume_column)
 
 
 def create_midprice_operator(**columns: str) -> StatelessKernelOperator:
-    """``midprice`` = (bid+ask)/2 as an operator (stateless; ``columns``: bid/ask column args)."""
+    """``midprice`` = (bid+ask)/2 as an operator (stateless; ``columns``: bid/ask column args).
+
+    The column arguments are checked now (a wrong keyword is refused here, not on the first
+    batch)."""
+    importlib.import_module("sabot.fintech.microstructure").Midprice(**columns)
     return StatelessKernelOperator(_kernel_named("midprice"), **columns)

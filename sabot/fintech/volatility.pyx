@@ -13,6 +13,7 @@ from ._kernel cimport Kernel, KernelIO, emit, key_state, present, set_null
 from ._kernel import numeric_input, output
 from ._columns import check_positive_int
 from ._scope import call_kernel
+from ._naming import renamed as _renamed
 from ._window cimport zsum_count, zsum_push, zsum_width
 
 # pi / (6 - 4 sqrt(3) + pi): MedRV scale (Andersen, Dobrev & Schaumburg 2012).
@@ -47,7 +48,11 @@ cdef class RealizedVar(Kernel):
     """RV_t = sum of r^2 over the last ``window`` returns (numpy reference)."""
     cdef Py_ssize_t window
 
-    def __init__(self, returns_column="log_return", window=20, *, by=None):
+    def __init__(self, returns_column="log_return", window=20, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("realized_var", renamed, dict(
+                returns_column=returns_column, window=window, by=by)).values()
+            returns_column, window, by = bound
         self.window = check_positive_int("window", window)
         self.declare("realized_var", [numeric_input("returns_column", returns_column)],
                      [output("realized_var")], stride=zsum_width(self.window), by=by,
@@ -78,7 +83,11 @@ cdef class BipowerVar(Kernel):
     """
     cdef Py_ssize_t window
 
-    def __init__(self, returns_column="log_return", window=20, *, by=None):
+    def __init__(self, returns_column="log_return", window=20, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("bipower_var", renamed, dict(
+                returns_column=returns_column, window=window, by=by)).values()
+            returns_column, window, by = bound
         self.window = check_positive_int("window", window, minimum=2)
         self.declare("bipower_var", [numeric_input("returns_column", returns_column)],
                      [output("bipower_var")], stride=2 + zsum_width(self.window - 1), by=by,
@@ -116,7 +125,11 @@ cdef class MedRV(Kernel):
     """
     cdef Py_ssize_t window
 
-    def __init__(self, returns_column="log_return", window=20, *, by=None):
+    def __init__(self, returns_column="log_return", window=20, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("medrv", renamed, dict(
+                returns_column=returns_column, window=window, by=by)).values()
+            returns_column, window, by = bound
         self.window = check_positive_int("window", window, minimum=3)
         self.declare("medrv", [numeric_input("returns_column", returns_column)],
                      [output("medrv")], stride=3 + zsum_width(self.window - 2), by=by,
@@ -158,7 +171,11 @@ cdef class RiskMetricsVol(Kernel):
     """
     cdef double lam
 
-    def __init__(self, returns_column="log_return", lambda_param=0.94, *, by=None):
+    def __init__(self, returns_column="log_return", lambda_param=0.94, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("riskmetrics_vol", renamed, dict(
+                returns_column=returns_column, lambda_param=lambda_param, by=by)).values()
+            returns_column, lambda_param, by = bound
         self.lam = _check_lambda(lambda_param)
         self.declare("riskmetrics_vol", [numeric_input("returns_column", returns_column)],
                      [output("riskmetrics_vol")], stride=1, by=by,
@@ -191,7 +208,11 @@ cdef class ParkinsonVol(Kernel):
     """
     cdef Py_ssize_t window
 
-    def __init__(self, high_column="high", low_column="low", window=20, *, by=None):
+    def __init__(self, high_column="high", low_column="low", window=20, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("parkinson_vol", renamed, dict(
+                high_column=high_column, low_column=low_column, window=window, by=by)).values()
+            high_column, low_column, window, by = bound
         self.window = check_positive_int("window", window)
         self.declare("parkinson_vol", [numeric_input("high_column", high_column),
                                        numeric_input("low_column", low_column)],
@@ -225,7 +246,12 @@ cdef class GarmanKlassVol(Kernel):
     cdef Py_ssize_t window
 
     def __init__(self, open_column="open", high_column="high", low_column="low",
-                 close_column="close", window=20, *, by=None):
+                 close_column="close", window=20, *, by=None, **renamed):
+        if renamed:
+            bound = _renamed("garman_klass_vol", renamed, dict(
+                open_column=open_column, high_column=high_column, low_column=low_column,
+                close_column=close_column, window=window, by=by)).values()
+            open_column, high_column, low_column, close_column, window, by = bound
         self.window = check_positive_int("window", window)
         self.declare("garman_klass_vol", [numeric_input("open_column", open_column),
                                           numeric_input("high_column", high_column),
@@ -255,36 +281,61 @@ cdef class GarmanKlassVol(Kernel):
                 emit(io, 0, i, sqrt(s) if s >= 0.0 else NAN)
 
 
-def realized_var(batch, returns_column="log_return", window=20, *, by=None):
+def realized_var(batch, returns_column="log_return", window=20, *, by=None, **renamed):
     """Append ``realized_var`` = sum of r^2 over the last ``window`` returns."""
+    if renamed:
+        bound = _renamed("realized_var", renamed, dict(
+            returns_column=returns_column, window=window, by=by)).values()
+        returns_column, window, by = bound
     return call_kernel(RealizedVar, batch, returns_column=returns_column, window=window, by=by)
 
 
-def bipower_var(batch, returns_column="log_return", window=20, *, by=None):
+def bipower_var(batch, returns_column="log_return", window=20, *, by=None, **renamed):
     """Append ``bipower_var`` = (pi/2) sum |r_i||r_{i-1}| within the last ``window`` returns."""
+    if renamed:
+        bound = _renamed("bipower_var", renamed, dict(
+            returns_column=returns_column, window=window, by=by)).values()
+        returns_column, window, by = bound
     return call_kernel(BipowerVar, batch, returns_column=returns_column, window=window, by=by)
 
 
-def medrv(batch, returns_column="log_return", window=20, *, by=None):
+def medrv(batch, returns_column="log_return", window=20, *, by=None, **renamed):
     """Append ``medrv`` (median realized variance, highfrequency ``rMedRVar``)."""
+    if renamed:
+        bound = _renamed("medrv", renamed, dict(
+            returns_column=returns_column, window=window, by=by)).values()
+        returns_column, window, by = bound
     return call_kernel(MedRV, batch, returns_column=returns_column, window=window, by=by)
 
 
-def riskmetrics_vol(batch, returns_column="log_return", lambda_param=0.94, *, by=None):
+def riskmetrics_vol(batch, returns_column="log_return", lambda_param=0.94, *, by=None, **renamed):
     """Append ``riskmetrics_vol`` = sqrt of the RiskMetrics EWMA variance of returns."""
+    if renamed:
+        bound = _renamed("riskmetrics_vol", renamed, dict(
+            returns_column=returns_column, lambda_param=lambda_param, by=by)).values()
+        returns_column, lambda_param, by = bound
     return call_kernel(RiskMetricsVol, batch, returns_column=returns_column,
                        lambda_param=lambda_param, by=by)
 
 
-def parkinson_vol(batch, high_column="high", low_column="low", window=20, *, by=None):
+def parkinson_vol(batch, high_column="high", low_column="low", window=20, *, by=None, **renamed):
     """Append ``parkinson_vol`` (Parkinson 1980 high-low range estimator)."""
+    if renamed:
+        bound = _renamed("parkinson_vol", renamed, dict(
+            high_column=high_column, low_column=low_column, window=window, by=by)).values()
+        high_column, low_column, window, by = bound
     return call_kernel(ParkinsonVol, batch, high_column=high_column, low_column=low_column,
                        window=window, by=by)
 
 
 def garman_klass_vol(batch, open_column="open", high_column="high", low_column="low",
-                     close_column="close", window=20, *, by=None):
+                     close_column="close", window=20, *, by=None, **renamed):
     """Append ``garman_klass_vol`` (Garman & Klass 1980 OHLC estimator)."""
+    if renamed:
+        bound = _renamed("garman_klass_vol", renamed, dict(
+            open_column=open_column, high_column=high_column, low_column=low_column,
+            close_column=close_column, window=window, by=by)).values()
+        open_column, high_column, low_column, close_column, window, by = bound
     return call_kernel(GarmanKlassVol, batch, open_column=open_column,
                        high_column=high_column, low_column=low_column,
                        close_column=close_column, window=window, by=by)

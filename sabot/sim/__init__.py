@@ -10,14 +10,17 @@ from typing import Any
 
 from sabot.sim.quotes import Quote, RandomWalk, load_scenario, to_raw_symbol
 from sabot.sim.servers import CORRUPT_KINDS, SIMULATORS, SimServer
-from sabot.venues import venues
+from sabot.venues import perp_venues, venues
 
 _NAMES = ("SIMULATORS", "SimServer", "CORRUPT_KINDS", "Quote", "RandomWalk", "load_scenario", "to_raw_symbol")
 
 
+def _simulator_names_of(v: Any) -> str:
+    return v.simulator.rpartition(":")[2] if isinstance(v.simulator, str) else v.simulator.__name__
+
+
 def _simulator_names() -> list[str]:
-    return [v.simulator.rpartition(":")[2] if isinstance(v.simulator, str) else v.simulator.__name__
-            for v in venues()]
+    return [_simulator_names_of(v) for v in (*venues(), *perp_venues())]
 
 
 def __getattr__(name: str) -> Any:
@@ -30,6 +33,9 @@ def __getattr__(name: str) -> Any:
     try:
         return getattr(servers, name)
     except AttributeError:
+        for venue in perp_venues():  # perpetual-futures venues are not in SIMULATORS' listing
+            if _simulator_names_of(venue) == name:
+                return venue.simulator_class
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 

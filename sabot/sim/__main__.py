@@ -9,13 +9,14 @@ import signal
 import sys
 
 from sabot.sim.servers import CORRUPT_KINDS, SIMULATORS
+from sabot.venues import perp_venue_names
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sabot.sim",
                                 description="Local WebSocket server speaking an exchange's market-data protocol.",
                                 allow_abbrev=False)
-    p.add_argument("exchange", choices=list(SIMULATORS), help="the venue to simulate")
+    p.add_argument("exchange", choices=[*SIMULATORS, *perp_venue_names()], help="the venue to simulate")
     p.add_argument("--port", type=int, default=8765, help="port on --host (0 = any free port)")
     p.add_argument("--host", default="127.0.0.1")
     src = p.add_mutually_exclusive_group()
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "as the exchange refuses them (default: every well-formed symbol)")
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
     p.add_argument("--ping-interval", type=float, default=20.0, help="Binance ping frame interval (s)")
+    p.add_argument("--funding-interval", type=float, default=None,
+                   help="perpetuals: seconds between funding times (default 28800, the exchange's 8 h)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -65,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                   corrupt_kinds=a.corrupt_kinds.split(",") if a.corrupt_kinds else None,
                   garbage_every=a.garbage_every, quiet_after=a.quiet_after, quiet_for=a.quiet_for,
                   listed=[s.strip() for s in a.listed.split(",") if s.strip()] if a.listed else None)
+    if a.funding_interval is not None:
+        if a.exchange not in perp_venue_names():
+            logging.getLogger("sabot.sim").error("--funding-interval: %s is not a perpetual-futures venue",
+                                                 a.exchange)
+            return 2
+        kwargs["funding_interval"] = a.funding_interval
     try:
         server = SIMULATORS[a.exchange](a.port, a.host, **kwargs)
     except (ValueError, OSError) as exc:

@@ -18,6 +18,10 @@ profile, and its :func:`register` call; the package imports them when it is impo
 order, and :func:`venues` returns venues in registration order.  Its local exchange server (the
 simulator writer) sits next to it in :mod:`sabot.sim` and is imported only when asked for.
 
+:mod:`sabot.venues.binance_usdm` registers Binance's USDⓈ-M perpetual futures as
+``binance-usdm`` with ``market="perp"``: :func:`perp_venues` lists it, the spot lists
+(:func:`venues`, :func:`venue_names`, ...) do not.
+
 Lists keyed by venue elsewhere in the package (``sabot.collectors.COLLECTORS``,
 ``sabot.sim.SIMULATORS``, ``sabot.schema.EXTRA_FIELDS``) are :class:`VenueMapping` views: they
 read the registry on every access, so a venue registered later appears in all of them.
@@ -25,8 +29,8 @@ read the registry on every access, so a venue registered later appears in all of
 from __future__ import annotations
 
 from sabot.venues.registry import (  # noqa: F401  (the registry's public names, re-exported)
-    FIELD_CHECKS, UnknownVenueError, Venue, VenueMapping, default_fees, get_venue, register,
-    ticker_topics, unregister, venue_names, venues,
+    FIELD_CHECKS, MARKETS, UnknownVenueError, Venue, VenueMapping, default_fees, get_venue,
+    perp_venue_names, perp_venues, register, ticker_topics, unregister, venue_names, venues,
 )
 from sabot.venues.registry import __all__  # noqa: F401
 
@@ -34,3 +38,5 @@ from sabot.venues.registry import __all__  # noqa: F401
 from sabot.venues import coinbase as _coinbase  # noqa: E402,F401  (registers "coinbase")
 from sabot.venues import kraken as _kraken  # noqa: E402,F401  (registers "kraken")
 from sabot.venues import binance as _binance  # noqa: E402,F401  (registers "binance")
+# Perpetual futures (market="perp": listed by perp_venues(), not by venues()).
+from sabot.venues import binance_usdm as _binance_usdm  # noqa: E402,F401  (registers "binance-usdm")

@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, Generic, Iterator, Mapping, Optional, Tu
 import pyarrow as pa
 
 __all__ = ["Venue", "register", "unregister", "venues", "venue_names", "get_venue",
-           "ticker_topics", "default_fees", "UnknownVenueError", "VenueMapping", "FIELD_CHECKS"]
+           "ticker_topics", "default_fees", "UnknownVenueError", "VenueMapping", "FIELD_CHECKS",
+           "MARKETS", "perp_venues", "perp_venue_names"]
 
 
 class UnknownVenueError(ValueError):
@@ -24,6 +25,9 @@ class UnknownVenueError(ValueError):
 
 #: How record validation may check a venue's extra column (:attr:`Venue.field_checks`).
 FIELD_CHECKS = ("positive", "non_negative", "finite")
+
+#: What a venue trades (:attr:`Venue.market`): ``spot`` books, or ``perp`` (perpetual futures).
+MARKETS = ("spot", "perp")
 
 
 def _resolve(path: str) -> Any:
@@ -46,6 +50,12 @@ class Venue:
     validation checks extra columns: ``{"vwap": "positive"}`` (finite and > 0),
     ``"non_negative"`` (finite and >= 0) or ``"finite"``; unlisted extra columns are stored as
     the parser made them.
+
+    ``market`` is ``"spot"`` (the default) or ``"perp"``.  The venue lists that the spot
+    applications iterate (:func:`venues`, :func:`venue_names`, :func:`ticker_topics`,
+    :func:`default_fees` and iterating a :class:`VenueMapping`) hold the spot venues only;
+    :func:`perp_venues` lists the perpetual-futures ones.  :func:`get_venue` finds either.  A
+    name is lower case and may use ``-`` between words (``binance-usdm``).
     """
 
     name: str
@@ -56,10 +66,16 @@ class Venue:
     sim_profile: Mapping[str, float] = field(default_factory=dict)
     ticker_topic: str = ""
     field_checks: Mapping[str, str] = field(default_factory=dict)
+    market: str = "spot"
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.isidentifier() or self.name != self.name.lower():
-            raise ValueError(f"venue name must be a lower-case identifier, got {self.name!r}")
+        if (not self.name or not self.name.replace("-", "_").isidentifier()
+                or self.name != self.name.lower()):
+            raise ValueError(f"venue name must be a lower-case identifier (words may be joined "
+                             f"by '-'), got {self.name!r}")
+        if self.market not in MARKETS:
+            raise ValueError(f"venue {self.name!r}: market={self.market!r}; expected one of "
+                             f"{', '.join(MARKETS)}")
         if not self.ticker_topic:
             object.__setattr__(self, "ticker_topic", f"{self.name}-ticker")
         object.__setattr__(self, "extra_fields", tuple(self.extra_fields))
@@ -125,12 +141,23 @@ def unregister(name: str) -> None:
 
 
 def venues() -> Tuple[Venue, ...]:
-    """Every registered venue, in registration order."""
-    return tuple(_REGISTRY.values())
+    """Every registered spot venue, in registration order (perpetuals: :func:`perp_venues`)."""
+    return tuple(v for v in _REGISTRY.values() if v.market == "spot")
 
 
 def venue_names() -> Tuple[str, ...]:
-    return tuple(_REGISTRY)
+    """The names of :func:`venues` (the spot venues)."""
+    return tuple(v.name for v in venues())
+
+
+def perp_venues() -> Tuple[Venue, ...]:
+    """Every registered perpetual-futures venue (``market="perp"``), in registration order."""
+    return tuple(v for v in _REGISTRY.values() if v.market == "perp")
+
+
+def perp_venue_names() -> Tuple[str, ...]:
+    """The names of :func:`perp_venues`."""
+    return tuple(v.name for v in perp_venues())
 
 
 def get_venue(name: str) -> Venue:
@@ -142,13 +169,13 @@ def get_venue(name: str) -> Venue:
 
 
 def ticker_topics() -> Tuple[str, ...]:
-    """The Kafka topic of every venue's tickers (``<venue>-ticker``)."""
-    return tuple(v.ticker_topic for v in _REGISTRY.values())
+    """The Kafka topic of every spot venue's tickers (``<venue>-ticker``)."""
+    return tuple(v.ticker_topic for v in venues())
 
 
 def default_fees(overrides: Optional[Mapping[str, float]] = None) -> Dict[str, float]:
-    """Taker fee per venue in basis points, with ``overrides`` applied."""
-    fees = {v.name: float(v.default_fee_bps) for v in _REGISTRY.values()}
+    """Taker fee per spot venue in basis points, with ``overrides`` applied."""
+    fees = {v.name: float(v.default_fee_bps) for v in venues()}
     fees.update(overrides or {})
     return fees
 
@@ -161,7 +188,8 @@ class VenueMapping(_AbcMapping, Generic[T]):
 
     Package-level tables keyed by venue are these views, so a venue registered at any time
     (a plug-in, a test) is in every one of them without editing the package.  A name that is
-    not registered raises ``KeyError`` whose message lists the known venues.
+    not registered raises ``KeyError`` whose message lists the known venues.  Iterating lists
+    the spot venues (:func:`venues`); a perpetual-futures venue is found by its name.
     """
 
     def __init__(self, value: Callable[[Venue], T], what: str = "value") -> None:
@@ -175,10 +203,10 @@ class VenueMapping(_AbcMapping, Generic[T]):
         return self._value(venue)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(tuple(_REGISTRY))
+        return iter(venue_names())
 
     def __len__(self) -> int:
-        return len(_REGISTRY)
+        return len(venue_names())
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in _REGISTRY
