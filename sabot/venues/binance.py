@@ -71,6 +71,9 @@ class BinanceCollector(ExchangeCollector):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Silence means "not listed" only where data is continuous (bookTicker); a quiet market's
+        # trades stream may say nothing for minutes, so trades alone never report silence.
+        self.rejects_by_silence = "ticker" in self.channels
         # raw symbol (upper case) -> (last price, 24 h base volume, change %, trade count)
         self._ticker: dict[str, tuple] = {}
 

@@ -69,6 +69,10 @@ def test_binance_documented_trade_buyer_maker_is_a_sell_and_bookticker_is_receiv
     assert agg.kind == TRADES and agg.records[0]["side"] == "sell" and agg.records[0]["trade_id"] == "12345"
     book = c.parse(lines[None], 99)
     assert book.kind == DATA and book.records[0]["timestamp"] == 99 and book.records[0]["time_source"] == "receive"
+    # a quiet market's trades stream may be silent for minutes: that is no sign of an unlisted symbol
+    assert c.rejects_by_silence and not BinanceCollector(channels=["trades"]).rejects_by_silence
+    assert BinanceCollector(channels=["trades"]).url() == (
+        "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/ethusdt@trade")
     for line in sample_lines("binance_combined_bookticker.jsonl")[:3]:
         r = BinanceCollector(channels=["ticker", "trades"]).parse(line, 42)
         assert r.kind == DATA and r.records[0]["time_source"] == "receive"
