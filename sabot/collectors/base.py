@@ -159,6 +159,9 @@ class ExchangeCollector(abc.ABC):
         self.channels: tuple[str, ...] = self.check_channels(channels)
         #: Trade ids already recorded on this run (snapshots after a reconnect repeat them).
         self.trade_ids = TradeIds()
+        #: Symbols the exchange refused (dropped from ``symbols``); a refusal repeated for
+        #: another channel's subscription names them again.
+        self.refused: set[str] = set()
         self.quote_aliases = quote_aliases
         self._symbol_cache: dict[str, str] = {}
         for raw in self.symbols:  # fail fast on a symbol we could not normalise
@@ -242,6 +245,9 @@ class ExchangeCollector(abc.ABC):
         if raw not in self.symbols:
             return False
         self.symbols.remove(raw)
+        refused = getattr(self, "refused", None)
+        if refused is not None:
+            refused.add(raw)
         return True
 
     # -- shared ------------------------------------------------------------------------------

@@ -368,11 +368,15 @@ async def _symbols_refused(ws: Any, collector: ExchangeCollector, records: list[
     Returns True when no symbol is left (the caller stops the collector).
     """
     name = collector.name
+    dropped = False
     for r in records:
         raw = r["raw_symbol"]
         if collector.reject_symbol(raw):
+            dropped = True
             stats.symbols_rejected.append(raw)
             log.error("%s refused symbol %r (%s): %s", name, raw, collector.normalize(raw), detail)
+    if not dropped:  # the same refusal again, for another channel: already handled
+        return False
     edge.set_symbols(collector.payload_symbols())
     if not collector.symbols:
         stats.fatal = (f"{name} accepted none of the symbols "

@@ -263,7 +263,8 @@ class CoinbaseCollector(ExchangeCollector):
             text = str(msg.get("message", msg))
             if text.lower().startswith("invalid product_ids"):
                 named = set(_PRODUCT_ID.findall(text))
-                refused = [{"raw_symbol": s} for s in self.symbols if s in named]
+                # a refusal repeated for the other channel's subscription names a dropped symbol
+                refused = [{"raw_symbol": s} for s in [*self.symbols, *sorted(self.refused)] if s in named]
                 if refused:
                     return Parsed(REJECTED, refused, text)
             return Parsed(ERROR, detail=text)

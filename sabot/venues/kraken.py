@@ -123,7 +123,7 @@ class KrakenCollector(ExchangeCollector):
             if msg.get("success") is False or "error" in msg:
                 sym = msg.get("symbol")
                 text = str(msg.get("error", msg))
-                if method == "subscribe" and isinstance(sym, str) and sym in self.symbols:
+                if method == "subscribe" and isinstance(sym, str) and (sym in self.symbols or sym in self.refused):
                     return Parsed(REJECTED, [{"raw_symbol": sym}], text)
                 return Parsed(ERROR, detail=f"{text} (symbol {sym})" if sym else text)
             if method == "subscribe":

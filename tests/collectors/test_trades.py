@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sabot.collectors import BinanceCollector, CoinbaseCollector, KrakenCollector
-from sabot.collectors.base import DATA, TRADES, UNKNOWN
+from sabot.collectors.base import DATA, ERROR, TRADES, UNKNOWN
 from sabot.collectors.sinks import recover_parts
 from sabot.collectors.validate import TradeValidator
 from sabot.schema import TRADE_SCHEMA, exchange_schema
@@ -254,3 +254,17 @@ def test_unknown_channel_is_one_line_and_exit_2(capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "unknown channel 'book'; accepted: ticker, trades" in err and "--channels" in err
+
+
+def test_a_refusal_repeated_for_the_trades_subscription_is_the_same_refusal():
+    c = CoinbaseCollector(["BTC-USD", "FOO-USD"], channels=["ticker", "trades"])
+    error = json.dumps({"type": "error", "message": "invalid product_ids ['FOO-USD']"})
+    assert c.parse(error, 1).records == [{"raw_symbol": "FOO-USD"}]
+    assert c.reject_symbol("FOO-USD") and c.symbols == ["BTC-USD"]
+    again = c.parse(error, 2)  # the market_trades subscription is refused the same way
+    assert again.kind != ERROR and again.records == [{"raw_symbol": "FOO-USD"}]
+    k = KrakenCollector(["BTC/USD", "FOO/USD"], channels=["ticker", "trades"])
+    refusal = json.dumps({"error": "Currency pair not supported FOO/USD", "method": "subscribe",
+                          "success": False, "symbol": "FOO/USD"})
+    assert k.reject_symbol("FOO/USD")
+    assert k.parse(refusal, 1).records == [{"raw_symbol": "FOO/USD"}]
