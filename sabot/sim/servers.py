@@ -198,6 +198,8 @@ class SimServer:
         #: Recent trades a snapshot repeats (Coinbase, Kraken); made up before the first one.
         self.snapshot_trades = 3
         self.trades_sent = 0  # distinct trades sent
+        #: True once ``count`` data frames and the trades that go with them are sent (tests wait on it).
+        self.finished = False
         self.trade_frames: list[str] = []  # trade frames sent (snapshots too), when keep_sent
         self._pos = 0  # next replay line / scenario quote / walk step
         self._t0: float | None = None  # first subscription (scenario clock)
@@ -401,6 +403,7 @@ class SimServer:
         n = 0
         while True:
             if not self._remaining():
+                self.finished = True  # every frame of ``count`` (and its trades) is sent
                 await ws.wait_closed()  # done: stay connected (keepalives continue)
                 return
             if self.silence_after is not None and self.sent_count >= self.silence_after:

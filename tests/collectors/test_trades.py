@@ -8,6 +8,10 @@ counts equal to what the server sent; the unknown-channel usage error.
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from sabot.collectors.validate import TradeValidator
 from sabot.schema import TRADE_SCHEMA, exchange_schema
 from sabot.sim import SIMULATORS
 
-from collector_helpers import final_stats, run_collector
+from collector_helpers import FAST_ENV, REPO, collector_cmd, final_stats
 from test_collectors_kafka import consume_all
 
 SAMPLES = Path(__file__).resolve().parents[2] / ".." / "shared" / "exchange_samples"
@@ -185,6 +189,37 @@ def test_ticker_parts_written_before_time_source_still_combine(tmp_path):
 
 # -- end to end -----------------------------------------------------------------------------
 
+def run_until_stored(exchange: str, sim, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run the collector until its status line shows every ticker and trade the server sent as
+    stored (the server has finished), then stop it with SIGINT: waits on that, not on a clock."""
+    proc = subprocess.Popen(collector_cmd(exchange, sim.url, "--status-interval", "0.2", *args), env=FAST_ENV,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
+    lines: list[str] = []
+    stored = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            m = re.search(r" status: messages=\d+ records=(\d+)", line)
+            if m and sim.finished and int(m.group(1)) == sim.sent_count + sim.trades_sent:
+                stored.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert stored.wait(timeout), "".join(lines)[-3000:]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout)
+    stderr = "".join(lines)
+    assert proc.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+
+
 def _trades_sent(exchange: str, frames: list[str]) -> dict[tuple[str, str], dict]:
     """Every distinct trade the server sent, decoded independently (json, Decimal, pandas)."""
     out: dict[tuple[str, str], dict] = {}
@@ -218,9 +253,9 @@ def test_ticker_and_trades_to_parquet_and_kafka(exchange, kafka_broker, unique_t
     out = tmp_path / "o.parquet"
     # a drop halfway: the snapshot after the reconnect repeats trades, none may be stored twice
     with SIMULATORS[exchange](rate=0, count=120, drop_every=60, keep_sent=True) as sim:
-        proc = run_collector(exchange, sim.url, "-k", "-F", "-o", str(out), "--channels", "ticker,trades",
-                             "--bootstrap", kafka_broker.bootstrap, "--topic", ticker_topic,
-                             "--trades-topic", trades_topic, duration=2.0)
+        proc = run_until_stored(exchange, sim, "-k", "-F", "-o", str(out), "--channels", "ticker,trades",
+                                "--bootstrap", kafka_broker.bootstrap, "--topic", ticker_topic,
+                                "--trades-topic", trades_topic)
     stats = final_stats(proc.stderr)
     sent = _trades_sent(exchange, sim.trade_frames)
     assert sim.trades_sent == len(sent) > 20
