@@ -37,6 +37,7 @@ def ticker_table(exchange: str, n: int, seed: int = 0, step_ns: int = 1_000_000,
         "price": pa.array(price, from_pandas=True),
         "volume_24h": pa.array(rng.uniform(1e3, 1e4, n)),
         "sequence": pa.array(np.arange(n, dtype=np.int64)),
+        "time_source": pa.array(["receive" if exchange == "binance" else "exchange"] * n),
     }
     return pa.Table.from_pydict(cols, schema=TICKER_SCHEMA)
 

@@ -26,7 +26,7 @@ def _ticker(rows, offset_ns=0):
         "bid": mid * (1 - 1e-4), "ask": mid * (1 + 1e-4),
         "bid_size": rng.exponential(2.0, rows), "ask_size": rng.exponential(2.0, rows),
         "price": mid, "volume_24h": rng.uniform(1e3, 1e4, rows),
-        "sequence": np.arange(rows, dtype=np.int64)}, schema=TICKER_SCHEMA)
+        "sequence": np.arange(rows, dtype=np.int64), "time_source": ["exchange"] * rows}, schema=TICKER_SCHEMA)
 
 
 class JsonCodec:

@@ -1,4 +1,10 @@
-"""The collector application: one venue's tickers to Kafka and/or Parquet (``sabot collect VENUE``).
+"""The collector application: one venue's tickers and trades to Kafka and/or Parquet (``sabot collect VENUE``).
+
+``--channels ticker,trades`` (default ``ticker``) picks what is recorded, over one connection.
+Each channel has its own Kafka topic (``--topic``, default ``<venue>-ticker``;
+``--trades-topic``, default ``<venue>-trades``) and its own Parquet file: ``-o FILE`` is the
+ticker file, trades go beside it as ``<stem>-trades<suffix>`` (``data/x.parquet`` ->
+``data/x-trades.parquet``), whichever channels are recorded.
 
 Also behind ``collectors/<venue>2parquet.py`` in a checkout (and importable as
 ``sabot.collectors.cli``); the venues come from the registry (:mod:`sabot.venues`).
@@ -16,8 +22,10 @@ import datetime as dt
 import logging
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
+from sabot.collectors.base import UnknownChannelError
 from sabot.collectors.connection import ConnectionSettings, Stats, rejection_metrics, run
 from sabot.collectors.sinks import KafkaSink, KafkaUnavailable, ParquetSink, Sink
 from sabot.collectors.validate import DeadLetter
@@ -41,7 +49,8 @@ def build_parser(exchange: str, prog: str | None = None) -> argparse.ArgumentPar
 
     p = ArgumentParser(
         prog=prog or f"{exchange}2parquet.py",
-        description=f"Stream {exchange} best bid/offer tickers as normalised records to Kafka and/or Parquet.",
+        description=f"Stream {exchange} best bid/offer tickers and/or trades as normalised records to Kafka "
+                    "and/or Parquet.",
         allow_abbrev=False,
     )
     add_arguments(p, exchange)
@@ -55,11 +64,18 @@ def add_arguments(p: argparse.ArgumentParser, exchange: str) -> None:
     p.add_argument("-k", "--kafka", action="store_true",
                    help="produce to Kafka (the default when no sink flag is given)")
     p.add_argument("-F", "--file", action="store_true", help="write a Parquet file")
-    p.add_argument("-o", "--output", help=f"Parquet path (default ./data/{exchange}_<UTC date>.parquet)")
+    p.add_argument("--channels", type=_channels_type(cls), default=("ticker",), metavar="LIST",
+                   help=f"comma-separated channels to record over one connection: "
+                        f"{', '.join(cls.supported_channels)} (default ticker)")
+    p.add_argument("-o", "--output",
+                   help=f"Parquet path of the ticker file (default ./data/{exchange}_<UTC date>.parquet); "
+                        "trades go beside it as <stem>-trades.parquet")
     p.add_argument("--bootstrap", default=None,
                    help="Kafka bootstrap servers (else bootstrap.servers from --kafka-config, else env "
                         f"SABOT_KAFKA_BOOTSTRAP, else {DEFAULT_BOOTSTRAP})")
-    p.add_argument("--topic", default=venue.ticker_topic, help="Kafka topic (default %(default)s)")
+    p.add_argument("--topic", default=venue.ticker_topic, help="Kafka topic of the tickers (default %(default)s)")
+    p.add_argument("--trades-topic", default=trades_topic(exchange),
+                   help="Kafka topic of the trades (default %(default)s)")
     p.add_argument("--kafka-config", metavar="FILE", default=None,
                    help="librdkafka client properties (key=value lines: security.protocol, sasl.*, ssl.*, "
                         "...) for every Kafka client the collector creates")
@@ -103,7 +119,32 @@ def add_arguments(p: argparse.ArgumentParser, exchange: str) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v debug logging")
 
 
-def _kafka_sink(args: argparse.Namespace, sink_class: type = KafkaSink) -> KafkaSink:
+def trades_topic(exchange: str) -> str:
+    """The Kafka topic of ``exchange``'s trades: ``<venue>-trades``."""
+    return f"{exchange}-trades"
+
+
+def trades_path(ticker_path: str | os.PathLike) -> Path:
+    """The trades Parquet file beside the ticker file: ``<stem>-trades<suffix>``."""
+    p = Path(ticker_path)
+    return p.with_name(f"{p.stem}-trades{p.suffix or '.parquet'}")
+
+
+def _channels_type(cls: Any) -> Callable[[str], tuple[str, ...]]:
+    """argparse type of ``--channels``: the named channels, or one line naming the accepted ones."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        try:
+            return tuple(cls.check_channels([c.strip() for c in text.split(",") if c.strip()]))
+        except UnknownChannelError as exc:
+            raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
+
+    parse.__name__ = "channels"
+    return parse
+
+
+def _kafka_sink(args: argparse.Namespace, sink_class: type = KafkaSink,
+                topic: str | None = None) -> KafkaSink:
     from confluent_kafka import KafkaException
 
     props: dict[str, str] = {}
@@ -118,16 +159,21 @@ def _kafka_sink(args: argparse.Namespace, sink_class: type = KafkaSink) -> Kafka
     if bootstrap is None and "bootstrap.servers" not in props:
         bootstrap = os.environ.get("SABOT_KAFKA_BOOTSTRAP") or DEFAULT_BOOTSTRAP
     try:
-        return sink_class(bootstrap, args.topic, linger_ms=args.linger_ms, kafka_config=props,
+        return sink_class(bootstrap, topic or args.topic, linger_ms=args.linger_ms, kafka_config=props,
                          flush_timeout=args.flush_timeout)
     except (KafkaException, KafkaConfigError, ValueError, TypeError) as exc:
         raise UsageError(f"Kafka client configuration refused: {exc}") from None
 
 
-def _parquet_sink(args: argparse.Namespace, exchange: str, sink_class: type = ParquetSink) -> ParquetSink:
+def _parquet_sink(args: argparse.Namespace, exchange: str, sink_class: type = ParquetSink,
+                  channel: str = "ticker") -> ParquetSink:
     output = args.output or f"./data/{exchange}_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}.parquet"
+    if channel == "trades":
+        output = str(trades_path(output))
     try:
-        sink = sink_class(output, exchange, args.row_group_size, args.row_group_seconds)
+        sink = (sink_class(output, exchange, args.row_group_size, args.row_group_seconds)
+                if channel == "ticker" else
+                sink_class(output, exchange, args.row_group_size, args.row_group_seconds, channel=channel))
         probe = sink.parts_dir / f".probe-{os.getpid()}"
         probe.write_bytes(b"")  # writable now, or a one-line error instead of a failure later
         probe.unlink()
@@ -185,8 +231,13 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
     use_kafka = args.kafka or not args.file
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     cls = get_venue(exchange).collector_class
+    channels = tuple(getattr(args, "channels", None) or ("ticker",))
     try:
-        collector = cls(symbols, quote_aliases={} if args.keep_usdt else {"USDT": "USD"})
+        if channels == ("ticker",):  # a collector that knows only tickers takes no channels
+            collector = cls(symbols, quote_aliases={} if args.keep_usdt else {"USDT": "USD"})
+        else:
+            collector = cls(symbols, quote_aliases={} if args.keep_usdt else {"USDT": "USD"},
+                            channels=channels)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.max_age <= 0 or args.max_ahead < 0:
@@ -194,20 +245,28 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
     stats = Stats()
     if args.metrics_port is not None:
         _metrics(args, stats, exchange)
-    sinks: list[Sink] = []
+    sinks: dict[str, list[Sink]] = {ch: [] for ch in channels}
     dests, short = [], []
-    kafka: KafkaSink | None = None
+    topics = {"ticker": args.topic, "trades": getattr(args, "trades_topic", None) or trades_topic(exchange)}
+    kafkas: list[KafkaSink] = []
     if use_kafka:
-        kafka = _kafka_sink(args, getattr(cls, "kafka_sink", KafkaSink))  # a venue's own: perps
-        kafka.check(args.broker_timeout)  # unreachable: one line and exit 1 before streaming
-        sinks.append(kafka)
-        dests.append(f"Kafka topic '{args.topic}'")
+        for ch in channels:
+            # the ticker channel may use a venue's own sink (perpetuals); trades the plain one
+            kafka = _kafka_sink(args, getattr(cls, "kafka_sink", KafkaSink) if ch == "ticker" else KafkaSink,
+                                topics[ch])
+            kafka.check(args.broker_timeout)  # unreachable: one line and exit 1 before streaming
+            kafkas.append(kafka)
+            sinks[ch].append(kafka)
+        dests.append(" and ".join(f"Kafka topic '{topics[ch]}'" for ch in channels))
         short.append("Kafka")
-    parquet: ParquetSink | None = None
+    parquets: list[ParquetSink] = []
     if args.file:
-        parquet = _parquet_sink(args, exchange, getattr(cls, "parquet_sink", ParquetSink))
-        sinks.append(parquet)
-        dests.append(f"Parquet file '{parquet.path}'")
+        for ch in channels:
+            parquet = _parquet_sink(
+                args, exchange, getattr(cls, "parquet_sink", ParquetSink) if ch == "ticker" else ParquetSink, ch)
+            parquets.append(parquet)
+            sinks[ch].append(parquet)
+        dests.append(" and ".join(f"Parquet file '{p.path}'" for p in parquets))
         short.append("Parquet")
     dead_letter = None
     if args.dead_letter is not None:
@@ -222,20 +281,21 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
         data_stale_after=args.data_stale_after, max_age_s=args.max_age, max_ahead_s=args.max_ahead,
         symbol_timeout=args.symbol_timeout,
     )
-    run(collector, sinks, settings, duration=args.duration, stats=stats, dead_letter=dead_letter)
-    return _summary(exchange, stats, kafka, parquet, dead_letter)
+    run(collector, sinks if channels != ("ticker",) else sinks["ticker"], settings, duration=args.duration,
+        stats=stats, dead_letter=dead_letter)
+    return _summary(exchange, stats, kafkas, parquets, dead_letter)
 
 
-def _summary(exchange: str, stats: Stats, kafka: KafkaSink | None, parquet: ParquetSink | None,
+def _summary(exchange: str, stats: Stats, kafkas: list[KafkaSink], parquets: list[ParquetSink],
              dead_letter: DeadLetter | None) -> int:
     """Log the one exit summary line (and one line per failure); the exit code."""
     written: list[str] = []
     failures: list[str] = []
-    if kafka is not None:
+    for kafka in kafkas:
         written.append(f"{kafka.delivered} to Kafka topic '{kafka.topic}'")
         if kafka.undelivered:
             failures.append(f"{kafka.undelivered} records not delivered to Kafka topic '{kafka.topic}'")
-    if parquet is not None:
+    for parquet in parquets:
         written.append(f"{parquet.rows_written} to Parquet '{parquet.path}'")
         if parquet.unwritten:
             failures.append(f"{parquet.unwritten} records not written to Parquet '{parquet.path}'")
@@ -249,7 +309,7 @@ def _summary(exchange: str, stats: Stats, kafka: KafkaSink | None, parquet: Parq
         if dead_letter.errors:
             failures.append(f"{dead_letter.errors} dead-letter entries could not be written to "
                             f"'{dead_letter.path}'")
-    undelivered = (kafka.undelivered if kafka else 0) + (parquet.unwritten if parquet else 0)
+    undelivered = sum(k.undelivered for k in kafkas) + sum(p.unwritten for p in parquets)
     log.info("%s summary: written %s; rejected %d%s; skipped frames %d; undelivered %d%s", exchange,
              " and ".join(written) or "nowhere", stats.rejected, f" ({by_reason})" if by_reason else "",
              stats.skipped, undelivered, "".join(f"; {k} {v}" for k, v in extra.items()))

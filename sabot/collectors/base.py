@@ -5,6 +5,11 @@ and symbol spelling both ways; the shared
 connection loop (:mod:`sabot.collectors.connection`) and sinks (:mod:`sabot.collectors.sinks`) do
 the rest.  :meth:`ExchangeCollector.parse` turns one raw frame into a :class:`Parsed` result whose
 ``kind`` tells the loop what happened (records, an ack, an exchange error, ...).
+
+Channels: a collector records the channels named in ``channels`` (``("ticker",)`` unless told
+otherwise) among the ones its class offers (``supported_channels``).  Ticker records come back
+as ``DATA``, trade records as ``TRADES``; the loop routes each kind to its channel's sinks.  A
+collector written for tickers only needs none of this: it keeps working unchanged.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from sabot.symbols import DEFAULT_QUOTE_ALIASES, normalize_symbol
 __all__ = [
     "DATA", "CONTROL", "SUBSCRIBED", "ERROR", "UNKNOWN", "RECONNECT", "REJECTED", "KIND_NAMES",
     "Parsed", "ExchangeCollector", "rfc3339_to_ns", "Record", "int64", "num", "has_control_chars",
+    "TRADES", "KIND_CHANNELS", "TradeIds", "UnknownChannelError", "ms_to_ns",
 ]
 
 #: Frame kinds returned by :meth:`ExchangeCollector.parse`.
@@ -34,7 +40,10 @@ UNKNOWN = 4     # malformed or unsupported frame; ``detail`` says why
 RECONNECT = 5   # the server announced it will drop us (Binance ``serverShutdown``)
 REJECTED = 6    # the exchange refused subscribed symbols: ``records`` holds ``{"raw_symbol": ...}``
                 # (one per symbol, in the user's spelling), ``detail`` the exchange's text
-KIND_NAMES = ("data", "control", "subscribed", "error", "unknown", "reconnect", "rejected")
+TRADES = 7      # ``records`` holds normalised trade records (:data:`sabot.schema.TRADE_SCHEMA`)
+KIND_NAMES = ("data", "control", "subscribed", "error", "unknown", "reconnect", "rejected", "trades")
+#: The channel whose sinks receive the records of each record-carrying kind.
+KIND_CHANNELS = {DATA: "ticker", TRADES: "trades"}
 
 Record = dict[str, Any]
 _NO_RECORDS: list[Record] = []
@@ -134,21 +143,49 @@ class ExchangeCollector(abc.ABC):
     #: Whether the exchange refuses an unlisted symbol by silence rather than an error (Binance):
     #: a symbol without any data some seconds after subscribing is then reported.
     rejects_by_silence: bool = False
+    #: The channels this collector can record (``ticker``, ``trades``), in their usual order.
+    supported_channels: tuple[str, ...] = ("ticker",)
 
     def __init__(
         self,
         symbols: list[str] | tuple[str, ...] | None = None,
         quote_aliases: Mapping[str, str] = DEFAULT_QUOTE_ALIASES,
+        channels: list[str] | tuple[str, ...] | None = None,
     ) -> None:
         self.symbols: list[str] = list(symbols or self.default_symbols)
         if not self.symbols:
             raise ValueError(f"{self.name}: no symbols to subscribe")
+        #: The channels recorded (a subset of ``supported_channels``, without repeats).
+        self.channels: tuple[str, ...] = self.check_channels(channels)
+        #: Trade ids already recorded on this run (snapshots after a reconnect repeat them).
+        self.trade_ids = TradeIds()
+        #: Symbols the exchange refused (dropped from ``symbols``); a refusal repeated for
+        #: another channel's subscription names them again.
+        self.refused: set[str] = set()
         self.quote_aliases = quote_aliases
         self._symbol_cache: dict[str, str] = {}
         for raw in self.symbols:  # fail fast on a symbol we could not normalise
             if has_control_chars(raw):
                 raise ValueError(f"{self.name}: symbol {raw!r} contains control characters")
             self.normalize(raw)
+
+    @classmethod
+    def check_channels(cls, channels: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+        """``channels`` without repeats, or :class:`UnknownChannelError` naming the first one this
+        collector does not offer and the ones it does; ``None`` means ``("ticker",)``."""
+        if channels is None:
+            return ("ticker",)
+        out: list[str] = []
+        for ch in channels:
+            if ch not in cls.supported_channels:
+                raise UnknownChannelError(
+                    f"{cls.name}: unknown channel {ch!r}; accepted: {', '.join(cls.supported_channels)}")
+            if ch not in out:
+                out.append(ch)
+        if not out:
+            raise UnknownChannelError(
+                f"{cls.name}: no channel given; accepted: {', '.join(cls.supported_channels)}")
+        return tuple(out)
 
     # -- what each exchange provides ---------------------------------------------------------
     def url(self, base_url: str | None = None) -> str:
@@ -208,6 +245,9 @@ class ExchangeCollector(abc.ABC):
         if raw not in self.symbols:
             return False
         self.symbols.remove(raw)
+        refused = getattr(self, "refused", None)
+        if refused is not None:
+            refused.add(raw)
         return True
 
     # -- shared ------------------------------------------------------------------------------
@@ -248,6 +288,46 @@ class ExchangeCollector(abc.ABC):
             return self._parse(msg, recv_ns)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             return Parsed(UNKNOWN, detail=f"bad {type(exc).__name__} {exc}: {_excerpt(raw)}")
+
+
+class UnknownChannelError(ValueError):
+    """A channel the collector does not offer (the message names the accepted ones)."""
+
+
+class TradeIds:
+    """Trade ids already recorded, per raw symbol: the last ``keep`` of each (bounded memory).
+
+    Venues resend recent trades as a snapshot on every subscribe; :meth:`fresh` tells which of
+    them were not recorded yet, so a reconnect fills the gap without writing any trade twice.
+    """
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.keep = keep
+        self._seen: dict[str, dict[str, None]] = {}
+        self.duplicates = 0  # trades skipped because already recorded
+
+    def fresh(self, raw_symbol: str, trade_id: str) -> bool:
+        """True (and remembered) the first time ``trade_id`` is seen for ``raw_symbol``."""
+        seen = self._seen.get(raw_symbol)
+        if seen is None:
+            if len(self._seen) >= 4096:  # frames may carry any symbol: stay bounded
+                self._seen.clear()
+            seen = self._seen[raw_symbol] = {}
+        if trade_id in seen:
+            self.duplicates += 1
+            return False
+        seen[trade_id] = None
+        if len(seen) > self.keep:
+            del seen[next(iter(seen))]  # the oldest (dicts keep insertion order)
+        return True
+
+
+def ms_to_ns(value: Any, field: str) -> int:
+    """Integer milliseconds since the epoch (a JSON integer) as integer nanoseconds, else
+    ``ValueError`` naming ``field``."""
+    if type(value) is int and 0 <= value < 9_223_372_036_854:
+        return value * 1_000_000
+    raise ValueError(f"{field} {value!r} is not a time in integer milliseconds")
 
 
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1

@@ -13,6 +13,11 @@ file when one is configured.  Bad frames are counted and logged the same way, ex
 are logged at error.  A symbol the exchange refuses is logged once with the exchange's text and
 dropped from the subscription; only when no symbol is left does the loop stop (``Stats.fatal``).
 A sink that raises is counted and logged, never fatal.
+
+Channels: ``sinks`` is either a list (every record goes to each of them: the ticker-only
+collectors) or ``{channel: [sinks]}``; each record goes to its channel's sinks only (ticker
+records, ``DATA``, to ``"ticker"``; trade records, ``TRADES``, to ``"trades"``) after its
+channel's validation (:class:`~sabot.collectors.validate.TradeValidator` for trades).
 """
 from __future__ import annotations
 
@@ -22,16 +27,34 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Union
 
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from sabot.collectors.base import (
-    DATA, ERROR, RECONNECT, REJECTED, SUBSCRIBED, UNKNOWN, ExchangeCollector, Record,
+    DATA, ERROR, KIND_CHANNELS, RECONNECT, REJECTED, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Record,
 )
 from sabot.collectors.sinks import Sink
-from sabot.collectors.validate import DeadLetter, RateLimitedLog, RecordValidator
+from sabot.collectors.validate import DeadLetter, RateLimitedLog, RecordValidator, TradeValidator
+
+#: Sinks for every record (a list: the ticker channel) or per channel (``{"trades": [...]}``).
+Sinks = Union[list, Mapping[str, list]]
+
+
+def channel_sinks(sinks: Sinks) -> dict[str, list]:
+    """``{channel: [sinks]}`` for either form of ``sinks`` (a list is the ticker channel's)."""
+    if isinstance(sinks, Mapping):
+        return {ch: list(s) for ch, s in sinks.items()}
+    return {"ticker": list(sinks)}
+
+
+def all_sinks(sinks: Sinks) -> list:
+    """Every sink once, in channel order."""
+    out: list = []
+    for group in channel_sinks(sinks).values():
+        out.extend(s for s in group if not any(s is o for o in out))
+    return out
 
 __all__ = ["Backoff", "Stats", "ConnectionSettings", "run_collector", "run", "rejection_metrics"]
 
@@ -71,11 +94,17 @@ class Stats:
     write_errors: int = 0  # sink calls that raised (the sinks count their own I/O retries)
     symbols_rejected: list[str] = field(default_factory=list)
     fatal: str | None = None  # why the loop stopped on its own (no symbol accepted)
+    by_channel: dict[str, int] = field(default_factory=dict)  # records stored, per channel
+    duplicate_trades: int = 0  # snapshot trades already recorded (skipped, never written twice)
 
     def line(self) -> str:
         # the first five fields keep their order: tools parse this line (``make demo``)
         text = (f"messages={self.messages} records={self.records} reconnects={self.reconnects} "
                 f"skipped={self.skipped} exchange_errors={self.errors} rejected={self.rejected}")
+        if set(self.by_channel) - {"ticker"}:
+            text += "".join(f" {ch}={n}" for ch, n in sorted(self.by_channel.items()))
+        if self.duplicate_trades:
+            text += f" duplicate_trades={self.duplicate_trades}"
         if self.rejected_by:
             text += " rejected_by[" + ",".join(f"{k}={v}" for k, v in sorted(self.rejected_by.items())) + "]"
         return text
@@ -110,10 +139,19 @@ class _Edge:
         validator_class = getattr(collector, "validator_class", RecordValidator)
         self.validator = validator_class(collector.payload_symbols(), settings.max_age_s,
                                          settings.max_ahead_s)
+        #: Each record-carrying kind's validation (``DATA``: tickers, ``TRADES``: trades).
+        self.validators = {DATA: self.validator,
+                           TRADES: TradeValidator(collector.payload_symbols(), settings.max_age_s,
+                                                  settings.max_ahead_s)}
         self.reject_log = RateLimitedLog(f"{collector.name}: rejected record")
         self.write_log = RateLimitedLog(f"{collector.name}: sink write failed")
         self.seen: set[str] = set()  # payload symbols that produced a record
         self.silent_reported: set[str] = set()
+
+    def set_symbols(self, symbols: dict[str, str]) -> None:
+        """The subscribed symbols changed (the exchange refused some)."""
+        for v in self.validators.values():
+            v.symbols = dict(symbols)
 
     def reject(self, reason: str, text: str, record: Record, frame: Any = None) -> None:
         stats = self.stats
@@ -134,15 +172,19 @@ class _Edge:
 
 async def run_collector(
     collector: ExchangeCollector,
-    sinks: list[Sink],
+    sinks: Sinks,
     settings: ConnectionSettings,
     stop: asyncio.Event,
     stats: Stats | None = None,
     dead_letter: DeadLetter | None = None,
 ) -> Stats:
-    """Run until ``stop`` is set; returns the counters.  Sinks are ticked but not closed."""
+    """Run until ``stop`` is set; returns the counters.  Sinks are ticked but not closed.
+
+    ``sinks``: a list (every record) or ``{channel: [sinks]}`` (see the module docstring)."""
     stats = stats if stats is not None else Stats()
     edge = _Edge(collector, settings, stats, dead_letter)
+    routes = channel_sinks(sinks)
+    sinks = all_sinks(sinks)
     for s in sinks:
         if hasattr(s, "on_reject"):
             s.on_reject = edge.reject
@@ -193,7 +235,7 @@ async def run_collector(
                 else:
                     log.info("%s: connected to %s", name, url)
                 try:
-                    await _session(ws, collector, sinks, settings, stats, stop, stale_after, edge)
+                    await _session(ws, collector, routes, settings, stats, stop, stale_after, edge)
                 except ConnectionClosed as exc:
                     log.warning("%s: connection closed: %s", name, exc)
                 except OSError as exc:
@@ -221,7 +263,7 @@ async def run_collector(
     return stats
 
 
-async def _session(ws, collector: ExchangeCollector, sinks: list[Sink], settings: ConnectionSettings,
+async def _session(ws, collector: ExchangeCollector, routes: dict[str, list], settings: ConnectionSettings,
                    stats: Stats, stop: asyncio.Event, stale_after: float, edge: _Edge) -> None:
     """One connected session: subscribe, then read until closed, stale, stopped or told to go."""
     name = collector.name
@@ -261,7 +303,11 @@ async def _session(ws, collector: ExchangeCollector, sinks: list[Sink], settings
     tasks = [asyncio.create_task(watchdog()), asyncio.create_task(stopper())]
     parse = collector.parse
     time_ns = time.time_ns
-    check = edge.validator.check
+    validators = edge.validators
+    # record-carrying kind -> (its channel, its sinks); a channel nobody asked for has no sinks
+    kind_sinks = {k: (ch, routes.get(ch, [])) for k, ch in KIND_CHANNELS.items()}
+    by_channel = stats.by_channel
+    trade_ids = getattr(collector, "trade_ids", None)
     seen = edge.seen
     try:
         async for raw in ws:
@@ -269,9 +315,13 @@ async def _session(ws, collector: ExchangeCollector, sinks: list[Sink], settings
             last_rx = time.monotonic()
             stats.messages += 1
             kind, records, detail = parse(raw, recv_ns)
-            if kind == DATA:
+            if kind == DATA or kind == TRADES:
                 if records:
                     last_data = last_rx
+                channel, sinks = kind_sinks[kind]
+                check = validators[kind].check
+                if trade_ids is not None:
+                    stats.duplicate_trades = trade_ids.duplicates
                 for rec in records:
                     bad = check(rec)
                     if bad is not None:
@@ -284,6 +334,7 @@ async def _session(ws, collector: ExchangeCollector, sinks: list[Sink], settings
                         except Exception as exc:  # the sinks guard their I/O; this is the backstop
                             edge.write_failed(sink, exc)
                     stats.records += 1
+                    by_channel[channel] = by_channel.get(channel, 0) + 1
             elif kind == UNKNOWN:
                 stats.skipped += 1
                 level = logging.WARNING if stats.skipped <= settings.warn_first else logging.DEBUG
@@ -317,12 +368,16 @@ async def _symbols_refused(ws: Any, collector: ExchangeCollector, records: list[
     Returns True when no symbol is left (the caller stops the collector).
     """
     name = collector.name
+    dropped = False
     for r in records:
         raw = r["raw_symbol"]
         if collector.reject_symbol(raw):
+            dropped = True
             stats.symbols_rejected.append(raw)
             log.error("%s refused symbol %r (%s): %s", name, raw, collector.normalize(raw), detail)
-    edge.validator.symbols = collector.payload_symbols()
+    if not dropped:  # the same refusal again, for another channel: already handled
+        return False
+    edge.set_symbols(collector.payload_symbols())
     if not collector.symbols:
         stats.fatal = (f"{name} accepted none of the symbols "
                        f"({', '.join(stats.symbols_rejected)}); nothing to collect")
@@ -374,13 +429,15 @@ def rejection_metrics(stats: Stats, exchange: str) -> Callable[[], Iterable[Any]
 
 def run(
     collector: ExchangeCollector,
-    sinks: list[Sink],
+    sinks: Sinks,
     settings: ConnectionSettings,
     duration: float | None = None,
     stats: Stats | None = None,
     dead_letter: DeadLetter | None = None,
 ) -> Stats:
-    """Blocking entry point: run until ``duration`` elapses, SIGINT or SIGTERM; close sinks."""
+    """Blocking entry point: run until ``duration`` elapses, SIGINT or SIGTERM; close sinks.
+
+    ``sinks``: a list (every record) or ``{channel: [sinks]}``."""
     stats = stats if stats is not None else Stats()
 
     async def main() -> None:
@@ -401,7 +458,7 @@ def run(
     try:
         asyncio.run(main())
     finally:
-        for s in sinks:
+        for s in all_sinks(sinks):
             try:
                 s.close()
             except Exception:  # one failing sink must not stop the others from closing

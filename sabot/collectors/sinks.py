@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from sabot.durable import fsync_path
 from sabot.kafka import LIVE_PRODUCER, PRODUCER_DEFAULTS, client_config
-from sabot.schema import exchange_schema
+from sabot.schema import channel_schema
 
 __all__ = ["Sink", "ParquetSink", "KafkaSink", "KafkaUnavailable", "recover_parts"]
 
@@ -59,6 +59,7 @@ class ParquetSink:
     new records keep being buffered.  A row Arrow cannot convert is taken out of the group and
     handed to ``on_reject(reason, text, record)`` (counted as rejected), so one bad row never
     blocks the others.  Parts and the final file are fsynced, and so is their directory.
+    ``channel`` picks the schema: ``"ticker"`` (the venue's ticker columns) or ``"trades"``.
     """
 
     def __init__(
@@ -71,12 +72,14 @@ class ParquetSink:
         retry_base: float = 0.5,
         retry_max: float = 30.0,
         close_timeout: float = 30.0,
+        channel: str = "ticker",
     ) -> None:
         self.path = Path(path)
+        self.channel = channel
+        self.schema = channel_schema(exchange, channel)  # an unknown channel fails before any I/O
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.parts_dir = self.path.with_name(self.path.name + ".parts")
         self.parts_dir.mkdir(exist_ok=True)
-        self.schema = exchange_schema(exchange)
         self.exchange = exchange
         self.row_group_size = row_group_size
         self.row_group_seconds = row_group_seconds
@@ -220,6 +223,15 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` in ``schema``'s column order and types; a nullable column it lacks (written
+    before the column existed, e.g. ``time_source``) is added as nulls."""
+    for f in schema:
+        if f.name not in table.column_names and f.nullable:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table.select(schema.names).cast(schema)
+
+
 def recover_parts(path: str | os.PathLike, schema: pa.Schema, compression: str = "zstd") -> int:
     """Combine ``path`` (if present) and every closed part in ``<path>.parts/`` into ``path``.
 
@@ -244,7 +256,7 @@ def recover_parts(path: str | os.PathLike, schema: pa.Schema, compression: str =
                     for i in range(pf.num_row_groups):
                         t = pf.read_row_group(i)
                         if t.schema != schema:
-                            t = t.select(schema.names).cast(schema)
+                            t = _conform(t, schema)
                         writer.write_table(t)
                         rows += t.num_rows
             f.flush()

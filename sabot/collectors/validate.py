@@ -12,6 +12,10 @@ dead-letter file) when:
 * the event ``timestamp`` lies more than ``max_age_s`` before or ``max_ahead_s`` after now;
 * the symbol was not subscribed, or holds control characters.
 
+Trade records (:class:`TradeValidator`) are checked the same way for symbol and time; their
+``price`` and ``size`` must be finite numbers > 0, ``side`` ``"buy"`` or ``"sell"`` and
+``trade_id`` non-empty text.
+
 Reasons name the field and the value (``bid=nan``, ``timestamp=2999-01-01T00:00:00Z``) so a
 rejected record can be found again in the dead-letter file.
 """
@@ -28,7 +32,7 @@ import orjson
 
 from sabot.collectors.base import Record, has_control_chars
 
-__all__ = ["RecordValidator", "DeadLetter", "RateLimitedLog", "REASONS", "ns_text", "BASE_CHECKS",
+__all__ = ["RecordValidator", "TradeValidator", "DeadLetter", "RateLimitedLog", "REASONS", "ns_text", "BASE_CHECKS",
            "field_checks"]
 
 log = logging.getLogger("sabot.collectors")
@@ -37,7 +41,7 @@ log = logging.getLogger("sabot.collectors")
 REASONS = (
     "not_a_number", "boolean", "missing", "non_finite", "non_positive", "negative",
     "timestamp_too_old", "timestamp_ahead", "unsubscribed_symbol", "control_characters",
-    "unserializable",
+    "unserializable", "invalid_side",
 )
 
 #: The common columns' checks; venues add their extra columns' (:func:`field_checks`).
@@ -124,6 +128,9 @@ class RecordValidator:
                 bad = _bad_number(x, name, -1)
                 if bad is not None:
                     return bad
+        return self._check_time(rec)
+
+    def _check_time(self, rec: Record) -> tuple[str, str] | None:
         ts = rec.get("timestamp")
         if type(ts) is not int:
             return "missing", f"timestamp={ts!r} is not an integer time"
@@ -135,6 +142,39 @@ class RecordValidator:
             return ("timestamp_ahead",
                     f"timestamp={ns_text(ts)} is more than {self.max_ahead_ns / 1e9:g} s ahead of now")
         return None
+
+
+class TradeValidator(RecordValidator):
+    """Checks trade records: subscribed symbol, ``price``/``size`` finite and > 0, ``side``
+    ``"buy"``/``"sell"``, a ``trade_id``, and the event time window (see the module docstring)."""
+
+    def __init__(self, symbols: Mapping[str, str], max_age_s: float = 86_400.0,
+                 max_ahead_s: float = 60.0, now_ns: Callable[[], int] = time.time_ns) -> None:
+        super().__init__(symbols, max_age_s, max_ahead_s, now_ns, checks={})
+
+    def check(self, rec: Record) -> tuple[str, str] | None:
+        raw = rec.get("raw_symbol")
+        if raw not in self.symbols:
+            if isinstance(raw, str) and has_control_chars(raw):
+                return "control_characters", f"raw_symbol={raw!r} contains control characters"
+            return "unsubscribed_symbol", f"raw_symbol={raw!r} was not subscribed"
+        for name in ("price", "size"):
+            x = rec.get(name)
+            if not (type(x) is float and 0.0 < x < _INF):
+                bad = _bad_number(x, name, 1)
+                if bad is None and x is None:
+                    bad = ("missing", f"{name}=None is required")
+                if bad is not None:
+                    return bad
+        side = rec.get("side")
+        if side != "buy" and side != "sell":
+            return "invalid_side", f"side={side!r} is not 'buy' or 'sell'"
+        tid = rec.get("trade_id")
+        if type(tid) is not str or not tid:
+            return "missing", f"trade_id={tid!r} is not an identifier"
+        if has_control_chars(tid):
+            return "control_characters", f"trade_id={tid!r} contains control characters"
+        return self._check_time(rec)
 
 
 def _bad_number(x: Any, name: str, sign: int) -> tuple[str, str] | None:

@@ -1,5 +1,9 @@
-"""The Binance simulator writer: a local server speaking Spot's combined ``bookTicker`` and
-``ticker`` streams (the venue itself is :mod:`sabot.venues.binance`)."""
+"""The Binance simulator writer: a local server speaking Spot's combined ``bookTicker``,
+``ticker`` and ``trade`` streams (the venue itself is :mod:`sabot.venues.binance`).
+
+``<s>@trade``: one frame per trade printed after a quote (``t`` increasing per symbol, ``T``
+the trade time in ms, ``m`` true when the buyer was the maker, i.e. the seller took); no
+snapshot, as on Binance."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from sabot.sim.quotes import Quote
+from sabot.sim.quotes import Quote, Trade
 from sabot.sim.servers import CORRUPT_KINDS, Conn, SimServer, json_text
 
 __all__ = ["BinanceSim"]
@@ -51,6 +55,8 @@ class BinanceSim(SimServer):
             conn.channels.add(s)
             if sym.upper() not in conn.symbols and kind in ("bookTicker", "ticker"):
                 conn.symbols.append(sym.upper())
+            if sym.upper() not in conn.trade_symbols and kind == "trade":
+                conn.trade_symbols.append(sym.upper())
         if streams:
             conn.subscribed.set()
 
@@ -111,6 +117,15 @@ class BinanceSim(SimServer):
             frames.append((self._wrap(conn, f"{low}@bookTicker", {
                 "u": next(self._update_id), "s": raw, "b": f"{q.bid:.8f}", "B": f"{q.bid_size:.8f}",
                 "a": f"{q.ask:.8f}", "A": f"{q.ask_size:.8f}"}), True))
+        return frames
+
+    def encode_trades(self, trades: list[Trade], conn: Conn, snapshot: bool) -> list[str]:
+        frames = []
+        for t in trades:
+            ms = t.t_ns // 1_000_000
+            frames.append(self._wrap(conn, f"{t.symbol.lower()}@trade", {
+                "e": "trade", "E": ms, "s": t.symbol, "t": t.trade_id, "p": f"{t.price:.8f}",
+                "q": f"{t.size:.8f}", "T": ms, "m": t.side == "sell", "M": True}))
         return frames
 
     async def announce_shutdown(self, conn: Conn) -> None:

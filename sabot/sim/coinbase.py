@@ -1,5 +1,9 @@
-"""The Coinbase simulator writer: a local server speaking Advanced Trade's ``ticker`` and
-``heartbeats`` channels (the venue itself is :mod:`sabot.venues.coinbase`)."""
+"""The Coinbase simulator writer: a local server speaking Advanced Trade's ``ticker``,
+``market_trades`` and ``heartbeats`` channels (the venue itself is :mod:`sabot.venues.coinbase`).
+
+``market_trades``: on subscribe one ``snapshot`` frame of recent trades per product, then an
+``update`` frame with the trades printed after each quote; trades are listed newest first and
+``side`` is the maker's side (the aggressor's opposite), as Coinbase sends them."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from sabot.sim.quotes import Quote
+from sabot.sim.quotes import Quote, Trade
 from sabot.sim.servers import FAR_FUTURE, Conn, SimServer, decimal_text, json_text, ns_to_rfc3339
 
 __all__ = ["CoinbaseSim"]
@@ -28,7 +32,7 @@ class CoinbaseSim(SimServer):
             await conn.ws.send(json_text({"type": "error", "message": "Failure to parse message"}))
             return
         channel = msg.get("channel")
-        if channel == "ticker":
+        if channel in ("ticker", "market_trades"):
             pids = msg.get("product_ids") or []
             if not pids or not all(isinstance(p, str) and "-" in p for p in pids):
                 await conn.ws.send(json_text({"type": "error", "message": f"invalid product_ids {pids}"}))
@@ -38,7 +42,8 @@ class CoinbaseSim(SimServer):
                 self.rejected_symbols.extend(unlisted)
                 await conn.ws.send(json_text({"type": "error", "message": f"invalid product_ids {unlisted}"}))
                 return
-            conn.symbols.extend(p for p in pids if p not in conn.symbols)
+            subscribed = conn.symbols if channel == "ticker" else conn.trade_symbols
+            subscribed.extend(p for p in pids if p not in subscribed)
         elif channel != "heartbeats":
             # the real service answers unknown channels with this (misleading) text
             await conn.ws.send(json_text({"type": "error", "message": "authentication failure"}))
@@ -47,8 +52,13 @@ class CoinbaseSim(SimServer):
         subs = {"heartbeats": ["heartbeats"]} if "heartbeats" in conn.channels else {}
         if "ticker" in conn.channels:
             subs["ticker"] = list(conn.symbols)
+        if "market_trades" in conn.channels:
+            subs["market_trades"] = list(conn.trade_symbols)
         await conn.ws.send(self._envelope(conn, "subscriptions", [{"subscriptions": subs}]))
-        if channel == "ticker":
+        if channel == "market_trades":
+            for pid in msg.get("product_ids") or []:
+                await self.send_trades(conn, self.recent_trades(pid), True)
+        if channel in ("ticker", "market_trades"):
             conn.subscribed.set()
 
     async def keepalive(self, conn: Conn) -> None:
@@ -76,6 +86,15 @@ class CoinbaseSim(SimServer):
         }
         return [(self._envelope(conn, "ticker", [
             {"type": "snapshot" if snapshot else "update", "tickers": [ticker]}]), True)]
+
+    def encode_trades(self, trades: list[Trade], conn: Conn, snapshot: bool) -> list[str]:
+        maker = {"buy": "SELL", "sell": "BUY"}  # Coinbase names the maker's side
+        return [self._envelope(conn, "market_trades", [{
+            "type": "snapshot" if snapshot else "update",
+            "trades": [{"trade_id": str(t.trade_id), "product_id": t.symbol, "price": decimal_text(t.price),
+                        "size": decimal_text(t.size), "side": maker[t.side],
+                        "time": ns_to_rfc3339(t.t_ns, 6, trim=False)} for t in reversed(trades)],
+        }])]
 
     def error_frame(self, text: str) -> str:
         return json_text({"type": "error", "message": text})

@@ -1,5 +1,9 @@
-"""The Kraken simulator writer: a local server speaking WebSocket v2's ``ticker`` channel
-(the venue itself is :mod:`sabot.venues.kraken`)."""
+"""The Kraken simulator writer: a local server speaking WebSocket v2's ``ticker`` and ``trade``
+channels (the venue itself is :mod:`sabot.venues.kraken`).
+
+``trade``: one ack per symbol, then (with ``snapshot: true``) a ``snapshot`` frame of its recent
+trades, then an ``update`` frame with the trades printed after each quote; ``side`` is the
+taker's, ``trade_id`` an integer increasing per symbol."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from sabot.sim.quotes import Quote
+from sabot.sim.quotes import Quote, Trade
 from sabot.sim.servers import FAR_FUTURE, Conn, SimServer, json_text, ns_to_rfc3339
 
 __all__ = ["KrakenSim"]
@@ -39,12 +43,15 @@ class KrakenSim(SimServer):
             await conn.ws.send(json_text({"method": "pong", **req, "time_in": t_in, "time_out": self._stamp()}))
             return
         params = msg.get("params") or {}
-        if method != "subscribe" or params.get("channel") != "ticker":
+        channel = params.get("channel")
+        if method != "subscribe" or channel not in ("ticker", "trade"):
             await conn.ws.send(json_text({"error": f"Unsupported method or channel {method!r}",
                                        "method": method, "success": False, **req,
                                        "time_in": t_in, "time_out": self._stamp()}))
             return
         trigger = params.get("event_trigger", "trades")
+        snapshot = params.get("snapshot", channel == "ticker")  # the trade channel's default: none
+        subscribed = conn.symbols if channel == "ticker" else conn.trade_symbols
         for sym in params.get("symbol") or []:
             if not isinstance(sym, str) or "/" not in sym or sym.startswith("XBT/") or not self.is_listed(sym):
                 if isinstance(sym, str):
@@ -53,12 +60,15 @@ class KrakenSim(SimServer):
                                            "success": False, "symbol": sym, **req,
                                            "time_in": t_in, "time_out": self._stamp()}))
                 continue
-            if sym not in conn.symbols:
-                conn.symbols.append(sym)
-            await conn.ws.send(json_text({"method": "subscribe", "result": {
-                "channel": "ticker", "event_trigger": trigger, "snapshot": params.get("snapshot", True),
-                "symbol": sym}, "success": True, **req, "time_in": t_in, "time_out": self._stamp()}))
-        if conn.symbols:
+            if sym not in subscribed:
+                subscribed.append(sym)
+            result = ({"channel": "ticker", "event_trigger": trigger, "snapshot": snapshot, "symbol": sym}
+                      if channel == "ticker" else {"channel": "trade", "snapshot": snapshot, "symbol": sym})
+            await conn.ws.send(json_text({"method": "subscribe", "result": result, "success": True, **req,
+                                          "time_in": t_in, "time_out": self._stamp()}))
+            if channel == "trade" and snapshot:
+                await self.send_trades(conn, self.recent_trades(sym), True)
+        if conn.symbols or conn.trade_symbols:
             conn.subscribed.set()
 
     async def keepalive(self, conn: Conn) -> None:
@@ -76,6 +86,12 @@ class KrakenSim(SimServer):
             "vwap": round(mid * 1.001, d), "low": round(mid * 0.97, d), "high": round(mid * 1.02, d),
             "change": round(mid * -0.0051, d), "change_pct": -0.51, "trades": 135262,
             "timestamp": ns_to_rfc3339(self.event_time_ns(), 6, trim=False)}]}), True)]
+
+    def encode_trades(self, trades: list[Trade], conn: Conn, snapshot: bool) -> list[str]:
+        return [json_text({"channel": "trade", "type": "snapshot" if snapshot else "update", "data": [{
+            "symbol": t.symbol, "side": t.side, "price": t.price, "qty": t.size,
+            "ord_type": "market" if t.trade_id % 3 else "limit", "trade_id": t.trade_id,
+            "timestamp": ns_to_rfc3339(t.t_ns, 6, trim=False)} for t in trades]})]
 
     def error_frame(self, text: str) -> str:
         t = self._stamp()

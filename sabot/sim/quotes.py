@@ -9,6 +9,10 @@ Scenario file: JSON lines ``{"t": 0.5, "exchange": "coinbase", "symbol": "BTC/US
 "ask": 100.1, "bid_size": 1.0, "ask_size": 2.0, "price": 100.05, "volume": 12.5}``; ``t`` is seconds
 after the first subscription, ``symbol`` canonical (``BASE/QUOTE``) or the exchange's spelling;
 ``bid_size``/``ask_size``/``price``/``volume`` are optional.  A server plays only its exchange's lines.
+
+Trades (:class:`TradeGen`): after each quote a server whose client subscribed trades prints 0-2
+trades seeded by ``seed`` and the exchange: the aggressor side is random, a buy prints at the
+ask and a sell at the bid, now and then one tick through it (the quote's neighbourhood).
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ import orjson
 
 from sabot.venues import VenueMapping, get_venue
 
-__all__ = ["Quote", "RandomWalk", "load_scenario", "to_raw_symbol", "EXCHANGE_PROFILES", "DEFAULT_PROFILE"]
+__all__ = ["Quote", "RandomWalk", "load_scenario", "to_raw_symbol", "EXCHANGE_PROFILES", "DEFAULT_PROFILE",
+           "Trade", "TradeGen"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,41 @@ class Quote:
     price: float
     volume: float
     t: float = 0.0  # scenario time offset (s)
+
+
+@dataclass(frozen=True)
+class Trade:
+    """One simulated trade: ``side`` is the aggressor's (``"buy"``/``"sell"``), ``trade_id``
+    increases per symbol, ``t_ns`` is the exchange time."""
+
+    symbol: str  # the venue's spelling
+    price: float
+    size: float
+    side: str
+    trade_id: int
+    t_ns: int
+
+
+class TradeGen:
+    """Seeded trades next to quotes: ``prints(quote)`` -> ``[(price, size, side), ...]`` (0-2)."""
+
+    def __init__(self, exchange: str, seed: int = 0) -> None:
+        prof = {**DEFAULT_PROFILE, **get_venue(exchange).sim_profile}
+        self.decimals = int(prof["decimals"])
+        self._rng = random.Random(_seed(seed, exchange, "trades"))
+
+    def prints(self, q: Quote) -> list[tuple[float, float, str]]:
+        r = self._rng
+        u = r.random()
+        n = 0 if u < 0.4 else (1 if u < 0.8 else 2)
+        tick = 10.0 ** -self.decimals
+        out = []
+        for _ in range(n):
+            side = "buy" if r.random() < 0.5 else "sell"
+            through = tick if r.random() < 0.2 else 0.0  # a sweep one tick through the touch
+            price = q.ask + through if side == "buy" else max(q.bid - through, tick)
+            out.append((round(price, self.decimals), round(r.uniform(0.0001, 0.5), 8), side))
+        return out
 
 
 #: What a venue's ``sim_profile`` leaves out.

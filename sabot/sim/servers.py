@@ -23,6 +23,13 @@ Accounting: every data frame makes exactly one collector record, corrupted ones 
 ``sent_count`` = records written + records rejected; ``corrupt_sent`` counts the bad ones by
 kind and :meth:`SimServer.report` gives all counters.
 
+Trades: a client that subscribes the venue's trades channel gets 0-2 trades after each quote
+(:class:`sabot.sim.quotes.TradeGen`), with trade ids increasing per symbol, and on subscribe
+the venue's snapshot of recent trades where it sends one (Coinbase, Kraken).  ``trades_sent``
+counts distinct trades sent (a trade repeated in a later snapshot counts once), so it equals
+the trade records a collector must account for; ``trade_frames`` keeps their frames when
+``keep_sent``.  ``count`` limits the ticker data frames; trades stop with them.
+
 Use in-process (``with CoinbaseSim(rate=0, count=100) as sim: sim.port``; a background thread runs
 the event loop) or from the command line (``python -m sabot.sim coinbase --port 8765``).
 """
@@ -40,7 +47,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from sabot.sim.quotes import EXCHANGE_PROFILES, Quote, RandomWalk, load_scenario
+from sabot.sim.quotes import EXCHANGE_PROFILES, Quote, RandomWalk, Trade, TradeGen, load_scenario
 from sabot.venues import VenueMapping, get_venue, venues
 
 __all__ = ["SimServer", "Conn", "SIMULATORS", "ns_to_rfc3339", "json_text", "decimal_text",
@@ -96,6 +103,7 @@ class Conn:
     silent: bool = False
     announced: set[str] = field(default_factory=set)  # symbols already sent a snapshot/first frame
     raw_stream: bool = False  # Binance /ws/ (bare payloads)
+    trade_symbols: list[str] = field(default_factory=list)  # raw spelling, trades subscription
 
     def next_seq(self) -> int:
         s = self.seq
@@ -183,6 +191,16 @@ class SimServer:
             self._scenario = load_scenario(scenario, self.exchange)
             self.count = len(self._scenario) if count is None else min(count, len(self._scenario))
         self._walk = RandomWalk(self.exchange, seed)
+        self._trade_gen = TradeGen(self.exchange, seed)
+        self._next_trade_id: dict[str, int] = {}
+        self._trade_history: dict[str, list[Trade]] = {}  # the last few trades per symbol
+        self._max_sent_trade: dict[str, int] = {}
+        #: Recent trades a snapshot repeats (Coinbase, Kraken); made up before the first one.
+        self.snapshot_trades = 3
+        self.trades_sent = 0  # distinct trades sent
+        #: True once ``count`` data frames and the trades that go with them are sent (tests wait on it).
+        self.finished = False
+        self.trade_frames: list[str] = []  # trade frames sent (snapshots too), when keep_sent
         self._pos = 0  # next replay line / scenario quote / walk step
         self._t0: float | None = None  # first subscription (scenario clock)
         # counters (read from other threads: plain ints)
@@ -254,7 +272,60 @@ class SimServer:
                 "corrupt": dict(self.corrupt_sent), "garbage": self.garbage_sent,
                 "malformed": self.malformed_sent, "errors": self.errors_sent,
                 "connections": self.connections, "subscriptions": self.subscriptions,
-                "drops": self.drops, "rejected_symbols": list(self.rejected_symbols)}
+                "drops": self.drops, "rejected_symbols": list(self.rejected_symbols),
+                "trades": self.trades_sent}
+
+    # ---- trades ---------------------------------------------------------------------------
+    def encode_trades(self, trades: list[Trade], conn: Conn, snapshot: bool) -> list[str]:
+        """Frames carrying ``trades`` (oldest first) in the venue's trade channel."""
+        raise NotImplementedError(f"{self.exchange} simulator: no trades channel")
+
+    def new_trades(self, q: Quote, raw: str) -> list[Trade]:
+        """The trades printed right after quote ``q`` (ids increasing per symbol)."""
+        out = []
+        now = self.event_time_ns()
+        for i, (price, size, side) in enumerate(self._trade_gen.prints(q)):
+            out.append(self._new_trade(raw, price, size, side, now + i * 1000))
+        return out
+
+    def _new_trade(self, raw: str, price: float, size: float, side: str, t_ns: int) -> Trade:
+        tid = self._next_trade_id.get(raw, 1_000_000)
+        self._next_trade_id[raw] = tid + 1
+        trade = Trade(raw, price, size, side, tid, t_ns)
+        hist = self._trade_history.setdefault(raw, [])
+        hist.append(trade)
+        del hist[:-max(self.snapshot_trades, 1)]
+        return trade
+
+    def recent_trades(self, raw: str) -> list[Trade]:
+        """The snapshot of ``raw``'s recent trades (made up from a first quote if none yet)."""
+        hist = self._trade_history.get(raw)
+        if not hist and self.snapshot_trades:
+            q = self._walk.next(self._canonical(raw))
+            t0 = self.event_time_ns() - 5_000_000_000
+            for i in range(self.snapshot_trades):
+                side = "buy" if i % 2 == 0 else "sell"
+                self._new_trade(raw, q.ask if side == "buy" else q.bid, 0.01 * (i + 1), side,
+                                t0 + i * 1_000_000)
+            hist = self._trade_history[raw]
+        return list(hist or ())
+
+    async def send_trades(self, conn: Conn, trades: list[Trade], snapshot: bool) -> None:
+        """Send ``trades`` in the venue's frames and count the ones not sent before."""
+        if not trades:
+            return
+        for text in self.encode_trades(trades, conn, snapshot):
+            await self._send(conn, text)
+            if self.keep_sent:
+                self.trade_frames.append(text)
+        self._count_trades(trades)
+
+    def _count_trades(self, trades: list[Trade]) -> None:
+        top = self._max_sent_trade
+        for t in trades:
+            if t.trade_id > top.get(t.symbol, -1):
+                top[t.symbol] = t.trade_id
+                self.trades_sent += 1
 
     # ---- shared machinery -----------------------------------------------------------------
     def _canonical(self, raw: str) -> str:
@@ -332,6 +403,7 @@ class SimServer:
         n = 0
         while True:
             if not self._remaining():
+                self.finished = True  # every frame of ``count`` (and its trades) is sent
                 await ws.wait_closed()  # done: stay connected (keepalives continue)
                 return
             if self.silence_after is not None and self.sent_count >= self.silence_after:
@@ -345,11 +417,15 @@ class SimServer:
                     return
                 except asyncio.TimeoutError:
                     start = time.monotonic() - n / self.rate if self.rate > 0 else start
-            if not conn.symbols:  # nothing listed was subscribed: the venue stays quiet
+            if not conn.symbols and not conn.trade_symbols:  # nothing listed was subscribed
                 await ws.wait_closed()
                 return
             frames = await self._next_frames(conn)
-            for text, is_data in frames:
+            for frame in frames:
+                if len(frame) > 2:  # trades: counted once sent
+                    await self.send_trades(conn, frame[2], False)
+                    continue
+                text, is_data = frame
                 if is_data and self.corrupt_every and (self.sent_count + 1) % self.corrupt_every == 0:
                     kind = self.corrupt_kinds[sum(self.corrupt_sent.values()) % len(self.corrupt_kinds)]
                     text = self.corrupt(text, kind)
@@ -402,15 +478,25 @@ class SimServer:
             raw = self.raw_symbol(q.symbol)
             snapshot = raw not in conn.announced
             conn.announced.add(raw)
-            return self.encode(q if "/" in q.symbol else _with_symbol(q, self._canonical(raw)), conn,
-                               snapshot)
-        syms = conn.symbols
+            q = q if "/" in q.symbol else _with_symbol(q, self._canonical(raw))
+            return self._with_trades(self.encode(q, conn, snapshot) if conn.symbols else [],
+                                     q, raw, conn)
+        syms = conn.symbols or conn.trade_symbols
         raw = syms[self._pos % len(syms)]
         self._pos += 1
         q = self._walk.next(self._canonical(raw))
         snapshot = raw not in conn.announced
         conn.announced.add(raw)
-        return self.encode(q, conn, snapshot)
+        return self._with_trades(self.encode(q, conn, snapshot) if conn.symbols else [],
+                                 q, raw, conn)
+
+    def _with_trades(self, frames: list, q: Quote, raw: str, conn: Conn) -> list:
+        """``frames`` followed by the trades printed after ``q`` when the client subscribed them."""
+        if raw in conn.trade_symbols:
+            trades = self.new_trades(q, raw)
+            if trades:
+                return [*frames, ("", False, trades)]
+        return frames
 
     async def announce_shutdown(self, conn: Conn) -> None:
         """Frame(s) sent before a planned shutdown (Binance ``serverShutdown``)."""

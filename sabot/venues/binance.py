@@ -4,12 +4,20 @@ Registered as ``binance`` (topic ``binance-ticker``, 10 bps taker fee by default
 spelled ``BTCUSDT`` (upper case in payloads, lower case in stream names); USD books are the
 USDT ones.  The local exchange server is :class:`sabot.sim.binance.BinanceSim`.
 
-Collector: Spot combined streams ``<s>@bookTicker`` + ``<s>@ticker``.
+Collector: Spot combined streams ``<s>@bookTicker`` + ``<s>@ticker`` (tickers) and
+``<s>@trade`` (trades).
 
 Every bookTicker update is a record: no exchange time exists, so ``timestamp`` is the receive
-time and ``u`` the sequence.  The latest 24 h ticker per symbol fills ``price``/``volume_24h``
+time (``time_source`` ``"receive"``) and ``u`` the sequence.  The latest 24 h ticker per symbol fills ``price``/``volume_24h``
 and the extra columns (``last_price``, ``price_change_pct``, ``num_trades``).  Decimal strings
 are parsed with ``float(str)`` (correctly rounded).  ``serverShutdown`` asks for a reconnect.
+
+Trades: each ``trade`` event is one record: ``T`` (trade time, ms) is the event time
+(``time_source`` ``"exchange"``), ``t`` the trade id, ``p``/``q`` price and size.  ``m`` says
+whether the buyer was the maker, so the aggressor is the seller when ``m`` is true:
+``m=true`` -> ``"sell"``, ``m=false`` -> ``"buy"``.  ``aggTrade`` events (from a URL naming
+``@aggTrade`` streams) are read the same way with the aggregate id ``a`` as ``trade_id``.
+Binance sends no snapshot and no sequence number for trades.
 """
 from __future__ import annotations
 
@@ -19,7 +27,8 @@ from typing import Any
 import pyarrow as pa
 
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, int64, num, parsed,
+    CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Parsed, int64, ms_to_ns, num,
+    parsed,
 )
 from sabot.venues.registry import Venue, register
 
@@ -45,6 +54,7 @@ class BinanceCollector(ExchangeCollector):
     subscribed_template = "Connected! Streaming to {short}..."
     stale_after = 60.0  # bookTicker is real-time, but a quiet book may be silent for a while
     rejects_by_silence = True  # an unlisted symbol's streams simply never send anything
+    supported_channels = ("ticker", "trades")
 
     @classmethod
     def to_exchange_symbol(cls, symbol: str) -> str:
@@ -61,6 +71,9 @@ class BinanceCollector(ExchangeCollector):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Silence means "not listed" only where data is continuous (bookTicker); a quiet market's
+        # trades stream may say nothing for minutes, so trades alone never report silence.
+        self.rejects_by_silence = "ticker" in self.channels
         # raw symbol (upper case) -> (last price, 24 h base volume, change %, trade count)
         self._ticker: dict[str, tuple] = {}
 
@@ -68,7 +81,9 @@ class BinanceCollector(ExchangeCollector):
         base = (base_url or self.default_url).rstrip("/")
         if "streams=" in base:
             return base
-        streams = "/".join(f"{s.lower()}@{kind}" for s in self.symbols for kind in ("bookTicker", "ticker"))
+        kinds = (("bookTicker", "ticker") if "ticker" in self.channels else ()) + (
+            ("trade",) if "trades" in self.channels else ())
+        streams = "/".join(f"{s.lower()}@{kind}" for s in self.symbols for kind in kinds)
         return f"{base}/stream?streams={streams}"
 
     def subscribe_messages(self) -> list[str]:
@@ -96,11 +111,33 @@ class BinanceCollector(ExchangeCollector):
                 "price": last,
                 "volume_24h": vol,
                 "sequence": int64(data["u"], "u"),
+                "time_source": "receive",
                 "last_price": last,
                 "price_change_pct": chg,
                 "num_trades": n,
             }], ""))
         event = data.get("e")
+        if (event == "trade" or event == "aggTrade") and "trades" in self.channels:
+            raw = data["s"]
+            tid = str(int64(data["t" if event == "trade" else "a"], "t" if event == "trade" else "a"))
+            m = data["m"]
+            if type(m) is not bool:
+                raise ValueError(f"m {m!r} is not a boolean")
+            record = {
+                "exchange": "binance",
+                "symbol": self._symbol_cache.get(raw) or self.record_symbol(raw),
+                "raw_symbol": raw,
+                "timestamp": ms_to_ns(data["T"], "T"),
+                "recv_timestamp": recv_ns,
+                "price": num(data["p"]),
+                "size": num(data["q"]),
+                "side": "sell" if m else "buy",  # m: the buyer is the maker, so the seller took
+                "trade_id": tid,
+                "sequence": None,
+                "time_source": "exchange",
+            }
+            # Binance never resends a trade, but a replayed stream may: one record per id
+            return parsed((TRADES, [record] if self.trade_ids.fresh(raw, tid) else [], ""))
         if event == "24hrTicker":
             # kept for the following records: refuse a bad one whole, the previous values stay
             values = (_finite(data["c"], "c"), _finite(data["v"], "v"), _finite(data["P"], "P"),

@@ -3,13 +3,23 @@
 Registered as ``coinbase`` (topic ``coinbase-ticker``, 6 bps taker fee by default).  Symbols are
 spelled ``BTC-USD``; the local exchange server is :class:`sabot.sim.coinbase.CoinbaseSim`.
 
-Collector: Advanced Trade ``ticker`` channel.
+Collector: Advanced Trade ``ticker`` and ``market_trades`` channels.
 
-Subscribe one channel per message (``ticker`` and ``heartbeats``); each ``events[].tickers[]``
+Subscribe one channel per message (``ticker``, ``market_trades`` when trades are recorded, and
+``heartbeats``); each ``events[].tickers[]``
 entry becomes one record (best bid/ask, sizes, price and 24 h volume are required; a frame
 lacking them is counted as unknown).  Prices are decimal strings (``float(str)`` is correctly rounded);
 the envelope ``timestamp`` (RFC 3339, 3-9 fractional digits) is the event time, stored exactly
-as integer ns in ``timestamp`` and ``parent_timestamp``; ``sequence_num`` is the sequence.
+as integer ns in ``timestamp`` and ``parent_timestamp``; ``sequence_num`` is the sequence;
+``time_source`` is ``"exchange"``.
+
+Trades (``market_trades``): each ``events[].trades[]`` entry is one trade record: ``time`` is
+the event time, ``trade_id`` the id, ``sequence_num`` of the envelope the sequence.  Coinbase's
+``side`` is the MAKER's side, so the aggressor is the other one: ``"BUY"`` -> ``"sell"``,
+``"SELL"`` -> ``"buy"``.  One frame lists its trades newest first; records are emitted oldest
+first.  On every subscribe Coinbase sends a ``snapshot`` of recent trades: they are recorded,
+except those already recorded on this run (a reconnect fills its gap without repeating a
+trade id).
 """
 from __future__ import annotations
 
@@ -19,9 +29,11 @@ from typing import Optional, Union
 import msgspec
 import pyarrow as pa
 
+import orjson
+
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, int64, num, parsed,
-    rfc3339_to_ns,
+    CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Parsed, dumps, int64, num,
+    parsed, rfc3339_to_ns,
 )
 from sabot.venues.registry import Venue, register
 
@@ -96,8 +108,13 @@ class _Values(msgspec.Struct):
     volume_24_h: object
 
 
+#: Coinbase's ``side`` of a market trade is the maker's; the aggressor took the other side.
+_AGGRESSOR = {"BUY": "sell", "SELL": "buy", "buy": "sell", "sell": "buy"}
+
+
 class CoinbaseCollector(ExchangeCollector):
     name = "coinbase"
+    supported_channels = ("ticker", "trades")
     default_url = "wss://advanced-trade-ws.coinbase.com"
     default_symbols = ("BTC-USD", "ETH-USD")
     #: Logged once per connection when subscribed ({dest}: "Kafka topic 'x'"; {short}: "Kafka").
@@ -114,10 +131,13 @@ class CoinbaseCollector(ExchangeCollector):
         return f"{base}-{quote}"
 
     def subscribe_messages(self) -> list[str]:
-        return [
-            dumps({"type": "subscribe", "product_ids": self.symbols, "channel": "ticker"}),
-            dumps({"type": "subscribe", "channel": "heartbeats"}),
-        ]
+        msgs = []
+        if "ticker" in self.channels:
+            msgs.append(dumps({"type": "subscribe", "product_ids": self.symbols, "channel": "ticker"}))
+        if "trades" in self.channels:
+            msgs.append(dumps({"type": "subscribe", "product_ids": self.symbols, "channel": "market_trades"}))
+        msgs.append(dumps({"type": "subscribe", "channel": "heartbeats"}))
+        return msgs
 
     def parse(self, raw: str | bytes, recv_ns: int) -> Parsed:
         """Ticker frames through the typed decoder; every other frame through the generic path."""
@@ -131,6 +151,8 @@ class CoinbaseCollector(ExchangeCollector):
                 return super().parse(raw, recv_ns)
             loose = True
         if frame.channel != "ticker":
+            if frame.channel == "market_trades" and "trades" in self.channels:
+                return self._trades(raw, recv_ns)
             return super().parse(raw, recv_ns)
         try:
             return self._ticker(frame, recv_ns, loose)
@@ -170,10 +192,54 @@ class CoinbaseCollector(ExchangeCollector):
                     "price": t.price,
                     "volume_24h": t.volume_24_h,
                     "sequence": seq,
+                    "time_source": "exchange",
                     "product_id": pid,
                     "parent_timestamp": ts,
                 })
         return parsed((DATA, records, ""))
+
+    def _trades(self, raw: str | bytes, recv_ns: int) -> Parsed:
+        """One ``market_trades`` frame -> trade records (never raises)."""
+        try:
+            msg = orjson.loads(raw)
+            return self._trade_records(msg, recv_ns)
+        except orjson.JSONDecodeError:
+            return super().parse(raw, recv_ns)  # numbers beyond float64: the generic path
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            return Parsed(UNKNOWN, detail=f"malformed market_trades frame: {type(exc).__name__} {exc}")
+
+    def _trade_records(self, msg: dict, recv_ns: int) -> Parsed:
+        seq = msg.get("sequence_num")
+        if seq is not None:
+            seq = int64(seq, "sequence_num")
+        records = []
+        cache = self._symbol_cache
+        fresh = self.trade_ids.fresh
+        for event in msg["events"]:
+            batch = []
+            for t in event["trades"]:
+                pid = t["product_id"]
+                tid = t["trade_id"]
+                if type(tid) is int:
+                    tid = str(tid)
+                side = t["side"]
+                batch.append({
+                    "exchange": "coinbase",
+                    "symbol": cache.get(pid) or self.record_symbol(pid),
+                    "raw_symbol": pid,
+                    "timestamp": rfc3339_to_ns(t["time"]),
+                    "recv_timestamp": recv_ns,
+                    "price": num(t["price"]),
+                    "size": num(t["size"]),
+                    "side": _AGGRESSOR.get(side, side) if type(side) is str else side,
+                    "trade_id": tid,
+                    "sequence": seq,
+                    "time_source": "exchange",
+                })
+            batch.sort(key=_by_time)  # newest first on the wire; oldest first in the record
+            records.extend(batch)
+        # only a frame read whole marks its ids as recorded; an id seen before is dropped here
+        return parsed((TRADES, [r for r in records if _fresh(fresh, r)], ""))
 
     def _parse(self, msg: dict, recv_ns: int) -> Parsed:
         channel = msg.get("channel")
@@ -184,6 +250,8 @@ class CoinbaseCollector(ExchangeCollector):
             except msgspec.ValidationError as exc:
                 return Parsed(UNKNOWN, detail=f"malformed ticker frame: {exc}")
             return Parsed(UNKNOWN, detail="malformed ticker frame")
+        if channel == "market_trades" and "trades" in self.channels:
+            return self._trade_records(msg, recv_ns)
         if channel == "heartbeats":
             return Parsed(CONTROL)
         if channel == "subscriptions":
@@ -195,11 +263,22 @@ class CoinbaseCollector(ExchangeCollector):
             text = str(msg.get("message", msg))
             if text.lower().startswith("invalid product_ids"):
                 named = set(_PRODUCT_ID.findall(text))
-                refused = [{"raw_symbol": s} for s in self.symbols if s in named]
+                # a refusal repeated for the other channel's subscription names a dropped symbol
+                refused = [{"raw_symbol": s} for s in [*self.symbols, *sorted(self.refused)] if s in named]
                 if refused:
                     return Parsed(REJECTED, refused, text)
             return Parsed(ERROR, detail=text)
         return Parsed(UNKNOWN, detail=f"unsupported message channel={channel!r} type={msg.get('type')!r}")
+
+
+def _by_time(record: dict) -> int:
+    return record["timestamp"]
+
+
+def _fresh(fresh: object, record: dict) -> bool:
+    """Whether ``record``'s trade was not recorded yet (a malformed id goes on to validation)."""
+    tid = record["trade_id"]
+    return not (type(tid) is str and tid) or fresh(record["raw_symbol"], tid)  # type: ignore[operator]
 
 
 VENUE = register(Venue(

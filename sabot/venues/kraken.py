@@ -4,19 +4,27 @@ Registered as ``kraken`` (topic ``kraken-ticker``, 16 bps taker fee by default).
 spelled ``BTC/USD`` (WebSocket v2); the REST spelling ``XXBTZUSD`` and the legacy ``XBT`` code
 are read too.  The local exchange server is :class:`sabot.sim.kraken.KrakenSim`.
 
-Collector: WebSocket v2 ``ticker`` channel.
+Collector: WebSocket v2 ``ticker`` and ``trade`` channels.
 
 Subscribes with ``event_trigger: "bbo"`` so every update is a best-bid/offer change; one
 ``data[]`` entry is one record.  Values are JSON numbers (orjson's float parsing is correctly
-rounded); ``timestamp`` (RFC 3339) is the event time when present, else the receive time.
-Acks come one per symbol; errors carry ``success: false`` and the exchange's ``error`` text.
+rounded); ``timestamp`` (RFC 3339) is the event time when present (``time_source``
+``"exchange"``), else the receive time (``"receive"``).
+Acks come one per symbol and channel; errors carry ``success: false`` and the exchange's
+``error`` text.
+
+Trades (``trade`` channel): each ``data[]`` entry is one trade record; ``side`` is the taker's
+(the aggressor's) side as sent, ``qty`` the size, ``trade_id`` (an integer, increasing per
+book) the id, ``timestamp`` the event time; Kraken has no sequence number.  The subscription
+asks for the snapshot of recent trades: they are recorded, except those already recorded on
+this run (a reconnect fills its gap without repeating a trade id).
 """
 from __future__ import annotations
 
 import pyarrow as pa
 
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, dumps, num, parsed,
+    CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Parsed, dumps, num, parsed,
     rfc3339_to_ns,
 )
 from sabot.venues.registry import Venue, register
@@ -31,6 +39,7 @@ class KrakenCollector(ExchangeCollector):
     #: Logged once per connection when subscribed ({dest}: "Kafka topic 'x'"; {short}: "Kafka").
     subscribed_template = "✅ Subscription confirmed; streaming to {dest}"
     stale_after = 15.0  # heartbeat ~1/s when idle
+    supported_channels = ("ticker", "trades")
 
     @classmethod
     def split_exchange_symbol(cls, text: str) -> tuple[str, str] | None:
@@ -40,12 +49,21 @@ class KrakenCollector(ExchangeCollector):
         return None
 
     def subscribe_messages(self) -> list[str]:
-        return [dumps({
-            "method": "subscribe",
-            "params": {"channel": "ticker", "symbol": self.symbols, "event_trigger": "bbo",
-                       "snapshot": True},
-            "req_id": 1,
-        })]
+        msgs = []
+        if "ticker" in self.channels:
+            msgs.append(dumps({
+                "method": "subscribe",
+                "params": {"channel": "ticker", "symbol": self.symbols, "event_trigger": "bbo",
+                           "snapshot": True},
+                "req_id": 1,
+            }))
+        if "trades" in self.channels:
+            msgs.append(dumps({
+                "method": "subscribe",
+                "params": {"channel": "trade", "symbol": self.symbols, "snapshot": True},
+                "req_id": 2,
+            }))
+        return msgs
 
     def _parse(self, msg: dict, recv_ns: int) -> Parsed:
         channel = msg.get("channel")
@@ -61,6 +79,7 @@ class KrakenCollector(ExchangeCollector):
                     "raw_symbol": raw,
                     "timestamp": rfc3339_to_ns(ts) if ts is not None else recv_ns,
                     "recv_timestamp": recv_ns,
+                    "time_source": "exchange" if ts is not None else "receive",
                     "bid": num(t["bid"]),
                     "ask": num(t["ask"]),
                     "bid_size": num(t["bid_qty"]),
@@ -72,6 +91,31 @@ class KrakenCollector(ExchangeCollector):
                     "change_pct": num(t.get("change_pct")),
                 })
             return parsed((DATA, records, ""))
+        if channel == "trade" and "trades" in self.channels:
+            records = []
+            cache = self._symbol_cache
+            fresh = self.trade_ids.fresh
+            for t in msg["data"]:
+                raw = t["symbol"]
+                tid = t["trade_id"]
+                if type(tid) is int:
+                    tid = str(tid)
+                records.append({
+                    "exchange": "kraken",
+                    "symbol": cache.get(raw) or self.record_symbol(raw),
+                    "raw_symbol": raw,
+                    "timestamp": rfc3339_to_ns(t["timestamp"]),
+                    "recv_timestamp": recv_ns,
+                    "price": num(t["price"]),
+                    "size": num(t["qty"]),
+                    "side": t["side"],
+                    "trade_id": tid,
+                    "sequence": None,
+                    "time_source": "exchange",
+                })
+            # only a frame read whole marks its ids as recorded; an id seen before is dropped
+            return parsed((TRADES, [r for r in records if type(r["trade_id"]) is not str
+                                    or not r["trade_id"] or fresh(r["raw_symbol"], r["trade_id"])], ""))
         if channel == "heartbeat" or channel == "status":
             return Parsed(CONTROL)
         method = msg.get("method")
@@ -79,7 +123,7 @@ class KrakenCollector(ExchangeCollector):
             if msg.get("success") is False or "error" in msg:
                 sym = msg.get("symbol")
                 text = str(msg.get("error", msg))
-                if method == "subscribe" and isinstance(sym, str) and sym in self.symbols:
+                if method == "subscribe" and isinstance(sym, str) and (sym in self.symbols or sym in self.refused):
                     return Parsed(REJECTED, [{"raw_symbol": sym}], text)
                 return Parsed(ERROR, detail=f"{text} (symbol {sym})" if sym else text)
             if method == "subscribe":
