@@ -879,7 +879,7 @@ cdef class BookSet:
     def flush_tob(self):
         """The recorded top-of-book rows as one record batch (possibly empty); clears them."""
         import pyarrow as pa
-        from sabot.book import TOB_SCHEMA
+        from sabot.book._schema import TOB_SCHEMA
         vals = np.array(self._t_vals, dtype=np.float64).reshape(-1, 4)
         batch = pa.record_batch([
             pa.array([self.exchange] * len(self._t_sym), pa.string()),
@@ -900,7 +900,7 @@ cdef class BookSet:
     def flush_depth(self):
         """The recorded depth rows as one record batch (possibly empty); clears them."""
         import pyarrow as pa
-        from sabot.book import depth_schema
+        from sabot.book._schema import depth_schema
         schema = depth_schema(self.depth)
         d = self.depth
         rows = np.frombuffer(bytes(self._d_rows), dtype=np.float64).reshape(-1, 4 * d)

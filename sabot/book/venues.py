@@ -274,7 +274,8 @@ class BinanceBook:
 
     def on_event(self, raw: str | bytes | Mapping, recv_timestamp: int = 0) -> bool:
         """Buffer or apply one event; True if it changed the book.  Raises :class:`DepthGap`
-        when it does not continue the book (the book is dropped; fetch a new snapshot)."""
+        when it does not continue the book: the book is dropped, the event starts a new buffer,
+        and a new snapshot is needed."""
         ev = self._event(raw)
         if self.last_update_id is None:
             self.buffer.append(ev)
@@ -293,6 +294,7 @@ class BinanceBook:
         if not ok:
             self.gaps += 1
             self._reset()
+            self.buffer.append(ev)                 # valid news beyond the gap: keep for the resync
             raise DepthGap(self.symbol, f"{self.symbol}: depth event U={ev['U']} u={ev['u']} "
                                         f"does not follow update id {last}; fetch a new snapshot")
         book = self.books.book(self.symbol)
