@@ -201,12 +201,14 @@ def test_kraken_precision_given_for_reserialised_numbers():
     ('[1,2]', "not a JSON object"),
     ('{"channel":"book","type":"snapshot","data":[{"bids":[]}]}', "no symbol"),
     ('{"channel":"book","type":"weird","data":[]}', "'snapshot' or 'update'"),
-    ('{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":1}]}]}', "bids of 'X'"),
+    ('{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":1}]}]}', "bids are malformed"),
     ('{"channel":"book","type":"snapshot","data":[{"symbol":"X","bids":[{"price":"1x","qty":"1"}]}]}',
      "price '1x'"),
     ('{"channel":"book","type":"update","data":[{"symbol":"X","bids":[],"checksum":"abc"}]}',
      "checksum 'abc'"),
-    ('{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":1,"qty":', "not valid JSON"),
+    ('{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":1,"qty":', "malformed"),
+    ('{"channel":"book","type":"update","data":[{"symbol":"X","bids":[]', "not valid JSON"),
+    ('{"data":[{"symbol":"X"}],"type":"update","channel":"book","x":', "not valid JSON"),
 ])
 def test_kraken_malformed_frames_raise_book_error(frame, message):
     with pytest.raises(BookError, match=message):

@@ -535,8 +535,9 @@ cdef class _Levels:
         return 0
 
 
-cdef int _scan_levels(const char* s, Py_ssize_t i, Py_ssize_t n, _Levels out) except -2:
-    """Scan ``[{"price":..,"qty":..}, ...]`` at i into out; returns 0, or -1 if malformed."""
+cdef Py_ssize_t _scan_levels(const char* s, Py_ssize_t i, Py_ssize_t n, _Levels out) except -2:
+    """Scan ``[{"price":..,"qty":..}, ...]`` at i into out; returns the index past the array,
+    or -1 if malformed."""
     cdef Py_ssize_t ka, kb, va, vb, pa, pb, qa, qb, sa, sb
     out.n = 0
     i = _ws(s, i, n)
@@ -544,7 +545,7 @@ cdef int _scan_levels(const char* s, Py_ssize_t i, Py_ssize_t n, _Levels out) ex
         return -1
     i = _ws(s, i + 1, n)
     if i < n and s[i] == 93:
-        return 0
+        return i + 1
     while i < n:
         if s[i] != 123:
             return -1
@@ -582,7 +583,7 @@ cdef int _scan_levels(const char* s, Py_ssize_t i, Py_ssize_t n, _Levels out) ex
             i = _ws(s, i + 1, n)
             continue
         if i < n and s[i] == 93:
-            return 0
+            return i + 1
         return -1
     return -1
 
@@ -634,18 +635,18 @@ cdef class KrakenScanner:
 
     def scan(self, frame):
         """Apply one frame.  Returns a list of ``(symbol, is_snapshot, sent_checksum,
-        computed_checksum, timestamp_text)`` per data item, or ``None`` when the frame is not a
-        ``book`` frame.  Raises :class:`BookError` on a malformed frame or value; an update for
-        a symbol without a book is reported with ``computed_checksum = -1`` and not applied.
+        computed_checksum, timestamp_ns or None)`` per data item, or ``None`` when the frame is
+        not a ``book`` frame.  Raises :class:`BookError` on a malformed frame or value; an
+        update for a symbol without a book is reported with ``computed_checksum = -1`` and not
+        applied.  One pass over the bytes when ``channel`` and ``type`` precede ``data`` (as
+        Kraken sends them), two otherwise.
         """
         cdef bytes raw = frame.encode() if isinstance(frame, str) else bytes(frame)
         cdef const char* s = PyBytes_AS_STRING(raw)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
-        cdef Py_ssize_t i, ka, kb, va, vb, sa, sb, data_a = -1, item_a, item_end
+        cdef Py_ssize_t i, ka, kb, va, vb, data_a = -1
         cdef int is_book = 0, snapshot = -1
-        cdef Py_ssize_t sym_a, sym_b, bids_a, asks_a, ck_a, ck_b, ts_a, ts_b
-        cdef int64_t sent
-        cdef Book book
+        cdef list results = None
         i = _ws(s, 0, n)
         if i >= n or s[i] != 123:
             raise BookError(f"frame {raw[:80]!r} is not a JSON object")
@@ -659,37 +660,56 @@ cdef class KrakenScanner:
             if i >= n or s[i] != 58:
                 raise BookError(f"frame {raw[:80]!r} is not valid JSON")
             va = _ws(s, i + 1, n)
-            vb = _skip(s, va, n)
-            if vb < 0:
-                raise BookError(f"frame {raw[:80]!r} is not valid JSON")
-            if _key_is(s, ka, kb, b"channel", 7):
-                is_book = _key_is(s, va, vb, b"book", 4)
-            elif _key_is(s, ka, kb, b"type", 4):
-                if _key_is(s, va, vb, b"snapshot", 8):
-                    snapshot = 1
-                elif _key_is(s, va, vb, b"update", 6):
-                    snapshot = 0
-            elif _key_is(s, ka, kb, b"data", 4):
-                data_a = va
+            if _key_is(s, ka, kb, b"data", 4) and is_book and snapshot >= 0:
+                results = []
+                vb = self._data(raw, s, n, va, snapshot, results)
+            else:
+                vb = _skip(s, va, n)
+                if vb < 0:
+                    raise BookError(f"frame {raw[:80]!r} is not valid JSON")
+                if _key_is(s, ka, kb, b"channel", 7):
+                    is_book = _key_is(s, va, vb, b"book", 4)
+                elif _key_is(s, ka, kb, b"type", 4):
+                    if _key_is(s, va, vb, b"snapshot", 8):
+                        snapshot = 1
+                    elif _key_is(s, va, vb, b"update", 6):
+                        snapshot = 0
+                elif _key_is(s, ka, kb, b"data", 4):
+                    data_a = va
             i = _ws(s, vb, n)
             if i < n and s[i] == 44:
                 i = _ws(s, i + 1, n)
         if not is_book:
             return None
+        if results is not None:
+            return results
         if snapshot < 0:
             raise BookError(f"book frame type must be 'snapshot' or 'update': {raw[:120]!r}")
-        if data_a < 0 or s[data_a] != 91:
+        if data_a < 0:
             raise BookError(f"book frame has no data array: {raw[:120]!r}")
         results = []
-        i = _ws(s, data_a + 1, n)
+        self._data(raw, s, n, data_a, snapshot, results)
+        return results
+
+    cdef Py_ssize_t _data(self, bytes raw, const char* s, Py_ssize_t n, Py_ssize_t i, int snapshot,
+                          list results) except -1:
+        """Apply the ``data`` array at i; returns the index just past it."""
+        cdef Py_ssize_t ka, kb, va, vb, sa, sb
+        cdef Py_ssize_t sym_a, sym_b, ck_a, ck_b, ts_a, ts_b
+        cdef int64_t sent, ts_ns
+        cdef bint has_bids, has_asks
+        cdef Book book
+        if i >= n or s[i] != 91:
+            raise BookError(f"book frame has no data array: {raw[:120]!r}")
+        i = _ws(s, i + 1, n)
         while i < n and s[i] != 93:
             if s[i] != 123:
                 raise BookError(f"book data item is not an object: {raw[:120]!r}")
-            item_end = _skip(s, i, n)
-            sym_a = bids_a = asks_a = ck_a = ts_a = -1
+            sym_a = ck_a = ts_a = -1
             sym_b = ck_b = ts_b = -1
+            has_bids = has_asks = False
             i = _ws(s, i + 1, n)
-            while i < item_end and s[i] != 125:
+            while i < n and s[i] != 125:
                 if s[i] != 34:
                     raise BookError(f"book data item is not valid JSON: {raw[:120]!r}")
                 ka = i
@@ -698,42 +718,56 @@ cdef class KrakenScanner:
                 if i >= n or s[i] != 58:
                     raise BookError(f"book data item is not valid JSON: {raw[:120]!r}")
                 va = _ws(s, i + 1, n)
-                vb = _skip(s, va, n)
-                if vb < 0:
-                    raise BookError(f"book data item is not valid JSON: {raw[:120]!r}")
-                _scalar_span(s, va, vb, &sa, &sb)
-                if _key_is(s, ka, kb, b"symbol", 6):
-                    sym_a = sa
-                    sym_b = sb
-                elif _key_is(s, ka, kb, b"bids", 4):
-                    bids_a = va
+                if _key_is(s, ka, kb, b"bids", 4):
+                    vb = _scan_levels(s, va, n, self.bids)
+                    if vb < 0:
+                        raise BookError(f"book bids are malformed: {raw[va:va + 80]!r}")
+                    has_bids = True
                 elif _key_is(s, ka, kb, b"asks", 4):
-                    asks_a = va
-                elif _key_is(s, ka, kb, b"checksum", 8):
-                    ck_a = sa
-                    ck_b = sb
-                elif _key_is(s, ka, kb, b"timestamp", 9):
-                    ts_a = sa
-                    ts_b = sb
+                    vb = _scan_levels(s, va, n, self.asks)
+                    if vb < 0:
+                        raise BookError(f"book asks are malformed: {raw[va:va + 80]!r}")
+                    has_asks = True
+                else:
+                    vb = _skip(s, va, n)
+                    if vb < 0:
+                        raise BookError(f"book data item is not valid JSON: {raw[:120]!r}")
+                    _scalar_span(s, va, vb, &sa, &sb)
+                    if _key_is(s, ka, kb, b"symbol", 6):
+                        sym_a = sa
+                        sym_b = sb
+                    elif _key_is(s, ka, kb, b"checksum", 8):
+                        ck_a = sa
+                        ck_b = sb
+                    elif _key_is(s, ka, kb, b"timestamp", 9):
+                        ts_a = sa
+                        ts_b = sb
                 i = _ws(s, vb, n)
                 if i < n and s[i] == 44:
                     i = _ws(s, i + 1, n)
+            if i >= n:
+                raise BookError(f"book data item is not valid JSON: {raw[:120]!r}")
+            i = _ws(s, i + 1, n)                    # past the item's '}'
+            if i < n and s[i] == 44:
+                i = _ws(s, i + 1, n)
             if sym_a < 0:
                 raise BookError(f"book data item has no symbol: {raw[:120]!r}")
             symbol = raw[sym_a:sym_b].decode()
-            if bids_a >= 0 and _scan_levels(s, bids_a, n, self.bids) < 0:
-                raise BookError(f"book bids of {symbol!r} are malformed: {raw[bids_a:bids_a + 80]!r}")
-            if bids_a < 0:
+            if not has_bids:
                 self.bids.n = 0
-            if asks_a >= 0 and _scan_levels(s, asks_a, n, self.asks) < 0:
-                raise BookError(f"book asks of {symbol!r} are malformed: {raw[asks_a:asks_a + 80]!r}")
-            if asks_a < 0:
+            if not has_asks:
                 self.asks.n = 0
             sent = -1
             if ck_a >= 0:
                 if parse_fixed(s + ck_a, ck_b - ck_a, 0, &sent) != 0 or sent > 0xFFFFFFFF:
-                    raise BookError(f"checksum {raw[ck_a:ck_b].decode('utf-8', 'replace')!r} of {symbol!r} is not a uint32")
-            timestamp = raw[ts_a:ts_b].decode() if ts_a >= 0 else None
+                    raise BookError(f"checksum {raw[ck_a:ck_b].decode('utf-8', 'replace')!r} of "
+                                    f"{symbol!r} is not a uint32")
+            timestamp = None
+            if ts_a >= 0:
+                if rfc3339_ns(s + ts_a, ts_b - ts_a, &ts_ns) != 0:
+                    raise BookError(f"timestamp {raw[ts_a:ts_b].decode('utf-8', 'replace')!r} of "
+                                    f"{symbol!r} is not an RFC 3339 UTC time")
+                timestamp = ts_ns
             if snapshot:
                 book = self._new_book(symbol, s)
                 self._apply(book, 0, self.bids, s)
@@ -744,18 +778,14 @@ cdef class KrakenScanner:
                 book = self.books.get(symbol)
                 if book is None:
                     results.append((symbol, False, sent, -1, timestamp))
-                    i = _ws(s, item_end, n)
-                    if i < n and s[i] == 44:
-                        i = _ws(s, i + 1, n)
                     continue
                 self._apply(book, 0, self.bids, s)
                 self._apply(book, 1, self.asks, s)
                 book._truncate(self.depth)
             results.append((symbol, bool(snapshot), sent, book.checksum_top(10), timestamp))
-            i = _ws(s, item_end, n)
-            if i < n and s[i] == 44:
-                i = _ws(s, i + 1, n)
-        return results
+        if i >= n:
+            raise BookError(f"book data array is not closed: {raw[:120]!r}")
+        return i + 1
 
 
 def crc32(data) -> int:
@@ -931,3 +961,74 @@ cdef inline bint _same_bbo(tuple a, tuple b):
         if x != y and not (x != x and y != y):
             return False
     return True
+
+
+# ==================================================================== timestamps
+cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept nogil:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    cdef int64_t era, yoe, doy, doe
+    if m <= 2:
+        y -= 1
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef inline int _digits(const char* s, Py_ssize_t a, Py_ssize_t n, int64_t* out) noexcept nogil:
+    cdef int64_t v = 0
+    cdef Py_ssize_t i
+    for i in range(a, a + n):
+        if s[i] < 48 or s[i] > 57:
+            return -1
+        v = v * 10 + (s[i] - 48)
+    out[0] = v
+    return 0
+
+
+cdef int rfc3339_ns(const char* s, Py_ssize_t n, int64_t* out) noexcept nogil:
+    """``YYYY-MM-DDTHH:MM:SS[.fraction]Z`` -> ns since the epoch; -1 if not that form.
+    Fraction digits beyond nanoseconds are truncated."""
+    cdef int64_t y, mo, d, h, mi, sec, frac = 0
+    cdef Py_ssize_t i, k = 0
+    if n < 20 or s[n - 1] != 90 or s[4] != 45 or s[7] != 45 or (s[10] != 84 and s[10] != 32) \
+            or s[13] != 58 or s[16] != 58:
+        return -1
+    if (_digits(s, 0, 4, &y) or _digits(s, 5, 2, &mo) or _digits(s, 8, 2, &d)
+            or _digits(s, 11, 2, &h) or _digits(s, 14, 2, &mi) or _digits(s, 17, 2, &sec)):
+        return -1
+    if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59 or sec > 60:
+        return -1
+    if n > 20:
+        if s[19] != 46 or n == 21:
+            return -1
+        for i in range(20, n - 1):
+            if s[i] < 48 or s[i] > 57:
+                return -1
+            if k < 9:
+                frac = frac * 10 + (s[i] - 48)
+                k += 1
+        while k < 9:
+            frac *= 10
+            k += 1
+    out[0] = ((_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec) * 1000000000) + frac
+    return 0
+
+
+def parse_rfc3339_ns(text):
+    """``2024-10-03T02:46:57.050170Z`` -> integer ns since the epoch (None stays None).
+
+    A value not in that form raises :class:`BookError` naming it.
+    """
+    if text is None:
+        return None
+    cdef Py_ssize_t n
+    cdef const char* s
+    cdef int64_t out
+    if not isinstance(text, str):
+        raise BookError(f"timestamp {text!r} is not an RFC 3339 UTC time")
+    s = PyUnicode_AsUTF8AndSize(text, &n)
+    if rfc3339_ns(s, n, &out) != 0:
+        raise BookError(f"timestamp {text!r} is not an RFC 3339 UTC time")
+    return out

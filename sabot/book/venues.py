@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping
 
 import orjson
 
-from sabot.book._book import Book, BookError, BookSet, KrakenScanner
+from sabot.book._book import Book, BookError, BookSet, KrakenScanner, parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
 
@@ -83,30 +83,6 @@ class StaleSnapshot(BookOutOfSync):
     """Binance: the REST snapshot is older than the first buffered event; fetch it again."""
 
 
-def parse_rfc3339_ns(text: str | None) -> int | None:
-    """``2024-10-03T02:46:57.050170Z`` -> integer ns since the epoch (None stays None).
-
-    Digits beyond nanoseconds are truncated; a value that is not RFC 3339 raises
-    :class:`BookError` naming it.
-    """
-    if text is None:
-        return None
-    try:
-        date, _, clock = text.partition("T")
-        if not clock.endswith("Z"):
-            raise ValueError
-        clock = clock[:-1]
-        hms, _, frac = clock.partition(".")
-        y, mo, d = (int(x) for x in date.split("-"))
-        h, mi, s = (int(x) for x in hms.split(":"))
-        import datetime as _dt
-        days = (_dt.date(y, mo, d) - _dt.date(1970, 1, 1)).days
-        ns = int((frac + "000000000")[:9]) if frac else 0
-        return ((days * 86400 + h * 3600 + mi * 60 + s) * 1_000_000_000) + ns
-    except (ValueError, TypeError):
-        raise BookError(f"timestamp {text!r} is not an RFC 3339 UTC time") from None
-
-
 def _loads(raw: str | bytes | Mapping) -> Any:
     if isinstance(raw, Mapping):
         return raw
@@ -143,7 +119,7 @@ class KrakenBooks:
         if results is None:
             return []
         done = []
-        for symbol, is_snapshot, sent, computed, ts_text in results:
+        for symbol, is_snapshot, sent, computed, ts in results:
             if computed < 0:                       # update for a book we do not hold
                 self.skipped += 1
                 continue
@@ -151,7 +127,6 @@ class KrakenBooks:
                 self.mismatches += 1
                 self.books.discard(symbol)
                 raise ChecksumMismatch(symbol, sent, computed)
-            ts = parse_rfc3339_ns(ts_text)
             self.books.emit(symbol, recv_timestamp if ts is None else ts, recv_timestamp)
             done.append(symbol)
         return done
