@@ -309,10 +309,17 @@ def _samples(name):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_binance_real_capture_is_contiguous_and_parses_value_for_value():
-    frames = [f for f in _samples("binance_combined_depth.jsonl") if f["data"]["s"] == "NKNUSDT"]
+@pytest.mark.parametrize("sample, symbol", [
+    ("binance_combined_depth.jsonl", "NKNUSDT"),
+    ("binance_combined_depth.jsonl", "LRCBTC"),
+    ("binanceus_combined_mixed.jsonl", "COMPUSDT"),
+    ("binanceus_combined_mixed.jsonl", "OMGBUSD"),
+])
+def test_binance_real_capture_is_contiguous_and_parses_value_for_value(sample, symbol):
+    frames = [f for f in _samples(sample) if f["data"].get("e") == "depthUpdate" and f["data"]["s"] == symbol]
+    assert len(frames) >= 3
     first = frames[0]["data"]
-    bb = BinanceBook("NKNUSDT")
+    bb = BinanceBook(symbol)
     for f in frames[:3]:
         bb.on_event(json.dumps(f))                   # buffered: no snapshot yet
     assert bb.needs_snapshot and len(bb.buffer) == 3
@@ -331,12 +338,12 @@ def test_binance_real_capture_is_contiguous_and_parses_value_for_value():
         got = bb.book.levels(name)
         # exact decimals: the book's strings at its scale are the wire strings, zero-padded
         assert got == [(p + "00", q) for p, q in want]
-    assert any(float(q) == 0 for f in frames for _, q in f["data"]["a"])   # deletes were exercised
     assert bb.last_update_id == frames[-1]["data"]["u"]
 
 
 def test_binance_real_capture_with_a_missing_event_is_a_gap():
     frames = [f for f in _samples("binance_combined_depth.jsonl") if f["data"]["s"] == "NKNUSDT"]
+    assert any(float(q) == 0 for f in frames for _, q in f["data"]["a"])   # the capture deletes levels
     bb = BinanceBook("NKNUSDT")
     bb.on_snapshot({"lastUpdateId": frames[0]["data"]["U"] - 1, "bids": [], "asks": []})
     bb.on_event(frames[0])
@@ -470,3 +477,32 @@ def test_bookset_direct_use():
     assert bs.pending == (2, 0)
     with pytest.raises(BookError, match="depth 0"):
         BookSet("x", depth=0)
+
+
+def test_a_bad_value_drops_the_half_applied_book():
+    k = KrakenBooks()
+    k.on_message(KRAKEN_SNAPSHOT)
+    bad = KRAKEN_UPDATE.replace('"asks":[]', '"asks":[{"price":0.123456,"qty":1}]')
+    with pytest.raises(BookError, match="price '0.123456' has more than 5 decimals"):
+        k.on_message(bad)
+    assert "ALGO/USD" not in k.books and k.on_message(KRAKEN_UPDATE) == []
+
+    c = CoinbaseBooks()
+    c.on_message(COINBASE_L2)
+    upd = json.loads(COINBASE_L2)
+    upd["sequence_num"] = 1
+    upd["events"][0]["type"] = "update"
+    upd["events"][0]["updates"][1]["new_quantity"] = "1e-3"
+    with pytest.raises(BookError, match="qty '1e-3'"):
+        c.on_message(json.dumps(upd))
+    assert "BTC-USD" not in c.books
+
+    bb = BinanceBook("BNBBTC")
+    bb.on_snapshot({"lastUpdateId": 1, "bids": [["1.0", "1"]], "asks": []})
+    with pytest.raises(BookError, match="price 'x'"):
+        bb.on_event({"e": "depthUpdate", "E": 1, "s": "BNBBTC", "U": 2, "u": 2, "b": [["x", "1"]], "a": []})
+    assert bb.needs_snapshot and "BNBBTC" not in bb.books
+    with pytest.raises(BookError, match="U 5 > u 4"):
+        bb.on_event({"e": "depthUpdate", "U": 5, "u": 4})
+    with pytest.raises(BookError, match="lastUpdateId 'x'"):
+        bb.on_snapshot({"lastUpdateId": "x"})

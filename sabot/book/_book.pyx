@@ -779,8 +779,12 @@ cdef class KrakenScanner:
                 if book is None:
                     results.append((symbol, False, sent, -1, timestamp))
                     continue
-                self._apply(book, 0, self.bids, s)
-                self._apply(book, 1, self.asks, s)
+                try:
+                    self._apply(book, 0, self.bids, s)
+                    self._apply(book, 1, self.asks, s)
+                except BookError:
+                    del self.books[symbol]          # half applied: wait for a new snapshot
+                    raise
                 book._truncate(self.depth)
             results.append((symbol, bool(snapshot), sent, book.checksum_top(10), timestamp))
         if i >= n:

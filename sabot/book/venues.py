@@ -4,7 +4,9 @@ The appliers take the exact message text (``str`` or ``bytes``) a venue sends on
 channel, apply it to :class:`~sabot.book.Book` objects held in a :class:`~sabot.book.BookSet`,
 and record top-of-book / depth rows through :meth:`BookSet.emit`.  When a book can no longer be
 trusted they raise a :class:`BookOutOfSync` subclass naming the symbol; the caller (a collector)
-counts it and resubscribes (Kraken, Coinbase) or fetches a new snapshot (Binance).  Until a new
+counts it and resubscribes (Kraken, Coinbase) or fetches a new snapshot (Binance).  A value
+that cannot be applied raises :class:`~sabot.book.BookError` (naming the field and value) and
+drops that symbol's half-applied book the same way.  Until a new
 snapshot arrives, updates for that symbol are dropped and counted in ``skipped``: a stale book
 never produces rows.
 
@@ -198,8 +200,12 @@ class CoinbaseBooks:
                     asks.append(level)
                 else:
                     raise BookError(f"l2_data update side {side!r} is not 'bid' or 'offer'")
-            book.apply_levels(0, bids)
-            book.apply_levels(1, asks)
+            try:
+                book.apply_levels(0, bids)
+                book.apply_levels(1, asks)
+            except BookError:
+                self.books.discard(product)        # half applied: wait for a new snapshot
+                raise
             self.books.emit(product, recv_timestamp if ts is None else ts, recv_timestamp)
             done.append(product)
         return done
@@ -273,8 +279,12 @@ class BinanceBook:
             raise DepthGap(self.symbol, f"{self.symbol}: depth event U={ev['U']} u={ev['u']} "
                                         f"does not follow update id {last}; fetch a new snapshot")
         book = self.books.book(self.symbol)
-        book.apply_levels(0, ev.get("b") or ())
-        book.apply_levels(1, ev.get("a") or ())
+        try:
+            book.apply_levels(0, ev.get("b") or ())
+            book.apply_levels(1, ev.get("a") or ())
+        except BookError:
+            self._reset()                          # half applied: resynchronise
+            raise
         self.last_update_id = ev["u"]
         self._first = False
         e_ms = ev.get("E")
@@ -302,7 +312,11 @@ class BinanceBook:
                                              f"than the first buffered event U={self.buffer[0]['U']}")
         self.books.discard(self.symbol)
         book = self.books.book(self.symbol)
-        book.snapshot(snap.get("bids") or (), snap.get("asks") or ())
+        try:
+            book.snapshot(snap.get("bids") or (), snap.get("asks") or ())
+        except BookError:
+            self.books.discard(self.symbol)
+            raise
         self.last_update_id = lid
         self._first = True
         pending, self.buffer = self.buffer, []
