@@ -506,3 +506,19 @@ def test_a_bad_value_drops_the_half_applied_book():
         bb.on_event({"e": "depthUpdate", "U": 5, "u": 4})
     with pytest.raises(BookError, match="lastUpdateId 'x'"):
         bb.on_snapshot({"lastUpdateId": "x"})
+
+
+def test_crc32_and_checksum_match_zlib_at_every_length():
+    rng = np.random.default_rng(9)
+    for n in range(0, 80):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert crc32(data) == zlib.crc32(data), n
+    book = Book(0, 0)
+    for i in range(1, 60):                  # long digit strings, more levels than one buffer
+        book.set_fixed_point("bid", i * 137, i * 7919)
+        book.set_fixed_point("ask", 10**6 + i * 3, 10**15 + i)
+    asks = list(zip(*(a.tolist() for a in book.levels_fixed("ask"))))
+    bids = list(zip(*(a.tolist() for a in book.levels_fixed("bid"))))
+    for levels in (1, 10, 40, 60):
+        text = "".join(f"{p}{q}" for p, q in asks[:levels] + bids[:levels])
+        assert book.checksum(levels) == zlib.crc32(text.encode()), levels

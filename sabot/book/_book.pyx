@@ -33,8 +33,8 @@ for _k in range(1, 19):
     POW10[_k] = POW10[_k - 1] * 10
     INV_POW10[_k] = 1.0 / <double>POW10[_k]
 
-# CRC-32 (IEEE 802.3, the zlib polynomial), table driven.
-cdef uint32_t CRC_TABLE[256]
+# CRC-32 (IEEE 802.3, the zlib polynomial), slicing-by-8 tables.
+cdef uint32_t CRC_TABLE[8][256]
 cdef uint32_t _c
 cdef int _i, _j
 for _i in range(256):
@@ -44,7 +44,16 @@ for _i in range(256):
             _c = 0xEDB88320 ^ (_c >> 1)
         else:
             _c = _c >> 1
-    CRC_TABLE[_i] = _c
+    CRC_TABLE[0][_i] = _c
+for _i in range(256):
+    for _j in range(1, 8):
+        CRC_TABLE[_j][_i] = (CRC_TABLE[_j - 1][_i] >> 8) ^ CRC_TABLE[0][CRC_TABLE[_j - 1][_i] & 0xFF]
+
+# "00".."99": two decimal digits per table entry
+cdef char DIGIT_PAIRS[200]
+for _i in range(100):
+    DIGIT_PAIRS[2 * _i] = <char>(48 + _i // 10)
+    DIGIT_PAIRS[2 * _i + 1] = <char>(48 + _i % 10)
 
 BID = 0
 ASK = 1
@@ -55,26 +64,46 @@ class BookError(ValueError):
 
 
 cdef inline uint32_t _crc_update(uint32_t crc, const char* buf, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        crc = CRC_TABLE[(crc ^ <uint8_t>buf[i]) & 0xFF] ^ (crc >> 8)
+    cdef const uint8_t* p = <const uint8_t*>buf
+    cdef uint32_t one, two
+    while n >= 8:
+        one = crc ^ (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24))
+        two = <uint32_t>p[4] | (<uint32_t>p[5] << 8) | (<uint32_t>p[6] << 16) | (<uint32_t>p[7] << 24)
+        crc = (CRC_TABLE[7][one & 0xFF] ^ CRC_TABLE[6][(one >> 8) & 0xFF]
+               ^ CRC_TABLE[5][(one >> 16) & 0xFF] ^ CRC_TABLE[4][one >> 24]
+               ^ CRC_TABLE[3][two & 0xFF] ^ CRC_TABLE[2][(two >> 8) & 0xFF]
+               ^ CRC_TABLE[1][(two >> 16) & 0xFF] ^ CRC_TABLE[0][two >> 24])
+        p += 8
+        n -= 8
+    while n > 0:
+        crc = CRC_TABLE[0][(crc ^ p[0]) & 0xFF] ^ (crc >> 8)
+        p += 1
+        n -= 1
     return crc
 
 
 cdef inline int _utoa(int64_t v, char* out) noexcept nogil:
     """Decimal digits of v >= 0 into out (no terminator); returns the length ("0" for zero)."""
     cdef char tmp[24]
-    cdef int n = 0, i
+    cdef int pos = 24, r
     if v == 0:
         out[0] = 48
         return 1
-    while v > 0:
-        tmp[n] = <char>(48 + v % 10)
-        v //= 10
-        n += 1
-    for i in range(n):
-        out[i] = tmp[n - 1 - i]
-    return n
+    while v >= 100:
+        r = <int>(v % 100)
+        v //= 100
+        pos -= 2
+        tmp[pos] = DIGIT_PAIRS[2 * r]
+        tmp[pos + 1] = DIGIT_PAIRS[2 * r + 1]
+    if v >= 10:
+        pos -= 2
+        tmp[pos] = DIGIT_PAIRS[2 * v]
+        tmp[pos + 1] = DIGIT_PAIRS[2 * v + 1]
+    else:
+        pos -= 1
+        tmp[pos] = <char>(48 + v)
+    memcpy(out, tmp + pos, 24 - pos)
+    return 24 - pos
 
 
 cdef int parse_fixed(const char* s, Py_ssize_t n, int decimals, int64_t* out) noexcept nogil:
@@ -262,16 +291,19 @@ cdef class Book:
         """Kraken's CRC32: top ``levels`` asks (low->high) then bids (high->low), price and
         qty as their decimal digits without '.' and leading zeros."""
         cdef uint32_t crc = <uint32_t>0xFFFFFFFFu
-        cdef char buf[48]
-        cdef int m, side, t
+        cdef char buf[1024]
+        cdef int m = 0, side, t
         cdef Py_ssize_t i, top
         for t in range(2):
             side = 1 - t
             top = self.n[side] if self.n[side] < levels else levels
             for i in range(top):
-                m = _utoa(-self.keys[side][i] if side == 0 else self.keys[side][i], buf)
+                if m > 1024 - 40:                 # flush (more than ~25 levels per side)
+                    crc = _crc_update(crc, buf, m)
+                    m = 0
+                m += _utoa(-self.keys[side][i] if side == 0 else self.keys[side][i], buf + m)
                 m += _utoa(self.qtys[side][i], buf + m)
-                crc = _crc_update(crc, buf, m)
+        crc = _crc_update(crc, buf, m)
         return crc ^ <uint32_t>0xFFFFFFFFu
 
     # ---------------------------------------------------------------- Python API
