@@ -522,3 +522,17 @@ def test_crc32_and_checksum_match_zlib_at_every_length():
     for levels in (1, 10, 40, 60):
         text = "".join(f"{p}{q}" for p, q in asks[:levels] + bids[:levels])
         assert book.checksum(levels) == zlib.crc32(text.encode()), levels
+
+
+def test_binance_stale_snapshot_fault_from_the_generator():
+    feed = BinanceDepthFeed(SimBook(8), "ETHUSDT", history=5)
+    for _ in range(4):
+        feed.event()                               # before the client connected
+    bb = BinanceBook("ETHUSDT")
+    for _ in range(2):
+        bb.on_event(feed.event())
+    with pytest.raises(StaleSnapshot, match="ETHUSDT"):
+        bb.on_snapshot(feed.stale_snapshot(behind=4))   # older than the first buffered event
+    assert bb.on_snapshot(feed.stale_snapshot(behind=2)) == 2   # just in time: replays both
+    with pytest.raises(ValueError, match="behind 6"):
+        feed.stale_snapshot(behind=6)

@@ -13,13 +13,14 @@ for a local exchange server to send:
 
 Faults, for the book-keeping paths of a client: a wrong checksum (``bad_checksum=True``), a
 sequence gap (``gap=True``: one message is generated and not returned), and a stale Binance
-snapshot (:meth:`BinanceDepthFeed.rest_snapshot` kept from earlier, see ``snapshot_history``).
+snapshot (:meth:`BinanceDepthFeed.stale_snapshot`: the REST body as it was some events ago).
 Everything here is pure: same seed, same messages.
 """
 from __future__ import annotations
 
 import random
 import zlib
+from collections import deque
 
 __all__ = ["SimBook", "KrakenBookFeed", "CoinbaseLevel2Feed", "BinanceDepthFeed", "fmt_fixed",
            "kraken_checksum"]
@@ -222,15 +223,19 @@ class BinanceDepthFeed:
     """Binance spot ``<symbol>@depth@100ms`` events and REST snapshots of a :class:`SimBook`.
 
     Each event carries the changes of one step; update ids advance by one per change, so
-    ``U``..``u`` spans them.  ``snapshot_history`` keeps the REST bodies taken so far (index -2
-    is a stale one once events have moved on).
+    ``U``..``u`` spans them.  ``snapshot_history`` keeps the REST bodies taken so far;
+    ``history=k`` also keeps the book's body before each of the last k events, for
+    :meth:`stale_snapshot`.
     """
 
-    def __init__(self, book: SimBook, symbol: str = "BTCUSDT", first_update_id: int = 1000) -> None:
+    def __init__(self, book: SimBook, symbol: str = "BTCUSDT", first_update_id: int = 1000,
+                 history: int = 0) -> None:
         self.book = book
         self.symbol = symbol
         self.update_id = first_update_id
         self.snapshot_history: list[str] = []
+        # REST bodies of the book before each of the last ``history`` events (stale snapshots)
+        self._before: deque[str] = deque(maxlen=history)
 
     def _levels(self, items) -> str:
         pd, qd = self.book.price_decimals, self.book.qty_decimals
@@ -240,6 +245,8 @@ class BinanceDepthFeed:
         """Step the book and return its ``depthUpdate``; ``gap``: one event is lost before it."""
         if gap:
             self.event()
+        if self._before.maxlen:
+            self._before.append(self._body(5000))
         changes = self.book.step()
         while not changes:
             changes = self.book.step()
@@ -257,10 +264,21 @@ class BinanceDepthFeed:
             return '{"stream":"%s@depth@100ms","data":%s}' % (self.symbol.lower(), body)
         return body
 
-    def rest_snapshot(self, limit: int = 5000) -> str:
-        """The ``GET /api/v3/depth`` body of the current book (also kept in ``snapshot_history``)."""
-        body = ('{"lastUpdateId":%d,"bids":[%s],"asks":[%s]}'
+    def _body(self, limit: int) -> str:
+        return ('{"lastUpdateId":%d,"bids":[%s],"asks":[%s]}'
                 % (self.update_id, self._levels(self.book.sorted_bids()[:limit]),
                    self._levels(self.book.sorted_asks()[:limit])))
+
+    def rest_snapshot(self, limit: int = 5000) -> str:
+        """The ``GET /api/v3/depth`` body of the current book (also kept in ``snapshot_history``)."""
+        body = self._body(limit)
         self.snapshot_history.append(body)
         return body
+
+    def stale_snapshot(self, behind: int = 1) -> str:
+        """The REST body as it was ``behind`` events ago (a snapshot served from a lagging
+        cache); needs ``history >= behind`` at construction."""
+        if not 1 <= behind <= len(self._before):
+            raise ValueError(f"behind {behind!r} must be within 1..{len(self._before)} "
+                             f"(the events kept: history={self._before.maxlen})")
+        return self._before[-behind]
