@@ -536,3 +536,12 @@ def test_binance_stale_snapshot_fault_from_the_generator():
     assert bb.on_snapshot(feed.stale_snapshot(behind=2)) == 2   # just in time: replays both
     with pytest.raises(ValueError, match="behind 6"):
         feed.stale_snapshot(behind=6)
+
+
+def test_books_at_different_scales_compare_by_value():
+    a, b = Book(2, 8), Book(4, 3)
+    a.snapshot([["1.5", "2"]], [["1.75", "0.5"]])
+    b.snapshot([["1.5000", "2.000"]], [["1.75", "0.5"]])
+    assert a == b
+    b.set("ask", "1.7501", "1")
+    assert a != b

@@ -442,7 +442,9 @@ cdef class Book:
             return NotImplemented
         cdef Book o = <Book>other
         if (o.price_decimals, o.qty_decimals) != (self.price_decimals, self.qty_decimals):
-            return self.levels(0) == o.levels(0) and self.levels(1) == o.levels(1)
+            from decimal import Decimal           # different scales: compare the values
+            return all([(Decimal(p), Decimal(q)) for p, q in self.levels(s)]
+                       == [(Decimal(p), Decimal(q)) for p, q in o.levels(s)] for s in (0, 1))
         cdef int s
         cdef Py_ssize_t i
         for s in range(2):
