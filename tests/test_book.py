@@ -50,6 +50,25 @@ KRAKEN_UPDATE = (
     '"timestamp":"2024-10-03T02:46:57.050170Z"}]}'
 )
 
+# Kraken's worked example on its WebSocket v2 book-checksum guide (prices and sizes as strings).
+KRAKEN_DOC_BIDS = [("45283.5", "0.10000000"), ("45283.4", "1.54582015"), ("45282.1", "0.10000000"),
+                   ("45281.0", "0.10000000"), ("45280.3", "1.54592586"), ("45279.0", "0.07990000"),
+                   ("45277.6", "0.03310103"), ("45277.5", "0.30000000"), ("45277.3", "1.54602737"),
+                   ("45276.6", "0.15445238")]
+KRAKEN_DOC_ASKS = [("45285.2", "0.00100000"), ("45286.4", "1.54571953"), ("45286.6", "1.54571109"),
+                   ("45289.6", "1.54560911"), ("45290.2", "0.15890660"), ("45291.8", "1.54553491"),
+                   ("45294.7", "0.04454749"), ("45296.1", "0.35380000"), ("45297.5", "0.09945542"),
+                   ("45299.5", "0.18772827")]
+KRAKEN_DOC_CHECKSUM = 3310070434
+
+
+def _kraken_doc_frame(as_numbers: bool) -> str:
+    fmt = (lambda v: v) if as_numbers else (lambda v: f'"{v}"')
+    side = lambda levels: ",".join(f'{{"price":{fmt(p)},"qty":{fmt(q)}}}' for p, q in levels)  # noqa: E731
+    return ('{"channel":"book","type":"snapshot","data":[{"symbol":"BTC/USD","bids":[%s],"asks":[%s],'
+            '"checksum":%d}]}' % (side(KRAKEN_DOC_BIDS), side(KRAKEN_DOC_ASKS), KRAKEN_DOC_CHECKSUM))
+
+
 # Coinbase Advanced Trade level2 example (websocket-channels page): trailing zeros trimmed.
 COINBASE_L2 = json.dumps({
     "channel": "l2_data", "client_id": "", "timestamp": "2023-02-09T20:32:50.714964855Z",
@@ -157,6 +176,20 @@ def test_kraken_real_capture_parses_value_for_value_and_checksums_verify():
     tob = k.books.flush_tob()
     assert tob.num_rows == 1                       # the update did not touch the best levels
     assert tob.column("bid").to_pylist() == [0.12291] and tob.column("ask_size").to_pylist() == [600.0]
+
+
+@pytest.mark.parametrize("as_numbers", [False, True])
+def test_kraken_docs_worked_example_checksum(as_numbers):
+    k = KrakenBooks()
+    assert k.on_message(_kraken_doc_frame(as_numbers)) == ["BTC/USD"]
+    book = k.book("BTC/USD")
+    assert (book.price_decimals, book.qty_decimals) == (1, 8)
+    assert book.levels("bid") == KRAKEN_DOC_BIDS and book.levels("ask") == KRAKEN_DOC_ASKS
+    assert book.checksum() == KRAKEN_DOC_CHECKSUM
+    # the guide's first formatted ask: "45285.2" -> "452852", "0.00100000" -> "100000"
+    assert book.checksum(1) == zlib.crc32(b"452852100000" + b"45283510000000")
+    with pytest.raises(ChecksumMismatch):
+        KrakenBooks().on_message(_flip_digit(_kraken_doc_frame(as_numbers), "1.54571109"))
 
 
 @pytest.mark.parametrize("frame, needle", [
