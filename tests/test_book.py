@@ -13,7 +13,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings, strategies as st

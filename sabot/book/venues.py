@@ -36,14 +36,11 @@ of silently missing a change; the update ids also share their id space with ``@b
 """
 from __future__ import annotations
 
-import logging
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import orjson
 
 from sabot.book._book import Book, BookError, BookSet, KrakenScanner, parse_rfc3339_ns
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "BookOutOfSync", "ChecksumMismatch", "SequenceGap", "DepthGap", "StaleSnapshot",
