@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time Sabot beside its peers (TA-Lib, numpy, pandas, polars, DuckDB) on the same data, in one run.
+"""Time Sabot beside its peers (TA-Lib, numpy, pandas, polars, DuckDB, cryptofeed's order-book) on the same data, in one run.
 
 Every ``benchmarks/peers_*.py`` module exposes ``cases(scale) -> [(name, rows, {label: fn})]``;
 the entry labelled ``sabot`` is ours, the others are peers. Each fn runs once per timing; data is
@@ -8,6 +8,7 @@ fastest peer (< 1 means Sabot is faster).
 
     python benchmarks/compare_peers.py                 # 10M-row cases, 5 runs each
     python benchmarks/compare_peers.py --scale 0.1 --only ewma
+    python benchmarks/compare_peers.py --modules book   # order books (rows = book updates)
 """
 from __future__ import annotations
 
