@@ -76,14 +76,16 @@ def test_collector_parses_the_documented_frames():
         "exchange": "binance-usdm", "symbol": "BNB/USDT", "raw_symbol": "BNBUSDT",
         "timestamp": NOW_MS * 1_000_000, "recv_timestamp": 123, "bid": 25.3519, "ask": 25.3652,
         "bid_size": 31.21, "ask_size": 40.66, "price": None, "volume_24h": None,
-        "sequence": 400900217, "transaction_time": (NOW_MS - 2) * 1_000_000}]
+        "sequence": 400900217, "time_source": "exchange",
+        "transaction_time": (NOW_MS - 2) * 1_000_000}]
     kind, records, _ = c.parse(_frame(MARK_PRICE), 456)
     assert kind == DATA
     assert records == [{
         "exchange": "binance-usdm", "symbol": "BTC/USDT", "raw_symbol": "BTCUSDT",
         "timestamp": NOW_MS * 1_000_000, "recv_timestamp": 456, "mark_price": 11794.15,
         "index_price": 11784.62659091, "estimated_settle_price": 11784.25641265,
-        "funding_rate": 0.00038167, "next_funding_time": 1562306400000 * 1_000_000}]
+        "funding_rate": 0.00038167, "next_funding_time": 1562306400000 * 1_000_000,
+        "time_source": "exchange"}]
     v = PerpRecordValidator(c.payload_symbols())
     assert v.check(records[0]) is None
     assert c.parse(b'{"e":"serverShutdown","E":1}', 0).kind == RECONNECT

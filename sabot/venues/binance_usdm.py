@@ -70,6 +70,7 @@ FUNDING_SCHEMA = pa.schema([
     pa.field("estimated_settle_price", pa.float64()),
     pa.field("funding_rate", pa.float64()),
     pa.field("next_funding_time", TS_NS_UTC),
+    pa.field("time_source", pa.string()),  # what ``timestamp`` is (sabot.schema): "exchange"
 ])
 
 #: How a funding record's values are checked (as ``Venue.field_checks`` spells checks).
@@ -338,6 +339,7 @@ class BinanceUsdmCollector(ExchangeCollector):
                 "price": None,
                 "volume_24h": None,
                 "sequence": int64(data["u"], "u"),
+                "time_source": "exchange",  # E: the futures bookTicker carries its event time
                 "transaction_time": _ms_to_ns(data["T"], "T"),
             }], ""))
         if event == "markPriceUpdate":
@@ -353,6 +355,7 @@ class BinanceUsdmCollector(ExchangeCollector):
                 "estimated_settle_price": num(data.get("P")),
                 "funding_rate": num(data["r"]),
                 "next_funding_time": _ms_to_ns(data["T"], "T"),
+                "time_source": "exchange",
             }], ""))
         if event == "serverShutdown" or msg.get("stream") == "!serverShutdown":
             return Parsed(RECONNECT, detail="serverShutdown")
