@@ -93,13 +93,13 @@ def _broker_available() -> bool:
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
-    """``data/`` as ``sabot demo`` leaves it, from a real 3 s demo run (broker, simulated
+    """``data/`` as ``sabot demo`` leaves it, from a real 6 s demo run (broker, simulated
     exchanges, collectors, monitor)."""
     if not _broker_available():
         pytest.skip("the embedded broker (extra 'broker') is not installed: no demo data")
     home = tmp_path_factory.mktemp("demo")
     proc = subprocess.run(
-        [sys.executable, "-m", "sabot", "demo", "--duration", "3", "--port", "0",
+        [sys.executable, "-m", "sabot", "demo", "--duration", "6", "--port", "0",
          "--data-dir", "data"],
         cwd=home, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
