@@ -209,8 +209,9 @@ def test_venue_field_checks_are_checked_when_declared():
               extra_fields=(pa.field("depth", pa.int64()),), field_checks={"depth": "big"})
 
 
-def _run_loop(collector, sinks, sim, expect: int, timeout: float = 60.0):
-    """The shared connection loop against ``sim`` until it accounted for ``expect`` data frames."""
+def _run_loop(collector, sinks, sim, expect: int, timeout: float = 60.0, until=None):
+    """The shared connection loop against ``sim`` until it accounted for ``expect`` data frames
+    (and ``until(stats)`` holds, when given)."""
     from sabot.collectors.connection import ConnectionSettings, Stats, run_collector
 
     stats = Stats()
@@ -220,8 +221,8 @@ def _run_loop(collector, sinks, sim, expect: int, timeout: float = 60.0):
         stop = asyncio.Event()
         loop_task = asyncio.create_task(run_collector(collector, sinks, settings, stop, stats))
         deadline = time.monotonic() + timeout
-        while stats.records + stats.rejected < expect and time.monotonic() < deadline \
-                and not loop_task.done():
+        while (stats.records + stats.rejected < expect or (until and not until(stats))) \
+                and time.monotonic() < deadline and not loop_task.done():
             await asyncio.sleep(0.02)
         stop.set()
         await loop_task
@@ -307,7 +308,8 @@ def test_fourth_venue_refused_symbol_is_dropped_and_the_rest_streams(fourth_venu
     out = tmp_path / "b.parquet"
     with BitstampSim(rate=0, count=40, listed=["btcusd"]) as sim:
         collector = BitstampCollector(["btcusd", "zzzusd"])
-        stats = _run_loop(collector, [ParquetSink(out, NAME)], sim, 40)
+        stats = _run_loop(collector, [ParquetSink(out, NAME)], sim, 40,
+                          until=lambda st: st.symbols_rejected)  # the refusal may come last
         assert sim.rejected_symbols == ["zzzusd"]
     assert stats.records == 40 and stats.symbols_rejected == ["zzzusd"] and collector.symbols == ["btcusd"]
     assert pq.read_table(out).num_rows == 40
