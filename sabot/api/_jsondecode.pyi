@@ -17,3 +17,9 @@ class FlatJsonDecoder:
                  max_ahead_ns: Optional[int] = None) -> None: ...
     def decode(self, values: List[Optional[bytes]], ref_ns: Optional[np.ndarray] = None
                ) -> Tuple[List[pa.Array], List[Tuple[int, str]]]: ...
+
+#: column kinds of :func:`encode_rows`: float, int, bool, str, raw
+ENCODE_KINDS: Dict[str, int]
+
+def encode_rows(columns: List[Tuple[str, int, Any, Optional[np.ndarray], Optional[np.ndarray]]],
+                n: int) -> List[bytes]: ...

@@ -495,7 +495,10 @@ def _pylist(col: pa.Array) -> list:
     if pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t):
         if col.null_count == 0:
             return col.to_numpy(zero_copy_only=False).tolist()
-        values = col.to_numpy(zero_copy_only=False).astype(object)
+        # nulls filled first: an integer column with nulls would otherwise become float64
+        # (large integers, such as ns timestamps, rounded)
+        values = col.fill_null(False if pat.is_boolean(t) else 0).to_numpy(
+            zero_copy_only=False).astype(object)
         values[np.asarray(col.is_null())] = None
         return values.tolist()
     if pat.is_string(t) or pat.is_large_string(t):
@@ -506,10 +509,54 @@ def _pylist(col: pa.Array) -> list:
 def encode_json(batch: pa.RecordBatch) -> List[bytes]:
     """One flat JSON object per row: nulls as null, timestamps as integer ns.  JSON has no
     NaN or infinity: a non-finite float is written as null (and ``from_kafka`` never turns a
-    non-finite number into a record either)."""
-    names, lists = json_columns(batch)
+    non-finite number into a record either).
+
+    Numbers, booleans and strings are written by the compiled encoder straight from the Arrow
+    buffers (no Python object per value; floats in their shortest round-trip form); a column of
+    any other type (lists, structs, decimals...) is encoded value by value with orjson."""
+    from ._jsondecode import encode_rows
+
+    n = batch.num_rows
+    return encode_rows([_encoder_column(name, col, n)
+                        for name, col in zip(batch.schema.names, batch.columns)], n)
+
+
+def _encoder_column(name: str, col: pa.Array, n: int) -> Tuple[str, int, Any, Any, Any]:
+    """``(name, kind, values, offsets, valid)`` of one column for ``encode_rows``."""
+    import numpy as np
+
+    from ._jsondecode import ENCODE_KINDS
+
+    t = col.type
+    if pat.is_dictionary(t):
+        col = col.cast(t.value_type)
+        t = col.type
+    if pat.is_timestamp(t):
+        if t.unit != "ns":
+            col = col.cast(pa.timestamp("ns", tz=t.tz))
+        col, t = col.cast(pa.int64()), pa.int64()
+    elif pat.is_date(t) or pat.is_time(t) or pat.is_duration(t):
+        col, t = col.cast(pa.int64()), pa.int64()
+    valid = (np.ascontiguousarray(np.asarray(col.is_valid()), dtype=np.uint8)
+             if col.null_count else None)
+    if pat.is_floating(t):
+        values = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return name, ENCODE_KINDS["float"], np.ascontiguousarray(values, np.float64), None, valid
+    if pat.is_boolean(t):
+        values = col.fill_null(False).to_numpy(zero_copy_only=False)
+        return name, ENCODE_KINDS["bool"], np.ascontiguousarray(values, np.uint8), None, valid
+    if pat.is_integer(t) and not pat.is_uint64(t):  # every other integer fits an int64
+        values = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        return name, ENCODE_KINDS["int"], np.ascontiguousarray(values, np.int64), None, valid
+    if pat.is_string(t) or pat.is_large_string(t):
+        arr = col.cast(pa.large_string())
+        _, offsets_buf, data_buf = arr.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset:arr.offset + n + 1]
+        data = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
+                else np.zeros(0, np.uint8))
+        return (name, ENCODE_KINDS["str"], data, np.ascontiguousarray(offsets), valid)
     dumps = orjson.dumps
-    return [dumps(dict(zip(names, row))) for row in zip(*lists)]
+    return name, ENCODE_KINDS["raw"], [dumps(v) for v in _pylist(col)], None, None
 
 
 class DeliveryError(RuntimeError):
@@ -524,6 +571,13 @@ class KafkaSink:
     first one on, no offset is committed any more (a later commit would cover the lost record):
     the run goes on delivering the rest, and :meth:`check` raises :class:`DeliveryError` at the
     end, so the records are read again by the next run of the group.
+
+    Delivery reports: librdkafka reports only failed deliveries
+    (``delivery.report.only.error``), so a delivered record costs no Python call.  A record
+    counts as delivered once it has left the producer's queue without a failure report:
+    ``delivered = produced - failed - refused - still queued``, brought up to date at every
+    ``write`` and flush (a flush that returns with nothing queued has therefore seen every
+    failure report of the records before it).
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, key: Optional[str] = "symbol",
@@ -537,8 +591,20 @@ class KafkaSink:
         self.config = client_config(bootstrap_servers, kafka_config,
                                     base=producer_config(bootstrap_servers))
         self.config.update(producer_overrides)
+        user_on_delivery = self.config.pop("on_delivery", None)
+        if user_on_delivery is not None:  # the caller's callback sees every report as before
+            self.config["delivery.report.only.error"] = False
+
+            def on_delivery(err: Any, msg: Any) -> None:
+                self._on_delivery(err, msg)
+                user_on_delivery(err, msg)
+            self.config["on_delivery"] = on_delivery
+        else:
+            self.config["delivery.report.only.error"] = True
+            self.config["on_delivery"] = self._on_delivery
         self.producer = Producer(self.config)
         self.metrics = {"produced": 0, "delivered": 0, "delivery_errors": 0, "undelivered": 0}
+        self._refused = 0  # records produce() refused (never queued)
         self._last_log = 0.0
 
     def _failed(self, count: int, why: Any) -> None:
@@ -551,37 +617,51 @@ class KafkaSink:
                          self.metrics["undelivered"])
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
+        """Producer-wide delivery report: failures only (unless a caller asked for all)."""
         if err is not None:
             self.metrics["delivery_errors"] += 1
             self._failed(1, err)
-        else:
-            self.metrics["delivered"] += 1
+
+    def _count_delivered(self) -> None:
+        """``metrics['delivered']``: produced records that left the queue without a failure."""
+        m = self.metrics
+        m["delivered"] = (m["produced"] - m["delivery_errors"] - self._refused
+                          - len(self.producer))
+
+    def _keys(self, batch: pa.RecordBatch) -> List[Optional[bytes]]:
+        """The message key of every row: the ``key`` column as UTF-8 bytes (None for null)."""
+        assert self.key is not None
+        if self.key not in batch.schema.names:
+            raise KeyError(f"key column {self.key!r} not found; columns present: "
+                           f"{', '.join(batch.schema.names)}")
+        col = batch.column(self.key)
+        if pat.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        if pat.is_string(col.type) or pat.is_large_string(col.type):
+            # bytes straight from the Arrow buffers (nulls stay None)
+            return col.cast(pa.large_binary()).to_numpy(zero_copy_only=False).tolist()
+        return [None if k is None else str(k).encode() for k in col.to_pylist()]
 
     def write(self, batch: pa.RecordBatch) -> None:
         from confluent_kafka import KafkaException
 
         values = encode_json(batch)
-        if self.key is not None:
-            if self.key not in batch.schema.names:
-                raise KeyError(f"key column {self.key!r} not found; columns present: "
-                               f"{', '.join(batch.schema.names)}")
-            keys = [None if k is None else str(k).encode()
-                    for k in batch.column(self.key).to_pylist()]
-        else:
-            keys = [None] * len(values)
-        produce, poll, cb = self.producer.produce, self.producer.poll, self._on_delivery
+        keys = self._keys(batch) if self.key is not None else [None] * len(values)
+        topic, produce, poll = self.topic, self.producer.produce, self.producer.poll
         for value, key in zip(values, keys):
             while True:
                 try:
-                    produce(self.topic, value=value, key=key, on_delivery=cb)
+                    produce(topic, value, key)
                     break
                 except BufferError:  # local queue full: serve delivery reports, retry
                     poll(0.05)
                 except KafkaException as exc:  # refused (e.g. larger than message.max.bytes)
+                    self._refused += 1
                     self._failed(1, exc.args[0] if exc.args else exc)
                     break
         self.metrics["produced"] += len(values)
         poll(0)
+        self._count_delivered()
 
     @property
     def healthy(self) -> bool:
@@ -590,9 +670,18 @@ class KafkaSink:
 
     def flush(self, timeout_s: float = 60.0) -> None:
         remaining = self.producer.flush(timeout_s)
+        self._count_delivered()
         if remaining:
             raise DeliveryError(f"to_kafka({self.topic}): {remaining} record(s) not delivered "
                                 f"after {timeout_s:.0f}s; their offsets were not committed")
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """The run's last flush: records still queued after ``timeout_s`` were never delivered
+        and are counted (the run then reports them through :meth:`check`)."""
+        remaining = self.producer.flush(timeout_s)
+        self._count_delivered()
+        if remaining:
+            self._failed(remaining, "still queued when the run ended")
 
     def check(self) -> None:
         """Raise :class:`DeliveryError` if any record was not delivered."""
