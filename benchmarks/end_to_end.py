@@ -53,7 +53,8 @@ GROUP_CONFIG = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 100,
 # ------------------------------------------------------------------------------------------------
 # workers: one engine, one run, in its own process; print one JSON line
 # ------------------------------------------------------------------------------------------------
-def run_sabot(bootstrap: str, out_topic: str, n: int) -> Dict[str, float]:
+def run_sabot(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
+              ) -> Dict[str, float]:
     from sabot.api import Stream
     from sabot.fintech import EWMA, midprice
     from sabot.kafka import fast_consumer_config
@@ -61,11 +62,12 @@ def run_sabot(bootstrap: str, out_topic: str, n: int) -> Dict[str, float]:
     marks: Dict[str, float] = {}
 
     def first(batch: Any) -> Any:
-        marks.setdefault("first", time.perf_counter())
+        if "first" not in marks:
+            marks["first"], marks["cpu"] = time.perf_counter(), time.process_time()
         return batch
 
     t0 = time.perf_counter()
-    stream = (Stream.from_kafka(bootstrap, IN_TOPIC, f"sabot-{uuid.uuid4().hex[:8]}",
+    stream = (Stream.from_kafka(bootstrap, in_topic, f"sabot-{uuid.uuid4().hex[:8]}",
                                 from_beginning=True, stop_at_end=True,
                                 **fast_consumer_config())
               .map(first).map(midprice).map(EWMA("midprice", alpha=ALPHA, by="symbol")))
@@ -73,10 +75,12 @@ def run_sabot(bootstrap: str, out_topic: str, n: int) -> Dict[str, float]:
     t1 = time.perf_counter()
     if sent["delivered"] != n:
         raise SystemExit(f"sabot delivered {sent['delivered']} of {n} records")
-    return {"join": marks["first"] - t0, "process": t1 - marks["first"], "total": t1 - t0}
+    return {"join": marks["first"] - t0, "process": t1 - marks["first"], "total": t1 - t0,
+            "cpu": time.process_time() - marks["cpu"]}
 
 
-def run_bare(bootstrap: str, out_topic: str, n: int) -> Dict[str, float]:
+def run_bare(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
+             ) -> Dict[str, float]:
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from sabot.kafka import consumer_config, producer_config
@@ -85,7 +89,7 @@ def run_bare(bootstrap: str, out_topic: str, n: int) -> Dict[str, float]:
                                         from_beginning=True, **GROUP_CONFIG))
     producer = Producer(producer_config(bootstrap))
     t0 = time.perf_counter()
-    consumer.subscribe([IN_TOPIC])
+    consumer.subscribe([in_topic])
     seen = 0
     t_first: Optional[float] = None
     produce, poll = producer.produce, producer.poll
@@ -94,7 +98,7 @@ def run_bare(bootstrap: str, out_topic: str, n: int) -> Dict[str, float]:
         if not msgs:
             continue
         if t_first is None:
-            t_first = time.perf_counter()
+            t_first, cpu0 = time.perf_counter(), time.process_time()
         last: Dict[Any, int] = {}
         for m in msgs:
             if m.error() is not None:
@@ -112,13 +116,14 @@ def run_bare(bootstrap: str, out_topic: str, n: int) -> Dict[str, float]:
             raise SystemExit("bare loop: records not delivered")
         consumer.commit(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
                         asynchronous=False)
-    t1 = time.perf_counter()
+    t1, cpu1 = time.perf_counter(), time.process_time()
     consumer.close()
     assert t_first is not None
-    return {"join": t_first - t0, "process": t1 - t_first, "total": t1 - t0}
+    return {"join": t_first - t0, "process": t1 - t_first, "total": t1 - t0, "cpu": cpu1 - cpu0}
 
 
-def run_quix(bootstrap: str, out_topic: str, n: int) -> Dict[str, float]:
+def run_quix(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
+             ) -> Dict[str, float]:
     import tempfile
 
     from quixstreams import Application
@@ -140,13 +145,13 @@ def run_quix(bootstrap: str, out_topic: str, n: int) -> Dict[str, float]:
                           consumer_group=f"quix-{uuid.uuid4().hex[:8]}",
                           auto_offset_reset="earliest", state_dir=state_dir,
                           consumer_extra_config=dict(GROUP_CONFIG), loglevel="WARNING")
-        src = app.topic(IN_TOPIC, value_deserializer="json", key_deserializer="string")
+        src = app.topic(in_topic, value_deserializer="json", key_deserializer="string")
         dst = app.topic(out_topic, value_serializer="json", key_serializer="string")
         sdf = app.dataframe(src)
 
         def mid(row: dict) -> dict:
             if "first" not in marks:
-                marks["first"] = time.perf_counter()
+                marks["first"], marks["cpu"] = time.perf_counter(), time.process_time()
             row["midprice"] = (row["bid"] + row["ask"]) / 2.0
             return row
 
@@ -162,10 +167,11 @@ def run_quix(bootstrap: str, out_topic: str, n: int) -> Dict[str, float]:
         sdf.to_topic(dst)
         t0 = time.perf_counter()
         app.run(sdf, count=n, timeout=120, collect=False)
-        t1 = time.perf_counter()
+        t1, cpu1 = time.perf_counter(), time.process_time()
     if "first" not in marks:
         raise SystemExit("quix processed nothing")
-    return {"join": marks["first"] - t0, "process": t1 - marks["first"], "total": t1 - t0}
+    return {"join": marks["first"] - t0, "process": t1 - marks["first"], "total": t1 - t0,
+            "cpu": cpu1 - marks["cpu"]}
 
 
 WORKERS = {"sabot": run_sabot, "quix": run_quix, "bare": run_bare}
@@ -279,7 +285,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     r["output"] = count_messages(broker.bootstrap, out_topic, n)
                 results[engine].append(r)
                 print(f"  {engine:5s} run {run + 1}: {n / r['process']:>10,.0f} records/s  "
-                      f"(process {r['process']:.2f}s, join {r['join']:.2f}s"
+                      f"(process {r['process']:.2f}s, cpu {r['cpu']:.2f}s, "
+                      f"join {r['join']:.2f}s"
                       + (f", output {r['output']:,} records" if "output" in r else "") + ")",
                       flush=True)
 
@@ -289,6 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         proc_s = statistics.median(r["process"] for r in rs)
         rates[engine] = n / proc_s
         print(f"  {engine:5s} {rates[engine]:>10,.0f} records/s  process {proc_s:6.2f}s  "
+              f"cpu {statistics.median(r['cpu'] for r in rs):6.2f}s  "
               f"join {statistics.median(r['join'] for r in rs):5.2f}s  "
               f"total {statistics.median(r['total'] for r in rs):6.2f}s")
     if "sabot" in rates:
