@@ -183,3 +183,41 @@ def test_encode_json_writes_integers_and_timestamps_with_nulls_exactly():
         b'{"sequence":1,"timestamp":1700000000123456789}',
         b'{"sequence":null,"timestamp":null}',
         b'{"sequence":1152921504606846977,"timestamp":1700000000000000001}']
+
+
+def test_to_kafka_commits_every_offset_while_the_source_is_idle(kafka_broker, unique_topic):
+    """Commits held while deliveries are in flight are run when the source falls idle, so a
+    live stream that has written everything has committed everything, before it ends."""
+    import threading
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from sabot.api import Stream
+    from sabot.fintech import midprice
+    from sabot.kafka import fast_consumer_config
+
+    src, out, group = unique_topic("in"), unique_topic("out"), unique_topic("group")
+    kafka_broker.create_topic(src, partitions=3)
+    kafka_broker.create_topic(out, partitions=3)
+    produce(kafka_broker.bootstrap, src, exchange_rounded(ticker_table("kraken", 600, seed=5)))
+    stream = Stream.from_kafka(kafka_broker.bootstrap, src, group, from_beginning=True,
+                               **fast_consumer_config()).map(midprice)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(
+        stream.to_kafka(kafka_broker.bootstrap, out)), daemon=True)
+    runner.start()
+    probe = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": group,
+                      "enable.auto.commit": False})
+    try:
+        committed = 0
+        deadline = time.monotonic() + 60
+        while committed < 600 and time.monotonic() < deadline and runner.is_alive():
+            parts = probe.committed([TopicPartition(src, p) for p in range(3)], timeout=5)
+            committed = sum(max(p.offset, 0) for p in parts)
+        assert committed == 600 and runner.is_alive()  # all committed, still running
+    finally:
+        stream.stop()
+        runner.join(30)
+        probe.close()
+    assert not runner.is_alive() and result["delivered"] == 600

@@ -795,6 +795,7 @@ cdef struct EncCol:
     const char* data         # values (float64/int64/uint8) or UTF-8 bytes (str)
     const int64_t* offsets   # str: n + 1 offsets into data
     const uint8_t* valid     # NULL: no nulls; else 1 per row (0 = null)
+    int64_t datalen          # str: bytes in data
     PyObject* raw            # E_RAW: the list of bytes
 
 
@@ -991,10 +992,8 @@ def encode_rows(list columns, Py_ssize_t n):
                     if (not isinstance(offsets, np.ndarray) or offsets.dtype != np.int64
                             or not offsets.flags.c_contiguous or offsets.shape[0] != n + 1):
                         raise ValueError(f"column {name!r}: offsets must be {n + 1} int64")
-                    if n and (offsets[0] < 0 or offsets[n] > values.shape[0]
-                              or (np.diff(offsets) < 0).any()):
-                        raise ValueError(f"column {name!r}: offsets out of the data's range")
                     cols[c].offsets = <const int64_t*>_data_ptr(offsets)
+                    cols[c].datalen = values.shape[0]
                 keep.append(values)
                 keep.append(offsets)
             if valid is not None:
@@ -1027,6 +1026,10 @@ def encode_rows(list columns, Py_ssize_t n):
                     else:
                         _put(&buf, b"false", 5)
                 elif col.kind == E_STR:
+                    if (col.offsets[i] < 0 or col.offsets[i + 1] < col.offsets[i]
+                            or col.offsets[i + 1] > col.datalen):
+                        raise ValueError(f"column {columns[c][0]!r}: offsets of row {i} "
+                                         f"out of the data's range")
                     _put_str(&buf, <const unsigned char*>col.data + col.offsets[i],
                              col.offsets[i + 1] - col.offsets[i])
                 else:

@@ -25,9 +25,18 @@ again rather than lost.  ``kafka_config`` (the user's client configuration) reac
 consumer, the dead-letter producer and, as ``source.kafka_config``, the changelog store.
 
 Sink: JSON values in the ticker record layout of :mod:`sabot.schema` (timestamps as integer
-ns), message key = the ``key`` column, no blocking flush per message; the producer is flushed
-before each commit and at the end.  A record that is not delivered is counted and stops the
-commits; ``to_kafka`` raises :class:`DeliveryError` at the end of the run.
+ns), written by a compiled encoder, message key = the ``key`` column, no blocking flush per
+message.  A commit runs only once every record before it is delivered: at once when the
+producer's queue is empty, else held (processing goes on) until it is, until the oldest held
+commit is :attr:`KafkaSink.COMMIT_DELAY_S` old or the source falls idle (then the producer is
+flushed), and at the end.  A record that is not delivered is counted and stops the commits;
+``to_kafka`` raises :class:`DeliveryError` at the end of the run.
+
+Consumer lag (``metrics_port``) is librdkafka's, from the high watermarks the broker reports.
+The embedded broker's listed high watermarks may undercount (a topic read to its end can show
+more records than they add up to), so the lag may read low there; nothing here uses a high
+watermark to decide that a topic has been read to its end (``stop_at_end`` uses the
+end-of-partition events of fetches, which return every record).
 """
 from __future__ import annotations
 
@@ -126,7 +135,8 @@ class KafkaSource:
         #: offsets to seek to on assignment (set from a checkpoint before a run)
         self.restore_offsets: Dict[Tuple[str, int], int] = {}
         self._consumer: Any = None
-        #: messages behind the high watermark per (topic, partition) (librdkafka statistics)
+        #: messages behind the high watermark per (topic, partition) (librdkafka statistics;
+        #: an estimate: the embedded broker's high watermarks may undercount)
         self.lag: Dict[Tuple[str, int], int] = {}
         self.metrics_port = metrics_port
         if metrics_port is not None:  # consumer lag for the metrics endpoint of the run
@@ -334,7 +344,10 @@ class KafkaSource:
         yield Commit(self._commit_fn(consumer, dlq, []), self.name)
 
     def _on_stats(self, stats_json: str) -> None:
-        """librdkafka statistics → per-partition consumer lag (-1, i.e. unknown, skipped)."""
+        """librdkafka statistics → per-partition consumer lag (-1, i.e. unknown, skipped).
+
+        For display only: the lag is computed from the high watermark the broker reports, which
+        the embedded broker may undercount, so it may read low (never high) there."""
         try:
             stats = orjson.loads(stats_json)
             for topic, t in stats.get("topics", {}).items():
@@ -580,6 +593,10 @@ class KafkaSink:
     failure report of the records before it).
     """
 
+    #: the longest a commit is held waiting for the delivery of the records before it; then
+    #: the sink blocks on a flush and runs it
+    COMMIT_DELAY_S = 0.2
+
     def __init__(self, bootstrap_servers: str, topic: str, key: Optional[str] = "symbol",
                  kafka_config: Optional[Mapping[str, Any]] = None,
                  **producer_overrides: Any) -> None:
@@ -606,6 +623,9 @@ class KafkaSink:
         self.metrics = {"produced": 0, "delivered": 0, "delivery_errors": 0, "undelivered": 0}
         self._refused = 0  # records produce() refused (never queued)
         self._last_log = 0.0
+        #: commits whose records may not all be delivered yet, oldest first
+        self._held: List[Commit] = []
+        self._held_since = 0.0
 
     def _failed(self, count: int, why: Any) -> None:
         self.metrics["undelivered"] += count
@@ -662,6 +682,27 @@ class KafkaSink:
         self.metrics["produced"] += len(values)
         poll(0)
         self._count_delivered()
+
+    def ack(self, commit: Commit) -> None:
+        """Run ``commit`` once every record written before it is delivered, without waiting
+        when possible: at once if the producer's queue is already empty, else it is held until
+        a later ``ack`` finds the queue empty or the oldest held commit is
+        :attr:`COMMIT_DELAY_S` old (then :meth:`settle`).  Held commits run in order."""
+        self._held.append(commit)
+        if len(self._held) == 1:
+            self._held_since = time.monotonic()
+        self.producer.poll(0)
+        if len(self.producer) == 0 or time.monotonic() - self._held_since >= self.COMMIT_DELAY_S:
+            self.settle()
+
+    def settle(self) -> None:
+        """Flush (every record written so far delivered or failed), then run the held commits,
+        in order; none of them once a record was lost (they would cover it)."""
+        self.flush()
+        held, self._held = self._held, []
+        if self.healthy:
+            for commit in held:
+                commit.run()
 
     @property
     def healthy(self) -> bool:
