@@ -221,3 +221,23 @@ def test_to_kafka_commits_every_offset_while_the_source_is_idle(kafka_broker, un
         runner.join(30)
         probe.close()
     assert not runner.is_alive() and result["delivered"] == 600
+
+
+def test_held_commits_of_one_source_run_are_committed_once_with_their_union():
+    from sabot.api._events import Commit
+    from sabot.api._kafka import _run_commits
+
+    calls: list = []
+
+    def merge(offsets):
+        calls.append(dict(offsets))
+
+    def kafka_commit(name, offsets):
+        return Commit(lambda: calls.append(name), "src",
+                      extra={"offsets": offsets, "commit_offsets": merge})
+
+    _run_commits([kafka_commit("a1", {("t", 0): 5}),
+                  kafka_commit("a2", {("t", 1): 3, ("t", 0): 9}),
+                  Commit(lambda: calls.append("other"), "parquet"),
+                  kafka_commit("a3", {("t", 0): 12})])
+    assert calls == [{("t", 0): 9, ("t", 1): 3}, "other", "a3"]

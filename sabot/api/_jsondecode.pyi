@@ -23,3 +23,6 @@ ENCODE_KINDS: Dict[str, int]
 
 def encode_rows(columns: List[Tuple[str, int, Any, Optional[np.ndarray], Optional[np.ndarray]]],
                 n: int) -> List[bytes]: ...
+
+def message_fields(msgs: List[Any], unit_ns: int
+                   ) -> Tuple[List[Optional[bytes]], np.ndarray, Dict[Tuple[str, int], int]]: ...

@@ -1063,3 +1063,31 @@ cdef bytes _json_key(object name):
         return PyBytes_FromStringAndSize(b.data, b.size)
     finally:
         free(b.data)
+
+
+def message_fields(list msgs, int64_t unit_ns):
+    """One pass over Kafka messages: ``(values, ref_ns, next_offsets)``.
+
+    ``values``: each message's value; ``ref_ns``: int64 array of each message's timestamp
+    times ``unit_ns`` (-1 when it has none or it is not positive); ``next_offsets``:
+    ``{(topic, partition): last offset + 1}`` over the messages."""
+    cdef Py_ssize_t n = len(msgs), i
+    cdef list values = [None] * n
+    cdef object ref = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] r = ref
+    cdef dict offsets = {}
+    cdef object m, ts, key, prev_key = None
+    cdef object topic, part
+    cdef int64_t t
+    for i in range(n):
+        m = msgs[i]
+        values[i] = m.value()
+        ts = m.timestamp()
+        t = ts[1]
+        r[i] = t * unit_ns if ts[0] and t > 0 else -1
+        topic = m.topic()
+        part = m.partition()
+        if prev_key is None or (<tuple>prev_key)[1] != part or (<tuple>prev_key)[0] != topic:
+            prev_key = (topic, part)
+        offsets[prev_key] = m.offset() + 1
+    return values, ref, offsets

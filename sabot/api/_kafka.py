@@ -156,6 +156,8 @@ class KafkaSource:
             self.config["on_commit"] = on_commit
         self.metrics: Dict[str, int] = {}
         self._dlq: Any = None
+        #: commits next offsets for the current run (see :meth:`_commit`)
+        self._commit_offsets: Any = None
         self._last_withheld_log = 0.0
         self.reset_metrics()
 
@@ -228,6 +230,12 @@ class KafkaSource:
                            on_lost=on_lost)
         self._consumer = consumer
         self._dlq = dlq
+
+        def commit_offsets(offsets: Dict[Tuple[str, int], int]) -> None:
+            """Commit next offsets (what a run of this run's Commits adds up to)."""
+            self._commit_fn(consumer, dlq, [TopicPartition(t, p, o) for (t, p), o
+                                            in offsets.items()])()
+        self._commit_offsets = commit_offsets
         self.positions = dict(self.restore_offsets)
         orderer = _PartitionOrderer(self.order_by) if self.order_by else None
         closed = False
@@ -260,8 +268,8 @@ class KafkaSource:
                             break
                     else:  # consume(1, t) returns at the first message (consume(n, t) waits for n)
                         remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            break
+                        if remaining < 0.001:  # librdkafka waits whole milliseconds: 0 would
+                            break              # return at once, spinning until the deadline
                         got = consumer.consume(1, remaining)
                     for m in got:
                         err = m.error()
@@ -305,22 +313,27 @@ class KafkaSource:
             yield from self._emit_tasks(msgs, decoder, consumer, dlq)
             return
         n = len(msgs)
-        result = _decode(decoder, msgs)
+        result, offsets = _decode_with_offsets(decoder, msgs)
         self.metrics["messages"] += n
         if result.bad:
             self._dead_letter(msgs, result.bad, dlq)
-        offsets: Dict[Tuple[str, int], int] = {}
-        for m in msgs:
-            offsets[(m.topic(), m.partition())] = m.offset()
-        tps = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
-        self.positions.update({tp: o + 1 for tp, o in offsets.items()})
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        self.positions.update(offsets)
         batch = result.batch
         if batch.num_rows:
             self.metrics["rows"] += batch.num_rows
             self.metrics["batches"] += 1
             yield batch
 
-        yield Commit(self._commit_fn(consumer, dlq, tps), self.name)
+        yield self._commit(consumer, dlq, tps, offsets)
+
+    def _commit(self, consumer: Any, dlq: Any, tps: List[Any],
+                offsets: Dict[Tuple[str, int], int]) -> Commit:
+        """The Commit of next ``offsets``.  It also carries them (``extra['offsets']``) with
+        this run's ``extra['commit_offsets']``, so a sink that runs several of them in a row
+        may commit their union once instead (same result: later offsets win)."""
+        return Commit(self._commit_fn(consumer, dlq, tps), self.name,
+                      extra={"offsets": offsets, "commit_offsets": self._commit_offsets})
 
     def _emit_tasks(self, msgs: List[Any], decoder: JsonBatchDecoder, consumer: Any,
                     dlq: Any) -> Iterator[Event]:
@@ -439,7 +452,7 @@ class KafkaSource:
             yield out
         if commit_offsets:
             tps = [TopicPartition(t, p, o) for (t, p), o in commit_offsets.items()]
-            yield Commit(self._commit_fn(consumer, dlq, tps), self.name)
+            yield self._commit(consumer, dlq, tps, commit_offsets)
 
     def _dead_letter(self, msgs: List[Any], bad: List[Tuple[int, str]], dlq: Any) -> None:
         for i, reason in bad:
@@ -474,11 +487,15 @@ class KafkaSource:
 def _decode(decoder: JsonBatchDecoder, msgs: List[Any]) -> Any:
     """Decode messages; each message's Kafka timestamp (when it has one) is the reference time
     of its record's timestamp window, so a replay judges records by when they were produced."""
-    import numpy as np
+    return _decode_with_offsets(decoder, msgs)[0]
 
-    ref = np.fromiter(((t[1] * _MS_NS if t[0] and t[1] > 0 else -1)
-                       for t in (m.timestamp() for m in msgs)), dtype=np.int64, count=len(msgs))
-    return decoder.decode([m.value() for m in msgs], ref)
+
+def _decode_with_offsets(decoder: JsonBatchDecoder, msgs: List[Any]) -> Tuple[Any, Dict]:
+    """:func:`_decode`, and the next offset per (topic, partition) of the messages."""
+    from ._jsondecode import message_fields
+
+    values, ref, offsets = message_fields(msgs, _MS_NS)
+    return decoder.decode(values, ref), offsets
 
 
 def json_columns(batch: pa.RecordBatch) -> Tuple[List[str], List[list]]:
@@ -701,8 +718,7 @@ class KafkaSink:
         self.flush()
         held, self._held = self._held, []
         if self.healthy:
-            for commit in held:
-                commit.run()
+            _run_commits(held)
 
     @property
     def healthy(self) -> bool:
@@ -731,6 +747,27 @@ class KafkaSink:
                 f"to_kafka({self.topic}): {self.metrics['undelivered']} of "
                 f"{self.metrics['produced']} record(s) not delivered; offsets were committed "
                 "only up to the first failure, so the next run of the group reads them again")
+
+
+def _run_commits(commits: List[Commit]) -> None:
+    """Run ``commits`` in order; a run of consecutive Kafka source commits of one source run
+    (same ``extra['commit_offsets']``) is committed once, with the union of their offsets
+    (later ones win, as they would running one after the other): one broker round trip."""
+    i = 0
+    while i < len(commits):
+        merge = commits[i].extra.get("commit_offsets")
+        j = i + 1
+        if merge is not None:
+            while j < len(commits) and commits[j].extra.get("commit_offsets") is merge:
+                j += 1
+        if j - i == 1:
+            commits[i].run()
+        else:
+            offsets: Dict[Tuple[str, int], int] = {}
+            for c in commits[i:j]:
+                offsets.update(c.extra["offsets"])
+            merge(offsets)
+        i = j
 
 
 class _PartitionOrderer:
