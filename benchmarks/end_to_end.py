@@ -9,8 +9,10 @@ midprice), and produce every row, as JSON keyed by symbol, to an output topic.  
   .to_kafka(...)`` (at-least-once: offsets committed after the producer delivered the rows);
 * **quix**: Quix Streams (``pip install 'sabot-marketdata[bench]'``), a ``StreamingDataFrame``
   with the midprice and a stateful EWMA keyed by the message key, ``to_topic``;
-* **bare**: a confluent-kafka loop that consumes batches and produces every message unchanged
-  (no decoding, no processing): the ceiling of any consume -> produce job on this broker.
+* **bare**: a confluent-kafka loop that consumes batches of 10,000 and produces every message
+  unchanged (no decoding, no processing, no flush or commit until the end): the ceiling of any
+  consume -> produce job on this broker.  The sabot job does more than that: it commits its
+  offsets as it goes, each once the records before it are delivered (at-least-once).
 
 Each run is a fresh process with a fresh consumer group and output topic; the input topic is
 produced once.  The rate counts from the first record processed to the last one delivered, so

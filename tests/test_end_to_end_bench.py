@@ -171,6 +171,12 @@ def test_encode_json_floats_read_back_exactly():
         b'{"x":-2.5}']
 
 
+def test_encode_json_writes_a_repeated_column_name_once():
+    batch = pa.RecordBatch.from_arrays([pa.array([1, 2]), pa.array(["a", "b"]),
+                                        pa.array([3.5, None])], names=["x", "s", "x"])
+    assert encode_json(batch) == [b'{"x":3.5,"s":"a"}', b'{"x":null,"s":"b"}']
+
+
 def test_encode_json_writes_integers_and_timestamps_with_nulls_exactly():
     """A nullable integer or timestamp column (a join's missing side) is written as integers,
     never as floats that lose the last digits of a nanosecond timestamp."""

@@ -33,10 +33,12 @@ flushed), and at the end.  A record that is not delivered is counted and stops t
 ``to_kafka`` raises :class:`DeliveryError` at the end of the run.
 
 Consumer lag (``metrics_port``) is librdkafka's, from the high watermarks the broker reports.
-The embedded broker's listed high watermarks may undercount (a topic read to its end can show
-more records than they add up to), so the lag may read low there; nothing here uses a high
-watermark to decide that a topic has been read to its end (``stop_at_end`` uses the
-end-of-partition events of fetches, which return every record).
+The embedded broker's listed high watermarks (offset queries) may undercount: a topic read to
+its end can hold more records than they add up to.  So there the lag may read low, and a new
+group starting at the end (``from_beginning=False``) may start a few records early (reads
+them again; loses none).  Nothing here uses a listed high watermark to decide that a topic has
+been read to its end: ``stop_at_end`` uses the end-of-partition events of the fetches
+themselves, whose watermarks count every record.
 """
 from __future__ import annotations
 
@@ -547,8 +549,10 @@ def encode_json(batch: pa.RecordBatch) -> List[bytes]:
     from ._jsondecode import encode_rows
 
     n = batch.num_rows
-    return encode_rows([_encoder_column(name, col, n)
-                        for name, col in zip(batch.schema.names, batch.columns)], n)
+    # a name given twice is written once, where it first appears, with its last column (as a
+    # dict of the row would): a JSON object with a member twice is not decodable
+    last = {name: col for name, col in zip(batch.schema.names, batch.columns)}
+    return encode_rows([_encoder_column(name, col, n) for name, col in last.items()], n)
 
 
 def _encoder_column(name: str, col: pa.Array, n: int) -> Tuple[str, int, Any, Any, Any]:
