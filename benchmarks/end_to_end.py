@@ -9,7 +9,8 @@ midprice), and produce every row, as JSON keyed by symbol, to an output topic.  
   .to_kafka(...)`` (at-least-once: offsets committed after the producer delivered the rows);
 * **quix**: Quix Streams (``pip install 'sabot-marketdata[bench]'``), a ``StreamingDataFrame``
   with the midprice and a stateful EWMA keyed by the message key, ``to_topic``;
-* **bare**: a confluent-kafka loop that consumes batches of 10,000 and produces every message
+* **bare**: a confluent-kafka loop (with the consumer settings of the sabot job's source and
+  the same producer defaults) that consumes batches of 10,000 and produces every message
   unchanged (no decoding, no processing, no flush or commit until the end): the ceiling of any
   consume -> produce job on this broker.  The sabot job does more than that: it commits its
   offsets as it goes, each once the records before it are delivered (at-least-once).
@@ -47,7 +48,8 @@ ENGINES = ("sabot", "quix", "bare")
 #: Kafka's default ``retention.ms`` (7 days).  The embedded broker does not list it among a
 #: topic's configs; Quix Streams reads it to configure its changelog topics.
 KAFKA_DEFAULT_RETENTION_MS = str(7 * 24 * 3600 * 1000)
-#: consumer-group settings shared by every engine (fast joins against the embedded broker)
+#: consumer-group settings of the Quix job (fast joins against the embedded broker), as the
+#: sabot job's source has them (``fast_consumer_config``)
 GROUP_CONFIG = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 100,
                 "fetch.wait.max.ms": 10}
 
@@ -85,10 +87,13 @@ def run_bare(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
              ) -> Dict[str, float]:
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from sabot.kafka import consumer_config, producer_config
+    from sabot.api._kafka import KafkaSource
+    from sabot.kafka import fast_consumer_config, producer_config
 
-    consumer = Consumer(consumer_config(bootstrap, f"bare-{uuid.uuid4().hex[:8]}",
-                                        from_beginning=True, **GROUP_CONFIG))
+    # the consumer settings of the sabot job's source
+    config = KafkaSource(bootstrap, in_topic, f"bare-{uuid.uuid4().hex[:8]}",
+                         from_beginning=True, **fast_consumer_config()).config
+    consumer = Consumer(config)
     producer = Producer(producer_config(bootstrap))
     t0 = time.perf_counter()
     consumer.subscribe([in_topic])
@@ -134,6 +139,8 @@ def run_quix(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
     from quixstreams import Application
     from quixstreams.models.topics.manager import TopicManager
 
+    from sabot.api._kafka import source_fetch_defaults  # the sabot job's fetch settings
+
     # The embedded broker does not list retention.ms among a topic's configs; Quix derives its
     # changelog topics' retention from it.  Fill in Kafka's default where it is missing.
     fetch = TopicManager._fetch_topic
@@ -149,7 +156,8 @@ def run_quix(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
         app = Application(broker_address=bootstrap,
                           consumer_group=f"quix-{uuid.uuid4().hex[:8]}",
                           auto_offset_reset="earliest", state_dir=state_dir,
-                          consumer_extra_config=dict(GROUP_CONFIG), loglevel="WARNING")
+                          consumer_extra_config={**GROUP_CONFIG, **source_fetch_defaults()},
+                          loglevel="WARNING")
         src = app.topic(in_topic, value_deserializer="json", key_deserializer="string")
         dst = app.topic(out_topic, value_serializer="json", key_serializer="string")
         sdf = app.dataframe(src)

@@ -247,3 +247,18 @@ def test_held_commits_of_one_source_run_are_committed_once_with_their_union():
                   Commit(lambda: calls.append("other"), "parquet"),
                   kafka_commit("a3", {("t", 0): 12})])
     assert calls == [{("t", 0): 9, ("t", 1): 3}, "other", "a3"]
+
+
+def test_from_kafka_fetches_again_soon_after_its_queue_fills():
+    """librdkafka's default fetch.queue.backoff.ms (1 s) starves a source reading a backlog;
+    the source sets a short one (librdkafka >= 2.4), and an explicit setting still wins."""
+    from confluent_kafka import libversion
+
+    from sabot.api._kafka import FETCH_QUEUE_BACKOFF_MS, KafkaSource
+
+    if libversion()[1] < 0x02040000:
+        pytest.skip("librdkafka < 2.4 has no fetch.queue.backoff.ms")
+    assert KafkaSource("127.0.0.1:1", "t", "g").config["fetch.queue.backoff.ms"] == \
+        FETCH_QUEUE_BACKOFF_MS < 100
+    assert KafkaSource("127.0.0.1:1", "t", "g", fetch_queue_backoff_ms=250).config[
+        "fetch.queue.backoff.ms"] == 250
