@@ -262,3 +262,15 @@ def test_from_kafka_fetches_again_soon_after_its_queue_fills():
         FETCH_QUEUE_BACKOFF_MS < 100
     assert KafkaSource("127.0.0.1:1", "t", "g", fetch_queue_backoff_ms=250).config[
         "fetch.queue.backoff.ms"] == 250
+
+
+def test_from_kafka_reads_with_a_wait_under_a_millisecond(kafka_broker, e2e_input, unique_topic):
+    """``max_latency_ms`` under one millisecond still polls (once per window, not in a loop)."""
+    from sabot.api import Stream
+    from sabot.kafka import fast_consumer_config
+
+    topic, _ = e2e_input
+    table = Stream.from_kafka(kafka_broker.bootstrap, topic, unique_topic("group"),
+                              from_beginning=True, stop_at_end=True, max_latency_ms=0.5,
+                              **fast_consumer_config()).collect()
+    assert table.num_rows == N

@@ -279,6 +279,7 @@ class KafkaSource:
             while True:
                 msgs.clear()
                 deadline = time.monotonic() + self.max_latency_s
+                looked = False
                 while len(msgs) < self.batch_size:
                     if msgs:  # in hand: add only what is already fetched, then hand over
                         got = consumer.consume(self.batch_size - len(msgs), 0)
@@ -286,9 +287,12 @@ class KafkaSource:
                             break
                     else:  # consume(1, t) returns at the first message (consume(n, t) waits for n)
                         remaining = deadline - time.monotonic()
-                        if remaining < 0.001:  # librdkafka waits whole milliseconds: 0 would
-                            break              # return at once, spinning until the deadline
+                        # librdkafka waits whole milliseconds: under one it returns at once,
+                        # so after one such look the rest of the window would be a busy loop
+                        if remaining <= 0 or (remaining < 0.001 and looked):
+                            break
                         got = consumer.consume(1, remaining)
+                        looked = True
                     for m in got:
                         err = m.error()
                         if err is None:
