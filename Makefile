@@ -40,6 +40,7 @@ demo: build
 bench: build
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/compare_peers.py
+	$(PY) benchmarks/end_to_end.py --records 1000000
 
 clean:
 	rm -rf build $(VENV) sabot/**/*.so sabot/**/*.c

@@ -13,7 +13,8 @@ histogram, one vectorised update per output batch):
   ``sabot_sink_undelivered_total`` (records ``to_kafka`` could not deliver) {stream, sink}
 * ``sabot_metrics_server_restarts_total``: times the endpoint's thread died and was restarted
 * ``sabot_consumer_lag`` {stream, topic, partition}: messages behind the partition's high
-  watermark, from librdkafka statistics (emitted every second)
+  watermark, from librdkafka statistics (emitted every second).  An estimate: the embedded
+  broker's high watermarks may undercount, so there it may read low; nothing relies on it
 * ``sabot_checkpoint_age_seconds`` {stream}: since the last checkpoint written or restored
 * ``sabot_changelog_records_written_total`` / ``_restored_total`` / ``_discarded_total``
   {stream}: per-partition checkpoint records of a ``changelog_topic`` stream (discarded:
@@ -224,8 +225,10 @@ class StreamMetrics:
                 undelivered.add_metric([self.name, node], m["undelivered"])
         yield from (rows_in, rows_out, messages, decode_errors, withheld, sink_errors,
                     undelivered)
-        lag = GaugeMetricFamily("sabot_consumer_lag", "Messages behind the high watermark",
-                                labels=["stream", "topic", "partition"])
+        lag = GaugeMetricFamily("sabot_consumer_lag",
+                                "Messages behind the high watermark as the broker reports it "
+                                "(may read low on the embedded broker, whose watermarks may "
+                                "undercount)", labels=["stream", "topic", "partition"])
         for source in self.stream.kafka_sources():
             for (topic, part), value in sorted(source.lag.items()):
                 lag.add_metric([self.name, topic, str(part)], value)

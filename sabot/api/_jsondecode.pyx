@@ -762,3 +762,332 @@ cdef str _json_kind(char c):
     if c == c'-' or (c'0' <= c <= c'9'):
         return "number"
     return "invalid value"
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoding: Arrow columns -> one flat JSON object per row (the ``to_kafka`` sink)
+# ------------------------------------------------------------------------------------------------
+from cpython.object cimport PyObject
+from cpython.list cimport PyList_GET_ITEM
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+
+cdef extern from "Python.h":
+    char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
+                                int* type) except NULL
+    void PyMem_Free(void* p)
+    int Py_DTSF_ADD_DOT_0
+
+DEF E_FLOAT = 0   # float64 values
+DEF E_INT = 1     # int64 values
+DEF E_BOOL = 2    # uint8 values (0/1)
+DEF E_STR = 3     # UTF-8 data + int64 offsets
+DEF E_RAW = 4     # a list of JSON texts, one per row (any other type)
+
+#: column kinds of :func:`encode_rows`
+ENCODE_KINDS = {"float": E_FLOAT, "int": E_INT, "bool": E_BOOL, "str": E_STR, "raw": E_RAW}
+
+
+cdef struct EncCol:
+    int kind
+    const char* key          # '"name":'
+    Py_ssize_t keylen
+    const char* data         # values (float64/int64/uint8) or UTF-8 bytes (str)
+    const int64_t* offsets   # str: n + 1 offsets into data
+    const uint8_t* valid     # NULL: no nulls; else 1 per row (0 = null)
+    int64_t datalen          # str: bytes in data
+    PyObject* raw            # E_RAW: the list of bytes
+
+
+cdef inline int _put(StrBuf* b, const char* s, Py_ssize_t n) except -1:
+    if b.size + n > b.cap:
+        strbuf_reserve(b, n)
+    memcpy(b.data + b.size, s, n)
+    b.size += n
+    return 0
+
+
+cdef inline int _put_int(StrBuf* b, int64_t v) except -1:
+    cdef char tmp[24]
+    cdef int k = 24
+    cdef uint64_t u
+    cdef bint neg = v < 0
+    u = <uint64_t>(-(v + 1)) + 1 if neg else <uint64_t>v
+    while True:
+        k -= 1
+        tmp[k] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if neg:
+        k -= 1
+        tmp[k] = c'-'
+    return _put(b, tmp + k, 24 - k)
+
+
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+cdef int _put_double(StrBuf* b, double x) except -1:
+    """A finite double in a form that reads back to exactly ``x``.
+
+    Fast path, for 1e-4 <= |x| < 1e15 (prices, sizes): the fewest decimals d (up to 17) for
+    which the integer y = round(|x| 10^d) < 2^53 gives y / 10^d == |x|.  y and 10^d are exact
+    doubles and the division is correctly rounded, so y / 10^d is the double nearest to the
+    decimal y 10^-d, which is what any correct JSON reader returns for it: the text written
+    reads back to ``x``.  Otherwise Python's shortest round-trip ``repr``."""
+    cdef double ax = -x if x < 0 else x
+    cdef double scaled
+    cdef int d, k, nd
+    cdef int64_t y, u
+    cdef char tmp[48]
+    cdef char digits[20]
+    cdef char* txt
+    if ax >= 1e-4 and ax < 1e15:
+        for d in range(18):
+            scaled = ax * _POW10[d]
+            if scaled >= 9007199254740992.0:
+                break
+            y = <int64_t>(scaled + 0.5)
+            if <double>y / _POW10[d] != ax:
+                continue
+            nd = 0
+            u = y
+            while True:
+                digits[nd] = <char>(48 + u % 10)
+                nd += 1
+                u //= 10
+                if u == 0:
+                    break
+            k = 0
+            if x < 0:
+                tmp[k] = c'-'
+                k += 1
+            if d == 0:
+                while nd:
+                    nd -= 1
+                    tmp[k] = digits[nd]
+                    k += 1
+                tmp[k] = c'.'
+                tmp[k + 1] = c'0'
+                k += 2
+            elif nd > d:
+                while nd > d:
+                    nd -= 1
+                    tmp[k] = digits[nd]
+                    k += 1
+                tmp[k] = c'.'
+                k += 1
+                while nd:
+                    nd -= 1
+                    tmp[k] = digits[nd]
+                    k += 1
+            else:
+                tmp[k] = c'0'
+                tmp[k + 1] = c'.'
+                k += 2
+                while d > nd:
+                    tmp[k] = c'0'
+                    k += 1
+                    d -= 1
+                while nd:
+                    nd -= 1
+                    tmp[k] = digits[nd]
+                    k += 1
+            return _put(b, tmp, k)
+    txt = PyOS_double_to_string(x, c'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+    try:
+        _put(b, txt, strlen_(txt))
+    finally:
+        PyMem_Free(txt)
+    return 0
+
+
+cdef int _put_str(StrBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
+    """A JSON string: quote, backslash and control characters escaped, UTF-8 kept as is."""
+    cdef Py_ssize_t i, start = 0
+    cdef unsigned char ch
+    cdef char esc[6]
+    strbuf_reserve(b, n + 2)
+    b.data[b.size] = c'"'
+    b.size += 1
+    for i in range(n):
+        ch = s[i]
+        if ch >= 0x20 and ch != 0x22 and ch != 0x5c:
+            continue
+        _put(b, <const char*>s + start, i - start)
+        start = i + 1
+        if ch == 0x22:
+            _put(b, b'\\"', 2)
+        elif ch == 0x5c:
+            _put(b, b'\\\\', 2)
+        elif ch == 0x0a:
+            _put(b, b'\\n', 2)
+        elif ch == 0x0d:
+            _put(b, b'\\r', 2)
+        elif ch == 0x09:
+            _put(b, b'\\t', 2)
+        else:
+            esc[0] = c'\\'; esc[1] = c'u'; esc[2] = c'0'; esc[3] = c'0'
+            esc[4] = _HEX[ch >> 4]; esc[5] = _HEX[ch & 15]
+            _put(b, esc, 6)
+    _put(b, <const char*>s + start, n - start)
+    return _put(b, b'"', 1)
+
+
+def encode_rows(list columns, Py_ssize_t n):
+    """One flat JSON object (bytes) per row, members in column order.
+
+    ``columns``: ``(name, kind, values, offsets, valid)`` per column, ``kind`` from
+    :data:`ENCODE_KINDS`: ``float`` (contiguous float64 ``values``; NaN and infinities are
+    written as null, JSON having neither), ``int`` (int64), ``bool`` (uint8), ``str`` (UTF-8
+    ``values`` as uint8 with ``n + 1`` int64 ``offsets``), ``raw`` (a list of ``n`` JSON texts
+    as bytes, for any other type).  ``valid``: None (no nulls) or ``n`` uint8, 0 meaning null.
+    Floats are written in a short decimal form that reads back to the same double.
+    """
+    cdef Py_ssize_t ncol = len(columns), i, c
+    cdef EncCol* cols = <EncCol*>malloc(max(ncol, 1) * sizeof(EncCol))
+    cdef StrBuf buf
+    cdef EncCol* col
+    cdef double x
+    cdef object item
+    cdef list keep = []
+    cdef list out = [None] * n
+    if cols == NULL:
+        raise MemoryError()
+    buf.data = NULL
+    buf.size = 0
+    buf.cap = 0
+    try:
+        for c in range(ncol):
+            name, kind, values, offsets, valid = columns[c]
+            key = _json_key(name)
+            keep.append(key)
+            cols[c].kind = kind
+            cols[c].key = PyBytes_AS_STRING(key)
+            cols[c].keylen = PyBytes_GET_SIZE(key)
+            cols[c].offsets = NULL
+            cols[c].valid = NULL
+            cols[c].raw = NULL
+            cols[c].data = NULL
+            if kind == E_RAW:
+                if not isinstance(values, list) or len(values) != n:
+                    raise ValueError(f"column {name!r}: raw values must be a list of {n} bytes")
+                for v in values:
+                    if not PyBytes_Check(v):
+                        raise TypeError(f"column {name!r}: raw values must be bytes, "
+                                        f"got {type(v).__name__}")
+                cols[c].raw = <PyObject*>values
+            else:
+                width = {E_FLOAT: 8, E_INT: 8, E_BOOL: 1, E_STR: 1}.get(kind)
+                if width is None:
+                    raise ValueError(f"column {name!r}: unknown kind {kind!r}")
+                if (not isinstance(values, np.ndarray) or not values.flags.c_contiguous
+                        or values.dtype.itemsize != width
+                        or (kind != E_STR and values.shape[0] != n)):
+                    raise ValueError(f"column {name!r}: values must be a contiguous array of "
+                                     f"{n} {width}-byte items")
+                cols[c].data = _data_ptr(values) if values.shape[0] else <char*>b""
+                if kind == E_STR:
+                    if (not isinstance(offsets, np.ndarray) or offsets.dtype != np.int64
+                            or not offsets.flags.c_contiguous or offsets.shape[0] != n + 1):
+                        raise ValueError(f"column {name!r}: offsets must be {n + 1} int64")
+                    cols[c].offsets = <const int64_t*>_data_ptr(offsets)
+                    cols[c].datalen = values.shape[0]
+                keep.append(values)
+                keep.append(offsets)
+            if valid is not None:
+                if (not isinstance(valid, np.ndarray) or valid.dtype.itemsize != 1
+                        or not valid.flags.c_contiguous or valid.shape[0] != n):
+                    raise ValueError(f"column {name!r}: valid must be {n} uint8")
+                cols[c].valid = <const uint8_t*>_data_ptr(valid)
+                keep.append(valid)
+        for i in range(n):
+            buf.size = 0
+            _put(&buf, b"{", 1)
+            for c in range(ncol):
+                col = &cols[c]
+                if c:
+                    _put(&buf, b",", 1)
+                _put(&buf, col.key, col.keylen)
+                if col.valid != NULL and not col.valid[i]:
+                    _put(&buf, b"null", 4)
+                elif col.kind == E_FLOAT:
+                    x = (<const double*>col.data)[i]
+                    if not isfinite(x):
+                        _put(&buf, b"null", 4)
+                    else:
+                        _put_double(&buf, x)
+                elif col.kind == E_INT:
+                    _put_int(&buf, (<const int64_t*>col.data)[i])
+                elif col.kind == E_BOOL:
+                    if (<const uint8_t*>col.data)[i]:
+                        _put(&buf, b"true", 4)
+                    else:
+                        _put(&buf, b"false", 5)
+                elif col.kind == E_STR:
+                    if (col.offsets[i] < 0 or col.offsets[i + 1] < col.offsets[i]
+                            or col.offsets[i + 1] > col.datalen):
+                        raise ValueError(f"column {columns[c][0]!r}: offsets of row {i} "
+                                         f"out of the data's range")
+                    _put_str(&buf, <const unsigned char*>col.data + col.offsets[i],
+                             col.offsets[i + 1] - col.offsets[i])
+                else:
+                    item = <object>PyList_GET_ITEM(<object>col.raw, i)
+                    _put(&buf, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
+            _put(&buf, b"}", 1)
+            out[i] = PyBytes_FromStringAndSize(buf.data, buf.size)
+        return out
+    finally:
+        free(cols)
+        free(buf.data)
+
+
+cdef inline Py_ssize_t strlen_(const char* s) noexcept nogil:
+    cdef Py_ssize_t k = 0
+    while s[k] != 0:
+        k += 1
+    return k
+
+
+cdef bytes _json_key(object name):
+    """``"name":`` with the name escaped as a JSON string."""
+    cdef bytes raw = str(name).encode("utf-8")
+    cdef StrBuf b
+    b.data = NULL
+    b.size = 0
+    b.cap = 0
+    try:
+        _put_str(&b, <const unsigned char*>PyBytes_AS_STRING(raw), len(raw))
+        _put(&b, b":", 1)
+        return PyBytes_FromStringAndSize(b.data, b.size)
+    finally:
+        free(b.data)
+
+
+def message_fields(list msgs, int64_t unit_ns):
+    """One pass over Kafka messages: ``(values, ref_ns, next_offsets)``.
+
+    ``values``: each message's value; ``ref_ns``: int64 array of each message's timestamp
+    times ``unit_ns`` (-1 when it has none or it is not positive); ``next_offsets``:
+    ``{(topic, partition): last offset + 1}`` over the messages."""
+    cdef Py_ssize_t n = len(msgs), i
+    cdef list values = [None] * n
+    cdef object ref = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] r = ref
+    cdef dict offsets = {}
+    cdef object m, ts, key, prev_key = None
+    cdef object topic, part
+    cdef int64_t t
+    for i in range(n):
+        m = msgs[i]
+        values[i] = m.value()
+        ts = m.timestamp()
+        t = ts[1]
+        r[i] = t * unit_ns if ts[0] and t > 0 else -1
+        topic = m.topic()
+        part = m.partition()
+        if prev_key is None or (<tuple>prev_key)[1] != part or (<tuple>prev_key)[0] != topic:
+            prev_key = (topic, part)
+        offsets[prev_key] = m.offset() + 1
+    return values, ref, offsets

@@ -25,9 +25,20 @@ again rather than lost.  ``kafka_config`` (the user's client configuration) reac
 consumer, the dead-letter producer and, as ``source.kafka_config``, the changelog store.
 
 Sink: JSON values in the ticker record layout of :mod:`sabot.schema` (timestamps as integer
-ns), message key = the ``key`` column, no blocking flush per message; the producer is flushed
-before each commit and at the end.  A record that is not delivered is counted and stops the
-commits; ``to_kafka`` raises :class:`DeliveryError` at the end of the run.
+ns), written by a compiled encoder, message key = the ``key`` column, no blocking flush per
+message.  A commit runs only once every record before it is delivered: at once when the
+producer's queue is empty, else held (processing goes on) until it is, until the oldest held
+commit is :attr:`KafkaSink.COMMIT_DELAY_S` old or the source falls idle (then the producer is
+flushed), and at the end.  A record that is not delivered is counted and stops the commits;
+``to_kafka`` raises :class:`DeliveryError` at the end of the run.
+
+Consumer lag (``metrics_port``) is librdkafka's, from the high watermarks the broker reports.
+The embedded broker's listed high watermarks (offset queries) may undercount: a topic read to
+its end can hold more records than they add up to.  So there the lag may read low, and a new
+group starting at the end (``from_beginning=False``) may start a few records early (reads
+them again; loses none).  Nothing here uses a listed high watermark to decide that a topic has
+been read to its end: ``stop_at_end`` uses the end-of-partition events of the fetches
+themselves, whose watermarks count every record.
 """
 from __future__ import annotations
 
@@ -52,6 +63,22 @@ _MS_NS = UNIT_NS["ms"]  # Kafka message timestamps are milliseconds
 
 #: How many undecodable messages are logged at warning before switching to debug.
 WARN_FIRST = 5
+
+
+#: librdkafka's ``fetch.queue.backoff.ms`` for the source (its default is 1000): how long the
+#: fetcher waits before fetching a partition again once the local queue holds
+#: ``queued.min.messages``.  Reading a backlog, the queue crosses that bound all the time, and
+#: with one second of back-off the source ran dry for about 40% of the run (measured with
+#: ``benchmarks/end_to_end.py``).  Needs librdkafka 2.4 or later (not set on older ones).
+FETCH_QUEUE_BACKOFF_MS = 10
+
+
+def source_fetch_defaults() -> Dict[str, Any]:
+    """The consumer settings ``from_kafka`` adds to :func:`sabot.kafka.consumer_config`."""
+    from confluent_kafka import libversion
+
+    return {"fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS} if libversion()[1] >= 0x02040000 \
+        else {}
 
 
 class KafkaSource:
@@ -91,9 +118,9 @@ class KafkaSource:
         #: client this source creates: the consumer, the dead-letter producer and, through this
         #: attribute, the changelog store
         self.kafka_config: Dict[str, Any] = validate_client_config(kafka_config)
-        self.config = client_config(bootstrap_servers, self.kafka_config,
-                                    base=consumer_config(bootstrap_servers, group_id,
-                                                         from_beginning=from_beginning))
+        base = consumer_config(bootstrap_servers, group_id, from_beginning=from_beginning)
+        base.update(source_fetch_defaults())
+        self.config = client_config(bootstrap_servers, self.kafka_config, base=base)
         self.config.update(overrides)  # explicit consumer settings win
         #: settings of the dead-letter producer (``dead_letter_topic``)
         self.dead_letter_config = client_config(bootstrap_servers, self.kafka_config,
@@ -126,7 +153,8 @@ class KafkaSource:
         #: offsets to seek to on assignment (set from a checkpoint before a run)
         self.restore_offsets: Dict[Tuple[str, int], int] = {}
         self._consumer: Any = None
-        #: messages behind the high watermark per (topic, partition) (librdkafka statistics)
+        #: messages behind the high watermark per (topic, partition) (librdkafka statistics;
+        #: an estimate: the embedded broker's high watermarks may undercount)
         self.lag: Dict[Tuple[str, int], int] = {}
         self.metrics_port = metrics_port
         if metrics_port is not None:  # consumer lag for the metrics endpoint of the run
@@ -146,6 +174,8 @@ class KafkaSource:
             self.config["on_commit"] = on_commit
         self.metrics: Dict[str, int] = {}
         self._dlq: Any = None
+        #: commits next offsets for the current run (see :meth:`_commit`)
+        self._commit_offsets: Any = None
         self._last_withheld_log = 0.0
         self.reset_metrics()
 
@@ -218,6 +248,12 @@ class KafkaSource:
                            on_lost=on_lost)
         self._consumer = consumer
         self._dlq = dlq
+
+        def commit_offsets(offsets: Dict[Tuple[str, int], int]) -> None:
+            """Commit next offsets (what a run of this run's Commits adds up to)."""
+            self._commit_fn(consumer, dlq, [TopicPartition(t, p, o) for (t, p), o
+                                            in offsets.items()])()
+        self._commit_offsets = commit_offsets
         self.positions = dict(self.restore_offsets)
         orderer = _PartitionOrderer(self.order_by) if self.order_by else None
         closed = False
@@ -243,6 +279,7 @@ class KafkaSource:
             while True:
                 msgs.clear()
                 deadline = time.monotonic() + self.max_latency_s
+                looked = False
                 while len(msgs) < self.batch_size:
                     if msgs:  # in hand: add only what is already fetched, then hand over
                         got = consumer.consume(self.batch_size - len(msgs), 0)
@@ -250,9 +287,12 @@ class KafkaSource:
                             break
                     else:  # consume(1, t) returns at the first message (consume(n, t) waits for n)
                         remaining = deadline - time.monotonic()
-                        if remaining <= 0:
+                        # librdkafka waits whole milliseconds: under one it returns at once,
+                        # so after one such look the rest of the window would be a busy loop
+                        if remaining <= 0 or (remaining < 0.001 and looked):
                             break
                         got = consumer.consume(1, remaining)
+                        looked = True
                     for m in got:
                         err = m.error()
                         if err is None:
@@ -295,22 +335,27 @@ class KafkaSource:
             yield from self._emit_tasks(msgs, decoder, consumer, dlq)
             return
         n = len(msgs)
-        result = _decode(decoder, msgs)
+        result, offsets = _decode_with_offsets(decoder, msgs)
         self.metrics["messages"] += n
         if result.bad:
             self._dead_letter(msgs, result.bad, dlq)
-        offsets: Dict[Tuple[str, int], int] = {}
-        for m in msgs:
-            offsets[(m.topic(), m.partition())] = m.offset()
-        tps = [TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()]
-        self.positions.update({tp: o + 1 for tp, o in offsets.items()})
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        self.positions.update(offsets)
         batch = result.batch
         if batch.num_rows:
             self.metrics["rows"] += batch.num_rows
             self.metrics["batches"] += 1
             yield batch
 
-        yield Commit(self._commit_fn(consumer, dlq, tps), self.name)
+        yield self._commit(consumer, dlq, tps, offsets)
+
+    def _commit(self, consumer: Any, dlq: Any, tps: List[Any],
+                offsets: Dict[Tuple[str, int], int]) -> Commit:
+        """The Commit of next ``offsets``.  It also carries them (``extra['offsets']``) with
+        this run's ``extra['commit_offsets']``, so a sink that runs several of them in a row
+        may commit their union once instead (same result: later offsets win)."""
+        return Commit(self._commit_fn(consumer, dlq, tps), self.name,
+                      extra={"offsets": offsets, "commit_offsets": self._commit_offsets})
 
     def _emit_tasks(self, msgs: List[Any], decoder: JsonBatchDecoder, consumer: Any,
                     dlq: Any) -> Iterator[Event]:
@@ -334,7 +379,10 @@ class KafkaSource:
         yield Commit(self._commit_fn(consumer, dlq, []), self.name)
 
     def _on_stats(self, stats_json: str) -> None:
-        """librdkafka statistics → per-partition consumer lag (-1, i.e. unknown, skipped)."""
+        """librdkafka statistics → per-partition consumer lag (-1, i.e. unknown, skipped).
+
+        For display only: the lag is computed from the high watermark the broker reports, which
+        the embedded broker may undercount, so it may read low (never high) there."""
         try:
             stats = orjson.loads(stats_json)
             for topic, t in stats.get("topics", {}).items():
@@ -426,7 +474,7 @@ class KafkaSource:
             yield out
         if commit_offsets:
             tps = [TopicPartition(t, p, o) for (t, p), o in commit_offsets.items()]
-            yield Commit(self._commit_fn(consumer, dlq, tps), self.name)
+            yield self._commit(consumer, dlq, tps, commit_offsets)
 
     def _dead_letter(self, msgs: List[Any], bad: List[Tuple[int, str]], dlq: Any) -> None:
         for i, reason in bad:
@@ -461,11 +509,15 @@ class KafkaSource:
 def _decode(decoder: JsonBatchDecoder, msgs: List[Any]) -> Any:
     """Decode messages; each message's Kafka timestamp (when it has one) is the reference time
     of its record's timestamp window, so a replay judges records by when they were produced."""
-    import numpy as np
+    return _decode_with_offsets(decoder, msgs)[0]
 
-    ref = np.fromiter(((t[1] * _MS_NS if t[0] and t[1] > 0 else -1)
-                       for t in (m.timestamp() for m in msgs)), dtype=np.int64, count=len(msgs))
-    return decoder.decode([m.value() for m in msgs], ref)
+
+def _decode_with_offsets(decoder: JsonBatchDecoder, msgs: List[Any]) -> Tuple[Any, Dict]:
+    """:func:`_decode`, and the next offset per (topic, partition) of the messages."""
+    from ._jsondecode import message_fields
+
+    values, ref, offsets = message_fields(msgs, _MS_NS)
+    return decoder.decode(values, ref), offsets
 
 
 def json_columns(batch: pa.RecordBatch) -> Tuple[List[str], List[list]]:
@@ -495,7 +547,10 @@ def _pylist(col: pa.Array) -> list:
     if pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t):
         if col.null_count == 0:
             return col.to_numpy(zero_copy_only=False).tolist()
-        values = col.to_numpy(zero_copy_only=False).astype(object)
+        # nulls filled first: an integer column with nulls would otherwise become float64
+        # (large integers, such as ns timestamps, rounded)
+        values = col.fill_null(False if pat.is_boolean(t) else 0).to_numpy(
+            zero_copy_only=False).astype(object)
         values[np.asarray(col.is_null())] = None
         return values.tolist()
     if pat.is_string(t) or pat.is_large_string(t):
@@ -506,10 +561,56 @@ def _pylist(col: pa.Array) -> list:
 def encode_json(batch: pa.RecordBatch) -> List[bytes]:
     """One flat JSON object per row: nulls as null, timestamps as integer ns.  JSON has no
     NaN or infinity: a non-finite float is written as null (and ``from_kafka`` never turns a
-    non-finite number into a record either)."""
-    names, lists = json_columns(batch)
+    non-finite number into a record either).
+
+    Numbers, booleans and strings are written by the compiled encoder straight from the Arrow
+    buffers (no Python object per value; floats in their shortest round-trip form); a column of
+    any other type (lists, structs, decimals...) is encoded value by value with orjson."""
+    from ._jsondecode import encode_rows
+
+    n = batch.num_rows
+    # a name given twice is written once, where it first appears, with its last column (as a
+    # dict of the row would): a JSON object with a member twice is not decodable
+    last = {name: col for name, col in zip(batch.schema.names, batch.columns)}
+    return encode_rows([_encoder_column(name, col, n) for name, col in last.items()], n)
+
+
+def _encoder_column(name: str, col: pa.Array, n: int) -> Tuple[str, int, Any, Any, Any]:
+    """``(name, kind, values, offsets, valid)`` of one column for ``encode_rows``."""
+    import numpy as np
+
+    from ._jsondecode import ENCODE_KINDS
+
+    t = col.type
+    if pat.is_dictionary(t):
+        col = col.cast(t.value_type)
+        t = col.type
+    if pat.is_timestamp(t):
+        if t.unit != "ns":
+            col = col.cast(pa.timestamp("ns", tz=t.tz))
+        col, t = col.cast(pa.int64()), pa.int64()
+    elif pat.is_date(t) or pat.is_time(t) or pat.is_duration(t):
+        col, t = col.cast(pa.int64()), pa.int64()
+    valid = (np.ascontiguousarray(np.asarray(col.is_valid()), dtype=np.uint8)
+             if col.null_count else None)
+    if pat.is_floating(t):
+        values = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return name, ENCODE_KINDS["float"], np.ascontiguousarray(values, np.float64), None, valid
+    if pat.is_boolean(t):
+        values = col.fill_null(False).to_numpy(zero_copy_only=False)
+        return name, ENCODE_KINDS["bool"], np.ascontiguousarray(values, np.uint8), None, valid
+    if pat.is_integer(t) and not pat.is_uint64(t):  # every other integer fits an int64
+        values = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        return name, ENCODE_KINDS["int"], np.ascontiguousarray(values, np.int64), None, valid
+    if pat.is_string(t) or pat.is_large_string(t):
+        arr = col.cast(pa.large_string())
+        _, offsets_buf, data_buf = arr.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset:arr.offset + n + 1]
+        data = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
+                else np.zeros(0, np.uint8))
+        return (name, ENCODE_KINDS["str"], data, np.ascontiguousarray(offsets), valid)
     dumps = orjson.dumps
-    return [dumps(dict(zip(names, row))) for row in zip(*lists)]
+    return name, ENCODE_KINDS["raw"], [dumps(v) for v in _pylist(col)], None, None
 
 
 class DeliveryError(RuntimeError):
@@ -524,7 +625,18 @@ class KafkaSink:
     first one on, no offset is committed any more (a later commit would cover the lost record):
     the run goes on delivering the rest, and :meth:`check` raises :class:`DeliveryError` at the
     end, so the records are read again by the next run of the group.
+
+    Delivery reports: librdkafka reports only failed deliveries
+    (``delivery.report.only.error``), so a delivered record costs no Python call.  A record
+    counts as delivered once it has left the producer's queue without a failure report:
+    ``delivered = produced - failed - refused - still queued``, brought up to date at every
+    ``write`` and flush (a flush that returns with nothing queued has therefore seen every
+    failure report of the records before it).
     """
+
+    #: the longest a commit is held waiting for the delivery of the records before it; then
+    #: the sink blocks on a flush and runs it
+    COMMIT_DELAY_S = 0.2
 
     def __init__(self, bootstrap_servers: str, topic: str, key: Optional[str] = "symbol",
                  kafka_config: Optional[Mapping[str, Any]] = None,
@@ -537,9 +649,24 @@ class KafkaSink:
         self.config = client_config(bootstrap_servers, kafka_config,
                                     base=producer_config(bootstrap_servers))
         self.config.update(producer_overrides)
+        user_on_delivery = self.config.pop("on_delivery", None)
+        if user_on_delivery is not None:  # the caller's callback sees every report as before
+            self.config["delivery.report.only.error"] = False
+
+            def on_delivery(err: Any, msg: Any) -> None:
+                self._on_delivery(err, msg)
+                user_on_delivery(err, msg)
+            self.config["on_delivery"] = on_delivery
+        else:
+            self.config["delivery.report.only.error"] = True
+            self.config["on_delivery"] = self._on_delivery
         self.producer = Producer(self.config)
         self.metrics = {"produced": 0, "delivered": 0, "delivery_errors": 0, "undelivered": 0}
+        self._refused = 0  # records produce() refused (never queued)
         self._last_log = 0.0
+        #: commits whose records may not all be delivered yet, oldest first
+        self._held: List[Commit] = []
+        self._held_since = 0.0
 
     def _failed(self, count: int, why: Any) -> None:
         self.metrics["undelivered"] += count
@@ -551,37 +678,71 @@ class KafkaSink:
                          self.metrics["undelivered"])
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
+        """Producer-wide delivery report: failures only (unless a caller asked for all)."""
         if err is not None:
             self.metrics["delivery_errors"] += 1
             self._failed(1, err)
-        else:
-            self.metrics["delivered"] += 1
+
+    def _count_delivered(self) -> None:
+        """``metrics['delivered']``: produced records that left the queue without a failure."""
+        m = self.metrics
+        m["delivered"] = (m["produced"] - m["delivery_errors"] - self._refused
+                          - len(self.producer))
+
+    def _keys(self, batch: pa.RecordBatch) -> List[Optional[bytes]]:
+        """The message key of every row: the ``key`` column as UTF-8 bytes (None for null)."""
+        assert self.key is not None
+        if self.key not in batch.schema.names:
+            raise KeyError(f"key column {self.key!r} not found; columns present: "
+                           f"{', '.join(batch.schema.names)}")
+        col = batch.column(self.key)
+        if pat.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        if pat.is_string(col.type) or pat.is_large_string(col.type):
+            # bytes straight from the Arrow buffers (nulls stay None)
+            return col.cast(pa.large_binary()).to_numpy(zero_copy_only=False).tolist()
+        return [None if k is None else str(k).encode() for k in col.to_pylist()]
 
     def write(self, batch: pa.RecordBatch) -> None:
         from confluent_kafka import KafkaException
 
         values = encode_json(batch)
-        if self.key is not None:
-            if self.key not in batch.schema.names:
-                raise KeyError(f"key column {self.key!r} not found; columns present: "
-                               f"{', '.join(batch.schema.names)}")
-            keys = [None if k is None else str(k).encode()
-                    for k in batch.column(self.key).to_pylist()]
-        else:
-            keys = [None] * len(values)
-        produce, poll, cb = self.producer.produce, self.producer.poll, self._on_delivery
+        keys = self._keys(batch) if self.key is not None else [None] * len(values)
+        topic, produce, poll = self.topic, self.producer.produce, self.producer.poll
         for value, key in zip(values, keys):
             while True:
                 try:
-                    produce(self.topic, value=value, key=key, on_delivery=cb)
+                    produce(topic, value, key)
                     break
                 except BufferError:  # local queue full: serve delivery reports, retry
                     poll(0.05)
                 except KafkaException as exc:  # refused (e.g. larger than message.max.bytes)
+                    self._refused += 1
                     self._failed(1, exc.args[0] if exc.args else exc)
                     break
         self.metrics["produced"] += len(values)
         poll(0)
+        self._count_delivered()
+
+    def ack(self, commit: Commit) -> None:
+        """Run ``commit`` once every record written before it is delivered, without waiting
+        when possible: at once if the producer's queue is already empty, else it is held until
+        a later ``ack`` finds the queue empty or the oldest held commit is
+        :attr:`COMMIT_DELAY_S` old (then :meth:`settle`).  Held commits run in order."""
+        self._held.append(commit)
+        if len(self._held) == 1:
+            self._held_since = time.monotonic()
+        self.producer.poll(0)
+        if len(self.producer) == 0 or time.monotonic() - self._held_since >= self.COMMIT_DELAY_S:
+            self.settle()
+
+    def settle(self) -> None:
+        """Flush (every record written so far delivered or failed), then run the held commits,
+        in order; none of them once a record was lost (they would cover it)."""
+        self.flush()
+        held, self._held = self._held, []
+        if self.healthy:
+            _run_commits(held)
 
     @property
     def healthy(self) -> bool:
@@ -590,9 +751,18 @@ class KafkaSink:
 
     def flush(self, timeout_s: float = 60.0) -> None:
         remaining = self.producer.flush(timeout_s)
+        self._count_delivered()
         if remaining:
             raise DeliveryError(f"to_kafka({self.topic}): {remaining} record(s) not delivered "
                                 f"after {timeout_s:.0f}s; their offsets were not committed")
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """The run's last flush: records still queued after ``timeout_s`` were never delivered
+        and are counted (the run then reports them through :meth:`check`)."""
+        remaining = self.producer.flush(timeout_s)
+        self._count_delivered()
+        if remaining:
+            self._failed(remaining, "still queued when the run ended")
 
     def check(self) -> None:
         """Raise :class:`DeliveryError` if any record was not delivered."""
@@ -601,6 +771,27 @@ class KafkaSink:
                 f"to_kafka({self.topic}): {self.metrics['undelivered']} of "
                 f"{self.metrics['produced']} record(s) not delivered; offsets were committed "
                 "only up to the first failure, so the next run of the group reads them again")
+
+
+def _run_commits(commits: List[Commit]) -> None:
+    """Run ``commits`` in order; a run of consecutive Kafka source commits of one source run
+    (same ``extra['commit_offsets']``) is committed once, with the union of their offsets
+    (later ones win, as they would running one after the other): one broker round trip."""
+    i = 0
+    while i < len(commits):
+        merge = commits[i].extra.get("commit_offsets")
+        j = i + 1
+        if merge is not None:
+            while j < len(commits) and commits[j].extra.get("commit_offsets") is merge:
+                j += 1
+        if j - i == 1:
+            commits[i].run()
+        else:
+            offsets: Dict[Tuple[str, int], int] = {}
+            for c in commits[i:j]:
+                offsets.update(c.extra["offsets"])
+            merge(offsets)
+        i = j
 
 
 class _PartitionOrderer:

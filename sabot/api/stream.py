@@ -34,7 +34,7 @@ from ..durable import fsync_path
 from ..timeunits import check_unit
 from ._align import AsofJoinOp, concat_promote, merge_events, union_events, zip_events
 from ._app import ApplicationSettings
-from ._events import Commit, Event, close_iterator
+from ._events import IDLE, Commit, Event, close_iterator
 from ._kafka import DeliveryError  # noqa: F401  (raised by to_kafka; importable from here)
 from ._kafka import KafkaSink, KafkaSource
 from ._ops import (FilterOp, FlatMapOp, MapOp, Operator, RenameOp, SelectOp,
@@ -506,7 +506,10 @@ class Stream:
         ``kafka_config``: the producer's client configuration (security, tuning); by default
         that of this plan's ``from_kafka`` source on the same ``bootstrap_servers``.  Extra
         keyword arguments are librdkafka producer settings.  Offsets are committed once the
-        producer has delivered everything before them; a record that cannot be delivered
+        producer has delivered everything before them: at once when it already has, else
+        within :attr:`KafkaSink.COMMIT_DELAY_S` (the sink then waits for the deliveries), when
+        the source falls idle, and at the end; processing goes on meanwhile, so a busy stream
+        is not held up by a delivery round trip per batch.  A record that cannot be delivered
         stops all further commits, and :class:`DeliveryError` (a ``RuntimeError``) is raised when
         the run ends (the undelivered records are read again by the next run of the group)."""
         if kafka_config is None:
@@ -519,27 +522,31 @@ class Stream:
         self._sink_name = "to_kafka"
 
         def flush() -> None:
-            sink.flush()
+            sink.settle()
             if not sink.healthy:  # checkpoints must not commit past a lost record
                 sink.check()
 
-        def ack(commit: Commit) -> None:
-            sink.flush()
-            if sink.healthy:
-                commit.run()
+        def events() -> Iterator[Event]:
+            """The plan's events; an idle source first settles the commits held by the sink."""
+            inner = self._events()
+            try:
+                for ev in inner:
+                    if ev is IDLE:
+                        sink.settle()
+                    yield ev
+            finally:
+                close_iterator(inner)
 
         try:
             hooks = self._prepare_run()
-            run = drive(self._events(), hooks, ack=ack, finish=sink.flush, flush=flush)
+            run = drive(events(), hooks, ack=sink.ack, finish=sink.settle, flush=flush)
             try:
                 for batch in run:
                     sink.write(batch)
             finally:  # a failed write closes the sources and releases the checkpoint now
                 close_iterator(run)
         finally:
-            remaining = sink.producer.flush(60.0)
-            if remaining:  # never delivered: counted, and the run reports it
-                sink._failed(remaining, "still queued when the run ended")
+            sink.close()
         sink.check()
         return dict(sink.metrics)
 
