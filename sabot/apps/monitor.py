@@ -1019,6 +1019,9 @@ def command(args: argparse.Namespace) -> int:
     except (ValueError, BrokerUnreachableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C before streaming began (e.g. during the broker check)
+        log.info("interrupted before streaming started")
+        return 130
 
 
 def main(argv: Optional[Iterable[str]] = None, prog: Optional[str] = None) -> int:
