@@ -661,12 +661,14 @@ class Monitor:
         return self.tracker.opened
 
     def on_batch(self, joined: pa.RecordBatch) -> None:
+        """Decide on a joined batch (open/close records), then do the bookkeeping: the
+        decision's time is taken before the skip counts and the report, which do not change it."""
+        events = self.tracker.update(joined)
+        decided_ns = time.time_ns()
         # the counts of unusable quotes and non-finite best edges, as the summary always had
         e = best_edges(joined, self.fees, self.min_edge_bps, self.venues)
         for key in ("bad_quotes", "nonfinite_edges"):
             self.skipped[key] += e[key]
-        events = self.tracker.update(joined)
-        decided_ns = time.time_ns()
         if self._first_decision_ns is None:
             self._first_decision_ns = decided_ns
         recv = newest_recv_ns(joined, self.venues)

@@ -86,19 +86,19 @@ class DirectDecisions:
             return
         self.batches += 1
         self.records += batch.num_rows
-        if self._record is not None:
-            try:
-                for row in rows:
-                    self._record.write(orjson.dumps({"batch": self.batches, "record": row}) + b"\n")
-            except (OSError, TypeError) as exc:
-                self.errors += 1
-                self._error_log(f"arrival record not written: {type(exc).__name__}: {exc}")
         try:
             self.decide(batch)
         except Exception as exc:  # one bad batch must not stop the collectors
             self.errors += 1
             self._error_log(f"{type(exc).__name__}: {exc}")
             log.debug("direct decision failed", exc_info=True)
+        if self._record is not None:  # after the decision: writing it must not delay it
+            try:
+                for row in rows:
+                    self._record.write(orjson.dumps({"batch": self.batches, "record": row}) + b"\n")
+            except (OSError, TypeError) as exc:
+                self.errors += 1
+                self._error_log(f"arrival record not written: {type(exc).__name__}: {exc}")
 
     def _batch(self, rows: list[Record]) -> Optional[pa.RecordBatch]:
         try:
