@@ -204,3 +204,39 @@ def test_decision_queue_decides_each_record_once_in_arrival_order():
     sink.close()
     assert seen == [[1.0], [1.5]]
     assert (d.records, d.rejected, d.errors) == (2, 1, 0)
+
+
+def test_a_kafka_delivery_failure_makes_the_exit_code_non_zero(tmp_path):
+    """The broker goes away while the direct monitor runs: what it could not deliver is counted
+    and the exit code is 1, as for a collector; the decisions went on meanwhile."""
+    from sabot.broker import TICKER_TOPICS, EmbeddedBroker
+    from sabot.sim import SIMULATORS
+
+    summary = tmp_path / "summary.json"
+    sims = [SIMULATORS[v](seed=3, rate=100) for v in VENUES]
+    for sim in sims:
+        sim.__enter__()
+    try:
+        broker = EmbeddedBroker(port=0, topics=TICKER_TOPICS, partitions=1).start()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sabot", "monitor", "--direct", "--bootstrap", broker.bootstrap,
+                 "--url", ",".join(f"{v}={sim.url}" for v, sim in zip(VENUES, sims)),
+                 "--fees", "0", "--summary-json", str(summary), "--flush-timeout", "1"],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
+            assert wait_for(lambda: sum(_summary_records(summary).values()) >= 30, 60)
+        finally:
+            broker.stop()
+        try:
+            before = sum(_summary_records(summary).values())
+            assert wait_for(lambda: sum(_summary_records(summary).values()) >= before + 30, 60), \
+                "the decisions stopped with the broker"
+        finally:
+            proc.send_signal(signal.SIGINT)
+            text, _ = proc.communicate(timeout=60)
+    finally:
+        for sim in sims:
+            sim.__exit__(None, None, None)
+    assert proc.returncode == 1, text[-3000:]
+    assert "records not delivered to Kafka topic" in text, text[-3000:]

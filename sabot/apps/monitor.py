@@ -71,6 +71,7 @@ from sabot.apps._common import (BrokerUnreachableError, add_kafka_config_argumen
                                 kafka_config_from_args, wait_reachable)
 from sabot.fintech import ArbitrageOpportunities, midprice, normalize_symbols
 from sabot.kafka import LIVE_FETCH_WAIT_MAX_MS, fast_consumer_config, live_consumer_config
+from sabot.schema import TICKER_SCHEMA
 from sabot.venues import default_fees, get_venue, venue_names
 
 log = logging.getLogger("arbitrage")
@@ -579,6 +580,11 @@ def arrival_stream(bootstrap: str, group_id: str, counter: Counter, *, from_begi
             .map(join))  # keeps only what a decision uses: bid, ask, times per venue
 
 
+#: The ticker columns the on-arrival decision reads (the direct path builds only these).
+DECISION_SCHEMA = pa.schema([TICKER_SCHEMA.field(name) for name in (
+    "exchange", "symbol", "raw_symbol", "timestamp", "recv_timestamp", "bid", "ask")])
+
+
 class ArrivalDecision:
     """The on-arrival decision of :func:`arrival_stream` on one batch of quotes of any venues,
     without the Kafka source: count per venue, skip unusable quotes, normalise the symbols,
@@ -894,7 +900,7 @@ def run_direct(args: argparse.Namespace) -> int:
         stats[v] = Stats()
     monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every,
                       venues=venues, tolerance_ms=args.tolerance_ms)
-    decisions = DirectDecisions(ArrivalDecision(monitor, args.tolerance_ms),
+    decisions = DirectDecisions(ArrivalDecision(monitor, args.tolerance_ms), DECISION_SCHEMA,
                                 record_path=args.record_arrivals)
     for v in venues:
         sinks[v] = [decisions.sink(v), kafkas[v], *([parquets[v]] if v in parquets else [])]
