@@ -11,6 +11,14 @@ Live pipeline (default, ``--align arrival``): decide on every quote as it arrive
       symbol (ignored when older than 500 ms relative to the arriving one)
     → best buy-at-ask / sell-at-bid pair net of both venues' taker fees → log + record
 
+Direct (``--direct --url VENUE=ws://...,...``): no Kafka consumer; every venue's collector
+connection loop runs in this process (the collectors' classes, validation and exit codes) and
+each batch of records goes straight into the on-arrival decision (:class:`ArrivalDecision`,
+the steps above after the Kafka source) while every record is still produced to its venue's
+topic (and, with ``--parquet-dir``, written to ``<dir>/<venue>.parquet``)::
+
+    collector loops → DecisionSink → ArrivalDecision    and    → KafkaSink (→ ParquetSink)
+
 Replay / research (``--align event-time``): one ``Stream`` per venue in event-time order, then
 the deterministic streaming joins ``first ⋈asof second ⋈asof ...`` in registry order (by
 symbol, backward, 500 ms tolerance); a row of the first venue is decided once the other
@@ -889,15 +897,16 @@ def run_direct(args: argparse.Namespace) -> int:
             log.error("%s", exc)
             return 1
         kafkas[v] = kafka
-        if args.parquet_dir is not None:
-            path = Path(args.parquet_dir) / f"{v}.parquet"
-            try:
-                parquets[v] = getattr(cls, "parquet_sink", ParquetSink)(
-                    path, v, row_group_seconds=args.row_group_seconds)
-            except OSError as exc:
-                raise ValueError(f"--parquet-dir {args.parquet_dir}: cannot write there "
-                                 f"({exc.strerror or exc})") from None
         stats[v] = Stats()
+    for v in venues if args.parquet_dir is not None else ():  # once Kafka answered
+        cls = get_venue(v).collector_class
+        path = Path(args.parquet_dir) / f"{v}.parquet"
+        try:
+            parquets[v] = getattr(cls, "parquet_sink", ParquetSink)(
+                path, v, row_group_seconds=args.row_group_seconds)
+        except OSError as exc:
+            raise ValueError(f"--parquet-dir {args.parquet_dir}: cannot write there "
+                             f"({exc.strerror or exc})") from None
     monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every,
                       venues=venues, tolerance_ms=args.tolerance_ms)
     decisions = DirectDecisions(ArrivalDecision(monitor, args.tolerance_ms), DECISION_SCHEMA,
