@@ -6,6 +6,9 @@ random walk shared by the venues, with per-venue noise and spreads so cross-venu
 and close), the arbitrage monitor (``python -m sabot monitor``) and one collector per venue
 (``python -m sabot collect VENUE -k -F --url ws://127.0.0.1:PORT``), all as child processes of
 this Python interpreter, so an installed package runs the same way as a checkout.
+With ``--direct`` there are no separate spot collectors: the monitor runs them itself
+(``python -m sabot monitor --direct``), decides on each record as it arrives and produces every
+record to Kafka and its venue's Parquet file, so the accounting below is the same.
 Beside them runs the perpetual-futures part: one local server per perpetual venue
 (``binance-usdm``, with a funding time every ``--funding-interval`` seconds), its collector
 (perp tickers and funding records) and the funding-rate monitor (``python -m sabot funding``,
@@ -358,6 +361,8 @@ class Demo:
         self.bootstrap: Optional[str] = None
         self.kafka_records: Dict[str, Optional[int]] = {}
         self._scenario_counter: Optional[KafkaRecordCounter] = None
+        #: ``--direct``: the spot venues' collectors run inside the monitor process
+        self.direct: bool = bool(getattr(args, "direct", False))
 
     # -- start ---------------------------------------------------------------------------------
     def start_broker(self) -> str:
@@ -414,13 +419,27 @@ class Demo:
             self.args.seed, self.args.rate, ", ".join(f"{ex} {u}" for ex, u in urls.items())))
         return urls
 
-    def start_monitor(self, bootstrap: str) -> None:
-        cmd = sabot_command("monitor", "--bootstrap", bootstrap, "--fees", self.args.fees,
-                            "--min-edge-bps", str(self.args.min_edge_bps),
-                            "--output", str(self.data / "opportunities.jsonl"),
-                            "--summary-json", str(self.data / "monitor_summary.json"),
-                            "--summary-every", "10", "--from-beginning", "--fast-groups",
-                            "--align", self.args.align)
+    def _clear_parquet(self, ex: str) -> None:
+        """Remove an earlier run's Parquet files of ``ex`` (a collector adds to an existing file)."""
+        for old in (self.data / f"{ex}.parquet", self.data / f"{ex}-funding.parquet"):
+            old.unlink(missing_ok=True)
+            shutil.rmtree(old.with_name(old.name + ".parts"), ignore_errors=True)  # a killed run's
+
+    def start_monitor(self, bootstrap: str, urls: Optional[Dict[str, str]] = None) -> None:
+        common = ("--bootstrap", bootstrap, "--fees", self.args.fees,
+                  "--min-edge-bps", str(self.args.min_edge_bps),
+                  "--output", str(self.data / "opportunities.jsonl"),
+                  "--summary-json", str(self.data / "monitor_summary.json"), "--summary-every", "10")
+        if self.direct:  # the spot collectors inside the monitor: records to Kafka and Parquet
+            for ex in self.venues:
+                self._clear_parquet(ex)
+            cmd = sabot_command("monitor", *common, "--direct",
+                                "--url", ",".join(f"{ex}={(urls or {})[ex]}" for ex in self.venues),
+                                "--parquet-dir", str(self.data), "--row-group-seconds", "2",
+                                "--status-interval", "10")
+        else:
+            cmd = sabot_command("monitor", *common, "--from-beginning", "--fast-groups",
+                                "--align", self.args.align)
         (self.data / "monitor_summary.json").unlink(missing_ok=True)
         self.monitor = Child("monitor", cmd, self.logs / "monitor.log").start()
         if self.perps:  # the fourth process: the funding-rate monitor, spot against the perpetual
@@ -432,11 +451,9 @@ class Demo:
             self.funding_monitor = Child("funding", cmd, self.logs / "funding.log").start()
 
     def start_collectors(self, bootstrap: str, urls: Dict[str, str]) -> None:
-        for ex in (*self.venues, *self.perps):
+        for ex in (*(() if self.direct else self.venues), *self.perps):
             out = self.data / f"{ex}.parquet"
-            for old in (out, self.data / f"{ex}-funding.parquet"):
-                old.unlink(missing_ok=True)
-                shutil.rmtree(old.with_name(old.name + ".parts"), ignore_errors=True)  # a killed run's
+            self._clear_parquet(ex)
             cmd = sabot_command("collect", ex, "-k", "-F", "--url", urls[ex],
                                 "--bootstrap", bootstrap, "-o", str(out),
                                 "--row-group-seconds", "2", "--status-interval", "10")
@@ -448,11 +465,12 @@ class Demo:
         t0 = time.monotonic()
         bootstrap = self.bootstrap = self.start_broker()
         urls = self.start_sims()
-        self.start_monitor(bootstrap)
+        self.start_monitor(bootstrap, urls)
         self.start_collectors(bootstrap, urls)
         scripted = getattr(self.args, "scripted_quotes", None)
         until = (" or until every scripted quote went through the collectors" if scripted else "")
-        print(f"Collectors and arbitrage monitor started; running for {self.args.duration:g} s"
+        where = " (collecting the spot venues itself)" if self.direct else ""
+        print(f"Collectors and arbitrage monitor{where} started; running for {self.args.duration:g} s"
               f"{until} (Ctrl+C stops early). Logs: {self.logs}\n", flush=True)
         deadline = time.monotonic() + self.args.duration
         while time.monotonic() < deadline:
@@ -498,16 +516,21 @@ class Demo:
         else:
             counts = kafka_record_counts(self.bootstrap, [_topic(ex) for ex in self.venues])
         self.kafka_records = {ex: counts[_topic(ex)] for ex in self.venues}
-        if self.perps and self.collectors:
+        if self.perps and any(p in self.collectors for p in self.perps):
             self.perp_kafka_records = kafka_record_counts(self.bootstrap, self.perp_topics())
 
     def stop_collectors(self) -> None:
-        for child in self.collectors.values():
+        """Stop the collectors; with ``--direct`` also the arbitrage monitor, which collects
+        the spot venues (its exit code is checked by :meth:`stop_monitor`)."""
+        direct = [self.monitor] if self.direct and self.monitor is not None else []
+        for child in [*self.collectors.values(), *direct]:
             child.interrupt()
         for ex, child in self.collectors.items():
             code = child.stop()
             if code not in (0, None):
                 self.failures.append(f"collector {ex} exited with code {code}")
+        for child in direct:
+            child.stop(timeout_s=40.0)  # it flushes to Kafka and closes the Parquet files first
 
     def drain_monitor(self, quiet_s: float = 3.0, timeout_s: float = 60.0) -> None:
         """Let the monitor catch up after the collectors stopped.
@@ -597,10 +620,13 @@ class Demo:
     def summarise(self) -> Optional[dict]:
         rows = {ex: parquet_rows(self.data / f"{ex}.parquet") for ex in self.venues}
         reconnects, logged = {}, {}
-        for ex, child in self.collectors.items():
+        sources = dict(self.collectors)
+        if self.direct and self.monitor is not None:
+            sources.update({ex: self.monitor for ex in self.venues})
+        for ex, child in sources.items():
             for line in child.lines:
                 m = _FINAL_RE.search(line)
-                if m:
+                if m and (child is not self.monitor or m.group(1) == ex):
                     reconnects[ex] = int(m.group(4))
                     logged[ex] = int(m.group(3))
         mon = _read_json(self.data / "monitor_summary.json")
@@ -640,8 +666,10 @@ class Demo:
             "latency_ms_p50": None if mon is None else mon["latency_ms_p50"],
             "latency_ms_p99": None if mon is None else mon["latency_ms_p99"],
             "failures": self.failures,
+            "path": "direct" if self.direct else "kafka",
         }
-        perp_lines = self._perp_summary(summary, logged, reconnects) if self.perps and self.collectors else []
+        perp_lines = (self._perp_summary(summary, logged, reconnects)
+                      if self.perps and any(p in self.collectors for p in self.perps) else [])
         (self.data / "demo_summary.json").write_text(json.dumps(summary, indent=2))
 
         def fmt(x: Optional[float]) -> str:
@@ -760,6 +788,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--align", choices=("arrival", "event-time"), default="arrival",
                    help="the monitor's alignment: arrival (live, decide on each quote) or "
                         "event-time (deterministic ASOF joins) (default %(default)s)")
+    p.add_argument("--direct", action="store_true",
+                   help="the monitor runs the spot venues' collectors itself and decides on each "
+                        "record as it arrives (no broker round trip), still producing every "
+                        "record to Kafka and Parquet (sabot monitor --direct)")
     p.add_argument("--scenario", type=Path, default=None,
                    help="play this JSON-lines scenario (sabot.sim format) instead of the random walk "
                         "(spot venues only: the perpetual-futures part is left out)")
@@ -778,6 +810,8 @@ def command(args: argparse.Namespace, prog: str = PROG) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_requirements()
+        if getattr(args, "direct", False) and args.align != "arrival":
+            raise UsageError(f"--direct decides on arrival; it cannot be combined with --align {args.align}")
         if args.scenario is not None:
             args.scripted_quotes = scripted_quotes(args.scenario)
         args.data_dir = str(prepare_data_dir(Path(args.data_dir)))

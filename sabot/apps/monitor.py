@@ -11,6 +11,14 @@ Live pipeline (default, ``--align arrival``): decide on every quote as it arrive
       symbol (ignored when older than 500 ms relative to the arriving one)
     → best buy-at-ask / sell-at-bid pair net of both venues' taker fees → log + record
 
+Direct (``--direct --url VENUE=ws://...,...``): no Kafka consumer; every venue's collector
+connection loop runs in this process (the collectors' classes, validation and exit codes) and
+each batch of records goes straight into the on-arrival decision (:class:`ArrivalDecision`,
+the steps above after the Kafka source) while every record is still produced to its venue's
+topic (and, with ``--parquet-dir``, written to ``<dir>/<venue>.parquet``)::
+
+    collector loops → DecisionSink → ArrivalDecision    and    → KafkaSink (→ ParquetSink)
+
 Replay / research (``--align event-time``): one ``Stream`` per venue in event-time order, then
 the deterministic streaming joins ``first ⋈asof second ⋈asof ...`` in registry order (by
 symbol, backward, 500 ms tolerance); a row of the first venue is decided once the other
@@ -71,6 +79,7 @@ from sabot.apps._common import (BrokerUnreachableError, add_kafka_config_argumen
                                 kafka_config_from_args, wait_reachable)
 from sabot.fintech import ArbitrageOpportunities, midprice, normalize_symbols
 from sabot.kafka import LIVE_FETCH_WAIT_MAX_MS, fast_consumer_config, live_consumer_config
+from sabot.schema import TICKER_SCHEMA
 from sabot.venues import default_fees, get_venue, venue_names
 
 log = logging.getLogger("arbitrage")
@@ -579,6 +588,33 @@ def arrival_stream(bootstrap: str, group_id: str, counter: Counter, *, from_begi
             .map(join))  # keeps only what a decision uses: bid, ask, times per venue
 
 
+#: The ticker columns the on-arrival decision reads (the direct path builds only these).
+DECISION_SCHEMA = pa.schema([TICKER_SCHEMA.field(name) for name in (
+    "exchange", "symbol", "raw_symbol", "timestamp", "recv_timestamp", "bid", "ask")])
+
+
+class ArrivalDecision:
+    """The on-arrival decision of :func:`arrival_stream` on one batch of quotes of any venues,
+    without the Kafka source: count per venue, skip unusable quotes, normalise the symbols,
+    join on arrival (:class:`~sabot.api.arrival.ArrivalAsofJoin`), then ``monitor.on_batch``.
+
+    ``sabot monitor --direct`` calls it with the records the collectors' connection loops
+    hand over in this process; the same steps, in the same order, as the Kafka path's."""
+
+    def __init__(self, monitor: "Monitor", tolerance_ms: float = TOLERANCE_MS) -> None:
+        self.monitor = monitor
+        self.join = ArrivalAsofJoin(monitor.venues, source_column="exchange", by="symbol",
+                                    on="timestamp", columns=("bid", "ask", "recv_timestamp"),
+                                    tolerance_ms=tolerance_ms)
+
+    def __call__(self, batch: pa.RecordBatch) -> None:
+        batch = self.monitor.counter.by_exchange(batch)
+        usable = self.monitor.guard(batch)
+        if usable is None:
+            return
+        self.monitor.on_batch(self.join(normalize_symbols(usable)))
+
+
 def joined_stream(first: Stream, *others: Stream, tolerance_ms: float = TOLERANCE_MS) -> Stream:
     """The event-time ASOF joins: each row of ``first`` with the latest quote of every other
     venue's stream (by symbol, backward, within ``tolerance_ms``), joined in the order given."""
@@ -639,12 +675,14 @@ class Monitor:
         return self.tracker.opened
 
     def on_batch(self, joined: pa.RecordBatch) -> None:
+        """Decide on a joined batch (open/close records), then do the bookkeeping: the
+        decision's time is taken before the skip counts and the report, which do not change it."""
+        events = self.tracker.update(joined)
+        decided_ns = time.time_ns()
         # the counts of unusable quotes and non-finite best edges, as the summary always had
         e = best_edges(joined, self.fees, self.min_edge_bps, self.venues)
         for key in ("bad_quotes", "nonfinite_edges"):
             self.skipped[key] += e[key]
-        events = self.tracker.update(joined)
-        decided_ns = time.time_ns()
         if self._first_decision_ns is None:
             self._first_decision_ns = decided_ns
         recv = newest_recv_ns(joined, self.venues)
@@ -741,6 +779,9 @@ def run(args: argparse.Namespace) -> int:
 
     Raises ``ValueError`` (bad ``--fees``, ``--kafka-config``) and
     :class:`BrokerUnreachableError`, which :func:`main` reports in one line (exit code 2)."""
+    for name in ("url", "parquet_dir", "record_arrivals"):
+        if getattr(args, name, None) is not None:
+            raise ValueError(f"--{name.replace('_', '-')} is an option of --direct")
     venues = venue_names()
     fees = parse_fees(args.fees, venues)
     kafka_config = kafka_config_from_args(args)
@@ -789,6 +830,140 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_urls(text: Optional[str], venues: Sequence[str]) -> Dict[str, Optional[str]]:
+    """``--url "name=ws://...,name=ws://..."`` → ``{venue: url}`` for every venue (None: the
+    venue's own exchange endpoint); ``ValueError`` naming the entry that cannot be read."""
+    urls: Dict[str, Optional[str]] = {v: None for v in venues}
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, url = part.partition("=")
+        name, url = name.strip(), url.strip()
+        if not sep or not url:
+            raise ValueError(f"--url: cannot read {part!r}; expected e.g. "
+                             f"{venues[0]}=ws://127.0.0.1:8765")
+        if name not in urls:
+            raise ValueError(f"--url: unknown venue {name!r} (venues: {', '.join(venues)})")
+        if not url.startswith(("ws://", "wss://")):
+            raise ValueError(f"--url: {name}={url!r} is not a ws:// or wss:// address")
+        urls[name] = url
+    return urls
+
+
+def run_direct(args: argparse.Namespace) -> int:
+    """``--direct``: every venue's collector connection loop in this process, each record
+    decided on as it arrives (:class:`ArrivalDecision` behind a
+    :class:`~sabot.collectors.direct.DecisionSink`) and produced to the venue's Kafka topic
+    (and written to ``--parquet-dir/<venue>.parquet`` when asked).
+
+    The exit code follows the collectors' rules (:mod:`sabot.apps.collect`): 0 when every
+    record reached every sink and every decision was made; 1 when records were not delivered
+    to Kafka or not written to Parquet, the broker could not be reached at start, a venue
+    accepted none of the symbols, or a decision failed.  Raises ``ValueError`` for a usage
+    mistake (exit code 2 from :func:`command`)."""
+    import asyncio
+
+    from confluent_kafka import KafkaException
+
+    from sabot.apps.collect import _summary
+    from sabot.collectors.connection import ConnectionSettings, Stats, run_collector
+    from sabot.collectors.direct import DirectDecisions
+    from sabot.collectors.sinks import KafkaSink, KafkaUnavailable, ParquetSink
+    from sabot.kafka import KafkaConfigError
+
+    if args.align != "arrival":
+        raise ValueError(f"--direct decides on arrival; --align {args.align} reads Kafka")
+    venues = venue_names()
+    fees = parse_fees(args.fees, venues)
+    urls = parse_urls(args.url, venues)
+    kafka_config = kafka_config_from_args(args)
+    bootstrap = args.bootstrap
+    if bootstrap is None and "bootstrap.servers" not in kafka_config:
+        bootstrap = os.environ.get("SABOT_KAFKA_BOOTSTRAP") or "localhost:19092"
+    collectors, sinks, kafkas, parquets, stats = {}, {}, {}, {}, {}
+    for v in venues:
+        cls = get_venue(v).collector_class
+        collectors[v] = cls(list(cls.default_symbols), quote_aliases={"USDT": "USD"})
+        try:
+            kafka = getattr(cls, "kafka_sink", KafkaSink)(
+                bootstrap, get_venue(v).ticker_topic, kafka_config=kafka_config,
+                flush_timeout=args.flush_timeout)
+        except (KafkaException, KafkaConfigError, ValueError, TypeError) as exc:
+            raise ValueError(f"Kafka client configuration refused: {exc}") from None
+        try:
+            kafka.check(args.connect_timeout)
+        except KafkaUnavailable as exc:
+            log.error("%s", exc)
+            return 1
+        kafkas[v] = kafka
+        stats[v] = Stats()
+    for v in venues if args.parquet_dir is not None else ():  # once Kafka answered
+        cls = get_venue(v).collector_class
+        path = Path(args.parquet_dir) / f"{v}.parquet"
+        try:
+            parquets[v] = getattr(cls, "parquet_sink", ParquetSink)(
+                path, v, row_group_seconds=args.row_group_seconds)
+        except OSError as exc:
+            raise ValueError(f"--parquet-dir {args.parquet_dir}: cannot write there "
+                             f"({exc.strerror or exc})") from None
+    monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every,
+                      venues=venues, tolerance_ms=args.tolerance_ms)
+    decisions = DirectDecisions(ArrivalDecision(monitor, args.tolerance_ms), DECISION_SCHEMA,
+                                record_path=args.record_arrivals)
+    for v in venues:
+        sinks[v] = [decisions.sink(v), kafkas[v], *([parquets[v]] if v in parquets else [])]
+    print(f"Arbitrage monitor, direct from the collectors (Kafka {bootstrap or kafka_config.get('bootstrap.servers')} "
+          "records every message): fees (bps) "
+          + ", ".join(f"{v}={f:g}" for v, f in fees.items())
+          + f", min edge {args.min_edge_bps:g} bps, ASOF tolerance {args.tolerance_ms:g} ms, "
+          "alignment: arrival", flush=True)
+
+    async def main() -> None:
+        stops = {v: asyncio.Event() for v in venues}
+        loop = asyncio.get_running_loop()
+
+        def stop_all(*_: object) -> None:
+            for event in stops.values():
+                event.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop_all)
+        timer = loop.call_later(args.duration, stop_all) if args.duration else None
+        try:
+            await asyncio.gather(*(run_collector(
+                collectors[v], sinks[v],
+                ConnectionSettings(url=urls[v], status_interval=args.status_interval,
+                                   subscribe_line=f"{v}: Subscribed; streaming to the monitor and "
+                                                  f"Kafka topic '{get_venue(v).ticker_topic}'"),
+                stops[v], stats[v]) for v in venues))
+        finally:
+            if timer:
+                timer.cancel()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        asyncio.run(main())
+    finally:
+        decisions.close()
+        for v in venues:
+            for sink in sinks[v][1:]:
+                try:
+                    sink.close()
+                except Exception:  # one failing sink must not stop the others from closing
+                    log.exception("%s: closing sink %r failed", v, sink)
+        monitor.close()
+    codes = [_summary(v, stats[v], [kafkas[v]], [parquets[v]] if v in parquets else [], None)
+             for v in venues]
+    print(monitor.summary_line("📊 final summary"), flush=True)
+    if decisions.errors or decisions.rejected:
+        log.error("direct decisions: %d failed, %d records could not be decided on",
+                  decisions.errors, decisions.rejected)
+        return 1
+    return max(codes)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The monitor's options (``sabot monitor`` and ``python -m sabot.apps.monitor``)."""
     p.add_argument("--bootstrap", default=None,
@@ -821,6 +996,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-beginning", action="store_true", help="read the topics from their start")
     p.add_argument("--fast-groups", action="store_true",
                    help="short consumer-group timeouts (embedded broker only; real Kafka rejects them)")
+    direct = p.add_argument_group(
+        "direct path", "--direct: run every venue's collector in this process and decide on each "
+                       "record as it arrives, while still producing every record to its Kafka topic")
+    direct.add_argument("--direct", action="store_true",
+                        help="collect in this process instead of reading the ticker topics")
+    direct.add_argument("--url", default=None, metavar="VENUE=URL,...",
+                        help="WebSocket endpoint per venue, e.g. coinbase=ws://127.0.0.1:8765 "
+                             "(default: each exchange's own)")
+    direct.add_argument("--parquet-dir", type=Path, default=None,
+                        help="also write each venue's records to DIR/<venue>.parquet")
+    direct.add_argument("--row-group-seconds", type=float, default=10.0,
+                        help="Parquet row group at least every N s (default %(default)g)")
+    direct.add_argument("--flush-timeout", type=float, default=30.0,
+                        help="seconds to wait at exit for Kafka to acknowledge what was produced; "
+                             "the rest is reported as undelivered (exit code 1) (default %(default)g)")
+    direct.add_argument("--status-interval", type=float, default=30.0,
+                        help="seconds between the collectors' status lines (default %(default)g)")
+    direct.add_argument("--record-arrivals", type=Path, default=None, metavar="FILE",
+                        help="write every record decided on, in arrival order, as JSON lines "
+                             "(batch number and record) to replay a run")
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -837,10 +1032,13 @@ def command(args: argparse.Namespace) -> int:
     stderr and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return run(args)
+        return run_direct(args) if getattr(args, "direct", False) else run(args)
     except (ValueError, BrokerUnreachableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C before streaming began (e.g. during the broker check)
+        log.info("interrupted before streaming started")
+        return 130
 
 
 def main(argv: Optional[Iterable[str]] = None, prog: Optional[str] = None) -> int:
