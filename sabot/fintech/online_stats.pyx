@@ -77,6 +77,7 @@ cdef extern from *:
     static const double sabot_max_finite = 1.7976931348623157e308;
     """
     uint64_t _bits "sabot_double_bits"(double x) noexcept nogil
+    void _prefetch "__builtin_prefetch"(const void* address) noexcept nogil
     double _from_bits "sabot_bits_double"(uint64_t u) noexcept nogil
     const double LN2_HI "sabot_ln2_hi"
     const double LN2_LO "sabot_ln2_lo"
@@ -250,6 +251,10 @@ cdef class EWMA(Kernel):
         cdef bint keyed = io.slot != NULL
         state_to_local(io, local, 1)
         for i in range(io.n):
+            if (i & 7) == 0:
+                # the recurrence runs at its arithmetic's latency and leaves memory idle: ask
+                # for the input 1 KiB ahead (a batch's first rows otherwise wait on memory)
+                _prefetch(io.x[0] + i + 128)
             x = io.x[0][i]
             st = row_state(io, i, local, keyed)
             if not present(io, i) or x != x:
