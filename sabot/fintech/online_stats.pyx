@@ -40,8 +40,7 @@ cdef class LogReturns(Kernel):
         cdef double p
         cdef double* st
         if (io.slot == NULL and io.n > 1 and present_rows(io.ok, io.n) == io.n
-                and _all_positive(io.x[0], io.n)):
-            _log_returns_clean(io)
+                and _log_returns_clean(io)):
             return
         for i in range(io.n):
             p = io.x[0][i]
@@ -136,29 +135,22 @@ cdef inline double _log(double x) noexcept nogil:
     return log(x)
 
 
-cdef inline bint _all_positive(const double* x, Py_ssize_t n) noexcept nogil:
-    """Every one of ``x[0:n]`` is > 0 (none NaN): a reduction that vectorises."""
-    cdef Py_ssize_t i
-    cdef bint ok = True
-    for i in range(n):
-        ok &= x[i] > 0.0
-    return ok
-
-
 cdef inline uint32_t _log_ratio_rows(const double* x, double* out, Py_ssize_t n) noexcept nogil:
     """``out[i] = ln(x[i] / x[i-1])`` for i in 1..n-1; returns the OR of the results'
     ``non_finite_mark`` with bit 0 set when a ratio was not a positive normal double (those
-    rows then need ``_log``)."""
+    rows then need ``_log``) and bit 1 when a price was not > 0 or NaN (the block then needs
+    the row loop).  One pass: the prices are checked in the same loop."""
     cdef Py_ssize_t i
     cdef double r
-    cdef uint32_t marks = 0, abnormal = 0
+    cdef uint32_t marks = 0, abnormal = 0, bad = 0
     for i in range(1, n):
+        bad |= not (x[i] > 0.0)
         r = x[i] / x[i - 1]
         abnormal |= not _normal(r)
         r = _ln_normal(r)
         out[i] = r
         marks |= non_finite_mark(r)
-    return marks | abnormal
+    return marks | abnormal | (bad << 1)
 
 
 cdef avx2_void _log_ratio_rows_avx2(const double* x, double* out, Py_ssize_t n,
@@ -174,12 +166,15 @@ cdef avx512_void _log_ratio_rows_avx512(const double* x, double* out, Py_ssize_t
 cdef bint _avx512 = cpu_has_avx512f()      # the 8-wide copy, where the AVX2 path is in use
 
 
-cdef void _log_returns_clean(KernelIO* io) noexcept nogil:
-    """Log returns of a block without keys whose prices are all present and positive."""
+cdef bint _log_returns_clean(KernelIO* io) noexcept nogil:
+    """Log returns of a block without keys and without null prices; False (state untouched,
+    outputs to be rewritten) when a price is not > 0 or NaN: the row loop then runs."""
     cdef const double* x = io.x[0]
     cdef double* out = io.out[0]
     cdef Py_ssize_t i, n = io.n
     cdef uint32_t marks
+    if not x[0] > 0.0:
+        return False
     out[0] = _log(x[0] / io.state[0])                 # NaN (no previous) -> null
     if avx2_active() and _avx512:
         _log_ratio_rows_avx512(x, out, n, &marks)
@@ -187,12 +182,15 @@ cdef void _log_returns_clean(KernelIO* io) noexcept nogil:
         _log_ratio_rows_avx2(x, out, n, &marks)
     else:
         marks = _log_ratio_rows(x, out, n)
+    if marks & 2:
+        return False
     if marks & 1:                                     # a ratio outside the normal range
         for i in range(1, n):
             out[i] = _log(x[i] / x[i - 1])
         marks |= <uint32_t>0x80000000                 # may hold NaN (inf / inf): count
     io.state[0] = x[n - 1]
     report_finite(io, 0, marks | non_finite_mark(out[0]))
+    return True
 
 
 cdef class WelfordMeanVar(Kernel):
