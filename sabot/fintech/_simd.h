@@ -14,7 +14,11 @@
 #define SABOT_AVX2_VOID __attribute__((target("avx2"))) void
 /* 8-wide copies for the heaviest loops (a vectorised logarithm): AVX-512F with 512-bit vectors
  * preferred (GCC otherwise keeps 256-bit ones); no FMA either, so rounding is unchanged. */
+#if defined(__clang__)
+#define SABOT_AVX512_VOID __attribute__((target("avx512f"))) void
+#else
 #define SABOT_AVX512_VOID __attribute__((target("avx512f,prefer-vector-width=512"))) void
+#endif
 static inline int sabot_cpu_has_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") != 0;  /* also checks the OS saves YMM registers */
