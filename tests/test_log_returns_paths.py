@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sabot.fintech import LogReturns, _simd, log_returns
+from sabot.fintech import LogReturns, _simd, log_returns, online_stats
 
 
 def _run(prices, path=None, by=None, splits=()):
@@ -48,13 +48,19 @@ def test_within_one_ulp_of_libm_over_the_exponent_range():
     assert _ulps(got[1:], p[1:] / p[:-1]).max() <= 1.0
 
 
+@pytest.mark.parametrize("avx512", [False, True])
 @pytest.mark.parametrize("path", [p for p in (_simd.PORTABLE, _simd.AVX2)
                                   if p in _simd.available_paths()])
-def test_every_path_gives_the_same_bits(path):
+def test_every_path_gives_the_same_bits(path, avx512):
+    """Portable, AVX2 and (where the CPU has it) AVX-512F copies of the loop."""
     rng = np.random.default_rng(8)
     p = np.exp(rng.uniform(-50, 50, 40000))
     portable = _run(p, _simd.PORTABLE)
-    assert np.array_equal(_run(p, path).view(np.int64), portable.view(np.int64))
+    previous = online_stats._use_avx512(avx512)
+    try:
+        assert np.array_equal(_run(p, path).view(np.int64), portable.view(np.int64))
+    finally:
+        online_stats._use_avx512(previous)
 
 
 @settings(max_examples=30, deadline=None)

@@ -166,6 +166,15 @@ cdef avx512_void _log_ratio_rows_avx512(const double* x, double* out, Py_ssize_t
 cdef bint _avx512 = cpu_has_avx512f()      # the 8-wide copy, where the AVX2 path is in use
 
 
+def _use_avx512(bint on):
+    """Private, for tests: whether log returns take their AVX-512 copy where the AVX2 path is
+    in use (only where the CPU has it); returns the previous setting."""
+    global _avx512
+    previous = _avx512
+    _avx512 = on and cpu_has_avx512f()
+    return previous
+
+
 cdef bint _log_returns_clean(KernelIO* io) noexcept nogil:
     """Log returns of a block without keys and without null prices; False (state untouched,
     outputs to be rewritten) when a price is not > 0 or NaN: the row loop then runs."""
