@@ -87,10 +87,8 @@ def cases(scale: float = 1.0):
         ).to_arrow_table()
 
     batch = 65_536
-    left_batches = left.to_batches(max_chunksize=batch)
-    right_batches = right.to_batches(max_chunksize=batch)
 
-    def sabot_streaming():
+    def streaming(left_batches, right_batches):
         k = StreamingAsofJoinKernel(on="timestamp", by="symbol", tolerance_ms=TOLERANCE_MS)
         li = ri = 0
         rows = 0
@@ -109,6 +107,9 @@ def cases(scale: float = 1.0):
         assert rows == n_left
         return rows
 
+    dict_batches = left.to_batches(max_chunksize=batch), right.to_batches(max_chunksize=batch)
+    str_batches = left_str.to_batches(max_chunksize=batch), right_str.to_batches(max_chunksize=batch)
+
     name = f"asof backward 500ms {n_left}x{n_right} 8 symbols"
     return [
         (f"{name} (dictionary/Categorical keys)", n_left,
@@ -116,7 +117,10 @@ def cases(scale: float = 1.0):
         (f"{name} (string keys)", n_left,
          {"sabot": sabot_str, "polars String": polars_str, "pandas merge_asof": pandas_asof,
           **({"duckdb ASOF JOIN": duckdb_asof} if duckdb is not None else {})}),
-        (f"streaming {name} (64k-row batches)", n_left + n_right, {"sabot": sabot_streaming}),
+        (f"streaming {name} (64k-row batches)", n_left + n_right,
+         {"sabot": lambda: streaming(*dict_batches)}),
+        (f"streaming {name} (64k-row batches, string keys)", n_left + n_right,
+         {"sabot": lambda: streaming(*str_batches)}),
     ]
 
 

@@ -29,6 +29,10 @@ def cases(scale: float = 1.0):
     import pandas as pd
     import polars as pl
     import talib
+    try:                             # tulipy (Tulip Indicators) is optional: not in the bench extras
+        import tulipy
+    except ModuleNotFoundError:
+        tulipy = None
 
     rows = max(int(10_000_000 * scale), BATCH_ROWS)
     table = market(rows)
@@ -99,6 +103,14 @@ def cases(scale: float = 1.0):
         "sabot": lambda: fk.bollinger_bands(batch),
         "talib BBANDS": lambda: talib.BBANDS(p, 20, 2.0, 2.0, 0),
         "pandas rolling mean/std": lambda: (series.rolling(20).mean(), series.rolling(20).std(ddof=0)),
+        **({"tulipy bbands": lambda: tulipy.bbands(p, 20, 2.0)} if tulipy is not None else {}),
+    }
+    log_p = np.empty(rows)
+    yield "log_returns", rows, {
+        "sabot": lambda: fk.log_returns(batch),
+        "numpy log + subtract into buffers": lambda: (
+            np.log(p, out=log_p), np.subtract(log_p[1:], log_p[:-1], out=out[1:])),
+        "polars log().diff()": lambda: frame.select(pl.col("price").log().diff()),
     }
     yield "rolling_zscore window=100", rows, {
         "sabot": lambda: fk.rolling_zscore(batch, window=100),

@@ -15,6 +15,8 @@ A kernel writes its loop once as a ``cdef inline`` function, adds a copy declare
 
 cdef extern from "_simd.h":
     ctypedef void avx2_void "SABOT_AVX2_VOID"
+    ctypedef void avx512_void "SABOT_AVX512_VOID"
     bint cpu_has_avx2 "sabot_cpu_has_avx2"() noexcept nogil
+    bint cpu_has_avx512f "sabot_cpu_has_avx512f"() noexcept nogil
 
 cdef bint avx2_active() noexcept nogil

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.types as pat
 
-from libc.stdint cimport INT64_MIN, int16_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport INT64_MIN, int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
 from ._columns import check_batch, require_column
@@ -76,6 +76,19 @@ KNOWN_EXCHANGES = _VENUE_FIELDS.keys()
 # --------------------------------------------------------------------------------------------
 # nogil cores
 # --------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #include <string.h>
+    /* The 8 bytes at p as one word, in a register (memcpy into a local whose address is taken
+     * would keep the word on the stack: a store and a reload per key). */
+    static inline uint64_t sabot_load_word(const uint8_t* p) { uint64_t w; memcpy(&w, p, 8); return w; }
+    /* the n < 8 bytes at p, zero-padded (the last key of a buffer, where 8 bytes would overrun) */
+    static inline uint64_t sabot_load_bytes(const uint8_t* p, size_t n) { uint64_t w = 0; memcpy(&w, p, n); return w; }
+    """
+    uint64_t _load_word "sabot_load_word"(const uint8_t* p) noexcept nogil
+    void _prefetch "__builtin_prefetch"(const void* address) noexcept nogil
+    uint64_t _load_bytes "sabot_load_bytes"(const uint8_t* p, size_t n) noexcept nogil
 
 cdef int64_t _group_right(const int64_t* on, const int32_t* code, int64_t n, int32_t n_keys,
                           int64_t* offsets, int64_t* fill, int64_t* g_on, int64_t* g_idx,
@@ -330,13 +343,20 @@ cdef void _take8(const int64_t* src, const int64_t* idx, int64_t n, int64_t* dst
 
 cdef int64_t _encode_strings(const uint8_t* data, int64_t data_size, const void* offsets, bint large, int64_t offset,
                              const uint8_t* valid, int64_t n, int32_t* codes, int64_t* first_rows,
-                             uint64_t* slot_hash, int32_t* slot_code, int64_t mask) noexcept nogil:
+                             uint64_t* slot_hash, int32_t* slot_code, uint64_t* slot_word,
+                             int8_t* slot_len, int64_t mask) noexcept nogil:
     """Dictionary-encode n strings: codes[i] in first-appearance order, first_rows[c] the first
     row of code c; null rows get code -1. Open addressing (table size mask+1, power of two,
-    at least twice the number of distinct values; returns -1 when it fills up). FNV-1a hash."""
+    at least twice the number of distinct values; returns -1 when it fills up).
+
+    Keys of up to 8 bytes (symbols) are read as one zero-padded word, hashed by one multiply
+    and kept in their slot (word and length), so that a repeated key is recognised by
+    comparing two integers, without reading the first row's bytes again; longer keys are
+    hashed by FNV-1a and compared with the first row's bytes."""
     cdef int64_t i, a, b, pos, n_codes = 0, r, ra, rb, length
-    cdef uint64_t h, word
+    cdef uint64_t h, word = 0
     cdef int32_t c
+    cdef bint short
     for i in range(n):
         if valid != NULL and not ((valid[(i + offset) >> 3] >> ((i + offset) & 7)) & 1):
             codes[i] = -1
@@ -348,15 +368,17 @@ cdef int64_t _encode_strings(const uint8_t* data, int64_t data_size, const void*
             a = (<const int32_t*>offsets)[i + offset]
             b = (<const int32_t*>offsets)[i + offset + 1]
         length = b - a
-        if length <= 8:
+        short = length <= 8
+        if (i & 7) == 0:                  # ask for the keys' bytes ahead (a hint, never faults)
+            _prefetch(data + a + 1024)
+        if short:
             # short key (symbols): its bytes as one zero-padded word, one multiply
-            word = 0
             if a + 8 <= data_size:
-                memcpy(&word, data + a, 8)
-                if length < 8:
-                    word &= (<uint64_t>1 << (8 * length)) - 1
+                # keep ``length`` bytes, without a branch (lengths 7 and 8 mix at random
+                # in symbol columns): two shifts, as one by 64 would be undefined
+                word = _load_word(data + a) & (((<uint64_t>1 << (4 * length)) << (4 * length)) - 1)
             else:
-                memcpy(&word, data + a, length)
+                word = _load_bytes(data + a, length)
             h = (word ^ (<uint64_t>length << 59)) * <uint64_t>0x9E3779B97F4A7C15
             h ^= h >> 32
         else:
@@ -372,21 +394,28 @@ cdef int64_t _encode_strings(const uint8_t* data, int64_t data_size, const void*
                     return -1
                 slot_code[pos] = <int32_t>n_codes
                 slot_hash[pos] = h
+                slot_word[pos] = word
+                slot_len[pos] = <int8_t>length if short else -1
                 first_rows[n_codes] = i
                 codes[i] = <int32_t>n_codes
                 n_codes += 1
                 break
             if slot_hash[pos] == h:
-                r = first_rows[c] + offset
-                if large:
-                    ra = (<const int64_t*>offsets)[r]
-                    rb = (<const int64_t*>offsets)[r + 1]
-                else:
-                    ra = (<const int32_t*>offsets)[r]
-                    rb = (<const int32_t*>offsets)[r + 1]
-                if rb - ra == length and memcmp(data + ra, data + a, length) == 0:
-                    codes[i] = c
-                    break
+                if short:
+                    if slot_len[pos] == length and slot_word[pos] == word:
+                        codes[i] = c
+                        break
+                elif slot_len[pos] < 0:
+                    r = first_rows[c] + offset
+                    if large:
+                        ra = (<const int64_t*>offsets)[r]
+                        rb = (<const int64_t*>offsets)[r + 1]
+                    else:
+                        ra = (<const int32_t*>offsets)[r]
+                        rb = (<const int32_t*>offsets)[r + 1]
+                    if rb - ra == length and memcmp(data + ra, data + a, length) == 0:
+                        codes[i] = c
+                        break
             pos = (pos + 1) & mask
     return n_codes
 
@@ -588,6 +617,8 @@ def _encode_string_array(arr):
     cdef int64_t[::1] first
     cdef uint64_t[::1] slot_hash
     cdef int32_t[::1] slot_code
+    cdef uint64_t[::1] slot_word
+    cdef int8_t[::1] slot_len
     cdef const uint8_t* data
     cdef const void* offsets
     cdef const uint8_t* valid = NULL
@@ -608,9 +639,12 @@ def _encode_string_array(arr):
         first = np.empty(size // 2 + 1, dtype=np.int64)
         slot_hash = np.empty(size, dtype=np.uint64)
         slot_code = np.full(size, -1, dtype=np.int32)
+        slot_word = np.empty(size, dtype=np.uint64)
+        slot_len = np.empty(size, dtype=np.int8)
         with nogil:
             n_codes = _encode_strings(data, data_size, offsets, large, off, valid, n, &codes[0], &first[0],
-                                      &slot_hash[0], &slot_code[0], size - 1)
+                                      &slot_hash[0], &slot_code[0], &slot_word[0], &slot_len[0],
+                                      size - 1)
         if n_codes >= 0:
             dictionary = arr.take(pa.array(np.asarray(first)[:n_codes]))
             result = np.asarray(codes)

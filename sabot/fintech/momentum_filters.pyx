@@ -13,6 +13,18 @@ from ._kernel import NUMERIC, numeric_input, output, value_input
 from ._columns import (check_positive, check_positive_int, check_unit_interval, require_column,
                        require_numeric)
 from ._naming import renamed as _renamed, upgrade_state as _upgrade_state
+
+cdef extern from *:
+    # a hint to bring the cache line at an address in (never faults; GCC and Clang)
+    void _prefetch "__builtin_prefetch"(const void* address) noexcept nogil
+
+
+cdef inline void _ahead(const KernelIO* io, Py_ssize_t i) noexcept nogil:
+    """Every 8 rows, ask for the input 1 KiB ahead: recurrences run at the latency of their
+    arithmetic and leave memory idle, and a batch's first rows otherwise wait on memory.
+    Measured to pay in RSI's loop (4.1 -> 3.2 ns/row); EMA, MACD and Bollinger did not gain."""
+    if (i & 7) == 0:
+        _prefetch(io.x[0] + i + 128)
 from ._scope import call_kernel
 from ._window cimport (
     ZSUM_HEADER, extreme_push, extreme_width,
@@ -268,6 +280,7 @@ cdef class RSI(Kernel):
         if io.slot == NULL:                 # one state, in registers for the whole batch
             w = wilder_load(io.state)
             for i in range(io.n):
+                _ahead(io, i)
                 x = io.x[0][i]
                 io.out[0][i] = _rsi_step(&w, x, N, keep, inv_n) if present(io, i) else NAN
             wilder_store(&w, io.state)
