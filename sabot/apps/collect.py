@@ -69,13 +69,16 @@ def add_arguments(p: argparse.ArgumentParser, exchange: str) -> None:
                         f"{', '.join(cls.supported_channels)} (default ticker)")
     p.add_argument("-o", "--output",
                    help=f"Parquet path of the ticker file (default ./data/{exchange}_<UTC date>.parquet); "
-                        "trades go beside it as <stem>-trades.parquet")
+                        "trades go beside it as <stem>-trades.parquet, book rows as <stem>-book.parquet")
     p.add_argument("--bootstrap", default=None,
                    help="Kafka bootstrap servers (else bootstrap.servers from --kafka-config, else env "
                         f"SABOT_KAFKA_BOOTSTRAP, else {DEFAULT_BOOTSTRAP})")
     p.add_argument("--topic", default=venue.ticker_topic, help="Kafka topic of the tickers (default %(default)s)")
     p.add_argument("--trades-topic", default=trades_topic(exchange),
                    help="Kafka topic of the trades (default %(default)s)")
+    if "book" in cls.supported_channels:
+        p.add_argument("--book-topic", default=book_topic(exchange),
+                       help="Kafka topic of the book rows (default %(default)s)")
     p.add_argument("--kafka-config", metavar="FILE", default=None,
                    help="librdkafka client properties (key=value lines: security.protocol, sasl.*, ssl.*, "
                         "...) for every Kafka client the collector creates")
@@ -124,6 +127,17 @@ def trades_topic(exchange: str) -> str:
     return f"{exchange}-trades"
 
 
+def book_topic(exchange: str) -> str:
+    """The Kafka topic of ``exchange``'s book rows: ``<venue>-book``."""
+    return f"{exchange}-book"
+
+
+def book_path(ticker_path: str | os.PathLike) -> Path:
+    """The book Parquet file beside the ticker file: ``<stem>-book<suffix>``."""
+    p = Path(ticker_path)
+    return p.with_name(f"{p.stem}-book{p.suffix or '.parquet'}")
+
+
 def trades_path(ticker_path: str | os.PathLike) -> Path:
     """The trades Parquet file beside the ticker file: ``<stem>-trades<suffix>``."""
     p = Path(ticker_path)
@@ -170,6 +184,8 @@ def _parquet_sink(args: argparse.Namespace, exchange: str, sink_class: type = Pa
     output = args.output or f"./data/{exchange}_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}.parquet"
     if channel == "trades":
         output = str(trades_path(output))
+    elif channel == "book":
+        output = str(book_path(output))
     try:
         sink = (sink_class(output, exchange, args.row_group_size, args.row_group_seconds)
                 if channel == "ticker" else
@@ -247,7 +263,8 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
         _metrics(args, stats, exchange)
     sinks: dict[str, list[Sink]] = {ch: [] for ch in channels}
     dests, short = [], []
-    topics = {"ticker": args.topic, "trades": getattr(args, "trades_topic", None) or trades_topic(exchange)}
+    topics = {"ticker": args.topic, "trades": getattr(args, "trades_topic", None) or trades_topic(exchange),
+              "book": getattr(args, "book_topic", None) or book_topic(exchange)}
     kafkas: list[KafkaSink] = []
     if use_kafka:
         for ch in channels:

@@ -18,6 +18,8 @@ Channels: ``sinks`` is either a list (every record goes to each of them: the tic
 collectors) or ``{channel: [sinks]}``; each record goes to its channel's sinks only (ticker
 records, ``DATA``, to ``"ticker"``; trade records, ``TRADES``, to ``"trades"``) after its
 channel's validation (:class:`~sabot.collectors.validate.TradeValidator` for trades).
+Book rows (``BOOK``) go to ``"book"``.  After each frame the loop sends what the collector put
+in its ``outbox`` (a book resubscribe); ``book_resyncs`` is copied into :class:`Stats`.
 """
 from __future__ import annotations
 
@@ -33,10 +35,10 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from sabot.collectors.base import (
-    DATA, ERROR, KIND_CHANNELS, RECONNECT, REJECTED, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Record,
+    BOOK, DATA, ERROR, KIND_CHANNELS, RECONNECT, REJECTED, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Record,
 )
 from sabot.collectors.sinks import Sink
-from sabot.collectors.validate import DeadLetter, RateLimitedLog, RecordValidator, TradeValidator
+from sabot.collectors.validate import BookValidator, DeadLetter, RateLimitedLog, RecordValidator, TradeValidator
 
 #: Sinks for every record (a list: the ticker channel) or per channel (``{"trades": [...]}``).
 Sinks = Union[list, Mapping[str, list]]
@@ -96,6 +98,7 @@ class Stats:
     fatal: str | None = None  # why the loop stopped on its own (no symbol accepted)
     by_channel: dict[str, int] = field(default_factory=dict)  # records stored, per channel
     duplicate_trades: int = 0  # snapshot trades already recorded (skipped, never written twice)
+    book_resyncs: int = 0  # books resubscribed after a checksum mismatch or a sequence gap
 
     def line(self) -> str:
         # the first five fields keep their order: tools parse this line (``make demo``)
@@ -105,6 +108,8 @@ class Stats:
             text += "".join(f" {ch}={n}" for ch, n in sorted(self.by_channel.items()))
         if self.duplicate_trades:
             text += f" duplicate_trades={self.duplicate_trades}"
+        if self.book_resyncs:
+            text += f" book_resyncs={self.book_resyncs}"
         if self.rejected_by:
             text += " rejected_by[" + ",".join(f"{k}={v}" for k, v in sorted(self.rejected_by.items())) + "]"
         return text
@@ -142,7 +147,9 @@ class _Edge:
         #: Each record-carrying kind's validation (``DATA``: tickers, ``TRADES``: trades).
         self.validators = {DATA: self.validator,
                            TRADES: TradeValidator(collector.payload_symbols(), settings.max_age_s,
-                                                  settings.max_ahead_s)}
+                                                  settings.max_ahead_s),
+                           BOOK: BookValidator(collector.payload_symbols(), settings.max_age_s,
+                                               settings.max_ahead_s)}
         self.reject_log = RateLimitedLog(f"{collector.name}: rejected record")
         self.write_log = RateLimitedLog(f"{collector.name}: sink write failed")
         self.seen: set[str] = set()  # payload symbols that produced a record
@@ -308,6 +315,9 @@ async def _session(ws, collector: ExchangeCollector, routes: dict[str, list], se
     kind_sinks = {k: (ch, routes.get(ch, [])) for k, ch in KIND_CHANNELS.items()}
     by_channel = stats.by_channel
     trade_ids = getattr(collector, "trade_ids", None)
+    outbox = getattr(collector, "outbox", None)
+    if outbox is None:  # a collector class that does not call ExchangeCollector.__init__
+        outbox = []
     seen = edge.seen
     try:
         async for raw in ws:
@@ -315,7 +325,12 @@ async def _session(ws, collector: ExchangeCollector, routes: dict[str, list], se
             last_rx = time.monotonic()
             stats.messages += 1
             kind, records, detail = parse(raw, recv_ns)
-            if kind == DATA or kind == TRADES:
+            if outbox:  # a book to resubscribe: send it right away, then count it
+                for text in outbox:
+                    await ws.send(text)
+                outbox.clear()
+                stats.book_resyncs = collector.book_resyncs
+            if kind == DATA or kind == TRADES or kind == BOOK:
                 if records:
                     last_data = last_rx
                 channel, sinks = kind_sinks[kind]
@@ -408,8 +423,9 @@ def _report_silent_symbols(collector: ExchangeCollector, edge: _Edge, timeout: f
 
 
 def rejection_metrics(stats: Stats, exchange: str) -> Callable[[], Iterable[Any]]:
-    """Prometheus families for the loop's rejections: ``sabot_collector_rejected_total{exchange,reason}``
-    and ``sabot_collector_write_errors_total{exchange}`` (read from ``stats`` at scrape time)."""
+    """Prometheus families for the loop's rejections: ``sabot_collector_rejected_total{exchange,reason}``,
+    ``sabot_collector_write_errors_total{exchange}`` and ``sabot_collector_book_resyncs_total{exchange}``
+    (read from ``stats`` at scrape time)."""
 
     def families() -> Iterable[Any]:
         from prometheus_client.core import CounterMetricFamily
@@ -423,6 +439,11 @@ def rejection_metrics(stats: Stats, exchange: str) -> Callable[[], Iterable[Any]
                                 labels=["exchange"])
         w.add_metric([exchange], stats.write_errors)
         yield w
+        b = CounterMetricFamily("sabot_collector_book_resyncs",
+                                "Books resubscribed after a checksum mismatch or a sequence gap",
+                                labels=["exchange"])
+        b.add_metric([exchange], stats.book_resyncs)
+        yield b
 
     return families
 
