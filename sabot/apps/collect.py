@@ -93,6 +93,9 @@ def add_arguments(p: argparse.ArgumentParser, exchange: str) -> None:
     p.add_argument("--symbols", default=",".join(cls.default_symbols),
                    help="comma-separated symbols in the exchange's spelling (default %(default)s)")
     p.add_argument("--url", default=None, help=f"WebSocket endpoint (default {cls.default_url})")
+    if getattr(cls, "rest_url", None) is not None and "book" in cls.supported_channels:
+        p.add_argument("--rest-url", default=cls.rest_url,
+                       help="REST base URL of the book snapshots (GET /api/v3/depth) (default %(default)s)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--keep-usdt", action="store_true", help="keep USDT as the quote (default: USDT → USD)")
     p.add_argument("--row-group-size", type=int, default=10_000, help="Parquet rows per row group")
@@ -256,6 +259,11 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
                             channels=channels)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    rest_url = getattr(args, "rest_url", None)
+    if rest_url:
+        if not rest_url.startswith(("http://", "https://")):
+            raise UsageError(f"--rest-url {rest_url!r} must start with http:// or https://")
+        collector.rest_url = rest_url
     if args.max_age <= 0 or args.max_ahead < 0:
         raise UsageError(f"--max-age {args.max_age:g} must be > 0 and --max-ahead {args.max_ahead:g} >= 0")
     stats = Stats()

@@ -208,6 +208,10 @@ class ExchangeCollector(abc.ABC):
     def on_connect(self) -> None:
         """Reset per-connection state (called before subscribing)."""
 
+    def books_waiting(self) -> int | None:
+        """Books waiting for a snapshot (out of sync), or ``None`` when no book is recorded."""
+        return None
+
     # -- symbol spelling (class-level: the registry, the simulators and the kernels use it) ----
     @classmethod
     def to_canonical_symbol(cls, raw: str, quote_aliases: Mapping[str, str] | None = None) -> str:

@@ -99,6 +99,7 @@ class Stats:
     by_channel: dict[str, int] = field(default_factory=dict)  # records stored, per channel
     duplicate_trades: int = 0  # snapshot trades already recorded (skipped, never written twice)
     book_resyncs: int = 0  # books resubscribed after a checksum mismatch or a sequence gap
+    books_waiting: int | None = None  # books waiting for a snapshot (None: no book channel)
 
     def line(self) -> str:
         # the first five fields keep their order: tools parse this line (``make demo``)
@@ -110,6 +111,8 @@ class Stats:
             text += f" duplicate_trades={self.duplicate_trades}"
         if self.book_resyncs:
             text += f" book_resyncs={self.book_resyncs}"
+        if self.books_waiting is not None:
+            text += f" books_waiting={self.books_waiting}"
         if self.rejected_by:
             text += " rejected_by[" + ",".join(f"{k}={v}" for k, v in sorted(self.rejected_by.items())) + "]"
         return text
@@ -212,6 +215,9 @@ async def run_collector(
                     edge.write_failed(s, exc)
             if time.monotonic() - last_status >= settings.status_interval:
                 last_status = time.monotonic()
+                waiting = getattr(collector, "books_waiting", None)
+                if waiting is not None:
+                    stats.books_waiting = waiting()
                 log.info("%s status: %s", name, stats.line())
 
     keeper = asyncio.create_task(housekeeping())
@@ -319,6 +325,33 @@ async def _session(ws, collector: ExchangeCollector, routes: dict[str, list], se
     if outbox is None:  # a collector class that does not call ExchangeCollector.__init__
         outbox = []
     seen = edge.seen
+
+    def deliver(kind: int, records: list[Record], raw: Any) -> None:
+        """Validate ``records`` of a record-carrying ``kind`` and hand them to their channel's sinks."""
+        channel, sinks = kind_sinks[kind]
+        check = validators[kind].check
+        if trade_ids is not None:
+            stats.duplicate_trades = trade_ids.duplicates
+        if kind == BOOK:
+            stats.book_resyncs = collector.book_resyncs
+        for rec in records:
+            bad = check(rec)
+            if bad is not None:
+                edge.reject(bad[0], bad[1], rec, raw)
+                continue
+            seen.add(rec["raw_symbol"])
+            for sink in sinks:
+                try:
+                    sink.write(rec)
+                except Exception as exc:  # the sinks guard their I/O; this is the backstop
+                    edge.write_failed(sink, exc)
+            stats.records += 1
+            by_channel[channel] = by_channel.get(channel, 0) + 1
+
+    # a venue's own work beside the reading (Binance: REST book snapshots), handed ``deliver``
+    session_task = getattr(collector, "session_task", None)
+    if session_task is not None:
+        tasks.append(asyncio.create_task(session_task(deliver)))
     try:
         async for raw in ws:
             recv_ns = time_ns()
@@ -333,23 +366,9 @@ async def _session(ws, collector: ExchangeCollector, routes: dict[str, list], se
             if kind == DATA or kind == TRADES or kind == BOOK:
                 if records:
                     last_data = last_rx
-                channel, sinks = kind_sinks[kind]
-                check = validators[kind].check
-                if trade_ids is not None:
+                    deliver(kind, records, raw)
+                elif trade_ids is not None:
                     stats.duplicate_trades = trade_ids.duplicates
-                for rec in records:
-                    bad = check(rec)
-                    if bad is not None:
-                        edge.reject(bad[0], bad[1], rec, raw)
-                        continue
-                    seen.add(rec["raw_symbol"])
-                    for sink in sinks:
-                        try:
-                            sink.write(rec)
-                        except Exception as exc:  # the sinks guard their I/O; this is the backstop
-                            edge.write_failed(sink, exc)
-                    stats.records += 1
-                    by_channel[channel] = by_channel.get(channel, 0) + 1
             elif kind == UNKNOWN:
                 stats.skipped += 1
                 level = logging.WARNING if stats.skipped <= settings.warn_first else logging.DEBUG

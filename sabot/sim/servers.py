@@ -598,6 +598,11 @@ class SimServer:
                 return [*frames, ("", False, trades)]
         return frames
 
+    def process_request(self, connection: ServerConnection, request: Any) -> Any:
+        """A plain HTTP request on the server's port (the venue's REST endpoints): a response,
+        or ``None`` to go on with the WebSocket handshake."""
+        return None
+
     async def announce_shutdown(self, conn: Conn) -> None:
         """Frame(s) sent before a planned shutdown (Binance ``serverShutdown``)."""
 
@@ -609,6 +614,7 @@ class SimServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         async with serve(self._handler, self.host, self.requested_port, ping_interval=None,
+                         process_request=self.process_request,
                          max_size=None, compression=None) as server:
             self.port = server.sockets[0].getsockname()[1]
             log.info("%s simulator listening on ws://%s:%d", self.exchange, self.host, self.port)
