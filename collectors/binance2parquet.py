@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Binance tickers (and trades: --channels ticker,trades) to Kafka (-k, default) and/or Parquet (-F): the same as `sabot collect binance`. See `--help`."""
+"""Binance tickers (trades and books too: --channels ticker,trades,book) to Kafka (-k, default) and/or Parquet (-F): the same as `sabot collect binance`. See `--help`."""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Coinbase tickers (and trades: --channels ticker,trades) to Kafka (-k, default) and/or Parquet (-F): the same as `sabot collect coinbase`. See `--help`."""
+"""Coinbase tickers (trades and books too: --channels ticker,trades,book) to Kafka (-k, default) and/or Parquet (-F): the same as `sabot collect coinbase`. See `--help`."""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kraken tickers (and trades: --channels ticker,trades) to Kafka (-k, default) and/or Parquet (-F): the same as `sabot collect kraken`. See `--help`."""
+"""Kraken tickers (trades and books too: --channels ticker,trades,book) to Kafka (-k, default) and/or Parquet (-F): the same as `sabot collect kraken`. See `--help`."""
 import sys
 from pathlib import Path
 

@@ -69,13 +69,16 @@ def add_arguments(p: argparse.ArgumentParser, exchange: str) -> None:
                         f"{', '.join(cls.supported_channels)} (default ticker)")
     p.add_argument("-o", "--output",
                    help=f"Parquet path of the ticker file (default ./data/{exchange}_<UTC date>.parquet); "
-                        "trades go beside it as <stem>-trades.parquet")
+                        "trades go beside it as <stem>-trades.parquet, book rows as <stem>-book.parquet")
     p.add_argument("--bootstrap", default=None,
                    help="Kafka bootstrap servers (else bootstrap.servers from --kafka-config, else env "
                         f"SABOT_KAFKA_BOOTSTRAP, else {DEFAULT_BOOTSTRAP})")
     p.add_argument("--topic", default=venue.ticker_topic, help="Kafka topic of the tickers (default %(default)s)")
     p.add_argument("--trades-topic", default=trades_topic(exchange),
                    help="Kafka topic of the trades (default %(default)s)")
+    if "book" in cls.supported_channels:
+        p.add_argument("--book-topic", default=book_topic(exchange),
+                       help="Kafka topic of the book rows (default %(default)s)")
     p.add_argument("--kafka-config", metavar="FILE", default=None,
                    help="librdkafka client properties (key=value lines: security.protocol, sasl.*, ssl.*, "
                         "...) for every Kafka client the collector creates")
@@ -90,6 +93,9 @@ def add_arguments(p: argparse.ArgumentParser, exchange: str) -> None:
     p.add_argument("--symbols", default=",".join(cls.default_symbols),
                    help="comma-separated symbols in the exchange's spelling (default %(default)s)")
     p.add_argument("--url", default=None, help=f"WebSocket endpoint (default {cls.default_url})")
+    if getattr(cls, "rest_url", None) is not None and "book" in cls.supported_channels:
+        p.add_argument("--rest-url", default=cls.rest_url,
+                       help="REST base URL of the book snapshots (GET /api/v3/depth) (default %(default)s)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--keep-usdt", action="store_true", help="keep USDT as the quote (default: USDT → USD)")
     p.add_argument("--row-group-size", type=int, default=10_000, help="Parquet rows per row group")
@@ -122,6 +128,17 @@ def add_arguments(p: argparse.ArgumentParser, exchange: str) -> None:
 def trades_topic(exchange: str) -> str:
     """The Kafka topic of ``exchange``'s trades: ``<venue>-trades``."""
     return f"{exchange}-trades"
+
+
+def book_topic(exchange: str) -> str:
+    """The Kafka topic of ``exchange``'s book rows: ``<venue>-book``."""
+    return f"{exchange}-book"
+
+
+def book_path(ticker_path: str | os.PathLike) -> Path:
+    """The book Parquet file beside the ticker file: ``<stem>-book<suffix>``."""
+    p = Path(ticker_path)
+    return p.with_name(f"{p.stem}-book{p.suffix or '.parquet'}")
 
 
 def trades_path(ticker_path: str | os.PathLike) -> Path:
@@ -170,6 +187,8 @@ def _parquet_sink(args: argparse.Namespace, exchange: str, sink_class: type = Pa
     output = args.output or f"./data/{exchange}_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}.parquet"
     if channel == "trades":
         output = str(trades_path(output))
+    elif channel == "book":
+        output = str(book_path(output))
     try:
         sink = (sink_class(output, exchange, args.row_group_size, args.row_group_seconds)
                 if channel == "ticker" else
@@ -240,6 +259,11 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
                             channels=channels)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    rest_url = getattr(args, "rest_url", None)
+    if rest_url:
+        if not rest_url.startswith(("http://", "https://")):
+            raise UsageError(f"--rest-url {rest_url!r} must start with http:// or https://")
+        collector.rest_url = rest_url
     if args.max_age <= 0 or args.max_ahead < 0:
         raise UsageError(f"--max-age {args.max_age:g} must be > 0 and --max-ahead {args.max_ahead:g} >= 0")
     stats = Stats()
@@ -247,7 +271,8 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
         _metrics(args, stats, exchange)
     sinks: dict[str, list[Sink]] = {ch: [] for ch in channels}
     dests, short = [], []
-    topics = {"ticker": args.topic, "trades": getattr(args, "trades_topic", None) or trades_topic(exchange)}
+    topics = {"ticker": args.topic, "trades": getattr(args, "trades_topic", None) or trades_topic(exchange),
+              "book": getattr(args, "book_topic", None) or book_topic(exchange)}
     kafkas: list[KafkaSink] = []
     if use_kafka:
         for ch in channels:

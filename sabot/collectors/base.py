@@ -28,7 +28,7 @@ from sabot.symbols import DEFAULT_QUOTE_ALIASES, normalize_symbol
 __all__ = [
     "DATA", "CONTROL", "SUBSCRIBED", "ERROR", "UNKNOWN", "RECONNECT", "REJECTED", "KIND_NAMES",
     "Parsed", "ExchangeCollector", "rfc3339_to_ns", "Record", "int64", "num", "has_control_chars",
-    "TRADES", "KIND_CHANNELS", "TradeIds", "UnknownChannelError", "ms_to_ns",
+    "TRADES", "KIND_CHANNELS", "TradeIds", "UnknownChannelError", "ms_to_ns", "BOOK",
 ]
 
 #: Frame kinds returned by :meth:`ExchangeCollector.parse`.
@@ -41,9 +41,10 @@ RECONNECT = 5   # the server announced it will drop us (Binance ``serverShutdown
 REJECTED = 6    # the exchange refused subscribed symbols: ``records`` holds ``{"raw_symbol": ...}``
                 # (one per symbol, in the user's spelling), ``detail`` the exchange's text
 TRADES = 7      # ``records`` holds normalised trade records (:data:`sabot.schema.TRADE_SCHEMA`)
-KIND_NAMES = ("data", "control", "subscribed", "error", "unknown", "reconnect", "rejected", "trades")
+BOOK = 8        # ``records`` holds book rows (:data:`sabot.collectors.books.BOOK_SCHEMA`), possibly none
+KIND_NAMES = ("data", "control", "subscribed", "error", "unknown", "reconnect", "rejected", "trades", "book")
 #: The channel whose sinks receive the records of each record-carrying kind.
-KIND_CHANNELS = {DATA: "ticker", TRADES: "trades"}
+KIND_CHANNELS = {DATA: "ticker", TRADES: "trades", BOOK: "book"}
 
 Record = dict[str, Any]
 _NO_RECORDS: list[Record] = []
@@ -164,6 +165,10 @@ class ExchangeCollector(abc.ABC):
         self.refused: set[str] = set()
         self.quote_aliases = quote_aliases
         self._symbol_cache: dict[str, str] = {}
+        #: Frames the connection loop sends after the current one is handled (a book resubscribe).
+        self.outbox: list[str] = []
+        #: Books resubscribed / resynchronised because they could no longer be trusted.
+        self.book_resyncs = 0
         for raw in self.symbols:  # fail fast on a symbol we could not normalise
             if has_control_chars(raw):
                 raise ValueError(f"{self.name}: symbol {raw!r} contains control characters")
@@ -202,6 +207,10 @@ class ExchangeCollector(abc.ABC):
 
     def on_connect(self) -> None:
         """Reset per-connection state (called before subscribing)."""
+
+    def books_waiting(self) -> int | None:
+        """Books waiting for a snapshot (out of sync), or ``None`` when no book is recorded."""
+        return None
 
     # -- symbol spelling (class-level: the registry, the simulators and the kernels use it) ----
     @classmethod

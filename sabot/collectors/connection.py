@@ -18,6 +18,8 @@ Channels: ``sinks`` is either a list (every record goes to each of them: the tic
 collectors) or ``{channel: [sinks]}``; each record goes to its channel's sinks only (ticker
 records, ``DATA``, to ``"ticker"``; trade records, ``TRADES``, to ``"trades"``) after its
 channel's validation (:class:`~sabot.collectors.validate.TradeValidator` for trades).
+Book rows (``BOOK``) go to ``"book"``.  After each frame the loop sends what the collector put
+in its ``outbox`` (a book resubscribe); ``book_resyncs`` is copied into :class:`Stats`.
 """
 from __future__ import annotations
 
@@ -33,10 +35,10 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from sabot.collectors.base import (
-    DATA, ERROR, KIND_CHANNELS, RECONNECT, REJECTED, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Record,
+    BOOK, DATA, ERROR, KIND_CHANNELS, RECONNECT, REJECTED, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Record,
 )
 from sabot.collectors.sinks import Sink
-from sabot.collectors.validate import DeadLetter, RateLimitedLog, RecordValidator, TradeValidator
+from sabot.collectors.validate import BookValidator, DeadLetter, RateLimitedLog, RecordValidator, TradeValidator
 
 #: Sinks for every record (a list: the ticker channel) or per channel (``{"trades": [...]}``).
 Sinks = Union[list, Mapping[str, list]]
@@ -96,6 +98,8 @@ class Stats:
     fatal: str | None = None  # why the loop stopped on its own (no symbol accepted)
     by_channel: dict[str, int] = field(default_factory=dict)  # records stored, per channel
     duplicate_trades: int = 0  # snapshot trades already recorded (skipped, never written twice)
+    book_resyncs: int = 0  # books resubscribed after a checksum mismatch or a sequence gap
+    books_waiting: int | None = None  # books waiting for a snapshot (None: no book channel)
 
     def line(self) -> str:
         # the first five fields keep their order: tools parse this line (``make demo``)
@@ -105,6 +109,10 @@ class Stats:
             text += "".join(f" {ch}={n}" for ch, n in sorted(self.by_channel.items()))
         if self.duplicate_trades:
             text += f" duplicate_trades={self.duplicate_trades}"
+        if self.book_resyncs:
+            text += f" book_resyncs={self.book_resyncs}"
+        if self.books_waiting is not None:
+            text += f" books_waiting={self.books_waiting}"
         if self.rejected_by:
             text += " rejected_by[" + ",".join(f"{k}={v}" for k, v in sorted(self.rejected_by.items())) + "]"
         return text
@@ -142,7 +150,9 @@ class _Edge:
         #: Each record-carrying kind's validation (``DATA``: tickers, ``TRADES``: trades).
         self.validators = {DATA: self.validator,
                            TRADES: TradeValidator(collector.payload_symbols(), settings.max_age_s,
-                                                  settings.max_ahead_s)}
+                                                  settings.max_ahead_s),
+                           BOOK: BookValidator(collector.payload_symbols(), settings.max_age_s,
+                                               settings.max_ahead_s)}
         self.reject_log = RateLimitedLog(f"{collector.name}: rejected record")
         self.write_log = RateLimitedLog(f"{collector.name}: sink write failed")
         self.seen: set[str] = set()  # payload symbols that produced a record
@@ -205,6 +215,9 @@ async def run_collector(
                     edge.write_failed(s, exc)
             if time.monotonic() - last_status >= settings.status_interval:
                 last_status = time.monotonic()
+                waiting = getattr(collector, "books_waiting", None)
+                if waiting is not None:
+                    stats.books_waiting = waiting()
                 log.info("%s status: %s", name, stats.line())
 
     keeper = asyncio.create_task(housekeeping())
@@ -308,33 +321,54 @@ async def _session(ws, collector: ExchangeCollector, routes: dict[str, list], se
     kind_sinks = {k: (ch, routes.get(ch, [])) for k, ch in KIND_CHANNELS.items()}
     by_channel = stats.by_channel
     trade_ids = getattr(collector, "trade_ids", None)
+    outbox = getattr(collector, "outbox", None)
+    if outbox is None:  # a collector class that does not call ExchangeCollector.__init__
+        outbox = []
     seen = edge.seen
+
+    def deliver(kind: int, records: list[Record], raw: Any) -> None:
+        """Validate ``records`` of a record-carrying ``kind`` and hand them to their channel's sinks."""
+        channel, sinks = kind_sinks[kind]
+        check = validators[kind].check
+        if trade_ids is not None:
+            stats.duplicate_trades = trade_ids.duplicates
+        if kind == BOOK:
+            stats.book_resyncs = collector.book_resyncs
+        for rec in records:
+            bad = check(rec)
+            if bad is not None:
+                edge.reject(bad[0], bad[1], rec, raw)
+                continue
+            seen.add(rec["raw_symbol"])
+            for sink in sinks:
+                try:
+                    sink.write(rec)
+                except Exception as exc:  # the sinks guard their I/O; this is the backstop
+                    edge.write_failed(sink, exc)
+            stats.records += 1
+            by_channel[channel] = by_channel.get(channel, 0) + 1
+
+    # a venue's own work beside the reading (Binance: REST book snapshots), handed ``deliver``
+    session_task = getattr(collector, "session_task", None)
+    if session_task is not None:
+        tasks.append(asyncio.create_task(session_task(deliver)))
     try:
         async for raw in ws:
             recv_ns = time_ns()
             last_rx = time.monotonic()
             stats.messages += 1
             kind, records, detail = parse(raw, recv_ns)
-            if kind == DATA or kind == TRADES:
+            if outbox:  # a book to resubscribe: send it right away, then count it
+                for text in outbox:
+                    await ws.send(text)
+                outbox.clear()
+                stats.book_resyncs = collector.book_resyncs
+            if kind == DATA or kind == TRADES or kind == BOOK:
                 if records:
                     last_data = last_rx
-                channel, sinks = kind_sinks[kind]
-                check = validators[kind].check
-                if trade_ids is not None:
+                    deliver(kind, records, raw)
+                elif trade_ids is not None:
                     stats.duplicate_trades = trade_ids.duplicates
-                for rec in records:
-                    bad = check(rec)
-                    if bad is not None:
-                        edge.reject(bad[0], bad[1], rec, raw)
-                        continue
-                    seen.add(rec["raw_symbol"])
-                    for sink in sinks:
-                        try:
-                            sink.write(rec)
-                        except Exception as exc:  # the sinks guard their I/O; this is the backstop
-                            edge.write_failed(sink, exc)
-                    stats.records += 1
-                    by_channel[channel] = by_channel.get(channel, 0) + 1
             elif kind == UNKNOWN:
                 stats.skipped += 1
                 level = logging.WARNING if stats.skipped <= settings.warn_first else logging.DEBUG
@@ -408,8 +442,9 @@ def _report_silent_symbols(collector: ExchangeCollector, edge: _Edge, timeout: f
 
 
 def rejection_metrics(stats: Stats, exchange: str) -> Callable[[], Iterable[Any]]:
-    """Prometheus families for the loop's rejections: ``sabot_collector_rejected_total{exchange,reason}``
-    and ``sabot_collector_write_errors_total{exchange}`` (read from ``stats`` at scrape time)."""
+    """Prometheus families for the loop's rejections: ``sabot_collector_rejected_total{exchange,reason}``,
+    ``sabot_collector_write_errors_total{exchange}`` and ``sabot_collector_book_resyncs_total{exchange}``
+    (read from ``stats`` at scrape time)."""
 
     def families() -> Iterable[Any]:
         from prometheus_client.core import CounterMetricFamily
@@ -423,6 +458,11 @@ def rejection_metrics(stats: Stats, exchange: str) -> Callable[[], Iterable[Any]
                                 labels=["exchange"])
         w.add_metric([exchange], stats.write_errors)
         yield w
+        b = CounterMetricFamily("sabot_collector_book_resyncs",
+                                "Books resubscribed after a checksum mismatch or a sequence gap",
+                                labels=["exchange"])
+        b.add_metric([exchange], stats.book_resyncs)
+        yield b
 
     return families
 

@@ -59,7 +59,8 @@ class ParquetSink:
     new records keep being buffered.  A row Arrow cannot convert is taken out of the group and
     handed to ``on_reject(reason, text, record)`` (counted as rejected), so one bad row never
     blocks the others.  Parts and the final file are fsynced, and so is their directory.
-    ``channel`` picks the schema: ``"ticker"`` (the venue's ticker columns) or ``"trades"``.
+    ``channel`` picks the schema: ``"ticker"`` (the venue's ticker columns), ``"trades"`` or
+    ``"book"`` (:data:`sabot.collectors.books.BOOK_SCHEMA`).
     """
 
     def __init__(
@@ -76,7 +77,13 @@ class ParquetSink:
     ) -> None:
         self.path = Path(path)
         self.channel = channel
-        self.schema = channel_schema(exchange, channel)  # an unknown channel fails before any I/O
+        if channel == "book":
+            from sabot.collectors.books import BOOK_SCHEMA
+
+            channel_schema(exchange)  # an unregistered venue is named the same way
+            self.schema = BOOK_SCHEMA
+        else:
+            self.schema = channel_schema(exchange, channel)  # an unknown channel fails before any I/O
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.parts_dir = self.path.with_name(self.path.name + ".parts")
         self.parts_dir.mkdir(exist_ok=True)

@@ -32,7 +32,7 @@ import orjson
 
 from sabot.collectors.base import Record, has_control_chars
 
-__all__ = ["RecordValidator", "TradeValidator", "DeadLetter", "RateLimitedLog", "REASONS", "ns_text", "BASE_CHECKS",
+__all__ = ["RecordValidator", "TradeValidator", "BookValidator", "DeadLetter", "RateLimitedLog", "REASONS", "ns_text", "BASE_CHECKS",
            "field_checks"]
 
 log = logging.getLogger("sabot.collectors")
@@ -174,6 +174,24 @@ class TradeValidator(RecordValidator):
             return "missing", f"trade_id={tid!r} is not an identifier"
         if has_control_chars(tid):
             return "control_characters", f"trade_id={tid!r} contains control characters"
+        return self._check_time(rec)
+
+
+
+class BookValidator(RecordValidator):
+    """Checks book records: a subscribed symbol and the event time window.  Prices and sizes
+    were checked by the book itself (a value it cannot hold drops the book until resync)."""
+
+    def __init__(self, symbols: Mapping[str, str], max_age_s: float = 86_400.0,
+                 max_ahead_s: float = 60.0, now_ns: Callable[[], int] = time.time_ns) -> None:
+        super().__init__(symbols, max_age_s, max_ahead_s, now_ns, checks={})
+
+    def check(self, rec: Record) -> tuple[str, str] | None:
+        raw = rec.get("raw_symbol")
+        if raw not in self.symbols:
+            if isinstance(raw, str) and has_control_chars(raw):
+                return "control_characters", f"raw_symbol={raw!r} contains control characters"
+            return "unsubscribed_symbol", f"raw_symbol={raw!r} was not subscribed"
         return self._check_time(rec)
 
 

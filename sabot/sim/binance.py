@@ -3,17 +3,24 @@
 
 ``<s>@trade``: one frame per trade printed after a quote (``t`` increasing per symbol, ``T``
 the trade time in ms, ``m`` true when the buyer was the maker, i.e. the seller took); no
-snapshot, as on Binance."""
+snapshot, as on Binance.
+
+``<s>@depth@100ms``: a ``depthUpdate`` per symbol after each quote (``U``/``u`` update ids,
+``book_fault_every``: an event is lost, a gap), and the REST snapshot ``GET /api/v3/depth?symbol=
+<S>&limit=<n>`` answered on the same port; ``stale_snapshots=N`` serves the first N snapshots as
+they were some events ago (a lagging cache)."""
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from sabot.sim.books import STEP_NS, T0_NS, BinanceDepthFeed
 from sabot.sim.quotes import Quote, Trade
 from sabot.sim.servers import CORRUPT_KINDS, Conn, SimServer, json_text
 
@@ -25,9 +32,12 @@ class BinanceSim(SimServer):
 
     exchange = "binance"
 
-    def __init__(self, *args: Any, ticker_every: int = 5, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ticker_every: int = 5, stale_snapshots: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ticker_every = ticker_every
+        self.stale_snapshots = stale_snapshots
+        self.rest_requests = 0  # REST depth snapshots served (stale ones included)
+        self.stale_served = 0
         self._update_id = itertools.count(400_900_000)
         self._steps: dict[str, int] = {}
         self.streams_seen: list[list[str]] = []
@@ -57,6 +67,9 @@ class BinanceSim(SimServer):
                 conn.symbols.append(sym.upper())
             if sym.upper() not in conn.trade_symbols and kind == "trade":
                 conn.trade_symbols.append(sym.upper())
+            if kind in ("depth", "depth@100ms") and sym.upper() not in conn.book_symbols:
+                conn.book_symbols.append(sym.upper())
+                self._depth_feed(sym.upper())
         if streams:
             conn.subscribed.set()
 
@@ -94,6 +107,49 @@ class BinanceSim(SimServer):
             except asyncio.TimeoutError:
                 await conn.ws.close(1008, "pong timeout")
                 return
+
+    def _depth_feed(self, raw: str) -> BinanceDepthFeed:
+        feed = self._book_feeds.get(raw)
+        if feed is None:
+            feed = self._book_feeds[raw] = BinanceDepthFeed(self.sim_book(raw), raw, history=8)
+        return feed
+
+    def book_update_frames(self, conn: Conn, raw: str, fault: bool) -> list[str]:
+        feed = self._depth_feed(raw)
+        text = feed.event(combined=not conn.raw_stream, gap=fault)
+        fixed_ms = (T0_NS + feed.book.steps * STEP_NS) // 1_000_000
+        return [text.replace(f'"E":{fixed_ms},', f'"E":{self.event_time_ns() // 1_000_000},', 1)]
+
+    def process_request(self, connection: Any, request: Any) -> Any:
+        """``GET /api/v3/depth?symbol=<S>&limit=<n>``: the REST snapshot of a simulated book."""
+        parts = urlsplit(request.path)
+        if parts.path != "/api/v3/depth":
+            return None
+        query = parse_qs(parts.query)
+        raw = (query.get("symbol") or [""])[0]
+        try:
+            limit = int((query.get("limit") or ["100"])[0])
+        except ValueError:
+            limit = 0
+        if raw not in self._book_feeds or not 1 <= limit <= 5000:
+            response = connection.respond(HTTPStatus.BAD_REQUEST, json_text(
+                {"code": -1121, "msg": "Invalid symbol."} if raw not in self._book_feeds
+                else {"code": -1100, "msg": "Illegal characters found in parameter 'limit'."}))
+        else:
+            feed = self._book_feeds[raw]
+            self.rest_requests += 1
+            body = None
+            if self.stale_served < self.stale_snapshots:
+                try:
+                    body = feed.stale_snapshot(8)  # as the book was 8 events ago
+                    self.stale_served += 1
+                except ValueError:  # fewer events so far: nothing stale to serve yet
+                    pass
+            if body is None:
+                body = feed.rest_snapshot(limit)
+            response = connection.respond(HTTPStatus.OK, body)
+        response.headers["Content-Type"] = "application/json"
+        return response
 
     def _wrap(self, conn: Conn, stream: str, data: dict) -> str:
         return json_text(data if conn.raw_stream else {"stream": stream, "data": data})

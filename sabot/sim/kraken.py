@@ -3,7 +3,11 @@ channels (the venue itself is :mod:`sabot.venues.kraken`).
 
 ``trade``: one ack per symbol, then (with ``snapshot: true``) a ``snapshot`` frame of its recent
 trades, then an ``update`` frame with the trades printed after each quote; ``side`` is the
-taker's, ``trade_id`` an integer increasing per symbol."""
+taker's, ``trade_id`` an integer increasing per symbol.
+
+``book``: one ack per symbol, then the symbol's snapshot; an update after each quote, each with
+the CRC32 checksum of the top 10 levels (a wrong one with ``book_fault_every``); ``unsubscribe``
+ends a symbol's book, a new ``subscribe`` sends a new snapshot."""
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from sabot.sim.books import KrakenBookFeed
 from sabot.sim.quotes import Quote, Trade
 from sabot.sim.servers import FAR_FUTURE, Conn, SimServer, json_text, ns_to_rfc3339
 
@@ -44,6 +49,9 @@ class KrakenSim(SimServer):
             return
         params = msg.get("params") or {}
         channel = params.get("channel")
+        if channel == "book" and method in ("subscribe", "unsubscribe"):
+            await self._book_request(conn, method, params, req, t_in)
+            return
         if method != "subscribe" or channel not in ("ticker", "trade"):
             await conn.ws.send(json_text({"error": f"Unsupported method or channel {method!r}",
                                        "method": method, "success": False, **req,
@@ -70,6 +78,44 @@ class KrakenSim(SimServer):
                 await self.send_trades(conn, self.recent_trades(sym), True)
         if conn.symbols or conn.trade_symbols:
             conn.subscribed.set()
+
+    async def _book_request(self, conn: Conn, method: str, params: dict, req: dict, t_in: str) -> None:
+        depth = params.get("depth", 10)
+        if depth not in (10, 25, 100, 500, 1000):
+            await conn.ws.send(json_text({"error": f"Invalid depth {depth!r}", "method": method, "success": False,
+                                          **req, "time_in": t_in, "time_out": self._stamp()}))
+            return
+        fresh = []
+        for sym in params.get("symbol") or []:
+            if not isinstance(sym, str) or "/" not in sym or sym.startswith("XBT/") or not self.is_listed(sym):
+                if isinstance(sym, str) and method == "subscribe":
+                    self.rejected_symbols.append(sym)
+                await conn.ws.send(json_text({"error": f"Currency pair not supported {sym}", "method": method,
+                                              "success": False, "symbol": sym, **req,
+                                              "time_in": t_in, "time_out": self._stamp()}))
+                continue
+            result = {"channel": "book", "depth": depth, "symbol": sym}
+            if method == "subscribe":
+                result["snapshot"] = True
+                if sym not in conn.book_symbols:
+                    conn.book_symbols.append(sym)
+                self._book_feeds[sym] = KrakenBookFeed(self.sim_book(sym), sym, depth)
+                fresh.append(sym)
+            elif sym in conn.book_symbols:
+                conn.book_symbols.remove(sym)
+            await conn.ws.send(json_text({"method": method, "result": result, "success": True, **req,
+                                          "time_in": t_in, "time_out": self._stamp()}))
+        if method == "subscribe":
+            await self.send_book_snapshots(conn, fresh)
+            if conn.book_symbols:
+                conn.subscribed.set()
+
+    def book_snapshot_frames(self, conn: Conn, raw: str) -> list[str]:
+        return [self._book_feeds[raw].snapshot()]
+
+    def book_update_frames(self, conn: Conn, raw: str, fault: bool) -> list[str]:
+        feed = self._book_feeds[raw]
+        return [self.book_now(feed.update(bad_checksum=fault), feed.book)]
 
     async def keepalive(self, conn: Conn) -> None:
         while True:

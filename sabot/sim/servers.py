@@ -30,6 +30,14 @@ counts distinct trades sent (a trade repeated in a later snapshot counts once), 
 the trade records a collector must account for; ``trade_frames`` keeps their frames when
 ``keep_sent``.  ``count`` limits the ticker data frames; trades stop with them.
 
+Books: a client that subscribes the venue's book channel gets the snapshot of a simulated book
+per symbol (:class:`sabot.sim.books.SimBook`, starting at the symbol's simulated price) and one
+book update per symbol after each quote, in the venue's exact messages; unsubscribing and
+subscribing again sends a new snapshot.  ``book_fault_every=N`` makes every Nth book update
+carry the venue's fault (Kraken: a wrong checksum; Coinbase: a lost frame, a ``sequence_num``
+gap).  :meth:`SimServer.book_levels` / :meth:`SimServer.book_top` expose the server's books;
+``messages_out`` counts every message sent on every connection (keepalives and acks included).
+
 Use in-process (``with CoinbaseSim(rate=0, count=100) as sim: sim.port``; a background thread runs
 the event loop) or from the command line (``python -m sabot.sim coinbase --port 8765``).
 """
@@ -47,7 +55,8 @@ import orjson
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from sabot.sim.quotes import EXCHANGE_PROFILES, Quote, RandomWalk, Trade, TradeGen, load_scenario
+from sabot.sim.books import STEP_NS, T0_NS, SimBook, _rfc3339
+from sabot.sim.quotes import _START_PRICES, EXCHANGE_PROFILES, Quote, RandomWalk, Trade, TradeGen, load_scenario
 from sabot.venues import VenueMapping, get_venue, venues
 
 __all__ = ["SimServer", "Conn", "SIMULATORS", "ns_to_rfc3339", "json_text", "decimal_text",
@@ -104,6 +113,9 @@ class Conn:
     announced: set[str] = field(default_factory=set)  # symbols already sent a snapshot/first frame
     raw_stream: bool = False  # Binance /ws/ (bare payloads)
     trade_symbols: list[str] = field(default_factory=list)  # raw spelling, trades subscription
+    book_symbols: list[str] = field(default_factory=list)  # raw spelling, book subscription
+    raw_send: Any = None  # sends (and counts) a message as is, without :meth:`SimServer.stamp`
+    gaps: set = field(default_factory=set)  # frames to number as if one before them was lost
 
     def next_seq(self) -> int:
         s = self.seq
@@ -145,6 +157,7 @@ class SimServer:
         quiet_after: int | None = None,
         quiet_for: float = 3600.0,
         listed: list[str] | tuple[str, ...] | set[str] | None = None,
+        book_fault_every: int | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
@@ -182,6 +195,19 @@ class SimServer:
         self.quiet_after = quiet_after
         self.quiet_for = quiet_for
         self.listed = set(listed) if listed is not None else None
+        if book_fault_every is not None and book_fault_every < 1:
+            raise ValueError(f"book_fault_every={book_fault_every!r} must be >= 1")
+        self.book_fault_every = book_fault_every
+        self._seed = seed
+        self._books: dict[str, SimBook] = {}
+        self._book_feeds: dict[str, Any] = {}
+        self.book_updates_sent = 0
+        self.book_faults_sent = 0
+        self.book_snapshots_sent = 0
+        #: Book subscribe messages answered (each one's snapshots sent before it is counted).
+        self.book_subscribe_requests = 0
+        #: Every message sent on every connection (data, acks, keepalives, books).
+        self.messages_out = 0
         self._replay: list[str] | None = None
         if replay is not None:
             self._replay = [ln for ln in Path(replay).read_text().splitlines() if ln.strip()]
@@ -273,7 +299,8 @@ class SimServer:
                 "malformed": self.malformed_sent, "errors": self.errors_sent,
                 "connections": self.connections, "subscriptions": self.subscriptions,
                 "drops": self.drops, "rejected_symbols": list(self.rejected_symbols),
-                "trades": self.trades_sent}
+                "trades": self.trades_sent, "book_updates": self.book_updates_sent,
+                "book_faults": self.book_faults_sent, "book_snapshots": self.book_snapshots_sent}
 
     # ---- trades ---------------------------------------------------------------------------
     def encode_trades(self, trades: list[Trade], conn: Conn, snapshot: bool) -> list[str]:
@@ -315,7 +342,7 @@ class SimServer:
         if not trades:
             return
         for text in self.encode_trades(trades, conn, snapshot):
-            await self._send(conn, text)
+            text = await self._send(conn, text)
             if self.keep_sent:
                 self.trade_frames.append(text)
         self._count_trades(trades)
@@ -326,6 +353,59 @@ class SimServer:
             if t.trade_id > top.get(t.symbol, -1):
                 top[t.symbol] = t.trade_id
                 self.trades_sent += 1
+
+    # ---- books ----------------------------------------------------------------------------
+    def sim_book(self, raw: str) -> SimBook:
+        """The server's book of ``raw`` (made on first use, at the symbol's simulated price)."""
+        book = self._books.get(raw)
+        if book is None:
+            base = self._canonical(raw).split("/")[0]
+            book = self._books[raw] = SimBook(seed=self._seed * 7919 + len(self._books),
+                                              mid=_START_PRICES.get(base, 100.0),
+                                              price_decimals=self.decimals, qty_decimals=8)
+        return book
+
+    def book_levels(self, raw: str, n: int = 10) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        """The top ``n`` bids and asks of the server's book of ``raw``, best first, as floats."""
+        book = self.sim_book(raw)
+        pd, qd = 10 ** book.price_decimals, 10 ** book.qty_decimals
+        return ([(p / pd, q / qd) for p, q in book.sorted_bids()[:n]],
+                [(p / pd, q / qd) for p, q in book.sorted_asks()[:n]])
+
+    def book_top(self, raw: str) -> tuple[float, float, float, float]:
+        """``(bid, bid_size, ask, ask_size)`` of the server's book of ``raw``."""
+        bids, asks = self.book_levels(raw, 1)
+        return bids[0][0], bids[0][1], asks[0][0], asks[0][1]
+
+    def book_now(self, text: str, book: SimBook) -> str:
+        """A book frame with its exchange time(s) set to now (the feeds count from a fixed epoch)."""
+        fixed = _rfc3339(T0_NS + book.steps * STEP_NS)
+        return text.replace(fixed, ns_to_rfc3339(self.event_time_ns(), 6, trim=False))
+
+    def book_snapshot_frames(self, conn: Conn, raw: str) -> list[str]:
+        """The venue's snapshot frame(s) of ``raw``'s book."""
+        raise NotImplementedError(f"{self.exchange} simulator: no book channel")
+
+    def book_update_frames(self, conn: Conn, raw: str, fault: bool) -> list[str]:
+        """The venue's update frame(s) after one step of ``raw``'s book (``fault``: the venue's fault)."""
+        raise NotImplementedError(f"{self.exchange} simulator: no book channel")
+
+    async def send_book_snapshots(self, conn: Conn, raws: list[str]) -> None:
+        """Send the snapshots of ``raws`` and count the subscribe request as answered."""
+        for raw in raws:
+            for text in self.book_snapshot_frames(conn, raw):
+                await self._send(conn, text)
+                self.book_snapshots_sent += 1
+        self.book_subscribe_requests += 1
+
+    def _book_updates(self, conn: Conn, raw: str) -> list[tuple[str, bool]]:
+        if raw not in conn.book_symbols:
+            return []
+        every = self.book_fault_every
+        fault = bool(every) and (self.book_updates_sent + 1) % every == 0
+        self.book_updates_sent += 1
+        self.book_faults_sent += fault
+        return [(text, False) for text in self.book_update_frames(conn, raw, fault)]
 
     # ---- shared machinery -----------------------------------------------------------------
     def _canonical(self, raw: str) -> str:
@@ -343,15 +423,33 @@ class SimServer:
         """A symbol no client subscribes, in this venue's spelling (the ``unsubscribed`` fault)."""
         return self.raw_symbol(STRAY_SYMBOL)
 
-    async def _send(self, conn: Conn, text: str, is_data: bool = False) -> None:
-        await conn.ws.send(text)
+    def stamp(self, conn: Conn, text: Any) -> Any:
+        """The message as it goes on the wire; numbering at send time keeps numbers in wire order
+        (Coinbase's ``sequence_num``) whatever task made the frame."""
+        return text
+
+    async def _send(self, conn: Conn, text: str, is_data: bool = False) -> str:
+        """Send one frame; returns it as sent (stamped)."""
+        text = self.stamp(conn, text)
+        await (conn.raw_send or conn.ws.send)(text)
         self.frames_sent += 1
         if is_data:
             self.sent_count += 1
+        return text
 
     async def _handler(self, ws: ServerConnection) -> None:
         self.connections += 1
-        conn = Conn(ws)
+        send = ws.send
+
+        async def counted_send(message: Any, *args: Any, **kwargs: Any) -> None:
+            await send(message, *args, **kwargs)
+            self.messages_out += 1
+
+        async def stamped_send(message: Any, *args: Any, **kwargs: Any) -> None:
+            await counted_send(self.stamp(conn, message), *args, **kwargs)
+
+        ws.send = stamped_send  # type: ignore[method-assign]  # every message stamped and counted
+        conn = Conn(ws, raw_send=counted_send)
         reader = asyncio.create_task(self._reader(conn))
         keeper: asyncio.Task | None = None
         try:
@@ -417,7 +515,7 @@ class SimServer:
                     return
                 except asyncio.TimeoutError:
                     start = time.monotonic() - n / self.rate if self.rate > 0 else start
-            if not conn.symbols and not conn.trade_symbols:  # nothing listed was subscribed
+            if not conn.symbols and not conn.trade_symbols and not conn.book_symbols:  # nothing listed
                 await ws.wait_closed()
                 return
             frames = await self._next_frames(conn)
@@ -426,13 +524,15 @@ class SimServer:
                     await self.send_trades(conn, frame[2], False)
                     continue
                 text, is_data = frame
+                corrupted = False
                 if is_data and self.corrupt_every and (self.sent_count + 1) % self.corrupt_every == 0:
                     kind = self.corrupt_kinds[sum(self.corrupt_sent.values()) % len(self.corrupt_kinds)]
                     text = self.corrupt(text, kind)
                     self.corrupt_sent[kind] = self.corrupt_sent.get(kind, 0) + 1
-                    if self.keep_sent:
-                        self.corrupt_texts.add(text)
-                await self._send(conn, text, is_data)
+                    corrupted = True
+                text = await self._send(conn, text, is_data)
+                if corrupted and self.keep_sent:
+                    self.corrupt_texts.add(text)
                 conn_data += is_data
                 if self.keep_sent:
                     self.sent.append((text, is_data))
@@ -480,15 +580,15 @@ class SimServer:
             conn.announced.add(raw)
             q = q if "/" in q.symbol else _with_symbol(q, self._canonical(raw))
             return self._with_trades(self.encode(q, conn, snapshot) if conn.symbols else [],
-                                     q, raw, conn)
-        syms = conn.symbols or conn.trade_symbols
+                                     q, raw, conn) + self._book_updates(conn, raw)
+        syms = conn.symbols or conn.trade_symbols or conn.book_symbols
         raw = syms[self._pos % len(syms)]
         self._pos += 1
         q = self._walk.next(self._canonical(raw))
         snapshot = raw not in conn.announced
         conn.announced.add(raw)
         return self._with_trades(self.encode(q, conn, snapshot) if conn.symbols else [],
-                                 q, raw, conn)
+                                 q, raw, conn) + self._book_updates(conn, raw)
 
     def _with_trades(self, frames: list, q: Quote, raw: str, conn: Conn) -> list:
         """``frames`` followed by the trades printed after ``q`` when the client subscribed them."""
@@ -497,6 +597,11 @@ class SimServer:
             if trades:
                 return [*frames, ("", False, trades)]
         return frames
+
+    def process_request(self, connection: ServerConnection, request: Any) -> Any:
+        """A plain HTTP request on the server's port (the venue's REST endpoints): a response,
+        or ``None`` to go on with the WebSocket handshake."""
+        return None
 
     async def announce_shutdown(self, conn: Conn) -> None:
         """Frame(s) sent before a planned shutdown (Binance ``serverShutdown``)."""
@@ -509,6 +614,7 @@ class SimServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         async with serve(self._handler, self.host, self.requested_port, ping_interval=None,
+                         process_request=self.process_request,
                          max_size=None, compression=None) as server:
             self.port = server.sockets[0].getsockname()[1]
             log.info("%s simulator listening on ws://%s:%d", self.exchange, self.host, self.port)

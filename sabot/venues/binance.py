@@ -18,21 +18,37 @@ whether the buyer was the maker, so the aggressor is the seller when ``m`` is tr
 ``m=true`` -> ``"sell"``, ``m=false`` -> ``"buy"``.  ``aggTrade`` events (from a URL naming
 ``@aggTrade`` streams) are read the same way with the aggregate id ``a`` as ``trade_id``.
 Binance sends no snapshot and no sequence number for trades.
+
+Book (``<s>@depth@100ms`` diff depth): each symbol's :class:`sabot.book.BinanceBook` buffers
+events until a REST snapshot (``GET <rest_url>/api/v3/depth?symbol=<S>&limit=<depth_limit>``,
+fetched beside the connection, never blocking it) is installed, then applies them with the
+``U``/``u`` update-id checks; each change of a symbol's top levels is one book record
+(:mod:`sabot.collectors.books`).  A hole in the update ids drops the symbol's book, is counted
+(``book_resyncs``) and logged, and a new snapshot is fetched; a snapshot older than the
+buffered events is fetched again; a failed fetch is logged and retried with backoff.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
-from typing import Any
+import time
+import urllib.request
+from typing import Any, Callable
 
 import pyarrow as pa
 
+from sabot.book import BinanceBook, BookSet, DepthGap, StaleSnapshot
+from sabot.collectors.books import BOOK_DEPTH, book_records
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Parsed, int64, ms_to_ns, num,
+    BOOK, CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Parsed, int64, ms_to_ns, num,
     parsed,
 )
 from sabot.venues.registry import Venue, register
 
 __all__ = ["BinanceCollector", "VENUE"]
+
+log = logging.getLogger("sabot.collectors")
 
 _NO_TICKER = (None, None, None, None)
 
@@ -54,7 +70,11 @@ class BinanceCollector(ExchangeCollector):
     subscribed_template = "Connected! Streaming to {short}..."
     stale_after = 60.0  # bookTicker is real-time, but a quiet book may be silent for a while
     rejects_by_silence = True  # an unlisted symbol's streams simply never send anything
-    supported_channels = ("ticker", "trades")
+    supported_channels = ("ticker", "trades", "book")
+    #: Where book snapshots come from (``GET /api/v3/depth``); ``--rest-url`` changes it.
+    rest_url = "https://api.binance.com"
+    #: Levels asked of each REST snapshot.
+    depth_limit = 1000
 
     @classmethod
     def to_exchange_symbol(cls, symbol: str) -> str:
@@ -76,13 +96,84 @@ class BinanceCollector(ExchangeCollector):
         self.rejects_by_silence = "ticker" in self.channels
         # raw symbol (upper case) -> (last price, 24 h base volume, change %, trade count)
         self._ticker: dict[str, tuple] = {}
+        self.book_set: BookSet | None = None
+        self.depth_books: dict[str, BinanceBook] = {}
+        self.snapshot_errors = 0  # REST snapshot fetches that failed (retried)
+        self._need_snapshot: asyncio.Event | None = None
+        self.on_connect()
+
+    def books_waiting(self) -> int | None:
+        """Symbols whose book waits for a REST snapshot."""
+        if self.book_set is None:
+            return None
+        return sum(1 for b in self.depth_books.values() if b.needs_snapshot)
+
+    def on_connect(self) -> None:
+        """A new connection: every book waits for its first events and a new snapshot."""
+        if "book" in self.channels:
+            self.book_set = BookSet("binance", BOOK_DEPTH)
+            self.depth_books = {raw.upper(): BinanceBook(raw.upper(), self.book_set) for raw in self.symbols}
+
+    def _depth_event(self, data: dict, recv_ns: int) -> Parsed:
+        book = self.depth_books.get(data.get("s"))
+        if book is None:
+            return Parsed(UNKNOWN, detail=f"depthUpdate for unsubscribed symbol {data.get('s')!r}")
+        try:
+            book.on_event(data, recv_ns)
+        except DepthGap as exc:
+            self.book_resyncs += 1
+            log.warning("binance: %s (book resync #%d)", exc, self.book_resyncs)
+        if book.needs_snapshot and self._need_snapshot is not None:
+            self._need_snapshot.set()
+        return parsed((BOOK, book_records(self.book_set, self.record_symbol), ""))
+
+    def fetch_snapshot(self, raw: str) -> bytes:
+        """The REST depth snapshot body of ``raw`` (blocking; run off the event loop)."""
+        url = f"{self.rest_url.rstrip('/')}/api/v3/depth?symbol={raw}&limit={self.depth_limit}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.read()
+
+    async def session_task(self, deliver: Callable[[int, list, Any], None]) -> None:
+        """Fetch REST snapshots for the books that wait for one, for as long as the connection lives."""
+        if "book" not in self.channels:
+            return
+        need = self._need_snapshot = asyncio.Event()
+        delay = 0.5
+        while True:
+            await need.wait()
+            need.clear()
+            for raw, book in list(self.depth_books.items()):
+                if not book.needs_snapshot or not book.buffer:  # snapshot once events are buffered
+                    continue
+                try:
+                    body = await asyncio.to_thread(self.fetch_snapshot, raw)
+                    book.on_snapshot(body, time.time_ns())
+                    delay = 0.5
+                except StaleSnapshot as exc:
+                    log.info("binance: %s; fetching it again", exc)
+                    need.set()
+                except DepthGap as exc:
+                    self.book_resyncs += 1
+                    log.warning("binance: %s (book resync #%d)", exc, self.book_resyncs)
+                    need.set()
+                except (OSError, ValueError) as exc:  # network, HTTP status, malformed body (BookError)
+                    self.snapshot_errors += 1
+                    log.warning("binance: depth snapshot of %s failed (#%d): %s; retrying in %.1f s",
+                                raw, self.snapshot_errors, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    need.set()
+                rows = book_records(self.book_set, self.record_symbol)
+                if rows:
+                    deliver(BOOK, rows, None)
 
     def url(self, base_url: str | None = None) -> str:
         base = (base_url or self.default_url).rstrip("/")
         if "streams=" in base:
             return base
         kinds = (("bookTicker", "ticker") if "ticker" in self.channels else ()) + (
-            ("trade",) if "trades" in self.channels else ())
+            ("trade",) if "trades" in self.channels else ()) + (
+            ("depth@100ms",) if "book" in self.channels else ())
         streams = "/".join(f"{s.lower()}@{kind}" for s in self.symbols for kind in kinds)
         return f"{base}/stream?streams={streams}"
 
@@ -117,6 +208,8 @@ class BinanceCollector(ExchangeCollector):
                 "num_trades": n,
             }], ""))
         event = data.get("e")
+        if event == "depthUpdate" and self.book_set is not None:
+            return self._depth_event(data, recv_ns)
         if (event == "trade" or event == "aggTrade") and "trades" in self.channels:
             raw = data["s"]
             tid = str(int64(data["t" if event == "trade" else "a"], "t" if event == "trade" else "a"))

@@ -20,6 +20,15 @@ the event time, ``trade_id`` the id, ``sequence_num`` of the envelope the sequen
 first.  On every subscribe Coinbase sends a ``snapshot`` of recent trades: they are recorded,
 except those already recorded on this run (a reconnect fills its gap without repeating a
 trade id).
+
+Book (``level2`` channel, data on ``l2_data``): every frame of the connection goes to
+:class:`sabot.book.CoinbaseBooks`, as ``sequence_num`` numbers all of them; each change of a
+product's top levels is one book record (:mod:`sabot.collectors.books`).  A jump in
+``sequence_num`` (a frame lost) drops the books, is counted (``book_resyncs``) and logged, and
+``level2`` is unsubscribed and subscribed again: the new snapshots restore the books.  With the
+book on, a ticker record's ``bid``/``ask`` and sizes are the book's best levels at that moment:
+the ticker channel's own best bid/ask only move on trades.  Until a product's book is in sync
+its ticker records keep the ticker channel's values.
 """
 from __future__ import annotations
 
@@ -29,10 +38,15 @@ from typing import Optional, Union
 import msgspec
 import pyarrow as pa
 
+import logging
+
 import orjson
 
+from sabot.book import BookError, CoinbaseBooks, SequenceGap
+from sabot.collectors.books import BOOK_DEPTH, book_records
+
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Parsed, dumps, int64, num,
+    BOOK, CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Parsed, dumps, int64, num,
     parsed, rfc3339_to_ns,
 )
 from sabot.venues.registry import Venue, register
@@ -112,15 +126,35 @@ class _Values(msgspec.Struct):
 _AGGRESSOR = {"BUY": "sell", "SELL": "buy", "buy": "sell", "sell": "buy"}
 
 
+log = logging.getLogger("sabot.collectors")
+
+
 class CoinbaseCollector(ExchangeCollector):
     name = "coinbase"
-    supported_channels = ("ticker", "trades")
+    supported_channels = ("ticker", "trades", "book")
     default_url = "wss://advanced-trade-ws.coinbase.com"
     default_symbols = ("BTC-USD", "ETH-USD")
     #: Logged once per connection when subscribed ({dest}: "Kafka topic 'x'"; {short}: "Kafka").
     subscribed_template = "Subscribed; streaming to {dest}"
     stale_after = 15.0  # heartbeats arrive every second
     resubscribe_after_reject = True  # an invalid product id fails the whole subscribe message
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.books: CoinbaseBooks | None = None
+        self.on_connect()
+
+    def books_waiting(self) -> int | None:
+        """Subscribed products without a book in sync (before the first or a new snapshot)."""
+        if self.books is None:
+            return None
+        held = self.books.books
+        return sum(1 for s in self.symbols if s not in held)
+
+    def on_connect(self) -> None:
+        """A new connection numbers its frames from the start: new books, new sequence."""
+        if "book" in self.channels:
+            self.books = CoinbaseBooks(out_depth=BOOK_DEPTH)
 
     @classmethod
     def to_exchange_symbol(cls, symbol: str) -> str:
@@ -136,10 +170,42 @@ class CoinbaseCollector(ExchangeCollector):
             msgs.append(dumps({"type": "subscribe", "product_ids": self.symbols, "channel": "ticker"}))
         if "trades" in self.channels:
             msgs.append(dumps({"type": "subscribe", "product_ids": self.symbols, "channel": "market_trades"}))
+        if "book" in self.channels:
+            msgs.append(dumps({"type": "subscribe", "product_ids": self.symbols, "channel": "level2"}))
         msgs.append(dumps({"type": "subscribe", "channel": "heartbeats"}))
         return msgs
 
     def parse(self, raw: str | bytes, recv_ns: int) -> Parsed:
+        """Every frame through the books first when the book is on (see the module docstring)."""
+        books = self.books
+        if books is None:
+            return self._parse_frame(raw, recv_ns)
+        try:
+            updated = books.on_message(raw, recv_ns)
+        except SequenceGap as exc:
+            self.book_resyncs += 1
+            log.warning("coinbase: %s (book resync #%d)", exc, self.book_resyncs)
+            for kind in ("unsubscribe", "subscribe"):
+                self.outbox.append(dumps({"type": kind, "product_ids": self.symbols, "channel": "level2"}))
+            updated = None
+        except BookError as exc:
+            if (b'"l2_data"' in raw) if type(raw) is bytes else ('"l2_data"' in raw):
+                return Parsed(UNKNOWN, detail=f"malformed l2_data frame: {exc}")
+            updated = None  # not a book frame (malformed JSON, ...): the ordinary path says why
+        if updated:
+            return parsed((BOOK, book_records(books.books, self.record_symbol), ""))
+        p = self._parse_frame(raw, recv_ns)
+        if p.kind == DATA:
+            held = books.books
+            for rec in p.records:
+                pid = rec["raw_symbol"]
+                if pid in held:
+                    bid, bid_size, ask, ask_size = held[pid].bbo()
+                    if bid == bid and ask == ask:  # both sides present (NaN otherwise)
+                        rec["bid"], rec["bid_size"], rec["ask"], rec["ask_size"] = bid, bid_size, ask, ask_size
+        return p
+
+    def _parse_frame(self, raw: str | bytes, recv_ns: int) -> Parsed:
         """Ticker frames through the typed decoder; every other frame through the generic path."""
         loose = False
         try:
@@ -254,6 +320,8 @@ class CoinbaseCollector(ExchangeCollector):
             return self._trade_records(msg, recv_ns)
         if channel == "heartbeats":
             return Parsed(CONTROL)
+        if channel == "l2_data" and self.books is not None:
+            return Parsed(BOOK)  # an update of a book not held (yet): counted by the books
         if channel == "subscriptions":
             subs = {}
             for event in msg.get("events", ()):

@@ -18,16 +18,33 @@ Trades (``trade`` channel): each ``data[]`` entry is one trade record; ``side`` 
 book) the id, ``timestamp`` the event time; Kraken has no sequence number.  The subscription
 asks for the snapshot of recent trades: they are recorded, except those already recorded on
 this run (a reconnect fills its gap without repeating a trade id).
+
+Book (``book`` channel, depth 10): frames go as received to :class:`sabot.book.KrakenBooks`,
+which verifies the CRC32 checksum of every snapshot and update; each change of a symbol's top
+levels is one book record (:mod:`sabot.collectors.books`).  A checksum mismatch drops that
+symbol's book, is counted (``book_resyncs``) and logged, and the symbol's book is unsubscribed
+and subscribed again: the new snapshot restores it.
 """
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 
+from sabot.book import BookError, ChecksumMismatch, KrakenBooks
+
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Parsed, dumps, num, parsed,
+    BOOK, CONTROL, DATA, ERROR, REJECTED, SUBSCRIBED, TRADES, UNKNOWN, ExchangeCollector, Parsed, dumps, num, parsed,
     rfc3339_to_ns,
 )
+from sabot.collectors.books import BOOK_DEPTH, book_records
 from sabot.venues.registry import Venue, register
+
+log = logging.getLogger("sabot.collectors")
+
+#: Every book frame starts so (the venue's compact JSON).
+_BOOK_TAG = '"channel":"book"'
+_BOOK_TAG_B = _BOOK_TAG.encode()
 
 __all__ = ["KrakenCollector", "VENUE"]
 
@@ -39,7 +56,14 @@ class KrakenCollector(ExchangeCollector):
     #: Logged once per connection when subscribed ({dest}: "Kafka topic 'x'"; {short}: "Kafka").
     subscribed_template = "✅ Subscription confirmed; streaming to {dest}"
     stale_after = 15.0  # heartbeat ~1/s when idle
-    supported_channels = ("ticker", "trades")
+    supported_channels = ("ticker", "trades", "book")
+    #: The subscribed book depth (Kraken: 10, 25, 100, 500 or 1000).
+    book_depth = 10
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.books: KrakenBooks | None = None
+        self.on_connect()
 
     @classmethod
     def split_exchange_symbol(cls, text: str) -> tuple[str, str] | None:
@@ -47,6 +71,41 @@ class KrakenCollector(ExchangeCollector):
         if len(text) == 8 and text[0] == "X" and text[4] in "XZ":
             return text[1:4], text[5:]
         return None
+
+    def books_waiting(self) -> int | None:
+        """Subscribed symbols without a book in sync (before the first or a new snapshot)."""
+        if self.books is None:
+            return None
+        held = self.books.books
+        return sum(1 for s in self.symbols if s not in held)
+
+    def on_connect(self) -> None:
+        """A new connection: its book snapshots start every book again."""
+        if "book" in self.channels:
+            self.books = KrakenBooks(self.book_depth, out_depth=BOOK_DEPTH)
+
+    def _book_subscription(self, method: str, symbols: list[str]) -> str:
+        params = {"channel": "book", "symbol": symbols, "depth": self.book_depth}
+        if method == "subscribe":
+            params["snapshot"] = True
+        return dumps({"method": method, "params": params, "req_id": 3 if method == "subscribe" else 4})
+
+    def parse(self, raw: str | bytes, recv_ns: int) -> Parsed:
+        """Book frames to the checksum-verified books; every other frame as before."""
+        books = self.books
+        if books is not None and (_BOOK_TAG in raw if type(raw) is str else _BOOK_TAG_B in raw):
+            try:
+                books.on_message(raw, recv_ns)
+            except ChecksumMismatch as exc:
+                self.book_resyncs += 1
+                log.warning("kraken: %s (book resync #%d)", exc, self.book_resyncs)
+                self.outbox.append(self._book_subscription("unsubscribe", [exc.symbol]))
+                self.outbox.append(self._book_subscription("subscribe", [exc.symbol]))
+            except BookError as exc:
+                # rows recorded before the bad value stay pending: the next book frame hands them out
+                return Parsed(UNKNOWN, detail=f"malformed book frame: {exc}")
+            return parsed((BOOK, book_records(books.books, self.record_symbol), ""))
+        return super().parse(raw, recv_ns)
 
     def subscribe_messages(self) -> list[str]:
         msgs = []
@@ -63,6 +122,8 @@ class KrakenCollector(ExchangeCollector):
                 "params": {"channel": "trade", "symbol": self.symbols, "snapshot": True},
                 "req_id": 2,
             }))
+        if "book" in self.channels:
+            msgs.append(self._book_subscription("subscribe", self.symbols))
         return msgs
 
     def _parse(self, msg: dict, recv_ns: int) -> Parsed:

@@ -284,11 +284,11 @@ def test_unknown_channel_is_one_line_and_exit_2(capsys):
     from sabot.apps.collect import main
 
     with pytest.raises(SystemExit) as exc:
-        main("kraken", ["--channels", "ticker,book"])
+        main("kraken", ["--channels", "ticker,orders"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "unknown channel 'book'; accepted: ticker, trades" in err and "--channels" in err
+    assert "unknown channel 'orders'; accepted: ticker, trades, book" in err and "--channels" in err
 
 
 def test_a_refusal_repeated_for_the_trades_subscription_is_the_same_refusal():
