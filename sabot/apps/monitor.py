@@ -983,8 +983,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "joins on the rows of the first registered venue (replay, research) "
                         "(default %(default)s)")
     p.add_argument("--fetch-wait-max-ms", type=int, default=LIVE_FETCH_WAIT_MAX_MS,
-                   help="consumer fetch.wait.max.ms with --align arrival (default %(default)s: "
-                        "the embedded broker's fastest; raise it against a real Kafka cluster)")
+                   help="consumer fetch.wait.max.ms with --align arrival (default %(default)s; the "
+                        "embedded broker sleeps this long per fetch, and stops answering "
+                        "fetches that come much faster than this after a while)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--output", type=Path, default=None,
                    help="JSON lines record of opportunities: one 'open' and one 'close' record "
