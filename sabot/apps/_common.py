@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-from typing import Dict, Mapping, Optional
+import signal
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 from sabot.broker import BrokerUnreachableError, check_reachable
 from sabot.kafka import KafkaConfigError, read_client_properties
@@ -60,3 +61,23 @@ def wait_reachable(bootstrap: str, kafka_config: Optional[Mapping[str, str]] = N
     """Raise :class:`BrokerUnreachableError` unless a broker at ``bootstrap`` answers a metadata
     request within ``timeout_s``, asked with the user's client configuration (TLS, SASL)."""
     check_reachable(bootstrap, timeout_s, kafka_config)
+
+
+def feed_until_stopped(batches: Iterable[Any], on_batch: Callable[[Any], None],
+                       duration: Optional[float] = None) -> None:
+    """Hand every batch to ``on_batch`` until the batches end, Ctrl+C, SIGTERM, or ``duration``
+    seconds (a SIGALRM timer) - each a clean stop, not an error (the monitors' run loop)."""
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    if duration:
+        signal.signal(signal.SIGALRM, stop)
+        signal.setitimer(signal.ITIMER_REAL, duration)
+    try:
+        for batch in batches:
+            on_batch(batch)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)

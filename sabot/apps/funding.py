@@ -66,7 +66,7 @@ import numpy as np
 import pyarrow as pa
 
 from sabot.apps._common import (BrokerUnreachableError, add_kafka_config_argument,
-                                kafka_config_from_args, wait_reachable)
+                                feed_until_stopped, kafka_config_from_args, wait_reachable)
 from sabot.symbols import normalize_symbol
 from sabot.timeunits import column_ns
 from sabot.venues import get_venue, perp_venue_names, venue_names
@@ -578,24 +578,13 @@ def run(args: argparse.Namespace) -> int:
                           kafka_config=kafka_config,
                           topics=(args.spot_topic, args.perp_topic, args.funding_topic))
 
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    if args.duration:
-        signal.signal(signal.SIGALRM, stop)
-        signal.setitimer(signal.ITIMER_REAL, args.duration)
     print(f"Funding monitor on {args.bootstrap}: buy {args.spot} spot, short {args.perp}; fees (bps) "
           + ", ".join(f"{v}={f:g}" for v, f in fees.items())
           + f" (paid entering and unwinding), min edge {args.min_edge_bps:g} bps, "
           f"tolerance {args.tolerance_ms:g} ms", flush=True)
     try:
-        for batch in stream:
-            monitor.on_batch(batch)
-    except KeyboardInterrupt:
-        pass
+        feed_until_stopped(stream, monitor.on_batch, args.duration)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         monitor.close()
     print(monitor.summary_line("📊 funding final summary"), flush=True)
     return 0

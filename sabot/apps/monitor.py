@@ -76,7 +76,7 @@ import pyarrow.compute as pc
 from sabot.api import Stream
 from sabot.api.arrival import ArrivalAsofJoin
 from sabot.apps._common import (BrokerUnreachableError, add_kafka_config_argument,
-                                kafka_config_from_args, wait_reachable)
+                                feed_until_stopped, kafka_config_from_args, wait_reachable)
 from sabot.fintech import ArbitrageOpportunities, midprice, normalize_symbols
 from sabot.kafka import LIVE_FETCH_WAIT_MAX_MS, fast_consumer_config, live_consumer_config
 from sabot.schema import TICKER_SCHEMA
@@ -807,24 +807,13 @@ def run(args: argparse.Namespace) -> int:
         monitor.venue_streams = dict(zip(venues, streams))
         monitor.sources = list(streams)
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    if args.duration:
-        signal.signal(signal.SIGALRM, stop)
-        signal.setitimer(signal.ITIMER_REAL, args.duration)
     print(f"Arbitrage monitor on {args.bootstrap}: fees (bps) "
           + ", ".join(f"{v}={f:g}" for v, f in fees.items())
           + f", min edge {args.min_edge_bps:g} bps, ASOF tolerance {args.tolerance_ms:g} ms, "
           f"alignment: {args.align}", flush=True)
     try:
-        for batch in joined:
-            monitor.on_batch(batch)
-    except KeyboardInterrupt:
-        pass
+        feed_until_stopped(joined, monitor.on_batch, args.duration)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         monitor.close()
     print(monitor.summary_line("📊 final summary"), flush=True)
     return 0
