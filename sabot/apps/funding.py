@@ -53,7 +53,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 import time
