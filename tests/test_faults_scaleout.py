@@ -347,11 +347,12 @@ def test_scale_out_two_then_three_members_and_one_killed(kafka_broker, unique_to
 
         def victim_found():
             """(member, partition): a member that has processed >= 100 records of a partition
-            since it was assigned it, with >= 1000 left."""
+            since it was assigned it, with >= 600 left (a window of ~1,900 records per
+            partition: wide enough to be seen between two polls on a busy machine)."""
             d = done()
             for m in members:
                 for p, start in _last_assignment(m.log()).items():
-                    if d[p] >= start + 100 and size[p] - d[p] >= 1000:
+                    if d[p] >= start + 100 and size[p] - d[p] >= 600:
                         return m, p
             return None
 
