@@ -61,6 +61,23 @@ def _finite(value: Any, field: str) -> float:
     return x
 
 
+def control_message(msg: dict, event: Any) -> Parsed:
+    """What a Binance frame that carries no market data says (spot and USD-M futures alike): a
+    planned shutdown (reconnect), an error, a subscription reply, or something unsupported."""
+    if event == "serverShutdown" or msg.get("stream") == "!serverShutdown":
+        return Parsed(RECONNECT, detail="serverShutdown")
+    err = msg.get("error")
+    if err is not None:
+        if isinstance(err, dict):
+            return Parsed(ERROR, detail=f"code {err.get('code')}: {err.get('msg')}")
+        return Parsed(ERROR, detail=str(err))
+    if "code" in msg and "msg" in msg:
+        return Parsed(ERROR, detail=f"code {msg['code']}: {msg['msg']}")
+    if "result" in msg and "id" in msg:
+        return Parsed(SUBSCRIBED if msg["result"] is None else CONTROL, detail=f"id {msg['id']}")
+    return Parsed(UNKNOWN, detail=f"unsupported event {event!r} stream {msg.get('stream')!r}")
+
+
 class BinanceCollector(ExchangeCollector):
     name = "binance"
     default_url = "wss://stream.binance.com:9443"
@@ -237,18 +254,7 @@ class BinanceCollector(ExchangeCollector):
                       int64(data["n"], "n"))
             self._ticker[data["s"]] = values
             return Parsed(DATA)
-        if event == "serverShutdown" or msg.get("stream") == "!serverShutdown":
-            return Parsed(RECONNECT, detail="serverShutdown")
-        err = msg.get("error")
-        if err is not None:
-            if isinstance(err, dict):
-                return Parsed(ERROR, detail=f"code {err.get('code')}: {err.get('msg')}")
-            return Parsed(ERROR, detail=str(err))
-        if "code" in msg and "msg" in msg:
-            return Parsed(ERROR, detail=f"code {msg['code']}: {msg['msg']}")
-        if "result" in msg and "id" in msg:
-            return Parsed(SUBSCRIBED if msg["result"] is None else CONTROL, detail=f"id {msg['id']}")
-        return Parsed(UNKNOWN, detail=f"unsupported event {event!r} stream {msg.get('stream')!r}")
+        return control_message(msg, event)
 
 
 VENUE = register(Venue(

@@ -39,10 +39,11 @@ from typing import Any, Callable, Mapping
 import pyarrow as pa
 
 from sabot.collectors.base import (
-    CONTROL, DATA, ERROR, RECONNECT, SUBSCRIBED, UNKNOWN, ExchangeCollector, Parsed, Record,
+    DATA, ExchangeCollector, Parsed, Record,
     has_control_chars, int64, num, parsed,
 )
 from sabot.collectors.validate import RecordValidator, _bad_number, ns_text
+from sabot.venues.binance import control_message
 from sabot.venues.registry import Venue, register
 
 __all__ = ["BinanceUsdmCollector", "PerpRecordValidator", "PerpKafkaSink", "PerpParquetSink",
@@ -357,18 +358,7 @@ class BinanceUsdmCollector(ExchangeCollector):
                 "next_funding_time": _ms_to_ns(data["T"], "T"),
                 "time_source": "exchange",
             }], ""))
-        if event == "serverShutdown" or msg.get("stream") == "!serverShutdown":
-            return Parsed(RECONNECT, detail="serverShutdown")
-        err = msg.get("error")
-        if err is not None:
-            if isinstance(err, dict):
-                return Parsed(ERROR, detail=f"code {err.get('code')}: {err.get('msg')}")
-            return Parsed(ERROR, detail=str(err))
-        if "code" in msg and "msg" in msg:
-            return Parsed(ERROR, detail=f"code {msg['code']}: {msg['msg']}")
-        if "result" in msg and "id" in msg:
-            return Parsed(SUBSCRIBED if msg["result"] is None else CONTROL, detail=f"id {msg['id']}")
-        return Parsed(UNKNOWN, detail=f"unsupported event {event!r} stream {msg.get('stream')!r}")
+        return control_message(msg, event)
 
 
 #: The funding records' Kafka topic.
