@@ -1,8 +1,9 @@
 """Symbol normalisation: every exchange spelling → ``BASE/QUOTE``.
 
 ``BTC-USD`` (Coinbase), ``BTC/USD`` (Kraken v2), ``XBT/USD`` / ``XXBTZUSD`` (Kraken v1 / REST),
-``BTCUSDT`` / ``btcusdt`` (Binance) all become ``BTC/USD``: USDT is treated as USD by default
-(``quote_aliases``). This is the one pure-Python mapping; the ``normalize_symbols`` kernel reuses it.
+``BTCUSDT`` / ``btcusdt`` (Binance) become ``BTC/USDT``: USDT is its own quote currency (a stable
+coin whose USD price moves; :mod:`sabot.quote_conversion` prices USDT quotes in USD through a live
+rate).  Folding USDT into USD is an explicit choice: ``quote_aliases=USDT_AS_USD``. This is the one pure-Python mapping; the ``normalize_symbols`` kernel reuses it.
 A spelling only one venue uses (Kraken's ``XXBTZUSD``) is that venue's knowledge: its collector's
 ``split_exchange_symbol`` is asked when ``exchange`` names a registered venue
 (:mod:`sabot.venues`); the reverse direction is ``Venue.to_exchange_symbol``.
@@ -14,14 +15,18 @@ from types import MappingProxyType
 
 __all__ = [
     "DEFAULT_QUOTE_ALIASES",
+    "USDT_AS_USD",
     "KNOWN_QUOTES",
     "BASE_ALIASES",
     "normalize_symbol",
     "split_symbol",
 ]
 
-#: Quote currencies folded into another by default (Binance's USDT books priced as USD).
-DEFAULT_QUOTE_ALIASES: Mapping[str, str] = MappingProxyType({"USDT": "USD"})
+#: Quote currencies folded into another by default: none (``BTCUSDT`` is ``BTC/USDT``).
+DEFAULT_QUOTE_ALIASES: Mapping[str, str] = MappingProxyType({})
+
+#: The explicit choice to read USDT as USD (``BTCUSDT`` -> ``BTC/USD``), ignoring the USDT/USD basis.
+USDT_AS_USD: Mapping[str, str] = MappingProxyType({"USDT": "USD"})
 
 #: Legacy base-asset codes (Kraken v1 / REST, BitMEX) → ISO codes.
 BASE_ALIASES: Mapping[str, str] = MappingProxyType({"XBT": "BTC", "XDG": "DOGE"})
@@ -90,7 +95,7 @@ def normalize_symbol(
     """``BASE/QUOTE`` for an exchange's spelling ``raw``.
 
     Base codes go through :data:`BASE_ALIASES` (``XBT`` → ``BTC``); the quote through
-    ``quote_aliases`` (default ``USDT`` → ``USD``; pass ``{}`` to keep USDT).
+    ``quote_aliases`` (default none: ``USDT`` stays ``USDT``; :data:`USDT_AS_USD` folds it into USD).
     """
     base, quote = split_symbol(raw, exchange)
     base = BASE_ALIASES.get(base, base)

@@ -70,11 +70,10 @@ def read_topics(bootstrap: str, topics: list[str], timeout_s: float = 30.0) -> d
 
 def kafka_path_decisions(batches: list[list[bytes]], output: Path) -> arb.Monitor:
     """The Kafka path's on-arrival pipeline (:func:`sabot.apps.monitor.arrival_stream` after its
-    Kafka source: count, guard, normalise, join, decide) on Kafka message values, batch by
+    Kafka source: count, guard, normalise, price USDT quotes, join, decide) on Kafka message values, batch by
     batch: decoded as the Kafka source decodes them, then through the same Stream operators."""
     from sabot.api import Stream
     from sabot.api._decode import JsonBatchDecoder, RecordRules
-    from sabot.fintech import normalize_symbols
     from sabot.schema import TICKER_SCHEMA
 
     decoder = JsonBatchDecoder(TICKER_SCHEMA, rules=RecordRules.from_window("auto", from_beginning=True))
@@ -85,9 +84,9 @@ def kafka_path_decisions(batches: list[list[bytes]], output: Path) -> arb.Monito
         decoded.append(result.batch)
     monitor = arb.Monitor(arb.parse_fees("0", VENUES), 0.0, output, None, 1e9, venues=VENUES)
     join = arb.ArrivalAsofJoin(VENUES, source_column="exchange", by="symbol", on="timestamp",
-                               columns=("bid", "ask", "recv_timestamp"), tolerance_ms=arb.TOLERANCE_MS)
+                               columns=arb.ARRIVAL_COLUMNS, tolerance_ms=arb.TOLERANCE_MS)
     stream = (Stream.from_batches(decoded).map(monitor.counter.by_exchange).map(monitor.guard)
-              .map(normalize_symbols).map(join))
+              .map(monitor.normaliser).map(monitor.converter).map(join))
     for batch in stream:
         monitor.on_batch(batch)
     monitor.close()
@@ -166,7 +165,11 @@ def test_direct_decisions_equal_the_kafka_path_and_every_record_is_in_kafka(tmp_
     assert direct_events == _events(tmp_path / "replay.jsonl")
     assert final["opportunities"] == replay.n_opportunities > 0
     assert final["closed"] == replay.tracker.closed == final["opportunities"]
-    assert final["evaluations"] == replay.evaluations == len(seen)
+    # every record is decided on, but a USDT quote that came before the first USDT/USD rate
+    unpriced = sum(replay.converter.unpriced.values())
+    assert final["unpriced_quotes"] == replay.converter.unpriced
+    assert set(replay.converter.unpriced) <= {"binance"} and unpriced < 20
+    assert final["evaluations"] == replay.evaluations == len(seen) - unpriced
     assert final["latency_ms_p50"] is not None and final["latency_ms_p99"] is not None
     assert "coinbase summary: written 120 to Kafka topic 'coinbase-ticker'" in text
 

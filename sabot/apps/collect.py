@@ -30,6 +30,7 @@ from sabot.collectors.connection import ConnectionSettings, Stats, rejection_met
 from sabot.collectors.sinks import KafkaSink, KafkaUnavailable, ParquetSink, Sink
 from sabot.collectors.validate import DeadLetter
 from sabot.kafka import LIVE_PRODUCER, KafkaConfigError, read_client_properties
+from sabot.symbols import USDT_AS_USD
 from sabot.venues import get_venue
 
 __all__ = ["add_arguments", "build_parser", "command", "main"]
@@ -97,7 +98,12 @@ def add_arguments(p: argparse.ArgumentParser, exchange: str) -> None:
         p.add_argument("--rest-url", default=cls.rest_url,
                        help="REST base URL of the book snapshots (GET /api/v3/depth) (default %(default)s)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--keep-usdt", action="store_true", help="keep USDT as the quote (default: USDT → USD)")
+    usdt = p.add_mutually_exclusive_group()
+    usdt.add_argument("--usdt-as-usd", action="store_true",
+                      help="record USDT quotes as USD (BTCUSDT -> BTC/USD, ignoring the USDT/USD "
+                           "basis); default: USDT is its own quote (BTC/USDT)")
+    usdt.add_argument("--keep-usdt", action="store_true",
+                      help="USDT is its own quote (the default; kept for existing scripts)")
     p.add_argument("--row-group-size", type=int, default=10_000, help="Parquet rows per row group")
     p.add_argument("--row-group-seconds", type=float, default=10.0, help="Parquet row group at least every N s")
     p.add_argument("--dead-letter", metavar="FILE", default=None,
@@ -252,11 +258,11 @@ def _main(exchange: str, args: argparse.Namespace) -> int:
     cls = get_venue(exchange).collector_class
     channels = tuple(getattr(args, "channels", None) or ("ticker",))
     try:
+        aliases = USDT_AS_USD if getattr(args, "usdt_as_usd", False) else {}
         if channels == ("ticker",):  # a collector that knows only tickers takes no channels
-            collector = cls(symbols, quote_aliases={} if args.keep_usdt else {"USDT": "USD"})
+            collector = cls(symbols, quote_aliases=aliases)
         else:
-            collector = cls(symbols, quote_aliases={} if args.keep_usdt else {"USDT": "USD"},
-                            channels=channels)
+            collector = cls(symbols, quote_aliases=aliases, channels=channels)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     rest_url = getattr(args, "rest_url", None)

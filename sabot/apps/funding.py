@@ -34,8 +34,8 @@ monitor's fields (``symbol``, ``timestamp_ns``, ``buy_venue``/``sell_venue``,
 ``fees_bps``, ``next_funding_time_ns``, ``funding_in_s``, ``funding_hours``, ``mark_price``,
 ``index_price``, ``funding_apr``, ``carry_edge_bps``, ``spot_quote``, ``perp_quote``).
 
-USD against USDT: symbols are joined on their canonical spelling with ``USDT`` read as ``USD``
-(the package's default).  The USDT-margined perpetual against Binance spot ``BTCUSDT`` is the
+USD against USDT: spot and perpetual are joined on the base asset, their canonical symbols read
+with ``USDT`` as ``USD`` (:data:`sabot.symbols.USDT_AS_USD`; records keep their own quotes).  The USDT-margined perpetual against Binance spot ``BTCUSDT`` is the
 clean pair (both legs in USDT).  Against a USD book (Coinbase ``BTC-USD``) the edge also holds
 the USDT/USD rate, which this monitor does not price: it says so once per symbol in the log,
 and each record names both quote currencies.
@@ -66,7 +66,7 @@ import pyarrow as pa
 
 from sabot.apps._common import (BrokerUnreachableError, add_kafka_config_argument,
                                 feed_until_stopped, kafka_config_from_args, wait_reachable)
-from sabot.symbols import normalize_symbol
+from sabot.symbols import USDT_AS_USD, normalize_symbol
 from sabot.timeunits import column_ns
 from sabot.venues import get_venue, perp_venue_names, venue_names
 
@@ -208,7 +208,7 @@ class CarryJoin:
         k = self._keys.get(symbol)
         if k is None:
             try:
-                k = normalize_symbol(symbol)
+                k = normalize_symbol(symbol, quote_aliases=USDT_AS_USD)
             except ValueError:
                 k = symbol
             if len(self._keys) < 4096:

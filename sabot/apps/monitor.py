@@ -79,7 +79,10 @@ from sabot.apps._common import (BrokerUnreachableError, add_kafka_config_argumen
                                 feed_until_stopped, kafka_config_from_args, wait_reachable)
 from sabot.fintech import ArbitrageOpportunities, midprice, normalize_symbols
 from sabot.kafka import LIVE_FETCH_WAIT_MAX_MS, fast_consumer_config, live_consumer_config
+from sabot.quote_conversion import (DEFAULT_MAX_AGE_MS, DEFAULT_RATE_VENUE, EventTimePricing,
+                                    LiveQuoteConverter, RateSource, parse_rate_source)
 from sabot.schema import TICKER_SCHEMA
+from sabot.symbols import DEFAULT_QUOTE_ALIASES, USDT_AS_USD
 from sabot.venues import default_fees, get_venue, venue_names
 
 log = logging.getLogger("arbitrage")
@@ -96,7 +99,8 @@ def fees_text(fees: Optional[Mapping[str, float]] = None) -> str:
 
 DEFAULT_FEES = fees_text()
 TOLERANCE_MS = 500
-QUOTE_COLUMNS = ("timestamp", "recv_timestamp", "symbol", "exchange", "bid", "ask", "midprice")
+QUOTE_COLUMNS = ("timestamp", "recv_timestamp", "symbol", "exchange", "bid", "ask", "midprice",
+                 "fx_bid", "fx_ask")
 ALIGNMENTS = ("arrival", "event-time")
 
 
@@ -389,8 +393,10 @@ class OpportunityTracker:
 
     def __init__(self, fees_bps: Mapping[str, float], min_edge_bps: float = 0.0,
                  venues: Optional[Sequence[str]] = None, tolerance_ms: float = TOLERANCE_MS,
-                 run_id: Optional[str] = None) -> None:
+                 run_id: Optional[str] = None, fx_source: Optional[str] = None) -> None:
         self.venues = tuple(venues) if venues is not None else venue_names()
+        #: the rate that priced quotes of another quote currency ("kraken USDT/USD"), if any
+        self.fx_source = fx_source
         self.fees = {v: float(fees_bps[v]) for v in self.venues}
         self.min_edge_bps = float(min_edge_bps)
         self.tolerance_ns = int(tolerance_ms * 1_000_000)
@@ -423,6 +429,8 @@ class OpportunityTracker:
         if not watched:
             return []
         recv = {v: _ns(joined, f"{v}_recv_timestamp") for v in self.venues}
+        fx = {(v, side): _f64(joined, f"{v}_fx_{side}") for v in self.venues
+              for side in ("bid", "ask")}
         quote_ts = {v: _ns(joined, f"{v}_timestamp") for v in self.venues
                     if joined.schema.get_field_index(f"{v}_timestamp") >= 0}
         missing = np.iinfo(np.int64).min
@@ -440,7 +448,7 @@ class OpportunityTracker:
                         tb, ts_ = int(quote_ts[b][i]), int(quote_ts[s][i])
                         if tb != missing and ts_ != missing:
                             now = max(tb, ts_)
-                    quote = self._quote(sym, b, s, e, i, row_ns, recv)
+                    quote = self._quote(sym, b, s, e, i, row_ns, recv, fx)
                     if state is None:
                         now = max(now, self.last_closed.get(key, now))
                         self.opened += 1
@@ -464,7 +472,7 @@ class OpportunityTracker:
                     else:
                         reason = "stale"
                         now = min(now, state["last_ns"] + self.tolerance_ns)
-                    events.append(self._close(key, self._quote(sym, b, s, e, i, row_ns, recv),
+                    events.append(self._close(key, self._quote(sym, b, s, e, i, row_ns, recv, fx),
                                               reason, max(now, state["last_ns"])))
         return events
 
@@ -475,16 +483,23 @@ class OpportunityTracker:
                 for key, state in list(self.open.items())]
 
     def _quote(self, sym: str, b: str, s: str, e: Mapping[str, np.ndarray], i: int,
-               ts: int, recv: Mapping[str, np.ndarray]) -> dict:
+               ts: int, recv: Mapping[str, np.ndarray],
+               fx: Optional[Mapping[Tuple[str, str], np.ndarray]] = None) -> dict:
         def recv_ns(v: str) -> Optional[int]:
             value = int(recv[v][i])
             return None if value == np.iinfo(np.int64).min else value
 
-        return {"symbol": sym, "timestamp_ns": ts, "buy_venue": b, "sell_venue": s,
-                "buy_recv_ns": recv_ns(b), "sell_recv_ns": recv_ns(s),
-                "buy_price": _num(e["buy_price"][i]), "sell_price": _num(e["sell_price"][i]),
-                "gross_bps": _num(e["gross_bps"][i]), "net_bps": _num(e["net_bps"][i]),
-                "edge_per_unit": _num(e["edge_per_unit"][i])}
+        quote = {"symbol": sym, "timestamp_ns": ts, "buy_venue": b, "sell_venue": s,
+                 "buy_recv_ns": recv_ns(b), "sell_recv_ns": recv_ns(s),
+                 "buy_price": _num(e["buy_price"][i]), "sell_price": _num(e["sell_price"][i]),
+                 "gross_bps": _num(e["gross_bps"][i]), "net_bps": _num(e["net_bps"][i]),
+                 "edge_per_unit": _num(e["edge_per_unit"][i])}
+        if fx is not None:  # the multipliers a converted quote was priced with (null: native)
+            buy_fx, sell_fx = _num(fx[(b, "ask")][i]), _num(fx[(s, "bid")][i])
+            quote["buy_fx_rate"], quote["sell_fx_rate"] = buy_fx, sell_fx
+            quote["fx_source"] = (self.fx_source if buy_fx is not None or sell_fx is not None
+                                  else None)
+        return quote
 
     def _close(self, key: Tuple[str, str, str], quote: dict, reason: str, closed_ns: int) -> dict:
         state = self.open.pop(key)
@@ -549,21 +564,75 @@ class QuoteGuard:
         return batch.filter(pa.array(ok)) if ok.any() else None
 
 
+class SymbolNormaliser:
+    """``normalize_symbols`` with the monitor's quote aliases (none by default: ``BTC/USDT``
+    stays a USDT quote; :data:`~sabot.symbols.USDT_AS_USD` with ``--usdt-as-usd``)."""
+
+    def __init__(self, quote_aliases: Mapping[str, str] = DEFAULT_QUOTE_ALIASES) -> None:
+        self.quote_aliases = dict(quote_aliases)
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return normalize_symbols(batch, quote_aliases=self.quote_aliases)
+
+
 def venue_stream(bootstrap: str, venue: str, group_id: str, counter: Counter, *,
                  from_beginning: bool, fast_groups: bool,
                  guard: Optional[QuoteGuard] = None,
-                 kafka_config: Optional[Mapping[str, str]] = None) -> Stream:
-    """The venue's ticker topic → unusable quotes skipped → normalised symbols → midprice, in
-    event-time order."""
+                 kafka_config: Optional[Mapping[str, str]] = None,
+                 normaliser: Optional[SymbolNormaliser] = None,
+                 rates: Optional[Stream] = None,
+                 pricing: Optional["EventTimePricing"] = None,
+                 rate_max_age_ms: float = DEFAULT_MAX_AGE_MS) -> Stream:
+    """The venue's ticker topic → unusable quotes skipped → normalised symbols → (with
+    ``rates``: USDT quotes priced in USD through the latest rate at or before each, an event-time
+    ASOF join on the quote currency, :mod:`sabot.quote_conversion`) → midprice, in event-time
+    order."""
+    from sabot.quote_conversion import with_quote_currency
+
     extra = fast_consumer_config() if fast_groups else {}
-    return (Stream.from_kafka(bootstrap, get_venue(venue).ticker_topic, group_id,
+    stream = (Stream.from_kafka(bootstrap, get_venue(venue).ticker_topic, group_id,
+                                from_beginning=from_beginning, order_by="timestamp",
+                                max_latency_ms=10, commit="async", kafka_config=kafka_config,
+                                **extra)
+              .map(counter(venue))
+              .map(guard if guard is not None else QuoteGuard())
+              .map(normaliser if normaliser is not None else SymbolNormaliser()))
+    if rates is not None and pricing is not None:
+        stream = (stream.map(with_quote_currency)
+                  .asof_join(rates, on="timestamp", by="quote_currency",
+                             tolerance_ms=rate_max_age_ms)
+                  .map(pricing))
+    else:
+        stream = stream.map(_native_quotes)
+    return stream.map(midprice).select(*QUOTE_COLUMNS)
+
+
+def _native_quotes(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Quotes priced in their own quote currency: null ``fx_bid``/``fx_ask``."""
+    for name in ("fx_bid", "fx_ask"):
+        if name not in batch.schema.names:
+            batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.float64()))
+    return batch
+
+
+def rate_stream(bootstrap: str, source: RateSource, group_id: str, *, from_beginning: bool,
+                fast_groups: bool, kafka_config: Optional[Mapping[str, str]] = None) -> Stream:
+    """``source``'s rate quotes (e.g. Kraken ``USDT/USD``) in event-time order, as the right side
+    of the event-time conversion (:class:`~sabot.quote_conversion.RateQuotes`)."""
+    from sabot.quote_conversion import RateQuotes
+
+    extra = fast_consumer_config() if fast_groups else {}
+    return (Stream.from_kafka(bootstrap, get_venue(source.venue).ticker_topic, group_id,
                               from_beginning=from_beginning, order_by="timestamp",
-                              max_latency_ms=10, commit="async", kafka_config=kafka_config, **extra)
-            .map(counter(venue))
-            .map(guard if guard is not None else QuoteGuard())
-            .map(normalize_symbols)
-            .map(midprice)
-            .select(*QUOTE_COLUMNS))
+                              max_latency_ms=10, commit="async", kafka_config=kafka_config,
+                              **extra)
+            .map(QuoteGuard([source.venue]))
+            .map(SymbolNormaliser())
+            .map(RateQuotes(source)))
+
+
+#: The columns the on-arrival join keeps per venue: what a decision uses.
+ARRIVAL_COLUMNS = ("bid", "ask", "recv_timestamp", "fx_bid", "fx_ask")
 
 
 def arrival_stream(bootstrap: str, group_id: str, counter: Counter, *, from_beginning: bool,
@@ -571,21 +640,26 @@ def arrival_stream(bootstrap: str, group_id: str, counter: Counter, *, from_begi
                    fetch_wait_max_ms: int = LIVE_FETCH_WAIT_MAX_MS,
                    guard: Optional[QuoteGuard] = None,
                    kafka_config: Optional[Mapping[str, str]] = None,
-                   venues: Optional[Sequence[str]] = None) -> Stream:
-    """Every venue's topic through one consumer, each quote joined on arrival with the latest
-    quote of the other venues (:class:`sabot.api.arrival.ArrivalAsofJoin`)."""
+                   venues: Optional[Sequence[str]] = None,
+                   normaliser: Optional[SymbolNormaliser] = None,
+                   converter: Optional[LiveQuoteConverter] = None) -> Stream:
+    """Every venue's topic through one consumer, quotes of another quote currency priced
+    through the latest rate received (:class:`~sabot.quote_conversion.LiveQuoteConverter`),
+    each quote joined on arrival with the latest quote of the other venues
+    (:class:`sabot.api.arrival.ArrivalAsofJoin`)."""
     venues = tuple(venues) if venues is not None else venue_names()
     extra = {**(fast_consumer_config() if fast_groups else {}),
              **live_consumer_config(**{"fetch.wait.max.ms": fetch_wait_max_ms})}
     join = ArrivalAsofJoin(venues, source_column="exchange", by="symbol", on="timestamp",
-                           columns=("bid", "ask", "recv_timestamp"), tolerance_ms=tolerance_ms)
+                           columns=ARRIVAL_COLUMNS, tolerance_ms=tolerance_ms)
     return (Stream.from_kafka(bootstrap, [get_venue(v).ticker_topic for v in venues], group_id,
                               from_beginning=from_beginning, max_latency_ms=50, commit="async",
                               kafka_config=kafka_config, **extra)
             .map(counter.by_exchange)
             .map(guard if guard is not None else QuoteGuard())
-            .map(normalize_symbols)
-            .map(join))  # keeps only what a decision uses: bid, ask, times per venue
+            .map(normaliser if normaliser is not None else SymbolNormaliser())
+            .map(converter if converter is not None else LiveQuoteConverter())
+            .map(join))  # keeps only what a decision uses: bid, ask, times, rates per venue
 
 
 #: The ticker columns the on-arrival decision reads (the direct path builds only these).
@@ -604,7 +678,7 @@ class ArrivalDecision:
     def __init__(self, monitor: "Monitor", tolerance_ms: float = TOLERANCE_MS) -> None:
         self.monitor = monitor
         self.join = ArrivalAsofJoin(monitor.venues, source_column="exchange", by="symbol",
-                                    on="timestamp", columns=("bid", "ask", "recv_timestamp"),
+                                    on="timestamp", columns=ARRIVAL_COLUMNS,
                                     tolerance_ms=tolerance_ms)
 
     def __call__(self, batch: pa.RecordBatch) -> None:
@@ -612,7 +686,9 @@ class ArrivalDecision:
         usable = self.monitor.guard(batch)
         if usable is None:
             return
-        self.monitor.on_batch(self.join(normalize_symbols(usable)))
+        priced = self.monitor.converter(self.monitor.normaliser(usable))
+        if priced is not None:
+            self.monitor.on_batch(self.join(priced))
 
 
 def joined_stream(first: Stream, *others: Stream, tolerance_ms: float = TOLERANCE_MS) -> Stream:
@@ -630,12 +706,24 @@ class Monitor:
     def __init__(self, fees: Mapping[str, float], min_edge_bps: float, output: Optional[Path],
                  summary_path: Optional[Path], summary_every_s: float, quiet: bool = False,
                  venues: Optional[Sequence[str]] = None,
-                 tolerance_ms: float = TOLERANCE_MS) -> None:
+                 tolerance_ms: float = TOLERANCE_MS,
+                 rate_source: Optional[RateSource] = RateSource(),
+                 rate_max_age_ms: float = DEFAULT_MAX_AGE_MS) -> None:
         self.venues = tuple(venues) if venues is not None else venue_names()
         self.fees = dict(fees)
         self.min_edge_bps = min_edge_bps
+        #: USDT quotes: priced in USD through ``rate_source`` (default Kraken USDT/USD), or
+        #: with ``rate_source=None`` read as USD (``--usdt-as-usd``)
+        self.rate_source = rate_source
+        self.normaliser = SymbolNormaliser(DEFAULT_QUOTE_ALIASES if rate_source is not None
+                                           else USDT_AS_USD)
+        self.converter = LiveQuoteConverter(rate_source or RateSource(), rate_max_age_ms)
+        #: event-time pricing (``--align event-time``) counts into the same per-venue dict
+        self.pricing = EventTimePricing(rate_source or RateSource(), self.converter.unpriced)
         #: each (symbol, buy venue, sell venue) opportunity from open to close
-        self.tracker = OpportunityTracker(self.fees, min_edge_bps, self.venues, tolerance_ms)
+        self.tracker = OpportunityTracker(
+            self.fees, min_edge_bps, self.venues, tolerance_ms,
+            fx_source=rate_source.describe() if rate_source is not None else None)
         self.output = open(output, "w", encoding="utf-8") if output else None
         self.summary_path = summary_path
         self.summary_every_s = summary_every_s
@@ -733,6 +821,8 @@ class Monitor:
             "closed": self.tracker.closed,
             "open_now": len(self.tracker.open),
             "skipped_quotes": dict(self.guard.skipped),
+            "unpriced_quotes": dict(self.converter.unpriced),
+            "fx_source": self.rate_source.describe() if self.rate_source is not None else None,
             "skipped_edges": dict(self.skipped),
             "latency_ms_p50": percentile(self.latencies_ms, 50),
             "latency_ms_p99": percentile(self.latencies_ms, 99),
@@ -749,9 +839,11 @@ class Monitor:
         recs = ", ".join(f"{v} {n}" for v, n in s["records"].items())
         skipped = (sum(s["skipped_quotes"].values()) + sum(s["skipped_edges"].values())
                    + s["source_skipped"])
+        unpriced = sum(s["unpriced_quotes"].values())
         return (f"{head}: {s['opportunities']} opportunities in {s['evaluations']} evaluations; "
                 f"tick-to-signal p50 {p50}, p99 {p99}; records read: {recs}"
-                + (f"; skipped unusable quotes: {skipped}" if skipped else ""))
+                + (f"; skipped unusable quotes: {skipped}" if skipped else "")
+                + (f"; quotes without a {s['fx_source']} rate: {unpriced}" if unpriced else ""))
 
     def write_summary(self, final: bool = False) -> None:
         """The summary JSON (every latency only in the final one: the periodic ones stay small)."""
@@ -787,21 +879,33 @@ def run(args: argparse.Namespace) -> int:
     kafka_config = kafka_config_from_args(args)
     args.bootstrap = (args.bootstrap or kafka_config.get("bootstrap.servers")
                       or os.environ.get("SABOT_KAFKA_BOOTSTRAP") or "localhost:19092")
+    rate_source = rate_source_of(args)
     wait_reachable(args.bootstrap, kafka_config, timeout_s=args.connect_timeout)
     monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every,
-                      venues=venues, tolerance_ms=args.tolerance_ms)
+                      venues=venues, tolerance_ms=args.tolerance_ms, rate_source=rate_source,
+                      rate_max_age_ms=args.rate_max_age_ms)
     group = args.group_id or f"sabot-arbitrage-{uuid.uuid4().hex[:8]}"
     if args.align == "arrival":
         joined = arrival_stream(args.bootstrap, group, monitor.counter,
                                 from_beginning=args.from_beginning, fast_groups=args.fast_groups,
                                 tolerance_ms=args.tolerance_ms,
                                 fetch_wait_max_ms=args.fetch_wait_max_ms, guard=monitor.guard,
-                                kafka_config=kafka_config, venues=venues)
+                                kafka_config=kafka_config, venues=venues,
+                                normaliser=monitor.normaliser, converter=monitor.converter)
         monitor.sources = [joined]
     else:
+        def rates_for(v: str) -> Optional[Stream]:  # every venue but the rate's own is priced
+            if rate_source is None or v == rate_source.venue:
+                return None
+            return rate_stream(args.bootstrap, rate_source, f"{group}-{v}-rate",
+                               from_beginning=args.from_beginning, fast_groups=args.fast_groups,
+                               kafka_config=kafka_config)
+
         streams = [venue_stream(args.bootstrap, v, f"{group}-{v}", monitor.counter,
                                 from_beginning=args.from_beginning, fast_groups=args.fast_groups,
-                                guard=monitor.guard, kafka_config=kafka_config)
+                                guard=monitor.guard, kafka_config=kafka_config,
+                                normaliser=monitor.normaliser, rates=rates_for(v),
+                                pricing=monitor.pricing, rate_max_age_ms=args.rate_max_age_ms)
                    for v in venues]
         joined = joined_stream(*streams, tolerance_ms=args.tolerance_ms)
         monitor.venue_streams = dict(zip(venues, streams))
@@ -810,13 +914,27 @@ def run(args: argparse.Namespace) -> int:
     print(f"Arbitrage monitor on {args.bootstrap}: fees (bps) "
           + ", ".join(f"{v}={f:g}" for v, f in fees.items())
           + f", min edge {args.min_edge_bps:g} bps, ASOF tolerance {args.tolerance_ms:g} ms, "
-          f"alignment: {args.align}", flush=True)
+          f"alignment: {args.align}; {pricing_text(rate_source)}", flush=True)
     try:
         feed_until_stopped(joined, monitor.on_batch, args.duration)
     finally:
         monitor.close()
     print(monitor.summary_line("📊 final summary"), flush=True)
     return 0
+
+
+def rate_source_of(args: argparse.Namespace) -> Optional[RateSource]:
+    """The USDT/USD rate source of ``--usdt-rate``, or None with ``--usdt-as-usd``."""
+    if getattr(args, "usdt_as_usd", False):
+        return None
+    return parse_rate_source(getattr(args, "usdt_rate", DEFAULT_RATE_VENUE))
+
+
+def pricing_text(rate_source: Optional[RateSource]) -> str:
+    """How USDT quotes are priced, for the start line."""
+    if rate_source is None:
+        return "USDT read as USD (--usdt-as-usd)"
+    return f"USDT quotes priced in USD through {rate_source.describe()} (bid/ask side by side)"
 
 
 def parse_urls(text: Optional[str], venues: Sequence[str]) -> Dict[str, Optional[str]]:
@@ -866,6 +984,7 @@ def run_direct(args: argparse.Namespace) -> int:
     venues = venue_names()
     fees = parse_fees(args.fees, venues)
     urls = parse_urls(args.url, venues)
+    rate_source = rate_source_of(args)
     kafka_config = kafka_config_from_args(args)
     bootstrap = args.bootstrap
     if bootstrap is None and "bootstrap.servers" not in kafka_config:
@@ -873,7 +992,8 @@ def run_direct(args: argparse.Namespace) -> int:
     collectors, sinks, kafkas, parquets, stats = {}, {}, {}, {}, {}
     for v in venues:
         cls = get_venue(v).collector_class
-        collectors[v] = cls(list(cls.default_symbols), quote_aliases={"USDT": "USD"})
+        collectors[v] = cls(list(cls.default_symbols),
+                            quote_aliases=USDT_AS_USD if rate_source is None else DEFAULT_QUOTE_ALIASES)
         try:
             kafka = getattr(cls, "kafka_sink", KafkaSink)(
                 bootstrap, get_venue(v).ticker_topic, kafka_config=kafka_config,
@@ -897,7 +1017,8 @@ def run_direct(args: argparse.Namespace) -> int:
             raise ValueError(f"--parquet-dir {args.parquet_dir}: cannot write there "
                              f"({exc.strerror or exc})") from None
     monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every,
-                      venues=venues, tolerance_ms=args.tolerance_ms)
+                      venues=venues, tolerance_ms=args.tolerance_ms, rate_source=rate_source,
+                      rate_max_age_ms=args.rate_max_age_ms)
     decisions = DirectDecisions(ArrivalDecision(monitor, args.tolerance_ms), DECISION_SCHEMA,
                                 record_path=args.record_arrivals)
     for v in venues:
@@ -906,7 +1027,7 @@ def run_direct(args: argparse.Namespace) -> int:
           "records every message): fees (bps) "
           + ", ".join(f"{v}={f:g}" for v, f in fees.items())
           + f", min edge {args.min_edge_bps:g} bps, ASOF tolerance {args.tolerance_ms:g} ms, "
-          "alignment: arrival", flush=True)
+          f"alignment: arrival; {pricing_text(rate_source)}", flush=True)
 
     async def main() -> None:
         stops = {v: asyncio.Event() for v in venues}
@@ -966,6 +1087,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="taker fee per venue in bps, e.g. %(default)s (or one number for all)")
     p.add_argument("--min-edge-bps", type=float, default=0.0, help="smallest net edge to report")
     p.add_argument("--tolerance-ms", type=float, default=TOLERANCE_MS, help="ASOF tolerance")
+    usdt = p.add_mutually_exclusive_group()
+    usdt.add_argument("--usdt-rate", default=DEFAULT_RATE_VENUE, metavar="VENUE",
+                      help="price USDT quotes in USD through this venue's live USDT/USD quotes: "
+                           "bid x rate bid, ask x rate ask (default %(default)s)")
+    usdt.add_argument("--usdt-as-usd", action="store_true",
+                      help="read USDT as USD instead (BTC/USDT compared with BTC/USD as if the "
+                           "USDT/USD rate were 1)")
+    p.add_argument("--rate-max-age-ms", type=float, default=DEFAULT_MAX_AGE_MS,
+                   help="oldest USDT/USD rate (relative to the quote) a conversion may use; a "
+                        "quote without one is skipped and counted (default %(default)g)")
     p.add_argument("--align", choices=ALIGNMENTS, default="arrival",
                    help="arrival: decide on each quote as it arrives, against the latest quote of "
                         "the other venues (live); event-time: deterministic event-time ASOF "

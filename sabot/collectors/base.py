@@ -216,7 +216,7 @@ class ExchangeCollector(abc.ABC):
     @classmethod
     def to_canonical_symbol(cls, raw: str, quote_aliases: Mapping[str, str] | None = None) -> str:
         """``BASE/QUOTE`` for this exchange's spelling ``raw``; ``quote_aliases`` defaults to the
-        package's (``USDT`` counts as ``USD``), ``{}`` keeps every quote as spelled."""
+        package's (none: every quote as spelled, ``BTCUSDT`` -> ``BTC/USDT``)."""
         aliases = DEFAULT_QUOTE_ALIASES if quote_aliases is None else quote_aliases
         return normalize_symbol(raw, cls.name, aliases)
 

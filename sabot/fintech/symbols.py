@@ -49,8 +49,8 @@ def normalize_symbols(batch: BatchLike, exchange: Optional[str] = None, *,
                       quote_aliases: Mapping[str, str] = DEFAULT_QUOTE_ALIASES) -> BatchLike:
     """Replace ``symbol`` by its ``BASE/QUOTE`` form and keep the original in ``raw_symbol``.
 
-    ``BTC-USD``, ``XBT/USD`` and ``btcusdt`` all become ``BTC/USD`` (``USDT`` counts as ``USD``
-    unless ``quote_aliases`` says otherwise). Idempotent: an existing ``raw_symbol`` column is
+    ``BTC-USD`` and ``XBT/USD`` become ``BTC/USD``, ``btcusdt`` becomes ``BTC/USDT`` (USDT is its
+    own quote; ``quote_aliases=sabot.symbols.USDT_AS_USD`` reads it as USD). Idempotent: an existing ``raw_symbol`` column is
     kept, and normalised symbols map to themselves. Each distinct symbol is mapped once per
     batch. An unparseable symbol raises ``ValueError`` naming it and the column.
     """

@@ -3,7 +3,10 @@
 Random walk: every exchange shares one mid path per symbol (log-normal steps seeded by ``seed``
 and the symbol only, so servers in separate processes with the same seed see the same path); each
 exchange adds its own mean-reverting AR(1) noise (seeded by ``seed`` and the exchange) and its own
-half-spread, so cross-exchange spreads open and close.
+half-spread, so cross-exchange spreads open and close.  USDT is a currency of its own: one
+``USDT/USD`` rate path (mean-reverting around 1, seeded by ``seed`` only) is what a venue listing
+``USDT/USD`` quotes, and a ``X/USDT`` book follows ``X/USD``'s path divided by that rate, so the
+USD value of a USDT quote moves with the basis.  Prices under 10 get at least 5 decimals.
 
 Scenario file: JSON lines ``{"t": 0.5, "exchange": "coinbase", "symbol": "BTC/USD", "bid": 100.0,
 "ask": 100.1, "bid_size": 1.0, "ask_size": 2.0, "price": 100.05, "volume": 12.5}``; ``t`` is seconds
@@ -85,7 +88,7 @@ DEFAULT_PROFILE: dict[str, float] = {"noise": 2e-4, "half_spread": 0.5e-4, "late
 EXCHANGE_PROFILES: VenueMapping[dict] = VenueMapping(lambda v: {**DEFAULT_PROFILE, **v.sim_profile},
                                                    "simulator profile")
 
-_START_PRICES = {"BTC": 65_000.0, "ETH": 3_400.0, "SOL": 150.0, "DOGE": 0.15}
+_START_PRICES = {"BTC": 65_000.0, "ETH": 3_400.0, "SOL": 150.0, "DOGE": 0.15, "USDT": 1.0}
 
 
 def to_raw_symbol(symbol: str, exchange: str) -> str:
@@ -116,32 +119,56 @@ class RandomWalk:
         self._noise: dict[str, float] = {}
         self._noise_rng = random.Random(_seed(seed, exchange))
         self._volume: dict[str, float] = {}
+        self._decimals: dict[str, int] = {}
+        #: the USDT/USD rate: AR(1) deviation from 1 with this step (stationary sd ~ 10x it)
+        self.rate_step = 2e-5
+        self._rate_rng: dict[str, random.Random] = {}
+        self._rate_dev: dict[str, float] = {}
+
+    def _rate(self, symbol: str) -> float:
+        """The next step of the USDT/USD rate path as seen by ``symbol``'s quotes (each symbol
+        steps its own copy of the one path, so the k-th quote of every symbol sees the k-th
+        rate on every venue)."""
+        rng = self._rate_rng.get(symbol)
+        if rng is None:
+            rng = self._rate_rng[symbol] = random.Random(_seed(self.seed, "USDT/USD"))
+            self._rate_dev[symbol] = 0.0
+        dev = 0.995 * self._rate_dev[symbol] + rng.gauss(0.0, self.rate_step)
+        self._rate_dev[symbol] = dev
+        return 1.0 + dev
 
     def next(self, symbol: str) -> Quote:
         rng = self._mid_rng.get(symbol)
         if rng is None:
-            # one path per asset pair on every venue: Binance's BTC/USDT follows BTC/USD's path
+            # one path per asset pair on every venue: BTC/USDT follows BTC/USD's (over the rate)
             shared = symbol[:-1] if symbol.endswith("/USDT") else symbol
             rng = self._mid_rng[symbol] = random.Random(_seed(self.seed, shared))
             base = symbol.split("/")[0]
             self._mid[symbol] = _START_PRICES.get(base, 100.0)
             self._noise[symbol] = 0.0
             self._volume[symbol] = 1000.0
-        mid = self._mid[symbol] * math.exp(rng.gauss(0.0, self.step_vol))
-        self._mid[symbol] = mid
+            self._decimals[symbol] = self.decimals if self._mid[symbol] >= 10 else max(self.decimals, 5)
+        if symbol == "USDT/USD":
+            mid = self._rate(symbol)
+        else:
+            mid = self._mid[symbol] * math.exp(rng.gauss(0.0, self.step_vol))
+            self._mid[symbol] = mid
+            if symbol.endswith("/USDT"):
+                mid = mid / self._rate(symbol)
         r = self._noise_rng
         noise = 0.9 * self._noise[symbol] + r.gauss(0.0, self.noise_sigma)
         self._noise[symbol] = noise
         local_mid = mid * (1.0 + noise)
         half = local_mid * self.half_spread * (0.5 + r.random())
-        tick = 10.0 ** -self.decimals
-        bid = round(local_mid - half, self.decimals)
-        ask = round(max(local_mid + half, bid + tick), self.decimals)
+        decimals = self._decimals[symbol]
+        tick = 10.0 ** -decimals
+        bid = round(local_mid - half, decimals)
+        ask = round(max(local_mid + half, bid + tick), decimals)
         self._volume[symbol] += r.random()
         return Quote(
             symbol=symbol, bid=bid, ask=ask,
             bid_size=round(r.uniform(0.001, 5.0), 8), ask_size=round(r.uniform(0.001, 5.0), 8),
-            price=round(bid if r.random() < 0.5 else ask, self.decimals),
+            price=round(bid if r.random() < 0.5 else ask, decimals),
             volume=round(self._volume[symbol], 8),
         )
 

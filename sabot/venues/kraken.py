@@ -52,7 +52,7 @@ __all__ = ["KrakenCollector", "VENUE"]
 class KrakenCollector(ExchangeCollector):
     name = "kraken"
     default_url = "wss://ws.kraken.com/v2"
-    default_symbols = ("BTC/USD", "ETH/USD")
+    default_symbols = ("BTC/USD", "ETH/USD", "USDT/USD")
     #: Logged once per connection when subscribed ({dest}: "Kafka topic 'x'"; {short}: "Kafka").
     subscribed_template = "✅ Subscription confirmed; streaming to {dest}"
     stale_after = 15.0  # heartbeat ~1/s when idle

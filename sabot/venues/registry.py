@@ -116,8 +116,8 @@ class Venue:
     def to_canonical_symbol(self, raw: str, quote_aliases: Optional[Mapping[str, str]] = None) -> str:
         """``BASE/QUOTE`` for this venue's spelling ``raw`` (``XXBTZUSD`` -> ``BTC/USD`` on Kraken).
 
-        ``quote_aliases`` defaults to the package's (``USDT`` counts as ``USD``); ``{}`` keeps
-        every quote as the venue spells it.
+        ``quote_aliases`` defaults to the package's (none: every quote as the venue spells it,
+        ``BTCUSDT`` -> ``BTC/USDT``); :data:`sabot.symbols.USDT_AS_USD` reads USDT as USD.
         """
         return str(self.collector_class.to_canonical_symbol(raw, quote_aliases))
 
