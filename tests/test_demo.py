@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -403,14 +404,18 @@ def scripted_quote(exchange: str, symbol: str, shifted: bool) -> tuple[float, fl
 
 
 def write_scenario(path: Path) -> None:
+    """The scripted quotes; before each tick's quotes Kraken quotes USDT/USD at par, so Binance's
+    USDT quotes are priced in USD at exactly their own prices."""
     lines = []
     for phase in range(N_PHASES):
         for k in range(int(PHASE_S / 0.1)):
+            lines.append(json.dumps({"t": round(phase * PHASE_S + k * 0.1, 3), "exchange": "kraken",
+                                     "symbol": "USDT/USD", "bid": 1.0, "ask": 1.0}))
             for j, symbol in enumerate(MIDS):
                 for ex in EXCHANGES:
                     shifted = phase in OPPORTUNITY_PHASES[symbol] and ex in ("coinbase", "kraken")
                     bid, ask = scripted_quote(ex, symbol, shifted)
-                    lines.append(json.dumps({"t": round(phase * PHASE_S + k * 0.1 + j * 0.03, 3),
+                    lines.append(json.dumps({"t": round(phase * PHASE_S + k * 0.1 + 0.01 + j * 0.03, 3),
                                              "exchange": ex, "symbol": symbol, "bid": bid,
                                              "ask": ask, "bid_size": 1.0, "ask_size": 1.0}))
     path.write_text("\n".join(lines) + "\n")
@@ -430,8 +435,12 @@ def test_scripted_spreads_are_found_exactly_where_the_script_put_them(tmp_path):
     assert "Every scripted quote went through the collectors into Kafka; stopping." in proc.stdout
     n_script = N_PHASES * int(PHASE_S / 0.1) * len(MIDS)
     tables = {ex: pq.read_table(tmp_path / f"{ex}.parquet") for ex in EXCHANGES}
+    rate_rows = tables["kraken"].filter(pc.field("symbol") == "USDT/USD")
+    assert rate_rows.num_rows == n_script // len(MIDS)
+    tables["kraken"] = tables["kraken"].filter(pc.field("symbol") != "USDT/USD")
     for ex in EXCHANGES:
         assert tables[ex].num_rows == n_script, ex  # every scripted quote was collected
+    assert set(tables["binance"]["symbol"].to_pylist()) == {"BTC/USDT", "ETH/USDT"}
 
     # Offline: the collectors' Parquet joined with pandas.merge_asof (an independent join) and
     # the edge computed row by row in plain Python.
@@ -439,6 +448,7 @@ def test_scripted_spreads_are_found_exactly_where_the_script_put_them(tmp_path):
     frames = {}
     for ex in EXCHANGES:
         df = tables[ex].select(["timestamp", "symbol", "bid", "ask"]).to_pandas()
+        df["symbol"] = df["symbol"].str.replace("/USDT", "/USD")  # priced at a par rate
         frames[ex] = df.sort_values("timestamp").rename(
             columns={"bid": f"{ex}_bid", "ask": f"{ex}_ask"})
     tol = pd.Timedelta(milliseconds=500)
@@ -656,15 +666,22 @@ def test_parse_fees_and_errors():
 
 def test_simulated_venues_share_one_mid_path_including_binance_usdt():
     """The demo's spreads open and close around a shared mid: Binance quotes BTC/USDT on the
-    same path as BTC/USD elsewhere, differing only by each venue's bounded AR(1) noise."""
+    same path as BTC/USD elsewhere over the USDT/USD rate Kraken quotes, differing only by each
+    venue's bounded AR(1) noise; and the rate moves (USDT is not USD)."""
     from sabot.sim import RandomWalk
 
     cb, kr, bn = (RandomWalk(ex, seed=7) for ex in EXCHANGES)
+    rate_walk = RandomWalk("kraken", seed=7)
     for sym, bn_sym in (("BTC/USD", "BTC/USDT"), ("ETH/USD", "ETH/USDT")):
-        gaps = []
+        gaps, rates = [], []
         for _ in range(3000):
-            mids = [(q.bid + q.ask) / 2 for q in (cb.next(sym), kr.next(sym), bn.next(bn_sym))]
+            r = rate_walk.next("USDT/USD")
+            rate = (r.bid + r.ask) / 2
+            rates.append(rate)
+            q = bn.next(bn_sym)
+            mids = [(q.bid + q.ask) / 2 for q in (cb.next(sym), kr.next(sym))] + [(q.bid + q.ask) / 2 * rate]
             gaps.append((max(mids) - min(mids)) / min(mids) * 1e4)
+        assert (max(rates) - min(rates)) * 1e4 > 5  # the basis moves by more than a few bps
         # AR(1) noise of sd <= 7 bps per venue; independent paths would drift ~100 bps apart
         assert max(gaps) < 60, (sym, max(gaps))
         assert np.median(gaps) < 15, (sym, np.median(gaps))

@@ -62,7 +62,8 @@ def test_perp_venue_is_registered_apart_from_the_spot_venues():
     assert funding_topic_for(venue.ticker_topic) == "binance-usdm-funding"
     assert venue.to_exchange_symbol("BTC/USD") == "BTCUSDT"
     assert venue.to_canonical_symbol("BTCUSDT", {}) == "BTC/USDT"
-    assert venue.to_canonical_symbol("BTCUSDT") == "BTC/USD"
+    assert venue.to_canonical_symbol("BTCUSDT") == "BTC/USDT"
+    assert venue.to_canonical_symbol("BTCUSDT", {"USDT": "USD"}) == "BTC/USD"
     assert funding_path_for("d/x.parquet") == Path("d/x-funding.parquet")
 
 

@@ -10,7 +10,7 @@ def test_spellings_of_three_exchanges():
     b = pa.record_batch({"symbol": ["BTC-USD", "XBT/USD", "btcusdt", "ETH/USD", None],
                          "bid": [1.0, 2.0, 3.0, 4.0, 5.0]})
     out = normalize_symbols(b)
-    assert out["symbol"].to_pylist() == ["BTC/USD", "BTC/USD", "BTC/USD", "ETH/USD", None]
+    assert out["symbol"].to_pylist() == ["BTC/USD", "BTC/USD", "BTC/USDT", "ETH/USD", None]
     assert out["raw_symbol"].to_pylist() == ["BTC-USD", "XBT/USD", "btcusdt", "ETH/USD", None]
     assert out.schema.names == ["symbol", "bid", "raw_symbol"]
 
@@ -20,6 +20,7 @@ def test_idempotent_and_quote_aliases():
     once = normalize_symbols(b)
     assert normalize_symbols(once).equals(once)
     assert normalize_symbols(b, quote_aliases={})["symbol"].to_pylist() == ["ETH/USDT"]
+    assert normalize_symbols(b, quote_aliases={"USDT": "USD"})["symbol"].to_pylist() == ["ETH/USD"]
 
 
 def test_table_and_dictionary_input():

@@ -83,7 +83,7 @@ def test_public_import_paths_keep_working():
 @pytest.mark.parametrize("name,canonical,spelled", [
     ("coinbase", "BTC/USD", "BTC-USD"), ("coinbase", "ETH/EUR", "ETH-EUR"),
     ("kraken", "BTC/USD", "BTC/USD"), ("kraken", "SOL/EUR", "SOL/EUR"),
-    ("binance", "BTC/USD", "BTCUSDT"), ("binance", "ETH/BTC", "ETHBTC"),
+    ("binance", "BTC/USDT", "BTCUSDT"), ("binance", "ETH/BTC", "ETHBTC"),
 ])
 def test_symbol_spelling_both_ways(name, canonical, spelled):
     venue = get_venue(name)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import uuid
@@ -68,6 +69,8 @@ from sabot.fintech import (
     CUSUM, EWMA, MACD, RSI, BollingerBands, HistoricalVaR, LogReturns, RealizedVar,
     RiskMetricsVol, RollingZScore, l1_imbalance, microprice, midprice, quoted_spread,
 )
+
+log = logging.getLogger("sabot.research")
 
 SECONDS_PER_YEAR = 365.0 * 24 * 3600
 MODES = ("live", "research", "backtest", "arbitrage", "export", "report")
@@ -544,20 +547,37 @@ def replay_opportunities(folder: Path, fees: Dict[str, float], min_edge_bps: flo
 
 def _joined_quotes(folder: Path, tolerance_ms: float) -> pa.Table:
     """The first registered venue's quotes ASOF-joined with the others' (by symbol, backward,
-    within ``tolerance_ms``), from ``<venue>.parquet`` files in ``folder``."""
+    within ``tolerance_ms``), from ``<venue>.parquet`` files in ``folder``.
+
+    As the monitor does, USDT quotes are priced in USD through the recorded Kraken ``USDT/USD``
+    quotes (the latest at or before each quote, :func:`sabot.quote_conversion.convert_quotes`);
+    a USDT quote without a rate is left out and the number is logged."""
     from sabot.apps import monitor as arb
     from sabot.fintech import asof_join, midprice as mid_kernel, normalize_symbols
+    from sabot.quote_conversion import RateSource, convert_quotes
     from sabot.venues import venue_names
 
     venues = venue_names()
-    tables = {}
+    source = RateSource()
+    raw = {}
     for v in venues:
         path = Path(folder) / f"{v}.parquet"
         if not path.exists():
             raise FileNotFoundError(f"--parquet {folder}: no {v}.parquet (one file per venue: "
                                     f"{', '.join(f'{x}.parquet' for x in venues)})")
-        t = pq.read_table(path)
-        t = mid_kernel(normalize_symbols(t)).select(list(arb.QUOTE_COLUMNS))
+        raw[v] = normalize_symbols(pq.read_table(path)).sort_by([("timestamp", "ascending")])
+    rates = raw.get(source.venue)
+    tables = {}
+    for v, t in raw.items():
+        if rates is not None and v != source.venue:
+            t, unpriced = convert_quotes(t, rates, source)
+            if unpriced:
+                log.warning("%s: %d USDT quotes without a %s rate left out", v, unpriced,
+                            source.describe())
+        for name in ("fx_bid", "fx_ask"):
+            if name not in t.schema.names:
+                t = t.append_column(name, pa.nulls(t.num_rows, pa.float64()))
+        t = mid_kernel(t).select(list(arb.QUOTE_COLUMNS))
         tables[v] = t.sort_by([("timestamp", "ascending")])
     joined = tables[venues[0]]
     for v in venues[1:]:

@@ -325,6 +325,9 @@ async def _session(ws, collector: ExchangeCollector, routes: dict[str, list], se
     if outbox is None:  # a collector class that does not call ExchangeCollector.__init__
         outbox = []
     seen = edge.seen
+    derived = getattr(collector, "derived", None)
+    if derived is None:  # a collector that derives no records from another channel's frames
+        derived = []
 
     def deliver(kind: int, records: list[Record], raw: Any) -> None:
         """Validate ``records`` of a record-carrying ``kind`` and hand them to their channel's sinks."""
@@ -369,6 +372,10 @@ async def _session(ws, collector: ExchangeCollector, routes: dict[str, list], se
                     deliver(kind, records, raw)
                 elif trade_ids is not None:
                     stats.duplicate_trades = trade_ids.duplicates
+                if derived:  # another channel's records made from this frame (Coinbase:
+                    for extra_kind, extra in derived:  # tickers from top-of-book changes)
+                        deliver(extra_kind, extra, raw)
+                    derived.clear()
             elif kind == UNKNOWN:
                 stats.skipped += 1
                 level = logging.WARNING if stats.skipped <= settings.warn_first else logging.DEBUG

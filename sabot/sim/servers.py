@@ -31,8 +31,9 @@ the trade records a collector must account for; ``trade_frames`` keeps their fra
 ``keep_sent``.  ``count`` limits the ticker data frames; trades stop with them.
 
 Books: a client that subscribes the venue's book channel gets the snapshot of a simulated book
-per symbol (:class:`sabot.sim.books.SimBook`, starting at the symbol's simulated price) and one
-book update per symbol after each quote, in the venue's exact messages; unsubscribing and
+per symbol (:class:`sabot.sim.books.SimBook`, starting at the symbol's simulated price) and
+``book_updates_per_quote`` (default 1) book updates per symbol after each quote, in the venue's
+exact messages (more than one: the book moves between ticker frames, as it does between trades); unsubscribing and
 subscribing again sends a new snapshot.  ``book_fault_every=N`` makes every Nth book update
 carry the venue's fault (Kraken: a wrong checksum; Coinbase: a lost frame, a ``sequence_num``
 gap).  :meth:`SimServer.book_levels` / :meth:`SimServer.book_top` expose the server's books;
@@ -158,6 +159,7 @@ class SimServer:
         quiet_for: float = 3600.0,
         listed: list[str] | tuple[str, ...] | set[str] | None = None,
         book_fault_every: int | None = None,
+        book_updates_per_quote: int = 1,
     ) -> None:
         self.host = host
         self.requested_port = port
@@ -198,6 +200,9 @@ class SimServer:
         if book_fault_every is not None and book_fault_every < 1:
             raise ValueError(f"book_fault_every={book_fault_every!r} must be >= 1")
         self.book_fault_every = book_fault_every
+        if book_updates_per_quote < 1:
+            raise ValueError(f"book_updates_per_quote={book_updates_per_quote!r} must be >= 1")
+        self.book_updates_per_quote = book_updates_per_quote
         self._seed = seed
         self._books: dict[str, SimBook] = {}
         self._book_feeds: dict[str, Any] = {}
@@ -402,10 +407,13 @@ class SimServer:
         if raw not in conn.book_symbols:
             return []
         every = self.book_fault_every
-        fault = bool(every) and (self.book_updates_sent + 1) % every == 0
-        self.book_updates_sent += 1
-        self.book_faults_sent += fault
-        return [(text, False) for text in self.book_update_frames(conn, raw, fault)]
+        frames = []
+        for _ in range(self.book_updates_per_quote):
+            fault = bool(every) and (self.book_updates_sent + 1) % every == 0
+            self.book_updates_sent += 1
+            self.book_faults_sent += fault
+            frames += [(text, False) for text in self.book_update_frames(conn, raw, fault)]
+        return frames
 
     # ---- shared machinery -----------------------------------------------------------------
     def _canonical(self, raw: str) -> str:

@@ -26,9 +26,12 @@ Book (``level2`` channel, data on ``l2_data``): every frame of the connection go
 product's top levels is one book record (:mod:`sabot.collectors.books`).  A jump in
 ``sequence_num`` (a frame lost) drops the books, is counted (``book_resyncs``) and logged, and
 ``level2`` is unsubscribed and subscribed again: the new snapshots restore the books.  With the
-book on, a ticker record's ``bid``/``ask`` and sizes are the book's best levels at that moment:
-the ticker channel's own best bid/ask only move on trades.  Until a product's book is in sync
-its ticker records keep the ticker channel's values.
+book on, the ticker channel carries the true best bid/offer: each ticker frame's record takes the
+book's best levels at that moment (the ticker channel's own best bid/ask only move on trades),
+and every change of a product's best bid or offer in the book is a ticker record of its own
+(``sequence`` null, ``price``/``volume_24h`` those of the last ticker frame), so a consumer of
+the ticker topic - the arbitrage monitor - follows the book between trades.  Until a product's
+book is in sync its ticker records keep the ticker channel's values.
 """
 from __future__ import annotations
 
@@ -142,6 +145,12 @@ class CoinbaseCollector(ExchangeCollector):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.books: CoinbaseBooks | None = None
+        #: records of another channel made from the frame just parsed (the connection loop
+        #: delivers them after the frame's own): ticker records from top-of-book changes
+        self.derived: list[tuple[int, list]] = []
+        #: per product, the last ticker frame's ``price`` and ``volume_24h`` (a ticker record
+        #: made from the book carries them: they change on trades only)
+        self._last_trade_fields: dict[str, tuple] = {}
         self.on_connect()
 
     def books_waiting(self) -> int | None:
@@ -193,17 +202,45 @@ class CoinbaseCollector(ExchangeCollector):
                 return Parsed(UNKNOWN, detail=f"malformed l2_data frame: {exc}")
             updated = None  # not a book frame (malformed JSON, ...): the ordinary path says why
         if updated:
-            return parsed((BOOK, book_records(books.books, self.record_symbol), ""))
+            rows = book_records(books.books, self.record_symbol)
+            if "ticker" in self.channels:
+                quotes = self._book_quotes(rows)
+                if quotes:
+                    self.derived.append((DATA, quotes))
+            return parsed((BOOK, rows, ""))
         p = self._parse_frame(raw, recv_ns)
         if p.kind == DATA:
             held = books.books
+            last = self._last_trade_fields
             for rec in p.records:
                 pid = rec["raw_symbol"]
+                last[pid] = (rec["price"], rec["volume_24h"])
                 if pid in held:
                     bid, bid_size, ask, ask_size = held[pid].bbo()
                     if bid == bid and ask == ask:  # both sides present (NaN otherwise)
                         rec["bid"], rec["bid_size"], rec["ask"], rec["ask_size"] = bid, bid_size, ask, ask_size
         return p
+
+    def _book_quotes(self, rows: list[dict]) -> list[dict]:
+        """A ticker record for each change of a product's best bid or offer among book rows
+        (both sides present): the true top of book between trades, when the ticker channel
+        sends nothing.  ``sequence`` is null (the record comes from a ``level2`` frame);
+        ``price``/``volume_24h`` are the last ticker frame's."""
+        out = []
+        last = self._last_trade_fields
+        for row in rows:
+            if not row["top_changed"] or row["bid"] is None or row["ask"] is None:
+                continue
+            pid = row["raw_symbol"]
+            price, volume = last.get(pid, (None, None))
+            ts = row["timestamp"]
+            out.append({"exchange": "coinbase", "symbol": row["symbol"], "raw_symbol": pid,
+                        "timestamp": ts, "recv_timestamp": row["recv_timestamp"],
+                        "bid": row["bid"], "ask": row["ask"], "bid_size": row["bid_size"],
+                        "ask_size": row["ask_size"], "price": price, "volume_24h": volume,
+                        "sequence": None, "time_source": "exchange", "product_id": pid,
+                        "parent_timestamp": ts})
+        return out
 
     def _parse_frame(self, raw: str | bytes, recv_ns: int) -> Parsed:
         """Ticker frames through the typed decoder; every other frame through the generic path."""

@@ -34,6 +34,12 @@ def final_stats(stderr: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", lines[-1])}
 
 
+#: The canonical symbols each collector records by default (Binance lists USD pairs against
+#: USDT, its own quote; Kraken also records the USDT/USD rate that prices them).
+DEFAULT_SYMBOLS = {"coinbase": {"BTC/USD", "ETH/USD"}, "kraken": {"BTC/USD", "ETH/USD", "USDT/USD"},
+                   "binance": {"BTC/USDT", "ETH/USDT"}}
+
+
 def expected_records(exchange: str, frames: list[tuple[str, bool]]) -> list[dict]:
     """What each data frame must become, decoded independently (stdlib json, float(), pandas)."""
     out = []

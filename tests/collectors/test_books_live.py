@@ -106,7 +106,10 @@ def test_ticker_and_book_to_parquet_and_kafka(exchange, fault_every, kafka_broke
             r["timestamp"], r["recv_timestamp"] = r["timestamp"].value, r["recv_timestamp"].value
         assert_final_book_is_the_servers(sim, rows, symbols)
         report = sim.report()
-    assert stats["ticker"] == sim.sent_count == 120 and stats["book"] == len(rows)
+    # Coinbase: every top-of-book change is a ticker record too (the true BBO between trades)
+    book_quotes = (sum(1 for r in rows if r["top_changed"] and r["bid"] is not None and r["ask"] is not None)
+                   if exchange == "coinbase" else 0)
+    assert sim.sent_count == 120 and stats["ticker"] == 120 + book_quotes and stats["book"] == len(rows)
     assert stats["rejected"] == 0 and stats["skipped"] == 0
     assert 60 <= sim.book_updates_sent <= 120
     resyncs = stats.get("book_resyncs", 0)
@@ -126,7 +129,7 @@ def test_ticker_and_book_to_parquet_and_kafka(exchange, fault_every, kafka_broke
     tob = [r for r in rows if r["top_changed"]]
     assert 0 < len(tob) < len(rows)
     canonical = {"BTC-USD": "BTC/USD", "ETH-USD": "ETH/USD", "BTC/USD": "BTC/USD", "ETH/USD": "ETH/USD",
-                 "BTCUSDT": "BTC/USD", "ETHUSDT": "ETH/USD"}
+                 "BTCUSDT": "BTC/USDT", "ETHUSDT": "ETH/USDT"}
     assert all(r["exchange"] == exchange and r["symbol"] == canonical[r["raw_symbol"]] for r in rows)
     msgs = consume_all(kafka_broker.bootstrap, book_topic, len(rows))
     values = [json.loads(m.value()) for m in msgs]
@@ -142,7 +145,14 @@ def assert_ticker_follows_book(tickers: list[dict], book_rows: list[dict], sim) 
     """Each ticker record's bid/ask are the book's best levels when it was received, not the
     ticker channel's own best bid/ask (the server's book moves without trades)."""
     sent_bids = {json.loads(t)["events"][0]["tickers"][0]["best_bid"] for t, is_data in sim.sent if is_data}
+    from_book = [t for t in tickers if t["sequence"] is None]
+    tickers = [t for t in tickers if t["sequence"] is not None]
     assert len(tickers) == 120
+    # one ticker record per change of the best bid or offer, with the book's levels and time
+    tob = [r for r in book_rows if r["top_changed"] and r["bid"] is not None and r["ask"] is not None]
+    assert [(t["raw_symbol"], t["timestamp"].value, t["bid"], t["bid_size"], t["ask"], t["ask_size"])
+            for t in from_book] == [(r["raw_symbol"], r["timestamp"], r["bid"], r["bid_size"], r["ask"],
+                                     r["ask_size"]) for r in tob]
     followed = 0
     for t in tickers:
         recv = t["recv_timestamp"].value
@@ -184,7 +194,10 @@ def test_coinbase_sequence_gap_resubscribes_and_the_book_is_right_afterwards(tmp
     assert stats.book_resyncs == faults  # every gap is seen, whether the books were in sync or not
     assert sim.book_subscribe_requests == 1 + faults and sim.book_snapshots_sent == 2 * (1 + faults)
     assert stats.rejected == 0 and stats.skipped == 0
-    assert stats.by_channel["ticker"] == 100 and f"book_resyncs={faults}" in stats.line()
+    tickers = pq.read_table(tmp_path / "ticker.parquet").to_pylist()
+    tob = sum(1 for r in rows if r["top_changed"] and r["bid"] is not None and r["ask"] is not None)
+    assert sum(t["sequence"] is not None for t in tickers) == 100  # the ticker frames
+    assert stats.by_channel["ticker"] == len(tickers) == 100 + tob and f"book_resyncs={faults}" in stats.line()
 
 
 def test_kraken_checksum_mismatch_asks_for_the_symbols_book_again():

@@ -11,7 +11,7 @@ from sabot.collectors.sinks import KafkaSink
 from sabot.kafka import assign_all, consumer_config
 from sabot.sim import SIMULATORS
 
-from collector_helpers import assert_records_match, final_stats, read_rows, run_collector
+from collector_helpers import DEFAULT_SYMBOLS, assert_records_match, final_stats, read_rows, run_collector
 
 
 def consume_all(bootstrap: str, topic: str, n: int, timeout: float = 20.0) -> list:
@@ -55,7 +55,7 @@ def test_collector_to_kafka_and_parquet(exchange, kafka_broker, unique_topic, tm
     by_symbol: dict[str, set[int]] = {}
     for m, v in zip(msgs, values):
         by_symbol.setdefault(v["symbol"], set()).add(m.partition())
-    assert set(by_symbol) == {"BTC/USD", "ETH/USD"} and all(len(p) == 1 for p in by_symbol.values())
+    assert set(by_symbol) == DEFAULT_SYMBOLS[exchange] and all(len(p) == 1 for p in by_symbol.values())
     parquet_rows = read_rows(out)
     assert_records_match(exchange, parquet_rows, sim.sent)
     for sym in by_symbol:

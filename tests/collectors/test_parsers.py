@@ -104,7 +104,7 @@ def test_binance_bookticker_takes_latest_24h_ticker():
     rec = c.parse(BN_BOOK, 11).records[0]
     t = json.loads(BN_TICKER)["data"]
     b = json.loads(BN_BOOK)["data"]
-    assert rec["symbol"] == "BTC/USD" and rec["raw_symbol"] == "BTCUSDT"
+    assert rec["symbol"] == "BTC/USDT" and rec["raw_symbol"] == "BTCUSDT"
     assert rec["timestamp"] == rec["recv_timestamp"] == 11 and rec["sequence"] == b["u"]
     assert (rec["bid"], rec["bid_size"], rec["ask"], rec["ask_size"]) == tuple(float(b[k]) for k in "bBaA")
     assert rec["price"] == rec["last_price"] == float(t["c"]) and rec["volume_24h"] == float(t["v"])

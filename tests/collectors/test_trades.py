@@ -51,7 +51,7 @@ def test_binance_captured_aggtrades_value_for_value():
     got = [c.parse(line, 7) for line in sample_lines("binance_combined_aggtrade.jsonl")]
     assert [p.kind for p in got] == [TRADES, TRADES]
     assert [p.records for p in got] == [
-        [{"exchange": "binance", "symbol": "NKN/USD", "raw_symbol": "NKNUSDT", "timestamp": ms(1633998523963),
+        [{"exchange": "binance", "symbol": "NKN/USDT", "raw_symbol": "NKNUSDT", "timestamp": ms(1633998523963),
           "recv_timestamp": 7, "price": 0.3528, "size": 58.0, "side": "buy", "trade_id": "15683430",
           "sequence": None, "time_source": "exchange"}],
         [{"exchange": "binance", "symbol": "LRC/BTC", "raw_symbol": "LRCBTC", "timestamp": ms(1633998534486),

@@ -317,7 +317,7 @@ def test_binance_unlisted_symbol_reported_after_silence(tmp_path):
                    "--symbol-timeout", "0.5", duration=2.0)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in error_lines(proc.stderr) if "no data for symbol" in ln]
-    assert len(lines) == 1 and "'FOOUSDT' (FOO/USD)" in lines[0]
+    assert len(lines) == 1 and "'FOOUSDT' (FOO/USDT)" in lines[0]
     assert {r["raw_symbol"] for r in read_rows(out)} == {"BTCUSDT"}
 
 
