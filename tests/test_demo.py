@@ -186,10 +186,14 @@ def check_parquet_report_against_pandas(data: Path, fees: dict) -> None:
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     got = pd.read_csv(out)
+    from usdt_reference import price_usdt_in_usd
+
     frames = {}
+    raw = {ex: pq.read_table(data / f"{ex}.parquet").to_pandas() for ex in EXCHANGES}
     for ex in EXCHANGES:
-        df = pq.read_table(data / f"{ex}.parquet").select(["timestamp", "symbol", "bid", "ask"])
-        df = df.to_pandas()
+        df = raw[ex][["timestamp", "symbol", "bid", "ask"]]
+        if ex != "kraken":  # USDT quotes priced in USD through Kraken's USDT/USD, as the monitor does
+            df = price_usdt_in_usd(df, raw["kraken"])[["timestamp", "symbol", "bid", "ask"]]
         frames[ex] = df.sort_values("timestamp", kind="stable").rename(
             columns={"bid": f"{ex}_bid", "ask": f"{ex}_ask"})
     tol = pd.Timedelta(milliseconds=500)
@@ -275,8 +279,11 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
     mon = json.loads((tmp_path / "monitor_summary.json").read_text())
     assert mon["opportunities"] == mon["closed"] == len(recorded) and mon["open_now"] == 0
     check_lifecycle(recorded, closes, min_edge=0.0)
-    # on arrival, every quote read (any venue) is one decision
-    assert mon["evaluations"] == s["evaluations"] == sum(s["read"].values())
+    # on arrival, every quote read (any venue) is one decision, but a USDT quote read before
+    # the first USDT/USD rate (it is counted, never read as USD)
+    unpriced = sum(mon["unpriced_quotes"].values())
+    assert set(mon["unpriced_quotes"]) <= {"binance"} and unpriced < 30
+    assert mon["evaluations"] == s["evaluations"] == sum(s["read"].values()) - unpriced
 
     # latency percentiles = numpy's over the monitor's recorded latencies
     lat = np.asarray(mon["latencies_ms"])
@@ -291,10 +298,7 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
     # follow from them: net = (bid_sell - ask_buy)/ask_buy*1e4 - fee_buy - fee_sell
     tables = {ex: pq.read_table(tmp_path / f"{ex}.parquet").to_pandas() for ex in EXCHANGES}
     for o in recorded:
-        buy = tables[o["buy_venue"]]
-        sell = tables[o["sell_venue"]]
-        assert ((buy["symbol"] == o["symbol"]) & (buy["ask"] == o["buy_price"])).any()
-        assert ((sell["symbol"] == o["symbol"]) & (sell["bid"] == o["sell_price"])).any()
+        assert_recorded_quotes(tables, o)
         gross = (o["sell_price"] - o["buy_price"]) / o["buy_price"] * 1e4
         assert o["gross_bps"] == pytest.approx(gross, rel=1e-9)
         net = gross - 1.0 - 1.0
@@ -304,10 +308,7 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
 
     for c in closes.values():  # the quotes a close was decided on are recorded ones too
         if c["buy_price"] is not None and c["sell_price"] is not None:
-            assert ((tables[c["buy_venue"]]["symbol"] == c["symbol"])
-                    & (tables[c["buy_venue"]]["ask"] == c["buy_price"])).any()
-            assert ((tables[c["sell_venue"]]["symbol"] == c["symbol"])
-                    & (tables[c["sell_venue"]]["bid"] == c["sell_price"])).any()
+            assert_recorded_quotes(tables, c)
 
     # the report on these records equals a pandas computation from the same records
     check_report_against_pandas(tmp_path / "opportunities.jsonl", records)
@@ -380,6 +381,23 @@ def test_a_failing_part_makes_the_demo_exit_non_zero_and_still_stops_everything(
     assert "FAILED" in proc.stdout and "monitor exited early with code 2" in proc.stdout
     assert "--fees: no fee for kraken, binance" in (tmp_path / "logs" / "monitor.log").read_text()
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def assert_recorded_quotes(tables: dict, o: dict) -> None:
+    """The two quotes of an opportunity record are quotes the collectors recorded (found by
+    their receive time), priced as the record says: the venue's own price times the USDT/USD
+    rate the record names for a USDT quote, the price itself for a USD one."""
+    for side, column in (("buy", "ask"), ("sell", "bid")):
+        t = tables[o[f"{side}_venue"]]
+        q = t[t["recv_timestamp"].astype("int64") == o[f"{side}_recv_ns"]]
+        q = q[q["symbol"].str.split("/").str[0] == o["symbol"].split("/")[0]]
+        assert len(q) >= 1, (side, o)
+        rate = o[f"{side}_fx_rate"]
+        if rate is None:
+            assert (q["symbol"] == o["symbol"]).all() and o[f"{side}_price"] in set(q[column])
+        else:
+            assert (q["symbol"].str.endswith("/USDT")).all() and o["fx_source"] == "kraken USDT/USD"
+            assert any(o[f"{side}_price"] == pytest.approx(p * rate, rel=1e-12) for p in q[column])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -60,11 +60,18 @@ def collected(tmp_path_factory):
     return out
 
 
-def _pandas_three_way(folder: Path, tolerance_ms: float = 500) -> pd.DataFrame:
-    """pandas.merge_asof reference of first ⋈ second ⋈ ... (registry order), per-venue features."""
+def _pandas_three_way(folder: Path, tolerance_ms: float = 500, usdt_in_usd: bool = False) -> pd.DataFrame:
+    """pandas.merge_asof reference of first ⋈ second ⋈ ... (registry order), per-venue features;
+    ``usdt_in_usd``: USDT quotes priced in USD through Kraken's USDT/USD first (as the
+    arbitrage study does)."""
+    from usdt_reference import price_usdt_in_usd
+
+    raw = {ex: pq.read_table(folder / f"{ex}.parquet").to_pandas() for ex in EXCHANGES}
     frames = {}
     for ex in EXCHANGES:
-        df = pq.read_table(folder / f"{ex}.parquet").to_pandas()
+        df = raw[ex]
+        if usdt_in_usd and ex != "kraken":
+            df = price_usdt_in_usd(df, raw["kraken"])
         df = df[["timestamp", "symbol", "bid", "ask", "bid_size", "ask_size"]].copy()
         df[f"{ex}_bid"], df[f"{ex}_ask"] = df.pop("bid"), df.pop("ask")
         df[f"{ex}_midprice"] = (df[f"{ex}_bid"] + df[f"{ex}_ask"]) / 2
@@ -262,7 +269,7 @@ def test_arbitrage_study_matches_pandas(collected, tmp_path):
     _run("examples/crypto_research_platform.py", "arbitrage", "--parquet", str(collected),
          "--output", str(out), "--fees", "coinbase=1,kraken=1,binance=1")
     got = pq.read_table(out).to_pandas()
-    ref = _pandas_three_way(collected)
+    ref = _pandas_three_way(collected, usdt_in_usd=True)
     expected = 0
     for row in ref.itertuples(index=False):
         best = None

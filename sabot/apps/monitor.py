@@ -6,7 +6,10 @@ The venues, their topics and default taker fees come from the venue registry
 Live pipeline (default, ``--align arrival``): decide on every quote as it arrives::
 
     from_kafka(<venue>-ticker for every venue)   one consumer, no re-ordering
-    → normalize_symbols
+    → normalize_symbols                          (USDT stays USDT: BTC/USDT)
+    → LiveQuoteConverter: USDT quotes priced in USD through the latest Kraken USDT/USD quote
+      (bid · rate bid, ask · rate ask; :mod:`sabot.quote_conversion`), or skipped and counted
+      when no rate of at most --rate-max-age-ms is known
     → ArrivalAsofJoin: the arriving quote with the latest quote of every other venue for its
       symbol (ignored when older than 500 ms relative to the arriving one)
     → best buy-at-ask / sell-at-bid pair net of both venues' taker fees → log + record
@@ -22,7 +25,8 @@ topic (and, with ``--parquet-dir``, written to ``<dir>/<venue>.parquet``)::
 Replay / research (``--align event-time``): one ``Stream`` per venue in event-time order, then
 the deterministic streaming joins ``first ⋈asof second ⋈asof ...`` in registry order (by
 symbol, backward, 500 ms tolerance); a row of the first venue is decided once the other
-venues' watermarks pass it.
+venues' watermarks pass it.  Each venue's USDT quotes are priced with the rate venue's latest
+USDT/USD quote at or before them (an event-time ASOF join on the quote currency).
 
 For every joined row and every ordered pair of venues present (buy at ``b``, sell at ``s``)::
 

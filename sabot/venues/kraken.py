@@ -2,7 +2,9 @@
 
 Registered as ``kraken`` (topic ``kraken-ticker``, 16 bps taker fee by default).  Symbols are
 spelled ``BTC/USD`` (WebSocket v2); the REST spelling ``XXBTZUSD`` and the legacy ``XBT`` code
-are read too.  The local exchange server is :class:`sabot.sim.kraken.KrakenSim`.
+are read too.  The default symbols include ``USDT/USD``: the live rate that prices USDT books
+in USD (:mod:`sabot.quote_conversion`).  The local exchange server is
+:class:`sabot.sim.kraken.KrakenSim`.
 
 Collector: WebSocket v2 ``ticker`` and ``trade`` channels.
 
