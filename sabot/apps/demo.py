@@ -30,10 +30,11 @@ Every child is stopped by its pid (SIGINT, wait, SIGTERM, wait, SIGKILL), also o
 
 The exit code tells the truth (see :mod:`sabot.cli`): 0 only when every part ran and stopped
 cleanly and nothing was lost - each collector's records of every channel are all in the
-channel's Parquet file and Kafka topic, every channel recorded something, and the monitor (with the default arrival alignment) read every record of every
-topic; 1 when a part exited non-zero or records were lost (the summary names the process and
-the count); 2 when the demo could not start as asked (a missing package, a data directory it
-cannot write, a bad scenario file; one line, no traceback); 130 on Ctrl+C.
+channel's Parquet file and Kafka topic, every channel recorded something, and the monitor
+(with the default arrival alignment) read every record of every ticker topic; 1 when a part
+exited non-zero or records were lost (the summary names the process, the channel and the
+count); 2 when the demo could not start as asked (a missing package, a data directory it cannot
+write, a bad scenario file, an unknown channel; one line, no traceback); 130 on Ctrl+C.
 """
 from __future__ import annotations
 
