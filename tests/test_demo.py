@@ -1119,3 +1119,43 @@ def test_a_collector_that_dies_makes_the_demo_fail_and_say_which(tmp_path):
     assert proc.returncode == 1, text[-3000:]
     assert "FAILED" in text and "kraken exited early with code -9" in text, text[-3000:]
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_demo_children_reach_the_local_servers_past_a_proxy_from_the_environment(monkeypatch):
+    """A proxy in the environment (as behind a corporate one) must not carry the children's
+    connections to the local servers: a child with the demo's environment fetches a local URL
+    the way the Binance collector fetches its book snapshots, although http_proxy points at a
+    port nobody listens on."""
+    import http.server
+    import threading
+
+    from sabot.demo import child_env
+
+    class Snapshot(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"lastUpdateId": 1}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Snapshot)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # the discard port: refused
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+        url = f"http://127.0.0.1:{server.server_address[1]}/api/v3/depth?symbol=BTCUSDT"
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys, urllib.request; "
+             "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())", url],
+            capture_output=True, text=True, timeout=60, env=child_env())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == '{"lastUpdateId": 1}'

@@ -420,7 +420,12 @@ def child_env() -> Dict[str, str]:
     their path (the one this demo runs from, installed or a checkout)."""
     path = [str(PACKAGE_PARENT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                     if p and p != str(PACKAGE_PARENT)]
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
+    # every connection stays on this machine: an HTTP(S) proxy from the environment must not
+    # carry the collectors' WebSocket connections or Binance's REST snapshots to the local servers
+    no_proxy = ",".join(x for x in (os.environ.get("no_proxy") or os.environ.get("NO_PROXY"),
+                                    "127.0.0.1", "localhost") if x)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path),
+            "no_proxy": no_proxy, "NO_PROXY": no_proxy}
 
 
 def sabot_command(*args: str) -> List[str]:
