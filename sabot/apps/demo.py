@@ -880,7 +880,7 @@ class Demo:
                     counted = None if fields is None else channel_count(fields, ch)
                     in_kafka = self.channel_kafka_records.get(topic)
                     self._check_channel(ex, ch, counted, rows, in_kafka, path, topic)
-                if counted == 0 or (counted is None and not rows):
+                if counted == 0 or (counted is None and rows == 0):  # (None: reported above)
                     self.failures.append(f"collector {ex} recorded no {ch} records")
                 n = counted if counted is not None else rows
                 rate = (n / seconds) if n is not None and seconds else None
