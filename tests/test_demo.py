@@ -253,16 +253,23 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     s = parse_summary(proc.stdout)
 
-    # records per exchange = Parquet rows = the collector's own final count
+    # records per exchange = Parquet rows = the collector's own final count; by default each
+    # collector records tickers, trades and books, each channel into its own file and topic
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
     for ex in EXCHANGES:
         rows = pq.ParquetFile(tmp_path / f"{ex}.parquet").metadata.num_rows
         assert rows > 50, ex
         assert s["records"][ex] == rows
         log = (tmp_path / "logs" / f"collector-{ex}.log").read_text()
-        assert re.search(rf"{ex} final: messages=\d+ records={rows} reconnects=0", log), log[-800:]
+        final = re.search(rf"{ex} final: messages=\d+ records=(\d+) reconnects=0 .* "
+                          rf"book=(\d+) ticker={rows} trades=(\d+)", log)
+        assert final, log[-800:]
         assert s["reconnects"][ex] == 0
         # the monitor read (through Kafka) exactly what was produced: the demo waits for it
         assert s["read"][ex] == rows
+        check_channels(tmp_path, proc.stdout, summary, ex, ticker_rows=rows,
+                       book=int(final.group(2)), trades=int(final.group(3)))
+        assert int(final.group(1)) == rows + int(final.group(2)) + int(final.group(3))
 
     # opportunities: each is one open and one close record and alert line; the summary counts
     # the opened ones
@@ -322,6 +329,36 @@ def test_demo_summary_matches_what_collectors_and_monitor_recorded(tmp_path):
     assert cb["parent_timestamp"].null_count() == 0
     assert set(cb["product_id"].unique()) == {"BTC-USD", "ETH-USD"}
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def check_channels(data: Path, stdout: str, summary: dict, ex: str, ticker_rows: int,
+                   book: int, trades: int) -> None:
+    """``ex``'s channels in a demo run that recorded ticker, trades and book: each channel's
+    Parquet file holds what the collector counted (book rows too: Binance's come from the
+    local server's REST snapshot), its Kafka topic as many, and the printed rate table and the
+    summary JSON say so, with the rate = records over the venue's first to last record received
+    (all channels, from the Parquet files)."""
+    counted = {"ticker": ticker_rows, "trades": trades, "book": book}
+    recv = []
+    for ch, n in counted.items():
+        path = data / (f"{ex}.parquet" if ch == "ticker" else f"{ex}-{ch}.parquet")
+        table = pq.read_table(path)
+        assert table.num_rows == n > 0, (ex, ch)
+        assert set(table.column("exchange").to_pylist()) == {ex}
+        recv += table.column("recv_timestamp").cast(pa.int64()).to_pylist()
+    seconds = (max(recv) - min(recv)) / 1e9
+    got = summary["channels"][ex]
+    assert list(got) == ["ticker", "trades", "book"]
+    for ch, n in counted.items():
+        topic = f"{ex}-{ch}"
+        assert got[ch]["records"] == got[ch]["parquet_rows"] == got[ch]["kafka_records"] == n
+        assert got[ch]["topic"] == topic
+        assert got[ch]["seconds"] == pytest.approx(seconds)
+        assert got[ch]["rate_per_s"] == pytest.approx(n / seconds)
+        assert re.search(rf"^\s+{ex}\s+{ch}\s+{n}\s+{seconds:.1f}\s+{n / seconds:.1f}\s+{n}"
+                         rf"\s+{topic}$", stdout, re.M), stdout[-3000:]
+    assert summary["book_resyncs"][ex] == 0 and summary["checksum_mismatches"][ex] == 0
+    assert re.search(rf"^  book resyncs: .*\b{ex} 0\b", stdout, re.M)
 
 
 @needs_broker
@@ -439,6 +476,21 @@ def write_scenario(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def check_tickers_only(data: Path, stdout: str) -> None:
+    """A demo run with ``--channels ticker``: the collectors recorded tickers only - no trades
+    or book file, and one rate line per venue, the ticker's."""
+    summary = json.loads((data / "demo_summary.json").read_text())
+    for ex in EXCHANGES:
+        assert not (data / f"{ex}-trades.parquet").exists() and not (data / f"{ex}-book.parquet").exists()
+        assert list(summary["channels"][ex]) == ["ticker"]
+        n = summary["channels"][ex]["ticker"]["records"]
+        assert n == summary["channels"][ex]["ticker"]["kafka_records"] == summary["records"][ex] > 0
+        assert re.search(rf"^\s+{ex}\s+ticker\s+{n}\s+[\d.]+\s+[\d.]+\s+{n}\s+{ex}-ticker$",
+                         stdout, re.M), stdout[-3000:]
+    assert summary["book_resyncs"] == {} and "book resyncs" not in stdout
+    assert not re.search(r"^\s+\w+\s+(trades|book)\s", stdout, re.M)
+
+
 def _is_shifted(exchange: str, symbol: str, bid: float) -> bool:
     return bid == scripted_quote(exchange, symbol, True)[0]
 
@@ -448,9 +500,11 @@ def test_scripted_spreads_are_found_exactly_where_the_script_put_them(tmp_path):
     scenario = tmp_path / "scenario.jsonl"
     write_scenario(scenario)
     # the demo stops once the script is played (the duration is only a cap)
-    proc = run_demo(tmp_path, "--scenario", str(scenario), "--align", "event-time", duration=120)
+    proc = run_demo(tmp_path, "--scenario", str(scenario), "--align", "event-time",
+                    "--channels", "ticker", duration=120)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "Every scripted quote went through the collectors into Kafka; stopping." in proc.stdout
+    check_tickers_only(tmp_path, proc.stdout)
     n_script = N_PHASES * int(PHASE_S / 0.1) * len(MIDS)
     tables = {ex: pq.read_table(tmp_path / f"{ex}.parquet") for ex in EXCHANGES}
     rate_rows = tables["kraken"].filter(pc.field("symbol") == "USDT/USD")
@@ -549,7 +603,7 @@ def test_scripted_spreads_on_arrival_use_the_scripted_quotes(tmp_path):
     are shifted are opportunities."""
     scenario = tmp_path / "scenario.jsonl"
     write_scenario(scenario)
-    proc = run_demo(tmp_path, "--scenario", str(scenario), duration=120)
+    proc = run_demo(tmp_path, "--scenario", str(scenario), "--channels", "ticker", duration=120)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "Every scripted quote went through the collectors into Kafka; stopping." in proc.stdout
     s = parse_summary(proc.stdout)
@@ -905,6 +959,9 @@ def test_demo_user_mistakes_are_one_line_and_exit_2(tmp_path):
         (["--duration", "0"], "argument --duration: must be a finite number > 0, got 0"),
         (["--dur", "5"], "unrecognized arguments: --dur"),  # no silent abbreviation
         (["--port", "65536"], "argument --port: port must be 0..65535"),
+        (["--channels", "ticker,quotes"], "argument --channels: unknown channel 'quotes' in "
+                                          "'ticker,quotes'; accepted: ticker, trades, book"),
+        (["--channels", "trades,book"], "argument --channels: 'trades,book' lacks ticker"),
     ]
     for args, expected in cases:
         proc = _demo_cli(*args, "--data-dir", str(tmp_path / "d")) if "--data-dir" not in args \
@@ -947,7 +1004,8 @@ def test_demo_counts_what_reached_kafka_and_the_monitor_and_names_the_loss(tmp_p
             "latency_ms_p50": None, "latency_ms_p99": None}))
 
     produced = {"coinbase": 30, "kraken": 25, "binance": 30}
-    with EmbeddedBroker(port=0, topics=TICKER_TOPICS, partitions=3) as broker:
+    channel_topics = [f"{ex}-{ch}" for ex in EXCHANGES for ch in ("trades", "book")]
+    with EmbeddedBroker(port=0, topics=[*TICKER_TOPICS, *channel_topics], partitions=3) as broker:
         producer = Producer({"bootstrap.servers": broker.bootstrap})
         for ex, n in produced.items():
             for i in range(n):
@@ -984,6 +1042,90 @@ def test_demo_counts_what_reached_kafka_and_the_monitor_and_names_the_loss(tmp_p
         clean.bootstrap = broker.bootstrap
         clean.count_kafka_records()
         assert clean.summarise() is not None and clean.failures == []
+        check_channel_accounting(tmp_path, broker.bootstrap, producer, produced)
+
+
+def check_channel_accounting(data: Path, bootstrap: str, producer, tickers: dict) -> None:
+    """The trades and book channels in the demo's accounting: each collector's final count
+    (its final line) against the channel's Parquet file and its topic at the broker.  Coinbase's
+    trades file lacks 2 of the 12 trades its collector counted, Kraken's book topic 3 of its 9
+    rows: both shortfalls fail the run and say how many; the rates are records over the venue's
+    first to last record received; Kraken's resyncs (one a checksum mismatch) are reported."""
+    import argparse
+
+    from sabot.collectors.books import BOOK_SCHEMA
+    from sabot.demo import Child, Demo
+    from sabot.schema import TRADE_SCHEMA, TICKER_SCHEMA
+
+    t0 = 1_700_000_000_000_000_000
+
+    def parquet(name: str, schema: pa.Schema, rows: int, first_s: float, last_s: float) -> None:
+        cols = {f.name: pa.nulls(rows, f.type) for f in schema}
+        recv = np.linspace(t0 + first_s * 1e9, t0 + last_s * 1e9, rows).astype("int64")
+        cols["recv_timestamp"] = pa.array(recv).cast(schema.field("recv_timestamp").type)
+        pq.write_table(pa.table(cols), data / name)
+
+    in_kafka = {(ex, ch): n for ex in EXCHANGES for ch, n in (("trades", 12), ("book", 9))}
+    in_kafka["kraken", "book"] = 6
+    for (ex, ch), n in in_kafka.items():
+        for i in range(n):
+            producer.produce(f"{ex}-{ch}", key=str(i % 3).encode(), value=b"{}")
+    assert producer.flush(30) == 0
+    (data / "monitor_summary.json").write_text(json.dumps({
+        "records": tickers, "evaluations": 0, "opportunities": 0,
+        "latency_ms_p50": None, "latency_ms_p99": None}))
+    demo = Demo(argparse.Namespace(data_dir=str(data), align="arrival",
+                                   channels=("ticker", "trades", "book")))
+    assert demo.channel_topics() == channel_topics_of(EXCHANGES)
+    for ex in EXCHANGES:
+        parquet(f"{ex}.parquet", TICKER_SCHEMA, tickers[ex], 1.0, 8.0)  # recording: 10 s
+        parquet(f"{ex}-trades.parquet", TRADE_SCHEMA, 10 if ex == "coinbase" else 12, 0.0, 9.0)
+        parquet(f"{ex}-book.parquet", BOOK_SCHEMA, 9, 0.5, 10.0)
+        child = demo.collectors[ex] = Child(ex, [], data / f"collector-{ex}.log")
+        resyncs = " book_resyncs=2" if ex == "kraken" else ""
+        child.lines = [
+            f"2026-01-01 00:00:00,000 INFO sabot.collectors: {ex} final: messages=60 records="
+            f"{tickers[ex] + 21} reconnects=0 skipped=0 exchange_errors=0 rejected=1 book=9 "
+            f"ticker={tickers[ex]} trades=12"
+            f"{resyncs} books_waiting=0 rejected_by[crossed=1]"]
+        if ex == "kraken":
+            child.lines[:0] = [
+                "2026-01-01 00:00:00,000 WARNING sabot.venues.kraken: kraken: BTC/USD: book "
+                "checksum 1 != sent 2; resubscribe (book resync #1)",
+                "2026-01-01 00:00:00,000 WARNING sabot.venues.kraken: kraken: ETH/USD: book "
+                "out of sync; resubscribe (book resync #2)"]
+    demo.bootstrap = bootstrap
+    demo.count_kafka_records()
+    assert demo.channel_kafka_records == {f"{ex}-{ch}": n for (ex, ch), n in in_kafka.items()}
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        summary = demo.summarise()
+    assert demo.failures == [
+        "collector coinbase lost 2 trades records: it logged 12, its Parquet file has 10",
+        "collector kraken lost 3 book records on the way to Kafka: 9 recorded, 6 in topic "
+        "kraken-book"], demo.failures
+    assert "FAILED" in printed.getvalue()
+    assert summary["channels"]["kraken"]["book"] == {
+        "records": 9, "parquet_rows": 9, "kafka_records": 6, "seconds": pytest.approx(10.0),
+        "rate_per_s": pytest.approx(0.9), "topic": "kraken-book",
+        "file": str(data / "kraken-book.parquet")}
+    assert summary["channels"]["coinbase"]["trades"]["parquet_rows"] == 10
+    assert summary["book_resyncs"] == {"coinbase": 0, "kraken": 2, "binance": 0}
+    assert summary["checksum_mismatches"] == {"coinbase": 0, "kraken": 1, "binance": 0}
+    text = printed.getvalue()
+    assert re.search(r"^\s+kraken\s+book\s+9\s+10\.0\s+0\.9\s+6\s+kraken-book$", text, re.M), text
+    assert re.search(r"^\s+coinbase\s+ticker\s+30\s+10\.0\s+3\.0\s+30\s+coinbase-ticker$",
+                     text, re.M), text
+    assert "book resyncs: coinbase 0, kraken 2 (1 checksum mismatches), binance 0" in text
+    assert json.loads((data / "demo_summary.json").read_text())["channels"]["kraken"]["book"][
+        "kafka_records"] == 6
+
+
+def channel_topics_of(venues) -> list:
+    return [f"{ex}-{ch}" for ex in venues for ch in ("trades", "book")]
 
 
 @needs_broker
@@ -1012,3 +1154,43 @@ def test_a_collector_that_dies_makes_the_demo_fail_and_say_which(tmp_path):
     assert proc.returncode == 1, text[-3000:]
     assert "FAILED" in text and "kraken exited early with code -9" in text, text[-3000:]
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_demo_children_reach_the_local_servers_past_a_proxy_from_the_environment(monkeypatch):
+    """A proxy in the environment (as behind a corporate one) must not carry the children's
+    connections to the local servers: a child with the demo's environment fetches a local URL
+    the way the Binance collector fetches its book snapshots, although http_proxy points at a
+    port nobody listens on."""
+    import http.server
+    import threading
+
+    from sabot.demo import child_env
+
+    class Snapshot(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"lastUpdateId": 1}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Snapshot)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # the discard port: refused
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+        url = f"http://127.0.0.1:{server.server_address[1]}/api/v3/depth?symbol=BTCUSDT"
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys, urllib.request; "
+             "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())", url],
+            capture_output=True, text=True, timeout=60, env=child_env())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == '{"lastUpdateId": 1}'

@@ -4,8 +4,13 @@ Starts, in order: the embedded Kafka broker (127.0.0.1:19092, or a free port whe
 taken), one local exchange server per registered venue (``python -m sabot sim VENUE``: one
 random walk shared by the venues, with per-venue noise and spreads so cross-venue spreads open
 and close), the arbitrage monitor (``python -m sabot monitor``) and one collector per venue
-(``python -m sabot collect VENUE -k -F --url ws://127.0.0.1:PORT``), all as child processes of
-this Python interpreter, so an installed package runs the same way as a checkout.
+(``python -m sabot collect VENUE -k -F --url ws://127.0.0.1:PORT --channels ticker,trades,book``),
+all as child processes of this Python interpreter, so an installed package runs the same way as a
+checkout.  Each collector records the channels ``--channels`` names (default tickers, trades and
+books) over one connection, each channel into its own topic (``<venue>-ticker``,
+``<venue>-trades``, ``<venue>-book``) and Parquet file (``<venue>.parquet``,
+``<venue>-trades.parquet``, ``<venue>-book.parquet``); Binance's book snapshots come from the
+local server's REST endpoint (``--rest-url``).  The monitor reads the tickers.
 With ``--direct`` there are no separate spot collectors: the monitor runs them itself
 (``python -m sabot monitor --direct``), decides on each record as it arrives and produces every
 record to Kafka and its venue's Parquet file, so the accounting below is the same.
@@ -16,15 +21,20 @@ Binance spot against the perpetual); it is left out with ``--scenario`` (a scrip
 quotes only).
 After ``--duration`` seconds it stops the collectors, lets the monitors read the topics to their
 end, stops the monitors, and prints a summary: records per exchange (Parquet rows in ``./data``),
-opportunities, p50/p99 tick-to-signal latency and reconnects, and the funding monitor's.  Every child is stopped by its
-pid (SIGINT, wait, SIGTERM, wait, SIGKILL), also on Ctrl+C.
+opportunities, p50/p99 tick-to-signal latency and reconnects, the funding monitor's, and the
+message rates per channel: per venue and channel the records the collector recorded, over how
+many seconds (its first to its last record received, all channels), the rate, and the records
+in the channel's Kafka topic; then the book resyncs (checksum mismatches, sequence gaps) the
+collectors counted.  All of it also goes to ``demo_summary.json`` in the data directory.
+Every child is stopped by its pid (SIGINT, wait, SIGTERM, wait, SIGKILL), also on Ctrl+C.
 
 The exit code tells the truth (see :mod:`sabot.cli`): 0 only when every part ran and stopped
-cleanly and nothing was lost - each collector's records are all in its Parquet file and in its
-Kafka topic, and the monitor (with the default arrival alignment) read every record of every
-topic; 1 when a part exited non-zero or records were lost (the summary names the process and
-the count); 2 when the demo could not start as asked (a missing package, a data directory it
-cannot write, a bad scenario file; one line, no traceback); 130 on Ctrl+C.
+cleanly and nothing was lost - each collector's records of every channel are all in the
+channel's Parquet file and Kafka topic, every channel recorded something, and the monitor
+(with the default arrival alignment) read every record of every ticker topic; 1 when a part
+exited non-zero or records were lost (the summary names the process, the channel and the
+count); 2 when the demo could not start as asked (a missing package, a data directory it cannot
+write, a bad scenario file, an unknown channel; one line, no traceback); 130 on Ctrl+C.
 """
 from __future__ import annotations
 
@@ -65,7 +75,82 @@ def demo_fees() -> str:
 
 def _topic(venue: str) -> str:
     return get_venue(venue).ticker_topic
+
+
+#: The channels a spot collector can record in the demo, and the ones it records by default.
+CHANNELS = ("ticker", "trades", "book")
+
+
+def parse_channels(text: str) -> tuple:
+    """argparse type of ``--channels``: the named channels in the order given, without repeats;
+    ``ticker`` is required (the arbitrage monitor reads the tickers)."""
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CHANNELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown channel {unknown[0]!r} in {text!r}; accepted: "
+                                         f"{', '.join(CHANNELS)}")
+    if "ticker" not in names:
+        raise argparse.ArgumentTypeError(f"{text!r} lacks ticker: the arbitrage monitor reads the "
+                                         "tickers (e.g. ticker,trades)")
+    return tuple(dict.fromkeys(names))
+
+
+def channel_topic(venue: str, channel: str) -> str:
+    """The Kafka topic of ``venue``'s ``channel`` (the collector's defaults)."""
+    from sabot.apps.collect import book_topic, trades_topic
+
+    if channel == "ticker":
+        return _topic(venue)
+    return trades_topic(venue) if channel == "trades" else book_topic(venue)
+
+
+def channel_file(data: Path, venue: str, channel: str) -> Path:
+    """The Parquet file of ``venue``'s ``channel`` in ``data`` (beside ``<venue>.parquet``)."""
+    from sabot.apps.collect import book_path, trades_path
+
+    ticker = data / f"{venue}.parquet"
+    if channel == "ticker":
+        return ticker
+    return trades_path(ticker) if channel == "trades" else book_path(ticker)
+
+
 _FINAL_RE = re.compile(r"(\w+) final: messages=(\d+) records=(\d+) reconnects=(\d+) skipped=(\d+)")
+_FINAL_FIELDS_RE = re.compile(r"(\w+)=(\d+)")
+_RESYNC_RE = re.compile(r"\(book resync #\d+\)")
+
+
+def final_fields(line: str) -> Dict[str, int]:
+    """The counters of a collector's ``<venue> final: ...`` line (``messages``, ``records``, the
+    per-channel counts ``ticker``/``trades``/``book`` when more than tickers are recorded,
+    ``book_resyncs``, ``books_waiting``, ...); the rejection reasons are left out."""
+    text = re.sub(r"rejected_by\[[^\]]*\]", "", line.partition(" final: ")[2])
+    return {k: int(v) for k, v in _FINAL_FIELDS_RE.findall(text)}
+
+
+def channel_count(fields: Dict[str, int], channel: str) -> int:
+    """Records of ``channel`` in a final line's counters: the line lists each channel's count
+    when anything but tickers was recorded (a channel without records is left out); otherwise
+    every record is a ticker."""
+    if channel in fields:
+        return fields[channel]
+    if not any(ch in fields for ch in CHANNELS if ch != "ticker"):
+        return fields.get("records", 0) if channel == "ticker" else 0
+    return 0
+
+
+def recv_span_ns(path: Path) -> Optional[tuple]:
+    """(first, last) ``recv_timestamp`` in a Parquet file, in ns; None without rows."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        col = pq.read_table(path, columns=["recv_timestamp"]).column("recv_timestamp")
+    except (OSError, ValueError, KeyError):
+        return None
+    if len(col) == 0 or col.null_count == len(col):
+        return None
+    mm = pc.min_max(col.cast("int64"))
+    return mm["min"].as_py(), mm["max"].as_py()
 _BOOTSTRAP_RE = re.compile(r"Kafka bootstrap: (\S+)")
 _LISTEN_RE = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)")
 
@@ -246,7 +331,8 @@ class Child:
         """Lines worth showing on the console (the rest stays in the log file)."""
         return ("🔥" in line or "📊" in line or "Arbitrage monitor" in line or "Subscri" in line
                 or "Connected!" in line or "ERROR" in line or "Traceback" in line
-                or "reconnected" in line or " final:" in line or "Error" in line)
+                or "reconnected" in line or " final:" in line or "Error" in line
+                or "book resync" in line)
 
     @property
     def pid(self) -> Optional[int]:
@@ -318,6 +404,10 @@ def _fetched(monitor_summary: dict) -> Dict[str, int]:
     return monitor_summary.get("fetched") or monitor_summary["records"]
 
 
+def _fmt_count(n: Optional[int]) -> str:
+    return "?" if n is None else str(n)
+
+
 def _read_json(path: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())
@@ -330,7 +420,12 @@ def child_env() -> Dict[str, str]:
     their path (the one this demo runs from, installed or a checkout)."""
     path = [str(PACKAGE_PARENT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                     if p and p != str(PACKAGE_PARENT)]
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
+    # every connection stays on this machine: an HTTP(S) proxy from the environment must not
+    # carry the collectors' WebSocket connections or Binance's REST snapshots to the local servers
+    no_proxy = ",".join(x for x in (os.environ.get("no_proxy") or os.environ.get("NO_PROXY"),
+                                    "127.0.0.1", "localhost") if x)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path),
+            "no_proxy": no_proxy, "NO_PROXY": no_proxy}
 
 
 def sabot_command(*args: str) -> List[str]:
@@ -363,6 +458,14 @@ class Demo:
         self._scenario_counter: Optional[KafkaRecordCounter] = None
         #: ``--direct``: the spot venues' collectors run inside the monitor process
         self.direct: bool = bool(getattr(args, "direct", False))
+        #: the channels each spot venue records (those of ``--channels`` its collector offers;
+        #: arguments without ``channels`` record tickers only)
+        asked = tuple(getattr(args, "channels", None) or ("ticker",))
+        self.channels: Dict[str, tuple] = {
+            ex: tuple(ch for ch in asked if ch in get_venue(ex).collector_class.supported_channels)
+            for ex in self.venues}
+        #: records per Kafka topic of the trades and book channels, counted at the broker
+        self.channel_kafka_records: Dict[str, Optional[int]] = {}
 
     # -- start ---------------------------------------------------------------------------------
     def start_broker(self) -> str:
@@ -374,7 +477,7 @@ class Demo:
             print(f"Port {port} is taken; starting the embedded broker on a free port instead.")
             note = f" (not {port}: it was taken)"
             port = 0
-        topics = [*ticker_topics(), *self.perp_topics()]
+        topics = [*ticker_topics(), *self.channel_topics(), *self.perp_topics()]
         cmd = sabot_command("broker", "--port", str(port), "--topics", ",".join(topics),
                             "--partitions", "3")
         self.broker = Child("broker", cmd, self.logs / "broker.log", echo=False).start()
@@ -388,6 +491,11 @@ class Demo:
         print(f"Kafka broker (embedded Tansu) on {bootstrap}{note}, pid {self.broker.pid}; "
               f"topics {', '.join(topics)}")
         return bootstrap
+
+    def channel_topics(self) -> List[str]:
+        """The spot venues' topics of the channels beside the tickers (trades, book)."""
+        return [channel_topic(ex, ch) for ex in self.venues for ch in self.channels[ex]
+                if ch != "ticker"]
 
     def perp_topics(self) -> List[str]:
         """The perpetual venues' topics: tickers and funding records, per venue."""
@@ -419,9 +527,13 @@ class Demo:
             self.args.seed, self.args.rate, ", ".join(f"{ex} {u}" for ex, u in urls.items())))
         return urls
 
-    def _clear_parquet(self, ex: str) -> None:
-        """Remove an earlier run's Parquet files of ``ex`` (a collector adds to an existing file)."""
-        for old in (self.data / f"{ex}.parquet", self.data / f"{ex}-funding.parquet"):
+    def _clear_parquet(self, ex: str, channels: Sequence[str] = CHANNELS) -> None:
+        """Remove an earlier run's Parquet files of ``ex``'s ``channels`` (a collector adds to an
+        existing file); with the ticker file also a perpetual's funding file."""
+        olds = [channel_file(self.data, ex, ch) for ch in channels]
+        if "ticker" in channels:
+            olds.append(self.data / f"{ex}-funding.parquet")
+        for old in olds:
             old.unlink(missing_ok=True)
             shutil.rmtree(old.with_name(old.name + ".parts"), ignore_errors=True)  # a killed run's
 
@@ -432,7 +544,7 @@ class Demo:
                   "--summary-json", str(self.data / "monitor_summary.json"), "--summary-every", "10")
         if self.direct:  # the spot collectors inside the monitor: records to Kafka and Parquet
             for ex in self.venues:
-                self._clear_parquet(ex)
+                self._clear_parquet(ex, ("ticker",))
             cmd = sabot_command("monitor", *common, "--direct",
                                 "--url", ",".join(f"{ex}={(urls or {})[ex]}" for ex in self.venues),
                                 "--parquet-dir", str(self.data), "--row-group-seconds", "2",
@@ -451,12 +563,24 @@ class Demo:
             self.funding_monitor = Child("funding", cmd, self.logs / "funding.log").start()
 
     def start_collectors(self, bootstrap: str, urls: Dict[str, str]) -> None:
-        for ex in (*(() if self.direct else self.venues), *self.perps):
-            out = self.data / f"{ex}.parquet"
-            self._clear_parquet(ex)
+        """One collector per venue, each recording its channels over one connection.  With
+        ``--direct`` the monitor records the spot tickers; a spot venue's other channels (trades,
+        book) then have a collector of their own."""
+        for ex in (*self.venues, *self.perps):
+            channels = self.channels.get(ex, ("ticker",))
+            if self.direct and ex in self.venues:
+                channels = tuple(ch for ch in channels if ch != "ticker")
+                if not channels:
+                    continue
+            self._clear_parquet(ex, channels)
             cmd = sabot_command("collect", ex, "-k", "-F", "--url", urls[ex],
-                                "--bootstrap", bootstrap, "-o", str(out),
+                                "--bootstrap", bootstrap, "-o", str(self.data / f"{ex}.parquet"),
                                 "--row-group-seconds", "2", "--status-interval", "10")
+            if channels != ("ticker",):
+                cmd += ["--channels", ",".join(channels)]
+            if "book" in channels and getattr(get_venue(ex).collector_class, "rest_url", None):
+                # Binance: book snapshots over REST, served by the local server on its port
+                cmd += ["--rest-url", "http://" + urls[ex].split("://", 1)[1]]
             self.collectors[ex] = Child(ex, cmd, self.logs / f"collector-{ex}.log").start()
 
     # -- run -----------------------------------------------------------------------------------
@@ -513,9 +637,13 @@ class Demo:
             counts = self._scenario_counter.final_counts()
             self._scenario_counter.close()
             self._scenario_counter = None
+            if self.channel_topics():
+                counts.update(kafka_record_counts(self.bootstrap, self.channel_topics()))
         else:
-            counts = kafka_record_counts(self.bootstrap, [_topic(ex) for ex in self.venues])
+            counts = kafka_record_counts(self.bootstrap,
+                                         [*(_topic(ex) for ex in self.venues), *self.channel_topics()])
         self.kafka_records = {ex: counts[_topic(ex)] for ex in self.venues}
+        self.channel_kafka_records = {t: counts[t] for t in self.channel_topics()}
         if self.perps and any(p in self.collectors for p in self.perps):
             self.perp_kafka_records = kafka_record_counts(self.bootstrap, self.perp_topics())
 
@@ -628,7 +756,9 @@ class Demo:
                 m = _FINAL_RE.search(line)
                 if m and (child is not self.monitor or m.group(1) == ex):
                     reconnects[ex] = int(m.group(4))
-                    logged[ex] = int(m.group(3))
+                    # the tickers (the perpetuals' records: tickers and funding together)
+                    logged[ex] = (channel_count(final_fields(line), "ticker")
+                                  if ex in self.venues else int(m.group(3)))
         mon = _read_json(self.data / "monitor_summary.json")
         notes: List[str] = []
         for ex, n in rows.items():
@@ -668,6 +798,7 @@ class Demo:
             "failures": self.failures,
             "path": "direct" if self.direct else "kafka",
         }
+        channel_lines = self._channel_summary(summary, logged)
         perp_lines = (self._perp_summary(summary, logged, reconnects)
                       if self.perps and any(p in self.collectors for p in self.perps) else [])
         (self.data / "demo_summary.json").write_text(json.dumps(summary, indent=2))
@@ -695,6 +826,8 @@ class Demo:
         print(f"  reconnects: {sum(reconnects.values()) if reconnects else '?'}")
         for line in perp_lines:
             print(line)
+        for line in channel_lines:
+            print(line)
         for note in notes:
             print(f"  note: {note}")
         if self.failures:
@@ -704,6 +837,100 @@ class Demo:
         print("=" * 72)
         return summary if mon is not None else None
 
+
+    def _collector_fields(self, ex: str) -> Optional[Dict[str, int]]:
+        """The counters of the final line of the collector of ``ex``'s trades and book (the
+        ``--direct`` monitor's for its tickers is read by :meth:`summarise`); None without one."""
+        child = self.collectors.get(ex)
+        for line in reversed(child.lines if child is not None else []):
+            if _FINAL_RE.search(line) and line.partition(" final: ")[0].endswith(ex):
+                return final_fields(line)
+        return None
+
+    def _channel_summary(self, summary: dict, logged: Dict[str, int]) -> List[str]:
+        """Account for every channel of every spot venue and measure its message rate (adds
+        ``summary["channels"]``, ``summary["book_resyncs"]``, ``summary["checksum_mismatches"]``
+        and any failures); the rate table's lines.
+
+        Per venue and channel: the records the collector counted (its final line; the tickers'
+        count is ``logged``), the rows of the channel's Parquet file, the records in its Kafka
+        topic, and the rate: records over the venue's recording time, its first to its last
+        record received on any channel (``recv_timestamp`` in the Parquet files).  A channel
+        that recorded nothing, a Parquet file or topic holding fewer records than the collector
+        counted: each is a failure that says how many."""
+        channels: Dict[str, dict] = {}
+        resyncs: Dict[str, Optional[int]] = {}
+        mismatches: Dict[str, int] = {}
+        lines = ["  message rates per channel (records over each venue's first to last record "
+                 "received):",
+                 f"    {'venue':<9} {'channel':<7} {'records':>8} {'seconds':>8} {'rate/s':>8} "
+                 f"{'in Kafka':>9}  topic"]
+        for ex in self.venues:
+            fields = self._collector_fields(ex)
+            spans = {ch: recv_span_ns(channel_file(self.data, ex, ch)) for ch in self.channels[ex]}
+            known = [sp for sp in spans.values() if sp is not None]
+            seconds = ((max(b for _, b in known) - min(a for a, _ in known)) / 1e9) if known else None
+            per: Dict[str, dict] = {}
+            for ch in self.channels[ex]:
+                path, topic = channel_file(self.data, ex, ch), channel_topic(ex, ch)
+                rows = parquet_rows(path)
+                if ch == "ticker":
+                    counted, in_kafka = logged.get(ex), self.kafka_records.get(ex)
+                else:
+                    counted = None if fields is None else channel_count(fields, ch)
+                    in_kafka = self.channel_kafka_records.get(topic)
+                    self._check_channel(ex, ch, counted, rows, in_kafka, path, topic)
+                if counted == 0 or (counted is None and rows == 0):  # (None: reported above)
+                    self.failures.append(f"collector {ex} recorded no {ch} records")
+                n = counted if counted is not None else rows
+                rate = (n / seconds) if n is not None and seconds else None
+                per[ch] = {"records": counted, "parquet_rows": rows, "kafka_records": in_kafka,
+                           "seconds": seconds, "rate_per_s": rate, "topic": topic,
+                           "file": str(path)}
+                lines.append(f"    {ex:<9} {ch:<7} {_fmt_count(n):>8} "
+                             f"{'n/a' if seconds is None else f'{seconds:.1f}':>8} "
+                             f"{'n/a' if rate is None else f'{rate:.1f}':>8} "
+                             f"{_fmt_count(in_kafka):>9}  {topic}")
+            channels[ex] = per
+            if "book" in self.channels[ex]:
+                resyncs[ex] = None if fields is None else fields.get("book_resyncs", 0)
+                child = self.collectors.get(ex)
+                mismatches[ex] = sum(1 for ln in (child.lines if child else [])
+                                     if _RESYNC_RE.search(ln) and "checksum" in ln)
+        summary["channels"] = channels
+        summary["book_resyncs"] = resyncs
+        summary["checksum_mismatches"] = mismatches
+        if resyncs:
+            lines.append("  book resyncs: " + ", ".join(
+                f"{ex} {_fmt_count(n)}" + (f" ({mismatches[ex]} checksum mismatches)"
+                                           if mismatches[ex] else "")
+                for ex, n in resyncs.items()))
+        return lines
+
+    def _check_channel(self, ex: str, ch: str, counted: Optional[int], rows: Optional[int],
+                       in_kafka: Optional[int], path: Path, topic: str) -> None:
+        """The failures of one trades or book channel: its collector's count against its
+        Parquet file and its Kafka topic."""
+        if counted is None:
+            self.failures.append(f"collector {ex} reported no final {ch} count")
+        if rows is None:
+            if counted:
+                self.failures.append(f"{ex} {ch}: no readable Parquet file at {path}")
+        elif counted is not None and counted > rows:
+            self.failures.append(f"collector {ex} lost {counted - rows} {ch} records: it "
+                                 f"logged {counted}, its Parquet file has {rows}")
+        elif counted is not None and counted < rows:
+            self.failures.append(f"collector {ex} logged {counted} {ch} records, its Parquet "
+                                 f"file has {rows}")
+        if in_kafka is None:
+            if topic in self.channel_kafka_records:  # counted, but not to its end
+                self.failures.append(f"could not count the Kafka records of {topic}")
+        else:
+            expected = counted if counted is not None else rows
+            if expected is not None and in_kafka < expected:
+                self.failures.append(f"collector {ex} lost {expected - in_kafka} {ch} records on "
+                                     f"the way to Kafka: {expected} recorded, {in_kafka} in "
+                                     f"topic {topic}")
 
     def _perp_summary(self, summary: dict, logged: Dict[str, int], reconnects: Dict[str, int]) -> List[str]:
         """Account for the perpetual-futures part (adds ``summary["perps"]`` and any failures);
@@ -792,6 +1019,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the monitor runs the spot venues' collectors itself and decides on each "
                         "record as it arrives (no broker round trip), still producing every "
                         "record to Kafka and Parquet (sabot monitor --direct)")
+    p.add_argument("--channels", type=parse_channels, default=CHANNELS, metavar="LIST",
+                   help="comma-separated channels each spot collector records, each into its own "
+                        "Kafka topic and Parquet file: ticker (required: the monitor reads it), "
+                        f"trades, book (default {','.join(CHANNELS)})")
     p.add_argument("--scenario", type=Path, default=None,
                    help="play this JSON-lines scenario (sabot.sim format) instead of the random walk "
                         "(spot venues only: the perpetual-futures part is left out)")
