@@ -365,9 +365,11 @@ class SimServer:
         book = self._books.get(raw)
         if book is None:
             base = self._canonical(raw).split("/")[0]
-            book = self._books[raw] = SimBook(seed=self._seed * 7919 + len(self._books),
-                                              mid=_START_PRICES.get(base, 100.0),
-                                              price_decimals=self.decimals, qty_decimals=8)
+            mid = _START_PRICES.get(base, 100.0)
+            # prices under 10 (USDT/USD) get at least 5 decimals, as the quotes do
+            decimals = self.decimals if mid >= 10 else max(self.decimals, 5)
+            book = self._books[raw] = SimBook(seed=self._seed * 7919 + len(self._books), mid=mid,
+                                              price_decimals=decimals, qty_decimals=8)
         return book
 
     def book_levels(self, raw: str, n: int = 10) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:

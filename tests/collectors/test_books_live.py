@@ -31,7 +31,7 @@ from sabot.sim.books import CoinbaseLevel2Feed, KrakenBookFeed, SimBook
 from collector_helpers import FAST_ENV, REPO, collector_cmd, final_stats
 from test_collectors_kafka import consume_all
 
-SYMBOLS = {"kraken": ["BTC/USD", "ETH/USD"], "coinbase": ["BTC-USD", "ETH-USD"],
+SYMBOLS = {"kraken": ["BTC/USD", "ETH/USD", "USDT/USD"], "coinbase": ["BTC-USD", "ETH-USD"],
            "binance": ["BTCUSDT", "ETHUSDT"]}
 
 
@@ -128,7 +128,7 @@ def test_ticker_and_book_to_parquet_and_kafka(exchange, fault_every, kafka_broke
         assert resyncs == 0 and sim.book_snapshots_sent == len(symbols)
     tob = [r for r in rows if r["top_changed"]]
     assert 0 < len(tob) < len(rows)
-    canonical = {"BTC-USD": "BTC/USD", "ETH-USD": "ETH/USD", "BTC/USD": "BTC/USD", "ETH/USD": "ETH/USD",
+    canonical = {"BTC-USD": "BTC/USD", "ETH-USD": "ETH/USD", "BTC/USD": "BTC/USD", "ETH/USD": "ETH/USD", "USDT/USD": "USDT/USD",
                  "BTCUSDT": "BTC/USDT", "ETHUSDT": "ETH/USDT"}
     assert all(r["exchange"] == exchange and r["symbol"] == canonical[r["raw_symbol"]] for r in rows)
     msgs = consume_all(kafka_broker.bootstrap, book_topic, len(rows))
