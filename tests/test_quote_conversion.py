@@ -178,3 +178,34 @@ def test_event_time_conversion_equals_pandas_merge_asof(events, max_age_ms):
     assert list(g.symbol) == list(want.symbol)
     for col in ("bid", "ask", "fx_bid", "fx_ask"):
         np.testing.assert_allclose(g[col].to_numpy(float), want[col].to_numpy(float), rtol=1e-12)
+
+
+def test_collectors_fold_usdt_only_when_asked(tmp_path):
+    """``sabot collect binance --usdt-as-usd`` records BTC/USD; without it BTC/USDT."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from sabot.sim import SIMULATORS
+
+    root = Path(__file__).resolve().parents[1]
+    for flag, want in (("--usdt-as-usd", {"BTC/USD", "ETH/USD"}), (None, {"BTC/USDT", "ETH/USDT"})):
+        with SIMULATORS["binance"](rate=0, count=40) as sim:
+            out = tmp_path / f"{flag or 'default'}.parquet"
+            cmd = [sys.executable, "-m", "sabot", "collect", "binance", "-F", "-o", str(out),
+                   "--url", sim.url, "--duration", "1.0", *([flag] if flag else [])]
+            proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=60,
+                                  env={**__import__("os").environ, "PYTHONPATH": str(root)})
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert set(pq.read_table(out)["symbol"].to_pylist()) == want
+
+
+def test_monitor_rate_options_are_checked_in_one_line(capsys):
+    assert arb.main(["--usdt-rate", "nosuch", "--bootstrap", "127.0.0.1:1", "--connect-timeout", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--usdt-rate: unknown venue 'nosuch'" in err
+    with pytest.raises(SystemExit) as exc:
+        arb.main(["--usdt-rate", "coinbase", "--usdt-as-usd"])
+    assert exc.value.code == 2
