@@ -1,0 +1,389 @@
+"""Trade and book features (``sabot research features``, ``sabot.apps.features``) and the
+``depth_imbalance`` kernel, against independent numpy/pandas references of the published
+definitions: VWAP = Σp·q/Σq; VPIN (Easley, López de Prado & O'Hara 2012) over equal-volume
+buckets, trades split across bucket boundaries; Kyle's lambda as the OLS slope of Δprice on
+signed volume; OFI (Cont, Kukanov & Stoikov 2014); depth imbalance (ΣB − ΣA)/(ΣB + ΣA).
+
+Two symbols are interleaved in every table, so each check is per symbol; the stateful
+features are checked for split invariance through ``Stream.from_table``.  One test records a
+local Coinbase server with ``sabot collect`` and runs ``sabot research features`` on the files.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from sabot.api import Stream
+from sabot.apps.features import (AUTO_BUCKETS_PER_RECORDING, book_features, feature_bars,
+                                 trade_features)
+from sabot.cli import main as sabot_main
+from sabot.fintech import DepthImbalance, depth_imbalance, l1_imbalance, missing
+
+REPO = Path(__file__).resolve().parents[1]
+SYMBOLS = np.array(["AAA-USD", "BBB-USD"])
+T0 = 1_767_000_000_000_000_000
+LEVELS = 10
+
+
+# -- generated records -----------------------------------------------------------------------
+def make_trades(n: int, seed: int) -> pa.Table:
+    """Interleaved trades of two symbols: prices on a tick grid (zero ticks happen), sizes in
+    eighths (sums are exact, so bucket boundaries are hit exactly too)."""
+    rng = np.random.default_rng(seed)
+    sym = SYMBOLS[rng.integers(0, 2, n)]
+    base = np.where(sym == SYMBOLS[0], 100.0, 20.0)
+    steps = rng.integers(-2, 3, n) * 0.25
+    price = np.empty(n)
+    for s in SYMBOLS:
+        m = sym == s
+        price[m] = base[m] + np.cumsum(steps[m])
+    return pa.table({
+        "exchange": ["testvenue"] * n,
+        "symbol": sym,
+        "timestamp": pa.array(T0 + np.arange(n) * 37_000_000, pa.timestamp("ns", tz="UTC")),
+        "price": price,
+        "size": rng.integers(1, 40, n) / 8.0,
+        "side": np.where(rng.random(n) < 0.55, "buy", "sell"),
+    })
+
+
+def make_book(n: int, seed: int) -> pa.Table:
+    """Interleaved book rows of two symbols: best prices move by ticks (up, down, unchanged),
+    ten levels per side, the deeper levels sometimes missing (a thin book)."""
+    rng = np.random.default_rng(seed)
+    sym = SYMBOLS[rng.integers(0, 2, n)]
+    mid = np.empty(n)
+    for s in SYMBOLS:
+        m = sym == s
+        mid[m] = 50.0 + np.cumsum(rng.integers(-1, 2, m.sum()) * 0.5)
+    cols = {"exchange": ["testvenue"] * n, "symbol": sym,
+            "timestamp": pa.array(T0 + np.arange(n) * 41_000_000, pa.timestamp("ns", tz="UTC")),
+            "bid": mid - 0.5, "ask": mid + 0.5}
+    depth = rng.integers(1, LEVELS + 1, (n, 2))          # levels present per side
+    for i in range(1, LEVELS + 1):
+        for k, side in enumerate(("bid", "ask")):
+            size = rng.integers(0, 30, n) / 4.0
+            cols[f"{side}_size_{i}"] = pa.array(np.where(i <= depth[:, k], size, np.nan),
+                                                from_pandas=True)
+    cols["bid_size"] = cols["bid_size_1"]
+    cols["ask_size"] = cols["ask_size_1"]
+    return pa.table(cols)
+
+
+def col(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy(zero_copy_only=False).astype(float)
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-12, what: str = "",
+                 atol: float = 1e-300) -> None:
+    assert got.shape == want.shape, what
+    assert np.array_equal(np.isnan(got), np.isnan(want)), \
+        f"{what}: null at {np.flatnonzero(np.isnan(got) != np.isnan(want))[:5]}"
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=rtol, atol=atol, err_msg=what)
+
+
+# -- references, per symbol ------------------------------------------------------------------
+def ref_vwap(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return np.cumsum(p * q) / np.cumsum(q)
+
+
+def ref_vpin(q: np.ndarray, buy: np.ndarray, V: float, n: int) -> np.ndarray:
+    """VPIN after each trade: bucket k holds the volume in [kV, (k+1)V) of the cumulative
+    volume; a trade's volume lies in [c_before, c_after) and goes to the buckets it overlaps;
+    VPIN = Σ|V_buy − V_sell| / (n·V) over the last n complete buckets."""
+    after = np.cumsum(q)
+    before = after - q
+    n_total = int(after[-1] // V) + 1
+    buy_vol = np.zeros(n_total)
+    sell_vol = np.zeros(n_total)
+    for c0, c1, is_buy in zip(before, after, buy):
+        for k in range(int(c0 // V), min(int(np.ceil(c1 / V)), n_total)):
+            overlap = min(c1, (k + 1) * V) - max(c0, k * V)
+            if overlap > 0:
+                (buy_vol if is_buy else sell_vol)[k] += overlap
+    imbalance = np.abs(buy_vol - sell_vol)
+    out = np.full(len(q), np.nan)
+    for i, c1 in enumerate(after):
+        full = int(c1 // V)                       # buckets complete after trade i
+        if full >= n:
+            out[i] = imbalance[full - n:full].sum() / (n * V)
+    return out
+
+
+def ref_kyle(p: np.ndarray, signed: np.ndarray, window: int) -> np.ndarray:
+    """OLS slope of Δp_t on q_t over the last ``window`` trades that have a Δp (numpy polyfit)."""
+    dp = np.diff(p, prepend=np.nan)
+    out = np.full(len(p), np.nan)
+    valid = np.flatnonzero(~np.isnan(dp))
+    for j in range(window - 1, len(valid)):
+        rows = valid[j - window + 1:j + 1]
+        x, y = signed[rows], dp[rows]
+        if np.var(x) > 0:
+            out[valid[j]] = np.polyfit(x, y, 1)[0]
+    return out
+
+
+def ref_ofi(b, a, B, A) -> np.ndarray:
+    """e_n = 1[b_n ≥ b_{n−1}]B_n − 1[b_n ≤ b_{n−1}]B_{n−1} − 1[a_n ≤ a_{n−1}]A_n
+    + 1[a_n ≥ a_{n−1}]A_{n−1} (Cont, Kukanov & Stoikov 2014, eq. 10), pandas shifts."""
+    f = pd.DataFrame({"b": b, "a": a, "B": B, "A": A})
+    p = f.shift(1)
+    e = ((f.b >= p.b) * f.B - (f.b <= p.b) * p.B - (f.a <= p.a) * f.A + (f.a >= p.a) * p.A)
+    e[p.b.isna()] = np.nan
+    return e.to_numpy(float)
+
+
+def ref_depth_imbalance(book: pa.Table, levels: int) -> np.ndarray:
+    bid = np.column_stack([col(book, f"bid_size_{i}") for i in range(1, levels + 1)])
+    ask = np.column_stack([col(book, f"ask_size_{i}") for i in range(1, levels + 1)])
+    B, A = np.nansum(bid, axis=1), np.nansum(ask, axis=1)
+    none = np.isnan(bid).all(axis=1) & np.isnan(ask).all(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (B - A) / (B + A)
+    out[none | (B + A == 0)] = np.nan
+    return out
+
+
+def check_trade_features(trades: pa.Table, out: pa.Table, V, n_buckets: int, window: int) -> None:
+    """Every trade feature of ``out`` against the references, symbol by symbol; ``V`` is one
+    bucket volume or a {symbol: bucket volume} mapping."""
+    sym = trades.column("symbol").to_numpy(zero_copy_only=False)
+    p, q = col(trades, "price"), col(trades, "size")
+    buy = trades.column("side").to_numpy(zero_copy_only=False) == "buy"
+    osym = out.column("symbol").to_numpy(zero_copy_only=False)
+    assert sorted(osym) == sorted(sym)
+    for s in np.unique(sym):
+        m, o = sym == s, osym == s
+        signed = np.where(buy[m], q[m], -q[m])
+        v = V[s] if isinstance(V, dict) else V
+        assert_close(col(out, "signed_volume")[o], signed, 0, f"{s} signed_volume")
+        assert_close(col(out, "vwap")[o], ref_vwap(p[m], q[m]), 1e-12, f"{s} vwap")
+        assert_close(col(out, "vpin")[o], ref_vpin(q[m], buy[m], v, n_buckets), 1e-9, f"{s} vpin")
+        # a slope of 0 comes out as ±1e-17 from either side's rounding: an absolute floor
+        assert_close(col(out, "kyle_lambda")[o], ref_kyle(p[m], signed, window), 1e-6,
+                     f"{s} kyle_lambda", atol=1e-12)
+
+
+def check_book_features(book: pa.Table, out: pa.Table, levels: int) -> None:
+    sym = book.column("symbol").to_numpy(zero_copy_only=False)
+    osym = out.column("symbol").to_numpy(zero_copy_only=False)
+    want_depth = ref_depth_imbalance(book, levels)
+    for s in np.unique(sym):
+        m, o = sym == s, osym == s
+        b, a, B, A = (col(book, c)[m] for c in ("bid", "ask", "bid_size", "ask_size"))
+        assert_close(col(out, "ofi")[o], ref_ofi(b, a, B, A), 0, f"{s} ofi")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            l1 = np.where(B + A != 0, (B - A) / (B + A), np.nan)
+        assert_close(col(out, "l1_imbalance")[o], l1, 0, f"{s} l1_imbalance")
+        assert_close(col(out, "depth_imbalance")[o], want_depth[m], 1e-15,
+                     f"{s} depth_imbalance")
+
+
+# -- the kernel ------------------------------------------------------------------------------
+@pytest.mark.parametrize("levels", [1, 3, 5, 8, 9, 10])
+def test_depth_imbalance_matches_the_formula_at_every_depth(levels):
+    """Up to eight levels a side run in one kernel pass, more in steps: every depth agrees."""
+    book = make_book(400, seed=levels)
+    got = depth_imbalance(book, n_levels=levels)
+    assert got.column_names == book.column_names + ["depth_imbalance"]
+    assert_close(col(got, "depth_imbalance"), ref_depth_imbalance(book, levels), 1e-15)
+    if levels == 1:
+        assert got["depth_imbalance"].equals(l1_imbalance(book)["l1_imbalance"])
+
+
+def test_depth_imbalance_nulls_one_sided_books_and_named_columns():
+    t = pa.table({"b1": [None, 0.0, 2.0, None, 1.0], "b2": [None, 0.0, None, None, 1.0],
+                  "a1": [None, 0.0, None, 3.0, 1.0], "a2": [None, 0.0, None, float("nan"), 3.0]})
+    k = DepthImbalance(2, bid_size_columns=["b1", "b2"], ask_size_columns=["a1", "a2"])
+    # all missing, zero depth -> null; one side only -> +1 / -1; missing levels add nothing
+    assert k(t)["depth_imbalance"].to_pylist() == [None, None, 1.0, -1.0, -1.0 / 3.0]
+    with missing("nan"):
+        out = depth_imbalance(t, 2, bid_size_columns=["b1", "b2"], ask_size_columns=["a1", "a2"])
+    assert np.isnan(out["depth_imbalance"].to_numpy()[:2]).all()
+    assert k.clone().config == k.config and k.output_names == ["depth_imbalance"]
+    assert isinstance(depth_imbalance(t.to_pandas(), 2, bid_size_columns=["b1", "b2"],
+                                      ask_size_columns=["a1", "a2"]), pd.DataFrame)
+
+
+def test_depth_imbalance_errors_name_the_parameter_and_value():
+    book = make_book(5, seed=1)
+    with pytest.raises(KeyError, match="bid_size_columns 'bid_size_11' not found"):
+        depth_imbalance(book, n_levels=11)
+    with pytest.raises(ValueError, match="ask_size_columns names 1 columns; n_levels is 2"):
+        DepthImbalance(2, ask_size_columns=["ask_size_1"])
+    with pytest.raises(ValueError, match="n_levels"):
+        depth_imbalance(book, n_levels=0)
+    with pytest.raises(TypeError, match="did you mean 'n_levels'"):
+        depth_imbalance(book, levels=3)
+
+
+# -- trade and book features against the references ------------------------------------------
+def test_trade_features_per_symbol_match_the_references():
+    trades = make_trades(1500, seed=3)
+    out = trade_features(trades, vpin_bucket_volume=8.0, vpin_buckets=5, kyle_window=12)
+    assert out.num_rows == trades.num_rows
+    assert np.isfinite(col(out, "vpin")).sum() > 1000      # the buckets fill: VPIN is checked
+    check_trade_features(trades, out, 8.0, 5, 12)
+
+
+def test_tick_rule_sign_when_asked():
+    """sign='tick': +1 uptick, -1 downtick, a zero tick repeats the last sign (Lee-Ready tick
+    test); the first trade and zero ticks before any move have no sign."""
+    trades = make_trades(600, seed=4)
+    out = trade_features(trades, vpin_bucket_volume=8.0, vpin_buckets=5, kyle_window=12,
+                         sign="tick")
+    sym = trades.column("symbol").to_numpy(zero_copy_only=False)
+    p, q = col(trades, "price"), col(trades, "size")
+    for s in SYMBOLS:
+        m = sym == s
+        sign, last = [], np.nan
+        for d in np.diff(p[m], prepend=np.nan):
+            last = 1.0 if d > 0 else -1.0 if d < 0 else last
+            sign.append(last)
+        assert_close(col(out, "signed_volume")[m], np.array(sign) * q[m], 0, s)
+
+
+def test_book_features_per_symbol_match_the_references():
+    book = make_book(1200, seed=5)
+    check_book_features(book, book_features(book, n_levels=7), 7)
+
+
+@settings(max_examples=20, deadline=None)
+@given(cuts=st.lists(st.integers(1, 399), max_size=6), batch=st.integers(1, 400))
+def test_stateful_features_are_split_invariant_in_a_stream(cuts, batch):
+    """The live form (one ``.map`` on a Stream) gives the table's columns in any batching."""
+    trades, book = make_trades(400, seed=6), make_book(400, seed=7)
+    kw = dict(vpin_bucket_volume=6.0, vpin_buckets=4, kyle_window=9)
+    edges = [0, *sorted(set(cuts)), 400]
+    pieces = [trades.slice(a, b - a) for a, b in zip(edges, edges[1:]) if b > a]
+    split = pa.Table.from_batches([b for t in pieces for b in t.to_batches()])
+    for table, run, names in ((split, lambda s: trade_features(s, **kw), ("vwap", "vpin", "kyle_lambda", "signed_volume")),
+                              (book, lambda s: book_features(s, n_levels=4), ("ofi", "depth_imbalance"))):
+        whole = run(table)
+        streamed = run(Stream.from_table(table, batch_size=batch)).collect()
+        for name in names:
+            assert_close(col(streamed, name), col(whole, name), 0, name)
+    check_trade_features(trades, trade_features(split, **kw), 6.0, 4, 9)
+
+
+def test_feature_bars_against_pandas():
+    trades, book = make_trades(800, seed=8), make_book(700, seed=9)
+    tf = trade_features(trades, vpin_bucket_volume=8.0, vpin_buckets=5, kyle_window=12)
+    bf = book_features(book, n_levels=5)
+    bars = feature_bars(tf, bf, 1_000_000_000).to_pandas()
+    t = tf.to_pandas()
+    t["bar"] = t.timestamp.dt.floor("1s")
+    t["pq"] = t.price * t["size"]
+    g = t.groupby(["symbol", "bar"])
+    want = pd.DataFrame({"bar_vwap": g.pq.sum() / g["size"].sum(),
+                         "signed_volume": g.signed_volume.sum(), "trades": g.size(),
+                         "vpin": g.vpin.last(), "vwap": g.vwap.last()})
+    b = bf.to_pandas()
+    b["bar"] = b.timestamp.dt.floor("1s")
+    gb = b.groupby(["symbol", "bar"])
+    want = want.join(pd.DataFrame({"ofi": gb.ofi.sum(min_count=1),
+                                   "depth_imbalance": gb.depth_imbalance.last()}), how="outer")
+    got = bars.set_index(["symbol", "bar"]).sort_index()
+    assert list(got.index) == list(want.index)
+    for name in want.columns:
+        assert_close(got[name].to_numpy(float), want[name].to_numpy(float), 1e-12, name)
+
+
+# -- real files: the local Coinbase server, sabot collect, sabot research features ----------
+def test_recorded_trades_and_book_from_the_local_server(tmp_path, capsys):
+    from sabot.sim import SIMULATORS
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with SIMULATORS["coinbase"](rate=200) as sim:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sabot", "collect", "coinbase", "--url", sim.url, "-F",
+             "-o", str(tmp_path / "coinbase.parquet"), "--channels", "trades,book",
+             "--duration", "120"],
+            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
+        try:
+            deadline = time.monotonic() + 90
+            def enough() -> bool:                 # the server's own counts of what it sent
+                return sim.trades_sent >= 150 and sim.book_updates_sent >= 100
+
+            while not enough() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)                  # polling the server's state, not a fixed wait
+            assert enough(), (sim.trades_sent, sim.book_updates_sent)
+            proc.send_signal(signal.SIGINT)       # a clean stop writes the files
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    trades = pq.read_table(tmp_path / "coinbase-trades.parquet")
+    book = pq.read_table(tmp_path / "coinbase-book.parquet")
+    assert trades.num_rows > 50 and book.num_rows > 50
+    assert len(set(trades.column("symbol").to_pylist())) >= 2
+
+    out = tmp_path / "f.parquet"
+    rc = sabot_main(["research", "features", "--parquet", str(tmp_path), "--bar", "500ms",
+                        "--kyle-window", "10", "--levels", "10", "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    for s in set(trades.column("symbol").to_pylist()):
+        assert s in printed
+    bars = pq.read_table(out).to_pandas().set_index(["symbol", "bar"]).sort_index()
+
+    # the reference rows: per symbol, the documented automatic bucket volume
+    totals = trades.to_pandas().groupby("symbol")["size"].sum()
+    V = {s: v / AUTO_BUCKETS_PER_RECORDING for s, v in totals.items()}
+    sym = trades.column("symbol").to_numpy(zero_copy_only=False)
+    ref = trades.to_pandas()
+    ref["signed_volume"] = np.where(ref.side == "buy", ref["size"], -ref["size"])
+    ref["vwap"] = ref["vpin"] = ref["kyle_lambda"] = np.nan
+    for s in np.unique(sym):
+        m = sym == s
+        r = ref[m]
+        ref.loc[m, "vwap"] = ref_vwap(r.price.to_numpy(), r["size"].to_numpy())
+        ref.loc[m, "vpin"] = ref_vpin(r["size"].to_numpy(), (r.side == "buy").to_numpy(), V[s], 50)
+        ref.loc[m, "kyle_lambda"] = ref_kyle(r.price.to_numpy(), r.signed_volume.to_numpy(), 10)
+    assert ref.vpin.notna().sum() > 0
+    ref["bar"] = ref.timestamp.dt.floor("500ms")
+    ref["pq"] = ref.price * ref["size"]
+    g = ref.groupby(["symbol", "bar"])
+    want = pd.DataFrame({"trades": g.size(), "bar_vwap": g.pq.sum() / g["size"].sum(),
+                         "signed_volume": g.signed_volume.sum(), "vwap": g.vwap.last(),
+                         "vpin": g.vpin.last(), "kyle_lambda": g.kyle_lambda.last()})
+    bk = book.to_pandas()
+    bk["ofi"] = np.nan
+    for s in bk.symbol.unique():
+        m = (bk.symbol == s).to_numpy()
+        r = bk[m]
+        bk.loc[m, "ofi"] = ref_ofi(r.bid.to_numpy(), r.ask.to_numpy(), r.bid_size.to_numpy(),
+                                   r.ask_size.to_numpy())
+    bk["depth_imbalance"] = ref_depth_imbalance(book, 10)
+    bk["bar"] = bk.timestamp.dt.floor("500ms")
+    gb = bk.groupby(["symbol", "bar"])
+    want = want.join(pd.DataFrame({"book_updates": gb.size(), "ofi": gb.ofi.sum(min_count=1),
+                                   "depth_imbalance": gb.depth_imbalance.last()}), how="outer")
+    assert list(bars.index) == list(want.index)
+    for name in want.columns:
+        assert_close(bars[name].to_numpy(float), want[name].to_numpy(float), 1e-9, name)
+
+
+def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
+    assert sabot_main(["research", "features", "--parquet", str(tmp_path / "none")]) == 2
+    assert sabot_main(["research", "features", "--parquet", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --parquet: {tmp_path / 'none'} is not a directory",
+                   f"error: no trades or book rows in {tmp_path} (*-trades.parquet, "
+                   "*-book.parquet: sabot collect --channels trades,book)"]
+    pq.write_table(make_trades(10, seed=1), tmp_path / "x-trades.parquet")
+    assert sabot_main(["research", "features", "--parquet", str(tmp_path), "--bar", "soon"]) == 2
+    assert "--bar: cannot read 'soon'" in capsys.readouterr().err
