@@ -28,7 +28,8 @@ from sabot.api import Stream
 from sabot.apps.features import (AUTO_BUCKETS_PER_RECORDING, book_features, feature_bars,
                                  trade_features)
 from sabot.cli import main as sabot_main
-from sabot.fintech import DepthImbalance, depth_imbalance, l1_imbalance, missing
+from sabot.fintech import (DepthImbalance, depth_imbalance, l1_imbalance, missing,
+                           multi_level_ofi, ofi)
 
 REPO = Path(__file__).resolve().parents[1]
 SYMBOLS = np.array(["AAA-USD", "BBB-USD"])
@@ -71,11 +72,16 @@ def make_book(n: int, seed: int) -> pa.Table:
             "timestamp": pa.array(T0 + np.arange(n) * 41_000_000, pa.timestamp("ns", tz="UTC")),
             "bid": mid - 0.5, "ask": mid + 0.5}
     depth = rng.integers(1, LEVELS + 1, (n, 2))          # levels present per side
+    price = {"bid": cols["bid"], "ask": cols["ask"]}
     for i in range(1, LEVELS + 1):
-        for k, side in enumerate(("bid", "ask")):
+        for k, (side, away) in enumerate((("bid", -1), ("ask", 1))):
             size = rng.integers(0, 30, n) / 4.0
-            cols[f"{side}_size_{i}"] = pa.array(np.where(i <= depth[:, k], size, np.nan),
-                                                from_pandas=True)
+            if i > 1:                                  # 1 to 2 ticks behind the level above
+                price[side] = price[side] + away * 0.5 * rng.integers(1, 3, n)
+            there = i <= depth[:, k]
+            cols[f"{side}_price_{i}"] = pa.array(np.where(there, price[side], np.nan),
+                                                 from_pandas=True)
+            cols[f"{side}_size_{i}"] = pa.array(np.where(there, size, np.nan), from_pandas=True)
     cols["bid_size"] = cols["bid_size_1"]
     cols["ask_size"] = cols["ask_size_1"]
     return pa.table(cols)
@@ -176,10 +182,26 @@ def check_trade_features(trades: pa.Table, out: pa.Table, V, n_buckets: int, win
                      f"{s} kyle_lambda", atol=1e-12)
 
 
+def ref_multi_level_ofi(book: pa.Table, level: int) -> np.ndarray:
+    """Xu, Gould & Howison (2018): the OFI of level m from its own prices and sizes, per
+    symbol, over the rows where that level is there (a missing level is no event)."""
+    sym = book.column("symbol").to_numpy(zero_copy_only=False)
+    b, a, B, A = (col(book, f"{c}_{level}") for c in ("bid_price", "ask_price", "bid_size",
+                                                      "ask_size"))
+    out = np.full(book.num_rows, np.nan)
+    for s in np.unique(sym):
+        rows = np.flatnonzero((sym == s) & ~np.isnan(b + a + B + A))
+        out[rows] = ref_ofi(b[rows], a[rows], B[rows], A[rows])
+    return out
+
+
 def check_book_features(book: pa.Table, out: pa.Table, levels: int) -> None:
     sym = book.column("symbol").to_numpy(zero_copy_only=False)
     osym = out.column("symbol").to_numpy(zero_copy_only=False)
     want_depth = ref_depth_imbalance(book, levels)
+    for m in range(1, levels + 1):
+        assert_close(col(out, f"ofi_{m}"), ref_multi_level_ofi(book, m), 0, f"ofi_{m}")
+    assert f"ofi_{levels + 1}" not in out.column_names
     for s in np.unique(sym):
         m, o = sym == s, osym == s
         b, a, B, A = (col(book, c)[m] for c in ("bid", "ask", "bid_size", "ask_size"))
@@ -229,6 +251,22 @@ def test_depth_imbalance_errors_name_the_parameter_and_value():
         depth_imbalance(book, levels=3)
 
 
+def test_multi_level_ofi_keeps_an_existing_ofi_and_its_first_level_is_ofi():
+    book = make_book(300, seed=12)
+    full = book.drop_columns([f"{side}_{i}" for side in ("bid_price", "bid_size", "ask_price", "ask_size")
+                              for i in (1,)])
+    full = full.append_column("bid_price_1", book["bid"]).append_column("ask_price_1", book["ask"]) \
+        .append_column("bid_size_1", book["bid_size"]).append_column("ask_size_1", book["ask_size"])
+    with_ofi = ofi(full, by="symbol")
+    out = multi_level_ofi(with_ofi, 3, by="symbol")
+    assert out.column_names == with_ofi.column_names + ["ofi_1", "ofi_2", "ofi_3"]
+    assert out["ofi"].equals(with_ofi["ofi"]) and out["ofi_1"].equals(with_ofi["ofi"])
+    again = multi_level_ofi(out, 3, by="symbol")
+    assert again.column_names == out.column_names and again.equals(out)
+    with pytest.raises(TypeError, match="did you mean 'n_levels'"):
+        multi_level_ofi(book, levels=2)
+
+
 # -- trade and book features against the references ------------------------------------------
 def test_trade_features_per_symbol_match_the_references():
     trades = make_trades(1500, seed=3)
@@ -270,7 +308,7 @@ def test_stateful_features_are_split_invariant_in_a_stream(cuts, batch):
     pieces = [trades.slice(a, b - a) for a, b in zip(edges, edges[1:]) if b > a]
     split = pa.Table.from_batches([b for t in pieces for b in t.to_batches()])
     for table, run, names in ((split, lambda s: trade_features(s, **kw), ("vwap", "vpin", "kyle_lambda", "signed_volume")),
-                              (book, lambda s: book_features(s, n_levels=4), ("ofi", "depth_imbalance"))):
+                              (book, lambda s: book_features(s, n_levels=4), ("ofi", "depth_imbalance", "ofi_1", "ofi_4"))):
         whole = run(table)
         streamed = run(Stream.from_table(table, batch_size=batch)).collect()
         for name in names:
@@ -368,10 +406,14 @@ def test_recorded_trades_and_book_from_the_local_server(tmp_path, capsys):
         bk.loc[m, "ofi"] = ref_ofi(r.bid.to_numpy(), r.ask.to_numpy(), r.bid_size.to_numpy(),
                                    r.ask_size.to_numpy())
     bk["depth_imbalance"] = ref_depth_imbalance(book, 10)
+    levels = {f"ofi_{m}": ref_multi_level_ofi(book, m) for m in range(1, 11)}
+    for name, values in levels.items():
+        bk[name] = values
     bk["bar"] = bk.timestamp.dt.floor("500ms")
     gb = bk.groupby(["symbol", "bar"])
     want = want.join(pd.DataFrame({"book_updates": gb.size(), "ofi": gb.ofi.sum(min_count=1),
-                                   "depth_imbalance": gb.depth_imbalance.last()}), how="outer")
+                                   "depth_imbalance": gb.depth_imbalance.last(),
+                                   **{n: gb[n].sum(min_count=1) for n in levels}}), how="outer")
     assert list(bars.index) == list(want.index)
     for name in want.columns:
         assert_close(bars[name].to_numpy(float), want[name].to_numpy(float), 1e-9, name)

@@ -14,7 +14,8 @@ and symbol, with the Sabot kernels (``by="symbol"``, state per symbol):
   (``sign="side"``, the default: the venue says who initiated the trade); ``sign="tick"``
   signs by the tick rule instead (``trade_sign``), for data without a reliable side;
 * from book rows: ``ofi`` (Cont, Kukanov & Stoikov 2014, on the best levels), ``l1_imbalance``
-  (best level) and ``depth_imbalance`` over the top ``n_levels`` levels.
+  (best level), ``depth_imbalance`` over the top ``n_levels`` levels and the multi-level OFI
+  ``ofi_1 .. ofi_N`` (Xu, Gould & Howison 2018: the OFI of each of those levels).
 
 :func:`trade_features` and :func:`book_features` take a table (recorded data) or a
 :class:`sabot.api.Stream` (live: ``Stream.from_kafka(..., "<venue>-trades",
@@ -36,8 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sabot.fintech import (depth_imbalance, diff, kyle_lambda, l1_imbalance, ofi,
-                           signed_volume, tick_rule, vpin, vwap)
+from sabot.fintech import (depth_imbalance, diff, kyle_lambda, l1_imbalance, multi_level_ofi,
+                           ofi, signed_volume, tick_rule, vpin, vwap)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ __all__ = ["BOOK_FEATURES", "TRADE_FEATURES", "book_features", "feature_bars", "
 
 #: Columns :func:`trade_features` appends (``trade_sign`` too with ``sign="tick"``).
 TRADE_FEATURES = ("signed_volume", "vwap", "vpin", "price_diff1", "kyle_lambda")
-#: Columns :func:`book_features` appends.
+#: Columns :func:`book_features` appends, then ``ofi_1 .. ofi_N`` (the multi-level OFI).
 BOOK_FEATURES = ("ofi", "l1_imbalance", "depth_imbalance")
 
 #: Buckets in one VPIN value (Easley, López de Prado & O'Hara use 50).
@@ -84,7 +85,8 @@ def _book_step(batch: Tabular, *, n_levels: int, by: str) -> Tabular:
     """The book features of one batch (see :func:`_trade_step` for the state)."""
     out = ofi(batch, by=by)
     out = l1_imbalance(out)
-    return depth_imbalance(out, n_levels)
+    out = depth_imbalance(out, n_levels)
+    return multi_level_ofi(out, n_levels, by=by)
 
 
 def _check(sign: str, vpin_bucket_volume: float, vpin_buckets: int, kyle_window: int) -> None:
@@ -127,9 +129,10 @@ def trade_features(data: Any, *, vpin_bucket_volume: float, vpin_buckets: int = 
 
 
 def book_features(data: Any, *, n_levels: int = DEFAULT_DEPTH_LEVELS, by: str = "symbol") -> Any:
-    """Book records (``bid``, ``ask``, ``bid_size``, ``ask_size``, ``bid_size_i``,
-    ``ask_size_i``) with :data:`BOOK_FEATURES` appended, per ``by``, one venue per call; a
-    table gives a table, a Stream the Stream with one more ``.map``."""
+    """Book records (``bid``, ``ask``, ``bid_size``, ``ask_size``, ``bid_price_i``,
+    ``bid_size_i``, ``ask_price_i``, ``ask_size_i``) with :data:`BOOK_FEATURES` and
+    ``ofi_1 .. ofi_<n_levels>`` appended, per ``by``, one venue per call; a table gives a
+    table, a Stream the Stream with one more ``.map``."""
     if not isinstance(n_levels, int) or n_levels < 1:
         raise ValueError(f"n_levels: must be a positive whole number, got {n_levels!r}")
     return _apply(data, functools.partial(_book_step, n_levels=n_levels, by=by))
@@ -190,8 +193,8 @@ def feature_bars(trades: Optional[pa.Table], book: Optional[pa.Table], bar_ns: i
 
     ``trades``, ``volume``, ``bar_vwap`` (Σp·q/Σq within the bar), ``signed_volume`` (Σ), the
     bar's last ``vwap`` (cumulative), ``vpin`` and ``kyle_lambda``; ``book_updates``, ``ofi``
-    (Σ within the bar: OFI adds up over intervals) and the last ``l1_imbalance`` and
-    ``depth_imbalance``.  A "last" is the bar's last non-null value.  A bar with trades but
+    and ``ofi_1 .. ofi_N`` (Σ within the bar: OFI adds up over intervals) and the last
+    ``l1_imbalance`` and ``depth_imbalance``.  A "last" is the bar's last non-null value.  A bar with trades but
     no book rows (or the reverse) has nulls for the other side's columns."""
     keys = ["exchange", "symbol", "bar"]
     frames = []
@@ -209,14 +212,16 @@ def feature_bars(trades: Optional[pa.Table], book: Optional[pa.Table], bar_ns: i
             "vpin": g.column("vpin_last"), "kyle_lambda": g.column("kyle_lambda_last")}))
     if book is not None and book.num_rows:
         b = book.append_column("bar", _bar_column(book, bar_ns))
+        levels = [c for c in book.column_names if c.startswith("ofi_")]
         g = b.group_by(keys, use_threads=False).aggregate([
             ("timestamp", "count"), ("ofi", "sum"), ("l1_imbalance", "last"),
-            ("depth_imbalance", "last")])
+            ("depth_imbalance", "last")] + [(c, "sum") for c in levels])
         frames.append(pa.table({
             **{k: g.column(k) for k in keys},
             "book_updates": g.column("timestamp_count"), "ofi": g.column("ofi_sum"),
             "l1_imbalance": g.column("l1_imbalance_last"),
-            "depth_imbalance": g.column("depth_imbalance_last")}))
+            "depth_imbalance": g.column("depth_imbalance_last"),
+            **{c: g.column(f"{c}_sum") for c in levels}}))
     if not frames:
         raise ValueError("no trade or book rows to make bars of")
     out = frames[0] if len(frames) == 1 else frames[0].join(

@@ -20,8 +20,8 @@ from .online_stats import (
 )
 from .microstructure import (
     OFI, VPIN, DepthImbalance,
-    depth_imbalance, effective_spread, l1_imbalance, microprice, midprice, ofi, quoted_spread,
-    vpin,
+    depth_imbalance, effective_spread, l1_imbalance, microprice, midprice, multi_level_ofi, ofi,
+    quoted_spread, vpin,
 )
 from .momentum_filters import (
     ATR, EMA, MACD, OBV, RSI, SMA, BollingerBands, DonchianChannel, Kalman1D, StochasticOsc,
@@ -93,7 +93,8 @@ __all__ = [
     "ewcov", "ewma", "log_returns", "rolling_zscore", "welford_mean_var",
     # microstructure
     "OFI", "VPIN", "DepthImbalance",
-    "depth_imbalance", "effective_spread", "l1_imbalance", "microprice", "midprice", "ofi", "quoted_spread", "vpin",
+    "depth_imbalance", "effective_spread", "l1_imbalance", "microprice", "midprice",
+    "multi_level_ofi", "ofi", "quoted_spread", "vpin",
     # momentum_filters
     "ATR", "EMA", "MACD", "OBV", "RSI", "SMA", "BollingerBands", "DonchianChannel", "Kalman1D",
     "StochasticOsc",

@@ -491,6 +491,42 @@ def ofi(batch, *, bid_column="bid", ask_column="ask", bid_size_column="bid_size"
                        bid_size_column=bid_size_column, ask_size_column=ask_size_column, by=by)
 
 
+def multi_level_ofi(batch, n_levels=5, *, by=None, **renamed):
+    """Append ``ofi_1 .. ofi_N``: the multi-level order-flow imbalance of Xu, Gould & Howison
+    (2018), the Cont–Kukanov–Stoikov OFI of each of the top ``n_levels`` levels, level m from
+    ``bid_price_m``, ``ask_price_m``, ``bid_size_m``, ``ask_size_m`` (the book records'
+    columns).  Per key, one :class:`OFI` per level (state carried across batches inside a
+    Stream operator, so any batching gives the same values): a key's first row is null, and a
+    row where level m is missing is null in ``ofi_m`` and leaves that level's state as it was.
+    ``ofi_1`` on the best levels equals :func:`ofi`."""
+    if renamed:
+        n_levels, by = _renamed("multi_level_ofi", renamed, dict(
+            n_levels=n_levels, by=by)).values()
+    n = check_positive_int("n_levels", n_levels)
+    names = [f"ofi_{m}" for m in range(1, n + 1)]
+    if not isinstance(batch, (pa.RecordBatch, pa.Table)):
+        from .. import interop
+        return interop.apply(lambda b: multi_level_ofi(b, n, by=by), batch, names,
+                             what="multi_level_ofi input")
+    out = batch
+    saved = None                                      # a column called ``ofi`` already there
+    if "ofi" in out.schema.names:
+        saved = (out.schema.get_field_index("ofi"), out.column("ofi"))
+        out = out.remove_column(saved[0])
+    for m, name in enumerate(names, 1):
+        out = call_kernel(OFI, out, bid_column=f"bid_price_{m}", ask_column=f"ask_price_{m}",
+                          bid_size_column=f"bid_size_{m}", ask_size_column=f"ask_size_{m}",
+                          by=by)
+        if name in out.schema.names:                  # computed again: replaced in place
+            out = out.set_column(out.schema.get_field_index(name), name, out.column("ofi"))
+            out = out.remove_column(out.schema.get_field_index("ofi"))
+        else:
+            out = out.rename_columns([name if c == "ofi" else c for c in out.schema.names])
+    if saved is not None:
+        out = out.add_column(saved[0], "ofi", saved[1])
+    return out
+
+
 def vpin(batch, bucket_vol=100000.0, n_buckets=50, *, volume_column="volume",
          side_column="side", by=None, **renamed):
     """Append ``vpin`` over the last ``n_buckets`` volume buckets of size ``bucket_vol``."""
