@@ -429,3 +429,30 @@ def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
     pq.write_table(make_trades(10, seed=1), tmp_path / "x-trades.parquet")
     assert sabot_main(["research", "features", "--parquet", str(tmp_path), "--bar", "soon"]) == 2
     assert "--bar: cannot read 'soon'" in capsys.readouterr().err
+
+
+def test_live_form_on_a_kafka_trades_topic(kafka_broker, unique_topic):
+    """``trade_features`` on ``Stream.from_kafka`` of a trades topic (the real broker, three
+    partitions keyed by symbol, small batches): per symbol the table form's values."""
+    from sabot.schema import TRADE_SCHEMA
+    from stream_data import produce
+
+    trades = make_trades(600, seed=21)
+    n = trades.num_rows
+    trades = pa.table({
+        **{c: trades.column(c) for c in ("exchange", "symbol")},
+        "raw_symbol": trades.column("symbol"), "timestamp": trades.column("timestamp"),
+        "recv_timestamp": trades.column("timestamp"),
+        **{c: trades.column(c) for c in ("price", "size", "side")},
+        "trade_id": [str(i) for i in range(n)], "sequence": pa.array(range(n), pa.int64()),
+        "time_source": ["exchange"] * n}, schema=TRADE_SCHEMA)
+    topic = unique_topic()
+    kafka_broker.create_topic(topic, partitions=3)
+    produce(kafka_broker.bootstrap, topic, trades)
+    kw = dict(vpin_bucket_volume=6.0, vpin_buckets=4, kyle_window=9)
+    stream = Stream.from_kafka(kafka_broker.bootstrap, topic, unique_topic("g"),
+                               schema=TRADE_SCHEMA, batch_size=50, from_beginning=True,
+                               stop_at_end=True)
+    live = trade_features(stream, **kw).collect()
+    assert live.num_rows == n
+    check_trade_features(trades, live, 6.0, 4, 9)
