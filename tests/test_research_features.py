@@ -11,10 +11,11 @@ local Coinbase server with ``sabot collect`` and runs ``sabot research features`
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from sabot.api import Stream
-from sabot.apps.features import (AUTO_BUCKETS_PER_RECORDING, book_features, feature_bars,
+from sabot.apps.features import (auto_bucket_volume, book_features, feature_bars,
                                  trade_features)
 from sabot.cli import main as sabot_main
 from sabot.fintech import (DepthImbalance, depth_imbalance, l1_imbalance, missing,
@@ -344,29 +345,37 @@ def test_recorded_trades_and_book_from_the_local_server(tmp_path, capsys):
     from sabot.sim import SIMULATORS
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    lines: list = []
+    recorded = threading.Event()
+
+    def read(stream) -> None:                     # the collector's own counts of what it holds
+        for line in stream:
+            lines.append(line)
+            m = re.search(r" status: .* book=(\d+) .*trades=(\d+)", line)
+            if m and int(m.group(1)) >= 100 and int(m.group(2)) >= 150:
+                recorded.set()
+
     with SIMULATORS["coinbase"](rate=200) as sim:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sabot", "collect", "coinbase", "--url", sim.url, "-F",
              "-o", str(tmp_path / "coinbase.parquet"), "--channels", "trades,book",
-             "--duration", "120"],
+             "--status-interval", "0.2", "--duration", "120"],
             env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
+        reader = threading.Thread(target=read, args=(proc.stderr,), daemon=True)
+        reader.start()
         try:
-            deadline = time.monotonic() + 90
-            def enough() -> bool:                 # the server's own counts of what it sent
-                return sim.trades_sent >= 150 and sim.book_updates_sent >= 100
-
-            while not enough() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)                  # polling the server's state, not a fixed wait
-            assert enough(), (sim.trades_sent, sim.book_updates_sent)
+            assert recorded.wait(90), "".join(lines)[-3000:]
             proc.send_signal(signal.SIGINT)       # a clean stop writes the files
-            _, stderr = proc.communicate(timeout=60)
+            proc.wait(60)
         finally:
             if proc.poll() is None:
                 proc.kill()
-    assert proc.returncode == 0, stderr[-2000:]
+                proc.wait()
+        reader.join(10)
+    assert proc.returncode == 0, "".join(lines)[-3000:]
     trades = pq.read_table(tmp_path / "coinbase-trades.parquet")
     book = pq.read_table(tmp_path / "coinbase-book.parquet")
-    assert trades.num_rows > 50 and book.num_rows > 50
+    assert trades.num_rows >= 150 and book.num_rows >= 100
     assert len(set(trades.column("symbol").to_pylist())) >= 2
 
     out = tmp_path / "f.parquet"
@@ -380,7 +389,7 @@ def test_recorded_trades_and_book_from_the_local_server(tmp_path, capsys):
 
     # the reference rows: per symbol, the documented automatic bucket volume
     totals = trades.to_pandas().groupby("symbol")["size"].sum()
-    V = {s: v / AUTO_BUCKETS_PER_RECORDING for s, v in totals.items()}
+    V = {s: auto_bucket_volume(v) for s, v in totals.items()}
     sym = trades.column("symbol").to_numpy(zero_copy_only=False)
     ref = trades.to_pandas()
     ref["signed_volume"] = np.where(ref.side == "buy", ref["size"], -ref["size"])
@@ -419,6 +428,12 @@ def test_recorded_trades_and_book_from_the_local_server(tmp_path, capsys):
         assert_close(bars[name].to_numpy(float), want[name].to_numpy(float), 1e-9, name)
 
 
+def test_automatic_bucket_volume_is_round_and_fills_enough_buckets():
+    assert [auto_bucket_volume(t, 200) for t in (200.0, 390.0, 400.0, 999.0, 1000.0, 0.37)] == \
+        [1.0, 1.0, 2.0, 2.0, 5.0, 0.001]
+    assert auto_bucket_volume(0.0) == 1.0 and auto_bucket_volume(float("nan")) == 1.0
+
+
 def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
     assert sabot_main(["research", "features", "--parquet", str(tmp_path / "none")]) == 2
     assert sabot_main(["research", "features", "--parquet", str(tmp_path)]) == 2
@@ -428,7 +443,8 @@ def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
                    "*-book.parquet: sabot collect --channels trades,book)"]
     pq.write_table(make_trades(10, seed=1), tmp_path / "x-trades.parquet")
     assert sabot_main(["research", "features", "--parquet", str(tmp_path), "--bar", "soon"]) == 2
-    assert "--bar: cannot read 'soon'" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == (
+        "error: --bar 'soon': expected e.g. '500ms', '1s', '5m', '1h'")
 
 
 def test_live_form_on_a_kafka_trades_topic(kafka_broker, unique_topic):

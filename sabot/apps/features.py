@@ -39,10 +39,11 @@ import pyarrow.parquet as pq
 
 from sabot.fintech import (depth_imbalance, diff, kyle_lambda, l1_imbalance, multi_level_ofi,
                            ofi, signed_volume, tick_rule, vpin, vwap)
+from sabot.timeunits import duration_ns
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BOOK_FEATURES", "TRADE_FEATURES", "book_features", "feature_bars", "features",
+__all__ = ["BOOK_FEATURES", "TRADE_FEATURES", "auto_bucket_volume", "book_features", "feature_bars", "features",
            "read_recorded", "summary", "trade_features"]
 
 #: Columns :func:`trade_features` appends (``trade_sign`` too with ``sign="tick"``).
@@ -52,8 +53,8 @@ BOOK_FEATURES = ("ofi", "l1_imbalance", "depth_imbalance")
 
 #: Buckets in one VPIN value (Easley, López de Prado & O'Hara use 50).
 DEFAULT_VPIN_BUCKETS = 50
-#: Without ``--vpin-bucket-volume``, a symbol's bucket is its recorded volume over this many
-#: buckets, so VPIN is defined for the last (1 − n_buckets / this) of the recording.
+#: Without ``--vpin-bucket-volume``, a symbol's bucket is a round size (1, 2 or 5 × 10^k) of at
+#: most its recorded volume over this many buckets (:func:`auto_bucket_volume`).
 AUTO_BUCKETS_PER_RECORDING = 4 * DEFAULT_VPIN_BUCKETS
 DEFAULT_KYLE_WINDOW = 50
 DEFAULT_DEPTH_LEVELS = 5
@@ -162,10 +163,23 @@ def _symbols(table: pa.Table) -> List[str]:
     return sorted(pc.unique(table.column("symbol")).to_pylist())
 
 
+def auto_bucket_volume(total_volume: float, n_buckets: int = AUTO_BUCKETS_PER_RECORDING) -> float:
+    """The VPIN bucket volume for a symbol that traded ``total_volume``: the largest 1, 2 or
+    5 × 10^k not above ``total_volume / n_buckets`` (so at least ``n_buckets`` buckets fill).
+    Round, because a bucket of exactly total / n would end on the recording's last trade, where
+    rounding alone decides whether the last bucket is full; and round sizes are what one
+    compares across days.  1.0 when nothing traded."""
+    target = total_volume / n_buckets
+    if not target > 0 or not np.isfinite(target):
+        return 1.0
+    k = 10.0 ** np.floor(np.log10(target))
+    return float(max(m * k for m in (1.0, 2.0, 5.0) if m * k <= target * (1 + 1e-12)))
+
+
 def _venue_trade_features(table: pa.Table, vpin_bucket_volume: Optional[float],
                           vpin_buckets: int, kyle_window: int, sign: str) -> pa.Table:
     """One venue's trades with their features.  With a bucket volume every symbol uses it;
-    without, each symbol's bucket is its recorded volume / :data:`AUTO_BUCKETS_PER_RECORDING`
+    without, each symbol's bucket is :func:`auto_bucket_volume` of its recorded volume
     (symbols trade in units too different for one bucket size)."""
     if vpin_bucket_volume is not None:
         return trade_features(table, vpin_bucket_volume=vpin_bucket_volume,
@@ -174,10 +188,9 @@ def _venue_trade_features(table: pa.Table, vpin_bucket_volume: Optional[float],
     for symbol in _symbols(table):
         rows = table.filter(pc.equal(table.column("symbol"), symbol))
         total = pc.sum(rows.column("size")).as_py() or 0.0
-        bucket = total / AUTO_BUCKETS_PER_RECORDING
-        if not bucket > 0:
+        if not total > 0:
             log.warning("%s: no traded volume; its VPIN is null", symbol)
-            bucket = 1.0
+        bucket = auto_bucket_volume(total)
         out.append(trade_features(rows, vpin_bucket_volume=bucket, vpin_buckets=vpin_buckets,
                                   kyle_window=kyle_window, sign=sign))
     return pa.concat_tables(out)
@@ -290,8 +303,9 @@ def add_features_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bar", default="1s", help="bar length of the written rows, e.g. 1s, 1min "
                                                "(default %(default)s)")
     p.add_argument("--vpin-bucket-volume", type=positive_float, default=None, metavar="X",
-                   help="VPIN bucket volume for every symbol (default: per symbol, its recorded "
-                        f"volume / {AUTO_BUCKETS_PER_RECORDING})")
+                   help="VPIN bucket volume for every symbol (default: per symbol, the largest "
+                        "1, 2 or 5 x 10^k not above its recorded volume / "
+                        f"{AUTO_BUCKETS_PER_RECORDING})")
     p.add_argument("--vpin-buckets", type=positive_int, default=DEFAULT_VPIN_BUCKETS,
                    help="buckets per VPIN value (default %(default)s)")
     p.add_argument("--kyle-window", type=positive_int, default=DEFAULT_KYLE_WINDOW,
@@ -326,9 +340,7 @@ def print_summary(rows: List[dict], out: Any = None) -> None:
 def features_command(args: argparse.Namespace) -> int:
     """Run ``sabot research features``; bad options and missing files raise ValueError /
     FileNotFoundError, which the research command prints as one line (exit 2)."""
-    from sabot.apps.research import parse_bar
-
-    bar_ns = parse_bar(args.bar)
+    bar_ns = duration_ns(args.bar, "--bar")
     trades, book = features(args.parquet, venues=args.venue,
                             vpin_bucket_volume=args.vpin_bucket_volume,
                             vpin_buckets=args.vpin_buckets, kyle_window=args.kyle_window,
