@@ -311,11 +311,13 @@ def add_features_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kyle-window", type=positive_int, default=DEFAULT_KYLE_WINDOW,
                    help="trades per Kyle's lambda regression (default %(default)s)")
     p.add_argument("--levels", type=positive_int, default=DEFAULT_DEPTH_LEVELS,
-                   help="book levels of the depth imbalance (default %(default)s)")
+                   help="book levels of the depth imbalance and the multi-level OFI "
+                        "(default %(default)s)")
     p.add_argument("--sign", choices=SIGNS, default="side",
                    help="trade sign: the recorded aggressor side (default) or the tick rule")
     p.add_argument("--output", type=Path, default=None,
-                   help="feature bars Parquet (default <DIR>/features.parquet)")
+                   help="feature bars Parquet (default <DIR>/trade_book_features.parquet, "
+                        "apart from the ticker features' features.parquet)")
     p.set_defaults(mode="features")
 
 
@@ -346,7 +348,7 @@ def features_command(args: argparse.Namespace) -> int:
                             vpin_buckets=args.vpin_buckets, kyle_window=args.kyle_window,
                             n_levels=args.levels, sign=args.sign)
     bars = feature_bars(trades, book, bar_ns)
-    output = args.output or args.parquet / "features.parquet"
+    output = args.output or args.parquet / "trade_book_features.parquet"
     output.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(bars, output)
     print_summary(summary(trades, book))
