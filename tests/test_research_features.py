@@ -445,6 +445,11 @@ def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
     assert sabot_main(["research", "features", "--parquet", str(tmp_path), "--bar", "soon"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: --bar 'soon': expected e.g. '500ms', '1s', '5m', '1h'")
+    pq.write_table(make_book(10, seed=1), tmp_path / "x-book.parquet")
+    assert sabot_main(["research", "features", "--parquet", str(tmp_path), "--levels", "11"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"error: testvenue book rows in {tmp_path}: bid_size_columns 'bid_size_11' not found")
 
 
 def test_live_form_on_a_kafka_trades_topic(kafka_broker, unique_topic):

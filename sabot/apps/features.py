@@ -280,9 +280,19 @@ def features(folder: Path, *, venues: Optional[Sequence[str]] = None,
         raise FileNotFoundError(f"no trades or book rows{which} in {folder} "
                                 f"(*-trades.parquet, *-book.parquet: sabot collect "
                                 f"--channels trades,book)")
-    trades = [_venue_trade_features(t, vpin_bucket_volume, vpin_buckets, kyle_window, sign)
-              for t in trade_tables.values() if t.num_rows]
-    books = [book_features(t, n_levels=n_levels) for t in book_tables.values() if t.num_rows]
+    trades, books = [], []
+    for kind, tables in (("trades", trade_tables), ("book", book_tables)):
+        for venue, table in tables.items():
+            if not table.num_rows:
+                continue
+            try:
+                if kind == "trades":
+                    trades.append(_venue_trade_features(table, vpin_bucket_volume, vpin_buckets,
+                                                        kyle_window, sign))
+                else:
+                    books.append(book_features(table, n_levels=n_levels))
+            except KeyError as exc:             # a column the files lack (older files, --levels)
+                raise ValueError(f"{venue} {kind} rows in {folder}: {exc.args[0]}") from None
     return (pa.concat_tables(trades) if trades else None,
             pa.concat_tables(books) if books else None)
 
