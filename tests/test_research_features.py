@@ -428,6 +428,20 @@ def test_recorded_trades_and_book_from_the_local_server(tmp_path, capsys):
         assert_close(bars[name].to_numpy(float), want[name].to_numpy(float), 1e-9, name)
 
 
+def test_function_mistakes_name_the_argument():
+    trades = make_trades(20, seed=2)
+    two = pa.concat_tables([trades, trades.set_column(0, "exchange", pa.array(["other"] * 20))])
+    with pytest.raises(ValueError, match=r"trade_features: rows of 2 venues \(other, testvenue\)"):
+        trade_features(two, vpin_bucket_volume=1.0)
+    for kw, match in ((dict(vpin_bucket_volume=0.0), "vpin_bucket_volume: must be a positive number, got 0.0"),
+                      (dict(vpin_bucket_volume=1.0, kyle_window=1), "kyle_window: must be a whole number >= 2, got 1"),
+                      (dict(vpin_bucket_volume=1.0, sign="lee"), "sign: 'lee' is not one of side, tick")):
+        with pytest.raises(ValueError, match=match):
+            trade_features(trades, **kw)
+    with pytest.raises(ValueError, match="n_levels: must be a whole number >= 1, got True"):
+        book_features(make_book(5, seed=2), n_levels=True)
+
+
 def test_automatic_bucket_volume_is_round_and_fills_enough_buckets():
     assert [auto_bucket_volume(t, 200) for t in (200.0, 390.0, 400.0, 999.0, 1000.0, 0.37)] == \
         [1.0, 1.0, 2.0, 2.0, 5.0, 0.001]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import numbers
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -90,18 +91,26 @@ def _book_step(batch: Tabular, *, n_levels: int, by: str) -> Tabular:
     return multi_level_ofi(out, n_levels, by=by)
 
 
+def _whole(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def _check(sign: str, vpin_bucket_volume: float, vpin_buckets: int, kyle_window: int) -> None:
     if sign not in SIGNS:
         raise ValueError(f"sign: {sign!r} is not one of {', '.join(SIGNS)}")
-    if not (isinstance(vpin_bucket_volume, (int, float)) and vpin_bucket_volume > 0):
+    if (isinstance(vpin_bucket_volume, bool) or not isinstance(vpin_bucket_volume, numbers.Real)
+            or not 0 < vpin_bucket_volume < float("inf")):
         raise ValueError(f"vpin_bucket_volume: must be a positive number, got {vpin_bucket_volume!r}")
-    for name, value in (("vpin_buckets", vpin_buckets), ("kyle_window", kyle_window)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: must be a positive whole number, got {value!r}")
+    _whole("vpin_buckets", vpin_buckets, 1)
+    _whole("kyle_window", kyle_window, 2)
 
 
-def _apply(data: Any, step: Any) -> Any:
-    """``step`` as a ``.map`` of a Stream, or on a whole table at once (fresh state)."""
+def _apply(data: Any, step: Any, by: str, what: str) -> Any:
+    """``step`` as a ``.map`` of a Stream, or on a whole table at once (fresh state).  A table
+    keyed by symbol must hold one venue: the state is per symbol, and two venues' prices of a
+    symbol are two series."""
     from sabot.api import Stream
 
     if isinstance(data, Stream):
@@ -109,7 +118,12 @@ def _apply(data: Any, step: Any) -> Any:
     if not isinstance(data, (pa.Table, pa.RecordBatch)):
         from sabot.interop import to_arrow
 
-        data = to_arrow(data, what="features input")
+        data = to_arrow(data, what=f"{what} input")
+    if by == "symbol" and "exchange" in data.schema.names:
+        venues = pc.unique(data.column("exchange")).drop_null().to_pylist()
+        if len(venues) > 1:
+            raise ValueError(f"{what}: rows of {len(venues)} venues ({', '.join(sorted(venues))})"
+                             f"; give one venue's rows per call (state is per symbol)")
     return step(data)
 
 
@@ -125,8 +139,8 @@ def trade_features(data: Any, *, vpin_bucket_volume: float, vpin_buckets: int = 
     ``"tick"`` by the tick rule."""
     _check(sign, vpin_bucket_volume, vpin_buckets, kyle_window)
     return _apply(data, functools.partial(
-        _trade_step, vpin_bucket_volume=float(vpin_bucket_volume), vpin_buckets=vpin_buckets,
-        kyle_window=kyle_window, sign=sign, by=by))
+        _trade_step, vpin_bucket_volume=float(vpin_bucket_volume), vpin_buckets=int(vpin_buckets),
+        kyle_window=int(kyle_window), sign=sign, by=by), by, "trade_features")
 
 
 def book_features(data: Any, *, n_levels: int = DEFAULT_DEPTH_LEVELS, by: str = "symbol") -> Any:
@@ -134,9 +148,9 @@ def book_features(data: Any, *, n_levels: int = DEFAULT_DEPTH_LEVELS, by: str = 
     ``bid_size_i``, ``ask_price_i``, ``ask_size_i``) with :data:`BOOK_FEATURES` and
     ``ofi_1 .. ofi_<n_levels>`` appended, per ``by``, one venue per call; a table gives a
     table, a Stream the Stream with one more ``.map``."""
-    if not isinstance(n_levels, int) or n_levels < 1:
-        raise ValueError(f"n_levels: must be a positive whole number, got {n_levels!r}")
-    return _apply(data, functools.partial(_book_step, n_levels=n_levels, by=by))
+    n_levels = _whole("n_levels", n_levels, 1)
+    return _apply(data, functools.partial(_book_step, n_levels=n_levels, by=by), by,
+                  "book_features")
 
 
 # ---------------------------------------------------------------------------------------------
