@@ -491,3 +491,20 @@ def test_live_form_on_a_kafka_trades_topic(kafka_broker, unique_topic):
     live = trade_features(stream, **kw).collect()
     assert live.num_rows == n
     check_trade_features(trades, live, 6.0, 4, 9)
+
+
+def test_stream_form_state_restores_from_a_checkpoint():
+    """The live form's kernels live in the operator's scope: a stream stopped halfway, its
+    ``state_dict`` loaded into a new stream, continues exactly (the table form's values)."""
+    trades, book = make_trades(500, seed=31), make_book(500, seed=32)
+    for table, run in ((trades, lambda s: trade_features(s, vpin_bucket_volume=6.0,
+                                                         vpin_buckets=4, kyle_window=9)),
+                       (book, lambda s: book_features(s, n_levels=3))):
+        first = run(Stream.from_table(table.slice(0, 230), 64))
+        out1 = first.collect()
+        second = run(Stream.from_table(table.slice(230), 64))
+        second.load_state_dict(first.state_dict())
+        got = pa.concat_tables([out1, second.collect()])
+        whole = run(table)
+        for name in whole.column_names[table.num_columns:]:
+            assert_close(col(got, name), col(whole, name), 0, name)
