@@ -353,7 +353,7 @@ def print_summary(rows: List[dict], out: Any = None) -> None:
     """The per-(venue, symbol) table on ``out`` (stdout)."""
     out = out or sys.stdout
     print(f"{'venue':<10} {'symbol':<12} {'trades':>7} {'volume':>12} {'vwap':>12} {'vpin':>6} "
-          f"{'kyle λ':>10} {'book':>7} {'ofi':>11} {'imb L1':>7} {'imb LN':>7}", file=out)
+          f"{'kyle':>10} {'book':>7} {'ofi':>11} {'imb L1':>7} {'imb LN':>7}", file=out)
     for r in rows:
         print(f"{r['exchange']:<10} {r['symbol']:<12} {_fmt(r.get('trades'), '7d')} "
               f"{_fmt(r.get('volume'), '12.4f')} {_fmt(r.get('vwap'), '12.4f')} "
