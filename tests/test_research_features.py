@@ -39,10 +39,10 @@ LEVELS = 10
 
 
 # -- generated records -----------------------------------------------------------------------
-def make_trades(n: int, seed: int) -> pa.Table:
+def make_trades(n: int, draw: int) -> pa.Table:
     """Interleaved trades of two symbols: prices on a tick grid (zero ticks happen), sizes in
     eighths (sums are exact, so bucket boundaries are hit exactly too)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(draw)
     sym = SYMBOLS[rng.integers(0, 2, n)]
     base = np.where(sym == SYMBOLS[0], 100.0, 20.0)
     steps = rng.integers(-2, 3, n) * 0.25
@@ -60,10 +60,10 @@ def make_trades(n: int, seed: int) -> pa.Table:
     })
 
 
-def make_book(n: int, seed: int) -> pa.Table:
+def make_book(n: int, draw: int) -> pa.Table:
     """Interleaved book rows of two symbols: best prices move by ticks (up, down, unchanged),
     ten levels per side, the deeper levels sometimes missing (a thin book)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(draw)
     sym = SYMBOLS[rng.integers(0, 2, n)]
     mid = np.empty(n)
     for s in SYMBOLS:
@@ -218,7 +218,7 @@ def check_book_features(book: pa.Table, out: pa.Table, levels: int) -> None:
 @pytest.mark.parametrize("levels", [1, 3, 5, 8, 9, 10])
 def test_depth_imbalance_matches_the_formula_at_every_depth(levels):
     """Up to eight levels a side run in one kernel pass, more in steps: every depth agrees."""
-    book = make_book(400, seed=levels)
+    book = make_book(400, draw=levels)
     got = depth_imbalance(book, n_levels=levels)
     assert got.column_names == book.column_names + ["depth_imbalance"]
     assert_close(col(got, "depth_imbalance"), ref_depth_imbalance(book, levels), 1e-15)
@@ -241,7 +241,7 @@ def test_depth_imbalance_nulls_one_sided_books_and_named_columns():
 
 
 def test_depth_imbalance_errors_name_the_parameter_and_value():
-    book = make_book(5, seed=1)
+    book = make_book(5, draw=1)
     with pytest.raises(KeyError, match="bid_size_columns 'bid_size_11' not found"):
         depth_imbalance(book, n_levels=11)
     with pytest.raises(ValueError, match="ask_size_columns names 1 columns; n_levels is 2"):
@@ -253,7 +253,7 @@ def test_depth_imbalance_errors_name_the_parameter_and_value():
 
 
 def test_multi_level_ofi_keeps_an_existing_ofi_and_its_first_level_is_ofi():
-    book = make_book(300, seed=12)
+    book = make_book(300, draw=12)
     full = book.drop_columns([f"{side}_{i}" for side in ("bid_price", "bid_size", "ask_price", "ask_size")
                               for i in (1,)])
     full = full.append_column("bid_price_1", book["bid"]).append_column("ask_price_1", book["ask"]) \
@@ -270,7 +270,7 @@ def test_multi_level_ofi_keeps_an_existing_ofi_and_its_first_level_is_ofi():
 
 # -- trade and book features against the references ------------------------------------------
 def test_trade_features_per_symbol_match_the_references():
-    trades = make_trades(1500, seed=3)
+    trades = make_trades(1500, draw=3)
     out = trade_features(trades, vpin_bucket_volume=8.0, vpin_buckets=5, kyle_window=12)
     assert out.num_rows == trades.num_rows
     assert np.isfinite(col(out, "vpin")).sum() > 1000      # the buckets fill: VPIN is checked
@@ -280,7 +280,7 @@ def test_trade_features_per_symbol_match_the_references():
 def test_tick_rule_sign_when_asked():
     """sign='tick': +1 uptick, -1 downtick, a zero tick repeats the last sign (Lee-Ready tick
     test); the first trade and zero ticks before any move have no sign."""
-    trades = make_trades(600, seed=4)
+    trades = make_trades(600, draw=4)
     out = trade_features(trades, vpin_bucket_volume=8.0, vpin_buckets=5, kyle_window=12,
                          sign="tick")
     sym = trades.column("symbol").to_numpy(zero_copy_only=False)
@@ -295,7 +295,7 @@ def test_tick_rule_sign_when_asked():
 
 
 def test_book_features_per_symbol_match_the_references():
-    book = make_book(1200, seed=5)
+    book = make_book(1200, draw=5)
     check_book_features(book, book_features(book, n_levels=7), 7)
 
 
@@ -303,7 +303,7 @@ def test_book_features_per_symbol_match_the_references():
 @given(cuts=st.lists(st.integers(1, 399), max_size=6), batch=st.integers(1, 400))
 def test_stateful_features_are_split_invariant_in_a_stream(cuts, batch):
     """The live form (one ``.map`` on a Stream) gives the table's columns in any batching."""
-    trades, book = make_trades(400, seed=6), make_book(400, seed=7)
+    trades, book = make_trades(400, draw=6), make_book(400, draw=7)
     kw = dict(vpin_bucket_volume=6.0, vpin_buckets=4, kyle_window=9)
     edges = [0, *sorted(set(cuts)), 400]
     pieces = [trades.slice(a, b - a) for a, b in zip(edges, edges[1:]) if b > a]
@@ -318,7 +318,7 @@ def test_stateful_features_are_split_invariant_in_a_stream(cuts, batch):
 
 
 def test_feature_bars_against_pandas():
-    trades, book = make_trades(800, seed=8), make_book(700, seed=9)
+    trades, book = make_trades(800, draw=8), make_book(700, draw=9)
     tf = trade_features(trades, vpin_bucket_volume=8.0, vpin_buckets=5, kyle_window=12)
     bf = book_features(book, n_levels=5)
     bars = feature_bars(tf, bf, 1_000_000_000).to_pandas()
@@ -429,7 +429,7 @@ def test_recorded_trades_and_book_from_the_local_server(tmp_path, capsys):
 
 
 def test_function_mistakes_name_the_argument():
-    trades = make_trades(20, seed=2)
+    trades = make_trades(20, draw=2)
     two = pa.concat_tables([trades, trades.set_column(0, "exchange", pa.array(["other"] * 20))])
     with pytest.raises(ValueError, match=r"trade_features: rows of 2 venues \(other, testvenue\)"):
         trade_features(two, vpin_bucket_volume=1.0)
@@ -439,7 +439,7 @@ def test_function_mistakes_name_the_argument():
         with pytest.raises(ValueError, match=match):
             trade_features(trades, **kw)
     with pytest.raises(ValueError, match="n_levels: must be a whole number >= 1, got True"):
-        book_features(make_book(5, seed=2), n_levels=True)
+        book_features(make_book(5, draw=2), n_levels=True)
 
 
 def test_automatic_bucket_volume_is_round_and_fills_enough_buckets():
@@ -455,11 +455,11 @@ def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
     assert err == [f"error: --parquet: {tmp_path / 'none'} is not a directory",
                    f"error: no trades or book rows in {tmp_path} (*-trades.parquet, "
                    "*-book.parquet: sabot collect --channels trades,book)"]
-    pq.write_table(make_trades(10, seed=1), tmp_path / "x-trades.parquet")
+    pq.write_table(make_trades(10, draw=1), tmp_path / "x-trades.parquet")
     assert sabot_main(["research", "features", "--parquet", str(tmp_path), "--bar", "soon"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: --bar 'soon': expected e.g. '500ms', '1s', '5m', '1h'")
-    pq.write_table(make_book(10, seed=1), tmp_path / "x-book.parquet")
+    pq.write_table(make_book(10, draw=1), tmp_path / "x-book.parquet")
     assert sabot_main(["research", "features", "--parquet", str(tmp_path), "--levels", "11"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
@@ -472,7 +472,7 @@ def test_live_form_on_a_kafka_trades_topic(kafka_broker, unique_topic):
     from sabot.schema import TRADE_SCHEMA
     from stream_data import produce
 
-    trades = make_trades(600, seed=21)
+    trades = make_trades(600, draw=21)
     n = trades.num_rows
     trades = pa.table({
         **{c: trades.column(c) for c in ("exchange", "symbol")},
@@ -496,7 +496,7 @@ def test_live_form_on_a_kafka_trades_topic(kafka_broker, unique_topic):
 def test_stream_form_state_restores_from_a_checkpoint():
     """The live form's kernels live in the operator's scope: a stream stopped halfway, its
     ``state_dict`` loaded into a new stream, continues exactly (the table form's values)."""
-    trades, book = make_trades(500, seed=31), make_book(500, seed=32)
+    trades, book = make_trades(500, draw=31), make_book(500, draw=32)
     for table, run in ((trades, lambda s: trade_features(s, vpin_bucket_volume=6.0,
                                                          vpin_buckets=4, kyle_window=9)),
                        (book, lambda s: book_features(s, n_levels=3))):
