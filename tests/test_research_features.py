@@ -299,7 +299,7 @@ def test_book_features_per_symbol_match_the_references():
     check_book_features(book, book_features(book, n_levels=7), 7)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(cuts=st.lists(st.integers(1, 399), max_size=6), batch=st.integers(1, 400))
 def test_stateful_features_are_split_invariant_in_a_stream(cuts, batch):
     """The live form (one ``.map`` on a Stream) gives the table's columns in any batching."""
