@@ -372,6 +372,7 @@ def test_recorded_trades_and_book_from_the_local_server(tmp_path, capsys):
                 proc.kill()
                 proc.wait()
         reader.join(10)
+        proc.stderr.close()
     assert proc.returncode == 0, "".join(lines)[-3000:]
     trades = pq.read_table(tmp_path / "coinbase-trades.parquet")
     book = pq.read_table(tmp_path / "coinbase-book.parquet")
