@@ -752,7 +752,7 @@ def add_research_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, default=None,
                    help="features Parquet (default data/features.parquet)")
     p.set_defaults(mode="research")
-    sub = p.add_subparsers(dest="research_command", metavar="[report]", required=False,
+    sub = p.add_subparsers(dest="research_command", metavar="[report|features]", required=False,
                            title="subcommand")
     r = sub.add_parser("report", help="per pair: opportunities per day, net edge, duration "
                                       "('sabot research report --help')",
@@ -761,6 +761,13 @@ def add_research_arguments(p: argparse.ArgumentParser) -> None:
                                    "monitor's open/close records or from recorded quotes "
                                    "re-evaluated under any fee schedule.")
     add_report_arguments(r)
+    from sabot.apps.features import add_features_arguments
+
+    f = sub.add_parser("features", help="VWAP, VPIN, Kyle's lambda, OFI, depth imbalance per "
+                                        "venue and symbol from recorded trades and books "
+                                        "('sabot research features --help')",
+                       description=add_features_arguments.__doc__)
+    add_features_arguments(f)
 
 
 def add_backtest_arguments(p: argparse.ArgumentParser) -> None:
@@ -815,8 +822,10 @@ def command(args: argparse.Namespace) -> int:
         args.parquet = Path("data")
     if getattr(args, "topic", "") is None:
         args.topic = venues()[0].ticker_topic if args.mode == "live" else "features"
+    from sabot.apps.features import features_command
+
     modes = {"research": research, "backtest": backtest, "arbitrage": arbitrage,
-             "export": export, "live": live, "report": report}
+             "export": export, "live": live, "report": report, "features": features_command}
     try:
         if args.mode == "backtest":
             parse_bar(args.bar)  # a bad --bar is one line before any work

@@ -19,8 +19,9 @@ from .online_stats import (
     ewcov, ewma, log_returns, rolling_zscore, welford_mean_var,
 )
 from .microstructure import (
-    OFI, VPIN,
-    effective_spread, l1_imbalance, microprice, midprice, ofi, quoted_spread, vpin,
+    OFI, VPIN, DepthImbalance,
+    depth_imbalance, effective_spread, l1_imbalance, microprice, midprice, multi_level_ofi, ofi,
+    quoted_spread, vpin,
 )
 from .momentum_filters import (
     ATR, EMA, MACD, OBV, RSI, SMA, BollingerBands, DonchianChannel, Kalman1D, StochasticOsc,
@@ -91,8 +92,9 @@ __all__ = [
     "EWCov", "EWMA", "LogReturns", "RollingZScore", "WelfordMeanVar",
     "ewcov", "ewma", "log_returns", "rolling_zscore", "welford_mean_var",
     # microstructure
-    "OFI", "VPIN",
-    "effective_spread", "l1_imbalance", "microprice", "midprice", "ofi", "quoted_spread", "vpin",
+    "OFI", "VPIN", "DepthImbalance",
+    "depth_imbalance", "effective_spread", "l1_imbalance", "microprice", "midprice",
+    "multi_level_ofi", "ofi", "quoted_spread", "vpin",
     # momentum_filters
     "ATR", "EMA", "MACD", "OBV", "RSI", "SMA", "BollingerBands", "DonchianChannel", "Kalman1D",
     "StochasticOsc",
