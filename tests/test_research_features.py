@@ -509,3 +509,19 @@ def test_stream_form_state_restores_from_a_checkpoint():
         whole = run(table)
         for name in whole.column_names[table.num_columns:]:
             assert_close(col(got, name), col(whole, name), 0, name)
+
+
+def test_research_on_a_directory_takes_only_the_ticker_files(tmp_path):
+    """The collectors write ``-trades``/``-book`` files beside the ticker file: ``sabot research
+    --parquet DIR`` reads the ticker file and leaves the others out."""
+    import pyarrow.parquet as pq
+
+    from sabot.apps.research import parquet_inputs
+    from sabot.collectors.books import BOOK_SCHEMA
+    from sabot.schema import TRADE_SCHEMA, exchange_schema
+
+    pq.write_table(exchange_schema("coinbase").empty_table(), tmp_path / "coinbase.parquet")
+    pq.write_table(TRADE_SCHEMA.empty_table(), tmp_path / "coinbase-trades.parquet")
+    pq.write_table(BOOK_SCHEMA.empty_table(), tmp_path / "coinbase-book.parquet")
+    (tmp_path / "notes.parquet").write_bytes(b"not parquet")
+    assert parquet_inputs(tmp_path) == [str(tmp_path / "coinbase.parquet")]

@@ -154,9 +154,29 @@ def tick_batches(paths: List[str], exchange: Optional[str], batch_size: int,
             yield batch
 
 
+#: The columns that make a Parquet file a ticker record file (the channel files ``-trades`` and
+#: ``-book`` and the feature outputs lack some of them or carry ``top_changed``/``trade_id``).
+_TICKER_COLUMNS = frozenset({"exchange", "symbol", "timestamp", "recv_timestamp", "bid", "ask",
+                             "price", "volume_24h"})
+
+
+def _is_ticker_file(path: Path) -> bool:
+    try:
+        names = set(pq.read_schema(path).names)
+    except (OSError, pa.ArrowException):
+        return False
+    return _TICKER_COLUMNS <= names and not names & {"top_changed", "trade_id", "ewma"}
+
+
 def parquet_inputs(where: Path) -> List[str]:
+    """The ticker files at ``where``: a file, a glob, or every ticker file in a directory (the
+    collectors' ``-trades``/``-book`` files and earlier outputs beside them are left out)."""
     if where.is_dir():
-        files = sorted(str(p) for p in where.glob("*.parquet"))
+        found = sorted(where.glob("*.parquet"))
+        files = [str(p) for p in found if _is_ticker_file(p)]
+        skipped = [p.name for p in found if str(p) not in files]
+        if skipped:
+            log.info("%s: not ticker files, left out: %s", where, ", ".join(skipped))
     else:
         files = sorted(str(p) for p in where.parent.glob(where.name)) if any(c in where.name for c in "*?[") \
             else [str(where)]
