@@ -264,6 +264,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                             ends[(m.topic(), m.partition())] = m.offset() + 1
                     consumer.commit(offsets=[TopicPartition(t, p, o)
                                              for (t, p), o in ends.items()], asynchronous=True)
+            producer.stop.set()
+            producer.join(60)
+            # read what is left, so that the last line says whether every record arrived
+            deadline = time.monotonic() + 30
+            while not args.no_consume and consumed < producer.produced \
+                    and time.monotonic() < deadline:
+                consumed += sum(1 for m in consumer.consume(1000, 0.1) if m.error() is None)
         finally:
             producer.stop.set()
             producer.join(60)

@@ -241,3 +241,23 @@ def test_check_reachable_gives_up_with_a_clear_error_in_time(kafka_broker):
                                                       f"within 2 s"):
         check_reachable(bootstrap, timeout_s=2)
     assert time.monotonic() - t0 < 10
+
+
+def test_soak_benchmark_runs_and_every_record_arrives(tmp_path):
+    """``benchmarks/broker_soak.py`` (the embedded broker's cost over time) still runs: a few
+    seconds at a low rate, one row a second, and every record produced is read back."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import broker_soak
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = tmp_path / "soak.json"
+    assert broker_soak.main(["--rate", "100", "--duration", "2", "--sample-every", "1",
+                             "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 2
+    assert result["produced"] > 0 and result["failed"] == 0
+    assert result["consumed"] == result["produced"]
+    assert all(row["cpu_s"] >= 0 and row["held"] > 0 for row in result["rows"])
