@@ -76,7 +76,7 @@ HOST = "127.0.0.1"
 
 #: Records held in one topic past which ``sabot broker`` warns that reading it live has become
 #: slow (see :class:`HeldRecordsWatch`); 0 turns the warning off.
-DEFAULT_WARN_HELD = 10_000
+DEFAULT_WARN_HELD = 5_000
 
 #: Seconds between two looks at the records held (each look lists every partition's records).
 DEFAULT_CHECK_EVERY_S = 30.0
