@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -310,18 +311,28 @@ def test_sabot_broker_warns_when_a_topic_holds_many_records():
                              "--topics", "held", "--partitions", "1", "--warn-held", "3",
                              "--check-every", "0.2"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        lines = []
+    lines: list = []
+    seen = threading.Condition()
+
+    def read() -> None:
         for line in proc.stdout:
-            lines.append(line)
-            if "Kafka bootstrap" in line:
-                break
+            with seen:
+                lines.append(line)
+                seen.notify_all()
+        proc.wait()
+        with seen:                                             # the broker stopped: wake up
+            seen.notify_all()
+
+    def wait_for(text: str) -> bool:
+        with seen:
+            return seen.wait_for(lambda: any(text in ln for ln in lines) or proc.poll() is not None,
+                                 timeout=60) and any(text in ln for ln in lines)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert wait_for("Kafka bootstrap"), "".join(lines)
         _produce(f"127.0.0.1:{port}", "held", 4)
-        for line in proc.stdout:                               # ends if the broker stops
-            lines.append(line)
-            if "WARNING" in line:
-                break
-        assert "topic held holds 4 records" in lines[-1], "".join(lines)
+        assert wait_for("topic held holds 4 records"), "".join(lines)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
