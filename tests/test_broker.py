@@ -211,7 +211,6 @@ def test_embedded_broker_on_a_taken_port_raises_port_in_use(taken_port):
     (["--port", "x"], "argument --port: not a port number: 'x'"),
     (["--partitions", "0"], "argument --partitions: must be >= 1, got 0"),
     (["--warn-held", "-1"], "argument --warn-held: must be >= 0 records, got -1"),
-    (["--warn-held", "many"], "argument --warn-held: not a number of records: 'many'"),
     (["--check-every", "0"], "argument --check-every: must be a finite number > 0"),
 ])
 @pytest.mark.parametrize("command", [["-m", "sabot.broker"], ["-m", "sabot", "broker"]],
