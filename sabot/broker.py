@@ -381,7 +381,11 @@ class EmbeddedBroker:
         partitions' latest offsets (nothing is ever deleted).  The broker reports a partition's
         latest offset as its last batch's first offset + 1, so a partition's count is short by
         up to one batch less one record."""
-        return HeldRecordsWatch(self.bootstrap, threshold=0).records_held(timeout_s)
+        watch = HeldRecordsWatch(self.bootstrap, threshold=0)
+        try:
+            return watch.records_held(timeout_s)
+        finally:
+            watch.close()
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()
@@ -403,7 +407,8 @@ class HeldRecordsWatch:
     grows with the records held and a live reader falls behind (measured with
     ``benchmarks/broker_soak.py``: see docs/operations.md).  The warning names the topic and
     what to do; it drops nothing.  Each :meth:`check` asks the broker for every partition's
-    high watermark (a listing of the partition's records): call it every tens of seconds.
+    latest offset (the broker lists the partition's records to answer): call it every tens of
+    seconds, not in a tight loop.
     """
 
     def __init__(self, bootstrap: str, threshold: int = DEFAULT_WARN_HELD) -> None:
