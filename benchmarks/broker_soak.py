@@ -18,7 +18,8 @@ seconds it prints one row:
 The options isolate what the cost grows with: ``--no-consume`` (records held, no fetches),
 ``--stop-producing-after`` (fetch requests that find no new data), ``--commit none`` (no offset
 commits), ``--ballast N`` (N records held in another topic that nobody reads),
-``--partitions`` (records held per partition).
+``--partitions`` (records held per partition), ``--preload N --from-beginning`` (a consumer
+catching up on N records).
 
     python benchmarks/broker_soak.py --rate 2000 --duration 120
     python benchmarks/broker_soak.py --rate 60 --duration 600        # the demo's own rate
@@ -162,6 +163,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="records preloaded into an extra topic nobody reads")
     ap.add_argument("--preload", type=int, default=0,
                     help="records preloaded into the read topics before reading from their end")
+    ap.add_argument("--from-beginning", action="store_true",
+                    help="with --preload: read the preloaded records too (a consumer catching up)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
 
@@ -191,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             stats["fetch"] = sum(b.get("req", {}).get("Fetch", 0)
                                  for b in s.get("brokers", {}).values())
 
-        cfg = consumer_config(broker.bootstrap, f"soak-{run}", from_beginning=not args.preload,
+        cfg = consumer_config(broker.bootstrap, f"soak-{run}", from_beginning=args.from_beginning or not args.preload,
                               **{**fast_consumer_config(),   # as the monitor's arrival_stream
                                  **live_consumer_config(**{"fetch.wait.max.ms": args.fetch_wait_ms}),
                                  "statistics.interval.ms": 1000, "stats_cb": on_stats})
@@ -218,6 +221,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         start = time.monotonic()
         cpu0, prod0, fetch0, t_prev = cpu_seconds(pid), 0, stats["fetch"], start
         next_sample = start + args.sample_every
+        backlog = args.preload if args.from_beginning else 0     # to read besides the new ones
         producer.start()
         try:
             while True:
@@ -232,7 +236,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                if prod1 > prod0 else float("nan")),
                            "p50_ms": float(np.percentile(arr, 50)),
                            "p99_ms": float(np.percentile(arr, 99)),
-                           "lag": (prod1 - consumed) if not args.no_consume else float("nan"),
+                           "lag": (prod1 + backlog - consumed) if not args.no_consume else float("nan"),
                            "fetch_per_s": (fetch1 - fetch0) / window}
                     rows.append(row)
                     print(f"{row['t_s']:6.0f} {row['held']:8d} {row['cpu_s']:6.2f} "
@@ -268,7 +272,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             producer.join(60)
             # read what is left, so that the last line says whether every record arrived
             deadline = time.monotonic() + 30
-            while not args.no_consume and consumed < producer.produced \
+            expected = producer.produced + backlog
+            while not args.no_consume and consumed < expected \
                     and time.monotonic() < deadline:
                 consumed += sum(1 for m in consumer.consume(1000, 0.1) if m.error() is None)
         finally:
