@@ -13,6 +13,14 @@ From a shell: ``sabot broker --port 19092`` or ``python -m sabot.broker``.  Prod
 
 The child process is always reaped: :meth:`EmbeddedBroker.stop` interrupts it, waits, and kills it
 after a timeout; on Linux the child is also killed if this process dies without cleaning up.
+
+The embedded broker keeps every record in memory for as long as it runs (no retention: its
+storage engine implements neither ``retention.ms`` nor record deletion), and a fetch that finds
+new records in a partition lists every record that partition holds.  So a consumer reading live
+costs the broker more CPU per record the more records its topics hold: a long run slows down
+(``benchmarks/broker_soak.py`` measures it).  :class:`HeldRecordsWatch` tells the user when a
+topic grows past a size where that shows; ``sabot broker`` runs it.  For long runs use a Kafka or
+Redpanda cluster (``--bootstrap``), or restart the broker (it starts empty).
 """
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +73,13 @@ TICKER_TOPICS: Sequence[str] = _TickerTopics()
 DEFAULT_PORT = 19092
 DEFAULT_PARTITIONS = 3
 HOST = "127.0.0.1"
+
+#: Records held in one topic past which ``sabot broker`` warns that reading it live has become
+#: slow (see :class:`HeldRecordsWatch`); 0 turns the warning off.
+DEFAULT_WARN_HELD = 5_000
+
+#: Seconds between two looks at the records held (each look lists every partition's records).
+DEFAULT_CHECK_EVERY_S = 30.0
 
 
 class BrokerError(RuntimeError):
@@ -351,11 +366,26 @@ class EmbeddedBroker:
             self._tmpdir.cleanup()
             self._tmpdir = None
 
-    def wait(self) -> int:
-        """Block until the broker process exits; its exit code."""
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        """Block until the broker process exits (its exit code), or ``timeout`` seconds have
+        passed (then ``None``)."""
         if self._proc is None:
             raise BrokerError("broker not started")
-        return self._proc.wait()
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def records_held(self, timeout_s: float = 5.0) -> Dict[str, int]:
+        """About how many records each topic on the broker holds now: the sum of its
+        partitions' latest offsets (nothing is ever deleted).  The broker reports a partition's
+        latest offset as its last batch's first offset + 1, so a partition's count is short by
+        up to one batch less one record."""
+        watch = HeldRecordsWatch(self.bootstrap, threshold=0)
+        try:
+            return watch.records_held(timeout_s)
+        finally:
+            watch.close()
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()
@@ -366,6 +396,86 @@ class EmbeddedBroker:
     def __repr__(self) -> str:
         state = f"running on {self.bootstrap}, pid {self.pid}" if self.running else "stopped"
         return f"<EmbeddedBroker {state}>"
+
+
+class HeldRecordsWatch:
+    """Warns when a topic of the embedded broker holds more than ``threshold`` records, and
+    again each time it has doubled since.
+
+    Why: the embedded broker never deletes a record, and each fetch that finds new records in
+    a partition lists every record the partition holds, so the broker's CPU per record read
+    grows with the records held and a live reader falls behind (measured with
+    ``benchmarks/broker_soak.py``: see docs/operations.md).  The warning names the topic and
+    what to do; it drops nothing.  Each :meth:`check` asks the broker for every partition's
+    latest offset (the broker lists the partition's records to answer): call it every tens of
+    seconds, not in a tight loop.
+    """
+
+    def __init__(self, bootstrap: str, threshold: int = DEFAULT_WARN_HELD) -> None:
+        if threshold < 0:
+            raise ValueError(f"threshold must be >= 0 records, got {threshold}")
+        self.bootstrap = bootstrap
+        self.threshold = int(threshold)
+        #: per topic, the size that triggers its next warning
+        self._next: Dict[str, int] = {}
+        self._consumer: Any = None
+
+    def _client(self) -> Any:
+        if self._consumer is None:
+            from confluent_kafka import Consumer
+
+            self._consumer = Consumer({"bootstrap.servers": self.bootstrap,
+                                       "group.id": "sabot-broker-watch",  # never joined
+                                       "enable.auto.commit": False, "log_level": 0})
+        return self._consumer
+
+    def records_held(self, timeout_s: float = 5.0) -> Dict[str, int]:
+        """Per topic, the sum of its partitions' latest offsets (see
+        :meth:`EmbeddedBroker.records_held`)."""
+        from confluent_kafka import TopicPartition
+
+        consumer = self._client()
+        held: Dict[str, int] = {}
+        for name, meta in consumer.list_topics(timeout=timeout_s).topics.items():
+            if meta.error is not None or name.startswith("__"):
+                continue
+            total = 0
+            for p in meta.partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(name, p),
+                                                         timeout=timeout_s, cached=False)
+                total += max(int(high), 0)
+            held[name] = total
+        return held
+
+    def check(self, timeout_s: float = 5.0) -> List[str]:
+        """Look once; log (and return) a warning for each topic past its next size.  A broker
+        that does not answer in time is logged at debug level and checked next time."""
+        if self.threshold <= 0:
+            return []
+        try:
+            held = self.records_held(timeout_s)
+        except Exception as exc:  # KafkaException: busy or stopping broker; look again later
+            logger.debug("could not read the records held: %s", exc)
+            return []
+        warnings = []
+        for topic, n in sorted(held.items()):
+            limit = self._next.get(topic, self.threshold)
+            if n <= limit:
+                continue
+            while self._next.get(topic, self.threshold) < n:
+                self._next[topic] = 2 * self._next.get(topic, self.threshold)
+            msg = (f"topic {topic} holds {n:,} records: the embedded broker keeps every record "
+                   f"and serves a live reader more slowly the more a topic holds; for long runs "
+                   f"use a Kafka or Redpanda cluster (--bootstrap) or restart the broker "
+                   f"(next warning for this topic past {self._next[topic]:,})")
+            logger.warning("%s", msg)
+            warnings.append(msg)
+        return warnings
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
 def _broker_binary() -> str:
@@ -383,8 +493,19 @@ def _broker_binary() -> str:
         raise BrokerSetupError(f"no Tansu broker binary: {first}") from None
 
 
+def _record_count(text: str) -> int:
+    """argparse type: a number of records, >= 0 (0 turns the warning off)."""
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of records: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 records, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .clitools import port_number, positive_int
+    from .clitools import port_number, positive_float, positive_int
 
     parser.add_argument("--port", type=port_number, default=DEFAULT_PORT,
                         help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0 picks a free one)")
@@ -392,6 +513,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"partitions per topic (default {DEFAULT_PARTITIONS})")
     parser.add_argument("--topics", default=",".join(TICKER_TOPICS),
                         help="comma-separated topics to create (default: every venue's ticker topic)")
+    parser.add_argument("--warn-held", type=_record_count, default=DEFAULT_WARN_HELD,
+                        metavar="RECORDS",
+                        help="warn when a topic holds more records than this, and at each "
+                             "doubling: the broker keeps every record and reads slow down as "
+                             f"topics grow (default {DEFAULT_WARN_HELD:,}; 0: never)")
+    parser.add_argument("--check-every", type=positive_float, default=DEFAULT_CHECK_EVERY_S,
+                        metavar="SECONDS",
+                        help="seconds between two looks at the records held "
+                             f"(default {DEFAULT_CHECK_EVERY_S:g})")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the broker's own log")
 
 
@@ -412,10 +542,16 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     broker = EmbeddedBroker(port=args.port, topics=topics, partitions=args.partitions,
                             log_to_console=args.verbose)
+    watch: Optional[HeldRecordsWatch] = None
     try:
         broker.start()
         logger.info("Kafka bootstrap: %s  (Ctrl+C to stop)", broker.bootstrap)
-        code = broker.wait()
+        watch = HeldRecordsWatch(broker.bootstrap, threshold=args.warn_held)
+        while True:
+            code = broker.wait(timeout=args.check_every if args.warn_held else None)
+            if code is not None:
+                break
+            watch.check()
         logger.error("broker exited unexpectedly with code %s", code)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -432,6 +568,8 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", exc)  # with the broker's own last log lines: a real failure
         return EXIT_FAILURE
     finally:
+        if watch is not None:
+            watch.close()
         broker.stop()
         signal.signal(signal.SIGTERM, previous)
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,8 +16,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from sabot.broker import (TICKER_TOPICS, BrokerUnreachableError, EmbeddedBroker, PortInUseError,
-                          check_reachable, free_port)
+from sabot.broker import (TICKER_TOPICS, BrokerUnreachableError, EmbeddedBroker,
+                          HeldRecordsWatch, PortInUseError, check_reachable, free_port)
 from sabot.kafka import assign_all, consumer_config, fast_consumer_config, producer_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,6 +210,8 @@ def test_embedded_broker_on_a_taken_port_raises_port_in_use(taken_port):
     (["--port", "70000"], "argument --port: port must be 0..65535"),
     (["--port", "x"], "argument --port: not a port number: 'x'"),
     (["--partitions", "0"], "argument --partitions: must be >= 1, got 0"),
+    (["--warn-held", "-1"], "argument --warn-held: must be >= 0 records, got -1"),
+    (["--check-every", "0"], "argument --check-every: must be a finite number > 0"),
 ])
 @pytest.mark.parametrize("command", [["-m", "sabot.broker"], ["-m", "sabot", "broker"]],
                          ids=["python-m-sabot.broker", "sabot-broker"])
@@ -241,3 +244,97 @@ def test_check_reachable_gives_up_with_a_clear_error_in_time(kafka_broker):
                                                       f"within 2 s"):
         check_reachable(bootstrap, timeout_s=2)
     assert time.monotonic() - t0 < 10
+
+
+def test_soak_benchmark_runs_and_every_record_arrives(tmp_path):
+    """``benchmarks/broker_soak.py`` (the embedded broker's cost over time) still runs: a few
+    seconds at a low rate, one row a second, and every record produced is read back."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import broker_soak
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = tmp_path / "soak.json"
+    assert broker_soak.main(["--rate", "100", "--duration", "2", "--sample-every", "1",
+                             "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 2
+    assert result["produced"] > 0 and result["failed"] == 0
+    assert result["consumed"] == result["produced"]
+    assert all(row["cpu_s"] >= 0 and row["held"] > 0 for row in result["rows"])
+
+
+def _produce(bootstrap: str, topic: str, n: int) -> None:
+    """``n`` records, each its own batch (the broker reports a partition's latest offset as
+    its last batch's start + 1)."""
+    producer = Producer(producer_config(bootstrap))
+    for i in range(n):
+        producer.produce(topic, value=f"r{i}".encode())
+        assert producer.flush(10) == 0
+
+
+def test_held_records_watch_warns_past_the_threshold_then_at_each_doubling(kafka_broker,
+                                                                           unique_topic):
+    """The embedded broker slows as its topics grow (it keeps every record): the watch says so
+    once a topic is past the threshold, not again until the topic has doubled."""
+    topic = unique_topic()
+    kafka_broker.create_topic(topic, partitions=2)
+    watch = HeldRecordsWatch(kafka_broker.bootstrap, threshold=5)
+    try:
+        def mine() -> list:
+            return [w for w in watch.check() if f"topic {topic} " in w]
+
+        _produce(kafka_broker.bootstrap, topic, 5)
+        assert kafka_broker.records_held()[topic] == 5
+        assert mine() == []                                    # at the threshold: quiet
+        _produce(kafka_broker.bootstrap, topic, 1)
+        [warning] = mine()
+        assert f"topic {topic} holds 6 records" in warning and "--bootstrap" in warning
+        assert mine() == []                                    # said once
+        _produce(kafka_broker.bootstrap, topic, 5)             # 11 > 2 x 5
+        [warning] = mine()
+        assert "holds 11 records" in warning and "past 20" in warning
+        assert mine() == []
+    finally:
+        watch.close()
+    assert HeldRecordsWatch(kafka_broker.bootstrap, threshold=0).check() == []   # off
+
+
+def test_sabot_broker_warns_when_a_topic_holds_many_records():
+    """``sabot broker`` looks at the records held every --check-every seconds and logs the
+    warning (the demo's broker log carries it)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sabot.broker", "--port", str(port),
+                             "--topics", "held", "--partitions", "1", "--warn-held", "3",
+                             "--check-every", "0.2"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list = []
+    seen = threading.Condition()
+
+    def read() -> None:
+        for line in proc.stdout:
+            with seen:
+                lines.append(line)
+                seen.notify_all()
+        proc.wait()
+        with seen:                                             # the broker stopped: wake up
+            seen.notify_all()
+
+    def wait_for(text: str) -> bool:
+        with seen:
+            return seen.wait_for(lambda: any(text in ln for ln in lines) or proc.poll() is not None,
+                                 timeout=60) and any(text in ln for ln in lines)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert wait_for("Kafka bootstrap"), "".join(lines)
+        _produce(f"127.0.0.1:{port}", "held", 4)
+        assert wait_for("topic held holds 4 records"), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
