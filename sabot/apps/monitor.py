@@ -305,6 +305,39 @@ CLOSE_TEXT = {"edge": "edge fell below the threshold", "stale": "a quote went st
               "end": "still open when the run ended"}
 
 
+class LatencyBuffer:
+    """A growing float64 buffer of latencies (ms): appended to by the decisions, read by the
+    summary.  A list of Python floats would cost the decision loop an object per value (and
+    the garbage collector a longer walk), and the periodic summary a conversion of the whole
+    list while holding the GIL; here a view of the buffer is read, and numpy's percentile
+    (a partition) runs without the GIL."""
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self._data = np.empty(capacity, dtype=np.float64)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def extend(self, values: np.ndarray) -> None:
+        """Append ``values`` (doubling the buffer when full)."""
+        k = len(values)
+        if not k:
+            return
+        if self._n + k > len(self._data):
+            grown = np.empty(max(2 * len(self._data), self._n + k), dtype=np.float64)
+            grown[:self._n] = self._data[:self._n]
+            self._data = grown
+        self._data[self._n:self._n + k] = values
+        self._n += k
+
+    def values(self) -> np.ndarray:
+        """The latencies so far (a view of the buffer).  Safe to call from another thread:
+        the count is read before the buffer, and a value is in place before it is counted."""
+        n = self._n
+        return self._data[:n]
+
+
 def percentile(values: Sequence[float], q: float) -> Optional[float]:
     """numpy's default (linear) percentile; None when there are no values."""
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
@@ -319,6 +352,61 @@ def percentile(values: Sequence[float], q: float) -> Optional[float]:
 CLOSE_REASONS = ("edge", "stale", "end")
 
 
+def _pair_matrices(joined: pa.RecordBatch, fees_bps: Mapping[str, float],
+                   venues: Sequence[str]) -> Tuple[Dict[str, np.ndarray], int]:
+    """Every ordered venue pair's figures at once, as ``(buy venue, sell venue, row)`` arrays
+    (the diagonal, a venue against itself, is never present): ``buy_price``, ``sell_price``,
+    ``gross_bps``, ``net_bps``, ``edge_per_unit``, ``present``; and the number of bid/ask
+    values skipped as unusable (see :func:`_usable_quotes`).
+
+    One numpy expression per figure over every pair instead of a loop over the pairs: the
+    arithmetic is :func:`pair_edges`'s, element by element, so the values are the same."""
+    n = joined.num_rows
+    k = len(venues)
+    asks = np.empty((k, n))
+    bids = np.empty((k, n))
+    nulls = 0
+    for j, v in enumerate(venues):
+        for side, dest in (("ask", asks), ("bid", bids)):
+            idx = joined.schema.get_field_index(f"{v}_{side}")
+            if idx < 0:  # a venue not joined yet: absent from every row
+                dest[j] = np.nan
+                nulls += n
+                continue
+            dest[j] = _f64(joined, f"{v}_{side}")
+            nulls += joined.column(idx).null_count
+    ok_ask, ok_bid = usable_price(asks), usable_price(bids)
+    bad = int((~ok_ask).sum() + (~ok_bid).sum()) - nulls
+    if bad:
+        asks = np.where(ok_ask, asks, np.nan)
+        bids = np.where(ok_bid, bids, np.nan)
+    # a usable price outside these bounds may make some figure overflow (an absurd 1e308 bid)
+    with np.errstate(invalid="ignore"):
+        extreme = bool(((asks > EXTREME_PRICE) | (asks < 1 / EXTREME_PRICE)
+                        | (bids > EXTREME_PRICE) | (bids < 1 / EXTREME_PRICE)).any())
+    fee = np.array([float(fees_bps[v]) for v in venues])
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ask = asks[:, None, :]                      # buy venue b on axis 0
+        bid = bids[None, :, :]                      # sell venue s on axis 1
+        gross = (bid - ask) / ask * 1e4
+        net = gross - fee[:, None, None] - fee[None, :, None]
+        per_unit = ask * net / 1e4
+        ok = np.isfinite(gross) & np.isfinite(net) & np.isfinite(per_unit)
+    ok[np.arange(k), np.arange(k)] = False
+    nan = np.nan
+    out = {"buy_price": np.where(ok, ask, nan), "sell_price": np.where(ok, bid, nan),
+           "gross_bps": np.where(ok, gross, nan), "net_bps": np.where(ok, net, nan),
+           "edge_per_unit": np.where(ok, per_unit, nan), "present": ok, "extreme": extreme}
+    return out, bad
+
+
+#: Usable prices within [1/EXTREME_PRICE, EXTREME_PRICE] give finite figures for every pair
+#: (|gross| <= 1e64 bps, |edge per unit| <= 1e94), whatever the fees.
+EXTREME_PRICE = 1e30
+
+_PAIR_FIELDS = ("buy_price", "sell_price", "gross_bps", "net_bps", "edge_per_unit", "present")
+
+
 def pair_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float],
                venues: Optional[Sequence[str]] = None
                ) -> Tuple[Dict[Tuple[str, str], Dict[str, np.ndarray]], int]:
@@ -330,31 +418,12 @@ def pair_edges(joined: pa.RecordBatch, fees_bps: Mapping[str, float],
     "present"}}, bad_quotes)``; ``present`` is False where either quote is missing or unusable
     or the figures are not finite numbers (their values are then NaN)."""
     venues = tuple(venues) if venues is not None else venue_names()
-    present_cols = set(joined.schema.names)
-    for column in [f"{v}_{side}" for v in venues for side in ("ask", "bid")]:
-        if column not in present_cols:
-            joined = joined.append_column(column, pa.nulls(joined.num_rows, pa.float64()))
-    joined, bad = _usable_quotes(joined, venues)
-    asks = {v: _f64(joined, f"{v}_ask") for v in venues}
-    bids = {v: _f64(joined, f"{v}_bid") for v in venues}
+    m, bad = _pair_matrices(joined, fees_bps, venues)
     out: Dict[Tuple[str, str], Dict[str, np.ndarray]] = {}
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for b in venues:
-            for s in venues:
-                if b == s:
-                    continue
-                ask, bid = asks[b], bids[s]
-                gross = (bid - ask) / ask * 1e4
-                net = gross - float(fees_bps[b]) - float(fees_bps[s])
-                per_unit = ask * net / 1e4
-                ok = np.isfinite(gross) & np.isfinite(net) & np.isfinite(per_unit)
-                nan = np.nan
-                out[(b, s)] = {"buy_price": np.where(ok, ask, nan),
-                               "sell_price": np.where(ok, bid, nan),
-                               "gross_bps": np.where(ok, gross, nan),
-                               "net_bps": np.where(ok, net, nan),
-                               "edge_per_unit": np.where(ok, per_unit, nan),
-                               "present": ok}
+    for i, b in enumerate(venues):
+        for j, s in enumerate(venues):
+            if i != j:
+                out[(b, s)] = {name: m[name][i, j] for name in _PAIR_FIELDS}
     return out, bad
 
 
@@ -411,21 +480,32 @@ class OpportunityTracker:
         self.opened = 0
         self.closed = 0
         self.bad_quotes = 0
+        #: the unusable bid/ask values of the last batch evaluated (:meth:`update`)
+        self.last_bad_quotes = 0
+        #: whether the last batch held a usable price so large or small that a pair's figures
+        #: may not be finite numbers (see :meth:`Monitor.on_batch`)
+        self.last_extreme = False
 
     def update(self, joined: pa.RecordBatch) -> List[dict]:
         """Evaluate every row of a joined batch (in order) for every venue pair; the open and
         close records this caused."""
+        self.last_bad_quotes = 0
+        self.last_extreme = False
         if not joined.num_rows:
             return []
-        edges, bad = pair_edges(joined, self.fees, self.venues)
+        m, bad = _pair_matrices(joined, self.fees, self.venues)
+        self.last_extreme = m["extreme"]
         self.bad_quotes += bad
-        qualifies = {}
-        any_q = np.zeros(joined.num_rows, dtype=bool)
+        self.last_bad_quotes = bad
         with np.errstate(invalid="ignore"):
-            for pair, e in edges.items():
-                q = e["present"] & (e["net_bps"] >= self.min_edge_bps) & (e["net_bps"] > 0)
-                qualifies[pair] = q
-                any_q |= q
+            q_all = m["present"] & (m["net_bps"] >= self.min_edge_bps) & (m["net_bps"] > 0)
+        any_q = q_all.any(axis=(0, 1))
+        if not self.open and not any_q.any():  # nothing open, nothing qualifies: no event
+            return []
+        venues = self.venues
+        pairs = [(i, j, b, s) for i, b in enumerate(venues) for j, s in enumerate(venues) if i != j]
+        edges = {(b, s): {name: m[name][i, j] for name in _PAIR_FIELDS} for i, j, b, s in pairs}
+        qualifies = {(b, s): q_all[i, j] for i, j, b, s in pairs}
         symbols = joined.column(joined.schema.get_field_index("symbol")).to_pylist()
         ts = _ns(joined, "timestamp")
         # only rows of symbols that have (or may get) an open opportunity need a look
@@ -740,7 +820,8 @@ class Monitor:
         self.guard = QuoteGuard(self.venues)
         self.skipped: Dict[str, int] = {"bad_quotes": 0, "nonfinite_edges": 0}
         self.evaluations = 0
-        self.latencies_ms: List[float] = []
+        #: tick-to-signal latencies (ms), one per evaluated quote received after the first decision
+        self.latencies = LatencyBuffer()
         self.started = time.monotonic()
         self._last_print = self.started
         self._first_decision_ns: Optional[int] = None
@@ -771,15 +852,17 @@ class Monitor:
         decision's time is taken before the skip counts and the report, which do not change it."""
         events = self.tracker.update(joined)
         decided_ns = time.time_ns()
-        # the counts of unusable quotes and non-finite best edges, as the summary always had
-        e = best_edges(joined, self.fees, self.min_edge_bps, self.venues)
-        for key in ("bad_quotes", "nonfinite_edges"):
-            self.skipped[key] += e[key]
         if self._first_decision_ns is None:
             self._first_decision_ns = decided_ns
         recv = newest_recv_ns(joined, self.venues)
-        lat = (decided_ns - recv[recv >= self._first_decision_ns]) / 1e6
-        self.latencies_ms.extend(lat.tolist())
+        self.latencies.extend((decided_ns - recv[recv >= self._first_decision_ns]) / 1e6)
+        # the counts of unusable quotes and non-finite best edges, as the summary always had:
+        # the tracker counted the unusable values of this batch; a best edge can only be
+        # non-finite with an absurd price in the batch (then the best pairs are computed)
+        self.skipped["bad_quotes"] += self.tracker.last_bad_quotes
+        if self.tracker.last_extreme:
+            e = best_edges(joined, self.fees, self.min_edge_bps, self.venues)
+            self.skipped["nonfinite_edges"] += e["nonfinite_edges"]
         self.evaluations += joined.num_rows
         self.report(events, decided_ns)
         now = time.monotonic()
@@ -815,7 +898,15 @@ class Monitor:
         return sum(int(m.get("decode_errors", 0)) for stream in self.sources
                    for name, m in stream.metrics.items() if name.startswith("from_kafka("))
 
+    @property
+    def latencies_ms(self) -> np.ndarray:
+        """Every tick-to-signal latency so far (ms), in decision order (a copy)."""
+        return self.latencies.values().copy()
+
     def summary(self, with_latencies: bool = True) -> dict:
+        latencies = self.latencies.values()
+        p50, p99 = (None, None) if not len(latencies) else (
+            float(v) for v in np.percentile(latencies, [50, 99]))
         return {
             "records": dict(self.counter.rows),
             "fetched": self.fetched(),
@@ -828,9 +919,9 @@ class Monitor:
             "unpriced_quotes": dict(self.converter.unpriced),
             "fx_source": self.rate_source.describe() if self.rate_source is not None else None,
             "skipped_edges": dict(self.skipped),
-            "latency_ms_p50": percentile(self.latencies_ms, 50),
-            "latency_ms_p99": percentile(self.latencies_ms, 99),
-            **({"latencies_ms": self.latencies_ms} if with_latencies else {}),
+            "latency_ms_p50": p50,
+            "latency_ms_p99": p99,
+            **({"latencies_ms": latencies.tolist()} if with_latencies else {}),
             "fees_bps": self.fees,
             "min_edge_bps": self.min_edge_bps,
             "elapsed_s": time.monotonic() - self.started,
