@@ -82,15 +82,19 @@ def _stop(proc: subprocess.Popen, timeout: float = 60) -> str:
 
 
 def run_round(path: str, code: Path, urls: Dict[str, str], bootstrap: str, duration: float,
-              parquet: bool, workdir: Path) -> dict:
+              parquet: bool, workdir: Path, fees: Optional[str] = None,
+              chrt: Optional[int] = None) -> dict:
     """One monitor run of ``duration`` seconds once it decides; its final summary JSON."""
     summary = workdir / f"summary-{path}.json"
     summary.unlink(missing_ok=True)
     py = sys.executable
     children: List[subprocess.Popen] = []
     env = _child_env(code)
-    monitor_cmd = [py, "-m", "sabot", "monitor", "--bootstrap", bootstrap, "--fees", "0",
-                   "--summary-json", str(summary), "--summary-every", "1e9"]
+    prefix = ["chrt", "-f", str(chrt)] if chrt else []
+    monitor_cmd = [*prefix, py, "-m", "sabot", "monitor", "--bootstrap", bootstrap,
+                   "--summary-json", str(summary), "--summary-every", "1e9",
+                   "--output", str(workdir / f"opportunities-{path}.jsonl"),
+                   *(["--fees", fees] if fees else [])]
     try:
         if path == "direct":
             monitor_cmd += ["--direct", "--url", ",".join(f"{v}={u}" for v, u in urls.items()),
@@ -165,6 +169,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "(repeatable; default this checkout)")
     p.add_argument("--baseline", action="store_true", help="also measure an idle asyncio loop")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--fees", default=None,
+                   help="the monitors' --fees (default theirs: each venue's taker fee)")
+    p.add_argument("--chrt", type=int, default=None, metavar="PRIORITY",
+                   help="run the monitors under chrt -f PRIORITY (SCHED_FIFO: the scheduler runs "
+                        "them before every ordinary process; needs CAP_SYS_NICE)")
     p.add_argument("--json", type=Path, default=None, help="write every figure here too")
     args = p.parse_args(argv)
 
@@ -192,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     for path in paths:
                         key = (str(code), path)
                         res = run_round(path, code, urls, broker.bootstrap, args.duration,
-                                        args.parquet, Path(tmp))
+                                        args.parquet, Path(tmp), args.fees, args.chrt)
                         samples.setdefault(key, []).append(res["latencies"])
                         exit_codes.setdefault(key, []).append(res["code"])
                         s = stats(res["latencies"])

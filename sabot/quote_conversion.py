@@ -283,14 +283,18 @@ class LiveQuoteConverter:
                   if "exchange" in batch.schema.names else ["?"] * batch.num_rows)
         symbols = batch.column(batch.schema.get_field_index("symbol")).to_pylist()
         for i in np.flatnonzero(unpriced):
-            venue = venues[i]
-            self.unpriced[venue] = self.unpriced.get(venue, 0) + 1
-            total = self.unpriced_total
-            if total <= 5 or total % 1000 == 0:
-                why = ("no rate received yet" if self.rate is None
-                       else f"the latest is older than {self.max_age_ns / 1e6:g} ms")
-                log.warning("quote #%d not priced in %s: %s %s needs a %s rate (%s)", total,
-                            self.source.target, venue, symbols[i], self.source.describe(), why)
+            self.count_unpriced(venues[i], symbols[i])
+
+    def count_unpriced(self, venue: str, symbol: str) -> None:
+        """Count (and log the first few and every 1000th) a quote of ``venue`` that could not
+        be priced."""
+        self.unpriced[venue] = self.unpriced.get(venue, 0) + 1
+        total = self.unpriced_total
+        if total <= 5 or total % 1000 == 0:
+            why = ("no rate received yet" if self.rate is None
+                   else f"the latest is older than {self.max_age_ns / 1e6:g} ms")
+            log.warning("quote #%d not priced in %s: %s %s needs a %s rate (%s)", total,
+                        self.source.target, venue, symbol, self.source.describe(), why)
 
 
 def with_quote_currency(batch: pa.RecordBatch) -> pa.RecordBatch:
