@@ -13,9 +13,9 @@ at ``--rate`` quotes/s each, in this process, and the embedded broker):
   ``--parquet``);
 * **kafka**: one ``sabot collect VENUE -k`` per venue and ``sabot monitor`` reading the ticker
   topics (``-F`` too with ``--parquet``);
-* **idle loop** (``--baseline``): an asyncio loop doing nothing but waking for a timer every
-  ``1/rate`` s; its lateness (wake-up time minus due time) is what the machine's scheduler
-  alone adds to any event loop, the floor under both paths.
+* **floor** (``--baseline``): one process writes its wall clock to a local TCP socket
+  ``3 x rate`` times a second, an idle asyncio loop in another subtracts it on receipt: what the
+  machine's scheduler and network stack alone add to any receive-to-decision latency here.
 
 ``--code DIR`` (repeatable) runs the monitors from another copy of the package (e.g. an older
 commit exported with ``git archive``, compiled modules copied in), so a before/after table comes
@@ -130,23 +130,69 @@ def run_round(path: str, code: Path, urls: Dict[str, str], bootstrap: str, durat
             "code": monitor.returncode, "tail": texts[-1][-1500:]}
 
 
-def idle_loop_lateness(rate: float, duration: float) -> np.ndarray:
-    """Wake-up lateness (ms) of an idle asyncio loop with a timer due every ``1/rate`` s."""
-    script = f"""
-import asyncio, json, time
+_FLOOR_SCRIPT = """
+import asyncio, json, socket, struct, sys, time
+rate, duration = float(sys.argv[1]), float(sys.argv[2])
+out = []
+
+class Reader(asyncio.Protocol):
+    def __init__(self):
+        self.buf = b""
+    def data_received(self, data):
+        now = time.time_ns()
+        self.buf += data
+        while len(self.buf) >= 8:
+            (sent,) = struct.unpack("<q", self.buf[:8])
+            self.buf = self.buf[8:]
+            out.append((now - sent) / 1e6)
+
+
 async def main():
     loop = asyncio.get_running_loop()
-    out, period, end = [], 1.0 / {rate!r}, time.monotonic() + {duration!r}
-    due = time.monotonic() + period
-    while due < end:
-        await asyncio.sleep(max(0.0, due - time.monotonic()))
-        out.append((time.monotonic() - due) * 1e3)
-        due += period
-    print(json.dumps(out))
+    done = loop.create_future()
+    def connected():
+        proto = Reader()
+        proto.connection_lost = lambda exc: done.done() or done.set_result(None)
+        return proto
+    server = await loop.create_server(connected, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    print(port, flush=True)
+    await done
+    server.close()
+    print(json.dumps(out), flush=True)
+
 asyncio.run(main())
 """
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    return np.asarray(json.loads(res.stdout), dtype=float)
+
+_SENDER_SCRIPT = """
+import socket, struct, sys, time
+port, rate, duration = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+s = socket.create_connection(("127.0.0.1", port))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+period, end = 1.0 / rate, time.monotonic() + duration
+due = time.monotonic()
+while due < end:
+    time.sleep(max(0.0, due - time.monotonic()))
+    s.sendall(struct.pack("<q", time.time_ns()))
+    due += period
+s.close()
+"""
+
+
+def socket_floor(rate: float, duration: float, chrt: Optional[int] = None) -> np.ndarray:
+    """What the machine alone adds between a frame sent on a local socket and the callback of
+    an idle asyncio loop that reads it (ms): one process sends its wall clock ``rate`` times a
+    second, another (an asyncio ``Protocol``, nothing else to do) subtracts it on receipt.
+    The floor under any receive-to-decision latency measured on the same machine."""
+    prefix = ["chrt", "-f", str(chrt)] if chrt else []
+    reader = subprocess.Popen([*prefix, sys.executable, "-c", _FLOOR_SCRIPT, str(rate),
+                               str(duration)], stdout=subprocess.PIPE, text=True)
+    assert reader.stdout is not None
+    port = reader.stdout.readline().strip()
+    subprocess.run([sys.executable, "-c", _SENDER_SCRIPT, port, str(rate), str(duration)],
+                   check=True)
+    out, _ = reader.communicate(timeout=60)
+    return np.asarray(json.loads(out), dtype=float)
 
 
 def stats(values: np.ndarray) -> Dict[str, Optional[float]]:
@@ -167,7 +213,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--code", action="append", type=Path, default=None,
                    help="a directory holding the sabot package to run the monitors from "
                         "(repeatable; default this checkout)")
-    p.add_argument("--baseline", action="store_true", help="also measure an idle asyncio loop")
+    p.add_argument("--baseline", action="store_true",
+                   help="also measure the floor: a local socket into an idle asyncio loop")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--fees", default=None,
                    help="the monitors' --fees (default theirs: each venue's taker fee)")
@@ -213,7 +260,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         finally:
             for sim in sims:
                 sim.stop()
-    baseline = idle_loop_lateness(args.rate * len(venues), args.duration) if args.baseline else None
+    baseline = (socket_floor(args.rate * len(venues), args.duration, args.chrt)
+                if args.baseline else None)
 
     rows = []
     print(f"\n{args.rate:g} quotes/s per venue x {len(venues)} venues, {args.duration:g} s x "
@@ -229,8 +277,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{s['p999']:>7.3f} {s['max']:>8.2f} {med:>8.3f}")
     if baseline is not None:
         s = stats(baseline)
-        rows.append({"path": "idle-loop", "code": "", **s})
-        print(f"{'idle':<8} {'asyncio timer lateness':<28} {s['n']:>7} {s['p50']:>7.3f} "
+        rows.append({"path": "socket-floor", "code": "", **s})
+        print(f"{'floor':<8} {'socket -> idle asyncio loop':<28} {s['n']:>7} {s['p50']:>7.3f} "
               f"{s['p99']:>7.3f} {s['p999']:>7.3f} {s['max']:>8.2f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
