@@ -195,6 +195,10 @@ def socket_floor(rate: float, duration: float, chrt: Optional[int] = None) -> np
     return np.asarray(json.loads(out), dtype=float)
 
 
+def _ms(x: Optional[float], width: int = 0) -> str:
+    return f"{'n/a':>{width}}" if x is None else f"{x:>{width}.3f}"
+
+
 def stats(values: np.ndarray) -> Dict[str, Optional[float]]:
     if not len(values):
         return {"n": 0, "p50": None, "p99": None, "p999": None, "max": None}
@@ -252,10 +256,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         samples.setdefault(key, []).append(res["latencies"])
                         exit_codes.setdefault(key, []).append(res["code"])
                         s = stats(res["latencies"])
-                        print(f"round {r + 1} {path:<6} {code}: n={s['n']} p50={s['p50']:.3f} "
-                              f"p99={s['p99']:.3f} p999={s['p999']:.3f} ms exit={res['code']}",
+                        print(f"round {r + 1} {path:<6} {code}: n={s['n']} p50={_ms(s['p50'])} "
+                              f"p99={_ms(s['p99'])} p999={_ms(s['p999'])} ms exit={res['code']}",
                               flush=True)
-                        if res["code"] != 0:
+                        if res["code"] != 0 or not s["n"]:
                             print(res["tail"], flush=True)
         finally:
             for sim in sims:
@@ -270,11 +274,12 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{'p99 med':>8}")
     for (code, path), runs in samples.items():
         s = stats(np.concatenate(runs))
-        med = statistics.median(stats(x)["p99"] or 0.0 for x in runs)
+        p99s = [stats(x)["p99"] for x in runs if len(x)]
+        med = statistics.median(p99s) if p99s else None
         rows.append({"path": path, "code": code, **s, "p99_median_of_rounds": med,
                      "exit_codes": exit_codes[(code, path)]})
-        print(f"{path:<8} {code[-28:]:<28} {s['n']:>7} {s['p50']:>7.3f} {s['p99']:>7.3f} "
-              f"{s['p999']:>7.3f} {s['max']:>8.2f} {med:>8.3f}")
+        print(f"{path:<8} {code[-28:]:<28} {s['n']:>7} {_ms(s['p50'], 7)} {_ms(s['p99'], 7)} "
+              f"{_ms(s['p999'], 7)} {_ms(s['max'], 8)} {_ms(med, 8)}")
     if baseline is not None:
         s = stats(baseline)
         rows.append({"path": "socket-floor", "code": "", **s})
