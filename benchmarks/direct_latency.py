@@ -72,13 +72,13 @@ def _child_env(code: Path) -> Dict[str, str]:
 
 def _stop(proc: subprocess.Popen, timeout: float = 60) -> str:
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # (SIGINT is ignored by children of a background job)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-    return out or ""
+    return out or ""  # (None: the output went to a file)
 
 
 def run_round(path: str, code: Path, urls: Dict[str, str], bootstrap: str, duration: float,
@@ -90,6 +90,10 @@ def run_round(path: str, code: Path, urls: Dict[str, str], bootstrap: str, durat
     py = sys.executable
     children: List[subprocess.Popen] = []
     env = _child_env(code)
+    # the monitor's output goes to a file: a pipe nobody reads until the end fills up and
+    # then blocks the monitor's every alert line
+    log_path = workdir / f"monitor-{path}.log"
+    log = open(log_path, "w")
     prefix = ["chrt", "-f", str(chrt)] if chrt else []
     monitor_cmd = [*prefix, py, "-m", "sabot", "monitor", "--bootstrap", bootstrap,
                    "--summary-json", str(summary), "--summary-every", "1e9",
@@ -102,11 +106,11 @@ def run_round(path: str, code: Path, urls: Dict[str, str], bootstrap: str, durat
             if parquet:
                 monitor_cmd += ["--parquet-dir", str(workdir / "pq-direct"), "--row-group-seconds", "2"]
             monitor = subprocess.Popen(monitor_cmd, cwd=workdir, env=env, text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                       stdout=log, stderr=subprocess.STDOUT)
             children.append(monitor)
         else:
             monitor = subprocess.Popen(monitor_cmd + ["--fast-groups"], cwd=workdir, env=env,
-                                       text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                       text=True, stdout=log, stderr=subprocess.STDOUT)
             children.append(monitor)
             for v, u in urls.items():
                 cmd = [py, "-m", "sabot", "collect", v, "-k", "--url", u, "--bootstrap", bootstrap,
@@ -124,10 +128,13 @@ def run_round(path: str, code: Path, urls: Dict[str, str], bootstrap: str, durat
         deadline = time.monotonic() + duration
         wait_for(lambda: monitor.poll() is not None, max(0.0, deadline - time.monotonic()), 0.5)
     finally:
-        texts = [_stop(c) for c in reversed(children)]
-    final = json.loads(summary.read_text())
+        for c in reversed(children):
+            _stop(c)
+        log.close()
+    lines = [ln for ln in log_path.read_text().splitlines() if "ARBITRAGE" not in ln]
+    final = json.loads(summary.read_text()) if summary.exists() else {}
     return {"latencies": np.asarray(final.get("latencies_ms", []), dtype=float),
-            "code": monitor.returncode, "tail": texts[-1][-1500:]}
+            "code": monitor.returncode, "tail": "\n".join(lines[-20:])}
 
 
 _FLOOR_SCRIPT = """

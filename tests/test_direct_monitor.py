@@ -373,3 +373,26 @@ def test_parquet_writer_thread_loses_no_row_through_io_errors_and_bad_rows(tmp_p
     assert sink.unwritten == 0 and sink.rows_written == 44 + 3
     expected = [r["bid"] for i, r in enumerate(rows) if i != 12] + [r["bid"] + 1000 for r in rows[:3]]
     assert pq.read_table(tmp_path / "k.parquet").column("bid").to_pylist() == expected
+
+
+def test_latency_percentiles_periodic_from_the_histogram_final_exact():
+    """The periodic summary reads its latency percentiles from the histogram beside the
+    latencies (cheap while the decisions run), within a bin (1.2 %) of the exact ones; the
+    final summary's are exact and list every latency in decision order."""
+    import numpy as np
+
+    monitor = arb.Monitor(arb.parse_fees("0", VENUES), 0.0, None, None, 1e9, venues=VENUES)
+    rng = np.random.default_rng(5)
+    values = rng.lognormal(-0.5, 1.2, 3000)
+    for i in range(0, 1500, 3):  # a tick's few values (Python), then larger arrays (numpy)
+        monitor.latencies.extend(list(values[i:i + 3]))
+    for i in range(1500, 3000, 500):
+        monitor.latencies.extend(values[i:i + 500])
+    periodic = monitor.summary(with_latencies=False)
+    final = monitor.summary(with_latencies=True)
+    exact = np.percentile(values, [50, 99])
+    assert [final["latency_ms_p50"], final["latency_ms_p99"]] == exact.tolist()
+    assert final["latencies_ms"] == values.tolist() and "latencies_ms" not in periodic
+    assert periodic["latency_ms_p50"] == pytest.approx(exact[0], rel=0.012)
+    assert periodic["latency_ms_p99"] == pytest.approx(exact[1], rel=0.012)
+    monitor.close()
