@@ -1533,6 +1533,7 @@ def run_direct(args: argparse.Namespace) -> int:
         asyncio.run(main())
     finally:
         sys.setswitchinterval(switch)
+        gc.unfreeze()  # (a caller in the same process gets its collector back as it was)
         decisions.close()
         for v in venues:
             for sink in sinks[v][1:]:
