@@ -120,6 +120,36 @@ def apply_rates(batch: pa.RecordBatch, needs: np.ndarray, fx_bid: np.ndarray, fx
     return out
 
 
+def _native(batch: pa.RecordBatch, target: str) -> pa.RecordBatch:
+    """:func:`apply_rates` with no row to price: the same batch (bid, ask and symbol fields as
+    it makes them, null ``fx_bid``/``fx_ask``), built without copying when bid and ask are
+    float64 columns without nulls or NaN (live quotes, past the quote guard)."""
+    names = batch.schema.names
+    n = batch.num_rows
+    columns = list(batch.columns)
+    for name in ("bid", "ask"):
+        col = columns[names.index(name)]
+        if col.type != pa.float64() or col.null_count:
+            break
+        values = col.to_numpy(zero_copy_only=False)
+        if np.isnan(values).any():
+            break
+    else:
+        fields = list(batch.schema)
+        for name, typ in (("bid", pa.float64()), ("ask", pa.float64()), ("symbol", pa.string())):
+            i = names.index(name)
+            if name == "symbol":
+                columns[i] = columns[i].cast(pa.string())
+            fields[i] = pa.field(name, typ)
+        keep = [i for i, name in enumerate(names) if name not in ("fx_bid", "fx_ask")]
+        columns = [columns[i] for i in keep] + [pa.nulls(n, pa.float64())] * 2
+        fields = [fields[i] for i in keep] + [pa.field("fx_bid", pa.float64()),
+                                              pa.field("fx_ask", pa.float64())]
+        return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
+    none = np.zeros(n, dtype=bool)
+    return apply_rates(batch, none, np.ones(n), np.ones(n), target)
+
+
 def rate_rows(batch: pa.RecordBatch, source: RateSource) -> np.ndarray:
     """Row indices of ``batch`` that are ``source``'s rate quotes (its venue, its symbol)."""
     sym = batch.column(batch.schema.get_field_index("symbol"))
@@ -165,38 +195,77 @@ class LiveQuoteConverter:
     def unpriced_total(self) -> int:
         return sum(self.unpriced.values())
 
-    def _observe_rates(self, batch: pa.RecordBatch) -> None:
-        rows = rate_rows(batch, self.source)
-        if not len(rows):
-            return
+    #: Batches of at most this many rows (a live tick) read their symbols as Python strings
+    #: rather than through Arrow compute calls, whose fixed cost dominates for a few rows.
+    FEW_ROWS = 8
+
+    def _masks(self, batch: pa.RecordBatch) -> Tuple[np.ndarray, np.ndarray]:
+        """Per row: whether it is quoted in ``source.currency`` (to be priced), and whether it
+        is one of ``source``'s rate quotes (its venue, its symbol)."""
+        n = batch.num_rows
+        symbols = batch.column(batch.schema.get_field_index("symbol"))
+        if n > self.FEW_ROWS:
+            needs = np.asarray(pc.ends_with(symbols, self._suffix).fill_null(False)
+                               .to_numpy(zero_copy_only=False), dtype=bool)
+            is_rate = np.zeros(n, dtype=bool)
+            is_rate[rate_rows(batch, self.source)] = True
+            return needs, is_rate
+        syms = symbols.to_pylist()
+        suffix, symbol = self._suffix, self.source.symbol
+        needs = np.array([s is not None and s.endswith(suffix) for s in syms], dtype=bool)
+        if "exchange" in batch.schema.names:
+            venues = batch.column(batch.schema.get_field_index("exchange")).to_pylist()
+            venue = self.source.venue
+            is_rate = np.array([s == symbol and v == venue for s, v in zip(syms, venues)],
+                               dtype=bool)
+        else:
+            is_rate = np.array([s == symbol for s in syms], dtype=bool)
+        return needs, is_rate
+
+    def _rates(self, batch: pa.RecordBatch, is_rate: np.ndarray
+               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per row, in arrival order, the rate in use once the rows before it were seen: its
+        (timestamp ns, bid, ask) - NaN where there is none - and the row's own timestamp; a
+        usable rate quote (finite, ``0 < bid <= ask``) becomes the rate from the next row on,
+        and the last one stays the rate (``self.rate``) for the batches after this one."""
+        n = batch.num_rows
         ts, bid, ask = _ns(batch, "timestamp"), _f64(batch, "bid"), _f64(batch, "ask")
-        for i in rows:  # arrival order: the last usable one is the latest
-            b, a = bid[i], ask[i]
-            if np.isfinite(b) and np.isfinite(a) and 0 < b <= a:
-                self.rate = (int(ts[i]), float(b), float(a))
+        with np.errstate(invalid="ignore"):
+            usable = is_rate & np.isfinite(bid) & np.isfinite(ask) & (0 < bid) & (bid <= ask)
+        # the latest usable rate row strictly before each row (-1: none in this batch)
+        latest = np.maximum.accumulate(np.where(usable, np.arange(n), -1))
+        before = np.concatenate(([-1], latest[:-1]))
+        have = before >= 0
+        take = np.where(have, before, 0)
+        prev = self.rate if self.rate is not None else (np.nan, np.nan, np.nan)
+        rate_ts = np.where(have, ts[take], prev[0]) if n else np.empty(0)
+        rate_bid = np.where(have, bid[take], prev[1]) if n else np.empty(0)
+        rate_ask = np.where(have, ask[take], prev[2]) if n else np.empty(0)
+        if usable.any():
+            j = int(latest[-1])
+            self.rate = (int(ts[j]), float(bid[j]), float(ask[j]))
+        return rate_ts, rate_bid, rate_ask, ts
+
+    def _observe_rates(self, batch: pa.RecordBatch) -> None:
+        _, is_rate = self._masks(batch)
+        if is_rate.any():
+            self._rates(batch, is_rate)
 
     def __call__(self, batch: pa.RecordBatch) -> Optional[pa.RecordBatch]:
         if not batch.num_rows:
             return batch
-        symbols = batch.column(batch.schema.get_field_index("symbol"))
-        needs = np.asarray(pc.ends_with(symbols, self._suffix).fill_null(False)
-                           .to_numpy(zero_copy_only=False), dtype=bool)
+        needs, is_rate = self._masks(batch)
         if not needs.any():
-            self._observe_rates(batch)
-            return apply_rates(batch, needs, np.ones(batch.num_rows), np.ones(batch.num_rows),
-                               self.source.target)
+            if is_rate.any():
+                self._rates(batch, is_rate)
+            return _native(batch, self.source.target)
         # in arrival order: a rate quote earlier in the batch prices the quotes after it
         n = batch.num_rows
-        fx_bid, fx_ask = np.full(n, np.nan), np.full(n, np.nan)
-        rate_idx = set(rate_rows(batch, self.source).tolist())
-        ts, bid, ask = _ns(batch, "timestamp"), _f64(batch, "bid"), _f64(batch, "ask")
-        for i in range(n):
-            if i in rate_idx:
-                b, a = bid[i], ask[i]
-                if np.isfinite(b) and np.isfinite(a) and 0 < b <= a:
-                    self.rate = (int(ts[i]), float(b), float(a))
-            elif needs[i] and self.rate is not None and self.rate[0] >= ts[i] - self.max_age_ns:
-                fx_bid[i], fx_ask[i] = self.rate[1], self.rate[2]
+        rate_ts, rate_bid, rate_ask, ts = self._rates(batch, is_rate)
+        with np.errstate(invalid="ignore"):
+            ok = needs & ~is_rate & np.isfinite(rate_bid) & (rate_ts >= ts - self.max_age_ns)
+        fx_bid = np.where(ok, rate_bid, np.nan)
+        fx_ask = np.where(ok, rate_ask, np.nan)
         priced = needs & np.isfinite(fx_bid)
         unpriced = needs & ~priced
         self.converted += int(priced.sum())
@@ -214,14 +283,18 @@ class LiveQuoteConverter:
                   if "exchange" in batch.schema.names else ["?"] * batch.num_rows)
         symbols = batch.column(batch.schema.get_field_index("symbol")).to_pylist()
         for i in np.flatnonzero(unpriced):
-            venue = venues[i]
-            self.unpriced[venue] = self.unpriced.get(venue, 0) + 1
-            total = self.unpriced_total
-            if total <= 5 or total % 1000 == 0:
-                why = ("no rate received yet" if self.rate is None
-                       else f"the latest is older than {self.max_age_ns / 1e6:g} ms")
-                log.warning("quote #%d not priced in %s: %s %s needs a %s rate (%s)", total,
-                            self.source.target, venue, symbols[i], self.source.describe(), why)
+            self.count_unpriced(venues[i], symbols[i])
+
+    def count_unpriced(self, venue: str, symbol: str) -> None:
+        """Count (and log the first few and every 1000th) a quote of ``venue`` that could not
+        be priced."""
+        self.unpriced[venue] = self.unpriced.get(venue, 0) + 1
+        total = self.unpriced_total
+        if total <= 5 or total % 1000 == 0:
+            why = ("no rate received yet" if self.rate is None
+                   else f"the latest is older than {self.max_age_ns / 1e6:g} ms")
+            log.warning("quote #%d not priced in %s: %s %s needs a %s rate (%s)", total,
+                        self.source.target, venue, symbol, self.source.describe(), why)
 
 
 def with_quote_currency(batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -243,3 +243,156 @@ def test_a_kafka_delivery_failure_makes_the_exit_code_non_zero(tmp_path):
             sim.__exit__(None, None, None)
     assert proc.returncode == 1, text[-3000:]
     assert "records not delivered to Kafka topic" in text, text[-3000:]
+
+
+def _random_records(seed: int, n: int) -> list[dict]:
+    """Collector-like ticker records of every venue, with what the direct path must also get
+    right: USDT quotes before any rate and with a stale rate, crossed rate quotes, quotes that
+    go stale (gaps beyond the join tolerance), and now and then a record the Python decision
+    must leave to the Arrow batch path (an absurd price, a NaN, a string, an unknown venue)."""
+    import random
+
+    rng = random.Random(seed)
+    spots = {"BTC": 100.0, "ETH": 10.0}
+    t = time.time_ns() + 1_000_000_000  # received "after" the first decision: latencies counted
+    out = []
+    for _ in range(n):
+        t += rng.choice([1, 5, 20, 80, 700]) * 1_000_000  # 700 ms: beyond the tolerance
+        venue = rng.choice(["coinbase", "kraken", "kraken", "binance"])
+        base = rng.choice(list(spots))
+        symbol, raw = f"{base}/USD", f"{base}-USD"
+        if venue == "binance":
+            symbol, raw = f"{base}/USDT", f"{base}USDT"
+        elif venue == "kraken" and rng.random() < 0.3:
+            base, symbol, raw = "USDT", "USDT/USD", "USDT/USD"
+        mid = 1.0 + rng.uniform(-0.002, 0.002) if base == "USDT" else \
+            spots[base] * (1 + rng.uniform(-0.002, 0.002))
+        half = mid * rng.choice([0.0001, 0.0003, -0.0002 if base == "USDT" else 0.0001])
+        bid, ask = mid - half, mid + half
+        rec = {"exchange": venue, "symbol": symbol, "raw_symbol": raw,
+               "timestamp": t - rng.randint(0, 3_000_000), "recv_timestamp": t,
+               "bid": bid, "ask": ask}
+        odd = rng.random()
+        if odd < 0.02:
+            rec["bid"] = 1e20  # not an ordinary price: the batch goes the Arrow way
+        elif odd < 0.03:
+            rec["ask"] = float("nan")  # the quote guard skips it
+        elif odd < 0.035:
+            rec["bid"] = "not a number"  # Arrow cannot convert it: set aside
+        elif odd < 0.04:
+            rec["exchange"] = "nowhere"  # the join skips it
+        out.append(rec)
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_decisions_on_records_equal_the_arrow_batch_path(tmp_path, seed):
+    """The direct path decides on a tick's records as Python values (``FastArrival``) and
+    leaves any batch it cannot take to the Arrow path, with the state shared: the records,
+    counts and every open/close record equal those of the Arrow path alone on the same
+    batches."""
+    import random
+
+    from sabot.collectors.direct import DirectDecisions
+
+    fees = arb.parse_fees("coinbase=1,kraken=2,binance=1.5", VENUES)
+    records = _random_records(seed, 600)
+    rng = random.Random(seed)
+    sizes = []
+    while sum(sizes) < len(records):
+        sizes.append(rng.choice([1, 1, 1, 2, 3, 6]))
+    results = []
+    for way in ("arrow", "records"):
+        out = tmp_path / f"{way}.jsonl"
+        monitor = arb.Monitor(fees, 0.5, out, None, 1e9, venues=VENUES, rate_max_age_ms=50)
+        decision = arb.ArrivalDecision(monitor)
+        fast = []
+        if way == "records":
+            prepare = decision.fast.prepare
+            decision.fast.prepare = lambda recs: fast.append(prepare(recs) is not None) or \
+                prepare(recs)
+            queue = DirectDecisions(decision, arb.DECISION_SCHEMA)
+        else:
+            queue = DirectDecisions(lambda batch: decision(batch), arb.DECISION_SCHEMA)
+        at = 0
+        for size in sizes:
+            queue._pending.extend(dict(r) for r in records[at:at + size])
+            at += size
+            queue.flush()
+        queue.close()
+        monitor.close()
+        summary = monitor.summary(with_latencies=False)
+        for key in ("elapsed_s", "latency_ms_p50", "latency_ms_p99"):
+            summary.pop(key)
+        results.append((_events(out), summary, (queue.records, queue.rejected, queue.errors),
+                        len(monitor.latencies)))
+        if way == "records":  # both ways were taken
+            assert 0.5 * len(fast) < sum(fast) < len(fast), (sum(fast), len(fast))
+    (events_a, summary_a, counts_a, lat_a), (events_r, summary_r, counts_r, lat_r) = results
+    assert events_r == events_a and len(events_a) > 10
+    assert summary_r == summary_a
+    assert counts_r == counts_a and counts_a[1] > 0
+    assert lat_r == lat_a > 0
+    assert sum(summary_a["unpriced_quotes"].values()) > 0 and sum(summary_a["skipped_quotes"].values()) > 0
+    assert {e["close_reason"] for e in events_a if e["event"] == "close"} >= {"edge", "stale"}
+
+
+def test_parquet_writer_thread_loses_no_row_through_io_errors_and_bad_rows(tmp_path):
+    """``ParquetSink(background=True)`` (the direct path's): row groups are written by a writer
+    thread; a failing write keeps its rows, is counted and retried, a row Arrow cannot store
+    is set aside, and every other row ends up in the file once, in order."""
+    import pyarrow.parquet as pq
+
+    from sabot.collectors.sinks import ParquetSink
+
+    sink = ParquetSink(tmp_path / "k.parquet", "kraken", row_group_size=10, retry_base=0.02,
+                       retry_max=0.05, background=True)
+    set_aside = []
+    sink.on_reject = lambda reason, text, row: set_aside.append((reason, row["timestamp"]))
+    rows = [{"exchange": "kraken", "symbol": "BTC/USD", "raw_symbol": "BTC/USD",
+             "timestamp": 1_700_000_000_000_000_000 + i, "recv_timestamp": 1_700_000_000_000_000_000 + i,
+             "bid": 100.0 + i, "ask": 100.5 + i, "bid_size": 1.0, "ask_size": 2.0, "price": 100.2,
+             "volume_24h": 10.0, "sequence": None} for i in range(45)]
+    rows[12]["timestamp"] = 2 ** 70  # beyond int64: cannot be stored
+    sink.parts_dir.rmdir()
+    sink.parts_dir.write_text("not a directory")  # every part write now fails with an OSError
+    for r in rows[:25]:
+        sink.write(r)
+    assert wait_for(lambda: (sink.tick(), sink.write_errors >= 3)[1], 30)
+    # the unstorable row was set aside at the first attempt; the I/O errors kept the others
+    assert sink.rows_written == 0 and sink.buffered == 24 and len(set_aside) == 1
+    sink.parts_dir.unlink()
+    sink.parts_dir.mkdir()  # the disk is back
+    for r in rows[25:]:
+        sink.write(r)
+    assert wait_for(lambda: (sink.tick(), sink.buffered == 0)[1], 30)
+    for r in rows[:3]:  # buffered again, written by close
+        sink.write({**r, "bid": r["bid"] + 1000})
+    sink.close()
+    assert set_aside == [("unserializable", 2 ** 70)]
+    assert sink.unwritten == 0 and sink.rows_written == 44 + 3
+    expected = [r["bid"] for i, r in enumerate(rows) if i != 12] + [r["bid"] + 1000 for r in rows[:3]]
+    assert pq.read_table(tmp_path / "k.parquet").column("bid").to_pylist() == expected
+
+
+def test_latency_percentiles_periodic_from_the_histogram_final_exact():
+    """The periodic summary reads its latency percentiles from the histogram beside the
+    latencies (cheap while the decisions run), within a bin (1.2 %) of the exact ones; the
+    final summary's are exact and list every latency in decision order."""
+    import numpy as np
+
+    monitor = arb.Monitor(arb.parse_fees("0", VENUES), 0.0, None, None, 1e9, venues=VENUES)
+    rng = np.random.default_rng(5)
+    values = rng.lognormal(-0.5, 1.2, 3000)
+    for i in range(0, 1500, 3):  # a tick's few values (Python), then larger arrays (numpy)
+        monitor.latencies.extend(list(values[i:i + 3]))
+    for i in range(1500, 3000, 500):
+        monitor.latencies.extend(values[i:i + 500])
+    periodic = monitor.summary(with_latencies=False)
+    final = monitor.summary(with_latencies=True)
+    exact = np.percentile(values, [50, 99])
+    assert [final["latency_ms_p50"], final["latency_ms_p99"]] == exact.tolist()
+    assert final["latencies_ms"] == values.tolist() and "latencies_ms" not in periodic
+    assert periodic["latency_ms_p50"] == pytest.approx(exact[0], rel=0.012)
+    assert periodic["latency_ms_p99"] == pytest.approx(exact[1], rel=0.012)
+    monitor.close()

@@ -39,13 +39,20 @@ class DirectDecisions:
     """One queue of records from every venue's connection loop, decided on in arrival order.
 
     ``decide(batch)`` gets the queued records as one :class:`pyarrow.RecordBatch` in
-    ``schema`` (default: the common ticker columns; a record's other fields are left out).
+    ``schema`` (default: the common ticker columns; a record's other fields are left out),
+    unless ``decide`` has a ``decide_records(records, count)`` that takes them as they are
+    (:meth:`sabot.apps.monitor.ArrivalDecision.decide_records`: no Arrow batch for a tick).
     It runs on the event loop of the connection loops (``loop.call_soon``); outside an event
     loop each record is decided on at once."""
 
     def __init__(self, decide: Callable[[pa.RecordBatch], None], schema: pa.Schema = TICKER_SCHEMA,
                  record_path: Optional[Path] = None) -> None:
         self.decide = decide
+        #: ``decide.decide_records(records, count)``, if ``decide`` has it: decides on the
+        #: records as they are (calling ``count(n)`` first) and returns True, or returns False
+        #: having done nothing, and they go as one Arrow batch to ``decide``
+        self._decide_records: Optional[Callable[[list, Callable[[int], None]], bool]] = \
+            getattr(decide, "decide_records", None)
         self.schema = schema
         self._pending: list[Record] = []
         self._scheduled = False
@@ -81,17 +88,21 @@ class DirectDecisions:
         if not self._pending:
             return
         rows, self._pending = self._pending, []
-        batch = self._batch(rows)
-        if batch is None or not batch.num_rows:
-            return
-        self.batches += 1
-        self.records += batch.num_rows
         try:
-            self.decide(batch)
+            # the decision on the records themselves, when it takes them (no Arrow batch)
+            done = self._decide_records is not None and self._decide_records(rows, self._count)
         except Exception as exc:  # one bad batch must not stop the collectors
-            self.errors += 1
-            self._error_log(f"{type(exc).__name__}: {exc}")
-            log.debug("direct decision failed", exc_info=True)
+            done = True
+            self._failed(exc)
+        if not done:
+            batch = self._batch(rows)
+            if batch is None or not batch.num_rows:
+                return
+            self._count(batch.num_rows)
+            try:
+                self.decide(batch)
+            except Exception as exc:  # one bad batch must not stop the collectors
+                self._failed(exc)
         if self._record is not None:  # after the decision: writing it must not delay it
             try:
                 for row in rows:
@@ -99,6 +110,16 @@ class DirectDecisions:
             except (OSError, TypeError) as exc:
                 self.errors += 1
                 self._error_log(f"arrival record not written: {type(exc).__name__}: {exc}")
+
+    def _count(self, n: int) -> None:
+        """A batch of ``n`` records is about to be decided on."""
+        self.batches += 1
+        self.records += n
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        self._error_log(f"{type(exc).__name__}: {exc}")
+        log.debug("direct decision failed", exc_info=True)
 
     def _batch(self, rows: list[Record]) -> Optional[pa.RecordBatch]:
         try:

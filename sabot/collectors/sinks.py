@@ -1,7 +1,9 @@
 """The sink layer shared by every collector: Parquet files and Kafka.
 
 Parquet (:class:`ParquetSink`): records are buffered and flushed as one row group every
-``row_group_size`` records or ``row_group_seconds`` seconds.  Each flushed row group is first
+``row_group_size`` records or ``row_group_seconds`` seconds (with ``background=True`` by a
+writer thread, so that the conversion, compression and fsync of a row group never hold up the
+event loop that receives the records: ``sabot monitor --direct``).  Each flushed row group is first
 written as its own complete Parquet file in ``<output>.parts/`` (so a SIGKILL loses at most the
 unflushed buffer and never leaves a half-written file behind); on close the existing
 ``<output>`` (if any), leftover parts of an earlier killed run, and this run's parts are
@@ -21,6 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -61,6 +65,12 @@ class ParquetSink:
     blocks the others.  Parts and the final file are fsynced, and so is their directory.
     ``channel`` picks the schema: ``"ticker"`` (the venue's ticker columns), ``"trades"`` or
     ``"book"`` (:data:`sabot.collectors.books.BOOK_SCHEMA`).
+
+    ``background=True``: a due row group is written by one writer thread while ``write``
+    keeps buffering; its rows stay in the buffer until their part is closed, and the outcome
+    (rows written, or an error counted and retried exactly as above) is taken in by the next
+    ``write``/``tick``/``close`` on the caller's thread.  At most one row group is in flight,
+    so parts keep the order of the records.
     """
 
     def __init__(
@@ -74,6 +84,7 @@ class ParquetSink:
         retry_max: float = 30.0,
         close_timeout: float = 30.0,
         channel: str = "ticker",
+        background: bool = False,
     ) -> None:
         self.path = Path(path)
         self.channel = channel
@@ -106,6 +117,10 @@ class ParquetSink:
         self.finalise_error: str | None = None
         self.on_reject: Any = None
         self.closed = False
+        self.background = background
+        self._executor: ThreadPoolExecutor | None = None
+        #: the row group being written by the writer thread: its future and its row count
+        self._inflight: tuple[Future, int] | None = None
 
     @property
     def buffered(self) -> int:
@@ -115,10 +130,12 @@ class ParquetSink:
     def write(self, record: Record) -> None:
         self._rows.append(record)
         if len(self._rows) >= self.row_group_size and time.monotonic() >= self._retry_at:
-            self._flush_guarded()
+            self._flush_due()
 
     def tick(self) -> None:
         """Called periodically: flush when the time-based row group is due (or a retry is)."""
+        if self._inflight is not None and not self._take_in():
+            return  # the writer is still busy with the previous row group
         if not self._rows:
             return
         now = time.monotonic()
@@ -126,20 +143,46 @@ class ParquetSink:
             return
         if (self._retry_delay or len(self._rows) >= self.row_group_size
                 or now - self._last_flush >= self.row_group_seconds):
+            self._flush_due()
+
+    def _flush_due(self) -> None:
+        """A row group is due: write it here, or hand it to the writer thread."""
+        if not self.background:
             self._flush_guarded()
-
-    def flush(self) -> None:
-        """Write the buffered records as one closed Parquet part (one row group).
-
-        Raises on failure, with every buffered row kept for the next attempt.
-        """
-        self._last_flush = time.monotonic()
-        if not self._rows:
             return
+        if self._inflight is not None and not self._take_in():
+            return
+        if not self._rows or time.monotonic() < self._retry_at:
+            return
+        self._last_flush = time.monotonic()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"parquet-{self.exchange}")
         n = len(self._rows)
-        table = pa.Table.from_pylist(self._rows[:n], schema=self.schema)
         self._part_seq += 1
-        name = f"{time.time_ns():020d}-{os.getpid()}-{self._part_seq:06d}.parquet"
+        self._inflight = (self._executor.submit(self._write_part, self._rows[:n], self._part_seq), n)
+
+    def _take_in(self, timeout: float | None = 0.0) -> bool:
+        """The in-flight row group's outcome, if it is done (waiting up to ``timeout`` s; None:
+        until it is): on success its rows leave the buffer; a failure is counted, logged and
+        retried as in :meth:`_flush_guarded`.  False while it is still being written."""
+        assert self._inflight is not None
+        future, n = self._inflight
+        try:
+            future.result(timeout=timeout)
+        except FutureTimeout:
+            return False
+        except (OSError, pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            self._inflight = None
+            self._flush_failed(exc)
+            return True
+        self._inflight = None
+        self._flushed(n)
+        return True
+
+    def _write_part(self, rows: list[Record], seq: int) -> None:
+        """``rows`` as one closed Parquet part (one row group); raises on failure."""
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        name = f"{time.time_ns():020d}-{os.getpid()}-{seq:06d}.parquet"
         tmp = self.parts_dir / (name + ".tmp")
         try:
             with open(tmp, "wb") as f:
@@ -155,26 +198,56 @@ class ParquetSink:
             except OSError:
                 pass
             raise
+
+    def flush(self) -> None:
+        """Write the buffered records as one closed Parquet part (one row group).
+
+        Raises on failure, with every buffered row kept for the next attempt.
+        """
+        if self._inflight is not None:  # the writer thread's row group first (order of parts)
+            future, n = self._inflight
+            self._inflight = None
+            future.result()  # its failure raises here, its rows still buffered
+            self._flushed(n)
+        self._last_flush = time.monotonic()
+        if not self._rows:
+            return
+        n = len(self._rows)
+        self._part_seq += 1
+        self._write_part(self._rows[:n], self._part_seq)
         del self._rows[:n]
         self.rows_written += n
 
-    def _flush_guarded(self) -> bool:
-        """:meth:`flush`, with failures counted, logged and retried later; True on success."""
-        try:
-            self.flush()
-        except OSError as exc:
-            self.write_errors += 1
+    def _flushed(self, n: int) -> None:
+        """The first ``n`` buffered rows are in a closed part."""
+        del self._rows[:n]
+        self.rows_written += n
+        if self._retry_delay:
+            log.info("Parquet %s: row-group writes succeed again (%d rows written)", self.path,
+                     self.rows_written)
+        self._retry_delay = 0.0
+        self._retry_at = 0.0
+
+    def _flush_failed(self, exc: BaseException) -> None:
+        """A row-group write failed: count and log it; retry later (I/O) or set the rows
+        Arrow cannot store aside (a bad row)."""
+        self.write_errors += 1
+        if isinstance(exc, OSError):
             self._retry_delay = min(self.retry_max, max(self.retry_base, self._retry_delay * 2))
             self._retry_at = time.monotonic() + self._retry_delay
             level = logging.WARNING if self.write_errors <= 5 or self.write_errors % 100 == 0 else logging.DEBUG
             log.log(level, "Parquet %s: row-group write failed (#%d, %d rows kept, retry in %.1f s): %s",
                     self.path, self.write_errors, len(self._rows), self._retry_delay, exc)
-            return False
-        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-            self.write_errors += 1
+        else:
             log.warning("Parquet %s: a row cannot be stored (%s); setting it aside", self.path, exc)
             self._set_aside_bad_rows()
-            return self._flush_guarded()
+    def _flush_guarded(self) -> bool:
+        """:meth:`flush`, with failures counted, logged and retried later; True on success."""
+        try:
+            self.flush()
+        except (OSError, pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            self._flush_failed(exc)
+            return False if isinstance(exc, OSError) else self._flush_guarded()
         if self._retry_delay:
             log.info("Parquet %s: row-group writes succeed again (%d rows written)", self.path,
                      self.rows_written)
@@ -208,6 +281,18 @@ class ParquetSink:
             return
         self.closed = True
         deadline = time.monotonic() + self.close_timeout
+        if self._inflight is not None and not self._take_in(timeout=self.close_timeout):
+            # the writer thread is stuck (a hung disk): its rows and the rest are unwritten,
+            # and the parts are left alone while it may still be writing one
+            self.unwritten = len(self._rows)
+            self.finalise_error = f"a row-group write did not finish within {self.close_timeout:g} s"
+            log.error("Parquet %s: %d rows could not be written (%s)", self.path, self.unwritten,
+                      self.finalise_error)
+            self._executor.shutdown(wait=False)
+            return
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
         while self._rows and not self._flush_guarded():
             if time.monotonic() + self._retry_delay > deadline:
                 self.unwritten = len(self._rows)
