@@ -296,3 +296,33 @@ def test_state_travels_in_a_stream_checkpoint_and_mismatches_are_named():
     with pytest.raises(ValueError, match="sources"):
         other.load_state_dict(ArrivalAsofJoin(VENUES).state_dict())
     assert join.clone().state_dict()["present"].shape == (len(VENUES), 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(arrival, max_size=40), st.lists(st.booleans(), max_size=40))
+def test_join_row_equals_the_batch_path_and_shares_its_state(draws, use_rows):
+    """``join_row`` (one tick as Python values) gives the naive loop's rows, mixed in any
+    order with :meth:`process` on one-row batches over one state."""
+    rows = [r for r in _materialise(draws) if r["exchange"] in VENUES and r["symbol"] is not None]
+    join = ArrivalAsofJoin(VENUES, columns=("bid", "ask", "recv_timestamp"), tolerance_ms=TOL_MS)
+    got = []
+    for i, r in enumerate(rows):
+        if i < len(use_rows) and use_rows[i]:
+            per_source = join.join_row(VENUES.index(r["exchange"]), r["symbol"],
+                                       (r["timestamp"], r["bid"], r["ask"], r["recv_timestamp"]))
+            joined = {"symbol": r["symbol"], "timestamp": r["timestamp"], "exchange": r["exchange"]}
+            for v, q in zip(VENUES, per_source):
+                for c_i, c in enumerate(join.columns):
+                    joined[f"{v}_{c}"] = None if q is None else q[c_i]
+            got.append(joined)
+        else:
+            got += as_rows(join.process(to_batch([r])))
+    assert got == naive(rows)
+    for v_i, v in enumerate(VENUES):  # latest: every venue's last row of a symbol, any age
+        for sym in {r["symbol"] for r in rows}:
+            last = [r for r in rows if r["exchange"] == v and r["symbol"] == sym]
+            row = join.latest(sym)[v_i]
+            assert (row is None) == (not last)
+            if last:
+                assert row == (last[-1]["timestamp"], last[-1]["bid"], last[-1]["ask"],
+                               last[-1]["recv_timestamp"])

@@ -203,6 +203,75 @@ class ArrivalAsofJoin:
                 self._state[name] = np.pad(arr, ((0, 0), (0, grow)))
         return codes
 
+    # -- one row as Python values (a live tick without Arrow) -----------------------------------
+    def _key_code_of(self, key: Any, template: Sequence[Any]) -> int:
+        """The code of ``key`` (a new key grows the state); missing state columns are made
+        with the dtype of ``template``'s value: int64 for ``on`` and integers, else float64."""
+        table = self._key_code
+        k = table.get(key)
+        if k is None:
+            k = table[key] = len(table)
+        grow = len(table) - self._present.shape[1]
+        if grow > 0:
+            self._present = np.pad(self._present, ((0, 0), (0, grow)))
+            for name, arr in self._state.items():
+                self._state[name] = np.pad(arr, ((0, 0), (0, grow)))
+        for name, value in zip(self.columns, template):
+            if name not in self._state:
+                is_int = name == self.on or (isinstance(value, int) and not isinstance(value, bool))
+                self._state[name] = np.zeros(self._present.shape,
+                                             dtype=np.int64 if is_int else np.float64)
+        return k
+
+    def _row_of(self, j: int, k: int) -> tuple:
+        """Source ``j``'s latest row of key code ``k`` in :attr:`columns` order (None: null)."""
+        out = []
+        for name in self.columns:
+            arr = self._state[name]
+            value = arr[j, k]
+            if arr.dtype == np.int64:
+                v = int(value)
+                out.append(None if v == INT64_MIN else v)
+            else:
+                f = float(value)
+                out.append(None if f != f else f)
+        return tuple(out)
+
+    def join_row(self, source: int, key: Any, values: Sequence[Any]) -> list:
+        """One arriving row as Python values, without Arrow: ``values`` in :attr:`columns`
+        order (``on`` first, an int ns time; integer columns as ints, the rest as floats; None
+        for a null).  It becomes source ``sources[source]``'s latest row of ``key``.  Returns,
+        per source, that source's latest row of ``key`` (a tuple in :attr:`columns` order, None
+        for a null) when it is within the tolerance of this row's time, else None - what
+        :meth:`process` gives for a one-row batch.  Both share one state and may be mixed."""
+        k = self._key_code_of(key, values)
+        state, present = self._state, self._present
+        present[source, k] = True
+        for name, value in zip(self.columns, values):
+            arr = state[name]
+            if value is None:
+                value = INT64_MIN if arr.dtype == np.int64 else np.nan
+            arr[source, k] = value
+        t = int(values[0])
+        times, tol = state[self.on], self.tolerance_ns
+        out: list = []
+        for j in range(present.shape[0]):
+            if not present[j, k]:
+                out.append(None)
+                continue
+            ts = int(times[j, k])
+            out.append(None if ts == INT64_MIN or t - ts > tol else self._row_of(j, k))
+        return out
+
+    def latest(self, key: Any) -> list:
+        """Per source, its latest row of ``key`` (a tuple in :attr:`columns` order, None for a
+        null) whatever its age, or None when it has none."""
+        k = self._key_code.get(key)
+        if k is None or not self._state or k >= self._present.shape[1]:
+            return [None] * len(self.sources)
+        return [self._row_of(j, k) if self._present[j, k] else None
+                for j in range(self._present.shape[0])]
+
     def process(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The joined rows for ``batch`` (rows in arrival order), updating the latest rows."""
         batch, src = self._source_index(batch)

@@ -957,6 +957,9 @@ class FastArrival:
         self._target = conv.source.target
         if list(join.sources) != list(monitor.venues) or join.on != "timestamp":
             raise ValueError("FastArrival needs the monitor's venues as the join's sources")
+        if list(join.columns) != ["timestamp", *ARRIVAL_COLUMNS]:
+            raise ValueError(f"FastArrival joins rows of {['timestamp', *ARRIVAL_COLUMNS]}, "
+                             f"the join keeps {join.columns}")
 
     def _symbol(self, raw: str) -> Optional[str]:
         """The normalised symbol (the monitor's quote aliases), None when it cannot be read."""
@@ -1004,41 +1007,17 @@ class FastArrival:
         rate = self.monitor.converter.rate
         if rate is not None and not (lo <= rate[1] <= hi and lo <= rate[2] <= hi):
             return None
-        # the quotes already joined for these symbols: ordinary too (a NaN is a null)
-        join = self.join
-        if "bid" in join._state:
-            lo2, hi2 = 1 / EXTREME_PRICE, EXTREME_PRICE
-            present, bids, asks = join._present, join._state["bid"], join._state["ask"]
-            for key in keys:
-                k = join._key_code.get(key)
-                if k is None:
+        # the quotes already joined for these symbols: ordinary too (a null is allowed)
+        lo2, hi2 = 1 / EXTREME_PRICE, EXTREME_PRICE
+        bid_i, ask_i = self.join.columns.index("bid"), self.join.columns.index("ask")
+        for key in keys:
+            for row in self.join.latest(key):
+                if row is None:
                     continue
-                for j in range(present.shape[0]):
-                    if present[j, k]:
-                        b, a = bids[j, k], asks[j, k]
-                        if not ((b != b or lo2 <= b <= hi2) and (a != a or lo2 <= a <= hi2)):
-                            return None
+                b, a = row[bid_i], row[ask_i]
+                if not ((b is None or lo2 <= b <= hi2) and (a is None or lo2 <= a <= hi2)):
+                    return None
         return out
-
-    def _code(self, key: str) -> int:
-        """The join's code of ``key``, a new one (its state grown) for a new key."""
-        join = self.join
-        table = join._key_code
-        k = table.get(key)
-        if k is None:
-            k = table[key] = len(table)
-        shape = join._present.shape
-        if len(table) > shape[1] or not join._state:
-            grow = len(table) - shape[1]
-            if grow > 0:
-                join._present = np.pad(join._present, ((0, 0), (0, grow)))
-                for name, arr in join._state.items():
-                    join._state[name] = np.pad(arr, ((0, 0), (0, grow)))
-            for name in join.columns:  # as the Arrow way makes them: ns times int64, else float64
-                if name not in join._state:
-                    dtype = np.int64 if name in ("timestamp", "recv_timestamp") else np.float64
-                    join._state[name] = np.zeros(join._present.shape, dtype=dtype)
-        return k
 
     def decide(self, prepared: list) -> None:
         """The decision on the records :meth:`prepare` accepted (see the class docstring)."""
@@ -1074,37 +1053,11 @@ class FastArrival:
 
     def _join(self, j: int, key: str, t: int, bid: float, ask: float, recv: int,
               fx_bid: Optional[float], fx_ask: Optional[float]) -> List[Optional[tuple]]:
-        """:class:`~sabot.api.arrival.ArrivalAsofJoin` for one row (its ``_join_rows``): the
-        row becomes venue ``j``'s latest quote of ``key``; every venue's latest quote of
-        ``key`` within the tolerance, as ``(timestamp, bid, ask, recv, fx_bid, fx_ask)``
-        with None for a null (or None for the venue)."""
-        join = self.join
-        k = self._code(key)
-        present, state = join._present, join._state
-        nan = math.nan
-        present[j, k] = True
-        for name, value in (("timestamp", t), ("bid", bid), ("ask", ask), ("recv_timestamp", recv),
-                            ("fx_bid", nan if fx_bid is None else fx_bid),
-                            ("fx_ask", nan if fx_ask is None else fx_ask)):
-            state[name][j, k] = value
-        times, bids, asks = state["timestamp"], state["bid"], state["ask"]
-        recvs, fxb, fxa = state["recv_timestamp"], state["fx_bid"], state["fx_ask"]
-        tol = join.tolerance_ns
-        out: List[Optional[tuple]] = []
-        for v in range(present.shape[0]):
-            if not present[v, k]:
-                out.append(None)
-                continue
-            ts = int(times[v, k])
-            if t - ts > tol or ts == _INT64_MIN:
-                out.append(None)
-                continue
-            b, a, rc = float(bids[v, k]), float(asks[v, k]), int(recvs[v, k])
-            fb, fa = float(fxb[v, k]), float(fxa[v, k])
-            out.append((ts, None if b != b else b, None if a != a else a,
-                        None if rc == _INT64_MIN else rc, None if fb != fb else fb,
-                        None if fa != fa else fa))
-        return out
+        """:meth:`ArrivalAsofJoin.join_row` for one row: it becomes venue ``j``'s latest quote
+        of ``key``; every venue's latest quote of ``key`` within the tolerance, as
+        ``(timestamp, bid, ask, recv, fx_bid, fx_ask)`` with None for a null (or None for the
+        venue)."""
+        return self.join.join_row(j, key, (t, bid, ask, recv, fx_bid, fx_ask))
 
 
 def joined_stream(first: Stream, *others: Stream, tolerance_ms: float = TOLERANCE_MS) -> Stream:
