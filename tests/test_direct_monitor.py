@@ -185,7 +185,10 @@ def test_direct_monitor_exit_codes_unreachable_broker_and_usage_mistakes(tmp_pat
                         (["--direct", "--url", "coinbase=http://x"], "not a ws:// or wss:// address"),
                         (["--direct", "--url", "coinbase"], "cannot read 'coinbase'"),
                         (["--direct", "--align", "event-time"], "--direct decides on arrival"),
-                        (["--url", "coinbase=ws://127.0.0.1:1"], "--url is an option of --direct")):
+                        (["--url", "coinbase=ws://127.0.0.1:1"], "--url is an option of --direct"),
+                        (["--channels", "book"], "--channels is an option of --direct"),
+                        (["--direct", "--channels", "trades,book"], "include ticker"),
+                        (["--direct", "--channels", "ticker,orders"], "unknown channel 'orders'")):
         assert arb.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1, (argv, err)
@@ -396,3 +399,56 @@ def test_latency_percentiles_periodic_from_the_histogram_final_exact():
     assert periodic["latency_ms_p50"] == pytest.approx(exact[0], rel=0.012)
     assert periodic["latency_ms_p99"] == pytest.approx(exact[1], rel=0.012)
     monitor.close()
+
+
+def test_direct_monitor_records_every_channel_and_follows_coinbases_book(tmp_path):
+    """``--channels ticker,trades,book``: each venue's one connection records all three into
+    Kafka and Parquet (the counts agree), Binance's book snapshots come from the local server,
+    and Coinbase's tickers include one per change of its best bid or offer (the decision sees
+    the book)."""
+    import pyarrow.parquet as pq
+
+    from sabot.broker import EmbeddedBroker
+    from sabot.sim import SIMULATORS
+    from sabot.venues import get_venue
+
+    channels = ("ticker", "trades", "book")
+    topics = [t for v in VENUES for t in (get_venue(v).ticker_topic, f"{v}-trades", f"{v}-book")]
+    summary = tmp_path / "summary.json"
+    sims = [SIMULATORS[v](seed=5, rate=150, count=60) for v in VENUES]
+    with EmbeddedBroker(port=0, topics=topics, partitions=1) as broker:
+        for sim in sims:
+            sim.__enter__()
+        try:
+            urls = ",".join(f"{v}={sim.url}" for v, sim in zip(VENUES, sims))
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sabot", "monitor", "--direct", "--bootstrap", broker.bootstrap,
+                 "--url", urls, "--fees", "0", "--summary-json", str(summary), "--parquet-dir", str(tmp_path),
+                 "--channels", ",".join(channels)],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
+            try:
+                assert wait_for(lambda: all(sim.finished for sim in sims)
+                                and all(_summary_records(summary).get(v, 0) >= 60 for v in VENUES), 60)
+                time.sleep(0.5)  # the last book frames after the last ticker frame
+            finally:
+                proc.send_signal(signal.SIGINT)
+                text, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0, text[-3000:]
+            in_kafka = read_topics(broker.bootstrap, topics)
+        finally:
+            for sim in sims:
+                sim.__exit__(None, None, None)
+    for v in VENUES:
+        files = {"ticker": tmp_path / f"{v}.parquet", "trades": tmp_path / f"{v}-trades.parquet",
+                 "book": tmp_path / f"{v}-book.parquet"}
+        tops = {"ticker": get_venue(v).ticker_topic, "trades": f"{v}-trades", "book": f"{v}-book"}
+        for ch in channels:
+            rows = pq.read_table(files[ch]).num_rows
+            assert rows > 0 and rows == len(in_kafka[tops[ch]]), (v, ch, rows, len(in_kafka[tops[ch]]))
+        tickers = pq.read_table(files["ticker"]).to_pylist()
+        if v == "coinbase":  # the ticker frames' records, and one per top-of-book change
+            from_book = [t for t in tickers if t["sequence"] is None]
+            assert from_book and len(tickers) == 60 + len(from_book)
+        else:
+            assert len(tickers) == 60, v

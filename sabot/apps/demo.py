@@ -543,12 +543,13 @@ class Demo:
                   "--output", str(self.data / "opportunities.jsonl"),
                   "--summary-json", str(self.data / "monitor_summary.json"), "--summary-every", "10")
         if self.direct:  # the spot collectors inside the monitor: records to Kafka and Parquet
+            channels = self.channels[self.venues[0]] if self.venues else ("ticker",)
             for ex in self.venues:
-                self._clear_parquet(ex, ("ticker",))
+                self._clear_parquet(ex, channels)
             cmd = sabot_command("monitor", *common, "--direct",
                                 "--url", ",".join(f"{ex}={(urls or {})[ex]}" for ex in self.venues),
                                 "--parquet-dir", str(self.data), "--row-group-seconds", "2",
-                                "--status-interval", "10")
+                                "--status-interval", "10", "--channels", ",".join(channels))
         else:
             cmd = sabot_command("monitor", *common, "--from-beginning", "--fast-groups",
                                 "--align", self.args.align)
@@ -564,14 +565,12 @@ class Demo:
 
     def start_collectors(self, bootstrap: str, urls: Dict[str, str]) -> None:
         """One collector per venue, each recording its channels over one connection.  With
-        ``--direct`` the monitor records the spot tickers; a spot venue's other channels (trades,
-        book) then have a collector of their own."""
+        ``--direct`` the monitor records the spot venues' channels itself (one connection per
+        venue, as a collector)."""
         for ex in (*self.venues, *self.perps):
             channels = self.channels.get(ex, ("ticker",))
             if self.direct and ex in self.venues:
-                channels = tuple(ch for ch in channels if ch != "ticker")
-                if not channels:
-                    continue
+                continue
             self._clear_parquet(ex, channels)
             cmd = sabot_command("collect", ex, "-k", "-F", "--url", urls[ex],
                                 "--bootstrap", bootstrap, "-o", str(self.data / f"{ex}.parquet"),
@@ -838,10 +837,16 @@ class Demo:
         return summary if mon is not None else None
 
 
+    def _collector_of(self, ex: str) -> Optional["Child"]:
+        """The process that collects ``ex``: its collector, or with ``--direct`` the monitor."""
+        if self.direct and ex in self.venues:
+            return self.monitor
+        return self.collectors.get(ex)
+
     def _collector_fields(self, ex: str) -> Optional[Dict[str, int]]:
-        """The counters of the final line of the collector of ``ex``'s trades and book (the
-        ``--direct`` monitor's for its tickers is read by :meth:`summarise`); None without one."""
-        child = self.collectors.get(ex)
+        """The counters of the final line of the collector of ``ex`` (with ``--direct``, the
+        monitor's line for ``ex``); None without one."""
+        child = self._collector_of(ex)
         for line in reversed(child.lines if child is not None else []):
             if _FINAL_RE.search(line) and line.partition(" final: ")[0].endswith(ex):
                 return final_fields(line)
@@ -894,9 +899,10 @@ class Demo:
             channels[ex] = per
             if "book" in self.channels[ex]:
                 resyncs[ex] = None if fields is None else fields.get("book_resyncs", 0)
-                child = self.collectors.get(ex)
+                child = self._collector_of(ex)
                 mismatches[ex] = sum(1 for ln in (child.lines if child else [])
-                                     if _RESYNC_RE.search(ln) and "checksum" in ln)
+                                     if _RESYNC_RE.search(ln) and "checksum" in ln
+                                     and (child is not self.monitor or f"{ex}:" in ln))
         summary["channels"] = channels
         summary["book_resyncs"] = resyncs
         summary["checksum_mismatches"] = mismatches

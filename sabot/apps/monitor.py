@@ -1289,7 +1289,7 @@ def run(args: argparse.Namespace) -> int:
 
     Raises ``ValueError`` (bad ``--fees``, ``--kafka-config``) and
     :class:`BrokerUnreachableError`, which :func:`main` reports in one line (exit code 2)."""
-    for name in ("url", "parquet_dir", "record_arrivals"):
+    for name in ("url", "parquet_dir", "record_arrivals", "channels"):
         if getattr(args, name, None) is not None:
             raise ValueError(f"--{name.replace('_', '-')} is an option of --direct")
     venues = venue_names()
@@ -1395,7 +1395,8 @@ def run_direct(args: argparse.Namespace) -> int:
 
     from confluent_kafka import KafkaException
 
-    from sabot.apps.collect import _summary
+    from sabot.apps.collect import _summary, book_path, book_topic, trades_path, trades_topic
+    from sabot.collectors.base import UnknownChannelError
     from sabot.collectors.connection import ConnectionSettings, Stats, run_collector
     from sabot.collectors.direct import DirectDecisions
     from sabot.collectors.sinks import KafkaSink, KafkaUnavailable, ParquetSink
@@ -1411,40 +1412,61 @@ def run_direct(args: argparse.Namespace) -> int:
     bootstrap = args.bootstrap
     if bootstrap is None and "bootstrap.servers" not in kafka_config:
         bootstrap = os.environ.get("SABOT_KAFKA_BOOTSTRAP") or "localhost:19092"
+    channels = parse_direct_channels(args.channels)
     collectors, sinks, kafkas, parquets, stats = {}, {}, {}, {}, {}
+    topics = {"ticker": lambda v: get_venue(v).ticker_topic, "trades": trades_topic,
+              "book": book_topic}
     for v in venues:
         cls = get_venue(v).collector_class
-        collectors[v] = cls(list(cls.default_symbols),
-                            quote_aliases=USDT_AS_USD if rate_source is None else DEFAULT_QUOTE_ALIASES)
+        aliases = USDT_AS_USD if rate_source is None else DEFAULT_QUOTE_ALIASES
         try:
-            kafka = getattr(cls, "kafka_sink", KafkaSink)(
-                bootstrap, get_venue(v).ticker_topic, kafka_config=kafka_config,
-                flush_timeout=args.flush_timeout)
-        except (KafkaException, KafkaConfigError, ValueError, TypeError) as exc:
-            raise ValueError(f"Kafka client configuration refused: {exc}") from None
-        try:
-            kafka.check(args.connect_timeout)
-        except KafkaUnavailable as exc:
-            log.error("%s", exc)
-            return 1
-        kafkas[v] = kafka
+            collectors[v] = (cls(list(cls.default_symbols), quote_aliases=aliases)
+                             if channels == ("ticker",) else
+                             cls(list(cls.default_symbols), quote_aliases=aliases, channels=channels))
+        except UnknownChannelError as exc:
+            raise ValueError(f"--channels: {v}: {exc}") from None
+        local_rest = _local_rest_url(urls[v])
+        if "book" in channels and getattr(collectors[v], "rest_url", None) and local_rest:
+            collectors[v].rest_url = local_rest  # the local server serves the book snapshots
+        kafkas[v] = {}
+        for ch in channels:
+            sink_cls = getattr(cls, "kafka_sink", KafkaSink) if ch == "ticker" else KafkaSink
+            try:
+                kafka = sink_cls(bootstrap, topics[ch](v), kafka_config=kafka_config,
+                                 flush_timeout=args.flush_timeout)
+            except (KafkaException, KafkaConfigError, ValueError, TypeError) as exc:
+                raise ValueError(f"Kafka client configuration refused: {exc}") from None
+            try:
+                kafka.check(args.connect_timeout)
+            except KafkaUnavailable as exc:
+                log.error("%s", exc)
+                return 1
+            kafkas[v][ch] = kafka
         stats[v] = Stats()
     for v in venues if args.parquet_dir is not None else ():  # once Kafka answered
         cls = get_venue(v).collector_class
         path = Path(args.parquet_dir) / f"{v}.parquet"
-        try:
-            parquets[v] = getattr(cls, "parquet_sink", ParquetSink)(
-                path, v, row_group_seconds=args.row_group_seconds, background=True)
-        except OSError as exc:
-            raise ValueError(f"--parquet-dir {args.parquet_dir}: cannot write there "
-                             f"({exc.strerror or exc})") from None
+        paths = {"ticker": path, "trades": trades_path(path), "book": book_path(path)}
+        parquets[v] = {}
+        for ch in channels:
+            sink_cls = getattr(cls, "parquet_sink", ParquetSink) if ch == "ticker" else ParquetSink
+            extra = {} if ch == "ticker" else {"channel": ch}
+            try:
+                parquets[v][ch] = sink_cls(paths[ch], v, row_group_seconds=args.row_group_seconds,
+                                           background=True, **extra)
+            except OSError as exc:
+                raise ValueError(f"--parquet-dir {args.parquet_dir}: cannot write there "
+                                 f"({exc.strerror or exc})") from None
     monitor = Monitor(fees, args.min_edge_bps, args.output, args.summary_json, args.summary_every,
                       venues=venues, tolerance_ms=args.tolerance_ms, rate_source=rate_source,
                       rate_max_age_ms=args.rate_max_age_ms)
     decisions = DirectDecisions(ArrivalDecision(monitor, args.tolerance_ms), DECISION_SCHEMA,
                                 record_path=args.record_arrivals)
-    for v in venues:
-        sinks[v] = [decisions.sink(v), kafkas[v], *([parquets[v]] if v in parquets else [])]
+    for v in venues:  # per channel: the tickers also to the decision
+        routes = {ch: [kafkas[v][ch], *([parquets[v][ch]] if v in parquets else [])]
+                  for ch in channels}
+        routes["ticker"].insert(0, decisions.sink(v))
+        sinks[v] = routes if channels != ("ticker",) else routes["ticker"]
     print(f"Arbitrage monitor, direct from the collectors (Kafka {bootstrap or kafka_config.get('bootstrap.servers')} "
           "records every message): fees (bps) "
           + ", ".join(f"{v}={f:g}" for v, f in fees.items())
@@ -1467,7 +1489,8 @@ def run_direct(args: argparse.Namespace) -> int:
                 collectors[v], sinks[v],
                 ConnectionSettings(url=urls[v], status_interval=args.status_interval,
                                    subscribe_line=f"{v}: Subscribed; streaming to the monitor and "
-                                                  f"Kafka topic '{get_venue(v).ticker_topic}'"),
+                                                  + " and ".join(f"Kafka topic '{k.topic}'"
+                                                                 for k in kafkas[v].values())),
                 stops[v], stats[v]) for v in venues))
         finally:
             if timer:
@@ -1489,20 +1512,42 @@ def run_direct(args: argparse.Namespace) -> int:
         gc.unfreeze()  # (a caller in the same process gets its collector back as it was)
         decisions.close()
         for v in venues:
-            for sink in sinks[v][1:]:
+            for sink in [*kafkas[v].values(), *parquets.get(v, {}).values()]:
                 try:
                     sink.close()
                 except Exception:  # one failing sink must not stop the others from closing
                     log.exception("%s: closing sink %r failed", v, sink)
         monitor.close()
-    codes = [_summary(v, stats[v], [kafkas[v]], [parquets[v]] if v in parquets else [], None)
-             for v in venues]
+    codes = [_summary(v, stats[v], list(kafkas[v].values()), list(parquets.get(v, {}).values()),
+                      None) for v in venues]
     print(monitor.summary_line("📊 final summary"), flush=True)
     if decisions.errors or decisions.rejected:
         log.error("direct decisions: %d failed, %d records could not be decided on",
                   decisions.errors, decisions.rejected)
         return 1
     return max(codes)
+
+
+def parse_direct_channels(text: Optional[str]) -> Tuple[str, ...]:
+    """``--channels`` of the direct path: a comma-separated list that includes ``ticker`` (the
+    decision reads it); ``ValueError`` in one line otherwise."""
+    channels = tuple(dict.fromkeys(c.strip() for c in (text or "ticker").split(",") if c.strip()))
+    if "ticker" not in channels:
+        raise ValueError(f"--channels {text!r}: the direct path decides on the tickers; include ticker")
+    unknown = [c for c in channels if c not in ("ticker", "trades", "book")]
+    if unknown:
+        raise ValueError(f"--channels: unknown channel {unknown[0]!r}; accepted: ticker, trades, book")
+    return channels
+
+
+def _local_rest_url(ws_url: Optional[str]) -> Optional[str]:
+    """``http://host:port`` of a local exchange server's WebSocket address (it serves the REST
+    book snapshots on the same port); None for any other address."""
+    if not ws_url or "://" not in ws_url:
+        return None
+    hostport = ws_url.split("://", 1)[1].split("/", 1)[0]
+    host = hostport.rsplit(":", 1)[0].strip("[]")
+    return f"http://{hostport}" if host in ("127.0.0.1", "localhost", "::1") else None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -1556,6 +1601,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     direct.add_argument("--url", default=None, metavar="VENUE=URL,...",
                         help="WebSocket endpoint per venue, e.g. coinbase=ws://127.0.0.1:8765 "
                              "(default: each exchange's own)")
+    direct.add_argument("--channels", default=None, metavar="LIST",
+                        help="channels each collector records over its one connection: ticker "
+                             "(always: the decision reads it), trades, book (default ticker); "
+                             "with book on, Coinbase's tickers follow its book")
     direct.add_argument("--parquet-dir", type=Path, default=None,
                         help="also write each venue's records to DIR/<venue>.parquet")
     direct.add_argument("--row-group-seconds", type=float, default=10.0,
