@@ -90,6 +90,103 @@ cdef extern from *:
     void _prefetch "__builtin_prefetch"(const void* address) noexcept nogil
     uint64_t _load_bytes "sabot_load_bytes"(const uint8_t* p, size_t n) noexcept nogil
 
+
+cdef extern from *:
+    """
+    /* Backward ASOF match of two globally sorted sides with a key, the join's hot loop.
+     *
+     * Between two left rows there are few right rows (about n_right / n_left) and how many is
+     * random, so a loop "take right rows while they are at or before t" mispredicts its exit on
+     * about every left row.  Here right rows are taken two at a time without a jump: each
+     * comparison only selects whether last[key] is rewritten and what is added to the cursor;
+     * the loop goes round again only when both were taken (rare).  The matched row's 8-byte
+     * values are written straight into the output columns (no index array), masked to 0 when
+     * there is no match, and the validity bits are collected in a register, a byte per 8 rows.
+     * The left's global order is checked on the way (no separate pass).
+     *
+     * lookup: left code -> right code, keys absent on the right sent to n_keys; last: n_keys + 1
+     * slots (the last stays -1).  utol: the tolerance (all ones: none).  out (if not NULL): the
+     * matched right row or -1.  n_right > 0.  Returns -1, or the first left row before its
+     * predecessor in time (then nothing written is meaningful: the caller takes another path). */
+    static inline __attribute__((always_inline)) int64_t sabot_asof_backward_body(
+            const int64_t* l_on, const int32_t* l_code, const int32_t* lookup, int64_t n_left,
+            const int64_t* r_on, const int32_t* r_code, int64_t n_right, int32_t n_keys,
+            int64_t* last, uint64_t utol, int64_t* out, int n_cols, const int64_t* const* srcs,
+            int64_t* const* dsts, uint8_t* valid, int64_t* null_count,
+            const int exact, const int to_out)
+    {
+        int64_t j = 0, nulls = 0, prev = INT64_MIN, unsorted = 0, np = n_right - 1;
+        for (int32_t k = 0; k <= n_keys; k++) last[k] = -1;
+        for (int64_t base = 0; base < n_left; base += 8) {
+            uint8_t acc = 0;
+            int lim = base + 8 <= n_left ? 8 : (int)(n_left - base);
+            for (int bit = 0; bit < lim; bit++) {
+                int64_t i = base + bit, t = l_on[i];
+                unsorted |= t < prev;
+                prev = t;
+                while (j < np) {
+                    int64_t c0 = exact ? r_on[j] <= t : r_on[j] < t;
+                    int64_t c1 = c0 & (exact ? r_on[j + 1] <= t : r_on[j + 1] < t);
+                    int64_t m0 = -c0, m1 = -c1;
+                    int32_t k0 = r_code[j], k1 = r_code[j + 1];
+                    last[k0] = (last[k0] & ~m0) | (j & m0);
+                    last[k1] = (last[k1] & ~m1) | ((j + 1) & m1);
+                    j += c0 + c1;
+                    if (!c1) break;
+                }
+                if (j >= np) {                       /* the last right row */
+                    while (j < n_right && (exact ? r_on[j] <= t : r_on[j] < t)) {
+                        last[r_code[j]] = j;
+                        j++;
+                    }
+                }
+                int64_t b = last[lookup[l_code[i]]];
+                int64_t bs = b & ~(b >> 63);         /* a row that may be read when b = -1 */
+                int64_t ok = (b >= 0) & ((uint64_t)(t - r_on[bs]) <= utol);
+                if (to_out) {
+                    out[i] = (b & -ok) | (ok - 1);
+                } else {
+                    for (int c = 0; c < n_cols; c++) dsts[c][i] = srcs[c][bs] & -ok;
+                    acc |= (uint8_t)(ok << bit);
+                    nulls += 1 - ok;
+                }
+            }
+            if (!to_out) valid[base >> 3] = acc;
+            if (unsorted) {
+                for (int64_t i = base > 0 ? base : 1; i < n_left; i++)
+                    if (l_on[i] < l_on[i - 1]) return i;
+            }
+        }
+        if (null_count) *null_count = nulls;
+        return -1;
+    }
+
+    static int64_t sabot_asof_backward(
+            const int64_t* l_on, const int32_t* l_code, const int32_t* lookup, int64_t n_left,
+            const int64_t* r_on, const int32_t* r_code, int64_t n_right, int32_t n_keys,
+            int64_t* last, int exact, uint64_t utol, int64_t* out, int n_cols,
+            const int64_t* const* srcs, int64_t* const* dsts, uint8_t* valid, int64_t* null_count)
+    {
+        if (out != NULL) {
+            if (exact)
+                return sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right,
+                    n_keys, last, utol, out, 0, NULL, NULL, NULL, NULL, 1, 1);
+            return sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right,
+                n_keys, last, utol, out, 0, NULL, NULL, NULL, NULL, 0, 1);
+        }
+        if (exact)
+            return sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right,
+                n_keys, last, utol, NULL, n_cols, srcs, dsts, valid, null_count, 1, 0);
+        return sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right,
+            n_keys, last, utol, NULL, n_cols, srcs, dsts, valid, null_count, 0, 0);
+    }
+    """
+    int64_t _asof_backward "sabot_asof_backward"(
+        const int64_t* l_on, const int32_t* l_code, const int32_t* lookup, int64_t n_left,
+        const int64_t* r_on, const int32_t* r_code, int64_t n_right, int32_t n_keys,
+        int64_t* last, int exact, uint64_t utol, int64_t* out, int n_cols,
+        const int64_t** srcs, int64_t** dsts, uint8_t* valid, int64_t* null_count) noexcept nogil
+
 cdef int64_t _group_right(const int64_t* on, const int32_t* code, int64_t n, int32_t n_keys,
                           int64_t* offsets, int64_t* fill, int64_t* g_on, int64_t* g_idx,
                           int64_t* last) noexcept nogil:
@@ -781,6 +878,36 @@ cdef class _RightIndex:
         self.g_idx = np.asarray(g_idx)
         self.offsets = np.asarray(off)
 
+    def _backward_keys(self, l_raw, lookup):
+        """(left codes, lookup) for ``_asof_backward``, or None when it does not apply (no
+        ``by``). The lookup sends keys absent on the right to the extra slot ``n_keys``."""
+        if l_raw is None or self.r_code is None:
+            return None
+        lc = np.ascontiguousarray(l_raw, dtype=np.int32)
+        if lookup is None:                   # left codes are right codes already
+            lk = np.arange(self.n_keys + 1, dtype=np.int32)
+        else:
+            lk = np.array(lookup, dtype=np.int32)
+            lk[lk < 0] = self.n_keys
+        return lc, lk
+
+    cdef int64_t _backward(self, const int64_t[::1] lon, keys, bint exact, tol, int64_t* out,
+                           int n_cols, const int64_t** srcs, int64_t** dsts, uint8_t* valid,
+                           int64_t* nulls):
+        """Run ``_asof_backward`` (see there); returns its result."""
+        cdef const int32_t[::1] lc = keys[0]
+        cdef const int32_t[::1] lk = keys[1]
+        cdef const int64_t[::1] ron = self.r_on
+        cdef const int32_t[::1] rc = self.r_code
+        cdef int64_t[::1] last = np.empty(self.n_keys + 1, dtype=np.int64)
+        cdef uint64_t utol = <uint64_t>0xFFFFFFFFFFFFFFFF if tol is None else <uint64_t><int64_t>tol
+        cdef int64_t bad
+        with nogil:
+            bad = _asof_backward(&lon[0], &lc[0], &lk[0], lon.shape[0], &ron[0], &rc[0],
+                                 ron.shape[0], self.n_keys, &last[0], exact, utol, out,
+                                 n_cols, srcs, dsts, valid, nulls)
+        return bad
+
     def match_into(self, l_on, l_raw, lookup, int direction, bint exact, tol, srcs):
         """Fused merge: the right columns ``srcs`` (8-byte, no nulls) at the matched rows, written
         straight into new Arrow arrays sharing one validity bitmap. ``None`` when not applicable
@@ -808,19 +935,12 @@ cdef class _RightIndex:
         if (direction == NEAREST or self.perm is not None or not self.globally_sorted or n == 0
                 or n_right == 0 or n * 8 < n_right or n_cols == 0 or n_cols > 64):
             return None
-        with nogil:
-            bad = _first_unsorted(&lon[0], n)
-        if bad >= 0:
-            return None
-        if l_raw is not None:
-            lc = np.ascontiguousarray(l_raw, dtype=np.int32)
-            lc_ptr = &lc[0]
-            if lookup is not None:
-                lk = np.ascontiguousarray(lookup, dtype=np.int32)
-                lk_ptr = &lk[0]
-        if self.r_code is not None:
-            rc = self.r_code
-            rc_ptr = &rc[0]
+        keys = self._backward_keys(l_raw, lookup) if direction == BACKWARD else None
+        if keys is None:
+            with nogil:
+                bad = _first_unsorted(&lon[0], n)
+            if bad >= 0:
+                return None
         valid_buf = _alloc((n + 7) // 8)
         data_bufs = [_alloc(n * 8) for _ in range(n_cols)]
         for c in range(n_cols):
@@ -831,10 +951,24 @@ cdef class _RightIndex:
         fz.dsts = dst_ptrs
         fz.valid = <uint8_t*><uint64_t>valid_buf.address
         fz.nulls = 0
-        with nogil:
-            memset(fz.valid, 0, (n + 7) // 8)
-            _merge_match(&lon[0], lc_ptr, lk_ptr, n, &ron[0], rc_ptr, n_right, nk,
-                         &cur1[0], &cur2[0], direction, exact, has_tol, tol_v, NULL, &fz)
+        if keys is not None:
+            if self._backward(lon, keys, exact, tol, NULL, n_cols, src_ptrs, dst_ptrs, fz.valid,
+                              &fz.nulls) >= 0:
+                return None                      # left not globally sorted
+        else:
+            if l_raw is not None:
+                lc = np.ascontiguousarray(l_raw, dtype=np.int32)
+                lc_ptr = &lc[0]
+                if lookup is not None:
+                    lk = np.ascontiguousarray(lookup, dtype=np.int32)
+                    lk_ptr = &lk[0]
+            if self.r_code is not None:
+                rc = self.r_code
+                rc_ptr = &rc[0]
+            with nogil:
+                memset(fz.valid, 0, (n + 7) // 8)
+                _merge_match(&lon[0], lc_ptr, lk_ptr, n, &ron[0], rc_ptr, n_right, nk,
+                             &cur1[0], &cur2[0], direction, exact, has_tol, tol_v, NULL, &fz)
         nulls = fz.nulls
         return [pa.Array.from_buffers(srcs[c].type, n, [valid_buf if nulls else None, data_bufs[c]],
                                       null_count=nulls) for c in range(n_cols)]
@@ -868,17 +1002,27 @@ cdef class _RightIndex:
         cdef int64_t tol_v = tol if tol is not None else 0
         cdef int64_t bad = -1
         cdef int64_t n_right = ron.shape[0]
+        cdef bint done = False
         if n == 0:
             return np.asarray(out)
-        if l_raw is not None:
-            lc = np.ascontiguousarray(l_raw, dtype=np.int32)
-            lc_ptr = &lc[0]
-            if lookup is not None:
-                lk = np.ascontiguousarray(lookup, dtype=np.int32)
-                lk_ptr = &lk[0]
-        with nogil:
-            bad = _first_unsorted(&lon[0], n)
-        if self.globally_sorted and bad < 0 and n * 8 >= n_right:
+        if direction == BACKWARD and self.globally_sorted and n * 8 >= n_right and n_right > 0:
+            keys = self._backward_keys(l_raw, lookup)
+            if keys is not None:
+                bad = self._backward(lon, keys, exact, tol, &out[0], 0, NULL, NULL, NULL, NULL)
+                done = bad < 0
+        if not done:
+            if bad < 0:
+                with nogil:
+                    bad = _first_unsorted(&lon[0], n)
+            if l_raw is not None:
+                lc = np.ascontiguousarray(l_raw, dtype=np.int32)
+                lc_ptr = &lc[0]
+                if lookup is not None:
+                    lk = np.ascontiguousarray(lookup, dtype=np.int32)
+                    lk_ptr = &lk[0]
+        if done:
+            pass
+        elif self.globally_sorted and bad < 0 and n * 8 >= n_right:
             if n_right:
                 ron_ptr = &ron[0]
             if self.r_code is not None:
