@@ -51,27 +51,31 @@ def sides(draw):
     return lt, lk, rt, rk, tol
 
 
-def _tables(lt, lk, rt, rk, key_type):
+def _tables(lt, lk, rt, rk, key_type, n_values=1):
+    """Left (t, k, x) and right (t, k, row = its row number, then ``n_values`` columns v0.. =
+    row × 0.5, 1.5, ...): the merge has a path per number of value columns."""
     left = pa.table({"t": pa.array(lt, pa.int64()), "k": pa.array(lk, key_type),
                      "x": pa.array(np.arange(len(lt), dtype=np.float64))})
-    right = pa.table({"t": pa.array(rt, pa.int64()), "k": pa.array(rk, key_type),
-                      "row": pa.array(np.arange(len(rt), dtype=np.int64)),
-                      "v": pa.array(np.arange(len(rt), dtype=np.float64) * 0.5)})
-    return left, right
+    right = {"t": pa.array(rt, pa.int64()), "k": pa.array(rk, key_type),
+             "row": pa.array(np.arange(len(rt), dtype=np.int64))}
+    for c in range(n_values):
+        right[f"v{c}"] = pa.array(np.arange(len(rt), dtype=np.float64) * (c + 0.5))
+    return left, pa.table(right)
 
 
 @settings(max_examples=60, deadline=None)
-@given(data=sides(), exact=st.booleans(),
+@given(data=sides(), exact=st.booleans(), n_values=st.integers(0, 4),
        key_type=st.sampled_from([pa.string(), pa.large_string(), pa.dictionary(pa.int32(), pa.string())]))
-def test_sorted_backward_join_equals_reference(data, exact, key_type):
+def test_sorted_backward_join_equals_reference(data, exact, n_values, key_type):
     lt, lk, rt, rk, tol = data
     expected = reference_rows(lt, lk, rt, rk, exact=exact, tol=tol)
-    left, right = _tables(lt, lk, rt, rk, key_type)
+    left, right = _tables(lt, lk, rt, rk, key_type, n_values)
     out = asof_join(left, right, on="t", by="k", tolerance=tol, allow_exact_matches=exact,
                     on_unit="ns", tolerance_ms=None)
     rows = [-1 if r is None else r for r in out.column("row").to_pylist()]
     assert rows == expected
-    assert out.column("v").to_pylist() == [None if r < 0 else r * 0.5 for r in expected]
+    for c in range(n_values):
+        assert out.column(f"v{c}").to_pylist() == [None if r < 0 else r * (c + 0.5) for r in expected]
     assert out.column("row").null_count == expected.count(-1)
     kernel = AsofJoinKernel(right, on="t", by="k", tolerance=tol, tolerance_ms=None,
                             allow_exact_matches=exact, on_unit="ns")

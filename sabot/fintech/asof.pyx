@@ -174,11 +174,21 @@ cdef extern from *:
             return sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right,
                 n_keys, last, utol, out, 0, NULL, NULL, NULL, NULL, 0, 1);
         }
-        if (exact)
-            return sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right,
-                n_keys, last, utol, NULL, n_cols, srcs, dsts, valid, null_count, 1, 0);
-        return sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right,
-            n_keys, last, utol, NULL, n_cols, srcs, dsts, valid, null_count, 0, 0);
+        /* the column count a constant in the common cases (a price; bid and ask; with a size):
+         * the per-row column loop is unrolled and its pointers stay in registers */
+    #define SABOT_ASOF_FUSED(COLS) \
+        return exact \
+            ? sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right, \
+                n_keys, last, utol, NULL, COLS, srcs, dsts, valid, null_count, 1, 0) \
+            : sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right, \
+                n_keys, last, utol, NULL, COLS, srcs, dsts, valid, null_count, 0, 0)
+        switch (n_cols) {
+            case 1: SABOT_ASOF_FUSED(1);
+            case 2: SABOT_ASOF_FUSED(2);
+            case 3: SABOT_ASOF_FUSED(3);
+            default: SABOT_ASOF_FUSED(n_cols);
+        }
+    #undef SABOT_ASOF_FUSED
     }
     """
     int64_t _asof_backward "sabot_asof_backward"(
