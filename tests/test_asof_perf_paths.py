@@ -115,3 +115,39 @@ def test_left_unsorted_within_a_key_names_the_row(bad_at):
                       "v": pa.array([1.0, 2.0, 3.0])})
     with pytest.raises(ValueError, match=f"row {bad_at} "):
         asof_join(left, right, on="t", by="k", tolerance_ms=None)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=sides(), exact=st.booleans(), large=st.booleans())
+def test_left_keys_encoded_in_a_second_thread_equal_reference(data, exact, large):
+    """Large string-keyed inputs have the left's keys hashed in a second thread while the right
+    is indexed; with the threshold lowered small inputs take that path too."""
+    from sabot.fintech import asof as asof_module
+
+    lt, lk, rt, rk, tol = data
+    expected = reference_rows(lt, lk, rt, rk, exact=exact, tol=tol)
+    left, right = _tables(lt, lk, rt, rk, pa.large_string() if large else pa.string())
+    started = []
+    start = asof_module._start_key_encoding
+    saved = asof_module.OVERLAP_MIN_ROWS
+    asof_module.OVERLAP_MIN_ROWS = 0
+    asof_module._start_key_encoding = lambda *args: started.append(1) or start(*args)
+    try:
+        out = asof_join(left, right, on="t", by="k", tolerance=tol, tolerance_ms=None,
+                        allow_exact_matches=exact, on_unit="ns")
+    finally:
+        asof_module.OVERLAP_MIN_ROWS = saved
+        asof_module._start_key_encoding = start
+    assert started == [1]
+    assert [-1 if r is None else r for r in out.column("row").to_pylist()] == expected
+
+
+def test_right_error_reported_while_the_left_keys_are_encoded(monkeypatch):
+    from sabot.fintech import asof as asof_module
+
+    monkeypatch.setattr(asof_module, "OVERLAP_MIN_ROWS", 0)
+    left = pa.table({"t": pa.array([1, 2], pa.int64()), "k": ["a", "b"]})
+    right = pa.table({"t": pa.array([5, 1], pa.int64()), "k": ["a", "a"], "v": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="right column 't' is not sorted within each 'k' key: row 1"):
+        asof_join(left, right, on="t", by="k", tolerance_ms=None)
+    assert not [t for t in __import__("threading").enumerate() if t.name == "sabot-asof-keys"]

@@ -33,6 +33,7 @@ import datetime as _dt
 import io
 import json
 import logging
+import threading
 import time
 
 import numpy as np
@@ -799,6 +800,41 @@ def _key_dictionary(col, side, by):
     return codes, dictionary
 
 
+#: Left rows from which the left's string keys are encoded in a second thread while the right
+#: side is indexed (both release the GIL for their loops; below this the thread's start costs
+#: more than it saves).
+OVERLAP_MIN_ROWS = 1 << 20
+
+
+def _string_like(col):
+    t = col.type
+    return (pat.is_string(t) or pat.is_large_string(t) or pat.is_binary(t)
+            or pat.is_large_binary(t))
+
+
+def _start_key_encoding(col, side, by):
+    """``_key_dictionary(col, side, by)`` started in a thread; returns a function that waits
+    for it and returns its result (or raises its exception)."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = _key_dictionary(col, side, by)
+        except BaseException as exc:        # handed to the waiting caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="sabot-asof-keys", daemon=True)
+    worker.start()
+
+    def wait():
+        worker.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return wait
+
+
 def _map_left_dictionary(ldict, rdict, by):
     """int32 lookup: left dictionary slot (plus the null slot at the end) -> right code or -1."""
     if ldict.type != rdict.type:
@@ -1436,12 +1472,29 @@ class AsofJoinKernel:
         if by is not None:
             require_column(left.schema, by, "left 'by' column")
         unit = _common_unit(lspec, self._rspec, on)
+        left_keys = None
         if self._index is None or self._unit != unit:
-            self._build(unit)
+            if (by is not None and left.num_rows >= OVERLAP_MIN_ROWS
+                    and _string_like(left.column(by)) and _string_like(self.right.column(by))):
+                # both sides' keys need hashing: the left's in a second thread meanwhile
+                left_keys = _start_key_encoding(left.column(by), "left", by)
+            try:
+                self._build(unit)
+            except BaseException:
+                if left_keys is not None:       # the right's error is the one to report
+                    try:
+                        left_keys()
+                    except BaseException:
+                        pass
+                raise
+            encoded = left_keys() if left_keys is not None else None
         tol = _tolerance_in(unit, self.tolerance_ms, self.tolerance, lspec)
         l_on = _on_values(left.column(on), lspec, unit, "left", on)
         if by is not None:
-            lcodes_raw, ldict = _key_dictionary(left.column(by), "left", by)
+            if left_keys is not None:
+                lcodes_raw, ldict = encoded
+            else:
+                lcodes_raw, ldict = _key_dictionary(left.column(by), "left", by)
             lookup = _map_left_dictionary(ldict, self._index.dictionary, by)
         else:
             lcodes_raw = lookup = None
