@@ -151,3 +151,24 @@ def test_right_error_reported_while_the_left_keys_are_encoded(monkeypatch):
     with pytest.raises(ValueError, match="right column 't' is not sorted within each 'k' key: row 1"):
         asof_join(left, right, on="t", by="k", tolerance_ms=None)
     assert not [t for t in __import__("threading").enumerate() if t.name == "sabot-asof-keys"]
+
+
+def test_recycled_buffer_is_the_smallest_that_fits():
+    """A request takes the smallest free pooled buffer that fits, leaving larger ones for larger
+    requests (a join asks for its key codes before its larger outputs; handing the codes the
+    outputs' old buffers made every output take fresh memory)."""
+    from sabot.fintech import _kernel
+
+    saved = list(_kernel._POOL)
+    _kernel._POOL[:] = []
+    try:
+        big = _kernel._output_buffer(200 << 10)
+        small = _kernel._output_buffer(120 << 10)
+        big_at, small_at = big.address, small.address
+        del big, small                              # both free again, the larger one first
+        got = _kernel._output_buffer(100 << 10)
+        assert got.address == small_at
+        again = _kernel._output_buffer(190 << 10)
+        assert again.address == big_at
+    finally:
+        _kernel._POOL[:] = saved
