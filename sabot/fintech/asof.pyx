@@ -16,12 +16,14 @@ right row chosen by ``direction`` among the right rows with the same ``by`` key:
 
 Unmatched left rows get nulls in the right columns. Null keys match null keys (as in pandas).
 
-Implementation: keys are dictionary-encoded once (short strings hashed in C) and the left's
-dictionary is mapped to the right's integer codes. When both sides are globally sorted (the normal
-case) one nogil merge pass keeps the latest right row per key and writes the matched right values
-straight into Arrow buffers (8-byte columns without nulls) or records the matched row for a gather.
-Otherwise the right rows are grouped per key by a counting sort and a cursor per key (positioned
-by binary search on first use) advances through them.
+Implementation: keys are dictionary-encoded once (short strings hashed in C; with string keys on
+both sides of a large join the left's are hashed in a second thread while the right is indexed)
+and the left's dictionary is mapped to the right's integer codes. When both sides are globally
+sorted (the normal case) one nogil merge pass keeps the latest right row per key and writes the
+matched right values straight into Arrow buffers (8-byte columns without nulls) or records the
+matched row for a gather; the backward join with a key takes the right rows two at a time without
+a jump (``_asof_backward``). Otherwise the right rows are grouped per key by a counting sort and a
+cursor per key (positioned by binary search on first use) advances through them.
 
 Also here: :class:`AsofJoinKernel` (right side indexed once, many left batches) and
 :class:`StreamingAsofJoinKernel` / :func:`asof_join_streaming` (interleaved batches of both sides,
