@@ -67,6 +67,10 @@ def _tables(lt, lk, rt, rk, key_type, n_values=1):
 @given(data=sides(), exact=st.booleans(), n_values=st.integers(0, 4),
        key_type=st.sampled_from([pa.string(), pa.large_string(), pa.dictionary(pa.int32(), pa.string())]))
 def test_sorted_backward_join_equals_reference(data, exact, n_values, key_type):
+    _check_sorted_join(data, exact, n_values, key_type)
+
+
+def _check_sorted_join(data, exact, n_values, key_type):
     lt, lk, rt, rk, tol = data
     expected = reference_rows(lt, lk, rt, rk, exact=exact, tol=tol)
     left, right = _tables(lt, lk, rt, rk, key_type, n_values)
@@ -87,6 +91,10 @@ def test_sorted_backward_join_equals_reference(data, exact, n_values, key_type):
 def test_left_sorted_only_within_each_key_falls_back(data, exact, seed):
     """A left input in time order per key but not overall (keys' rows interleaved out of time
     order) is still joined correctly: the merge notices and the per-key cursors take over."""
+    _check_per_key_sorted_join(data, exact, seed)
+
+
+def _check_per_key_sorted_join(data, exact, seed):
     lt, lk, rt, rk, tol = data
     rng = np.random.default_rng(seed)
     # rebuild the left as the concatenation of its keys' runs: sorted per key, not globally
@@ -105,8 +113,30 @@ def test_left_sorted_only_within_each_key_falls_back(data, exact, seed):
     assert [-1 if r is None else r for r in out.column("row").to_pylist()] == expected
 
 
+@settings(max_examples=40, deadline=None)
+@given(data=sides(), exact=st.booleans(), n_values=st.integers(0, 3), seed=st.integers(0, 2**32 - 1),
+       key_type=st.sampled_from([pa.string(), pa.dictionary(pa.int32(), pa.string())]))
+def test_merge_in_two_halves_equals_reference(data, exact, n_values, seed, key_type):
+    """A large left is merged in two halves at once (the second in another thread, started from
+    the right rows before its first row); with the threshold lowered, small inputs too."""
+    from sabot.fintech import asof as asof_module
+
+    saved = asof_module.PARALLEL_MIN_ROWS
+    asof_module.PARALLEL_MIN_ROWS = 0
+    try:
+        _check_sorted_join(data, exact, n_values, key_type)
+        _check_per_key_sorted_join(data, exact, seed)
+    finally:
+        asof_module.PARALLEL_MIN_ROWS = saved
+
+
+@pytest.mark.parametrize("halves", [False, True])
 @pytest.mark.parametrize("bad_at", [1, 7, 8, 9, 17])
-def test_left_unsorted_within_a_key_names_the_row(bad_at):
+def test_left_unsorted_within_a_key_names_the_row(bad_at, halves, monkeypatch):
+    from sabot.fintech import asof as asof_module
+
+    if halves:                                    # 20 rows cut at row 8
+        monkeypatch.setattr(asof_module, "PARALLEL_MIN_ROWS", 0)
     n = 20
     lt = list(range(0, 10 * n, 10))
     lt[bad_at] = lt[bad_at - 1] - 1               # out of order within the single key

@@ -22,7 +22,7 @@ and the left's dictionary is mapped to the right's integer codes. When both side
 sorted (the normal case) one nogil merge pass keeps the latest right row per key and writes the
 matched right values straight into Arrow buffers (8-byte columns without nulls) or records the
 matched row for a gather; the backward join with a key takes the right rows two at a time without
-a jump (``_asof_backward``). Otherwise the right rows are grouped per key by a counting sort and a
+a jump (``_asof_backward``), a large left as two halves in two threads. Otherwise the right rows are grouped per key by a counting sort and a
 cursor per key (positioned by binary search on first use) advances through them.
 
 Also here: :class:`AsofJoinKernel` (right side indexed once, many left batches) and
@@ -108,18 +108,18 @@ cdef extern from *:
      * The left's global order is checked on the way (no separate pass).
      *
      * lookup: left code -> right code, keys absent on the right sent to n_keys; last: n_keys + 1
-     * slots (the last stays -1).  utol: the tolerance (all ones: none).  out (if not NULL): the
+     * slots (the last stays -1), each key's latest right row among the rows before j_start
+     * (-1: none), the right rows taken before the first left row.  utol: the tolerance (all ones: none).  out (if not NULL): the
      * matched right row or -1.  n_right > 0.  Returns -1, or the first left row before its
      * predecessor in time (then nothing written is meaningful: the caller takes another path). */
     static inline __attribute__((always_inline)) int64_t sabot_asof_backward_body(
             const int64_t* l_on, const int32_t* l_code, const int32_t* lookup, int64_t n_left,
             const int64_t* r_on, const int32_t* r_code, int64_t n_right, int32_t n_keys,
             int64_t* last, uint64_t utol, int64_t* out, int n_cols, const int64_t* const* srcs,
-            int64_t* const* dsts, uint8_t* valid, int64_t* null_count,
+            int64_t* const* dsts, uint8_t* valid, int64_t* null_count, int64_t j_start,
             const int exact, const int to_out)
     {
-        int64_t j = 0, nulls = 0, prev = INT64_MIN, unsorted = 0, np = n_right - 1;
-        for (int32_t k = 0; k <= n_keys; k++) last[k] = -1;
+        int64_t j = j_start, nulls = 0, prev = INT64_MIN, unsorted = 0, np = n_right - 1;
         for (int64_t base = 0; base < n_left; base += 8) {
             uint8_t acc = 0;
             int lim = base + 8 <= n_left ? 8 : (int)(n_left - base);
@@ -168,23 +168,24 @@ cdef extern from *:
             const int64_t* l_on, const int32_t* l_code, const int32_t* lookup, int64_t n_left,
             const int64_t* r_on, const int32_t* r_code, int64_t n_right, int32_t n_keys,
             int64_t* last, int exact, uint64_t utol, int64_t* out, int n_cols,
-            const int64_t* const* srcs, int64_t* const* dsts, uint8_t* valid, int64_t* null_count)
+            const int64_t* const* srcs, int64_t* const* dsts, uint8_t* valid, int64_t* null_count,
+            int64_t j_start)
     {
         if (out != NULL) {
             if (exact)
                 return sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right,
-                    n_keys, last, utol, out, 0, NULL, NULL, NULL, NULL, 1, 1);
+                    n_keys, last, utol, out, 0, NULL, NULL, NULL, NULL, j_start, 1, 1);
             return sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right,
-                n_keys, last, utol, out, 0, NULL, NULL, NULL, NULL, 0, 1);
+                n_keys, last, utol, out, 0, NULL, NULL, NULL, NULL, j_start, 0, 1);
         }
         /* the column count a constant in the common cases (a price; bid and ask; with a size):
          * the per-row column loop is unrolled and its pointers stay in registers */
     #define SABOT_ASOF_FUSED(COLS) \
         return exact \
             ? sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right, \
-                n_keys, last, utol, NULL, COLS, srcs, dsts, valid, null_count, 1, 0) \
+                n_keys, last, utol, NULL, COLS, srcs, dsts, valid, null_count, j_start, 1, 0) \
             : sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right, \
-                n_keys, last, utol, NULL, COLS, srcs, dsts, valid, null_count, 0, 0)
+                n_keys, last, utol, NULL, COLS, srcs, dsts, valid, null_count, j_start, 0, 0)
         switch (n_cols) {
             case 1: SABOT_ASOF_FUSED(1);
             case 2: SABOT_ASOF_FUSED(2);
@@ -198,7 +199,8 @@ cdef extern from *:
         const int64_t* l_on, const int32_t* l_code, const int32_t* lookup, int64_t n_left,
         const int64_t* r_on, const int32_t* r_code, int64_t n_right, int32_t n_keys,
         int64_t* last, int exact, uint64_t utol, int64_t* out, int n_cols,
-        const int64_t** srcs, int64_t** dsts, uint8_t* valid, int64_t* null_count) noexcept nogil
+        const int64_t** srcs, int64_t** dsts, uint8_t* valid, int64_t* null_count,
+        int64_t j_start) noexcept nogil
 
 cdef int64_t _group_right(const int64_t* on, const int32_t* code, int64_t n, int32_t n_keys,
                           int64_t* offsets, int64_t* fill, int64_t* g_on, int64_t* g_idx,
@@ -861,6 +863,40 @@ def _unsorted_error(side, on, by, row, values):
     )
 
 
+#: Left rows from which the backward merge runs in two threads (halves of the left).
+PARALLEL_MIN_ROWS = 1 << 21
+
+
+cdef class _BackwardHalf:
+    """One ``_asof_backward`` call prepared for another thread (``run`` releases the GIL); the
+    caller keeps every array alive until the thread is joined."""
+    cdef const int64_t* l_on
+    cdef const int32_t* l_code
+    cdef const int32_t* lookup
+    cdef const int64_t* r_on
+    cdef const int32_t* r_code
+    cdef int64_t n_left, n_right, j_start
+    cdef int32_t n_keys
+    cdef int64_t* last
+    cdef int exact
+    cdef uint64_t utol
+    cdef int64_t* out
+    cdef int n_cols
+    cdef const int64_t** srcs
+    cdef int64_t** dsts
+    cdef uint8_t* valid
+    cdef int64_t* nulls
+    cdef public int64_t result
+
+    def run(self):
+        with nogil:
+            self.result = _asof_backward(self.l_on, self.l_code, self.lookup, self.n_left,
+                                         self.r_on, self.r_code, self.n_right, self.n_keys,
+                                         self.last, self.exact, self.utol, self.out, self.n_cols,
+                                         self.srcs, self.dsts, self.valid, self.nulls,
+                                         self.j_start)
+
+
 cdef class _RightIndex:
     """The right side prepared for matching: its ``on`` values and key codes, plus (built on
     first need) the rows grouped per key. Globally sorted inputs are matched by a single merge
@@ -948,19 +984,71 @@ cdef class _RightIndex:
     cdef int64_t _backward(self, const int64_t[::1] lon, keys, bint exact, tol, int64_t* out,
                            int n_cols, const int64_t** srcs, int64_t** dsts, uint8_t* valid,
                            int64_t* nulls):
-        """Run ``_asof_backward`` (see there); returns its result."""
+        """Run ``_asof_backward`` (see there); returns its result (-1: done; else the left is
+        not globally sorted).
+
+        A large left is cut in two at a row m (a multiple of 8, so that the halves share no
+        validity byte) and the halves run at once, the second in another thread: its start
+        state (the right rows at or before the left row m, each key's latest) is found by a
+        binary search and a walk back over the right rows until every key is seen."""
         cdef const int32_t[::1] lc = keys[0]
         cdef const int32_t[::1] lk = keys[1]
         cdef const int64_t[::1] ron = self.r_on
         cdef const int32_t[::1] rc = self.r_code
-        cdef int64_t[::1] last = np.empty(self.n_keys + 1, dtype=np.int64)
+        cdef int32_t nk = self.n_keys
+        cdef int64_t[::1] last = np.full(nk + 1, -1, dtype=np.int64)
+        cdef int64_t[::1] last2
         cdef uint64_t utol = <uint64_t>0xFFFFFFFFFFFFFFFF if tol is None else <uint64_t><int64_t>tol
-        cdef int64_t bad
+        cdef int64_t bad, n = lon.shape[0], n_right = ron.shape[0], m, j0, j, t
+        cdef int64_t nulls2 = 0, seen = 0
+        cdef int c
+        cdef int64_t* dsts2[64]
+        cdef _BackwardHalf half
+        if n < PARALLEL_MIN_ROWS or n < 16 or n_cols > 64:
+            with nogil:
+                bad = _asof_backward(&lon[0], &lc[0], &lk[0], n, &ron[0], &rc[0], n_right, nk,
+                                     &last[0], exact, utol, out, n_cols, srcs, dsts, valid,
+                                     nulls, 0)
+            return bad
+        m = (n // 2) & ~(<int64_t>7)
+        if lon[m] < lon[m - 1]:
+            return m
+        t = lon[m]
+        last2 = np.full(nk + 1, -1, dtype=np.int64)
         with nogil:
-            bad = _asof_backward(&lon[0], &lc[0], &lk[0], lon.shape[0], &ron[0], &rc[0],
-                                 ron.shape[0], self.n_keys, &last[0], exact, utol, out,
-                                 n_cols, srcs, dsts, valid, nulls)
-        return bad
+            j0 = _upper_bound(&ron[0], 0, n_right, t) if exact else _lower_bound(&ron[0], 0, n_right, t)
+            j = j0 - 1
+            while j >= 0 and seen < nk:
+                if last2[rc[j]] < 0:
+                    last2[rc[j]] = j
+                    seen += 1
+                j -= 1
+        for c in range(n_cols):
+            dsts2[c] = dsts[c] + m
+        half = _BackwardHalf()
+        half.l_on, half.l_code, half.lookup, half.n_left = &lon[m], &lc[m], &lk[0], n - m
+        half.r_on, half.r_code, half.n_right, half.n_keys = &ron[0], &rc[0], n_right, nk
+        half.last, half.exact, half.utol = &last2[0], exact, utol
+        half.out = out + m if out != NULL else NULL
+        half.n_cols, half.srcs, half.dsts = n_cols, srcs, dsts2
+        half.valid = valid + (m >> 3) if valid != NULL else NULL
+        half.nulls, half.j_start = &nulls2, j0
+        worker = threading.Thread(target=half.run, name="sabot-asof-merge", daemon=True)
+        worker.start()
+        try:
+            with nogil:
+                bad = _asof_backward(&lon[0], &lc[0], &lk[0], m, &ron[0], &rc[0], n_right, nk,
+                                     &last[0], exact, utol, out, n_cols, srcs, dsts, valid,
+                                     nulls, 0)
+        finally:
+            worker.join()
+        if bad >= 0:
+            return bad
+        if half.result >= 0:
+            return m + half.result
+        if nulls != NULL:
+            nulls[0] += nulls2
+        return -1
 
     def match_into(self, l_on, l_raw, lookup, int direction, bint exact, tol, srcs):
         """Fused merge: the right columns ``srcs`` (8-byte, no nulls) at the matched rows, written
