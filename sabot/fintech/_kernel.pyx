@@ -420,14 +420,17 @@ def _output_buffer(Py_ssize_t nbytes):
     pages on every call (a page fault per 4 KiB, several ns per row in a VM).  A buffer is
     handed out again only once no Arrow array refers to it; at most POOL_MAX_BUFFERS buffers
     and POOL_MAX_BYTES bytes are kept."""
-    cdef object arr
+    cdef object arr, best = None
     cdef Py_ssize_t held
     if nbytes < POOL_MIN_BYTES:
         return pa.allocate_buffer(nbytes)
-    for arr in _POOL:
-        if nbytes <= arr.nbytes <= 2 * nbytes and _pool_free(arr):
-            return pa.py_buffer(arr).slice(0, nbytes)
+    for arr in _POOL:          # the smallest free buffer that fits: a larger one stays for a
+        if (nbytes <= arr.nbytes <= 2 * nbytes and _pool_free(arr)     # larger request
+                and (best is None or arr.nbytes < best.nbytes)):
+            best = arr
     arr = None
+    if best is not None:
+        return pa.py_buffer(best).slice(0, nbytes)
     held = sum(a.nbytes for a in _POOL)
     if held + nbytes > POOL_MAX_BYTES:             # make room: forget free buffers, oldest first
         keep = []

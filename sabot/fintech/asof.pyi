@@ -18,6 +18,10 @@ Exchanges = Optional[Tuple[Optional[str], Optional[str]]]
 
 PREFIXED_META_KEY: bytes
 KNOWN_EXCHANGES: AbstractSet[str]  # every registered venue (a live view)
+#: left rows from which string keys are hashed in a second thread while the right is indexed
+OVERLAP_MIN_ROWS: int
+#: left rows from which the backward merge runs as two halves in two threads
+PARALLEL_MIN_ROWS: int
 
 def asof_join(
     left: B,

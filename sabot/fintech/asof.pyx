@@ -16,12 +16,14 @@ right row chosen by ``direction`` among the right rows with the same ``by`` key:
 
 Unmatched left rows get nulls in the right columns. Null keys match null keys (as in pandas).
 
-Implementation: keys are dictionary-encoded once (short strings hashed in C) and the left's
-dictionary is mapped to the right's integer codes. When both sides are globally sorted (the normal
-case) one nogil merge pass keeps the latest right row per key and writes the matched right values
-straight into Arrow buffers (8-byte columns without nulls) or records the matched row for a gather.
-Otherwise the right rows are grouped per key by a counting sort and a cursor per key (positioned
-by binary search on first use) advances through them.
+Implementation: keys are dictionary-encoded once (short strings hashed in C; with string keys on
+both sides of a large join the left's are hashed in a second thread while the right is indexed)
+and the left's dictionary is mapped to the right's integer codes. When both sides are globally
+sorted (the normal case) one nogil merge pass keeps the latest right row per key and writes the
+matched right values straight into Arrow buffers (8-byte columns without nulls) or records the
+matched row for a gather; the backward join with a key takes the right rows two at a time without
+a jump (``_asof_backward``), a large left as two halves in two threads. Otherwise the right rows are grouped per key by a counting sort and a
+cursor per key (positioned by binary search on first use) advances through them.
 
 Also here: :class:`AsofJoinKernel` (right side indexed once, many left batches) and
 :class:`StreamingAsofJoinKernel` / :func:`asof_join_streaming` (interleaved batches of both sides,
@@ -33,6 +35,7 @@ import datetime as _dt
 import io
 import json
 import logging
+import threading
 import time
 
 import numpy as np
@@ -89,6 +92,115 @@ cdef extern from *:
     uint64_t _load_word "sabot_load_word"(const uint8_t* p) noexcept nogil
     void _prefetch "__builtin_prefetch"(const void* address) noexcept nogil
     uint64_t _load_bytes "sabot_load_bytes"(const uint8_t* p, size_t n) noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* Backward ASOF match of two globally sorted sides with a key, the join's hot loop.
+     *
+     * Between two left rows there are few right rows (about n_right / n_left) and how many is
+     * random, so a loop "take right rows while they are at or before t" mispredicts its exit on
+     * about every left row.  Here right rows are taken two at a time without a jump: each
+     * comparison only selects whether last[key] is rewritten and what is added to the cursor;
+     * the loop goes round again only when both were taken (rare).  The matched row's 8-byte
+     * values are written straight into the output columns (no index array), masked to 0 when
+     * there is no match, and the validity bits are collected in a register, a byte per 8 rows.
+     * The left's global order is checked on the way (no separate pass).
+     *
+     * lookup: left code -> right code, keys absent on the right sent to n_keys; last: n_keys + 1
+     * slots (the last stays -1), each key's latest right row among the rows before j_start
+     * (-1: none), the right rows taken before the first left row.  utol: the tolerance (all ones: none).  out (if not NULL): the
+     * matched right row or -1.  n_right > 0.  Returns -1, or the first left row before its
+     * predecessor in time (then nothing written is meaningful: the caller takes another path). */
+    static inline __attribute__((always_inline)) int64_t sabot_asof_backward_body(
+            const int64_t* l_on, const int32_t* l_code, const int32_t* lookup, int64_t n_left,
+            const int64_t* r_on, const int32_t* r_code, int64_t n_right, int32_t n_keys,
+            int64_t* last, uint64_t utol, int64_t* out, int n_cols, const int64_t* const* srcs,
+            int64_t* const* dsts, uint8_t* valid, int64_t* null_count, int64_t j_start,
+            const int exact, const int to_out)
+    {
+        int64_t j = j_start, nulls = 0, prev = INT64_MIN, unsorted = 0, np = n_right - 1;
+        for (int64_t base = 0; base < n_left; base += 8) {
+            uint8_t acc = 0;
+            int lim = base + 8 <= n_left ? 8 : (int)(n_left - base);
+            for (int bit = 0; bit < lim; bit++) {
+                int64_t i = base + bit, t = l_on[i];
+                unsorted |= t < prev;
+                prev = t;
+                while (j < np) {
+                    int64_t c0 = exact ? r_on[j] <= t : r_on[j] < t;
+                    int64_t c1 = c0 & (exact ? r_on[j + 1] <= t : r_on[j + 1] < t);
+                    int64_t m0 = -c0, m1 = -c1;
+                    int32_t k0 = r_code[j], k1 = r_code[j + 1];
+                    last[k0] = (last[k0] & ~m0) | (j & m0);
+                    last[k1] = (last[k1] & ~m1) | ((j + 1) & m1);
+                    j += c0 + c1;
+                    if (!c1) break;
+                }
+                if (j >= np) {                       /* the last right row */
+                    while (j < n_right && (exact ? r_on[j] <= t : r_on[j] < t)) {
+                        last[r_code[j]] = j;
+                        j++;
+                    }
+                }
+                int64_t b = last[lookup[l_code[i]]];
+                int64_t bs = b & ~(b >> 63);         /* a row that may be read when b = -1 */
+                int64_t ok = (b >= 0) & ((uint64_t)(t - r_on[bs]) <= utol);
+                if (to_out) {
+                    out[i] = (b & -ok) | (ok - 1);
+                } else {
+                    for (int c = 0; c < n_cols; c++) dsts[c][i] = srcs[c][bs] & -ok;
+                    acc |= (uint8_t)(ok << bit);
+                    nulls += 1 - ok;
+                }
+            }
+            if (!to_out) valid[base >> 3] = acc;
+            if (unsorted) {
+                for (int64_t i = base > 0 ? base : 1; i < n_left; i++)
+                    if (l_on[i] < l_on[i - 1]) return i;
+            }
+        }
+        if (null_count) *null_count = nulls;
+        return -1;
+    }
+
+    static int64_t sabot_asof_backward(
+            const int64_t* l_on, const int32_t* l_code, const int32_t* lookup, int64_t n_left,
+            const int64_t* r_on, const int32_t* r_code, int64_t n_right, int32_t n_keys,
+            int64_t* last, int exact, uint64_t utol, int64_t* out, int n_cols,
+            const int64_t* const* srcs, int64_t* const* dsts, uint8_t* valid, int64_t* null_count,
+            int64_t j_start)
+    {
+        if (out != NULL) {
+            if (exact)
+                return sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right,
+                    n_keys, last, utol, out, 0, NULL, NULL, NULL, NULL, j_start, 1, 1);
+            return sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right,
+                n_keys, last, utol, out, 0, NULL, NULL, NULL, NULL, j_start, 0, 1);
+        }
+        /* the column count a constant in the common cases (a price; bid and ask; with a size):
+         * the per-row column loop is unrolled and its pointers stay in registers */
+    #define SABOT_ASOF_FUSED(COLS) \
+        return exact \
+            ? sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right, \
+                n_keys, last, utol, NULL, COLS, srcs, dsts, valid, null_count, j_start, 1, 0) \
+            : sabot_asof_backward_body(l_on, l_code, lookup, n_left, r_on, r_code, n_right, \
+                n_keys, last, utol, NULL, COLS, srcs, dsts, valid, null_count, j_start, 0, 0)
+        switch (n_cols) {
+            case 1: SABOT_ASOF_FUSED(1);
+            case 2: SABOT_ASOF_FUSED(2);
+            case 3: SABOT_ASOF_FUSED(3);
+            default: SABOT_ASOF_FUSED(n_cols);
+        }
+    #undef SABOT_ASOF_FUSED
+    }
+    """
+    int64_t _asof_backward "sabot_asof_backward"(
+        const int64_t* l_on, const int32_t* l_code, const int32_t* lookup, int64_t n_left,
+        const int64_t* r_on, const int32_t* r_code, int64_t n_right, int32_t n_keys,
+        int64_t* last, int exact, uint64_t utol, int64_t* out, int n_cols,
+        const int64_t** srcs, int64_t** dsts, uint8_t* valid, int64_t* null_count,
+        int64_t j_start) noexcept nogil
 
 cdef int64_t _group_right(const int64_t* on, const int32_t* code, int64_t n, int32_t n_keys,
                           int64_t* offsets, int64_t* fill, int64_t* g_on, int64_t* g_idx,
@@ -612,8 +724,8 @@ def _encode_string_array(arr):
     the number of distinct values is large (the caller then uses Arrow's dictionary_encode)."""
     cdef int64_t n = len(arr)
     cdef int64_t size = 1024
-    cdef int64_t n_codes
-    cdef int32_t[::1] codes = np.empty(n, dtype=np.int32)
+    cdef int64_t n_codes, i
+    cdef int32_t* codes
     cdef int64_t[::1] first
     cdef uint64_t[::1] slot_hash
     cdef int32_t[::1] slot_code
@@ -635,6 +747,10 @@ def _encode_string_array(arr):
     data_size = bufs[2].size
     if arr.null_count and bufs[0] is not None:
         valid = <const uint8_t*><uint64_t>bufs[0].address
+    # the codes live only as long as the join: a recycled buffer spares the page faults of
+    # fresh memory on every call (several ns per row of a large column)
+    codes_buf = _alloc(n * 4)
+    codes = <int32_t*><uint64_t>codes_buf.address
     while size <= 1 << 16:
         first = np.empty(size // 2 + 1, dtype=np.int64)
         slot_hash = np.empty(size, dtype=np.uint64)
@@ -642,15 +758,17 @@ def _encode_string_array(arr):
         slot_word = np.empty(size, dtype=np.uint64)
         slot_len = np.empty(size, dtype=np.int8)
         with nogil:
-            n_codes = _encode_strings(data, data_size, offsets, large, off, valid, n, &codes[0], &first[0],
+            n_codes = _encode_strings(data, data_size, offsets, large, off, valid, n, codes, &first[0],
                                       &slot_hash[0], &slot_code[0], &slot_word[0], &slot_len[0],
                                       size - 1)
         if n_codes >= 0:
             dictionary = arr.take(pa.array(np.asarray(first)[:n_codes]))
-            result = np.asarray(codes)
-            if arr.null_count:
-                result[result < 0] = n_codes
-            return result, dictionary
+            if valid != NULL:
+                with nogil:
+                    for i in range(n):
+                        if codes[i] < 0:
+                            codes[i] = <int32_t>n_codes
+            return np.frombuffer(codes_buf, dtype=np.int32, count=n), dictionary
         size *= 8
     return None
 
@@ -686,6 +804,41 @@ def _key_dictionary(col, side, by):
     return codes, dictionary
 
 
+#: Left rows from which the left's string keys are encoded in a second thread while the right
+#: side is indexed (both release the GIL for their loops; below this the thread's start costs
+#: more than it saves).
+OVERLAP_MIN_ROWS = 1 << 20
+
+
+def _string_like(col):
+    t = col.type
+    return (pat.is_string(t) or pat.is_large_string(t) or pat.is_binary(t)
+            or pat.is_large_binary(t))
+
+
+def _start_key_encoding(col, side, by):
+    """``_key_dictionary(col, side, by)`` started in a thread; returns a function that waits
+    for it and returns its result (or raises its exception)."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = _key_dictionary(col, side, by)
+        except BaseException as exc:        # handed to the waiting caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="sabot-asof-keys", daemon=True)
+    worker.start()
+
+    def wait():
+        worker.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return wait
+
+
 def _map_left_dictionary(ldict, rdict, by):
     """int32 lookup: left dictionary slot (plus the null slot at the end) -> right code or -1."""
     if ldict.type != rdict.type:
@@ -708,6 +861,40 @@ def _unsorted_error(side, on, by, row, values):
         f"{side} column {on!r} is not sorted{where}: row {row} (value {values[row]}) comes "
         f"before an earlier row's larger value; sort the input by {on!r} or pass sort=True"
     )
+
+
+#: Left rows from which the backward merge runs in two threads (halves of the left).
+PARALLEL_MIN_ROWS = 1 << 21
+
+
+cdef class _BackwardHalf:
+    """One ``_asof_backward`` call prepared for another thread (``run`` releases the GIL); the
+    caller keeps every array alive until the thread is joined."""
+    cdef const int64_t* l_on
+    cdef const int32_t* l_code
+    cdef const int32_t* lookup
+    cdef const int64_t* r_on
+    cdef const int32_t* r_code
+    cdef int64_t n_left, n_right, j_start
+    cdef int32_t n_keys
+    cdef int64_t* last
+    cdef int exact
+    cdef uint64_t utol
+    cdef int64_t* out
+    cdef int n_cols
+    cdef const int64_t** srcs
+    cdef int64_t** dsts
+    cdef uint8_t* valid
+    cdef int64_t* nulls
+    cdef public int64_t result
+
+    def run(self):
+        with nogil:
+            self.result = _asof_backward(self.l_on, self.l_code, self.lookup, self.n_left,
+                                         self.r_on, self.r_code, self.n_right, self.n_keys,
+                                         self.last, self.exact, self.utol, self.out, self.n_cols,
+                                         self.srcs, self.dsts, self.valid, self.nulls,
+                                         self.j_start)
 
 
 cdef class _RightIndex:
@@ -781,6 +968,88 @@ cdef class _RightIndex:
         self.g_idx = np.asarray(g_idx)
         self.offsets = np.asarray(off)
 
+    def _backward_keys(self, l_raw, lookup):
+        """(left codes, lookup) for ``_asof_backward``, or None when it does not apply (no
+        ``by``). The lookup sends keys absent on the right to the extra slot ``n_keys``."""
+        if l_raw is None or self.r_code is None:
+            return None
+        lc = np.ascontiguousarray(l_raw, dtype=np.int32)
+        if lookup is None:                   # left codes are right codes already
+            lk = np.arange(self.n_keys + 1, dtype=np.int32)
+        else:
+            lk = np.array(lookup, dtype=np.int32)
+            lk[lk < 0] = self.n_keys
+        return lc, lk
+
+    cdef int64_t _backward(self, const int64_t[::1] lon, keys, bint exact, tol, int64_t* out,
+                           int n_cols, const int64_t** srcs, int64_t** dsts, uint8_t* valid,
+                           int64_t* nulls):
+        """Run ``_asof_backward`` (see there); returns its result (-1: done; else the left is
+        not globally sorted).
+
+        A large left is cut in two at a row m (a multiple of 8, so that the halves share no
+        validity byte) and the halves run at once, the second in another thread: its start
+        state (the right rows at or before the left row m, each key's latest) is found by a
+        binary search and a walk back over the right rows until every key is seen."""
+        cdef const int32_t[::1] lc = keys[0]
+        cdef const int32_t[::1] lk = keys[1]
+        cdef const int64_t[::1] ron = self.r_on
+        cdef const int32_t[::1] rc = self.r_code
+        cdef int32_t nk = self.n_keys
+        cdef int64_t[::1] last = np.full(nk + 1, -1, dtype=np.int64)
+        cdef int64_t[::1] last2
+        cdef uint64_t utol = <uint64_t>0xFFFFFFFFFFFFFFFF if tol is None else <uint64_t><int64_t>tol
+        cdef int64_t bad, n = lon.shape[0], n_right = ron.shape[0], m, j0, j, t
+        cdef int64_t nulls2 = 0, seen = 0
+        cdef int c
+        cdef int64_t* dsts2[64]
+        cdef _BackwardHalf half
+        if n < PARALLEL_MIN_ROWS or n < 16 or n_cols > 64:
+            with nogil:
+                bad = _asof_backward(&lon[0], &lc[0], &lk[0], n, &ron[0], &rc[0], n_right, nk,
+                                     &last[0], exact, utol, out, n_cols, srcs, dsts, valid,
+                                     nulls, 0)
+            return bad
+        m = (n // 2) & ~(<int64_t>7)
+        if lon[m] < lon[m - 1]:
+            return m
+        t = lon[m]
+        last2 = np.full(nk + 1, -1, dtype=np.int64)
+        with nogil:
+            j0 = _upper_bound(&ron[0], 0, n_right, t) if exact else _lower_bound(&ron[0], 0, n_right, t)
+            j = j0 - 1
+            while j >= 0 and seen < nk:
+                if last2[rc[j]] < 0:
+                    last2[rc[j]] = j
+                    seen += 1
+                j -= 1
+        for c in range(n_cols):
+            dsts2[c] = dsts[c] + m
+        half = _BackwardHalf()
+        half.l_on, half.l_code, half.lookup, half.n_left = &lon[m], &lc[m], &lk[0], n - m
+        half.r_on, half.r_code, half.n_right, half.n_keys = &ron[0], &rc[0], n_right, nk
+        half.last, half.exact, half.utol = &last2[0], exact, utol
+        half.out = out + m if out != NULL else NULL
+        half.n_cols, half.srcs, half.dsts = n_cols, srcs, dsts2
+        half.valid = valid + (m >> 3) if valid != NULL else NULL
+        half.nulls, half.j_start = &nulls2, j0
+        worker = threading.Thread(target=half.run, name="sabot-asof-merge", daemon=True)
+        worker.start()
+        try:
+            with nogil:
+                bad = _asof_backward(&lon[0], &lc[0], &lk[0], m, &ron[0], &rc[0], n_right, nk,
+                                     &last[0], exact, utol, out, n_cols, srcs, dsts, valid,
+                                     nulls, 0)
+        finally:
+            worker.join()
+        if bad >= 0:
+            return bad
+        if half.result >= 0:
+            return m + half.result
+        if nulls != NULL:
+            nulls[0] += nulls2
+        return -1
+
     def match_into(self, l_on, l_raw, lookup, int direction, bint exact, tol, srcs):
         """Fused merge: the right columns ``srcs`` (8-byte, no nulls) at the matched rows, written
         straight into new Arrow arrays sharing one validity bitmap. ``None`` when not applicable
@@ -808,19 +1077,12 @@ cdef class _RightIndex:
         if (direction == NEAREST or self.perm is not None or not self.globally_sorted or n == 0
                 or n_right == 0 or n * 8 < n_right or n_cols == 0 or n_cols > 64):
             return None
-        with nogil:
-            bad = _first_unsorted(&lon[0], n)
-        if bad >= 0:
-            return None
-        if l_raw is not None:
-            lc = np.ascontiguousarray(l_raw, dtype=np.int32)
-            lc_ptr = &lc[0]
-            if lookup is not None:
-                lk = np.ascontiguousarray(lookup, dtype=np.int32)
-                lk_ptr = &lk[0]
-        if self.r_code is not None:
-            rc = self.r_code
-            rc_ptr = &rc[0]
+        keys = self._backward_keys(l_raw, lookup) if direction == BACKWARD else None
+        if keys is None:
+            with nogil:
+                bad = _first_unsorted(&lon[0], n)
+            if bad >= 0:
+                return None
         valid_buf = _alloc((n + 7) // 8)
         data_bufs = [_alloc(n * 8) for _ in range(n_cols)]
         for c in range(n_cols):
@@ -831,10 +1093,24 @@ cdef class _RightIndex:
         fz.dsts = dst_ptrs
         fz.valid = <uint8_t*><uint64_t>valid_buf.address
         fz.nulls = 0
-        with nogil:
-            memset(fz.valid, 0, (n + 7) // 8)
-            _merge_match(&lon[0], lc_ptr, lk_ptr, n, &ron[0], rc_ptr, n_right, nk,
-                         &cur1[0], &cur2[0], direction, exact, has_tol, tol_v, NULL, &fz)
+        if keys is not None:
+            if self._backward(lon, keys, exact, tol, NULL, n_cols, src_ptrs, dst_ptrs, fz.valid,
+                              &fz.nulls) >= 0:
+                return None                      # left not globally sorted
+        else:
+            if l_raw is not None:
+                lc = np.ascontiguousarray(l_raw, dtype=np.int32)
+                lc_ptr = &lc[0]
+                if lookup is not None:
+                    lk = np.ascontiguousarray(lookup, dtype=np.int32)
+                    lk_ptr = &lk[0]
+            if self.r_code is not None:
+                rc = self.r_code
+                rc_ptr = &rc[0]
+            with nogil:
+                memset(fz.valid, 0, (n + 7) // 8)
+                _merge_match(&lon[0], lc_ptr, lk_ptr, n, &ron[0], rc_ptr, n_right, nk,
+                             &cur1[0], &cur2[0], direction, exact, has_tol, tol_v, NULL, &fz)
         nulls = fz.nulls
         return [pa.Array.from_buffers(srcs[c].type, n, [valid_buf if nulls else None, data_bufs[c]],
                                       null_count=nulls) for c in range(n_cols)]
@@ -868,17 +1144,27 @@ cdef class _RightIndex:
         cdef int64_t tol_v = tol if tol is not None else 0
         cdef int64_t bad = -1
         cdef int64_t n_right = ron.shape[0]
+        cdef bint done = False
         if n == 0:
             return np.asarray(out)
-        if l_raw is not None:
-            lc = np.ascontiguousarray(l_raw, dtype=np.int32)
-            lc_ptr = &lc[0]
-            if lookup is not None:
-                lk = np.ascontiguousarray(lookup, dtype=np.int32)
-                lk_ptr = &lk[0]
-        with nogil:
-            bad = _first_unsorted(&lon[0], n)
-        if self.globally_sorted and bad < 0 and n * 8 >= n_right:
+        if direction == BACKWARD and self.globally_sorted and n * 8 >= n_right and n_right > 0:
+            keys = self._backward_keys(l_raw, lookup)
+            if keys is not None:
+                bad = self._backward(lon, keys, exact, tol, &out[0], 0, NULL, NULL, NULL, NULL)
+                done = bad < 0
+        if not done:
+            if bad < 0:
+                with nogil:
+                    bad = _first_unsorted(&lon[0], n)
+            if l_raw is not None:
+                lc = np.ascontiguousarray(l_raw, dtype=np.int32)
+                lc_ptr = &lc[0]
+                if lookup is not None:
+                    lk = np.ascontiguousarray(lookup, dtype=np.int32)
+                    lk_ptr = &lk[0]
+        if done:
+            pass
+        elif self.globally_sorted and bad < 0 and n * 8 >= n_right:
             if n_right:
                 ron_ptr = &ron[0]
             if self.r_code is not None:
@@ -1276,12 +1562,29 @@ class AsofJoinKernel:
         if by is not None:
             require_column(left.schema, by, "left 'by' column")
         unit = _common_unit(lspec, self._rspec, on)
+        left_keys = None
         if self._index is None or self._unit != unit:
-            self._build(unit)
+            if (by is not None and left.num_rows >= OVERLAP_MIN_ROWS
+                    and _string_like(left.column(by)) and _string_like(self.right.column(by))):
+                # both sides' keys need hashing: the left's in a second thread meanwhile
+                left_keys = _start_key_encoding(left.column(by), "left", by)
+            try:
+                self._build(unit)
+            except BaseException:
+                if left_keys is not None:       # the right's error is the one to report
+                    try:
+                        left_keys()
+                    except BaseException:
+                        pass
+                raise
+            encoded = left_keys() if left_keys is not None else None
         tol = _tolerance_in(unit, self.tolerance_ms, self.tolerance, lspec)
         l_on = _on_values(left.column(on), lspec, unit, "left", on)
         if by is not None:
-            lcodes_raw, ldict = _key_dictionary(left.column(by), "left", by)
+            if left_keys is not None:
+                lcodes_raw, ldict = encoded
+            else:
+                lcodes_raw, ldict = _key_dictionary(left.column(by), "left", by)
             lookup = _map_left_dictionary(ldict, self._index.dictionary, by)
         else:
             lcodes_raw = lookup = None
