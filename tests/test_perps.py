@@ -452,3 +452,21 @@ def test_checkout_script_is_the_collect_command():
     proc = subprocess.run([sys.executable, str(REPO / "collectors" / "binance_usdm2parquet.py"), "--nope"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("binance_usdm2parquet.py: error:")
+
+
+def test_funding_latency_summary_periodic_from_the_histogram_final_exact(tmp_path):
+    """The funding monitor keeps its latencies in the shared buffer: the periodic summary reads
+    the histogram (within a bin, 1.2 %), the final one numpy's exact percentiles."""
+    from sabot.apps.funding import FundingMonitor
+
+    monitor = FundingMonitor("binance", "binance-usdm", {"binance": 10.0, "binance-usdm": 5.0})
+    values = list(np.random.default_rng(3).lognormal(1.0, 1.0, 5000))
+    for i in range(0, len(values), 7):
+        monitor.latencies.extend(values[i:i + 7])
+    exact = monitor.summary(with_latencies=True)
+    assert exact["latency_ms_p99"] == float(np.percentile(values, 99))
+    assert exact["latencies_ms"] == pytest.approx(values)
+    approx = monitor.summary(with_latencies=False)
+    for q in (50, 99):
+        assert approx[f"latency_ms_p{q}"] == pytest.approx(np.percentile(values, q), rel=0.013)
+    monitor.close()
