@@ -29,6 +29,7 @@ Folding USDT into USD without a rate stays available as an explicit choice:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -277,6 +278,26 @@ class LiveQuoteConverter:
                 return None
             out = out.filter(pa.array(keep))
         return out
+
+    def price_one(self, venue: str, symbol: str, t: int, bid: float, ask: float
+                  ) -> Optional[Tuple[str, float, float, Optional[float], Optional[float]]]:
+        """One quote as Python values, in arrival order: what :meth:`__call__` does for that
+        row.  A rate quote of ``source`` (finite, ``0 < bid <= ask``) becomes the rate and passes
+        unchanged; a quote in ``source.currency`` is priced - ``(BASE/<target>, bid · fx_bid,
+        ask · fx_ask, fx_bid, fx_ask)`` - or counted and ``None`` without a rate no older than
+        ``max_age_ms``; any other passes as ``(symbol, bid, ask, None, None)``."""
+        if symbol == self.source.symbol and venue == self.source.venue:
+            if math.isfinite(bid) and math.isfinite(ask) and 0 < bid <= ask:
+                self.rate = (t, bid, ask)
+        elif symbol.endswith(self._suffix):
+            rate = self.rate
+            if rate is None or not rate[0] >= t - self.max_age_ns:
+                self.count_unpriced(venue, symbol)
+                return None
+            self.converted += 1
+            return (symbol.split("/", 1)[0] + "/" + self.source.target, bid * rate[1],
+                    ask * rate[2], rate[1], rate[2])
+        return symbol, bid, ask, None, None
 
     def _count_unpriced(self, batch: pa.RecordBatch, unpriced: np.ndarray) -> None:
         venues = (batch.column(batch.schema.get_field_index("exchange")).to_pylist()

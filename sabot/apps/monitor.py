@@ -884,7 +884,6 @@ class FastArrival:
         self.source_of = {v: i for i, v in enumerate(join.sources)}
         self._symbols: Dict[str, Optional[str]] = {}
         conv = monitor.converter
-        self._rate_symbol, self._rate_venue = conv.source.symbol, conv.source.venue
         self._suffix = "/" + conv.source.currency
         self._target = conv.source.target
         if list(join.sources) != list(monitor.venues) or join.on != "timestamp":
@@ -954,32 +953,20 @@ class FastArrival:
     def decide(self, prepared: list) -> None:
         """The decision on the records :meth:`prepare` accepted (see the class docstring)."""
         m = self.monitor
-        conv = m.converter
         rows = m.counter.rows
         for _, venue, _, _ in prepared:
             if venue in rows:
                 rows[venue] += 1
         joined = []
-        unpriced = []
+        price_one = m.converter.price_one
         for j, venue, sym, rec in prepared:
-            bid, ask, t = rec["bid"], rec["ask"], rec["timestamp"]
-            fx_bid = fx_ask = None
-            if sym == self._rate_symbol and venue == self._rate_venue:
-                if 0 < bid <= ask:
-                    conv.rate = (t, bid, ask)
-            elif sym.endswith(self._suffix):
-                rate = conv.rate
-                if rate is None or not rate[0] >= t - conv.max_age_ns:
-                    unpriced.append((venue, sym))
-                    continue
-                fx_bid, fx_ask = rate[1], rate[2]
-                bid, ask = bid * fx_bid, ask * fx_ask
-                sym = sym.split("/", 1)[0] + "/" + self._target
-                conv.converted += 1
+            t = rec["timestamp"]
+            priced = price_one(venue, sym, t, rec["bid"], rec["ask"])
+            if priced is None:  # a USDT quote without a rate: counted by the converter
+                continue
+            sym, bid, ask, fx_bid, fx_ask = priced
             joined.append((sym, t, self._join(j, sym, t, bid, ask, rec["recv_timestamp"],
                                               fx_bid, fx_ask)))
-        for venue, sym in unpriced:
-            conv.count_unpriced(venue, sym)
         if joined:
             m.on_rows(joined)
 
