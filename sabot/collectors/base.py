@@ -209,8 +209,14 @@ class ExchangeCollector(abc.ABC):
         """Reset per-connection state (called before subscribing)."""
 
     def books_waiting(self) -> int | None:
-        """Books waiting for a snapshot (out of sync), or ``None`` when no book is recorded."""
-        return None
+        """Books waiting for a snapshot (out of sync), or ``None`` when no book is recorded:
+        subscribed symbols without a book in ``self.books.books`` (a venue whose books are
+        kept otherwise says so itself)."""
+        books = getattr(self, "books", None)
+        if books is None:
+            return None
+        held = books.books
+        return sum(1 for s in self.symbols if s not in held)
 
     # -- symbol spelling (class-level: the registry, the simulators and the kernels use it) ----
     @classmethod

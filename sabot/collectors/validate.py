@@ -105,9 +105,7 @@ class RecordValidator:
         """``None`` when ``rec`` may be stored, else ``(reason, text)``; ``text`` names field and value."""
         raw = rec.get("raw_symbol")
         if raw not in self.symbols:
-            if isinstance(raw, str) and has_control_chars(raw):
-                return "control_characters", f"raw_symbol={raw!r} contains control characters"
-            return "unsubscribed_symbol", f"raw_symbol={raw!r} was not subscribed"
+            return _not_subscribed(raw)
         get = rec.get
         # fast path per field: a float in range (NaN fails every comparison); else find out why
         for name in self._positive:
@@ -155,9 +153,7 @@ class TradeValidator(RecordValidator):
     def check(self, rec: Record) -> tuple[str, str] | None:
         raw = rec.get("raw_symbol")
         if raw not in self.symbols:
-            if isinstance(raw, str) and has_control_chars(raw):
-                return "control_characters", f"raw_symbol={raw!r} contains control characters"
-            return "unsubscribed_symbol", f"raw_symbol={raw!r} was not subscribed"
+            return _not_subscribed(raw)
         for name in ("price", "size"):
             x = rec.get(name)
             if not (type(x) is float and 0.0 < x < _INF):
@@ -189,10 +185,15 @@ class BookValidator(RecordValidator):
     def check(self, rec: Record) -> tuple[str, str] | None:
         raw = rec.get("raw_symbol")
         if raw not in self.symbols:
-            if isinstance(raw, str) and has_control_chars(raw):
-                return "control_characters", f"raw_symbol={raw!r} contains control characters"
-            return "unsubscribed_symbol", f"raw_symbol={raw!r} was not subscribed"
+            return _not_subscribed(raw)
         return self._check_time(rec)
+
+
+def _not_subscribed(raw: Any) -> tuple[str, str]:
+    """Why a record whose ``raw_symbol`` is not a subscribed symbol is rejected."""
+    if isinstance(raw, str) and has_control_chars(raw):
+        return "control_characters", f"raw_symbol={raw!r} contains control characters"
+    return "unsubscribed_symbol", f"raw_symbol={raw!r} was not subscribed"
 
 
 def _bad_number(x: Any, name: str, sign: int) -> tuple[str, str] | None:

@@ -153,13 +153,6 @@ class CoinbaseCollector(ExchangeCollector):
         self._last_trade_fields: dict[str, tuple] = {}
         self.on_connect()
 
-    def books_waiting(self) -> int | None:
-        """Subscribed products without a book in sync (before the first or a new snapshot)."""
-        if self.books is None:
-            return None
-        held = self.books.books
-        return sum(1 for s in self.symbols if s not in held)
-
     def on_connect(self) -> None:
         """A new connection numbers its frames from the start: new books, new sequence."""
         if "book" in self.channels:

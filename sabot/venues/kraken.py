@@ -74,13 +74,6 @@ class KrakenCollector(ExchangeCollector):
             return text[1:4], text[5:]
         return None
 
-    def books_waiting(self) -> int | None:
-        """Subscribed symbols without a book in sync (before the first or a new snapshot)."""
-        if self.books is None:
-            return None
-        held = self.books.books
-        return sum(1 for s in self.symbols if s not in held)
-
     def on_connect(self) -> None:
         """A new connection: its book snapshots start every book again."""
         if "book" in self.channels:
