@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sabot.venues import Venue, register, unregister, venue_names
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("demo", "collect", "monitor", "broker", "sim", "research", "backtest", "topics", "tail")
@@ -36,15 +37,6 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert len(lines) == 1, out
     return lines[0]
-
-
-def wait_for(condition, timeout_s: float, every_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() >= deadline:
-            return bool(condition())
-        time.sleep(every_s)
-    return True
 
 
 # ----------------------------------------------------------------------------------------------

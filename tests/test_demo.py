@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from sabot.apps import monitor as arb
 from sabot.venues import default_fees, venue_names
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 EXCHANGES = venue_names()
@@ -82,17 +83,6 @@ def parse_summary(stdout: str) -> dict:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait_for(condition, timeout_s: float, every_s: float = 0.1) -> bool:
-    """Poll ``condition()`` until it is true or ``timeout_s`` passed; its last value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return bool(condition())
-        time.sleep(every_s)
 
 
 def monitor_records(data_dir: Path):

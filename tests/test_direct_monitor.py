@@ -20,19 +20,29 @@ import pytest
 
 from sabot.apps import monitor as arb
 from sabot.venues import venue_names
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 VENUES = venue_names()
 FRAMES = 120  # data frames per venue
 
 
-def wait_for(condition, timeout_s: float, every_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(every_s)
-    return condition()
+def direct_monitor(broker, sims: list, until, *args: str) -> str:
+    """``sabot monitor --direct`` on the local servers ``sims`` and ``broker`` until ``until()``
+    holds, then Ctrl+C; its output (the exit code must be 0)."""
+    urls = ",".join(f"{v}={sim.url}" for v, sim in zip(VENUES, sims))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sabot", "monitor", "--direct", "--bootstrap", broker.bootstrap,
+         "--url", urls, "--fees", "0", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert wait_for(until, 60), "the direct monitor did not decide on every record"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, text[-3000:]
+    return text
 
 
 def _summary_records(path: Path) -> dict:
@@ -116,20 +126,10 @@ def test_direct_decisions_equal_the_kafka_path_and_every_record_is_in_kafka(tmp_
         for sim in sims:
             sim.__enter__()
         try:
-            urls = ",".join(f"{v}={sim.url}" for v, sim in zip(VENUES, sims))
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "sabot", "monitor", "--direct", "--bootstrap", broker.bootstrap,
-                 "--url", urls, "--fees", "0", "--output", str(out), "--summary-json", str(summary),
-                 "--record-arrivals", str(arrivals), "--parquet-dir", str(tmp_path)],
-                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
-            try:
-                assert wait_for(lambda: all(_summary_records(summary).get(v, 0) >= FRAMES for v in VENUES),
-                                60), "the direct monitor did not decide on every record"
-            finally:
-                proc.send_signal(signal.SIGINT)
-                text, _ = proc.communicate(timeout=60)
-            assert proc.returncode == 0, text[-3000:]
+            text = direct_monitor(broker, sims,
+                                  lambda: all(_summary_records(summary).get(v, 0) >= FRAMES for v in VENUES),
+                                  "--output", str(out), "--summary-json", str(summary),
+                                  "--record-arrivals", str(arrivals), "--parquet-dir", str(tmp_path))
             in_kafka = read_topics(broker.bootstrap, [get_venue(v).ticker_topic for v in VENUES])
         finally:
             for sim in sims:
@@ -420,21 +420,11 @@ def test_direct_monitor_records_every_channel_and_follows_coinbases_book(tmp_pat
         for sim in sims:
             sim.__enter__()
         try:
-            urls = ",".join(f"{v}={sim.url}" for v, sim in zip(VENUES, sims))
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "sabot", "monitor", "--direct", "--bootstrap", broker.bootstrap,
-                 "--url", urls, "--fees", "0", "--summary-json", str(summary), "--parquet-dir", str(tmp_path),
-                 "--channels", ",".join(channels)],
-                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
-            try:
-                assert wait_for(lambda: all(sim.finished for sim in sims)
-                                and all(_summary_records(summary).get(v, 0) >= 60 for v in VENUES), 60)
-                time.sleep(0.5)  # the last book frames after the last ticker frame
-            finally:
-                proc.send_signal(signal.SIGINT)
-                text, _ = proc.communicate(timeout=60)
-            assert proc.returncode == 0, text[-3000:]
+            direct_monitor(broker, sims,
+                           lambda: all(sim.finished for sim in sims)
+                           and all(_summary_records(summary).get(v, 0) >= 60 for v in VENUES),
+                           "--summary-json", str(summary), "--parquet-dir", str(tmp_path),
+                           "--channels", ",".join(channels))
             in_kafka = read_topics(broker.bootstrap, topics)
         finally:
             for sim in sims:

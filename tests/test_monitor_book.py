@@ -24,20 +24,12 @@ import pytest
 from sabot.collectors.connection import ConnectionSettings, Stats, run_collector
 from sabot.collectors.sinks import KafkaSink, ParquetSink
 from sabot.venues import get_venue
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = 40
 CB_TICKER = (64_900.00, 65_100.00)   # the ticker channel's wide quote: never crosses Kraken's
 KR_QUOTE = (64_999.995, 64_999.995)   # inside it; the book (starting at 65,000) drifts across it
-
-
-def wait_for(condition, timeout_s: float, every_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(every_s)
-    return condition()
 
 
 def write_scenario(path: Path) -> None:
