@@ -68,6 +68,7 @@ def run_sabot(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
     def first(batch: Any) -> Any:
         if "first" not in marks:
             marks["first"], marks["cpu"] = time.perf_counter(), time.process_time()
+            marks["main"] = time.thread_time()
         return batch
 
     t0 = time.perf_counter()
@@ -80,7 +81,7 @@ def run_sabot(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
     if sent["delivered"] != n:
         raise SystemExit(f"sabot delivered {sent['delivered']} of {n} records")
     return {"join": marks["first"] - t0, "process": t1 - marks["first"], "total": t1 - t0,
-            "cpu": time.process_time() - marks["cpu"]}
+            "cpu": time.process_time() - marks["cpu"], "main": time.thread_time() - marks["main"]}
 
 
 def run_bare(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
@@ -107,6 +108,7 @@ def run_bare(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
             continue
         if t_first is None:
             t_first, cpu0 = time.perf_counter(), time.process_time()
+            main0 = time.thread_time()
         last: Dict[Any, int] = {}
         for m in msgs:
             if m.error() is not None:
@@ -126,10 +128,11 @@ def run_bare(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
         raise SystemExit("bare loop: records not delivered")
     consumer.commit(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in done.items()],
                     asynchronous=False)
-    t1, cpu1 = time.perf_counter(), time.process_time()
+    t1, cpu1, main1 = time.perf_counter(), time.process_time(), time.thread_time()
     consumer.close()
     assert t_first is not None
-    return {"join": t_first - t0, "process": t1 - t_first, "total": t1 - t0, "cpu": cpu1 - cpu0}
+    return {"join": t_first - t0, "process": t1 - t_first, "total": t1 - t0, "cpu": cpu1 - cpu0,
+            "main": main1 - main0}
 
 
 def run_quix(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
@@ -298,7 +301,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     r["output"] = count_messages(broker.bootstrap, out_topic, n)
                 results[engine].append(r)
                 print(f"  {engine:5s} run {run + 1}: {n / r['process']:>10,.0f} records/s  "
-                      f"(process {r['process']:.2f}s, cpu {r['cpu']:.2f}s, "
+                      f"(process {r['process']:.2f}s, cpu {r['cpu']:.2f}s"
+                      + (f" (main thread {r['main']:.2f}s)" if "main" in r else "") + ", "
                       f"join {r['join']:.2f}s"
                       + (f", output {r['output']:,} records" if "output" in r else "") + ")",
                       flush=True)

@@ -7,6 +7,7 @@ broker's listed high watermarks may undercount, see :mod:`sabot.api._kafka`).
 """
 from __future__ import annotations
 
+import datetime
 import math
 import sys
 from pathlib import Path
@@ -117,6 +118,15 @@ def _reference(batch: pa.RecordBatch) -> list:
             col = col.cast(col.type.value_type)
         if pa.types.is_timestamp(col.type):
             col = col.cast(pa.timestamp("ns", tz=col.type.tz)).cast(pa.int64())
+        elif pa.types.is_date32(col.type):  # days since the epoch
+            lists.append([None if v is None else (v - datetime.date(1970, 1, 1)).days
+                          for v in col.to_pylist()])
+            continue
+        elif pa.types.is_duration(col.type):  # in the column's unit
+            assert col.type.unit == "us"
+            lists.append([None if v is None else v // datetime.timedelta(microseconds=1)
+                          for v in col.to_pylist()])
+            continue
         lists.append([None if isinstance(v, float) and not math.isfinite(v) else v
                       for v in col.to_pylist()])
     return [dict(zip(names, row)) for row in zip(*lists)]
@@ -147,6 +157,16 @@ def test_encode_json_matches_orjson(data, n):
         "sym": pa.array(col(st.sampled_from(["BTC/USD", 'q"uote', "back\\slash", "é€"])),
                         pa.string()).dictionary_encode(),
         "ts": pa.array(col(st.integers(0, 2**40)), pa.timestamp("ms", tz="UTC")),
+        "ts_s": pa.array(col(st.integers(-2**33, 2**33)), pa.timestamp("s")),
+        "ts_us": pa.array(col(st.integers(-2**53, 2**53)), pa.timestamp("us")),
+        "ts_ns": pa.array(col(st.integers(-2**63, 2**63 - 1)), pa.timestamp("ns")),
+        "i16": pa.array(col(st.integers(-2**15, 2**15 - 1)), pa.int16()),
+        "u8": pa.array(col(st.integers(0, 255)), pa.uint8()),
+        "u16": pa.array(col(st.integers(0, 2**16 - 1)), pa.uint16()),
+        "u32": pa.array(col(st.integers(0, 2**32 - 1)), pa.uint32()),
+        "ls": pa.array(col(_text), pa.large_string()),
+        "d": pa.array(col(st.integers(-10**5, 10**5)), pa.int32()).cast(pa.date32()),
+        "dur": pa.array(col(st.integers(-2**40, 2**40)), pa.duration("us")),
         "l": pa.array(col(st.lists(st.integers(0, 9), max_size=3)), pa.list_(pa.int64())),
         'we"ird\nname': pa.array(col(st.integers(0, 9)), pa.int32()),
     })
@@ -169,6 +189,42 @@ def test_encode_json_floats_read_back_exactly():
                                                         -2.5])})) == [
         b'{"x":399.95}', b'{"x":0.00012}', b'{"x":4571.64264257}', b'{"x":400.0}',
         b'{"x":-2.5}']
+
+
+def test_encode_json_writes_floats_as_python_repr():
+    """The shortest text that reads back to the double, and of those the nearest: Python's
+    ``repr``, character for character, at every magnitude (positional between 1e-4 and 1e15,
+    where the compiled path runs; ``repr``'s own form elsewhere), including values that need 16
+    or 17 significant digits, powers of two and their neighbours."""
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    edges = np.array([2.0 ** k for k in range(-16, 52)] + [10.0 ** k for k in range(-5, 17)])
+    xs = np.concatenate([
+        rng.standard_normal(20000) * 10.0 ** rng.integers(-6, 18, 20000),
+        rng.random(5000) * 1000.0,  # full precision, as an EWMA writes them
+        np.round(rng.random(5000) * 1e5, 2), edges, np.nextafter(edges, 0),
+        np.nextafter(edges, np.inf), [1e-4, 9.999999999999999e-05, 999999999999999.9, 0.1,
+                                      0.3, 800.3383041952065, 5e-324, -0.0, 0.0]])
+    encoded = encode_json(pa.record_batch({"x": pa.array(xs)}))
+    assert [e[5:-1].decode() for e in encoded] == [repr(x) for x in xs.tolist()]
+
+
+def test_encode_json_keys_are_the_key_column_as_bytes():
+    from sabot.api._kafka import encode_json_keys
+
+    batch = pa.record_batch({"symbol": pa.array(["BTC/USD", None, "é€"]).slice(0),
+                             "x": pa.array([1.5, 2.0, None])}).slice(1)
+    values, keys = encode_json_keys(batch, "symbol")
+    assert values == [b'{"symbol":null,"x":2.0}', '{"symbol":"é€","x":null}'.encode()]
+    assert keys == [None, "é€".encode()]
+    assert encode_json_keys(batch, "x")[1] is None  # not a string column: the sink's own path
+
+
+def test_encode_json_refuses_a_timestamp_outside_the_nanosecond_range():
+    batch = pa.record_batch({"t": pa.array([0, 10**11], pa.timestamp("s"))})
+    with pytest.raises(ValueError, match="column 't': timestamp 100000000000"):
+        encode_json(batch)
 
 
 def test_encode_json_writes_a_repeated_column_name_once():

@@ -778,25 +778,52 @@ cdef extern from "Python.h":
     void PyMem_Free(void* p)
     int Py_DTSF_ADD_DOT_0
 
-DEF E_FLOAT = 0   # float64 values
-DEF E_INT = 1     # int64 values
-DEF E_BOOL = 2    # uint8 values (0/1)
-DEF E_STR = 3     # UTF-8 data + int64 offsets
-DEF E_RAW = 4     # a list of JSON texts, one per row (any other type)
+# column kinds of encode_arrow: how a row's value is read from the Arrow buffers
+DEF K_F64 = 0
+DEF K_F32 = 1
+DEF K_I8 = 2
+DEF K_I16 = 3
+DEF K_I32 = 4
+DEF K_I64 = 5
+DEF K_U8 = 6
+DEF K_U16 = 7
+DEF K_U32 = 8
+DEF K_U64 = 9
+DEF K_BOOL = 10
+DEF K_STR32 = 11   # string: int32 offsets
+DEF K_STR64 = 12   # large_string: int64 offsets
+DEF K_TS = 13      # timestamp: int64 times ``scale`` (to nanoseconds)
+DEF K_RAW = 14     # a list of JSON texts, one per row (any other type)
 
-#: column kinds of :func:`encode_rows`
-ENCODE_KINDS = {"float": E_FLOAT, "int": E_INT, "bool": E_BOOL, "str": E_STR, "raw": E_RAW}
+#: Arrow type id -> kind, for the types read straight from their buffers
+_ARROW_KINDS = {pa.float64().id: K_F64, pa.float32().id: K_F32, pa.int8().id: K_I8,
+                pa.int16().id: K_I16, pa.int32().id: K_I32, pa.int64().id: K_I64,
+                pa.uint8().id: K_U8, pa.uint16().id: K_U16, pa.uint32().id: K_U32,
+                pa.uint64().id: K_U64, pa.bool_().id: K_BOOL, pa.string().id: K_STR32,
+                pa.large_string().id: K_STR64, pa.timestamp("ns").id: K_TS}
+_NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+_WIDTH = {K_F64: 8, K_F32: 4, K_I8: 1, K_I16: 2, K_I32: 4, K_I64: 8, K_U8: 1, K_U16: 2,
+          K_U32: 4, K_U64: 8, K_TS: 8}
+
+
+def encodable(pa_type):
+    """Whether :func:`encode_arrow` reads a column of ``pa_type`` straight from its buffers."""
+    return pa_type.id in _ARROW_KINDS
 
 
 cdef struct EncCol:
     int kind
     const char* key          # '"name":'
     Py_ssize_t keylen
-    const char* data         # values (float64/int64/uint8) or UTF-8 bytes (str)
-    const int64_t* offsets   # str: n + 1 offsets into data
-    const uint8_t* valid     # NULL: no nulls; else 1 per row (0 = null)
-    int64_t datalen          # str: bytes in data
-    PyObject* raw            # E_RAW: the list of bytes
+    const uint8_t* data      # values, at the array's first row (bool: the bitmap's base)
+    int64_t bit_offset       # bool: the array's offset in bits
+    const uint8_t* valid     # validity bitmap's base, or NULL (no nulls)
+    int64_t valid_offset     # the array's offset in that bitmap
+    const int32_t* off32     # string: n + 1 offsets, at the array's first row
+    const int64_t* off64     # large string: same
+    int64_t datalen          # string: bytes in the data buffer
+    int64_t scale            # timestamp: nanoseconds per unit
+    PyObject* raw            # K_RAW: the list of bytes
 
 
 cdef inline int _put(StrBuf* b, const char* s, Py_ssize_t n) except -1:
@@ -828,29 +855,93 @@ cdef inline int _put_int(StrBuf* b, int64_t v) except -1:
 cdef const char* _HEX = b"0123456789abcdef"
 
 
-cdef int _put_double(StrBuf* b, double x) except -1:
-    """A finite double in a form that reads back to exactly ``x``.
+cdef extern from *:
+    # GCC/Clang's 128-bit integer: exact products of a 53-bit significand and 10^d (d <= 21)
+    ctypedef unsigned long long u128 "unsigned __int128"
 
-    Fast path, for 1e-4 <= |x| < 1e15 (prices, sizes): the fewest decimals d (up to 17) for
-    which the integer y = round(|x| 10^d) < 2^53 gives y / 10^d == |x|.  y and 10^d are exact
-    doubles and the division is correctly rounded, so y / 10^d is the double nearest to the
-    decimal y 10^-d, which is what any correct JSON reader returns for it: the text written
-    reads back to ``x``.  Otherwise Python's shortest round-trip ``repr``."""
+cdef u128[22] _POW10_U128
+_POW10_U128[0] = 1
+for _k in range(1, 22):
+    _POW10_U128[_k] = _POW10_U128[_k - 1] * 10
+
+
+cdef inline bint _decimal_fits(uint64_t m, int s, bint low_closer, int d,
+                               uint64_t* digits) noexcept nogil:
+    """For x = m 2^-s: ``digits`` = y = round(x 10^d) (ties to even), and whether the decimal
+    y 10^-d reads back as x, i.e. lies in x's rounding interval (m - 1/2, m + 1/2) 2^-s
+    (m - 1/4 below when x is a power of two; the bounds included when m is even, as a reader
+    rounding ties to even would return x).  Exact: 4 y 2^s and (4m +- 2) 10^d are compared
+    as 128-bit integers (m < 2^53, 10^d < 2^70, s <= 66)."""
+    cdef u128 p = _POW10_U128[d]
+    cdef u128 t = <u128>m * p
+    cdef u128 half = (<u128>1) << (s - 1)
+    cdef u128 y = (t + half) >> s
+    cdef u128 lhs, lo, hi
+    if (t & ((half << 1) - 1)) == half and (y & 1):
+        y -= 1
+    digits[0] = <uint64_t>y
+    lhs = y << (s + 2)
+    lo = <u128>(4 * m - (1 if low_closer else 2)) * p
+    hi = <u128>(4 * m + 2) * p
+    if m & 1:
+        return lo < lhs and lhs < hi
+    return lo <= lhs and lhs <= hi
+
+
+cdef inline bint _short_fits(double ax, int d, uint64_t* digits) noexcept nogil:
+    """The same question as :func:`_decimal_fits` for ax 10^d < 2^53 (up to 15 significant
+    digits), in doubles: y and 10^d are exact and the division is correctly rounded, so y / 10^d
+    is the double a reader returns for the decimal y 10^-d."""
+    cdef double scaled = ax * _POW10[d]
+    cdef uint64_t y
+    if scaled >= 9007199254740992.0:
+        return False
+    y = <uint64_t>(scaled + 0.5)
+    digits[0] = y
+    return <double>y / _POW10[d] == ax
+
+
+cdef int _put_double(StrBuf* b, double x) except -1:
+    """A finite double in the shortest decimal form that reads back to exactly ``x``, the
+    same text as Python's ``repr``.
+
+    For 1e-4 <= |x| < 1e15 (prices, sizes: written positionally, as ``repr`` does): with
+    x = m 2^-s, the fewest decimals d for which the nearest decimal y 10^-d lies in x's
+    rounding interval (:func:`_decimal_fits`, exact integer arithmetic); among d-decimal
+    values the nearest is the only candidate, and the fewest decimals are the fewest
+    significant digits (Steele & White's shortest output, as ``repr`` gives).  15 significant
+    digits are tried first, in doubles (:func:`_short_fits`): when they do not fit, neither
+    does any shorter form, and 16 or 17 do (exact integers).  Other magnitudes: Python's
+    shortest round-trip ``repr``."""
     cdef double ax = -x if x < 0 else x
-    cdef double scaled
-    cdef int d, k, nd
-    cdef int64_t y, u
+    cdef uint64_t bits, m, y, u
+    cdef int s, d, d15, e10, k, nd
+    cdef bint low_closer
     cdef char tmp[48]
-    cdef char digits[20]
+    cdef char digits[24]
     cdef char* txt
     if ax >= 1e-4 and ax < 1e15:
-        for d in range(18):
-            scaled = ax * _POW10[d]
-            if scaled >= 9007199254740992.0:
-                break
-            y = <int64_t>(scaled + 0.5)
-            if <double>y / _POW10[d] != ax:
-                continue
+        memcpy(&bits, &ax, 8)
+        m = (bits & 0xFFFFFFFFFFFFFULL) | 0x10000000000000ULL
+        s = 1075 - <int>(bits >> 52)
+        low_closer = (bits & 0xFFFFFFFFFFFFFULL) == 0
+        e10 = 0  # about floor(log10(ax)); a miss by one only costs a step of the search
+        if ax >= 1.0:
+            while e10 < 14 and ax >= _POW10[e10 + 1]:
+                e10 += 1
+        else:
+            while e10 > -4 and ax * _POW10[-e10] < 1.0:
+                e10 -= 1
+        d15 = 14 - e10
+        if _short_fits(ax, d15, &y):  # 15 significant digits or fewer: the fewest decimals
+            d = 0
+            while not _short_fits(ax, d, &y):
+                d += 1
+        else:  # 16 or 17
+            d = d15 + 1
+            while d <= 21 and not _decimal_fits(m, s, low_closer, d, &y):
+                d += 1
+        if d <= 21:
             nd = 0
             u = y
             while True:
@@ -935,24 +1026,170 @@ cdef int _put_str(StrBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
     return _put(b, b'"', 1)
 
 
-def encode_rows(list columns, Py_ssize_t n):
-    """One flat JSON object (bytes) per row, members in column order.
+cdef inline bint _bit(const uint8_t* bits, int64_t i) noexcept nogil:
+    return (bits[i >> 3] >> (i & 7)) & 1
 
-    ``columns``: ``(name, kind, values, offsets, valid)`` per column, ``kind`` from
-    :data:`ENCODE_KINDS`: ``float`` (contiguous float64 ``values``; NaN and infinities are
-    written as null, JSON having neither), ``int`` (int64), ``bool`` (uint8), ``str`` (UTF-8
-    ``values`` as uint8 with ``n + 1`` int64 ``offsets``), ``raw`` (a list of ``n`` JSON texts
-    as bytes, for any other type).  ``valid``: None (no nulls) or ``n`` uint8, 0 meaning null.
-    Floats are written in a short decimal form that reads back to the same double.
+
+cdef inline const uint8_t* _address(object buf):
+    return <const uint8_t*><size_t>buf.address
+
+
+cdef int _set_column(EncCol* col, str name, object values, Py_ssize_t n, list keep) except -1:
+    """Fill ``col`` from a pyarrow Array (a type :func:`encodable` accepts) or a list of JSON
+    texts; the objects whose memory it points into are appended to ``keep``."""
+    cdef int kind
+    cdef int64_t offset
+    col.off32 = NULL
+    col.off64 = NULL
+    col.valid = NULL
+    col.raw = NULL
+    col.data = NULL
+    col.scale = 1
+    col.bit_offset = 0
+    col.valid_offset = 0
+    col.datalen = 0
+    if isinstance(values, list):
+        if len(<list>values) != n:
+            raise ValueError(f"column {name!r}: {len(values)} JSON texts for {n} rows")
+        for v in <list>values:
+            if not PyBytes_Check(v):
+                raise TypeError(f"column {name!r}: JSON texts must be bytes, "
+                                f"got {type(v).__name__}")
+        col.kind = K_RAW
+        col.raw = <PyObject*>values
+        keep.append(values)
+        return 0
+    if not isinstance(values, pa.Array):
+        raise TypeError(f"column {name!r}: expected a pyarrow Array or a list of JSON texts, "
+                        f"got {type(values).__name__}")
+    if len(values) != n:
+        raise ValueError(f"column {name!r}: {len(values)} values for {n} rows")
+    t = values.type
+    kind = _ARROW_KINDS.get(t.id, -1)
+    if kind < 0:
+        raise TypeError(f"column {name!r}: type {t} is not encoded from its buffers")
+    col.kind = kind
+    offset = values.offset
+    bufs = values.buffers()
+    keep.append(bufs)
+    if values.null_count and bufs[0] is not None:
+        col.valid = _address(bufs[0])
+        col.valid_offset = offset
+    if kind == K_TS:
+        col.scale = _NS_PER[t.unit]
+    if n == 0:
+        return 0
+    if kind == K_BOOL:
+        col.data = _address(bufs[1])
+        col.bit_offset = offset
+    elif kind == K_STR32:
+        col.off32 = (<const int32_t*>_address(bufs[1])) + offset
+        col.data = _address(bufs[2]) if bufs[2] is not None else <const uint8_t*>b""
+        col.datalen = bufs[2].size if bufs[2] is not None else 0
+    elif kind == K_STR64:
+        col.off64 = (<const int64_t*>_address(bufs[1])) + offset
+        col.data = _address(bufs[2]) if bufs[2] is not None else <const uint8_t*>b""
+        col.datalen = bufs[2].size if bufs[2] is not None else 0
+    else:
+        col.data = _address(bufs[1]) + offset * <int>_WIDTH[kind]
+    return 0
+
+
+cdef inline int _put_uint(StrBuf* b, uint64_t u) except -1:
+    cdef char tmp[24]
+    cdef int k = 24
+    while True:
+        k -= 1
+        tmp[k] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    return _put(b, tmp + k, 24 - k)
+
+
+cdef inline int _string_span(EncCol* col, Py_ssize_t i, int64_t* start, int64_t* stop,
+                             str name) except -1:
+    if col.kind == K_STR32:
+        start[0] = col.off32[i]
+        stop[0] = col.off32[i + 1]
+    else:
+        start[0] = col.off64[i]
+        stop[0] = col.off64[i + 1]
+    if start[0] < 0 or stop[0] < start[0] or stop[0] > col.datalen:
+        raise ValueError(f"column {name!r}: string offsets of row {i} out of the data's range")
+    return 0
+
+
+cdef int _put_value(StrBuf* b, EncCol* col, Py_ssize_t i, str name) except -1:
+    cdef double x
+    cdef int64_t v, start, stop
+    cdef int kind = col.kind
+    cdef object item
+    if col.valid != NULL and not _bit(col.valid, col.valid_offset + i):
+        return _put(b, b"null", 4)
+    if kind == K_F64 or kind == K_F32:
+        x = (<const double*>col.data)[i] if kind == K_F64 else (<const float*>col.data)[i]
+        if not isfinite(x):
+            return _put(b, b"null", 4)
+        return _put_double(b, x)
+    if kind == K_I64:
+        return _put_int(b, (<const int64_t*>col.data)[i])
+    if kind == K_TS:
+        v = (<const int64_t*>col.data)[i]
+        if col.scale != 1:
+            if v > 9223372036854775807 // col.scale or v < -9223372036854775807 // col.scale:
+                raise ValueError(f"column {name!r}: timestamp {v} (1 unit = {col.scale} ns) "
+                                 "is outside the int64 nanosecond range")
+            v *= col.scale
+        return _put_int(b, v)
+    if kind == K_I32:
+        return _put_int(b, (<const int32_t*>col.data)[i])
+    if kind == K_I16:
+        return _put_int(b, (<const short*>col.data)[i])
+    if kind == K_I8:
+        return _put_int(b, (<const signed char*>col.data)[i])
+    if kind == K_U64:
+        return _put_uint(b, (<const uint64_t*>col.data)[i])
+    if kind == K_U32:
+        return _put_uint(b, (<const uint32_t*>col.data)[i])
+    if kind == K_U16:
+        return _put_uint(b, (<const unsigned short*>col.data)[i])
+    if kind == K_U8:
+        return _put_uint(b, col.data[i])
+    if kind == K_BOOL:
+        if _bit(col.data, col.bit_offset + i):
+            return _put(b, b"true", 4)
+        return _put(b, b"false", 5)
+    if kind == K_STR32 or kind == K_STR64:
+        _string_span(col, i, &start, &stop, name)
+        return _put_str(b, <const unsigned char*>col.data + start, stop - start)
+    item = <object>PyList_GET_ITEM(<object>col.raw, i)
+    return _put(b, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
+
+
+def encode_arrow(list columns, Py_ssize_t n, Py_ssize_t key_column=-1):
+    """One flat JSON object (bytes) per row, members in column order, read straight from the
+    Arrow buffers (no Python object per value); and, when ``key_column`` >= 0 names a string
+    column, each row's value of it as UTF-8 bytes (None when null), for message keys.
+
+    ``columns``: ``(name, values)`` per column, ``values`` a pyarrow Array of a type
+    :func:`encodable` accepts (floats, integers, booleans, strings, timestamps) or a list of
+    ``n`` JSON texts as bytes (any other type, encoded by the caller).  Nulls are written as
+    null; so are NaN and infinities (JSON has neither).  A float is written in a short decimal
+    form that reads back to the same double; a timestamp as integer nanoseconds; a string with
+    quote, backslash and control characters escaped.
+
+    Returns ``(texts, keys)``; ``keys`` is None unless asked for.
     """
     cdef Py_ssize_t ncol = len(columns), i, c
     cdef EncCol* cols = <EncCol*>malloc(max(ncol, 1) * sizeof(EncCol))
+    cdef EncCol* kc = NULL
     cdef StrBuf buf
-    cdef EncCol* col
-    cdef double x
-    cdef object item
     cdef list keep = []
     cdef list out = [None] * n
+    cdef list keys = None
+    cdef list names = []
+    cdef int64_t start, stop
     if cols == NULL:
         raise MemoryError()
     buf.data = NULL
@@ -960,84 +1197,33 @@ def encode_rows(list columns, Py_ssize_t n):
     buf.cap = 0
     try:
         for c in range(ncol):
-            name, kind, values, offsets, valid = columns[c]
+            name, values = columns[c]
+            name = str(name)
+            names.append(name)
             key = _json_key(name)
             keep.append(key)
-            cols[c].kind = kind
             cols[c].key = PyBytes_AS_STRING(key)
             cols[c].keylen = PyBytes_GET_SIZE(key)
-            cols[c].offsets = NULL
-            cols[c].valid = NULL
-            cols[c].raw = NULL
-            cols[c].data = NULL
-            if kind == E_RAW:
-                if not isinstance(values, list) or len(values) != n:
-                    raise ValueError(f"column {name!r}: raw values must be a list of {n} bytes")
-                for v in values:
-                    if not PyBytes_Check(v):
-                        raise TypeError(f"column {name!r}: raw values must be bytes, "
-                                        f"got {type(v).__name__}")
-                cols[c].raw = <PyObject*>values
-            else:
-                width = {E_FLOAT: 8, E_INT: 8, E_BOOL: 1, E_STR: 1}.get(kind)
-                if width is None:
-                    raise ValueError(f"column {name!r}: unknown kind {kind!r}")
-                if (not isinstance(values, np.ndarray) or not values.flags.c_contiguous
-                        or values.dtype.itemsize != width
-                        or (kind != E_STR and values.shape[0] != n)):
-                    raise ValueError(f"column {name!r}: values must be a contiguous array of "
-                                     f"{n} {width}-byte items")
-                cols[c].data = _data_ptr(values) if values.shape[0] else <char*>b""
-                if kind == E_STR:
-                    if (not isinstance(offsets, np.ndarray) or offsets.dtype != np.int64
-                            or not offsets.flags.c_contiguous or offsets.shape[0] != n + 1):
-                        raise ValueError(f"column {name!r}: offsets must be {n + 1} int64")
-                    cols[c].offsets = <const int64_t*>_data_ptr(offsets)
-                    cols[c].datalen = values.shape[0]
-                keep.append(values)
-                keep.append(offsets)
-            if valid is not None:
-                if (not isinstance(valid, np.ndarray) or valid.dtype.itemsize != 1
-                        or not valid.flags.c_contiguous or valid.shape[0] != n):
-                    raise ValueError(f"column {name!r}: valid must be {n} uint8")
-                cols[c].valid = <const uint8_t*>_data_ptr(valid)
-                keep.append(valid)
+            _set_column(&cols[c], name, values, n, keep)
+        if key_column >= 0:
+            if key_column >= ncol or cols[key_column].kind not in (K_STR32, K_STR64):
+                raise ValueError(f"key_column {key_column} is not a string column")
+            kc = &cols[key_column]
+            keys = [None] * n
         for i in range(n):
             buf.size = 0
             _put(&buf, b"{", 1)
             for c in range(ncol):
-                col = &cols[c]
                 if c:
                     _put(&buf, b",", 1)
-                _put(&buf, col.key, col.keylen)
-                if col.valid != NULL and not col.valid[i]:
-                    _put(&buf, b"null", 4)
-                elif col.kind == E_FLOAT:
-                    x = (<const double*>col.data)[i]
-                    if not isfinite(x):
-                        _put(&buf, b"null", 4)
-                    else:
-                        _put_double(&buf, x)
-                elif col.kind == E_INT:
-                    _put_int(&buf, (<const int64_t*>col.data)[i])
-                elif col.kind == E_BOOL:
-                    if (<const uint8_t*>col.data)[i]:
-                        _put(&buf, b"true", 4)
-                    else:
-                        _put(&buf, b"false", 5)
-                elif col.kind == E_STR:
-                    if (col.offsets[i] < 0 or col.offsets[i + 1] < col.offsets[i]
-                            or col.offsets[i + 1] > col.datalen):
-                        raise ValueError(f"column {columns[c][0]!r}: offsets of row {i} "
-                                         f"out of the data's range")
-                    _put_str(&buf, <const unsigned char*>col.data + col.offsets[i],
-                             col.offsets[i + 1] - col.offsets[i])
-                else:
-                    item = <object>PyList_GET_ITEM(<object>col.raw, i)
-                    _put(&buf, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
+                _put(&buf, cols[c].key, cols[c].keylen)
+                _put_value(&buf, &cols[c], i, names[c])
             _put(&buf, b"}", 1)
             out[i] = PyBytes_FromStringAndSize(buf.data, buf.size)
-        return out
+            if kc != NULL and (kc.valid == NULL or _bit(kc.valid, kc.valid_offset + i)):
+                _string_span(kc, i, &start, &stop, names[key_column])
+                keys[i] = PyBytes_FromStringAndSize(<const char*>kc.data + start, stop - start)
+        return out, keys
     finally:
         free(cols)
         free(buf.data)

@@ -532,8 +532,8 @@ def json_columns(batch: pa.RecordBatch) -> Tuple[List[str], List[list]]:
             if t.unit != "ns":
                 col = col.cast(pa.timestamp("ns", tz=t.tz))
             col = col.cast(pa.int64())
-        elif pat.is_date(t) or pat.is_time(t) or pat.is_duration(t):
-            col = col.cast(pa.int64())
+        elif pat.is_date(t) or pat.is_time(t) or pat.is_duration(t):  # their stored integers
+            col = col.view(pa.int32() if t.bit_width == 32 else pa.int64())
         names.append(name)
         lists.append(_pylist(col))
     return names, lists
@@ -563,54 +563,53 @@ def encode_json(batch: pa.RecordBatch) -> List[bytes]:
     NaN or infinity: a non-finite float is written as null (and ``from_kafka`` never turns a
     non-finite number into a record either).
 
-    Numbers, booleans and strings are written by the compiled encoder straight from the Arrow
-    buffers (no Python object per value; floats in their shortest round-trip form); a column of
-    any other type (lists, structs, decimals...) is encoded value by value with orjson."""
-    from ._jsondecode import encode_rows
+    Numbers, booleans, strings and timestamps are written by the compiled encoder straight
+    from the Arrow buffers (no Python object per value; floats in their shortest round-trip
+    form); a column of any other type (lists, structs, decimals...) is encoded value by value
+    with orjson."""
+    return encode_json_keys(batch)[0]
+
+
+def encode_json_keys(batch: pa.RecordBatch, key: Optional[str] = None
+                     ) -> Tuple[List[bytes], Optional[List[Optional[bytes]]]]:
+    """:func:`encode_json`, and when ``key`` names a string column, its value in every row as
+    UTF-8 bytes (None for null) from the same pass; otherwise None for the keys."""
+    from ._jsondecode import encode_arrow
 
     n = batch.num_rows
     # a name given twice is written once, where it first appears, with its last column (as a
     # dict of the row would): a JSON object with a member twice is not decodable
     last = {name: col for name, col in zip(batch.schema.names, batch.columns)}
-    return encode_rows([_encoder_column(name, col, n) for name, col in last.items()], n)
+    columns = [(name, _encoder_column(col)) for name, col in last.items()]
+    key_column = -1
+    if key is not None and key in last:
+        key_column = list(last).index(key)
+        if not isinstance(columns[key_column][1], pa.Array) or not (
+                pat.is_string(columns[key_column][1].type)
+                or pat.is_large_string(columns[key_column][1].type)):
+            key_column = -1
+    return encode_arrow(columns, n, key_column)
 
 
-def _encoder_column(name: str, col: pa.Array, n: int) -> Tuple[str, int, Any, Any, Any]:
-    """``(name, kind, values, offsets, valid)`` of one column for ``encode_rows``."""
-    import numpy as np
-
-    from ._jsondecode import ENCODE_KINDS
+def _encoder_column(col: pa.Array) -> Any:
+    """A column as ``encode_arrow`` takes it: the Array itself when its type is read from its
+    buffers (after casting a dictionary to its values, dates, times and durations to int64),
+    else one JSON text per value (orjson)."""
+    from ._jsondecode import encodable
 
     t = col.type
+    if encodable(t):
+        return col
     if pat.is_dictionary(t):
         col = col.cast(t.value_type)
         t = col.type
-    if pat.is_timestamp(t):
-        if t.unit != "ns":
-            col = col.cast(pa.timestamp("ns", tz=t.tz))
-        col, t = col.cast(pa.int64()), pa.int64()
-    elif pat.is_date(t) or pat.is_time(t) or pat.is_duration(t):
-        col, t = col.cast(pa.int64()), pa.int64()
-    valid = (np.ascontiguousarray(np.asarray(col.is_valid()), dtype=np.uint8)
-             if col.null_count else None)
-    if pat.is_floating(t):
-        values = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        return name, ENCODE_KINDS["float"], np.ascontiguousarray(values, np.float64), None, valid
-    if pat.is_boolean(t):
-        values = col.fill_null(False).to_numpy(zero_copy_only=False)
-        return name, ENCODE_KINDS["bool"], np.ascontiguousarray(values, np.uint8), None, valid
-    if pat.is_integer(t) and not pat.is_uint64(t):  # every other integer fits an int64
-        values = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-        return name, ENCODE_KINDS["int"], np.ascontiguousarray(values, np.int64), None, valid
-    if pat.is_string(t) or pat.is_large_string(t):
-        arr = col.cast(pa.large_string())
-        _, offsets_buf, data_buf = arr.buffers()
-        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset:arr.offset + n + 1]
-        data = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
-                else np.zeros(0, np.uint8))
-        return (name, ENCODE_KINDS["str"], data, np.ascontiguousarray(offsets), valid)
+    elif pat.is_date(t) or pat.is_time(t) or pat.is_duration(t):  # their integers, as stored
+        col = col.view(pa.int32() if t.bit_width == 32 else pa.int64())
+        t = col.type
+    if encodable(t):
+        return col
     dumps = orjson.dumps
-    return name, ENCODE_KINDS["raw"], [dumps(v) for v in _pylist(col)], None, None
+    return [dumps(v) for v in _pylist(col)]
 
 
 class DeliveryError(RuntimeError):
@@ -706,8 +705,9 @@ class KafkaSink:
     def write(self, batch: pa.RecordBatch) -> None:
         from confluent_kafka import KafkaException
 
-        values = encode_json(batch)
-        keys = self._keys(batch) if self.key is not None else [None] * len(values)
+        values, keys = encode_json_keys(batch, self.key)
+        if keys is None:
+            keys = self._keys(batch) if self.key is not None else [None] * len(values)
         topic, produce, poll = self.topic, self.producer.produce, self.producer.poll
         for value, key in zip(values, keys):
             while True:
