@@ -71,6 +71,8 @@ def run_sabot(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
             marks["main"] = time.thread_time()
         return batch
 
+    if os.environ.get("E2E_SWITCH"):
+        sys.setswitchinterval(float(os.environ["E2E_SWITCH"]))
     t0 = time.perf_counter()
     stream = (Stream.from_kafka(bootstrap, in_topic, f"sabot-{uuid.uuid4().hex[:8]}",
                                 from_beginning=True, stop_at_end=True,

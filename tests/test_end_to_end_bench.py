@@ -171,7 +171,9 @@ def test_encode_json_matches_orjson(data, n):
         'we"ird\nname': pa.array(col(st.integers(0, 9)), pa.int32()),
     })
     start = data.draw(st.integers(0, n))
-    for b in (batch, batch.slice(start), batch.slice(0, start)):
+    # repeated to 64 rows and more: formatted without the GIL
+    big = pa.Table.from_batches([batch] * (64 // max(n, 1) + 1)).combine_chunks().to_batches()
+    for b in (batch, batch.slice(start), batch.slice(0, start), *big[:1]):
         encoded = encode_json(b)
         assert [orjson.loads(e) for e in encoded] == _reference(b)
 
@@ -222,9 +224,11 @@ def test_encode_json_keys_are_the_key_column_as_bytes():
 
 
 def test_encode_json_refuses_a_timestamp_outside_the_nanosecond_range():
-    batch = pa.record_batch({"t": pa.array([0, 10**11], pa.timestamp("s"))})
-    with pytest.raises(ValueError, match="column 't': timestamp 100000000000"):
-        encode_json(batch)
+    for rows in (2, 200):  # with and without the GIL
+        batch = pa.record_batch({"x": pa.array(range(rows)),
+                                 "t": pa.array([0] * (rows - 1) + [10**11], pa.timestamp("s"))})
+        with pytest.raises(ValueError, match="column 't': timestamp 100000000000"):
+            encode_json(batch)
 
 
 def test_encode_json_writes_a_repeated_column_name_once():

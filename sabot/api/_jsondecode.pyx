@@ -244,44 +244,78 @@ for _k in range(23):
     _POW10[_k] = 10.0 ** _k
 
 
-cdef inline double parse_double(const char* p, const char* q) noexcept nogil:
-    """The double nearest to the JSON number p[0:q] (already validated).
+cdef inline bint _digit(char c) noexcept nogil:
+    return c'0' <= c <= c'9'
+
+
+cdef const char* scan_parse_double(const char* p, const char* end, double* out,
+                                   bint* is_int) noexcept nogil:
+    """:func:`scan_number` and :func:`parse_double` in one pass: validates the JSON number
+    at p (returns the first char after it, or NULL) and stores the double nearest to it in
+    ``out``.
 
     Fast path (Clinger 1990): when the decimal significand has at most 15 digits and the
     power of ten is at most 22, both are exact doubles and one IEEE multiply or divide gives the
-    correctly rounded result.  Everything else goes to ``strtod``.
-    """
+    correctly rounded result.  Everything else goes to ``strtod``."""
     cdef const char* s = p
-    cdef bint neg = False
-    cdef unsigned long long m = 0
+    cdef uint64_t m = 0
     cdef int digits = 0, frac = 0
+    cdef bint neg = False, slow = False
     cdef double v
-    if s[0] == c'-':
+    is_int[0] = True
+    if s < end and s[0] == c'-':
         neg = True
         s += 1
-    while s < q and c'0' <= s[0] <= c'9':
-        if m or s[0] != c'0':
+    if s >= end:
+        return NULL
+    if s[0] == c'0':
+        s += 1
+    elif c'1' <= s[0] <= c'9':
+        while s < end and _digit(s[0]):
             digits += 1
-        m = m * 10 + <unsigned long long>(s[0] - c'0')
+            m = m * 10 + <uint64_t>(s[0] - c'0')
+            s += 1
+            if digits > 15:
+                slow = True
+                while s < end and _digit(s[0]):
+                    s += 1
+                break
+    else:
+        return NULL
+    if s < end and s[0] == c'.':
+        is_int[0] = False
         s += 1
-        if digits > 15:
-            return strtod(p, NULL)
-    if s < q and s[0] == c'.':
-        s += 1
-        while s < q and c'0' <= s[0] <= c'9':
+        if s >= end or not _digit(s[0]):
+            return NULL
+        while s < end and _digit(s[0]):
             if m or s[0] != c'0':
                 digits += 1
-            m = m * 10 + <unsigned long long>(s[0] - c'0')
+            m = m * 10 + <uint64_t>(s[0] - c'0')
             frac += 1
             s += 1
             if digits > 15 or frac > 22:
-                return strtod(p, NULL)
-    if s != q:  # an exponent
-        return strtod(p, NULL)
-    v = <double>m
-    if frac:
-        v = v / _POW10[frac]
-    return -v if neg else v
+                slow = True
+                while s < end and _digit(s[0]):
+                    s += 1
+                break
+    if s < end and (s[0] == c'e' or s[0] == c'E'):
+        is_int[0] = False
+        slow = True
+        s += 1
+        if s < end and (s[0] == c'+' or s[0] == c'-'):
+            s += 1
+        if s >= end or not _digit(s[0]):
+            return NULL
+        while s < end and _digit(s[0]):
+            s += 1
+    if slow:
+        out[0] = strtod(p, NULL)
+    else:
+        v = <double>m
+        if frac:
+            v = v / _POW10[frac]
+        out[0] = -v if neg else v
+    return s
 
 
 cdef int parse_int64(const char* p, const char* q, int64_t* out) noexcept nogil:
@@ -532,7 +566,10 @@ cdef class FlatJsonDecoder:
                 else:
                     t = self.types[f]
                     if t == T_FLOAT or t == T_INT:
-                        q = scan_number(p, end, &isint)
+                        if t == T_FLOAT:
+                            q = scan_parse_double(p, end, &d, &isint)
+                        else:
+                            q = scan_number(p, end, &isint)
                         if q == NULL:
                             if p[0] == c'"' or p[0] == c't' or p[0] == c'f' or p[0] == c'{' or p[0] == c'[':
                                 return f"field {self.names[f]!r}: expected {_TYPE_NAMES[t]}, got {_json_kind(p[0])}"
@@ -540,7 +577,6 @@ cdef class FlatJsonDecoder:
                                 return f"field {self.names[f]!r}: invalid JSON number {_token(p, end)}"
                         c = self.checks[f]
                         if t == T_FLOAT:
-                            d = parse_double(p, q)
                             self.slots[f].d = d
                             if c and (not isfinite(d) or (c & C_POSITIVE and not d > 0)
                                       or (c & C_NONNEG and not d >= 0)):
@@ -773,8 +809,9 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 
 cdef extern from "Python.h":
-    char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
-                                int* type) except NULL
+    char* _repr_double "PyOS_double_to_string" (double val, char format_code, int precision,
+                                                 int flags, int* type)
+    void PyErr_Clear()
     void PyMem_Free(void* p)
     int Py_DTSF_ADD_DOT_0
 
@@ -823,18 +860,50 @@ cdef struct EncCol:
     const int64_t* off64     # large string: same
     int64_t datalen          # string: bytes in the data buffer
     int64_t scale            # timestamp: nanoseconds per unit
-    PyObject* raw            # K_RAW: the list of bytes
+    const char** raw         # K_RAW: each row's JSON text ...
+    Py_ssize_t* raw_len      # ... and its length (the bytes kept alive by the caller)
 
 
-cdef inline int _put(StrBuf* b, const char* s, Py_ssize_t n) except -1:
-    if b.size + n > b.cap:
-        strbuf_reserve(b, n)
+# what went wrong formatting rows without the GIL (raised once it is held again)
+DEF ERR_MEMORY = 1
+DEF ERR_TIMESTAMP = 2
+DEF ERR_OFFSETS = 3
+
+
+cdef struct EncError:
+    int code
+    Py_ssize_t column
+    Py_ssize_t row
+    int64_t value
+
+
+cdef inline int _grow(StrBuf* b, Py_ssize_t extra) noexcept nogil:
+    """``strbuf_reserve`` without the GIL: -1 (nothing changed) when memory runs out."""
+    cdef Py_ssize_t need = b.size + extra
+    cdef Py_ssize_t cap
+    cdef char* p
+    if need <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 4096
+    while cap < need:
+        cap *= 2
+    p = <char*>realloc(b.data, cap)
+    if p == NULL:
+        return -1
+    b.data = p
+    b.cap = cap
+    return 0
+
+
+cdef inline int _put(StrBuf* b, const char* s, Py_ssize_t n) noexcept nogil:
+    if b.size + n > b.cap and _grow(b, n) < 0:
+        return -1
     memcpy(b.data + b.size, s, n)
     b.size += n
     return 0
 
 
-cdef inline int _put_int(StrBuf* b, int64_t v) except -1:
+cdef inline int _put_int(StrBuf* b, int64_t v) noexcept nogil:
     cdef char tmp[24]
     cdef int k = 24
     cdef uint64_t u
@@ -901,7 +970,7 @@ cdef inline bint _short_fits(double ax, int d, uint64_t* digits) noexcept nogil:
     return <double>y / _POW10[d] == ax
 
 
-cdef int _put_double(StrBuf* b, double x) except -1:
+cdef int _put_double(StrBuf* b, double x) noexcept nogil:
     """A finite double in the shortest decimal form that reads back to exactly ``x``, the
     same text as Python's ``repr``.
 
@@ -986,43 +1055,54 @@ cdef int _put_double(StrBuf* b, double x) except -1:
                     tmp[k] = digits[nd]
                     k += 1
             return _put(b, tmp, k)
-    txt = PyOS_double_to_string(x, c'r', 0, Py_DTSF_ADD_DOT_0, NULL)
-    try:
-        _put(b, txt, strlen_(txt))
-    finally:
+    with gil:  # rare magnitudes: Python's own repr
+        txt = _repr_double(x, c'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+        if txt == NULL:
+            PyErr_Clear()
+            return -1
+        k = _put(b, txt, strlen_(txt))
         PyMem_Free(txt)
-    return 0
+    return k
 
 
-cdef int _put_str(StrBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
+cdef int _put_str(StrBuf* b, const unsigned char* s, Py_ssize_t n) noexcept nogil:
     """A JSON string: quote, backslash and control characters escaped, UTF-8 kept as is."""
     cdef Py_ssize_t i, start = 0
     cdef unsigned char ch
     cdef char esc[6]
-    strbuf_reserve(b, n + 2)
+    if _grow(b, n + 2) < 0:
+        return -1
     b.data[b.size] = c'"'
     b.size += 1
     for i in range(n):
         ch = s[i]
         if ch >= 0x20 and ch != 0x22 and ch != 0x5c:
             continue
-        _put(b, <const char*>s + start, i - start)
+        if _put(b, <const char*>s + start, i - start) < 0:
+            return -1
         start = i + 1
         if ch == 0x22:
-            _put(b, b'\\"', 2)
+            if _put(b, b'\\"', 2) < 0:
+                return -1
         elif ch == 0x5c:
-            _put(b, b'\\\\', 2)
+            if _put(b, b'\\\\', 2) < 0:
+                return -1
         elif ch == 0x0a:
-            _put(b, b'\\n', 2)
+            if _put(b, b'\\n', 2) < 0:
+                return -1
         elif ch == 0x0d:
-            _put(b, b'\\r', 2)
+            if _put(b, b'\\r', 2) < 0:
+                return -1
         elif ch == 0x09:
-            _put(b, b'\\t', 2)
+            if _put(b, b'\\t', 2) < 0:
+                return -1
         else:
             esc[0] = c'\\'; esc[1] = c'u'; esc[2] = c'0'; esc[3] = c'0'
             esc[4] = _HEX[ch >> 4]; esc[5] = _HEX[ch & 15]
-            _put(b, esc, 6)
-    _put(b, <const char*>s + start, n - start)
+            if _put(b, esc, 6) < 0:
+                return -1
+    if _put(b, <const char*>s + start, n - start) < 0:
+        return -1
     return _put(b, b'"', 1)
 
 
@@ -1039,10 +1119,12 @@ cdef int _set_column(EncCol* col, str name, object values, Py_ssize_t n, list ke
     texts; the objects whose memory it points into are appended to ``keep``."""
     cdef int kind
     cdef int64_t offset
+    cdef Py_ssize_t i
     col.off32 = NULL
     col.off64 = NULL
     col.valid = NULL
     col.raw = NULL
+    col.raw_len = NULL
     col.data = NULL
     col.scale = 1
     col.bit_offset = 0
@@ -1056,8 +1138,17 @@ cdef int _set_column(EncCol* col, str name, object values, Py_ssize_t n, list ke
                 raise TypeError(f"column {name!r}: JSON texts must be bytes, "
                                 f"got {type(v).__name__}")
         col.kind = K_RAW
-        col.raw = <PyObject*>values
         keep.append(values)
+        ptrs = np.empty(n, dtype=np.uintp)
+        lens = np.empty(n, dtype=np.intp)
+        keep.append(ptrs)
+        keep.append(lens)
+        col.raw = <const char**><char*>_data_ptr(ptrs)
+        col.raw_len = <Py_ssize_t*><char*>_data_ptr(lens)
+        for i in range(n):
+            v = (<list>values)[i]
+            col.raw[i] = PyBytes_AS_STRING(v)
+            col.raw_len[i] = PyBytes_GET_SIZE(v)
         return 0
     if not isinstance(values, pa.Array):
         raise TypeError(f"column {name!r}: expected a pyarrow Array or a list of JSON texts, "
@@ -1095,7 +1186,7 @@ cdef int _set_column(EncCol* col, str name, object values, Py_ssize_t n, list ke
     return 0
 
 
-cdef inline int _put_uint(StrBuf* b, uint64_t u) except -1:
+cdef inline int _put_uint(StrBuf* b, uint64_t u) noexcept nogil:
     cdef char tmp[24]
     cdef int k = 24
     while True:
@@ -1107,64 +1198,101 @@ cdef inline int _put_uint(StrBuf* b, uint64_t u) except -1:
     return _put(b, tmp + k, 24 - k)
 
 
-cdef inline int _string_span(EncCol* col, Py_ssize_t i, int64_t* start, int64_t* stop,
-                             str name) except -1:
+cdef inline bint _string_span(EncCol* col, Py_ssize_t i, int64_t* start,
+                              int64_t* stop) noexcept nogil:
+    """Row i's bytes in a string column's data; False if its offsets leave the data."""
     if col.kind == K_STR32:
         start[0] = col.off32[i]
         stop[0] = col.off32[i + 1]
     else:
         start[0] = col.off64[i]
         stop[0] = col.off64[i + 1]
-    if start[0] < 0 or stop[0] < start[0] or stop[0] > col.datalen:
-        raise ValueError(f"column {name!r}: string offsets of row {i} out of the data's range")
-    return 0
+    return 0 <= start[0] <= stop[0] <= col.datalen
 
 
-cdef int _put_value(StrBuf* b, EncCol* col, Py_ssize_t i, str name) except -1:
+cdef int _put_value(StrBuf* b, EncCol* col, Py_ssize_t i, EncError* err) noexcept nogil:
+    """Row i of ``col`` as JSON; 0, or -1 with ``err`` filled (its column left to the caller)."""
     cdef double x
     cdef int64_t v, start, stop
     cdef int kind = col.kind
-    cdef object item
+    cdef int rc
     if col.valid != NULL and not _bit(col.valid, col.valid_offset + i):
-        return _put(b, b"null", 4)
-    if kind == K_F64 or kind == K_F32:
+        rc = _put(b, b"null", 4)
+    elif kind == K_F64 or kind == K_F32:
         x = (<const double*>col.data)[i] if kind == K_F64 else (<const float*>col.data)[i]
-        if not isfinite(x):
-            return _put(b, b"null", 4)
-        return _put_double(b, x)
-    if kind == K_I64:
-        return _put_int(b, (<const int64_t*>col.data)[i])
-    if kind == K_TS:
+        rc = _put_double(b, x) if isfinite(x) else _put(b, b"null", 4)
+    elif kind == K_I64:
+        rc = _put_int(b, (<const int64_t*>col.data)[i])
+    elif kind == K_TS:
         v = (<const int64_t*>col.data)[i]
         if col.scale != 1:
-            if v > 9223372036854775807 // col.scale or v < -9223372036854775807 // col.scale:
-                raise ValueError(f"column {name!r}: timestamp {v} (1 unit = {col.scale} ns) "
-                                 "is outside the int64 nanosecond range")
+            if v > 9223372036854775807LL // col.scale or v < -9223372036854775807LL // col.scale:
+                err.code = ERR_TIMESTAMP
+                err.row = i
+                err.value = v
+                return -1
             v *= col.scale
-        return _put_int(b, v)
-    if kind == K_I32:
-        return _put_int(b, (<const int32_t*>col.data)[i])
-    if kind == K_I16:
-        return _put_int(b, (<const short*>col.data)[i])
-    if kind == K_I8:
-        return _put_int(b, (<const signed char*>col.data)[i])
-    if kind == K_U64:
-        return _put_uint(b, (<const uint64_t*>col.data)[i])
-    if kind == K_U32:
-        return _put_uint(b, (<const uint32_t*>col.data)[i])
-    if kind == K_U16:
-        return _put_uint(b, (<const unsigned short*>col.data)[i])
-    if kind == K_U8:
-        return _put_uint(b, col.data[i])
-    if kind == K_BOOL:
-        if _bit(col.data, col.bit_offset + i):
-            return _put(b, b"true", 4)
-        return _put(b, b"false", 5)
-    if kind == K_STR32 or kind == K_STR64:
-        _string_span(col, i, &start, &stop, name)
-        return _put_str(b, <const unsigned char*>col.data + start, stop - start)
-    item = <object>PyList_GET_ITEM(<object>col.raw, i)
-    return _put(b, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
+        rc = _put_int(b, v)
+    elif kind == K_I32:
+        rc = _put_int(b, (<const int32_t*>col.data)[i])
+    elif kind == K_I16:
+        rc = _put_int(b, (<const short*>col.data)[i])
+    elif kind == K_I8:
+        rc = _put_int(b, (<const signed char*>col.data)[i])
+    elif kind == K_U64:
+        rc = _put_uint(b, (<const uint64_t*>col.data)[i])
+    elif kind == K_U32:
+        rc = _put_uint(b, (<const uint32_t*>col.data)[i])
+    elif kind == K_U16:
+        rc = _put_uint(b, (<const unsigned short*>col.data)[i])
+    elif kind == K_U8:
+        rc = _put_uint(b, col.data[i])
+    elif kind == K_BOOL:
+        rc = (_put(b, b"true", 4) if _bit(col.data, col.bit_offset + i)
+              else _put(b, b"false", 5))
+    elif kind == K_STR32 or kind == K_STR64:
+        if not _string_span(col, i, &start, &stop):
+            err.code = ERR_OFFSETS
+            err.row = i
+            return -1
+        rc = _put_str(b, <const unsigned char*>col.data + start, stop - start)
+    else:
+        rc = _put(b, col.raw[i], col.raw_len[i])
+    if rc < 0:
+        err.code = ERR_MEMORY
+        err.row = i
+    return rc
+
+
+cdef int _format_rows(EncCol* cols, Py_ssize_t ncol, Py_ssize_t n, StrBuf* buf,
+                      Py_ssize_t* ends, EncError* err) noexcept nogil:
+    """Every row's JSON object, one after the other in ``buf``; ``ends[i]``: where row i ends.
+    Touches no Python object (runs without the GIL but for a rare float magnitude)."""
+    cdef Py_ssize_t i, c
+    for i in range(n):
+        if _put(buf, b"{", 1) < 0:
+            err.code = ERR_MEMORY
+            return -1
+        for c in range(ncol):
+            if c > 0 and _put(buf, b",", 1) < 0:
+                err.code = ERR_MEMORY
+                return -1
+            if _put(buf, cols[c].key, cols[c].keylen) < 0:
+                err.code = ERR_MEMORY
+                return -1
+            if _put_value(buf, &cols[c], i, err) < 0:
+                err.column = c
+                return -1
+        if _put(buf, b"}", 1) < 0:
+            err.code = ERR_MEMORY
+            return -1
+        ends[i] = buf.size
+    return 0
+
+
+#: batches of at least this many rows are formatted without the GIL (another thread, such
+#: as the consumer's, runs meanwhile); releasing it costs more than a few rows take
+NOGIL_ROWS = 64
 
 
 def encode_arrow(list columns, Py_ssize_t n, Py_ssize_t key_column=-1):
@@ -1175,26 +1303,36 @@ def encode_arrow(list columns, Py_ssize_t n, Py_ssize_t key_column=-1):
     ``columns``: ``(name, values)`` per column, ``values`` a pyarrow Array of a type
     :func:`encodable` accepts (floats, integers, booleans, strings, timestamps) or a list of
     ``n`` JSON texts as bytes (any other type, encoded by the caller).  Nulls are written as
-    null; so are NaN and infinities (JSON has neither).  A float is written in a short decimal
-    form that reads back to the same double; a timestamp as integer nanoseconds; a string with
-    quote, backslash and control characters escaped.
+    null; so are NaN and infinities (JSON has neither).  A float is written as Python's
+    ``repr`` writes it (the shortest text that reads back to it); a timestamp as integer
+    nanoseconds; a string with quote, backslash and control characters escaped.  The rows are
+    formatted without the GIL (from :data:`NOGIL_ROWS` rows on).
 
     Returns ``(texts, keys)``; ``keys`` is None unless asked for.
     """
-    cdef Py_ssize_t ncol = len(columns), i, c
+    cdef Py_ssize_t ncol = len(columns), i, c, prev
     cdef EncCol* cols = <EncCol*>malloc(max(ncol, 1) * sizeof(EncCol))
+    cdef Py_ssize_t* ends = <Py_ssize_t*>malloc(max(n, 1) * sizeof(Py_ssize_t))
     cdef EncCol* kc = NULL
     cdef StrBuf buf
+    cdef EncError err
+    cdef int rc
     cdef list keep = []
-    cdef list out = [None] * n
+    cdef list out
     cdef list keys = None
     cdef list names = []
     cdef int64_t start, stop
-    if cols == NULL:
+    if cols == NULL or ends == NULL:
+        free(cols)
+        free(ends)
         raise MemoryError()
     buf.data = NULL
     buf.size = 0
     buf.cap = 0
+    err.code = 0
+    err.column = -1
+    err.row = -1
+    err.value = 0
     try:
         for c in range(ncol):
             name, values = columns[c]
@@ -1209,23 +1347,38 @@ def encode_arrow(list columns, Py_ssize_t n, Py_ssize_t key_column=-1):
             if key_column >= ncol or cols[key_column].kind not in (K_STR32, K_STR64):
                 raise ValueError(f"key_column {key_column} is not a string column")
             kc = &cols[key_column]
-            keys = [None] * n
+        if n >= NOGIL_ROWS:
+            with nogil:
+                rc = _format_rows(cols, ncol, n, &buf, ends, &err)
+        else:
+            rc = _format_rows(cols, ncol, n, &buf, ends, &err)
+        if rc < 0:
+            if err.code == ERR_TIMESTAMP:
+                raise ValueError(f"column {names[err.column]!r}: timestamp {err.value} (1 unit "
+                                 f"= {cols[err.column].scale} ns) is outside the int64 "
+                                 "nanosecond range")
+            if err.code == ERR_OFFSETS:
+                raise ValueError(f"column {names[err.column]!r}: string offsets of row "
+                                 f"{err.row} out of the data's range")
+            raise MemoryError()
+        out = [None] * n
+        prev = 0
         for i in range(n):
-            buf.size = 0
-            _put(&buf, b"{", 1)
-            for c in range(ncol):
-                if c:
-                    _put(&buf, b",", 1)
-                _put(&buf, cols[c].key, cols[c].keylen)
-                _put_value(&buf, &cols[c], i, names[c])
-            _put(&buf, b"}", 1)
-            out[i] = PyBytes_FromStringAndSize(buf.data, buf.size)
-            if kc != NULL and (kc.valid == NULL or _bit(kc.valid, kc.valid_offset + i)):
-                _string_span(kc, i, &start, &stop, names[key_column])
-                keys[i] = PyBytes_FromStringAndSize(<const char*>kc.data + start, stop - start)
+            out[i] = PyBytes_FromStringAndSize(buf.data + prev, ends[i] - prev)
+            prev = ends[i]
+        if kc != NULL:
+            keys = [None] * n
+            for i in range(n):
+                if kc.valid == NULL or _bit(kc.valid, kc.valid_offset + i):
+                    if not _string_span(kc, i, &start, &stop):
+                        raise ValueError(f"column {names[key_column]!r}: string offsets of "
+                                         f"row {i} out of the data's range")
+                    keys[i] = PyBytes_FromStringAndSize(<const char*>kc.data + start,
+                                                        stop - start)
         return out, keys
     finally:
         free(cols)
+        free(ends)
         free(buf.data)
 
 
@@ -1244,8 +1397,9 @@ cdef bytes _json_key(object name):
     b.size = 0
     b.cap = 0
     try:
-        _put_str(&b, <const unsigned char*>PyBytes_AS_STRING(raw), len(raw))
-        _put(&b, b":", 1)
+        if (_put_str(&b, <const unsigned char*>PyBytes_AS_STRING(raw), len(raw)) < 0
+                or _put(&b, b":", 1) < 0):
+            raise MemoryError()
         return PyBytes_FromStringAndSize(b.data, b.size)
     finally:
         free(b.data)
