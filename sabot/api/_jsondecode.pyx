@@ -896,9 +896,25 @@ cdef inline int _grow(StrBuf* b, Py_ssize_t extra) noexcept nogil:
 
 
 cdef inline int _put(StrBuf* b, const char* s, Py_ssize_t n) noexcept nogil:
+    cdef char* d
     if b.size + n > b.cap and _grow(b, n) < 0:
         return -1
-    memcpy(b.data + b.size, s, n)
+    d = b.data + b.size
+    # short pieces (member names, numbers) as two overlapping fixed-size moves, which the
+    # compiler inlines, instead of a call into the C library per piece; reads stay in s[0:n]
+    if n >= 8 and n <= 16:
+        memcpy(d, s, 8)
+        memcpy(d + n - 8, s + n - 8, 8)
+    elif n >= 4 and n < 8:
+        memcpy(d, s, 4)
+        memcpy(d + n - 4, s + n - 4, 4)
+    elif n < 4:
+        if n > 0:
+            d[0] = s[0]
+            d[n >> 1] = s[n >> 1]
+            d[n - 1] = s[n - 1]
+    else:
+        memcpy(d, s, n)
     b.size += n
     return 0
 
@@ -979,8 +995,9 @@ cdef int _put_double(StrBuf* b, double x) noexcept nogil:
     rounding interval (:func:`_decimal_fits`, exact integer arithmetic); among d-decimal
     values the nearest is the only candidate, and the fewest decimals are the fewest
     significant digits (Steele & White's shortest output, as ``repr`` gives).  15 significant
-    digits are tried first, in doubles (:func:`_short_fits`): when they do not fit, neither
-    does any shorter form, and 16 or 17 do (exact integers).  Other magnitudes: Python's
+    digits are tried first, in doubles (:func:`_short_fits`): when they fit, the shortest
+    form is theirs without trailing zeros; when they do not, neither does any shorter form,
+    and 16 or 17 do (exact integers).  Other magnitudes: Python's
     shortest round-trip ``repr``."""
     cdef double ax = -x if x < 0 else x
     cdef uint64_t bits, m, y, u
@@ -1002,10 +1019,14 @@ cdef int _put_double(StrBuf* b, double x) noexcept nogil:
             while e10 > -4 and ax * _POW10[-e10] < 1.0:
                 e10 -= 1
         d15 = 14 - e10
-        if _short_fits(ax, d15, &y):  # 15 significant digits or fewer: the fewest decimals
-            d = 0
-            while not _short_fits(ax, d, &y):
-                d += 1
+        if _short_fits(ax, d15, &y):
+            # 15 significant digits or fewer.  A shorter form v that reads back lies within
+            # half an ulp of x (< 2^-53 x), so x 10^d15 is within 0.12 of the integer v 10^d15
+            # and y is v with zeros appended: dropping them gives the fewest decimals
+            d = d15
+            while d > 0 and y % 10 == 0:
+                y //= 10
+                d -= 1
         else:  # 16 or 17
             d = d15 + 1
             while d <= 21 and not _decimal_fits(m, s, low_closer, d, &y):
