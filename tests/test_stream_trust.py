@@ -151,6 +151,27 @@ def test_to_kafka_undelivered_records_raise_and_are_not_committed(kafka_broker, 
     assert all(o < 0 for o in committed(kafka_broker.bootstrap, topic, group, 3).values())
 
 
+def test_to_kafka_counts_a_row_the_producer_refuses(kafka_broker, unique_topic):
+    """A row larger than the producer's ``message.max.bytes`` is refused by ``produce`` itself:
+    counted undelivered (the run raises, nothing is committed past it); the other rows go."""
+    from sabot.api._kafka import DeliveryError
+
+    topic, out, group = unique_topic(), unique_topic("out"), unique_topic("g")
+    kafka_broker.create_topic(topic, partitions=1)
+    kafka_broker.create_topic(out, partitions=1)
+    table = ticker_table("kraken", 300, seed=31)
+    big = pa.array(["x" * 3000 if i == 150 else "XBT/USD" for i in range(300)])
+    table = table.set_column(table.schema.get_field_index("raw_symbol"), "raw_symbol", big)
+    produce(kafka_broker.bootstrap, topic, table)
+    s = Stream.from_kafka(kafka_broker.bootstrap, topic, group, from_beginning=True,
+                          stop_at_end=True, **FAST)
+    with pytest.raises(DeliveryError, match=r"1 of 300 record\(s\) not delivered"):
+        s.to_kafka(kafka_broker.bootstrap, out, **{"message.max.bytes": 2000})
+    m = s.metrics["to_kafka"]
+    assert (m["undelivered"], m["delivered"]) == (1, 299)
+    assert all(o < 0 or o <= 150 for o in committed(kafka_broker.bootstrap, topic, group, 1).values())
+
+
 # -- 3. validation at the edge of from_kafka ---------------------------------------------------
 def test_invalid_records_are_dead_lettered_with_field_and_value(kafka_broker, unique_topic):
     import orjson

@@ -56,6 +56,7 @@ from ..schema import TICKER_SCHEMA
 from ..timeunits import UNIT_NS, column_ns
 from ._decode import JsonBatchDecoder, RecordRules
 from ._events import IDLE, Close, Commit, Event, TaskSwitch
+from ._kafkaloops import produce_all, take_messages
 
 logger = logging.getLogger(__name__)
 
@@ -293,17 +294,9 @@ class KafkaSource:
                             break
                         got = consumer.consume(1, remaining)
                         looked = True
-                    for m in got:
-                        err = m.error()
-                        if err is None:
-                            msgs.append(m)
-                            if at_eof:
-                                at_eof.discard((m.topic(), m.partition()))
-                        elif err.code() == KafkaError._PARTITION_EOF:
-                            at_eof.add((m.topic(), m.partition()))
-                        else:
-                            self.metrics["consumer_errors"] += 1
-                            logger.warning("%s: consumer error: %s", self.name, err)
+                    for m in take_messages(got, msgs, at_eof, KafkaError._PARTITION_EOF):
+                        self.metrics["consumer_errors"] += 1
+                        logger.warning("%s: consumer error: %s", self.name, m.error())
                     if self.stop_at_end and assigned and assigned <= at_eof:
                         break
                 finished = self.stop_at_end and assigned and assigned <= at_eof and not msgs
@@ -708,20 +701,14 @@ class KafkaSink:
         values, keys = encode_json_keys(batch, self.key)
         if keys is None:
             keys = self._keys(batch) if self.key is not None else [None] * len(values)
-        topic, produce, poll = self.topic, self.producer.produce, self.producer.poll
-        for value, key in zip(values, keys):
-            while True:
-                try:
-                    produce(topic, value, key)
-                    break
-                except BufferError:  # local queue full: serve delivery reports, retry
-                    poll(0.05)
-                except KafkaException as exc:  # refused (e.g. larger than message.max.bytes)
-                    self._refused += 1
-                    self._failed(1, exc.args[0] if exc.args else exc)
-                    break
+        # a full local queue is served (delivery reports) and the row produced again; a row
+        # the producer refuses (e.g. larger than message.max.bytes) is counted undelivered
+        for _, exc in produce_all(self.producer.produce, self.producer.poll, self.topic,
+                                  values, keys, KafkaException):
+            self._refused += 1
+            self._failed(1, exc.args[0] if exc.args else exc)
         self.metrics["produced"] += len(values)
-        poll(0)
+        self.producer.poll(0)
         self._count_delivered()
 
     def ack(self, commit: Commit) -> None:
