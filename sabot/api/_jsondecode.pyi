@@ -18,6 +18,9 @@ class FlatJsonDecoder:
     def decode(self, values: List[Optional[bytes]], ref_ns: Optional[np.ndarray] = None
                ) -> Tuple[List[pa.Array], List[Tuple[int, str]]]: ...
 
+#: batches of at least this many rows are formatted without the GIL
+NOGIL_ROWS: int
+
 def encodable(pa_type: pa.DataType) -> bool: ...
 
 def encode_arrow(columns: List[Tuple[str, Any]], n: int, key_column: int = -1
