@@ -71,8 +71,6 @@ def run_sabot(bootstrap: str, out_topic: str, n: int, in_topic: str = IN_TOPIC
             marks["main"] = time.thread_time()
         return batch
 
-    if os.environ.get("E2E_SWITCH"):
-        sys.setswitchinterval(float(os.environ["E2E_SWITCH"]))
     t0 = time.perf_counter()
     stream = (Stream.from_kafka(bootstrap, in_topic, f"sabot-{uuid.uuid4().hex[:8]}",
                                 from_beginning=True, stop_at_end=True,
@@ -251,6 +249,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quix-path", default=os.environ.get("SABOT_QUIX_PATH"),
                         help="a directory holding quixstreams (pip install --target DIR), when "
                              "it is not installed in this environment")
+    parser.add_argument("--gc-threshold", type=int, default=None, metavar="N",
+                        help="in each worker, before the run: gc.freeze() and the young "
+                             "generation's collection threshold set to N (default: Python's)")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     parser.add_argument("--out-topic", help=argparse.SUPPRESS)
@@ -258,7 +259,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.records < 1 or args.runs < 1:
         parser.error("--records and --runs must be >= 1")
 
+    if args.gc_threshold is not None and args.gc_threshold < 1:
+        parser.error(f"--gc-threshold must be >= 1, got {args.gc_threshold}")
     if args.worker:
+        if args.gc_threshold is not None:
+            import gc
+            gc.freeze()
+            gc.set_threshold(args.gc_threshold)
         result = WORKERS[args.worker](args.bootstrap, args.out_topic, args.records)
         print(json.dumps(result))
         return 0
@@ -293,7 +300,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 broker.create_topic(out_topic, partitions=3)
                 proc = subprocess.run(
                     [sys.executable, __file__, "--worker", engine, "--bootstrap",
-                     broker.bootstrap, "--out-topic", out_topic, "--records", str(n)],
+                     broker.bootstrap, "--out-topic", out_topic, "--records", str(n)]
+                    + ([] if args.gc_threshold is None else
+                       ["--gc-threshold", str(args.gc_threshold)]),
                     env=worker_env(engine, args.quix_path), capture_output=True, text=True)
                 if proc.returncode != 0:
                     print(f"{engine} run {run + 1} failed:\n{proc.stderr[-3000:]}")
