@@ -78,3 +78,38 @@ def test_nulls_are_exactly_the_nan_results_across_blocks(rows):
     np.testing.assert_array_equal(out.is_null().to_numpy(zero_copy_only=False), np.isnan(expected))
     got = out.to_numpy(zero_copy_only=False)
     np.testing.assert_array_equal(got[~np.isnan(expected)], expected[~np.isnan(expected)])
+
+
+# -- key columns are read without pyarrow's pandas layer -------------------------------------
+def test_key_values_read_from_the_buffers_equal_to_pylist():
+    for arr in (pa.array(["BTC/USD", None, "é€", "", "ETH/USD"]),
+                pa.array(["a", "b", None, "a"], pa.large_string()),
+                pa.array(["x", None, "yz", "w"]).slice(1, 2),
+                pa.array([], pa.string()), pa.array([3, None, 1])):
+        assert _kernel._python_values(arr) == arr.to_pylist()
+
+
+def test_a_keyed_kernel_does_not_import_pandas():
+    """pyarrow's ``to_numpy``/``to_pylist`` convert through its pandas layer, which imports
+    pandas (~0.2-0.5 s) the first time: a keyed kernel's first batch paid that in every process
+    (a Kafka job, inside its measured run)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from sabot.api._decode import JsonBatchDecoder\n"
+        "from sabot.fintech import EWMA, midprice\n"
+        "from sabot.schema import TICKER_SCHEMA\n"
+        "row = (b'{\"exchange\":\"coinbase\",\"symbol\":\"%s\",\"raw_symbol\":\"X\",'\n"
+        "       b'\"timestamp\":1700000000000000000,\"recv_timestamp\":1700000000000000001,'\n"
+        "       b'\"bid\":1.5,\"ask\":2.5,\"sequence\":1,\"time_source\":\"exchange\"}')\n"
+        "batch = JsonBatchDecoder(TICKER_SCHEMA).decode([row % s for s in (b'A/USD', b'B/USD',"
+        " b'A/USD')]).batch\n"
+        "assert 'pandas' not in sys.modules\n"
+        "out = EWMA('midprice', alpha=0.5, by='symbol')(midprice(batch))\n"
+        "assert out.column('ewma').to_pylist() == [2.0, 2.0, 2.0], out\n"
+        "print('pandas' in sys.modules)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"

@@ -516,6 +516,26 @@ _KEY_CACHE = []
 _KEY_CACHE_SIZE = 8
 
 
+def _python_values(arr):
+    """``arr.to_pylist()``; a string column's values are read from its buffers instead:
+    pyarrow converts strings through its pandas layer, which imports pandas (about half a
+    second) the first time in a process - the first batch of every keyed kernel paid it."""
+    cdef Py_ssize_t i, n = len(arr)
+    t = arr.type
+    if not (pat.is_string(t) or pat.is_large_string(t)) or n == 0:
+        return arr.to_pylist()
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int32 if pat.is_string(t) else np.int64)[
+        arr.offset:arr.offset + n + 1].tolist()
+    data = bufs[2].to_pybytes() if bufs[2] is not None else b""
+    valid = None
+    if arr.null_count:
+        valid = np.unpackbits(np.frombuffer(bufs[0], dtype=np.uint8),
+                              bitorder="little")[arr.offset:arr.offset + n].tolist()
+    return [None if valid is not None and not valid[i]
+            else data[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n)]
+
+
 def _encode_keys(keys):
     """(int codes per row as numpy, the distinct key values as Python objects)."""
     ident = (keys.type, len(keys), keys.offset,
@@ -529,8 +549,12 @@ def _encode_keys(keys):
         decoded = keys.dictionary_decode() if pat.is_dictionary(keys.type) else keys
         encoded = pc.dictionary_encode(decoded, null_encoding="encode")
         indices, dictionary = encoded.indices, encoded.dictionary
-    codes = indices.to_numpy(zero_copy_only=False)
-    values = dictionary.to_pylist()
+    # the indices have no nulls here (null keys are encoded as a value); read from their buffer
+    # (``to_numpy`` goes through pyarrow's pandas layer, see _python_values)
+    codes = np.frombuffer(indices.buffers()[1], dtype=np.dtype(
+        f"{'u' if pat.is_unsigned_integer(indices.type) else ''}int{indices.type.bit_width}"))[
+        indices.offset:indices.offset + len(indices)]
+    values = _python_values(dictionary)
     _KEY_CACHE.insert(0, (ident, keys, codes, values))
     del _KEY_CACHE[_KEY_CACHE_SIZE:]
     return codes, values
