@@ -59,7 +59,9 @@ cdef struct StrBuf:
     Py_ssize_t cap
 
 
-cdef inline int strbuf_reserve(StrBuf* b, Py_ssize_t extra) except -1:
+cdef inline int _grow(StrBuf* b, Py_ssize_t extra) noexcept nogil:
+    """Room for ``extra`` more bytes (capacity doubled from 4 KiB); -1, nothing changed, when
+    memory runs out.  Needs no GIL (the encoder formats rows without it)."""
     cdef Py_ssize_t need = b.size + extra
     cdef Py_ssize_t cap
     cdef char* p
@@ -70,9 +72,16 @@ cdef inline int strbuf_reserve(StrBuf* b, Py_ssize_t extra) except -1:
         cap *= 2
     p = <char*>realloc(b.data, cap)
     if p == NULL:
-        raise MemoryError()
+        return -1
     b.data = p
     b.cap = cap
+    return 0
+
+
+cdef inline int strbuf_reserve(StrBuf* b, Py_ssize_t extra) except -1:
+    """:func:`_grow`, raising MemoryError."""
+    if _grow(b, extra) < 0:
+        raise MemoryError()
     return 0
 
 
@@ -875,24 +884,6 @@ cdef struct EncError:
     Py_ssize_t column
     Py_ssize_t row
     int64_t value
-
-
-cdef inline int _grow(StrBuf* b, Py_ssize_t extra) noexcept nogil:
-    """``strbuf_reserve`` without the GIL: -1 (nothing changed) when memory runs out."""
-    cdef Py_ssize_t need = b.size + extra
-    cdef Py_ssize_t cap
-    cdef char* p
-    if need <= b.cap:
-        return 0
-    cap = b.cap * 2 if b.cap else 4096
-    while cap < need:
-        cap *= 2
-    p = <char*>realloc(b.data, cap)
-    if p == NULL:
-        return -1
-    b.data = p
-    b.cap = cap
-    return 0
 
 
 cdef inline int _put(StrBuf* b, const char* s, Py_ssize_t n) noexcept nogil:

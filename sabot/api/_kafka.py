@@ -682,18 +682,15 @@ class KafkaSink:
                           - len(self.producer))
 
     def _keys(self, batch: pa.RecordBatch) -> List[Optional[bytes]]:
-        """The message key of every row: the ``key`` column as UTF-8 bytes (None for null)."""
+        """The message key of every row: the ``key`` column's values as UTF-8 text (None for
+        null).  A string key column's bytes come from the encoder's pass instead
+        (:func:`encode_json_keys`); this is the path of the other types."""
         assert self.key is not None
         if self.key not in batch.schema.names:
             raise KeyError(f"key column {self.key!r} not found; columns present: "
                            f"{', '.join(batch.schema.names)}")
-        col = batch.column(self.key)
-        if pat.is_dictionary(col.type):
-            col = col.cast(col.type.value_type)
-        if pat.is_string(col.type) or pat.is_large_string(col.type):
-            # bytes straight from the Arrow buffers (nulls stay None)
-            return col.cast(pa.large_binary()).to_numpy(zero_copy_only=False).tolist()
-        return [None if k is None else str(k).encode() for k in col.to_pylist()]
+        values = batch.column(self.key).to_pylist()
+        return [None if k is None else str(k).encode() for k in values]
 
     def write(self, batch: pa.RecordBatch) -> None:
         from confluent_kafka import KafkaException
