@@ -334,3 +334,22 @@ def test_from_kafka_reads_with_a_wait_under_a_millisecond(kafka_broker, e2e_inpu
                               from_beginning=True, stop_at_end=True, max_latency_ms=0.5,
                               **fast_consumer_config()).collect()
     assert table.num_rows == N
+
+
+def test_to_kafka_keys_of_every_column_type(kafka_broker, unique_topic):
+    """Message keys: a string column's UTF-8 bytes (from the encoder's pass), another type's
+    text (``str`` of the value), None for a null or without ``key``."""
+    from sabot.api import Stream
+
+    batch = pa.record_batch({"symbol": pa.array(["BTC/USD", None, "é"]),
+                             "sequence": pa.array([7, None, -2], pa.int64()),
+                             "sym": pa.array(["a", "b", "a"]).dictionary_encode()})
+    for key, expected in (("symbol", [b"BTC/USD", None, "é".encode()]),
+                          ("sequence", [b"7", None, b"-2"]), ("sym", [b"a", b"b", b"a"]),
+                          (None, [None, None, None])):
+        out = unique_topic("keys")
+        kafka_broker.create_topic(out, partitions=1)
+        sent = Stream.from_table(batch).to_kafka(kafka_broker.bootstrap, out, key=key)
+        assert sent["delivered"] == 3
+        msgs = sorted(_read_all(kafka_broker.bootstrap, out, 3), key=lambda m: m.offset())
+        assert [m.key() for m in msgs] == expected, key
